@@ -1,0 +1,50 @@
+# Gantry: `make run` serves the demo, `make test` runs the suite. Both start from nothing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SYSTEM_PROGRAMS := nginx wrk
+
+.PHONY: run test lint bench system-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[demo]'
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[demo,test]'
+	touch $@
+
+run: $(VENV)/.installed-run
+	$(BIN)/gantry serve gantry.demo:app --http 0.0.0.0:8080
+
+# System programs the interop tests need. Installed with apt-get when root;
+# otherwise the tests that need them skip loudly (and fail when CI=true).
+system-deps:
+	@missing=""; for p in $(SYSTEM_PROGRAMS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "WARNING: missing$$missing and not root: tests needing them will be skipped"; \
+	  fi; \
+	fi
+
+test: $(VENV)/.installed-test system-deps
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy --strict src/gantry/protocol src/gantry/wsgi
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+bench: $(VENV)/.installed-test system-deps
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .venv-bench build *.egg-info src/*.egg-info

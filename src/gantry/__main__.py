@@ -1,0 +1,5 @@
+"""``python -m gantry``."""
+
+from gantry.cli import main
+
+main()

@@ -1,0 +1,102 @@
+"""What every connection of one worker shares: the app, settings, logs and the clock."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, Any
+
+from gantry.config import ServeConfig
+from gantry.wsgi.errors import ErrorStream
+from gantry.wsgi.response import FileWrapper, HeadDefaults
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+error_log = logging.getLogger("gantry.error")
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+class AccessLog:
+    """Access log in the combined format (as nginx's and Apache's)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def log(
+        self,
+        environ: dict[str, Any],
+        status: int,
+        size: int,
+    ) -> None:
+        """Write one line for a finished request."""
+        now = time.localtime()
+        offset = -(time.altzone if now.tm_isdst else time.timezone)
+        sign = "+" if offset >= 0 else "-"
+        offset = abs(offset)
+        stamp = (
+            f"{now.tm_mday:02d}/{_MONTHS[now.tm_mon - 1]}/{now.tm_year}:"
+            f"{now.tm_hour:02d}:{now.tm_min:02d}:{now.tm_sec:02d} "
+            f"{sign}{offset // 3600:02d}{offset % 3600 // 60:02d}"
+        )
+        request_line = (
+            f"{environ.get('REQUEST_METHOD', '-')} {environ.get('REQUEST_URI', '-')} "
+            f"{environ.get('SERVER_PROTOCOL', '-')}"
+        )
+        referer = environ.get("HTTP_REFERER", "-")
+        agent = environ.get("HTTP_USER_AGENT", "-")
+        self._stream.write(
+            f'{environ.get("REMOTE_ADDR", "-")} - - [{stamp}] "{_escape(request_line)}" '
+            f'{status} {size} "{_escape(referer)}" "{_escape(agent)}"\n'
+        )
+        self._stream.flush()
+
+
+def _escape(text: str) -> str:
+    # Control bytes and quotes in a logged field could forge log lines.
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return text
+    return text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
+
+
+class WorkerContext:
+    """Per-worker shared state: app, settings, ``Date`` cache, live connections, thread pool."""
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        app: WSGIApp,
+        loop: asyncio.AbstractEventLoop,
+        access_stream: IO[str] | None = None,
+    ) -> None:
+        self.config = config
+        self.app = app
+        self.loop = loop
+        self.limits = config.limits
+        self.defaults = HeadDefaults()
+        self.errors = ErrorStream(sys.stderr)
+        self.file_wrapper = FileWrapper
+        self.access_log = AccessLog(access_stream) if access_stream is not None else None
+        self.connections: set[Any] = set()
+        self.executor: ThreadPoolExecutor | None = (
+            ThreadPoolExecutor(config.threads, thread_name_prefix="gantry-app")
+            if config.threads
+            else None
+        )
+        self.stopping = False
+        self._clock_handle: asyncio.TimerHandle | None = None
+
+    def start_clock(self) -> None:
+        """Refresh the ``Date`` line once a second, off the request path."""
+        self.defaults.refresh(time.time())
+        self._clock_handle = self.loop.call_later(1.0 - time.time() % 1.0, self.start_clock)
+
+    def stop_clock(self) -> None:
+        """Stop the ``Date`` refresher."""
+        if self._clock_handle is not None:
+            self._clock_handle.cancel()
+            self._clock_handle = None

@@ -1,0 +1,241 @@
+"""The HTTP/1.1 connection of the application server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import IO, Any
+
+from gantry.appserver.context import WorkerContext, error_log
+from gantry.appserver.wsgi_connection import WSGIConnection
+from gantry.protocol.http1 import ProtocolError, RequestHead, RequestParser
+from gantry.wsgi.environ import EnvironTemplate
+from gantry.wsgi.input import EMPTY_INPUT, BodyBuffer
+from gantry.wsgi.response import Response, error_response
+
+# More complete pipelined requests than this waiting: stop reading the socket.
+MAX_PIPELINED = 16
+
+_REASONS = {
+    400: "Bad Request",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    411: "Length Required",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    417: "Expectation Failed",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    505: "HTTP Version Not Supported",
+}
+
+# What the one per-connection timer is waiting for.
+_IDLE, _HEAD, _BODY, _BUSY = range(4)
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class HTTPConnection(WSGIConnection):
+    """One client connection: parses requests, queues pipelined ones, runs the app for each."""
+
+    def __init__(self, ctx: WorkerContext, template: EnvironTemplate) -> None:
+        super().__init__(ctx)
+        self.template = template
+        self.parser = RequestParser(self, ctx.limits)
+        self.head: RequestHead | None = None
+        self.body: BodyBuffer | None = None
+        self.queue: deque[tuple[RequestHead, BodyBuffer | None]] = deque()
+        self.reading_paused = False
+        self.state = _IDLE
+        self.deadline = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+
+    # timer: one per connection, re-armed lazily ---------------------------------
+
+    def _arm(self, state: int, seconds: float) -> None:
+        self.state = state
+        deadline = self.loop.time() + seconds
+        self.deadline = deadline
+        if self.timer is None or self.timer_at > deadline:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer_at = deadline
+            self.timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        if self.closed or self.state == _BUSY:
+            return
+        now = self.loop.time()
+        if now < self.deadline:
+            self.timer_at = self.deadline
+            self.timer = self.loop.call_at(self.deadline, self._on_timer)
+            return
+        assert self.transport is not None
+        if self.state == _IDLE:
+            self.transport.close()
+        elif self.state == _HEAD:
+            error_log.info("%s: timed out receiving the request head", self.remote_addr)
+            self._refuse(ProtocolError(408, "request head timeout"))
+        else:
+            error_log.info("%s: timed out receiving the request body", self.remote_addr)
+            self._refuse(ProtocolError(408, "request body timeout"))
+
+    # asyncio.Protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.ctx.stopping:
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        # nginx too gives the first request the head timeout, not the keep-alive one.
+        self._arm(_HEAD, self.ctx.config.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.body is not None:
+            self.body.discard()
+        for _, body in self.queue:
+            if body is not None:
+                body.discard()
+        self.queue.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == _IDLE:
+            self._arm(_HEAD, self.ctx.config.header_timeout)
+        elif self.state == _BODY:
+            # client_body_timeout semantics: the limit is between reads
+            self.deadline = self.loop.time() + self.ctx.config.body_timeout
+        try:
+            self.parser.feed(data)
+        except ProtocolError as exc:
+            self._refuse(exc)
+
+    # RequestSink --------------------------------------------------------------------
+
+    def request_head(self, head: RequestHead) -> None:
+        self.head = head
+        if head.has_body:
+            self.body = BodyBuffer(self.ctx.config.body_spool_threshold)
+            if head.expect_continue and not self.busy and not self.queue:
+                assert self.transport is not None
+                self.transport.write(_CONTINUE)
+            if not self.busy:
+                self._arm(_BODY, self.ctx.config.body_timeout)
+        else:
+            self.body = None
+
+    def request_body(self, data: bytes) -> None:
+        body = self.body
+        if body is not None:
+            body.append(data)
+
+    def request_end(self, trailers: list[tuple[bytes, bytes]] | None) -> None:
+        head = self.head
+        if head is None:
+            return
+        body = self.body
+        self.head = None
+        self.body = None
+        if self.busy or self.queue:
+            self.queue.append((head, body))
+            if len(self.queue) >= MAX_PIPELINED and not self.reading_paused:
+                assert self.transport is not None
+                self.transport.pause_reading()
+                self.reading_paused = True
+            return
+        self._handle(head, body)
+
+    # requests -------------------------------------------------------------------
+
+    def _handle(self, head: RequestHead, body: BodyBuffer | None) -> None:
+        self.state = _BUSY
+        if body is None:
+            stream: IO[bytes] | Any = EMPTY_INPUT
+            size = None
+        else:
+            stream = body.to_input()
+            size = body.size if head.chunked else None
+        environ = self.template.from_http(head, stream, self.remote_addr, self.remote_port, size)
+        response = Response(
+            self._write_from_app,
+            head.keep_alive and not head.upgrade,
+            head.method == "HEAD",
+            head.version == "1.0",
+        )
+        self.run_app(environ, response)
+
+    def response_done(self, keep_alive: bool) -> None:
+        transport = self.transport
+        assert transport is not None
+        if not keep_alive or self.closed:
+            transport.close()
+            return
+        queue = self.queue
+        if queue:
+            if self.reading_paused and len(queue) <= MAX_PIPELINED // 2:
+                self.reading_paused = False
+                transport.resume_reading()
+            # Run the next pipelined request from the loop, not recursively.
+            head, body = queue.popleft()
+            self.loop.call_soon(self._handle_queued, head, body)
+            return
+        if self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
+        if self.head is not None:
+            # a body is arriving for the next request
+            self._arm(_BODY, self.ctx.config.body_timeout)
+        elif self.parser.in_head:
+            self._arm(_IDLE, self.ctx.config.keepalive_timeout)
+
+    def _handle_queued(self, head: RequestHead, body: BodyBuffer | None) -> None:
+        if self.closed:
+            return
+        self._handle(head, body)
+
+    def _refuse(self, exc: ProtocolError) -> None:
+        """Answer a refused request with its status and close: the stream is no longer trusted."""
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        error_log.info("%s:%s refused: %s", self.remote_addr, self.remote_port, exc)
+        if self.busy or self.queue:
+            # Earlier requests still own the response stream: drop the rest.
+            self.queue.clear()
+            self.parser = RequestParser(_Discard(), self.ctx.limits)
+            transport.pause_reading()
+            self.reading_paused = True
+            self._close_after_busy = True
+            return
+        status = exc.status
+        transport.write(
+            error_response(f"{status} {_REASONS.get(status, 'Error')}", self.ctx.defaults)
+        )
+        transport.close()
+        self.state = _BUSY
+
+    _close_after_busy = False
+
+    def _finish(self) -> None:
+        if self._close_after_busy and self.response is not None:
+            self.response.keep_alive = False
+        super()._finish()
+
+
+class _Discard:
+    """A sink that ignores everything (after a refusal behind a busy response)."""
+
+    def request_head(self, head: RequestHead) -> None:
+        pass
+
+    def request_body(self, data: bytes) -> None:
+        pass
+
+    def request_end(self, trailers: list[tuple[bytes, bytes]] | None) -> None:
+        pass

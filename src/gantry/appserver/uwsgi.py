@@ -1,0 +1,155 @@
+"""The uwsgi-protocol connection: one request per connection, as nginx's uwsgi_pass sends it."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from typing import Any
+
+from gantry.appserver.context import WorkerContext, error_log
+from gantry.appserver.wsgi_connection import WSGIConnection
+from gantry.protocol.uwsgi import UwsgiProtocolError, parse_packet
+from gantry.wsgi.environ import EnvironTemplate
+from gantry.wsgi.input import EMPTY_INPUT, BodyBuffer
+from gantry.wsgi.response import Response, error_response
+from gantry.wsgi.uwsgi_environ import environ_from_uwsgi
+
+
+class UwsgiConnection(WSGIConnection):
+    """Reads one uwsgi packet and its body, runs the app, answers raw HTTP and closes."""
+
+    raw_response = True
+
+    def __init__(
+        self,
+        ctx: WorkerContext,
+        template: EnvironTemplate,
+        allow_from: tuple[Any, ...] | None,
+    ) -> None:
+        super().__init__(ctx)
+        self.template = template
+        self.allow_from = allow_from
+        self.buffer = bytearray()
+        self.vars: list[tuple[bytes, bytes]] | None = None
+        self.body: BodyBuffer | None = None
+        self.remaining = 0
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        assert self.transport is not None
+        if self.allow_from is not None:
+            peer = transport.get_extra_info("peername")
+            try:
+                address = ipaddress.ip_address(peer[0])
+            except (TypeError, ValueError, IndexError):
+                address = None
+            if address is None or not any(address in net for net in self.allow_from):
+                # The peer would set REMOTE_ADDR and every var itself: only the front may.
+                error_log.warning("uwsgi: refused connection from %s (not in allow list)", peer)
+                self.transport.abort()
+                return
+        self.timer = self.loop.call_later(self.ctx.config.header_timeout, self._timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._cancel_timer()
+        if self.body is not None:
+            self.body.discard()
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.busy or self.closed:
+            return
+        error_log.info("uwsgi: timed out reading the request from %s", self.remote_addr)
+        assert self.transport is not None
+        self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.vars is None:
+            buffer = self.buffer
+            buffer += data
+            try:
+                parsed = parse_packet(buffer, self.ctx.config.buffer_size)
+            except UwsgiProtocolError as exc:
+                self._malformed(str(exc))
+                return
+            if parsed is None:
+                return
+            header, pairs, used = parsed
+            if header.modifier1 != 0:
+                self._malformed(f"unsupported modifier1 {header.modifier1}")
+                return
+            self.vars = pairs
+            rest = bytes(buffer[used:])
+            self.buffer = bytearray()
+            length = 0
+            for key, value in pairs:
+                if key == b"CONTENT_LENGTH":
+                    if value and not value.isdigit():
+                        self._malformed("invalid CONTENT_LENGTH")
+                        return
+                    length = int(value or b"0")
+            if length > self.ctx.limits.max_body_size:
+                self._reply_and_close("413 Content Too Large")
+                return
+            self.remaining = length
+            if length:
+                self.body = BodyBuffer(self.ctx.config.body_spool_threshold)
+            data = rest
+            if not data and not length:
+                self._start()
+                return
+        if self.busy:
+            return  # one request per connection: ignore anything past the body
+        if self.body is not None and data:
+            piece = data[: self.remaining]
+            self.body.append(piece)
+            self.remaining -= len(piece)
+        if self.remaining == 0:
+            self._start()
+        elif self.timer is not None:
+            # body timeout semantics: the limit is between reads
+            self.timer.cancel()
+            self.timer = self.loop.call_later(self.ctx.config.body_timeout, self._timed_out)
+
+    def _start(self) -> None:
+        self._cancel_timer()
+        assert self.vars is not None
+        environ: dict[str, Any] = self.template.base.copy()
+        cgi = environ_from_uwsgi(self.vars, self.template.mount_prefix)
+        scheme = cgi.pop("UWSGI_SCHEME", None)
+        environ.update(cgi)
+        if scheme:
+            environ["wsgi.url_scheme"] = scheme
+        body = self.body
+        environ["wsgi.input"] = body.to_input() if body is not None else EMPTY_INPUT
+        self.body = None
+        protocol = environ.get("SERVER_PROTOCOL", "HTTP/1.1")
+        response = Response(
+            self._write_from_app,
+            keep_alive=False,
+            head_only=environ.get("REQUEST_METHOD") == "HEAD",
+            http10=protocol == "HTTP/1.0",
+            raw=True,
+        )
+        self.run_app(environ, response)
+
+    def response_done(self, keep_alive: bool) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _malformed(self, reason: str) -> None:
+        error_log.error("uwsgi: malformed packet from %s: %s", self.remote_addr or "unix", reason)
+        assert self.transport is not None
+        self.transport.close()
+
+    def _reply_and_close(self, status: str) -> None:
+        assert self.transport is not None
+        self.transport.write(error_response(status, None, raw=True))
+        self.transport.close()

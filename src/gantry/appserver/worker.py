@@ -1,0 +1,252 @@
+"""One application-server worker process: load the app, bind sockets, run the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+from typing import IO, Any
+
+from gantry.appserver.context import WorkerContext, WSGIApp, error_log
+from gantry.appserver.http import HTTPConnection
+from gantry.appserver.uwsgi import UwsgiConnection
+from gantry.config import ConfigError, ListenAddress, ServeConfig
+from gantry.wsgi.environ import EnvironTemplate
+
+__all__ = ["AppLoadError", "bind", "load_app", "serve"]
+
+
+class AppLoadError(Exception):
+    """The WSGI application named on the command line cannot be imported."""
+
+
+def load_app(spec: str) -> WSGIApp:
+    """Import ``module:attribute`` (attribute may be dotted) and return the callable."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise AppLoadError(f"expected MODULE:CALLABLE, got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise AppLoadError(f"cannot import {module_name!r}: {exc!r}") from exc
+    target: Any = module
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise AppLoadError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not callable(target):
+        raise AppLoadError(f"{spec!r} is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+def bind(address: ListenAddress, mode: int | None, backlog: int) -> socket.socket:
+    """Create, bind and listen on one socket (before any worker starts)."""
+    if address.path is not None:
+        path = address.path
+        try:
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)  # a stale socket from a previous run
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"{address.kind} socket {path}: cannot bind: {exc.strerror}") from None
+        if mode is not None:
+            os.chmod(path, mode)
+    else:
+        assert address.host is not None and address.port is not None
+        infos = socket.getaddrinfo(
+            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        family, kind, proto, _, sockaddr = infos[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(sockaddr)
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(
+                f"{address.kind} socket {address}: cannot bind: {exc.strerror}"
+            ) from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+def _template(config: ServeConfig, address: ListenAddress, ctx: WorkerContext) -> EnvironTemplate:
+    if address.path is not None:
+        name, port = "localhost", "0"
+    else:
+        name, port = address.host or "0.0.0.0", str(address.port)
+    return EnvironTemplate(
+        server_name=name,
+        server_port=port,
+        multithread=config.threads > 0,
+        mount_prefix=config.mount_prefix,
+        errors=ctx.errors,  # type: ignore[arg-type]
+        file_wrapper=ctx.file_wrapper,
+    )
+
+
+def setup_logging(config: ServeConfig) -> IO[str] | None:
+    """Error log to stderr (or a file); returns the access-log stream if enabled."""
+    handler: logging.Handler
+    if config.error_log and config.error_log != "-":
+        handler = logging.FileHandler(config.error_log)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+    )
+    root = logging.getLogger("gantry")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    if config.access_log is None:
+        return None
+    if config.access_log == "-":
+        return sys.stdout
+    return open(config.access_log, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+
+
+def new_event_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
+    """A uvloop loop when available and wanted, else asyncio's default."""
+    if use_uvloop:
+        try:
+            import uvloop
+
+            return uvloop.new_event_loop()
+        except ImportError:
+            pass
+    return asyncio.new_event_loop()
+
+
+class Worker:
+    """Serves the app on already bound sockets until told to stop."""
+
+    def __init__(
+        self, config: ServeConfig, app: WSGIApp, sockets: list[tuple[ListenAddress, socket.socket]]
+    ) -> None:
+        self.config = config
+        self.app = app
+        self.sockets = sockets
+        self.access_stream: IO[str] | None = None
+        self.servers: list[asyncio.AbstractServer] = []
+        self.stop_event: asyncio.Event | None = None
+        self.fast = False
+
+    def run(self) -> int:
+        """Run the event loop until SIGTERM/SIGINT; returns the exit code."""
+        loop = new_event_loop(self.config.use_uvloop)
+        asyncio.set_event_loop(loop)
+        try:
+            return loop.run_until_complete(self._main(loop))
+        finally:
+            loop.close()
+
+    async def _main(self, loop: asyncio.AbstractEventLoop) -> int:
+        config = self.config
+        ctx = WorkerContext(config, self.app, loop, self.access_stream)
+        ctx.start_clock()
+        self.stop_event = asyncio.Event()
+        for signum, fast in ((signal.SIGTERM, False), (signal.SIGINT, True), (signal.SIGQUIT, True)):
+            loop.add_signal_handler(signum, self._on_signal, fast)
+        for address, sock in self.sockets:
+            template = _template(config, address, ctx)
+            if address.kind == "http":
+                server = await loop.create_server(
+                    lambda t=template: HTTPConnection(ctx, t), sock=sock, backlog=config.backlog
+                )
+            else:
+                allow = None if address.path is not None else config.uwsgi_allow_from
+                server = await loop.create_server(
+                    lambda t=template, a=allow: UwsgiConnection(ctx, t, a),
+                    sock=sock,
+                    backlog=config.backlog,
+                )
+            self.servers.append(server)
+            scheme = "http" if address.kind == "http" else "uwsgi"
+            error_log.info("listening on %s://%s", scheme, address)
+        error_log.info(
+            "serving %s (pid %d, %s, %s)",
+            config.app,
+            os.getpid(),
+            type(loop).__module__.split(".")[0],
+            f"{config.threads} app threads" if config.threads else "app on the loop thread",
+        )
+        await self.stop_event.wait()
+        ctx.stopping = True
+        for server in self.servers:
+            server.close()
+        if not self.fast:
+            await self._drain(ctx)
+        for conn in list(ctx.connections):
+            if conn.transport is not None:
+                conn.transport.abort() if self.fast else conn.transport.close()
+        ctx.stop_clock()
+        if ctx.executor is not None:
+            ctx.executor.shutdown(wait=not self.fast, cancel_futures=True)
+        for address, sock in self.sockets:
+            if address.path is not None:
+                try:
+                    os.unlink(address.path)
+                except OSError:
+                    pass
+            sock.close()
+        error_log.info("stopped (%s)", "fast" if self.fast else "graceful")
+        return 0
+
+    async def _drain(self, ctx: WorkerContext) -> None:
+        """Let in-flight requests finish, bounded by the graceful timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.graceful_timeout
+        while loop.time() < deadline:
+            busy = False
+            for conn in list(ctx.connections):
+                if conn.busy or getattr(conn, "head", None) is not None or getattr(conn, "queue", None):
+                    busy = True
+                elif conn.transport is not None:
+                    conn.transport.close()  # idle keep-alive: nothing to lose
+            if not busy or self.fast:
+                return
+            await asyncio.sleep(0.05)
+        error_log.warning("graceful timeout: closing %d connections", len(ctx.connections))
+
+    def _on_signal(self, fast: bool) -> None:
+        if fast:
+            self.fast = True
+        error_log.info("received %s stop signal", "fast" if fast else "graceful")
+        assert self.stop_event is not None
+        self.stop_event.set()
+
+
+def serve(config: ServeConfig) -> int:
+    """``gantry serve``: one worker process in the foreground."""
+    config.check()
+    access_stream = setup_logging(config)
+    if config.chdir:
+        os.chdir(config.chdir)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    sockets = [(a, bind(a, config.uwsgi_socket_mode, config.backlog)) for a in config.listen]
+    try:
+        app = load_app(config.app)
+    except AppLoadError:
+        for _, sock in sockets:
+            sock.close()
+        raise
+    worker = Worker(config, app, sockets)
+    worker.access_stream = access_stream
+    return worker.run()

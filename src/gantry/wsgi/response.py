@@ -1,0 +1,292 @@
+"""The response side of PEP 3333: ``start_response``, framing and ``wsgi.file_wrapper``."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Callable, Iterator
+from email.utils import formatdate
+from types import TracebackType
+from typing import IO, Any
+
+__all__ = ["FileWrapper", "Response", "ResponseError", "HeadDefaults", "NO_BODY_STATUSES"]
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+
+# Statuses that never carry a body (RFC 9110 6.4.1).
+NO_BODY_STATUSES = frozenset({204, 304})
+
+# Hop-by-hop fields belong to the connection, which the server manages itself.
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "upgrade", "te", "trailer"})
+
+_STATUS_LINES: dict[str, bytes] = {}
+
+
+class ResponseError(Exception):
+    """The application broke the WSGI contract (bad status, headers, or lengths)."""
+
+
+class HeadDefaults:
+    """Fields every response gets (``Server``, ``Date``), refreshed at most once a second."""
+
+    __slots__ = ("server", "date_line", "_second")
+
+    def __init__(self, server: str = "gantry") -> None:
+        self.server = f"Server: {server}\r\n"
+        self._second = -1
+        self.date_line = ""
+        self.refresh(time.time())
+
+    def refresh(self, now: float) -> None:
+        """Recompute the ``Date`` line if the second changed (``now`` from time.time())."""
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self.date_line = f"Date: {formatdate(second, usegmt=True)}\r\n"
+
+    @property
+    def lines(self) -> str:
+        """``Server`` and ``Date`` lines, CRLF-terminated."""
+        return self.server + self.date_line
+
+
+class FileWrapper:
+    """``wsgi.file_wrapper``: iterates a file in blocks; servers sendfile it when it is a real file."""
+
+    __slots__ = ("filelike", "blksize")
+
+    def __init__(self, filelike: IO[bytes], blksize: int = 65536) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+
+    def __iter__(self) -> Iterator[bytes]:
+        read = self.filelike.read
+        size = self.blksize
+        while True:
+            data = read(size)
+            if not data:
+                return
+            yield data
+
+    def fileno(self) -> int | None:
+        """The OS file descriptor when the file is a regular file, else None."""
+        try:
+            fd = self.filelike.fileno()
+        except (AttributeError, OSError, ValueError):
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+        except OSError:
+            return None
+        return fd
+
+    def close(self) -> None:
+        """Close the file, as PEP 3333 asks of the wrapper's ``close``."""
+        close = getattr(self.filelike, "close", None)
+        if close is not None:
+            close()
+
+
+class Response:
+    """State of one WSGI response: what ``start_response`` was given and how it is framed."""
+
+    __slots__ = (
+        "status",
+        "status_code",
+        "headers",
+        "headers_sent",
+        "content_length",
+        "chunked",
+        "keep_alive",
+        "head_only",
+        "bytes_sent",
+        "http10",
+        "raw",
+        "write",
+        "truncated",
+    )
+
+    def __init__(
+        self,
+        write: Callable[[bytes], None],
+        keep_alive: bool,
+        head_only: bool,
+        http10: bool,
+        raw: bool = False,
+    ) -> None:
+        self.status: str | None = None
+        self.status_code = 0
+        self.headers: list[tuple[str, str]] = []
+        self.headers_sent = False
+        self.content_length: int | None = None
+        self.chunked = False
+        self.keep_alive = keep_alive
+        self.head_only = head_only
+        self.http10 = http10
+        #: uwsgi mode: no chunking, no Date/Server, the connection closes after
+        self.raw = raw
+        self.bytes_sent = 0
+        #: the app produced more bytes than its Content-Length: the rest was dropped
+        self.truncated = False
+        #: the ``write()`` callable handed to the app
+        self.write = write
+
+    def start_response(
+        self,
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: ExcInfo | None = None,
+    ) -> Callable[[bytes], None]:
+        """PEP 3333 ``start_response``."""
+        if exc_info is not None:
+            try:
+                if self.headers_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise ResponseError("start_response called twice without exc_info")
+        if type(status) is not str or len(status) < 4 or status[3] != " ":
+            raise ResponseError(f"invalid status {status!r}")
+        try:
+            self.status_code = int(status[:3])
+        except ValueError:
+            raise ResponseError(f"invalid status {status!r}") from None
+        self.status = status
+        self.headers = headers
+        return self.write
+
+    @property
+    def body_allowed(self) -> bool:
+        """Whether body bytes may follow the head."""
+        code = self.status_code
+        return not self.head_only and code >= 200 and code not in NO_BODY_STATUSES
+
+    def encode_head(self, defaults: HeadDefaults, body_length: int | None) -> bytes:
+        """Serialise the head and decide the framing.
+
+        ``body_length`` is the whole body's size when the server already holds
+        all of it, else None (the body streams).
+        """
+        status = self.status
+        if status is None:
+            raise ResponseError("the application did not call start_response")
+        code = self.status_code
+        parts: list[str] = []
+        content_length: int | None = None
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname == "content-length":
+                try:
+                    content_length = int(value)
+                except ValueError:
+                    raise ResponseError(f"invalid Content-Length {value!r}") from None
+                if content_length < 0:
+                    raise ResponseError(f"invalid Content-Length {value!r}")
+                continue
+            elif lname in _HOP_BY_HOP:
+                if lname == "connection" and value.lower() == "close":
+                    self.keep_alive = False
+                continue
+            parts.append(f"{name}: {value}\r\n")
+        bodyless = code < 200 or code in NO_BODY_STATUSES
+        if content_length is not None:
+            if not bodyless or code == 304:
+                parts.append(f"Content-Length: {content_length}\r\n")
+            self.content_length = content_length
+        elif bodyless:
+            pass
+        elif body_length is not None:
+            parts.append(f"Content-Length: {body_length}\r\n")
+        elif self.raw:
+            self.keep_alive = False
+        elif self.head_only:
+            # The length of a body never produced is unknown: close afterwards.
+            self.keep_alive = False
+        elif self.http10:
+            self.keep_alive = False
+        else:
+            self.chunked = True
+            parts.append("Transfer-Encoding: chunked\r\n")
+        if not self.raw:
+            if not self.keep_alive:
+                parts.append("Connection: close\r\n")
+            elif self.http10:
+                parts.append("Connection: keep-alive\r\n")
+            parts.append(defaults.lines)
+        text = "".join(parts)
+        # One newline per line: anything else is response splitting by the app.
+        if text.count("\n") != text.count("\r\n") or text.count("\r\n") != len(parts) + (
+            0 if self.raw else 1
+        ):
+            raise ResponseError("CR or LF inside a response header")
+        line = _STATUS_LINES.get(status)
+        if line is None:
+            if "\r" in status or "\n" in status:
+                raise ResponseError("CR or LF in status")
+            line = f"HTTP/1.1 {status}\r\n".encode("latin-1")
+            if len(_STATUS_LINES) < 256:
+                _STATUS_LINES[status] = line
+        try:
+            encoded = text.encode("latin-1")
+        except UnicodeEncodeError:
+            raise ResponseError("response headers must be latin-1") from None
+        self.headers_sent = True
+        return line + encoded + b"\r\n"
+
+
+    def frame(self, data: bytes) -> bytes:
+        """Wire bytes for one body piece from the app, per the framing chosen in the head."""
+        if type(data) is not bytes:
+            if not isinstance(data, bytes | bytearray | memoryview):
+                raise ResponseError(f"the application produced {type(data).__name__}, not bytes")
+            data = bytes(data)
+        if not data or not self.body_allowed:
+            return b""
+        limit = self.content_length
+        if limit is not None:
+            remaining = limit - self.bytes_sent
+            if len(data) > remaining:
+                # More than announced: never let it reach the next response.
+                data = data[:remaining]
+                self.truncated = True
+                self.keep_alive = False
+            self.bytes_sent += len(data)
+            return data
+        self.bytes_sent += len(data)
+        if self.chunked:
+            return b"%x\r\n%b\r\n" % (len(data), data)
+        return data
+
+    def end(self) -> bytes:
+        """Wire bytes that end the body; marks the connection for closing if the body fell short."""
+        if self.chunked:
+            return b"0\r\n\r\n"
+        limit = self.content_length
+        if limit is not None and self.bytes_sent < limit and self.body_allowed:
+            self.keep_alive = False
+        return b""
+
+
+def error_response(status: str, defaults: HeadDefaults | None, raw: bool = False) -> bytes:
+    """A short plain-text response the server sends on its own behalf; the connection closes."""
+    body = status.encode("latin-1") + b"\n"
+    lines = [
+        f"HTTP/1.1 {status}\r\n",
+        "Content-Type: text/plain; charset=utf-8\r\n",
+        f"Content-Length: {len(body)}\r\n",
+        "Connection: close\r\n",
+    ]
+    if defaults is not None and not raw:
+        lines.append(defaults.lines)
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1") + body
+
+
+def close_result(result: Any) -> None:
+    """Call the app result's ``close`` if it has one (PEP 3333: always, once)."""
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()

@@ -19,7 +19,9 @@ def _octal(ctx: click.Context, param: click.Parameter, value: str | None) -> int
     try:
         return int(value, 8) if not value.startswith("0o") else int(value[2:], 8)
     except ValueError:
-        raise click.BadParameter(f"expected an octal file mode such as 660, got {value!r}") from None
+        raise click.BadParameter(
+            f"expected an octal file mode such as 660, got {value!r}"
+        ) from None
 
 
 @click.group()
@@ -32,50 +34,123 @@ def main() -> None:
 @click.argument("app")
 @click.option("--http", "http", multiple=True, metavar="HOST:PORT", help="HTTP/1.1 socket.")
 @click.option(
-    "--uwsgi-socket", "uwsgi", multiple=True, metavar="HOST:PORT|PATH", help="uwsgi-protocol socket."
+    "--uwsgi-socket",
+    "uwsgi",
+    multiple=True,
+    metavar="HOST:PORT|PATH",
+    help="uwsgi-protocol socket.",
 )
 @click.option(
-    "--uwsgi-socket-mode", callback=_octal, default=None, metavar="MODE",
+    "--uwsgi-socket-mode",
+    callback=_octal,
+    default=None,
+    metavar="MODE",
     help="File mode of unix uwsgi sockets (octal, e.g. 660).",
 )
 @click.option(
-    "--uwsgi-allow-from", multiple=True, metavar="CIDR[,CIDR]",
+    "--uwsgi-allow-from",
+    multiple=True,
+    metavar="CIDR[,CIDR]",
     help="Peers allowed on TCP uwsgi sockets (default: loopback only).",
 )
 @click.option("--chdir", type=click.Path(exists=True, file_okay=False), help="Change here first.")
-@click.option("--threads", type=click.IntRange(0), default=0, show_default=True,
-              help="0: run the app on the event-loop thread; N: on a pool of N threads.")
-@click.option("--mount-prefix", default="", metavar="PATH",
-              help="URL prefix moved from PATH_INFO to SCRIPT_NAME.")
+@click.option(
+    "--threads",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="0: run the app on the event-loop thread; N: on a pool of N threads.",
+)
+@click.option(
+    "--mount-prefix",
+    default="",
+    metavar="PATH",
+    help="URL prefix moved from PATH_INFO to SCRIPT_NAME.",
+)
 @click.option("--access-log", metavar="PATH|-", help="Combined-format access log (- = stdout).")
 @click.option("--error-log", metavar="PATH|-", help="Error log (default stderr).")
 @click.option("--keepalive-timeout", type=float, default=5.0, show_default=True)
-@click.option("--header-timeout", type=float, default=10.0, show_default=True,
-              help="Seconds to receive a request head before 408.")
-@click.option("--body-timeout", type=float, default=30.0, show_default=True,
-              help="Seconds allowed between two reads of a request body.")
+@click.option(
+    "--header-timeout",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds to receive a request head before 408.",
+)
+@click.option(
+    "--body-timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds allowed between two reads of a request body.",
+)
 @click.option("--graceful-timeout", type=float, default=30.0, show_default=True)
-@click.option("--max-body-size", type=click.IntRange(0), default=_DEFAULTS.max_body_size,
-              show_default=True, help="Largest request body in bytes (413 above).")
-@click.option("--limit-request-line", type=click.IntRange(1), default=_DEFAULTS.max_request_line,
-              show_default=True, help="Longest request target (414 above).")
-@click.option("--limit-request-field-size", type=click.IntRange(1),
-              default=_DEFAULTS.max_field_size, show_default=True,
-              help="Largest header field, name and value (431 above).")
-@click.option("--limit-request-fields", type=click.IntRange(1), default=_DEFAULTS.max_fields,
-              show_default=True, help="Most header fields (431 above).")
-@click.option("--limit-request-head", type=click.IntRange(1), default=_DEFAULTS.max_head_size,
-              show_default=True, help="Largest request head in bytes (431 above).")
-@click.option("--buffer-size", type=click.IntRange(1, 65535 + 4), default=4096, show_default=True,
-              help="Largest uwsgi vars block (uWSGI's buffer-size).")
+@click.option(
+    "--max-body-size",
+    type=click.IntRange(0),
+    default=_DEFAULTS.max_body_size,
+    show_default=True,
+    help="Largest request body in bytes (413 above).",
+)
+@click.option(
+    "--limit-request-line",
+    type=click.IntRange(1),
+    default=_DEFAULTS.max_request_line,
+    show_default=True,
+    help="Longest request target (414 above).",
+)
+@click.option(
+    "--limit-request-field-size",
+    type=click.IntRange(1),
+    default=_DEFAULTS.max_field_size,
+    show_default=True,
+    help="Largest header field, name and value (431 above).",
+)
+@click.option(
+    "--limit-request-fields",
+    type=click.IntRange(1),
+    default=_DEFAULTS.max_fields,
+    show_default=True,
+    help="Most header fields (431 above).",
+)
+@click.option(
+    "--limit-request-head",
+    type=click.IntRange(1),
+    default=_DEFAULTS.max_head_size,
+    show_default=True,
+    help="Largest request head in bytes (431 above).",
+)
+@click.option(
+    "--buffer-size",
+    type=click.IntRange(1, 65535 + 4),
+    default=4096,
+    show_default=True,
+    help="Largest uwsgi vars block (uWSGI's buffer-size).",
+)
 @click.option("--no-uvloop", is_flag=True, help="Use asyncio's own loop.")
-def serve(app: str, http: tuple[str, ...], uwsgi: tuple[str, ...], uwsgi_socket_mode: int | None,
-          uwsgi_allow_from: tuple[str, ...], chdir: str | None, threads: int, mount_prefix: str,
-          access_log: str | None, error_log: str | None, keepalive_timeout: float,
-          header_timeout: float, body_timeout: float, graceful_timeout: float,
-          max_body_size: int, limit_request_line: int, limit_request_field_size: int,
-          limit_request_fields: int, limit_request_head: int, buffer_size: int,
-          no_uvloop: bool) -> None:
+def serve(
+    app: str,
+    http: tuple[str, ...],
+    uwsgi: tuple[str, ...],
+    uwsgi_socket_mode: int | None,
+    uwsgi_allow_from: tuple[str, ...],
+    chdir: str | None,
+    threads: int,
+    mount_prefix: str,
+    access_log: str | None,
+    error_log: str | None,
+    keepalive_timeout: float,
+    header_timeout: float,
+    body_timeout: float,
+    graceful_timeout: float,
+    max_body_size: int,
+    limit_request_line: int,
+    limit_request_field_size: int,
+    limit_request_fields: int,
+    limit_request_head: int,
+    buffer_size: int,
+    no_uvloop: bool,
+) -> None:
     """Serve the WSGI application APP (MODULE:CALLABLE): uWSGI's role."""
     from gantry.appserver.worker import AppLoadError
     from gantry.appserver.worker import serve as run_serve

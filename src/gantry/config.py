@@ -17,7 +17,7 @@ DEFAULT_UWSGI_ALLOW = ("127.0.0.0/8", "::1/128")
 
 
 class ConfigError(Exception):
-    """A setting has a value Gantry cannot use; the message names the setting and what was expected."""
+    """A setting Gantry cannot use; the message names the setting and what was expected."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,9 @@ def parse_networks(items: list[str], setting: str) -> tuple[IPNetwork, ...]:
             try:
                 networks.append(ipaddress.ip_network(part, strict=False))
             except ValueError:
-                raise ConfigError(f"{setting}: expected an IP address or CIDR, got {part!r}") from None
+                raise ConfigError(
+                    f"{setting}: expected an IP address or CIDR, got {part!r}"
+                ) from None
     return tuple(networks)
 
 
@@ -102,7 +104,11 @@ class ServeConfig:
         if self.threads < 0:
             raise ConfigError(f"threads: expected 0 or more, got {self.threads}")
         if self.mount_prefix and not self.mount_prefix.startswith("/"):
-            raise ConfigError(f"mount-prefix: expected a path starting with '/', got {self.mount_prefix!r}")
+            raise ConfigError(
+                f"mount-prefix: expected a path starting with '/', got {self.mount_prefix!r}"
+            )
         for name in ("keepalive_timeout", "header_timeout", "body_timeout", "graceful_timeout"):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"{name.replace('_', '-')}: expected a positive number of seconds")
+                raise ConfigError(
+                    f"{name.replace('_', '-')}: expected a positive number of seconds"
+                )

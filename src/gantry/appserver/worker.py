@@ -61,7 +61,9 @@ def bind(address: ListenAddress, mode: int | None, backlog: int) -> socket.socke
             sock.bind(path)
         except OSError as exc:
             sock.close()
-            raise ConfigError(f"{address.kind} socket {path}: cannot bind: {exc.strerror}") from None
+            raise ConfigError(
+                f"{address.kind} socket {path}: cannot bind: {exc.strerror}"
+            ) from None
         if mode is not None:
             os.chmod(path, mode)
     else:
@@ -161,7 +163,11 @@ class Worker:
         ctx = WorkerContext(config, self.app, loop, self.access_stream)
         ctx.start_clock()
         self.stop_event = asyncio.Event()
-        for signum, fast in ((signal.SIGTERM, False), (signal.SIGINT, True), (signal.SIGQUIT, True)):
+        for signum, fast in (
+            (signal.SIGTERM, False),
+            (signal.SIGINT, True),
+            (signal.SIGQUIT, True),
+        ):
             loop.add_signal_handler(signum, self._on_signal, fast)
         for address, sock in self.sockets:
             template = _template(config, address, ctx)
@@ -215,7 +221,11 @@ class Worker:
         while loop.time() < deadline:
             busy = False
             for conn in list(ctx.connections):
-                if conn.busy or getattr(conn, "head", None) is not None or getattr(conn, "queue", None):
+                if (
+                    conn.busy
+                    or getattr(conn, "head", None) is not None
+                    or getattr(conn, "queue", None)
+                ):
                     busy = True
                 elif conn.transport is not None:
                     conn.transport.close()  # idle keep-alive: nothing to lose

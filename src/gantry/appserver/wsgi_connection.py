@@ -160,7 +160,10 @@ class WSGIConnection(asyncio.Protocol):
                     return
                 chunk = next(iterator)
                 if not response.headers_sent:
-                    transport.write(response.encode_head(self.ctx.defaults, None))
+                    # Head and first piece in one write: one syscall, one packet.
+                    head = response.encode_head(self.ctx.defaults, None)
+                    transport.write(head + response.frame(chunk))
+                    continue
                 payload = response.frame(chunk)
                 if payload:
                     transport.write(payload)
@@ -185,7 +188,9 @@ class WSGIConnection(asyncio.Protocol):
         if tail:
             transport.write(tail)
         if response.truncated:
-            error_log.error("%s: application sent more than its Content-Length", self._request_line())
+            error_log.error(
+                "%s: application sent more than its Content-Length", self._request_line()
+            )
         elif not response.keep_alive and response.content_length is not None:
             if response.bytes_sent < response.content_length and response.body_allowed:
                 error_log.error(

@@ -50,32 +50,20 @@ class HTTPLimits:
 class RequestHead:
     """One parsed request head: method, target, version and the header fields in order."""
 
-    __slots__ = (
-        "method",
-        "target",
-        "path",
-        "query",
-        "version",
-        "headers",
-        "keep_alive",
-        "expect_continue",
-        "content_length",
-        "chunked",
-        "upgrade",
-    )
+    # Class-level defaults: a head sets only what differs (this is per request).
+    method: str = ""
+    target: bytes = b""
+    path: bytes = b""
+    query: bytes = b""
+    version: str = "1.1"
+    keep_alive: bool = True
+    expect_continue: bool = False
+    content_length: int | None = None
+    chunked: bool = False
+    upgrade: bool = False
 
     def __init__(self) -> None:
-        self.method: str = ""
-        self.target: bytes = b""
-        self.path: bytes = b""
-        self.query: bytes = b""
-        self.version: str = "1.1"
         self.headers: list[tuple[bytes, bytes]] = []
-        self.keep_alive: bool = True
-        self.expect_continue: bool = False
-        self.content_length: int | None = None
-        self.chunked: bool = False
-        self.upgrade: bool = False
 
     @property
     def has_body(self) -> bool:
@@ -124,7 +112,17 @@ _FORBIDDEN_TRAILERS = frozenset(
     }
 )
 
-_TCHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_TCHARS = frozenset(
+    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+
+
+_METHODS = {
+    m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")
+}
+
+
+_VERSIONS = {b"1.1": "1.1", b"1.0": "1.0"}
 
 
 def _status_for_llhttp_error(message: str) -> tuple[int, str]:
@@ -147,13 +145,19 @@ class RequestParser:
         "_url",
         "_in_head",
         "_head_bytes",
+        "_fields_bytes",
         "_field_count",
         "_host_count",
         "_te",
+        "_content_length",
+        "_expect",
         "_body_bytes",
         "_trailers",
         "_error",
         "_dead",
+        "_start_chunk",
+        "_boundary",
+        "_completed",
     )
 
     def __init__(self, sink: RequestSink, limits: HTTPLimits | None = None) -> None:
@@ -164,13 +168,20 @@ class RequestParser:
         self._url = b""
         self._in_head = True
         self._head_bytes = 0
+        self._fields_bytes = 0
         self._field_count = 0
         self._host_count = 0
         self._te: bytes | None = None
+        self._content_length: bytes | None = None
+        self._expect: bytes | None = None
         self._body_bytes = 0
         self._trailers: list[tuple[bytes, bytes]] | None = None
         self._error: ProtocolError | None = None
         self._dead = False
+        self._start_chunk: bytes | None = None
+        # True between messages: the next byte fed starts a new request line
+        self._boundary = True
+        self._completed = 0
 
     @property
     def in_head(self) -> bool:
@@ -181,8 +192,22 @@ class RequestParser:
         """Parse ``data``; raise ``ProtocolError`` on anything the server must refuse."""
         if self._dead:
             raise ProtocolError(400, "data after a refused request")
+        at_message_start = self._boundary
+        # httptools' version and method getters cost more than reading the
+        # request line again; llhttp has validated it by the time we look.
+        self._start_chunk = data if at_message_start else None
+        completed = self._completed
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserInvalidMethodError:
+            self._dead = True
+            method = data.split(b" ", 1)[0] if at_message_start and b" " in data else b""
+            if method and _TCHARS.issuperset(method):
+                # A well-formed token llhttp does not know (RFC 9110 9.1).
+                raise ProtocolError(
+                    501, f"method {method.decode('ascii')} not implemented"
+                ) from None
+            raise ProtocolError(400, "invalid method") from None
         except httptools.HttpParserUpgrade:
             # WSGI cannot take over the connection: serve the request as plain
             # HTTP and close afterwards, since llhttp stops parsing here.
@@ -200,9 +225,12 @@ class RequestParser:
                 raise self._error from None
             status, reason = _status_for_llhttp_error(str(exc))
             raise ProtocolError(status, reason) from None
-        if self._in_head:
+        if self._in_head and not self._boundary:
             # llhttp buffers a partial field without calling back: bound it here.
-            self._head_bytes += len(data)
+            # A head that began inside this chunk after another message ended
+            # is counted from the next chunk on (its share here is unknown).
+            if self._completed == completed:
+                self._head_bytes += len(data)
             if self._head_bytes > self._limits.max_head_size:
                 self._dead = True
                 if not self._field_count and len(self._url) >= self._limits.max_request_line:
@@ -216,15 +244,15 @@ class RequestParser:
     # llhttp callbacks ------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._boundary = False
         self._head = RequestHead()
         self._url = b""
         self._in_head = True
         self._head_bytes = 0
+        self._fields_bytes = 0
         self._field_count = 0
         self._host_count = 0
-        self._te = None
-        self._body_bytes = 0
-        self._trailers = None
+        self._te = self._content_length = self._expect = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -233,6 +261,9 @@ class RequestParser:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         limits = self._limits
+        if value and value[-1] in (0x20, 0x09):
+            # llhttp strips leading OWS only; RFC 9110 5.5 excludes trailing OWS too.
+            value = value.rstrip(b" \t")
         if len(name) + len(value) > limits.max_field_size:
             self._fail(431, "header field too large")
         if not self._in_head:
@@ -241,15 +272,26 @@ class RequestParser:
         self._field_count += 1
         if self._field_count > limits.max_fields:
             self._fail(431, "too many header fields")
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > limits.max_head_size:
+        self._fields_bytes += len(name) + len(value) + 4
+        if self._fields_bytes > limits.max_head_size:
             self._fail(431, "request head too large")
         self._head.headers.append((name, value))
         first = name[0] | 0x20
-        if first == 0x68 and len(name) == 4 and name.lower() == b"host":  # 'h'
-            self._host_count += 1
-        elif first == 0x74 and name.lower() == b"transfer-encoding":  # 't'
-            self._te = value if self._te is None else self._te + b"," + value
+        # Dispatch on the first letter so most fields cost one comparison.
+        if first == 0x68:  # h
+            if len(name) == 4 and name.lower() == b"host":
+                self._host_count += 1
+        elif first == 0x74:  # t
+            if name.lower() == b"transfer-encoding":
+                self._te = value if self._te is None else self._te + b"," + value
+        elif first == 0x63:  # c
+            if len(name) == 14 and name.lower() == b"content-length":
+                if self._content_length is not None:
+                    self._fail(400, "more than one Content-Length")
+                self._content_length = value
+        elif first == 0x65:  # e
+            if len(name) == 6 and name.lower() == b"expect":
+                self._expect = value
 
     def _add_trailer(self, name: bytes, value: bytes) -> None:
         if name.lower() in _FORBIDDEN_TRAILERS:
@@ -263,11 +305,22 @@ class RequestParser:
     def on_headers_complete(self) -> None:
         parser = self._parser
         head = self._head
-        version = parser.get_http_version()
-        if not version.startswith("1."):
-            self._fail(505, f"HTTP version {version} not supported")
+        version = method = None
+        chunk = self._start_chunk
+        if chunk is not None:
+            self._start_chunk = None
+            line_end = chunk.find(b"\r\n")
+            if line_end > 9 and chunk[line_end - 9 : line_end - 3] == b" HTTP/":
+                version = _VERSIONS.get(chunk[line_end - 3 : line_end])
+                method = _METHODS.get(chunk[: chunk.find(b" ")])
+        if version is None:
+            version = parser.get_http_version()
+            if not version.startswith("1."):
+                self._fail(505, f"HTTP version {version} not supported")
         head.version = version
-        head.method = method = parser.get_method().decode("ascii")
+        if method is None:
+            method = parser.get_method().decode("ascii")
+        head.method = method
         head.keep_alive = parser.should_keep_alive()
         self._parse_target(method)
         if version != "1.0" and self._host_count != 1:
@@ -275,26 +328,23 @@ class RequestParser:
         if self._host_count > 1:
             self._fail(400, "more than one Host field")
         content_length = None
-        expect = None
-        for name, value in head.headers:
-            lname = name.lower()
-            if lname == b"content-length":
-                if content_length is not None:
-                    self._fail(400, "more than one Content-Length")
-                if not value.isdigit():
-                    self._fail(400, "invalid Content-Length")
-                content_length = int(value)
-            elif lname == b"expect":
-                expect = value
+        if self._content_length is not None:
+            if not self._content_length.isdigit():
+                self._fail(400, "invalid Content-Length")
+            content_length = int(self._content_length)
+        expect = self._expect
         if self._te is not None:
             self._check_transfer_encoding(self._te, version)
             if content_length is not None:
                 self._fail(400, "both Transfer-Encoding and Content-Length")
             head.chunked = True
+            self._body_bytes = 0
+            self._trailers = None
         elif content_length is not None:
             if content_length > self._limits.max_body_size:
                 self._fail(413, "request body too large")
             head.content_length = content_length
+            self._body_bytes = 0
         if expect is not None:
             if expect.lower() != b"100-continue":
                 self._fail(417, "unsupported expectation")
@@ -322,6 +372,14 @@ class RequestParser:
         head = self._head
         target = self._url
         head.target = target
+        if target[:1] == b"/" and b"#" not in target:
+            question = target.find(b"?")
+            if question < 0:
+                head.path = target
+            else:
+                head.path = target[:question]
+                head.query = target[question + 1 :]
+            return
         if target[:1] == b"/":
             path = target
         elif target == b"*":
@@ -355,6 +413,10 @@ class RequestParser:
         self._sink.request_body(body)
 
     def on_message_complete(self) -> None:
+        self._boundary = True
+        self._completed += 1
         self._in_head = True
         self._head_bytes = 0
-        self._sink.request_end(self._trailers)
+        trailers = self._trailers
+        self._trailers = None
+        self._sink.request_end(trailers)

@@ -18,7 +18,9 @@ ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 NO_BODY_STATUSES = frozenset({204, 304})
 
 # Hop-by-hop fields belong to the connection, which the server manages itself.
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "upgrade", "te", "trailer"})
+_HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "upgrade", "te", "trailer"}
+)
 
 _STATUS_LINES: dict[str, bytes] = {}
 
@@ -52,7 +54,7 @@ class HeadDefaults:
 
 
 class FileWrapper:
-    """``wsgi.file_wrapper``: iterates a file in blocks; servers sendfile it when it is a real file."""
+    """``wsgi.file_wrapper``: iterates a file in blocks; sent with sendfile when a real file."""
 
     __slots__ = ("filelike", "blksize")
 
@@ -235,7 +237,6 @@ class Response:
             raise ResponseError("response headers must be latin-1") from None
         self.headers_sent = True
         return line + encoded + b"\r\n"
-
 
     def frame(self, data: bytes) -> bytes:
         """Wire bytes for one body piece from the app, per the framing chosen in the head."""

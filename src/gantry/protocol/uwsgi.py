@@ -1,0 +1,112 @@
+"""The uwsgi wire protocol (as nginx's uwsgi_pass and uWSGI speak it), sans-I/O.
+
+A packet is a 4-byte header (modifier1: u8, datasize: u16 little-endian,
+modifier2: u8) and a vars block of ``datasize`` bytes made of
+(u16 LE key length, key, u16 LE value length, value) pairs. For a WSGI
+request (modifier1 0) the request body follows, CONTENT_LENGTH bytes of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import NamedTuple
+
+__all__ = [
+    "DEFAULT_BUFFER_SIZE",
+    "PacketHeader",
+    "UwsgiProtocolError",
+    "decode_vars",
+    "encode_packet",
+    "encode_vars",
+    "parse_packet",
+]
+
+#: largest vars block accepted by default, as uWSGI's ``buffer-size``
+DEFAULT_BUFFER_SIZE = 4096
+
+_MAX_U16 = 0xFFFF
+
+
+class UwsgiProtocolError(Exception):
+    """A malformed uwsgi packet; the connection cannot be trusted further."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class PacketHeader(NamedTuple):
+    """The 4-byte uwsgi packet header."""
+
+    modifier1: int
+    datasize: int
+    modifier2: int
+
+
+def encode_vars(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """The vars block for ``pairs``; ValueError if a key, value or the block exceeds 65535 bytes."""
+    parts: list[bytes] = []
+    for key, value in pairs:
+        if len(key) > _MAX_U16 or len(value) > _MAX_U16:
+            raise ValueError("uwsgi var key or value longer than 65535 bytes")
+        parts.append(len(key).to_bytes(2, "little"))
+        parts.append(key)
+        parts.append(len(value).to_bytes(2, "little"))
+        parts.append(value)
+    block = b"".join(parts)
+    if len(block) > _MAX_U16:
+        raise ValueError("uwsgi vars block longer than 65535 bytes")
+    return block
+
+
+def encode_packet(
+    pairs: Iterable[tuple[bytes, bytes]], modifier1: int = 0, modifier2: int = 0
+) -> bytes:
+    """Header and vars block of one packet."""
+    if not (0 <= modifier1 <= 255 and 0 <= modifier2 <= 255):
+        raise ValueError("uwsgi modifiers are single bytes")
+    block = encode_vars(pairs)
+    return bytes((modifier1,)) + len(block).to_bytes(2, "little") + bytes((modifier2,)) + block
+
+
+def decode_vars(block: bytes | bytearray | memoryview) -> list[tuple[bytes, bytes]]:
+    """Split a vars block into (key, value) pairs; UwsgiProtocolError if malformed."""
+    data = bytes(block)
+    end = len(data)
+    pairs: list[tuple[bytes, bytes]] = []
+    append = pairs.append
+    pos = 0
+    while pos < end:
+        if pos + 2 > end:
+            raise UwsgiProtocolError("truncated key length")
+        key_end = pos + 2 + (data[pos] | data[pos + 1] << 8)
+        if key_end + 2 > end:
+            raise UwsgiProtocolError("key runs past the vars block")
+        value_end = key_end + 2 + (data[key_end] | data[key_end + 1] << 8)
+        if value_end > end:
+            raise UwsgiProtocolError("value runs past the vars block")
+        append((data[pos + 2 : key_end], data[key_end + 2 : value_end]))
+        pos = value_end
+    return pairs
+
+
+def parse_packet(
+    buffer: bytes | bytearray | memoryview, max_size: int = DEFAULT_BUFFER_SIZE
+) -> tuple[PacketHeader, list[tuple[bytes, bytes]], int] | None:
+    """Decode the packet at the start of ``buffer``.
+
+    Returns None while more bytes are needed, else the header, the vars and the
+    number of bytes used (4 + datasize). A datasize over ``max_size`` is refused
+    as soon as the header is in, without waiting for the block.
+    """
+    if len(buffer) < 4:
+        return None
+    header = PacketHeader(buffer[0], buffer[1] | buffer[2] << 8, buffer[3])
+    if header.datasize > max_size:
+        raise UwsgiProtocolError(
+            f"vars block of {header.datasize} bytes exceeds the buffer size {max_size}"
+        )
+    used = 4 + header.datasize
+    if len(buffer) < used:
+        return None
+    return header, decode_vars(buffer[4:used]), used

@@ -9,7 +9,7 @@ import pytest
 from gantry.protocol.http1 import RequestHead, RequestParser
 from gantry.wsgi.environ import EnvironTemplate, decode_path, header_environ_key
 from gantry.wsgi.input import EMPTY_INPUT, BodyBuffer
-from gantry.wsgi.response import HeadDefaults, Response, ResponseError
+from gantry.wsgi.response import HeadDefaults, Response, ResponseError, error_response
 
 
 class _Collect:
@@ -190,3 +190,14 @@ def test_body_buffer_spools_past_threshold() -> None:
     assert hasattr(stream, "fileno") and big.size == 30
     assert stream.read() == b"abcdef" * 5
     big.discard()
+
+
+def test_error_response_is_complete_and_closes() -> None:
+    raw = error_response("400 Bad Request", HeadDefaults())
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"Connection: close" in head and b"Date: " in head
+    assert body == b"400 Bad Request\n"
+    assert f"Content-Length: {len(body)}".encode() in head
+    bare = error_response("413 Content Too Large", None, raw=True)
+    assert b"Date: " not in bare and bare.endswith(b"\r\n\r\n413 Content Too Large\n")

@@ -89,11 +89,26 @@ class WorkerContext:
         )
         self.stopping = False
         self._clock_handle: asyncio.TimerHandle | None = None
+        #: the loop's clock, refreshed by the 1 s tick; deadlines are set from it
+        self.now = loop.time()
 
     def start_clock(self) -> None:
-        """Refresh the ``Date`` line once a second, off the request path."""
-        self.defaults.refresh(time.time())
-        self._clock_handle = self.loop.call_later(1.0 - time.time() % 1.0, self.start_clock)
+        """Once a second, off the request path: refresh ``Date`` and sweep deadlines.
+
+        One sweep replaces a timer per connection: a request then only stores
+        a number, and timeouts fire within a second of their deadline.
+        """
+        wall = time.time()
+        self.defaults.refresh(wall)
+        now = self.now = self.loop.time()
+        for conn in list(self.connections):
+            deadline = conn.deadline
+            if deadline and now >= deadline:
+                try:
+                    conn.deadline_passed()
+                except Exception:
+                    error_log.exception("timeout handling failed")
+        self._clock_handle = self.loop.call_later(1.0 - wall % 1.0, self.start_clock)
 
     def stop_clock(self) -> None:
         """Stop the ``Date`` refresher."""

@@ -30,7 +30,7 @@ _REASONS = {
     505: "HTTP Version Not Supported",
 }
 
-# What the one per-connection timer is waiting for.
+# What the connection is waiting for, which decides the timeout that applies.
 _IDLE, _HEAD, _BODY, _BUSY = range(4)
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -48,30 +48,18 @@ class HTTPConnection(WSGIConnection):
         self.queue: deque[tuple[RequestHead, BodyBuffer | None]] = deque()
         self.reading_paused = False
         self.state = _IDLE
+        #: when the current wait (idle, head, body) times out; 0 = no deadline
         self.deadline = 0.0
-        self.timer: asyncio.TimerHandle | None = None
-        self.timer_at = 0.0
 
-    # timer: one per connection, re-armed lazily ---------------------------------
+    # timeouts: a deadline per connection, checked by the worker's 1 s sweep ----
 
     def _arm(self, state: int, seconds: float) -> None:
         self.state = state
-        deadline = self.loop.time() + seconds
-        self.deadline = deadline
-        if self.timer is None or self.timer_at > deadline:
-            if self.timer is not None:
-                self.timer.cancel()
-            self.timer_at = deadline
-            self.timer = self.loop.call_at(deadline, self._on_timer)
+        self.deadline = self.loop.time() + seconds
 
-    def _on_timer(self) -> None:
-        self.timer = None
+    def deadline_passed(self) -> None:
+        """Called by the worker's sweep once ``deadline`` is behind us."""
         if self.closed or self.state == _BUSY:
-            return
-        now = self.loop.time()
-        if now < self.deadline:
-            self.timer_at = self.deadline
-            self.timer = self.loop.call_at(self.deadline, self._on_timer)
             return
         assert self.transport is not None
         if self.state == _IDLE:
@@ -95,9 +83,6 @@ class HTTPConnection(WSGIConnection):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         if self.body is not None:
             self.body.discard()
         for _, body in self.queue:
@@ -191,8 +176,9 @@ class HTTPConnection(WSGIConnection):
         if self.head is not None:
             # a body is arriving for the next request
             self._arm(_BODY, self.ctx.config.body_timeout)
-        elif self.parser.in_head:
-            self._arm(_IDLE, self.ctx.config.keepalive_timeout)
+        else:
+            self.state = _IDLE
+            self.deadline = self.loop.time() + self.ctx.config.keepalive_timeout
 
     def _handle_queued(self, head: RequestHead, body: BodyBuffer | None) -> None:
         if self.closed:

@@ -33,7 +33,6 @@ class UwsgiConnection(WSGIConnection):
         self.vars: list[tuple[bytes, bytes]] | None = None
         self.body: BodyBuffer | None = None
         self.remaining = 0
-        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -49,21 +48,16 @@ class UwsgiConnection(WSGIConnection):
                 error_log.warning("uwsgi: refused connection from %s (not in allow list)", peer)
                 self.transport.abort()
                 return
-        self.timer = self.loop.call_later(self.ctx.config.header_timeout, self._timed_out)
+        self.deadline = self.loop.time() + self.ctx.config.header_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        self._cancel_timer()
         if self.body is not None:
             self.body.discard()
 
-    def _cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def _timed_out(self) -> None:
-        self.timer = None
+    def deadline_passed(self) -> None:
+        """The packet or its body did not arrive in time."""
+        self.deadline = 0.0
         if self.busy or self.closed:
             return
         error_log.info("uwsgi: timed out reading the request from %s", self.remote_addr)
@@ -113,13 +107,12 @@ class UwsgiConnection(WSGIConnection):
             self.remaining -= len(piece)
         if self.remaining == 0:
             self._start()
-        elif self.timer is not None:
+        else:
             # body timeout semantics: the limit is between reads
-            self.timer.cancel()
-            self.timer = self.loop.call_later(self.ctx.config.body_timeout, self._timed_out)
+            self.deadline = self.loop.time() + self.ctx.config.body_timeout
 
     def _start(self) -> None:
-        self._cancel_timer()
+        self.deadline = 0.0
         assert self.vars is not None
         environ: dict[str, Any] = self.template.base.copy()
         cgi = environ_from_uwsgi(self.vars, self.template.mount_prefix)

@@ -24,6 +24,11 @@ class WSGIConnection(asyncio.Protocol):
     """Base protocol: calls the app, streams its result, then finishes or closes."""
 
     raw_response = False
+    #: loop time when the current wait times out (0: none); the worker sweeps it
+    deadline = 0.0
+
+    def deadline_passed(self) -> None:
+        """Called by the worker's once-a-second sweep after ``deadline``."""
 
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
@@ -131,11 +136,20 @@ class WSGIConnection(asyncio.Protocol):
         # The common case: the whole body is known, so one write carries it all.
         body = result[0] if len(result) == 1 else b"".join(result)
         head = response.encode_head(self.ctx.defaults, len(body))
-        assert self.transport is not None
-        if response.body_allowed:
-            self.transport.write(head + response.frame(body))
-        else:
-            self.transport.write(head)
+        transport = self.transport
+        assert transport is not None
+        limit = response.content_length
+        if response.body_allowed and (limit is None or limit == len(body)):
+            response.bytes_sent = len(body)
+            transport.write(head + body)
+            # Nothing is left to frame, close or check: finish in place.
+            self.result = None
+            if self.ctx.access_log is not None:
+                self._log_access(response)
+            self.busy = False
+            self.response_done(response.keep_alive and not self.ctx.stopping)
+            return
+        transport.write(head + response.frame(body) if response.body_allowed else head)
         self._finish()
 
     def _write_from_app(self, data: bytes) -> None:

@@ -97,28 +97,30 @@ class EnvironTemplate:
         """The environ for one HTTP request."""
         environ = self.base.copy()
         environ["REQUEST_METHOD"] = head.method
-        path_info = decode_path(head.path)
+        path = head.path
+        path_info = (unquote_to_bytes(path) if b"%" in path else path).decode("latin-1")
         if self.mount_prefix:
             environ["SCRIPT_NAME"], path_info = self.split_mount(path_info)
         environ["PATH_INFO"] = path_info
         if head.query:
             environ["QUERY_STRING"] = head.query.decode("latin-1")
         environ["REQUEST_URI"] = head.target.decode("latin-1")
-        environ["RAW_URI"] = environ["REQUEST_URI"]
-        environ["SERVER_PROTOCOL"] = "HTTP/1.0" if head.version == "1.0" else "HTTP/1.1"
+        environ["SERVER_PROTOCOL"] = "HTTP/1.1" if head.version == "1.1" else "HTTP/1.0"
         environ["REMOTE_ADDR"] = remote_addr
         environ["REMOTE_PORT"] = remote_port
         environ["wsgi.input"] = body
-        get = environ.get
+        cached = _KEY_CACHE.get
         for name, value in head.headers:
-            key = header_environ_key(name)
+            key = cached(name, "")
+            if key == "":
+                key = header_environ_key(name)
             if key is None:
                 continue
-            text = value.decode("latin-1")
-            previous = get(key)
-            if previous is not None and key[:5] == "HTTP_":
-                text = previous + ("; " if key == "HTTP_COOKIE" else ", ") + text
-            environ[key] = text
+            if key in environ and key[:5] == "HTTP_":
+                joiner = "; " if key == "HTTP_COOKIE" else ", "
+                environ[key] = environ[key] + joiner + value.decode("latin-1")
+            else:
+                environ[key] = value.decode("latin-1")
         if body_size is not None:
             # A chunked body was read whole before the call: give its length
             # to apps that do not honour wsgi.input_terminated.

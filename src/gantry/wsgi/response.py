@@ -23,6 +23,43 @@ _HOP_BY_HOP = frozenset(
 )
 
 _STATUS_LINES: dict[str, bytes] = {}
+_STATUS_CODES: dict[str, int] = {}
+
+# Encoded header lines by (name, value): apps send the same few fields again
+# and again, so each is checked and encoded once. Bounded in count and size.
+_HEADER_LINES: dict[tuple[str, str], bytes] = {}
+_HEADER_CACHE_MAX = 4096
+_HEADER_CACHE_VALUE_MAX = 256
+
+
+def _status_line(status: str) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        if "\r" in status or "\n" in status:
+            raise ResponseError("CR or LF in status")
+        try:
+            line = f"HTTP/1.1 {status}\r\n".encode("latin-1")
+        except UnicodeEncodeError:
+            raise ResponseError("status must be latin-1") from None
+        if len(_STATUS_LINES) < 256:
+            _STATUS_LINES[status] = line
+    return line
+
+
+def _header_line(pair: tuple[str, str]) -> bytes:
+    """``name: value`` CRLF, refusing CR/LF (response splitting) and non-latin-1 text."""
+    name, value = pair
+    if type(name) is not str or type(value) is not str:
+        raise ResponseError(f"header {pair!r} is not a pair of strings")
+    if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
+        raise ResponseError(f"invalid response header {name!r}")
+    try:
+        line = f"{name}: {value}\r\n".encode("latin-1")
+    except UnicodeEncodeError:
+        raise ResponseError("response headers must be latin-1") from None
+    if len(value) <= _HEADER_CACHE_VALUE_MAX and len(_HEADER_LINES) < _HEADER_CACHE_MAX:
+        _HEADER_LINES[(name, value)] = line
+    return line
 
 
 class ResponseError(Exception):
@@ -32,12 +69,14 @@ class ResponseError(Exception):
 class HeadDefaults:
     """Fields every response gets (``Server``, ``Date``), refreshed at most once a second."""
 
-    __slots__ = ("server", "date_line", "_second")
+    __slots__ = ("server", "date_line", "lines", "_second")
 
     def __init__(self, server: str = "gantry") -> None:
         self.server = f"Server: {server}\r\n"
         self._second = -1
         self.date_line = ""
+        #: ``Server`` and ``Date`` lines and the blank line ending the head
+        self.lines = b""
         self.refresh(time.time())
 
     def refresh(self, now: float) -> None:
@@ -46,11 +85,7 @@ class HeadDefaults:
         if second != self._second:
             self._second = second
             self.date_line = f"Date: {formatdate(second, usegmt=True)}\r\n"
-
-    @property
-    def lines(self) -> str:
-        """``Server`` and ``Date`` lines, CRLF-terminated."""
-        return self.server + self.date_line
+            self.lines = (self.server + self.date_line + "\r\n").encode("latin-1")
 
 
 class FileWrapper:
@@ -94,21 +129,18 @@ class FileWrapper:
 class Response:
     """State of one WSGI response: what ``start_response`` was given and how it is framed."""
 
-    __slots__ = (
-        "status",
-        "status_code",
-        "headers",
-        "headers_sent",
-        "content_length",
-        "chunked",
-        "keep_alive",
-        "head_only",
-        "bytes_sent",
-        "http10",
-        "raw",
-        "write",
-        "truncated",
-    )
+    # Class-level defaults: one response per request, so set only what differs.
+    status: str | None = None
+    status_code = 0
+    headers: list[tuple[str, str]] = []
+    headers_sent = False
+    content_length: int | None = None
+    chunked = False
+    bytes_sent = 0
+    #: the app produced more bytes than its Content-Length: the rest was dropped
+    truncated = False
+    #: uwsgi mode: no chunking, no Date/Server, the connection closes after
+    raw = False
 
     def __init__(
         self,
@@ -118,22 +150,13 @@ class Response:
         http10: bool,
         raw: bool = False,
     ) -> None:
-        self.status: str | None = None
-        self.status_code = 0
-        self.headers: list[tuple[str, str]] = []
-        self.headers_sent = False
-        self.content_length: int | None = None
-        self.chunked = False
+        #: the ``write()`` callable handed to the app
+        self.write = write
         self.keep_alive = keep_alive
         self.head_only = head_only
         self.http10 = http10
-        #: uwsgi mode: no chunking, no Date/Server, the connection closes after
-        self.raw = raw
-        self.bytes_sent = 0
-        #: the app produced more bytes than its Content-Length: the rest was dropped
-        self.truncated = False
-        #: the ``write()`` callable handed to the app
-        self.write = write
+        if raw:
+            self.raw = True
 
     def start_response(
         self,
@@ -150,12 +173,16 @@ class Response:
                 exc_info = None
         elif self.status is not None:
             raise ResponseError("start_response called twice without exc_info")
-        if type(status) is not str or len(status) < 4 or status[3] != " ":
-            raise ResponseError(f"invalid status {status!r}")
-        try:
-            self.status_code = int(status[:3])
-        except ValueError:
-            raise ResponseError(f"invalid status {status!r}") from None
+        code = _STATUS_CODES.get(status)
+        if code is None:
+            if type(status) is not str or len(status) < 4 or status[3] != " ":
+                raise ResponseError(f"invalid status {status!r}")
+            if not status[:3].isdigit():
+                raise ResponseError(f"invalid status {status!r}")
+            code = int(status[:3])
+            if len(_STATUS_CODES) < 256:
+                _STATUS_CODES[status] = code
+        self.status_code = code
         self.status = status
         self.headers = headers
         return self.write
@@ -176,9 +203,19 @@ class Response:
         if status is None:
             raise ResponseError("the application did not call start_response")
         code = self.status_code
-        parts: list[str] = []
+        lines: list[bytes] = [_status_line(status)]
+        append = lines.append
+        known = _HEADER_LINES
         content_length: int | None = None
-        for name, value in self.headers:
+        for pair in self.headers:
+            try:
+                line = known.get(pair)
+            except TypeError:
+                line = None
+            if line is not None:
+                append(line)
+                continue
+            name, value = pair
             lname = name.lower()
             if lname == "content-length":
                 try:
@@ -187,56 +224,36 @@ class Response:
                     raise ResponseError(f"invalid Content-Length {value!r}") from None
                 if content_length < 0:
                     raise ResponseError(f"invalid Content-Length {value!r}")
-                continue
             elif lname in _HOP_BY_HOP:
                 if lname == "connection" and value.lower() == "close":
                     self.keep_alive = False
-                continue
-            parts.append(f"{name}: {value}\r\n")
-        bodyless = code < 200 or code in NO_BODY_STATUSES
+            else:
+                append(_header_line(pair))
         if content_length is not None:
-            if not bodyless or code == 304:
-                parts.append(f"Content-Length: {content_length}\r\n")
+            if code >= 200 and (code not in NO_BODY_STATUSES or code == 304):
+                append(b"Content-Length: %d\r\n" % content_length)
             self.content_length = content_length
-        elif bodyless:
+        elif code < 200 or code in NO_BODY_STATUSES:
             pass
         elif body_length is not None:
-            parts.append(f"Content-Length: {body_length}\r\n")
-        elif self.raw:
-            self.keep_alive = False
-        elif self.head_only:
-            # The length of a body never produced is unknown: close afterwards.
-            self.keep_alive = False
-        elif self.http10:
+            append(b"Content-Length: %d\r\n" % body_length)
+        elif self.raw or self.head_only or self.http10:
+            # No length and no chunked coding: the end of the body is the close.
+            # (For HEAD, the length of a body never produced is unknown.)
             self.keep_alive = False
         else:
             self.chunked = True
-            parts.append("Transfer-Encoding: chunked\r\n")
-        if not self.raw:
+            append(b"Transfer-Encoding: chunked\r\n")
+        if self.raw:
+            append(b"\r\n")
+        else:
             if not self.keep_alive:
-                parts.append("Connection: close\r\n")
+                append(b"Connection: close\r\n")
             elif self.http10:
-                parts.append("Connection: keep-alive\r\n")
-            parts.append(defaults.lines)
-        text = "".join(parts)
-        # One newline per line: anything else is response splitting by the app.
-        if text.count("\n") != text.count("\r\n") or text.count("\r\n") != len(parts) + (
-            0 if self.raw else 1
-        ):
-            raise ResponseError("CR or LF inside a response header")
-        line = _STATUS_LINES.get(status)
-        if line is None:
-            if "\r" in status or "\n" in status:
-                raise ResponseError("CR or LF in status")
-            line = f"HTTP/1.1 {status}\r\n".encode("latin-1")
-            if len(_STATUS_LINES) < 256:
-                _STATUS_LINES[status] = line
-        try:
-            encoded = text.encode("latin-1")
-        except UnicodeEncodeError:
-            raise ResponseError("response headers must be latin-1") from None
+                append(b"Connection: keep-alive\r\n")
+            append(defaults.lines)
         self.headers_sent = True
-        return line + encoded + b"\r\n"
+        return b"".join(lines)
 
     def frame(self, data: bytes) -> bytes:
         """Wire bytes for one body piece from the app, per the framing chosen in the head."""
@@ -274,16 +291,15 @@ class Response:
 def error_response(status: str, defaults: HeadDefaults | None, raw: bool = False) -> bytes:
     """A short plain-text response the server sends on its own behalf; the connection closes."""
     body = status.encode("latin-1") + b"\n"
-    lines = [
-        f"HTTP/1.1 {status}\r\n",
-        "Content-Type: text/plain; charset=utf-8\r\n",
-        f"Content-Length: {len(body)}\r\n",
-        "Connection: close\r\n",
-    ]
+    head = (
+        f"HTTP/1.1 {status}\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Connection: close\r\n"
+    ).encode("latin-1")
     if defaults is not None and not raw:
-        lines.append(defaults.lines)
-    lines.append("\r\n")
-    return "".join(lines).encode("latin-1") + body
+        return head + defaults.lines + body
+    return head + b"\r\n" + body
 
 
 def close_result(result: Any) -> None:

@@ -259,4 +259,11 @@ def serve(config: ServeConfig) -> int:
         raise
     worker = Worker(config, app, sockets)
     worker.access_stream = access_stream
-    return worker.run()
+    code = worker.run()
+    if worker.fast:
+        # A fast stop does not wait for app threads still inside a request.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -18,6 +18,8 @@ from gantry.wsgi.response import FileWrapper, Response, ResponseError, close_res
 # The transport pauses us above HIGH and resumes below LOW buffered bytes.
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
+# A HEAD response's body is produced and counted up to this size for its length.
+HEAD_MEASURE_LIMIT = 1024 * 1024
 
 
 class WSGIConnection(asyncio.Protocol):
@@ -135,6 +137,9 @@ class WSGIConnection(asyncio.Protocol):
     def _send_whole(self, result: list[bytes], response: Response) -> None:
         # The common case: the whole body is known, so one write carries it all.
         body = result[0] if len(result) == 1 else b"".join(result)
+        if type(body) is not bytes:
+            # checked before the head is built, so a bad item still gets a 500
+            body = b"".join((body,))
         head = response.encode_head(self.ctx.defaults, len(body))
         transport = self.transport
         assert transport is not None
@@ -169,11 +174,17 @@ class WSGIConnection(asyncio.Protocol):
         if iterator is None or response is None or transport is None:
             return
         try:
+            if response.head_only and not response.headers_sent:
+                self._measure_head_body(iterator, response, transport)
+                return
             while not self.write_paused:
                 if self.closed:
                     return
                 chunk = next(iterator)
                 if not response.headers_sent:
+                    if not isinstance(chunk, bytes | bytearray | memoryview):
+                        # refuse before the head goes out, so the client gets a 500
+                        raise ResponseError(f"the app produced {type(chunk).__name__}, not bytes")
                     # Head and first piece in one write: one syscall, one packet.
                     head = response.encode_head(self.ctx.defaults, None)
                     transport.write(head + response.frame(chunk))
@@ -187,6 +198,22 @@ class WSGIConnection(asyncio.Protocol):
         except Exception:
             self.iterator = None
             self._app_failed("application iterator raised")
+
+    def _measure_head_body(
+        self, iterator: Iterator[bytes], response: Response, transport: asyncio.Transport
+    ) -> None:
+        """HEAD: run the body to learn its length (as GET would send it), up to a bound."""
+        size = 0
+        for chunk in iterator:
+            size += len(chunk)
+            if size > HEAD_MEASURE_LIMIT:
+                # Too long to measure: no length, and the connection closes after.
+                transport.write(response.encode_head(self.ctx.defaults, None))
+                break
+        else:
+            transport.write(response.encode_head(self.ctx.defaults, size))
+        self.iterator = None
+        self._finish()
 
     def _finish(self) -> None:
         response = self.response
@@ -335,10 +362,25 @@ class WSGIConnection(asyncio.Protocol):
                 body = b"".join(result)
                 head = response.encode_head(self.ctx.defaults, len(body))
                 self._send_from_thread(head + response.frame(body))
+            elif response.head_only and not response.headers_sent:
+                size = 0
+                for chunk in result:
+                    size += len(chunk)
+                    if size > HEAD_MEASURE_LIMIT:
+                        break
+                self._send_from_thread(
+                    response.encode_head(
+                        self.ctx.defaults, size if size <= HEAD_MEASURE_LIMIT else None
+                    )
+                )
             else:
                 for chunk in result:
                     if self.closed:
                         break
+                    if not response.headers_sent and not isinstance(
+                        chunk, bytes | bytearray | memoryview
+                    ):
+                        raise ResponseError(f"the app produced {type(chunk).__name__}, not bytes")
                     self._write_from_thread(chunk)
         except Exception:
             failed = True

@@ -60,9 +60,8 @@ class GantryServer:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"gantry serve exited with {self.process.returncode}:\n{self.log_text()[-3000:]}"
-                )
+                code = self.process.returncode
+                raise RuntimeError(f"gantry serve exited with {code}:\n{self.log_text()[-3000:]}")
             try:
                 family = socket.AF_UNIX if isinstance(target, str) else socket.AF_INET
                 with socket.socket(family) as probe:

@@ -126,11 +126,8 @@ _VERSIONS = {b"1.1": "1.1", b"1.0": "1.0"}
 
 
 def _status_for_llhttp_error(message: str) -> tuple[int, str]:
-    lowered = message.lower()
-    if "version" in lowered:
-        return 505 if "major" in lowered else 400, message
-    if "transfer-encoding" in lowered and "content-length" not in lowered:
-        return 501, message
+    # llhttp's Transfer-Encoding errors are framing errors (chunked not final):
+    # RFC 9112 6.3 asks for 400; unknown codings are refused with 501 by us.
     return 400, message
 
 
@@ -164,6 +161,9 @@ class RequestParser:
         self._sink = sink
         self._limits = limits or HTTPLimits()
         self._parser = httptools.HttpRequestParser(self)
+        # Accept any one-digit version so HTTP/1.2 is served as 1.1 and HTTP/2.0
+        # or 3.0 get 505 from us (RFC 9110 6.2) rather than llhttp's 400.
+        self._parser.set_dangerous_leniencies(lenient_version=True)
         self._head = RequestHead()
         self._url = b""
         self._in_head = True
@@ -317,6 +317,8 @@ class RequestParser:
             version = parser.get_http_version()
             if not version.startswith("1."):
                 self._fail(505, f"HTTP version {version} not supported")
+            if version != "1.0":
+                version = "1.1"  # a higher 1.x minor is served as 1.1 (RFC 9110 6.2)
         head.version = version
         if method is None:
             method = parser.get_method().decode("ascii")
@@ -345,6 +347,10 @@ class RequestParser:
                 self._fail(413, "request body too large")
             head.content_length = content_length
             self._body_bytes = 0
+        if head.has_body and parser.should_upgrade():
+            # llhttp stops at the head of an Upgrade request, so its body would be
+            # lost; WSGI cannot switch protocols anyway.
+            self._fail(400, "Upgrade request with a body is not supported")
         if expect is not None:
             if expect.lower() != b"100-continue":
                 self._fail(417, "unsupported expectation")

@@ -1,0 +1,1 @@
+"""Gantry benchmark harness: compares `gantry serve` with uWSGI, gunicorn, waitress, granian."""

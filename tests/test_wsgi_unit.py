@@ -8,7 +8,7 @@ import pytest
 
 from gantry.protocol.http1 import RequestHead, RequestParser
 from gantry.wsgi.environ import EnvironTemplate, decode_path, header_environ_key
-from gantry.wsgi.input import EMPTY_INPUT, BodyBuffer
+from gantry.wsgi.input import BodyBuffer
 from gantry.wsgi.response import HeadDefaults, Response, ResponseError, error_response
 
 
@@ -34,7 +34,7 @@ def _head(raw: bytes) -> RequestHead:
 
 def _environ(raw: bytes, mount: str = "") -> dict[str, object]:
     template = EnvironTemplate("127.0.0.1", "8000", mount_prefix=mount)
-    return template.from_http(_head(raw), EMPTY_INPUT, "10.1.2.3", "5555")
+    return template.from_http(_head(raw), template.for_peer("10.1.2.3", "5555"))
 
 
 def test_environ_required_keys() -> None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import IO, Any
 
 from gantry.appserver.context import WorkerContext, error_log
 from gantry.appserver.wsgi_connection import WSGIConnection
 from gantry.protocol.http1 import ProtocolError, RequestHead, RequestParser
 from gantry.wsgi.environ import EnvironTemplate
-from gantry.wsgi.input import EMPTY_INPUT, BodyBuffer
+from gantry.wsgi.input import BodyBuffer
 from gantry.wsgi.response import Response, error_response
 
 # More complete pipelined requests than this waiting: stop reading the socket.
@@ -75,6 +74,7 @@ class HTTPConnection(WSGIConnection):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self.environ_base = self.template.for_peer(self.remote_addr, self.remote_port)
         if self.ctx.stopping:
             self.transport.close()  # type: ignore[union-attr]
             return
@@ -141,12 +141,11 @@ class HTTPConnection(WSGIConnection):
     def _handle(self, head: RequestHead, body: BodyBuffer | None) -> None:
         self.state = _BUSY
         if body is None:
-            stream: IO[bytes] | Any = EMPTY_INPUT
-            size = None
+            environ = self.template.from_http(head, self.environ_base)
         else:
-            stream = body.to_input()
-            size = body.size if head.chunked else None
-        environ = self.template.from_http(head, stream, self.remote_addr, self.remote_port, size)
+            environ = self.template.from_http(
+                head, self.environ_base, body.to_input(), body.size if head.chunked else None
+            )
         response = Response(
             self._write_from_app,
             head.keep_alive and not head.upgrade,

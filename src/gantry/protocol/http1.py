@@ -324,17 +324,31 @@ class RequestParser:
             method = parser.get_method().decode("ascii")
         head.method = method
         head.keep_alive = parser.should_keep_alive()
-        self._parse_target(method)
-        if version != "1.0" and self._host_count != 1:
-            self._fail(400, "HTTP/1.1 request needs exactly one Host field")
-        if self._host_count > 1:
-            self._fail(400, "more than one Host field")
+        target = head.target = self._url
+        if target[:1] == b"/" and b"#" not in target:
+            # origin-form, by far the most common: split path and query here
+            question = target.find(b"?")
+            if question < 0:
+                head.path = target
+            else:
+                head.path = target[:question]
+                head.query = target[question + 1 :]
+        else:
+            self._parse_target(method)
+        if self._host_count != 1 and (version != "1.0" or self._host_count > 1):
+            self._fail(400, "an HTTP/1.1 request needs exactly one Host field")
+        if self._te is not None or self._content_length is not None or self._expect is not None:
+            self._decide_framing(head, version)
+        self._in_head = False
+        self._sink.request_head(head)
+
+    def _decide_framing(self, head: RequestHead, version: str) -> None:
+        """The one place a request body's framing is chosen (RFC 9112 6.3)."""
         content_length = None
         if self._content_length is not None:
             if not self._content_length.isdigit():
                 self._fail(400, "invalid Content-Length")
             content_length = int(self._content_length)
-        expect = self._expect
         if self._te is not None:
             self._check_transfer_encoding(self._te, version)
             if content_length is not None:
@@ -347,17 +361,16 @@ class RequestParser:
                 self._fail(413, "request body too large")
             head.content_length = content_length
             self._body_bytes = 0
-        if head.has_body and parser.should_upgrade():
+        if head.has_body and self._parser.should_upgrade():
             # llhttp stops at the head of an Upgrade request, so its body would be
             # lost; WSGI cannot switch protocols anyway.
             self._fail(400, "Upgrade request with a body is not supported")
+        expect = self._expect
         if expect is not None:
             if expect.lower() != b"100-continue":
                 self._fail(417, "unsupported expectation")
             # A 1.0 client cannot handle an interim response (RFC 9110 10.1.1).
             head.expect_continue = version != "1.0" and head.has_body
-        self._in_head = False
-        self._sink.request_head(head)
 
     def _check_transfer_encoding(self, te: bytes, version: str) -> None:
         if version == "1.0":
@@ -377,15 +390,6 @@ class RequestParser:
     def _parse_target(self, method: str) -> None:
         head = self._head
         target = self._url
-        head.target = target
-        if target[:1] == b"/" and b"#" not in target:
-            question = target.find(b"?")
-            if question < 0:
-                head.path = target
-            else:
-                head.path = target[:question]
-                head.query = target[question + 1 :]
-            return
         if target[:1] == b"/":
             path = target
         elif target == b"*":

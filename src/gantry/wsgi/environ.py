@@ -8,6 +8,7 @@ from urllib.parse import unquote_to_bytes
 
 from gantry.protocol.http1 import RequestHead
 from gantry.wsgi.errors import ErrorStream
+from gantry.wsgi.input import EMPTY_INPUT
 
 __all__ = ["EnvironTemplate", "header_environ_key", "decode_path"]
 
@@ -86,16 +87,24 @@ class EnvironTemplate:
                 return prefix, rest
         return "", path_info
 
+    def for_peer(self, remote_addr: str, remote_port: str) -> dict[str, Any]:
+        """The per-connection part: the template plus the client's address."""
+        base = self.base.copy()
+        base["REMOTE_ADDR"] = remote_addr
+        base["REMOTE_PORT"] = remote_port
+        base["SERVER_PROTOCOL"] = "HTTP/1.1"
+        base["wsgi.input"] = EMPTY_INPUT
+        return base
+
     def from_http(
         self,
         head: RequestHead,
-        body: IO[bytes] | Any,
-        remote_addr: str,
-        remote_port: str,
+        peer_base: dict[str, Any],
+        body: IO[bytes] | None = None,
         body_size: int | None = None,
     ) -> dict[str, Any]:
-        """The environ for one HTTP request."""
-        environ = self.base.copy()
+        """The environ for one HTTP request; ``peer_base`` comes from ``for_peer``."""
+        environ = peer_base.copy()
         environ["REQUEST_METHOD"] = head.method
         path = head.path
         path_info = (unquote_to_bytes(path) if b"%" in path else path).decode("latin-1")
@@ -105,10 +114,10 @@ class EnvironTemplate:
         if head.query:
             environ["QUERY_STRING"] = head.query.decode("latin-1")
         environ["REQUEST_URI"] = head.target.decode("latin-1")
-        environ["SERVER_PROTOCOL"] = "HTTP/1.1" if head.version == "1.1" else "HTTP/1.0"
-        environ["REMOTE_ADDR"] = remote_addr
-        environ["REMOTE_PORT"] = remote_port
-        environ["wsgi.input"] = body
+        if head.version != "1.1":
+            environ["SERVER_PROTOCOL"] = "HTTP/1.0"
+        if body is not None:
+            environ["wsgi.input"] = body
         cached = _KEY_CACHE.get
         for name, value in head.headers:
             key = cached(name, "")

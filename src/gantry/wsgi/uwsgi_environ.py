@@ -25,6 +25,9 @@ def environ_from_uwsgi(pairs: list[tuple[bytes, bytes]], mount_prefix: str = "")
         if environ.get(key) == "":
             # nginx sends these empty when the request had none.
             del environ[key]
+        # nginx also passes the client's own header as HTTP_CONTENT_*: PEP 3333
+        # has these only without the prefix (as the HTTP side builds them).
+        environ.pop("HTTP_" + key, None)
     environ.setdefault("REQUEST_METHOD", "GET")
     environ.setdefault("QUERY_STRING", "")
     environ.setdefault("SERVER_NAME", "localhost")

@@ -1,0 +1,1 @@
+"""A minimal Django project for the interop tests (no database)."""

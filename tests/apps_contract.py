@@ -6,6 +6,7 @@ GANTRY_CONTRACT_EVENTS so that the test process can read them.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -103,6 +104,11 @@ def _app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byt
         time.sleep(float(environ.get("QUERY_STRING") or "1"))
         start_response("200 OK", text)
         return [b"slow done"]
+    if path == "/environ":
+        keys = ("REMOTE_ADDR", "wsgi.url_scheme", "SERVER_NAME", "PATH_INFO", "SCRIPT_NAME")
+        body = json.dumps({key: environ.get(key) for key in keys}).encode()
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [body]
     if path == "/raise":
         raise RuntimeError("the app failed on purpose: SECRET-TRACEBACK-MARKER")
     if path == "/echo":

@@ -115,6 +115,8 @@ def read_all(sock: socket.socket, limit: float = 5.0) -> bytes:
             data = sock.recv(65536)
         except TimeoutError:
             break
+        except ConnectionResetError:
+            break  # an abort (RST) is a close too
         if not data:
             break
         chunks.append(data)

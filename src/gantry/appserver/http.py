@@ -54,7 +54,8 @@ class HTTPConnection(WSGIConnection):
 
     def _arm(self, state: int, seconds: float) -> None:
         self.state = state
-        self.deadline = self.loop.time() + seconds
+        # ctx.now is at most a second old: the slack keeps a deadline from firing early.
+        self.deadline = self.ctx.now + seconds + 1.0
 
     def deadline_passed(self) -> None:
         """Called by the worker's sweep once ``deadline`` is behind us."""
@@ -91,15 +92,17 @@ class HTTPConnection(WSGIConnection):
         self.queue.clear()
 
     def data_received(self, data: bytes) -> None:
-        if self.state == _IDLE:
-            self._arm(_HEAD, self.ctx.config.header_timeout)
-        elif self.state == _BODY:
+        if self.state == _BODY:
             # client_body_timeout semantics: the limit is between reads
-            self.deadline = self.loop.time() + self.ctx.config.body_timeout
+            self.deadline = self.ctx.now + self.ctx.config.body_timeout + 1.0
         try:
             self.parser.feed(data)
         except ProtocolError as exc:
             self._refuse(exc)
+            return
+        if self.state == _IDLE and not self.parser.at_boundary:
+            # Part of a head arrived (a whole one would have been served by now).
+            self._arm(_HEAD, self.ctx.config.header_timeout)
 
     # RequestSink --------------------------------------------------------------------
 
@@ -177,7 +180,7 @@ class HTTPConnection(WSGIConnection):
             self._arm(_BODY, self.ctx.config.body_timeout)
         else:
             self.state = _IDLE
-            self.deadline = self.loop.time() + self.ctx.config.keepalive_timeout
+            self.deadline = self.ctx.now + self.ctx.config.keepalive_timeout + 1.0
 
     def _handle_queued(self, head: RequestHead, body: BodyBuffer | None) -> None:
         if self.closed:

@@ -35,6 +35,9 @@ class WSGIConnection(asyncio.Protocol):
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
         self.loop = ctx.loop
+        # looked up once per connection rather than per request
+        self.app = ctx.app
+        self.executor = ctx.executor
         self.transport: asyncio.Transport | None = None
         self.remote_addr = ""
         self.remote_port = ""
@@ -106,7 +109,7 @@ class WSGIConnection(asyncio.Protocol):
         self.busy = True
         self.environ = environ
         self.response = response
-        executor = self.ctx.executor
+        executor = self.executor
         if executor is not None:
             self.can_write = threading.Event()
             if not self.write_paused:
@@ -115,7 +118,7 @@ class WSGIConnection(asyncio.Protocol):
             executor.submit(self._run_in_thread, environ, response)
             return
         try:
-            result = self.ctx.app(environ, response.start_response)
+            result = self.app(environ, response.start_response)
         except Exception:
             self._app_failed("application raised")
             return
@@ -140,7 +143,8 @@ class WSGIConnection(asyncio.Protocol):
         if type(body) is not bytes:
             # checked before the head is built, so a bad item still gets a 500
             body = b"".join((body,))
-        head = response.encode_head(self.ctx.defaults, len(body))
+        ctx = self.ctx
+        head = response.encode_head(ctx.defaults, len(body))
         transport = self.transport
         assert transport is not None
         limit = response.content_length
@@ -149,10 +153,10 @@ class WSGIConnection(asyncio.Protocol):
             transport.write(head + body)
             # Nothing is left to frame, close or check: finish in place.
             self.result = None
-            if self.ctx.access_log is not None:
+            if ctx.access_log is not None:
                 self._log_access(response)
             self.busy = False
-            self.response_done(response.keep_alive and not self.ctx.stopping)
+            self.response_done(response.keep_alive and not ctx.stopping)
             return
         transport.write(head + response.frame(body) if response.body_allowed else head)
         self._finish()
@@ -357,7 +361,7 @@ class WSGIConnection(asyncio.Protocol):
         result: Any = None
         failed = False
         try:
-            result = self.ctx.app(environ, response.start_response)
+            result = self.app(environ, response.start_response)
             if type(result) is list and not response.headers_sent:
                 body = b"".join(result)
                 head = response.encode_head(self.ctx.defaults, len(body))

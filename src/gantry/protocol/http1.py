@@ -122,9 +122,6 @@ _METHODS = {
 }
 
 
-_VERSIONS = {b"1.1": "1.1", b"1.0": "1.0"}
-
-
 def _status_for_llhttp_error(message: str) -> tuple[int, str]:
     # llhttp's Transfer-Encoding errors are framing errors (chunked not final):
     # RFC 9112 6.3 asks for 400; unknown codings are refused with 501 by us.
@@ -153,6 +150,7 @@ class RequestParser:
         "_error",
         "_dead",
         "_start_chunk",
+        "_connection_seen",
         "_boundary",
         "_completed",
     )
@@ -179,9 +177,15 @@ class RequestParser:
         self._error: ProtocolError | None = None
         self._dead = False
         self._start_chunk: bytes | None = None
+        self._connection_seen = False
         # True between messages: the next byte fed starts a new request line
         self._boundary = True
         self._completed = 0
+
+    @property
+    def at_boundary(self) -> bool:
+        """True between messages: no byte of a next request has arrived yet."""
+        return self._boundary
 
     @property
     def in_head(self) -> bool:
@@ -253,6 +257,7 @@ class RequestParser:
         self._field_count = 0
         self._host_count = 0
         self._te = self._content_length = self._expect = None
+        self._connection_seen = False
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -264,7 +269,8 @@ class RequestParser:
         if value and value[-1] in (0x20, 0x09):
             # llhttp strips leading OWS only; RFC 9110 5.5 excludes trailing OWS too.
             value = value.rstrip(b" \t")
-        if len(name) + len(value) > limits.max_field_size:
+        size = len(name) + len(value)
+        if size > limits.max_field_size:
             self._fail(431, "header field too large")
         if not self._in_head:
             self._add_trailer(name, value)
@@ -272,7 +278,7 @@ class RequestParser:
         self._field_count += 1
         if self._field_count > limits.max_fields:
             self._fail(431, "too many header fields")
-        self._fields_bytes += len(name) + len(value) + 4
+        self._fields_bytes += size + 4
         if self._fields_bytes > limits.max_head_size:
             self._fail(431, "request head too large")
         self._head.headers.append((name, value))
@@ -289,6 +295,8 @@ class RequestParser:
                 if self._content_length is not None:
                     self._fail(400, "more than one Content-Length")
                 self._content_length = value
+            elif len(name) == 10:
+                self._connection_seen = True  # "connection": llhttp decides keep-alive
         elif first == 0x65:  # e
             if len(name) == 6 and name.lower() == b"expect":
                 self._expect = value
@@ -310,8 +318,9 @@ class RequestParser:
         if chunk is not None:
             self._start_chunk = None
             line_end = chunk.find(b"\r\n")
-            if line_end > 9 and chunk[line_end - 9 : line_end - 3] == b" HTTP/":
-                version = _VERSIONS.get(chunk[line_end - 3 : line_end])
+            if line_end > 9 and chunk.startswith(b" HTTP/1.", line_end - 9):
+                minor = chunk[line_end - 1]
+                version = "1.1" if minor == 0x31 else "1.0" if minor == 0x30 else None
                 method = _METHODS.get(chunk[: chunk.find(b" ")])
         if version is None:
             version = parser.get_http_version()
@@ -323,7 +332,10 @@ class RequestParser:
         if method is None:
             method = parser.get_method().decode("ascii")
         head.method = method
-        head.keep_alive = parser.should_keep_alive()
+        if version == "1.1" and not self._connection_seen:
+            pass  # persistent by default (RFC 9112 9.3); the class default is True
+        else:
+            head.keep_alive = parser.should_keep_alive()
         target = head.target = self._url
         if target[:1] == b"/" and b"#" not in target:
             # origin-form, by far the most common: split path and query here

@@ -141,6 +141,8 @@ class Response:
     truncated = False
     #: uwsgi mode: no chunking, no Date/Server, the connection closes after
     raw = False
+    #: whether body bytes may follow the head (set by start_response)
+    body_allowed = False
 
     def __init__(
         self,
@@ -184,14 +186,10 @@ class Response:
                 _STATUS_CODES[status] = code
         self.status_code = code
         self.status = status
+        self.body_allowed = not self.head_only and code >= 200 and code not in NO_BODY_STATUSES
         self.headers = headers
         return self.write
 
-    @property
-    def body_allowed(self) -> bool:
-        """Whether body bytes may follow the head."""
-        code = self.status_code
-        return not self.head_only and code >= 200 and code not in NO_BODY_STATUSES
 
     def encode_head(self, defaults: HeadDefaults, body_length: int | None) -> bytes:
         """Serialise the head and decide the framing.

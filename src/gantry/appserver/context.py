@@ -88,9 +88,40 @@ class WorkerContext:
             else None
         )
         self.stopping = False
+        self.batch: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+        #: sends (None: a close) held until the batch of apps has run
+        self.writes: list[tuple[Any, bytes | None]] = []
+        self.batch_running = False
         self._clock_handle: asyncio.TimerHandle | None = None
         #: the loop's clock, refreshed by the 1 s tick; deadlines are set from it
         self.now = loop.time()
+
+    def schedule(self, callback: Callable[..., None], *args: Any) -> None:
+        """Queue ``callback`` for the batch that runs after the current reads."""
+        batch = self.batch
+        batch.append((callback, args))
+        if len(batch) == 1:
+            self.loop.call_soon(self._run_batch)
+
+    def _run_batch(self) -> None:
+        batch = self.batch
+        self.batch = []
+        self.batch_running = True
+        for callback, args in batch:
+            try:
+                callback(*args)
+            except Exception:
+                error_log.exception("request handling failed")
+        self.batch_running = False
+        writes = self.writes
+        if writes:
+            # Then all the sends, one after another: the kernel's path stays warm too.
+            self.writes = []
+            for transport, data in writes:
+                if data is None:
+                    transport.close()
+                else:
+                    transport.write(data)
 
     def start_clock(self) -> None:
         """Once a second, off the request path: refresh ``Date`` and sweep deadlines.

@@ -137,7 +137,10 @@ class HTTPConnection(WSGIConnection):
                 self.transport.pause_reading()
                 self.reading_paused = True
             return
-        self._handle(head, body)
+        # Run the app after this loop iteration's reads, with the other
+        # connections' requests: parsing and app code each run in a batch.
+        self.busy = True
+        self.ctx.schedule(self._handle_queued, head, body)
 
     # requests -------------------------------------------------------------------
 
@@ -161,7 +164,7 @@ class HTTPConnection(WSGIConnection):
         transport = self.transport
         assert transport is not None
         if not keep_alive or self.closed:
-            transport.close()
+            self._close()
             return
         queue = self.queue
         if queue:

@@ -97,7 +97,8 @@ class UwsgiConnection(WSGIConnection):
                 self.body = BodyBuffer(self.ctx.config.body_spool_threshold)
             data = rest
             if not data and not length:
-                self._start()
+                self.busy = True
+                self.ctx.schedule(self._start)
                 return
         if self.busy:
             return  # one request per connection: ignore anything past the body
@@ -106,7 +107,8 @@ class UwsgiConnection(WSGIConnection):
             self.body.append(piece)
             self.remaining -= len(piece)
         if self.remaining == 0:
-            self._start()
+            self.busy = True
+            self.ctx.schedule(self._start)
         else:
             # body timeout semantics: the limit is between reads
             self.deadline = self.loop.time() + self.ctx.config.body_timeout
@@ -134,8 +136,7 @@ class UwsgiConnection(WSGIConnection):
         self.run_app(environ, response)
 
     def response_done(self, keep_alive: bool) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        self._close()
 
     def _malformed(self, reason: str) -> None:
         error_log.error("uwsgi: malformed packet from %s: %s", self.remote_addr or "unix", reason)

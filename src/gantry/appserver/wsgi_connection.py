@@ -18,6 +18,8 @@ from gantry.wsgi.response import FileWrapper, Response, ResponseError, close_res
 # The transport pauses us above HIGH and resumes below LOW buffered bytes.
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
+# Body bytes one response may hold back while a batch of apps runs.
+BATCH_SEND_LIMIT = 64 * 1024
 # A HEAD response's body is produced and counted up to this size for its length.
 HEAD_MEASURE_LIMIT = 1024 * 1024
 
@@ -102,6 +104,24 @@ class WSGIConnection(asyncio.Protocol):
         """Whether an app thread owns the result right now (it closes it itself)."""
         return self.can_write is not None and self.busy
 
+    # writing: during a batch of apps, sends wait for the batch's end ----------
+
+    def _send(self, data: bytes) -> None:
+        ctx = self.ctx
+        if ctx.batch_running:
+            ctx.writes.append((self.transport, data))
+        else:
+            assert self.transport is not None
+            self.transport.write(data)
+
+    def _close(self) -> None:
+        """Close after what was sent (deferred sends included)."""
+        ctx = self.ctx
+        if ctx.batch_running:
+            ctx.writes.append((self.transport, None))
+        elif self.transport is not None:
+            self.transport.close()
+
     # running the app --------------------------------------------------------
 
     def run_app(self, environ: dict[str, Any], response: Response) -> None:
@@ -150,7 +170,7 @@ class WSGIConnection(asyncio.Protocol):
         limit = response.content_length
         if response.body_allowed and (limit is None or limit == len(body)):
             response.bytes_sent = len(body)
-            transport.write(head + body)
+            self._send(head + body)
             # Nothing is left to frame, close or check: finish in place.
             self.result = None
             if ctx.access_log is not None:
@@ -158,7 +178,7 @@ class WSGIConnection(asyncio.Protocol):
             self.busy = False
             self.response_done(response.keep_alive and not ctx.stopping)
             return
-        transport.write(head + response.frame(body) if response.body_allowed else head)
+        self._send(head + response.frame(body) if response.body_allowed else head)
         self._finish()
 
     def _write_from_app(self, data: bytes) -> None:
@@ -166,10 +186,10 @@ class WSGIConnection(asyncio.Protocol):
         response = self.response
         assert response is not None and self.transport is not None
         if not response.headers_sent:
-            self.transport.write(response.encode_head(self.ctx.defaults, None))
+            self._send(response.encode_head(self.ctx.defaults, None))
         payload = response.frame(data)
         if payload:
-            self.transport.write(payload)
+            self._send(payload)
 
     def _pump(self) -> None:
         iterator = self.iterator
@@ -181,8 +201,14 @@ class WSGIConnection(asyncio.Protocol):
             if response.head_only and not response.headers_sent:
                 self._measure_head_body(iterator, response, transport)
                 return
+            ctx = self.ctx
             while not self.write_paused:
                 if self.closed:
+                    return
+                if ctx.batch_running and response.bytes_sent > BATCH_SEND_LIMIT:
+                    # Sends are held during a batch, so no back-pressure reaches
+                    # us there: stream the rest from the loop, where it does.
+                    self.loop.call_soon(self._pump)
                     return
                 chunk = next(iterator)
                 if not response.headers_sent:
@@ -191,11 +217,11 @@ class WSGIConnection(asyncio.Protocol):
                         raise ResponseError(f"the app produced {type(chunk).__name__}, not bytes")
                     # Head and first piece in one write: one syscall, one packet.
                     head = response.encode_head(self.ctx.defaults, None)
-                    transport.write(head + response.frame(chunk))
+                    self._send(head + response.frame(chunk))
                     continue
                 payload = response.frame(chunk)
                 if payload:
-                    transport.write(payload)
+                    self._send(payload)
         except StopIteration:
             self.iterator = None
             self._finish()
@@ -212,10 +238,10 @@ class WSGIConnection(asyncio.Protocol):
             size += len(chunk)
             if size > HEAD_MEASURE_LIMIT:
                 # Too long to measure: no length, and the connection closes after.
-                transport.write(response.encode_head(self.ctx.defaults, None))
+                self._send(response.encode_head(self.ctx.defaults, None))
                 break
         else:
-            transport.write(response.encode_head(self.ctx.defaults, size))
+            self._send(response.encode_head(self.ctx.defaults, size))
         self.iterator = None
         self._finish()
 
@@ -225,13 +251,13 @@ class WSGIConnection(asyncio.Protocol):
         assert response is not None and transport is not None
         if not response.headers_sent:
             try:
-                transport.write(response.encode_head(self.ctx.defaults, 0))
+                self._send(response.encode_head(self.ctx.defaults, 0))
             except ResponseError as exc:
                 self._app_failed(str(exc))
                 return
         tail = response.end()
         if tail:
-            transport.write(tail)
+            self._send(tail)
         if response.truncated:
             error_log.error(
                 "%s: application sent more than its Content-Length", self._request_line()
@@ -268,14 +294,14 @@ class WSGIConnection(asyncio.Protocol):
         if transport is None or self.closed:
             return
         if response is not None and not response.headers_sent:
-            transport.write(
+            self._send(
                 error_response("500 Internal Server Error", self.ctx.defaults, self.raw_response)
             )
             if response is not None:
                 response.status_code = 500
                 self._log_access(response)
         # After a partial body the stream is broken: closing is the only signal left.
-        transport.close()
+        self._close()
 
     def _request_line(self) -> str:
         environ = self.environ or {}

@@ -153,7 +153,7 @@ class HTTPConnection(WSGIConnection):
                 head, self.environ_base, body.to_input(), body.size if head.chunked else None
             )
         response = Response(
-            self._write_from_app,
+            self.write_callable,
             head.keep_alive and not head.upgrade,
             head.method == "HEAD",
             head.version == "1.0",

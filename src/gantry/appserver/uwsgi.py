@@ -127,7 +127,7 @@ class UwsgiConnection(WSGIConnection):
         self.body = None
         protocol = environ.get("SERVER_PROTOCOL", "HTTP/1.1")
         response = Response(
-            self._write_from_app,
+            self.write_callable,
             keep_alive=False,
             head_only=environ.get("REQUEST_METHOD") == "HEAD",
             http10=protocol == "HTTP/1.0",

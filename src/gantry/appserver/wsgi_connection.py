@@ -40,6 +40,8 @@ class WSGIConnection(asyncio.Protocol):
         # looked up once per connection rather than per request
         self.app = ctx.app
         self.executor = ctx.executor
+        #: the ``write()`` callable handed to apps run on the loop (bound once)
+        self.write_callable = self._write_from_app
         self.transport: asyncio.Transport | None = None
         self.remote_addr = ""
         self.remote_port = ""

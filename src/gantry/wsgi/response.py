@@ -27,7 +27,7 @@ _STATUS_CODES: dict[str, int] = {}
 
 # Encoded header lines by (name, value): apps send the same few fields again
 # and again, so each is checked and encoded once. Bounded in count and size.
-_HEADER_LINES: dict[tuple[str, str], bytes] = {}
+_HEADER_LINES: dict[tuple[str, str], bytes | int] = {}
 _HEADER_CACHE_MAX = 4096
 _HEADER_CACHE_VALUE_MAX = 256
 
@@ -44,6 +44,29 @@ def _status_line(status: str) -> bytes:
         if len(_STATUS_LINES) < 256:
             _STATUS_LINES[status] = line
     return line
+
+
+_LENGTH_LINES: dict[int, bytes] = {}
+
+
+def _length_line(length: int) -> bytes:
+    line = _LENGTH_LINES.get(length)
+    if line is None:
+        line = b"Content-Length: %d\r\n" % length
+        if len(_LENGTH_LINES) < _HEADER_CACHE_MAX:
+            _LENGTH_LINES[length] = line
+    return line
+
+
+def _content_length(pair: tuple[str, str]) -> int:
+    """The app's Content-Length as a number (remembered for the next identical field)."""
+    value = pair[1]
+    if not value.isdigit() or not value.isascii():
+        raise ResponseError(f"invalid Content-Length {value!r}")
+    length = int(value)
+    if len(_HEADER_LINES) < _HEADER_CACHE_MAX:
+        _HEADER_LINES[pair] = length
+    return length
 
 
 def _header_line(pair: tuple[str, str]) -> bytes:
@@ -211,17 +234,15 @@ class Response:
             except TypeError:
                 line = None
             if line is not None:
-                append(line)
+                if isinstance(line, int):
+                    content_length = line  # a Content-Length seen before
+                else:
+                    append(line)
                 continue
             name, value = pair
             lname = name.lower()
             if lname == "content-length":
-                try:
-                    content_length = int(value)
-                except ValueError:
-                    raise ResponseError(f"invalid Content-Length {value!r}") from None
-                if content_length < 0:
-                    raise ResponseError(f"invalid Content-Length {value!r}")
+                content_length = _content_length(pair)
             elif lname in _HOP_BY_HOP:
                 if lname == "connection" and value.lower() == "close":
                     self.keep_alive = False
@@ -229,12 +250,12 @@ class Response:
                 append(_header_line(pair))
         if content_length is not None:
             if code >= 200 and (code not in NO_BODY_STATUSES or code == 304):
-                append(b"Content-Length: %d\r\n" % content_length)
+                append(_length_line(content_length))
             self.content_length = content_length
         elif code < 200 or code in NO_BODY_STATUSES:
             pass
         elif body_length is not None:
-            append(b"Content-Length: %d\r\n" % body_length)
+            append(_length_line(body_length))
         elif self.raw or self.head_only or self.http10:
             # No length and no chunked coding: the end of the body is the close.
             # (For HEAD, the length of a body never produced is unknown.)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from wsgiref.validate import validator
 
 from flask import Flask, Response, jsonify, request, send_file
 
-from tests.e2e.payloads import FILE_BYTES, STREAM_CHUNKS, echo_payload
+from tests.e2e.payloads import FILE_BYTES, STREAM_CHUNKS, echo_payload, hash_body
 
 flask_app = Flask(__name__)
 _FILE = os.path.join(tempfile.gettempdir(), f"gantry-e2e-flask-{os.getpid()}.bin")
@@ -25,16 +24,8 @@ def hello() -> str:
 @flask_app.route("/echo/<path:rest>", methods=["GET", "POST", "PUT"])
 def echo(rest: str) -> Response:
     """What the app saw of the request, with a hash of the body it read."""
-    digest = hashlib.sha256()
-    size = 0
-    stream = request.environ["wsgi.input"]
-    while True:
-        piece = stream.read(65536)
-        if not piece:
-            break
-        digest.update(piece)
-        size += len(piece)
-    payload = echo_payload(request.environ, digest.hexdigest(), size)
+    sha256, size = hash_body(request.environ["wsgi.input"].read)
+    payload = echo_payload(request.environ, sha256, size)
     payload["route_rest"] = rest
     return jsonify(payload)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from typing import Any
 
 STREAM_CHUNKS = [b"chunk-%d;" % i for i in range(8)]
@@ -31,3 +33,13 @@ def echo_payload(environ: dict[str, Any], sha256: str, size: int) -> dict[str, A
     payload["body_sha256"] = sha256
     payload["body_length"] = size
     return payload
+
+
+def hash_body(read: Callable[[int], bytes]) -> tuple[str, int]:
+    """Read a body to its end in blocks (as the validator wants: read(n)); sha256 and size."""
+    digest = hashlib.sha256()
+    size = 0
+    while piece := read(65536):
+        digest.update(piece)
+        size += len(piece)
+    return digest.hexdigest(), size

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 
 from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 
-from tests.e2e.payloads import FILE_BYTES, STREAM_CHUNKS, echo_payload
+from tests.e2e.payloads import FILE_BYTES, STREAM_CHUNKS, echo_payload, hash_body
 
 _FILE = os.path.join(tempfile.gettempdir(), f"gantry-e2e-django-{os.getpid()}.bin")
 
@@ -20,15 +19,8 @@ def hello(request: HttpRequest) -> HttpResponse:
 
 def echo(request: HttpRequest, rest: str = "") -> JsonResponse:
     """What the app saw of the request, with a hash of the body it read."""
-    digest = hashlib.sha256()
-    size = 0
-    while True:
-        piece = request.read(65536)
-        if not piece:
-            break
-        digest.update(piece)
-        size += len(piece)
-    payload = echo_payload(request.META, digest.hexdigest(), size)
+    sha256, size = hash_body(request.read)
+    payload = echo_payload(request.META, sha256, size)
     payload["route_rest"] = rest
     return JsonResponse(payload)
 

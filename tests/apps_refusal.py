@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from typing import Any
+from wsgiref.validate import validator
 
 __all__ = ["CALLS_ENV", "app"]
 
@@ -29,14 +30,17 @@ def _record(line: str) -> None:
         os.close(fd)
 
 
-def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+def _app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     """Read the whole body, record the call, answer 200 with the path."""
     stream = environ["wsgi.input"]
     length = environ.get("CONTENT_LENGTH")
-    body = stream.read(int(length)) if length else stream.read()
+    body = stream.read(int(length)) if length else stream.read(1 << 20)
     _record(f"{environ['REQUEST_METHOD']} {environ.get('PATH_INFO', '')} {len(body)}")
     payload = f"called {environ.get('PATH_INFO', '')}\n".encode()
     start_response(
         "200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(payload)))]
     )
     return [payload]
+
+
+app = validator(_app)

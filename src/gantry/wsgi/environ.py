@@ -107,13 +107,17 @@ class EnvironTemplate:
         environ = peer_base.copy()
         environ["REQUEST_METHOD"] = head.method
         path = head.path
-        path_info = (unquote_to_bytes(path) if b"%" in path else path).decode("latin-1")
+        uri = head.target.decode("latin-1")
+        environ["REQUEST_URI"] = uri
+        if path is head.target and b"%" not in path:
+            path_info = uri  # the common case: no query, nothing encoded
+        else:
+            path_info = (unquote_to_bytes(path) if b"%" in path else path).decode("latin-1")
         if self.mount_prefix:
             environ["SCRIPT_NAME"], path_info = self.split_mount(path_info)
         environ["PATH_INFO"] = path_info
         if head.query:
             environ["QUERY_STRING"] = head.query.decode("latin-1")
-        environ["REQUEST_URI"] = head.target.decode("latin-1")
         if head.version != "1.1":
             environ["SERVER_PROTOCOL"] = "HTTP/1.0"
         if body is not None:

@@ -128,6 +128,46 @@ def main() -> None:
     help="Largest uwsgi vars block (uWSGI's buffer-size).",
 )
 @click.option("--no-uvloop", is_flag=True, help="Use asyncio's own loop.")
+@click.option(
+    "--workers",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="0: one process; N: a master and N worker processes.",
+)
+@click.option(
+    "--preload",
+    is_flag=True,
+    help="Import the app in the master before forking (default: each worker does).",
+)
+@click.option(
+    "--max-requests",
+    type=click.IntRange(0),
+    default=0,
+    help="Recycle a worker after this many requests (0: never).",
+)
+@click.option(
+    "--max-requests-jitter",
+    type=click.IntRange(0),
+    default=0,
+    help="Add up to this many to --max-requests, per worker.",
+)
+@click.option(
+    "--harakiri",
+    type=click.FloatRange(0),
+    default=0.0,
+    help="Kill a worker whose request runs longer than this many seconds.",
+)
+@click.option(
+    "--reload-on-rss",
+    type=click.IntRange(0),
+    default=0,
+    metavar="MB",
+    help="Recycle a worker whose RSS grows past this many MiB.",
+)
+@click.option("--pidfile", metavar="PATH", help="Write the master's PID here.")
+@click.option("--stats", metavar="HOST:PORT|PATH", help="uWSGI-compatible stats server.")
+@click.option("--metrics", metavar="HOST:PORT", help="Prometheus metrics over HTTP.")
 def serve(
     app: str,
     http: tuple[str, ...],
@@ -150,6 +190,15 @@ def serve(
     limit_request_head: int,
     buffer_size: int,
     no_uvloop: bool,
+    workers: int,
+    preload: bool,
+    max_requests: int,
+    max_requests_jitter: int,
+    harakiri: float,
+    reload_on_rss: int,
+    pidfile: str | None,
+    stats: str | None,
+    metrics: str | None,
 ) -> None:
     """Serve the WSGI application APP (MODULE:CALLABLE): uWSGI's role."""
     from gantry.appserver.worker import AppLoadError
@@ -180,6 +229,15 @@ def serve(
             access_log=access_log,
             error_log=error_log,
             use_uvloop=not no_uvloop,
+            workers=workers,
+            preload=preload,
+            max_requests=max_requests,
+            max_requests_jitter=max_requests_jitter,
+            harakiri=harakiri,
+            reload_on_rss=reload_on_rss,
+            pidfile=pidfile,
+            stats=stats,
+            metrics=metrics,
         )
         if uwsgi_allow_from:
             config.uwsgi_allow_from = parse_networks(list(uwsgi_allow_from), "--uwsgi-allow-from")

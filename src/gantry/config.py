@@ -94,6 +94,21 @@ class ServeConfig:
     error_log: str | None = None
     use_uvloop: bool = True
     backlog: int = 2048
+    #: 0: one process, no master; N: a master and N worker processes
+    workers: int = 0
+    #: import the app in the master before forking (default: each worker imports it)
+    preload: bool = False
+    max_requests: int = 0
+    max_requests_jitter: int = 0
+    #: seconds a request may run before the master kills its worker (0: never)
+    harakiri: float = 0.0
+    #: MiB of RSS above which a worker is recycled (0: never)
+    reload_on_rss: int = 0
+    pidfile: str | None = None
+    #: uWSGI-style stats server: HOST:PORT or a unix socket path
+    stats: str | None = None
+    #: Prometheus text exposition over HTTP: HOST:PORT
+    metrics: str | None = None
 
     def check(self) -> None:
         """Refuse combinations that cannot work, naming the setting."""
@@ -101,6 +116,12 @@ class ServeConfig:
             raise ConfigError(f"app: expected MODULE:CALLABLE, got {self.app!r}")
         if not self.listen:
             raise ConfigError("listen: give at least one --http or --uwsgi-socket")
+        if self.workers < 0:
+            raise ConfigError(f"workers: expected 0 or more, got {self.workers}")
+        if (self.harakiri or self.stats or self.metrics or self.max_requests) and not self.workers:
+            raise ConfigError(
+                "workers: harakiri, max-requests, stats and metrics need a master: give --workers N"
+            )
         if self.threads < 0:
             raise ConfigError(f"threads: expected 0 or more, got {self.threads}")
         if self.mount_prefix and not self.mount_prefix.startswith("/"):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import random
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -11,12 +13,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
 from gantry.config import ServeConfig
+from gantry.process.shared import STATUS_CODES, SlotView
+from gantry.protocol.http1 import RequestHead
 from gantry.wsgi.errors import ErrorStream
 from gantry.wsgi.response import FileWrapper, HeadDefaults
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 error_log = logging.getLogger("gantry.error")
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+STATUS_BUSY = STATUS_CODES["busy"]
+STATUS_IDLE = STATUS_CODES["idle"]
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -26,6 +34,12 @@ class AccessLog:
 
     def __init__(self, stream: IO[str]) -> None:
         self._stream = stream
+
+    def reopen(self, path: str) -> None:
+        """Open ``path`` anew (the old file was rotated away)."""
+        old = self._stream
+        self._stream = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        old.close()
 
     def log(
         self,
@@ -72,6 +86,7 @@ class WorkerContext:
         app: WSGIApp,
         loop: asyncio.AbstractEventLoop,
         access_stream: IO[str] | None = None,
+        slot: SlotView | None = None,
     ) -> None:
         self.config = config
         self.app = app
@@ -88,6 +103,20 @@ class WorkerContext:
             else None
         )
         self.stopping = False
+        #: this worker's shared-memory slot (None when no master runs us)
+        self.slot = slot
+        #: counters of this worker, copied to the slot after each batch and each second
+        self.requests = 0
+        self.exceptions = 0
+        self.tx = 0
+        self.status_counts = [0, 0, 0, 0, 0, 0]
+        self.rt_total = 0.0
+        #: record each request's start and line for the master's harakiri
+        self.track_requests = slot is not None and bool(config.harakiri)
+        jitter = random.randint(0, config.max_requests_jitter) if config.max_requests_jitter else 0
+        self.max_requests = config.max_requests + jitter if config.max_requests else 0
+        #: set by the worker: begin a graceful stop of this worker
+        self.request_stop: Callable[[], None] = lambda: None
         self.batch: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
         #: sends (None: a close) held until the batch of apps has run
         self.writes: list[tuple[Any, bytes | None]] = []
@@ -107,11 +136,16 @@ class WorkerContext:
         batch = self.batch
         self.batch = []
         self.batch_running = True
-        for callback, args in batch:
-            try:
-                callback(*args)
-            except Exception:
-                error_log.exception("request handling failed")
+        started = time.perf_counter()
+        if self.track_requests:
+            self._run_tracked(batch)
+        else:
+            for callback, args in batch:
+                try:
+                    callback(*args)
+                except Exception:
+                    error_log.exception("request handling failed")
+        self.rt_total += time.perf_counter() - started
         self.batch_running = False
         writes = self.writes
         if writes:
@@ -122,6 +156,74 @@ class WorkerContext:
                     transport.close()
                 else:
                     transport.write(data)
+        if self.slot is not None:
+            self.flush_counters()
+            if self.max_requests and self.requests >= self.max_requests and not self.stopping:
+                error_log.info("max-requests (%d) reached: recycling this worker", self.requests)
+                self.request_stop()
+
+    def _run_tracked(self, batch: list[tuple[Callable[..., None], tuple[Any, ...]]]) -> None:
+        """The batch with each request's start and line in the slot, for harakiri."""
+        slot = self.slot
+        assert slot is not None
+        for callback, args in batch:
+            head = args[0] if args else None
+            if isinstance(head, RequestHead):
+                slot.set_request_line(f"{head.method} {head.target.decode('latin-1')}")
+            else:
+                slot.set_request_line("uwsgi request")
+            slot.request_start_us = int(time.time() * 1e6)
+            slot.status = STATUS_BUSY
+            try:
+                callback(*args)
+            except Exception:
+                error_log.exception("request handling failed")
+        slot.request_start_us = 0
+        slot.status = STATUS_IDLE
+
+    def flush_counters(self) -> None:
+        """Copy this worker's counters into its shared-memory slot."""
+        slot = self.slot
+        if slot is None:
+            return
+        slot.requests = self.requests
+        slot.exceptions = self.exceptions
+        slot.tx = self.tx
+        counts = self.status_counts
+        slot.status_2xx = counts[2]
+        slot.status_3xx = counts[3]
+        slot.status_4xx = counts[4]
+        slot.status_5xx = counts[5]
+        slot.rt_total_us = int(self.rt_total * 1e6)
+
+    def _check_memory(self) -> None:
+        slot = self.slot
+        if slot is None:
+            return
+        try:
+            with open("/proc/self/statm", "rb") as handle:
+                vsz_pages, rss_pages = handle.read().split()[:2]
+        except OSError:
+            return
+        rss = int(rss_pages) * _PAGE
+        slot.rss = rss
+        slot.vsz = int(vsz_pages) * _PAGE
+        limit = self.config.reload_on_rss
+        if limit and rss > limit * 1024 * 1024 and not self.stopping:
+            error_log.warning(
+                "reload-on-rss: %d MiB > %d MiB: recycling this worker", rss // (1024 * 1024), limit
+            )
+            self.request_stop()
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: reopen the access log file (after logrotate moved it)."""
+        path = self.config.access_log
+        if self.access_log is not None and path and path != "-":
+            self.access_log.reopen(path)
+        for handler in logging.getLogger("gantry").handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.close()  # reopened on the next record
+        error_log.info("log files reopened")
 
     def start_clock(self) -> None:
         """Once a second, off the request path: refresh ``Date`` and sweep deadlines.
@@ -131,6 +233,9 @@ class WorkerContext:
         """
         wall = time.time()
         self.defaults.refresh(wall)
+        if self.slot is not None:
+            self.flush_counters()
+            self._check_memory()
         now = self.now = self.loop.time()
         for conn in list(self.connections):
             deadline = conn.deadline

@@ -31,6 +31,7 @@ _REASONS = {
 
 # What the connection is waiting for, which decides the timeout that applies.
 _IDLE, _HEAD, _BODY, _BUSY = range(4)
+IDLE_STATE = _IDLE
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -49,6 +50,8 @@ class HTTPConnection(WSGIConnection):
         self.state = _IDLE
         #: when the current wait (idle, head, body) times out; 0 = no deadline
         self.deadline = 0.0
+        #: the clock's time when the connection last became idle
+        self.idle_since = ctx.now
 
     # timeouts: a deadline per connection, checked by the worker's 1 s sweep ----
 
@@ -76,9 +79,6 @@ class HTTPConnection(WSGIConnection):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.environ_base = self.template.for_peer(self.remote_addr, self.remote_port)
-        if self.ctx.stopping:
-            self.transport.close()  # type: ignore[union-attr]
-            return
         # nginx too gives the first request the head timeout, not the keep-alive one.
         self._arm(_HEAD, self.ctx.config.header_timeout)
 
@@ -154,7 +154,8 @@ class HTTPConnection(WSGIConnection):
             )
         response = Response(
             self.write_callable,
-            head.keep_alive and not head.upgrade,
+            # once stopping, every response says so (Connection: close)
+            head.keep_alive and not head.upgrade and not self.ctx.stopping,
             head.method == "HEAD",
             head.version == "1.0",
         )
@@ -173,7 +174,7 @@ class HTTPConnection(WSGIConnection):
                 transport.resume_reading()
             # Run the next pipelined request from the loop, not recursively.
             head, body = queue.popleft()
-            self.loop.call_soon(self._handle_queued, head, body)
+            self.ctx.schedule(self._handle_queued, head, body)
             return
         if self.reading_paused:
             self.reading_paused = False
@@ -183,7 +184,8 @@ class HTTPConnection(WSGIConnection):
             self._arm(_BODY, self.ctx.config.body_timeout)
         else:
             self.state = _IDLE
-            self.deadline = self.ctx.now + self.ctx.config.keepalive_timeout + 1.0
+            self.idle_since = now = self.ctx.now
+            self.deadline = now + self.ctx.config.keepalive_timeout + 1.0
 
     def _handle_queued(self, head: RequestHead, body: BodyBuffer | None) -> None:
         if self.closed:

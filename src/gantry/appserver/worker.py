@@ -13,9 +13,11 @@ import sys
 from typing import IO, Any
 
 from gantry.appserver.context import WorkerContext, WSGIApp, error_log
-from gantry.appserver.http import HTTPConnection
+from gantry.appserver.http import IDLE_STATE, HTTPConnection
 from gantry.appserver.uwsgi import UwsgiConnection
 from gantry.config import ConfigError, ListenAddress, ServeConfig
+from gantry.process.shared import STATUS_CODES, SlotView
+from gantry.process.systemd import inherited_sockets
 from gantry.wsgi.environ import EnvironTemplate
 
 __all__ = ["AppLoadError", "bind", "load_app", "serve"]
@@ -139,11 +141,17 @@ class Worker:
     """Serves the app on already bound sockets until told to stop."""
 
     def __init__(
-        self, config: ServeConfig, app: WSGIApp, sockets: list[tuple[ListenAddress, socket.socket]]
+        self,
+        config: ServeConfig,
+        app: WSGIApp,
+        sockets: list[tuple[ListenAddress, socket.socket]],
+        slot: SlotView | None = None,
     ) -> None:
         self.config = config
         self.app = app
         self.sockets = sockets
+        #: this worker's shared-memory slot when a master runs it
+        self.slot = slot
         self.access_stream: IO[str] | None = None
         self.servers: list[asyncio.AbstractServer] = []
         self.stop_event: asyncio.Event | None = None
@@ -160,7 +168,8 @@ class Worker:
 
     async def _main(self, loop: asyncio.AbstractEventLoop) -> int:
         config = self.config
-        ctx = WorkerContext(config, self.app, loop, self.access_stream)
+        ctx = WorkerContext(config, self.app, loop, self.access_stream, self.slot)
+        ctx.request_stop = lambda: self._on_signal(False)
         ctx.start_clock()
         self.stop_event = asyncio.Event()
         for signum, fast in (
@@ -169,6 +178,7 @@ class Worker:
             (signal.SIGQUIT, True),
         ):
             loop.add_signal_handler(signum, self._on_signal, fast)
+        loop.add_signal_handler(signal.SIGUSR1, ctx.reopen_logs)
         for address, sock in self.sockets:
             template = _template(config, address, ctx)
             if address.kind == "http":
@@ -192,8 +202,14 @@ class Worker:
             type(loop).__module__.split(".")[0],
             f"{config.threads} app threads" if config.threads else "app on the loop thread",
         )
+        if self.slot is not None:
+            self.slot.pid = os.getpid()
+            self.slot.status = STATUS_CODES["idle"]
+            self.slot.ready = 1
         await self.stop_event.wait()
         ctx.stopping = True
+        if self.slot is not None:
+            self.slot.status = STATUS_CODES["stopping"]
         for server in self.servers:
             server.close()
         if not self.fast:
@@ -205,31 +221,33 @@ class Worker:
         if ctx.executor is not None:
             ctx.executor.shutdown(wait=not self.fast, cancel_futures=True)
         for address, sock in self.sockets:
-            if address.path is not None:
+            if address.path is not None and self.slot is None:
+                # Only a lone process owns the path; under a master it outlives workers.
                 try:
                     os.unlink(address.path)
                 except OSError:
                     pass
             sock.close()
+        ctx.flush_counters()
         error_log.info("stopped (%s)", "fast" if self.fast else "graceful")
         return 0
 
     async def _drain(self, ctx: WorkerContext) -> None:
-        """Let in-flight requests finish, bounded by the graceful timeout."""
+        """Let in-flight requests finish, bounded by the graceful timeout.
+
+        Responses now carry ``Connection: close``. An idle keep-alive connection
+        is closed once it has been idle a second: a client that was about to
+        send on it gets its answer (and the close) instead of a reset.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.graceful_timeout
         while loop.time() < deadline:
-            busy = False
+            now = ctx.now = loop.time()
             for conn in list(ctx.connections):
-                if (
-                    conn.busy
-                    or getattr(conn, "head", None) is not None
-                    or getattr(conn, "queue", None)
-                ):
-                    busy = True
-                elif conn.transport is not None:
-                    conn.transport.close()  # idle keep-alive: nothing to lose
-            if not busy or self.fast:
+                idle = not conn.busy and getattr(conn, "state", None) == IDLE_STATE
+                if idle and now - conn.idle_since >= 1.0 and conn.transport is not None:
+                    conn.transport.close()
+            if not ctx.connections or self.fast:
                 return
             await asyncio.sleep(0.05)
         error_log.warning("graceful timeout: closing %d connections", len(ctx.connections))
@@ -243,14 +261,18 @@ class Worker:
 
 
 def serve(config: ServeConfig) -> int:
-    """``gantry serve``: one worker process in the foreground."""
+    """``gantry serve``: one process, or a master and ``config.workers`` workers."""
     config.check()
     access_stream = setup_logging(config)
     if config.chdir:
         os.chdir(config.chdir)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    sockets = [(a, bind(a, config.uwsgi_socket_mode, config.backlog)) for a in config.listen]
+    sockets = bind_all(config)
+    if config.workers:
+        from gantry.appserver.supervise import run_master
+
+        return run_master(config, sockets, access_stream)
     try:
         app = load_app(config.app)
     except AppLoadError:
@@ -267,3 +289,33 @@ def serve(config: ServeConfig) -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def bind_all(config: ServeConfig) -> list[tuple[ListenAddress, socket.socket]]:
+    """Every configured socket: inherited from systemd when it passed them, else bound here."""
+    inherited = {_sock_key(sock): sock for sock in inherited_sockets()}
+    result = []
+    for address in config.listen:
+        sock = inherited.pop(_address_key(address), None)
+        if sock is None:
+            sock = bind(address, config.uwsgi_socket_mode, config.backlog)
+        else:
+            sock.setblocking(False)
+            error_log.info("using the socket systemd passed for %s", address)
+        result.append((address, sock))
+    for sock in inherited.values():
+        error_log.warning("systemd passed a socket no --http/--uwsgi-socket names: %s", sock)
+    return result
+
+
+def _address_key(address: ListenAddress) -> object:
+    if address.path is not None:
+        return os.path.abspath(address.path)
+    return (address.host, address.port)
+
+
+def _sock_key(sock: socket.socket) -> object:
+    name = sock.getsockname()
+    if isinstance(name, str):
+        return os.path.abspath(name)
+    return (name[0], name[1])

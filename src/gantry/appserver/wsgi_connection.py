@@ -173,6 +173,9 @@ class WSGIConnection(asyncio.Protocol):
         if response.body_allowed and (limit is None or limit == len(body)):
             response.bytes_sent = len(body)
             self._send(head + body)
+            ctx.requests += 1
+            ctx.tx += len(head) + len(body)
+            ctx.status_counts[response.status_code // 100] += 1
             # Nothing is left to frame, close or check: finish in place.
             self.result = None
             if ctx.access_log is not None:
@@ -274,8 +277,12 @@ class WSGIConnection(asyncio.Protocol):
                 )
         self._close_result()
         self._log_access(response)
+        ctx = self.ctx
+        ctx.requests += 1
+        ctx.tx += response.bytes_sent
+        ctx.status_counts[response.status_code // 100 % 6] += 1
         self.busy = False
-        self.response_done(response.keep_alive and not self.ctx.stopping)
+        self.response_done(response.keep_alive and not ctx.stopping)
 
     def _close_result(self) -> None:
         result = self.result
@@ -289,6 +296,10 @@ class WSGIConnection(asyncio.Protocol):
     def _app_failed(self, what: str) -> None:
         """Log the traceback (never sent to the client); 500 if no head went out, else abort."""
         error_log.exception("%s: %s", self._request_line(), what)
+        ctx = self.ctx
+        ctx.requests += 1
+        ctx.exceptions += 1
+        ctx.status_counts[5] += 1
         response = self.response
         self._close_result()
         self.busy = False

@@ -202,7 +202,7 @@ class Response:
         if code is None:
             if type(status) is not str or len(status) < 4 or status[3] != " ":
                 raise ResponseError(f"invalid status {status!r}")
-            if not status[:3].isdigit():
+            if not status[:3].isdigit() or not "100" <= status[:3] <= "599":
                 raise ResponseError(f"invalid status {status!r}")
             code = int(status[:3])
             if len(_STATUS_CODES) < 256:
@@ -212,7 +212,6 @@ class Response:
         self.body_allowed = not self.head_only and code >= 200 and code not in NO_BODY_STATUSES
         self.headers = headers
         return self.write
-
 
     def encode_head(self, defaults: HeadDefaults, body_length: int | None) -> bytes:
         """Serialise the head and decide the framing.

@@ -1,0 +1,1 @@
+"""The process manager shared by every role: master, workers, signals, shared counters."""

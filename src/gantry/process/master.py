@@ -1,0 +1,475 @@
+"""The master process: forks workers on sockets it bound, watches, respawns, reloads and stops them.
+
+Signal handlers only queue the signal and wake the loop through the wakeup
+fd; the work (reaping, respawning, reloading, harakiri) happens in the loop.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gantry.process.shared import STATUS_CODES, SlotView, WorkerTable
+from gantry.process.systemd import notify
+
+__all__ = ["Master", "MasterSettings", "WorkerExit", "APP_LOAD_FAILED"]
+
+log = logging.getLogger("gantry.master")
+
+#: exit status of a worker whose app cannot be imported: the master gives up
+APP_LOAD_FAILED = 3
+
+# Start-up failures are retried after 0.1 s, 0.2 s, ... up to this many seconds.
+MAX_BACKOFF = 5.0
+# A worker that stops answering a stop signal is killed after this long (fast stop).
+FAST_STOP_SECONDS = 2.0
+
+
+class WorkerExit(Exception):
+    """Raised in the master when it must stop with an exit code (e.g. the app cannot load)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+@dataclass
+class MasterSettings:
+    """What the master needs to know; the role supplies how a worker runs."""
+
+    workers: int
+    graceful_timeout: float = 30.0
+    harakiri: float | None = None
+    pidfile: str | None = None
+    #: seconds a new worker has to report ready during a reload before it is given up
+    ready_timeout: float = 60.0
+    name: str = "gantry"
+
+
+@dataclass
+class WorkerProcess:
+    """The master's record of one child."""
+
+    pid: int
+    slot: SlotView
+    generation: int
+    started: float
+    stopping: bool = False
+    kill_at: float | None = None
+    ready_seen: bool = False
+
+
+@dataclass
+class _Backoff:
+    failures: int = 0
+    next_start: float = 0.0
+
+
+@dataclass
+class _Extra:
+    """A socket the master serves itself (stats, metrics): called when readable."""
+
+    sock: socket.socket
+    on_readable: Callable[[socket.socket], None]
+
+
+@dataclass
+class Master:
+    """Forks ``settings.workers`` children that each call ``run_worker(slot, generation)``."""
+
+    settings: MasterSettings
+    run_worker: Callable[[SlotView, int], int]
+    table: WorkerTable
+    extras: list[_Extra] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.target = self.settings.workers
+        self.generation = 1
+        self.workers: dict[int, WorkerProcess] = {}
+        self.signals: deque[int] = deque()
+        self.stopping: str | None = None  # "graceful" or "fast"
+        self.stop_deadline = 0.0
+        self.backoff = _Backoff()
+        self.reloading: float | None = None  # when the pending reload began
+        self.exit_code = 0
+        self.started = time.time()
+        self._wakeup_r = -1
+        self._wakeup_w = -1
+        self._notified_ready = False
+
+    def serve_extra(
+        self, sock: socket.socket, on_readable: Callable[[socket.socket], None]
+    ) -> None:
+        """Have the master loop call ``on_readable(sock)`` when ``sock`` is readable."""
+        self.extras.append(_Extra(sock, on_readable))
+
+    # the loop -----------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until stopped; returns the exit code."""
+        self._install_signals()
+        self._write_pidfile()
+        log.info("master %d starting %d workers", os.getpid(), self.target)
+        try:
+            self._manage()
+            while True:
+                self._wait()
+                self._handle_signals()
+                self._reap()
+                if self.stopping:
+                    if self._stop_progress():
+                        break
+                    continue
+                self._manage()
+                self._check_reload()
+                self._check_harakiri()
+                self._check_ready()
+        except WorkerExit as exc:
+            log.error("%s", exc)
+            self.exit_code = exc.code
+            self._kill_all(signal.SIGKILL)
+            self._reap_all(timeout=5.0)
+        finally:
+            self._remove_pidfile()
+        log.info("master %d stopped (exit %d)", os.getpid(), self.exit_code)
+        return self.exit_code
+
+    def _wait(self) -> None:
+        readable = [self._wakeup_r] + [extra.sock for extra in self.extras]
+        try:
+            ready, _, _ = select.select(readable, [], [], 0.25)
+        except InterruptedError:
+            return
+        for item in ready:
+            if item == self._wakeup_r:
+                try:
+                    while os.read(self._wakeup_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+                continue
+            for extra in self.extras:
+                if extra.sock is item:
+                    try:
+                        extra.on_readable(extra.sock)
+                    except Exception:
+                        log.exception("serving %s failed", extra.sock)
+
+    # signals ----------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        self._wakeup_r, self._wakeup_w = os.pipe()
+        os.set_blocking(self._wakeup_r, False)
+        os.set_blocking(self._wakeup_w, False)
+        signal.set_wakeup_fd(self._wakeup_w)
+        for signum in (
+            signal.SIGHUP,
+            signal.SIGTERM,
+            signal.SIGINT,
+            signal.SIGQUIT,
+            signal.SIGTTIN,
+            signal.SIGTTOU,
+            signal.SIGUSR1,
+            signal.SIGCHLD,
+        ):
+            signal.signal(signum, self._queue_signal)
+
+    def _queue_signal(self, signum: int, frame: object) -> None:
+        # Only queue: the loop does the work (a handler may run at any point).
+        self.signals.append(signum)
+
+    def _handle_signals(self) -> None:
+        while self.signals:
+            signum = self.signals.popleft()
+            if signum == signal.SIGCHLD:
+                continue  # _reap runs every turn anyway
+            if signum == signal.SIGHUP:
+                self._start_reload()
+            elif signum == signal.SIGTERM:
+                self._begin_stop("graceful")
+            elif signum in (signal.SIGINT, signal.SIGQUIT):
+                self._begin_stop("fast")
+            elif signum == signal.SIGTTIN:
+                self.target += 1
+                log.info("SIGTTIN: %d workers", self.target)
+            elif signum == signal.SIGTTOU:
+                if self.target > 1:
+                    self.target -= 1
+                log.info("SIGTTOU: %d workers", self.target)
+            elif signum == signal.SIGUSR1:
+                self._signal_workers(signal.SIGUSR1)
+
+    def restore_child_signals(self) -> None:
+        """In a freshly forked worker: drop the master's handlers and wakeup fd."""
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+            # A worker leaves reloads and scaling to the master.
+            signal.signal(signum, signal.SIG_IGN)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for fd in (self._wakeup_r, self._wakeup_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        for extra in self.extras:
+            extra.sock.close()
+
+    # spawning and reaping ------------------------------------------------------------
+
+    def _free_slot(self) -> SlotView:
+        used = {w.slot.index for w in self.workers.values()}
+        for index in range(self.table.size):
+            if index not in used:
+                return self.table.slot(index)
+        raise WorkerExit(1, "no free worker slot (too many workers for the stats table)")
+
+    def _spawn(self, generation: int) -> None:
+        slot = self._free_slot()
+        respawns = slot.respawn_count
+        slot.reset()
+        slot.respawn_count = respawns
+        slot.status = STATUS_CODES["starting"]
+        slot.generation = generation
+        slot.last_spawn = int(time.time())
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                self.restore_child_signals()
+                slot.pid = os.getpid()
+                code = self.run_worker(slot, generation)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                log.exception("worker %d failed", os.getpid())
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        slot.pid = pid
+        self.workers[pid] = WorkerProcess(pid, slot, generation, time.monotonic())
+        log.info("spawned worker %d (pid %d, generation %d)", slot.index + 1, pid, generation)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self.workers.pop(pid, None)
+            if worker is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            was_ready = worker.ready_seen or worker.slot.ready == 1
+            worker.slot.status = 0
+            worker.slot.pid = 0
+            worker.slot.request_start_us = 0
+            if worker.stopping or self.stopping:
+                log.info("worker %d (pid %d) exited (%s)", worker.slot.index + 1, pid, code)
+                continue
+            if code == APP_LOAD_FAILED and not was_ready:
+                raise WorkerExit(APP_LOAD_FAILED, "the application cannot be loaded: stopping")
+            if was_ready:
+                log.warning(
+                    "worker %d (pid %d) died (%s): respawning",
+                    worker.slot.index + 1,
+                    pid,
+                    _describe(code),
+                )
+                self.backoff = _Backoff()
+            else:
+                self.backoff.failures += 1
+                delay = min(MAX_BACKOFF, 0.1 * 2 ** (self.backoff.failures - 1))
+                self.backoff.next_start = time.monotonic() + delay
+                log.error(
+                    "worker %d (pid %d) died during start-up (%s): retrying in %.1f s",
+                    worker.slot.index + 1,
+                    pid,
+                    _describe(code),
+                    delay,
+                )
+            worker.slot.respawn_count += 1
+
+    def _manage(self) -> None:
+        """Keep ``target`` workers of the current generation running."""
+        current = [
+            w for w in self.workers.values() if not w.stopping and w.generation == self.generation
+        ]
+        if len(current) < self.target:
+            if time.monotonic() < self.backoff.next_start:
+                return
+            for _ in range(self.target - len(current)):
+                self._spawn(self.generation)
+        elif len(current) > self.target and self.reloading is None:
+            for worker in sorted(current, key=lambda w: w.started)[: len(current) - self.target]:
+                self._stop_worker(worker, signal.SIGTERM)
+
+    def _stop_worker(self, worker: WorkerProcess, signum: int) -> None:
+        worker.stopping = True
+        worker.slot.status = STATUS_CODES["stopping"]
+        timeout = self.settings.graceful_timeout if signum == signal.SIGTERM else FAST_STOP_SECONDS
+        worker.kill_at = time.monotonic() + timeout
+        try:
+            os.kill(worker.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def _check_ready(self) -> None:
+        now = time.monotonic()
+        for worker in list(self.workers.values()):
+            if not worker.ready_seen and worker.slot.ready == 1:
+                worker.ready_seen = True
+                self.backoff = _Backoff()
+            if worker.kill_at is not None and now > worker.kill_at:
+                log.warning("worker pid %d did not stop in time: killing", worker.pid)
+                worker.kill_at = None
+                _kill(worker.pid, signal.SIGKILL)
+        if (
+            not self._notified_ready
+            and self.workers
+            and all(w.ready_seen for w in self.workers.values())
+        ):
+            self._notified_ready = True
+            notify("READY=1", f"STATUS=serving with {len(self.workers)} workers")
+
+    # reload -------------------------------------------------------------------------------
+
+    def _start_reload(self) -> None:
+        """SIGHUP: new workers first; the old ones stop once the new are ready."""
+        if self.reloading is not None:
+            log.info("SIGHUP: a reload is already under way")
+            return
+        notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        self.generation += 1
+        self.reloading = time.monotonic()
+        log.info("SIGHUP: reloading (generation %d)", self.generation)
+        for _ in range(self.target):
+            self._spawn(self.generation)
+
+    def _check_reload(self) -> None:
+        if self.reloading is None:
+            return
+        new = [w for w in self.workers.values() if w.generation == self.generation]
+        if len(new) >= self.target and all(w.slot.ready == 1 for w in new):
+            for worker in list(self.workers.values()):
+                if worker.generation < self.generation and not worker.stopping:
+                    self._stop_worker(worker, signal.SIGTERM)
+            self.reloading = None
+            notify("READY=1")
+            log.info("reload done: generation %d serving", self.generation)
+        elif time.monotonic() - self.reloading > self.settings.ready_timeout:
+            log.error(
+                "reload abandoned: new workers not ready in %.0f s", self.settings.ready_timeout
+            )
+            for worker in new:
+                self._stop_worker(worker, signal.SIGKILL)
+            self.generation -= 1
+            self.reloading = None
+
+    # harakiri -----------------------------------------------------------------------
+
+    def _check_harakiri(self) -> None:
+        limit = self.settings.harakiri
+        if not limit:
+            return
+        now_us = time.time() * 1e6
+        for worker in list(self.workers.values()):
+            start = worker.slot.request_start_us
+            if start and not worker.stopping and now_us - start > limit * 1e6:
+                log.error(
+                    "HARAKIRI: worker %d (pid %d) killed after %.1f s on %r",
+                    worker.slot.index + 1,
+                    worker.pid,
+                    (now_us - start) / 1e6,
+                    worker.slot.request_line or "?",
+                )
+                worker.slot.request_start_us = 0
+                _kill(worker.pid, signal.SIGKILL)
+
+    # stopping ---------------------------------------------------------------------------
+
+    def _begin_stop(self, how: str) -> None:
+        if self.stopping == "fast" or self.stopping == how:
+            return
+        self.stopping = how
+        notify("STOPPING=1")
+        log.info("%s stop", how)
+        signum = signal.SIGTERM if how == "graceful" else signal.SIGQUIT
+        timeout = self.settings.graceful_timeout if how == "graceful" else FAST_STOP_SECONDS
+        self.stop_deadline = time.monotonic() + timeout
+        self._signal_workers(signum)
+
+    def _stop_progress(self) -> bool:
+        if not self.workers:
+            return True
+        if time.monotonic() > self.stop_deadline:
+            log.warning(
+                "%d workers still running after the stop timeout: killing", len(self.workers)
+            )
+            self._kill_all(signal.SIGKILL)
+            self._reap_all(timeout=5.0)
+            return True
+        return False
+
+    def _signal_workers(self, signum: int) -> None:
+        for pid in list(self.workers):
+            _kill(pid, signum)
+
+    def _kill_all(self, signum: int) -> None:
+        self._signal_workers(signum)
+
+    def _reap_all(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.workers and time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            self.workers.pop(pid, None)
+
+    # pidfile ------------------------------------------------------------------------------
+
+    def _write_pidfile(self) -> None:
+        path = self.settings.pidfile
+        if path:
+            with open(path, "w", encoding="ascii") as handle:
+                handle.write(f"{os.getpid()}\n")
+
+    def _remove_pidfile(self) -> None:
+        path = self.settings.pidfile
+        if path:
+            try:
+                with open(path, encoding="ascii") as handle:
+                    if handle.read().strip() != str(os.getpid()):
+                        return  # another master owns it now
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+def _kill(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except OSError as exc:
+        if exc.errno != errno.ESRCH:
+            raise
+
+
+def _describe(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit {code}"

@@ -1,0 +1,147 @@
+"""Per-worker counters in shared memory: workers write their own slot, the master reads all.
+
+The memory is an anonymous shared mapping made by the master before it forks,
+so every worker inherits it; nothing is asked of a worker to read its figures.
+A slot is a fixed array of 64-bit fields (see ``FIELDS``) followed by the
+current request line.
+"""
+
+from __future__ import annotations
+
+import mmap
+import time
+from dataclasses import dataclass
+
+__all__ = ["FIELDS", "SlotView", "WorkerTable", "WorkerStats", "STATUS_NAMES"]
+
+#: the 64-bit integer fields of a slot, in order (times in microseconds)
+FIELDS = (
+    "pid",
+    "status",  # 0 free slot, 1 starting, 2 idle, 3 busy, 4 stopping
+    "generation",  # bumped by each reload: old and new workers tell apart
+    "requests",
+    "exceptions",
+    "tx",  # bytes of responses sent (heads and bodies)
+    "status_2xx",
+    "status_3xx",
+    "status_4xx",
+    "status_5xx",
+    "rt_total_us",  # sum of response times, for the average
+    "request_start_us",  # wall clock (µs) the current request began; 0 when idle
+    "last_spawn",  # wall clock seconds of the last spawn
+    "respawn_count",
+    "rss",  # bytes, refreshed by the worker once a second
+    "vsz",
+    "ready",  # 1 once the worker listens with the app loaded
+)
+_INDEX = {name: i for i, name in enumerate(FIELDS)}
+LINE_BYTES = 256
+SLOT_BYTES = len(FIELDS) * 8 + LINE_BYTES
+STATUS_NAMES = {0: "free", 1: "starting", 2: "idle", 3: "busy", 4: "stopping"}
+STATUS_CODES = {name: code for code, name in STATUS_NAMES.items()}
+
+
+class SlotView:
+    """One worker's slot; attribute access reads and writes shared memory directly."""
+
+    __slots__ = ("_ints", "_line", "index")
+
+    def __init__(self, ints: memoryview, line: memoryview, index: int) -> None:
+        object.__setattr__(self, "_ints", ints)
+        object.__setattr__(self, "_line", line)
+        object.__setattr__(self, "index", index)
+
+    def __getattr__(self, name: str) -> int:
+        return int(self._ints[_INDEX[name]])
+
+    def __setattr__(self, name: str, value: int) -> None:
+        self._ints[_INDEX[name]] = value
+
+    def add(self, name: str, amount: int) -> None:
+        """Add to a counter (only the owning worker writes, so no lock is needed)."""
+        self._ints[_INDEX[name]] += amount
+
+    @property
+    def request_line(self) -> str:
+        """The current request line (method and target), or '' when idle."""
+        raw = bytes(self._line)
+        return raw.split(b"\0", 1)[0].decode("latin-1")
+
+    def set_request_line(self, line: str) -> None:
+        """Record the request now running (cut to the slot's size)."""
+        data = line.encode("latin-1", "replace")[: LINE_BYTES - 1]
+        self._line[: len(data) + 1] = data + b"\0"
+
+    def reset(self) -> None:
+        """Zero every field (a new worker takes the slot)."""
+        for i in range(len(FIELDS)):
+            self._ints[i] = 0
+        self._line[:1] = b"\0"
+
+    def snapshot(self) -> WorkerStats:
+        """A consistent-enough copy of the slot for reporting."""
+        values = {name: int(self._ints[i]) for i, name in enumerate(FIELDS)}
+        return WorkerStats(id=self.index + 1, request_line=self.request_line, **values)
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    """A copy of one slot, as the stats server and ``gantry top`` report it."""
+
+    id: int
+    pid: int
+    status: int
+    generation: int
+    requests: int
+    exceptions: int
+    tx: int
+    status_2xx: int
+    status_3xx: int
+    status_4xx: int
+    status_5xx: int
+    rt_total_us: int
+    request_start_us: int
+    last_spawn: int
+    respawn_count: int
+    rss: int
+    vsz: int
+    ready: int
+    request_line: str
+
+    @property
+    def status_name(self) -> str:
+        """'idle', 'busy', ... as uWSGI's stats name them."""
+        return STATUS_NAMES.get(self.status, "unknown")
+
+    @property
+    def avg_rt_us(self) -> int:
+        """Average response time in microseconds."""
+        return self.rt_total_us // self.requests if self.requests else 0
+
+    def running_for(self, now: float | None = None) -> float:
+        """Seconds the current request has been running (0 when idle)."""
+        if not self.request_start_us:
+            return 0.0
+        return max(0.0, (now or time.time()) - self.request_start_us / 1e6)
+
+
+class WorkerTable:
+    """The shared mapping holding ``size`` slots; made before fork, inherited by workers."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._map = mmap.mmap(-1, max(1, size) * SLOT_BYTES)  # MAP_SHARED | MAP_ANONYMOUS
+        self._view = memoryview(self._map)
+
+    def slot(self, index: int) -> SlotView:
+        """The slot of worker ``index`` (0-based)."""
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+        base = index * SLOT_BYTES
+        ints = self._view[base : base + len(FIELDS) * 8].cast("q")
+        line = self._view[base + len(FIELDS) * 8 : base + SLOT_BYTES]
+        return SlotView(ints, line, index)
+
+    def snapshot(self) -> list[WorkerStats]:
+        """Copies of the slots in use."""
+        return [s for s in (self.slot(i).snapshot() for i in range(self.size)) if s.pid]

@@ -1,0 +1,336 @@
+"""The master and its workers, as real processes under bounded load loops."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.process import REPO, GantryServer, free_port
+
+APP = "apps_process:app"
+
+
+@dataclass
+class LoadLoop:
+    """Client threads sending GETs until stopped, bounded in count and time; records failures."""
+
+    port: int
+    threads: int = 4
+    keep_alive: bool = True
+    max_seconds: float = 20.0
+    max_requests: int = 200_000
+    path: str = "/pid"
+    ok: int = 0
+    failures: list[str] = field(default_factory=list)
+    pids: set[str] = field(default_factory=set)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _workers: list[threading.Thread] = field(default_factory=list)
+
+    def __enter__(self) -> LoadLoop:
+        deadline = time.monotonic() + self.max_seconds
+        for index in range(self.threads):
+            keep = self.keep_alive if index % 2 == 0 else False  # half reconnect each time
+            thread = threading.Thread(target=self._run, args=(keep, deadline), daemon=True)
+            thread.start()
+            self._workers.append(thread)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._workers:
+            thread.join(timeout=10)
+
+    def _run(self, keep: bool, deadline: float) -> None:
+        conn: http.client.HTTPConnection | None = None
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            with self._lock:
+                if self.ok + len(self.failures) >= self.max_requests:
+                    return
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                conn.request("GET", self.path, headers={} if keep else {"Connection": "close"})
+                response = conn.getresponse()
+                body = response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"status {response.status}")
+                with self._lock:
+                    self.ok += 1
+                    self.pids.add(body.decode())
+                if not keep or response.will_close:
+                    conn.close()
+                    conn = None
+            except Exception as exc:  # noqa: BLE001 - every failure is recorded
+                with self._lock:
+                    self.failures.append(repr(exc))
+                if conn is not None:
+                    conn.close()
+                conn = None
+
+    def wait_for(self, requests: int, limit: float = 10.0) -> None:
+        """Block until ``requests`` more requests succeeded (bounded)."""
+        target = self.ok + requests
+        deadline = time.monotonic() + limit
+        while self.ok < target and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """A copy of the app module that a test may edit (the reload test does)."""
+    directory = tmp_path / "site"
+    directory.mkdir()
+    shutil.copy(REPO / "tests" / "apps_process.py", directory / "apps_process.py")
+    return directory
+
+
+def _master(site: Path, tmp_path: Path, *args: str) -> GantryServer:
+    server = GantryServer(
+        APP,
+        "--chdir",
+        str(site),
+        "--pidfile",
+        str(tmp_path / "master.pid"),
+        *args,
+        log_path=tmp_path / "gantry.log",
+        env={"PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    server.start()
+    return server
+
+
+def _workers(master_pid: int) -> set[int]:
+    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+    return {int(pid) for pid in children}
+
+
+def _wait(predicate: object, limit: float = 10.0) -> bool:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _ready_workers(master_pid: int, count: int, limit: float = 10.0) -> set[int]:
+    assert _wait(lambda: len(_workers(master_pid)) == count, limit), _workers(master_pid)
+    return _workers(master_pid)
+
+
+@pytest.fixture
+def two_workers(site: Path, tmp_path: Path) -> Iterator[GantryServer]:
+    server = _master(site, tmp_path, "--workers", "2", "--graceful-timeout", "5")
+    try:
+        _ready_workers(server.pid, 2)
+        yield server
+    finally:
+        server.stop()
+
+
+def test_pidfile_names_the_master(two_workers: GantryServer, tmp_path: Path) -> None:
+    assert (tmp_path / "master.pid").read_text().strip() == str(two_workers.pid)
+
+
+def test_killed_worker_is_replaced_quickly(two_workers: GantryServer) -> None:
+    before = _workers(two_workers.pid)
+    victim = sorted(before)[0]
+    with LoadLoop(two_workers.port, threads=4) as load:
+        load.wait_for(200)
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.monotonic()
+        assert _wait(lambda: len(_workers(two_workers.pid) - before) == 1, 5.0)
+        replaced_in = time.monotonic() - killed_at
+        load.wait_for(200)
+    assert replaced_in < 1.0, replaced_in
+    # only the requests the killed worker was serving may fail: a handful at most
+    assert len(load.failures) <= load.threads, load.failures
+
+
+def test_sighup_reloads_with_zero_failures_and_new_code(
+    two_workers: GantryServer, site: Path
+) -> None:
+    before = _workers(two_workers.pid)
+    module = site / "apps_process.py"
+    module.write_text(module.read_text().replace('VERSION = "v1"', 'VERSION = "v2-reloaded"'))
+    with LoadLoop(two_workers.port, threads=6) as load:
+        load.wait_for(300)
+        os.kill(two_workers.pid, signal.SIGHUP)
+        assert _wait(lambda: not (_workers(two_workers.pid) & before), 15.0)
+        load.wait_for(300)
+    assert load.failures == []
+    assert len(_workers(two_workers.pid)) == 2
+    conn = http.client.HTTPConnection("127.0.0.1", two_workers.port, timeout=5)
+    conn.request("GET", "/version")
+    assert conn.getresponse().read() == b"v2-reloaded"
+
+
+def test_ttin_ttou_scale_with_zero_failures(two_workers: GantryServer) -> None:
+    with LoadLoop(two_workers.port, threads=4) as load:
+        load.wait_for(200)
+        os.kill(two_workers.pid, signal.SIGTTIN)
+        assert _wait(lambda: len(_workers(two_workers.pid)) == 3)
+        load.wait_for(200)
+        # one at a time: a second identical signal sent before the first is handled merges
+        os.kill(two_workers.pid, signal.SIGTTOU)
+        assert _wait(lambda: len(_workers(two_workers.pid)) == 2)
+        os.kill(two_workers.pid, signal.SIGTTOU)
+        assert _wait(lambda: len(_workers(two_workers.pid)) == 1)
+        load.wait_for(200)
+    assert load.failures == []
+
+
+def test_harakiri_kills_and_replaces_a_stuck_worker(site: Path, tmp_path: Path) -> None:
+    server = _master(site, tmp_path, "--workers", "1", "--harakiri", "1")
+    try:
+        (before,) = _ready_workers(server.pid, 1)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"GET /sleep?30 HTTP/1.1\r\nHost: t\r\n\r\n")
+            started = time.monotonic()
+            assert sock.recv(100) == b""  # the worker died under the request
+        assert time.monotonic() - started < 5
+        assert _wait(lambda: len(_workers(server.pid) - {before}) == 1)
+        log = server.log_text()
+        assert "HARAKIRI" in log and "GET /sleep?30" in log and str(before) in log
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        conn.request("GET", "/pid")
+        assert conn.getresponse().status == 200
+    finally:
+        server.stop()
+
+
+def test_max_requests_recycles_the_worker(site: Path, tmp_path: Path) -> None:
+    server = _master(site, tmp_path, "--workers", "1", "--max-requests", "20")
+    try:
+        pids = set()
+        for _ in range(60):
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+            conn.request("GET", "/pid", headers={"Connection": "close"})
+            pids.add(conn.getresponse().read())
+            conn.close()
+        assert len(pids) >= 2, pids
+        assert "max-requests" in server.log_text()
+    finally:
+        server.stop()
+
+
+def test_reload_on_rss_recycles_the_worker(site: Path, tmp_path: Path) -> None:
+    server = _master(site, tmp_path, "--workers", "1", "--reload-on-rss", "60")
+    try:
+        (first,) = _ready_workers(server.pid, 1)
+        for _ in range(4):  # +80 MiB
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            conn.request("GET", "/hoard", headers={"Connection": "close"})
+            conn.getresponse().read()
+            conn.close()
+        assert _wait(lambda: first not in _workers(server.pid) and _workers(server.pid), 10)
+        assert "reload-on-rss" in server.log_text()
+    finally:
+        server.stop()
+
+
+def test_graceful_stop_finishes_the_slow_request(site: Path, tmp_path: Path) -> None:
+    server = _master(site, tmp_path, "--workers", "1", "--graceful-timeout", "10")
+    try:
+        _ready_workers(server.pid, 1)
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        sock.sendall(b"GET /sleep?1.5 HTTP/1.1\r\nHost: t\r\n\r\n")
+        time.sleep(0.3)
+        assert server.process is not None
+        server.process.send_signal(signal.SIGTERM)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        sock.close()
+        assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"slept")
+        assert server.process.wait(timeout=10) == 0
+        assert not (tmp_path / "master.pid").exists()
+    finally:
+        server.stop()
+
+
+def test_fast_stop_does_not_wait(site: Path, tmp_path: Path) -> None:
+    server = _master(site, tmp_path, "--workers", "2")
+    try:
+        _ready_workers(server.pid, 2)
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        sock.sendall(b"GET /sleep?20 HTTP/1.1\r\nHost: t\r\n\r\n")
+        time.sleep(0.3)
+        started = time.monotonic()
+        assert server.process is not None
+        server.process.send_signal(signal.SIGINT)
+        server.process.wait(timeout=10)
+        assert time.monotonic() - started < 4
+        sock.close()
+    finally:
+        server.stop()
+
+
+def test_broken_app_fails_fast_without_fork_loop(tmp_path: Path, site: Path) -> None:
+    (site / "broken.py").write_text("raise ImportError('this app is broken on purpose')\n")
+    port = free_port()
+    started = time.monotonic()
+    result = GantryServer(
+        "broken:app", "--chdir", str(site), "--workers", "2", log_path=tmp_path / "log", port=port
+    )
+    assert result.command
+    import subprocess
+
+    completed = subprocess.run(
+        result.command, cwd=REPO, env=result.env, capture_output=True, text=True, timeout=30
+    )
+    assert completed.returncode == 3
+    assert time.monotonic() - started < 10
+    assert "broken on purpose" in completed.stderr
+    assert completed.stderr.count("spawned worker") <= 4
+
+
+def test_preload_broken_app_fails_before_forking(tmp_path: Path, site: Path) -> None:
+    (site / "broken.py").write_text("raise ImportError('broken before fork')\n")
+    import subprocess
+
+    server = GantryServer(
+        "broken:app", "--chdir", str(site), "--workers", "2", "--preload", log_path=tmp_path / "l"
+    )
+    completed = subprocess.run(
+        server.command, cwd=REPO, env=server.env, capture_output=True, text=True, timeout=30
+    )
+    assert completed.returncode == 3
+    assert "broken before fork" in completed.stderr and "spawned worker" not in completed.stderr
+
+
+def test_sd_notify_ready_and_stopping(site: Path, tmp_path: Path) -> None:
+    directory = Path(tempfile.mkdtemp(prefix="g"))
+    path = str(directory / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(path)
+        listener.settimeout(10)
+        server = GantryServer(
+            APP,
+            "--chdir",
+            str(site),
+            "--workers",
+            "1",
+            log_path=tmp_path / "log",
+            env={"NOTIFY_SOCKET": path},
+        )
+        server.start()
+        try:
+            assert b"READY=1" in listener.recv(4096)
+            assert server.process is not None
+            server.process.send_signal(signal.SIGTERM)
+            assert b"STOPPING=1" in listener.recv(4096)
+        finally:
+            server.stop()

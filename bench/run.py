@@ -40,9 +40,17 @@ PATH = "/hello"
 GANTRY_VARIANTS: list[tuple[str, list[str]]] = [
     ("gantry", []),
     ("gantry-threads4", ["--threads", "4"]),
+    # the process manager: a master and one worker (should cost nothing per request)
+    ("gantry-master1", ["--workers", "1"]),
+    # two workers, against uWSGI with two processes (both on both cores, with wrk)
+    ("gantry-2workers", ["--workers", "2"]),
 ]
-PEERS = ["uwsgi", "gunicorn", "waitress", "granian"]
+PEERS = ["uwsgi", "gunicorn", "waitress", "granian", "uwsgi-2proc"]
 SERVERS = [name for name, _ in GANTRY_VARIANTS] + PEERS
+#: what `--only` runs when not given: the single-core comparison of the first issue
+DEFAULT_SERVERS = ["gantry", "gantry-threads4", "uwsgi", "gunicorn", "waitress", "granian"]
+#: servers that use both cores (and share them with wrk) instead of --server-cpu
+TWO_CORE_SERVERS = {"gantry-2workers", "uwsgi-2proc"}
 
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
@@ -58,14 +66,15 @@ def server_command(server: str, target: str, port: int) -> list[str]:
                 str(VENV_BIN / "gantry"), "serve", target,
                 "--http", f"{host}:{port}", "--chdir", str(REPO_ROOT), *extra,
             ]  # fmt: skip
-    if server == "uwsgi":
+    if server in ("uwsgi", "uwsgi-2proc"):
+        processes = "2" if server == "uwsgi-2proc" else "1"
         # --http-socket closes after each response without saying so, which wrk counts as
         # a read error per request; the header makes wrk reconnect cleanly. Not
         # --http11-socket: a single sync worker then serves one keep-alive connection
         # at a time and starves the other 49.
         return [
             str(VENV_BIN / "uwsgi"), "--http-socket", f"{host}:{port}", "--wsgi", target,
-            "--chdir", str(REPO_ROOT), "--processes", "1", "--master", "--need-app",
+            "--chdir", str(REPO_ROOT), "--processes", processes, "--master", "--need-app",
             "--disable-logging", "--die-on-term", "--add-header", "Connection: close",
         ]  # fmt: skip
     if server == "gunicorn":
@@ -189,7 +198,7 @@ def shorten(text: str, width: int = 160) -> str:
 class ServerProcess:
     """A server started in its own session, pinned to one CPU, stopped by process group."""
 
-    def __init__(self, command: list[str], cpu: int, log_path: Path) -> None:
+    def __init__(self, command: list[str], cpu: int | str, log_path: Path) -> None:
         self.command = ["taskset", "-c", str(cpu), *command]
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
@@ -283,7 +292,8 @@ def bench_one(
     result = RoundResult(server=server, app=app, round=round_no, ok=False)
     port = free_port()
     log_path = log_dir / f"{app}-{server}-{round_no}.log"
-    process = ServerProcess(server_command(server, APPS[app], port), args.server_cpu, log_path)
+    cpus = "0,1" if server in TWO_CORE_SERVERS else args.server_cpu
+    process = ServerProcess(server_command(server, APPS[app], port), cpus, log_path)
     try:
         process.start()
         process.wait_ready(port)
@@ -430,7 +440,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--skip-setup", action="store_true", help="do not create or update .venv-bench"
     )
     args = parser.parse_args(argv)
-    args.servers = [s for s in args.only.split(",") if s] or list(SERVERS)
+    args.servers = [s for s in args.only.split(",") if s] or list(DEFAULT_SERVERS)
     args.app_names = [a for a in args.apps.split(",") if a]
     for name in args.servers:
         if name not in SERVERS:

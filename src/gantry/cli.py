@@ -247,3 +247,14 @@ def serve(
     except AppLoadError as exc:
         click.echo(f"gantry: {exc}", err=True)
         sys.exit(3)
+
+
+@main.command()
+@click.argument("address", metavar="HOST:PORT|PATH")
+@click.option("--once", is_flag=True, help="Print one frame and exit (for scripts).")
+@click.option("--interval", type=click.FloatRange(0.1), default=1.0, show_default=True)
+def top(address: str, once: bool, interval: float) -> None:
+    """Live view of a running server's workers, from its --stats socket (like uwsgitop)."""
+    from gantry.stats.top import run_top
+
+    sys.exit(run_top(address, once=once, interval=interval))

@@ -111,8 +111,10 @@ class WorkerContext:
         self.tx = 0
         self.status_counts = [0, 0, 0, 0, 0, 0]
         self.rt_total = 0.0
-        #: record each request's start and line for the master's harakiri
-        self.track_requests = slot is not None and bool(config.harakiri)
+        #: record each request's start and line (for harakiri and the stats' current request)
+        self.track_requests = slot is not None and bool(
+            config.harakiri or config.stats or config.metrics
+        )
         jitter = random.randint(0, config.max_requests_jitter) if config.max_requests_jitter else 0
         self.max_requests = config.max_requests + jitter if config.max_requests else 0
         #: set by the worker: begin a graceful stop of this worker

@@ -1,0 +1,1 @@
+"""Monitoring: uWSGI-compatible stats JSON, Prometheus text, and the ``gantry top`` client."""

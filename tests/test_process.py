@@ -334,3 +334,27 @@ def test_sd_notify_ready_and_stopping(site: Path, tmp_path: Path) -> None:
             assert b"STOPPING=1" in listener.recv(4096)
         finally:
             server.stop()
+
+
+def test_sigusr1_reopens_the_access_log(site: Path, tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    server = _master(site, tmp_path, "--workers", "1", "--access-log", str(log))
+    try:
+        _ready_workers(server.pid, 1)
+
+        def get(path: str) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+            conn.request("GET", path, headers={"Connection": "close"})
+            conn.getresponse().read()
+            conn.close()
+
+        get("/before-rotation")
+        assert _wait(lambda: log.exists() and "/before-rotation" in log.read_text())
+        log.rename(tmp_path / "access.log.1")  # what logrotate does
+        os.kill(server.pid, signal.SIGUSR1)
+        assert _wait(lambda: "log files reopened" in server.log_text())
+        get("/after-rotation")
+        assert _wait(lambda: log.exists() and "/after-rotation" in log.read_text())
+        assert "/after-rotation" not in (tmp_path / "access.log.1").read_text()
+    finally:
+        server.stop()

@@ -5,9 +5,17 @@ from __future__ import annotations
 import sys
 
 import click
+from click.core import ParameterSource
 
 from gantry import __version__
-from gantry.config import ConfigError, ServeConfig, parse_address, parse_networks
+from gantry.config import ConfigError, ServeConfig
+from gantry.config_file import (
+    ServeSettings,
+    load_toml,
+    render_effective,
+    to_serve_config,
+)
+from gantry.config_ini import load_uwsgi_ini
 from gantry.protocol.http1 import HTTPLimits
 
 _DEFAULTS = HTTPLimits()
@@ -31,7 +39,15 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("app")
+@click.argument("app", required=False, metavar="[APP]")
+@click.option(
+    "-c",
+    "--config",
+    "config_file",
+    metavar="FILE",
+    help="Read settings from the [serve] table of this gantry.toml.",
+)
+@click.option("--ini", metavar="FILE", help="Read settings from a uWSGI ini's [uwsgi] section.")
 @click.option("--http", "http", multiple=True, metavar="HOST:PORT", help="HTTP/1.1 socket.")
 @click.option(
     "--uwsgi-socket",
@@ -169,7 +185,9 @@ def main() -> None:
 @click.option("--stats", metavar="HOST:PORT|PATH", help="uWSGI-compatible stats server.")
 @click.option("--metrics", metavar="HOST:PORT", help="Prometheus metrics over HTTP.")
 def serve(
-    app: str,
+    config_file: str | None,
+    ini: str | None,
+    app: str | None,
     http: tuple[str, ...],
     uwsgi: tuple[str, ...],
     uwsgi_socket_mode: int | None,
@@ -200,53 +218,90 @@ def serve(
     stats: str | None,
     metrics: str | None,
 ) -> None:
-    """Serve the WSGI application APP (MODULE:CALLABLE): uWSGI's role."""
+    """Serve the WSGI application APP (MODULE:CALLABLE): uWSGI's role.
+
+    Settings come from -c gantry.toml (its [serve] table) or --ini uwsgi.ini,
+    then from the flags given here, which win.
+    """
     from gantry.appserver.worker import AppLoadError
     from gantry.appserver.worker import serve as run_serve
 
+    ctx = click.get_current_context()
     try:
-        listen = [parse_address(a, "http", "--http") for a in http]
-        listen += [parse_address(a, "uwsgi", "--uwsgi-socket") for a in uwsgi]
-        config = ServeConfig(
-            app=app,
-            listen=listen,
-            chdir=chdir,
-            threads=threads,
-            mount_prefix=mount_prefix,
-            uwsgi_socket_mode=uwsgi_socket_mode,
-            buffer_size=buffer_size,
-            limits=HTTPLimits(
-                max_request_line=limit_request_line,
-                max_field_size=limit_request_field_size,
-                max_fields=limit_request_fields,
-                max_head_size=limit_request_head,
-                max_body_size=max_body_size,
-            ),
-            keepalive_timeout=keepalive_timeout,
-            header_timeout=header_timeout,
-            body_timeout=body_timeout,
-            graceful_timeout=graceful_timeout,
-            access_log=access_log,
-            error_log=error_log,
-            use_uvloop=not no_uvloop,
-            workers=workers,
-            preload=preload,
-            max_requests=max_requests,
-            max_requests_jitter=max_requests_jitter,
-            harakiri=harakiri,
-            reload_on_rss=reload_on_rss,
-            pidfile=pidfile,
-            stats=stats,
-            metrics=metrics,
-        )
-        if uwsgi_allow_from:
-            config.uwsgi_allow_from = parse_networks(list(uwsgi_allow_from), "--uwsgi-allow-from")
+        config = _build_serve_config(ctx, config_file, ini)
         sys.exit(run_serve(config))
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     except AppLoadError as exc:
         click.echo(f"gantry: {exc}", err=True)
         sys.exit(3)
+
+
+# click parameter name -> setting name, where they differ
+_SETTING_OF_PARAM = {
+    "uwsgi": "uwsgi_socket",
+    "limit_request_line": "max_request_line",
+    "limit_request_field_size": "max_field_size",
+    "limit_request_fields": "max_fields",
+    "limit_request_head": "max_head_size",
+}
+
+
+def _command_line_overrides(ctx: click.Context) -> dict[str, object]:
+    """The settings the user typed (not click's defaults), by setting name."""
+    overrides: dict[str, object] = {}
+    for name, value in ctx.params.items():
+        if name in ("config_file", "ini"):
+            continue
+        if ctx.get_parameter_source(name) != ParameterSource.COMMANDLINE:
+            continue
+        if name == "no_uvloop":
+            overrides["use_uvloop"] = not value
+            continue
+        if name == "uwsgi_allow_from":
+            value = [part.strip() for item in value for part in item.split(",") if part.strip()]
+        elif isinstance(value, tuple):
+            value = list(value)
+        overrides[_SETTING_OF_PARAM.get(name, name)] = value
+    return overrides
+
+
+def _load_settings(config_file: str | None, ini: str | None) -> ServeSettings:
+    if config_file and ini:
+        raise ConfigError("give either -c/--config or --ini, not both")
+    if config_file:
+        return load_toml(config_file)
+    if ini:
+        settings, warnings = load_uwsgi_ini(ini)
+        for warning in warnings:
+            click.echo(f"gantry: warning: {warning}", err=True)
+        return settings
+    return ServeSettings()
+
+
+def _build_serve_config(
+    ctx: click.Context, config_file: str | None, ini: str | None
+) -> ServeConfig:
+    settings = _load_settings(config_file, ini)
+    config = to_serve_config(settings, _command_line_overrides(ctx))
+    config.check()
+    return config
+
+
+@main.command()
+@click.option("-c", "--config", "config_file", metavar="FILE", help="A gantry.toml.")
+@click.option("--ini", metavar="FILE", help="The [uwsgi] section of a uWSGI ini file.")
+def check(config_file: str | None, ini: str | None) -> None:
+    """Validate a configuration file and print the effective configuration."""
+    try:
+        if not config_file and not ini:
+            raise ConfigError("give the file to check: -c gantry.toml or --ini uwsgi.ini")
+        config = to_serve_config(_load_settings(config_file, ini), {})
+        config.check()
+    except ConfigError as exc:
+        click.echo(f"gantry check: {exc}", err=True)
+        sys.exit(2)
+    click.echo(render_effective(config), nl=False)
 
 
 @main.command()

@@ -6,7 +6,6 @@ import dataclasses
 import difflib
 import json
 import math
-import os
 import re
 import tomllib
 import types
@@ -31,7 +30,6 @@ __all__ = [
     "LimitsSettings",
     "ServeSettings",
     "load_toml",
-    "load_uwsgi_ini",
     "loads_toml",
     "render_effective",
     "to_serve_config",
@@ -411,188 +409,6 @@ def loads_toml(text: str, source: str = "<string>") -> ServeSettings:
 def load_toml(path: str) -> ServeSettings:
     """Read a gantry.toml and validate its ``[serve]`` table."""
     return loads_toml(_read(path), path)
-
-
-# ---------------------------------------------------------------- uWSGI ini
-
-# Options that make no difference under Gantry: accepted without a word.
-_INI_SILENT = frozenset({"die-on-term", "vacuum"})
-# Options whose value carries over unchanged to one setting.
-_INI_PLAIN = {
-    "chdir": "chdir",
-    "processes": "workers",
-    "workers": "workers",
-    "threads": "threads",
-    "harakiri": "harakiri",
-    "max-requests": "max_requests",
-    "pidfile": "pidfile",
-    "buffer-size": "buffer_size",
-    "reload-on-rss": "reload_on_rss",
-}
-_TRUE = frozenset({"", "1", "true", "yes", "on", "y", "t"})
-_FALSE = frozenset({"0", "false", "no", "off", "n", "f"})
-
-
-@dataclasses.dataclass
-class _IniEntry:
-    option: str
-    value: str
-    line: int
-
-
-def _ini_entries(text: str, path: str) -> list[_IniEntry]:
-    """The ``[uwsgi]`` section's options in file order, repeats kept (uWSGI allows them)."""
-    directory = os.path.dirname(os.path.abspath(path)) + os.sep
-    name = os.path.splitext(os.path.basename(path))[0]
-    # uWSGI's magic variables: %d is the file's directory (with its slash), %n its base name.
-    magic = {"d": directory, "n": name, "%": "%"}
-    entries: list[_IniEntry] = []
-    section: str | None = None
-    seen_section = False
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line[0] in "#;":
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            section = line[1:-1].strip()
-            seen_section = seen_section or section == "uwsgi"
-            continue
-        if section != "uwsgi":
-            continue
-        key, _, value = line.partition("=")
-        value = re.sub(r"%([dn%])", lambda m: magic[m[1]], value.strip())
-        entries.append(_IniEntry(key.strip().lower().replace("_", "-"), value, number))
-    if not seen_section:
-        raise ConfigError(f"{path}: expected a [uwsgi] section, found none")
-    return entries
-
-
-def _ini_bool(entry: _IniEntry, path: str) -> bool:
-    word = entry.value.lower()
-    if word in _TRUE:
-        return True
-    if word in _FALSE:
-        return False
-    raise ConfigError(
-        f"{path}, line {entry.line}: uwsgi.{entry.option}: expected true or false, "
-        f"got {entry.value!r}"
-    )
-
-
-def _unix_if_path(value: str) -> str:
-    # uWSGI reads a socket value without a colon as a unix socket path, relative ones included.
-    return value if ":" in value else f"unix:{value}"
-
-
-def _ini_app(
-    module: _IniEntry | None,
-    wsgi_file: _IniEntry | None,
-    callable_: _IniEntry | None,
-    data: dict[str, Any],
-    origin: dict[str, list[_IniEntry]],
-    path: str,
-    warnings: list[str],
-) -> None:
-    """Turn module / wsgi-file / callable into ``app`` (and ``chdir`` for a wsgi-file)."""
-    name = callable_.value if callable_ else "application"  # uWSGI's default callable
-    if module and wsgi_file:
-        raise ConfigError(
-            f"{path}, line {wsgi_file.line}: uwsgi.{wsgi_file.option}: expected either module "
-            f"or wsgi-file, got both (module on line {module.line})"
-        )
-    if module:
-        mod, sep, explicit = module.value.partition(":")
-        data["app"] = f"{mod}:{explicit if sep else name}"
-        origin["app"] = [module]
-    elif wsgi_file:
-        base = data.get("chdir") or "."
-        full = os.path.abspath(os.path.join(base, wsgi_file.value))
-        directory, filename = os.path.split(full)
-        stem, ext = os.path.splitext(filename)
-        if ext != ".py" or not stem or "." in stem:
-            raise ConfigError(
-                f"{path}, line {wsgi_file.line}: uwsgi.{wsgi_file.option}: expected a .py file "
-                f"Gantry can import as a module, got {wsgi_file.value!r}"
-            )
-        if data.get("chdir") and os.path.abspath(data["chdir"]) != directory:
-            warnings.append(
-                f"{path}: option 'wsgi-file': Gantry imports {filename} as a module from its "
-                f"directory, so chdir is {directory} instead of {data['chdir']}"
-            )
-        data["app"] = f"{stem}:{name}"
-        data["chdir"] = directory
-        origin["app"] = origin["chdir"] = [wsgi_file]
-    elif callable_:
-        warnings.append(f"{path}: option 'callable' has no module or wsgi-file and is ignored")
-
-
-def load_uwsgi_ini(path: str) -> tuple[ServeSettings, list[str]]:
-    """Translate the ``[uwsgi]`` section of a uWSGI ini file; also return one warning per option
-    Gantry ignores."""
-    data: dict[str, Any] = {}
-    origin: dict[str, list[_IniEntry]] = {}  # setting -> the entries it came from, for errors
-    warnings: list[str] = []
-    unsupported: dict[str, int] = {}
-    module = wsgi_file = callable_ = master = lazy = None
-    for entry in _ini_entries(_read(path), path):
-        option = entry.option
-        if option in _INI_PLAIN:
-            key = _INI_PLAIN[option]
-            data[key], origin[key] = entry.value, [entry]
-        elif option in ("http-socket", "http"):
-            data.setdefault("http", []).append(entry.value)
-            origin.setdefault("http", []).append(entry)
-        elif option in ("socket", "uwsgi-socket"):
-            if entry.value.startswith("@"):
-                raise ConfigError(
-                    f"{path}, line {entry.line}: uwsgi.{option}: expected HOST:PORT or a unix "
-                    f"socket path, got the abstract socket {entry.value!r}"
-                )
-            data.setdefault("uwsgi_socket", []).append(_unix_if_path(entry.value))
-            origin.setdefault("uwsgi_socket", []).append(entry)
-        elif option == "chmod-socket":
-            # uWSGI: chmod-socket with no value means 666
-            data["uwsgi_socket_mode"] = entry.value or "666"
-            origin["uwsgi_socket_mode"] = [entry]
-        elif option == "stats":
-            data["stats"], origin["stats"] = _unix_if_path(entry.value), [entry]
-        elif option in ("module", "wsgi"):
-            module = entry
-        elif option in ("wsgi-file", "file"):
-            wsgi_file = entry
-        elif option == "callable":
-            callable_ = entry
-        elif option == "master":
-            master = entry
-        elif option == "lazy-apps":
-            lazy = entry
-        elif option not in _INI_SILENT:
-            unsupported.setdefault(option, entry.line)
-    for option, line in unsupported.items():
-        warnings.append(
-            f"{path}: option '{option}' (line {line}) is not supported by Gantry and is ignored"
-        )
-    _ini_app(module, wsgi_file, callable_, data, origin, path, warnings)
-    if master is not None and _ini_bool(master, path) and "workers" not in data:
-        data["workers"], origin["workers"] = 1, [master]
-    # uWSGI loads the app once in the master unless lazy-apps: that is Gantry's preload.
-    data["preload"] = not (lazy is not None and _ini_bool(lazy, path))
-    if lazy is not None:
-        origin["preload"] = [lazy]
-
-    def where(loc: tuple[int | str, ...], _path: str) -> str:
-        entries = origin.get(str(loc[0]), [])
-        index = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else -1
-        if not entries:
-            return f"{path}: uwsgi"
-        entry = entries[index] if -len(entries) <= index < len(entries) else entries[-1]
-        return f"{path}, line {entry.line}: uwsgi.{entry.option}"
-
-    try:
-        settings = ServeSettings.model_validate(data, strict=False)
-    except ValidationError as exc:
-        raise ConfigError(_error_lines(exc, where)) from None
-    return settings, warnings
 
 
 # ---------------------------------------------------------------- to ServeConfig and back

@@ -88,8 +88,14 @@ def stats_document(workers: list[WorkerStats], info: MasterInfo) -> dict[str, An
         "started": int(info.started),
         "locks": [],
         "sockets": [
-            {"name": name, "proto": "uwsgi" if "uwsgi" in name else "http", "queue": 0,
-             "max_queue": 0, "shared": 0, "can_offload": 0}
+            {
+                "name": name,
+                "proto": "uwsgi" if "uwsgi" in name else "http",
+                "queue": 0,
+                "max_queue": 0,
+                "shared": 0,
+                "can_offload": 0,
+            }
             for name in info.sockets
         ],  # fmt: skip
         "workers": [_worker(w, now) for w in workers],

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -358,3 +359,54 @@ def test_sigusr1_reopens_the_access_log(site: Path, tmp_path: Path) -> None:
         assert "/after-rotation" not in (tmp_path / "access.log.1").read_text()
     finally:
         server.stop()
+
+
+def test_systemd_socket_activation(site: Path, tmp_path: Path) -> None:
+    """A socket passed as fd 3 with LISTEN_FDS/LISTEN_PID is used instead of binding anew."""
+    import subprocess
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    fd = listener.fileno()
+    # A tiny launcher puts the socket at fd 3 and sets the variables for its own PID,
+    # which exec keeps: what systemd does for a socket-activated service.
+    launcher = (
+        "import os, sys\n"
+        f"os.dup2({fd}, 3)\n"
+        "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1')\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'gantry', *sys.argv[1:]])\n"
+    )
+    args = ["serve", APP, "--chdir", str(site), "--http", f"127.0.0.1:{port}", "--workers", "1"]
+    log = (tmp_path / "log").open("wb")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    process = subprocess.Popen(
+        [sys.executable, "-c", launcher, *args],
+        pass_fds=(fd,),
+        stdout=log,
+        stderr=log,
+        env=env,
+        cwd=REPO,
+    )
+    listener.close()  # only the server holds it now
+    try:
+
+        def answers() -> bool:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                conn.request("GET", "/pid")
+                return conn.getresponse().status == 200
+            except OSError:
+                return False
+
+        assert _wait(answers, 15), (tmp_path / "log").read_text()
+        assert "using the socket systemd passed" in (tmp_path / "log").read_text()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+        log.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from typing import IO
 
 from gantry import __version__
@@ -66,10 +67,27 @@ def run_master(
     return code
 
 
-def _listen(spec: str, setting: str) -> socket.socket:
+def _serve_each_connection(
+    master: Master, spec: str, setting: str, respond: Callable[[socket.socket], None]
+) -> None:
+    """Listen on ``spec``; the master loop accepts and calls ``respond`` on each connection."""
     address = parse_address(spec, "stats", setting)
-    sock = bind(address, 0o600 if address.path else None, 64)
-    return sock
+    listener = bind(address, 0o600 if address.path else None, 64)
+
+    def accept(sock: socket.socket) -> None:
+        try:
+            conn, _ = sock.accept()
+        except BlockingIOError:
+            return
+        with conn:
+            conn.setblocking(True)
+            conn.settimeout(2.0)  # a stuck client must not hold the master
+            try:
+                respond(conn)
+            except OSError:
+                pass
+
+    master.serve_extra(listener, accept)
 
 
 def _serve_stats(
@@ -78,23 +96,11 @@ def _serve_stats(
     """uWSGI's stats server: each connection gets one JSON document, then the close."""
     from gantry.stats.uwsgi_json import MasterInfo, render_stats
 
-    sock = _listen(spec, "--stats")
+    def respond(conn: socket.socket) -> None:
+        info = MasterInfo(pid=os.getpid(), version=__version__, started=started, sockets=listen)
+        conn.sendall(render_stats(table.snapshot(), info))
 
-    def answer(listener: socket.socket) -> None:
-        try:
-            conn, _ = listener.accept()
-        except BlockingIOError:
-            return
-        with conn:
-            conn.setblocking(True)
-            conn.settimeout(2.0)
-            info = MasterInfo(pid=os.getpid(), version=__version__, started=started, sockets=listen)
-            try:
-                conn.sendall(render_stats(table.snapshot(), info))
-            except OSError:
-                pass
-
-    master.serve_extra(sock, answer)
+    _serve_each_connection(master, spec, "--stats", respond)
     error_log.info("stats server on %s", spec)
 
 
@@ -105,33 +111,18 @@ def _serve_metrics(
     from gantry.stats.prometheus import render_metrics
     from gantry.stats.uwsgi_json import MasterInfo
 
-    sock = _listen(spec, "--metrics")
-
-    def answer(listener: socket.socket) -> None:
-        try:
-            conn, _ = listener.accept()
-        except BlockingIOError:
+    def respond(conn: socket.socket) -> None:
+        request = conn.recv(8192)
+        if not request.startswith((b"GET ", b"HEAD ")):
+            conn.sendall(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
             return
-        with conn:
-            conn.setblocking(True)
-            conn.settimeout(2.0)
-            try:
-                request = conn.recv(8192)
-            except OSError:
-                return
-            if not request.startswith((b"GET ", b"HEAD ")):
-                conn.sendall(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
-                return
-            info = MasterInfo(pid=os.getpid(), version=__version__, started=started, sockets=listen)
-            body = render_metrics(table.snapshot(), info)
-            head = (
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-            ).encode()
-            try:
-                conn.sendall(head if request.startswith(b"HEAD ") else head + body)
-            except OSError:
-                pass
+        info = MasterInfo(pid=os.getpid(), version=__version__, started=started, sockets=listen)
+        body = render_metrics(table.snapshot(), info)
+        head = (
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        conn.sendall(head if request.startswith(b"HEAD ") else head + body)
 
-    master.serve_extra(sock, answer)
+    _serve_each_connection(master, spec, "--metrics", respond)
     error_log.info("metrics on http://%s/metrics", spec)

@@ -313,3 +313,25 @@ def top(address: str, once: bool, interval: float) -> None:
     from gantry.stats.top import run_top
 
     sys.exit(run_top(address, once=once, interval=interval))
+
+
+@main.command()
+@click.option(
+    "-c",
+    "--config",
+    "config_file",
+    required=True,
+    metavar="FILE",
+    help="gantry.toml with a [front] table.",
+)
+def front(config_file: str) -> None:
+    """Run the front server (nginx's role): virtual hosts, static files, reverse proxy."""
+    from gantry.front.config import load_front_config
+    from gantry.front.run import run_front
+
+    try:
+        config = load_front_config(config_file)
+    except ConfigError as exc:
+        click.echo(f"gantry front: {exc}", err=True)
+        sys.exit(2)
+    sys.exit(run_front(config))

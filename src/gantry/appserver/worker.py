@@ -8,15 +8,15 @@ import logging
 import os
 import signal
 import socket
-import stat
 import sys
 from typing import IO, Any
 
 from gantry.appserver.context import WorkerContext, WSGIApp, error_log
 from gantry.appserver.http import IDLE_STATE, HTTPConnection
 from gantry.appserver.uwsgi import UwsgiConnection
-from gantry.config import ConfigError, ListenAddress, ServeConfig
+from gantry.config import ListenAddress, ServeConfig
 from gantry.process.shared import STATUS_CODES, SlotView
+from gantry.process.sockets import bind
 from gantry.process.systemd import inherited_sockets
 from gantry.wsgi.environ import EnvironTemplate
 
@@ -47,46 +47,6 @@ def load_app(spec: str) -> WSGIApp:
     if not callable(target):
         raise AppLoadError(f"{spec!r} is not callable")
     return target  # type: ignore[no-any-return]
-
-
-def bind(address: ListenAddress, mode: int | None, backlog: int) -> socket.socket:
-    """Create, bind and listen on one socket (before any worker starts)."""
-    if address.path is not None:
-        path = address.path
-        try:
-            if stat.S_ISSOCK(os.stat(path).st_mode):
-                os.unlink(path)  # a stale socket from a previous run
-        except FileNotFoundError:
-            pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(path)
-        except OSError as exc:
-            sock.close()
-            raise ConfigError(
-                f"{address.kind} socket {path}: cannot bind: {exc.strerror}"
-            ) from None
-        if mode is not None:
-            os.chmod(path, mode)
-    else:
-        assert address.host is not None and address.port is not None
-        infos = socket.getaddrinfo(
-            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-        family, kind, proto, _, sockaddr = infos[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(sockaddr)
-        except OSError as exc:
-            sock.close()
-            raise ConfigError(
-                f"{address.kind} socket {address}: cannot bind: {exc.strerror}"
-            ) from None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.listen(backlog)
-    sock.setblocking(False)
-    return sock
 
 
 def _template(config: ServeConfig, address: ListenAddress, ctx: WorkerContext) -> EnvironTemplate:

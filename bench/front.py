@@ -1,0 +1,225 @@
+"""Benchmark `gantry front` against nginx, one worker each, pinned like bench/run.py.
+
+Three measurements, each printed as req/s (or MB) and a ratio to nginx:
+
+1. a 1 KiB static file;
+2. proxying to the same uWSGI backend over the uwsgi protocol (unix socket);
+3. one front worker holding 10,000 idle keep-alive connections: its RSS, and
+   whether it still answers.
+
+Run: `python bench/front.py [--duration 10] [--rounds 2]` (after `python bench/run.py`
+has created .venv-bench with uWSGI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from run import (  # noqa: E402 - the sibling module, imported as a script
+    REPO_ROOT,
+    VENV_BIN,
+    ServerProcess,
+    WrkResult,
+    free_port,
+    parse_wrk,
+)
+
+STATIC = bytes(range(256)) * 4  # 1 KiB
+IDLE_CONNECTIONS = 10_000
+
+
+def wrk(port: int, path: str, duration: int, cpu: int) -> WrkResult:
+    """wrk -t1 -c50 pinned to ``cpu`` against ``path``."""
+    command = [
+        "taskset", "-c", str(cpu), "wrk", "-t1", "-c50", f"-d{duration}s", "--latency",
+        f"http://127.0.0.1:{port}{path}",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 30)
+    return parse_wrk(done.stdout)
+
+
+def wait_port(port: int, limit: float = 20.0) -> None:
+    """Until something accepts on 127.0.0.1:``port``."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def nginx_conf(work: Path, port: int, site: Path, sock: Path) -> Path:
+    """One worker, sendfile on, the same two locations as the gantry config."""
+    for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (work / name).mkdir(exist_ok=True)
+    conf = work / "nginx.conf"
+    conf.write_text(
+        f"""
+daemon off; master_process on; worker_processes 1; user root;
+error_log {work}/nginx-error.log warn; pid {work}/nginx.pid;
+events {{ worker_connections 16384; }}
+http {{
+  access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000;
+  client_body_temp_path {work}/body; proxy_temp_path {work}/proxy;
+  fastcgi_temp_path {work}/fastcgi; uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
+  include /etc/nginx/mime.types;
+  server {{
+    listen 127.0.0.1:{port};
+    location /static/ {{ root {site}; }}
+    location / {{ include /etc/nginx/uwsgi_params; uwsgi_pass unix:{sock}; }}
+  }}
+}}
+"""
+    )
+    return conf
+
+
+def gantry_conf(work: Path, port: int, site: Path, sock: Path) -> Path:
+    """The same as nginx_conf, for `gantry front`."""
+    conf = work / "front.toml"
+    conf.write_text(
+        f"""
+[front]
+listen = ["127.0.0.1:{port}"]
+workers = 1
+[[front.server]]
+default = true
+[[front.server.location]]
+path = "/static/"
+root = "{site}"
+[[front.server.location]]
+path = "/"
+proxy = "app"
+[front.upstream.app]
+protocol = "uwsgi"
+servers = [{{ address = "unix:{sock}" }}]
+"""
+    )
+    return conf
+
+
+def idle_connections(port: int, pid: int, count: int) -> tuple[float, bool]:
+    """Open ``count`` keep-alive connections, one request each; the worker's RSS in MB, then
+    whether a new request is still answered."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count + 1000, count + 1000))
+    sockets = []
+    request = b"GET /static/one.bin HTTP/1.1\r\nHost: b\r\n\r\n"
+    try:
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(request)
+            sockets.append(sock)
+        for sock in sockets:
+            sock.recv(65536)
+        rss = 0.0
+        for child in [pid, *children(pid)]:
+            rss = max(rss, rss_mb(child))
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as probe:
+            probe.sendall(request)
+            answered = probe.recv(100).startswith(b"HTTP/1.1 200")
+        return rss, answered
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def children(pid: int) -> list[int]:
+    """Child PIDs (a master's workers)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> int:
+    """Run both fronts on both loads, interleaved, and print the ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(VENV_BIN / "uwsgi").exists():
+        print("run `python bench/run.py` first: it builds .venv-bench with uWSGI", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="gfront-") as tmp:
+        work = Path(tmp)
+        site = work / "site"
+        (site / "static").mkdir(parents=True)
+        (site / "static" / "one.bin").write_bytes(STATIC)
+        sock = work / "app.sock"
+        backend = ServerProcess(
+            [str(VENV_BIN / "uwsgi"), "--socket", str(sock), "--chmod-socket=666", "--wsgi",
+             "bench.apps:hello", "--chdir", str(REPO_ROOT), "--processes", "1", "--master",
+             "--disable-logging", "--die-on-term"],
+            0, work / "uwsgi.log",
+        )  # fmt: skip
+        backend.start()
+        time.sleep(1.5)
+        best: dict[tuple[str, str], float] = {}
+        idle: dict[str, tuple[float, bool]] = {}
+        try:
+            for round_no in range(1, args.rounds + 1):
+                for name in ("nginx", "gantry"):
+                    port = free_port()
+                    if name == "nginx":
+                        command = [
+                            nginx,
+                            "-p",
+                            str(work),
+                            "-c",
+                            str(nginx_conf(work, port, site, sock)),
+                        ]
+                    else:
+                        command = [str(VENV_BIN / "gantry"), "front", "-c",
+                                   str(gantry_conf(work, port, site, sock))]  # fmt: skip
+                    server = ServerProcess(command, 0, work / f"{name}.log")
+                    server.start()
+                    try:
+                        wait_port(port)
+                        for load, path in (("static 1 KiB", "/static/one.bin"),
+                                           ("proxy to uWSGI", "/hello")):  # fmt: skip
+                            wrk(port, path, 2, 1)
+                            result = wrk(port, path, args.duration, 1)
+                            print(f"  round {round_no} {name:6} {load:15} {result.rps:9.0f} req/s"
+                                  f" ({result.errors} errors)", flush=True)  # fmt: skip
+                            best[name, load] = max(best.get((name, load), 0.0), result.rps)
+                        if round_no == 1:
+                            assert server.proc is not None
+                            idle[name] = idle_connections(port, server.proc.pid, IDLE_CONNECTIONS)
+                    finally:
+                        server.stop()
+        finally:
+            backend.stop()
+    print("\nload              nginx req/s  gantry req/s  gantry/nginx")
+    for load in ("static 1 KiB", "proxy to uWSGI"):
+        n, g = best["nginx", load], best["gantry", load]
+        print(f"{load:16} {n:12.0f} {g:13.0f} {g / n:12.2f}x")
+    for name, (rss, answered) in idle.items():
+        print(f"{IDLE_CONNECTIONS} idle keep-alive connections, {name}: worker RSS {rss:.0f} MB, "
+              f"still answering: {answered}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

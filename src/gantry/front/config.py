@@ -1,0 +1,206 @@
+"""The [front] table of gantry.toml: a pydantic schema, turned into ``FrontConfig``."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gantry.config import ConfigError
+from gantry.front.model import (
+    AccessRule,
+    FrontConfig,
+    Location,
+    Upstream,
+    UpstreamServer,
+    VirtualServer,
+)
+
+__all__ = ["load_front_config", "front_config_from_dict"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class UpstreamServerSettings(_Strict):
+    """One server of an upstream pool."""
+
+    address: str = Field(description="'HOST:PORT' or 'unix:/path'.")
+    weight: int = Field(1, ge=1, description="Share of requests (round robin, least_conn, hash).")
+    max_fails: int = Field(1, ge=0, description="Failures within fail_timeout that mark it down.")
+    fail_timeout: float = Field(10.0, gt=0, description="Seconds it then stays out of rotation.")
+    backup: bool = Field(False, description="Used only when every primary server is down.")
+    down: bool = Field(False, description="Never used (kept in the list for the hash).")
+
+
+class UpstreamSettings(_Strict):
+    """A named pool of servers a location can proxy to."""
+
+    protocol: Literal["http", "uwsgi"] = Field("http", description="How to speak to the servers.")
+    servers: list[UpstreamServerSettings] = Field(min_length=1, description="The pool.")
+    balance: Literal["round_robin", "least_conn", "ip_hash", "hash"] = "round_robin"
+    key: str = Field("$request_uri", description="The key of balance = 'hash'.")
+    max_tries: int = Field(3, ge=1, description="Servers tried for one request at most.")
+    connect_timeout: float = Field(5.0, gt=0)
+    read_timeout: float = Field(60.0, gt=0)
+    send_timeout: float = Field(60.0, gt=0)
+    keepalive: int = Field(32, ge=0, description="Idle HTTP connections kept per worker.")
+    next_upstream: list[str] = Field(
+        default_factory=lambda: ["error"],
+        description="As nginx's proxy_next_upstream: error, timeout, http_502, http_503, http_504.",
+    )
+
+
+class LocationSettings(_Strict):
+    """A location block."""
+
+    path: str = Field(description="Prefix, exact path, or regular expression (see modifier).")
+    modifier: Literal["", "=", "^~", "~", "~*"] = Field(
+        "",
+        description="nginx's location modifier: '=' exact, '^~' prefix that stops regex "
+        "search, '~' regex, '~*' case-insensitive regex, '' prefix.",
+    )
+    root: str | None = None
+    alias: str | None = None
+    index: list[str] = Field(default_factory=lambda: ["index.html"])
+    try_files: list[str] = Field(default_factory=list)
+    autoindex: bool = False
+    expires: int | None = Field(None, ge=0, description="Seconds for Cache-Control: max-age.")
+    proxy: str | None = Field(None, description="Name of the upstream to proxy to.")
+    access: list[str] = Field(default_factory=list, description="'allow CIDR' / 'deny all' lines.")
+    hidden_files: bool = False
+    follow_symlinks_outside_root: bool = False
+    gzip_static: bool = True
+
+
+class ServerSettings(_Strict):
+    """A server block (virtual host)."""
+
+    server_name: list[str] = Field(default_factory=list)
+    default: bool = False
+    access: list[str] = Field(default_factory=list)
+    location: list[LocationSettings] = Field(default_factory=list)
+
+
+class FrontSettings(_Strict):
+    """The [front] table."""
+
+    listen: list[str] = Field(default_factory=lambda: ["127.0.0.1:8080"])
+    workers: int = Field(1, ge=1)
+    access_log: str | None = None
+    client_max_body_size: int = Field(1024 * 1024 * 1024, ge=0)
+    error_pages: dict[str, str] = Field(default_factory=dict)
+    server: list[ServerSettings] = Field(default_factory=list)
+    upstream: dict[str, UpstreamSettings] = Field(default_factory=dict)
+
+
+_RULE = re.compile(r"^\s*(allow|deny)\s+(\S+)\s*$")
+
+
+def _rules(lines: list[str], where: str) -> tuple[AccessRule, ...]:
+    rules = []
+    for line in lines:
+        match = _RULE.match(line)
+        if match is None:
+            raise ConfigError(f"{where}: expected 'allow CIDR' or 'deny CIDR|all', got {line!r}")
+        verb, target = match.groups()
+        network = None
+        if target != "all":
+            try:
+                network = ipaddress.ip_network(target, strict=False)
+            except ValueError:
+                raise ConfigError(f"{where}: {target!r} is not an IP network") from None
+        rules.append(AccessRule(verb == "allow", network))
+    return tuple(rules)
+
+
+def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> FrontConfig:
+    """Validate a [front] table (as a dict) and build the FrontConfig."""
+    try:
+        settings = FrontSettings.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            path = ".".join(str(part) for part in ("front", *error["loc"]))
+            lines.append(f"{source}: {path}: {error['msg']} (got {error.get('input')!r})")
+        raise ConfigError("\n".join(lines)) from None
+    servers = []
+    for i, server in enumerate(settings.server):
+        locations = []
+        for j, loc in enumerate(server.location):
+            where = f"{source}: front.server[{i}].location[{j}]"
+            if loc.proxy and loc.proxy not in settings.upstream:
+                known = ", ".join(settings.upstream) or "none"
+                raise ConfigError(
+                    f"{where}.proxy: no upstream named {loc.proxy!r} (known: {known})"
+                )
+            if loc.root and loc.alias:
+                raise ConfigError(f"{where}: give root or alias, not both")
+            locations.append(
+                Location(
+                    path=loc.path,
+                    modifier=loc.modifier,
+                    root=loc.root,
+                    alias=loc.alias,
+                    index=tuple(loc.index),
+                    try_files=tuple(loc.try_files),
+                    autoindex=loc.autoindex,
+                    expires=loc.expires,
+                    proxy=loc.proxy,
+                    access=_rules(loc.access, f"{where}.access"),
+                    hidden_files=loc.hidden_files,
+                    follow_symlinks_outside_root=loc.follow_symlinks_outside_root,
+                    gzip_static=loc.gzip_static,
+                )  # fmt: skip
+            )
+        servers.append(
+            VirtualServer(
+                server_names=tuple(server.server_name),
+                default=server.default,
+                locations=tuple(locations),
+                access=_rules(server.access, f"{source}: front.server[{i}].access"),
+            )
+        )
+    upstreams = {
+        name: Upstream(
+            name=name,
+            protocol=up.protocol,
+            balance=up.balance,
+            hash_key=up.key,
+            max_tries=up.max_tries,
+            connect_timeout=up.connect_timeout,
+            read_timeout=up.read_timeout,
+            send_timeout=up.send_timeout,
+            keepalive=up.keepalive,
+            next_upstream=tuple(up.next_upstream),
+            servers=tuple(UpstreamServer(**s.model_dump()) for s in up.servers),
+        )  # fmt: skip
+        for name, up in settings.upstream.items()
+    }
+    try:
+        pages = {int(code): path for code, path in settings.error_pages.items()}
+    except ValueError:
+        raise ConfigError(f"{source}: front.error_pages: keys must be status codes") from None
+    return FrontConfig(
+        listen=tuple(settings.listen), workers=settings.workers, servers=tuple(servers),
+        upstreams=upstreams, access_log=settings.access_log, error_pages=pages,
+        client_max_body_size=settings.client_max_body_size,
+    )  # fmt: skip
+
+
+def load_front_config(path: str) -> FrontConfig:
+    """Read the [front] table of a gantry.toml."""
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    if "front" not in data:
+        raise ConfigError(f"{path}: no [front] table")
+    return front_config_from_dict(data["front"], path)

@@ -1,0 +1,94 @@
+"""The front server's configuration objects, as the router, static files and proxy see them.
+
+Built once from the [front] table of gantry.toml (see ``gantry.front.config``);
+plain frozen dataclasses, so every part of the front can be tested without files.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class AccessRule:
+    """One allow/deny line; nginx order: the first rule matching the client decides."""
+
+    allow: bool
+    network: IPNetwork | None  # None means "all"
+
+
+@dataclass(frozen=True)
+class Location:
+    """A location block: how requests whose path matches are answered."""
+
+    path: str  # the prefix, the exact path ("=") or the regular expression ("~", "~*")
+    modifier: str = ""  # "" (prefix), "=", "^~", "~", "~*"
+    root: str | None = None
+    alias: str | None = None
+    index: tuple[str, ...] = ("index.html",)
+    try_files: tuple[str, ...] = ()
+    autoindex: bool = False
+    expires: int | None = None  # seconds; Cache-Control: max-age and Expires
+    proxy: str | None = None  # the name of an upstream
+    access: tuple[AccessRule, ...] = ()
+    #: serve files starting with "." (off, as nginx configs usually deny them)
+    hidden_files: bool = False
+    #: follow symlinks leading out of the root (off)
+    follow_symlinks_outside_root: bool = False
+    gzip_static: bool = True  # serve x.gz / x.br siblings to clients that accept them
+
+
+@dataclass(frozen=True)
+class VirtualServer:
+    """A server block: names it answers to, and its locations in file order."""
+
+    server_names: tuple[str, ...] = ()
+    default: bool = False
+    locations: tuple[Location, ...] = ()
+    access: tuple[AccessRule, ...] = ()
+
+
+@dataclass(frozen=True)
+class UpstreamServer:
+    """One server of an upstream pool."""
+
+    address: str  # "HOST:PORT" or "unix:/path"
+    weight: int = 1
+    max_fails: int = 1
+    fail_timeout: float = 10.0
+    backup: bool = False
+    down: bool = False
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A named pool the locations proxy to."""
+
+    name: str
+    protocol: str = "http"  # "http" or "uwsgi"
+    servers: tuple[UpstreamServer, ...] = ()
+    balance: str = "round_robin"  # round_robin | least_conn | ip_hash | hash
+    hash_key: str = "$request_uri"
+    max_tries: int = 3
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    send_timeout: float = 60.0
+    keepalive: int = 32  # idle HTTP connections kept per worker
+    #: also retry idempotent requests on these (nginx's proxy_next_upstream)
+    next_upstream: tuple[str, ...] = ("error",)
+
+
+@dataclass(frozen=True)
+class FrontConfig:
+    """The whole [front] table."""
+
+    listen: tuple[str, ...] = ("127.0.0.1:8080",)
+    workers: int = 1
+    servers: tuple[VirtualServer, ...] = ()
+    upstreams: dict[str, Upstream] = field(default_factory=dict)
+    access_log: str | None = None
+    error_pages: dict[int, str] = field(default_factory=dict)
+    client_max_body_size: int = 1024 * 1024 * 1024

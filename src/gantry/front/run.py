@@ -1,0 +1,103 @@
+"""``gantry front``: N front workers under the same master as ``gantry serve``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+
+from gantry.config import ListenAddress, parse_address
+from gantry.front.model import FrontConfig
+from gantry.front.server import FrontConnection, FrontWorker
+from gantry.process.master import Master, MasterSettings, WorkerExit
+from gantry.process.shared import STATUS_CODES, SlotView, WorkerTable
+from gantry.process.sockets import bind
+
+__all__ = ["run_front"]
+
+log = logging.getLogger("gantry.front")
+
+
+def _setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+    )
+    root = logging.getLogger("gantry")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:
+        return asyncio.new_event_loop()
+
+
+def _serve_worker(
+    config: FrontConfig, sockets: list[tuple[ListenAddress, socket.socket]], slot: SlotView | None
+) -> int:
+    loop = _new_loop()
+    asyncio.set_event_loop(loop)
+    worker = FrontWorker(config, loop)
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        worker.start_clock()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            loop.add_signal_handler(signum, stop.set)
+        servers = [
+            await loop.create_server(lambda: FrontConnection(worker), sock=sock)
+            for _, sock in sockets
+        ]
+        for address, _ in sockets:
+            log.info("front listening on http://%s", address)
+        if slot is not None:
+            slot.pid = os.getpid()
+            slot.status = STATUS_CODES["idle"]
+            slot.ready = 1
+        await stop.wait()
+        for server in servers:
+            server.close()
+        deadline = loop.time() + 10.0
+        while loop.time() < deadline and any(c.busy for c in worker.connections):
+            await asyncio.sleep(0.05)
+        for conn in list(worker.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        worker.close()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    return 0
+
+
+def run_front(config: FrontConfig) -> int:
+    """Bind the listen sockets, then run one worker inline or a master with N workers."""
+    _setup_logging()
+    sockets = []
+    for spec in config.listen:
+        address = parse_address(spec, "http", "front.listen")
+        sockets.append((address, bind(address, None, 2048)))
+    if config.workers <= 1 and os.environ.get("GANTRY_FRONT_MASTER") != "1":
+        return _serve_worker(config, sockets, None)
+    table = WorkerTable(max(64, config.workers * 2 + 16))
+    master = Master(
+        MasterSettings(workers=config.workers, graceful_timeout=10.0),
+        lambda slot, generation: _serve_worker(config, sockets, slot),
+        table,
+    )
+    try:
+        return master.run()
+    except WorkerExit as exc:
+        log.error("%s", exc)
+        return exc.code

@@ -1,0 +1,463 @@
+"""The front server's client connection: route, check access, serve a file or proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from typing import Any
+
+from gantry.front.balancing import UpstreamPool
+from gantry.front.routing import Router, client_allowed, normalize_path
+from gantry.front.static import OpenFileCache, answer, multipart_parts, resolve
+
+from gantry.front.model import FrontConfig, Location
+from gantry.front.proxy import KeepAlivePool, ProxyRequest
+from gantry.front.upstream import UpstreamError
+from gantry.protocol.http1 import HTTPLimits, ProtocolError, RequestHead, RequestParser
+from gantry.wsgi.input import BodyBuffer
+from gantry.wsgi.response import HeadDefaults
+
+__all__ = ["FrontConnection", "FrontWorker"]
+
+log = logging.getLogger("gantry.front")
+
+_REASONS = {
+    200: "OK", 204: "No Content", 206: "Partial Content", 301: "Moved Permanently",
+    304: "Not Modified", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 408: "Request Timeout", 412: "Precondition Failed",
+    413: "Content Too Large", 414: "URI Too Long", 416: "Range Not Satisfiable",
+    417: "Expectation Failed", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+    501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
+    504: "Gateway Timeout", 505: "HTTP Version Not Supported",
+}  # fmt: skip
+
+# Files up to this size are read into memory and sent with the head in one write.
+SMALL_FILE = 256 * 1024
+WRITE_HIGH_WATER = 256 * 1024
+WRITE_LOW_WATER = 64 * 1024
+
+
+class FrontWorker:
+    """What one front worker's connections share: routes, pools, caches, the clock."""
+
+    def __init__(self, config: FrontConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.loop = loop
+        self.router = Router(config.servers)
+        self.pools = {name: UpstreamPool(upstream) for name, upstream in config.upstreams.items()}
+        self.keepalive = KeepAlivePool(loop)
+        self.files = OpenFileCache()
+        self.defaults = HeadDefaults()
+        self.limits = HTTPLimits(max_body_size=config.client_max_body_size)
+        self.connections: set[FrontConnection] = set()
+        self.access_log = None
+        if config.access_log:
+            self.access_log = open(config.access_log, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        self._tick: asyncio.TimerHandle | None = None
+
+    def start_clock(self) -> None:
+        """Refresh ``Date`` once a second."""
+        self.defaults.refresh(time.time())
+        self._tick = self.loop.call_later(1.0, self.start_clock)
+
+    def close(self) -> None:
+        """Release pooled connections, cached files and timers."""
+        if self._tick is not None:
+            self._tick.cancel()
+        self.keepalive.close()
+        self.files.close_all()
+
+
+class FrontConnection(asyncio.Protocol):
+    """One client connection to the front server."""
+
+    def __init__(self, worker: FrontWorker) -> None:
+        self.worker = worker
+        self.loop = worker.loop
+        self.parser = RequestParser(self, worker.limits)
+        self.transport: asyncio.Transport | None = None
+        self.remote_addr = ""
+        self.remote_port = ""
+        self.server_port = ""
+        self.head: RequestHead | None = None
+        self.body: BodyBuffer | None = None
+        self.queue: deque[tuple[RequestHead, BodyBuffer | None]] = deque()
+        self.busy = False
+        self.closed = False
+        self.keep_alive = True
+        self.chunked_out = False
+        self.proxy: ProxyRequest | None = None
+        self.paused = False
+        self.started = 0.0
+        self.status = 0
+        self.sent = 0
+        self.upstream_address = "-"
+
+    # asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(  # type: ignore[attr-defined]
+            high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER
+        )
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.remote_addr, self.remote_port = str(peer[0]), str(peer[1])
+        sockname = transport.get_extra_info("sockname")
+        if isinstance(sockname, tuple):
+            self.server_port = str(sockname[1])
+        self.worker.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.worker.connections.discard(self)
+        proxy = self.proxy
+        if proxy is not None and proxy.conn is not None:
+            proxy.conn.receiver = None
+            proxy.conn.abort()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed(data)
+        except ProtocolError as exc:
+            if not self.busy:
+                self.simple_response(exc.status, close=True)
+            elif self.transport is not None:
+                self.transport.close()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        if self.proxy is not None:
+            self.proxy.pause()
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.proxy is not None:
+            self.proxy.resume()
+
+    # RequestSink --------------------------------------------------------------------------
+
+    def request_head(self, head: RequestHead) -> None:
+        self.head = head
+        self.body = BodyBuffer() if head.has_body else None
+        if head.expect_continue and not self.busy and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def request_body(self, data: bytes) -> None:
+        if self.body is not None:
+            self.body.append(data)
+
+    def request_end(self, trailers: list[tuple[bytes, bytes]] | None) -> None:
+        head, body = self.head, self.body
+        self.head = self.body = None
+        if head is None:
+            return
+        if self.busy:
+            self.queue.append((head, body))
+            return
+        self.handle(head, body)
+
+    # dispatch ----------
+
+    def handle(self, head: RequestHead, body: BodyBuffer | None) -> None:
+        """Route one request to a file or an upstream."""
+        self.busy = True
+        self.started = time.monotonic()
+        self.request = head
+        self.keep_alive = head.keep_alive and not head.upgrade
+        self.upstream_address = "-"
+        path = normalize_path(head.path)
+        if path is None:
+            self.simple_response(400, close=True)
+            return
+        host = _header(head, b"host")
+        server = self.worker.router.server_for(host)
+        if not client_allowed(server.access, self.remote_addr):
+            self.simple_response(403)
+            return
+        location = self.worker.router.location_for(server, path)
+        if location is None:
+            self.simple_response(404)
+            return
+        if not client_allowed(location.access, self.remote_addr):
+            self.simple_response(403)
+            return
+        if location.proxy:
+            upstream = self.worker.config.upstreams.get(location.proxy)
+            pool = self.worker.pools.get(location.proxy)
+            if upstream is None or pool is None:
+                self.simple_response(502)
+                return
+            data = b""
+            if body is not None:
+                data = body.to_input().read()
+                body.discard()
+            self.proxy = ProxyRequest(self, head, data, upstream, pool)
+            self.loop.create_task(self.proxy.run())
+            return
+        if location.root or location.alias:
+            self.serve_file(head, location, path)
+            return
+        self.simple_response(404)
+
+    # static files ----------
+
+    def serve_file(self, head: RequestHead, location: Location, path: str) -> None:
+        fs_path = resolve(location, location.path, path)
+        headers = {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in head.headers}
+        result = answer(
+            location, fs_path, path, head.method, headers, headers.get("accept-encoding", "")
+        )
+        self.status = result.status
+        lines = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in result.headers]
+        if result.path is None or head.method == "HEAD" or result.status == 304:
+            body = b"" if head.method == "HEAD" else result.body
+            if not any(n.lower() == b"content-length" for n, _ in lines):
+                lines.append((b"Content-Length", str(len(body)).encode()))
+            self._write_head(result.status, lines, body)
+            self._done()
+            return
+        try:
+            fd, stat = self.worker.files.open(result.path)
+        except OSError:
+            self.simple_response(404)
+            return
+        size = stat.st_size
+        if result.boundary:
+            content_type = next((v for n, v in result.headers if n.lower() == "content-type"), "")
+            parts = multipart_parts(result, size, content_type)
+            out = [
+                os.pread(fd, end - start + 1, start) if span else piece
+                for piece, span in parts
+                for start, end in [span or (0, -1)]
+            ]
+            lines = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in result.headers]
+            self._write_head(result.status, lines, b"".join(out))
+            self._done()
+            return
+        start, end = result.ranges[0] if result.ranges else (0, size - 1)
+        length = end - start + 1
+        if length <= SMALL_FILE:
+            self._write_head(result.status, lines, os.pread(fd, length, start) if length else b"")
+            self._done()
+            return
+        self._write_head(result.status, lines, b"")
+        self.loop.create_task(self._stream_file(fd, start, length))
+
+    async def _stream_file(self, fd: int, offset: int, length: int) -> None:
+        transport = self.transport
+        while length > 0 and transport is not None and not self.closed:
+            while self.paused and not self.closed:
+                await asyncio.sleep(0.005)
+            chunk = os.pread(fd, min(length, 256 * 1024), offset)
+            if not chunk:
+                break
+            transport.write(chunk)
+            self.sent += len(chunk)
+            offset += len(chunk)
+            length -= len(chunk)
+        if length > 0:
+            self.keep_alive = False
+        self._done()
+
+    # proxied responses (called by ProxyRequest) -------------------------------------------------
+
+    def start_proxied_response(
+        self,
+        proxy: ProxyRequest,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        original: list[tuple[bytes, bytes]],
+        framed: bool,
+    ) -> None:
+        self.status = status
+        self.upstream_address = proxy.peer.server.address if proxy.peer else "-"
+        has_length = any(n.lower() == b"content-length" for n, _ in original)
+        bodyless = self.request.method == "HEAD" or status in (204, 304) or status < 200
+        self.chunked_out = False
+        if not has_length and not bodyless:
+            if self.request.version == "1.1":
+                self.chunked_out = True
+                headers.append((b"Transfer-Encoding", b"chunked"))
+            else:
+                self.keep_alive = False
+        self._write_head(status, headers, b"", reason)
+
+    def relay_body(self, proxy: ProxyRequest, data: bytes) -> None:
+        if self.transport is None or self.closed or not data:
+            return
+        self.sent += len(data)
+        if self.chunked_out:
+            self.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self.transport.write(data)
+
+    def proxied_response_done(self, proxy: ProxyRequest) -> None:
+        if self.chunked_out and self.transport is not None and not self.closed:
+            self.transport.write(b"0\r\n\r\n")
+        self.proxy = None
+        self._done()
+
+    def proxied_response_broken(self, proxy: ProxyRequest, error: UpstreamError) -> None:
+        self.log_error(f"upstream broke mid-response: {error.reason}")
+        self.proxy = None
+        if self.transport is not None:
+            self.transport.close()
+
+    def proxy_failed(self, error: UpstreamError) -> None:
+        self.proxy = None
+        self.log_error(f"{self._request_line()}: {error.reason}")
+        self.simple_response(error.status)
+
+    # what goes to the upstream ----------
+
+    def uwsgi_vars(self, head: RequestHead, body: bytes) -> list[tuple[bytes, bytes]]:
+        """The vars nginx's uwsgi_params send, plus the request's headers as HTTP_*."""
+        host = _header(head, b"host") or ""
+        content_type = _header(head, b"content-type") or ""
+        path = normalize_path(head.path) or "/"
+        pairs = [
+            (b"QUERY_STRING", head.query),
+            (b"REQUEST_METHOD", head.method.encode()),
+            (b"CONTENT_TYPE", content_type.encode("latin-1")),
+            (b"CONTENT_LENGTH", str(len(body)).encode() if body else b""),
+            (b"REQUEST_URI", head.target),
+            (b"PATH_INFO", path.encode("utf-8", "surrogateescape")),
+            (b"DOCUMENT_ROOT", b"/"),
+            (b"SERVER_PROTOCOL", b"HTTP/" + head.version.encode()),
+            (b"REQUEST_SCHEME", b"http"),
+            (b"REMOTE_ADDR", self.remote_addr.encode()),
+            (b"REMOTE_PORT", self.remote_port.encode()),
+            (b"SERVER_PORT", self.server_port.encode()),
+            (b"SERVER_NAME", host.split(":")[0].encode("latin-1") or b"localhost"),
+        ]
+        for name, value in head.headers:
+            lname = name.lower()
+            if lname in (b"content-type", b"content-length") or b"_" in name:
+                continue
+            pairs.append((b"HTTP_" + name.upper().replace(b"-", b"_"), value))
+        return pairs
+
+    def http_request_bytes(self, head: RequestHead, body: bytes) -> bytes:
+        """The request as sent to an HTTP upstream, with X-Forwarded-* and no hop-by-hop fields."""
+        from gantry.front.proxy import _REQUEST_DROP
+
+        lines = [head.method.encode() + b" " + head.target + b" HTTP/1.1"]
+        forwarded_for = self.remote_addr.encode()
+        host = b""
+        for name, value in head.headers:
+            lname = name.lower()
+            if lname == b"x-forwarded-for":
+                forwarded_for = value + b", " + forwarded_for
+            if lname == b"host":
+                host = value
+            if lname in _REQUEST_DROP:
+                continue
+            lines.append(name + b": " + value)
+        lines.append(b"X-Forwarded-For: " + forwarded_for)
+        lines.append(b"X-Real-IP: " + self.remote_addr.encode())
+        lines.append(b"X-Forwarded-Proto: http")
+        if host:
+            lines.append(b"X-Forwarded-Host: " + host)
+        if body or head.method in ("POST", "PUT", "PATCH"):
+            lines.append(b"Content-Length: " + str(len(body)).encode())
+        return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+    # writing ----------
+
+    def _write_head(
+        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, reason: bytes = b""
+    ) -> None:
+        if self.transport is None or self.closed:
+            return
+        text = reason.decode("latin-1") or _REASONS.get(status, "Unknown")
+        parts = [f"HTTP/1.1 {status} {text}\r\n".encode("latin-1")]
+        parts.extend(name + b": " + value + b"\r\n" for name, value in headers)
+        if not self.keep_alive:
+            parts.append(b"Connection: close\r\n")
+        elif self.request.version == "1.0":
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(self.worker.defaults.lines)
+        parts.append(body)
+        self.sent += len(body)
+        self.transport.write(b"".join(parts))
+
+    def simple_response(self, status: int, close: bool = False) -> None:
+        """A short response of the front's own (errors, refusals)."""
+        if close:
+            self.keep_alive = False
+        if not hasattr(self, "request"):
+            self.request = RequestHead()
+        self.status = status
+        page = self.worker.config.error_pages.get(status)
+        body = f"{status} {_REASONS.get(status, '')}\n".encode()
+        content_type = b"text/plain; charset=utf-8"
+        if page:
+            try:
+                with open(page, "rb") as handle:
+                    body = handle.read()
+                content_type = b"text/html; charset=utf-8"
+            except OSError:
+                pass
+        if self.request.method == "HEAD":
+            body_out = b""
+        else:
+            body_out = body
+        headers = [(b"Content-Type", content_type), (b"Content-Length", str(len(body)).encode())]
+        self._write_head(status, headers, body_out)
+        self._done()
+
+    def _done(self) -> None:
+        self._log_access()
+        self.busy = False
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        if not self.keep_alive:
+            transport.close()
+            return
+        if self.queue:
+            head, body = self.queue.popleft()
+            self.loop.call_soon(self.handle, head, body)
+
+    # logs ----------
+
+    def _request_line(self) -> str:
+        head = getattr(self, "request", None)
+        if head is None:
+            return "-"
+        return f"{head.method} {head.target.decode('latin-1')} HTTP/{head.version}"
+
+    def log_error(self, message: str) -> None:
+        """One error-log line about this client's request."""
+        log.error("%s: %s", self.remote_addr, message)
+
+    def _log_access(self) -> None:
+        stream = self.worker.access_log
+        if stream is None:
+            return
+        head = getattr(self, "request", None)
+        referer = agent = "-"
+        if head is not None:
+            referer = _header(head, b"referer") or "-"
+            agent = _header(head, b"user-agent") or "-"
+        elapsed = time.monotonic() - self.started
+        stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z")
+        stream.write(
+            f'{self.remote_addr} - - [{stamp}] "{self._request_line()}" {self.status} {self.sent} '
+            f'"{referer}" "{agent}" upstream={self.upstream_address} rt={elapsed:.3f}\n'
+        )
+
+
+def _header(head: RequestHead, name: bytes) -> str | None:
+    for key, value in head.headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+_ = Any

@@ -1,0 +1,228 @@
+"""Talking to one upstream server: an HTTP/1.1 or uwsgi request out, a streamed response back.
+
+The response head is parsed with httptools' response parser; body bytes are
+handed to the client side as they come, and reading from the upstream pauses
+while the client's transport is above its high-water mark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import httptools
+
+from gantry.protocol.uwsgi import encode_packet
+
+__all__ = ["UpstreamError", "UpstreamResponse", "UpstreamConnection", "open_upstream"]
+
+
+class UpstreamError(Exception):
+    """The upstream failed: ``status`` is what the client gets (502 or 504)."""
+
+    def __init__(self, status: int, reason: str, connected: bool = True) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        #: False when the connection was refused: the request can go to another server
+        self.connected = connected
+
+
+class UpstreamResponse:
+    """What the client side is told as the response arrives."""
+
+    def head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], framed: bool
+    ) -> None:
+        """The response head; ``framed`` is False when the body ends with the connection."""
+
+    def body(self, data: bytes) -> None:
+        """A piece of the response body."""
+
+    def end(self, reusable: bool) -> None:
+        """The response is complete; ``reusable`` if the connection may serve another request."""
+
+    def failed(self, error: UpstreamError) -> None:
+        """The upstream broke before or during the response."""
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to an upstream server; reused for HTTP keep-alive."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, address: str) -> None:
+        self.loop = loop
+        self.address = address
+        self.transport: asyncio.Transport | None = None
+        self.receiver: UpstreamResponse | None = None
+        self.parser: Any = None
+        self.closed = False
+        self.head_done = False
+        self.framed = False
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.keep_alive = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.read_timeout = 60.0
+        self.on_lost: Callable[[UpstreamConnection], None] | None = None
+
+    # asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._cancel_timer()
+        receiver = self.receiver
+        self.receiver = None
+        if receiver is not None:
+            if self.head_done and not self.framed:
+                receiver.end(False)  # close-delimited body: the close is its end
+            else:
+                receiver.failed(UpstreamError(502, "upstream closed the connection early"))
+        if self.on_lost is not None:
+            self.on_lost(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.receiver is None or self.parser is None:
+            # bytes nobody asked for: the connection cannot be trusted for reuse
+            self.abort()
+            return
+        self._arm_timer()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            receiver = self.receiver
+            self.receiver = None
+            self.abort()
+            if receiver is not None:
+                receiver.failed(UpstreamError(502, f"malformed response from upstream: {exc}"))
+
+    # sending ------------------------------------------------------------------------
+
+    def send(
+        self,
+        receiver: UpstreamResponse,
+        payload: list[bytes],
+        read_timeout: float,
+        head_request: bool,
+    ) -> None:
+        """Write the request and wait for the response through ``receiver``."""
+        self.receiver = receiver
+        self.read_timeout = read_timeout
+        self.head_done = False
+        self.framed = False
+        self.headers = []
+        self.parser = httptools.HttpResponseParser(self)
+        self.head_request = head_request
+        assert self.transport is not None
+        self.transport.writelines(payload)
+        self._arm_timer()
+
+    def abort(self) -> None:
+        """Drop the connection at once."""
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+    def pause(self) -> None:
+        """Stop reading: the client is slower than the upstream."""
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        """Read again."""
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    # timeouts -------------------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        self._cancel_timer()
+        self.timer = self.loop.call_later(self.read_timeout, self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        receiver = self.receiver
+        self.receiver = None
+        self.abort()
+        if receiver is not None:
+            receiver.failed(UpstreamError(504, "upstream timed out"))
+
+    # httptools callbacks ------------------------------------------------------------------
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> bool | None:
+        parser = self.parser
+        self.status = parser.get_status_code()
+        self.keep_alive = parser.should_keep_alive()
+        self.framed = (
+            any(n.lower() in (b"content-length", b"transfer-encoding") for n, _ in self.headers)
+            or self.head_request
+            or self.status in (204, 304)
+            or self.status < 200
+        )
+        self.head_done = True
+        receiver = self.receiver
+        if receiver is not None:
+            receiver.head(self.status, self.reason, self.headers, self.framed)
+        self.reason = b""
+        if self.head_request and receiver is not None and self.receiver is receiver:
+            # httptools cannot be told that a HEAD response has no body: end it
+            # here, and do not reuse a connection whose parser expects more.
+            self._cancel_timer()
+            self.receiver = None
+            receiver.end(False)
+            self.abort()
+        return None
+
+    def on_body(self, body: bytes) -> None:
+        if self.receiver is not None:
+            self.receiver.body(body)
+
+    def on_message_complete(self) -> None:
+        self._cancel_timer()
+        receiver = self.receiver
+        self.receiver = None
+        if receiver is not None:
+            receiver.end(self.keep_alive and not self.closed)
+
+
+async def open_upstream(
+    loop: asyncio.AbstractEventLoop, address: str, timeout: float
+) -> UpstreamConnection:
+    """Connect to ``address`` ("HOST:PORT" or "unix:/path"); UpstreamError if refused or slow."""
+
+    def factory() -> UpstreamConnection:
+        return UpstreamConnection(loop, address)
+
+    try:
+        if address.startswith("unix:"):
+            coro = loop.create_unix_connection(factory, address[5:])
+        else:
+            host, _, port = address.rpartition(":")
+            coro = loop.create_connection(factory, host.strip("[]"), int(port))
+        _, protocol = await asyncio.wait_for(coro, timeout)
+    except TimeoutError:
+        raise UpstreamError(504, f"connecting to {address} timed out", connected=False) from None
+    except OSError as exc:
+        raise UpstreamError(
+            502, f"cannot connect to {address}: {exc.strerror or exc}", connected=False
+        ) from None
+    return protocol
+
+
+def uwsgi_payload(pairs: list[tuple[bytes, bytes]], body: bytes) -> list[bytes]:
+    """The bytes of a uwsgi request: header, vars, then the body."""
+    return [encode_packet(pairs), body]

@@ -7,14 +7,12 @@ import logging
 import os
 import time
 from collections import deque
-from typing import Any
 
 from gantry.front.balancing import UpstreamPool
-from gantry.front.routing import Router, client_allowed, normalize_path
-from gantry.front.static import OpenFileCache, answer, multipart_parts, resolve
-
 from gantry.front.model import FrontConfig, Location
 from gantry.front.proxy import KeepAlivePool, ProxyRequest
+from gantry.front.routing import Router, client_allowed, normalize_path
+from gantry.front.static import OpenFileCache, answer, content_type, multipart_parts, resolve
 from gantry.front.upstream import UpstreamError
 from gantry.protocol.http1 import HTTPLimits, ProtocolError, RequestHead, RequestParser
 from gantry.wsgi.input import BodyBuffer
@@ -212,10 +210,13 @@ class FrontConnection(asyncio.Protocol):
             location, fs_path, path, head.method, headers, headers.get("accept-encoding", "")
         )
         self.status = result.status
+        if result.status >= 400 and not result.body and result.status not in (416, 405):
+            self.simple_response(result.status)
+            return
         lines = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in result.headers]
         if result.path is None or head.method == "HEAD" or result.status == 304:
             body = b"" if head.method == "HEAD" else result.body
-            if not any(n.lower() == b"content-length" for n, _ in lines):
+            if result.status != 304 and not any(n.lower() == b"content-length" for n, _ in lines):
                 lines.append((b"Content-Length", str(len(body)).encode()))
             self._write_head(result.status, lines, body)
             self._done()
@@ -227,12 +228,10 @@ class FrontConnection(asyncio.Protocol):
             return
         size = stat.st_size
         if result.boundary:
-            content_type = next((v for n, v in result.headers if n.lower() == "content-type"), "")
-            parts = multipart_parts(result, size, content_type)
+            pieces = multipart_parts(result, size, content_type(result.path))
             out = [
-                os.pread(fd, end - start + 1, start) if span else piece
-                for piece, span in parts
-                for start, end in [span or (0, -1)]
+                os.pread(fd, span[1] - span[0] + 1, span[0]) if span else piece
+                for piece, span in pieces
             ]
             lines = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in result.headers]
             self._write_head(result.status, lines, b"".join(out))
@@ -458,6 +457,3 @@ def _header(head: RequestHead, name: bytes) -> str | None:
         if key.lower() == name:
             return value.decode("latin-1")
     return None
-
-
-_ = Any

@@ -1,0 +1,188 @@
+"""Upstream pools: nginx's balancing methods and passive health checks (sans-I/O)."""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import ipaddress
+import time
+import zlib
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+
+from gantry.front.model import Upstream, UpstreamServer
+
+__all__ = ["HealthCheck", "HealthTracker", "Peer", "UpstreamPool"]
+
+
+@dataclass(eq=False)
+class Peer:
+    """Live state of one upstream server."""
+
+    server: UpstreamServer
+    effective_weight: int = 0
+    current_weight: int = 0
+    fails: int = 0
+    failed_at: float = 0.0
+    in_flight: int = 0
+    healthy: bool = True
+    passes: int = 0
+    misses: int = 0
+
+    def usable(self, now: float) -> bool:
+        """Not down, not failed by the active check, not within a passive failure window."""
+        server = self.server
+        if server.down or not self.healthy:
+            return False
+        if server.max_fails and self.fails >= server.max_fails:
+            return now - self.failed_at >= server.fail_timeout
+        return True
+
+
+@dataclass
+class UpstreamPool:
+    """Picks a server for each request per the upstream's ``balance``."""
+
+    upstream: Upstream
+    clock: Callable[[], float] = time.monotonic
+    primary: list[Peer] = field(init=False)
+    backup: list[Peer] = field(init=False)
+    _ring: list[tuple[int, int]] = field(init=False)  # (hash point, index into primary)
+
+    def __post_init__(self) -> None:
+        self.primary = [Peer(s, s.weight) for s in self.upstream.servers if not s.backup]
+        self.backup = [Peer(s, s.weight) for s in self.upstream.servers if s.backup]
+        ring = []
+        for index, peer in enumerate(self.primary):
+            for replica in range(160 * max(1, peer.server.weight)):
+                key = f"{peer.server.address}-{replica}".encode()
+                ring.append((int.from_bytes(hashlib.md5(key).digest()[:4], "big"), index))
+        ring.sort()
+        self._ring = ring
+
+    def peers(self) -> list[Peer]:
+        """Every peer, primaries first."""
+        return [*self.primary, *self.backup]
+
+    def pick(
+        self, client_ip: str = "", key: str = "", exclude: Collection[Peer] = ()
+    ) -> Peer | None:
+        """The peer for this request, or None if no server is usable."""
+        now = self.clock()
+        usable = [p for p in self.primary if p not in exclude and p.usable(now)]
+        if usable:
+            balance = self.upstream.balance
+            if balance == "least_conn":
+                fewest = min(p.in_flight / max(1, p.server.weight) for p in usable)
+                return _smooth(
+                    [p for p in usable if p.in_flight / max(1, p.server.weight) == fewest]
+                )
+            if balance == "ip_hash":
+                return self._walk(_ip_key(client_ip), usable)
+            if balance == "hash":
+                return self._consistent(key, usable)
+            return _smooth(usable)
+        spare = [p for p in self.backup if p not in exclude and p.usable(now)]
+        return _smooth(spare) if spare else None
+
+    def _walk(self, hashed: int, usable: list[Peer]) -> Peer:
+        # nginx's ip_hash: a stable slot; an unusable slot rehashes to the next server
+        index = hashed % len(self.primary)
+        for step in range(len(self.primary)):
+            peer = self.primary[(index + step) % len(self.primary)]
+            if peer in usable:
+                return peer
+        return usable[0]
+
+    def _consistent(self, key: str, usable: list[Peer]) -> Peer:
+        point = int.from_bytes(hashlib.md5(key.encode()).digest()[:4], "big")
+        start = bisect.bisect_left(self._ring, (point, -1))
+        ring = self._ring
+        for step in range(len(ring)):
+            peer = self.primary[ring[(start + step) % len(ring)][1]]
+            if peer in usable:
+                return peer
+        return usable[0]
+
+    def started(self, peer: Peer) -> None:
+        """A request went to ``peer``."""
+        peer.in_flight += 1
+
+    def finished(self, peer: Peer, ok: bool) -> None:
+        """A request to ``peer`` ended; failures count toward max_fails within fail_timeout."""
+        peer.in_flight = max(0, peer.in_flight - 1)
+        if ok:
+            peer.fails = 0
+            return
+        now = self.clock()
+        if peer.fails and now - peer.failed_at >= peer.server.fail_timeout:
+            peer.fails = 0  # the old window is over
+        if not peer.fails:
+            peer.failed_at = now
+        peer.fails += 1
+        if peer.server.max_fails and peer.fails >= peer.server.max_fails:
+            peer.failed_at = now
+
+    def set_health(self, peer: Peer, healthy: bool) -> None:
+        """The active health checker's verdict."""
+        peer.healthy = healthy
+
+
+def _smooth(peers: list[Peer]) -> Peer:
+    """nginx's smooth weighted round robin: weights 5,1,1 give a a b a c a a."""
+    total = 0
+    best: Peer | None = None
+    for peer in peers:
+        peer.current_weight += peer.server.weight
+        total += peer.server.weight
+        if best is None or peer.current_weight > best.current_weight:
+            best = peer
+    assert best is not None
+    best.current_weight -= total
+    return best
+
+
+def _ip_key(client_ip: str) -> int:
+    try:
+        address = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return zlib.crc32(client_ip.encode())
+    if address.version == 4:
+        return zlib.crc32(address.packed[:3])  # the /24, as nginx's ip_hash
+    return zlib.crc32(address.packed)
+
+
+@dataclass
+class HealthCheck:
+    """Active health check settings (open-source nginx has none)."""
+
+    path: str = "/"
+    interval: float = 5.0
+    timeout: float = 2.0
+    expect_status: int = 200
+    rise: int = 2
+    fall: int = 3
+
+
+@dataclass
+class HealthTracker:
+    """Counts consecutive passes and failures; flips a peer after ``rise`` / ``fall`` of them."""
+
+    pool: UpstreamPool
+    check: HealthCheck
+
+    def record(self, peer: Peer, passed: bool) -> bool:
+        """Record one probe; True when the peer's health changed."""
+        if passed:
+            peer.passes += 1
+            peer.misses = 0
+            if not peer.healthy and peer.passes >= self.check.rise:
+                self.pool.set_health(peer, True)
+                return True
+        else:
+            peer.misses += 1
+            peer.passes = 0
+            if peer.healthy and peer.misses >= self.check.fall:
+                self.pool.set_health(peer, False)
+                return True
+        return False

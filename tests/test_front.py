@@ -1,4 +1,4 @@
-"""``gantry front`` with real peers behind it: gantry serve and real uWSGI over uwsgi, gunicorn over HTTP."""
+"""gantry front with real peers behind it: gantry serve over uwsgi, gunicorn over HTTP."""
 
 from __future__ import annotations
 

@@ -310,3 +310,91 @@ servers = [{{ address = "127.0.0.1:{port}" }}]
         front.stop()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
+
+
+def test_in_front_of_real_uwsgi_over_uwsgi(tmp_path: Path) -> None:
+    uwsgi = Path(sys.executable).parent / "uwsgi"
+    if not uwsgi.exists():
+        pytest.fail("uWSGI is not installed in the test environment (pip install uwsgi)")
+    directory = Path(tempfile.mkdtemp(prefix="g"))
+    sock = directory / "u.sock"
+    proc = subprocess.Popen(
+        [str(uwsgi), "--socket", str(sock), "--chmod-socket=666", "--wsgi",
+         "tests.apps_contract:app", "--chdir", str(REPO), "--master", "--processes", "1",
+         "--die-on-term", "--disable-logging", "--need-app"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=(tmp_path / "uwsgi.log").open("wb"),
+    )  # fmt: skip
+    front = Front(
+        f"""
+[front]
+listen = ["127.0.0.1:FRONT_PORT"]
+[[front.server]]
+[[front.server.location]]
+path = "/"
+proxy = "u"
+[front.upstream.u]
+protocol = "uwsgi"
+servers = [{{ address = "unix:{sock}" }}]
+""",
+        tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        front.start()
+        response, body = front.request("GET", "/hello")
+        assert (response.status, body) == (200, b"Hello World!"), (
+            tmp_path / "uwsgi.log"
+        ).read_text()
+        data = os.urandom(500_000)
+        _, echoed = front.request("POST", "/echo", data)
+        assert echoed == b"%d:%d" % (len(data), len(data))
+        response, body = front.request("GET", "/stream")
+        assert body == b"part0;part1;part2;part3;part4;"
+        assert response.getheader("Transfer-Encoding") == "chunked"
+        head, empty = front.request("HEAD", "/hello")
+        assert head.status == 200 and empty == b""
+        # uWSGI closes without a response when the app raises: a broken upstream, 502
+        # (nginx answers the same: "upstream prematurely closed connection")
+        assert front.request("GET", "/raise")[0].status == 502
+        assert front.request("GET", "/nowhere")[0].status == 404
+    finally:
+        front.stop()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def test_a_backend_coming_back_is_used_again(tmp_path: Path) -> None:
+    one, two = _backend(tmp_path, "one"), _backend(tmp_path, "two")
+    front = Front(
+        f"""
+[front]
+listen = ["127.0.0.1:FRONT_PORT"]
+[[front.server]]
+[[front.server.location]]
+path = "/"
+proxy = "pool"
+[front.upstream.pool]
+servers = [{{ address = "127.0.0.1:{one.port}", fail_timeout = 1 }},
+           {{ address = "127.0.0.1:{two.port}", fail_timeout = 1 }}]
+""",
+        tmp_path,
+    )
+    front.start()
+    try:
+        one.stop()
+        for _ in range(10):
+            assert front.request("GET", "/pid")[0].status == 200
+        one.start()
+        time.sleep(1.2)  # past fail_timeout
+        seen = {front.request("GET", "/pid")[1] for _ in range(20)}
+        assert len(seen) == 2
+    finally:
+        front.stop()
+        one.stop()
+        two.stop()

@@ -34,6 +34,16 @@ _REASONS = {
 
 # Files up to this size are read into memory and sent with the head in one write.
 SMALL_FILE = 256 * 1024
+# Hot small files keep their whole response (but Date) in memory for this long
+# before the file is looked at again: nginx stats and sendfiles on each request.
+HOT_FILE_SECONDS = 1.0
+HOT_FILE_MAX = 64 * 1024
+HOT_FILES = 512
+# Requests with these fields take the full path (validators, ranges, encodings).
+_CONDITIONAL = frozenset(
+    {b"range", b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since",
+     b"if-range", b"accept-encoding"}
+)  # fmt: skip
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
 
@@ -55,10 +65,14 @@ class FrontWorker:
         if config.access_log:
             self.access_log = open(config.access_log, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
         self._tick: asyncio.TimerHandle | None = None
+        #: (location id, path) -> (built at, header block, body size, body)
+        self.hot_files: dict[tuple[int, str], tuple[float, bytes, int, bytes]] = {}
+        self.now = loop.time()
 
     def start_clock(self) -> None:
-        """Refresh ``Date`` once a second."""
+        """Refresh ``Date`` and the clock once a second."""
         self.defaults.refresh(time.time())
+        self.now = self.loop.time()
         self._tick = self.loop.call_later(1.0, self.start_clock)
 
     def close(self) -> None:
@@ -204,6 +218,27 @@ class FrontConnection(asyncio.Protocol):
     # static files ----------
 
     def serve_file(self, head: RequestHead, location: Location, path: str) -> None:
+        hot = self.worker.hot_files
+        plain = head.method == "GET" and not any(
+            name.lower() in _CONDITIONAL for name, _ in head.headers
+        )
+        if plain:
+            entry = hot.get((id(location), path))
+            if entry is not None and self.worker.now - entry[0] < HOT_FILE_SECONDS:
+                # A hot small file: the head and body were built once; only Date is new.
+                self.status = 200
+                self.sent += entry[2]
+                if self.transport is not None and not self.closed:
+                    tail = b"" if self.keep_alive else b"Connection: close\r\n"
+                    self.transport.write(
+                        b"HTTP/1.1 200 OK\r\n"
+                        + entry[1]
+                        + tail
+                        + self.worker.defaults.lines
+                        + entry[3]
+                    )
+                self._done()
+                return
         fs_path = resolve(location, location.path, path)
         headers = {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in head.headers}
         result = answer(
@@ -240,7 +275,13 @@ class FrontConnection(asyncio.Protocol):
         start, end = result.ranges[0] if result.ranges else (0, size - 1)
         length = end - start + 1
         if length <= SMALL_FILE:
-            self._write_head(result.status, lines, os.pread(fd, length, start) if length else b"")
+            data = os.pread(fd, length, start) if length else b""
+            if plain and result.status == 200 and length <= HOT_FILE_MAX:
+                block = b"".join(name + b": " + value + b"\r\n" for name, value in lines)
+                if len(hot) >= HOT_FILES:
+                    hot.pop(next(iter(hot)))
+                hot[(id(location), path)] = (self.worker.now, block, len(data), data)
+            self._write_head(result.status, lines, data)
             self._done()
             return
         self._write_head(result.status, lines, b"")
@@ -326,6 +367,8 @@ class FrontConnection(asyncio.Protocol):
             (b"CONTENT_LENGTH", str(len(body)).encode() if body else b""),
             (b"REQUEST_URI", head.target),
             (b"PATH_INFO", path.encode("utf-8", "surrogateescape")),
+            # nginx's uwsgi_params omit it; PEP 3333 wants it, and uWSGI passes it through
+            (b"SCRIPT_NAME", b""),
             (b"DOCUMENT_ROOT", b"/"),
             (b"SERVER_PROTOCOL", b"HTTP/" + head.version.encode()),
             (b"REQUEST_SCHEME", b"http"),

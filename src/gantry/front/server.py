@@ -12,7 +12,14 @@ from gantry.front.balancing import UpstreamPool
 from gantry.front.model import FrontConfig, Location
 from gantry.front.proxy import KeepAlivePool, ProxyRequest
 from gantry.front.routing import Router, client_allowed, normalize_path
-from gantry.front.static import OpenFileCache, answer, content_type, multipart_parts, resolve
+from gantry.front.static import (
+    OpenFileCache,
+    answer,
+    content_type,
+    multipart_parts,
+    resolve,
+    try_files,
+)
 from gantry.front.upstream import UpstreamError
 from gantry.protocol.http1 import HTTPLimits, ProtocolError, RequestHead, RequestParser
 from gantry.wsgi.input import BodyBuffer
@@ -239,7 +246,13 @@ class FrontConnection(asyncio.Protocol):
                     )
                 self._done()
                 return
-        fs_path = resolve(location, location.path, path)
+        if location.try_files:
+            fs_path, path, status = try_files(location, path)
+            if status is not None:
+                self.simple_response(status)
+                return
+        else:
+            fs_path = resolve(location, location.path, path)
         headers = {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in head.headers}
         result = answer(
             location, fs_path, path, head.method, headers, headers.get("accept-encoding", "")

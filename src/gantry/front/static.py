@@ -14,7 +14,15 @@ from email.utils import formatdate, parsedate_to_datetime
 
 from gantry.front.model import Location
 
-__all__ = ["FileAnswer", "OpenFileCache", "answer", "content_type", "multipart_parts", "resolve"]
+__all__ = [
+    "FileAnswer",
+    "OpenFileCache",
+    "answer",
+    "content_type",
+    "multipart_parts",
+    "resolve",
+    "try_files",
+]
 
 MAX_RANGES = 16
 
@@ -55,6 +63,32 @@ def resolve(location: Location, matched_prefix: str, path: str) -> str | None:
         if real != real_base and not real.startswith(real_base.rstrip("/") + "/"):
             return None
     return candidate
+
+
+def try_files(location: Location, url_path: str) -> tuple[str | None, str, int | None]:
+    """nginx's try_files: the first candidate that exists, else the last entry.
+
+    Returns (file path, the URL path it stands for, status). The last entry is
+    "=CODE" (answer that status) or a path served from the same location (the
+    usual "/index.html" of a single-page app; nginx would re-route it, Gantry
+    serves it from this location).
+    """
+    *candidates, fallback = location.try_files
+    for candidate in candidates:
+        uri = candidate.replace("$uri", url_path)
+        want_dir = uri.endswith("/")
+        fs_path = resolve(location, location.path, uri)
+        if fs_path is None:
+            continue
+        if os.path.isdir(fs_path) if want_dir else os.path.isfile(fs_path):
+            return fs_path, uri, None
+    if fallback.startswith("="):
+        try:
+            return None, url_path, int(fallback[1:])
+        except ValueError:
+            return None, url_path, 500
+    uri = fallback.replace("$uri", url_path)
+    return resolve(location, location.path, uri), uri, None
 
 
 def _etag(st: os.stat_result) -> str:
@@ -109,10 +143,9 @@ def _parse_ranges(header: str, size: int) -> list[tuple[int, int]] | None:
                 start, end = max(0, size - suffix), size - 1
             else:
                 start = int(first)
-                end = int(last) if last else size - 1
-                if end < start:
-                    return None
-                end = min(end, size - 1)
+                if last and int(last) < start:
+                    return None  # not a valid range-spec: the header is ignored
+                end = min(int(last) if last else size - 1, size - 1)
         except ValueError:
             return None
         if start < size and start <= end:

@@ -398,3 +398,49 @@ servers = [{{ address = "127.0.0.1:{one.port}", fail_timeout = 1 }},
         front.stop()
         one.stop()
         two.stop()
+
+
+def test_active_health_checks_take_a_server_out_and_back(tmp_path: Path) -> None:
+    one, two = _backend(tmp_path, "one"), _backend(tmp_path, "two")
+    front = Front(
+        f"""
+[front]
+listen = ["127.0.0.1:FRONT_PORT"]
+[[front.server]]
+[[front.server.location]]
+path = "/"
+proxy = "pool"
+[front.upstream.pool]
+servers = [{{ address = "127.0.0.1:{one.port}" }}, {{ address = "127.0.0.1:{two.port}" }}]
+[front.upstream.pool.health_check]
+path = "/pid"
+interval = 0.2
+timeout = 1
+fall = 2
+rise = 1
+""",
+        tmp_path,
+    )
+    front.start()
+    try:
+        one.stop()
+        address = f"127.0.0.1:{one.port}"
+
+        def logged(state: str) -> bool:
+            return f"{address} in upstream pool is {state}" in front.log.read_text()
+
+        deadline = time.monotonic() + 10
+        while not logged("down") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert logged("down"), front.log.read_text()
+        assert {front.request("GET", "/pid")[0].status for _ in range(10)} == {200}
+        one.start()
+        deadline = time.monotonic() + 10
+        while not logged("up") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert logged("up")
+        assert len({front.request("GET", "/pid")[1] for _ in range(20)}) == 2
+    finally:
+        front.stop()
+        one.stop()
+        two.stop()

@@ -10,7 +10,7 @@ import zlib
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-from gantry.front.model import Upstream, UpstreamServer
+from gantry.front.model import HealthCheck, Upstream, UpstreamServer
 
 __all__ = ["HealthCheck", "HealthTracker", "Peer", "UpstreamPool"]
 
@@ -150,18 +150,6 @@ def _ip_key(client_ip: str) -> int:
     if address.version == 4:
         return zlib.crc32(address.packed[:3])  # the /24, as nginx's ip_hash
     return zlib.crc32(address.packed)
-
-
-@dataclass
-class HealthCheck:
-    """Active health check settings (open-source nginx has none)."""
-
-    path: str = "/"
-    interval: float = 5.0
-    timeout: float = 2.0
-    expect_status: int = 200
-    rise: int = 2
-    fall: int = 3
 
 
 @dataclass

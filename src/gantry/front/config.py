@@ -13,6 +13,7 @@ from gantry.config import ConfigError
 from gantry.front.model import (
     AccessRule,
     FrontConfig,
+    HealthCheck,
     Location,
     Upstream,
     UpstreamServer,
@@ -37,6 +38,17 @@ class UpstreamServerSettings(_Strict):
     down: bool = Field(False, description="Never used (kept in the list for the hash).")
 
 
+class HealthCheckSettings(_Strict):
+    """Active health checks of an upstream's servers."""
+
+    path: str = Field("/", description="Path requested from each server.")
+    interval: float = Field(5.0, gt=0, description="Seconds between two probes of a server.")
+    timeout: float = Field(2.0, gt=0, description="Seconds a probe may take.")
+    expect_status: int = Field(200, ge=100, le=599, description="The status that means healthy.")
+    rise: int = Field(2, ge=1, description="Passed probes in a row that bring a server back.")
+    fall: int = Field(3, ge=1, description="Failed probes in a row that take it out.")
+
+
 class UpstreamSettings(_Strict):
     """A named pool of servers a location can proxy to."""
 
@@ -49,6 +61,7 @@ class UpstreamSettings(_Strict):
     read_timeout: float = Field(60.0, gt=0)
     send_timeout: float = Field(60.0, gt=0)
     keepalive: int = Field(32, ge=0, description="Idle HTTP connections kept per worker.")
+    health_check: HealthCheckSettings | None = None
     next_upstream: list[str] = Field(
         default_factory=lambda: ["error"],
         description="As nginx's proxy_next_upstream: error, timeout, http_502, http_503, http_504.",
@@ -177,6 +190,7 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
             send_timeout=up.send_timeout,
             keepalive=up.keepalive,
             next_upstream=tuple(up.next_upstream),
+            health_check=HealthCheck(**up.health_check.model_dump()) if up.health_check else None,
             servers=tuple(UpstreamServer(**s.model_dump()) for s in up.servers),
         )  # fmt: skip
         for name, up in settings.upstream.items()

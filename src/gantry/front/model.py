@@ -64,6 +64,18 @@ class UpstreamServer:
 
 
 @dataclass(frozen=True)
+class HealthCheck:
+    """Active health checks (open-source nginx has none): probe each server on a timer."""
+
+    path: str = "/"
+    interval: float = 5.0
+    timeout: float = 2.0
+    expect_status: int = 200
+    rise: int = 2
+    fall: int = 3
+
+
+@dataclass(frozen=True)
 class Upstream:
     """A named pool the locations proxy to."""
 
@@ -79,6 +91,7 @@ class Upstream:
     keepalive: int = 32  # idle HTTP connections kept per worker
     #: also retry idempotent requests on these (nginx's proxy_next_upstream)
     next_upstream: tuple[str, ...] = ("error",)
+    health_check: HealthCheck | None = None
 
 
 @dataclass(frozen=True)

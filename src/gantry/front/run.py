@@ -51,6 +51,7 @@ def _serve_worker(
 
     async def main() -> None:
         worker.start_clock()
+        worker.start_health_checks()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             loop.add_signal_handler(signum, stop.set)
         servers = [

@@ -75,6 +75,18 @@ class FrontWorker:
         #: (location id, path) -> (built at, header block, body size, body)
         self.hot_files: dict[tuple[int, str], tuple[float, bytes, int, bytes]] = {}
         self.now = loop.time()
+        self.health_tasks: list[asyncio.Task[None]] = []
+
+    def start_health_checks(self) -> None:
+        """One prober task per upstream that asks for active health checks."""
+        from gantry.front.health import run_health_checks
+
+        for name, upstream in self.config.upstreams.items():
+            if upstream.health_check is not None:
+                task = self.loop.create_task(
+                    run_health_checks(self.loop, upstream, self.pools[name])
+                )
+                self.health_tasks.append(task)
 
     def start_clock(self) -> None:
         """Refresh ``Date`` and the clock once a second."""
@@ -86,6 +98,8 @@ class FrontWorker:
         """Release pooled connections, cached files and timers."""
         if self._tick is not None:
             self._tick.cancel()
+        for task in self.health_tasks:
+            task.cancel()
         self.keepalive.close()
         self.files.close_all()
 

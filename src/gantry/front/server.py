@@ -128,6 +128,7 @@ class FrontConnection(asyncio.Protocol):
         self.status = 0
         self.sent = 0
         self.upstream_address = "-"
+        self.pending_head = b""
 
     # asyncio.Protocol -----------------------------------------------------------------
 
@@ -352,26 +353,35 @@ class FrontConnection(asyncio.Protocol):
                 headers.append((b"Transfer-Encoding", b"chunked"))
             else:
                 self.keep_alive = False
-        self._write_head(status, headers, b"", reason)
+        # Held until the first body piece or the end: one write for small responses.
+        self.pending_head = self._encode_head(status, headers, reason)
 
     def relay_body(self, proxy: ProxyRequest, data: bytes) -> None:
         if self.transport is None or self.closed or not data:
             return
         self.sent += len(data)
         if self.chunked_out:
-            self.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
-        else:
-            self.transport.write(data)
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        if self.pending_head:
+            data = self.pending_head + data
+            self.pending_head = b""
+        self.transport.write(data)
 
     def proxied_response_done(self, proxy: ProxyRequest) -> None:
-        if self.chunked_out and self.transport is not None and not self.closed:
-            self.transport.write(b"0\r\n\r\n")
+        if self.transport is not None and not self.closed:
+            tail = b"0\r\n\r\n" if self.chunked_out else b""
+            if self.pending_head or tail:
+                self.transport.write(self.pending_head + tail)
+        self.pending_head = b""
         self.proxy = None
         self._done()
 
     def proxied_response_broken(self, proxy: ProxyRequest, error: UpstreamError) -> None:
         self.log_error(f"upstream broke mid-response: {error.reason}")
         self.proxy = None
+        if self.pending_head and self.transport is not None and not self.closed:
+            self.transport.write(self.pending_head)  # the head is owed; the close says the rest
+        self.pending_head = b""
         if self.transport is not None:
             self.transport.close()
 
@@ -438,11 +448,9 @@ class FrontConnection(asyncio.Protocol):
 
     # writing ----------
 
-    def _write_head(
-        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, reason: bytes = b""
-    ) -> None:
-        if self.transport is None or self.closed:
-            return
+    def _encode_head(
+        self, status: int, headers: list[tuple[bytes, bytes]], reason: bytes = b""
+    ) -> bytes:
         text = reason.decode("latin-1") or _REASONS.get(status, "Unknown")
         parts = [f"HTTP/1.1 {status} {text}\r\n".encode("latin-1")]
         parts.extend(name + b": " + value + b"\r\n" for name, value in headers)
@@ -451,9 +459,15 @@ class FrontConnection(asyncio.Protocol):
         elif self.request.version == "1.0":
             parts.append(b"Connection: keep-alive\r\n")
         parts.append(self.worker.defaults.lines)
-        parts.append(body)
+        return b"".join(parts)
+
+    def _write_head(
+        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, reason: bytes = b""
+    ) -> None:
+        if self.transport is None or self.closed:
+            return
         self.sent += len(body)
-        self.transport.write(b"".join(parts))
+        self.transport.write(self._encode_head(status, headers, reason) + body)
 
     def simple_response(self, status: int, close: bool = False) -> None:
         """A short response of the front's own (errors, refusals)."""

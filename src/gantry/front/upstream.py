@@ -207,19 +207,29 @@ async def open_upstream(
     def factory() -> UpstreamConnection:
         return UpstreamConnection(loop, address)
 
+    if address.startswith("unix:"):
+        coro = loop.create_unix_connection(factory, address[5:])
+    else:
+        host, _, port = address.rpartition(":")
+        coro = loop.create_connection(factory, host.strip("[]"), int(port))
+    # A timer rather than asyncio.wait_for: no extra task per connection.
+    task = asyncio.current_task(loop)
+    timer = loop.call_later(timeout, task.cancel) if task is not None else None
     try:
-        if address.startswith("unix:"):
-            coro = loop.create_unix_connection(factory, address[5:])
-        else:
-            host, _, port = address.rpartition(":")
-            coro = loop.create_connection(factory, host.strip("[]"), int(port))
-        _, protocol = await asyncio.wait_for(coro, timeout)
-    except TimeoutError:
-        raise UpstreamError(504, f"connecting to {address} timed out", connected=False) from None
+        _, protocol = await coro
+    except asyncio.CancelledError:
+        if timer is not None and timer.when() <= loop.time():
+            raise UpstreamError(
+                504, f"connecting to {address} timed out", connected=False
+            ) from None
+        raise
     except OSError as exc:
         raise UpstreamError(
             502, f"cannot connect to {address}: {exc.strerror or exc}", connected=False
         ) from None
+    finally:
+        if timer is not None:
+            timer.cancel()
     return protocol
 
 

@@ -6,7 +6,6 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from gantry.front.balancing import Peer, UpstreamPool
-
 from gantry.front.model import Upstream
 from gantry.front.upstream import (
     UpstreamConnection,

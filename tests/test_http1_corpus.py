@@ -220,14 +220,6 @@ KNOWN_BUGS: dict[str, Bug] = {
         "extensions'): RFC 9112 7.1.1 allows BWS around ';' and RFC 9110 5.6.3 says a "
         "recipient MUST parse and remove it"
     ),
-    **dict.fromkeys(
-        ("valid/031", "valid/031compat", "valid/031compat2"),
-        Bug(
-            "an unknown method gets 501 only if it and its SP arrive in one feed(); "
-            "fed byte by byte it gets 400 (the token is read from the current feed's data)",
-            modes=("bytes",),
-        ),
-    ),
 }
 
 #: gunicorn settings the corpus uses that have no Gantry equivalent, and what then holds

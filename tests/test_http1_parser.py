@@ -311,7 +311,7 @@ def test_invalid_method_is_400(line: bytes) -> None:
     [
         "whole",
         "lines",
-        pytest.param("bytes", marks=BUG("501 only if the method and SP share a feed")),
+        "bytes",
     ],
 )
 @pytest.mark.parametrize("method", [b"FROB", b"-BLARGH", b"get"])
@@ -320,6 +320,31 @@ def test_unknown_method_is_501(method: bytes, mode: str) -> None:
     outcome = refused(request(line=method + b" / HTTP/1.1"), mode=mode)
     assert outcome.requests == []
     assert outcome.error is not None and outcome.error.status == 501, outcome.error
+
+
+@pytest.mark.parametrize("mode", ["whole", "lines", "bytes"])
+def test_unknown_method_after_a_pipelined_request_is_not_named_after_it(mode: str) -> None:
+    """The 501 names the refused request's method, never the one before it in the stream."""
+    outcome = refused(request() + request(line=b"FROB / HTTP/1.1"), mode=mode)
+    assert [r.head.method for r in outcome.requests] == ["GET"]
+    assert outcome.error is not None and outcome.error.status in (400, 501), outcome.error
+    assert "GET" not in outcome.error.reason
+
+
+def test_unknown_method_waits_for_its_space() -> None:
+    """An unknown token cut before its SP gets no verdict yet; a bad byte after it gets 400."""
+    sink = RecordingSink()
+    parser = RequestParser(sink)
+    parser.feed(b"FRO")
+    parser.feed(b"B")
+    with pytest.raises(ProtocolError) as refused_token:
+        parser.feed(b" / HTTP/1.1\r\n")
+    assert refused_token.value.status == 501
+    parser = RequestParser(RecordingSink())
+    parser.feed(b"FROB")
+    with pytest.raises(ProtocolError) as garbage:
+        parser.feed(b"\x01 / HTTP/1.1\r\n")
+    assert garbage.value.status == 400
 
 
 @pytest.mark.parametrize("method", [b"PATCH", b"PROPFIND", b"PURGE", b"SEARCH"])

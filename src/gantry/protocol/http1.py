@@ -122,6 +122,10 @@ _METHODS = {
 }
 
 
+#: the longest method token considered for 501; a longer run is refused as garbage
+_MAX_METHOD = 64
+
+
 def _status_for_llhttp_error(message: str) -> tuple[int, str]:
     # llhttp's Transfer-Encoding errors are framing errors (chunked not final):
     # RFC 9112 6.3 asks for 400; unknown codings are refused with 501 by us.
@@ -153,6 +157,8 @@ class RequestParser:
         "_connection_seen",
         "_boundary",
         "_completed",
+        "_method_start",
+        "_pending_method",
     )
 
     def __init__(self, sink: RequestSink, limits: HTTPLimits | None = None) -> None:
@@ -181,6 +187,10 @@ class RequestParser:
         # True between messages: the next byte fed starts a new request line
         self._boundary = True
         self._completed = 0
+        # The bytes of a request line whose method has not ended yet (it spans feeds),
+        # and an unknown method still waiting for its SP: 501 and 400 differ by it.
+        self._method_start: bytes | None = None
+        self._pending_method: bytes | None = None
 
     @property
     def at_boundary(self) -> bool:
@@ -194,9 +204,15 @@ class RequestParser:
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``; raise ``ProtocolError`` on anything the server must refuse."""
+        if self._pending_method is not None:
+            self._refuse_method(self._pending_method + data)
+            return
         if self._dead:
             raise ProtocolError(400, "data after a refused request")
         at_message_start = self._boundary
+        start = data if at_message_start else self._method_start
+        if start is not None and not at_message_start:
+            start += data
         # httptools' version and method getters cost more than reading the
         # request line again; llhttp has validated it by the time we look.
         self._start_chunk = data if at_message_start else None
@@ -205,13 +221,11 @@ class RequestParser:
             self._parser.feed_data(data)
         except httptools.HttpParserInvalidMethodError:
             self._dead = True
-            method = data.split(b" ", 1)[0] if at_message_start and b" " in data else b""
-            if method and _TCHARS.issuperset(method):
-                # A well-formed token llhttp does not know (RFC 9110 9.1).
-                raise ProtocolError(
-                    501, f"method {method.decode('ascii')} not implemented"
-                ) from None
-            raise ProtocolError(400, "invalid method") from None
+            if start is None or self._completed != completed:
+                # The method began after another message in this feed: where is unknown.
+                raise ProtocolError(400, "invalid method") from None
+            self._refuse_method(start)
+            return
         except httptools.HttpParserUpgrade:
             # WSGI cannot take over the connection: serve the request as plain
             # HTTP and close afterwards, since llhttp stops parsing here.
@@ -229,6 +243,17 @@ class RequestParser:
                 raise self._error from None
             status, reason = _status_for_llhttp_error(str(exc))
             raise ProtocolError(status, reason) from None
+        if (
+            not self._boundary
+            and self._in_head
+            and start is not None
+            and len(start) <= _MAX_METHOD
+            and b" " not in start
+        ):
+            # A request line cut inside its method keeps its start for the next feed.
+            self._method_start = start
+        elif self._method_start is not None:
+            self._method_start = None
         if self._in_head and not self._boundary:
             # llhttp buffers a partial field without calling back: bound it here.
             # A head that began inside this chunk after another message ended
@@ -240,6 +265,22 @@ class RequestParser:
                 if not self._field_count and len(self._url) >= self._limits.max_request_line:
                     raise ProtocolError(414, "request line too long")
                 raise ProtocolError(431, "request head too large")
+
+    def _refuse_method(self, start: bytes) -> None:
+        """Refuse a method llhttp does not know: 501 for a token (RFC 9110 9.1), else 400.
+
+        The verdict waits for the SP that ends the token when it has not arrived yet.
+        """
+        space = start.find(b" ")
+        token = start if space < 0 else start[:space]
+        if space == 0 or not _TCHARS.issuperset(token) or len(token) > _MAX_METHOD:
+            self._pending_method = None
+            raise ProtocolError(400, "invalid method")
+        if space < 0:
+            self._pending_method = token
+            return
+        self._pending_method = None
+        raise ProtocolError(501, f"method {token.decode('ascii')} not implemented")
 
     def _fail(self, status: int, reason: str) -> None:
         self._error = ProtocolError(status, reason)

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gantry.process.parent import stop_with_parent
 from gantry.process.shared import STATUS_CODES, SlotView, WorkerTable
 from gantry.process.systemd import notify
 
@@ -241,11 +242,13 @@ class Master:
         slot.status = STATUS_CODES["starting"]
         slot.generation = generation
         slot.last_spawn = int(time.time())
+        self_pid = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
             try:
                 self.restore_child_signals()
+                stop_with_parent(self_pid)
                 slot.pid = os.getpid()
                 code = self.run_worker(slot, generation)
             except SystemExit as exc:

@@ -43,8 +43,14 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
+# The three benches, JSON in bench/results/ (git-ignored), then the chart docs/bench.png.
+# BENCH_ARGS goes to all three, e.g. make bench BENCH_ARGS="--duration 5 --rounds 1".
 bench: $(VENV)/.installed-test system-deps
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py --json bench/results/run.json $(BENCH_ARGS)
+	$(BIN)/python bench/front.py --json bench/results/front.json $(BENCH_ARGS)
+	$(BIN)/python bench/up.py --skip-setup --json bench/results/up.json $(BENCH_ARGS)
+	.venv-bench/bin/python bench/chart.py -o docs/bench.png \
+	  bench/results/run.json bench/results/front.json bench/results/up.json
 
 clean:
 	rm -rf $(VENV) .venv-bench build *.egg-info src/*.egg-info

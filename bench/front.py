@@ -22,19 +22,30 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run import (  # noqa: E402 - the sibling module, imported as a script
     REPO_ROOT,
     VENV_BIN,
+    RoundResult,
     ServerProcess,
     WrkResult,
+    app_report,
     free_port,
+    machine_info,
     parse_wrk,
+    summarize,
+    write_report,
 )
 
 STATIC = bytes(range(256)) * 4  # 1 KiB
+#: load name -> (short key in the JSON report, path)
+LOADS = {
+    "static 1 KiB": ("static", "/static/one.bin"),
+    "proxy to uWSGI": ("proxy", "/hello"),
+}
 IDLE_CONNECTIONS = 10_000
 
 
@@ -157,6 +168,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args()
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(VENV_BIN / "uwsgi").exists():
@@ -177,6 +189,7 @@ def main() -> int:
         backend.start()
         time.sleep(1.5)
         best: dict[tuple[str, str], float] = {}
+        rounds: list[RoundResult] = []
         idle: dict[str, tuple[float, bool]] = {}
         try:
             for round_no in range(1, args.rounds + 1):
@@ -197,13 +210,13 @@ def main() -> int:
                     server.start()
                     try:
                         wait_port(port)
-                        for load, path in (("static 1 KiB", "/static/one.bin"),
-                                           ("proxy to uWSGI", "/hello")):  # fmt: skip
+                        for load, (_, path) in LOADS.items():
                             wrk(port, path, 2, 1)
                             result = wrk(port, path, args.duration, 1)
                             print(f"  round {round_no} {name:6} {load:15} {result.rps:9.0f} req/s"
                                   f" ({result.errors} errors)", flush=True)  # fmt: skip
                             best[name, load] = max(best.get((name, load), 0.0), result.rps)
+                            rounds.append(RoundResult(name, load, round_no, True, wrk=result))
                         if round_no == 1:
                             assert server.proc is not None
                             idle[name] = idle_connections(port, server.proc.pid, IDLE_CONNECTIONS)
@@ -218,6 +231,19 @@ def main() -> int:
     for name, (rss, answered) in idle.items():
         print(f"{IDLE_CONNECTIONS} idle keep-alive connections, {name}: worker RSS {rss:.0f} MB, "
               f"still answering: {answered}")  # fmt: skip
+    report: dict[str, Any] = {
+        "bench": "front",
+        "baseline": "nginx",
+        "machine": machine_info(),
+        "settings": {"duration": args.duration, "rounds": args.rounds, "connections": 50},
+        "apps": {},
+        "idle": {name: {"rss_mb": rss, "answering": ok} for name, (rss, ok) in idle.items()},
+    }
+    for load, (key, path) in LOADS.items():
+        of_load = [r for r in rounds if r.app == load]
+        summaries = [summarize(of_load, name, "best") for name in ("nginx", "gantry")]
+        report["apps"][key] = app_report(path, summaries)
+    write_report(args.json, report)
     return 0
 
 

@@ -394,7 +394,8 @@ def ensure_bench_venv() -> None:
     if not (VENV_BIN / "python").exists():
         subprocess.run([sys.executable, "-m", "venv", str(BENCH_VENV)], check=True)
     pip = [str(VENV_BIN / "python"), "-m", "pip", "install", "-q"]
-    subprocess.run([*pip, *PEER_PACKAGES, "-e", str(REPO_ROOT)], check=True)
+    # The `bench` extra adds matplotlib (bench/chart.py) and pins the peers' minimum versions.
+    subprocess.run([*pip, *PEER_PACKAGES, "-e", f"{REPO_ROOT}[bench]"], check=True)
     VENV_MARKER.touch()
 
 
@@ -419,15 +420,12 @@ def installed_versions() -> dict[str, str]:
     return versions
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Command-line options."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def common_parser(description: str) -> argparse.ArgumentParser:
+    """The options every bench script shares (run.py, up.py)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--duration", type=int, default=10, help="seconds of load per run")
     parser.add_argument("--connections", type=int, default=50, help="wrk connections")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per server")
-    parser.add_argument(
-        "--only", default="", help=f"comma-separated servers to run (of {','.join(SERVERS)})"
-    )
     parser.add_argument("--apps", default="raw,flask", help="comma-separated: raw,flask")
     parser.add_argument(
         "--aggregate", choices=["best", "median"], default="best",
@@ -439,12 +437,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--skip-setup", action="store_true", help="do not create or update .venv-bench"
     )
-    args = parser.parse_args(argv)
-    args.servers = [s for s in args.only.split(",") if s] or list(DEFAULT_SERVERS)
+    return parser
+
+
+def check_common_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Validate the shared options; set ``args.app_names``."""
     args.app_names = [a for a in args.apps.split(",") if a]
-    for name in args.servers:
-        if name not in SERVERS:
-            parser.error(f"unknown server {name!r}; known: {', '.join(SERVERS)}")
     for name in args.app_names:
         if name not in APPS:
             parser.error(f"unknown app {name!r}; known: {', '.join(APPS)}")
@@ -454,25 +452,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for cpu in (args.server_cpu, args.load_cpu):
         if cpu not in usable:
             parser.error(f"CPU {cpu} is not usable here (usable: {sorted(usable)})")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = common_parser(__doc__.splitlines()[0])
+    parser.add_argument(
+        "--only", default="", help=f"comma-separated servers to run (of {','.join(SERVERS)})"
+    )
+    args = parser.parse_args(argv)
+    check_common_args(parser, args)
+    args.servers = [s for s in args.only.split(",") if s] or list(DEFAULT_SERVERS)
+    for name in args.servers:
+        if name not in SERVERS:
+            parser.error(f"unknown server {name!r}; known: {', '.join(SERVERS)}")
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run every selected server on every selected app and print the tables."""
-    args = parse_args(argv)
+def prepare(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Check the tools and .venv-bench, print the machine and the settings; return the
+    report's head (machine, versions, settings), or None after printing why not."""
     for tool in ("wrk", "taskset"):
         if shutil.which(tool) is None:
             print(f"error: {tool} is not installed", file=sys.stderr)
-            return 2
+            return None
     if not args.skip_setup:
         try:
             ensure_bench_venv()
         except (OSError, subprocess.CalledProcessError) as exc:
             print(f"error: could not set up {BENCH_VENV}: {exc}", file=sys.stderr)
-            return 2
+            return None
     if not (VENV_BIN / "python").exists():
         print(f"error: {BENCH_VENV} is missing (run without --skip-setup)", file=sys.stderr)
-        return 2
+        return None
     machine = machine_info()
     versions = installed_versions()
     print(f"machine: {machine['nproc']} CPUs, {machine['cpu_model']}, Linux {machine['kernel']}")
@@ -485,8 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.rounds} interleaved round(s), {args.aggregate} round per server",
         flush=True,
     )
-
-    report: dict[str, Any] = {
+    return {
         "machine": machine,
         "versions": versions,
         "settings": {
@@ -500,6 +511,49 @@ def main(argv: list[str] | None = None) -> int:
         },
         "apps": {},
     }
+
+
+def print_progress(result: RoundResult) -> None:
+    """The end of a progress line: the run's req/s and errors, or why it failed."""
+    if result.wrk is not None:
+        errs = f", {result.wrk.errors} errors" if result.wrk.errors else ""
+        print(f"{result.wrk.rps:.0f} req/s{errs}", flush=True)
+    else:
+        print(f"FAILED: {shorten(result.failure)}", flush=True)
+
+
+def app_report(target: str, summaries: list[Summary]) -> dict[str, Any]:
+    """One app's part of the JSON report: every server's chosen run and rounds."""
+    return {
+        "target": target,
+        "servers": {
+            s.server: {
+                "chosen": asdict(s.chosen) if s.chosen else None,
+                "failure": s.failure,
+                "rounds": [asdict(r) for r in s.rounds],
+            }
+            for s in summaries
+        },
+    }
+
+
+def write_report(path: Path | None, report: dict[str, Any]) -> None:
+    """Write the JSON report when a path was given."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"results written to {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every selected server on every selected app and print the tables."""
+    args = parse_args(argv)
+    report = prepare(args)
+    if report is None:
+        return 2
+    # For bench/chart.py: which bench this is and which server the ratios are taken to.
+    report.update(bench="serve", baseline="uwsgi")
     with tempfile.TemporaryDirectory(prefix="gantry-bench-") as tmp:
         log_dir = Path(tmp)
         for app in args.app_names:
@@ -510,30 +564,13 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {app} round {round_no}: {server} ...", end=" ", flush=True)
                     result = bench_one(server, app, round_no, args, log_dir)
                     rounds.append(result)
-                    if result.wrk is not None:
-                        errs = f", {result.wrk.errors} errors" if result.wrk.errors else ""
-                        print(f"{result.wrk.rps:.0f} req/s{errs}", flush=True)
-                    else:
-                        print(f"FAILED: {shorten(result.failure)}", flush=True)
+                    print_progress(result)
             summaries = [summarize(rounds, s, args.aggregate) for s in args.servers]
             print(f"\n== {app} ({APPS[app]}), {args.aggregate} of {args.rounds} ==")
             print_table(app, summaries)
             print()
-            report["apps"][app] = {
-                "target": APPS[app],
-                "servers": {
-                    s.server: {
-                        "chosen": asdict(s.chosen) if s.chosen else None,
-                        "failure": s.failure,
-                        "rounds": [asdict(r) for r in s.rounds],
-                    }
-                    for s in summaries
-                },
-            }
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"results written to {args.json}")
+            report["apps"][app] = app_report(APPS[app], summaries)
+    write_report(args.json, report)
     return 0
 
 

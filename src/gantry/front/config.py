@@ -88,6 +88,17 @@ class LocationSettings(_Strict):
     hidden_files: bool = False
     follow_symlinks_outside_root: bool = False
     gzip_static: bool = True
+    script_name: str | None = Field(
+        None,
+        pattern=r"^/[^?#]*[^/?#]$",
+        description="Where the proxied app is mounted ('/blog'): SCRIPT_NAME and PATH_INFO "
+        "without it for uwsgi upstreams, X-Script-Name for HTTP ones.",
+    )
+    request_buffering: bool = Field(
+        True,
+        description="Read the whole body before proxying (retries stay possible); false "
+        "streams a Content-Length body to the upstream as it arrives.",
+    )
 
 
 class ServerSettings(_Strict):
@@ -168,6 +179,8 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
                     hidden_files=loc.hidden_files,
                     follow_symlinks_outside_root=loc.follow_symlinks_outside_root,
                     gzip_static=loc.gzip_static,
+                    script_name=loc.script_name,
+                    request_buffering=loc.request_buffering,
                 )  # fmt: skip
             )
         servers.append(

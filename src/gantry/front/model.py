@@ -39,6 +39,12 @@ class Location:
     #: follow symlinks leading out of the root (off)
     follow_symlinks_outside_root: bool = False
     gzip_static: bool = True  # serve x.gz / x.br siblings to clients that accept them
+    #: the app's mount point ("/blog"): SCRIPT_NAME (and PATH_INFO without it) to uwsgi
+    #: upstreams, the ``X-Script-Name`` header to HTTP ones
+    script_name: str | None = None
+    #: read the whole request body before proxying (nginx's proxy_request_buffering);
+    #: off streams a Content-Length body to the upstream as it arrives
+    request_buffering: bool = True
 
 
 @dataclass(frozen=True)

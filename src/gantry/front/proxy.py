@@ -6,7 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from gantry.front.balancing import Peer, UpstreamPool
-from gantry.front.model import Upstream
+from gantry.front.model import Location, Upstream
 from gantry.front.upstream import (
     UpstreamConnection,
     UpstreamError,
@@ -15,11 +15,12 @@ from gantry.front.upstream import (
     uwsgi_payload,
 )
 from gantry.protocol.http1 import RequestHead
+from gantry.wsgi.input import BodyBuffer
 
 if TYPE_CHECKING:
     from gantry.front.server import FrontConnection
 
-__all__ = ["ProxyRequest", "KeepAlivePool"]
+__all__ = ["KeepAlivePool", "ProxyRequest", "RequestBody", "StreamedBody"]
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
@@ -75,6 +76,70 @@ class KeepAlivePool:
         self.idle.clear()
 
 
+# Streamed body bytes held while no upstream connection takes them yet.
+PENDING_LIMIT = 64 * 1024
+# Pieces a buffered (spooled) body is sent in.
+BODY_PIECE = 64 * 1024
+
+
+class StreamedBody:
+    """A request body relayed as it arrives (``request_buffering = false``).
+
+    Until an upstream connection takes it, pieces wait here and the client is paused
+    past ``PENDING_LIMIT`` bytes; once a byte went out, the request cannot be retried.
+    """
+
+    def __init__(self, client: FrontConnection, length: int) -> None:
+        self.client = client
+        self.length = length
+        self.pending: list[bytes] = []
+        self.pending_size = 0
+        self.conn: UpstreamConnection | None = None
+        self.sent = 0
+        self.complete = False
+
+    def feed(self, data: bytes) -> None:
+        """A piece from the client: to the upstream, or held until one is connected."""
+        conn = self.conn
+        if conn is None:
+            self.pending.append(data)
+            self.pending_size += len(data)
+            if self.pending_size >= PENDING_LIMIT:
+                self.client.pause_reading()
+            return
+        self.sent += len(data)
+        conn.write_body(data)
+        if conn.write_paused:
+            self.client.pause_reading()  # resumed by the upstream's resume_writing
+
+    def finish(self) -> None:
+        """The client sent the last byte."""
+        self.complete = True
+
+    def attach(self, conn: UpstreamConnection) -> None:
+        """``conn`` has the request head: send what is held and relay the rest."""
+        self.conn = conn
+        conn.on_drain = self.client.resume_reading
+        if self.pending:
+            data = b"".join(self.pending)
+            self.pending.clear()
+            self.pending_size = 0
+            self.sent += len(data)
+            conn.write_body(data)
+        if not conn.write_paused:
+            self.client.resume_reading()
+
+    def detach(self) -> None:
+        """The attempt is over."""
+        if self.conn is not None:
+            self.conn.on_drain = None
+            self.conn = None
+
+
+#: a request body as the proxy gets it: complete in memory, spooled, or streamed
+RequestBody = bytes | BodyBuffer | StreamedBody
+
+
 class ProxyRequest(UpstreamResponse):
     """One client request on its way through the pool; relays the response to the client."""
 
@@ -82,28 +147,49 @@ class ProxyRequest(UpstreamResponse):
         self,
         client: FrontConnection,
         head: RequestHead,
-        body: bytes,
+        body: RequestBody,
         upstream: Upstream,
         pool: UpstreamPool,
+        location: Location | None = None,
     ) -> None:
         self.client = client
         self.head_in = head
         self.body_in = body
+        if isinstance(body, bytes):
+            self.body_length = len(body)
+        elif isinstance(body, BodyBuffer):
+            self.body_length = body.size
+        else:
+            self.body_length = body.length
         self.upstream = upstream
         self.pool = pool
+        self.location = location
         self.peer: Peer | None = None
         self.conn: UpstreamConnection | None = None
         self.outcome: asyncio.Future[str] = client.loop.create_future()
         self.started_response = False
         self.retry_status = False
+        self.attempt_start = 0.0
+        self.attempt_open = False
+        self.abandoned = False
+        self.spooled_sent = False
 
     # the attempt loop ----------------------------------------------------------
 
     async def run(self) -> None:
         """Try the pool's servers in turn until one answers (bounded by max_tries)."""
+        try:
+            await self._attempts()
+        finally:
+            if isinstance(self.body_in, BodyBuffer):
+                self.body_in.discard()
+
+    async def _attempts(self) -> None:
         head = self.head_in
         upstream = self.upstream
+        loop = self.client.loop
         retry_ok = head.method in IDEMPOTENT
+        stream = self.body_in if isinstance(self.body_in, StreamedBody) else None
         tried: list[Peer] = []
         last = UpstreamError(502, f"no live server in upstream {upstream.name!r}")
         stale_retries = 1
@@ -113,43 +199,110 @@ class ProxyRequest(UpstreamResponse):
                 break
             self.peer = peer
             self.pool.started(peer)
+            self.attempt_start = loop.time()
+            self.attempt_open = True
             reused = False
             try:
-                if upstream.protocol == "http":
+                if upstream.protocol == "http" and stream is None:
                     conn, reused = await self.client.worker.keepalive.get(
                         peer.server.address, upstream.connect_timeout
                     )
                 else:
-                    conn = await open_upstream(
-                        self.client.loop, peer.server.address, upstream.connect_timeout
-                    )
+                    # a streamed body cannot be sent twice: never risk a stale connection
+                    conn = await open_upstream(loop, peer.server.address, upstream.connect_timeout)
             except UpstreamError as exc:
+                self._attempt_over()
                 self.pool.finished(peer, ok=False)
                 tried.append(peer)
                 last = exc
                 self.client.log_error(f"upstream {peer.server.address}: {exc.reason}")
                 continue  # refused or slow to connect: nothing was sent, any method may retry
+            if self.abandoned or self.client.closed:
+                conn.abort()
+                self.pool.finished(peer, ok=True)
+                return
             self.conn = conn
-            self.outcome = self.client.loop.create_future()
-            conn.send(self, self._payload(peer), upstream.read_timeout, head.method == "HEAD")
+            self.outcome = loop.create_future()
+            conn.send(self, self._payload(), upstream.read_timeout, head.method == "HEAD")
+            if stream is not None:
+                stream.attach(conn)
+            elif isinstance(self.body_in, BodyBuffer):
+                await self._send_spooled(conn)
             result = await self.outcome
+            if stream is not None:
+                stream.detach()
+            if result == "abandoned":
+                self.pool.finished(peer, ok=True)
+                return
             if result == "done":
                 return
             self.pool.finished(peer, ok=result == "stale")
+            if stream is not None and stream.sent:
+                break  # the body is gone: nothing left to send another server
             if result == "stale" and reused and stale_retries:
                 stale_retries -= 1  # an idle keep-alive connection the upstream had closed
                 continue
             tried.append(peer)
-            if not retry_ok:
+            if not retry_ok or result == "final":
                 break
         self.client.proxy_failed(last if not self.retry_status else self._last_error)
 
     _last_error = UpstreamError(502, "bad gateway")
 
-    def _payload(self, peer: Peer) -> list[bytes]:
+    async def _send_spooled(self, conn: UpstreamConnection) -> None:
+        """A body too big for one write, in pieces, waiting while the upstream is behind."""
+        assert isinstance(self.body_in, BodyBuffer)
+        source = self.body_in.to_input()
+        source.seek(0)
+        self.spooled_sent = False
+        while not conn.closed and self.conn is conn:
+            piece = source.read(BODY_PIECE)
+            if not piece:
+                self.spooled_sent = True
+                return
+            conn.write_body(piece)
+            try:
+                await conn.drain(self.upstream.send_timeout)
+            except UpstreamError as exc:
+                if self.conn is conn:
+                    conn.receiver = None
+                    conn.abort()
+                    self.failed(exc)
+                return
+
+    def abandon(self) -> None:
+        """The client went away: drop the upstream connection and end the attempt loop."""
+        self.abandoned = True
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.receiver = None
+            conn.abort()
+        if not self.outcome.done():
+            self.outcome.set_result("abandoned")
+
+    def _body_sent(self, conn: UpstreamConnection) -> bool:
+        body = self.body_in
+        if isinstance(body, StreamedBody):
+            return body.complete and body.sent == body.length
+        if isinstance(body, BodyBuffer):
+            return self.spooled_sent
+        return True
+
+    def _attempt_over(self) -> None:
+        """Note this attempt's server and time for the access log, once."""
+        if self.attempt_open and self.peer is not None:
+            self.attempt_open = False
+            elapsed = self.client.loop.time() - self.attempt_start
+            self.client.upstream_log.append((self.peer.server.address, elapsed))
+
+    def _payload(self) -> list[bytes]:
+        body = self.body_in if isinstance(self.body_in, bytes) else b""
+        client, head, location = self.client, self.head_in, self.location
         if self.upstream.protocol == "uwsgi":
-            return uwsgi_payload(self.client.uwsgi_vars(self.head_in, self.body_in), self.body_in)
-        return [self.client.http_request_bytes(self.head_in, self.body_in)]
+            return uwsgi_payload(client.uwsgi_vars(head, self.body_length, location), body)
+        request = client.http_request_head(head, self.body_length, location)
+        return [request, body] if body else [request]
 
     # UpstreamResponse -------------------------------------------------------------
 
@@ -163,6 +316,7 @@ class ProxyRequest(UpstreamResponse):
             and f"http_{status}" in codes
         ):
             # nginx's proxy_next_upstream http_502/503/504: try the next server instead
+            self._attempt_over()
             self.retry_status = True
             self._last_error = UpstreamError(status, f"upstream answered {status}")
             conn = self.conn
@@ -184,10 +338,12 @@ class ProxyRequest(UpstreamResponse):
         conn = self.conn
         peer = self.peer
         self.conn = None
+        self._attempt_over()
         if peer is not None:
             self.pool.finished(peer, ok=True)
         if conn is not None:
-            if reusable and self.upstream.protocol == "http":
+            # an answer that came before the whole body went out leaves the rest unsent
+            if reusable and self.upstream.protocol == "http" and self._body_sent(conn):
                 conn.resume()
                 self.client.worker.keepalive.put(conn, self.upstream.keepalive)
             else:
@@ -198,6 +354,7 @@ class ProxyRequest(UpstreamResponse):
 
     def failed(self, error: UpstreamError) -> None:
         self.conn = None
+        self._attempt_over()
         if self.started_response:
             # the head is out: the only way left to say it broke is to close
             if self.peer is not None:
@@ -211,10 +368,14 @@ class ProxyRequest(UpstreamResponse):
         self.client.log_error(
             f"upstream {self.peer.server.address if self.peer else '?'}: {error.reason}"
         )
+        if error.status == 504 and "timeout" not in self.upstream.next_upstream:
+            result = "final"  # nginx retries a timed-out request only when told to
+        elif error.status == 502 and "early" in error.reason:
+            result = "stale"
+        else:
+            result = "retry"
         if not self.outcome.done():
-            self.outcome.set_result(
-                "stale" if error.status == 502 and "early" in error.reason else "retry"
-            )
+            self.outcome.set_result(result)
 
     # back-pressure from the client -----------------------------------------------------
 

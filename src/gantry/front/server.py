@@ -10,7 +10,7 @@ from collections import deque
 
 from gantry.front.balancing import UpstreamPool
 from gantry.front.model import FrontConfig, Location
-from gantry.front.proxy import KeepAlivePool, ProxyRequest
+from gantry.front.proxy import KeepAlivePool, ProxyRequest, RequestBody, StreamedBody
 from gantry.front.routing import Router, client_allowed, normalize_path
 from gantry.front.static import (
     OpenFileCache,
@@ -51,6 +51,8 @@ _CONDITIONAL = frozenset(
     {b"range", b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since",
      b"if-range", b"accept-encoding"}
 )  # fmt: skip
+# Buffered request bodies up to this size go to the upstream with the head in one write.
+SMALL_BODY = 256 * 1024
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
 
@@ -127,8 +129,11 @@ class FrontConnection(asyncio.Protocol):
         self.started = 0.0
         self.status = 0
         self.sent = 0
-        self.upstream_address = "-"
+        #: (address, seconds) of each upstream attempt of the current request
+        self.upstream_log: list[tuple[str, float]] = []
         self.pending_head = b""
+        self.stream: StreamedBody | None = None
+        self.reading_paused = False
 
     # asyncio.Protocol -----------------------------------------------------------------
 
@@ -149,9 +154,9 @@ class FrontConnection(asyncio.Protocol):
         self.closed = True
         self.worker.connections.discard(self)
         proxy = self.proxy
-        if proxy is not None and proxy.conn is not None:
-            proxy.conn.receiver = None
-            proxy.conn.abort()
+        self.proxy = None
+        if proxy is not None:
+            proxy.abandon()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -172,6 +177,18 @@ class FrontConnection(asyncio.Protocol):
         if self.proxy is not None:
             self.proxy.resume()
 
+    def pause_reading(self) -> None:
+        """Stop reading the client: the upstream is not taking its body fast enough."""
+        if not self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read the client again."""
+        if self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
     # RequestSink --------------------------------------------------------------------------
 
     def request_head(self, head: RequestHead) -> None:
@@ -179,15 +196,34 @@ class FrontConnection(asyncio.Protocol):
         self.body = BodyBuffer() if head.has_body else None
         if head.expect_continue and not self.busy and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if head.content_length and not self.busy and self._streams_body(head):
+            # request_buffering = false: proxy now, the body follows as it arrives
+            self.body = None
+            self.stream = StreamedBody(self, head.content_length)
+            self.handle(head, None, self.stream)
+
+    def _streams_body(self, head: RequestHead) -> bool:
+        path = normalize_path(head.path)
+        if path is None:
+            return False
+        server = self.worker.router.server_for(_header(head, b"host"))
+        location = self.worker.router.location_for(server, path)
+        return location is not None and bool(location.proxy) and not location.request_buffering
 
     def request_body(self, data: bytes) -> None:
-        if self.body is not None:
+        if self.stream is not None:
+            self.stream.feed(data)
+        elif self.body is not None:
             self.body.append(data)
 
     def request_end(self, trailers: list[tuple[bytes, bytes]] | None) -> None:
         head, body = self.head, self.body
         self.head = self.body = None
         if head is None:
+            return
+        if self.stream is not None:
+            self.stream.finish()
+            self.stream = None
             return
         if self.busy:
             self.queue.append((head, body))
@@ -196,13 +232,17 @@ class FrontConnection(asyncio.Protocol):
 
     # dispatch ----------
 
-    def handle(self, head: RequestHead, body: BodyBuffer | None) -> None:
+    def handle(
+        self, head: RequestHead, body: BodyBuffer | None, stream: StreamedBody | None = None
+    ) -> None:
         """Route one request to a file or an upstream."""
         self.busy = True
         self.started = time.monotonic()
         self.request = head
         self.keep_alive = head.keep_alive and not head.upgrade
-        self.upstream_address = "-"
+        self.sent = 0
+        if self.upstream_log:
+            self.upstream_log = []
         path = normalize_path(head.path)
         if path is None:
             self.simple_response(400, close=True)
@@ -225,11 +265,15 @@ class FrontConnection(asyncio.Protocol):
             if upstream is None or pool is None:
                 self.simple_response(502)
                 return
-            data = b""
-            if body is not None:
-                data = body.to_input().read()
+            data: RequestBody = b""
+            if stream is not None:
+                data = stream
+            elif body is not None and body.size <= SMALL_BODY:
+                data = body.to_input().read()  # with the head in one write
                 body.discard()
-            self.proxy = ProxyRequest(self, head, data, upstream, pool)
+            elif body is not None:
+                data = body  # spooled: sent in pieces, and again on a retry
+            self.proxy = ProxyRequest(self, head, data, upstream, pool, location)
             self.loop.create_task(self.proxy.run())
             return
         if location.root or location.alias:
@@ -343,7 +387,6 @@ class FrontConnection(asyncio.Protocol):
         framed: bool,
     ) -> None:
         self.status = status
-        self.upstream_address = proxy.peer.server.address if proxy.peer else "-"
         has_length = any(n.lower() == b"content-length" for n, _ in original)
         bodyless = self.request.method == "HEAD" or status in (204, 304) or status < 200
         self.chunked_out = False
@@ -392,20 +435,31 @@ class FrontConnection(asyncio.Protocol):
 
     # what goes to the upstream ----------
 
-    def uwsgi_vars(self, head: RequestHead, body: bytes) -> list[tuple[bytes, bytes]]:
-        """The vars nginx's uwsgi_params send, plus the request's headers as HTTP_*."""
+    def uwsgi_vars(
+        self, head: RequestHead, body_length: int, location: Location | None = None
+    ) -> list[tuple[bytes, bytes]]:
+        """The vars nginx's uwsgi_params send, plus the request's headers as HTTP_*.
+
+        With the location's ``script_name``, SCRIPT_NAME is the mount point and PATH_INFO
+        the rest of the path (nginx's ``uwsgi_param SCRIPT_NAME``, ``uwsgi_modifier1 30``).
+        """
         host = _header(head, b"host") or ""
         content_type = _header(head, b"content-type") or ""
         path = normalize_path(head.path) or "/"
+        script_name = ""
+        if location is not None and location.script_name:
+            script_name = location.script_name
+            if path == script_name or path.startswith(script_name + "/"):
+                path = path[len(script_name) :]
         pairs = [
             (b"QUERY_STRING", head.query),
             (b"REQUEST_METHOD", head.method.encode()),
             (b"CONTENT_TYPE", content_type.encode("latin-1")),
-            (b"CONTENT_LENGTH", str(len(body)).encode() if body else b""),
+            (b"CONTENT_LENGTH", str(body_length).encode() if body_length else b""),
             (b"REQUEST_URI", head.target),
             (b"PATH_INFO", path.encode("utf-8", "surrogateescape")),
             # nginx's uwsgi_params omit it; PEP 3333 wants it, and uWSGI passes it through
-            (b"SCRIPT_NAME", b""),
+            (b"SCRIPT_NAME", script_name.encode("utf-8", "surrogateescape")),
             (b"DOCUMENT_ROOT", b"/"),
             (b"SERVER_PROTOCOL", b"HTTP/" + head.version.encode()),
             (b"REQUEST_SCHEME", b"http"),
@@ -421,8 +475,11 @@ class FrontConnection(asyncio.Protocol):
             pairs.append((b"HTTP_" + name.upper().replace(b"-", b"_"), value))
         return pairs
 
-    def http_request_bytes(self, head: RequestHead, body: bytes) -> bytes:
-        """The request as sent to an HTTP upstream, with X-Forwarded-* and no hop-by-hop fields."""
+    def http_request_head(
+        self, head: RequestHead, body_length: int, location: Location | None = None
+    ) -> bytes:
+        """The request head for an HTTP upstream: X-Forwarded-*, X-Real-IP, the location's
+        X-Script-Name, and no hop-by-hop fields; the body follows it."""
         from gantry.front.proxy import _REQUEST_DROP
 
         lines = [head.method.encode() + b" " + head.target + b" HTTP/1.1"]
@@ -442,9 +499,11 @@ class FrontConnection(asyncio.Protocol):
         lines.append(b"X-Forwarded-Proto: http")
         if host:
             lines.append(b"X-Forwarded-Host: " + host)
-        if body or head.method in ("POST", "PUT", "PATCH"):
-            lines.append(b"Content-Length: " + str(len(body)).encode())
-        return b"\r\n".join(lines) + b"\r\n\r\n" + body
+        if location is not None and location.script_name:
+            lines.append(b"X-Script-Name: " + location.script_name.encode("utf-8"))
+        if body_length or head.method in ("POST", "PUT", "PATCH"):
+            lines.append(b"Content-Length: " + str(body_length).encode())
+        return b"\r\n".join(lines) + b"\r\n\r\n"
 
     # writing ----------
 
@@ -497,6 +556,10 @@ class FrontConnection(asyncio.Protocol):
     def _done(self) -> None:
         self._log_access()
         self.busy = False
+        if self.stream is not None:
+            # answered before the whole body came: the rest of it cannot be trusted
+            self.stream = None
+            self.keep_alive = False
         transport = self.transport
         if transport is None or self.closed:
             return
@@ -520,20 +583,34 @@ class FrontConnection(asyncio.Protocol):
         log.error("%s: %s", self.remote_addr, message)
 
     def _log_access(self) -> None:
+        """nginx's combined format, then upstream_addr, upstream_response_time and
+        request_time (", " between the attempts of a retried request; "-" for no upstream)."""
         stream = self.worker.access_log
         if stream is None:
             return
         head = getattr(self, "request", None)
         referer = agent = "-"
         if head is not None:
-            referer = _header(head, b"referer") or "-"
-            agent = _header(head, b"user-agent") or "-"
+            referer = _escape(_header(head, b"referer") or "-")
+            agent = _escape(_header(head, b"user-agent") or "-")
         elapsed = time.monotonic() - self.started
         stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z")
+        addresses = ", ".join(address for address, _ in self.upstream_log) or "-"
+        times = ", ".join(f"{seconds:.3f}" for _, seconds in self.upstream_log) or "-"
         stream.write(
-            f'{self.remote_addr} - - [{stamp}] "{self._request_line()}" {self.status} {self.sent} '
-            f'"{referer}" "{agent}" upstream={self.upstream_address} rt={elapsed:.3f}\n'
+            f'{self.remote_addr} - - [{stamp}] "{_escape(self._request_line())}" {self.status} '
+            f'{self.sent} "{referer}" "{agent}" "{addresses}" "{times}" {elapsed:.3f}\n'
         )
+
+
+def _escape(text: str) -> str:
+    """As nginx escapes log variables: '"', '\\' and non-printable bytes become \\xHH."""
+    if text.isprintable() and text.isascii() and '"' not in text and "\\" not in text:
+        return text
+    return "".join(
+        f"\\x{byte:02X}" if byte < 0x20 or byte > 0x7E or byte in (0x22, 0x5C) else chr(byte)
+        for byte in text.encode("latin-1", "replace")
+    )
 
 
 def _header(head: RequestHead, name: bytes) -> str | None:

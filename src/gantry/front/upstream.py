@@ -17,6 +17,10 @@ from gantry.protocol.uwsgi import encode_packet
 
 __all__ = ["UpstreamError", "UpstreamResponse", "UpstreamConnection", "open_upstream"]
 
+# Request-body bytes buffered toward one upstream before the sender waits for it.
+WRITE_HIGH_WATER = 256 * 1024
+WRITE_LOW_WATER = 64 * 1024
+
 
 class UpstreamError(Exception):
     """The upstream failed: ``status`` is what the client gets (502 or 504)."""
@@ -66,15 +70,39 @@ class UpstreamConnection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.read_timeout = 60.0
         self.on_lost: Callable[[UpstreamConnection], None] | None = None
+        #: True while the upstream is not taking request-body bytes fast enough
+        self.write_paused = False
+        #: called when a paused write side drains (or the connection is lost)
+        self.on_drain: Callable[[], None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
 
     # asyncio.Protocol ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(  # type: ignore[attr-defined]
+            high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER
+        )
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        waiter = self._drain_waiter
+        self._drain_waiter = None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self.on_drain is not None:
+            self.on_drain()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._cancel_timer()
+        self._wake_writer()
         receiver = self.receiver
         self.receiver = None
         if receiver is not None:
@@ -120,6 +148,36 @@ class UpstreamConnection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.writelines(payload)
         self._arm_timer()
+
+    def write_body(self, data: bytes) -> None:
+        """Send a piece of the request body; the upstream reading it counts as activity."""
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+            if self.receiver is not None and not self.head_done:
+                self._arm_timer()
+
+    async def drain(self, timeout: float) -> None:
+        """Wait until the upstream takes the buffered body bytes; UpstreamError 504 past
+        ``timeout`` (nginx's proxy_send_timeout)."""
+        if not self.write_paused or self.closed:
+            return
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        self._drain_waiter = waiter
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            waiter.cancel()
+
+        timer = self.loop.call_later(timeout, expire)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if not expired:
+                raise
+            raise UpstreamError(504, "upstream timed out reading the request body") from None
+        finally:
+            timer.cancel()
 
     def abort(self) -> None:
         """Drop the connection at once."""
@@ -233,6 +291,6 @@ async def open_upstream(
     return protocol
 
 
-def uwsgi_payload(pairs: list[tuple[bytes, bytes]], body: bytes) -> list[bytes]:
-    """The bytes of a uwsgi request: header, vars, then the body."""
-    return [encode_packet(pairs), body]
+def uwsgi_payload(pairs: list[tuple[bytes, bytes]], body: bytes = b"") -> list[bytes]:
+    """The bytes of a uwsgi request: header, vars, then the body (or its first piece)."""
+    return [encode_packet(pairs), body] if body else [encode_packet(pairs)]

@@ -19,7 +19,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@
 
 run: $(VENV)/.installed-run
-	$(BIN)/gantry serve gantry.demo:app --http 0.0.0.0:8080
+	$(BIN)/gantry up
 
 # System programs the interop tests need. Installed with apt-get when root;
 # otherwise the tests that need them skip loudly (and fail when CI=true).

@@ -401,7 +401,7 @@ def test_systemd_socket_activation(site: Path, tmp_path: Path) -> None:
                 return False
 
         assert _wait(answers, 15), (tmp_path / "log").read_text()
-        assert "using the socket systemd passed" in (tmp_path / "log").read_text()
+        assert "using the inherited socket" in (tmp_path / "log").read_text()
     finally:
         process.send_signal(signal.SIGTERM)
         try:

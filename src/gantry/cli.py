@@ -292,16 +292,84 @@ def _build_serve_config(
 @click.option("-c", "--config", "config_file", metavar="FILE", help="A gantry.toml.")
 @click.option("--ini", metavar="FILE", help="The [uwsgi] section of a uWSGI ini file.")
 def check(config_file: str | None, ini: str | None) -> None:
-    """Validate a configuration file and print the effective configuration."""
+    """Validate a configuration file and print the effective configuration.
+
+    A gantry.toml with [front], [[app]] or [stack] is checked as `gantry up` reads
+    it; one with [serve] as `gantry serve -c` reads it; a file may hold both.
+    """
+    from gantry.stack.config import PROVISIONAL_RUNTIME_DIR, load_stack, render_stack
+
     try:
         if not config_file and not ini:
             raise ConfigError("give the file to check: -c gantry.toml or --ini uwsgi.ini")
-        config = to_serve_config(_load_settings(config_file, ini), {})
-        config.check()
+        tables = _top_level_tables(config_file) if config_file else {"serve"}
+        output = ""
+        if tables & {"front", "app", "stack"}:
+            assert config_file is not None
+            output += render_stack(load_stack(config_file, PROVISIONAL_RUNTIME_DIR))
+        if "serve" in tables or not output:
+            config = to_serve_config(_load_settings(config_file, ini), {})
+            config.check()
+            output += ("\n" if output else "") + render_effective(config)
     except ConfigError as exc:
         click.echo(f"gantry check: {exc}", err=True)
         sys.exit(2)
-    click.echo(render_effective(config), nl=False)
+    click.echo(output, nl=False)
+
+
+def _top_level_tables(path: str) -> set[str]:
+    import tomllib
+
+    from gantry.config_file import read_config_text, syntax_error
+
+    text = read_config_text(path)
+    try:
+        return set(tomllib.loads(text))
+    except tomllib.TOMLDecodeError as exc:
+        raise syntax_error(path, text, exc) from None
+
+
+@main.command()
+@click.option(
+    "-c",
+    "--config",
+    "config_file",
+    metavar="FILE",
+    help="gantry.toml with [front], [[app]] and [stack] tables (default: the built-in demo).",
+)
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    help="With no -c: where the demo's front listens (default 0.0.0.0:8080).",
+)
+def up(config_file: str | None, listen: str | None) -> None:
+    """Run the whole stack: the front server and every application pool, wired over uwsgi.
+
+    SIGHUP reloads every part with zero downtime; SIGTERM stops gracefully; SIGINT
+    fast. Exit status: 0 when stopped, 2 for a configuration error, 3 when an
+    application cannot be loaded.
+    """
+    from gantry.stack.run import run_up
+
+    try:
+        if config_file and listen:
+            raise ConfigError("--listen is for the built-in demo; set [front] listen in the file")
+        code = run_up(config_file, listen)
+    except ConfigError as exc:
+        click.echo(f"gantry up: {exc}", err=True)
+        sys.exit(2)
+    sys.exit(code)
+
+
+@main.command("_part", hidden=True)
+@click.argument("state", type=click.Path(exists=True, dir_okay=False))
+@click.argument("kind", type=click.Choice(["front", "app"]))
+@click.argument("name")
+def part(state: str, kind: str, name: str) -> None:
+    """One part of `gantry up`, started by its supervisor (not for direct use)."""
+    from gantry.stack.run import run_part
+
+    sys.exit(run_part(state, kind, name))
 
 
 @main.command()

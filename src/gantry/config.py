@@ -28,6 +28,8 @@ class ListenAddress:
     host: str | None = None
     port: int | None = None
     path: str | None = None
+    #: handed over by systemd or ``gantry up``: the socket file belongs to them, not to us
+    inherited: bool = field(default=False, compare=False)
 
     def __str__(self) -> str:
         if self.path is not None:

@@ -64,7 +64,7 @@ def _network_check(text: str) -> str:
     return text
 
 
-def _app_check(text: str) -> str:
+def app_check(text: str) -> str:
     module, sep, name = text.partition(":")
     if text and not (sep and module and name):
         raise ValueError(
@@ -79,7 +79,7 @@ def _prefix_check(text: str) -> str:
     return text
 
 
-def _optional_address_check(kind: str) -> Callable[[str | None], str | None]:
+def optional_address_check(kind: str) -> Callable[[str | None], str | None]:
     check = _address_check(kind)
     return lambda text: None if text is None else check(text)
 
@@ -144,7 +144,7 @@ class ServeSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    app: Annotated[str, AfterValidator(_app_check)] = Field(
+    app: Annotated[str, AfterValidator(app_check)] = Field(
         default=_SERVE.app,
         description="The WSGI application as MODULE:CALLABLE, e.g. 'mysite.wsgi:application'.",
     )
@@ -233,11 +233,11 @@ class ServeSettings(BaseModel):
         description="Recycle a worker whose RSS grows past this many MiB (0: never).",
     )
     pidfile: str | None = Field(default=_SERVE.pidfile, description="Write the master's PID here.")
-    stats: Annotated[str | None, AfterValidator(_optional_address_check("stats"))] = Field(
+    stats: Annotated[str | None, AfterValidator(optional_address_check("stats"))] = Field(
         default=_SERVE.stats,
         description="uWSGI-compatible stats server: 'HOST:PORT' or a unix socket path.",
     )
-    metrics: Annotated[str | None, AfterValidator(_optional_address_check("metrics"))] = Field(
+    metrics: Annotated[str | None, AfterValidator(optional_address_check("metrics"))] = Field(
         default=_SERVE.metrics, description="Prometheus metrics over HTTP: 'HOST:PORT'."
     )
     buffer_size: int = Field(
@@ -318,14 +318,22 @@ def _suggest(word: str, candidates: list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _error_lines(exc: ValidationError, where: Callable[[tuple[int | str, ...], str], str]) -> str:
-    """One line per pydantic error: ``where(loc, key path)``, then what was expected."""
+def error_lines(
+    exc: ValidationError,
+    where: Callable[[tuple[int | str, ...], str], str],
+    root: str = "serve",
+    root_model: type[BaseModel] | None = None,
+) -> str:
+    """One line per pydantic error: ``where(loc, key path)``, then what was expected.
+
+    ``root`` is the key path of the validated table and ``root_model`` its model.
+    """
     lines = []
     for error in exc.errors():
         loc = tuple(error["loc"])
-        path = "serve"
-        model: type[BaseModel] | None = ServeSettings
-        annotation: object = ServeSettings
+        path = root
+        model: type[BaseModel] | None = root_model or ServeSettings
+        annotation: object = model
         metadata: list[Any] = []
         name = ""
         siblings: list[str] = []
@@ -335,7 +343,7 @@ def _error_lines(exc: ValidationError, where: Callable[[tuple[int | str, ...], s
                 args = [a for a in typing.get_args(annotation) if a is not type(None)]
                 annotation, metadata = (args[0] if args else None), []
                 continue
-            path += f".{part}"
+            path += f".{part}" if path else str(part)
             name = part
             model = annotation if isinstance(annotation, type) else None
             if model is not None and issubclass(model, BaseModel):
@@ -359,7 +367,7 @@ def _error_lines(exc: ValidationError, where: Callable[[tuple[int | str, ...], s
 # ---------------------------------------------------------------- gantry.toml
 
 
-def _read(path: str) -> str:
+def read_config_text(path: str) -> str:
     try:
         with open(path, "rb") as file:
             data = file.read()
@@ -376,7 +384,7 @@ def _read(path: str) -> str:
 _TOML_WHERE = re.compile(r"^(?P<msg>.*) \(at line (?P<line>\d+), column (?P<col>\d+)\)$")
 
 
-def _syntax_error(source: str, text: str, exc: tomllib.TOMLDecodeError) -> ConfigError:
+def syntax_error(source: str, text: str, exc: tomllib.TOMLDecodeError) -> ConfigError:
     match = _TOML_WHERE.match(str(exc))
     if match is None:
         return ConfigError(f"{source}: invalid TOML: {exc}")
@@ -393,7 +401,7 @@ def loads_toml(text: str, source: str = "<string>") -> ServeSettings:
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise _syntax_error(source, text, exc) from None
+        raise syntax_error(source, text, exc) from None
     table = document.get("serve")
     if table is None:
         hint = _suggest("serve", list(document))
@@ -403,12 +411,12 @@ def loads_toml(text: str, source: str = "<string>") -> ServeSettings:
     try:
         return ServeSettings.model_validate(table)
     except ValidationError as exc:
-        raise ConfigError(_error_lines(exc, lambda loc, path: f"{source}: {path}")) from None
+        raise ConfigError(error_lines(exc, lambda loc, path: f"{source}: {path}")) from None
 
 
 def load_toml(path: str) -> ServeSettings:
     """Read a gantry.toml and validate its ``[serve]`` table."""
-    return loads_toml(_read(path), path)
+    return loads_toml(read_config_text(path), path)
 
 
 # ---------------------------------------------------------------- to ServeConfig and back
@@ -463,7 +471,7 @@ def to_serve_config(settings: ServeSettings, overrides: Mapping[str, object]) ->
         merged = ServeSettings.model_validate(data, strict=False)
     except ValidationError as exc:
         raise ConfigError(
-            _error_lines(exc, lambda loc, path: f"command line: {_flag(loc)}")
+            error_lines(exc, lambda loc, path: f"command line: {_flag(loc)}")
         ) from None
     listen = [parse_address(a, "http", "serve.http") for a in merged.http]
     listen += [parse_address(a, "uwsgi", "serve.uwsgi_socket") for a in merged.uwsgi_socket]

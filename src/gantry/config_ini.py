@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gantry.config import ConfigError
-from gantry.config_file import ServeSettings, _error_lines, _read
+from gantry.config_file import ServeSettings, error_lines, read_config_text
 
 __all__ = ["load_uwsgi_ini"]
 
@@ -135,7 +135,7 @@ def load_uwsgi_ini(path: str) -> tuple[ServeSettings, list[str]]:
     warnings: list[str] = []
     unsupported: dict[str, int] = {}
     module = wsgi_file = callable_ = master = lazy = None
-    for entry in _ini_entries(_read(path), path):
+    for entry in _ini_entries(read_config_text(path), path):
         option = entry.option
         if option in _INI_PLAIN:
             key = _INI_PLAIN[option]
@@ -192,5 +192,5 @@ def load_uwsgi_ini(path: str) -> tuple[ServeSettings, list[str]]:
     try:
         settings = ServeSettings.model_validate(data, strict=False)
     except ValidationError as exc:
-        raise ConfigError(_error_lines(exc, where)) from None
+        raise ConfigError(error_lines(exc, where)) from None
     return settings, warnings

@@ -58,7 +58,7 @@ def run_master(
         code = exc.code
     for address, sock in sockets:
         sock.close()
-        if address.path is not None:
+        if address.path is not None and not address.inherited:
             try:
                 os.unlink(address.path)
             except OSError:

@@ -16,8 +16,7 @@ from gantry.appserver.http import IDLE_STATE, HTTPConnection
 from gantry.appserver.uwsgi import UwsgiConnection
 from gantry.config import ListenAddress, ServeConfig
 from gantry.process.shared import STATUS_CODES, SlotView
-from gantry.process.sockets import bind
-from gantry.process.systemd import inherited_sockets
+from gantry.process.sockets import bind, bind_or_inherit
 from gantry.wsgi.environ import EnvironTemplate
 
 __all__ = ["AppLoadError", "bind", "load_app", "serve"]
@@ -181,7 +180,7 @@ class Worker:
         if ctx.executor is not None:
             ctx.executor.shutdown(wait=not self.fast, cancel_futures=True)
         for address, sock in self.sockets:
-            if address.path is not None and self.slot is None:
+            if address.path is not None and self.slot is None and not address.inherited:
                 # Only a lone process owns the path; under a master it outlives workers.
                 try:
                     os.unlink(address.path)
@@ -252,30 +251,5 @@ def serve(config: ServeConfig) -> int:
 
 
 def bind_all(config: ServeConfig) -> list[tuple[ListenAddress, socket.socket]]:
-    """Every configured socket: inherited from systemd when it passed them, else bound here."""
-    inherited = {_sock_key(sock): sock for sock in inherited_sockets()}
-    result = []
-    for address in config.listen:
-        sock = inherited.pop(_address_key(address), None)
-        if sock is None:
-            sock = bind(address, config.uwsgi_socket_mode, config.backlog)
-        else:
-            sock.setblocking(False)
-            error_log.info("using the socket systemd passed for %s", address)
-        result.append((address, sock))
-    for sock in inherited.values():
-        error_log.warning("systemd passed a socket no --http/--uwsgi-socket names: %s", sock)
-    return result
-
-
-def _address_key(address: ListenAddress) -> object:
-    if address.path is not None:
-        return os.path.abspath(address.path)
-    return (address.host, address.port)
-
-
-def _sock_key(sock: socket.socket) -> object:
-    name = sock.getsockname()
-    if isinstance(name, str):
-        return os.path.abspath(name)
-    return (name[0], name[1])
+    """Every configured socket: inherited (systemd, ``gantry up``) when passed, else bound here."""
+    return bind_or_inherit(config.listen, config.uwsgi_socket_mode, config.backlog)

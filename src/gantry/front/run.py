@@ -14,7 +14,8 @@ from gantry.front.model import FrontConfig
 from gantry.front.server import FrontConnection, FrontWorker
 from gantry.process.master import Master, MasterSettings, WorkerExit
 from gantry.process.shared import STATUS_CODES, SlotView, WorkerTable
-from gantry.process.sockets import bind
+from gantry.process.sockets import bind_or_inherit
+from gantry.stats.serve import serve_metrics, serve_stats
 
 __all__ = ["run_front"]
 
@@ -82,23 +83,34 @@ def _serve_worker(
     return 0
 
 
-def run_front(config: FrontConfig) -> int:
-    """Bind the listen sockets, then run one worker inline or a master with N workers."""
+def run_front(
+    config: FrontConfig,
+    *,
+    master: bool = False,
+    stats: str | None = None,
+    metrics: str | None = None,
+) -> int:
+    """Bind (or inherit) the listen sockets, then run one worker inline or a master with
+    N workers (always a master when ``master``, ``stats`` or ``metrics`` asks for one)."""
     _setup_logging()
-    sockets = []
-    for spec in config.listen:
-        address = parse_address(spec, "http", "front.listen")
-        sockets.append((address, bind(address, None, 2048)))
-    if config.workers <= 1 and os.environ.get("GANTRY_FRONT_MASTER") != "1":
+    addresses = [parse_address(spec, "http", "front.listen") for spec in config.listen]
+    sockets = bind_or_inherit(addresses, None, 2048)
+    master = master or bool(stats or metrics) or os.environ.get("GANTRY_FRONT_MASTER") == "1"
+    if config.workers <= 1 and not master:
         return _serve_worker(config, sockets, None)
     table = WorkerTable(max(64, config.workers * 2 + 16))
-    master = Master(
-        MasterSettings(workers=config.workers, graceful_timeout=10.0),
+    supervisor = Master(
+        MasterSettings(workers=config.workers, graceful_timeout=10.0, name="gantry front"),
         lambda slot, generation: _serve_worker(config, sockets, slot),
         table,
     )
+    listen_names = [str(address) for address, _ in sockets]
+    if stats:
+        serve_stats(supervisor, table, stats, supervisor.started, listen_names)
+    if metrics:
+        serve_metrics(supervisor, table, metrics, supervisor.started, listen_names)
     try:
-        return master.run()
+        return supervisor.run()
     except WorkerExit as exc:
         log.error("%s", exc)
         return exc.code

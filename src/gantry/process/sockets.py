@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import socket
 import stat
+from collections.abc import Iterable
 
 from gantry.config import ConfigError, ListenAddress
+from gantry.process.systemd import inherited_sockets
 
-__all__ = ["bind"]
+log = logging.getLogger("gantry.error")
+
+__all__ = ["bind", "bind_or_inherit"]
 
 
 def bind(address: ListenAddress, mode: int | None, backlog: int) -> socket.socket:
@@ -49,3 +55,37 @@ def bind(address: ListenAddress, mode: int | None, backlog: int) -> socket.socke
     sock.listen(backlog)
     sock.setblocking(False)
     return sock
+
+
+def bind_or_inherit(
+    addresses: Iterable[ListenAddress], mode: int | None, backlog: int
+) -> list[tuple[ListenAddress, socket.socket]]:
+    """A socket for each address: the one passed down (LISTEN_FDS) when there is one, else
+    a new one. Inherited sockets come back with ``address.inherited`` set."""
+    passed = {_sock_key(sock): sock for sock in inherited_sockets()}
+    result = []
+    for address in addresses:
+        sock = passed.pop(_address_key(address), None)
+        if sock is None:
+            sock = bind(address, mode, backlog)
+        else:
+            sock.setblocking(False)
+            address = dataclasses.replace(address, inherited=True)
+            log.info("using the inherited socket for %s", address)
+        result.append((address, sock))
+    for sock in passed.values():
+        log.warning("a socket was passed that no listen address names: %s", sock)
+    return result
+
+
+def _address_key(address: ListenAddress) -> object:
+    if address.path is not None:
+        return os.path.abspath(address.path)
+    return (address.host, address.port)
+
+
+def _sock_key(sock: socket.socket) -> object:
+    name = sock.getsockname()
+    if isinstance(name, str):
+        return os.path.abspath(name)
+    return (name[0], name[1])

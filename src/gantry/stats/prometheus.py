@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from gantry.process.shared import WorkerStats
 from gantry.stats.uwsgi_json import MasterInfo
 
-__all__ = ["render_metrics"]
+__all__ = ["render_metric_rows", "render_metrics"]
 
 
 def _escape(value: str) -> str:
@@ -18,6 +21,34 @@ def _labels(**labels: str) -> str:
 
 def render_metrics(workers: list[WorkerStats], info: MasterInfo) -> bytes:
     """Every worker's counters, one family per metric."""
+    rows = [
+        (
+            {"worker": str(w.id), "pid": str(w.pid)},
+            {
+                "requests": w.requests,
+                "exceptions": w.exceptions,
+                "tx": w.tx,
+                "respawn_count": w.respawn_count,
+                "rss": w.rss,
+                "vsz": w.vsz,
+                "status_2xx": w.status_2xx,
+                "status_3xx": w.status_3xx,
+                "status_4xx": w.status_4xx,
+                "status_5xx": w.status_5xx,
+                "avg_rt": w.avg_rt_us,
+                "status": "busy" if w.request_start_us else "idle",
+            },
+        )  # fmt: skip
+        for w in workers
+    ]
+    return render_metric_rows(rows, info.started)
+
+
+def render_metric_rows(
+    rows: list[tuple[dict[str, str], Mapping[str, Any]]], started: float
+) -> bytes:
+    """One family per metric; each row is a worker's labels and its counters, named as in
+    the stats document (``requests``, ``tx``, ``avg_rt`` in microseconds, ``status``...)."""
     lines: list[str] = []
 
     def family(name: str, kind: str, help_text: str) -> None:
@@ -33,28 +64,28 @@ def render_metrics(workers: list[WorkerStats], info: MasterInfo) -> bytes:
         ("gantry_worker_rss_bytes", "gauge", "Resident memory.", "rss"),
         ("gantry_worker_vsz_bytes", "gauge", "Virtual memory.", "vsz"),
     ]  # fmt: skip
-    for name, kind, help_text, attr in per_worker:
+    for name, kind, help_text, key in per_worker:
         family(name, kind, help_text)
-        for w in workers:
-            lines.append(f"{name}{_labels(worker=str(w.id), pid=str(w.pid))} {getattr(w, attr)}")
+        for labels, values in rows:
+            lines.append(f"{name}{_labels(**labels)} {values[key]}")
     family("gantry_worker_responses_total", "counter", "Responses by status class.")
-    for w in workers:
+    for labels, values in rows:
         for klass in ("2xx", "3xx", "4xx", "5xx"):
-            value = getattr(w, f"status_{klass}")
             lines.append(
-                f"gantry_worker_responses_total"
-                f"{_labels(worker=str(w.id), pid=str(w.pid), **{'class': klass})} {value}"
+                f"gantry_worker_responses_total{_labels(**labels, **{'class': klass})} "
+                f"{values[f'status_{klass}']}"
             )
     family("gantry_worker_avg_response_seconds", "gauge", "Average time per request.")
-    for w in workers:
-        labels = _labels(worker=str(w.id), pid=str(w.pid))
-        lines.append(f"gantry_worker_avg_response_seconds{labels} {w.avg_rt_us / 1e6}")
+    for labels, values in rows:
+        lines.append(
+            f"gantry_worker_avg_response_seconds{_labels(**labels)} {values['avg_rt'] / 1e6}"
+        )
     family("gantry_worker_busy", "gauge", "1 while the worker runs a request.")
-    for w in workers:
-        labels = _labels(worker=str(w.id), pid=str(w.pid))
-        lines.append(f"gantry_worker_busy{labels} {1 if w.request_start_us else 0}")
+    for labels, values in rows:
+        busy = 1 if values["status"] == "busy" else 0
+        lines.append(f"gantry_worker_busy{_labels(**labels)} {busy}")
     family("gantry_workers", "gauge", "Worker processes running.")
-    lines.append(f"gantry_workers {len(workers)}")
+    lines.append(f"gantry_workers {len(rows)}")
     family("gantry_master_start_time_seconds", "gauge", "When the master started (epoch).")
-    lines.append(f"gantry_master_start_time_seconds {info.started}")
+    lines.append(f"gantry_master_start_time_seconds {started}")
     return ("\n".join(lines) + "\n").encode()

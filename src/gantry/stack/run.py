@@ -1,0 +1,64 @@
+"""``gantry up`` and its parts: the entry points the command line calls."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+
+from gantry.config import ConfigError
+from gantry.stack.config import PROVISIONAL_RUNTIME_DIR, StackPlan, demo_plan, load_stack
+
+__all__ = ["run_part", "run_up"]
+
+log = logging.getLogger("gantry.stack")
+
+
+def _setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+    )
+    root = logging.getLogger("gantry")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def run_up(config_file: str | None, listen: str | None) -> int:
+    """Validate the whole stack (ConfigError before anything starts), bind, supervise."""
+    from gantry.stack.supervisor import Supervisor
+
+    _setup_logging()
+    if config_file:
+        plan = load_stack(config_file, PROVISIONAL_RUNTIME_DIR)
+    else:
+        plan = demo_plan(PROVISIONAL_RUNTIME_DIR, listen or "0.0.0.0:8080")
+    configured = plan.settings.stack.runtime_dir
+    own = configured is None
+    plan.runtime_dir = configured or tempfile.mkdtemp(prefix="gantry-up-")
+    supervisor = Supervisor(plan, own_runtime_dir=own)
+    try:
+        supervisor.prepare()
+    except (ConfigError, OSError):
+        supervisor.cleanup()
+        raise
+    return supervisor.run()
+
+
+def run_part(state: str, kind: str, name: str) -> int:
+    """Run the front or pool ``name`` of the stack described by the state file."""
+    with open(state, encoding="utf-8") as handle:
+        plan = StackPlan.from_json(json.load(handle))
+    if kind == "front":
+        from gantry.front.run import run_front
+
+        return run_front(plan.front_config(), master=True, stats=plan.part_stats("front"))
+    from gantry.appserver.worker import AppLoadError, serve
+
+    try:
+        return serve(plan.pool_config(name))
+    except AppLoadError as exc:
+        print(f"gantry up: app {name!r}: {exc}", file=sys.stderr)
+        return 3

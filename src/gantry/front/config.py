@@ -28,7 +28,7 @@ class _Strict(BaseModel):
 
 
 class UpstreamServerSettings(_Strict):
-    """One server of an upstream pool."""
+    """One server of an upstream pool (nginx's `server` line in an `upstream` block)."""
 
     address: str = Field(description="'HOST:PORT' or 'unix:/path'.")
     weight: int = Field(1, ge=1, description="Share of requests (round robin, least_conn, hash).")
@@ -39,7 +39,8 @@ class UpstreamServerSettings(_Strict):
 
 
 class HealthCheckSettings(_Strict):
-    """Active health checks of an upstream's servers."""
+    """Active health checks of an upstream's servers: each server is probed on a timer and
+    taken out of rotation after `fall` failed probes (open-source nginx has no such thing)."""
 
     path: str = Field("/", description="Path requested from each server.")
     interval: float = Field(5.0, gt=0, description="Seconds between two probes of a server.")
@@ -50,18 +51,37 @@ class HealthCheckSettings(_Strict):
 
 
 class UpstreamSettings(_Strict):
-    """A named pool of servers a location can proxy to."""
+    """A named pool of servers a location can proxy to (nginx's `upstream` block); each
+    `[[app]]` pool of `gantry up` adds one of its own name."""
 
     protocol: Literal["http", "uwsgi"] = Field("http", description="How to speak to the servers.")
     servers: list[UpstreamServerSettings] = Field(min_length=1, description="The pool.")
-    balance: Literal["round_robin", "least_conn", "ip_hash", "hash"] = "round_robin"
-    key: str = Field("$request_uri", description="The key of balance = 'hash'.")
+    balance: Literal["round_robin", "least_conn", "ip_hash", "hash"] = Field(
+        "round_robin",
+        description="How a server is picked: smooth weighted round robin, fewest requests in "
+        "flight, the client's /24 (IPv4) as nginx's ip_hash, or a consistent hash of `key`.",
+    )
+    key: str = Field(
+        "$request_uri",
+        description="The key of balance = 'hash'; the request target ($request_uri) is the "
+        "one key used today.",
+    )
     max_tries: int = Field(3, ge=1, description="Servers tried for one request at most.")
-    connect_timeout: float = Field(5.0, gt=0)
-    read_timeout: float = Field(60.0, gt=0)
-    send_timeout: float = Field(60.0, gt=0)
+    connect_timeout: float = Field(
+        5.0, gt=0, description="Seconds to connect to a server (nginx's proxy_connect_timeout)."
+    )
+    read_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds to wait for the response, or between two reads of it (504 after).",
+    )
+    send_timeout: float = Field(
+        60.0, gt=0, description="Seconds allowed between two writes of the request body."
+    )
     keepalive: int = Field(32, ge=0, description="Idle HTTP connections kept per worker.")
-    health_check: HealthCheckSettings | None = None
+    health_check: HealthCheckSettings | None = Field(
+        None, description="Active health checks; unset: only passive ones (max_fails)."
+    )
     next_upstream: list[str] = Field(
         default_factory=lambda: ["error"],
         description="As nginx's proxy_next_upstream: error, timeout, http_502, http_503, http_504.",
@@ -69,7 +89,10 @@ class UpstreamSettings(_Strict):
 
 
 class LocationSettings(_Strict):
-    """A location block."""
+    """A location block: how requests whose path matches are answered: a static file
+    (`root` or `alias`), or a proxied response (`proxy`). nginx's precedence: an exact
+    match, then the longest prefix (stopping there with '^~'), then the first regex in
+    file order, else that longest prefix."""
 
     path: str = Field(description="Prefix, exact path, or regular expression (see modifier).")
     modifier: Literal["", "=", "^~", "~", "~*"] = Field(
@@ -77,17 +100,47 @@ class LocationSettings(_Strict):
         description="nginx's location modifier: '=' exact, '^~' prefix that stops regex "
         "search, '~' regex, '~*' case-insensitive regex, '' prefix.",
     )
-    root: str | None = None
-    alias: str | None = None
-    index: list[str] = Field(default_factory=lambda: ["index.html"])
-    try_files: list[str] = Field(default_factory=list)
-    autoindex: bool = False
+    root: str | None = Field(
+        None,
+        description="Serve files from this directory: the file is root + the whole path, "
+        "as nginx's root.",
+    )
+    alias: str | None = Field(
+        None,
+        description="Serve files from this directory in place of the location's path "
+        "(location '/static/' with alias '/srv/assets/' maps /static/a.css to "
+        "/srv/assets/a.css); end both with '/' or neither. Not together with root.",
+    )
+    index: list[str] = Field(
+        default_factory=lambda: ["index.html"],
+        description="Files tried, in order, for a request ending in '/'.",
+    )
+    try_files: list[str] = Field(
+        default_factory=list,
+        description="nginx's try_files: candidates ('$uri', '$uri/', '/index.html') served "
+        "from this location if they exist; the last entry is the fallback: '=404' (a "
+        "status) or a path served from this location.",
+    )
+    autoindex: bool = Field(
+        False, description="List a directory that has no index file (else 403)."
+    )
     expires: int | None = Field(None, ge=0, description="Seconds for Cache-Control: max-age.")
     proxy: str | None = Field(None, description="Name of the upstream to proxy to.")
-    access: list[str] = Field(default_factory=list, description="'allow CIDR' / 'deny all' lines.")
-    hidden_files: bool = False
-    follow_symlinks_outside_root: bool = False
-    gzip_static: bool = True
+    access: list[str] = Field(
+        default_factory=list,
+        description="'allow CIDR' / 'deny CIDR' / 'deny all' lines, checked after the server's; "
+        "the first line matching the client decides (403 for deny).",
+    )
+    hidden_files: bool = Field(
+        False, description="Serve paths with a segment starting with '.' (else 404)."
+    )
+    follow_symlinks_outside_root: bool = Field(
+        False, description="Follow symbolic links that lead out of root or alias (else 404)."
+    )
+    gzip_static: bool = Field(
+        True,
+        description="Serve a precompressed sibling (file.br, file.gz) to clients that accept it.",
+    )
     script_name: str | None = Field(
         None,
         pattern=r"^/[^?#]*[^/?#]$",
@@ -102,24 +155,58 @@ class LocationSettings(_Strict):
 
 
 class ServerSettings(_Strict):
-    """A server block (virtual host)."""
+    """A server block (virtual host), picked by the request's Host as nginx does: an exact
+    name, then the longest '*.example.test', then the longest 'www.example.*', then the
+    first regex ('~...'), else the default server."""
 
-    server_name: list[str] = Field(default_factory=list)
-    default: bool = False
-    access: list[str] = Field(default_factory=list)
-    location: list[LocationSettings] = Field(default_factory=list)
+    server_name: list[str] = Field(
+        default_factory=list,
+        description="Host names it answers to: 'example.test', '*.example.test', "
+        "'.example.test' (the name and its subdomains), 'www.example.*', '~regex'.",
+    )
+    default: bool = Field(
+        False,
+        description="Answer requests no server_name matches (default: the first server).",
+    )
+    access: list[str] = Field(
+        default_factory=list,
+        description="'allow CIDR' / 'deny CIDR' / 'deny all' lines for every location; the "
+        "first line matching the client decides (403 for deny).",
+    )
+    location: list[LocationSettings] = Field(
+        default_factory=list, description="The server's locations."
+    )
 
 
 class FrontSettings(_Strict):
-    """The [front] table."""
+    """``[front]``: the front server (nginx's role): where it listens, its virtual hosts
+    (`[[front.server]]`) and the upstream pools its locations proxy to."""
 
-    listen: list[str] = Field(default_factory=lambda: ["127.0.0.1:8080"])
-    workers: int = Field(1, ge=1)
-    access_log: str | None = None
-    client_max_body_size: int = Field(1024 * 1024 * 1024, ge=0)
-    error_pages: dict[str, str] = Field(default_factory=dict)
-    server: list[ServerSettings] = Field(default_factory=list)
-    upstream: dict[str, UpstreamSettings] = Field(default_factory=dict)
+    listen: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1:8080"],
+        description="HTTP sockets: 'HOST:PORT', '[V6]:PORT', ':PORT' or 'unix:PATH'.",
+    )
+    workers: int = Field(1, ge=1, description="Worker processes, under the front's own master.")
+    access_log: str | None = Field(
+        None,
+        description="File the access log is appended to (nginx's combined format, then "
+        "upstream address, upstream response time and request time); unset: none.",
+    )
+    client_max_body_size: int = Field(
+        1024 * 1024 * 1024, ge=0, description="Largest request body in bytes (413 above)."
+    )
+    error_pages: dict[str, str] = Field(
+        default_factory=dict,
+        description="HTML file sent for a status the front answers itself, by status: "
+        '{"404" = "/srv/404.html", "502" = "/srv/502.html"}.',
+    )
+    server: list[ServerSettings] = Field(
+        default_factory=list,
+        description="Virtual hosts; with none, `gantry up` sends everything to the first pool.",
+    )
+    upstream: dict[str, UpstreamSettings] = Field(
+        default_factory=dict, description="Upstream pools by name, for a location's `proxy`."
+    )
 
 
 _RULE = re.compile(r"^\s*(allow|deny)\s+(\S+)\s*$")

@@ -48,7 +48,8 @@ class AppSettings(ServeSettings):
     """``[[app]]``: one application pool: a master and its workers serving one WSGI app.
 
     Every ``[serve]`` key applies (threads, harakiri, max_requests, limits, ...);
-    ``gantry up`` adds the uwsgi socket the front reaches the pool on.
+    ``gantry up`` adds the uwsgi socket the front reaches the pool on, and an upstream
+    of the pool's name that a location's ``proxy`` names.
     """
 
     name: Annotated[str, AfterValidator(_name_check)] = Field(

@@ -129,3 +129,22 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError("no VmRSS")
+
+
+class GantryUp(GantryServer):
+    """A ``gantry up`` supervisor: the demo on a free port, or a config file whose
+    ``FRONT_PORT`` placeholder is replaced by the port."""
+
+    def __init__(self, workdir: Path, config: str | None = None, **kwargs: object) -> None:
+        super().__init__("", log_path=workdir / "up.log", **kwargs)  # type: ignore[arg-type]
+        if config is None:
+            args = ["--listen", f"127.0.0.1:{self.port}"]
+        else:
+            self.config_path = workdir / "gantry.toml"
+            self.config_path.write_text(config.replace("FRONT_PORT", str(self.port)))
+            args = ["-c", str(self.config_path)]
+        self.command = [sys.executable, "-m", "gantry", "up", *args]
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 40.0) -> int | None:
+        """Stop the supervisor by its PID; it stops its parts (graceful timeout + 5 s)."""
+        return super().stop(signum, timeout)

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+import time
 
 from gantry.config import ListenAddress, parse_address
 from gantry.front.model import FrontConfig
@@ -66,10 +67,18 @@ def _serve_worker(
             slot.status = STATUS_CODES["idle"]
             slot.ready = 1
         await stop.wait()
+        worker.stopping = True
         for server in servers:
             server.close()
         deadline = loop.time() + 10.0
-        while loop.time() < deadline and any(c.busy for c in worker.connections):
+        while loop.time() < deadline and worker.connections:
+            # Busy keep-alive connections end with their response (Connection: close);
+            # idle ones are closed once no request can be on its way in.
+            now = time.monotonic()
+            for conn in list(worker.connections):
+                idle = not conn.busy and not conn.queue and conn.head is None
+                if idle and now - conn.idle_since >= 1.0 and conn.transport is not None:
+                    conn.transport.close()
             await asyncio.sleep(0.05)
         for conn in list(worker.connections):
             if conn.transport is not None:

@@ -77,6 +77,8 @@ class FrontWorker:
         #: (location id, path) -> (built at, header block, body size, body)
         self.hot_files: dict[tuple[int, str], tuple[float, bytes, int, bytes]] = {}
         self.now = loop.time()
+        #: set on a graceful stop: every response then says Connection: close
+        self.stopping = False
         self.health_tasks: list[asyncio.Task[None]] = []
 
     def start_health_checks(self) -> None:
@@ -134,6 +136,9 @@ class FrontConnection(asyncio.Protocol):
         self.pending_head = b""
         self.stream: StreamedBody | None = None
         self.reading_paused = False
+        #: when the last response ended (or the connection opened): a graceful stop
+        #: closes connections idle for a while, not one a request may be arriving on
+        self.idle_since = time.monotonic()
 
     # asyncio.Protocol -----------------------------------------------------------------
 
@@ -239,7 +244,7 @@ class FrontConnection(asyncio.Protocol):
         self.busy = True
         self.started = time.monotonic()
         self.request = head
-        self.keep_alive = head.keep_alive and not head.upgrade
+        self.keep_alive = head.keep_alive and not head.upgrade and not self.worker.stopping
         self.sent = 0
         if self.upstream_log:
             self.upstream_log = []
@@ -556,6 +561,7 @@ class FrontConnection(asyncio.Protocol):
     def _done(self) -> None:
         self._log_access()
         self.busy = False
+        self.idle_since = time.monotonic()
         if self.stream is not None:
             # answered before the whole body came: the rest of it cannot be trusted
             self.stream = None

@@ -45,19 +45,26 @@ def render_frame(
         for w in workers
     }
     total = sum(w["requests"] for w in workers)
+    # A `gantry up` stack labels each worker with its pool ("front" or an app's name).
+    pooled = any("pool" in w for w in workers)
+    pool_head = f"{'POOL':<10} " if pooled else ""
     lines = [
         f"gantry top - {time.strftime('%H:%M:%S')} - master pid {doc.get('pid')} - "
         f"{len(workers)} workers - {total} requests - {sum(rates.values()):.0f} req/s",
         "",
-        f"{'WID':>3} {'PID':>7} {'STATUS':<8} {'REQ':>9} {'REQ/S':>7} {'AVG(ms)':>8} "
+        f"{pool_head}{'WID':>3} {'PID':>7} {'STATUS':<8} {'REQ':>9} {'REQ/S':>7} {'AVG(ms)':>8} "
         f"{'RSS':>8} {'EXC':>5} {'RESPAWN':>7}  CURRENT REQUEST",
     ]
+    for pool in doc.get("pools", []):
+        if not pool.get("up", True):
+            lines.insert(1, f"  {pool['name']}: down ({pool.get('last_exit') or 'starting'})")
     for w in sorted(workers, key=lambda item: item["id"]):
         current = w.get("current_request") or ""
         if current:
             current = f"{current} ({w.get('current_request_seconds', 0):.1f}s)"
+        pool = f"{str(w.get('pool', ''))[:10]:<10} " if pooled else ""
         line = (
-            f"{w['id']:>3} {w['pid']:>7} {w['status']:<8} {w['requests']:>9} "
+            f"{pool}{w['id']:>3} {w['pid']:>7} {w['status']:<8} {w['requests']:>9} "
             f"{rates[w['id']]:>7.0f} {w['avg_rt'] / 1000:>8.2f} {_size(w['rss']):>8} "
             f"{w['exceptions']:>5} {w['respawn_count']:>7}  {current}"
         )

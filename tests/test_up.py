@@ -1,0 +1,386 @@
+"""`gantry up`: the whole stack from one file, with real processes, Flask and Django pools."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from gantry.stats.top import fetch
+from tests.process import REPO, GantryUp, free_port
+
+STACK = """
+[stack]
+stats = "STATS_PATH"
+metrics = "127.0.0.1:METRICS_PORT"
+graceful_timeout = 5
+
+[front]
+listen = ["127.0.0.1:FRONT_PORT"]
+workers = 1
+
+[[front.server]]
+default = true
+
+[[front.server.location]]
+path = "/static/"
+alias = "STATIC_DIR/"
+
+[[front.server.location]]
+path = "/django/"
+proxy = "django"
+script_name = "/django"
+
+[[front.server.location]]
+path = "/"
+proxy = "hello"
+
+[[app]]
+name = "hello"
+module = "gantry.demo:app"
+workers = 1
+graceful_timeout = 5
+
+[[app]]
+name = "django"
+module = "tests.e2e.django_site.wsgi:app"
+chdir = "REPO"
+workers = 1
+graceful_timeout = 5
+"""
+
+
+def _get(port: int, path: str, method: str = "GET", host: str | None = None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request(method, path, headers={"Host": host} if host else {})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def _wait(predicate: Callable[[], bool], limit: float = 15.0) -> bool:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GantryUp, str, int]]:
+    from gantry.demo import STATIC_DIR
+
+    workdir = tmp_path_factory.mktemp("stack")
+    stats = str(workdir / "stack.stats")
+    metrics = free_port()
+    config = (
+        STACK.replace("STATS_PATH", stats)
+        .replace("METRICS_PORT", str(metrics))
+        .replace("STATIC_DIR", str(STATIC_DIR))
+        .replace("REPO", str(REPO))
+    )
+    up = GantryUp(workdir, config)
+    up.start()
+    assert _wait(lambda: _answers(up.port)), up.log_text()
+    try:
+        yield up, stats, metrics
+    finally:
+        up.stop()
+
+
+def _answers(port: int) -> bool:
+    try:
+        hello = _get(port, "/hello") == (200, b"Hello World!")
+        return hello and _get(port, "/django/hello")[0] == 200
+    except OSError:
+        return False
+
+
+def _parts(stats: str) -> dict[str, dict[str, object]]:
+    doc = fetch(stats)
+    return {pool["name"]: pool for pool in doc["pools"]}
+
+
+def _worker_pids(stats: str, pool: str) -> list[int]:
+    return [w["pid"] for w in fetch(stats)["workers"] if w["pool"] == pool]
+
+
+class LoadLoop:
+    """Client threads sending GETs (fresh and keep-alive connections) until stopped;
+    bounded by ``limit`` seconds and ``max_requests`` each."""
+
+    def __init__(self, port: int, threads: int = 3, limit: float = 30.0) -> None:
+        self.port = port
+        self.ok = 0
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [
+            threading.Thread(target=self._run, args=(i % 2 == 0, limit), daemon=True)
+            for i in range(threads)
+        ]
+
+    def __enter__(self) -> LoadLoop:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=15)
+
+    def _run(self, keep_alive: bool, limit: float) -> None:
+        deadline = time.monotonic() + limit
+        conn: http.client.HTTPConnection | None = None
+        for _ in range(20_000):
+            if self.stop.is_set() or time.monotonic() > deadline:
+                break
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                conn.request("GET", "/hello")
+                response = conn.getresponse()
+                body = response.read()
+                if (response.status, body) != (200, b"Hello World!"):
+                    raise RuntimeError(f"{response.status} {body[:80]!r}")
+                with self.lock:
+                    self.ok += 1
+            except Exception as exc:  # every failure is counted and reported
+                with self.lock:
+                    self.failures.append(repr(exc))
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(0.01)
+                continue
+            if not keep_alive:
+                conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+
+def test_demo_stack_with_no_file(tmp_path: Path) -> None:
+    with GantryUp(tmp_path) as up:
+        assert _wait(lambda: _answers_demo(up.port)), up.log_text()
+        status, body = _get(up.port, "/static/index.html")
+        assert status == 200 and b"<" in body
+        assert _get(up.port, "/nope")[0] == 404
+        assert _get(up.port, "/hello", method="HEAD") == (200, b"")
+        runtime = [p for p in up.log_text().split() if "gantry-up-" in p]
+        assert runtime, up.log_text()
+        assert up.stop() == 0
+    socket_path = runtime[0].removeprefix("unix:")
+    assert not os.path.exists(os.path.dirname(socket_path)), "runtime directory left behind"
+
+
+def _answers_demo(port: int) -> bool:
+    try:
+        return _get(port, "/hello") == (200, b"Hello World!")
+    except OSError:
+        return False
+
+
+def test_flask_and_django_pools_static_and_script_name(stack: tuple[GantryUp, str, int]) -> None:
+    up, _, _ = stack
+    assert _get(up.port, "/hello") == (200, b"Hello World!")
+    status, body = _get(up.port, "/django/echo/caf%C3%A9?x=1")
+    assert status == 200, body
+    echoed = json.loads(body)
+    assert echoed["SCRIPT_NAME"] == "/django"
+    assert echoed["PATH_INFO"] == "/echo/caf\xc3\xa9"  # PEP 3333: UTF-8 bytes as latin-1
+    assert echoed["route_rest"] == "café"
+    assert _get(up.port, "/django/error")[0] == 500
+    status, body = _get(up.port, "/static/index.html")
+    assert status == 200
+
+
+def test_stack_stats_top_and_metrics(stack: tuple[GantryUp, str, int]) -> None:
+    up, stats, metrics = stack
+    for _ in range(5):
+        _get(up.port, "/hello")
+    doc = fetch(stats)
+    pools = {w["pool"] for w in doc["workers"]}
+    assert pools == {"front", "hello", "django"}
+    assert sum(w["requests"] for w in doc["workers"] if w["pool"] == "hello") >= 5
+    assert all(pool["up"] for pool in doc["pools"])
+    top = subprocess.run(
+        [sys.executable, "-m", "gantry", "top", "--once", stats],
+        capture_output=True, text=True, timeout=20, cwd=REPO,
+    )  # fmt: skip
+    assert top.returncode == 0, top.stderr
+    for name in ("front", "hello", "django"):
+        assert name in top.stdout
+    from prometheus_client.parser import text_string_to_metric_families
+
+    conn = http.client.HTTPConnection("127.0.0.1", metrics, timeout=5)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    requests = families["gantry_worker_requests"]
+    assert {s.labels["pool"] for s in requests.samples} == {"front", "hello", "django"}
+
+
+@pytest.mark.parametrize("victim", ["app worker", "pool master", "front worker", "front master"])
+def test_killing_any_part_under_load(stack: tuple[GantryUp, str, int], victim: str) -> None:
+    up, stats, _ = stack
+    parts = _parts(stats)
+    if victim == "app worker":
+        pid = _worker_pids(stats, "hello")[0]
+    elif victim == "pool master":
+        pid = int(parts["hello"]["pid"])  # type: ignore[call-overload]
+    elif victim == "front worker":
+        pid = _worker_pids(stats, "front")[0]
+    else:
+        pid = int(parts["front"]["pid"])  # type: ignore[call-overload]
+    threads = 3
+    with LoadLoop(up.port, threads=threads) as load:
+        time.sleep(0.5)
+        before = load.ok
+        os.kill(pid, signal.SIGKILL)
+
+        def replaced() -> bool:
+            try:
+                parts = _parts(stats)
+                pids = _worker_pids(stats, "front") + _worker_pids(stats, "hello")
+                masters = [parts["front"]["pid"], parts["hello"]["pid"]]
+            except (OSError, ValueError, KeyError):
+                return False
+            return pid not in pids + masters and len(pids) == 2 and all(masters)
+
+        assert _wait(replaced, 15), up.log_text()[-3000:]
+        settled = load.ok
+        assert _wait(lambda: load.ok > settled + 50, 10), load.failures[-5:]
+    assert before > 0
+    # Only requests in flight on the killed process may fail: one per client thread.
+    assert len(load.failures) <= threads, load.failures
+    assert _answers(up.port)
+
+
+def test_sighup_reloads_every_part_with_zero_failures(stack: tuple[GantryUp, str, int]) -> None:
+    up, stats, _ = stack
+    old = set(_worker_pids(stats, "hello") + _worker_pids(stats, "front"))
+    with LoadLoop(up.port) as load:
+        time.sleep(0.5)
+        assert up.process is not None
+        up.process.send_signal(signal.SIGHUP)
+
+        def reloaded() -> bool:
+            try:
+                now = set(_worker_pids(stats, "hello") + _worker_pids(stats, "front"))
+            except (OSError, ValueError):
+                return False
+            return len(now) == 2 and not now & old
+
+        assert _wait(reloaded, 20), up.log_text()[-3000:]
+        settled = load.ok
+        assert _wait(lambda: load.ok > settled + 50, 10)
+    assert load.failures == []
+
+
+def test_sigterm_stops_every_part(tmp_path: Path) -> None:
+    with GantryUp(tmp_path) as up:
+        assert _wait(lambda: _answers_demo(up.port)), up.log_text()
+        pids = _descendants(up.pid)
+        assert len(pids) >= 4, pids  # two masters, two workers
+        assert up.stop() == 0
+    assert _wait(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in pids), 10)
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    queue = [pid]
+    while queue:
+        parent = queue.pop()
+        path = Path(f"/proc/{parent}/task/{parent}/children")
+        try:
+            kids = [int(k) for k in path.read_text().split()]
+        except OSError:
+            kids = []
+        found += kids
+        queue += kids
+    return found
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[[app]]\nname = "a"\nmodule = "m:app"\nworkers = "many"\n',
+         "app[0].workers: expected an integer >= 1, got 'many'"),
+        ('[[front.server]]\n[[front.server.location]]\npath = "/"\nproxy = "nope"\n',
+         "front.server[0].location[0].proxy: no upstream named 'nope'"),
+        ('[[app]]\nname = "a b"\nmodule = "m:app"\n', "app[0].name: expected a name"),
+        ('[[app]]\nname = "a"\nmodule = "m:app"\nharakiri = -1\n',
+         "app[0].harakiri: expected a number >= 0"),
+        ("[stack]\nrunime_dir = '/tmp'\n",
+         "stack.runime_dir: unknown key; did you mean 'runtime_dir'?"),
+        ("[frnt]\n", "frnt: unknown key"),
+        ('[[app]]\nname = "a"\nmodule = "m:app"\n[[app]]\nname = "a"\nmodule = "n:app"\n',
+         "app[1].name: 'a' is already the name of app[0]"),
+    ],
+)  # fmt: skip
+def test_bad_config_fails_before_anything_starts(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "gantry.toml"
+    port = free_port()
+    listen = f'[front]\nlisten = ["127.0.0.1:{port}"]\n'
+    path.write_text(text if "front." in text else listen + text)
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "gantry", "up", "-c", str(path)],
+        capture_output=True, text=True, timeout=30, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert f"{path}: {expected}" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert time.monotonic() - started < 10
+    assert "_part" not in done.stderr
+
+
+def test_an_app_that_cannot_load_stops_the_stack_with_exit_3(tmp_path: Path) -> None:
+    config = (
+        '[front]\nlisten = ["127.0.0.1:FRONT_PORT"]\n'
+        '[[app]]\nname = "broken"\nmodule = "no_such_module_here:app"\n'
+    )
+    up = GantryUp(tmp_path, config)
+    up.start()
+    assert up.process is not None
+    try:
+        code = up.process.wait(timeout=30)
+    finally:
+        up.stop()
+    assert code == 3, up.log_text()
+    assert "no_such_module_here" in up.log_text()
+    assert "cannot be loaded" in up.log_text()
+
+
+def test_check_prints_the_effective_stack(tmp_path: Path) -> None:
+    path = tmp_path / "gantry.toml"
+    path.write_text('[[app]]\nname = "hello"\nmodule = "gantry.demo:app"\nworkers = 3\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "gantry", "check", "-c", str(path)],
+        capture_output=True, text=True, timeout=30, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    import tomllib
+
+    effective = tomllib.loads(done.stdout)
+    assert effective["app"][0]["workers"] == 3
+    upstream = effective["front"]["upstream"]["hello"]
+    assert upstream["protocol"] == "uwsgi"
+    assert upstream["servers"][0]["address"].endswith("/hello.sock")
+    # no server block: everything goes to the only pool
+    assert effective["front"]["server"][0]["location"][0]["proxy"] == "hello"

@@ -100,7 +100,8 @@ class StackSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     front: FrontSettings = Field(
-        default_factory=lambda: FrontSettings(), description="The front server (nginx's role)."
+        default_factory=lambda: FrontSettings.model_validate({}),
+        description="The front server (nginx's role).",
     )
     app: list[AppSettings] = Field(
         default_factory=list, description="Application pools (uWSGI's role), one table each."

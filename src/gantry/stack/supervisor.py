@@ -96,9 +96,9 @@ class Supervisor:
             sockets.append((address, bind(address, None, 2048)))
         self.parts.append(Part("front", "front", sockets))
         stack = self.plan.settings.stack
-        for spec, kind in ((stack.stats, "stats"), (stack.metrics, "metrics")):
-            if spec:
-                address = parse_address(spec, kind, f"stack.{kind}")
+        for wanted, kind in ((stack.stats, "stats"), (stack.metrics, "metrics")):
+            if wanted:
+                address = parse_address(wanted, kind, f"stack.{kind}")
                 self.listeners.append((bind(address, 0o600 if address.path else None, 64), kind))
 
     def run(self) -> int:

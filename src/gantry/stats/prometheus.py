@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gantry.process.shared import WorkerStats
@@ -45,7 +45,7 @@ def render_metrics(workers: list[WorkerStats], info: MasterInfo) -> bytes:
 
 
 def render_metric_rows(
-    rows: list[tuple[dict[str, str], Mapping[str, Any]]], started: float
+    rows: Sequence[tuple[dict[str, str], Mapping[str, Any]]], started: float
 ) -> bytes:
     """One family per metric; each row is a worker's labels and its counters, named as in
     the stats document (``requests``, ``tx``, ``avg_rt`` in microseconds, ``status``...)."""

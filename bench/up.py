@@ -14,8 +14,10 @@ median) round stands for a stack, as in bench/run.py. Run `python bench/up.py --
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -103,24 +105,42 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def pinning(processes: list[ServerProcess]) -> str:
-    """The CPUs every process of a stack may run on and how many processes there are,
-    e.g. ``"0 (5 processes)"``; several sets when they differ (the pinning leaked)."""
+def stack_pids(processes: list[ServerProcess]) -> list[int]:
+    """Every PID of a stack: the started processes and all they forked."""
+    return [pid for p in processes if p.proc is not None for pid in process_tree(p.proc.pid)]
+
+
+def pinning(pids: list[int]) -> str:
+    """The CPUs the processes may run on and how many there are, e.g. ``"0 (5 processes)"``;
+    several sets when they differ (the pinning leaked)."""
     masks: list[str] = []
     count = 0
-    for process in processes:
-        if process.proc is None:
+    for pid in pids:
+        try:
+            cpus = os.sched_getaffinity(pid)
+        except OSError:
             continue
-        for pid in process_tree(process.proc.pid):
-            try:
-                cpus = os.sched_getaffinity(pid)
-            except OSError:
-                continue
-            count += 1
-            mask = ",".join(map(str, sorted(cpus)))
-            if mask not in masks:
-                masks.append(mask)
+        count += 1
+        mask = ",".join(map(str, sorted(cpus)))
+        if mask not in masks:
+            masks.append(mask)
     return f"{' | '.join(masks)} ({count} processes)"
+
+
+def kill_leftovers(pids: list[int]) -> list[int]:
+    """SIGKILL any of ``pids`` still running after the stack was stopped; return them.
+    (A stack whose children outlive SIGTERM to their parent has a shutdown bug.)"""
+    left = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            left.append(pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return left
 
 
 def bench_stack(
@@ -132,6 +152,7 @@ def bench_stack(
     target = UP_APPS[app]
     tag = f"{app}-{'gantry' if stack == GANTRY else 'nginx'}-{round_no}"
     processes: list[ServerProcess] = []
+    pids: list[int] = []
     try:
         if stack == GANTRY:
             conf = work / f"{tag}.toml"
@@ -159,7 +180,8 @@ def bench_stack(
         front.wait_ready(port)
         run_wrk(port, WARMUP_SECONDS, args.connections, args.load_cpu)
         # After the warm-up, so workers forked lazily are counted too.
-        result.cpus_allowed = pinning(processes)
+        pids = stack_pids(processes)
+        result.cpus_allowed = pinning(pids)
         result.wrk = run_wrk(port, args.duration, args.connections, args.load_cpu)
         result.ok = True
     except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
@@ -168,6 +190,9 @@ def bench_stack(
         # The front first, then the app server behind it.
         for process in processes:
             process.stop()
+        left = kill_leftovers(pids)
+        if left:
+            print(f"(warning: {stack} left PIDs {left} running after SIGTERM; killed)", end=" ")
     return result
 
 

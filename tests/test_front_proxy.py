@@ -180,7 +180,8 @@ servers = [{{ address = "127.0.0.1:{upstream.port}" }}]
             except TimeoutError:
                 answer = b""
         if buffering:
-            assert answer == b"" and upstream.received == []
+            proxied = [data for data in upstream.received if b"POST /up" in data]
+            assert (answer, proxied) == (b"", []), upstream.received
         else:
             assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"first"), answer
             head, _, first = upstream.received[0].partition(b"\r\n\r\n")
@@ -306,3 +307,106 @@ def test_access_log_is_combined_plus_upstream(echo_stack: tuple[Front, Path]) ->
     assert all(re.fullmatch(r"\d+\.\d{3}", t) for t in times)
     static = re.match(combined, lines[1])
     assert static and (static["addr"], static["urt"], static["status"]) == ("-", "-", "200")
+
+
+# --- headers, next_upstream, timeouts ---------------------------------------------------------
+
+HOP_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, X-Private\r\n"
+    b"Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nUpgrade: h2c\r\n"
+    b"Trailer: X-T\r\nX-Kept: yes\r\n\r\nok"
+)
+
+
+def test_forwarded_headers_added_and_hop_by_hop_removed(tmp_path: Path) -> None:
+    upstream = RawUpstream(HOP_RESPONSE)
+    front = _front(
+        tmp_path,
+        f"""
+[[front.server]]
+[[front.server.location]]
+path = "/"
+proxy = "raw"
+[front.upstream.raw]
+servers = [{{ address = "127.0.0.1:{upstream.port}" }}]
+""",
+    )
+    try:
+        response, body = front.request(
+            "GET", "/p?q=1",
+            headers={"Host": "site.test:8000", "X-Forwarded-For": "203.0.113.9",
+                     "X-Real-IP": "6.6.6.6", "Keep-Alive": "timeout=9", "TE": "trailers",
+                     "Proxy-Authorization": "Basic eA==", "X-Custom": "kept"},
+        )  # fmt: skip
+        assert (response.status, body) == (200, b"ok")
+        assert response.getheader("X-Kept") == "yes"
+        for name in ("Keep-Alive", "Proxy-Connection", "Upgrade", "Trailer"):
+            assert response.getheader(name) is None, name
+        assert response.getheader("Connection") in (None, "keep-alive")
+        head = upstream.received[0].decode("latin-1")
+        lines = head.split("\r\n")
+        assert lines[0] == "GET /p?q=1 HTTP/1.1"
+        fields = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(": ")
+                assert name.lower() not in fields, f"{name} twice"
+                fields[name.lower()] = value
+        assert fields["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+        assert fields["x-real-ip"] == "127.0.0.1"
+        assert fields["x-forwarded-proto"] == "http"
+        assert fields["x-forwarded-host"] == "site.test:8000"
+        assert fields["host"] == "site.test:8000" and fields["x-custom"] == "kept"
+        for name in ("keep-alive", "te", "proxy-authorization", "transfer-encoding"):
+            assert name not in fields, name
+    finally:
+        front.stop()
+        upstream.close()
+
+
+UNAVAILABLE = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbusy"
+)
+
+
+def test_next_upstream_http_503_and_timeout_for_idempotent_requests(tmp_path: Path) -> None:
+    """GETs go on to the next server after a 503 or a read timeout; a POST does not."""
+    busy = RawUpstream(UNAVAILABLE)
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts (backlog), never answers
+    good = GantryServer("tests.apps_contract:app", log_path=tmp_path / "good.log")
+    good.start()
+    front = _front(
+        tmp_path,
+        f"""
+[[front.server]]
+[[front.server.location]]
+path = "/"
+proxy = "pool"
+[[front.server.location]]
+path = "/slow"
+proxy = "alone"
+[front.upstream.pool]
+read_timeout = 0.5
+next_upstream = ["error", "timeout", "http_503"]
+servers = [{{ address = "127.0.0.1:{busy.port}", max_fails = 0 }},
+           {{ address = "127.0.0.1:{silent.getsockname()[1]}", max_fails = 0 }},
+           {{ address = "127.0.0.1:{good.port}", max_fails = 0 }}]
+[front.upstream.alone]
+read_timeout = 0.5
+servers = [{{ address = "127.0.0.1:{good.port}" }}]
+""",
+    )
+    try:
+        statuses = [front.request("GET", "/hello")[0].status for _ in range(6)]
+        assert statuses == [200] * 6
+        assert len(busy.received) >= 2  # round robin did send GETs there first
+        posts = [front.request("POST", "/hello", b"x")[0].status for _ in range(3)]
+        assert 503 in posts and 504 in posts and 200 in posts, posts
+        started = time.monotonic()
+        response, _ = front.request("GET", "/slow?3")
+        assert response.status == 504 and time.monotonic() - started < 2.5
+    finally:
+        front.stop()
+        good.stop()
+        busy.close()
+        silent.close()

@@ -8,6 +8,7 @@ trusted and the connection must be closed.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -125,6 +126,69 @@ _METHODS = {
 #: the longest method token considered for 501; a longer run is refused as garbage
 _MAX_METHOD = 64
 
+# chunk = chunk-size [ chunk-ext ] CRLF (RFC 9112 7.1, 7.1.1), with BWS only around
+# ';' and '=': llhttp refuses that BWS, so chunk-size lines are checked here and
+# llhttp is fed the bare size.
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED_STRING = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
+_CHUNK_EXT = (
+    rb"[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED_STRING + rb"))?"
+)
+_CHUNK_SIZE_LINE = re.compile(rb"0*([0-9A-Fa-f]{1,16})(?:" + _CHUNK_EXT + rb")*\r\n")
+#: a chunk-size line longer than this (extensions included) is refused
+_MAX_CHUNK_LINE = 4096
+#: what a fresh llhttp parser is fed to put it where a chunked body begins
+_CHUNKED_HEAD = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+# Content-Length of a head llhttp has already accepted (one field, digits; no folding)
+_CONTENT_LENGTH_FIELD = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)", re.IGNORECASE)
+
+
+class _ChunkedBodyFollows(Exception):
+    """Raised from on_headers_complete to stop llhttp where a chunked body begins."""
+
+
+class _ChunkedFraming:
+    """How far a chunked body has come: inside a size line, chunk data, or the trailers."""
+
+    __slots__ = ("line", "remaining", "trailer_tail")
+
+    def __init__(self) -> None:
+        #: the start of a chunk-size line cut by a feed
+        self.line = b""
+        #: chunk-data bytes plus its CRLF still to come
+        self.remaining = 0
+        #: once in the trailer section, its last bytes fed (to find CRLF CRLF across feeds)
+        self.trailer_tail: bytes | None = None
+
+
+class _DiscardSink:
+    """Swallows the callbacks of the stand-in head fed to a fresh llhttp parser."""
+
+    def request_head(self, head: RequestHead) -> None:
+        """Drop it."""
+
+    def request_body(self, data: bytes) -> None:
+        """Drop it."""
+
+    def request_end(self, trailers: list[tuple[bytes, bytes]] | None) -> None:
+        """Drop it."""
+
+
+_DISCARD = _DiscardSink()
+
+
+def _head_end(data: bytes, start: int = 0, tail: bytes = b"") -> int:
+    """Offset in ``data`` just past the CRLF CRLF that ends a head llhttp accepted, or -1.
+
+    ``tail`` is the end of the same head's bytes fed before ``data`` (then ``start`` is 0).
+    """
+    # llhttp (strict) allows no bare CR or LF in a head, so its first empty line ends it.
+    if tail:
+        found = (tail + data).find(b"\r\n\r\n")
+        return found if found < 0 else found + 4 - len(tail)
+    found = data.find(b"\r\n\r\n", start)
+    return found if found < 0 else found + 4
+
 
 def _status_for_llhttp_error(message: str) -> tuple[int, str]:
     # llhttp's Transfer-Encoding errors are framing errors (chunked not final):
@@ -159,15 +223,16 @@ class RequestParser:
         "_completed",
         "_method_start",
         "_pending_method",
+        "_chunked",
+        "_cut_head",
+        "_cut_tail",
+        "_cut_received",
     )
 
     def __init__(self, sink: RequestSink, limits: HTTPLimits | None = None) -> None:
         self._sink = sink
         self._limits = limits or HTTPLimits()
-        self._parser = httptools.HttpRequestParser(self)
-        # Accept any one-digit version so HTTP/1.2 is served as 1.1 and HTTP/2.0
-        # or 3.0 get 505 from us (RFC 9110 6.2) rather than llhttp's 400.
-        self._parser.set_dangerous_leniencies(lenient_version=True)
+        self._parser = self._new_llhttp()
         self._head = RequestHead()
         self._url = b""
         self._in_head = True
@@ -191,6 +256,20 @@ class RequestParser:
         # and an unknown method still waiting for its SP: 501 and 400 differ by it.
         self._method_start: bytes | None = None
         self._pending_method: bytes | None = None
+        # Set while a chunked body is read: its size lines go through _feed_chunked.
+        self._chunked: _ChunkedFraming | None = None
+        # Where the last llhttp call stopped inside a message: its head, the last
+        # bytes of a cut head, or the body bytes received (used by _chunked_body_start).
+        self._cut_head: RequestHead | None = None
+        self._cut_tail = b""
+        self._cut_received: int | None = None
+
+    def _new_llhttp(self) -> httptools.HttpRequestParser:
+        parser = httptools.HttpRequestParser(self)
+        # Accept any one-digit version so HTTP/1.2 is served as 1.1 and HTTP/2.0
+        # or 3.0 get 505 from us (RFC 9110 6.2) rather than llhttp's 400.
+        parser.set_dangerous_leniencies(lenient_version=True)
+        return parser
 
     @property
     def at_boundary(self) -> bool:
@@ -209,62 +288,217 @@ class RequestParser:
             return
         if self._dead:
             raise ProtocolError(400, "data after a refused request")
-        at_message_start = self._boundary
-        start = data if at_message_start else self._method_start
-        if start is not None and not at_message_start:
-            start += data
-        # httptools' version and method getters cost more than reading the
-        # request line again; llhttp has validated it by the time we look.
-        self._start_chunk = data if at_message_start else None
-        completed = self._completed
+        if self._chunked is not None:
+            # The rest after the chunked message, if any, starts a new request.
+            data = self._feed_chunked(data)
+            if not data:
+                return
+        # One pass per stretch between chunked bodies (a loop, not recursion:
+        # a feed may hold many pipelined chunked requests).
+        while True:
+            at_message_start = self._boundary
+            start = data if at_message_start else self._method_start
+            if start is not None and not at_message_start:
+                start += data
+            # httptools' version and method getters cost more than reading the
+            # request line again; llhttp has validated it by the time we look.
+            self._start_chunk = data if at_message_start else None
+            completed = self._completed
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserInvalidMethodError:
+                self._dead = True
+                if start is None or self._completed != completed:
+                    # The method began after another message in this feed: where is unknown.
+                    raise ProtocolError(400, "invalid method") from None
+                self._refuse_method(start)
+                return
+            except httptools.HttpParserUpgrade:
+                # WSGI cannot take over the connection: serve the request as plain
+                # HTTP and close afterwards, since llhttp stops parsing here.
+                self._head.upgrade = True
+                self._dead = True
+                return
+            except httptools.HttpParserError as exc:
+                # on_headers_complete sets _chunked (None until then) as it stops llhttp.
+                if self._chunked is None:
+                    raise self._refusal(exc) from None
+                self._method_start = None
+                data = self._start_chunked_body(data, at_message_start, self._completed - completed)
+                if not data:
+                    return
+                continue
+            if (
+                not self._boundary
+                and self._in_head
+                and start is not None
+                and len(start) <= _MAX_METHOD
+                and b" " not in start
+            ):
+                # A request line cut inside its method keeps its start for the next feed.
+                self._method_start = start
+            elif self._method_start is not None:
+                self._method_start = None
+            if not self._boundary:
+                self._cut_head = self._head
+                if not self._in_head:
+                    self._cut_received = self._body_bytes
+                    return
+                self._cut_received = None
+                self._cut_tail = (self._cut_tail + data)[-3:]
+                # llhttp buffers a partial field without calling back: bound it here.
+                # A head that began inside this chunk after another message ended
+                # is counted from the next chunk on (its share here is unknown).
+                if self._completed == completed:
+                    self._head_bytes += len(data)
+                if self._head_bytes > self._limits.max_head_size:
+                    self._dead = True
+                    if not self._field_count and len(self._url) >= self._limits.max_request_line:
+                        raise ProtocolError(414, "request line too long")
+                    raise ProtocolError(431, "request head too large")
+            return
+
+    def _refusal(self, exc: httptools.HttpParserError) -> ProtocolError:
+        """The refusal for an llhttp error; the connection is done."""
+        self._dead = True
+        if self._error is not None:
+            return self._error
+        if isinstance(exc, httptools.HttpParserCallbackError):
+            return ProtocolError(500, f"parser callback failed: {exc}")
+        status, reason = _status_for_llhttp_error(str(exc))
+        return ProtocolError(status, reason)
+
+    def _refuse_chunk(self, reason: str) -> None:
+        self._dead = True
+        raise ProtocolError(400, reason)
+
+    # chunked bodies ----------------------------------------------------------
+
+    def _start_chunked_body(self, data: bytes, at_message_start: bool, completed: int) -> bytes:
+        """llhttp stopped after a chunked head in ``data``: read its body from here on.
+
+        Returns the bytes after the end of the chunked message (empty if none yet).
+
+        llhttp cannot be resumed, so a fresh parser is put at the start of a chunked
+        body by feeding it a stand-in head with the sink muted.
+        """
+        offset = self._chunked_body_start(data, at_message_start, completed)
+        head, sink = self._head, self._sink
+        self._sink = _DISCARD
+        self._start_chunk = None
+        self._parser = self._new_llhttp()
+        try:
+            self._parser.feed_data(_CHUNKED_HEAD)
+        finally:
+            self._head, self._sink = head, sink
+        return self._feed_chunked(data[offset:])
+
+    def _chunked_body_start(self, data: bytes, at_message_start: bool, completed: int) -> int:
+        """Where in ``data`` the body of the chunked head llhttp just stopped at begins.
+
+        ``completed`` messages ended in ``data`` before it; none of them was chunked
+        (that would have stopped llhttp), so each ends after its head and its
+        Content-Length bytes. llhttp has accepted every head up to here.
+        """
+        pos = 0
+        if not at_message_start:
+            # This call began inside a message cut by the previous one.
+            first = self._cut_head
+            assert first is not None
+            if self._cut_received is None:
+                pos = _head_end(data, tail=self._cut_tail)
+                if pos < 0:
+                    self._refuse_chunk("chunked body start not found")
+                if not completed:
+                    return pos
+                pos += first.content_length or 0
+            else:
+                pos = (first.content_length or 0) - self._cut_received
+            completed -= 1
+        while True:
+            # llhttp skips empty lines before a request line.
+            while data[pos : pos + 1] in (b"\r", b"\n"):
+                pos += 1
+            end = _head_end(data, pos)
+            if end < 0:  # llhttp accepted a head that is not there: trust nothing
+                self._refuse_chunk("chunked body start not found")
+            if not completed:
+                return end
+            field = _CONTENT_LENGTH_FIELD.search(data, pos, end)
+            pos = end + (int(field[1]) if field is not None else 0)
+            completed -= 1
+
+    def _feed_chunked(self, data: bytes) -> bytes:
+        """Feed chunked-body bytes to llhttp with each chunk-size line checked and bared.
+
+        Returns what follows the end of the message in ``data``: a new request.
+        """
+        framing = self._chunked
+        assert framing is not None
+        out: list[bytes] = []
+        pos = 0
+        end = len(data)
+        rest = None
+        while pos < end:
+            if framing.trailer_tail is not None:
+                # Trailer fields go to llhttp as they are; only the empty line that
+                # ends them is looked for here.
+                segment = data[pos:] if pos else data
+                stop = _head_end(segment, tail=framing.trailer_tail)
+                if stop < 0:
+                    out.append(segment)
+                    framing.trailer_tail = (framing.trailer_tail + segment)[-3:]
+                    break
+                out.append(segment[:stop])
+                rest = segment[stop:]
+                break
+            if framing.remaining:
+                take = min(framing.remaining, end - pos)
+                out.append(data[pos : pos + take])
+                framing.remaining -= take
+                pos += take
+                continue
+            newline = data.find(b"\n", pos)
+            if newline < 0:
+                framing.line += data[pos:]
+                if len(framing.line) > _MAX_CHUNK_LINE:
+                    self._execute(out)
+                    self._refuse_chunk("chunk-size line too long")
+                break
+            line = framing.line + data[pos : newline + 1]
+            framing.line = b""
+            pos = newline + 1
+            match = _CHUNK_SIZE_LINE.fullmatch(line) if len(line) <= _MAX_CHUNK_LINE else None
+            if match is None:
+                self._execute(out)
+                if len(line) > _MAX_CHUNK_LINE:
+                    self._refuse_chunk("chunk-size line too long")
+                self._refuse_chunk("invalid chunk-size line")
+            assert match is not None
+            size = int(match[1], 16)
+            out.append(b"%x\r\n" % size)
+            if size:
+                framing.remaining = size + 2
+            else:
+                framing.trailer_tail = b"\r\n"
+        self._execute(out)
+        if rest is None:
+            return b""
+        self._chunked = None
+        if not self._boundary:
+            self._refuse_chunk("chunked message did not end after its trailer section")
+        return rest
+
+    def _execute(self, pieces: list[bytes]) -> None:
+        """Feed ``pieces`` of a chunked body (with bare size lines) to llhttp."""
+        if not pieces:
+            return
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        pieces.clear()
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserInvalidMethodError:
-            self._dead = True
-            if start is None or self._completed != completed:
-                # The method began after another message in this feed: where is unknown.
-                raise ProtocolError(400, "invalid method") from None
-            self._refuse_method(start)
-            return
-        except httptools.HttpParserUpgrade:
-            # WSGI cannot take over the connection: serve the request as plain
-            # HTTP and close afterwards, since llhttp stops parsing here.
-            self._head.upgrade = True
-            self._dead = True
-            return
-        except httptools.HttpParserCallbackError as exc:
-            self._dead = True
-            if self._error is not None:
-                raise self._error from None
-            raise ProtocolError(500, f"parser callback failed: {exc}") from exc
         except httptools.HttpParserError as exc:
-            self._dead = True
-            if self._error is not None:
-                raise self._error from None
-            status, reason = _status_for_llhttp_error(str(exc))
-            raise ProtocolError(status, reason) from None
-        if (
-            not self._boundary
-            and self._in_head
-            and start is not None
-            and len(start) <= _MAX_METHOD
-            and b" " not in start
-        ):
-            # A request line cut inside its method keeps its start for the next feed.
-            self._method_start = start
-        elif self._method_start is not None:
-            self._method_start = None
-        if self._in_head and not self._boundary:
-            # llhttp buffers a partial field without calling back: bound it here.
-            # A head that began inside this chunk after another message ended
-            # is counted from the next chunk on (its share here is unknown).
-            if self._completed == completed:
-                self._head_bytes += len(data)
-            if self._head_bytes > self._limits.max_head_size:
-                self._dead = True
-                if not self._field_count and len(self._url) >= self._limits.max_request_line:
-                    raise ProtocolError(414, "request line too long")
-                raise ProtocolError(431, "request head too large")
+            raise self._refusal(exc) from None
 
     def _refuse_method(self, start: bytes) -> None:
         """Refuse a method llhttp does not know: 501 for a token (RFC 9110 9.1), else 400.
@@ -392,6 +626,13 @@ class RequestParser:
             self._fail(400, "an HTTP/1.1 request needs exactly one Host field")
         if self._te is not None or self._content_length is not None or self._expect is not None:
             self._decide_framing(head, version)
+            self._in_head = False
+            self._sink.request_head(head)
+            if head.chunked and self._chunked is None:
+                # Chunk-size lines need checks llhttp cannot make: stop it here.
+                self._chunked = _ChunkedFraming()
+                raise _ChunkedBodyFollows
+            return
         self._in_head = False
         self._sink.request_head(head)
 

@@ -183,3 +183,68 @@ def test_environ_over_uwsgi_is_what_the_front_said(unix_server: tuple[GantryServ
     }
     https_only = _exchange(path, encode_packet(_vars("/environ", HTTPS="on")))
     assert json.loads(https_only.partition(b"\r\n\r\n")[2])["wsgi.url_scheme"] == "https"
+
+
+def _read_response(sock: socket.socket) -> tuple[bytes, bytes]:
+    """One framed response (Content-Length or chunked) from a kept connection."""
+    import http.client
+
+    class _Source:
+        def makefile(self, mode: str) -> object:
+            return sock.makefile("rb")
+
+    response = http.client.HTTPResponse(_Source())  # type: ignore[arg-type]
+    response.begin()
+    head = b"".join(f"{k}: {v}\r\n".encode() for k, v in response.getheaders())
+    return head, response.read()
+
+
+def test_kept_connection_serves_packet_after_packet(unix_server: tuple[GantryServer, str]) -> None:
+    """GANTRY_KEEPALIVE=1 (what gantry front sends its pools): framed responses, and the
+    connection stays for the next packet; streamed bodies come chunked."""
+    _, path = unix_server
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(path)
+        for target in ("/hello", "/stream", "/hello"):
+            sock.sendall(encode_packet(_vars(target, GANTRY_KEEPALIVE="1")))
+            head, body = _read_response(sock)
+            if target == "/hello":
+                assert body == b"Hello World!"
+                assert b"Content-Length: 12" in head
+            else:
+                assert b"Transfer-Encoding: chunked" in head and body
+            assert b"Connection: close" not in head
+
+
+def test_without_the_flag_the_connection_closes(unix_server: tuple[GantryServer, str]) -> None:
+    _, path = unix_server
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(path)
+        sock.sendall(encode_packet(_vars("/stream")) + encode_packet(_vars("/hello")))
+        data = read_all(sock)
+    # close-delimited, one response only, as nginx expects
+    assert data.count(b"HTTP/1.1 200") == 1 and b"Transfer-Encoding" not in data
+
+
+def test_kept_connection_idles_out(tmp_path: Path) -> None:
+    path = str(tmp_path / "k.sock")
+    server = GantryServer(
+        ECHO_APP, "--uwsgi-socket", path, "--keepalive-timeout", "1",
+        log_path=tmp_path / "log", http=False,
+    )  # fmt: skip
+    server.start(wait_for=path)
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(5)
+            sock.connect(path)
+            sock.sendall(encode_packet(_vars("/hello", GANTRY_KEEPALIVE="1")))
+            _, body = _read_response(sock)
+            assert body == b"Hello World!"
+            started = time.monotonic()
+            assert sock.recv(1) == b""  # closed by the server once idle
+            assert 0.5 < time.monotonic() - started < 4
+        assert "timed out" not in server.log_text()
+    finally:
+        server.stop()

@@ -1,4 +1,10 @@
-"""The uwsgi-protocol connection: one request per connection, as nginx's uwsgi_pass sends it."""
+"""The uwsgi-protocol connection: one request per connection, as nginx's uwsgi_pass sends it.
+
+Gantry's own front may ask to keep the connection for the next packet by sending
+the var ``GANTRY_KEEPALIVE=1`` (as FastCGI's keep-conn flag): the response is then
+framed (Content-Length or chunked) and the connection waits for the next packet,
+idle for at most the keep-alive timeout. nginx never sends it and gets the close.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import ipaddress
 from typing import Any
 
 from gantry.appserver.context import WorkerContext, error_log
+from gantry.appserver.http import IDLE_STATE
 from gantry.appserver.wsgi_connection import WSGIConnection
 from gantry.protocol.uwsgi import UwsgiProtocolError, parse_packet
 from gantry.wsgi.environ import EnvironTemplate
@@ -14,9 +21,12 @@ from gantry.wsgi.input import EMPTY_INPUT, BodyBuffer
 from gantry.wsgi.response import Response, error_response
 from gantry.wsgi.uwsgi_environ import environ_from_uwsgi
 
+KEEPALIVE_VAR = b"GANTRY_KEEPALIVE"
+
 
 class UwsgiConnection(WSGIConnection):
-    """Reads one uwsgi packet and its body, runs the app, answers raw HTTP and closes."""
+    """Reads a uwsgi packet and its body, runs the app, answers raw HTTP; closes unless the
+    peer asked to keep the connection."""
 
     raw_response = True
 
@@ -33,6 +43,12 @@ class UwsgiConnection(WSGIConnection):
         self.vars: list[tuple[bytes, bytes]] | None = None
         self.body: BodyBuffer | None = None
         self.remaining = 0
+        #: the current packet asked to keep the connection
+        self.reuse = False
+        #: bytes of the next packet that came while a response was running
+        self.early = b""
+        #: when a kept connection went idle (0: a packet is being read or run)
+        self.idle_since = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -55,18 +71,28 @@ class UwsgiConnection(WSGIConnection):
         if self.body is not None:
             self.body.discard()
 
+    @property
+    def state(self) -> object:
+        """IDLE_STATE between packets of a kept connection (a graceful stop closes it)."""
+        return IDLE_STATE if self.vars is None and not self.buffer and not self.busy else None
+
     def deadline_passed(self) -> None:
-        """The packet or its body did not arrive in time."""
+        """The packet or its body did not arrive in time (or a kept connection idled out)."""
         self.deadline = 0.0
         if self.busy or self.closed:
             return
-        error_log.info("uwsgi: timed out reading the request from %s", self.remote_addr)
+        if self.state is not IDLE_STATE:
+            error_log.info("uwsgi: timed out reading the request from %s", self.remote_addr)
         assert self.transport is not None
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self.vars is None:
             buffer = self.buffer
+            if not buffer and self.idle_since:
+                # a kept connection's next packet: the head timeout starts now
+                self.idle_since = 0.0
+                self.deadline = self.loop.time() + self.ctx.config.header_timeout
             buffer += data
             try:
                 parsed = parse_packet(buffer, self.ctx.config.buffer_size)
@@ -89,6 +115,8 @@ class UwsgiConnection(WSGIConnection):
                         self._malformed("invalid CONTENT_LENGTH")
                         return
                     length = int(value or b"0")
+                elif key == KEEPALIVE_VAR:
+                    self.reuse = value == b"1"
             if length > self.ctx.limits.max_body_size:
                 self._reply_and_close("413 Content Too Large")
                 return
@@ -101,6 +129,8 @@ class UwsgiConnection(WSGIConnection):
                 self.ctx.schedule(self._start)
                 return
         if self.busy:
+            if self.reuse:
+                self.early += data  # the next packet, read once this response is done
             return  # one request per connection: ignore anything past the body
         if self.body is not None and data:
             piece = data[: self.remaining]
@@ -119,6 +149,8 @@ class UwsgiConnection(WSGIConnection):
         environ: dict[str, Any] = self.template.base.copy()
         cgi = environ_from_uwsgi(self.vars, self.template.mount_prefix)
         scheme = cgi.pop("UWSGI_SCHEME", None)
+        if self.reuse:
+            del cgi["GANTRY_KEEPALIVE"]
         environ.update(cgi)
         if scheme:
             environ["wsgi.url_scheme"] = scheme
@@ -128,7 +160,7 @@ class UwsgiConnection(WSGIConnection):
         protocol = environ.get("SERVER_PROTOCOL", "HTTP/1.1")
         response = Response(
             self.write_callable,
-            keep_alive=False,
+            keep_alive=self.reuse and not self.ctx.stopping,
             head_only=environ.get("REQUEST_METHOD") == "HEAD",
             http10=protocol == "HTTP/1.0",
             raw=True,
@@ -136,7 +168,23 @@ class UwsgiConnection(WSGIConnection):
         self.run_app(environ, response)
 
     def response_done(self, keep_alive: bool) -> None:
-        self._close()
+        if not (self.reuse and keep_alive) or self.closed:
+            self._close()
+            return
+        # Ready for the next packet on this connection.
+        self.busy = False
+        self.vars = None
+        self.reuse = False
+        self.remaining = 0
+        self.deadline = self.loop.time() + self.ctx.config.keepalive_timeout
+        self.idle_since = self.ctx.now
+        early, self.early = self.early, b""
+        if early:
+            self.loop.call_soon(self._resume_with, early)
+
+    def _resume_with(self, data: bytes) -> None:
+        if not self.closed and not self.busy and self.vars is None:
+            self.data_received(data)
 
     def _malformed(self, reason: str) -> None:
         error_log.error("uwsgi: malformed packet from %s: %s", self.remote_addr or "unix", reason)

@@ -78,7 +78,24 @@ class UpstreamSettings(_Strict):
     send_timeout: float = Field(
         60.0, gt=0, description="Seconds allowed between two writes of the request body."
     )
-    keepalive: int = Field(32, ge=0, description="Idle HTTP connections kept per worker.")
+    keepalive: int = Field(
+        128,
+        ge=0,
+        description="Idle connections kept per worker for reuse (HTTP upstreams, "
+        "and uwsgi upstreams with gantry_keepalive).",
+    )
+    keepalive_timeout: float = Field(
+        1.5,
+        gt=0,
+        description="Seconds an idle kept connection may wait for its next request; "
+        "keep it below the upstream's own keep-alive timeout (gunicorn: 2 s, gantry: 5 s).",
+    )
+    gantry_keepalive: bool = Field(
+        False,
+        description="uwsgi upstreams that are `gantry serve`: ask them to keep the "
+        "connection for the next request (the var GANTRY_KEEPALIVE=1; real uWSGI closes after "
+        "each response, as nginx expects). `gantry up` sets it for its pools.",
+    )
     health_check: HealthCheckSettings | None = Field(
         None, description="Active health checks; unset: only passive ones (max_fails)."
     )
@@ -289,6 +306,8 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
             read_timeout=up.read_timeout,
             send_timeout=up.send_timeout,
             keepalive=up.keepalive,
+            keepalive_timeout=up.keepalive_timeout,
+            gantry_keepalive=up.gantry_keepalive,
             next_upstream=tuple(up.next_upstream),
             health_check=HealthCheck(**up.health_check.model_dump()) if up.health_check else None,
             servers=tuple(UpstreamServer(**s.model_dump()) for s in up.servers),

@@ -94,7 +94,10 @@ class Upstream:
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     send_timeout: float = 60.0
-    keepalive: int = 32  # idle HTTP connections kept per worker
+    keepalive: int = 128  # idle connections kept per worker
+    keepalive_timeout: float = 1.5  # seconds an idle kept connection is trusted
+    #: a uwsgi upstream that is gantry serve keeps the connection (GANTRY_KEEPALIVE=1)
+    gantry_keepalive: bool = False
     #: also retry idempotent requests on these (nginx's proxy_next_upstream)
     next_upstream: tuple[str, ...] = ("error",)
     health_check: HealthCheck | None = None

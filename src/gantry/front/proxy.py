@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 __all__ = ["KeepAlivePool", "ProxyRequest", "RequestBody", "StreamedBody"]
 
+# Asks a gantry serve uwsgi socket to keep the connection for the next packet.
+KEEPALIVE_VAR = (b"GANTRY_KEEPALIVE", b"1")
+
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 # Hop-by-hop fields (RFC 9110 7.6.1) and what a proxy hides by default (nginx's
@@ -44,13 +47,26 @@ class KeepAlivePool:
         self.loop = loop
         self.idle: dict[str, list[UpstreamConnection]] = {}
 
-    async def get(self, address: str, timeout: float) -> tuple[UpstreamConnection, bool]:
-        """A connection to ``address``; True when it is a reused one (it may be stale)."""
+    def take(self, address: str, max_idle: float) -> UpstreamConnection | None:
+        """An idle connection to ``address`` that has waited at most ``max_idle`` seconds."""
         idle = self.idle.get(address)
+        if not idle:
+            return None
+        oldest_kept = self.loop.time() - max_idle
         while idle:
             conn = idle.pop()
-            if not conn.closed:
-                return conn, True
+            if not conn.closed and conn.idle_since >= oldest_kept:
+                return conn
+            conn.abort()
+        return None
+
+    async def get(
+        self, address: str, timeout: float, max_idle: float = 1.5
+    ) -> tuple[UpstreamConnection, bool]:
+        """A connection to ``address``; True when it is a reused one (it may be stale)."""
+        conn = self.take(address, max_idle)
+        if conn is not None:
+            return conn, True
         conn = await open_upstream(self.loop, address, timeout)
         conn.on_lost = self._forget
         return conn, False
@@ -61,6 +77,7 @@ class KeepAlivePool:
         if conn.closed or len(idle) >= limit:
             conn.abort()
             return
+        conn.idle_since = self.loop.time()
         idle.append(conn)
 
     def _forget(self, conn: UpstreamConnection) -> None:
@@ -162,6 +179,8 @@ class ProxyRequest(UpstreamResponse):
         else:
             self.body_length = body.length
         self.upstream = upstream
+        #: connections to this upstream may serve another request
+        self.reusable = upstream.protocol == "http" or upstream.gantry_keepalive
         self.pool = pool
         self.location = location
         self.peer: Peer | None = None
@@ -193,6 +212,7 @@ class ProxyRequest(UpstreamResponse):
         tried: list[Peer] = []
         last = UpstreamError(502, f"no live server in upstream {upstream.name!r}")
         stale_retries = 1
+        fresh = False  # after a stale kept connection, the retry opens a new one
         while len(tried) < upstream.max_tries:
             peer = self.pool.pick(self.client.remote_addr, head.target.decode("latin-1"), tried)
             if peer is None:
@@ -203,9 +223,9 @@ class ProxyRequest(UpstreamResponse):
             self.attempt_open = True
             reused = False
             try:
-                if upstream.protocol == "http" and stream is None:
+                if self.reusable and stream is None and not fresh:
                     conn, reused = await self.client.worker.keepalive.get(
-                        peer.server.address, upstream.connect_timeout
+                        peer.server.address, upstream.connect_timeout, upstream.keepalive_timeout
                     )
                 else:
                     # a streamed body cannot be sent twice: never risk a stale connection
@@ -241,6 +261,7 @@ class ProxyRequest(UpstreamResponse):
                 break  # the body is gone: nothing left to send another server
             if result == "stale" and reused and stale_retries:
                 stale_retries -= 1  # an idle keep-alive connection the upstream had closed
+                fresh = True  # its siblings may be closing too (a reload): a new one
                 continue
             tried.append(peer)
             if not retry_ok or result == "final":
@@ -300,7 +321,10 @@ class ProxyRequest(UpstreamResponse):
         body = self.body_in if isinstance(self.body_in, bytes) else b""
         client, head, location = self.client, self.head_in, self.location
         if self.upstream.protocol == "uwsgi":
-            return uwsgi_payload(client.uwsgi_vars(head, self.body_length, location), body)
+            pairs = client.uwsgi_vars(head, self.body_length, location)
+            if self.upstream.gantry_keepalive:
+                pairs.append(KEEPALIVE_VAR)
+            return uwsgi_payload(pairs, body)
         request = client.http_request_head(head, self.body_length, location)
         return [request, body] if body else [request]
 
@@ -343,7 +367,7 @@ class ProxyRequest(UpstreamResponse):
             self.pool.finished(peer, ok=True)
         if conn is not None:
             # an answer that came before the whole body went out leaves the rest unsent
-            if reusable and self.upstream.protocol == "http" and self._body_sent(conn):
+            if reusable and self.reusable and self._body_sent(conn):
                 conn.resume()
                 self.client.worker.keepalive.put(conn, self.upstream.keepalive)
             else:

@@ -75,6 +75,8 @@ class UpstreamConnection(asyncio.Protocol):
         #: called when a paused write side drains (or the connection is lost)
         self.on_drain: Callable[[], None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
+        #: when it was put back in the keep-alive pool
+        self.idle_since = 0.0
 
     # asyncio.Protocol ------------------------------------------------------------
 

@@ -139,6 +139,11 @@ class StackPlan:
                 "servers": [{"address": f"unix:{self.pool_socket(app.name)}"}],
                 "max_tries": 1,
                 "read_timeout": max(60.0, app.harakiri + 5.0),
+                # kept connections: no connect/accept/close per request; dropped by the
+                # front well before the pool would close them idle
+                "gantry_keepalive": True,
+                "keepalive": 1024,
+                "keepalive_timeout": app.keepalive_timeout / 2,
             }
         if not table["server"] and self.settings.app:
             # No server block: everything goes to the first pool.

@@ -162,8 +162,9 @@ class Response:
     bytes_sent = 0
     #: the app produced more bytes than its Content-Length: the rest was dropped
     truncated = False
-    #: uwsgi mode: no chunking, no Date/Server, the connection closes after
+    #: uwsgi mode: no Date/Server; the connection closes after unless the peer asked
     raw = False
+    reuse_asked = False
     #: whether body bytes may follow the head (set by start_response)
     body_allowed = False
 
@@ -182,6 +183,9 @@ class Response:
         self.http10 = http10
         if raw:
             self.raw = True
+            #: a uwsgi peer asked to keep the connection (GANTRY_KEEPALIVE): frame the body
+            #: and say Connection: close when it cannot be kept
+            self.reuse_asked = keep_alive
 
     def start_response(
         self,
@@ -255,7 +259,7 @@ class Response:
             pass
         elif body_length is not None:
             append(_length_line(body_length))
-        elif self.raw or self.head_only or self.http10:
+        elif (self.raw and not self.keep_alive) or self.head_only or self.http10:
             # No length and no chunked coding: the end of the body is the close.
             # (For HEAD, the length of a body never produced is unknown.)
             self.keep_alive = False
@@ -263,6 +267,8 @@ class Response:
             self.chunked = True
             append(b"Transfer-Encoding: chunked\r\n")
         if self.raw:
+            if self.reuse_asked and not self.keep_alive:
+                append(b"Connection: close\r\n")
             append(b"\r\n")
         else:
             if not self.keep_alive:

@@ -116,3 +116,41 @@ def test_health_tracker_rise_and_fall() -> None:
     assert set(_names(pool, 20)) == {"b"}
     assert not tracker.record(peer, True)
     assert tracker.record(peer, True) and peer.healthy
+
+
+def test_hash_key_expands_nginx_variables() -> None:
+    from gantry.front.balancing import hash_key
+    from gantry.protocol.http1 import RequestHead
+
+    head = RequestHead()
+    head.method = "GET"
+    head.target = b"/a/b?x=1"
+    head.path = b"/a/b"
+    head.query = b"x=1"
+    head.headers = [(b"Host", b"Example.test:8080"), (b"Cookie", b"a=1; sid=abc"),
+                    (b"X-Tenant", b"t7")]  # fmt: skip
+    assert hash_key("$request_uri", head, "10.0.0.1") == "/a/b?x=1"
+    assert hash_key("$uri|$args", head, "10.0.0.1") == "/a/b|x=1"
+    assert hash_key("$remote_addr$host", head, "10.0.0.1") == "10.0.0.1example.test"
+    assert hash_key("${http_x_tenant}-$cookie_sid", head, "") == "t7-abc"
+    assert hash_key("$nope$request_method", head, "") == "GET"
+
+
+def test_hash_balance_uses_the_configured_key() -> None:
+    upstream = Upstream(
+        name="u", balance="hash", hash_key="$http_x_tenant",
+        servers=tuple(UpstreamServer(address=f"127.0.0.1:{9000 + i}") for i in range(4)),
+    )  # fmt: skip
+    pool = UpstreamPool(upstream)
+    from gantry.front.balancing import hash_key
+    from gantry.protocol.http1 import RequestHead
+
+    picked = set()
+    for uri in range(50):
+        head = RequestHead()
+        head.target = head.path = f"/{uri}".encode()
+        head.headers = [(b"X-Tenant", b"same")]
+        peer = pool.pick("127.0.0.1", hash_key(upstream.hash_key, head, "127.0.0.1"))
+        assert peer is not None
+        picked.add(peer.server.address)
+    assert len(picked) == 1  # one tenant, one server, whatever the URI

@@ -5,12 +5,14 @@ from __future__ import annotations
 import bisect
 import hashlib
 import ipaddress
+import re
 import time
 import zlib
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from gantry.front.model import HealthCheck, Upstream, UpstreamServer
+from gantry.protocol.http1 import RequestHead
 
 __all__ = ["HealthCheck", "HealthTracker", "Peer", "UpstreamPool"]
 
@@ -174,3 +176,47 @@ class HealthTracker:
                 self.pool.set_health(peer, False)
                 return True
         return False
+
+
+_VARIABLE = re.compile(r"\$(\{[a-z0-9_]+\}|[a-z0-9_]+)")
+
+
+def hash_key(template: str, head: RequestHead, client_ip: str) -> str:
+    """The key of ``balance = "hash"``: nginx variables in ``template`` replaced from the
+    request ($request_uri, $uri, $args, $host, $remote_addr, $request_method, $scheme,
+    $http_NAME, $cookie_NAME); an unknown variable is empty, as in nginx."""
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1).strip("{}")
+        if name == "request_uri":
+            return head.target.decode("latin-1")
+        if name == "uri":
+            return head.path.decode("latin-1")
+        if name in ("args", "query_string"):
+            return head.query.decode("latin-1")
+        if name == "remote_addr":
+            return client_ip
+        if name == "request_method":
+            return head.method
+        if name == "scheme":
+            return "http"
+        if name == "host":
+            return (_field(head, b"host") or "").split(":")[0].lower()
+        if name.startswith("http_"):
+            return _field(head, name[5:].replace("_", "-").encode()) or ""
+        if name.startswith("cookie_"):
+            wanted = name[7:]
+            for part in (_field(head, b"cookie") or "").split(";"):
+                key, _, cookie = part.strip().partition("=")
+                if key == wanted:
+                    return cookie
+        return ""
+
+    return _VARIABLE.sub(value, template)
+
+
+def _field(head: RequestHead, name: bytes) -> str | None:
+    for field_name, field_value in head.headers:
+        if field_name.lower() == name:
+            return field_value.decode("latin-1")
+    return None

@@ -63,8 +63,8 @@ class UpstreamSettings(_Strict):
     )
     key: str = Field(
         "$request_uri",
-        description="The key of balance = 'hash'; the request target ($request_uri) is the "
-        "one key used today.",
+        description="The key of balance = 'hash', with nginx variables: $request_uri, $uri, "
+        "$args, $host, $remote_addr, $request_method, $http_NAME, $cookie_NAME.",
     )
     max_tries: int = Field(3, ge=1, description="Servers tried for one request at most.")
     connect_timeout: float = Field(

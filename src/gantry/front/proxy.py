@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from gantry.front.balancing import Peer, UpstreamPool
+from gantry.front.balancing import Peer, UpstreamPool, hash_key
 from gantry.front.model import Location, Upstream
 from gantry.front.upstream import (
     UpstreamConnection,
@@ -212,9 +212,12 @@ class ProxyRequest(UpstreamResponse):
         tried: list[Peer] = []
         last = UpstreamError(502, f"no live server in upstream {upstream.name!r}")
         stale_retries = 1
+        key = ""
+        if upstream.balance == "hash":
+            key = hash_key(upstream.hash_key, head, self.client.remote_addr)
         fresh = False  # after a stale kept connection, the retry opens a new one
         while len(tried) < upstream.max_tries:
-            peer = self.pool.pick(self.client.remote_addr, head.target.decode("latin-1"), tried)
+            peer = self.pool.pick(self.client.remote_addr, key, tried)
             if peer is None:
                 break
             self.peer = peer

@@ -8,11 +8,19 @@ trusted and the connection must be closed.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Protocol
 
 import httptools
+
+from gantry.protocol.chunked import (
+    CHUNKED_HEAD,
+    DISCARD,
+    FORBIDDEN_TRAILERS,
+    ChunkedBodyFollows,
+    ChunkedFraming,
+    chunked_body_start,
+)
 
 __all__ = [
     "HTTPLimits",
@@ -88,31 +96,6 @@ class RequestSink(Protocol):
         """The message is complete; ``trailers`` are the chunked trailer fields, if any."""
 
 
-# Fields that may never come in a trailer section (RFC 9110 6.5.1): framing,
-# routing and control data must be in the head.
-_FORBIDDEN_TRAILERS = frozenset(
-    {
-        b"content-length",
-        b"transfer-encoding",
-        b"host",
-        b"content-type",
-        b"content-encoding",
-        b"content-range",
-        b"trailer",
-        b"expect",
-        b"te",
-        b"connection",
-        b"keep-alive",
-        b"upgrade",
-        b"authorization",
-        b"cache-control",
-        b"max-forwards",
-        b"proxy-authorization",
-        b"range",
-        b"set-cookie",
-    }
-)
-
 _TCHARS = frozenset(
     b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
@@ -125,69 +108,6 @@ _METHODS = {
 
 #: the longest method token considered for 501; a longer run is refused as garbage
 _MAX_METHOD = 64
-
-# chunk = chunk-size [ chunk-ext ] CRLF (RFC 9112 7.1, 7.1.1), with BWS only around
-# ';' and '=': llhttp refuses that BWS, so chunk-size lines are checked here and
-# llhttp is fed the bare size.
-_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_QUOTED_STRING = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
-_CHUNK_EXT = (
-    rb"[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED_STRING + rb"))?"
-)
-_CHUNK_SIZE_LINE = re.compile(rb"0*([0-9A-Fa-f]{1,16})(?:" + _CHUNK_EXT + rb")*\r\n")
-#: a chunk-size line longer than this (extensions included) is refused
-_MAX_CHUNK_LINE = 4096
-#: what a fresh llhttp parser is fed to put it where a chunked body begins
-_CHUNKED_HEAD = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
-# Content-Length of a head llhttp has already accepted (one field, digits; no folding)
-_CONTENT_LENGTH_FIELD = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)", re.IGNORECASE)
-
-
-class _ChunkedBodyFollows(Exception):
-    """Raised from on_headers_complete to stop llhttp where a chunked body begins."""
-
-
-class _ChunkedFraming:
-    """How far a chunked body has come: inside a size line, chunk data, or the trailers."""
-
-    __slots__ = ("line", "remaining", "trailer_tail")
-
-    def __init__(self) -> None:
-        #: the start of a chunk-size line cut by a feed
-        self.line = b""
-        #: chunk-data bytes plus its CRLF still to come
-        self.remaining = 0
-        #: once in the trailer section, its last bytes fed (to find CRLF CRLF across feeds)
-        self.trailer_tail: bytes | None = None
-
-
-class _DiscardSink:
-    """Swallows the callbacks of the stand-in head fed to a fresh llhttp parser."""
-
-    def request_head(self, head: RequestHead) -> None:
-        """Drop it."""
-
-    def request_body(self, data: bytes) -> None:
-        """Drop it."""
-
-    def request_end(self, trailers: list[tuple[bytes, bytes]] | None) -> None:
-        """Drop it."""
-
-
-_DISCARD = _DiscardSink()
-
-
-def _head_end(data: bytes, start: int = 0, tail: bytes = b"") -> int:
-    """Offset in ``data`` just past the CRLF CRLF that ends a head llhttp accepted, or -1.
-
-    ``tail`` is the end of the same head's bytes fed before ``data`` (then ``start`` is 0).
-    """
-    # llhttp (strict) allows no bare CR or LF in a head, so its first empty line ends it.
-    if tail:
-        found = (tail + data).find(b"\r\n\r\n")
-        return found if found < 0 else found + 4 - len(tail)
-    found = data.find(b"\r\n\r\n", start)
-    return found if found < 0 else found + 4
 
 
 def _status_for_llhttp_error(message: str) -> tuple[int, str]:
@@ -257,7 +177,7 @@ class RequestParser:
         self._method_start: bytes | None = None
         self._pending_method: bytes | None = None
         # Set while a chunked body is read: its size lines go through _feed_chunked.
-        self._chunked: _ChunkedFraming | None = None
+        self._chunked: ChunkedFraming | None = None
         # Where the last llhttp call stopped inside a message: its head, the last
         # bytes of a cut head, or the body bytes received (used by _chunked_body_start).
         self._cut_head: RequestHead | None = None
@@ -382,51 +302,29 @@ class RequestParser:
         llhttp cannot be resumed, so a fresh parser is put at the start of a chunked
         body by feeding it a stand-in head with the sink muted.
         """
-        offset = self._chunked_body_start(data, at_message_start, completed)
+        cut_length = None
+        if not at_message_start:
+            # This call began inside a message cut by the previous one.
+            assert self._cut_head is not None
+            cut_length = self._cut_head.content_length or 0
+        offset = chunked_body_start(
+            data,
+            completed,
+            cut_length=cut_length,
+            cut_tail=self._cut_tail,
+            cut_received=self._cut_received,
+        )
+        if offset < 0:
+            self._refuse_chunk("chunked body start not found")
         head, sink = self._head, self._sink
-        self._sink = _DISCARD
+        self._sink = DISCARD
         self._start_chunk = None
         self._parser = self._new_llhttp()
         try:
-            self._parser.feed_data(_CHUNKED_HEAD)
+            self._parser.feed_data(CHUNKED_HEAD)
         finally:
             self._head, self._sink = head, sink
         return self._feed_chunked(data[offset:])
-
-    def _chunked_body_start(self, data: bytes, at_message_start: bool, completed: int) -> int:
-        """Where in ``data`` the body of the chunked head llhttp just stopped at begins.
-
-        ``completed`` messages ended in ``data`` before it; none of them was chunked
-        (that would have stopped llhttp), so each ends after its head and its
-        Content-Length bytes. llhttp has accepted every head up to here.
-        """
-        pos = 0
-        if not at_message_start:
-            # This call began inside a message cut by the previous one.
-            first = self._cut_head
-            assert first is not None
-            if self._cut_received is None:
-                pos = _head_end(data, tail=self._cut_tail)
-                if pos < 0:
-                    self._refuse_chunk("chunked body start not found")
-                if not completed:
-                    return pos
-                pos += first.content_length or 0
-            else:
-                pos = (first.content_length or 0) - self._cut_received
-            completed -= 1
-        while True:
-            # llhttp skips empty lines before a request line.
-            while data[pos : pos + 1] in (b"\r", b"\n"):
-                pos += 1
-            end = _head_end(data, pos)
-            if end < 0:  # llhttp accepted a head that is not there: trust nothing
-                self._refuse_chunk("chunked body start not found")
-            if not completed:
-                return end
-            field = _CONTENT_LENGTH_FIELD.search(data, pos, end)
-            pos = end + (int(field[1]) if field is not None else 0)
-            completed -= 1
 
     def _feed_chunked(self, data: bytes) -> bytes:
         """Feed chunked-body bytes to llhttp with each chunk-size line checked and bared.
@@ -435,53 +333,10 @@ class RequestParser:
         """
         framing = self._chunked
         assert framing is not None
-        out: list[bytes] = []
-        pos = 0
-        end = len(data)
-        rest = None
-        while pos < end:
-            if framing.trailer_tail is not None:
-                # Trailer fields go to llhttp as they are; only the empty line that
-                # ends them is looked for here.
-                segment = data[pos:] if pos else data
-                stop = _head_end(segment, tail=framing.trailer_tail)
-                if stop < 0:
-                    out.append(segment)
-                    framing.trailer_tail = (framing.trailer_tail + segment)[-3:]
-                    break
-                out.append(segment[:stop])
-                rest = segment[stop:]
-                break
-            if framing.remaining:
-                take = min(framing.remaining, end - pos)
-                out.append(data[pos : pos + take])
-                framing.remaining -= take
-                pos += take
-                continue
-            newline = data.find(b"\n", pos)
-            if newline < 0:
-                framing.line += data[pos:]
-                if len(framing.line) > _MAX_CHUNK_LINE:
-                    self._execute(out)
-                    self._refuse_chunk("chunk-size line too long")
-                break
-            line = framing.line + data[pos : newline + 1]
-            framing.line = b""
-            pos = newline + 1
-            match = _CHUNK_SIZE_LINE.fullmatch(line) if len(line) <= _MAX_CHUNK_LINE else None
-            if match is None:
-                self._execute(out)
-                if len(line) > _MAX_CHUNK_LINE:
-                    self._refuse_chunk("chunk-size line too long")
-                self._refuse_chunk("invalid chunk-size line")
-            assert match is not None
-            size = int(match[1], 16)
-            out.append(b"%x\r\n" % size)
-            if size:
-                framing.remaining = size + 2
-            else:
-                framing.trailer_tail = b"\r\n"
+        out, rest, refusal = framing.scan(data)
         self._execute(out)
+        if refusal is not None:
+            self._refuse_chunk(refusal)
         if rest is None:
             return b""
         self._chunked = None
@@ -577,7 +432,7 @@ class RequestParser:
                 self._expect = value
 
     def _add_trailer(self, name: bytes, value: bytes) -> None:
-        if name.lower() in _FORBIDDEN_TRAILERS:
+        if name.lower() in FORBIDDEN_TRAILERS:
             self._fail(400, f"field not allowed in trailers: {name.decode('latin-1')}")
         if self._trailers is None:
             self._trailers = []
@@ -630,8 +485,8 @@ class RequestParser:
             self._sink.request_head(head)
             if head.chunked and self._chunked is None:
                 # Chunk-size lines need checks llhttp cannot make: stop it here.
-                self._chunked = _ChunkedFraming()
-                raise _ChunkedBodyFollows
+                self._chunked = ChunkedFraming()
+                raise ChunkedBodyFollows
             return
         self._in_head = False
         self._sink.request_head(head)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gantry.front.balancing import Peer, UpstreamPool, hash_key
@@ -46,6 +47,14 @@ class KeepAlivePool:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.idle: dict[str, list[UpstreamConnection]] = {}
+        #: connections waiting on a response, whose read deadline ``sweep`` checks
+        self.active: set[UpstreamConnection] = set()
+
+    def sweep(self) -> None:
+        """Time out every upstream that has been silent past its read timeout."""
+        now = self.loop.time()
+        for conn in [c for c in self.active if c.deadline and now >= c.deadline]:
+            conn.check_deadline(now)
 
     def take(self, address: str, max_idle: float) -> UpstreamConnection | None:
         """An idle connection to ``address`` that has waited at most ``max_idle`` seconds."""
@@ -67,7 +76,7 @@ class KeepAlivePool:
         conn = self.take(address, max_idle)
         if conn is not None:
             return conn, True
-        conn = await open_upstream(self.loop, address, timeout)
+        conn = await open_upstream(self.loop, address, timeout, self.active)
         conn.on_lost = self._forget
         return conn, False
 
@@ -157,6 +166,18 @@ class StreamedBody:
 RequestBody = bytes | BodyBuffer | StreamedBody
 
 
+@dataclass
+class _Attempts:
+    """What the attempt loop of one request has gone through."""
+
+    tried: list[Peer] = field(default_factory=list)
+    last: UpstreamError = field(
+        default_factory=lambda: UpstreamError(502, "no live server in the upstream")
+    )
+    stale_retries: int = 1
+    fresh: bool = False  # after a stale kept connection, the retry opens a new one
+
+
 class ProxyRequest(UpstreamResponse):
     """One client request on its way through the pool; relays the response to the client."""
 
@@ -185,7 +206,10 @@ class ProxyRequest(UpstreamResponse):
         self.location = location
         self.peer: Peer | None = None
         self.conn: UpstreamConnection | None = None
-        self.outcome: asyncio.Future[str] = client.loop.create_future()
+        #: the attempt loop's wait for the current attempt (None: no loop awaits it)
+        self.waiter: asyncio.Future[str] | None = None
+        #: no attempt in flight (set False by each attempt until it ends)
+        self.settled = True
         self.started_response = False
         self.retry_status = False
         self.attempt_start = 0.0
@@ -195,81 +219,156 @@ class ProxyRequest(UpstreamResponse):
 
     # the attempt loop ----------------------------------------------------------
 
-    async def run(self) -> None:
-        """Try the pool's servers in turn until one answers (bounded by max_tries)."""
+    def start(self) -> None:
+        """Send at once on an idle kept connection when there is one (no task, no future:
+        the common case); otherwise, or when that attempt fails, the attempt loop runs."""
+        if self.reusable and isinstance(self.body_in, bytes):
+            peer = self.pool.pick(self.client.remote_addr, self._key(), ())
+            if peer is None:
+                self.client.proxy_failed(
+                    UpstreamError(502, f"no live server in upstream {self.upstream.name!r}")
+                )
+                return
+            conn = self.client.worker.keepalive.take(
+                peer.server.address, self.upstream.keepalive_timeout
+            )
+            if conn is not None:
+                self._send_on(peer, conn)
+                return
+            self.client.loop.create_task(self.run(first=peer))
+            return
+        self.client.loop.create_task(self.run())
+
+    def _key(self) -> str:
+        if self.upstream.balance != "hash":
+            return ""
+        return hash_key(self.upstream.hash_key, self.head_in, self.client.remote_addr)
+
+    def _send_on(self, peer: Peer, conn: UpstreamConnection) -> None:
+        """One attempt: the request goes out on ``conn``; how it ends comes to ``_settle``."""
+        self.peer = peer
+        self.pool.started(peer)
+        self.attempt_start = self.client.loop.time()
+        self.attempt_open = True
+        self.settled = False
+        self.conn = conn
+        conn.send(self, self._payload(), self.upstream.read_timeout, self.head_in.method == "HEAD")
+
+    def _settle(self, result: str) -> None:
+        """The current attempt ended: "done", "abandoned", or a failure to act on."""
+        if self.settled:
+            return
+        self.settled = True
+        waiter = self.waiter
+        if waiter is not None:  # the attempt loop awaits it
+            if not waiter.done():
+                waiter.set_result(result)
+            return
+        # An attempt made by start(): over here, or the attempt loop takes it from here.
+        peer = self.peer
+        if result == "abandoned":
+            if peer is not None:
+                self.pool.finished(peer, ok=True)
+            return
+        if result != "done" and peer is not None:
+            self.client.loop.create_task(self.run(resumed=(peer, result)))
+
+    async def run(self, first: Peer | None = None, resumed: tuple[Peer, str] | None = None) -> None:
+        """Try the pool's servers in turn until one answers (bounded by max_tries).
+
+        ``first``: the server start() picked; ``resumed``: the server start() tried on a
+        kept connection, and how that went.
+        """
         try:
-            await self._attempts()
+            await self._attempts(first, resumed)
         finally:
+            self.waiter = None
             if isinstance(self.body_in, BodyBuffer):
                 self.body_in.discard()
 
-    async def _attempts(self) -> None:
-        head = self.head_in
+    async def _attempts(self, first: Peer | None, resumed: tuple[Peer, str] | None) -> None:
         upstream = self.upstream
+        keepalive = self.client.worker.keepalive
         loop = self.client.loop
-        retry_ok = head.method in IDEMPOTENT
         stream = self.body_in if isinstance(self.body_in, StreamedBody) else None
-        tried: list[Peer] = []
-        last = UpstreamError(502, f"no live server in upstream {upstream.name!r}")
-        stale_retries = 1
-        key = ""
-        if upstream.balance == "hash":
-            key = hash_key(upstream.hash_key, head, self.client.remote_addr)
-        fresh = False  # after a stale kept connection, the retry opens a new one
-        while len(tried) < upstream.max_tries:
-            peer = self.pool.pick(self.client.remote_addr, key, tried)
+        state = _Attempts()
+        if resumed is not None:
+            verdict = self._after(resumed[0], resumed[1], True, state)
+            if verdict != "next":
+                if verdict == "failed":
+                    self.client.proxy_failed(self._failure(state))
+                return
+        key = self._key() if first is None else ""
+        while len(state.tried) < upstream.max_tries:
+            peer = first or self.pool.pick(self.client.remote_addr, key, state.tried)
+            first = None
             if peer is None:
                 break
             self.peer = peer
-            self.pool.started(peer)
-            self.attempt_start = loop.time()
-            self.attempt_open = True
             reused = False
+            connect_started = loop.time()
             try:
-                if self.reusable and stream is None and not fresh:
-                    conn, reused = await self.client.worker.keepalive.get(
+                if self.reusable and stream is None and not state.fresh:
+                    conn, reused = await keepalive.get(
                         peer.server.address, upstream.connect_timeout, upstream.keepalive_timeout
                     )
                 else:
                     # a streamed body cannot be sent twice: never risk a stale connection
-                    conn = await open_upstream(loop, peer.server.address, upstream.connect_timeout)
+                    conn = await open_upstream(
+                        loop, peer.server.address, upstream.connect_timeout, keepalive.active
+                    )
             except UpstreamError as exc:
+                self.pool.started(peer)
+                self.attempt_start, self.attempt_open = connect_started, True
                 self._attempt_over()
                 self.pool.finished(peer, ok=False)
-                tried.append(peer)
-                last = exc
+                state.tried.append(peer)
+                state.last = exc
                 self.client.log_error(f"upstream {peer.server.address}: {exc.reason}")
                 continue  # refused or slow to connect: nothing was sent, any method may retry
             if self.abandoned or self.client.closed:
                 conn.abort()
-                self.pool.finished(peer, ok=True)
                 return
-            self.conn = conn
-            self.outcome = loop.create_future()
-            conn.send(self, self._payload(), upstream.read_timeout, head.method == "HEAD")
+            self.waiter = loop.create_future()
+            self._send_on(peer, conn)
+            self.attempt_start = connect_started  # upstream time counts the connect too
             if stream is not None:
                 stream.attach(conn)
             elif isinstance(self.body_in, BodyBuffer):
                 await self._send_spooled(conn)
-            result = await self.outcome
+            result = await self.waiter
+            self.waiter = None
             if stream is not None:
                 stream.detach()
-            if result == "abandoned":
-                self.pool.finished(peer, ok=True)
+            verdict = self._after(peer, result, reused, state)
+            if verdict == "done":
                 return
-            if result == "done":
-                return
-            self.pool.finished(peer, ok=result == "stale")
-            if stream is not None and stream.sent:
-                break  # the body is gone: nothing left to send another server
-            if result == "stale" and reused and stale_retries:
-                stale_retries -= 1  # an idle keep-alive connection the upstream had closed
-                fresh = True  # its siblings may be closing too (a reload): a new one
-                continue
-            tried.append(peer)
-            if not retry_ok or result == "final":
+            if verdict == "failed":
                 break
-        self.client.proxy_failed(last if not self.retry_status else self._last_error)
+        self.client.proxy_failed(self._failure(state))
+
+    def _after(self, peer: Peer, result: str, reused: bool, state: _Attempts) -> str:
+        """What the attempt loop does after an attempt: "done", "next" or "failed"."""
+        if result == "abandoned":
+            self.pool.finished(peer, ok=True)
+            return "done"
+        if result == "done":
+            return "done"
+        self.pool.finished(peer, ok=result == "stale")
+        stream = self.body_in
+        if isinstance(stream, StreamedBody) and stream.sent:
+            return "failed"  # the body is gone: nothing left to send another server
+        if result == "stale" and reused and state.stale_retries:
+            state.stale_retries -= 1  # an idle kept connection the upstream had closed
+            state.fresh = True  # its siblings may be closing too (a reload): a new one
+            return "next"
+        state.tried.append(peer)
+        if self.head_in.method not in IDEMPOTENT or result == "final":
+            return "failed"
+        return "next"
+
+    def _failure(self, state: _Attempts) -> UpstreamError:
+        return self._last_error if self.retry_status else state.last
 
     _last_error = UpstreamError(502, "bad gateway")
 
@@ -302,8 +401,7 @@ class ProxyRequest(UpstreamResponse):
         if conn is not None:
             conn.receiver = None
             conn.abort()
-        if not self.outcome.done():
-            self.outcome.set_result("abandoned")
+        self._settle("abandoned")
 
     def _body_sent(self, conn: UpstreamConnection) -> bool:
         body = self.body_in
@@ -351,8 +449,7 @@ class ProxyRequest(UpstreamResponse):
             if conn is not None:
                 conn.receiver = None
                 conn.abort()
-            if not self.outcome.done():
-                self.outcome.set_result("retry")
+            self._settle("retry")
             return
         self.started_response = True
         kept = [(n, v) for n, v in headers if n.lower() not in _RESPONSE_DROP]
@@ -376,8 +473,7 @@ class ProxyRequest(UpstreamResponse):
             else:
                 conn.abort()
         self.client.proxied_response_done(self)
-        if not self.outcome.done():
-            self.outcome.set_result("done")
+        self._settle("done")
 
     def failed(self, error: UpstreamError) -> None:
         self.conn = None
@@ -387,8 +483,7 @@ class ProxyRequest(UpstreamResponse):
             if self.peer is not None:
                 self.pool.finished(self.peer, ok=False)
             self.client.proxied_response_broken(self, error)
-            if not self.outcome.done():
-                self.outcome.set_result("done")
+            self._settle("done")
             return
         self._last_error = error
         self.retry_status = True
@@ -401,8 +496,7 @@ class ProxyRequest(UpstreamResponse):
             result = "stale"
         else:
             result = "retry"
-        if not self.outcome.done():
-            self.outcome.set_result(result)
+        self._settle(result)
 
     # back-pressure from the client -----------------------------------------------------
 

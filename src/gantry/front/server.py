@@ -74,6 +74,9 @@ class FrontWorker:
         if config.access_log:
             self.access_log = open(config.access_log, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
         self._tick: asyncio.TimerHandle | None = None
+        self._sweep: asyncio.TimerHandle | None = None
+        # Upstream read deadlines are checked this often (finer for short timeouts).
+        self.sweep_every = min([1.0, *(u.read_timeout / 4 for u in config.upstreams.values())])
         #: (location id, path) -> (built at, header block, body size, body)
         self.hot_files: dict[tuple[int, str], tuple[float, bytes, int, bytes]] = {}
         self.now = loop.time()
@@ -93,15 +96,23 @@ class FrontWorker:
                 self.health_tasks.append(task)
 
     def start_clock(self) -> None:
-        """Refresh ``Date`` and the clock once a second."""
+        """Refresh ``Date`` and the clock once a second; sweep upstream read deadlines."""
         self.defaults.refresh(time.time())
         self.now = self.loop.time()
         self._tick = self.loop.call_later(1.0, self.start_clock)
+        if self._sweep is None:
+            self._sweep_deadlines()
+
+    def _sweep_deadlines(self) -> None:
+        self.keepalive.sweep()
+        self._sweep = self.loop.call_later(self.sweep_every, self._sweep_deadlines)
 
     def close(self) -> None:
         """Release pooled connections, cached files and timers."""
         if self._tick is not None:
             self._tick.cancel()
+        if self._sweep is not None:
+            self._sweep.cancel()
         for task in self.health_tasks:
             task.cancel()
         self.keepalive.close()
@@ -279,7 +290,7 @@ class FrontConnection(asyncio.Protocol):
             elif body is not None:
                 data = body  # spooled: sent in pieces, and again on a retry
             self.proxy = ProxyRequest(self, head, data, upstream, pool, location)
-            self.loop.create_task(self.proxy.run())
+            self.proxy.start()
             return
         if location.root or location.alias:
             self.serve_file(head, location, path)

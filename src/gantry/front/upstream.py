@@ -54,9 +54,18 @@ class UpstreamResponse:
 class UpstreamConnection(asyncio.Protocol):
     """One connection to an upstream server; reused for HTTP keep-alive."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, address: str) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        address: str,
+        watch: set[UpstreamConnection] | None = None,
+    ) -> None:
         self.loop = loop
         self.address = address
+        #: the worker's set of connections whose ``deadline`` a once-a-tick sweep checks
+        #: (None: a timer of its own, for the odd connection such as a health probe)
+        self.watch = watch
+        self.deadline = 0.0
         self.transport: asyncio.Transport | None = None
         self.receiver: UpstreamResponse | None = None
         self.parser: Any = None
@@ -145,10 +154,15 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_done = False
         self.framed = False
         self.headers = []
-        self.parser = httptools.HttpResponseParser(self)
+        if self.parser is None:
+            # one parser for the connection: kept-alive responses follow each other
+            self.parser = httptools.HttpResponseParser(self)
         self.head_request = head_request
         assert self.transport is not None
-        self.transport.writelines(payload)
+        if len(payload) == 1:
+            self.transport.write(payload[0])
+        else:
+            self.transport.writelines(payload)
         self._arm_timer()
 
     def write_body(self, data: bytes) -> None:
@@ -199,15 +213,29 @@ class UpstreamConnection(asyncio.Protocol):
     # timeouts -------------------------------------------------------------------------
 
     def _arm_timer(self) -> None:
+        watch = self.watch
+        if watch is not None:
+            self.deadline = self.loop.time() + self.read_timeout
+            watch.add(self)
+            return
         self._cancel_timer()
         self.timer = self.loop.call_later(self.read_timeout, self._timed_out)
 
     def _cancel_timer(self) -> None:
-        if self.timer is not None:
+        if self.watch is not None:
+            self.deadline = 0.0
+            self.watch.discard(self)
+        elif self.timer is not None:
             self.timer.cancel()
             self.timer = None
 
+    def check_deadline(self, now: float) -> None:
+        """Called by the worker's sweep: time out if the upstream has been silent too long."""
+        if self.deadline and now >= self.deadline:
+            self._timed_out()
+
     def _timed_out(self) -> None:
+        self._cancel_timer()
         self.timer = None
         receiver = self.receiver
         self.receiver = None
@@ -260,12 +288,18 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 async def open_upstream(
-    loop: asyncio.AbstractEventLoop, address: str, timeout: float
+    loop: asyncio.AbstractEventLoop,
+    address: str,
+    timeout: float,
+    watch: set[UpstreamConnection] | None = None,
 ) -> UpstreamConnection:
-    """Connect to ``address`` ("HOST:PORT" or "unix:/path"); UpstreamError if refused or slow."""
+    """Connect to ``address`` ("HOST:PORT" or "unix:/path"); UpstreamError if refused or slow.
+
+    ``watch`` is the set a sweep checks read deadlines in (see UpstreamConnection.watch).
+    """
 
     def factory() -> UpstreamConnection:
-        return UpstreamConnection(loop, address)
+        return UpstreamConnection(loop, address, watch)
 
     if address.startswith("unix:"):
         coro = loop.create_unix_connection(factory, address[5:])

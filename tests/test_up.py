@@ -384,3 +384,27 @@ def test_check_prints_the_effective_stack(tmp_path: Path) -> None:
     assert upstream["servers"][0]["address"].endswith("/hello.sock")
     # no server block: everything goes to the only pool
     assert effective["front"]["server"][0]["location"][0]["proxy"] == "hello"
+
+
+def test_sigterm_leaves_nothing_in_a_configured_runtime_dir(tmp_path: Path) -> None:
+    runtime = tmp_path / "run"
+    own_stats = tmp_path / "own.stats"  # a pool's own stats path is the user's: kept
+    config = (
+        f'[stack]\nruntime_dir = "{runtime}"\ngraceful_timeout = 5\n'
+        '[front]\nlisten = ["127.0.0.1:FRONT_PORT"]\n'
+        '[[front.server]]\n[[front.server.location]]\npath = "/"\nproxy = "hello"\n'
+        '[[app]]\nname = "hello"\nmodule = "gantry.demo:app"\n'
+        f'[[app]]\nname = "other"\nmodule = "gantry.demo:app"\nstats = "{own_stats}"\n'
+    )
+    up = GantryUp(tmp_path, config)
+    up.start()
+    try:
+        assert _wait(lambda: _answers_demo(up.port)), up.log_text()
+        made = {"front.stats", "hello.stats", "hello.sock", "other.sock", "stack.json"}
+        assert _wait(lambda: made <= set(os.listdir(runtime))), os.listdir(runtime)
+        assert _wait(own_stats.exists)
+    finally:
+        code = up.stop()
+    assert code == 0, up.log_text()
+    assert os.listdir(runtime) == []
+    assert own_stats.exists()

@@ -299,12 +299,17 @@ class Supervisor:
                 handle.write(f"{os.getpid()}\n")
 
     def cleanup(self) -> None:
-        """Close and remove what prepare() made (sockets, state, the runtime directory)."""
+        """Close and remove what prepare() made (sockets, state, the runtime directory)
+        and the stats sockets the parts' masters bound where gantry up told them to."""
+        user_stats = {app.name: app.stats for app in self.plan.settings.app}
         for part in self.parts:
             for address, sock in part.sockets:
                 sock.close()
                 if address.path is not None:
                     _unlink(address.path)
+            # A pool's own `stats` setting is the user's: only the runtime-dir default goes.
+            if part.kind == "front" or not user_stats.get(part.name):
+                _unlink(self.plan.part_stats(part.name))
         for sock, _ in self.listeners:
             name = sock.getsockname()
             sock.close()

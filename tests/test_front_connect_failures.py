@@ -20,12 +20,6 @@ import pytest
 from tests.process import GantryServer, free_port
 from tests.test_front import Front
 
-SINGLE_SERVER_BUG = (
-    "a pool of one server is taken out for fail_timeout (10 s) after one failure "
-    "(balancing.Peer.usable applies max_fails to it), so the front answers 502 'no live "
-    "server' where nginx, which never marks a single server unavailable, tries it again"
-)
-
 
 def _fill_tcp_backlog(stack: ExitStack) -> int:
     """A listening TCP socket nobody accepts on, its queue full: a new connect hangs
@@ -106,7 +100,6 @@ def test_tcp_connect_that_hangs_gives_504_after_connect_timeout(
         assert "timed out" in front.log.read_text()
 
 
-@pytest.mark.xfail(strict=True, reason=SINGLE_SERVER_BUG)
 def test_tcp_connect_that_hangs_gives_504_again_on_the_next_request(
     tmp_path: Path, front_factory: list[Front]
 ) -> None:
@@ -123,7 +116,6 @@ def test_tcp_connect_that_hangs_gives_504_again_on_the_next_request(
         assert 0.9 <= elapsed <= 3.0, elapsed
 
 
-@pytest.mark.xfail(strict=True, reason=SINGLE_SERVER_BUG)
 def test_single_server_back_after_a_refusal_is_used_at_once(
     tmp_path: Path, front_factory: list[Front]
 ) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import sys
 import time
@@ -13,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
 from gantry.config import ServeConfig
-from gantry.process.shared import STATUS_CODES, SlotView
+from gantry.process.shared import STATUS_CODES, SlotView, WorkerCounters, store_memory
 from gantry.protocol.http1 import RequestHead
 from gantry.wsgi.errors import ErrorStream
 from gantry.wsgi.response import FileWrapper, HeadDefaults
@@ -22,7 +21,6 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 error_log = logging.getLogger("gantry.error")
 
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 STATUS_BUSY = STATUS_CODES["busy"]
 STATUS_IDLE = STATUS_CODES["idle"]
 
@@ -188,28 +186,15 @@ class WorkerContext:
         slot = self.slot
         if slot is None:
             return
-        slot.requests = self.requests
-        slot.exceptions = self.exceptions
-        slot.tx = self.tx
-        counts = self.status_counts
-        slot.status_2xx = counts[2]
-        slot.status_3xx = counts[3]
-        slot.status_4xx = counts[4]
-        slot.status_5xx = counts[5]
-        slot.rt_total_us = int(self.rt_total * 1e6)
+        WorkerCounters(
+            self.requests, self.exceptions, self.tx, self.status_counts, self.rt_total
+        ).store(slot)
 
     def _check_memory(self) -> None:
         slot = self.slot
         if slot is None:
             return
-        try:
-            with open("/proc/self/statm", "rb") as handle:
-                vsz_pages, rss_pages = handle.read().split()[:2]
-        except OSError:
-            return
-        rss = int(rss_pages) * _PAGE
-        slot.rss = rss
-        slot.vsz = int(vsz_pages) * _PAGE
+        rss = store_memory(slot)
         limit = self.config.reload_on_rss
         if limit and rss > limit * 1024 * 1024 and not self.stopping:
             error_log.warning(

@@ -49,6 +49,7 @@ def _serve_worker(
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     worker = FrontWorker(config, loop)
+    worker.slot = slot
     stop = asyncio.Event()
 
     async def main() -> None:

@@ -21,6 +21,7 @@ from gantry.front.static import (
     try_files,
 )
 from gantry.front.upstream import UpstreamError
+from gantry.process.shared import SlotView, WorkerCounters, store_memory
 from gantry.protocol.http1 import HTTPLimits, ProtocolError, RequestHead, RequestParser
 from gantry.wsgi.input import BodyBuffer
 from gantry.wsgi.response import HeadDefaults
@@ -66,6 +67,9 @@ class FrontWorker:
         self.router = Router(config.servers)
         self.pools = {name: UpstreamPool(upstream) for name, upstream in config.upstreams.items()}
         self.keepalive = KeepAlivePool(loop)
+        #: this worker's shared-memory slot under a master (gantry top, stats, metrics)
+        self.slot: SlotView | None = None
+        self.counters = WorkerCounters()
         self.files = OpenFileCache()
         self.defaults = HeadDefaults()
         self.limits = HTTPLimits(max_body_size=config.client_max_body_size)
@@ -100,6 +104,9 @@ class FrontWorker:
         self.defaults.refresh(time.time())
         self.now = self.loop.time()
         self._tick = self.loop.call_later(1.0, self.start_clock)
+        if self.slot is not None:
+            self.counters.store(self.slot)
+            store_memory(self.slot)
         if self._sweep is None:
             self._sweep_deadlines()
 
@@ -570,6 +577,11 @@ class FrontConnection(asyncio.Protocol):
         self._done()
 
     def _done(self) -> None:
+        counters = self.worker.counters
+        counters.requests += 1
+        counters.tx += self.sent
+        counters.status_counts[self.status // 100 if 100 <= self.status < 600 else 5] += 1
+        counters.rt_total += time.monotonic() - self.started
         self._log_access()
         self.busy = False
         self.idle_since = time.monotonic()

@@ -9,10 +9,19 @@ current request line.
 from __future__ import annotations
 
 import mmap
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["FIELDS", "SlotView", "WorkerTable", "WorkerStats", "STATUS_NAMES"]
+__all__ = [
+    "FIELDS",
+    "STATUS_NAMES",
+    "SlotView",
+    "WorkerCounters",
+    "WorkerStats",
+    "WorkerTable",
+    "store_memory",
+]
 
 #: the 64-bit integer fields of a slot, in order (times in microseconds)
 FIELDS = (
@@ -145,3 +154,44 @@ class WorkerTable:
     def snapshot(self) -> list[WorkerStats]:
         """Copies of the slots in use."""
         return [s for s in (self.slot(i).snapshot() for i in range(self.size)) if s.pid]
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class WorkerCounters:
+    """A worker's running totals in plain ints, copied into its slot once a second (so the
+    request path never touches shared memory)."""
+
+    requests: int = 0
+    exceptions: int = 0
+    tx: int = 0
+    #: responses by status class: index 2 for 2xx ... 5 for 5xx
+    status_counts: list[int] = field(default_factory=lambda: [0] * 6)
+    rt_total: float = 0.0  # seconds
+
+    def store(self, slot: SlotView) -> None:
+        """Copy the totals into ``slot``."""
+        slot.requests = self.requests
+        slot.exceptions = self.exceptions
+        slot.tx = self.tx
+        counts = self.status_counts
+        slot.status_2xx = counts[2]
+        slot.status_3xx = counts[3]
+        slot.status_4xx = counts[4]
+        slot.status_5xx = counts[5]
+        slot.rt_total_us = int(self.rt_total * 1e6)
+
+
+def store_memory(slot: SlotView) -> int:
+    """Read this process's RSS and VSZ into ``slot``; returns the RSS in bytes (0 if unknown)."""
+    try:
+        with open("/proc/self/statm", "rb") as handle:
+            vsz_pages, rss_pages = handle.read().split()[:2]
+    except OSError:
+        return 0
+    rss = int(rss_pages) * _PAGE
+    slot.rss = rss
+    slot.vsz = int(vsz_pages) * _PAGE
+    return rss

@@ -408,3 +408,57 @@ def test_sigterm_leaves_nothing_in_a_configured_runtime_dir(tmp_path: Path) -> N
     assert code == 0, up.log_text()
     assert os.listdir(runtime) == []
     assert own_stats.exists()
+
+
+def _check(path: Path, cwd: Path = REPO) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "gantry", "check", "-c", str(path)],
+        capture_output=True, text=True, timeout=30, cwd=cwd,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_check_output_of_the_multi_app_example_loads_back_the_same(tmp_path: Path) -> None:
+    import tomllib
+
+    example = REPO / "examples" / "multi-app"
+    effective = _check(example / "gantry.toml", cwd=example)
+    again = tmp_path / "effective.toml"
+    again.write_text(effective)
+    assert _check(again, cwd=example) == effective
+    document = tomllib.loads(effective)
+    # the derived upstreams and pool sockets are comments, not settings
+    assert set(document["front"]["upstream"]) == {"api"}
+    assert [app["uwsgi_socket"] for app in document["app"]] == [[], []]
+    assert [app["max_requests"] for app in document["app"]] == [1000, 0]  # defaults filled in
+    assert (
+        "# app 'shop' is reached at upstream 'shop' = unix:<runtime_dir>/shop.sock, "
+        "kept connections" in effective
+    )
+    assert "PROVISIONAL" not in effective and "gantry-up-RUNTIME" not in effective
+
+
+def test_check_output_of_an_inline_stack_loads_back_the_same(tmp_path: Path) -> None:
+    import tomllib
+
+    runtime = tmp_path / "run"
+    path = tmp_path / "gantry.toml"
+    path.write_text(
+        f'[stack]\nruntime_dir = "{runtime}"\n'
+        '[[app]]\nname = "hello"\nmodule = "gantry.demo:app"\nworkers = 3\n'
+        'uwsgi_socket = ["127.0.0.1:3031"]\n'
+    )
+    effective = _check(path)
+    again = tmp_path / "effective.toml"
+    again.write_text(effective)
+    assert _check(again) == effective
+    document = tomllib.loads(effective)
+    assert document["front"]["upstream"] == {}
+    assert document["app"][0]["uwsgi_socket"] == ["127.0.0.1:3031"]
+    assert document["app"][0]["workers"] == 3
+    # no server block: the one gantry up adds is written out, sending everything to the pool
+    assert document["front"]["server"][0]["location"][0]["proxy"] == "hello"
+    assert document["front"]["server"][0]["location"][0]["index"] == ["index.html"]
+    assert f"upstream 'hello' = unix:{runtime}/hello.sock, kept connections" in effective
+    assert f"{runtime}/hello.stats" in effective

@@ -6,6 +6,7 @@ application pool to the front over a uwsgi unix socket in the runtime directory.
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from gantry.config_file import (
     syntax_error,
     to_serve_config,
 )
-from gantry.front.config import FrontSettings, front_config_from_dict
+from gantry.front.config import FrontSettings, ServerSettings, front_config_from_dict
 from gantry.front.model import FrontConfig
 
 __all__ = ["AppSettings", "StackPlan", "StackSettings", "StackTable", "demo_plan", "load_stack"]
@@ -267,18 +268,82 @@ def _without_none(value: Any) -> Any:
 
 
 def render_stack(plan: StackPlan) -> str:
-    """The effective stack as TOML: the front with the pools' upstreams, each pool's settings."""
-    import tomli_w
+    """The effective stack as TOML the user could have written: every default filled in,
+    loading back to the same output; what ``gantry up`` derives is shown in comments."""
+    configured = plan.settings.stack.runtime_dir
+    if plan.runtime_dir != PROVISIONAL_RUNTIME_DIR:
+        runtime_dir = plan.runtime_dir
+    else:
+        runtime_dir = configured or "<runtime_dir>"
+    # the plan as gantry up will run it: for the comments only, never for the tables
+    running = StackPlan(plan.source, plan.settings, runtime_dir)
+    derived_front = running.front_table()
 
-    apps = []
+    stack = plan.settings.stack.model_dump(mode="json")
+    stack_notes = _unset(stack)
+    if configured is None:
+        where = " (<runtime_dir> below)" if runtime_dir == "<runtime_dir>" else ""
+        stack_notes.append(
+            f"runtime_dir: gantry up makes a new private temporary directory{where} "
+            "and removes it on exit"
+        )
+    header = _comment(
+        [
+            "The effective stack: every key with its value. Comments name the keys left",
+            "unset and show what gantry up derives from the file (not settings to copy).",
+        ],
+        after="\n",
+    )
+    sections = [header + _toml({"stack": stack}) + _comment(stack_notes, before="\n")]
+
+    front = plan.settings.front.model_dump(mode="json")
+    if not front["server"] and derived_front["server"]:
+        # No server block: gantry up sends everything to the first pool. Written out
+        # with its defaults, it loads back to the same stack.
+        server = ServerSettings.model_validate(derived_front["server"][0])
+        front["server"] = [server.model_dump(mode="json")]
+    front_notes = [
+        f"the front's stats socket (read by the stack's stats): {running.part_stats('front')}",
+        *_unset(front),
+    ]
+    sections.append(_comment(front_notes, after="\n") + _toml({"front": front}))
+
     for app in plan.settings.app:
         table = app.model_dump(mode="json")
-        table["uwsgi_socket"] = [plan.pool_socket(app.name), *app.uwsgi_socket]
-        table.pop("app", None)
-        apps.append(table)
-    document = {
-        "stack": plan.settings.stack.model_dump(mode="json"),
-        "front": plan.front_table(),
-        "app": apps,
-    }
-    return tomli_w.dumps(_without_none(document))
+        table.pop("app", None)  # [serve]'s app is the pool's module
+        upstream = derived_front["upstream"][app.name]
+        socket = running.pool_socket(app.name)
+        notes = [
+            f"app {app.name!r} is reached at upstream {app.name!r} = "
+            f"{upstream['servers'][0]['address']}, kept connections:",
+            *(
+                "  " + line
+                for line in _toml({"front": {"upstream": {app.name: upstream}}}).splitlines()
+            ),
+            f"the pool listens there first: uwsgi_socket = [{json.dumps(socket)}, ...]",
+        ]
+        if app.stats is None:
+            notes.append(
+                f"its stats socket (read by the stack's stats): {running.part_stats(app.name)}"
+            )
+        notes += _unset(table)
+        sections.append(_comment(notes, after="\n") + _toml({"app": [table]}))
+    return "\n\n".join(sections) + "\n"
+
+
+def _toml(document: dict[str, Any]) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(_without_none(document)).rstrip("\n")
+
+
+def _unset(table: dict[str, Any]) -> list[str]:
+    """A line naming the keys of ``table`` left unset (TOML has no null), if any."""
+    names = [key for key, value in table.items() if value is None]
+    return [f"not set: {', '.join(names)}"] if names else []
+
+
+def _comment(lines: list[str], before: str = "", after: str = "") -> str:
+    if not lines:
+        return ""
+    return before + "\n".join(f"# {line}".rstrip() for line in lines) + after

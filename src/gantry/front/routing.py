@@ -131,6 +131,14 @@ def normalize_path(raw_path: bytes) -> str | None:
     """
     if not raw_path.startswith(b"/"):
         return None
+    if b"%" not in raw_path and b"/." not in raw_path and b"//" not in raw_path:
+        # nothing to decode or resolve (the common case)
+        if b"\0" in raw_path:
+            return None
+        try:
+            return raw_path.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
     decoded = unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path
     if b"\0" in decoded:
         return None

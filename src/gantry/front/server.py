@@ -154,6 +154,8 @@ class FrontConnection(asyncio.Protocol):
         self.pending_head = b""
         self.stream: StreamedBody | None = None
         self.reading_paused = False
+        #: the normalized path of the request being handled
+        self.path = "/"
         #: when the last response ended (or the connection opened): a graceful stop
         #: closes connections idle for a while, not one a request may be arriving on
         self.idle_since = time.monotonic()
@@ -270,6 +272,7 @@ class FrontConnection(asyncio.Protocol):
         if path is None:
             self.simple_response(400, close=True)
             return
+        self.path = path
         host = _header(head, b"host")
         server = self.worker.router.server_for(host)
         if not client_allowed(server.access, self.remote_addr):
@@ -468,7 +471,7 @@ class FrontConnection(asyncio.Protocol):
         """
         host = _header(head, b"host") or ""
         content_type = _header(head, b"content-type") or ""
-        path = normalize_path(head.path) or "/"
+        path = self.path if self.request is head else (normalize_path(head.path) or "/")
         script_name = ""
         if location is not None and location.script_name:
             script_name = location.script_name

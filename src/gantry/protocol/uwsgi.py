@@ -8,6 +8,7 @@ request (modifier1 0) the request body follows, CONTENT_LENGTH bytes of it.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -25,6 +26,7 @@ __all__ = [
 DEFAULT_BUFFER_SIZE = 4096
 
 _MAX_U16 = 0xFFFF
+_u16 = struct.Struct("<H").pack
 
 
 class UwsgiProtocolError(Exception):
@@ -45,15 +47,10 @@ class PacketHeader(NamedTuple):
 
 def encode_vars(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
     """The vars block for ``pairs``; ValueError if a key, value or the block exceeds 65535 bytes."""
-    parts: list[bytes] = []
-    for key, value in pairs:
-        if len(key) > _MAX_U16 or len(value) > _MAX_U16:
-            raise ValueError("uwsgi var key or value longer than 65535 bytes")
-        parts.append(len(key).to_bytes(2, "little"))
-        parts.append(key)
-        parts.append(len(value).to_bytes(2, "little"))
-        parts.append(value)
-    block = b"".join(parts)
+    try:
+        block = b"".join([_u16(len(key)) + key + _u16(len(value)) + value for key, value in pairs])
+    except struct.error:
+        raise ValueError("uwsgi var key or value longer than 65535 bytes") from None
     if len(block) > _MAX_U16:
         raise ValueError("uwsgi vars block longer than 65535 bytes")
     return block
@@ -66,7 +63,7 @@ def encode_packet(
     if not (0 <= modifier1 <= 255 and 0 <= modifier2 <= 255):
         raise ValueError("uwsgi modifiers are single bytes")
     block = encode_vars(pairs)
-    return bytes((modifier1,)) + len(block).to_bytes(2, "little") + bytes((modifier2,)) + block
+    return bytes((modifier1,)) + _u16(len(block)) + bytes((modifier2,)) + block
 
 
 def decode_vars(block: bytes | bytearray | memoryview) -> list[tuple[bytes, bytes]]:

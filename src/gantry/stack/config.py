@@ -11,7 +11,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -93,6 +93,13 @@ class StackTable(BaseModel):
         default=30.0, gt=0, description="Seconds the parts get to stop on SIGTERM."
     )
     pidfile: str | None = Field(default=None, description="Write the supervisor's PID here.")
+    scheduling: Literal["batch", "normal"] = Field(
+        default="batch",
+        description="CPU scheduling policy of every part (Linux). 'batch' (SCHED_BATCH): a part "
+        "woken by another does not preempt it, so the front hands a whole batch of requests "
+        "to a pool before the pool runs, and back (+7% to +28% req/s with front and pool on "
+        "one core); 'normal': the default policy.",
+    )
 
 
 class StackSettings(BaseModel):

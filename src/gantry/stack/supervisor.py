@@ -104,6 +104,7 @@ class Supervisor:
     def run(self) -> int:
         """Start every part, then supervise until stopped."""
         self._install_signals()
+        self._set_scheduling()
         self._write_pidfile()
         try:
             for part in self.parts:
@@ -291,6 +292,15 @@ class Supervisor:
                 pass
             except Exception:
                 log.exception("answering %s failed", kind)
+
+    def _set_scheduling(self) -> None:
+        # Inherited by every part (fork and exec keep the policy).
+        if self.plan.settings.stack.scheduling != "batch" or not hasattr(os, "SCHED_BATCH"):
+            return
+        try:
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        except OSError as exc:
+            log.warning("cannot set SCHED_BATCH: %s; the parts run with the default policy", exc)
 
     def _write_pidfile(self) -> None:
         path = self.plan.settings.stack.pidfile

@@ -156,6 +156,8 @@ class FrontConnection(asyncio.Protocol):
         self.reading_paused = False
         #: the normalized path of the request being handled
         self.path = "/"
+        #: a file being sent: (socket fd, file fd, next offset, end), both fds our own
+        self.sendfile: tuple[int, int, int, int] | None = None
         #: when the last response ended (or the connection opened): a graceful stop
         #: closes connections idle for a while, not one a request may be arriving on
         self.idle_since = time.monotonic()
@@ -177,6 +179,7 @@ class FrontConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._stop_sendfile()
         self.worker.connections.discard(self)
         proxy = self.proxy
         self.proxy = None
@@ -383,7 +386,59 @@ class FrontConnection(asyncio.Protocol):
             self._done()
             return
         self._write_head(result.status, lines, b"")
-        self.loop.create_task(self._stream_file(fd, start, length))
+        self._send_file(fd, start, length)
+
+    def _send_file(self, fd: int, offset: int, length: int) -> None:
+        """The body of a big file with sendfile(2), socket to socket in the kernel, as fast as
+        the client takes it (the socket's own buffer is the back-pressure); a pread loop when
+        the transport has no socket."""
+        transport = self.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None:
+            self.loop.create_task(self._stream_file(fd, offset, length))
+            return
+        # Our own duplicates: the open-file cache may close its fd meanwhile, and the loop
+        # watches the socket's writability without touching the transport's registration
+        # (uvloop has no loop.sendfile).
+        out_fd = os.dup(sock.fileno())
+        self.sendfile = (out_fd, os.dup(fd), offset, offset + length)
+        self.loop.add_writer(out_fd, self._sendfile_step)
+
+    def _sendfile_step(self) -> None:
+        state = self.sendfile
+        transport = self.transport
+        if state is None or transport is None:
+            return
+        if transport.get_write_buffer_size():
+            return  # the head is still queued in the transport: keep the order
+        out_fd, in_fd, offset, end = state
+        try:
+            while offset < end:
+                sent = os.sendfile(out_fd, in_fd, offset, min(end - offset, 1 << 20))
+                if sent == 0:
+                    break  # the file shrank under us
+                offset += sent
+                self.sent += sent
+        except BlockingIOError:
+            self.sendfile = (out_fd, in_fd, offset, end)
+            return
+        except OSError as exc:
+            self.log_error(f"sendfile failed: {exc}")
+            self._stop_sendfile()
+            transport.close()
+            return
+        self._stop_sendfile()
+        if offset < end:
+            self.keep_alive = False  # the announced length cannot be met
+        self._done()
+
+    def _stop_sendfile(self) -> None:
+        state = self.sendfile
+        if state is not None:
+            self.sendfile = None
+            self.loop.remove_writer(state[0])
+            os.close(state[0])
+            os.close(state[1])
 
     async def _stream_file(self, fd: int, offset: int, length: int) -> None:
         transport = self.transport

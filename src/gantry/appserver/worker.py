@@ -15,6 +15,7 @@ from gantry.appserver.context import WorkerContext, WSGIApp, error_log
 from gantry.appserver.http import IDLE_STATE, HTTPConnection
 from gantry.appserver.uwsgi import UwsgiConnection
 from gantry.config import ListenAddress, ServeConfig
+from gantry.process.runtime import new_event_loop, setup_error_log
 from gantry.process.shared import STATUS_CODES, SlotView
 from gantry.process.sockets import bind, bind_or_inherit
 from gantry.wsgi.environ import EnvironTemplate
@@ -65,35 +66,12 @@ def _template(config: ServeConfig, address: ListenAddress, ctx: WorkerContext) -
 
 def setup_logging(config: ServeConfig) -> IO[str] | None:
     """Error log to stderr (or a file); returns the access-log stream if enabled."""
-    handler: logging.Handler
-    if config.error_log and config.error_log != "-":
-        handler = logging.FileHandler(config.error_log)
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
-    )
-    root = logging.getLogger("gantry")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    root.propagate = False
+    setup_error_log(config.error_log)
     if config.access_log is None:
         return None
     if config.access_log == "-":
         return sys.stdout
     return open(config.access_log, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
-
-
-def new_event_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
-    """A uvloop loop when available and wanted, else asyncio's default."""
-    if use_uvloop:
-        try:
-            import uvloop
-
-            return uvloop.new_event_loop()
-        except ImportError:
-            pass
-    return asyncio.new_event_loop()
 
 
 class Worker:

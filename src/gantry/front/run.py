@@ -7,13 +7,13 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 
 from gantry.config import ListenAddress, parse_address
 from gantry.front.model import FrontConfig
 from gantry.front.server import FrontConnection, FrontWorker
 from gantry.process.master import Master, MasterSettings, WorkerExit
+from gantry.process.runtime import new_event_loop, setup_error_log
 from gantry.process.shared import STATUS_CODES, SlotView, WorkerTable
 from gantry.process.sockets import bind_or_inherit
 from gantry.stats.serve import serve_metrics, serve_stats
@@ -23,30 +23,10 @@ __all__ = ["run_front"]
 log = logging.getLogger("gantry.front")
 
 
-def _setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
-    )
-    root = logging.getLogger("gantry")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    root.propagate = False
-
-
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-
-        return uvloop.new_event_loop()
-    except ImportError:
-        return asyncio.new_event_loop()
-
-
 def _serve_worker(
     config: FrontConfig, sockets: list[tuple[ListenAddress, socket.socket]], slot: SlotView | None
 ) -> int:
-    loop = _new_loop()
+    loop = new_event_loop()
     asyncio.set_event_loop(loop)
     worker = FrontWorker(config, loop)
     worker.slot = slot
@@ -102,7 +82,7 @@ def run_front(
 ) -> int:
     """Bind (or inherit) the listen sockets, then run one worker inline or a master with
     N workers (always a master when ``master``, ``stats`` or ``metrics`` asks for one)."""
-    _setup_logging()
+    setup_error_log()
     addresses = [parse_address(spec, "http", "front.listen") for spec in config.listen]
     sockets = bind_or_inherit(addresses, None, 2048)
     master = master or bool(stats or metrics) or os.environ.get("GANTRY_FRONT_MASTER") == "1"

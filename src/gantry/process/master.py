@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import select
 import signal
 import socket
 import time
@@ -18,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gantry.process.parent import stop_with_parent
+from gantry.process.runtime import wait_readable
 from gantry.process.shared import STATUS_CODES, SlotView, WorkerTable
 from gantry.process.systemd import notify
 
@@ -144,19 +144,8 @@ class Master:
         return self.exit_code
 
     def _wait(self) -> None:
-        readable = [self._wakeup_r] + [extra.sock for extra in self.extras]
-        try:
-            ready, _, _ = select.select(readable, [], [], 0.25)
-        except InterruptedError:
-            return
+        ready = wait_readable(self._wakeup_r, [extra.sock for extra in self.extras], 0.25)
         for item in ready:
-            if item == self._wakeup_r:
-                try:
-                    while os.read(self._wakeup_r, 4096):
-                        pass
-                except BlockingIOError:
-                    pass
-                continue
             for extra in self.extras:
                 if extra.sock is item:
                     try:

@@ -8,6 +8,7 @@ import sys
 import tempfile
 
 from gantry.config import ConfigError
+from gantry.process.runtime import setup_error_log
 from gantry.stack.config import PROVISIONAL_RUNTIME_DIR, StackPlan, demo_plan, load_stack
 
 __all__ = ["run_part", "run_up"]
@@ -15,22 +16,11 @@ __all__ = ["run_part", "run_up"]
 log = logging.getLogger("gantry.stack")
 
 
-def _setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
-    )
-    root = logging.getLogger("gantry")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    root.propagate = False
-
-
 def run_up(config_file: str | None, listen: str | None) -> int:
     """Validate the whole stack (ConfigError before anything starts), bind, supervise."""
     from gantry.stack.supervisor import Supervisor
 
-    _setup_logging()
+    setup_error_log()
     if config_file:
         plan = load_stack(config_file, PROVISIONAL_RUNTIME_DIR)
     else:

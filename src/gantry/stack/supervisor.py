@@ -16,7 +16,6 @@ import fcntl
 import json
 import logging
 import os
-import select
 import shutil
 import signal
 import socket
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 from gantry.config import ListenAddress, parse_address
 from gantry.process.master import APP_LOAD_FAILED
 from gantry.process.parent import stop_with_parent
+from gantry.process.runtime import wait_readable
 from gantry.process.sockets import bind
 from gantry.process.systemd import SD_LISTEN_FDS_START, notify
 from gantry.stack.config import StackPlan
@@ -255,20 +255,8 @@ class Supervisor:
         return False
 
     def _wait(self) -> None:
-        readable: list[int | socket.socket] = [self._wakeup_r]
-        readable += [sock for sock, _ in self.listeners]
-        try:
-            ready, _, _ = select.select(readable, [], [], 0.25)
-        except InterruptedError:
-            return
+        ready = wait_readable(self._wakeup_r, [sock for sock, _ in self.listeners], 0.25)
         for item in ready:
-            if item == self._wakeup_r:
-                try:
-                    while os.read(self._wakeup_r, 4096):
-                        pass
-                except BlockingIOError:
-                    pass
-                continue
             for sock, kind in self.listeners:
                 if sock is item:
                     self._answer(sock, kind)

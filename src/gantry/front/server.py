@@ -9,7 +9,7 @@ import time
 from collections import deque
 
 from gantry.front.balancing import UpstreamPool
-from gantry.front.model import FrontConfig, Location
+from gantry.front.model import FrontConfig, Location, VirtualServer
 from gantry.front.proxy import KeepAlivePool, ProxyRequest, RequestBody, StreamedBody
 from gantry.front.routing import Router, client_allowed, normalize_path
 from gantry.front.static import (
@@ -54,6 +54,8 @@ _CONDITIONAL = frozenset(
 )  # fmt: skip
 # Buffered request bodies up to this size go to the upstream with the head in one write.
 SMALL_BODY = 256 * 1024
+# Routes remembered per worker (cleared when full).
+ROUTE_CACHE = 4096
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
 
@@ -70,6 +72,9 @@ class FrontWorker:
         #: this worker's shared-memory slot under a master (gantry top, stats, metrics)
         self.slot: SlotView | None = None
         self.counters = WorkerCounters()
+        #: (Host, raw path) -> (normalized path, server, location): routing is a pure
+        #: function of the two and of the configuration, which never changes in a worker
+        self.routes: dict[tuple[str | None, bytes], tuple[str, VirtualServer, Location | None]] = {}
         self.files = OpenFileCache()
         self.defaults = HeadDefaults()
         self.limits = HTTPLimits(max_body_size=config.client_max_body_size)
@@ -271,17 +276,24 @@ class FrontConnection(asyncio.Protocol):
         self.sent = 0
         if self.upstream_log:
             self.upstream_log = []
-        path = normalize_path(head.path)
-        if path is None:
-            self.simple_response(400, close=True)
-            return
-        self.path = path
         host = _header(head, b"host")
-        server = self.worker.router.server_for(host)
+        routes = self.worker.routes
+        route = routes.get((host, head.path))
+        if route is None:
+            path = normalize_path(head.path)
+            if path is None:
+                self.simple_response(400, close=True)
+                return
+            server = self.worker.router.server_for(host)
+            route = (path, server, self.worker.router.location_for(server, path))
+            if len(routes) >= ROUTE_CACHE:
+                routes.clear()
+            routes[(host, head.path)] = route
+        path, server, location = route
+        self.path = path
         if not client_allowed(server.access, self.remote_addr):
             self.simple_response(403)
             return
-        location = self.worker.router.location_for(server, path)
         if location is None:
             self.simple_response(404)
             return

@@ -469,3 +469,45 @@ def test_check_output_of_an_inline_stack_loads_back_the_same(tmp_path: Path) -> 
     assert document["front"]["server"][0]["location"][0]["index"] == ["index.html"]
     assert f"upstream 'hello' = unix:{runtime}/hello.sock, kept connections" in effective
     assert f"{runtime}/hello.stats" in effective
+
+
+def test_a_second_stack_on_the_same_runtime_dir_is_refused(tmp_path: Path) -> None:
+    """The second stack must not take over (or delete) the first one's live sockets or
+    state: it exits 2 naming the socket, and the first one keeps serving and healing."""
+    runtime = tmp_path / "run"
+    stats = tmp_path / "first.stats"
+    config = (
+        f'[stack]\nruntime_dir = "{runtime}"\nstats = "{stats}"\n'
+        '[front]\nlisten = ["127.0.0.1:FRONT_PORT"]\n'
+        '[[app]]\nname = "hello"\nmodule = "gantry.demo:app"\n'
+    )
+    first_dir = tmp_path / "first"
+    first_dir.mkdir()
+    with GantryUp(first_dir, config) as first:
+        assert _wait(lambda: _answers_demo(first.port)), first.log_text()
+        second = subprocess.run(
+            [sys.executable, "-m", "gantry", "up", "-c", str(_second_config(tmp_path, config))],
+            capture_output=True, text=True, timeout=30, cwd=REPO,
+        )  # fmt: skip
+        assert second.returncode == 2, second.stderr
+        assert "another process is listening on it" in second.stderr
+        assert _answers_demo(first.port)
+        # the first stack's state survived: a killed front comes back
+        front_master = int(_parts(str(stats))["front"]["pid"])  # type: ignore[call-overload]
+        os.kill(front_master, signal.SIGKILL)
+        assert _wait(lambda: _answers_demo(first.port) and _front_pid(stats) != front_master)
+        assert first.stop() == 0
+
+
+def _second_config(tmp_path: Path, config: str) -> Path:
+    path = tmp_path / "second.toml"
+    text = config.replace("FRONT_PORT", str(free_port())).replace("first.stats", "second.stats")
+    path.write_text(text)
+    return path
+
+
+def _front_pid(stats: Path) -> int:
+    try:
+        return int(_parts(str(stats))["front"]["pid"])  # type: ignore[call-overload]
+    except (OSError, ValueError, KeyError):
+        return 0

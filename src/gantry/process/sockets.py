@@ -23,6 +23,10 @@ def bind(address: ListenAddress, mode: int | None, backlog: int) -> socket.socke
         path = address.path
         try:
             if stat.S_ISSOCK(os.stat(path).st_mode):
+                if _listened_on(path):
+                    raise ConfigError(
+                        f"{address.kind} socket {path}: another process is listening on it"
+                    )
                 os.unlink(path)  # a stale socket from a previous run
         except FileNotFoundError:
             pass
@@ -55,6 +59,19 @@ def bind(address: ListenAddress, mode: int | None, backlog: int) -> socket.socke
     sock.listen(backlog)
     sock.setblocking(False)
     return sock
+
+
+def _listened_on(path: str) -> bool:
+    """Whether a live process accepts on the unix socket at ``path`` (else it is stale)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        except OSError:
+            return True  # e.g. a full queue (EAGAIN) or a timeout: someone is there
+        return True
 
 
 def bind_or_inherit(

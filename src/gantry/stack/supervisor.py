@@ -77,29 +77,34 @@ class Supervisor:
         self._wakeup_w = -1
         self.listeners: list[tuple[socket.socket, str]] = []
         self.state_path = os.path.join(self.plan.runtime_dir, STATE_FILE)
+        #: every socket bound and the state written: the runtime files are this stack's
+        self.prepared = False
 
     # setting up -------------------------------------------------------------
 
     def prepare(self) -> None:
         """Write the state file and bind every socket, before any part starts."""
         os.makedirs(self.plan.runtime_dir, mode=0o700, exist_ok=True)
-        with open(self.state_path, "w", encoding="utf-8") as handle:
-            json.dump(self.plan.to_json(), handle)
-        for app in self.plan.settings.app:
-            address = parse_address(self.plan.pool_socket(app.name), "uwsgi", "app")
-            sock = bind(address, 0o600, app.backlog)
-            self.parts.append(Part(app.name, "app", [(address, sock)]))
         front = self.plan.front_config()
         sockets = []
         for spec in front.listen:
             address = parse_address(spec, "http", f"{self.plan.source}: front.listen")
             sockets.append((address, bind(address, None, 2048)))
         self.parts.append(Part("front", "front", sockets))
+        for app in self.plan.settings.app:
+            address = parse_address(self.plan.pool_socket(app.name), "uwsgi", "app")
+            sock = bind(address, 0o600, app.backlog)
+            self.parts.append(Part(app.name, "app", [(address, sock)]))
         stack = self.plan.settings.stack
         for wanted, kind in ((stack.stats, "stats"), (stack.metrics, "metrics")):
             if wanted:
                 address = parse_address(wanted, kind, f"stack.{kind}")
                 self.listeners.append((bind(address, 0o600 if address.path else None, 64), kind))
+        # Last: a bind that fails (another stack on the same runtime_dir or port) must
+        # leave that stack's state file alone.
+        with open(self.state_path, "w", encoding="utf-8") as handle:
+            json.dump(self.plan.to_json(), handle)
+        self.prepared = True
 
     def run(self) -> int:
         """Start every part, then supervise until stopped."""
@@ -305,8 +310,9 @@ class Supervisor:
                 sock.close()
                 if address.path is not None:
                     _unlink(address.path)
-            # A pool's own `stats` setting is the user's: only the runtime-dir default goes.
-            if part.kind == "front" or not user_stats.get(part.name):
+            # A pool's own `stats` setting is the user's: only the runtime-dir default goes
+            # (and only when this stack ran: the files may be another stack's otherwise).
+            if self.prepared and (part.kind == "front" or not user_stats.get(part.name)):
                 _unlink(self.plan.part_stats(part.name))
         for sock, _ in self.listeners:
             name = sock.getsockname()
@@ -315,7 +321,8 @@ class Supervisor:
                 _unlink(name)
         if self.plan.settings.stack.pidfile:
             _unlink(self.plan.settings.stack.pidfile)
-        _unlink(self.state_path)
+        if self.prepared:
+            _unlink(self.state_path)
         if self.own_runtime_dir:
             shutil.rmtree(self.plan.runtime_dir, ignore_errors=True)
 

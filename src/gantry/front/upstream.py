@@ -307,12 +307,21 @@ async def open_upstream(
         host, _, port = address.rpartition(":")
         coro = loop.create_connection(factory, host.strip("[]"), int(port))
     # A timer rather than asyncio.wait_for: no extra task per connection.
+    # The timer says it fired: comparing its time with loop.time() misses when the loop
+    # runs it a hair early (then the request was cancelled and never answered).
     task = asyncio.current_task(loop)
-    timer = loop.call_later(timeout, task.cancel) if task is not None else None
+    expired: list[bool] = []
+
+    def expire() -> None:
+        expired.append(True)
+        if task is not None:
+            task.cancel()
+
+    timer = loop.call_later(timeout, expire) if task is not None else None
     try:
         _, protocol = await coro
     except asyncio.CancelledError:
-        if timer is not None and timer.when() <= loop.time():
+        if expired:
             raise UpstreamError(
                 504, f"connecting to {address} timed out", connected=False
             ) from None

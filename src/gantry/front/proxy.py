@@ -210,6 +210,10 @@ class ProxyRequest(UpstreamResponse):
         self.waiter: asyncio.Future[str] | None = None
         #: no attempt in flight (set False by each attempt until it ends)
         self.settled = True
+        #: the current attempt went out on a kept connection (it may have been stale)
+        self.reused = False
+        #: what the attempts so far went through, kept across the tasks that make them
+        self.state = _Attempts()
         self.started_response = False
         self.retry_status = False
         self.attempt_start = 0.0
@@ -234,6 +238,7 @@ class ProxyRequest(UpstreamResponse):
             )
             if conn is not None:
                 self._send_on(peer, conn)
+                self.reused = True
                 return
             self.client.loop.create_task(self.run(first=peer))
             return
@@ -291,9 +296,9 @@ class ProxyRequest(UpstreamResponse):
         keepalive = self.client.worker.keepalive
         loop = self.client.loop
         stream = self.body_in if isinstance(self.body_in, StreamedBody) else None
-        state = _Attempts()
+        state = self.state
         if resumed is not None:
-            verdict = self._after(resumed[0], resumed[1], True, state)
+            verdict = self._after(resumed[0], resumed[1], self.reused, state)
             if verdict != "next":
                 if verdict == "failed":
                     self.client.proxy_failed(self._failure(state))
@@ -329,8 +334,16 @@ class ProxyRequest(UpstreamResponse):
             if self.abandoned or self.client.closed:
                 conn.abort()
                 return
+            if stream is None and not isinstance(self.body_in, BodyBuffer):
+                # Everything went out in one write: _settle takes it from here, and only
+                # a failure needs a task again (no future, no wake-up per request).
+                self._send_on(peer, conn)
+                self.reused = reused
+                self.attempt_start = connect_started
+                return
             self.waiter = loop.create_future()
             self._send_on(peer, conn)
+            self.reused = reused
             self.attempt_start = connect_started  # upstream time counts the connect too
             if stream is not None:
                 stream.attach(conn)

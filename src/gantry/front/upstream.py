@@ -302,7 +302,14 @@ async def open_upstream(
         return UpstreamConnection(loop, address, watch)
 
     if address.startswith("unix:"):
-        coro = loop.create_unix_connection(factory, address[5:])
+        # A unix connect completes or fails at once (a full queue is EAGAIN): no timer.
+        try:
+            _, unix_protocol = await loop.create_unix_connection(factory, address[5:])
+        except OSError as exc:
+            raise UpstreamError(
+                502, f"cannot connect to {address}: {exc.strerror or exc}", connected=False
+            ) from None
+        return unix_protocol
     else:
         host, _, port = address.rpartition(":")
         coro = loop.create_connection(factory, host.strip("[]"), int(port))

@@ -36,7 +36,7 @@ system-deps:
 
 test: $(VENV)/.installed-test system-deps
 	$(BIN)/ruff check src tests bench
-	$(BIN)/mypy --strict src/gantry/protocol src/gantry/wsgi
+	$(BIN)/mypy --strict src/gantry/protocol src/gantry/wsgi src/gantry/front src/gantry/stack src/gantry/stats
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(VENV)/.installed-test

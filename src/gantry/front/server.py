@@ -236,12 +236,29 @@ class FrontConnection(asyncio.Protocol):
             self.handle(head, None, self.stream)
 
     def _streams_body(self, head: RequestHead) -> bool:
-        path = normalize_path(head.path)
-        if path is None:
-            return False
-        server = self.worker.router.server_for(_header(head, b"host"))
-        location = self.worker.router.location_for(server, path)
+        route = self._route(head)
+        location = route[2] if route is not None else None
         return location is not None and bool(location.proxy) and not location.request_buffering
+
+    def _route(self, head: RequestHead) -> tuple[str, VirtualServer, Location | None] | None:
+        """(normalized path, server, location) of a request; None for a path to refuse.
+
+        Routing is a pure function of Host, the raw path and the configuration (which
+        never changes in a worker), so it is remembered per worker.
+        """
+        host = _header(head, b"host")
+        routes = self.worker.routes
+        route = routes.get((host, head.path))
+        if route is None:
+            path = normalize_path(head.path)
+            if path is None:
+                return None
+            server = self.worker.router.server_for(host)
+            route = (path, server, self.worker.router.location_for(server, path))
+            if len(routes) >= ROUTE_CACHE:
+                routes.clear()
+            routes[(host, head.path)] = route
+        return route
 
     def request_body(self, data: bytes) -> None:
         if self.stream is not None:
@@ -276,19 +293,10 @@ class FrontConnection(asyncio.Protocol):
         self.sent = 0
         if self.upstream_log:
             self.upstream_log = []
-        host = _header(head, b"host")
-        routes = self.worker.routes
-        route = routes.get((host, head.path))
+        route = self._route(head)
         if route is None:
-            path = normalize_path(head.path)
-            if path is None:
-                self.simple_response(400, close=True)
-                return
-            server = self.worker.router.server_for(host)
-            route = (path, server, self.worker.router.location_for(server, path))
-            if len(routes) >= ROUTE_CACHE:
-                routes.clear()
-            routes[(host, head.path)] = route
+            self.simple_response(400, close=True)
+            return
         path, server, location = route
         self.path = path
         if not client_allowed(server.access, self.remote_addr):

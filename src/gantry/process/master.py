@@ -6,7 +6,6 @@ fd; the work (reaping, respawning, reloading, harakiri) happens in the loop.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import signal
@@ -17,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gantry.process.parent import stop_with_parent
-from gantry.process.runtime import wait_readable
+from gantry.process.runtime import signal_process, wait_readable
 from gantry.process.shared import STATUS_CODES, SlotView, WorkerTable
 from gantry.process.systemd import notify
 
@@ -326,7 +325,7 @@ class Master:
             if worker.kill_at is not None and now > worker.kill_at:
                 log.warning("worker pid %d did not stop in time: killing", worker.pid)
                 worker.kill_at = None
-                _kill(worker.pid, signal.SIGKILL)
+                signal_process(worker.pid, signal.SIGKILL)
         if (
             not self._notified_ready
             and self.workers
@@ -387,7 +386,7 @@ class Master:
                     worker.slot.request_line or "?",
                 )
                 worker.slot.request_start_us = 0
-                _kill(worker.pid, signal.SIGKILL)
+                signal_process(worker.pid, signal.SIGKILL)
 
     # stopping ---------------------------------------------------------------------------
 
@@ -416,7 +415,7 @@ class Master:
 
     def _signal_workers(self, signum: int) -> None:
         for pid in list(self.workers):
-            _kill(pid, signum)
+            signal_process(pid, signum)
 
     def _kill_all(self, signum: int) -> None:
         self._signal_workers(signum)
@@ -448,14 +447,6 @@ class Master:
                 os.unlink(path)
             except OSError:
                 pass
-
-
-def _kill(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except OSError as exc:
-        if exc.errno != errno.ESRCH:
-            raise
 
 
 def _describe(code: int) -> str:

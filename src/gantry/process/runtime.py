@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import select
 import socket
 import sys
 
-__all__ = ["new_event_loop", "setup_error_log", "wait_readable"]
+__all__ = ["new_event_loop", "setup_error_log", "signal_process", "wait_readable"]
 
 
 def setup_error_log(path: str | None = None) -> None:
@@ -57,3 +58,12 @@ def wait_readable(
         except BlockingIOError:
             pass
     return [item for item in ready if isinstance(item, socket.socket)]
+
+
+def signal_process(pid: int, signum: int) -> None:
+    """Send ``signum`` to ``pid``; a process already gone is not an error."""
+    try:
+        os.kill(pid, signum)
+    except OSError as exc:
+        if exc.errno != errno.ESRCH:
+            raise

@@ -11,7 +11,6 @@ loop forwards it (SIGHUP, SIGUSR1), stops the parts (SIGTERM, SIGINT) and reaps.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import logging
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 from gantry.config import ListenAddress, parse_address
 from gantry.process.master import APP_LOAD_FAILED
 from gantry.process.parent import stop_with_parent
-from gantry.process.runtime import wait_readable
+from gantry.process.runtime import signal_process, wait_readable
 from gantry.process.sockets import bind
 from gantry.process.systemd import SD_LISTEN_FDS_START, notify
 from gantry.stack.config import StackPlan
@@ -234,7 +233,7 @@ class Supervisor:
     def _signal_parts(self, signum: int) -> None:
         for part in self.parts:
             if part.pid is not None:
-                _kill(part.pid, signum)
+                signal_process(part.pid, signum)
 
     # stopping ---------------------------------------------------------------
 
@@ -255,7 +254,7 @@ class Supervisor:
             for part in self.parts:
                 if part.pid is not None:
                     log.warning("%s did not stop in time: killing it", part.name)
-                    _kill(part.pid, signal.SIGKILL)
+                    signal_process(part.pid, signal.SIGKILL)
             self.stop_deadline = time.monotonic() + 5.0
         return False
 
@@ -325,14 +324,6 @@ class Supervisor:
             _unlink(self.state_path)
         if self.own_runtime_dir:
             shutil.rmtree(self.plan.runtime_dir, ignore_errors=True)
-
-
-def _kill(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except OSError as exc:
-        if exc.errno != errno.ESRCH:
-            raise
 
 
 def _unlink(path: str) -> None:

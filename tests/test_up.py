@@ -509,5 +509,5 @@ def _second_config(tmp_path: Path, config: str) -> Path:
 def _front_pid(stats: Path) -> int:
     try:
         return int(_parts(str(stats))["front"]["pid"])  # type: ignore[call-overload]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):  # TypeError: no pid while restarting
         return 0

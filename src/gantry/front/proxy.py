@@ -13,8 +13,8 @@ from gantry.front.upstream import (
     UpstreamError,
     UpstreamResponse,
     open_upstream,
-    uwsgi_payload,
 )
+from gantry.front.upstream_request import http_request_head, uwsgi_packet
 from gantry.protocol.http1 import RequestHead
 from gantry.wsgi.input import BodyBuffer
 
@@ -23,9 +23,6 @@ if TYPE_CHECKING:
 
 __all__ = ["KeepAlivePool", "ProxyRequest", "RequestBody", "StreamedBody"]
 
-# Asks a gantry serve uwsgi socket to keep the connection for the next packet.
-KEEPALIVE_VAR = (b"GANTRY_KEEPALIVE", b"1")
-
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 # Hop-by-hop fields (RFC 9110 7.6.1) and what a proxy hides by default (nginx's
@@ -33,11 +30,6 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _RESPONSE_DROP = frozenset(
     {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
      b"proxy-authenticate", b"proxy-connection", b"date", b"server", b"x-accel-redirect"}
-)  # fmt: skip
-_REQUEST_DROP = frozenset(
-    {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
-     b"proxy-authorization", b"proxy-connection", b"expect", b"content-length",
-     b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip"}
 )  # fmt: skip
 
 
@@ -181,6 +173,25 @@ class _Attempts:
 class ProxyRequest(UpstreamResponse):
     """One client request on its way through the pool; relays the response to the client."""
 
+    # Class-level defaults: a request sets only what changes (this is per request).
+    peer: Peer | None = None
+    conn: UpstreamConnection | None = None
+    #: the attempt loop's wait for the current attempt (None: no loop awaits it)
+    waiter: asyncio.Future[str] | None = None
+    #: no attempt in flight (set False by each attempt until it ends)
+    settled = True
+    #: the current attempt went out on a kept connection (it may have been stale)
+    reused = False
+    #: what the attempts so far went through, kept across the tasks that make them
+    #: (made by the first attempt loop: the common request never needs one)
+    state: _Attempts | None = None
+    started_response = False
+    retry_status = False
+    attempt_start = 0.0
+    attempt_open = False
+    abandoned = False
+    spooled_sent = False
+
     def __init__(
         self,
         client: FrontConnection,
@@ -204,22 +215,6 @@ class ProxyRequest(UpstreamResponse):
         self.reusable = upstream.protocol == "http" or upstream.gantry_keepalive
         self.pool = pool
         self.location = location
-        self.peer: Peer | None = None
-        self.conn: UpstreamConnection | None = None
-        #: the attempt loop's wait for the current attempt (None: no loop awaits it)
-        self.waiter: asyncio.Future[str] | None = None
-        #: no attempt in flight (set False by each attempt until it ends)
-        self.settled = True
-        #: the current attempt went out on a kept connection (it may have been stale)
-        self.reused = False
-        #: what the attempts so far went through, kept across the tasks that make them
-        self.state = _Attempts()
-        self.started_response = False
-        self.retry_status = False
-        self.attempt_start = 0.0
-        self.attempt_open = False
-        self.abandoned = False
-        self.spooled_sent = False
 
     # the attempt loop ----------------------------------------------------------
 
@@ -297,6 +292,8 @@ class ProxyRequest(UpstreamResponse):
         loop = self.client.loop
         stream = self.body_in if isinstance(self.body_in, StreamedBody) else None
         state = self.state
+        if state is None:
+            state = self.state = _Attempts()
         if resumed is not None:
             verdict = self._after(resumed[0], resumed[1], self.reused, state)
             if verdict != "next":
@@ -434,12 +431,18 @@ class ProxyRequest(UpstreamResponse):
     def _payload(self) -> list[bytes]:
         body = self.body_in if isinstance(self.body_in, bytes) else b""
         client, head, location = self.client, self.head_in, self.location
+        script_name = (location.script_name if location is not None else "") or ""
         if self.upstream.protocol == "uwsgi":
-            pairs = client.uwsgi_vars(head, self.body_length, location)
-            if self.upstream.gantry_keepalive:
-                pairs.append(KEEPALIVE_VAR)
-            return uwsgi_payload(pairs, body)
-        request = client.http_request_head(head, self.body_length, location)
+            request = uwsgi_packet(
+                client.fixed_vars,
+                head,
+                client.request_path(head),
+                script_name,
+                self.body_length,
+                self.upstream.gantry_keepalive,
+            )
+        else:
+            request = http_request_head(head, client.remote_addr, self.body_length, script_name)
         return [request, body] if body else [request]
 
     # UpstreamResponse -------------------------------------------------------------
@@ -447,11 +450,11 @@ class ProxyRequest(UpstreamResponse):
     def head(
         self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], framed: bool
     ) -> None:
-        codes = self.upstream.next_upstream
         if (
-            not self.started_response
+            status >= 500
+            and not self.started_response
             and self.head_in.method in IDEMPOTENT
-            and f"http_{status}" in codes
+            and f"http_{status}" in self.upstream.next_upstream
         ):
             # nginx's proxy_next_upstream http_502/503/504: try the next server instead
             self._attempt_over()
@@ -465,8 +468,16 @@ class ProxyRequest(UpstreamResponse):
             self._settle("retry")
             return
         self.started_response = True
-        kept = [(n, v) for n, v in headers if n.lower() not in _RESPONSE_DROP]
-        self.client.start_proxied_response(self, status, reason, kept, headers, framed)
+        lines = []
+        has_length = False
+        for name, value in headers:
+            lname = name.lower()
+            if lname in _RESPONSE_DROP:
+                continue
+            if lname == b"content-length":
+                has_length = True
+            lines.append(name + b": " + value + b"\r\n")
+        self.client.start_proxied_response(self, status, reason, lines, has_length)
 
     def body(self, data: bytes) -> None:
         self.client.relay_body(self, data)

@@ -21,6 +21,7 @@ from gantry.front.static import (
     try_files,
 )
 from gantry.front.upstream import UpstreamError
+from gantry.front.upstream_request import connection_vars
 from gantry.process.shared import SlotView, WorkerCounters, store_memory
 from gantry.protocol.http1 import HTTPLimits, ProtocolError, RequestHead, RequestParser
 from gantry.wsgi.input import BodyBuffer
@@ -39,6 +40,9 @@ _REASONS = {
     501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
     504: "Gateway Timeout", 505: "HTTP Version Not Supported",
 }  # fmt: skip
+
+#: (status, upstream's reason phrase) -> status line
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 
 # Files up to this size are read into memory and sent with the head in one write.
 SMALL_FILE = 256 * 1024
@@ -142,6 +146,8 @@ class FrontConnection(asyncio.Protocol):
         self.remote_addr = ""
         self.remote_port = ""
         self.server_port = ""
+        #: this connection's own uwsgi vars, encoded once
+        self.fixed_vars = b""
         self.head: RequestHead | None = None
         self.body: BodyBuffer | None = None
         self.queue: deque[tuple[RequestHead, BodyBuffer | None]] = deque()
@@ -180,6 +186,7 @@ class FrontConnection(asyncio.Protocol):
         sockname = transport.get_extra_info("sockname")
         if isinstance(sockname, tuple):
             self.server_port = str(sockname[1])
+        self.fixed_vars = connection_vars(self.remote_addr, self.remote_port, self.server_port)
         self.worker.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -483,22 +490,21 @@ class FrontConnection(asyncio.Protocol):
         proxy: ProxyRequest,
         status: int,
         reason: bytes,
-        headers: list[tuple[bytes, bytes]],
-        original: list[tuple[bytes, bytes]],
-        framed: bool,
+        lines: list[bytes],
+        has_length: bool,
     ) -> None:
+        """The upstream's head: ``lines`` are its fields to pass on, each ending in CRLF."""
         self.status = status
-        has_length = any(n.lower() == b"content-length" for n, _ in original)
         bodyless = self.request.method == "HEAD" or status in (204, 304) or status < 200
         self.chunked_out = False
         if not has_length and not bodyless:
             if self.request.version == "1.1":
                 self.chunked_out = True
-                headers.append((b"Transfer-Encoding", b"chunked"))
+                lines.append(b"Transfer-Encoding: chunked\r\n")
             else:
                 self.keep_alive = False
         # Held until the first body piece or the end: one write for small responses.
-        self.pending_head = self._encode_head(status, headers, reason)
+        self.pending_head = self._head(status, lines, reason)
 
     def relay_body(self, proxy: ProxyRequest, data: bytes) -> None:
         if self.transport is None or self.closed or not data:
@@ -534,92 +540,33 @@ class FrontConnection(asyncio.Protocol):
         self.log_error(f"{self._request_line()}: {error.reason}")
         self.simple_response(error.status)
 
-    # what goes to the upstream ----------
-
-    def uwsgi_vars(
-        self, head: RequestHead, body_length: int, location: Location | None = None
-    ) -> list[tuple[bytes, bytes]]:
-        """The vars nginx's uwsgi_params send, plus the request's headers as HTTP_*.
-
-        With the location's ``script_name``, SCRIPT_NAME is the mount point and PATH_INFO
-        the rest of the path (nginx's ``uwsgi_param SCRIPT_NAME``, ``uwsgi_modifier1 30``).
-        """
-        host = _header(head, b"host") or ""
-        content_type = _header(head, b"content-type") or ""
-        path = self.path if self.request is head else (normalize_path(head.path) or "/")
-        script_name = ""
-        if location is not None and location.script_name:
-            script_name = location.script_name
-            if path == script_name or path.startswith(script_name + "/"):
-                path = path[len(script_name) :]
-        pairs = [
-            (b"QUERY_STRING", head.query),
-            (b"REQUEST_METHOD", head.method.encode()),
-            (b"CONTENT_TYPE", content_type.encode("latin-1")),
-            (b"CONTENT_LENGTH", str(body_length).encode() if body_length else b""),
-            (b"REQUEST_URI", head.target),
-            (b"PATH_INFO", path.encode("utf-8", "surrogateescape")),
-            # nginx's uwsgi_params omit it; PEP 3333 wants it, and uWSGI passes it through
-            (b"SCRIPT_NAME", script_name.encode("utf-8", "surrogateescape")),
-            (b"DOCUMENT_ROOT", b"/"),
-            (b"SERVER_PROTOCOL", b"HTTP/" + head.version.encode()),
-            (b"REQUEST_SCHEME", b"http"),
-            (b"REMOTE_ADDR", self.remote_addr.encode()),
-            (b"REMOTE_PORT", self.remote_port.encode()),
-            (b"SERVER_PORT", self.server_port.encode()),
-            (b"SERVER_NAME", host.split(":")[0].encode("latin-1") or b"localhost"),
-        ]
-        for name, value in head.headers:
-            lname = name.lower()
-            if lname in (b"content-type", b"content-length") or b"_" in name:
-                continue
-            pairs.append((b"HTTP_" + name.upper().replace(b"-", b"_"), value))
-        return pairs
-
-    def http_request_head(
-        self, head: RequestHead, body_length: int, location: Location | None = None
-    ) -> bytes:
-        """The request head for an HTTP upstream: X-Forwarded-*, X-Real-IP, the location's
-        X-Script-Name, and no hop-by-hop fields; the body follows it."""
-        from gantry.front.proxy import _REQUEST_DROP
-
-        lines = [head.method.encode() + b" " + head.target + b" HTTP/1.1"]
-        forwarded_for = self.remote_addr.encode()
-        host = b""
-        for name, value in head.headers:
-            lname = name.lower()
-            if lname == b"x-forwarded-for":
-                forwarded_for = value + b", " + forwarded_for
-            if lname == b"host":
-                host = value
-            if lname in _REQUEST_DROP:
-                continue
-            lines.append(name + b": " + value)
-        lines.append(b"X-Forwarded-For: " + forwarded_for)
-        lines.append(b"X-Real-IP: " + self.remote_addr.encode())
-        lines.append(b"X-Forwarded-Proto: http")
-        if host:
-            lines.append(b"X-Forwarded-Host: " + host)
-        if location is not None and location.script_name:
-            lines.append(b"X-Script-Name: " + location.script_name.encode("utf-8"))
-        if body_length or head.method in ("POST", "PUT", "PATCH"):
-            lines.append(b"Content-Length: " + str(body_length).encode())
-        return b"\r\n".join(lines) + b"\r\n\r\n"
+    def request_path(self, head: RequestHead) -> str:
+        """The normalized path of ``head`` (the one being handled has it already)."""
+        return self.path if self.request is head else (normalize_path(head.path) or "/")
 
     # writing ----------
 
     def _encode_head(
         self, status: int, headers: list[tuple[bytes, bytes]], reason: bytes = b""
     ) -> bytes:
-        text = reason.decode("latin-1") or _REASONS.get(status, "Unknown")
-        parts = [f"HTTP/1.1 {status} {text}\r\n".encode("latin-1")]
-        parts.extend(name + b": " + value + b"\r\n" for name, value in headers)
+        return self._head(
+            status, [name + b": " + value + b"\r\n" for name, value in headers], reason
+        )
+
+    def _head(self, status: int, lines: list[bytes], reason: bytes = b"") -> bytes:
+        """Status line, ``lines`` (fields ending in CRLF), Connection, Server, Date."""
+        status_line = _STATUS_LINES.get((status, reason))
+        if status_line is None:
+            text = reason.decode("latin-1") or _REASONS.get(status, "Unknown")
+            status_line = f"HTTP/1.1 {status} {text}\r\n".encode("latin-1")
+            if len(_STATUS_LINES) < 256:
+                _STATUS_LINES[(status, reason)] = status_line
         if not self.keep_alive:
-            parts.append(b"Connection: close\r\n")
+            lines.append(b"Connection: close\r\n")
         elif self.request.version == "1.0":
-            parts.append(b"Connection: keep-alive\r\n")
-        parts.append(self.worker.defaults.lines)
-        return b"".join(parts)
+            lines.append(b"Connection: keep-alive\r\n")
+        lines.append(self.worker.defaults.lines)
+        return status_line + b"".join(lines)
 
     def _write_head(
         self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, reason: bytes = b""

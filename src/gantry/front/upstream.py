@@ -20,6 +20,8 @@ __all__ = ["UpstreamError", "UpstreamResponse", "UpstreamConnection", "open_upst
 # Request-body bytes buffered toward one upstream before the sender waits for it.
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
+# Fields that frame a response body (without them, the close ends it).
+_FRAMING = (b"content-length", b"transfer-encoding")
 
 
 class UpstreamError(Exception):
@@ -129,7 +131,6 @@ class UpstreamConnection(asyncio.Protocol):
             # bytes nobody asked for: the connection cannot be trusted for reuse
             self.abort()
             return
-        self._arm_timer()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -138,6 +139,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             if receiver is not None:
                 receiver.failed(UpstreamError(502, f"malformed response from upstream: {exc}"))
+            return
+        if self.receiver is not None:
+            self._arm_timer()  # activity: the read timeout starts again
 
     # sending ------------------------------------------------------------------------
 
@@ -255,12 +259,13 @@ class UpstreamConnection(asyncio.Protocol):
         parser = self.parser
         self.status = parser.get_status_code()
         self.keep_alive = parser.should_keep_alive()
-        self.framed = (
-            any(n.lower() in (b"content-length", b"transfer-encoding") for n, _ in self.headers)
-            or self.head_request
-            or self.status in (204, 304)
-            or self.status < 200
-        )
+        framed = self.head_request or self.status in (204, 304) or self.status < 200
+        if not framed:
+            for name, _ in self.headers:
+                if name.lower() in _FRAMING:
+                    framed = True
+                    break
+        self.framed = framed
         self.head_done = True
         receiver = self.receiver
         if receiver is not None:

@@ -1,0 +1,211 @@
+"""What the front sends upstream for one request: a uwsgi packet or an HTTP/1.1 head.
+
+The uwsgi packet carries the vars nginx's ``uwsgi_params`` send plus the request's
+headers as HTTP_*. It is built straight into bytes: the keys are encoded once (a
+header name once per worker), the connection's own vars once per connection, so a
+request costs one join over its values.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from gantry.protocol.http1 import RequestHead
+
+__all__ = ["connection_vars", "http_request_head", "uwsgi_packet"]
+
+_u16 = struct.Struct("<H").pack
+#: encoded lengths of short values, the common case
+_SHORT = [_u16(n) for n in range(1024)]
+_MAX_U16 = 0xFFFF
+
+
+def _key(name: bytes) -> bytes:
+    return _u16(len(name)) + name
+
+
+def _var(name: bytes, value: bytes) -> bytes:
+    return _key(name) + _u16(len(value)) + value
+
+
+_QUERY_STRING = _key(b"QUERY_STRING")
+_REQUEST_URI = _key(b"REQUEST_URI")
+_PATH_INFO = _key(b"PATH_INFO")
+# nginx's uwsgi_params omit SCRIPT_NAME; PEP 3333 wants it, and uWSGI passes it through
+_SCRIPT_NAME = _key(b"SCRIPT_NAME")
+_SERVER_NAME = _key(b"SERVER_NAME")
+_CONTENT_TYPE = _key(b"CONTENT_TYPE")
+_CONTENT_LENGTH = _key(b"CONTENT_LENGTH")
+_REQUEST_METHOD = _key(b"REQUEST_METHOD")
+_NO_CONTENT_TYPE = _var(b"CONTENT_TYPE", b"")
+_NO_CONTENT_LENGTH = _var(b"CONTENT_LENGTH", b"")
+_METHODS = {
+    method: _var(b"REQUEST_METHOD", method.encode())
+    for method in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
+}
+_PROTOCOLS = {
+    version: _var(b"SERVER_PROTOCOL", b"HTTP/" + version.encode()) for version in ("1.1", "1.0")
+}
+#: asks a gantry serve uwsgi socket to keep the connection for the next packet
+KEEPALIVE = _var(b"GANTRY_KEEPALIVE", b"1")
+
+# What a header name becomes: its encoded HTTP_* key, or one of these markers (told
+# apart by identity: the cache holds these very objects).
+_SKIP = b""
+_HOST = b"\x00host"
+_TYPE = b"\x00type"
+_HTTP_HOST = _key(b"HTTP_HOST")
+#: header name as the client spelled it -> encoded key (bounded: names are the client's)
+_header_keys: dict[bytes, bytes] = {}
+_HEADER_KEYS_MAX = 1024
+
+
+def _header_key(name: bytes) -> bytes:
+    lname = name.lower()
+    if lname == b"content-type":
+        key = _TYPE
+    elif lname == b"content-length" or b"_" in name:
+        # Content-Length is the front's own; a name with "_" would pass for a "-" one
+        key = _SKIP
+    elif lname == b"host":
+        key = _HOST  # HTTP_HOST, and SERVER_NAME from it
+    else:
+        key = _key(b"HTTP_" + name.upper().replace(b"-", b"_"))
+    if len(_header_keys) >= _HEADER_KEYS_MAX:
+        _header_keys.clear()
+    _header_keys[name] = key
+    return key
+
+
+def connection_vars(remote_addr: str, remote_port: str, server_port: str) -> bytes:
+    """The vars that are the same for every request of one client connection."""
+    return (
+        _var(b"DOCUMENT_ROOT", b"/")
+        + _var(b"REQUEST_SCHEME", b"http")
+        + _var(b"REMOTE_ADDR", remote_addr.encode())
+        + _var(b"REMOTE_PORT", remote_port.encode())
+        + _var(b"SERVER_PORT", server_port.encode())
+    )
+
+
+#: Host value -> encoded SERVER_NAME var (bounded: the values are the client's)
+_server_vars: dict[bytes, bytes] = {}
+
+
+def _server_var(host: bytes) -> bytes:
+    """SERVER_NAME: the Host without its port ("localhost" without a Host)."""
+    name = host if host.endswith(b"]") or b":" not in host else host.rpartition(b":")[0]
+    var = _SERVER_NAME + _u16(len(name or b"localhost")) + (name or b"localhost")
+    if len(_server_vars) >= _HEADER_KEYS_MAX:
+        _server_vars.clear()
+    _server_vars[host] = var
+    return var
+
+
+def uwsgi_packet(
+    fixed: bytes,
+    head: RequestHead,
+    path: str,
+    script_name: str,
+    body_length: int,
+    keepalive: bool,
+) -> bytes:
+    """A whole uwsgi packet (modifier1 0): header and vars; the body follows it.
+
+    ``fixed`` is :func:`connection_vars`; ``path`` the normalized path, from which
+    the location's ``script_name`` is taken off as nginx's ``uwsgi_modifier1 30`` does.
+    ValueError if a var or the block does not fit the protocol's 16-bit lengths.
+    """
+    short = _SHORT
+    if script_name and (path == script_name or path.startswith(script_name + "/")):
+        path = path[len(script_name) :]
+    path_info = path.encode("utf-8", "surrogateescape")
+    script = script_name.encode("utf-8", "surrogateescape")
+    query, target = head.query, head.target
+    method = _METHODS.get(head.method)
+    parts = [
+        b"",  # the packet header, once the length is known
+        _QUERY_STRING, short[len(query)] if len(query) < 1024 else _u16(len(query)), query,
+        method or _var(b"REQUEST_METHOD", head.method.encode()),
+        b"",  # CONTENT_TYPE, once the headers are read
+        _var(b"CONTENT_LENGTH", str(body_length).encode()) if body_length else _NO_CONTENT_LENGTH,
+        _REQUEST_URI, short[len(target)] if len(target) < 1024 else _u16(len(target)), target,
+        _PATH_INFO, short[len(path_info)] if len(path_info) < 1024 else _u16(len(path_info)),
+        path_info,
+        _SCRIPT_NAME, short[len(script)] if len(script) < 1024 else _u16(len(script)), script,
+        _PROTOCOLS.get(head.version) or _var(b"SERVER_PROTOCOL", b"HTTP/" + head.version.encode()),
+        fixed,
+        b"",  # SERVER_NAME, once the headers are read
+    ]  # fmt: skip
+    server_at = len(parts) - 1
+    host = b""
+    content_type = _NO_CONTENT_TYPE
+    append = parts.append
+    keys = _header_keys
+    try:
+        for name, value in head.headers:
+            key = keys.get(name)
+            if key is None:
+                key = _header_key(name)
+            if not key:
+                continue
+            if key is _TYPE:
+                if content_type is _NO_CONTENT_TYPE:
+                    content_type = _CONTENT_TYPE + _u16(len(value)) + value
+                continue
+            if key is _HOST:
+                key = _HTTP_HOST
+                if not host:
+                    host = value
+            append(key)
+            append(short[len(value)] if len(value) < 1024 else _u16(len(value)))
+            append(value)
+        if keepalive:
+            append(KEEPALIVE)
+        parts[5] = content_type
+        parts[server_at] = _server_vars.get(host) or _server_var(host)
+        size = sum(map(len, parts))
+        if size > _MAX_U16:
+            raise ValueError("uwsgi vars block longer than 65535 bytes")
+        parts[0] = b"\x00" + _u16(size) + b"\x00"
+    except struct.error:
+        raise ValueError("uwsgi var longer than 65535 bytes") from None
+    return b"".join(parts)
+
+
+# Fields the front does not pass on: hop-by-hop (RFC 9110 7.6.1), its own framing,
+# and the X-Forwarded-* it sets itself.
+REQUEST_DROP = frozenset(
+    {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
+     b"proxy-authorization", b"proxy-connection", b"expect", b"content-length",
+     b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip"}
+)  # fmt: skip
+
+
+def http_request_head(
+    head: RequestHead, remote_addr: str, body_length: int, script_name: str = ""
+) -> bytes:
+    """The request head for an HTTP upstream: X-Forwarded-*, X-Real-IP, the location's
+    X-Script-Name, and no hop-by-hop fields; the body follows it."""
+    lines = [head.method.encode() + b" " + head.target + b" HTTP/1.1"]
+    forwarded_for = remote_addr.encode()
+    host = b""
+    for name, value in head.headers:
+        lname = name.lower()
+        if lname == b"x-forwarded-for":
+            forwarded_for = value + b", " + forwarded_for
+        if lname == b"host":
+            host = value
+        if lname in REQUEST_DROP:
+            continue
+        lines.append(name + b": " + value)
+    lines.append(b"X-Forwarded-For: " + forwarded_for)
+    lines.append(b"X-Real-IP: " + remote_addr.encode())
+    lines.append(b"X-Forwarded-Proto: http")
+    if host:
+        lines.append(b"X-Forwarded-Host: " + host)
+    if script_name:
+        lines.append(b"X-Script-Name: " + script_name.encode("utf-8"))
+    if body_length or head.method in ("POST", "PUT", "PATCH"):
+        lines.append(b"Content-Length: " + str(body_length).encode())
+    return b"\r\n".join(lines) + b"\r\n\r\n"

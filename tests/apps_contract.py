@@ -109,6 +109,10 @@ def _app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byt
         body = json.dumps({key: environ.get(key) for key in keys}).encode()
         start_response("200 OK", [("Content-Type", "application/json")])
         return [body]
+    if path == "/cgi":  # every CGI var the server gave, as JSON
+        cgi = {key: value for key, value in environ.items() if isinstance(value, str)}
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(cgi, sort_keys=True).encode()]
     if path == "/raise":
         raise RuntimeError("the app failed on purpose: SECRET-TRACEBACK-MARKER")
     if path == "/echo":

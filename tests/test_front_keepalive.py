@@ -1,4 +1,5 @@
-"""Kept uwsgi connections between gantry front and gantry serve (GANTRY_KEEPALIVE=1)."""
+"""Kept uwsgi connections between gantry front and gantry serve (gantry's own packet, or
+GANTRY_KEEPALIVE=1 in a standard one)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from gantry.protocol.uwsgi import parse_packet
+from gantry.protocol.uwsgi import GANTRY_MODIFIER2, parse_gantry_packet, parse_packet
 from tests.process import GantryServer
 from tests.test_front import Front
 
 
 class CountingUwsgiServer:
     """A uwsgi peer on a unix socket that counts connections and answers framed responses
-    while the front asks to keep the connection (a real socket, to see what the front does)."""
+    while the front asks to keep the connection (a real socket, to see what the front does).
+    ``flags``: per packet, b"gantry" for gantry's own packet, else its GANTRY_KEEPALIVE."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -46,7 +48,8 @@ class CountingUwsgiServer:
         conn.settimeout(5)
         with conn:
             for _ in range(1000):
-                parsed = parse_packet(buffer)
+                gantry = buffer[3:4] == bytes((GANTRY_MODIFIER2,))
+                parsed = parse_gantry_packet(buffer) if gantry else parse_packet(buffer)
                 if parsed is None:
                     try:
                         data = conn.recv(65536)
@@ -56,13 +59,21 @@ class CountingUwsgiServer:
                         return
                     buffer += data
                     continue
-                _, pairs, used = parsed
+                used = parsed[-1]
+                if gantry:
+                    fields = parsed[0]
+                    assert isinstance(fields, list)
+                    environ = dict(zip(fields[::2], fields[1::2], strict=True))
+                    assert environ["PATH_INFO"] == "/x" and environ["REQUEST_METHOD"] == "GET"
+                    flag = b"gantry"
+                else:
+                    flag = dict(parsed[1]).get(b"GANTRY_KEEPALIVE", b"")  # type: ignore[arg-type]
                 buffer = buffer[used:]
-                flag = dict(pairs).get(b"GANTRY_KEEPALIVE", b"")
                 self.flags.append(flag)
-                body = b"kept" if flag == b"1" else b"closing"
+                kept = flag in (b"1", b"gantry")
+                body = b"kept" if kept else b"closing"
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))
-                if flag != b"1":
+                if not kept:
                     return
 
     def close(self) -> None:
@@ -112,7 +123,7 @@ def test_front_reuses_kept_connections_only_when_asked(
     finally:
         front.stop()
     if keep:
-        assert peer.accepted == 1 and peer.flags == [b"1"] * 10
+        assert peer.accepted == 1 and peer.flags == [b"gantry"] * 10
     else:
         assert peer.accepted == 10 and peer.flags == [b""] * 10
 

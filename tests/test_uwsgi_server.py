@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gantry.protocol.uwsgi import encode_packet
+from gantry.protocol.uwsgi import GANTRY_MODIFIER2, encode_packet
 from tests.process import GantryServer, free_port, read_all
 
 ECHO_APP = "tests.apps_contract:raw_app"
@@ -248,3 +248,99 @@ def test_kept_connection_idles_out(tmp_path: Path) -> None:
         assert "timed out" not in server.log_text()
     finally:
         server.stop()
+
+
+def _front_packets(raw: bytes, script_name: str = "") -> tuple[bytes, bytes]:
+    """What gantry front sends for the HTTP request ``raw``: a standard uwsgi packet with
+    GANTRY_KEEPALIVE=1 and gantry's own packet (the front's encoders, a real parse)."""
+    from gantry.front.routing import normalize_path
+    from gantry.front.upstream_request import (
+        connection_vars,
+        gantry_connection_vars,
+        gantry_packet,
+        uwsgi_packet,
+    )
+    from gantry.protocol.http1 import HTTPLimits, RequestHead, RequestParser
+
+    class Sink:
+        head = RequestHead()
+        body = b""
+
+        def request_head(self, head: RequestHead) -> None:
+            self.head = head
+
+        def request_body(self, data: bytes) -> None:
+            self.body += data
+
+        def request_end(self, trailers: object) -> None:
+            pass
+
+    sink = Sink()
+    RequestParser(sink, HTTPLimits()).feed(raw)
+    head, body = sink.head, sink.body
+    path = normalize_path(head.path) or "/"
+    where = ("198.51.100.7", "40000", "8080")
+    standard = uwsgi_packet(connection_vars(*where), head, path, script_name, len(body), True)
+    own = gantry_packet(gantry_connection_vars(*where), head, path, script_name, len(body))
+    assert own is not None and own[3] == GANTRY_MODIFIER2
+    return standard + body, own + body
+
+
+GANTRY_PACKET_CASES = [
+    (b"GET /cgi?a=1&b=%2F HTTP/1.1\r\nHost: example.test:8080\r\nUser-Agent: t\r\n\r\n", ""),
+    (b"GET /cgi HTTP/1.1\r\nHost: [::1]:8080\r\nCookie: a=1\r\nCookie: b=2\r\n"
+     b"X-Multi: x\r\nX-Multi: y\r\n\r\n", ""),
+    (b"POST /cgi HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\n"
+     b"hello", ""),
+    (b"GET /app/cgi HTTP/1.0\r\n\r\n", "/app"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("raw", "script_name"), GANTRY_PACKET_CASES)
+def test_gantry_packet_gives_the_app_what_the_standard_packet_gives(
+    unix_server: tuple[GantryServer, str], raw: bytes, script_name: str
+) -> None:
+    """Gantry's own packet (what gantry front sends its pools) and the standard one make
+    the same environ, repeated fields joined alike; the connection stays for the next."""
+    _, path = unix_server
+    standard, own = _front_packets(raw, script_name)
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(path)
+        sock.sendall(standard)
+        _, expected = _read_response(sock)
+        sock.sendall(own)
+        head, seen = _read_response(sock)
+        sock.sendall(own)  # the same connection serves the next packet
+        _, again = _read_response(sock)
+    environ = json.loads(seen)
+    assert environ == {k: v for k, v in json.loads(expected).items() if k != "GANTRY_KEEPALIVE"}
+    assert json.loads(again) == environ
+    assert b"Connection: close" not in head
+    assert environ["REMOTE_ADDR"] == "198.51.100.7" and environ["SCRIPT_NAME"] == script_name
+    if b"Cookie" in raw:
+        assert environ["HTTP_COOKIE"] == "a=1; b=2" and environ["HTTP_X_MULTI"] == "x, y"
+    if raw.startswith(b"POST"):
+        assert environ["CONTENT_LENGTH"] == "5" and environ["CONTENT_TYPE"] == "text/plain"
+    else:
+        assert "CONTENT_LENGTH" not in environ and "CONTENT_TYPE" not in environ
+
+
+@pytest.mark.parametrize(
+    ("block", "reason"),
+    [
+        (b"REQUEST_METHOD\0GET\0PATH_INFO", "a key without a value"),
+        (b"REQUEST_METHOD\0POST\0PATH_INFO\0/echo\0CONTENT_LENGTH\0\xb2", "CONTENT_LENGTH"),
+    ],
+)
+def test_malformed_gantry_packet_is_refused(
+    unix_server: tuple[GantryServer, str], block: bytes, reason: str
+) -> None:
+    server, path = unix_server
+    packet = b"\x00" + len(block).to_bytes(2, "little") + bytes((GANTRY_MODIFIER2,)) + block
+    assert _exchange(path, packet) == b""
+    deadline = time.monotonic() + 3
+    while reason not in server.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "uwsgi: malformed packet from" in server.log_text() and reason in server.log_text()
+    assert _exchange(path, encode_packet(_vars("/hello"))).endswith(b"Hello World!")

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
 from gantry.config import ServeConfig
-from gantry.process.shared import STATUS_CODES, SlotView, WorkerCounters, store_memory
+from gantry.process.shared import STATUS_CODES, SlotView, slot_line, store_memory
 from gantry.protocol.http1 import RequestHead
 from gantry.wsgi.errors import ErrorStream
 from gantry.wsgi.response import FileWrapper, HeadDefaults
@@ -23,6 +23,10 @@ error_log = logging.getLogger("gantry.error")
 
 STATUS_BUSY = STATUS_CODES["busy"]
 STATUS_IDLE = STATUS_CODES["idle"]
+# The slot's line for a uwsgi request (its vars are the app's to read).
+_UWSGI_LINE = slot_line("uwsgi request")
+# Counters go to shared memory after a batch at most this often (and each second).
+FLUSH_EVERY = 0.05
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -124,6 +128,8 @@ class WorkerContext:
         self._clock_handle: asyncio.TimerHandle | None = None
         #: the loop's clock, refreshed by the 1 s tick; deadlines are set from it
         self.now = loop.time()
+        #: when the counters last went to shared memory
+        self.flushed_at = 0.0
 
     def schedule(self, callback: Callable[..., None], *args: Any) -> None:
         """Queue ``callback`` for the batch that runs after the current reads."""
@@ -157,7 +163,10 @@ class WorkerContext:
                 else:
                     transport.write(data)
         if self.slot is not None:
-            self.flush_counters()
+            now = self.loop.time()
+            if now - self.flushed_at >= FLUSH_EVERY:
+                self.flushed_at = now
+                self.flush_counters()
             if self.max_requests and self.requests >= self.max_requests and not self.stopping:
                 error_log.info("max-requests (%d) reached: recycling this worker", self.requests)
                 self.request_stop()
@@ -169,11 +178,10 @@ class WorkerContext:
         for callback, args in batch:
             head = args[0] if args else None
             if isinstance(head, RequestHead):
-                slot.set_request_line(f"{head.method} {head.target.decode('latin-1')}")
+                line = slot_line(f"{head.method} {head.target.decode('latin-1')}")
             else:
-                slot.set_request_line("uwsgi request")
-            slot.request_start_us = int(time.time() * 1e6)
-            slot.status = STATUS_BUSY
+                line = _UWSGI_LINE
+            slot.begin_request(line, int(time.time() * 1e6), STATUS_BUSY)
             try:
                 callback(*args)
             except Exception:
@@ -186,9 +194,9 @@ class WorkerContext:
         slot = self.slot
         if slot is None:
             return
-        WorkerCounters(
+        slot.store_counters(
             self.requests, self.exceptions, self.tx, self.status_counts, self.rt_total
-        ).store(slot)
+        )
 
     def _check_memory(self) -> None:
         slot = self.slot

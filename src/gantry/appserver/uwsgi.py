@@ -15,11 +15,16 @@ from typing import Any
 from gantry.appserver.context import WorkerContext, error_log
 from gantry.appserver.http import IDLE_STATE
 from gantry.appserver.wsgi_connection import WSGIConnection
-from gantry.protocol.uwsgi import UwsgiProtocolError, parse_packet
+from gantry.protocol.uwsgi import (
+    GANTRY_MODIFIER2,
+    UwsgiProtocolError,
+    parse_gantry_packet,
+    parse_packet,
+)
 from gantry.wsgi.environ import EnvironTemplate
 from gantry.wsgi.input import EMPTY_INPUT, BodyBuffer
 from gantry.wsgi.response import Response, error_response
-from gantry.wsgi.uwsgi_environ import environ_from_uwsgi
+from gantry.wsgi.uwsgi_environ import environ_from_fields, environ_from_uwsgi
 
 KEEPALIVE_VAR = b"GANTRY_KEEPALIVE"
 
@@ -40,7 +45,9 @@ class UwsgiConnection(WSGIConnection):
         self.template = template
         self.allow_from = allow_from
         self.buffer = bytearray()
-        self.vars: list[tuple[bytes, bytes]] | None = None
+        #: the current packet's vars (a standard packet's pairs, or gantry's own
+        #: packet's environ), None between packets
+        self.vars: list[tuple[bytes, bytes]] | dict[str, str] | None = None
         self.body: BodyBuffer | None = None
         self.remaining = 0
         #: the current packet asked to keep the connection
@@ -94,36 +101,20 @@ class UwsgiConnection(WSGIConnection):
                 self.idle_since = 0.0
                 self.deadline = self.loop.time() + self.ctx.config.header_timeout
             buffer += data
-            try:
-                parsed = parse_packet(buffer, self.ctx.config.buffer_size)
-            except UwsgiProtocolError as exc:
-                self._malformed(str(exc))
-                return
-            if parsed is None:
-                return
-            header, pairs, used = parsed
-            if header.modifier1 != 0:
-                self._malformed(f"unsupported modifier1 {header.modifier1}")
-                return
-            self.vars = pairs
-            rest = bytes(buffer[used:])
+            if len(buffer) >= 4 and buffer[3] == GANTRY_MODIFIER2 and buffer[0] == 0:
+                used = self._gantry_packet(buffer)
+            else:
+                used = self._uwsgi_packet(buffer)
+            if not used:
+                return  # more bytes needed, or the packet was refused
+            data = bytes(buffer[used:])  # the start of the body
             self.buffer = bytearray()
-            length = 0
-            for key, value in pairs:
-                if key == b"CONTENT_LENGTH":
-                    if value and not value.isdigit():
-                        self._malformed("invalid CONTENT_LENGTH")
-                        return
-                    length = int(value or b"0")
-                elif key == KEEPALIVE_VAR:
-                    self.reuse = value == b"1"
+            length = self.remaining
             if length > self.ctx.limits.max_body_size:
                 self._reply_and_close("413 Content Too Large")
                 return
-            self.remaining = length
             if length:
                 self.body = BodyBuffer(self.ctx.config.body_spool_threshold)
-            data = rest
             if not data and not length:
                 self.busy = True
                 self.ctx.schedule(self._start)
@@ -143,14 +134,66 @@ class UwsgiConnection(WSGIConnection):
             # body timeout semantics: the limit is between reads
             self.deadline = self.loop.time() + self.ctx.config.body_timeout
 
+    def _uwsgi_packet(self, buffer: bytearray) -> int:
+        """A standard packet: vars, CONTENT_LENGTH and GANTRY_KEEPALIVE read; the bytes
+        it took, or 0 if more are needed or the packet was refused."""
+        try:
+            parsed = parse_packet(buffer, self.ctx.config.buffer_size)
+        except UwsgiProtocolError as exc:
+            self._malformed(str(exc))
+            return 0
+        if parsed is None:
+            return 0
+        header, pairs, used = parsed
+        if header.modifier1 != 0:
+            self._malformed(f"unsupported modifier1 {header.modifier1}")
+            return 0
+        length = 0
+        for key, value in pairs:
+            if key == b"CONTENT_LENGTH":
+                if value and not value.isdigit():
+                    self._malformed("invalid CONTENT_LENGTH")
+                    return 0
+                length = int(value or b"0")
+            elif key == KEEPALIVE_VAR:
+                self.reuse = value == b"1"
+        self.vars = pairs
+        self.remaining = length
+        return used
+
+    def _gantry_packet(self, buffer: bytearray) -> int:
+        """Gantry's own packet (its front's): the environ in one split, the connection kept;
+        the bytes it took, or 0."""
+        try:
+            parsed = parse_gantry_packet(buffer, self.ctx.config.buffer_size)
+        except UwsgiProtocolError as exc:
+            self._malformed(str(exc))
+            return 0
+        if parsed is None:
+            return 0
+        fields, used = parsed
+        cgi = environ_from_fields(fields, self.template.mount_prefix)
+        value = cgi.get("CONTENT_LENGTH", "")
+        if value and not (value.isascii() and value.isdigit()):
+            self._malformed("invalid CONTENT_LENGTH")
+            return 0
+        self.vars = cgi
+        self.reuse = True
+        self.remaining = int(value or "0")
+        return used
+
     def _start(self) -> None:
         self.deadline = 0.0
-        assert self.vars is not None
+        packet = self.vars
+        assert packet is not None
         environ: dict[str, Any] = self.template.base.copy()
-        cgi = environ_from_uwsgi(self.vars, self.template.mount_prefix)
+        if isinstance(packet, dict):
+            cgi = packet
+        else:
+            cgi = environ_from_uwsgi(packet, self.template.mount_prefix)
+            if self.reuse:
+                cgi.pop("GANTRY_KEEPALIVE", None)
         scheme = cgi.pop("UWSGI_SCHEME", None)
-        if self.reuse:
-            del cgi["GANTRY_KEEPALIVE"]
         environ.update(cgi)
         if scheme:
             environ["wsgi.url_scheme"] = scheme

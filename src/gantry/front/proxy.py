@@ -14,7 +14,7 @@ from gantry.front.upstream import (
     UpstreamResponse,
     open_upstream,
 )
-from gantry.front.upstream_request import http_request_head, uwsgi_packet
+from gantry.front.upstream_request import gantry_packet, http_request_head, uwsgi_packet
 from gantry.protocol.http1 import RequestHead
 from gantry.wsgi.input import BodyBuffer
 
@@ -433,13 +433,15 @@ class ProxyRequest(UpstreamResponse):
         client, head, location = self.client, self.head_in, self.location
         script_name = (location.script_name if location is not None else "") or ""
         if self.upstream.protocol == "uwsgi":
-            request = uwsgi_packet(
-                client.fixed_vars,
-                head,
-                client.request_path(head),
-                script_name,
-                self.body_length,
-                self.upstream.gantry_keepalive,
+            path = client.request_path(head)
+            gantry = self.upstream.gantry_keepalive
+            packet = None
+            if gantry:
+                packet = gantry_packet(
+                    client.gantry_vars(), head, path, script_name, self.body_length
+                )
+            request = packet or uwsgi_packet(
+                client.fixed_vars(), head, path, script_name, self.body_length, gantry
             )
         else:
             request = http_request_head(head, client.remote_addr, self.body_length, script_name)

@@ -21,7 +21,7 @@ from gantry.front.static import (
     try_files,
 )
 from gantry.front.upstream import UpstreamError
-from gantry.front.upstream_request import connection_vars
+from gantry.front.upstream_request import connection_vars, gantry_connection_vars
 from gantry.process.shared import SlotView, WorkerCounters, store_memory
 from gantry.protocol.http1 import HTTPLimits, ProtocolError, RequestHead, RequestParser
 from gantry.wsgi.input import BodyBuffer
@@ -146,8 +146,9 @@ class FrontConnection(asyncio.Protocol):
         self.remote_addr = ""
         self.remote_port = ""
         self.server_port = ""
-        #: this connection's own uwsgi vars, encoded once
-        self.fixed_vars = b""
+        #: this connection's own uwsgi vars (standard, gantry's packet), encoded once
+        self._fixed_vars = b""
+        self._gantry_vars = b""
         self.head: RequestHead | None = None
         self.body: BodyBuffer | None = None
         self.queue: deque[tuple[RequestHead, BodyBuffer | None]] = deque()
@@ -186,7 +187,6 @@ class FrontConnection(asyncio.Protocol):
         sockname = transport.get_extra_info("sockname")
         if isinstance(sockname, tuple):
             self.server_port = str(sockname[1])
-        self.fixed_vars = connection_vars(self.remote_addr, self.remote_port, self.server_port)
         self.worker.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -539,6 +539,20 @@ class FrontConnection(asyncio.Protocol):
         self.proxy = None
         self.log_error(f"{self._request_line()}: {error.reason}")
         self.simple_response(error.status)
+
+    def fixed_vars(self) -> bytes:
+        """The uwsgi vars that are the same for each request of this connection."""
+        if not self._fixed_vars:
+            self._fixed_vars = connection_vars(self.remote_addr, self.remote_port, self.server_port)
+        return self._fixed_vars
+
+    def gantry_vars(self) -> bytes:
+        """The same, for gantry's own packet."""
+        if not self._gantry_vars:
+            self._gantry_vars = gantry_connection_vars(
+                self.remote_addr, self.remote_port, self.server_port
+            )
+        return self._gantry_vars
 
     def request_path(self, head: RequestHead) -> str:
         """The normalized path of ``head`` (the one being handled has it already)."""

@@ -11,8 +11,15 @@ from __future__ import annotations
 import struct
 
 from gantry.protocol.http1 import RequestHead
+from gantry.protocol.uwsgi import GANTRY_MODIFIER2
 
-__all__ = ["connection_vars", "http_request_head", "uwsgi_packet"]
+__all__ = [
+    "connection_vars",
+    "gantry_connection_vars",
+    "gantry_packet",
+    "http_request_head",
+    "uwsgi_packet",
+]
 
 _u16 = struct.Struct("<H").pack
 #: encoded lengths of short values, the common case
@@ -171,6 +178,91 @@ def uwsgi_packet(
     except struct.error:
         raise ValueError("uwsgi var longer than 65535 bytes") from None
     return b"".join(parts)
+
+
+# Gantry's own packet (modifier2 GANTRY_MODIFIER2, to gantry serve only): the vars as
+# NUL-separated environ keys and values, which the pool reads with one split.
+_G_HEAD = b"\x00%b" + bytes((GANTRY_MODIFIER2,))
+_G_METHODS = {method: b"REQUEST_METHOD\0" + method.encode() for method in _METHODS}
+_G_PROTOCOLS = {version: b"SERVER_PROTOCOL\0HTTP/" + version.encode() for version in _PROTOCOLS}
+_G_SKIP = b""
+_G_HOST = b"HTTP_HOST"
+_G_TYPE = b"CONTENT_TYPE"
+#: header name as the client spelled it -> environ key
+_g_header_keys: dict[bytes, bytes] = {}
+
+
+def _g_header_key(name: bytes) -> bytes:
+    lname = name.lower()
+    if lname == b"content-type":
+        key = _G_TYPE
+    elif lname == b"content-length" or b"_" in name:
+        key = _G_SKIP
+    elif lname == b"host":
+        key = _G_HOST
+    else:
+        key = b"HTTP_" + name.upper().replace(b"-", b"_")
+    if len(_g_header_keys) >= _HEADER_KEYS_MAX:
+        _g_header_keys.clear()
+    _g_header_keys[name] = key
+    return key
+
+
+#: NULs inside gantry_connection_vars (10 fields)
+_FIXED_NULS = 9
+#: where the value starts in an encoded SERVER_NAME var
+_SERVER_NAME_AT = len(_SERVER_NAME) + 2
+
+
+def gantry_connection_vars(remote_addr: str, remote_port: str, server_port: str) -> bytes:
+    """:func:`connection_vars` in gantry's own packet."""
+    return b"\0".join(
+        [b"DOCUMENT_ROOT", b"/", b"REQUEST_SCHEME", b"http", b"REMOTE_ADDR", remote_addr.encode(),
+         b"REMOTE_PORT", remote_port.encode(), b"SERVER_PORT", server_port.encode()]
+    )  # fmt: skip
+
+
+def gantry_packet(
+    fixed: bytes, head: RequestHead, path: str, script_name: str, body_length: int
+) -> bytes | None:
+    """The request as gantry's own packet (see :func:`uwsgi_packet` for the arguments;
+    ``fixed`` is :func:`gantry_connection_vars`). Fields repeated in the request are
+    sent repeated (the pool joins them). None if the vars cannot be sent this way
+    (a NUL in a value, or too long): the caller sends :func:`uwsgi_packet` instead."""
+    if script_name and (path == script_name or path.startswith(script_name + "/")):
+        path = path[len(script_name) :]
+    parts = [
+        b"QUERY_STRING", head.query,
+        _G_METHODS.get(head.method) or b"REQUEST_METHOD\0" + head.method.encode(),
+        b"REQUEST_URI", head.target,
+        b"PATH_INFO", path.encode("utf-8", "surrogateescape"),
+        b"SCRIPT_NAME", script_name.encode("utf-8", "surrogateescape"),
+        _G_PROTOCOLS.get(head.version) or b"SERVER_PROTOCOL\0HTTP/" + head.version.encode(),
+        fixed,
+    ]  # fmt: skip
+    if body_length:
+        parts += (b"CONTENT_LENGTH", str(body_length).encode())
+    host = b""
+    keys = _g_header_keys
+    append = parts.append
+    for name, value in head.headers:
+        key = keys.get(name)
+        if key is None:
+            key = _g_header_key(name)
+        if not key:
+            continue
+        if key is _G_HOST and not host:
+            host = value
+        append(key)
+        append(value)
+    server_var = _server_vars.get(host) or _server_var(host)
+    append(b"SERVER_NAME")
+    append(server_var[_SERVER_NAME_AT:])
+    block = b"\0".join(parts)
+    # NULs: one between each two parts, and the method's, the protocol's and fixed's own
+    if len(block) > _MAX_U16 or block.count(b"\0") != len(parts) - 1 + 2 + _FIXED_NULS:
+        return None
+    return _G_HEAD % _u16(len(block)) + block
 
 
 # Fields the front does not pass on: hop-by-hop (RFC 9110 7.6.1), its own framing,

@@ -20,6 +20,7 @@ __all__ = [
     "WorkerCounters",
     "WorkerStats",
     "WorkerTable",
+    "slot_line",
     "store_memory",
 ]
 
@@ -44,6 +45,11 @@ FIELDS = (
     "ready",  # 1 once the worker listens with the app loaded
 )
 _INDEX = {name: i for i, name in enumerate(FIELDS)}
+_STATUS, _REQUESTS, _EXCEPTIONS, _TX = (
+    _INDEX[n] for n in ("status", "requests", "exceptions", "tx")
+)
+_STATUS_2XX, _STATUS_3XX, _STATUS_4XX, _STATUS_5XX = (_INDEX[f"status_{n}xx"] for n in range(2, 6))
+_RT_TOTAL, _REQUEST_START = _INDEX["rt_total_us"], _INDEX["request_start_us"]
 LINE_BYTES = 256
 SLOT_BYTES = len(FIELDS) * 8 + LINE_BYTES
 STATUS_NAMES = {0: "free", 1: "starting", 2: "idle", 3: "busy", 4: "stopping"}
@@ -78,8 +84,30 @@ class SlotView:
 
     def set_request_line(self, line: str) -> None:
         """Record the request now running (cut to the slot's size)."""
-        data = line.encode("latin-1", "replace")[: LINE_BYTES - 1]
-        self._line[: len(data) + 1] = data + b"\0"
+        data = slot_line(line)
+        self._line[: len(data)] = data
+
+    def begin_request(self, line: bytes, start_us: int, status: int) -> None:
+        """A request starts: ``line`` is its line encoded, NUL-terminated and at most
+        LINE_BYTES long (see :func:`slot_line`). One call on the request path."""
+        self._line[: len(line)] = line
+        ints = self._ints
+        ints[_REQUEST_START] = start_us
+        ints[_STATUS] = status
+
+    def store_counters(
+        self, requests: int, exceptions: int, tx: int, counts: list[int], rt_total: float
+    ) -> None:
+        """Copy a worker's running totals in (``counts`` by status class, index 2 to 5)."""
+        ints = self._ints
+        ints[_REQUESTS] = requests
+        ints[_EXCEPTIONS] = exceptions
+        ints[_TX] = tx
+        ints[_STATUS_2XX] = counts[2]
+        ints[_STATUS_3XX] = counts[3]
+        ints[_STATUS_4XX] = counts[4]
+        ints[_STATUS_5XX] = counts[5]
+        ints[_RT_TOTAL] = int(rt_total * 1e6)
 
     def reset(self) -> None:
         """Zero every field (a new worker takes the slot)."""
@@ -159,6 +187,11 @@ class WorkerTable:
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+def slot_line(line: str) -> bytes:
+    """A request line as a slot holds it: latin-1, cut to fit, NUL-terminated."""
+    return line.encode("latin-1", "replace")[: LINE_BYTES - 1] + b"\0"
+
+
 @dataclass
 class WorkerCounters:
     """A worker's running totals in plain ints, copied into its slot once a second (so the
@@ -173,15 +206,9 @@ class WorkerCounters:
 
     def store(self, slot: SlotView) -> None:
         """Copy the totals into ``slot``."""
-        slot.requests = self.requests
-        slot.exceptions = self.exceptions
-        slot.tx = self.tx
-        counts = self.status_counts
-        slot.status_2xx = counts[2]
-        slot.status_3xx = counts[3]
-        slot.status_4xx = counts[4]
-        slot.status_5xx = counts[5]
-        slot.rt_total_us = int(self.rt_total * 1e6)
+        slot.store_counters(
+            self.requests, self.exceptions, self.tx, self.status_counts, self.rt_total
+        )
 
 
 def store_memory(slot: SlotView) -> int:

@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
+    "GANTRY_MODIFIER2",
+    "parse_gantry_packet",
     "PacketHeader",
     "UwsgiProtocolError",
     "decode_vars",
@@ -26,6 +28,13 @@ __all__ = [
 DEFAULT_BUFFER_SIZE = 4096
 
 _MAX_U16 = 0xFFFF
+
+#: modifier2 of gantry's own packet (modifier1 0), which only Gantry's front sends to
+#: gantry serve: the vars block is NUL-separated latin-1 environ keys and values
+#: ("KEY\0VALUE\0KEY\0VALUE"), read with one split instead of a loop over length
+#: prefixes; a key may repeat (the server joins repeated HTTP_* like headers). The
+#: connection is kept for the next packet as with GANTRY_KEEPALIVE=1.
+GANTRY_MODIFIER2 = 0x67
 _u16 = struct.Struct("<H").pack
 
 
@@ -107,3 +116,27 @@ def parse_packet(
     if len(buffer) < used:
         return None
     return header, decode_vars(buffer[4:used]), used
+
+
+def parse_gantry_packet(
+    buffer: bytes | bytearray | memoryview, max_size: int = DEFAULT_BUFFER_SIZE
+) -> tuple[list[str], int] | None:
+    """Decode gantry's own packet (modifier2 GANTRY_MODIFIER2) at the start of ``buffer``.
+
+    Returns None while more bytes are needed, else the fields (key, value, key,
+    value, ...) as latin-1 strings and the bytes used; UwsgiProtocolError if malformed.
+    """
+    if len(buffer) < 4:
+        return None
+    datasize = buffer[1] | buffer[2] << 8
+    if datasize > max_size:
+        raise UwsgiProtocolError(
+            f"vars block of {datasize} bytes exceeds the buffer size {max_size}"
+        )
+    used = 4 + datasize
+    if len(buffer) < used:
+        return None
+    fields = bytes(buffer[4:used]).decode("latin-1").split("\0")
+    if len(fields) % 2:
+        raise UwsgiProtocolError("a key without a value in the vars")
+    return fields, used

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from urllib.parse import unquote_to_bytes
 
-__all__ = ["environ_from_uwsgi"]
+__all__ = ["environ_from_fields", "environ_from_uwsgi"]
+
+# What gantry's front always sends; a packet without them takes the full path.
+_REQUIRED = frozenset(
+    {"REQUEST_METHOD", "QUERY_STRING", "PATH_INFO", "SCRIPT_NAME", "SERVER_NAME", "SERVER_PORT",
+     "SERVER_PROTOCOL"}
+)  # fmt: skip
 
 
 def environ_from_uwsgi(pairs: list[tuple[bytes, bytes]], mount_prefix: str = "") -> dict[str, str]:
@@ -53,3 +59,24 @@ def environ_from_uwsgi(pairs: list[tuple[bytes, bytes]], mount_prefix: str = "")
     if "UWSGI_SCHEME" not in environ and environ.get("HTTPS", "").lower() in ("on", "1"):
         environ["UWSGI_SCHEME"] = "https"
     return environ
+
+
+def environ_from_fields(fields: list[str], mount_prefix: str = "") -> dict[str, str]:
+    """The same from gantry's own packet: ``fields`` are key, value, key, value, ...
+
+    The front sends every var a request needs once and no empty CONTENT_*: that is
+    one dict() away from the environ. Anything else (a repeated field, a missing
+    var, a mount prefix to apply) goes through :func:`environ_from_uwsgi`.
+    """
+    pairs = iter(fields)
+    environ = dict(zip(pairs, pairs, strict=False))
+    if len(environ) * 2 == len(fields) and not mount_prefix and _REQUIRED <= environ.keys():
+        environ.pop("HTTP_CONTENT_TYPE", None)
+        environ.pop("HTTP_CONTENT_LENGTH", None)
+        if environ.get("CONTENT_LENGTH") == "":
+            del environ["CONTENT_LENGTH"]
+        if environ.get("CONTENT_TYPE") == "":
+            del environ["CONTENT_TYPE"]
+        return environ
+    encoded = [field.encode("latin-1") for field in fields]
+    return environ_from_uwsgi(list(zip(encoded[::2], encoded[1::2], strict=True)), mount_prefix)

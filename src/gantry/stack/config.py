@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from gantry.config import ConfigError, ServeConfig, parse_address
+from gantry.config import ConfigError, ListenAddress, ServeConfig, parse_address
 from gantry.config_file import (
     ServeSettings,
     app_check,
@@ -129,6 +129,9 @@ class StackPlan:
     source: str
     settings: StackSettings
     runtime_dir: str
+    #: the generation each part runs in (1 unless a reload replaced it): two generations
+    #: of a part run side by side for a moment, each with its own stats socket
+    generations: dict[str, int] = field(default_factory=dict)
 
     def pool_socket(self, name: str) -> str:
         """The uwsgi unix socket the front reaches pool ``name`` on."""
@@ -136,7 +139,45 @@ class StackPlan:
 
     def part_stats(self, part: str) -> str:
         """The stats socket of one part (``front`` or a pool), read by the stack's stats."""
-        return str(Path(self.runtime_dir) / f"{part}.stats")
+        generation = self.generations.get(part, 1)
+        # '@' is never in a pool's name: no generation's file is another part's
+        suffix = "" if generation == 1 else f"@{generation}"
+        return str(Path(self.runtime_dir) / f"{part}{suffix}.stats")
+
+    def part_keys(self) -> list[tuple[str, str]]:
+        """Every part as (kind, name): the front first, then the pools in file order."""
+        return [("front", "front"), *(("app", app.name) for app in self.settings.app)]
+
+    def part_stats_is_ours(self, kind: str, name: str) -> bool:
+        """Whether the part's stats socket is the runtime-dir default (else the user's)."""
+        return kind == "front" or not self._app(name).stats
+
+    def part_json(self, kind: str, name: str) -> dict[str, Any]:
+        """What one part runs on, to compare two plans: equal means the part is the same
+        in effect (its stats socket, which follows its generation, is left out)."""
+        # the parts inherit the supervisor's scheduling policy when they start
+        common = {"scheduling": self.settings.stack.scheduling}
+        if kind == "front":
+            return {**common, "front": self.front_table()}
+        app = self._app(name).model_dump(mode="json", exclude={"app"})
+        return {**common, "app": app, "socket": self.pool_socket(name)}
+
+    def part_listen(self, kind: str, name: str) -> list[tuple[ListenAddress, int | None, int]]:
+        """Every socket the part listens on, as (address, unix file mode, backlog); the
+        supervisor binds them all and hands them down, so they outlive the part."""
+        if kind == "front":
+            where = f"{self.source}: front.listen"
+            return [(parse_address(spec, "http", where), None, 2048)
+                    for spec in self.settings.front.listen]  # fmt: skip
+        config = self.pool_config(name)
+        own = self.pool_socket(name)
+        return [
+            (address, 0o600 if address.path == own else config.uwsgi_socket_mode, config.backlog)
+            for address in config.listen
+        ]
+
+    def _app(self, name: str) -> AppSettings:
+        return next(a for a in self.settings.app if a.name == name)
 
     def front_table(self) -> dict[str, Any]:
         """The [front] table with an upstream for each pool."""
@@ -165,7 +206,7 @@ class StackPlan:
 
     def pool_config(self, name: str) -> ServeConfig:
         """``gantry serve`` settings of pool ``name``, its stack socket added."""
-        app = next(a for a in self.settings.app if a.name == name)
+        app = self._app(name)
         data = app.model_dump(exclude={"name", "module"})
         data["app"] = app.module
         data["uwsgi_socket"] = [self.pool_socket(name), *app.uwsgi_socket]
@@ -181,13 +222,14 @@ class StackPlan:
             "settings": self.settings.model_dump(
                 mode="json", exclude={"app": {"__all__": {"app"}}}
             ),
+            "generations": self.generations,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StackPlan:
         """The plan ``to_json`` wrote."""
         settings = StackSettings.model_validate(data["settings"], strict=False)
-        return cls(data["source"], settings, data["runtime_dir"])
+        return cls(data["source"], settings, data["runtime_dir"], data.get("generations", {}))
 
     def check(self) -> None:
         """Refuse what cannot work together, naming file and key."""

@@ -28,7 +28,7 @@ def run_up(config_file: str | None, listen: str | None) -> int:
     configured = plan.settings.stack.runtime_dir
     own = configured is None
     plan.runtime_dir = configured or tempfile.mkdtemp(prefix="gantry-up-")
-    supervisor = Supervisor(plan, own_runtime_dir=own)
+    supervisor = Supervisor(plan, own_runtime_dir=own, config_file=config_file)
     try:
         supervisor.prepare()
     except (ConfigError, OSError):

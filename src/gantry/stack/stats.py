@@ -1,9 +1,11 @@
 """The whole stack's stats: every part's stats document, merged into one.
 
 Each part's master serves its own document (uWSGI's format) on a unix socket in
-the runtime directory; the supervisor reads them all when asked and answers
-with one document whose workers carry their ``pool`` ("front" or the app's
-name), so ``gantry top``, uwsgitop and Prometheus see the whole stack.
+the runtime directory, one per generation (a reload runs two side by side for a
+moment; the stack's document shows the one serving). The supervisor reads them
+all when asked and answers with one document whose workers carry their ``pool``
+("front" or the app's name), so ``gantry top``, uwsgitop and Prometheus see the
+whole stack.
 """
 
 from __future__ import annotations
@@ -30,11 +32,8 @@ def stack_document(supervisor: Supervisor) -> dict[str, Any]:
     workers: list[dict[str, Any]] = []
     pools: list[dict[str, Any]] = []
     sockets: list[dict[str, Any]] = []
-    for part in supervisor.parts:
-        if part.kind == "app":
-            address = plan.pool_config(part.name).stats or plan.part_stats(part.name)
-        else:
-            address = plan.part_stats("front")
+    for part in supervisor.parts:  # the serving generation of each part
+        address = part.stats_file or plan.pool_config(part.name).stats or ""
         try:
             doc = fetch(address, timeout=1.0)
         except (OSError, ValueError):
@@ -47,6 +46,7 @@ def stack_document(supervisor: Supervisor) -> dict[str, Any]:
                 "name": part.name,
                 "kind": part.kind,
                 "pid": doc.get("pid", part.pid),
+                "generation": part.generation,
                 "workers": len(doc.get("workers", [])),
                 "restarts": part.restarts,
                 "up": bool(doc),

@@ -1,12 +1,13 @@
 """``gantry up``: one supervisor over the front and the application pools.
 
-The supervisor binds every listening socket itself (the front's and each pool's
-uwsgi unix socket) and hands them down as LISTEN_FDS, so a part that dies and
-comes back finds its queue still open: the front never sees a refused pool and
-clients never see a refused front. Each part is a ``gantry`` process with its
-own master (``gantry front``'s, ``gantry serve``'s), which respawns its workers;
-the supervisor respawns the masters. Signal handlers only queue the signal; the
-loop forwards it (SIGHUP, SIGUSR1), stops the parts (SIGTERM, SIGINT) and reaps.
+The supervisor binds every listening socket itself (the front's, each pool's
+uwsgi unix socket and a pool's own sockets) and hands them down as LISTEN_FDS,
+so a part that dies and comes back finds its queue still open: the front never
+sees a refused pool and clients never see a refused front. Each part is a
+``gantry`` process with its own master (``gantry front``'s, ``gantry serve``'s),
+which respawns its workers; the supervisor respawns the masters. Signal handlers
+only queue the signal; the loop re-reads gantry.toml (SIGHUP, ``stack/reload.py``),
+forwards SIGUSR1, stops the parts (SIGTERM, SIGINT) and reaps.
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from gantry.config import ListenAddress, parse_address
+from gantry.config import ConfigError, ListenAddress, parse_address
 from gantry.process.master import APP_LOAD_FAILED
 from gantry.process.parent import stop_with_parent
 from gantry.process.runtime import signal_process, wait_readable
 from gantry.process.sockets import bind
 from gantry.process.systemd import SD_LISTEN_FDS_START, notify
 from gantry.stack.config import StackPlan
+from gantry.stack.readiness import ReadinessSocket
 
 __all__ = ["Part", "Supervisor", "EXIT_APP_LOAD_FAILED"]
 
@@ -41,32 +43,67 @@ MAX_BACKOFF = 5.0
 # A part that ran this long before dying starts again at the shortest backoff.
 HEALTHY_RUN = 10.0
 STATE_FILE = "stack.json"
+# A part told to stop gracefully is killed this long after [stack] graceful_timeout.
+STOP_GRACE = 5.0
+
+PartKey = tuple[str, str]  # (kind, name)
+PartSockets = list[tuple[ListenAddress, socket.socket]]
 
 
-@dataclass
+@dataclass(eq=False)  # one generation is one object: lists of parts compare by identity
 class Part:
-    """One process the supervisor runs: the front, or an application pool."""
+    """One generation of one process the supervisor runs: the front, or an application pool."""
 
     name: str  # "front" or the pool's name
     kind: str  # "front" or "app"
-    sockets: list[tuple[ListenAddress, socket.socket]]
+    sockets: PartSockets
+    state_path: str = ""
+    generation: int = 1
+    #: the runtime-dir stats socket its master binds, removed once it is gone (None: the
+    #: pool's own `stats` setting, which is the user's)
+    stats_file: str | None = None
     pid: int | None = None
     started: float = 0.0
     restarts: int = 0
     failures: int = 0
     next_start: float = 0.0
     last_exit: str = ""
+    #: its master said READY=1 since it last started
+    ready: bool = False
+    #: told to stop: killed if still running then
+    kill_at: float | None = None
+    #: stopped for its next generation, which must not run beside it: not restarted
+    handing_over: bool = False
+    #: a removed pool: told to stop once no old front generation may still route to it
+    after_front: bool = False
+    #: a new generation that died before it was ready: how
+    failed: str = ""
+
+    @property
+    def key(self) -> PartKey:
+        """(kind, name): the part across its generations."""
+        return (self.kind, self.name)
+
+    @property
+    def label(self) -> str:
+        """How the log names the part."""
+        return "front" if self.kind == "front" else f"app {self.name!r}"
 
 
 @dataclass
 class Supervisor:
-    """Runs a validated :class:`StackPlan` until told to stop; ``run`` returns the exit code."""
+    """Runs a validated :class:`StackPlan` until told to stop; ``run`` returns the exit code.
+
+    ``config_file`` is the gantry.toml SIGHUP re-reads (None for the built-in demo)."""
 
     plan: StackPlan
     own_runtime_dir: bool = False
     parts: list[Part] = field(default_factory=list)
+    config_file: str | None = None
 
     def __post_init__(self) -> None:
+        from gantry.stack.reload import Reload
+
         self.signals: deque[int] = deque()
         self.stopping: str | None = None
         self.stop_deadline = 0.0
@@ -74,8 +111,20 @@ class Supervisor:
         self.started = time.time()
         self._wakeup_r = -1
         self._wakeup_w = -1
-        self.listeners: list[tuple[socket.socket, str]] = []
+        #: the stack's stats and metrics servers: (socket, "stats" or "metrics", address)
+        self.listeners: list[tuple[socket.socket, str, str]] = []
+        #: every listening socket the parts get, by address: kept across reloads
+        self.bound: dict[object, tuple[ListenAddress, socket.socket]] = {}
         self.state_path = os.path.join(self.plan.runtime_dir, STATE_FILE)
+        self.state_files: set[str] = set()
+        #: old generations told to stop (or, removed pools, about to be)
+        self.outgoing: list[Part] = []
+        #: the SIGHUP under way: its new generations, until all are ready or one fails
+        self.reload: Reload | None = None
+        self.reload_again = False
+        self.reloads = 0
+        self.last_generation: dict[PartKey, int] = {}
+        self.readiness: ReadinessSocket | None = None
         #: every socket bound and the state written: the runtime files are this stack's
         self.prepared = False
 
@@ -84,35 +133,95 @@ class Supervisor:
     def prepare(self) -> None:
         """Write the state file and bind every socket, before any part starts."""
         os.makedirs(self.plan.runtime_dir, mode=0o700, exist_ok=True)
-        front = self.plan.front_config()
-        sockets = []
-        for spec in front.listen:
-            address = parse_address(spec, "http", f"{self.plan.source}: front.listen")
-            sockets.append((address, bind(address, None, 2048)))
-        self.parts.append(Part("front", "front", sockets))
-        for app in self.plan.settings.app:
-            address = parse_address(self.plan.pool_socket(app.name), "uwsgi", "app")
-            sock = bind(address, 0o600, app.backlog)
-            self.parts.append(Part(app.name, "app", [(address, sock)]))
-        stack = self.plan.settings.stack
-        for wanted, kind in ((stack.stats, "stats"), (stack.metrics, "metrics")):
-            if wanted:
-                address = parse_address(wanted, kind, f"stack.{kind}")
-                self.listeners.append((bind(address, 0o600 if address.path else None, 64), kind))
+        sockets = self.bind_plan(self.plan)
+        for kind, name in self.plan.part_keys():
+            part = Part(name, kind, sockets[(kind, name)], self.state_path)
+            part.stats_file = self.stats_file(self.plan, part)
+            self.parts.append(part)
+            self.last_generation[part.key] = 1
+        self.listeners = self.bind_listeners(self.plan)
         # Last: a bind that fails (another stack on the same runtime_dir or port) must
         # leave that stack's state file alone.
-        with open(self.state_path, "w", encoding="utf-8") as handle:
-            json.dump(self.plan.to_json(), handle)
+        self.write_state(self.plan, self.state_path)
         self.prepared = True
+
+    def bind_plan(self, plan: StackPlan) -> dict[PartKey, PartSockets]:
+        """A socket for every address the plan's parts listen on: the one already bound
+        for that address (the same object, so its queue never closes), else a new one."""
+        result: dict[PartKey, PartSockets] = {}
+        claimed: dict[object, str] = {}
+        fresh: list[object] = []
+        try:
+            for kind, name in plan.part_keys():
+                owner = "front.listen" if kind == "front" else f"app {name!r}"
+                sockets = []
+                for address, mode, backlog in plan.part_listen(kind, name):
+                    key = _address_key(address)
+                    if key in claimed:
+                        raise ConfigError(
+                            f"{plan.source}: {address} is listened on by {claimed[key]} "
+                            f"and by {owner}"
+                        )
+                    claimed[key] = owner
+                    held = self.bound.get(key)
+                    if held is None:
+                        held = (address, bind(address, mode, backlog))
+                        self.bound[key] = held
+                        fresh.append(key)
+                    sockets.append((address, held[1]))
+                result[(kind, name)] = sockets
+        except BaseException:
+            for key in fresh:
+                self._close_bound(key)
+            raise
+        return result
+
+    def bind_listeners(self, plan: StackPlan) -> list[tuple[socket.socket, str, str]]:
+        """The stack's stats and metrics servers: those already open for the same address
+        are kept, new ones bound (all closed again if one cannot be)."""
+        stack = plan.settings.stack
+        result: list[tuple[socket.socket, str, str]] = []
+        try:
+            for wanted, kind in ((stack.stats, "stats"), (stack.metrics, "metrics")):
+                if not wanted:
+                    continue
+                kept = [entry for entry in self.listeners if entry[1:] == (kind, wanted)]
+                if kept:
+                    result.append(kept[0])
+                    continue
+                address = parse_address(wanted, kind, f"{plan.source}: stack.{kind}")
+                sock = bind(address, 0o600 if address.path else None, 64)
+                result.append((sock, kind, wanted))
+        except BaseException:
+            self.close_listeners([e for e in result if e not in self.listeners])
+            raise
+        return result
+
+    def write_state(self, plan: StackPlan, path: str) -> None:
+        """The state file the parts read their configuration from."""
+        self.state_files.add(path)
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(plan.to_json(), handle)
+
+    @staticmethod
+    def stats_file(plan: StackPlan, part: Part) -> str | None:
+        """The runtime-dir stats socket of ``part`` (None when a pool names its own)."""
+        return plan.part_stats(part.name) if plan.part_stats_is_ours(part.kind, part.name) else None
 
     def run(self) -> int:
         """Start every part, then supervise until stopped."""
         self._install_signals()
-        self._set_scheduling()
-        self._write_pidfile()
+        self.set_scheduling(self.plan)
+        self._write_pidfile(self.plan)
+        if ReadinessSocket.supported():
+            try:
+                self.readiness = ReadinessSocket()
+            except OSError as exc:
+                log.warning("no readiness socket (%s): SIGHUP reloads the parts in place and "
+                            "does not re-read the file", exc)  # fmt: skip
         try:
             for part in self.parts:
-                self._start(part)
+                self.start(part)
             notify("READY=1", f"STATUS=gantry up: {len(self.parts)} parts")
             log.info(
                 "gantry up %d: %s", os.getpid(), ", ".join(self._describe(p) for p in self.parts)
@@ -126,6 +235,13 @@ class Supervisor:
                         break
                     continue
                 self._restart_due()
+                self._kill_late()
+                if self.reload is not None:
+                    self.reload.progress()
+                self.retire_removed_pools()
+                if self.reload is None and self.reload_again:
+                    self.reload_again = False
+                    self._reread_config()
         finally:
             self.cleanup()
         log.info("gantry up %d stopped (exit %d)", os.getpid(), self.exit_code)
@@ -137,9 +253,16 @@ class Supervisor:
 
     # the parts --------------------------------------------------------------
 
-    def _start(self, part: Part) -> None:
-        argv = [sys.executable, "-m", "gantry", "_part", self.state_path, part.kind, part.name]
+    def live_parts(self) -> list[Part]:
+        """Every generation the supervisor may have running: current, new and old."""
+        incoming = self.reload.incoming if self.reload is not None else []
+        return [*self.parts, *incoming, *self.outgoing]
+
+    def start(self, part: Part) -> None:
+        """Fork and exec the part's master on its sockets."""
+        argv = [sys.executable, "-m", "gantry", "_part", part.state_path, part.kind, part.name]
         fds = [sock.fileno() for _, sock in part.sockets]
+        notify_socket = self.readiness.address if self.readiness is not None else None
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the part: hand the sockets down as fds 3, 4, ... and exec
@@ -154,12 +277,23 @@ class Supervisor:
                     os.dup2(fd, SD_LISTEN_FDS_START + i, inheritable=True)
                 env = dict(os.environ, LISTEN_FDS=str(len(fds)), LISTEN_PID=str(os.getpid()))
                 env.pop("LISTEN_FDNAMES", None)
-                env.pop("NOTIFY_SOCKET", None)  # systemd hears from the supervisor only
+                # systemd hears from the supervisor only; the part's READY=1 comes here
+                env.pop("NOTIFY_SOCKET", None)
+                if notify_socket:
+                    env["NOTIFY_SOCKET"] = notify_socket
                 os.execve(sys.executable, argv, env)
             except BaseException:
                 os._exit(127)
         part.pid = pid
         part.started = time.monotonic()
+        part.ready = False
+
+    def stop_part(self, part: Part, signum: int = signal.SIGTERM) -> None:
+        """Tell one generation to stop; it is killed if it outlives the graceful timeout."""
+        if part.pid is None:
+            return
+        signal_process(part.pid, signum)
+        part.kill_at = time.monotonic() + self.plan.settings.stack.graceful_timeout + STOP_GRACE
 
     def _reap(self) -> None:
         while True:
@@ -169,36 +303,108 @@ class Supervisor:
                 return
             if pid == 0:
                 return
-            part = next((p for p in self.parts if p.pid == pid), None)
+            part = next((p for p in self.live_parts() if p.pid == pid), None)
             if part is None:
                 continue
             part.pid = None
+            part.kill_at = None
             part.last_exit = _describe_status(status)
             code = os.waitstatus_to_exitcode(status)
-            if self.stopping:
+            if part in self.outgoing:
+                log.info("%s generation %d stopped (%s)", part.label, part.generation,
+                         part.last_exit)  # fmt: skip
+                if not part.after_front:
+                    self.outgoing.remove(part)
+                    self.forget(part)
+            elif self.stopping:
                 log.info("%s stopped (%s)", part.name, part.last_exit)
-                continue
-            if part.kind == "app" and code == APP_LOAD_FAILED:
+            elif part not in self.parts:  # a new generation, not ready yet
+                cannot_load = part.kind == "app" and code == APP_LOAD_FAILED
+                part.failed = (
+                    "its application cannot be loaded (see above)" if cannot_load
+                    else f"it {part.last_exit} before it was ready"
+                )  # fmt: skip
+            elif part.handing_over:
+                log.info("%s generation %d stopped for the next one (%s)", part.label,
+                         part.generation, part.last_exit)  # fmt: skip
+            elif part.kind == "app" and code == APP_LOAD_FAILED:
                 log.error(
                     "app %r: its application cannot be loaded (see above); stopping the stack",
                     part.name,
                 )
                 self.exit_code = EXIT_APP_LOAD_FAILED
                 self._begin_stop("graceful")
-                continue
-            ran = time.monotonic() - part.started
-            part.failures = 1 if ran >= HEALTHY_RUN else part.failures + 1
-            delay = min(MAX_BACKOFF, 0.1 * 2 ** (part.failures - 1))
-            part.next_start = time.monotonic() + delay
-            log.warning("%s %s; starting it again in %.1f s", part.name, part.last_exit, delay)
+            else:
+                ran = time.monotonic() - part.started
+                part.failures = 1 if ran >= HEALTHY_RUN else part.failures + 1
+                delay = min(MAX_BACKOFF, 0.1 * 2 ** (part.failures - 1))
+                part.next_start = time.monotonic() + delay
+                log.warning("%s %s; starting it again in %.1f s", part.name, part.last_exit, delay)
 
     def _restart_due(self) -> None:
         now = time.monotonic()
         for part in self.parts:
-            if part.pid is None and now >= part.next_start:
+            if part.pid is None and not part.handing_over and now >= part.next_start:
                 part.restarts += 1
-                self._start(part)
+                self.start(part)
                 log.info("%s started again (pid %d)", part.name, part.pid)
+
+    def _kill_late(self) -> None:
+        now = time.monotonic()
+        for part in [*self.parts, *self.outgoing]:
+            if part.pid is not None and part.kill_at is not None and now >= part.kill_at:
+                log.warning("%s generation %d (pid %d) did not stop in time: killing it",
+                            part.label, part.generation, part.pid)  # fmt: skip
+                part.kill_at = None
+                signal_process(part.pid, signal.SIGKILL)
+
+    def retire_removed_pools(self) -> None:
+        """Stop the removed pools once no old front generation may still route to them."""
+        if any(p.kind == "front" and p.pid is not None for p in self.outgoing):
+            return
+        for part in [p for p in self.outgoing if p.after_front]:
+            part.after_front = False
+            if part.pid is None:
+                self.outgoing.remove(part)
+                self.forget(part)
+            else:
+                log.info("%s: removed; generation %d (pid %d) stops now that the old front "
+                         "is gone", part.label, part.generation, part.pid)  # fmt: skip
+                self.stop_part(part)
+
+    def forget(self, part: Part) -> None:
+        """A generation is gone: remove its stats socket, and what no generation uses."""
+        if part.stats_file and all(p.stats_file != part.stats_file for p in self.live_parts()):
+            _unlink(part.stats_file)
+        self.forget_unused()
+
+    def forget_unused(self) -> None:
+        """Close the sockets and remove the state files no generation uses any more."""
+        live = self.live_parts()
+        in_use = {id(sock) for p in live for _, sock in p.sockets}
+        for key, (_, sock) in list(self.bound.items()):
+            if id(sock) not in in_use:
+                self._close_bound(key)
+        states = {p.state_path for p in live} | {self.state_path}
+        if self.reload is not None:
+            states.add(self.reload.state_path)
+        for path in self.state_files - states:
+            _unlink(path)
+            self.state_files.discard(path)
+
+    def _close_bound(self, key: object) -> None:
+        address, sock = self.bound.pop(key)
+        sock.close()
+        if address.path is not None:
+            _unlink(address.path)
+
+    def close_listeners(self, listeners: list[tuple[socket.socket, str, str]]) -> None:
+        """Close stats or metrics servers (and remove their unix socket files)."""
+        for sock, _, _ in listeners:
+            name = sock.getsockname()
+            sock.close()
+            if isinstance(name, str) and name:
+                _unlink(name)
 
     # signals ----------------------------------------------------------------
 
@@ -219,19 +425,48 @@ class Supervisor:
         while self.signals:
             signum = self.signals.popleft()
             if signum == signal.SIGHUP:
-                log.info("SIGHUP: reloading every part with zero downtime")
-                notify("RELOADING=1")
-                self._signal_parts(signal.SIGHUP)
-                notify("READY=1")
+                self._on_sighup()
             elif signum == signal.SIGUSR1:
-                self._signal_parts(signal.SIGUSR1)
+                self.signal_parts(signal.SIGUSR1)
             elif signum == signal.SIGTERM:
                 self._begin_stop("graceful")
             elif signum in (signal.SIGINT, signal.SIGQUIT):
                 self._begin_stop("fast")
 
-    def _signal_parts(self, signum: int) -> None:
-        for part in self.parts:
+    def _on_sighup(self) -> None:
+        if self.stopping:
+            return
+        if self.config_file is None or self.readiness is None:
+            why = "no file to re-read" if self.config_file is None else "no readiness socket"
+            log.info("SIGHUP: reloading every part with zero downtime (%s)", why)
+            notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+            self.signal_parts(signal.SIGHUP, self.parts)
+            notify("READY=1")
+        elif self.reload is not None:
+            log.info("SIGHUP: a reload is under way; %s is read again once it is done",
+                     self.config_file)  # fmt: skip
+            self.reload_again = True
+        else:
+            self._reread_config()
+
+    def _reread_config(self) -> None:
+        from gantry.stack.reload import begin_reload
+
+        assert self.config_file is not None
+        log.info("SIGHUP: re-reading %s", self.config_file)
+        notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            self.reload = begin_reload(self, self.config_file)
+        except (ConfigError, OSError) as exc:
+            log.error("SIGHUP: not applied, the stack keeps running the configuration it has: %s",
+                      exc)  # fmt: skip
+            notify("READY=1")
+            return
+        self.reload.progress()
+
+    def signal_parts(self, signum: int, parts: list[Part] | None = None) -> None:
+        """Send ``signum`` to the running masters among ``parts`` (default: every one)."""
+        for part in self.live_parts() if parts is None else parts:
             if part.pid is not None:
                 signal_process(part.pid, signum)
 
@@ -242,28 +477,42 @@ class Supervisor:
             return
         self.stopping = how
         notify("STOPPING=1")
-        timeout = self.plan.settings.stack.graceful_timeout + 5.0 if how == "graceful" else 5.0
-        self.stop_deadline = time.monotonic() + timeout
+        graceful = self.plan.settings.stack.graceful_timeout + STOP_GRACE
+        self.stop_deadline = time.monotonic() + (graceful if how == "graceful" else 5.0)
         log.info("%s stop of every part", how)
-        self._signal_parts(signal.SIGTERM if how == "graceful" else signal.SIGINT)
+        self.signal_parts(signal.SIGTERM if how == "graceful" else signal.SIGINT)
 
     def _stop_progress(self) -> bool:
-        if all(part.pid is None for part in self.parts):
+        running = [part for part in self.live_parts() if part.pid is not None]
+        if not running:
             return True
         if time.monotonic() >= self.stop_deadline:
-            for part in self.parts:
-                if part.pid is not None:
-                    log.warning("%s did not stop in time: killing it", part.name)
-                    signal_process(part.pid, signal.SIGKILL)
+            for part in running:
+                assert part.pid is not None
+                log.warning("%s did not stop in time: killing it", part.name)
+                signal_process(part.pid, signal.SIGKILL)
             self.stop_deadline = time.monotonic() + 5.0
         return False
 
     def _wait(self) -> None:
-        ready = wait_readable(self._wakeup_r, [sock for sock, _ in self.listeners], 0.25)
+        watched = [sock for sock, _, _ in self.listeners]
+        if self.readiness is not None:
+            watched.append(self.readiness.sock)
+        ready = wait_readable(self._wakeup_r, watched, 0.25)
         for item in ready:
-            for sock, kind in self.listeners:
+            if self.readiness is not None and item is self.readiness.sock:
+                self._hear_readiness(self.readiness)
+            for sock, kind, _ in self.listeners:
                 if sock is item:
                     self._answer(sock, kind)
+
+    def _hear_readiness(self, readiness: ReadinessSocket) -> None:
+        for pid, lines in readiness.read():
+            if "READY=1" not in lines or not pid:
+                continue
+            for part in self.live_parts():
+                if part.pid == pid:
+                    part.ready = True
 
     def _answer(self, listener: socket.socket, kind: str) -> None:
         from gantry.stack.stats import answer_metrics, answer_stats
@@ -285,45 +534,63 @@ class Supervisor:
             except Exception:
                 log.exception("answering %s failed", kind)
 
-    def _set_scheduling(self) -> None:
-        # Inherited by every part (fork and exec keep the policy).
-        if self.plan.settings.stack.scheduling != "batch" or not hasattr(os, "SCHED_BATCH"):
+    def set_scheduling(self, plan: StackPlan) -> None:
+        """The CPU policy every part started from now on inherits (fork and exec keep it)."""
+        if not hasattr(os, "SCHED_BATCH"):
             return
+        batch = plan.settings.stack.scheduling == "batch"
+        if not batch and os.sched_getscheduler(0) != os.SCHED_BATCH:
+            return  # never set: leave the policy gantry up was started with
         try:
-            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+            os.sched_setscheduler(0, os.SCHED_BATCH if batch else os.SCHED_OTHER,
+                                  os.sched_param(0))  # fmt: skip
         except OSError as exc:
-            log.warning("cannot set SCHED_BATCH: %s; the parts run with the default policy", exc)
+            log.warning("cannot set the %s scheduling policy: %s; the parts run with the "
+                        "one they inherit", plan.settings.stack.scheduling, exc)  # fmt: skip
 
-    def _write_pidfile(self) -> None:
-        path = self.plan.settings.stack.pidfile
+    def _write_pidfile(self, plan: StackPlan) -> None:
+        path = plan.settings.stack.pidfile
         if path:
             with open(path, "w", encoding="ascii") as handle:
                 handle.write(f"{os.getpid()}\n")
 
+    def apply_stack_table(self, old: StackPlan, new: StackPlan) -> None:
+        """A reload's [stack] changes the supervisor itself applies: the pidfile (stats,
+        metrics and scheduling were applied on the way)."""
+        if old.settings.stack.pidfile != new.settings.stack.pidfile:
+            if old.settings.stack.pidfile:
+                _unlink(old.settings.stack.pidfile)
+            self._write_pidfile(new)
+
     def cleanup(self) -> None:
         """Close and remove what prepare() made (sockets, state, the runtime directory)
         and the stats sockets the parts' masters bound where gantry up told them to."""
-        user_stats = {app.name: app.stats for app in self.plan.settings.app}
-        for part in self.parts:
-            for address, sock in part.sockets:
-                sock.close()
-                if address.path is not None:
-                    _unlink(address.path)
+        parts = self.live_parts()
+        for key in list(self.bound):
+            self._close_bound(key)
+        if self.prepared:
             # A pool's own `stats` setting is the user's: only the runtime-dir default goes
             # (and only when this stack ran: the files may be another stack's otherwise).
-            if self.prepared and (part.kind == "front" or not user_stats.get(part.name)):
-                _unlink(self.plan.part_stats(part.name))
-        for sock, _ in self.listeners:
-            name = sock.getsockname()
-            sock.close()
-            if isinstance(name, str) and name:
-                _unlink(name)
+            for part in parts:
+                if part.stats_file:
+                    _unlink(part.stats_file)
+            for path in self.state_files:
+                _unlink(path)
+        self.close_listeners(self.listeners)
+        if self.reload is not None:
+            self.close_listeners([e for e in self.reload.listeners if e not in self.listeners])
+        if self.readiness is not None:
+            self.readiness.close()
         if self.plan.settings.stack.pidfile:
             _unlink(self.plan.settings.stack.pidfile)
-        if self.prepared:
-            _unlink(self.state_path)
         if self.own_runtime_dir:
             shutil.rmtree(self.plan.runtime_dir, ignore_errors=True)
+
+
+def _address_key(address: ListenAddress) -> object:
+    if address.path is not None:
+        return os.path.abspath(address.path)
+    return (address.host, address.port)
 
 
 def _unlink(path: str) -> None:

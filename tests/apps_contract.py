@@ -71,6 +71,13 @@ def _app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byt
     if path == "/stream":
         start_response("200 OK", text)
         return Closing("stream", (b"part%d;" % i for i in range(5)))
+    if path == "/own-headers":  # fields a proxy hides (Server, Date) or passes on
+        fields = [("Server", "app/1"), ("Date", "then"), ("X-Kept", "yes"), ("X-Kept", "twice")]
+        start_response("200 OK", [*text, *fields, ("Content-Length", "4")])
+        return [b"mine"]
+    if path == "/not-modified":
+        start_response("304 Not Modified", [("ETag", '"v1"')])
+        return []
     if path == "/big-stream":
         # 200 MiB, far more than any buffer: only back-pressure keeps memory flat.
         start_response("200 OK", [("Content-Type", "application/octet-stream")])

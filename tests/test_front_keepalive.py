@@ -161,3 +161,158 @@ def test_kept_connections_to_gantry_serve_under_reload(tmp_path: Path) -> None:
         front.stop()
         app.stop()
     assert served > 100 and failures == []
+
+
+TWO_WAYS = """
+[front]
+listen = ["127.0.0.1:FRONT_PORT"]
+
+[[front.server]]
+server_name = ["kept.test"]
+[[front.server.location]]
+path = "/"
+proxy = "kept"
+
+[[front.server]]
+default = true
+[[front.server.location]]
+path = "/"
+proxy = "plain"
+
+[front.upstream.kept]
+protocol = "uwsgi"
+servers = [{{ address = "unix:{sock}" }}]
+gantry_keepalive = true
+
+[front.upstream.plain]
+protocol = "uwsgi"
+servers = [{{ address = "unix:{sock}" }}]
+"""
+
+# (method, path, header lines, body): responses that take the short path (whole, with a
+# length), and every kind that must not (streamed, bodyless, hidden fields, errors).
+EXCHANGES = [
+    ("GET", "/hello", "", ""),
+    ("GET", "/hello", "Connection: close\r\n", ""),
+    ("HEAD", "/hello", "", ""),
+    ("GET", "/own-headers", "", ""),
+    ("GET", "/stream", "", ""),
+    ("GET", "/not-modified", "", ""),
+    ("GET", "/missing", "", ""),
+    ("GET", "/raise", "", ""),
+    ("POST", "/echo", "Content-Length: 5\r\n", "hello"),
+]
+
+
+def _exchange(port: int, host: str, exchange: tuple[str, str, str, str], version: str) -> bytes:
+    """One request on its own connection; the raw response, Date's value blanked."""
+    import re
+
+    method, path, lines, body = exchange
+    request = f"{method} {path} HTTP/{version}\r\nHost: {host}\r\n{lines}\r\n{body}"
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request.encode())
+        data = b""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not _complete(data, method):
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            data += piece
+    data = re.sub(rb"\r\nDate: [^\r]*", b"\r\nDate: -", data)
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if b"Transfer-Encoding: chunked" in head:  # chunk boundaries are the reads': decode
+        pieces = []
+        while body:
+            size, _, rest = body.partition(b"\r\n")
+            pieces.append(rest[: int(size, 16)])
+            body = rest[int(size, 16) + 2 :]
+        body = b"(dechunked)" + b"".join(pieces)
+    return head + sep + body
+
+
+def _complete(data: bytes, method: str) -> bool:
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    if method == "HEAD" or head.split(b" ")[1] in (b"304", b"204"):
+        return True
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return len(body) >= int(line.split(b":")[1])
+    return body.endswith(b"0\r\n\r\n")
+
+
+def test_kept_path_answers_exactly_as_the_standard_path(tmp_path: Path) -> None:
+    """gantry serve behind gantry front over gantry's own packet (whole responses skip the
+    parser) and over the standard one: byte-identical answers, hidden fields dropped."""
+    sock = tmp_path / "app.sock"
+    app = GantryServer(
+        "tests.apps_contract:app", "--uwsgi-socket", str(sock),
+        log_path=tmp_path / "app.log", http=False,
+    )  # fmt: skip
+    app.start(wait_for=str(sock))
+    front = Front(TWO_WAYS.format(sock=sock), tmp_path)
+    front.start()
+    try:
+        for exchange in EXCHANGES:
+            method, path, lines, _ = exchange
+            for version in ("1.1", "1.0"):
+                kept = _exchange(front.port, "kept.test", exchange, version)
+                plain = _exchange(front.port, "other.test", exchange, version)
+                assert kept == plain, (method, path, version)
+                assert kept.startswith(b"HTTP/1.1 "), kept
+                head = kept.partition(b"\r\n\r\n")[0]
+                assert head.count(b"\r\nServer: ") == 1 and b"Server: gantry" in head
+                assert head.count(b"\r\nDate: ") == 1
+                if path == "/own-headers":
+                    assert b"app/1" not in head and head.count(b"X-Kept: ") == 2
+                    assert kept.endswith(b"\r\n\r\nmine")
+                if path == "/hello" and method == "GET":
+                    assert kept.endswith(b"Hello World!")
+                    keep = version == "1.1" and "close" not in lines
+                    assert (b"Connection: close" in head) != keep
+    finally:
+        front.stop()
+        app.stop()
+
+
+@pytest.mark.parametrize(
+    ("response", "short"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi", True),
+        (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", True),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nh", False),  # the rest is coming
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi!", False),  # bytes past the end
+        (b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n", False),  # retries decided there
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nserver: app\r\nContent-Length: 2\r\n\r\nhi", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\nhi", False),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi", False),
+    ],
+)
+def test_which_responses_skip_the_parser(response: bytes, short: bool) -> None:
+    """The short path takes only a whole, length-framed response with nothing to hide."""
+    import asyncio
+
+    from gantry.front.upstream import UpstreamConnection, UpstreamResponse
+
+    class Seen(UpstreamResponse):
+        whole_args: tuple[int, bytes, bytes] | None = None
+
+        def whole(self, status: int, head: bytes, body: bytes) -> None:
+            self.whole_args = (status, head, body)
+
+    loop = asyncio.new_event_loop()
+    try:
+        conn = UpstreamConnection(loop, "unix:/nowhere")
+        seen = Seen()
+        conn.receiver = seen
+        assert conn._whole(response) is short
+        if short:
+            head, _, body = response.partition(b"\r\n\r\n")
+            assert seen.whole_args == (int(response[9:12]), head + b"\r\n", body)
+            assert conn.receiver is None
+    finally:
+        loop.close()

@@ -16,6 +16,7 @@ from gantry.front.upstream import (
 )
 from gantry.front.upstream_request import gantry_packet, http_request_head, uwsgi_packet
 from gantry.protocol.http1 import RequestHead
+from gantry.protocol.uwsgi import GANTRY_MODIFIER2
 from gantry.wsgi.input import BodyBuffer
 
 if TYPE_CHECKING:
@@ -252,7 +253,14 @@ class ProxyRequest(UpstreamResponse):
         self.attempt_open = True
         self.settled = False
         self.conn = conn
-        conn.send(self, self._payload(), self.upstream.read_timeout, self.head_in.method == "HEAD")
+        payload = self._payload()
+        conn.send(
+            self,
+            payload,
+            self.upstream.read_timeout,
+            self.head_in.method == "HEAD",
+            payload[0][3] == GANTRY_MODIFIER2 and self.upstream.protocol == "uwsgi",
+        )
 
     def _settle(self, result: str) -> None:
         """The current attempt ended: "done", "abandoned", or a failure to act on."""
@@ -480,6 +488,11 @@ class ProxyRequest(UpstreamResponse):
                 has_length = True
             lines.append(name + b": " + value + b"\r\n")
         self.client.start_proxied_response(self, status, reason, lines, has_length)
+
+    def whole(self, status: int, head: bytes, body: bytes) -> None:
+        self.started_response = True
+        self.client.relay_whole(status, head, body)
+        self.end(True)
 
     def body(self, data: bytes) -> None:
         self.client.relay_body(self, data)

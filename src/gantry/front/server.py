@@ -506,6 +506,23 @@ class FrontConnection(asyncio.Protocol):
         # Held until the first body piece or the end: one write for small responses.
         self.pending_head = self._head(status, lines, reason)
 
+    def relay_whole(self, status: int, head: bytes, body: bytes) -> None:
+        """A whole proxied response whose ``head`` (status line and fields, each ending in
+        CRLF) passes as it is: this connection's Connection, Server and Date follow it."""
+        self.status = status
+        self.chunked_out = False
+        self.pending_head = b""
+        if self.transport is None or self.closed:
+            return
+        self.sent += len(body)
+        if not self.keep_alive:
+            connection = b"Connection: close\r\n"
+        elif self.request.version == "1.0":
+            connection = b"Connection: keep-alive\r\n"
+        else:
+            connection = b""
+        self.transport.write(head + connection + self.worker.defaults.lines + body)
+
     def relay_body(self, proxy: ProxyRequest, data: bytes) -> None:
         if self.transport is None or self.closed or not data:
             return

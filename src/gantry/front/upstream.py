@@ -8,6 +8,7 @@ while the client's transport is above its high-water mark.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,14 @@ WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
 # Fields that frame a response body (without them, the close ends it).
 _FRAMING = (b"content-length", b"transfer-encoding")
+# Fields that send a response to the parser's path: what a proxy drops (hop-by-hop,
+# its own Date and Server, X-Accel-Redirect) or must reframe.
+_HIDDEN = re.compile(
+    rb"\n(?:connection|keep-alive|transfer-encoding|te|trailer|upgrade|proxy-authenticate"
+    rb"|proxy-connection|date|server|x-accel-redirect)[ \t]*:",
+    re.IGNORECASE,
+)
+_LENGTH = re.compile(rb"\ncontent-length[ \t]*:", re.IGNORECASE)
 
 
 class UpstreamError(Exception):
@@ -48,6 +57,10 @@ class UpstreamResponse:
 
     def end(self, reusable: bool) -> None:
         """The response is complete; ``reusable`` if the connection may serve another request."""
+
+    def whole(self, status: int, head: bytes, body: bytes) -> None:
+        """A whole response: ``head`` is its status line and fields (each ending in CRLF,
+        none a proxy hides), ``body`` all of its body; the connection may be reused."""
 
     def failed(self, error: UpstreamError) -> None:
         """The upstream broke before or during the response."""
@@ -88,6 +101,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         #: when it was put back in the keep-alive pool
         self.idle_since = 0.0
+        #: the current response may take the short path (see ``send``)
+        self.short_path = False
 
     # asyncio.Protocol ------------------------------------------------------------
 
@@ -131,6 +146,8 @@ class UpstreamConnection(asyncio.Protocol):
             # bytes nobody asked for: the connection cannot be trusted for reuse
             self.abort()
             return
+        if self.short_path and not self.head_done and self._whole(data):
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -143,6 +160,36 @@ class UpstreamConnection(asyncio.Protocol):
         if self.receiver is not None:
             self._arm_timer()  # activity: the read timeout starts again
 
+    def _whole(self, data: bytes) -> bool:
+        """A whole response in ``data`` that needs no parsing: an HTTP/1.1 head with
+        Content-Length, the body all here and nothing after it, none of the fields a
+        proxy hides or reframes, status below 500 (the slow path decides retries).
+        It goes to the receiver as is; False: the parser takes ``data``."""
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or not data.startswith(b"HTTP/1.1 "):
+            return False
+        at = data.find(b"\r\nContent-Length: ", 0, end)
+        if at < 0:
+            return False
+        stop = data.find(b"\r\n", at + 18)
+        length = data[at + 18 : stop]
+        status = data[9:12]
+        if (
+            not length.isdigit()
+            or len(data) != end + 4 + int(length)
+            or not status.isdigit()
+            or not b"200" <= status < b"500"
+            or _HIDDEN.search(data, 0, end + 2) is not None
+            or _LENGTH.search(data, at + 18, end + 2) is not None  # a second length
+        ):
+            return False
+        receiver = self.receiver
+        assert receiver is not None
+        self._cancel_timer()
+        self.receiver = None
+        receiver.whole(int(status), data[: end + 2], data[end + 4 :])
+        return True
+
     # sending ------------------------------------------------------------------------
 
     def send(
@@ -151,9 +198,15 @@ class UpstreamConnection(asyncio.Protocol):
         payload: list[bytes],
         read_timeout: float,
         head_request: bool,
+        short_path: bool = False,
     ) -> None:
-        """Write the request and wait for the response through ``receiver``."""
+        """Write the request and wait for the response through ``receiver``.
+
+        ``short_path``: the upstream is gantry serve answering gantry's own packet; a
+        whole response in one read may skip the parser (see ``_whole``).
+        """
         self.receiver = receiver
+        self.short_path = short_path and not head_request
         self.read_timeout = read_timeout
         self.head_done = False
         self.framed = False

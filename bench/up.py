@@ -55,7 +55,10 @@ UP_APPS = {"raw": "bench.apps:hello", "flask": "gantry.demo:app"}
 GOALS = {"raw": 1.2, "flask": 1.3}
 GANTRY = "gantry up"
 BASELINE = "nginx+uWSGI"
-STACKS = [BASELINE, GANTRY]
+#: for reference, not a goal: the app server alone (master + 1 worker, HTTP, no front).
+#: No front in front of it can be faster, so its ratio bounds what any front can reach.
+ALONE = "serve alone"
+STACKS = [BASELINE, GANTRY, ALONE]
 SOCKET_TIMEOUT = 30.0
 NGINX = "/usr/sbin/nginx"
 
@@ -150,7 +153,7 @@ def bench_stack(
     result = RoundResult(server=stack, app=app, round=round_no, ok=False)
     port = free_port()
     target = UP_APPS[app]
-    tag = f"{app}-{'gantry' if stack == GANTRY else 'nginx'}-{round_no}"
+    tag = f"{app}-{stack.split()[0].replace('+', '-')}-{round_no}"
     processes: list[ServerProcess] = []
     pids: list[int] = []
     try:
@@ -158,6 +161,12 @@ def bench_stack(
             conf = work / f"{tag}.toml"
             conf.write_text(gantry_up_toml(port, target))
             command = [str(VENV_BIN / "gantry"), "up", "-c", str(conf)]
+            front = ServerProcess(command, args.server_cpu, work / f"{tag}.log")
+            processes.append(front)
+            front.start()
+        elif stack == ALONE:
+            command = [str(VENV_BIN / "gantry"), "serve", target, "--http", f"127.0.0.1:{port}",
+                       "--chdir", str(REPO_ROOT), "--workers", "1"]  # fmt: skip
             front = ServerProcess(command, args.server_cpu, work / f"{tag}.log")
             processes.append(front)
             front.start()
@@ -231,6 +240,10 @@ def print_up_table(app: str, summaries: list[Summary]) -> float | None:
     value = mine.rps / base.rps
     verdict = "met" if value >= goal else "NOT met"
     print(f"{GANTRY} / {BASELINE}: {shown}  (goal >= {goal}x: {verdict})")
+    alone = by_name.get(ALONE)
+    if alone is not None:
+        bound = ratio(alone, base)
+        print(f"{ALONE} / {BASELINE}: {bound}  (no front at all: the bound for any front)")
     return value
 
 

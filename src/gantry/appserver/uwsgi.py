@@ -101,10 +101,7 @@ class UwsgiConnection(WSGIConnection):
                 self.idle_since = 0.0
                 self.deadline = self.loop.time() + self.ctx.config.header_timeout
             buffer += data
-            if len(buffer) >= 4 and buffer[3] == GANTRY_MODIFIER2 and buffer[0] == 0:
-                used = self._gantry_packet(buffer)
-            else:
-                used = self._uwsgi_packet(buffer)
+            used = self._read_packet(buffer) if len(buffer) >= 4 else 0
             if not used:
                 return  # more bytes needed, or the packet was refused
             data = bytes(buffer[used:])  # the start of the body
@@ -134,52 +131,43 @@ class UwsgiConnection(WSGIConnection):
             # body timeout semantics: the limit is between reads
             self.deadline = self.loop.time() + self.ctx.config.body_timeout
 
-    def _uwsgi_packet(self, buffer: bytearray) -> int:
-        """A standard packet: vars, CONTENT_LENGTH and GANTRY_KEEPALIVE read; the bytes
-        it took, or 0 if more are needed or the packet was refused."""
+    def _read_packet(self, buffer: bytearray) -> int:
+        """The packet at the start of ``buffer``: its vars, body length and whether the
+        connection is kept are noted; returns the bytes it took, or 0 if more are needed
+        or the packet was refused. Gantry's own packet (its front's) is the environ in
+        one split and always keeps the connection."""
+        gantry = buffer[3] == GANTRY_MODIFIER2 and buffer[0] == 0
+        size = self.ctx.config.buffer_size
         try:
-            parsed = parse_packet(buffer, self.ctx.config.buffer_size)
+            parsed = parse_gantry_packet(buffer, size) if gantry else parse_packet(buffer, size)
         except UwsgiProtocolError as exc:
             self._malformed(str(exc))
             return 0
         if parsed is None:
             return 0
-        header, pairs, used = parsed
-        if header.modifier1 != 0:
-            self._malformed(f"unsupported modifier1 {header.modifier1}")
-            return 0
-        length = 0
-        for key, value in pairs:
-            if key == b"CONTENT_LENGTH":
-                if value and not value.isdigit():
-                    self._malformed("invalid CONTENT_LENGTH")
-                    return 0
-                length = int(value or b"0")
-            elif key == KEEPALIVE_VAR:
-                self.reuse = value == b"1"
-        self.vars = pairs
-        self.remaining = length
-        return used
-
-    def _gantry_packet(self, buffer: bytearray) -> int:
-        """Gantry's own packet (its front's): the environ in one split, the connection kept;
-        the bytes it took, or 0."""
-        try:
-            parsed = parse_gantry_packet(buffer, self.ctx.config.buffer_size)
-        except UwsgiProtocolError as exc:
-            self._malformed(str(exc))
-            return 0
-        if parsed is None:
-            return 0
-        fields, used = parsed
-        cgi = environ_from_fields(fields, self.template.mount_prefix)
-        value = cgi.get("CONTENT_LENGTH", "")
-        if value and not (value.isascii() and value.isdigit()):
+        length = ""
+        packet: list[tuple[bytes, bytes]] | dict[str, str]
+        if isinstance(parsed[0], list):
+            fields, used = parsed
+            packet = environ_from_fields(fields, self.template.mount_prefix)
+            length = packet.get("CONTENT_LENGTH", "")
+            self.reuse = True
+        else:
+            header, pairs, used = parsed
+            if header.modifier1 != 0:
+                self._malformed(f"unsupported modifier1 {header.modifier1}")
+                return 0
+            for key, value in pairs:
+                if key == b"CONTENT_LENGTH":
+                    length = value.decode("latin-1")
+                elif key == KEEPALIVE_VAR:
+                    self.reuse = value == b"1"
+            packet = pairs
+        if length and not (length.isascii() and length.isdigit()):
             self._malformed("invalid CONTENT_LENGTH")
             return 0
-        self.vars = cgi
-        self.reuse = True
-        self.remaining = int(value or "0")
+        self.vars = packet
+        self.remaining = int(length or "0")
         return used
 
     def _start(self) -> None:

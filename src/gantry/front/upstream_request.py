@@ -67,21 +67,31 @@ _header_keys: dict[bytes, bytes] = {}
 _HEADER_KEYS_MAX = 1024
 
 
-def _header_key(name: bytes) -> bytes:
+def _environ_key(name: bytes) -> bytes:
+    """The environ key a request field goes to; b"" for none (Content-Length is the
+    front's own, and a name with "_" would pass for one with "-")."""
     lname = name.lower()
+    if lname == b"content-length" or b"_" in name:
+        return b""
     if lname == b"content-type":
-        key = _TYPE
-    elif lname == b"content-length" or b"_" in name:
-        # Content-Length is the front's own; a name with "_" would pass for a "-" one
-        key = _SKIP
-    elif lname == b"host":
-        key = _HOST  # HTTP_HOST, and SERVER_NAME from it
-    else:
-        key = _key(b"HTTP_" + name.upper().replace(b"-", b"_"))
-    if len(_header_keys) >= _HEADER_KEYS_MAX:
-        _header_keys.clear()
-    _header_keys[name] = key
+        return b"CONTENT_TYPE"
+    return b"HTTP_" + name.upper().replace(b"-", b"_")
+
+
+def _remember(cache: dict[bytes, bytes], name: bytes, key: bytes) -> bytes:
+    if len(cache) >= _HEADER_KEYS_MAX:
+        cache.clear()
+    cache[name] = key
     return key
+
+
+_MARKERS = {b"": _SKIP, b"CONTENT_TYPE": _TYPE, b"HTTP_HOST": _HOST}
+
+
+def _header_key(name: bytes) -> bytes:
+    key = _environ_key(name)
+    marker = _MARKERS.get(key)
+    return _remember(_header_keys, name, marker if marker is not None else _key(key))
 
 
 def connection_vars(remote_addr: str, remote_port: str, server_port: str) -> bytes:
@@ -185,27 +195,16 @@ def uwsgi_packet(
 _G_HEAD = b"\x00%b" + bytes((GANTRY_MODIFIER2,))
 _G_METHODS = {method: b"REQUEST_METHOD\0" + method.encode() for method in _METHODS}
 _G_PROTOCOLS = {version: b"SERVER_PROTOCOL\0HTTP/" + version.encode() for version in _PROTOCOLS}
-_G_SKIP = b""
 _G_HOST = b"HTTP_HOST"
 _G_TYPE = b"CONTENT_TYPE"
+_G_MARKERS = {_G_HOST: _G_HOST, _G_TYPE: _G_TYPE}
 #: header name as the client spelled it -> environ key
 _g_header_keys: dict[bytes, bytes] = {}
 
 
 def _g_header_key(name: bytes) -> bytes:
-    lname = name.lower()
-    if lname == b"content-type":
-        key = _G_TYPE
-    elif lname == b"content-length" or b"_" in name:
-        key = _G_SKIP
-    elif lname == b"host":
-        key = _G_HOST
-    else:
-        key = b"HTTP_" + name.upper().replace(b"-", b"_")
-    if len(_g_header_keys) >= _HEADER_KEYS_MAX:
-        _g_header_keys.clear()
-    _g_header_keys[name] = key
-    return key
+    key = _environ_key(name)
+    return _remember(_g_header_keys, name, _G_MARKERS.get(key, key))
 
 
 #: NULs inside gantry_connection_vars (10 fields)
@@ -243,6 +242,7 @@ def gantry_packet(
     if body_length:
         parts += (b"CONTENT_LENGTH", str(body_length).encode())
     host = b""
+    typed = False
     keys = _g_header_keys
     append = parts.append
     for name, value in head.headers:
@@ -251,8 +251,14 @@ def gantry_packet(
             key = _g_header_key(name)
         if not key:
             continue
-        if key is _G_HOST and not host:
+        if key is _G_HOST:
+            if host:
+                continue  # the first Host counts (the parser refuses a second one anyway)
             host = value
+        elif key is _G_TYPE:
+            if typed:
+                continue  # the first Content-Type counts, as in the standard packet
+            typed = True
         append(key)
         append(value)
     server_var = _server_vars.get(host) or _server_var(host)

@@ -337,6 +337,8 @@ def _descendants(pid: int) -> list[int]:
         ("[frnt]\n", "frnt: unknown key"),
         ('[[app]]\nname = "a"\nmodule = "m:app"\n[[app]]\nname = "a"\nmodule = "n:app"\n',
          "app[1].name: 'a' is already the name of app[0]"),
+        ('[[app]]\nname = "front"\nmodule = "m:app"\n',
+         "app[0].name: 'front' names the front server's part"),
     ],
 )  # fmt: skip
 def test_bad_config_fails_before_anything_starts(tmp_path: Path, text: str, expected: str) -> None:

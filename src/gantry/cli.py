@@ -345,9 +345,9 @@ def _top_level_tables(path: str) -> set[str]:
 def up(config_file: str | None, listen: str | None) -> None:
     """Run the whole stack: the front server and every application pool, wired over uwsgi.
 
-    SIGHUP reloads every part with zero downtime; SIGTERM stops gracefully; SIGINT
-    fast. Exit status: 0 when stopped, 2 for a configuration error, 3 when an
-    application cannot be loaded.
+    SIGHUP re-reads the file and applies it with zero downtime (a bad file keeps the
+    running configuration); SIGTERM stops gracefully; SIGINT fast. Exit status: 0
+    when stopped, 2 for a configuration error, 3 when an application cannot be loaded.
     """
     from gantry.stack.run import run_up
 

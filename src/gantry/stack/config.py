@@ -236,6 +236,8 @@ class StackPlan:
         seen: dict[str, int] = {}
         for i, app in enumerate(self.settings.app):
             where = f"{self.source}: app[{i}].name"
+            if app.name == "front":
+                raise ConfigError(f"{where}: 'front' names the front server's part; choose another")
             if app.name in seen:
                 first = seen[app.name]
                 raise ConfigError(f"{where}: {app.name!r} is already the name of app[{first}]")

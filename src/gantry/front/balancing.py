@@ -70,7 +70,6 @@ class UpstreamPool:
         self, client_ip: str = "", key: str = "", exclude: Collection[Peer] = ()
     ) -> Peer | None:
         """The peer for this request, or None if no server is usable."""
-        now = self.clock()
         if len(self.primary) == 1 and not self.backup:
             # nginx: a lone server ignores max_fails/fail_timeout; it is never marked down
             # by failures (only by `down` or an active health check)
@@ -78,6 +77,7 @@ class UpstreamPool:
             if peer in exclude or peer.server.down or not peer.healthy:
                 return None
             return peer
+        now = self.clock()
         usable = [p for p in self.primary if p not in exclude and p.usable(now)]
         if usable:
             balance = self.upstream.balance

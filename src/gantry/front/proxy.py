@@ -433,6 +433,8 @@ class ProxyRequest(UpstreamResponse):
         """Note this attempt's server and time for the access log, once."""
         if self.attempt_open and self.peer is not None:
             self.attempt_open = False
+            if self.client.worker.access_log is None:
+                return  # the times are for the access log only
             elapsed = self.client.loop.time() - self.attempt_start
             self.client.upstream_log.append((self.peer.server.address, elapsed))
 

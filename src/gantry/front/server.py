@@ -306,13 +306,13 @@ class FrontConnection(asyncio.Protocol):
             return
         path, server, location = route
         self.path = path
-        if not client_allowed(server.access, self.remote_addr):
+        if server.access and not client_allowed(server.access, self.remote_addr):
             self.simple_response(403)
             return
         if location is None:
             self.simple_response(404)
             return
-        if not client_allowed(location.access, self.remote_addr):
+        if location.access and not client_allowed(location.access, self.remote_addr):
             self.simple_response(403)
             return
         if location.proxy:
@@ -637,10 +637,12 @@ class FrontConnection(asyncio.Protocol):
         counters.requests += 1
         counters.tx += self.sent
         counters.status_counts[self.status // 100 if 100 <= self.status < 600 else 5] += 1
-        counters.rt_total += time.monotonic() - self.started
-        self._log_access()
+        now = time.monotonic()
+        counters.rt_total += now - self.started
+        if self.worker.access_log is not None:
+            self._log_access()
         self.busy = False
-        self.idle_since = time.monotonic()
+        self.idle_since = now
         if self.stream is not None:
             # answered before the whole body came: the rest of it cannot be trusted
             self.stream = None

@@ -3,6 +3,7 @@ GANTRY_KEEPALIVE=1 in a standard one)."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import threading
@@ -290,6 +291,12 @@ def test_kept_path_answers_exactly_as_the_standard_path(tmp_path: Path) -> None:
         (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi", False),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\nhi", False),
         (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi", False),
+        # from an upstream other than gantry serve, only heads the parser would pass on
+        # byte for byte
+        (b"HTTP/1.1 200 OK\r\nContent-Length:2\r\n\r\nhi", False),
+        (b"HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 2\r\n\r\nhi", False),
+        (b"HTTP/1.1 200 OK\r\nX A: a\r\nContent-Length: 2\r\n\r\nhi", False),
+        (b"HTTP/1.1 200 \r\nContent-Length: 2\r\n\r\nhi", False),
     ],
 )
 def test_which_responses_skip_the_parser(response: bytes, short: bool) -> None:
@@ -316,3 +323,92 @@ def test_which_responses_skip_the_parser(response: bytes, short: bool) -> None:
             assert conn.receiver is None
     finally:
         loop.close()
+
+
+class ScriptedUwsgiPeer:
+    """A uwsgi upstream on a unix socket answering each packet with ``response``, in one
+    write, or head and body apart (then the front's parser reads it), and closing."""
+
+    def __init__(self, path: str, response: bytes, split: bool) -> None:
+        self.response, self.split = response, split
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(path)
+        self.listener.listen(16)
+        self.listener.settimeout(0.2)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                buffer = b""
+                while parse_packet(buffer) is None:
+                    buffer += conn.recv(65536)
+                head, _, body = self.response.partition(b"\r\n\r\n")
+                # the front may close once the response is whole (an empty body)
+                with contextlib.suppress(OSError):
+                    if self.split:
+                        conn.sendall(head + b"\r\n\r\n")
+                        time.sleep(0.05)
+                        conn.sendall(body)
+                    else:
+                        conn.sendall(self.response)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+        self.listener.close()
+
+
+PLAIN = """
+[front]
+listen = ["127.0.0.1:FRONT_PORT"]
+[[front.server]]
+default = true
+[[front.server.location]]
+path = "/"
+proxy = "app"
+[front.upstream.app]
+protocol = "uwsgi"
+servers = [{{ address = "unix:{sock}" }}]
+"""
+
+UPSTREAM_ANSWERS = [
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello",
+    b"HTTP/1.1 404 Not Found\r\nX-Many: 1, 2\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 Fine\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nServer: theirs\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Type:text/plain\r\nContent-Length: 2\r\n\r\nok",
+]
+
+
+@pytest.mark.parametrize("answer", UPSTREAM_ANSWERS)
+def test_whole_answer_from_any_upstream_as_through_the_parser(
+    tmp_path: Path, answer: bytes
+) -> None:
+    """An upstream (here a scripted uwsgi peer) answering in one write (the short path
+    when its head is plain) and in two (the parser): the client gets the same bytes."""
+    seen = []
+    for split in (False, True):
+        work = tmp_path / f"split-{split}"
+        work.mkdir()
+        sock = str(work / "peer.sock")
+        peer = ScriptedUwsgiPeer(sock, answer, split)
+        front = Front(PLAIN.format(sock=sock), work)
+        front.start()
+        try:
+            seen.append(_exchange(front.port, "example.test", ("GET", "/x", "", ""), "1.1"))
+        finally:
+            front.stop()
+            peer.close()
+    whole, parsed = seen
+    assert whole == parsed
+    head = whole.partition(b"\r\n\r\n")[0]
+    assert head.count(b"\r\nServer: ") == 1 and b"Server: gantry" in head
+    assert whole.endswith(answer.partition(b"\r\n\r\n")[2] or b"\r\n\r\n")

@@ -159,14 +159,16 @@ class StreamedBody:
 RequestBody = bytes | BodyBuffer | StreamedBody
 
 
+# What a request gets when no attempt could even start (replaced, never changed).
+_NO_LIVE_SERVER = UpstreamError(502, "no live server in the upstream")
+
+
 @dataclass
 class _Attempts:
     """What the attempt loop of one request has gone through."""
 
     tried: list[Peer] = field(default_factory=list)
-    last: UpstreamError = field(
-        default_factory=lambda: UpstreamError(502, "no live server in the upstream")
-    )
+    last: UpstreamError = _NO_LIVE_SERVER
     stale_retries: int = 1
     fresh: bool = False  # after a stale kept connection, the retry opens a new one
 
@@ -259,7 +261,8 @@ class ProxyRequest(UpstreamResponse):
             payload,
             self.upstream.read_timeout,
             self.head_in.method == "HEAD",
-            payload[0][3] == GANTRY_MODIFIER2 and self.upstream.protocol == "uwsgi",
+            short_path=True,
+            trusted=payload[0][3] == GANTRY_MODIFIER2 and self.upstream.protocol == "uwsgi",
         )
 
     def _settle(self, result: str) -> None:

@@ -31,6 +31,14 @@ _HIDDEN = re.compile(
     re.IGNORECASE,
 )
 _LENGTH = re.compile(rb"\ncontent-length[ \t]*:", re.IGNORECASE)
+# A head the parser's path would give the client byte for byte: a status line with a
+# reason, then "name: value" lines (a token, one space, a value of visible characters
+# with no space around it): no obs-fold, no bare CR or LF, no NUL, nothing to trim.
+_VISIBLE = rb"[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?"
+_PLAIN_HEAD = re.compile(
+    rb"HTTP/1\.1 [2-4][0-9][0-9] " + _VISIBLE + rb"\r\n"
+    rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+: " + _VISIBLE + rb"\r\n)*\r\n"
+)
 
 
 class UpstreamError(Exception):
@@ -69,6 +77,33 @@ class UpstreamResponse:
 class UpstreamConnection(asyncio.Protocol):
     """One connection to an upstream server; reused for HTTP keep-alive."""
 
+    # Class-level defaults: a connection sets only what changes (one per request to
+    # an upstream that closes after each response, as uWSGI does).
+    deadline = 0.0
+    transport: asyncio.Transport | None = None
+    receiver: UpstreamResponse | None = None
+    parser: Any = None
+    closed = False
+    head_done = False
+    framed = False
+    status = 0
+    reason = b""
+    keep_alive = False
+    head_request = False
+    timer: asyncio.TimerHandle | None = None
+    read_timeout = 60.0
+    on_lost: Callable[[UpstreamConnection], None] | None = None
+    #: True while the upstream is not taking request-body bytes fast enough
+    write_paused = False
+    #: called when a paused write side drains (or the connection is lost)
+    on_drain: Callable[[], None] | None = None
+    _drain_waiter: asyncio.Future[None] | None = None
+    #: when it was put back in the keep-alive pool
+    idle_since = 0.0
+    #: the current response may take the short path (see ``send``)
+    short_path = False
+    trusted = False
+
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
@@ -80,29 +115,7 @@ class UpstreamConnection(asyncio.Protocol):
         #: the worker's set of connections whose ``deadline`` a once-a-tick sweep checks
         #: (None: a timer of its own, for the odd connection such as a health probe)
         self.watch = watch
-        self.deadline = 0.0
-        self.transport: asyncio.Transport | None = None
-        self.receiver: UpstreamResponse | None = None
-        self.parser: Any = None
-        self.closed = False
-        self.head_done = False
-        self.framed = False
-        self.status = 0
-        self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.keep_alive = False
-        self.timer: asyncio.TimerHandle | None = None
-        self.read_timeout = 60.0
-        self.on_lost: Callable[[UpstreamConnection], None] | None = None
-        #: True while the upstream is not taking request-body bytes fast enough
-        self.write_paused = False
-        #: called when a paused write side drains (or the connection is lost)
-        self.on_drain: Callable[[], None] | None = None
-        self._drain_waiter: asyncio.Future[None] | None = None
-        #: when it was put back in the keep-alive pool
-        self.idle_since = 0.0
-        #: the current response may take the short path (see ``send``)
-        self.short_path = False
 
     # asyncio.Protocol ------------------------------------------------------------
 
@@ -161,9 +174,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._arm_timer()  # activity: the read timeout starts again
 
     def _whole(self, data: bytes) -> bool:
-        """A whole response in ``data`` that needs no parsing: an HTTP/1.1 head with
-        Content-Length, the body all here and nothing after it, none of the fields a
-        proxy hides or reframes, status below 500 (the slow path decides retries).
+        """A whole response in ``data`` that needs no parsing: a plain HTTP/1.1 head
+        with Content-Length, the body all here and nothing after it, none of the fields
+        a proxy hides or reframes, status below 500 (the slow path decides retries).
         It goes to the receiver as is; False: the parser takes ``data``."""
         end = data.find(b"\r\n\r\n")
         if end < 0 or not data.startswith(b"HTTP/1.1 "):
@@ -181,6 +194,7 @@ class UpstreamConnection(asyncio.Protocol):
             or not b"200" <= status < b"500"
             or _HIDDEN.search(data, 0, end + 2) is not None
             or _LENGTH.search(data, at + 18, end + 2) is not None  # a second length
+            or (not self.trusted and _PLAIN_HEAD.fullmatch(data, 0, end + 4) is None)
         ):
             return False
         receiver = self.receiver
@@ -199,14 +213,17 @@ class UpstreamConnection(asyncio.Protocol):
         read_timeout: float,
         head_request: bool,
         short_path: bool = False,
+        trusted: bool = False,
     ) -> None:
         """Write the request and wait for the response through ``receiver``.
 
-        ``short_path``: the upstream is gantry serve answering gantry's own packet; a
-        whole response in one read may skip the parser (see ``_whole``).
+        ``short_path``: a whole response in one read may skip the parser (see
+        ``_whole``); ``trusted``: the upstream is gantry serve answering gantry's own
+        packet, whose heads need no checking.
         """
         self.receiver = receiver
         self.short_path = short_path and not head_request
+        self.trusted = trusted
         self.read_timeout = read_timeout
         self.head_done = False
         self.framed = False

@@ -325,59 +325,30 @@ def test_which_responses_skip_the_parser(response: bytes, short: bool) -> None:
         loop.close()
 
 
-class ScriptedUwsgiPeer:
-    """A uwsgi upstream on a unix socket answering each packet with ``response``, in one
-    write, or head and body apart (then the front's parser reads it), and closing."""
+class ScriptedUwsgiPeer(CountingUwsgiServer):
+    """A uwsgi upstream answering each packet with ``response``, in one write, or head
+    and body apart (then the front's parser reads it), and closing."""
 
     def __init__(self, path: str, response: bytes, split: bool) -> None:
         self.response, self.split = response, split
-        self.listener = socket.socket(socket.AF_UNIX)
-        self.listener.bind(path)
-        self.listener.listen(16)
-        self.listener.settimeout(0.2)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__(path)
 
-    def _serve(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(5)
-                buffer = b""
-                while parse_packet(buffer) is None:
-                    buffer += conn.recv(65536)
-                head, _, body = self.response.partition(b"\r\n\r\n")
-                # the front may close once the response is whole (an empty body)
-                with contextlib.suppress(OSError):
-                    if self.split:
-                        conn.sendall(head + b"\r\n\r\n")
-                        time.sleep(0.05)
-                        conn.sendall(body)
-                    else:
-                        conn.sendall(self.response)
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            buffer = b""
+            while parse_packet(buffer) is None:
+                buffer += conn.recv(65536)
+            head, _, body = self.response.partition(b"\r\n\r\n")
+            # the front may close once the response is whole (an empty body)
+            with contextlib.suppress(OSError):
+                if self.split:
+                    conn.sendall(head + b"\r\n\r\n")
+                    time.sleep(0.05)
+                    conn.sendall(body)
+                else:
+                    conn.sendall(self.response)
 
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5)
-        self.listener.close()
-
-
-PLAIN = """
-[front]
-listen = ["127.0.0.1:FRONT_PORT"]
-[[front.server]]
-default = true
-[[front.server.location]]
-path = "/"
-proxy = "app"
-[front.upstream.app]
-protocol = "uwsgi"
-servers = [{{ address = "unix:{sock}" }}]
-"""
 
 UPSTREAM_ANSWERS = [
     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello",
@@ -400,7 +371,7 @@ def test_whole_answer_from_any_upstream_as_through_the_parser(
         work.mkdir()
         sock = str(work / "peer.sock")
         peer = ScriptedUwsgiPeer(sock, answer, split)
-        front = Front(PLAIN.format(sock=sock), work)
+        front = Front(CONFIG.format(sock=sock, keep="false"), work)
         front.start()
         try:
             seen.append(_exchange(front.port, "example.test", ("GET", "/x", "", ""), "1.1"))

@@ -153,6 +153,13 @@ class UpstreamConnection(asyncio.Protocol):
                 receiver.failed(UpstreamError(502, "upstream closed the connection early"))
         if self.on_lost is not None:
             self.on_lost(self)
+        # The parser holds our bound methods and the transport holds us: let reference
+        # counting free a closed connection (one per request to uWSGI) instead of the
+        # cycle collector.
+        self.parser = None
+        self.transport = None
+        self.on_lost = None
+        self.on_drain = None
 
     def data_received(self, data: bytes) -> None:
         if self.receiver is None or self.parser is None:

@@ -13,7 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from gantry.protocol.uwsgi import GANTRY_MODIFIER2, parse_gantry_packet, parse_packet
+from gantry.protocol.uwsgi import (
+    GANTRY_MODIFIER2,
+    encode_packet,
+    parse_gantry_packet,
+    parse_packet,
+)
 from tests.process import GantryServer
 from tests.test_front import Front
 
@@ -383,3 +388,51 @@ def test_whole_answer_from_any_upstream_as_through_the_parser(
     head = whole.partition(b"\r\n\r\n")[0]
     assert head.count(b"\r\nServer: ") == 1 and b"Server: gantry" in head
     assert whole.endswith(answer.partition(b"\r\n\r\n")[2] or b"\r\n\r\n")
+
+
+def test_a_finished_upstream_connection_is_freed_without_the_cycle_collector(
+    tmp_path: Path,
+) -> None:
+    """One connection per request to uWSGI-like upstreams: a closed UpstreamConnection must
+    not sit in a reference cycle (parser <-> bound methods, transport <-> protocol) until
+    the cycle collector runs. A real socket, a real event loop, the collector off."""
+    import asyncio
+    import gc
+    import weakref
+
+    from gantry.front.upstream import UpstreamConnection, UpstreamResponse, open_upstream
+
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+    peer = ScriptedUwsgiPeer(str(tmp_path / "peer.sock"), answer, split=True)
+
+    class Done(UpstreamResponse):
+        def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+            self.finished = loop.create_future()
+
+        def end(self, reusable: bool) -> None:
+            self.finished.set_result(True)
+
+    async def one_request() -> weakref.ref[UpstreamConnection]:
+        loop = asyncio.get_running_loop()
+        conn = await open_upstream(loop, f"unix:{peer.path}", 5.0)
+        done = Done(loop)
+        conn.send(done, [encode_packet([(b"PATH_INFO", b"/")])], 5.0, head_request=False)
+        await done.finished
+        conn.abort()
+        await asyncio.sleep(0.05)  # connection_lost runs
+        assert conn.closed
+        return weakref.ref(conn)
+
+    gc.collect()
+    gc.disable()
+    try:
+        loop = asyncio.new_event_loop()
+        try:
+            ref = loop.run_until_complete(one_request())
+            loop.run_until_complete(asyncio.sleep(0.05))
+        finally:
+            loop.close()
+        assert ref() is None, gc.get_referrers(ref())
+    finally:
+        gc.enable()
+        peer.close()

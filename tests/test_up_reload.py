@@ -7,6 +7,7 @@ import os
 import secrets
 import signal
 import socket
+import time
 from pathlib import Path
 
 from gantry.stats.top import fetch
@@ -317,3 +318,33 @@ def test_the_demo_has_no_file_sighup_reloads_every_part(tmp_path: Path) -> None:
         assert _wait(lambda: up.log_text().count("reload done") == 2, 10), up.log_text()[-2000:]
         assert _answer(up.port, "/hello") == b"Hello World!"
         assert up.stop() == 0
+
+
+def test_systemd_hears_ready_once_every_part_is(tmp_path: Path) -> None:
+    """READY=1 goes to systemd when the parts have said it, not when they were started: a
+    pool whose app takes 1 s to import holds it back, and after it nothing waits."""
+    site = _apps(tmp_path)
+    (site / "app_slow.py").write_text(
+        "import time\ntime.sleep(1.0)\n" + APP.replace("ANSWER", "SLOW")
+    )
+    notify_name = f"gantry-test/{secrets.token_hex(8)}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind("\0" + notify_name)
+        systemd.settimeout(15)
+        up = GantryUp(
+            tmp_path,
+            _stack(tmp_path, module="app_slow:app"),
+            env={"NOTIFY_SOCKET": "@" + notify_name},
+        )
+        started = time.monotonic()
+        up.start()
+        try:
+            message = systemd.recv(4096)
+            waited = time.monotonic() - started
+            assert message.startswith(b"READY=1"), message
+            assert waited >= 1.0, waited
+            asked = time.monotonic()
+            assert _answer(up.port, "/which") == b"SLOW /which"
+            assert time.monotonic() - asked < 0.5
+        finally:
+            assert up.stop() == 0, up.log_text()

@@ -222,12 +222,19 @@ class Supervisor:
         try:
             for part in self.parts:
                 self.start(part)
-            notify("READY=1", f"STATUS=gantry up: {len(self.parts)} parts")
+            # systemd hears READY=1 once every part has said it (at once without a
+            # readiness socket to hear them on)
+            starting = self.readiness is not None
+            if not starting:
+                self._ready()
             log.info(
                 "gantry up %d: %s", os.getpid(), ", ".join(self._describe(p) for p in self.parts)
             )
             while True:
                 self._wait()
+                if starting and all(part.ready for part in self.parts):
+                    starting = False
+                    self._ready()
                 self._handle_signals()
                 self._reap()
                 if self.stopping:
@@ -246,6 +253,9 @@ class Supervisor:
             self.cleanup()
         log.info("gantry up %d stopped (exit %d)", os.getpid(), self.exit_code)
         return self.exit_code
+
+    def _ready(self) -> None:
+        notify("READY=1", f"STATUS=gantry up: {len(self.parts)} parts")
 
     def _describe(self, part: Part) -> str:
         where = ", ".join(str(address) for address, _ in part.sockets)

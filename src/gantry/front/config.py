@@ -92,9 +92,11 @@ class UpstreamSettings(_Strict):
     )
     gantry_keepalive: bool = Field(
         False,
-        description="uwsgi upstreams that are `gantry serve`: ask them to keep the "
-        "connection for the next request (the var GANTRY_KEEPALIVE=1; real uWSGI closes after "
-        "each response, as nginx expects). `gantry up` sets it for its pools.",
+        description="uwsgi upstreams that are `gantry serve` only: speak gantry's own "
+        "packet to them (the environ in one split, modifier2 0x67) and keep the connection "
+        "for the next request. Real uWSGI cannot read that packet: leave it false there "
+        "(uWSGI closes after each response, as nginx expects). `gantry up` sets it for its "
+        "pools.",
     )
     health_check: HealthCheckSettings | None = Field(
         None, description="Active health checks; unset: only passive ones (max_fails)."

@@ -136,33 +136,35 @@ class UwsgiConnection(WSGIConnection):
         connection is kept are noted; returns the bytes it took, or 0 if more are needed
         or the packet was refused. Gantry's own packet (its front's) is the environ in
         one split and always keeps the connection."""
-        gantry = buffer[3] == GANTRY_MODIFIER2 and buffer[0] == 0
         size = self.ctx.config.buffer_size
+        length = ""
+        packet: list[tuple[bytes, bytes]] | dict[str, str]
         try:
-            parsed = parse_gantry_packet(buffer, size) if gantry else parse_packet(buffer, size)
+            if buffer[3] == GANTRY_MODIFIER2 and buffer[0] == 0:
+                own = parse_gantry_packet(buffer, size)
+                if own is None:
+                    return 0
+                fields, used = own
+                packet = environ_from_fields(fields, self.template.mount_prefix)
+                length = packet.get("CONTENT_LENGTH", "")
+                self.reuse = True
+            else:
+                parsed = parse_packet(buffer, size)
+                if parsed is None:
+                    return 0
+                header, pairs, used = parsed
+                if header.modifier1 != 0:
+                    self._malformed(f"unsupported modifier1 {header.modifier1}")
+                    return 0
+                for key, value in pairs:
+                    if key == b"CONTENT_LENGTH":
+                        length = value.decode("latin-1")
+                    elif key == KEEPALIVE_VAR:
+                        self.reuse = value == b"1"
+                packet = pairs
         except UwsgiProtocolError as exc:
             self._malformed(str(exc))
             return 0
-        if parsed is None:
-            return 0
-        length = ""
-        packet: list[tuple[bytes, bytes]] | dict[str, str]
-        if isinstance(parsed[0], list):
-            fields, used = parsed
-            packet = environ_from_fields(fields, self.template.mount_prefix)
-            length = packet.get("CONTENT_LENGTH", "")
-            self.reuse = True
-        else:
-            header, pairs, used = parsed
-            if header.modifier1 != 0:
-                self._malformed(f"unsupported modifier1 {header.modifier1}")
-                return 0
-            for key, value in pairs:
-                if key == b"CONTENT_LENGTH":
-                    length = value.decode("latin-1")
-                elif key == KEEPALIVE_VAR:
-                    self.reuse = value == b"1"
-            packet = pairs
         if length and not (length.isascii() and length.isdigit()):
             self._malformed("invalid CONTENT_LENGTH")
             return 0

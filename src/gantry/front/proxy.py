@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from gantry.front.balancing import Peer, UpstreamPool, hash_key
 from gantry.front.model import Location, Upstream
 from gantry.front.upstream import (
+    RESPONSE_DROP,
     UpstreamConnection,
     UpstreamError,
     UpstreamResponse,
@@ -16,7 +17,6 @@ from gantry.front.upstream import (
 )
 from gantry.front.upstream_request import gantry_packet, http_request_head, uwsgi_packet
 from gantry.protocol.http1 import RequestHead
-from gantry.protocol.uwsgi import GANTRY_MODIFIER2
 from gantry.wsgi.input import BodyBuffer
 
 if TYPE_CHECKING:
@@ -25,13 +25,6 @@ if TYPE_CHECKING:
 __all__ = ["KeepAlivePool", "ProxyRequest", "RequestBody", "StreamedBody"]
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-
-# Hop-by-hop fields (RFC 9110 7.6.1) and what a proxy hides by default (nginx's
-# proxy_hide_header: the front sets its own Date and Server).
-_RESPONSE_DROP = frozenset(
-    {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
-     b"proxy-authenticate", b"proxy-connection", b"date", b"server", b"x-accel-redirect"}
-)  # fmt: skip
 
 
 class KeepAlivePool:
@@ -255,14 +248,14 @@ class ProxyRequest(UpstreamResponse):
         self.attempt_open = True
         self.settled = False
         self.conn = conn
-        payload = self._payload()
+        payload, own_packet = self._payload()
         conn.send(
             self,
             payload,
             self.upstream.read_timeout,
             self.head_in.method == "HEAD",
             short_path=True,
-            trusted=payload[0][3] == GANTRY_MODIFIER2 and self.upstream.protocol == "uwsgi",
+            trusted=own_packet,
         )
 
     def _settle(self, result: str) -> None:
@@ -441,14 +434,16 @@ class ProxyRequest(UpstreamResponse):
             elapsed = self.client.loop.time() - self.attempt_start
             self.client.upstream_log.append((self.peer.server.address, elapsed))
 
-    def _payload(self) -> list[bytes]:
+    def _payload(self) -> tuple[list[bytes], bool]:
+        """The bytes of the request, and whether they are gantry's own packet (then the
+        upstream is gantry serve, whose answers need no checking)."""
         body = self.body_in if isinstance(self.body_in, bytes) else b""
         client, head, location = self.client, self.head_in, self.location
         script_name = (location.script_name if location is not None else "") or ""
+        packet = None
         if self.upstream.protocol == "uwsgi":
             path = client.request_path(head)
             gantry = self.upstream.gantry_keepalive
-            packet = None
             if gantry:
                 packet = gantry_packet(
                     client.gantry_vars(), head, path, script_name, self.body_length
@@ -458,7 +453,7 @@ class ProxyRequest(UpstreamResponse):
             )
         else:
             request = http_request_head(head, client.remote_addr, self.body_length, script_name)
-        return [request, body] if body else [request]
+        return ([request, body] if body else [request]), packet is not None
 
     # UpstreamResponse -------------------------------------------------------------
 
@@ -487,7 +482,7 @@ class ProxyRequest(UpstreamResponse):
         has_length = False
         for name, value in headers:
             lname = name.lower()
-            if lname in _RESPONSE_DROP:
+            if lname in RESPONSE_DROP:
                 continue
             if lname == b"content-length":
                 has_length = True

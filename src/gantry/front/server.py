@@ -515,13 +515,7 @@ class FrontConnection(asyncio.Protocol):
         if self.transport is None or self.closed:
             return
         self.sent += len(body)
-        if not self.keep_alive:
-            connection = b"Connection: close\r\n"
-        elif self.request.version == "1.0":
-            connection = b"Connection: keep-alive\r\n"
-        else:
-            connection = b""
-        self.transport.write(head + connection + self.worker.defaults.lines + body)
+        self.transport.write(head + self._connection_field() + self.worker.defaults.lines + body)
 
     def relay_body(self, proxy: ProxyRequest, data: bytes) -> None:
         if self.transport is None or self.closed or not data:
@@ -592,12 +586,18 @@ class FrontConnection(asyncio.Protocol):
             status_line = f"HTTP/1.1 {status} {text}\r\n".encode("latin-1")
             if len(_STATUS_LINES) < 256:
                 _STATUS_LINES[(status, reason)] = status_line
-        if not self.keep_alive:
-            lines.append(b"Connection: close\r\n")
-        elif self.request.version == "1.0":
-            lines.append(b"Connection: keep-alive\r\n")
+        lines.append(self._connection_field())
         lines.append(self.worker.defaults.lines)
         return status_line + b"".join(lines)
+
+    def _connection_field(self) -> bytes:
+        """Connection: close when this connection ends after the response; keep-alive for an
+        HTTP/1.0 client whose connection stays; nothing otherwise."""
+        if not self.keep_alive:
+            return b"Connection: close\r\n"
+        if self.request.version == "1.0":
+            return b"Connection: keep-alive\r\n"
+        return b""
 
     def _write_head(
         self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, reason: bytes = b""

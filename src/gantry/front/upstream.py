@@ -23,11 +23,15 @@ WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
 # Fields that frame a response body (without them, the close ends it).
 _FRAMING = (b"content-length", b"transfer-encoding")
-# Fields that send a response to the parser's path: what a proxy drops (hop-by-hop,
-# its own Date and Server, X-Accel-Redirect) or must reframe.
+# Hop-by-hop fields (RFC 9110 7.6.1) and what a proxy hides by default (nginx's
+# proxy_hide_header: the front sets its own Date and Server).
+RESPONSE_DROP = frozenset(
+    {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
+     b"proxy-authenticate", b"proxy-connection", b"date", b"server", b"x-accel-redirect"}
+)  # fmt: skip
+# A response with one of them takes the parser's path (which drops or reframes them).
 _HIDDEN = re.compile(
-    rb"\n(?:connection|keep-alive|transfer-encoding|te|trailer|upgrade|proxy-authenticate"
-    rb"|proxy-connection|date|server|x-accel-redirect)[ \t]*:",
+    rb"\n(?:" + b"|".join(re.escape(name) for name in sorted(RESPONSE_DROP)) + rb")[ \t]*:",
     re.IGNORECASE,
 )
 _LENGTH = re.compile(rb"\ncontent-length[ \t]*:", re.IGNORECASE)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 
 from gantry.protocol.http1 import RequestHead
-from gantry.protocol.uwsgi import GANTRY_MODIFIER2
+from gantry.protocol.uwsgi import GANTRY_MODIFIER2, packet_header
 
 __all__ = [
     "connection_vars",
@@ -22,8 +22,6 @@ __all__ = [
 ]
 
 _u16 = struct.Struct("<H").pack
-#: encoded lengths of short values, the common case
-_SHORT = [_u16(n) for n in range(1024)]
 _MAX_U16 = 0xFFFF
 
 
@@ -94,15 +92,17 @@ def _header_key(name: bytes) -> bytes:
     return _remember(_header_keys, name, marker if marker is not None else _key(key))
 
 
+def _connection_pairs(remote_addr: str, remote_port: str, server_port: str) -> list[bytes]:
+    """key, value, key, value ... of the vars alike for every request of a connection."""
+    return [b"DOCUMENT_ROOT", b"/", b"REQUEST_SCHEME", b"http",
+            b"REMOTE_ADDR", remote_addr.encode(), b"REMOTE_PORT", remote_port.encode(),
+            b"SERVER_PORT", server_port.encode()]  # fmt: skip
+
+
 def connection_vars(remote_addr: str, remote_port: str, server_port: str) -> bytes:
     """The vars that are the same for every request of one client connection."""
-    return (
-        _var(b"DOCUMENT_ROOT", b"/")
-        + _var(b"REQUEST_SCHEME", b"http")
-        + _var(b"REMOTE_ADDR", remote_addr.encode())
-        + _var(b"REMOTE_PORT", remote_port.encode())
-        + _var(b"SERVER_PORT", server_port.encode())
-    )
+    pairs = _connection_pairs(remote_addr, remote_port, server_port)
+    return b"".join(_var(key, value) for key, value in zip(pairs[::2], pairs[1::2], strict=True))
 
 
 #: Host value -> encoded SERVER_NAME var (bounded: the values are the client's)
@@ -133,7 +133,6 @@ def uwsgi_packet(
     the location's ``script_name`` is taken off as nginx's ``uwsgi_modifier1 30`` does.
     ValueError if a var or the block does not fit the protocol's 16-bit lengths.
     """
-    short = _SHORT
     if script_name and (path == script_name or path.startswith(script_name + "/")):
         path = path[len(script_name) :]
     path_info = path.encode("utf-8", "surrogateescape")
@@ -142,14 +141,14 @@ def uwsgi_packet(
     method = _METHODS.get(head.method)
     parts = [
         b"",  # the packet header, once the length is known
-        _QUERY_STRING, short[len(query)] if len(query) < 1024 else _u16(len(query)), query,
+        _QUERY_STRING, _u16(len(query)), query,
         method or _var(b"REQUEST_METHOD", head.method.encode()),
         b"",  # CONTENT_TYPE, once the headers are read
         _var(b"CONTENT_LENGTH", str(body_length).encode()) if body_length else _NO_CONTENT_LENGTH,
-        _REQUEST_URI, short[len(target)] if len(target) < 1024 else _u16(len(target)), target,
-        _PATH_INFO, short[len(path_info)] if len(path_info) < 1024 else _u16(len(path_info)),
+        _REQUEST_URI, _u16(len(target)), target,
+        _PATH_INFO, _u16(len(path_info)),
         path_info,
-        _SCRIPT_NAME, short[len(script)] if len(script) < 1024 else _u16(len(script)), script,
+        _SCRIPT_NAME, _u16(len(script)), script,
         _PROTOCOLS.get(head.version) or _var(b"SERVER_PROTOCOL", b"HTTP/" + head.version.encode()),
         fixed,
         b"",  # SERVER_NAME, once the headers are read
@@ -175,16 +174,13 @@ def uwsgi_packet(
                 if not host:
                     host = value
             append(key)
-            append(short[len(value)] if len(value) < 1024 else _u16(len(value)))
+            append(_u16(len(value)))
             append(value)
         if keepalive:
             append(KEEPALIVE)
         parts[5] = content_type
         parts[server_at] = _server_vars.get(host) or _server_var(host)
-        size = sum(map(len, parts))
-        if size > _MAX_U16:
-            raise ValueError("uwsgi vars block longer than 65535 bytes")
-        parts[0] = b"\x00" + _u16(size) + b"\x00"
+        parts[0] = packet_header(sum(map(len, parts)))
     except struct.error:
         raise ValueError("uwsgi var longer than 65535 bytes") from None
     return b"".join(parts)
@@ -192,7 +188,6 @@ def uwsgi_packet(
 
 # Gantry's own packet (modifier2 GANTRY_MODIFIER2, to gantry serve only): the vars as
 # NUL-separated environ keys and values, which the pool reads with one split.
-_G_HEAD = b"\x00%b" + bytes((GANTRY_MODIFIER2,))
 _G_METHODS = {method: b"REQUEST_METHOD\0" + method.encode() for method in _METHODS}
 _G_PROTOCOLS = {version: b"SERVER_PROTOCOL\0HTTP/" + version.encode() for version in _PROTOCOLS}
 _G_HOST = b"HTTP_HOST"
@@ -215,10 +210,7 @@ _SERVER_NAME_AT = len(_SERVER_NAME) + 2
 
 def gantry_connection_vars(remote_addr: str, remote_port: str, server_port: str) -> bytes:
     """:func:`connection_vars` in gantry's own packet."""
-    return b"\0".join(
-        [b"DOCUMENT_ROOT", b"/", b"REQUEST_SCHEME", b"http", b"REMOTE_ADDR", remote_addr.encode(),
-         b"REMOTE_PORT", remote_port.encode(), b"SERVER_PORT", server_port.encode()]
-    )  # fmt: skip
+    return b"\0".join(_connection_pairs(remote_addr, remote_port, server_port))
 
 
 def gantry_packet(
@@ -268,7 +260,7 @@ def gantry_packet(
     # NULs: one between each two parts, and the method's, the protocol's and fixed's own
     if len(block) > _MAX_U16 or block.count(b"\0") != len(parts) - 1 + 2 + _FIXED_NULS:
         return None
-    return _G_HEAD % _u16(len(block)) + block
+    return packet_header(len(block), 0, GANTRY_MODIFIER2) + block
 
 
 # Fields the front does not pass on: hop-by-hop (RFC 9110 7.6.1), its own framing,

@@ -21,6 +21,7 @@ __all__ = [
     "decode_vars",
     "encode_packet",
     "encode_vars",
+    "packet_header",
     "parse_packet",
 ]
 
@@ -65,14 +66,22 @@ def encode_vars(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
     return block
 
 
+def packet_header(datasize: int, modifier1: int = 0, modifier2: int = 0) -> bytes:
+    """The 4-byte header of a packet whose vars block is ``datasize`` bytes; ValueError
+    past 65535 bytes or for a modifier that is not a single byte."""
+    if not (0 <= modifier1 <= 255 and 0 <= modifier2 <= 255):
+        raise ValueError("uwsgi modifiers are single bytes")
+    if datasize > _MAX_U16:
+        raise ValueError("uwsgi vars block longer than 65535 bytes")
+    return bytes((modifier1,)) + _u16(datasize) + bytes((modifier2,))
+
+
 def encode_packet(
     pairs: Iterable[tuple[bytes, bytes]], modifier1: int = 0, modifier2: int = 0
 ) -> bytes:
     """Header and vars block of one packet."""
-    if not (0 <= modifier1 <= 255 and 0 <= modifier2 <= 255):
-        raise ValueError("uwsgi modifiers are single bytes")
     block = encode_vars(pairs)
-    return bytes((modifier1,)) + _u16(len(block)) + bytes((modifier2,)) + block
+    return packet_header(len(block), modifier1, modifier2) + block
 
 
 def decode_vars(block: bytes | bytearray | memoryview) -> list[tuple[bytes, bytes]]:

@@ -63,7 +63,7 @@ class KeepAlivePool:
         if conn is not None:
             return conn, True
         conn = await open_upstream(self.loop, address, timeout, self.active)
-        conn.on_lost = self._forget
+        conn.on_lost = self.forget
         return conn, False
 
     def put(self, conn: UpstreamConnection, limit: int) -> None:
@@ -75,7 +75,8 @@ class KeepAlivePool:
         conn.idle_since = self.loop.time()
         idle.append(conn)
 
-    def _forget(self, conn: UpstreamConnection) -> None:
+    def forget(self, conn: UpstreamConnection) -> None:
+        """``conn`` closed: it is no longer one to take."""
         idle = self.idle.get(conn.address)
         if idle and conn in idle:
             idle.remove(conn)
@@ -215,15 +216,20 @@ class ProxyRequest(UpstreamResponse):
     # the attempt loop ----------------------------------------------------------
 
     def start(self) -> None:
-        """Send at once on an idle kept connection when there is one (no task, no future:
-        the common case); otherwise, or when that attempt fails, the attempt loop runs."""
-        if self.reusable and isinstance(self.body_in, bytes):
-            peer = self.pool.pick(self.client.remote_addr, self._key(), ())
-            if peer is None:
-                self.client.proxy_failed(
-                    UpstreamError(502, f"no live server in upstream {self.upstream.name!r}")
-                )
-                return
+        """A request whose body is in memory goes at once on an idle kept connection when
+        there is one (no task, no future: the common case), else on a new connection to
+        the server picked; a failed first attempt, or a body that is not in memory, takes
+        the attempt loop."""
+        if not isinstance(self.body_in, bytes):
+            self.client.loop.create_task(self.run())
+            return
+        peer = self.pool.pick(self.client.remote_addr, self._key(), ())
+        if peer is None:
+            self.client.proxy_failed(
+                UpstreamError(502, f"no live server in upstream {self.upstream.name!r}")
+            )
+            return
+        if self.reusable:
             conn = self.client.worker.keepalive.take(
                 peer.server.address, self.upstream.keepalive_timeout
             )
@@ -231,9 +237,30 @@ class ProxyRequest(UpstreamResponse):
                 self._send_on(peer, conn)
                 self.reused = True
                 return
-            self.client.loop.create_task(self.run(first=peer))
+        self.client.loop.create_task(self._first(peer))
+
+    async def _first(self, peer: Peer) -> None:
+        """The first attempt on a new connection to ``peer`` (one coroutine: to uWSGI,
+        every request is one); a refused or slow connect goes on to the attempt loop."""
+        loop = self.client.loop
+        keepalive = self.client.worker.keepalive
+        started = loop.time()
+        try:
+            conn = await open_upstream(
+                loop, peer.server.address, self.upstream.connect_timeout, keepalive.active
+            )
+        except UpstreamError as exc:
+            self.state = _Attempts()
+            self._connect_failed(peer, exc, started, self.state)
+            await self.run()
             return
-        self.client.loop.create_task(self.run())
+        if self.reusable:
+            conn.on_lost = keepalive.forget
+        if self.abandoned or self.client.closed:
+            conn.abort()
+            return
+        self._send_on(peer, conn)
+        self.attempt_start = started  # upstream time counts the connect too
 
     def _key(self) -> str:
         if self.upstream.balance != "hash":
@@ -268,7 +295,8 @@ class ProxyRequest(UpstreamResponse):
             if not waiter.done():
                 waiter.set_result(result)
             return
-        # An attempt made by start(): over here, or the attempt loop takes it from here.
+        # An attempt made by start() or _first(): over here, or the attempt loop takes it
+        # from here.
         peer = self.peer
         if result == "abandoned":
             if peer is not None:
@@ -277,20 +305,19 @@ class ProxyRequest(UpstreamResponse):
         if result != "done" and peer is not None:
             self.client.loop.create_task(self.run(resumed=(peer, result)))
 
-    async def run(self, first: Peer | None = None, resumed: tuple[Peer, str] | None = None) -> None:
+    async def run(self, resumed: tuple[Peer, str] | None = None) -> None:
         """Try the pool's servers in turn until one answers (bounded by max_tries).
 
-        ``first``: the server start() picked; ``resumed``: the server start() tried on a
-        kept connection, and how that went.
+        ``resumed``: the server an attempt made by start() went to, and how that went.
         """
         try:
-            await self._attempts(first, resumed)
+            await self._attempts(resumed)
         finally:
             self.waiter = None
             if isinstance(self.body_in, BodyBuffer):
                 self.body_in.discard()
 
-    async def _attempts(self, first: Peer | None, resumed: tuple[Peer, str] | None) -> None:
+    async def _attempts(self, resumed: tuple[Peer, str] | None) -> None:
         upstream = self.upstream
         keepalive = self.client.worker.keepalive
         loop = self.client.loop
@@ -304,10 +331,9 @@ class ProxyRequest(UpstreamResponse):
                 if verdict == "failed":
                     self.client.proxy_failed(self._failure(state))
                 return
-        key = self._key() if first is None else ""
+        key = self._key()
         while len(state.tried) < upstream.max_tries:
-            peer = first or self.pool.pick(self.client.remote_addr, key, state.tried)
-            first = None
+            peer = self.pool.pick(self.client.remote_addr, key, state.tried)
             if peer is None:
                 break
             self.peer = peer
@@ -324,13 +350,7 @@ class ProxyRequest(UpstreamResponse):
                         loop, peer.server.address, upstream.connect_timeout, keepalive.active
                     )
             except UpstreamError as exc:
-                self.pool.started(peer)
-                self.attempt_start, self.attempt_open = connect_started, True
-                self._attempt_over()
-                self.pool.finished(peer, ok=False)
-                state.tried.append(peer)
-                state.last = exc
-                self.client.log_error(f"upstream {peer.server.address}: {exc.reason}")
+                self._connect_failed(peer, exc, connect_started, state)
                 continue  # refused or slow to connect: nothing was sent, any method may retry
             if self.abandoned or self.client.closed:
                 conn.abort()
@@ -360,6 +380,19 @@ class ProxyRequest(UpstreamResponse):
             if verdict == "failed":
                 break
         self.client.proxy_failed(self._failure(state))
+
+    def _connect_failed(
+        self, peer: Peer, error: UpstreamError, started: float, state: _Attempts
+    ) -> None:
+        """Note a connect that failed (an attempt of its own for the access log and the
+        pool's passive health); the server is not tried again for this request."""
+        self.pool.started(peer)
+        self.attempt_start, self.attempt_open = started, True
+        self._attempt_over()
+        self.pool.finished(peer, ok=False)
+        state.tried.append(peer)
+        state.last = error
+        self.client.log_error(f"upstream {peer.server.address}: {error.reason}")
 
     def _after(self, peer: Peer, result: str, reused: bool, state: _Attempts) -> str:
         """What the attempt loop does after an attempt: "done", "next" or "failed"."""

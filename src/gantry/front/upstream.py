@@ -119,6 +119,7 @@ class UpstreamConnection(asyncio.Protocol):
         #: the worker's set of connections whose ``deadline`` a once-a-tick sweep checks
         #: (None: a timer of its own, for the odd connection such as a health probe)
         self.watch = watch
+        #: the fields of the response being parsed (see on_message_begin)
         self.headers: list[tuple[bytes, bytes]] = []
 
     # asyncio.Protocol ------------------------------------------------------------
@@ -166,14 +167,19 @@ class UpstreamConnection(asyncio.Protocol):
         self.on_drain = None
 
     def data_received(self, data: bytes) -> None:
-        if self.receiver is None or self.parser is None:
+        if self.receiver is None:
             # bytes nobody asked for: the connection cannot be trusted for reuse
             self.abort()
             return
         if self.short_path and not self.head_done and self._whole(data):
             return
+        parser = self.parser
+        if parser is None:
+            # one parser for the connection (kept-alive responses follow each other),
+            # made when a response first needs it: most take the short path
+            parser = self.parser = httptools.HttpResponseParser(self)
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserError as exc:
             receiver = self.receiver
             self.receiver = None
@@ -238,10 +244,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.read_timeout = read_timeout
         self.head_done = False
         self.framed = False
-        self.headers = []
-        if self.parser is None:
-            # one parser for the connection: kept-alive responses follow each other
-            self.parser = httptools.HttpResponseParser(self)
         self.head_request = head_request
         assert self.transport is not None
         if len(payload) == 1:
@@ -329,6 +331,9 @@ class UpstreamConnection(asyncio.Protocol):
             receiver.failed(UpstreamError(504, "upstream timed out"))
 
     # httptools callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.headers = []
 
     def on_status(self, status: bytes) -> None:
         self.reason += status

@@ -302,6 +302,16 @@ def test_kept_path_answers_exactly_as_the_standard_path(tmp_path: Path) -> None:
         (b"HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 2\r\n\r\nhi", False),
         (b"HTTP/1.1 200 OK\r\nX A: a\r\nContent-Length: 2\r\n\r\nhi", False),
         (b"HTTP/1.1 200 \r\nContent-Length: 2\r\n\r\nhi", False),
+        (b"HTTP/1.1 200 OK\r\nX-A: a \r\nContent-Length: 2\r\n\r\nhi", False),
+        (b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nhi", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Accel-Redirect: /x\r\n\r\nhi", False),
+        (b"HTTP/1.1 200 OK\r\nDATE: x\r\nContent-Length: 2\r\n\r\nhi", False),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi", False),  # the parser's spelling
+        (b"HTTP/1.1 200 OK\r\nContent-Length: " + b"0" * 19 + b"2\r\n\r\nhi", False),
+        (b"HTTP/1.1 200 OK\r\nX-Date: 1\r\nContent-Length: 1\r\nX-Server: 2\r\n\r\nh", True),
+        (b"HTTP/1.1 499 Odd\r\nContent-Length: 0\r\nSet-Cookie: a=b; c\r\n\r\n", True),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", False),  # no body yet
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n", False),  # the head is cut
     ],
 )
 def test_which_responses_skip_the_parser(response: bytes, short: bool) -> None:

@@ -275,14 +275,12 @@ class ProxyRequest(UpstreamResponse):
         self.attempt_open = True
         self.settled = False
         self.conn = conn
-        payload, own_packet = self._payload()
         conn.send(
             self,
-            payload,
+            self._payload(),
             self.upstream.read_timeout,
             self.head_in.method == "HEAD",
             short_path=True,
-            trusted=own_packet,
         )
 
     def _settle(self, result: str) -> None:
@@ -467,26 +465,27 @@ class ProxyRequest(UpstreamResponse):
             elapsed = self.client.loop.time() - self.attempt_start
             self.client.upstream_log.append((self.peer.server.address, elapsed))
 
-    def _payload(self) -> tuple[list[bytes], bool]:
-        """The bytes of the request, and whether they are gantry's own packet (then the
-        upstream is gantry serve, whose answers need no checking)."""
+    def _payload(self) -> list[bytes]:
+        """The bytes of the request: its head (a uwsgi packet, gantry's own when the
+        upstream is gantry serve and the packet fits, or an HTTP/1.1 head), then its body."""
         body = self.body_in if isinstance(self.body_in, bytes) else b""
         client, head, location = self.client, self.head_in, self.location
         script_name = (location.script_name if location is not None else "") or ""
-        packet = None
         if self.upstream.protocol == "uwsgi":
             path = client.request_path(head)
             gantry = self.upstream.gantry_keepalive
+            request = None
             if gantry:
-                packet = gantry_packet(
+                request = gantry_packet(
                     client.gantry_vars(), head, path, script_name, self.body_length
                 )
-            request = packet or uwsgi_packet(
-                client.fixed_vars(), head, path, script_name, self.body_length, gantry
-            )
+            if request is None:
+                request = uwsgi_packet(
+                    client.fixed_vars(), head, path, script_name, self.body_length, gantry
+                )
         else:
             request = http_request_head(head, client.remote_addr, self.body_length, script_name)
-        return ([request, body] if body else [request]), packet is not None
+        return [request, body] if body else [request]
 
     # UpstreamResponse -------------------------------------------------------------
 

@@ -29,20 +29,26 @@ RESPONSE_DROP = frozenset(
     {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
      b"proxy-authenticate", b"proxy-connection", b"date", b"server", b"x-accel-redirect"}
 )  # fmt: skip
-# A response with one of them takes the parser's path (which drops or reframes them).
-_HIDDEN = re.compile(
-    rb"\n(?:" + b"|".join(re.escape(name) for name in sorted(RESPONSE_DROP)) + rb")[ \t]*:",
-    re.IGNORECASE,
-)
-_LENGTH = re.compile(rb"\ncontent-length[ \t]*:", re.IGNORECASE)
-# A head the parser's path would give the client byte for byte: a status line with a
-# reason, then "name: value" lines (a token, one space, a value of visible characters
-# with no space around it): no obs-fold, no bare CR or LF, no NUL, nothing to trim.
+# A whole response that may skip the parser (see UpstreamConnection._whole): a head the
+# parser's path would give the client byte for byte, with one Content-Length and none
+# of the fields that path drops or reframes. The status line has a reason; each field
+# is "name: value" (a token, one space, a value of visible characters with no space
+# around it): no obs-fold, no bare CR or LF, no NUL, nothing to trim.
 _VISIBLE = rb"[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?"
-_PLAIN_HEAD = re.compile(
-    rb"HTTP/1\.1 [2-4][0-9][0-9] " + _VISIBLE + rb"\r\n"
-    rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+: " + _VISIBLE + rb"\r\n)*\r\n"
+_OTHER_FIELD = (
+    rb"(?!(?i:"
+    + b"|".join(re.escape(name) for name in sorted(RESPONSE_DROP | {b"content-length"}))
+    + rb"):)[!#$%&'*+.^_`|~0-9A-Za-z-]+: "
+    + _VISIBLE
+    + rb"\r\n"
 )
+_WHOLE = re.compile(
+    rb"HTTP/1\.1 ([2-4][0-9][0-9]) " + _VISIBLE + rb"\r\n"
+    rb"(?:" + _OTHER_FIELD + rb")*"
+    rb"Content-Length: ([0-9]{1,18})\r\n"
+    rb"(?:" + _OTHER_FIELD + rb")*"
+    rb"\r\n"
+)  # fmt: skip
 
 
 class UpstreamError(Exception):
@@ -106,7 +112,6 @@ class UpstreamConnection(asyncio.Protocol):
     idle_since = 0.0
     #: the current response may take the short path (see ``send``)
     short_path = False
-    trusted = False
 
     def __init__(
         self,
@@ -192,33 +197,18 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _whole(self, data: bytes) -> bool:
         """A whole response in ``data`` that needs no parsing: a plain HTTP/1.1 head
-        with Content-Length, the body all here and nothing after it, none of the fields
-        a proxy hides or reframes, status below 500 (the slow path decides retries).
-        It goes to the receiver as is; False: the parser takes ``data``."""
-        end = data.find(b"\r\n\r\n")
-        if end < 0 or not data.startswith(b"HTTP/1.1 "):
-            return False
-        at = data.find(b"\r\nContent-Length: ", 0, end)
-        if at < 0:
-            return False
-        stop = data.find(b"\r\n", at + 18)
-        length = data[at + 18 : stop]
-        status = data[9:12]
-        if (
-            not length.isdigit()
-            or len(data) != end + 4 + int(length)
-            or not status.isdigit()
-            or not b"200" <= status < b"500"
-            or _HIDDEN.search(data, 0, end + 2) is not None
-            or _LENGTH.search(data, at + 18, end + 2) is not None  # a second length
-            or (not self.trusted and _PLAIN_HEAD.fullmatch(data, 0, end + 4) is None)
-        ):
+        (see _WHOLE) with status 200-499 (the slow path decides retries), the body all
+        here and nothing after it. It goes to the receiver as is; False: the parser
+        takes ``data``."""
+        match = _WHOLE.match(data)
+        if match is None or len(data) != match.end() + int(match[2]):
             return False
         receiver = self.receiver
         assert receiver is not None
         self._cancel_timer()
         self.receiver = None
-        receiver.whole(int(status), data[: end + 2], data[end + 4 :])
+        end = match.end()
+        receiver.whole(int(match[1]), data[: end - 2], data[end:])
         return True
 
     # sending ------------------------------------------------------------------------
@@ -230,17 +220,14 @@ class UpstreamConnection(asyncio.Protocol):
         read_timeout: float,
         head_request: bool,
         short_path: bool = False,
-        trusted: bool = False,
     ) -> None:
         """Write the request and wait for the response through ``receiver``.
 
         ``short_path``: a whole response in one read may skip the parser (see
-        ``_whole``); ``trusted``: the upstream is gantry serve answering gantry's own
-        packet, whose heads need no checking.
+        ``_whole``).
         """
         self.receiver = receiver
         self.short_path = short_path and not head_request
-        self.trusted = trusted
         self.read_timeout = read_timeout
         self.head_done = False
         self.framed = False

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 
 from gantry.protocol.http1 import RequestHead
-from gantry.protocol.uwsgi import GANTRY_MODIFIER2, packet_header
+from gantry.protocol.uwsgi import GANTRY_MODIFIER2, pack_header, packet_header
 
 __all__ = [
     "connection_vars",
@@ -44,6 +44,8 @@ _CONTENT_LENGTH = _key(b"CONTENT_LENGTH")
 _REQUEST_METHOD = _key(b"REQUEST_METHOD")
 _NO_CONTENT_TYPE = _var(b"CONTENT_TYPE", b"")
 _NO_CONTENT_LENGTH = _var(b"CONTENT_LENGTH", b"")
+_NO_QUERY_STRING = _var(b"QUERY_STRING", b"")
+_NO_SCRIPT_NAME = _var(b"SCRIPT_NAME", b"")
 _METHODS = {
     method: _var(b"REQUEST_METHOD", method.encode())
     for method in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
@@ -133,27 +135,28 @@ def uwsgi_packet(
     the location's ``script_name`` is taken off as nginx's ``uwsgi_modifier1 30`` does.
     ValueError if a var or the block does not fit the protocol's 16-bit lengths.
     """
-    if script_name and (path == script_name or path.startswith(script_name + "/")):
-        path = path[len(script_name) :]
+    if script_name:
+        if path == script_name or path.startswith(script_name + "/"):
+            path = path[len(script_name) :]
+        script = script_name.encode("utf-8", "surrogateescape")
+        script = _SCRIPT_NAME + _u16(len(script)) + script
+    else:
+        script = _NO_SCRIPT_NAME
     path_info = path.encode("utf-8", "surrogateescape")
-    script = script_name.encode("utf-8", "surrogateescape")
     query, target = head.query, head.target
-    method = _METHODS.get(head.method)
     parts = [
         b"",  # the packet header, once the length is known
-        _QUERY_STRING, _u16(len(query)), query,
-        method or _var(b"REQUEST_METHOD", head.method.encode()),
+        _QUERY_STRING + _u16(len(query)) + query if query else _NO_QUERY_STRING,
+        _METHODS.get(head.method) or _var(b"REQUEST_METHOD", head.method.encode()),
         b"",  # CONTENT_TYPE, once the headers are read
         _var(b"CONTENT_LENGTH", str(body_length).encode()) if body_length else _NO_CONTENT_LENGTH,
         _REQUEST_URI, _u16(len(target)), target,
-        _PATH_INFO, _u16(len(path_info)),
-        path_info,
-        _SCRIPT_NAME, _u16(len(script)), script,
+        _PATH_INFO, _u16(len(path_info)), path_info,
+        script,
         _PROTOCOLS.get(head.version) or _var(b"SERVER_PROTOCOL", b"HTTP/" + head.version.encode()),
         fixed,
         b"",  # SERVER_NAME, once the headers are read
     ]  # fmt: skip
-    server_at = len(parts) - 1
     host = b""
     content_type = _NO_CONTENT_TYPE
     append = parts.append
@@ -178,9 +181,9 @@ def uwsgi_packet(
             append(value)
         if keepalive:
             append(KEEPALIVE)
-        parts[5] = content_type
-        parts[server_at] = _server_vars.get(host) or _server_var(host)
-        parts[0] = packet_header(sum(map(len, parts)))
+        parts[3] = content_type
+        parts[14] = _server_vars.get(host) or _server_var(host)
+        parts[0] = pack_header(0, sum(map(len, parts)), 0)
     except struct.error:
         raise ValueError("uwsgi var longer than 65535 bytes") from None
     return b"".join(parts)

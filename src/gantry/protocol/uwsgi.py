@@ -21,6 +21,7 @@ __all__ = [
     "decode_vars",
     "encode_packet",
     "encode_vars",
+    "pack_header",
     "packet_header",
     "parse_packet",
 ]
@@ -37,6 +38,9 @@ _MAX_U16 = 0xFFFF
 #: connection is kept for the next packet as with GANTRY_KEEPALIVE=1.
 GANTRY_MODIFIER2 = 0x67
 _u16 = struct.Struct("<H").pack
+#: (modifier1, vars block size, modifier2) -> the 4-byte header, unchecked but for
+#: struct.error past 255 or 65535 (packet_header says what went wrong)
+pack_header = struct.Struct("<BHB").pack
 
 
 class UwsgiProtocolError(Exception):
@@ -73,7 +77,7 @@ def packet_header(datasize: int, modifier1: int = 0, modifier2: int = 0) -> byte
         raise ValueError("uwsgi modifiers are single bytes")
     if datasize > _MAX_U16:
         raise ValueError("uwsgi vars block longer than 65535 bytes")
-    return bytes((modifier1,)) + _u16(datasize) + bytes((modifier2,))
+    return pack_header(modifier1, datasize, modifier2)
 
 
 def encode_packet(

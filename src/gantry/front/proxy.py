@@ -223,7 +223,8 @@ class ProxyRequest(UpstreamResponse):
         if not isinstance(self.body_in, bytes):
             self.client.loop.create_task(self.run())
             return
-        peer = self.pool.pick(self.client.remote_addr, self._key(), ())
+        key = self._key() if self.upstream.balance == "hash" else ""
+        peer = self.pool.pick(self.client.remote_addr, key, ())
         if peer is None:
             self.client.proxy_failed(
                 UpstreamError(502, f"no live server in upstream {self.upstream.name!r}")

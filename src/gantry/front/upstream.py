@@ -152,8 +152,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._cancel_timer()
-        self._wake_writer()
+        if self.deadline or self.timer is not None:
+            self._cancel_timer()
+        if self._drain_waiter is not None or self.on_drain is not None:
+            self._wake_writer()
         receiver = self.receiver
         self.receiver = None
         if receiver is not None:
@@ -205,7 +207,12 @@ class UpstreamConnection(asyncio.Protocol):
             return False
         receiver = self.receiver
         assert receiver is not None
-        self._cancel_timer()
+        watch = self.watch
+        if watch is not None:  # _cancel_timer, inline: this is per request
+            self.deadline = 0.0
+            watch.discard(self)
+        else:
+            self._cancel_timer()
         self.receiver = None
         end = match.end()
         receiver.whole(int(match[1]), data[: end - 2], data[end:])

@@ -223,8 +223,7 @@ class ProxyRequest(UpstreamResponse):
         if not isinstance(self.body_in, bytes):
             self.client.loop.create_task(self.run())
             return
-        key = self._key() if self.upstream.balance == "hash" else ""
-        peer = self.pool.pick(self.client.remote_addr, key, ())
+        peer = self.pool.pick(self.client.remote_addr, self._key(), ())
         if peer is None:
             self.client.proxy_failed(
                 UpstreamError(502, f"no live server in upstream {self.upstream.name!r}")
@@ -257,11 +256,15 @@ class ProxyRequest(UpstreamResponse):
             return
         if self.reusable:
             conn.on_lost = keepalive.forget
+        self._send_fresh(peer, conn, started)
+
+    def _send_fresh(self, peer: Peer, conn: UpstreamConnection, connect_started: float) -> None:
+        """Send on the connection this attempt got, unless the client went meanwhile."""
         if self.abandoned or self.client.closed:
             conn.abort()
             return
         self._send_on(peer, conn)
-        self.attempt_start = started  # upstream time counts the connect too
+        self.attempt_start = connect_started  # upstream time counts the connect too
 
     def _key(self) -> str:
         if self.upstream.balance != "hash":
@@ -351,15 +354,14 @@ class ProxyRequest(UpstreamResponse):
             except UpstreamError as exc:
                 self._connect_failed(peer, exc, connect_started, state)
                 continue  # refused or slow to connect: nothing was sent, any method may retry
+            if stream is None and not isinstance(self.body_in, BodyBuffer):
+                # Everything goes out in one write: _settle takes it from here, and only
+                # a failure needs a task again (no future, no wake-up per request).
+                self._send_fresh(peer, conn, connect_started)
+                self.reused = reused
+                return
             if self.abandoned or self.client.closed:
                 conn.abort()
-                return
-            if stream is None and not isinstance(self.body_in, BodyBuffer):
-                # Everything went out in one write: _settle takes it from here, and only
-                # a failure needs a task again (no future, no wake-up per request).
-                self._send_on(peer, conn)
-                self.reused = reused
-                self.attempt_start = connect_started
                 return
             self.waiter = loop.create_future()
             self._send_on(peer, conn)

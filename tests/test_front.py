@@ -25,7 +25,8 @@ STATIC_BYTES = bytes(range(256)) * 4  # 1 KiB
 class Front:
     """A `gantry front -c FILE` process."""
 
-    def __init__(self, config: str, workdir: Path) -> None:
+    def __init__(self, config: str, workdir: Path, env: dict[str, str] | None = None) -> None:
+        self.env = env or {}
         self.port = free_port()
         self.path = workdir / "front.toml"
         self.path.write_text(config.replace("FRONT_PORT", str(self.port)))
@@ -34,7 +35,8 @@ class Front:
 
     def start(self) -> None:
         log = self.log.open("ab")
-        env = dict(os.environ, PYTHONPATH=str(REPO))
+        env = dict(os.environ, **self.env)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), self.env.get("PYTHONPATH")]))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gantry", "front", "-c", str(self.path)],
             cwd=REPO, env=env, stdout=log, stderr=log,

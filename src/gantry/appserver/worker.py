@@ -15,7 +15,7 @@ from gantry.appserver.context import WorkerContext, WSGIApp, error_log
 from gantry.appserver.http import IDLE_STATE, HTTPConnection
 from gantry.appserver.uwsgi import UwsgiConnection
 from gantry.config import ListenAddress, ServeConfig
-from gantry.process.runtime import new_event_loop, setup_error_log
+from gantry.process.runtime import freeze_startup_heap, new_event_loop, setup_error_log
 from gantry.process.shared import STATUS_CODES, SlotView
 from gantry.process.sockets import bind, bind_or_inherit
 from gantry.wsgi.environ import EnvironTemplate
@@ -143,6 +143,7 @@ class Worker:
             self.slot.pid = os.getpid()
             self.slot.status = STATUS_CODES["idle"]
             self.slot.ready = 1
+        freeze_startup_heap()  # the app's garbage needs the default young threshold
         await self.stop_event.wait()
         ctx.stopping = True
         if self.slot is not None:

@@ -13,7 +13,7 @@ from gantry.config import ListenAddress, parse_address
 from gantry.front.model import FrontConfig
 from gantry.front.server import FrontConnection, FrontWorker
 from gantry.process.master import Master, MasterSettings, WorkerExit
-from gantry.process.runtime import new_event_loop, setup_error_log
+from gantry.process.runtime import freeze_startup_heap, new_event_loop, setup_error_log
 from gantry.process.shared import STATUS_CODES, SlotView, WorkerTable
 from gantry.process.sockets import bind_or_inherit
 from gantry.stats.serve import serve_metrics, serve_stats
@@ -21,6 +21,10 @@ from gantry.stats.serve import serve_metrics, serve_stats
 __all__ = ["run_front"]
 
 log = logging.getLogger("gantry.front")
+
+#: a front worker's young-collection threshold (see freeze_startup_heap): with 50
+#: requests in flight its net count of new objects stays far below it
+YOUNG_THRESHOLD = 7000
 
 
 def _serve_worker(
@@ -47,6 +51,7 @@ def _serve_worker(
             slot.pid = os.getpid()
             slot.status = STATUS_CODES["idle"]
             slot.ready = 1
+        freeze_startup_heap(YOUNG_THRESHOLD)
         await stop.wait()
         worker.stopping = True
         for server in servers:

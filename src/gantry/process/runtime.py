@@ -1,16 +1,24 @@
-"""What every role's process sets up the same way: the error log and the event loop."""
+"""What every role's process sets up the same way: the error log, the event loop and the
+cycle collector."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import os
 import select
 import socket
 import sys
 
-__all__ = ["new_event_loop", "setup_error_log", "signal_process", "wait_readable"]
+__all__ = [
+    "freeze_startup_heap",
+    "new_event_loop",
+    "setup_error_log",
+    "signal_process",
+    "wait_readable",
+]
 
 
 def setup_error_log(path: str | None = None) -> None:
@@ -27,6 +35,27 @@ def setup_error_log(path: str | None = None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     root.propagate = False
+
+
+def freeze_startup_heap(young_threshold: int | None = None) -> None:
+    """Put everything made so far (modules, config, the app) out of the cycle collector's
+    reach, as a worker starts serving: a full collection no longer walks tens of thousands
+    of objects that live as long as the process (in a front worker under load that cost
+    about 0.8 µs a request), and a forked child no longer dirties their pages by
+    collecting them.
+
+    ``young_threshold``: the net count of new container objects that starts a young
+    collection (CPython's default is 700). A process whose requests leave no cyclic
+    garbage (the front: tests/test_front_gc.py holds it to that) lets its in-flight
+    requests' objects die by reference counting and need never collect; an app's
+    process keeps the default, since apps do leave cycles (Flask about 8 objects a
+    request).
+    """
+    gc.collect()
+    gc.freeze()
+    if young_threshold is not None:
+        _, middle, old = gc.get_threshold()
+        gc.set_threshold(young_threshold, middle, old)
 
 
 def new_event_loop(use_uvloop: bool = True) -> asyncio.AbstractEventLoop:

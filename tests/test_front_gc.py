@@ -1,0 +1,168 @@
+"""A front worker's requests leave nothing for the cycle collector.
+
+The worker freezes its startup heap and raises its young-collection threshold
+(gantry.process.runtime.freeze_startup_heap), which only pays if a request's objects
+die by reference counting. Here a real `gantry front` serves static files and proxies
+to a real `gantry serve` over the uwsgi protocol (one connection per request, and kept
+connections) and over HTTP, and a `sitecustomize` in the front's path logs every
+collection: after a warm-up, a load of requests must not start a single one in the
+worker. A request path that leaked cyclic garbage, or only kept objects alive, would
+fill the young generation and collect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from pathlib import Path
+
+from tests.process import GantryServer
+from tests.test_front import Front
+
+CONFIG = """
+[front]
+listen = ["127.0.0.1:FRONT_PORT"]
+workers = 1
+
+[[front.server]]
+server_name = ["plain.test"]
+[[front.server.location]]
+path = "/"
+proxy = "plain"
+
+[[front.server]]
+server_name = ["kept.test"]
+[[front.server.location]]
+path = "/"
+proxy = "kept"
+
+[[front.server]]
+server_name = ["http.test"]
+[[front.server.location]]
+path = "/"
+proxy = "http"
+
+[[front.server]]
+default = true
+[[front.server.location]]
+path = "/static/"
+root = "{site}"
+
+[front.upstream.plain]
+protocol = "uwsgi"
+servers = [{{ address = "unix:{sock}" }}]
+
+[front.upstream.kept]
+protocol = "uwsgi"
+servers = [{{ address = "unix:{sock}" }}]
+gantry_keepalive = true
+
+[front.upstream.http]
+protocol = "http"
+servers = [{{ address = "127.0.0.1:{http_port}" }}]
+"""
+
+# Logs "pid generation" for every collection this process (and its forks) makes.
+SITECUSTOMIZE = """
+import gc, os
+_LOG = os.environ["GANTRY_TEST_GC_LOG"]
+def _log(phase, info):
+    if phase == "stop":
+        with open(_LOG, "a") as log:
+            log.write(f"{os.getpid()} {info['generation']}\\n")
+gc.callbacks.append(_log)
+"""
+
+# (Host, path, expected body start) for each kind of request
+KINDS = [
+    ("plain.test", "/hello", b"Hello World!"),
+    ("kept.test", "/hello", b"Hello World!"),
+    ("http.test", "/hello", b"Hello World!"),
+    ("static.test", "/static/page.html", b"<p>static</p>"),
+]
+# As many requests in flight as the benchmark's wrk -c50 (CPython's default threshold of
+# 700 collects then), and more requests than the threshold: a leak of one container
+# object a request would collect too.
+CLIENTS = 50
+ROUNDS = 40  # per client, each round one request of each kind: 8,000 requests
+
+
+def _collections(log: Path, pid: int) -> int:
+    lines = log.read_text().split("\n") if log.exists() else []
+    return sum(1 for line in lines if line.split(" ")[0] == str(pid))
+
+
+def _worker_pid(front: int) -> int:
+    """The worker: ``gantry front`` with one worker and no master is its own worker."""
+    children = Path(f"/proc/{front}/task/{front}/children").read_text().split()
+    assert len(children) <= 1, children
+    return int(children[0]) if children else front
+
+
+async def _client(port: int, rounds: int, failures: list[str]) -> None:
+    """One keep-alive connection, ``rounds`` times each kind of request in turn."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError as exc:
+        failures.append(f"connect: {exc}")
+        return
+    try:
+        for _ in range(rounds):
+            for host, path, body in KINDS:
+                writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"\r\ncontent-length: *([0-9]+)", head, re.I)
+                data = await reader.readexactly(int(length[1])) if length else b""
+                if not head.startswith(b"HTTP/1.1 200 ") or not data.startswith(body):
+                    failures.append(f"{host}{path}: {head[:60]!r} {data[:60]!r}")
+                    return
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+        failures.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        writer.close()
+
+
+async def _load(port: int, clients: int, rounds: int, failures: list[str]) -> None:
+    tasks = [_client(port, rounds, failures) for _ in range(clients)]
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
+
+
+def test_front_requests_leave_nothing_to_collect(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    (site / "static").mkdir(parents=True)
+    (site / "static" / "page.html").write_bytes(b"<p>static</p>\n")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    gc_log = tmp_path / "gc.log"
+    sock = tmp_path / "app.sock"
+    app = GantryServer(
+        "tests.apps_contract:app", "--uwsgi-socket", str(sock), "--workers", "1",
+        log_path=tmp_path / "app.log",
+    )  # fmt: skip
+    app.start()
+    config = CONFIG.format(site=site, sock=sock, http_port=app.port)
+    env = {"PYTHONPATH": str(hook), "GANTRY_TEST_GC_LOG": str(gc_log)}
+    front = Front(config, tmp_path, env=env)
+    front.start()
+    try:
+        assert front.process is not None
+        worker = _worker_pid(front.process.pid)
+        failures: list[str] = []
+        asyncio.run(_load(front.port, 4, 20, failures))  # warm-up: caches fill
+        assert failures == []
+        before = _collections(gc_log, worker)
+        assert before > 0, "the hook saw no collection: is sitecustomize loaded?"
+        started = time.monotonic()
+        asyncio.run(_load(front.port, CLIENTS, ROUNDS, failures))
+        assert failures == []
+        elapsed = time.monotonic() - started
+        made = _collections(gc_log, worker) - before
+        assert made == 0, (
+            f"the front worker collected {made} times in {CLIENTS * ROUNDS * len(KINDS)} "
+            f"requests ({elapsed:.1f} s): a request path keeps objects alive or makes cycles"
+        )
+    finally:
+        front.stop()
+        app.stop()

@@ -7,6 +7,9 @@ sink and what was raised. Cases where Gantry is wrong today are strict xfails
 
 from __future__ import annotations
 
+import contextlib
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -827,3 +830,119 @@ def test_bytes_after_a_valid_request_line_parse_or_raise(
 def test_request_shaped_noise_parses_or_raises(pieces: list[bytes], cuts: list[int]) -> None:
     """Streams built from request fragments (the interesting edges) obey the same rule."""
     _feed_all(_cut(b"".join(pieces), cuts), _LIMITS)
+
+
+# The plain-request short cut (RequestParser._simple): a whole request in one feed may skip
+# llhttp, and must then give the sink exactly what llhttp's callbacks give when the same
+# bytes come one at a time (which never takes it). Each case near one of its edges.
+SIMPLE_EDGES = [
+    request(),
+    request(b"User-Agent: curl/8.5.0", b"Accept: */*"),
+    request(b"Connection: keep-alive"),
+    request(b"Connection: Keep-Alive"),
+    request(b"Connection: close"),
+    request(b"connection: CLOSE", line=b"HEAD / HTTP/1.1"),
+    request(b"Connection: upgrade", b"Upgrade: websocket"),
+    request(b"Connection: keep-alive, close"),
+    request(b"Connection: close", b"Connection: keep-alive"),
+    request(b"Upgrade: h2c"),
+    request(b"Proxy-Connection: close"),
+    request(b"Expect: 100-continue"),
+    request(b"Content-Length: 0"),
+    request(b"Content-Length: 3", body=b"abc"),
+    request(b"Transfer-Encoding: chunked", body=b"0\r\n\r\n"),
+    request(b"HOST: twice"),
+    request(b"X-Host: not-a-host", b"Host-Name: neither"),
+    b"GET / HTTP/1.1\r\nX-A: b\r\n\r\n",  # no Host
+    b"GET / HTTP/1.0\r\nX-A: b\r\n\r\n",  # no Host in 1.0
+    request(line=b"GET / HTTP/1.0"),
+    request(b"Connection: keep-alive", line=b"GET / HTTP/1.0"),
+    request(line=b"GET /a/b%20c;p?x=1&y=%2F HTTP/1.1"),
+    request(line=b"GET /?only-query HTTP/1.1"),
+    request(line=b"GET /a#frag HTTP/1.1"),
+    request(line=b'GET /a"b HTTP/1.1'),
+    request(line=b"GET http://h/abs?q HTTP/1.1"),
+    request(line=b"GET * HTTP/1.1"),
+    request(line=b"GET / HTTP/1.2"),
+    request(line=b"GET / HTTP/2.0"),
+    request(line=b"get / HTTP/1.1"),
+    request(line=b"POST / HTTP/1.1"),
+    request(line=b"DELETE /x HTTP/1.1"),
+    request(b"X-Tab: a\tb", b"X-Spaces: a   b"),
+    request(b"X-Trailing: a "),
+    request(b"X-Leading:   a"),
+    request(b"X-Nospace:a"),
+    request(b"X-Empty:"),
+    request(b"X-Empty: "),
+    request(b"X-Obs: caf\xc3\xa9"),
+    request(b"X-Ctl: a\x01b"),
+    request(b"X-Del: a\x7fb"),
+    request(b"Bad Name: a"),
+    request(b"X-Fold: a", b" folded"),
+    request(b"X-Colon: a: b: c"),
+    request(*(b"X-%d: v" % i for i in range(99))),
+    request(*(b"X-%d: v" % i for i in range(100))),
+    request() + request(line=b"GET /second HTTP/1.1"),  # pipelined: two in one feed
+    request().replace(b"\r\n\r\n", b"\n\r\n"),
+    b"\r\n" + request(),
+]
+
+
+def _heads(outcome: Outcome) -> list[tuple[object, ...]]:
+    return [
+        (
+            h.method,
+            h.target,
+            h.path,
+            h.query,
+            h.version,
+            h.keep_alive,
+            h.headers,
+            h.has_body,
+            h.expect_continue,
+            h.upgrade,
+            r.body,
+            r.ended,
+        )  # fmt: skip
+        for r in outcome.requests
+        for h in (r.head,)
+    ]
+
+
+@pytest.mark.parametrize("data", SIMPLE_EDGES)
+def test_plain_request_short_cut_gives_what_llhttp_gives(data: bytes) -> None:
+    limits = HTTPLimits(max_fields=100)
+    whole, one_by_one = run(data, limits, "whole"), run(data, limits, "bytes")
+    assert _heads(whole) == _heads(one_by_one)
+    assert (whole.error and (whole.error.status, whole.error.reason)) == (
+        one_by_one.error and (one_by_one.error.status, one_by_one.error.reason)
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "short"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n", True),  # wrk
+        (request(b"User-Agent: curl/8.5.0", b"Accept: */*", line=b"HEAD /x?y HTTP/1.1"), True),
+        (request(b"Connection: keep-alive", b"Accept-Encoding: gzip, br"), True),
+        (request(b"Connection: close", line=b"GET / HTTP/1.0"), True),
+        (request(b"Content-Length: 0"), False),
+        (request(b"X-Nospace:a"), False),
+        (request(line=b"POST / HTTP/1.1"), False),
+        (request(*(b"X-%d: v" % i for i in range(100))), False),  # 101 fields: 431 by llhttp
+    ],
+)
+def test_which_requests_take_the_short_cut(data: bytes, short: bool) -> None:
+    taken: list[bool] = []
+
+    class Watched(RequestParser):
+        __slots__ = ()
+
+        def _simple(self, match: re.Match[bytes]) -> bool:
+            taken.append(super()._simple(match))
+            return taken[-1]
+
+    sink = RecordingSink()
+    with contextlib.suppress(ProtocolError):
+        Watched(sink).feed(data)
+    assert any(taken) is short

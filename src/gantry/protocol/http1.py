@@ -8,6 +8,7 @@ trusted and the connection must be closed.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -109,6 +110,22 @@ _METHODS = {
 #: the longest method token considered for 501; a longer run is refused as garbage
 _MAX_METHOD = 64
 
+# A plain request that llhttp would parse to the same head, with nothing for it to decide:
+# GET or HEAD, an origin-form target of RFC 3986 path and query characters (no fragment),
+# HTTP/1.0 or 1.1, fields "name: value" of a token name, one space, and a value of visible
+# ASCII with spaces or tabs inside (nothing to trim, no obs-fold, no obs-text, no control
+# byte). Which fields are there is checked in _simple; anything else goes to llhttp.
+_SIMPLE = re.compile(
+    rb"(GET|HEAD) (/[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*) HTTP/1\.([01])\r\n"
+    rb"((?:[!#$%&'*+.^_`|~0-9A-Za-z-]++: [!-~]++(?:[ \t]++[!-~]++)*+\r\n)++)\r\n"
+)
+#: the fields a plain request is read for: a Host, one Connection (keep-alive or close),
+#: and none that asks llhttp for a body's framing, an upgrade or an expectation
+_WATCHED = re.compile(
+    rb"\n(?:host|connection|content-length|transfer-encoding|expect|upgrade|proxy-connection):"
+)
+_HOST_ONLY = [b"\nhost:"]
+
 
 def _status_for_llhttp_error(message: str) -> tuple[int, str]:
     # llhttp's Transfer-Encoding errors are framing errors (chunked not final):
@@ -147,6 +164,7 @@ class RequestParser:
         "_cut_head",
         "_cut_tail",
         "_cut_received",
+        "_simple_limit",
     )
 
     def __init__(self, sink: RequestSink, limits: HTTPLimits | None = None) -> None:
@@ -183,6 +201,14 @@ class RequestParser:
         self._cut_head: RequestHead | None = None
         self._cut_tail = b""
         self._cut_received: int | None = None
+        # A whole request at most this long cannot exceed a limit but the field count,
+        # which _simple checks (each field counts 4 bytes past its name and value).
+        limits = self._limits
+        self._simple_limit = min(
+            limits.max_request_line,
+            limits.max_field_size,
+            limits.max_head_size - limits.max_fields,
+        )
 
     def _new_llhttp(self) -> httptools.HttpRequestParser:
         parser = httptools.HttpRequestParser(self)
@@ -203,6 +229,11 @@ class RequestParser:
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``; raise ``ProtocolError`` on anything the server must refuse."""
+        if self._boundary and len(data) <= self._simple_limit and not self._dead:
+            # One whole plain request, as most keep-alive clients send: no llhttp.
+            match = _SIMPLE.fullmatch(data)
+            if match is not None and self._simple(match):
+                return
         if self._pending_method is not None:
             self._refuse_method(self._pending_method + data)
             return
@@ -277,6 +308,52 @@ class RequestParser:
                         raise ProtocolError(414, "request line too long")
                     raise ProtocolError(431, "request head too large")
             return
+
+    def _simple(self, match: re.Match[bytes]) -> bool:
+        """Hand the sink the request ``_SIMPLE`` matched, as llhttp's callbacks would;
+        False (nothing done) when its fields need llhttp or our checks: not one Host, a
+        body's framing, Expect, Upgrade, a Connection other than one keep-alive or close,
+        too many fields."""
+        block = match[4]
+        watched = _WATCHED.findall(b"\n" + block.lower())
+        keep_alive = match[3] == b"1"
+        if watched != _HOST_ONLY:
+            if sorted(watched) != [b"\nconnection:", b"\nhost:"]:
+                return False
+            option = block[block.lower().index(b"connection: ") + 12 :]
+            option = option[: option.index(b"\r\n")].lower()
+            if option == b"keep-alive":
+                keep_alive = True
+            elif option == b"close":
+                keep_alive = False
+            else:
+                return False
+        lines = block.split(b"\r\n")
+        lines.pop()
+        if len(lines) > self._limits.max_fields:
+            return False
+        head = self._head = RequestHead()
+        head.headers = [tuple(line.split(b": ", 1)) for line in lines]  # type: ignore[misc]
+        head.method = "GET" if match[1] == b"GET" else "HEAD"
+        if match[3] == b"0":
+            head.version = "1.0"
+        if not keep_alive:
+            head.keep_alive = False
+        target = head.target = match[2]
+        question = target.find(b"?")
+        if question < 0:
+            head.path = target
+        else:
+            head.path = target[:question]
+            head.query = target[question + 1 :]
+        self._completed += 1
+        try:
+            self._sink.request_head(head)
+            self._sink.request_end(None)
+        except Exception as exc:  # as llhttp reports a failed callback
+            self._dead = True
+            raise ProtocolError(500, f"parser callback failed: {exc}") from exc
+        return True
 
     def _refusal(self, exc: httptools.HttpParserError) -> ProtocolError:
         """The refusal for an llhttp error; the connection is done."""

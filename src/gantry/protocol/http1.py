@@ -333,7 +333,7 @@ class RequestParser:
         if len(lines) > self._limits.max_fields:
             return False
         head = self._head = RequestHead()
-        head.headers = [tuple(line.split(b": ", 1)) for line in lines]  # type: ignore[misc]
+        head.headers = [tuple(line.split(b": ", 1)) for line in lines]
         head.method = "GET" if match[1] == b"GET" else "HEAD"
         if match[3] == b"0":
             head.version = "1.0"

@@ -149,3 +149,40 @@ def test_unix_socket_with_a_full_queue_gives_502_at_once(
         elapsed = time.monotonic() - started
         assert response.status == 502, front.log.read_text()
         assert elapsed < 0.9, elapsed
+
+
+def test_refused_unix_connect_goes_on_to_the_next_server(tmp_path: Path) -> None:
+    """The first attempt on a unix socket connects without a Task (proxy.py
+    _connect_unix): a socket that is not there sends the request on to the next server,
+    the error log names it, and the client never sees the failure."""
+    workdir = Path(tempfile.mkdtemp(prefix="g"))  # short: unix socket paths are limited
+    missing, sock = workdir / "missing.sock", workdir / "app.sock"
+    app = GantryServer(
+        "tests.apps_contract:app", "--uwsgi-socket", str(sock), "--workers", "1",
+        log_path=tmp_path / "app.log", http=False,
+    )  # fmt: skip
+    app.start(wait_for=str(sock))
+    front = Front(
+        f"""
+[front]
+listen = ["127.0.0.1:FRONT_PORT"]
+[[front.server]]
+[[front.server.location]]
+path = "/"
+proxy = "two"
+[front.upstream.two]
+protocol = "uwsgi"
+servers = [{{ address = "unix:{missing}" }}, {{ address = "unix:{sock}" }}]
+""",
+        tmp_path,
+    )
+    front.start()
+    try:
+        for _ in range(6):  # round robin: the missing one comes first at least once
+            response, body = front.request("GET", "/hello")
+            assert (response.status, body) == (200, b"Hello World!")
+    finally:
+        front.stop()
+        app.stop()
+    log = front.log.read_text()
+    assert f"upstream unix:{missing}: cannot connect" in log, log

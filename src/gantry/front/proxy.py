@@ -13,6 +13,7 @@ from gantry.front.upstream import (
     UpstreamConnection,
     UpstreamError,
     UpstreamResponse,
+    connect_unix,
     open_upstream,
 )
 from gantry.front.upstream_request import gantry_packet, http_request_head, uwsgi_packet
@@ -188,6 +189,9 @@ class ProxyRequest(UpstreamResponse):
     attempt_open = False
     abandoned = False
     spooled_sent = False
+    #: the server a Task-less first connect goes to, and when it began (_connect_unix)
+    connecting: Peer | None = None
+    connect_start = 0.0
 
     def __init__(
         self,
@@ -237,7 +241,32 @@ class ProxyRequest(UpstreamResponse):
                 self._send_on(peer, conn)
                 self.reused = True
                 return
+        if peer.server.address.startswith("unix:"):
+            self._connect_unix(peer)
+            return
         self.client.loop.create_task(self._first(peer))
+
+    def _connect_unix(self, peer: Peer) -> None:
+        """The first attempt on a new unix connection to ``peer``, without a Task (to
+        uWSGI, every request is one); a refused connect goes on to the attempt loop."""
+        self.connecting = peer
+        self.connect_start = self.client.loop.time()
+        keepalive = self.client.worker.keepalive
+        connect_unix(self.client.loop, peer.server.address, keepalive.active, self._connected)
+
+    def _connected(self, conn: UpstreamConnection | None, error: UpstreamError | None) -> None:
+        peer = self.connecting
+        assert peer is not None
+        self.connecting = None
+        if conn is None:
+            assert error is not None
+            self.state = _Attempts()
+            self._connect_failed(peer, error, self.connect_start, self.state)
+            self.client.loop.create_task(self.run())
+            return
+        if self.reusable:
+            conn.on_lost = self.client.worker.keepalive.forget
+        self._send_fresh(peer, conn, self.connect_start)
 
     async def _first(self, peer: Peer) -> None:
         """The first attempt on a new connection to ``peer`` (one coroutine: to uWSGI,

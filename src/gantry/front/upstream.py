@@ -16,7 +16,13 @@ import httptools
 
 from gantry.protocol.uwsgi import encode_packet
 
-__all__ = ["UpstreamError", "UpstreamResponse", "UpstreamConnection", "open_upstream"]
+__all__ = [
+    "UpstreamConnection",
+    "UpstreamError",
+    "UpstreamResponse",
+    "connect_unix",
+    "open_upstream",
+]
 
 # Request-body bytes buffered toward one upstream before the sender waits for it.
 WRITE_HIGH_WATER = 256 * 1024
@@ -426,6 +432,64 @@ async def open_upstream(
         if timer is not None:
             timer.cancel()
     return protocol
+
+
+def connect_unix(
+    loop: asyncio.AbstractEventLoop,
+    address: str,
+    watch: set[UpstreamConnection] | None,
+    done: Callable[[UpstreamConnection | None, UpstreamError | None], None],
+) -> None:
+    """:func:`open_upstream` for a "unix:/path" address, without a Task: ``done`` gets the
+    connection, or the UpstreamError (502, not connected), from a loop callback.
+
+    Each request to an upstream that takes one connection per request (uWSGI) connects
+    anew; a Task per connect cost more than the connect's own Python (asyncio registers
+    every Task in a WeakSet), so the connect coroutine is stepped here instead. A unix
+    connect completes or fails at once: no timer, nothing else to cancel it.
+    """
+    _UnixConnect(loop, address, watch, done).step()
+
+
+class _UnixConnect:
+    """The steps of one unix connect (see :func:`connect_unix`)."""
+
+    __slots__ = ("loop", "address", "done", "coro")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        address: str,
+        watch: set[UpstreamConnection] | None,
+        done: Callable[[UpstreamConnection | None, UpstreamError | None], None],
+    ) -> None:
+        self.loop = loop
+        self.address = address
+        self.done = done
+
+        def factory() -> UpstreamConnection:
+            return UpstreamConnection(loop, address, watch)
+
+        self.coro = loop.create_unix_connection(factory, address[5:])
+
+    def step(self, _waited: object = None) -> None:
+        """Run the coroutine to its next wait (as a Task would: a future it waited on
+        gives its result or raises inside it)."""
+        try:
+            waiting = self.coro.send(None)
+        except StopIteration as stop:
+            self.done(stop.value[1], None)
+            return
+        except Exception as exc:  # OSError mostly: refused, no such socket, queue full
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            error = UpstreamError(502, f"cannot connect to {self.address}: {reason}", False)
+            self.done(None, error)
+            return
+        if waiting is None:  # a bare yield: go on at the next turn
+            self.loop.call_soon(self.step)
+            return
+        waiting._asyncio_future_blocking = False
+        waiting.add_done_callback(self.step)
 
 
 def uwsgi_payload(pairs: list[tuple[bytes, bytes]], body: bytes = b"") -> list[bytes]:

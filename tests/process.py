@@ -38,7 +38,7 @@ class GantryServer:
         self.command = [sys.executable, "-m", "gantry", "serve", app, *listen, *args]
         self.env = dict(os.environ, **(env or {}))
         self.env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(REPO), os.environ.get("PYTHONPATH")])
+            filter(None, [str(REPO), (env or {}).get("PYTHONPATH"), os.environ.get("PYTHONPATH")])
         )
         self.process: subprocess.Popen[bytes] | None = None
 

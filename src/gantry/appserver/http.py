@@ -84,6 +84,7 @@ class HTTPConnection(WSGIConnection):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        self.parser.close()  # it and llhttp point back at this connection
         if self.body is not None:
             self.body.discard()
         for _, body in self.queue:

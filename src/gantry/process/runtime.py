@@ -46,7 +46,7 @@ def freeze_startup_heap(young_threshold: int | None = None) -> None:
 
     ``young_threshold``: the net count of new container objects that starts a young
     collection (CPython's default is 700). A process whose requests leave no cyclic
-    garbage (the front: tests/test_front_gc.py holds it to that) lets its in-flight
+    garbage (the front: tests/test_cycle_collector.py holds it to that) lets its in-flight
     requests' objects die by reference counting and need never collect; an app's
     process keeps the default, since apps do leave cycles (Flask about 8 objects a
     request).

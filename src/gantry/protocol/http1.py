@@ -217,6 +217,15 @@ class RequestParser:
         parser.set_dangerous_leniencies(lenient_version=True)
         return parser
 
+    def close(self) -> None:
+        """The connection is gone: let go of llhttp (it holds this parser's bound
+        methods) and of the sink (which holds this parser), so that reference counting
+        frees all three; anything fed after this is refused."""
+        self._dead = True
+        self._pending_method = None
+        self._sink = DISCARD
+        del self._parser
+
     @property
     def at_boundary(self) -> bool:
         """True between messages: no byte of a next request has arrived yet."""

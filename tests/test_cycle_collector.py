@@ -1,23 +1,30 @@
-"""A front worker's requests leave nothing for the cycle collector.
+"""Requests and connections leave nothing for the cycle collector.
 
-The worker freezes its startup heap and raises its young-collection threshold
-(gantry.process.runtime.freeze_startup_heap), which only pays if a request's objects
-die by reference counting. Here a real `gantry front` serves static files and proxies
-to a real `gantry serve` over the uwsgi protocol (one connection per request, and kept
-connections) and over HTTP, and a `sitecustomize` in the front's path logs every
-collection: after a warm-up, a load of requests must not start a single one in the
-worker. A request path that leaked cyclic garbage, or only kept objects alive, would
-fill the young generation and collect.
+A `sitecustomize` in the path of the process under test logs every collection its
+workers make; after a warm-up, a load must not start a single one in the worker.
+
+- The front worker freezes its start-up heap and raises its young-collection
+  threshold (gantry.process.runtime.freeze_startup_heap), which only pays if a
+  request's objects die by reference counting. A real `gantry front` serves static
+  files and proxies to a real `gantry serve` over the uwsgi protocol (one connection
+  per request, and kept connections) and over HTTP. A request path that leaked cyclic
+  garbage, or only kept objects alive, would fill the young generation and collect.
+- `gantry serve` keeps CPython's default threshold, so a closed connection that
+  stayed in a reference cycle (~24 objects) would collect every ~30 connections:
+  behind nginx's uwsgi_pass, and for `Connection: close` clients, every request is
+  one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import time
 from pathlib import Path
 
-from tests.process import GantryServer
+from gantry.protocol.uwsgi import encode_packet
+from tests.process import GantryServer, read_all
 from tests.test_front import Front
 
 CONFIG = """
@@ -86,6 +93,9 @@ KINDS = [
 # object a request would collect too.
 CLIENTS = 50
 ROUNDS = 40  # per client, each round one request of each kind: 8,000 requests
+#: closed app-server connections, one request each: ~24 objects of garbage each would
+#: collect about 30 times
+CONNECTIONS = 1000
 
 
 def _collections(log: Path, pid: int) -> int:
@@ -165,4 +175,50 @@ def test_front_requests_leave_nothing_to_collect(tmp_path: Path) -> None:
         )
     finally:
         front.stop()
+        app.stop()
+
+
+def test_closed_app_server_connections_leave_nothing_to_collect(tmp_path: Path) -> None:
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    gc_log = tmp_path / "gc.log"
+    sock = tmp_path / "app.sock"
+    app = GantryServer(
+        "tests.apps_contract:app", "--uwsgi-socket", str(sock), "--workers", "1",
+        log_path=tmp_path / "app.log",
+        env={"PYTHONPATH": str(hook), "GANTRY_TEST_GC_LOG": str(gc_log)},
+    )  # fmt: skip
+    app.start()
+    packet = encode_packet(
+        [(b"REQUEST_METHOD", b"GET"), (b"PATH_INFO", b"/hello"), (b"QUERY_STRING", b""),
+         (b"SERVER_PROTOCOL", b"HTTP/1.1"), (b"HTTP_HOST", b"a.test")]
+    )  # fmt: skip
+    http = b"GET /hello HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n"
+
+    def one_of_each() -> None:
+        with socket.socket(socket.AF_UNIX) as client:  # as nginx's uwsgi_pass
+            client.connect(str(sock))
+            client.sendall(packet)
+            answer = read_all(client)
+            assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"Hello World!")
+        with app.connect() as client:  # an HTTP client that closes after each response
+            client.sendall(http)
+            answer = read_all(client)
+            assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"Hello World!")
+
+    try:
+        worker = _worker_pid(app.pid)
+        for _ in range(20):
+            one_of_each()  # warm-up
+        before = _collections(gc_log, worker)
+        assert before > 0, "the hook saw no collection: is sitecustomize loaded?"
+        for _ in range(CONNECTIONS // 2):
+            one_of_each()
+        made = _collections(gc_log, worker) - before
+        assert made == 0, (
+            f"the app worker collected {made} times in {CONNECTIONS} connections: a closed "
+            f"connection stays in a reference cycle"
+        )
+    finally:
         app.stop()

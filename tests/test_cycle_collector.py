@@ -133,6 +133,21 @@ async def _client(port: int, rounds: int, failures: list[str]) -> None:
         writer.close()
 
 
+async def _closing_clients(port: int, count: int, failures: list[str]) -> None:
+    """``count`` connections one after another, each one request with Connection: close."""
+    for number in range(count):
+        host, path, body = KINDS[number % len(KINDS)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        answer = await asyncio.wait_for(reader.read(), timeout=10)
+        writer.close()
+        if not answer.startswith(b"HTTP/1.1 200 ") or not answer.endswith(
+            body + b"\n" if host == "static.test" else body
+        ):
+            failures.append(f"{host}{path}: {answer[:80]!r}")
+            return
+
+
 async def _load(port: int, clients: int, rounds: int, failures: list[str]) -> None:
     tasks = [_client(port, rounds, failures) for _ in range(clients)]
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
@@ -172,6 +187,14 @@ def test_front_requests_leave_nothing_to_collect(tmp_path: Path) -> None:
         assert made == 0, (
             f"the front worker collected {made} times in {CLIENTS * ROUNDS * len(KINDS)} "
             f"requests ({elapsed:.1f} s): a request path keeps objects alive or makes cycles"
+        )
+        # Clients that close after each response: a closed connection must not stay in
+        # a cycle either (~15 objects each would pass the threshold within 500).
+        asyncio.run(_closing_clients(front.port, CONNECTIONS, failures))
+        assert failures == []
+        made = _collections(gc_log, worker) - before
+        assert made == 0, (
+            f"the front worker collected {made} times in {CONNECTIONS} closed connections"
         )
     finally:
         front.stop()

@@ -191,6 +191,7 @@ class FrontConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.parser.close()  # it and llhttp point back at this connection
         self._stop_sendfile()
         self.worker.connections.discard(self)
         proxy = self.proxy

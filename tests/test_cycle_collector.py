@@ -98,6 +98,15 @@ ROUNDS = 40  # per client, each round one request of each kind: 8,000 requests
 CONNECTIONS = 1000
 
 
+def _gc_hook(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """The environment that loads the collection-logging hook, and the log it writes."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    gc_log = tmp_path / "gc.log"
+    return {"PYTHONPATH": str(hook), "GANTRY_TEST_GC_LOG": str(gc_log)}, gc_log
+
+
 def _collections(log: Path, pid: int) -> int:
     lines = log.read_text().split("\n") if log.exists() else []
     return sum(1 for line in lines if line.split(" ")[0] == str(pid))
@@ -157,10 +166,7 @@ def test_front_requests_leave_nothing_to_collect(tmp_path: Path) -> None:
     site = tmp_path / "site"
     (site / "static").mkdir(parents=True)
     (site / "static" / "page.html").write_bytes(b"<p>static</p>\n")
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    gc_log = tmp_path / "gc.log"
+    env, gc_log = _gc_hook(tmp_path)
     sock = tmp_path / "app.sock"
     app = GantryServer(
         "tests.apps_contract:app", "--uwsgi-socket", str(sock), "--workers", "1",
@@ -168,7 +174,6 @@ def test_front_requests_leave_nothing_to_collect(tmp_path: Path) -> None:
     )  # fmt: skip
     app.start()
     config = CONFIG.format(site=site, sock=sock, http_port=app.port)
-    env = {"PYTHONPATH": str(hook), "GANTRY_TEST_GC_LOG": str(gc_log)}
     front = Front(config, tmp_path, env=env)
     front.start()
     try:
@@ -202,15 +207,11 @@ def test_front_requests_leave_nothing_to_collect(tmp_path: Path) -> None:
 
 
 def test_closed_app_server_connections_leave_nothing_to_collect(tmp_path: Path) -> None:
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    gc_log = tmp_path / "gc.log"
+    env, gc_log = _gc_hook(tmp_path)
     sock = tmp_path / "app.sock"
     app = GantryServer(
         "tests.apps_contract:app", "--uwsgi-socket", str(sock), "--workers", "1",
-        log_path=tmp_path / "app.log",
-        env={"PYTHONPATH": str(hook), "GANTRY_TEST_GC_LOG": str(gc_log)},
+        log_path=tmp_path / "app.log", env=env,
     )  # fmt: skip
     app.start()
     packet = encode_packet(

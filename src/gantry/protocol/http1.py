@@ -133,6 +133,17 @@ def _status_for_llhttp_error(message: str) -> tuple[int, str]:
     return 400, message
 
 
+def _split_origin_form(head: RequestHead, target: bytes) -> None:
+    """``head``'s target, path and query from an origin-form target ("/path?query")."""
+    head.target = target
+    question = target.find(b"?")
+    if question < 0:
+        head.path = target
+    else:
+        head.path = target[:question]
+        head.query = target[question + 1 :]
+
+
 class RequestParser:
     """Feeds bytes to llhttp and hands whole heads, body pieces and ends to a sink."""
 
@@ -348,13 +359,7 @@ class RequestParser:
             head.version = "1.0"
         if not keep_alive:
             head.keep_alive = False
-        target = head.target = match[2]
-        question = target.find(b"?")
-        if question < 0:
-            head.path = target
-        else:
-            head.path = target[:question]
-            head.query = target[question + 1 :]
+        _split_origin_form(head, match[2])
         self._completed += 1
         try:
             self._sink.request_head(head)
@@ -552,16 +557,11 @@ class RequestParser:
             pass  # persistent by default (RFC 9112 9.3); the class default is True
         else:
             head.keep_alive = parser.should_keep_alive()
-        target = head.target = self._url
+        target = self._url
         if target[:1] == b"/" and b"#" not in target:
-            # origin-form, by far the most common: split path and query here
-            question = target.find(b"?")
-            if question < 0:
-                head.path = target
-            else:
-                head.path = target[:question]
-                head.query = target[question + 1 :]
+            _split_origin_form(head, target)  # by far the most common form
         else:
+            head.target = target
             self._parse_target(method)
         if self._host_count != 1 and (version != "1.0" or self._host_count > 1):
             self._fail(400, "an HTTP/1.1 request needs exactly one Host field")

@@ -859,6 +859,8 @@ SIMPLE_EDGES = [
     request(b"Connection: keep-alive", line=b"GET / HTTP/1.0"),
     request(line=b"GET /a/b%20c;p?x=1&y=%2F HTTP/1.1"),
     request(line=b"GET /?only-query HTTP/1.1"),
+    request(line=b"GET /!$&'()*+,;=:@-._~%41/%zz?q=/?:@ HTTP/1.1"),  # every target character
+    request(b"X!#$%&'*+.^_`|~09az: v", b"Content-Length-X: 5", b"X-Connection: close"),
     request(line=b"GET /a#frag HTTP/1.1"),
     request(line=b'GET /a"b HTTP/1.1'),
     request(line=b"GET http://h/abs?q HTTP/1.1"),

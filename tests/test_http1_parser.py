@@ -948,3 +948,18 @@ def test_which_requests_take_the_short_cut(data: bytes, short: bool) -> None:
     with contextlib.suppress(ProtocolError):
         Watched(sink).feed(data)
     assert any(taken) is short
+
+
+def test_a_closed_parser_refuses_what_comes_after() -> None:
+    """RequestParser.close (the connection is gone) lets go of llhttp and the sink; a
+    second close is harmless, and bytes fed after it are refused, not parsed."""
+    sink = RecordingSink()
+    parser = RequestParser(sink)
+    parser.feed(request())
+    parser.close()
+    parser.close()
+    for data in (request(), request(b"X-Nospace:a")):
+        with pytest.raises(ProtocolError) as refused:
+            parser.feed(data)
+        assert refused.value.status == 400
+    assert len(sink.requests) == 1

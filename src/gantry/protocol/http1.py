@@ -235,7 +235,10 @@ class RequestParser:
         self._dead = True
         self._pending_method = None
         self._sink = DISCARD
-        del self._parser
+        try:
+            del self._parser
+        except AttributeError:
+            pass  # closed before
 
     @property
     def at_boundary(self) -> bool:

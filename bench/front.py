@@ -17,6 +17,7 @@ import argparse
 import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -191,36 +192,45 @@ def main() -> int:
         best: dict[tuple[str, str], float] = {}
         rounds: list[RoundResult] = []
         idle: dict[str, tuple[float, bool]] = {}
+        #: (load, round, front) -> req/s
+        paired: dict[tuple[str, int, str], float] = {}
         try:
             for round_no in range(1, args.rounds + 1):
-                for name in ("nginx", "gantry"):
-                    port = free_port()
-                    if name == "nginx":
-                        command = [
-                            nginx,
-                            "-p",
-                            str(work),
-                            "-c",
-                            str(nginx_conf(work, port, site, sock)),
-                        ]
-                    else:
-                        command = [str(VENV_BIN / "gantry"), "front", "-c",
-                                   str(gantry_conf(work, port, site, sock))]  # fmt: skip
-                    server = ServerProcess(command, 0, work / f"{name}.log")
-                    server.start()
-                    try:
+                # Both fronts run through the round (the idle one costs nothing), and each
+                # load goes to one right after the other, the first alternating by round:
+                # the pair is measured minutes closer than one front's loads then the
+                # other's, and this machine's speed drifts within minutes.
+                servers: dict[str, tuple[ServerProcess, int]] = {}
+                try:
+                    for name in ("nginx", "gantry"):
+                        port = free_port()
+                        if name == "nginx":
+                            command = [nginx, "-p", str(work), "-c",
+                                       str(nginx_conf(work, port, site, sock))]  # fmt: skip
+                        else:
+                            command = [str(VENV_BIN / "gantry"), "front", "-c",
+                                       str(gantry_conf(work, port, site, sock))]  # fmt: skip
+                        server = ServerProcess(command, 0, work / f"{name}.log")
+                        servers[name] = (server, port)
+                        server.start()
                         wait_port(port)
-                        for load, (_, path) in LOADS.items():
+                    order = ("nginx", "gantry") if round_no % 2 else ("gantry", "nginx")
+                    for load, (_, path) in LOADS.items():
+                        for name in order:
+                            port = servers[name][1]
                             wrk(port, path, 2, 1)
                             result = wrk(port, path, args.duration, 1)
                             print(f"  round {round_no} {name:6} {load:15} {result.rps:9.0f} req/s"
                                   f" ({result.errors} errors)", flush=True)  # fmt: skip
                             best[name, load] = max(best.get((name, load), 0.0), result.rps)
+                            paired[load, round_no, name] = result.rps
                             rounds.append(RoundResult(name, load, round_no, True, wrk=result))
-                        if round_no == 1:
+                    if round_no == 1:
+                        for name, (server, port) in servers.items():
                             assert server.proc is not None
                             idle[name] = idle_connections(port, server.proc.pid, IDLE_CONNECTIONS)
-                    finally:
+                finally:
+                    for server, _ in servers.values():
                         server.stop()
         finally:
             backend.stop()
@@ -228,6 +238,14 @@ def main() -> int:
     for load in ("static 1 KiB", "proxy to uWSGI"):
         n, g = best["nginx", load], best["gantry", load]
         print(f"{load:16} {n:12.0f} {g:13.0f} {g / n:12.2f}x")
+    for load in ("static 1 KiB", "proxy to uWSGI"):
+        ratios = [
+            paired[load, r, "gantry"] / paired[load, r, "nginx"]
+            for r in range(1, args.rounds + 1)
+            if paired.get((load, r, "nginx"))
+        ]
+        listed = ", ".join(f"{value:.2f}" for value in ratios)
+        print(f"{load}: paired rounds {listed}; median {statistics.median(ratios):.2f}x")
     for name, (rss, answered) in idle.items():
         print(f"{IDLE_CONNECTIONS} idle keep-alive connections, {name}: worker RSS {rss:.0f} MB, "
               f"still answering: {answered}")  # fmt: skip

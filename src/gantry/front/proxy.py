@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 from gantry.front.balancing import Peer, UpstreamPool, hash_key
@@ -189,9 +190,6 @@ class ProxyRequest(UpstreamResponse):
     attempt_open = False
     abandoned = False
     spooled_sent = False
-    #: the server a Task-less first connect goes to, and when it began (_connect_unix)
-    connecting: Peer | None = None
-    connect_start = 0.0
 
     def __init__(
         self,
@@ -248,43 +246,46 @@ class ProxyRequest(UpstreamResponse):
 
     def _connect_unix(self, peer: Peer) -> None:
         """The first attempt on a new unix connection to ``peer``, without a Task (to
-        uWSGI, every request is one); a refused connect goes on to the attempt loop."""
-        self.connecting = peer
-        self.connect_start = self.client.loop.time()
-        keepalive = self.client.worker.keepalive
-        connect_unix(self.client.loop, peer.server.address, keepalive.active, self._connected)
+        uWSGI, every request is one); how it went comes to ``_connected``."""
+        loop = self.client.loop
+        active = self.client.worker.keepalive.active
+        done = partial(self._connected, peer, loop.time())
+        connect_unix(loop, peer.server.address, active, done)
 
-    def _connected(self, conn: UpstreamConnection | None, error: UpstreamError | None) -> None:
-        peer = self.connecting
-        assert peer is not None
-        self.connecting = None
+    async def _first(self, peer: Peer) -> None:
+        """The first attempt on a new TCP connection to ``peer``, in one coroutine (the
+        connect has a timeout to wait for); how it went comes to ``_connected``."""
+        loop = self.client.loop
+        started = loop.time()
+        try:
+            conn = await open_upstream(
+                loop,
+                peer.server.address,
+                self.upstream.connect_timeout,
+                self.client.worker.keepalive.active,
+            )
+        except UpstreamError as exc:
+            self._connected(peer, started, None, exc)
+            return
+        self._connected(peer, started, conn, None)
+
+    def _connected(
+        self,
+        peer: Peer,
+        started: float,
+        conn: UpstreamConnection | None,
+        error: UpstreamError | None,
+    ) -> None:
+        """A first connect ended: send on ``conn``, or note ``error`` and go on to the
+        attempt loop (the next server)."""
         if conn is None:
             assert error is not None
             self.state = _Attempts()
-            self._connect_failed(peer, error, self.connect_start, self.state)
+            self._connect_failed(peer, error, started, self.state)
             self.client.loop.create_task(self.run())
             return
         if self.reusable:
             conn.on_lost = self.client.worker.keepalive.forget
-        self._send_fresh(peer, conn, self.connect_start)
-
-    async def _first(self, peer: Peer) -> None:
-        """The first attempt on a new connection to ``peer`` (one coroutine: to uWSGI,
-        every request is one); a refused or slow connect goes on to the attempt loop."""
-        loop = self.client.loop
-        keepalive = self.client.worker.keepalive
-        started = loop.time()
-        try:
-            conn = await open_upstream(
-                loop, peer.server.address, self.upstream.connect_timeout, keepalive.active
-            )
-        except UpstreamError as exc:
-            self.state = _Attempts()
-            self._connect_failed(peer, exc, started, self.state)
-            await self.run()
-            return
-        if self.reusable:
-            conn.on_lost = keepalive.forget
         self._send_fresh(peer, conn, started)
 
     def _send_fresh(self, peer: Peer, conn: UpstreamConnection, connect_started: float) -> None:

@@ -378,6 +378,13 @@ class UpstreamConnection(asyncio.Protocol):
             receiver.end(self.keep_alive and not self.closed)
 
 
+def connect_error(address: str, exc: Exception) -> UpstreamError:
+    """The 502 for a connect to ``address`` that failed with ``exc`` (the request may go to
+    another server: nothing was sent)."""
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+    return UpstreamError(502, f"cannot connect to {address}: {reason}", connected=False)
+
+
 async def open_upstream(
     loop: asyncio.AbstractEventLoop,
     address: str,
@@ -397,9 +404,7 @@ async def open_upstream(
         try:
             _, unix_protocol = await loop.create_unix_connection(factory, address[5:])
         except OSError as exc:
-            raise UpstreamError(
-                502, f"cannot connect to {address}: {exc.strerror or exc}", connected=False
-            ) from None
+            raise connect_error(address, exc) from None
         return unix_protocol
     else:
         host, _, port = address.rpartition(":")
@@ -425,9 +430,7 @@ async def open_upstream(
             ) from None
         raise
     except OSError as exc:
-        raise UpstreamError(
-            502, f"cannot connect to {address}: {exc.strerror or exc}", connected=False
-        ) from None
+        raise connect_error(address, exc) from None
     finally:
         if timer is not None:
             timer.cancel()
@@ -481,9 +484,7 @@ class _UnixConnect:
             self.done(stop.value[1], None)
             return
         except Exception as exc:  # OSError mostly: refused, no such socket, queue full
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            error = UpstreamError(502, f"cannot connect to {self.address}: {reason}", False)
-            self.done(None, error)
+            self.done(None, connect_error(self.address, exc))
             return
         if waiting is None:  # a bare yield: go on at the next turn
             self.loop.call_soon(self.step)

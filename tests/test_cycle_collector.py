@@ -70,15 +70,23 @@ protocol = "http"
 servers = [{{ address = "127.0.0.1:{http_port}" }}]
 """
 
-# Logs "pid generation" for every collection this process (and its forks) makes.
+# Logs "pid generation" for every collection this process (and its forks) makes, and
+# "pid freeze N" when one freezes its heap (N objects frozen).
 SITECUSTOMIZE = """
 import gc, os
 _LOG = os.environ["GANTRY_TEST_GC_LOG"]
+def _write(line):
+    with open(_LOG, "a") as log:
+        log.write(f"{os.getpid()} {line}\\n")
 def _log(phase, info):
     if phase == "stop":
-        with open(_LOG, "a") as log:
-            log.write(f"{os.getpid()} {info['generation']}\\n")
+        _write(info["generation"])
 gc.callbacks.append(_log)
+_freeze = gc.freeze
+def _logged_freeze():
+    _freeze()
+    _write(f"freeze {gc.get_freeze_count()}")
+gc.freeze = _logged_freeze
 """
 
 # (Host, path, expected body start) for each kind of request
@@ -107,9 +115,18 @@ def _gc_hook(tmp_path: Path) -> tuple[dict[str, str], Path]:
     return {"PYTHONPATH": str(hook), "GANTRY_TEST_GC_LOG": str(gc_log)}, gc_log
 
 
-def _collections(log: Path, pid: int) -> int:
+def _lines(log: Path, pid: int) -> list[list[str]]:
     lines = log.read_text().split("\n") if log.exists() else []
-    return sum(1 for line in lines if line.split(" ")[0] == str(pid))
+    return [fields[1:] for fields in (line.split(" ") for line in lines) if fields[0] == str(pid)]
+
+
+def _collections(log: Path, pid: int) -> int:
+    return sum(1 for fields in _lines(log, pid) if fields[0] != "freeze")
+
+
+def _frozen(log: Path, pid: int) -> int:
+    """How many objects ``pid`` froze as it started serving (0: it did not)."""
+    return max((int(fields[1]) for fields in _lines(log, pid) if fields[0] == "freeze"), default=0)
 
 
 def _worker_pid(front: int) -> int:
@@ -184,6 +201,7 @@ def test_front_requests_leave_nothing_to_collect(tmp_path: Path) -> None:
         assert failures == []
         before = _collections(gc_log, worker)
         assert before > 0, "the hook saw no collection: is sitecustomize loaded?"
+        assert _frozen(gc_log, worker) > 1000, "the worker did not freeze its start-up heap"
         started = time.monotonic()
         asyncio.run(_load(front.port, CLIENTS, ROUNDS, failures))
         assert failures == []
@@ -237,6 +255,7 @@ def test_closed_app_server_connections_leave_nothing_to_collect(tmp_path: Path) 
             one_of_each()  # warm-up
         before = _collections(gc_log, worker)
         assert before > 0, "the hook saw no collection: is sitecustomize loaded?"
+        assert _frozen(gc_log, worker) > 1000, "the worker did not freeze its start-up heap"
         for _ in range(CONNECTIONS // 2):
             one_of_each()
         made = _collections(gc_log, worker) - before

@@ -456,7 +456,7 @@ class ProxyRequest(UpstreamResponse):
         source = self.body_in.to_input()
         source.seek(0)
         self.spooled_sent = False
-        while not conn.closed and self.conn is conn:
+        while not conn.closed and self._attached(conn):
             piece = source.read(BODY_PIECE)
             if not piece:
                 self.spooled_sent = True
@@ -465,11 +465,17 @@ class ProxyRequest(UpstreamResponse):
             try:
                 await conn.drain(self.upstream.send_timeout)
             except UpstreamError as exc:
-                if self.conn is conn:
+                if self._attached(conn):
                     conn.receiver = None
                     conn.abort()
                     self.failed(exc)
                 return
+
+    def _attached(self, conn: UpstreamConnection) -> bool:
+        """Whether ``conn`` is still this request's. A method, not ``self.conn is conn``
+        inline: mypy would narrow ``self.conn`` past the awaits that may clear it, and
+        compiled code checks narrowed types (see gantry.compiled)."""
+        return self.conn is conn
 
     def abandon(self) -> None:
         """The client went away: drop the upstream connection and end the attempt loop."""

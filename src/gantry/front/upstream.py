@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httptools
+from mypy_extensions import mypyc_attr
 
 from gantry.protocol.uwsgi import encode_packet
 
@@ -68,8 +69,10 @@ class UpstreamError(Exception):
         self.connected = connected
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class UpstreamResponse:
-    """What the client side is told as the response arrives."""
+    """What the client side is told as the response arrives (health checks and tests
+    subclass it in plain Python, hence the mypyc attribute)."""
 
     def head(
         self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], framed: bool
@@ -180,7 +183,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.on_drain = None
 
     def data_received(self, data: bytes) -> None:
-        if self.receiver is None:
+        # `self.receiver` is read, not narrowed: the parser's callbacks may clear it,
+        # and compiled code checks narrowed types (see gantry.compiled)
+        if self._no_receiver():
             # bytes nobody asked for: the connection cannot be trusted for reuse
             self.abort()
             return
@@ -202,6 +207,9 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self.receiver is not None:
             self._arm_timer()  # activity: the read timeout starts again
+
+    def _no_receiver(self) -> bool:
+        return self.receiver is None
 
     def _whole(self, data: bytes) -> bool:
         """A whole response in ``data`` that needs no parsing: a plain HTTP/1.1 head

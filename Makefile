@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SYSTEM_PROGRAMS := nginx wrk
 
-.PHONY: run test lint bench system-deps clean
+.PHONY: run test lint bench system-deps clean clean-compiled compile
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,24 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[demo,test]'
 	touch $@
 
-run: $(VENV)/.installed-run
+# The hot modules compiled with mypyc (gantry/compiled.py lists them), rebuilt when any
+# source changed; without a C compiler tools/compile.py says so and Gantry runs pure.
+COMPILED_SOURCES := $(shell $(PYTHON) -c "import ast; t=ast.parse(open('src/gantry/compiled.py').read()); \
+  print(' '.join('src/'+m.replace('.','/')+'.py' for n in t.body if isinstance(n, ast.Assign) \
+  and getattr(n.targets[0], 'id', '') == 'MODULES' for m in ast.literal_eval(n.value)))")
+
+$(VENV)/.compiled: $(COMPILED_SOURCES) src/gantry/compiled.py tools/compile.py | $(BIN)/python
+	$(BIN)/python -m pip install -q mypy
+	$(BIN)/python tools/compile.py
+	touch $@
+
+compile: $(VENV)/.compiled
+
+clean-compiled:
+	$(BIN)/python tools/compile.py --clean
+	rm -f $(VENV)/.compiled
+
+run: $(VENV)/.installed-run $(VENV)/.compiled
 	$(BIN)/gantry up
 
 # System programs the interop tests need. Installed with apt-get when root;
@@ -34,10 +51,13 @@ system-deps:
 	  fi; \
 	fi
 
-test: $(VENV)/.installed-test system-deps
-	$(BIN)/ruff check src tests bench
-	$(BIN)/mypy --strict src/gantry/protocol src/gantry/wsgi src/gantry/front src/gantry/stack src/gantry/stats
+# The suite runs twice: against the compiled modules (what `make run` serves), then
+# with GANTRY_PURE=1 against the same modules as plain Python (a machine with no C compiler).
+test: $(VENV)/.installed-test $(VENV)/.compiled system-deps
+	$(BIN)/ruff check src tests bench tools
+	$(BIN)/mypy --strict src/gantry/protocol src/gantry/wsgi src/gantry/front src/gantry/stack src/gantry/stats src/gantry/compiled.py
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+	GANTRY_PURE=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench
@@ -45,7 +65,7 @@ lint: $(VENV)/.installed-test
 
 # The three benches, JSON in bench/results/ (git-ignored), then the chart docs/bench.png.
 # BENCH_ARGS goes to all three, e.g. make bench BENCH_ARGS="--duration 5 --rounds 1".
-bench: $(VENV)/.installed-test system-deps
+bench: $(VENV)/.installed-test $(VENV)/.compiled system-deps
 	$(BIN)/python bench/run.py --json bench/results/run.json $(BENCH_ARGS)
 	$(BIN)/python bench/front.py --json bench/results/front.json $(BENCH_ARGS)
 	$(BIN)/python bench/up.py --skip-setup --json bench/results/up.json $(BENCH_ARGS)
@@ -54,3 +74,4 @@ bench: $(VENV)/.installed-test system-deps
 
 clean:
 	rm -rf $(VENV) .venv-bench build *.egg-info src/*.egg-info
+	find src -name '*.so' -delete

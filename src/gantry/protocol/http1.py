@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import httptools
+from mypy_extensions import mypyc_attr
 
 from gantry.protocol.chunked import (
     CHUNKED_HEAD,
@@ -144,6 +145,7 @@ def _split_origin_form(head: RequestHead, target: bytes) -> None:
         head.query = target[question + 1 :]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # tests watch it through a subclass
 class RequestParser:
     """Feeds bytes to llhttp and hands whole heads, body pieces and ends to a sink."""
 
@@ -177,6 +179,8 @@ class RequestParser:
         "_cut_received",
         "_simple_limit",
     )
+    # close() deletes the llhttp parser; mypyc needs to be told an attribute may go
+    __deletable__ = ("_parser",)
 
     def __init__(self, sink: RequestSink, limits: HTTPLimits | None = None) -> None:
         self._sink = sink

@@ -1,0 +1,99 @@
+"""The mypyc build of the hot modules: used when present and fresh, never when stale,
+never with GANTRY_PURE=1. Each case imports Gantry in a fresh interpreter."""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from gantry.compiled import MODULES, built_path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Imports every listed module and prints, one per line, "<module> <file it came from>".
+REPORT = (
+    "import importlib, sys\n"
+    "from gantry.compiled import MODULES\n"
+    "for name in MODULES:\n"
+    "    print(name, importlib.import_module(name).__file__)\n"
+)
+
+
+def compile_tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("compile_tool", REPO / "tools" / "compile.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def loaded_from(pythonpath: Path | None = None, **env: str) -> tuple[dict[str, str], str]:
+    """Where each listed module came from in a new interpreter, and its stderr."""
+    environ = {k: v for k, v in os.environ.items() if k != "GANTRY_PURE"}
+    environ.update(env)
+    if pythonpath is not None:
+        environ["PYTHONPATH"] = str(pythonpath)
+    done = subprocess.run(
+        [sys.executable, "-c", REPORT],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=pythonpath or REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    files = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    assert set(files) == set(MODULES)
+    return files, done.stderr
+
+
+def require_build() -> None:
+    reason = compile_tool().why_not()
+    if reason is not None:
+        message = f"this machine cannot compile the hot modules: {reason}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    if any(built_path(module) is None for module in MODULES):
+        pytest.fail("no build of the hot modules: run `make compile` (make test does)")
+
+
+def test_a_fresh_build_is_what_gantry_runs() -> None:
+    require_build()
+    files, stderr = loaded_from()
+    assert all(path.endswith(".so") for path in files.values()), files
+    assert "older than their source" not in stderr
+
+
+def test_gantry_pure_runs_every_module_from_source() -> None:
+    files, _ = loaded_from(GANTRY_PURE="1")
+    assert all(path.endswith(".py") for path in files.values()), files
+
+
+def test_a_stale_build_is_set_aside_for_all_the_modules(tmp_path: Path) -> None:
+    """One edited source makes all of them load from source (compiled modules call each
+    other's compiled code directly), with a warning naming the edited one."""
+    require_build()
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "src" / "gantry", src / "gantry")
+    for runtime in glob.glob(str(REPO / "src" / "gantry__mypyc*")):
+        shutil.copy(runtime, src)
+
+    files, stderr = loaded_from(src)  # the copy, as it is, runs compiled
+    assert all(path.endswith(".so") and path.startswith(str(src)) for path in files.values())
+
+    edited = src / "gantry" / "front" / "proxy.py"
+    later = time.time() + 60
+    os.utime(edited, (later, later))
+    files, stderr = loaded_from(src)
+    assert all(path.endswith(".py") and path.startswith(str(src)) for path in files.values())
+    assert "older than their source (gantry.front.proxy)" in stderr

@@ -1,0 +1,105 @@
+"""Compile Gantry's hot modules with mypyc, in place, or say why not and leave them pure.
+
+Usage: python tools/compile.py [--clean]
+
+The extension files land next to their sources in src/gantry (git-ignored) and the
+shared runtime as src/gantry__mypyc*.so; the C sources and objects in build/mypyc.
+Without a C compiler or Python's headers, or if the build fails, this prints a
+warning, removes any old build and exits 0 (1 under CI=true): Gantry then runs
+the same modules as plain Python.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import shutil
+import sys
+import sysconfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SRC = os.path.join(ROOT, "src")
+BUILD = os.path.join(ROOT, "build", "mypyc")
+# gantry/compiled.py alone: importing the gantry package would run its stale-build guard
+_spec = importlib.util.spec_from_file_location("_gantry_compiled", f"{SRC}/gantry/compiled.py")
+assert _spec and _spec.loader
+_listed = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_listed)
+MODULES: tuple[str, ...] = _listed.MODULES
+built_path = _listed.built_path
+source_path = _listed.source_path
+
+GROUP = "gantry"
+
+
+def clean() -> None:
+    for module in MODULES:
+        path = built_path(module)
+        if path:
+            os.remove(path)
+    for path in glob.glob(os.path.join(SRC, f"{GROUP}__mypyc*")):
+        os.remove(path)
+    shutil.rmtree(BUILD, ignore_errors=True)
+
+
+def why_not() -> str | None:
+    """Why this machine cannot compile, or None."""
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        return f"no C compiler ({compiler!r} is not on PATH)"
+    header = os.path.join(sysconfig.get_paths()["include"], "Python.h")
+    if not os.path.exists(header):
+        return f"no Python headers ({header} is missing; Debian: apt-get install python3-dev)"
+    try:
+        import mypyc  # noqa: F401
+    except ImportError:
+        return "mypyc is not installed (it comes with mypy)"
+    return None
+
+
+def build() -> None:
+    from mypyc.build import mypycify
+    from setuptools import setup  # type: ignore[import-untyped]
+
+    os.chdir(ROOT)
+    paths = [os.path.relpath(source_path(module), ROOT) for module in MODULES]
+    setup(
+        name="gantry-compiled",
+        package_dir={"": "src"},
+        ext_modules=mypycify(paths, opt_level="3", group_name=GROUP, target_dir=BUILD),
+        script_args=["-q", "build_ext", "--inplace", "--build-temp", BUILD],
+    )
+
+
+def give_up(reason: str) -> int:
+    """Pure Python it is: say so loudly; under CI=true that fails the build."""
+    clean()
+    print(
+        f"WARNING: not compiling Gantry's hot modules: {reason}. "
+        "Gantry runs them as plain Python, slower.",
+        file=sys.stderr,
+    )
+    return 1 if os.environ.get("CI") == "true" else 0
+
+
+def main() -> int:
+    clean()
+    if "--clean" in sys.argv[1:]:
+        return 0
+    reason = why_not()
+    if reason:
+        return give_up(reason)
+    try:
+        build()
+    except (Exception, SystemExit) as exc:  # setuptools reports a failed compile as SystemExit
+        return give_up(f"the build failed ({exc})")
+    missing = [module for module in MODULES if built_path(module) is None]
+    if missing:
+        return give_up(f"the build did not produce {', '.join(missing)}")
+    print(f"compiled {len(MODULES)} modules with mypyc")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

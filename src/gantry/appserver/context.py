@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import IO, Any
+from typing import IO, Any, Final
 
 from gantry.config import ServeConfig
 from gantry.process.shared import STATUS_CODES, SlotView, slot_line, store_memory
@@ -19,16 +19,29 @@ from gantry.wsgi.response import FileWrapper, HeadDefaults
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
-error_log = logging.getLogger("gantry.error")
+error_log: Final = logging.getLogger("gantry.error")
 
-STATUS_BUSY = STATUS_CODES["busy"]
-STATUS_IDLE = STATUS_CODES["idle"]
+STATUS_BUSY: Final = STATUS_CODES["busy"]
+STATUS_IDLE: Final = STATUS_CODES["idle"]
 # The slot's line for a uwsgi request (its vars are the app's to read).
-_UWSGI_LINE = slot_line("uwsgi request")
+_UWSGI_LINE: Final = slot_line("uwsgi request")
 # Counters go to shared memory after a batch at most this often (and each second).
-FLUSH_EVERY = 0.05
+FLUSH_EVERY: Final = 0.05
 
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTHS: Final = (
+    "Jan",
+    "Feb",
+    "Mar",
+    "Apr",
+    "May",
+    "Jun",
+    "Jul",
+    "Aug",
+    "Sep",
+    "Oct",
+    "Nov",
+    "Dec",
+)
 
 
 class AccessLog:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import Final
 
 from gantry.appserver.context import WorkerContext, error_log
 from gantry.appserver.wsgi_connection import WSGIConnection
@@ -13,9 +14,9 @@ from gantry.wsgi.input import BodyBuffer
 from gantry.wsgi.response import Response, error_response
 
 # More complete pipelined requests than this waiting: stop reading the socket.
-MAX_PIPELINED = 16
+MAX_PIPELINED: Final = 16
 
-_REASONS = {
+_REASONS: Final = {
     400: "Bad Request",
     405: "Method Not Allowed",
     408: "Request Timeout",
@@ -31,9 +32,9 @@ _REASONS = {
 
 # What the connection is waiting for, which decides the timeout that applies.
 _IDLE, _HEAD, _BODY, _BUSY = range(4)
-IDLE_STATE = _IDLE
+IDLE_STATE: Final = _IDLE
 
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class HTTPConnection(WSGIConnection):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from typing import Any
+from typing import Any, Final
 
 from gantry.appserver.context import WorkerContext, error_log
 from gantry.appserver.http import IDLE_STATE
@@ -26,7 +26,7 @@ from gantry.wsgi.input import EMPTY_INPUT, BodyBuffer
 from gantry.wsgi.response import Response, error_response
 from gantry.wsgi.uwsgi_environ import environ_from_fields, environ_from_uwsgi
 
-KEEPALIVE_VAR = b"GANTRY_KEEPALIVE"
+KEEPALIVE_VAR: Final = b"GANTRY_KEEPALIVE"
 
 
 class UwsgiConnection(WSGIConnection):

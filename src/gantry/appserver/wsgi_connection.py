@@ -10,18 +10,18 @@ import asyncio
 import os
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 from gantry.appserver.context import WorkerContext, error_log
 from gantry.wsgi.response import FileWrapper, Response, ResponseError, close_result, error_response
 
 # The transport pauses us above HIGH and resumes below LOW buffered bytes.
-WRITE_HIGH_WATER = 256 * 1024
-WRITE_LOW_WATER = 64 * 1024
+WRITE_HIGH_WATER: Final = 256 * 1024
+WRITE_LOW_WATER: Final = 64 * 1024
 # Body bytes one response may hold back while a batch of apps runs.
-BATCH_SEND_LIMIT = 64 * 1024
+BATCH_SEND_LIMIT: Final = 64 * 1024
 # A HEAD response's body is produced and counted up to this size for its length.
-HEAD_MEASURE_LIMIT = 1024 * 1024
+HEAD_MEASURE_LIMIT: Final = 1024 * 1024
 
 
 def _write_after_close(data: bytes) -> None:

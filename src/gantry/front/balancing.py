@@ -10,6 +10,7 @@ import time
 import zlib
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from typing import Final
 
 from gantry.front.model import HealthCheck, Upstream, UpstreamServer
 from gantry.protocol.http1 import RequestHead
@@ -185,7 +186,7 @@ class HealthTracker:
         return False
 
 
-_VARIABLE = re.compile(r"\$(\{[a-z0-9_]+\}|[a-z0-9_]+)")
+_VARIABLE: Final = re.compile(r"\$(\{[a-z0-9_]+\}|[a-z0-9_]+)")
 
 
 def hash_key(template: str, head: RequestHead, client_ip: str) -> str:

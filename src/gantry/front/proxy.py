@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from gantry.front.balancing import Peer, UpstreamPool, hash_key
 from gantry.front.model import Location, Upstream
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["KeepAlivePool", "ProxyRequest", "RequestBody", "StreamedBody"]
 
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
 class KeepAlivePool:
@@ -92,9 +92,9 @@ class KeepAlivePool:
 
 
 # Streamed body bytes held while no upstream connection takes them yet.
-PENDING_LIMIT = 64 * 1024
+PENDING_LIMIT: Final = 64 * 1024
 # Pieces a buffered (spooled) body is sent in.
-BODY_PIECE = 64 * 1024
+BODY_PIECE: Final = 64 * 1024
 
 
 class StreamedBody:
@@ -156,7 +156,7 @@ RequestBody = bytes | BodyBuffer | StreamedBody
 
 
 # What a request gets when no attempt could even start (replaced, never changed).
-_NO_LIVE_SERVER = UpstreamError(502, "no live server in the upstream")
+_NO_LIVE_SERVER: Final = UpstreamError(502, "no live server in the upstream")
 
 
 @dataclass

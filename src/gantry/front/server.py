@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from collections import deque
+from typing import Final
 
 from gantry.front.balancing import UpstreamPool
 from gantry.front.model import FrontConfig, Location, VirtualServer
@@ -29,9 +30,9 @@ from gantry.wsgi.response import HeadDefaults
 
 __all__ = ["FrontConnection", "FrontWorker"]
 
-log = logging.getLogger("gantry.front")
+log: Final = logging.getLogger("gantry.front")
 
-_REASONS = {
+_REASONS: Final = {
     200: "OK", 204: "No Content", 206: "Partial Content", 301: "Moved Permanently",
     304: "Not Modified", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
     405: "Method Not Allowed", 408: "Request Timeout", 412: "Precondition Failed",
@@ -42,26 +43,26 @@ _REASONS = {
 }  # fmt: skip
 
 #: (status, upstream's reason phrase) -> status line
-_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+_STATUS_LINES: Final[dict[tuple[int, bytes], bytes]] = {}
 
 # Files up to this size are read into memory and sent with the head in one write.
-SMALL_FILE = 256 * 1024
+SMALL_FILE: Final = 256 * 1024
 # Hot small files keep their whole response (but Date) in memory for this long
 # before the file is looked at again: nginx stats and sendfiles on each request.
-HOT_FILE_SECONDS = 1.0
-HOT_FILE_MAX = 64 * 1024
-HOT_FILES = 512
+HOT_FILE_SECONDS: Final = 1.0
+HOT_FILE_MAX: Final = 64 * 1024
+HOT_FILES: Final = 512
 # Requests with these fields take the full path (validators, ranges, encodings).
-_CONDITIONAL = frozenset(
+_CONDITIONAL: Final = frozenset(
     {b"range", b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since",
      b"if-range", b"accept-encoding"}
 )  # fmt: skip
 # Buffered request bodies up to this size go to the upstream with the head in one write.
-SMALL_BODY = 256 * 1024
+SMALL_BODY: Final = 256 * 1024
 # Routes remembered per worker (cleared when full).
-ROUTE_CACHE = 4096
-WRITE_HIGH_WATER = 256 * 1024
-WRITE_LOW_WATER = 64 * 1024
+ROUTE_CACHE: Final = 4096
+WRITE_HIGH_WATER: Final = 256 * 1024
+WRITE_LOW_WATER: Final = 64 * 1024
 
 
 class FrontWorker:

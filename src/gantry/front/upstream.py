@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import httptools
 from mypy_extensions import mypyc_attr
@@ -26,13 +26,13 @@ __all__ = [
 ]
 
 # Request-body bytes buffered toward one upstream before the sender waits for it.
-WRITE_HIGH_WATER = 256 * 1024
-WRITE_LOW_WATER = 64 * 1024
+WRITE_HIGH_WATER: Final = 256 * 1024
+WRITE_LOW_WATER: Final = 64 * 1024
 # Fields that frame a response body (without them, the close ends it).
-_FRAMING = (b"content-length", b"transfer-encoding")
+_FRAMING: Final = (b"content-length", b"transfer-encoding")
 # Hop-by-hop fields (RFC 9110 7.6.1) and what a proxy hides by default (nginx's
 # proxy_hide_header: the front sets its own Date and Server).
-RESPONSE_DROP = frozenset(
+RESPONSE_DROP: Final = frozenset(
     {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
      b"proxy-authenticate", b"proxy-connection", b"date", b"server", b"x-accel-redirect"}
 )  # fmt: skip
@@ -41,15 +41,15 @@ RESPONSE_DROP = frozenset(
 # of the fields that path drops or reframes. The status line has a reason; each field
 # is "name: value" (a token, one space, a value of visible characters with no space
 # around it): no obs-fold, no bare CR or LF, no NUL, nothing to trim.
-_VISIBLE = rb"[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?"
-_OTHER_FIELD = (
+_VISIBLE: Final = rb"[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?"
+_OTHER_FIELD: Final = (
     rb"(?!(?i:"
     + b"|".join(re.escape(name) for name in sorted(RESPONSE_DROP | {b"content-length"}))
     + rb"):)[!#$%&'*+.^_`|~0-9A-Za-z-]+: "
     + _VISIBLE
     + rb"\r\n"
 )
-_WHOLE = re.compile(
+_WHOLE: Final = re.compile(
     rb"HTTP/1\.1 ([2-4][0-9][0-9]) " + _VISIBLE + rb"\r\n"
     rb"(?:" + _OTHER_FIELD + rb")*"
     rb"Content-Length: ([0-9]{1,18})\r\n"

@@ -9,6 +9,7 @@ request costs one join over its values.
 from __future__ import annotations
 
 import struct
+from typing import Final
 
 from gantry.protocol.http1 import RequestHead
 from gantry.protocol.uwsgi import GANTRY_MODIFIER2, pack_header, packet_header
@@ -21,8 +22,8 @@ __all__ = [
     "uwsgi_packet",
 ]
 
-_u16 = struct.Struct("<H").pack
-_MAX_U16 = 0xFFFF
+_u16: Final = struct.Struct("<H").pack
+_MAX_U16: Final = 0xFFFF
 
 
 def _key(name: bytes) -> bytes:
@@ -33,38 +34,38 @@ def _var(name: bytes, value: bytes) -> bytes:
     return _key(name) + _u16(len(value)) + value
 
 
-_QUERY_STRING = _key(b"QUERY_STRING")
-_REQUEST_URI = _key(b"REQUEST_URI")
-_PATH_INFO = _key(b"PATH_INFO")
+_QUERY_STRING: Final = _key(b"QUERY_STRING")
+_REQUEST_URI: Final = _key(b"REQUEST_URI")
+_PATH_INFO: Final = _key(b"PATH_INFO")
 # nginx's uwsgi_params omit SCRIPT_NAME; PEP 3333 wants it, and uWSGI passes it through
-_SCRIPT_NAME = _key(b"SCRIPT_NAME")
-_SERVER_NAME = _key(b"SERVER_NAME")
-_CONTENT_TYPE = _key(b"CONTENT_TYPE")
-_CONTENT_LENGTH = _key(b"CONTENT_LENGTH")
-_REQUEST_METHOD = _key(b"REQUEST_METHOD")
-_NO_CONTENT_TYPE = _var(b"CONTENT_TYPE", b"")
-_NO_CONTENT_LENGTH = _var(b"CONTENT_LENGTH", b"")
-_NO_QUERY_STRING = _var(b"QUERY_STRING", b"")
-_NO_SCRIPT_NAME = _var(b"SCRIPT_NAME", b"")
-_METHODS = {
+_SCRIPT_NAME: Final = _key(b"SCRIPT_NAME")
+_SERVER_NAME: Final = _key(b"SERVER_NAME")
+_CONTENT_TYPE: Final = _key(b"CONTENT_TYPE")
+_CONTENT_LENGTH: Final = _key(b"CONTENT_LENGTH")
+_REQUEST_METHOD: Final = _key(b"REQUEST_METHOD")
+_NO_CONTENT_TYPE: Final = _var(b"CONTENT_TYPE", b"")
+_NO_CONTENT_LENGTH: Final = _var(b"CONTENT_LENGTH", b"")
+_NO_QUERY_STRING: Final = _var(b"QUERY_STRING", b"")
+_NO_SCRIPT_NAME: Final = _var(b"SCRIPT_NAME", b"")
+_METHODS: Final = {
     method: _var(b"REQUEST_METHOD", method.encode())
     for method in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
 }
-_PROTOCOLS = {
+_PROTOCOLS: Final = {
     version: _var(b"SERVER_PROTOCOL", b"HTTP/" + version.encode()) for version in ("1.1", "1.0")
 }
 #: asks a gantry serve uwsgi socket to keep the connection for the next packet
-KEEPALIVE = _var(b"GANTRY_KEEPALIVE", b"1")
+KEEPALIVE: Final = _var(b"GANTRY_KEEPALIVE", b"1")
 
 # What a header name becomes: its encoded HTTP_* key, or one of these markers (told
 # apart by identity: the cache holds these very objects).
-_SKIP = b""
-_HOST = b"\x00host"
-_TYPE = b"\x00type"
-_HTTP_HOST = _key(b"HTTP_HOST")
+_SKIP: Final = b""
+_HOST: Final = b"\x00host"
+_TYPE: Final = b"\x00type"
+_HTTP_HOST: Final = _key(b"HTTP_HOST")
 #: header name as the client spelled it -> encoded key (bounded: names are the client's)
-_header_keys: dict[bytes, bytes] = {}
-_HEADER_KEYS_MAX = 1024
+_header_keys: Final[dict[bytes, bytes]] = {}
+_HEADER_KEYS_MAX: Final = 1024
 
 
 def _environ_key(name: bytes) -> bytes:
@@ -85,7 +86,7 @@ def _remember(cache: dict[bytes, bytes], name: bytes, key: bytes) -> bytes:
     return key
 
 
-_MARKERS = {b"": _SKIP, b"CONTENT_TYPE": _TYPE, b"HTTP_HOST": _HOST}
+_MARKERS: Final = {b"": _SKIP, b"CONTENT_TYPE": _TYPE, b"HTTP_HOST": _HOST}
 
 
 def _header_key(name: bytes) -> bytes:
@@ -108,7 +109,7 @@ def connection_vars(remote_addr: str, remote_port: str, server_port: str) -> byt
 
 
 #: Host value -> encoded SERVER_NAME var (bounded: the values are the client's)
-_server_vars: dict[bytes, bytes] = {}
+_server_vars: Final[dict[bytes, bytes]] = {}
 
 
 def _server_var(host: bytes) -> bytes:
@@ -145,7 +146,6 @@ def uwsgi_packet(
     path_info = path.encode("utf-8", "surrogateescape")
     query, target = head.query, head.target
     parts = [
-        b"",  # the packet header, once the length is known
         _QUERY_STRING + _u16(len(query)) + query if query else _NO_QUERY_STRING,
         _METHODS.get(head.method) or _var(b"REQUEST_METHOD", head.method.encode()),
         b"",  # CONTENT_TYPE, once the headers are read
@@ -181,23 +181,26 @@ def uwsgi_packet(
             append(value)
         if keepalive:
             append(KEEPALIVE)
-        parts[3] = content_type
-        parts[14] = _server_vars.get(host) or _server_var(host)
-        parts[0] = pack_header(0, sum(map(len, parts)), 0)
+        parts[2] = content_type
+        parts[13] = _server_vars.get(host) or _server_var(host)
+        # one join, then the header in front: cheaper than summing the parts' lengths
+        vars_ = b"".join(parts)
+        return pack_header(0, len(vars_), 0) + vars_
     except struct.error:
         raise ValueError("uwsgi var longer than 65535 bytes") from None
-    return b"".join(parts)
 
 
 # Gantry's own packet (modifier2 GANTRY_MODIFIER2, to gantry serve only): the vars as
 # NUL-separated environ keys and values, which the pool reads with one split.
-_G_METHODS = {method: b"REQUEST_METHOD\0" + method.encode() for method in _METHODS}
-_G_PROTOCOLS = {version: b"SERVER_PROTOCOL\0HTTP/" + version.encode() for version in _PROTOCOLS}
-_G_HOST = b"HTTP_HOST"
-_G_TYPE = b"CONTENT_TYPE"
-_G_MARKERS = {_G_HOST: _G_HOST, _G_TYPE: _G_TYPE}
+_G_METHODS: Final = {method: b"REQUEST_METHOD\0" + method.encode() for method in _METHODS}
+_G_PROTOCOLS: Final = {
+    version: b"SERVER_PROTOCOL\0HTTP/" + version.encode() for version in _PROTOCOLS
+}
+_G_HOST: Final = b"HTTP_HOST"
+_G_TYPE: Final = b"CONTENT_TYPE"
+_G_MARKERS: Final = {_G_HOST: _G_HOST, _G_TYPE: _G_TYPE}
 #: header name as the client spelled it -> environ key
-_g_header_keys: dict[bytes, bytes] = {}
+_g_header_keys: Final[dict[bytes, bytes]] = {}
 
 
 def _g_header_key(name: bytes) -> bytes:
@@ -206,9 +209,9 @@ def _g_header_key(name: bytes) -> bytes:
 
 
 #: NULs inside gantry_connection_vars (10 fields)
-_FIXED_NULS = 9
+_FIXED_NULS: Final = 9
 #: where the value starts in an encoded SERVER_NAME var
-_SERVER_NAME_AT = len(_SERVER_NAME) + 2
+_SERVER_NAME_AT: Final = len(_SERVER_NAME) + 2
 
 
 def gantry_connection_vars(remote_addr: str, remote_port: str, server_port: str) -> bytes:
@@ -268,7 +271,7 @@ def gantry_packet(
 
 # Fields the front does not pass on: hop-by-hop (RFC 9110 7.6.1), its own framing,
 # and the X-Forwarded-* it sets itself.
-REQUEST_DROP = frozenset(
+REQUEST_DROP: Final = frozenset(
     {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
      b"proxy-authorization", b"proxy-connection", b"expect", b"content-length",
      b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip"}

@@ -13,6 +13,7 @@ chunk data CRLFs, trailers and everything after.
 from __future__ import annotations
 
 import re
+from typing import Final
 
 __all__ = [
     "CHUNKED_HEAD",
@@ -27,23 +28,23 @@ __all__ = [
 # chunk = chunk-size [ chunk-ext ] CRLF (RFC 9112 7.1, 7.1.1), with BWS only around
 # ';' and '=': llhttp refuses that BWS, so chunk-size lines are checked here and
 # llhttp is fed the bare size.
-_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_QUOTED_STRING = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
-_CHUNK_EXT = (
+_TOKEN: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED_STRING: Final = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
+_CHUNK_EXT: Final = (
     rb"[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED_STRING + rb"))?"
 )
-_CHUNK_SIZE_LINE = re.compile(rb"0*([0-9A-Fa-f]{1,16})(?:" + _CHUNK_EXT + rb")*\r\n")
+_CHUNK_SIZE_LINE: Final = re.compile(rb"0*([0-9A-Fa-f]{1,16})(?:" + _CHUNK_EXT + rb")*\r\n")
 #: a chunk-size line longer than this (extensions included) is refused
-MAX_CHUNK_LINE = 4096
+MAX_CHUNK_LINE: Final = 4096
 #: what a fresh llhttp parser is fed to put it where a chunked body begins
-CHUNKED_HEAD = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+CHUNKED_HEAD: Final = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
 # Content-Length of a head llhttp has already accepted (one field, digits; no folding)
-_CONTENT_LENGTH_FIELD = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)", re.IGNORECASE)
+_CONTENT_LENGTH_FIELD: Final = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)", re.IGNORECASE)
 
 
 #: Fields that may never come in a trailer section (RFC 9110 6.5.1): framing,
 #: routing and control data must be in the head.
-FORBIDDEN_TRAILERS = frozenset(
+FORBIDDEN_TRAILERS: Final = frozenset(
     {
         b"content-length",
         b"transfer-encoding",
@@ -85,7 +86,7 @@ class _DiscardSink:
 
 
 #: the sink in place while :data:`CHUNKED_HEAD` is fed
-DISCARD = _DiscardSink()
+DISCARD: Final = _DiscardSink()
 
 
 class ChunkedFraming:

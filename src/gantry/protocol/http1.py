@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 import httptools
 from mypy_extensions import mypyc_attr
@@ -98,34 +98,34 @@ class RequestSink(Protocol):
         """The message is complete; ``trailers`` are the chunked trailer fields, if any."""
 
 
-_TCHARS = frozenset(
+_TCHARS: Final = frozenset(
     b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
 
 
-_METHODS = {
+_METHODS: Final = {
     m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")
 }
 
 
 #: the longest method token considered for 501; a longer run is refused as garbage
-_MAX_METHOD = 64
+_MAX_METHOD: Final = 64
 
 # A plain request that llhttp would parse to the same head, with nothing for it to decide:
 # GET or HEAD, an origin-form target of RFC 3986 path and query characters (no fragment),
 # HTTP/1.0 or 1.1, fields "name: value" of a token name, one space, and a value of visible
 # ASCII with spaces or tabs inside (nothing to trim, no obs-fold, no obs-text, no control
 # byte). Which fields are there is checked in _simple; anything else goes to llhttp.
-_SIMPLE = re.compile(
+_SIMPLE: Final = re.compile(
     rb"(GET|HEAD) (/[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*) HTTP/1\.([01])\r\n"
     rb"((?:[!#$%&'*+.^_`|~0-9A-Za-z-]++: [!-~]++(?:[ \t]++[!-~]++)*+\r\n)++)\r\n"
 )
 #: the fields a plain request is read for: a Host, one Connection (keep-alive or close),
 #: and none that asks llhttp for a body's framing, an upgrade or an expectation
-_WATCHED = re.compile(
+_WATCHED: Final = re.compile(
     rb"\n(?:host|connection|content-length|transfer-encoding|expect|upgrade|proxy-connection):"
 )
-_HOST_ONLY = [b"\nhost:"]
+_HOST_ONLY: Final = [b"\nhost:"]
 
 
 def _status_for_llhttp_error(message: str) -> tuple[int, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
@@ -27,20 +27,20 @@ __all__ = [
 ]
 
 #: largest vars block accepted by default, as uWSGI's ``buffer-size``
-DEFAULT_BUFFER_SIZE = 4096
+DEFAULT_BUFFER_SIZE: Final = 4096
 
-_MAX_U16 = 0xFFFF
+_MAX_U16: Final = 0xFFFF
 
 #: modifier2 of gantry's own packet (modifier1 0), which only Gantry's front sends to
 #: gantry serve: the vars block is NUL-separated latin-1 environ keys and values
 #: ("KEY\0VALUE\0KEY\0VALUE"), read with one split instead of a loop over length
 #: prefixes; a key may repeat (the server joins repeated HTTP_* like headers). The
 #: connection is kept for the next packet as with GANTRY_KEEPALIVE=1.
-GANTRY_MODIFIER2 = 0x67
-_u16 = struct.Struct("<H").pack
+GANTRY_MODIFIER2: Final = 0x67
+_u16: Final = struct.Struct("<H").pack
 #: (modifier1, vars block size, modifier2) -> the 4-byte header, unchecked but for
 #: struct.error past 255 or 65535 (packet_header says what went wrong)
-pack_header = struct.Struct("<BHB").pack
+pack_header: Final = struct.Struct("<BHB").pack
 
 
 class UwsgiProtocolError(Exception):

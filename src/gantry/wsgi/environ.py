@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import IO, Any
+from typing import IO, Any, Final
 from urllib.parse import unquote_to_bytes
 
 from gantry.protocol.http1 import RequestHead
@@ -14,8 +14,8 @@ __all__ = ["EnvironTemplate", "header_environ_key", "decode_path"]
 
 # Header names map to environ keys through this cache rather than string work
 # per header; its size is bounded so hostile clients cannot grow it forever.
-_KEY_CACHE: dict[bytes, str | None] = {}
-_KEY_CACHE_MAX = 2048
+_KEY_CACHE: Final[dict[bytes, str | None]] = {}
+_KEY_CACHE_MAX: Final = 2048
 
 
 def header_environ_key(name: bytes) -> str | None:

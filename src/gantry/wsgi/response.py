@@ -8,28 +8,28 @@ import time
 from collections.abc import Callable, Iterator
 from email.utils import formatdate
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Final
 
 __all__ = ["FileWrapper", "Response", "ResponseError", "HeadDefaults", "NO_BODY_STATUSES"]
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
 # Statuses that never carry a body (RFC 9110 6.4.1).
-NO_BODY_STATUSES = frozenset({204, 304})
+NO_BODY_STATUSES: Final = frozenset({204, 304})
 
 # Hop-by-hop fields belong to the connection, which the server manages itself.
-_HOP_BY_HOP = frozenset(
+_HOP_BY_HOP: Final = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "upgrade", "te", "trailer"}
 )
 
-_STATUS_LINES: dict[str, bytes] = {}
-_STATUS_CODES: dict[str, int] = {}
+_STATUS_LINES: Final[dict[str, bytes]] = {}
+_STATUS_CODES: Final[dict[str, int]] = {}
 
 # Encoded header lines by (name, value): apps send the same few fields again
 # and again, so each is checked and encoded once. Bounded in count and size.
-_HEADER_LINES: dict[tuple[str, str], bytes | int] = {}
-_HEADER_CACHE_MAX = 4096
-_HEADER_CACHE_VALUE_MAX = 256
+_HEADER_LINES: Final[dict[tuple[str, str], bytes | int]] = {}
+_HEADER_CACHE_MAX: Final = 4096
+_HEADER_CACHE_VALUE_MAX: Final = 256
 
 
 def _status_line(status: str) -> bytes:
@@ -46,7 +46,7 @@ def _status_line(status: str) -> bytes:
     return line
 
 
-_LENGTH_LINES: dict[int, bytes] = {}
+_LENGTH_LINES: Final[dict[int, bytes]] = {}
 
 
 def _length_line(length: int) -> bytes:

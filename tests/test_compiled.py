@@ -4,6 +4,7 @@ never with GANTRY_PURE=1. Each case imports Gantry in a fresh interpreter."""
 from __future__ import annotations
 
 import glob
+import importlib.machinery
 import importlib.util
 import os
 import shutil
@@ -97,3 +98,35 @@ def test_a_stale_build_is_set_aside_for_all_the_modules(tmp_path: Path) -> None:
     files, stderr = loaded_from(src)
     assert all(path.endswith(".py") and path.startswith(str(src)) for path in files.values())
     assert "older than their source (gantry.front.proxy)" in stderr
+
+
+def test_without_a_compiler_the_build_steps_aside(tmp_path: Path) -> None:
+    """tools/compile.py on a machine with no C compiler (in a copy of the tree): any old
+    build goes, the warning says why, and the exit code is 0 (1 under CI=true)."""
+    tree = tmp_path / "tree"
+    (tree / "tools").mkdir(parents=True)
+    shutil.copy(REPO / "tools" / "compile.py", tree / "tools")
+    shutil.copytree(
+        REPO / "src" / "gantry",
+        tree / "src" / "gantry",
+        ignore=shutil.ignore_patterns("*.so", "__pycache__"),
+    )
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    old_builds = [
+        tree / "src" / "gantry" / "front" / f"proxy{suffix}",
+        tree / "src" / f"gantry__mypyc{suffix}",
+    ]
+    for ci, exit_code in (("false", 0), ("true", 1)):
+        for path in old_builds:
+            path.write_bytes(b"an old build")
+        done = subprocess.run(
+            [sys.executable, str(tree / "tools" / "compile.py")],
+            env=dict(os.environ, CC=str(tmp_path / "no-such-cc"), CI=ci),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == exit_code, done.stderr
+        assert "WARNING: not compiling" in done.stderr
+        assert "no-such-cc" in done.stderr
+        assert not any(path.exists() for path in old_builds)

@@ -1,6 +1,8 @@
 """Compile Gantry's hot modules with mypyc, in place, or say why not and leave them pure.
 
-Usage: python tools/compile.py [--clean]
+Usage: python tools/compile.py [--clean | --sources]
+
+--sources prints the source files compiled (the Makefile's prerequisites).
 
 The extension files land next to their sources in src/gantry (git-ignored) and the
 shared runtime as src/gantry__mypyc*.so; the C sources and objects in build/mypyc.
@@ -45,7 +47,8 @@ def clean() -> None:
 
 def why_not() -> str | None:
     """Why this machine cannot compile, or None."""
-    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    # the compiler setuptools will call: $CC, else the one Python was built with
+    compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
     if shutil.which(compiler) is None:
         return f"no C compiler ({compiler!r} is not on PATH)"
     header = os.path.join(sysconfig.get_paths()["include"], "Python.h")
@@ -84,6 +87,9 @@ def give_up(reason: str) -> int:
 
 
 def main() -> int:
+    if "--sources" in sys.argv[1:]:
+        print(" ".join(os.path.relpath(source_path(module), ROOT) for module in MODULES))
+        return 0
     clean()
     if "--clean" in sys.argv[1:]:
         return 0

@@ -66,18 +66,6 @@ def built_path(module: str) -> str | None:
     return None
 
 
-def compiled_modules() -> list[str]:
-    """The modules that were imported as compiled code in this process."""
-    return [
-        name
-        for name in MODULES
-        if name in sys.modules
-        and isinstance(
-            getattr(sys.modules[name], "__loader__", None), importlib.machinery.ExtensionFileLoader
-        )
-    ]
-
-
 class _SourceFinder:
     """Finds the listed modules as source files, ahead of their extension files."""
 

@@ -124,23 +124,27 @@ def _collections(log: Path, pid: int) -> int:
     return sum(1 for fields in _lines(log, pid) if fields[0] != "freeze")
 
 
-def _frozen(log: Path, pid: int, wait: float = 5.0) -> int:
-    """How many objects ``pid`` froze as it started serving (0: it did not, within
-    ``wait`` seconds). Its first requests may be answered before it freezes: the loop
-    runs while the worker starts its servers."""
-    deadline = time.monotonic() + wait
+def _frozen(log: Path, pid: int) -> int:
+    """How many objects ``pid`` froze as it started serving (0: it did not)."""
+    return max((int(fields[1]) for fields in _lines(log, pid) if fields[0] == "freeze"), default=0)
+
+
+def _worker_pid(pid: int, forked: bool = False) -> int:
+    """The worker: ``gantry front`` with one worker and no master is its own worker.
+
+    ``forked``: ``pid`` is a master, whose worker may not be forked yet (the master
+    binds the sockets first, so they accept before the worker exists): wait for it.
+    """
+    deadline = time.monotonic() + (5.0 if forked else 0.0)
     while True:
-        frozen = [int(fields[1]) for fields in _lines(log, pid) if fields[0] == "freeze"]
-        if frozen or time.monotonic() > deadline:
-            return max(frozen, default=0)
-        time.sleep(0.05)
-
-
-def _worker_pid(front: int) -> int:
-    """The worker: ``gantry front`` with one worker and no master is its own worker."""
-    children = Path(f"/proc/{front}/task/{front}/children").read_text().split()
-    assert len(children) <= 1, children
-    return int(children[0]) if children else front
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        assert len(children) <= 1, children
+        if children:
+            return int(children[0])
+        if time.monotonic() > deadline:
+            assert not forked, f"master {pid} forked no worker within 5 s"
+            return pid
+        time.sleep(0.02)
 
 
 async def _client(port: int, rounds: int, failures: list[str]) -> None:
@@ -206,9 +210,9 @@ def test_front_requests_leave_nothing_to_collect(tmp_path: Path) -> None:
         failures: list[str] = []
         asyncio.run(_load(front.port, 4, 20, failures))  # warm-up: caches fill
         assert failures == []
-        assert _frozen(gc_log, worker) > 1000, "the worker did not freeze its start-up heap"
         before = _collections(gc_log, worker)
         assert before > 0, "the hook saw no collection: is sitecustomize loaded?"
+        assert _frozen(gc_log, worker) > 1000, "the worker did not freeze its start-up heap"
         started = time.monotonic()
         asyncio.run(_load(front.port, CLIENTS, ROUNDS, failures))
         assert failures == []
@@ -257,12 +261,12 @@ def test_closed_app_server_connections_leave_nothing_to_collect(tmp_path: Path) 
             assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"Hello World!")
 
     try:
-        worker = _worker_pid(app.pid)
+        worker = _worker_pid(app.pid, forked=True)
         for _ in range(20):
             one_of_each()  # warm-up
-        assert _frozen(gc_log, worker) > 1000, "the worker did not freeze its start-up heap"
         before = _collections(gc_log, worker)
         assert before > 0, "the hook saw no collection: is sitecustomize loaded?"
+        assert _frozen(gc_log, worker) > 1000, "the worker did not freeze its start-up heap"
         for _ in range(CONNECTIONS // 2):
             one_of_each()
         made = _collections(gc_log, worker) - before

@@ -148,7 +148,7 @@ def test_a_changed_pool_and_location_apply_under_load(tmp_path: Path) -> None:
                 assert _comes(own_http, "/which", b"B /which")
                 settled = load.ok
                 assert _wait(lambda: load.ok > settled + 50, 10)
-            assert load.failures == [], load.failures[:5]
+            assert load.failures == [], (load.failures[:5], up.log_text()[-6000:])
             after = _pools(tmp_path)
             for name in ("front", "main"):
                 assert after[name]["generation"] == 2
@@ -247,7 +247,7 @@ def test_a_second_front_port_and_then_only_that_one(tmp_path: Path) -> None:
             assert _comes(second, "/which", b"A /which")
             settled = load.ok
             assert _wait(lambda: load.ok > settled + 50, 10)
-        assert load.failures == [], load.failures[:5]
+        assert load.failures == [], (load.failures[:5], up.log_text()[-6000:])
         assert _comes(up.port, "/which", b"A /which")
 
         _reload(up, _stack(tmp_path, listen=f'"127.0.0.1:{second}"'))
@@ -279,7 +279,7 @@ def test_a_pool_with_its_own_stats_is_replaced_in_turn(tmp_path: Path) -> None:
             assert _comes(up.port, "/which", b"B /which")
             settled = load.ok
             assert _wait(lambda: load.ok > settled + 50, 10)
-        assert load.failures == [], load.failures[:5]
+        assert load.failures == [], (load.failures[:5], up.log_text()[-6000:])
         assert "generation 1 stops before generation 2 starts" in up.log_text()
         assert fetch(str(tmp_path / "own.stats"))["pid"] not in (old, None)
         assert not _alive(old)

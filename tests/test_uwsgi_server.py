@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import tempfile
 import time
@@ -246,6 +247,41 @@ def test_kept_connection_idles_out(tmp_path: Path) -> None:
             assert sock.recv(1) == b""  # closed by the server once idle
             assert 0.5 < time.monotonic() - started < 4
         assert "timed out" not in server.log_text()
+    finally:
+        server.stop()
+
+
+def test_graceful_stop_serves_a_connection_whose_packet_is_on_its_way(tmp_path: Path) -> None:
+    """A connection accepted before SIGTERM whose packet comes after it is served, not
+    closed as idle: the front opened it to send a request (a reload's old pool would
+    otherwise answer a front's fresh connection with a close, and the client a 502). A
+    kept connection idle between packets is closed."""
+    path = str(tmp_path / "g.sock")
+    server = GantryServer(
+        ECHO_APP, "--uwsgi-socket", path, "--graceful-timeout", "5",
+        log_path=tmp_path / "log", http=False,
+    )  # fmt: skip
+    server.start(wait_for=path)
+    try:
+        with socket.socket(socket.AF_UNIX) as fresh, socket.socket(socket.AF_UNIX) as kept:
+            fresh.settimeout(5)
+            kept.settimeout(5)
+            kept.connect(path)
+            kept.sendall(encode_packet(_vars("/hello", GANTRY_KEEPALIVE="1")))
+            assert _read_response(kept)[1] == b"Hello World!"
+            fresh.connect(path)
+            time.sleep(0.3)  # the server has accepted both
+            assert server.process is not None
+            server.process.send_signal(signal.SIGTERM)
+            time.sleep(0.3)  # the server is draining
+            fresh.sendall(encode_packet(_vars("/hello", GANTRY_KEEPALIVE="1")))
+            head, body = _read_response(fresh)
+            assert body == b"Hello World!"
+            assert fresh.recv(1) == b""  # stopping: no next packet on it
+            started = time.monotonic()
+            assert kept.recv(1) == b""  # idle between packets: closed
+            assert time.monotonic() - started < 3
+        assert server.process.wait(timeout=5) == 0
     finally:
         server.stop()
 

@@ -51,8 +51,10 @@ class HTTPConnection(WSGIConnection):
         self.state = _IDLE
         #: when the current wait (idle, head, body) times out; 0 = no deadline
         self.deadline = 0.0
-        #: the clock's time when the connection last became idle
-        self.idle_since = ctx.now
+        #: when the connection opened or last became idle (the loop's time at the
+        #: open: ``ctx.now`` may be a second old, and a graceful stop would close a
+        #: new connection a request is on its way on as idle)
+        self.idle_since = ctx.loop.time()
 
     # timeouts: a deadline per connection, checked by the worker's 1 s sweep ----
 

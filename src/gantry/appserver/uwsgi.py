@@ -54,7 +54,7 @@ class UwsgiConnection(WSGIConnection):
         self.reuse = False
         #: bytes of the next packet that came while a response was running
         self.early = b""
-        #: when a kept connection went idle (0: a packet is being read or run)
+        #: when a kept connection went idle (0: a new connection, or a packet being read or run)
         self.idle_since = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -80,8 +80,11 @@ class UwsgiConnection(WSGIConnection):
 
     @property
     def state(self) -> object:
-        """IDLE_STATE between packets of a kept connection (a graceful stop closes it)."""
-        return IDLE_STATE if self.vars is None and not self.buffer and not self.busy else None
+        """IDLE_STATE between packets of a kept connection (a graceful stop closes it).
+        A new connection is not idle: whoever opened it is sending a packet, which a
+        graceful stop waits for (bounded by the header timeout)."""
+        kept = self.idle_since and self.vars is None and not self.buffer and not self.busy
+        return IDLE_STATE if kept else None
 
     def deadline_passed(self) -> None:
         """The packet or its body did not arrive in time (or a kept connection idled out)."""

@@ -229,13 +229,18 @@ def test_without_the_flag_the_connection_closes(unix_server: tuple[GantryServer,
     assert data.count(b"HTTP/1.1 200") == 1 and b"Transfer-Encoding" not in data
 
 
-def test_kept_connection_idles_out(tmp_path: Path) -> None:
-    path = str(tmp_path / "k.sock")
+def _own_server(tmp_path: Path, *args: str) -> tuple[GantryServer, str]:
+    """A started gantry serve of its own on a unix uwsgi socket, with ``args``."""
+    path = str(tmp_path / "u.sock")
     server = GantryServer(
-        ECHO_APP, "--uwsgi-socket", path, "--keepalive-timeout", "1",
-        log_path=tmp_path / "log", http=False,
-    )  # fmt: skip
+        ECHO_APP, "--uwsgi-socket", path, *args, log_path=tmp_path / "log", http=False
+    )
     server.start(wait_for=path)
+    return server, path
+
+
+def test_kept_connection_idles_out(tmp_path: Path) -> None:
+    server, path = _own_server(tmp_path, "--keepalive-timeout", "1")
     try:
         with socket.socket(socket.AF_UNIX) as sock:
             sock.settimeout(5)
@@ -256,12 +261,7 @@ def test_graceful_stop_serves_a_connection_whose_packet_is_on_its_way(tmp_path: 
     closed as idle: the front opened it to send a request (a reload's old pool would
     otherwise answer a front's fresh connection with a close, and the client a 502). A
     kept connection idle between packets is closed."""
-    path = str(tmp_path / "g.sock")
-    server = GantryServer(
-        ECHO_APP, "--uwsgi-socket", path, "--graceful-timeout", "5",
-        log_path=tmp_path / "log", http=False,
-    )  # fmt: skip
-    server.start(wait_for=path)
+    server, path = _own_server(tmp_path, "--graceful-timeout", "5")
     try:
         with socket.socket(socket.AF_UNIX) as fresh, socket.socket(socket.AF_UNIX) as kept:
             fresh.settimeout(5)

@@ -288,15 +288,20 @@ def test_a_pool_with_its_own_stats_is_replaced_in_turn(tmp_path: Path) -> None:
 
 
 def test_sighups_in_a_row_and_a_stop_during_a_reload(tmp_path: Path) -> None:
-    _apps(tmp_path)
+    site = _apps(tmp_path)
+    # a pool that takes 1 s to import: the second SIGHUP surely comes during the reload
+    # (two SIGHUPs sent back to back may reach the supervisor as one)
+    (site / "app_slow.py").write_text("import time\ntime.sleep(1.0)\n" + APP)
     up = _start(tmp_path, _stack(tmp_path))
     assert up.process is not None
     try:
         # a SIGHUP while a reload is under way is not lost: the last file wins
-        _write(up, _stack(tmp_path, workers=2))
+        _write(up, _stack(tmp_path, module="app_slow:app", workers=2))
         up.process.send_signal(signal.SIGHUP)
+        assert _wait(lambda: "SIGHUP: re-reading" in up.log_text(), 5), up.log_text()[-3000:]
         _reload(up, _stack(tmp_path, module="app_b:app"))
         assert _wait(lambda: up.log_text().count(" applied\n") == 2, 10), up.log_text()[-3000:]
+        assert "SIGHUP: a reload is under way" in up.log_text()
         assert _comes(up.port, "/which", b"B /which")
         assert _wait(lambda: _pools(tmp_path)["main"]["workers"] == 1, 5)
         # a stop in the middle of a reload stops the new generations too

@@ -80,11 +80,11 @@ class UwsgiConnection(WSGIConnection):
 
     @property
     def state(self) -> object:
-        """IDLE_STATE between packets of a kept connection (a graceful stop closes it).
-        A new connection is not idle: whoever opened it is sending a packet, which a
-        graceful stop waits for (bounded by the header timeout)."""
-        kept = self.idle_since and self.vars is None and not self.buffer and not self.busy
-        return IDLE_STATE if kept else None
+        """IDLE_STATE between packets of a kept connection (a graceful stop closes it):
+        ``idle_since`` is set when a response ends and cleared by the next byte. A new
+        connection is not idle: whoever opened it is sending a packet, which a graceful
+        stop waits for (bounded by the header timeout)."""
+        return IDLE_STATE if self.idle_since else None
 
     def deadline_passed(self) -> None:
         """The packet or its body did not arrive in time (or a kept connection idled out)."""

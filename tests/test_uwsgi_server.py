@@ -286,6 +286,27 @@ def test_graceful_stop_serves_a_connection_whose_packet_is_on_its_way(tmp_path: 
         server.stop()
 
 
+def test_graceful_stop_waits_for_a_silent_connection_only_its_header_timeout(
+    tmp_path: Path,
+) -> None:
+    """A connection that never sends its packet holds a stopping server for the header
+    timeout (1 s here), not for the graceful timeout (30 s)."""
+    server, path = _own_server(tmp_path, "--header-timeout", "1", "--graceful-timeout", "30")
+    try:
+        with socket.socket(socket.AF_UNIX) as silent:
+            silent.settimeout(10)
+            silent.connect(path)
+            time.sleep(0.3)  # the server has accepted it
+            assert server.process is not None
+            started = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            assert silent.recv(1) == b""
+            assert server.process.wait(timeout=10) == 0
+            assert time.monotonic() - started < 5
+    finally:
+        server.stop()
+
+
 def _front_packets(raw: bytes, script_name: str = "") -> tuple[bytes, bytes]:
     """What gantry front sends for the HTTP request ``raw``: a standard uwsgi packet with
     GANTRY_KEEPALIVE=1 and gantry's own packet (the front's encoders, a real parse)."""

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gantry.config import ConfigError, ListenAddress, ServeConfig
-from gantry.config_file import (
+from gantry.config.file import (
     LimitsSettings,
     ServeSettings,
     load_toml,
@@ -21,7 +21,7 @@ from gantry.config_file import (
     render_effective,
     to_serve_config,
 )
-from gantry.config_ini import load_uwsgi_ini
+from gantry.config.ini import load_uwsgi_ini
 from gantry.protocol.http1 import HTTPLimits
 
 FULL_TOML = """\

@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gantry.config_file import LimitsSettings, ServeSettings
-from gantry.front.config import (
+from gantry.config.file import LimitsSettings, ServeSettings
+from gantry.config.front import (
     FrontSettings,
     HealthCheckSettings,
     LocationSettings,
@@ -15,11 +15,11 @@ from gantry.front.config import (
     UpstreamServerSettings,
     UpstreamSettings,
 )
-from gantry.stack.config import AppSettings, StackTable
-from gantry.stack.reference import render_reference, sections
+from gantry.config.reference import render_reference, sections
+from gantry.config.stack import AppSettings, StackTable
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
-REGENERATE = "python -m gantry.stack.reference > docs/configuration.md"
+REGENERATE = "python -m gantry.config.reference > docs/configuration.md"
 
 #: every table of gantry.toml, by its header in the reference
 TABLES = {
@@ -57,7 +57,7 @@ def test_doc_is_what_the_generator_renders() -> None:
 
 def test_module_prints_the_reference() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "gantry.stack.reference"],
+        [sys.executable, "-m", "gantry.config.reference"],
         capture_output=True,
         text=True,
         timeout=30,

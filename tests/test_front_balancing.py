@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from gantry.config.front_model import Upstream, UpstreamServer
 from gantry.front.balancing import HealthCheck, HealthTracker, UpstreamPool
-from gantry.front.model import Upstream, UpstreamServer
 
 
 class Clock:

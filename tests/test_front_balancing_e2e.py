@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from gantry.config.front_model import Upstream, UpstreamServer
 from gantry.front.balancing import UpstreamPool
-from gantry.front.model import Upstream, UpstreamServer
 from tests.process import GantryServer
 from tests.test_front import Front
 

@@ -135,7 +135,7 @@ def test_script_name_over_http_is_a_header_and_the_path_is_kept(mounted: Front) 
 
 def test_script_name_is_validated(tmp_path: Path) -> None:
     from gantry.config import ConfigError
-    from gantry.front.config import front_config_from_dict
+    from gantry.config.front import front_config_from_dict
 
     base = {"server": [{"location": [{"path": "/", "proxy": "a", "script_name": "blog/"}]}],
             "upstream": {"a": {"servers": [{"address": "127.0.0.1:1"}]}}}  # fmt: skip

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gantry.front.model import AccessRule, Location, VirtualServer
+from gantry.config.front_model import AccessRule, Location, VirtualServer
 from gantry.front.routing import Router, client_allowed, normalize_path
 
 # The example of nginx's `location` documentation, configurations A to E.

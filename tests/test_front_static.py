@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gantry.front.model import Location
+from gantry.config.front_model import Location
 from gantry.front.static import (
     MAX_RANGES,
     FileAnswer,

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from gantry.stack.config import PROVISIONAL_RUNTIME_DIR, demo_plan, load_stack
+from gantry.config.stack import PROVISIONAL_RUNTIME_DIR, demo_plan, load_stack
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"

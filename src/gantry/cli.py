@@ -9,13 +9,13 @@ from click.core import ParameterSource
 
 from gantry import __version__
 from gantry.config import ConfigError, ServeConfig
-from gantry.config_file import (
+from gantry.config.file import (
     ServeSettings,
     load_toml,
     render_effective,
     to_serve_config,
 )
-from gantry.config_ini import load_uwsgi_ini
+from gantry.config.ini import load_uwsgi_ini
 from gantry.protocol.http1 import HTTPLimits
 
 _DEFAULTS = HTTPLimits()
@@ -297,7 +297,7 @@ def check(config_file: str | None, ini: str | None) -> None:
     A gantry.toml with [front], [[app]] or [stack] is checked as `gantry up` reads
     it; one with [serve] as `gantry serve -c` reads it; a file may hold both.
     """
-    from gantry.stack.config import PROVISIONAL_RUNTIME_DIR, load_stack, render_stack
+    from gantry.config.stack import PROVISIONAL_RUNTIME_DIR, load_stack, render_stack
 
     try:
         if not config_file and not ini:
@@ -320,7 +320,7 @@ def check(config_file: str | None, ini: str | None) -> None:
 def _top_level_tables(path: str) -> set[str]:
     import tomllib
 
-    from gantry.config_file import read_config_text, syntax_error
+    from gantry.config.file import read_config_text, syntax_error
 
     text = read_config_text(path)
     try:
@@ -394,7 +394,7 @@ def top(address: str, once: bool, interval: float) -> None:
 )
 def front(config_file: str) -> None:
     """Run the front server (nginx's role): virtual hosts, static files, reverse proxy."""
-    from gantry.front.config import load_front_config
+    from gantry.config.front import load_front_config
     from gantry.front.run import run_front
 
     try:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Final
 
-from gantry.front.model import HealthCheck, Upstream, UpstreamServer
+from gantry.config.front_model import HealthCheck, Upstream, UpstreamServer
 from gantry.protocol.http1 import RequestHead
 
 __all__ = ["HealthCheck", "HealthTracker", "Peer", "UpstreamPool"]

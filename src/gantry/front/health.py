@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from gantry.config.front_model import HealthCheck, Upstream
 from gantry.front.balancing import HealthTracker, Peer, UpstreamPool
-from gantry.front.model import HealthCheck, Upstream
 from gantry.front.upstream import UpstreamError, UpstreamResponse, open_upstream, uwsgi_payload
 
 __all__ = ["run_health_checks"]

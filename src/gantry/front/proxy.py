@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Final
 
+from gantry.config.front_model import Location, Upstream
 from gantry.front.balancing import Peer, UpstreamPool, hash_key
-from gantry.front.model import Location, Upstream
 from gantry.front.upstream import (
     RESPONSE_DROP,
     UpstreamConnection,

@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from urllib.parse import unquote_to_bytes
 
-from gantry.front.model import AccessRule, Location, VirtualServer
+from gantry.config.front_model import AccessRule, Location, VirtualServer
 
 __all__ = ["Router", "client_allowed", "normalize_path"]
 

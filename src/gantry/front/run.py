@@ -10,7 +10,7 @@ import socket
 import time
 
 from gantry.config import ListenAddress, parse_address
-from gantry.front.model import FrontConfig
+from gantry.config.front_model import FrontConfig
 from gantry.front.server import FrontConnection, FrontWorker
 from gantry.process.master import Master, MasterSettings, WorkerExit
 from gantry.process.runtime import freeze_startup_heap, new_event_loop, setup_error_log

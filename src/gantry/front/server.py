@@ -9,8 +9,8 @@ import time
 from collections import deque
 from typing import Final
 
+from gantry.config.front_model import FrontConfig, Location, VirtualServer
 from gantry.front.balancing import UpstreamPool
-from gantry.front.model import FrontConfig, Location, VirtualServer
 from gantry.front.proxy import KeepAlivePool, ProxyRequest, RequestBody, StreamedBody
 from gantry.front.routing import Router, client_allowed, normalize_path
 from gantry.front.static import (

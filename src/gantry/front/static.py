@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from email.utils import formatdate, parsedate_tz
 from urllib.parse import quote
 
-from gantry.front.model import Location
+from gantry.config.front_model import Location
 
 __all__ = [
     "FileAnswer",

@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from gantry.config.stack import StackPlan, load_stack
 from gantry.process.systemd import notify
-from gantry.stack.config import StackPlan, load_stack
 
 if TYPE_CHECKING:
     from gantry.stack.supervisor import Part, PartKey, Supervisor

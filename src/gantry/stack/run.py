@@ -8,8 +8,8 @@ import sys
 import tempfile
 
 from gantry.config import ConfigError
+from gantry.config.stack import PROVISIONAL_RUNTIME_DIR, StackPlan, demo_plan, load_stack
 from gantry.process.runtime import setup_error_log
-from gantry.stack.config import PROVISIONAL_RUNTIME_DIR, StackPlan, demo_plan, load_stack
 
 __all__ = ["run_part", "run_up"]
 

@@ -25,12 +25,12 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from gantry.config import ConfigError, ListenAddress, parse_address
+from gantry.config.stack import StackPlan
 from gantry.process.master import APP_LOAD_FAILED
 from gantry.process.parent import stop_with_parent
 from gantry.process.runtime import signal_process, wait_readable
 from gantry.process.sockets import bind
 from gantry.process.systemd import SD_LISTEN_FDS_START, notify
-from gantry.stack.config import StackPlan
 from gantry.stack.readiness import ReadinessSocket
 
 __all__ = ["Part", "Supervisor", "EXIT_APP_LOAD_FAILED"]

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gantry.config import ConfigError
-from gantry.config_file import ServeSettings, error_lines, read_config_text
+from gantry.config.file import ServeSettings, error_lines, read_config_text
 
 __all__ = ["load_uwsgi_ini"]
 

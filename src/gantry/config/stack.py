@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gantry.config import ConfigError, ListenAddress, ServeConfig, parse_address
-from gantry.config_file import (
+from gantry.config.file import (
     ServeSettings,
     app_check,
     error_lines,
@@ -25,8 +25,8 @@ from gantry.config_file import (
     syntax_error,
     to_serve_config,
 )
-from gantry.front.config import FrontSettings, ServerSettings, front_config_from_dict
-from gantry.front.model import FrontConfig
+from gantry.config.front import FrontSettings, ServerSettings, front_config_from_dict
+from gantry.config.front_model import FrontConfig
 
 __all__ = ["AppSettings", "StackPlan", "StackSettings", "StackTable", "demo_plan", "load_stack"]
 

@@ -1,6 +1,6 @@
 """The front server's configuration objects, as the router, static files and proxy see them.
 
-Built once from the [front] table of gantry.toml (see ``gantry.front.config``);
+Built once from the [front] table of gantry.toml (see ``gantry.config.front``);
 plain frozen dataclasses, so every part of the front can be tested without files.
 """
 

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gantry.config import ConfigError
-from gantry.front.model import (
+from gantry.config.front_model import (
     AccessRule,
     FrontConfig,
     HealthCheck,

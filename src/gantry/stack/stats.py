@@ -39,7 +39,11 @@ def stack_document(supervisor: Supervisor) -> dict[str, Any]:
         except (OSError, ValueError):
             doc = {}
         for worker in doc.get("workers", []):
-            workers.append({**worker, "id": len(workers) + 1, "pool": part.name})
+            # "id" stays unique across the stack (uwsgitop keys on it); "worker" is the
+            # number the pool's own log uses.
+            workers.append(
+                {**worker, "id": len(workers) + 1, "worker": worker["id"], "pool": part.name}
+            )
         sockets += doc.get("sockets", [])
         pools.append(
             {

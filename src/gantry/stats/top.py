@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import select
 import socket
 import sys
+import termios
 import time
+import tty
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 __all__ = ["fetch", "render_frame", "run_top"]
@@ -44,13 +50,23 @@ def render_frame(
         w["id"]: max(0, w["requests"] - before[w["id"]]) / interval if w["id"] in before else 0.0
         for w in workers
     }
-    total = sum(w["requests"] for w in workers)
     # A `gantry up` stack labels each worker with its pool ("front" or an app's name).
     pooled = any("pool" in w for w in workers)
+    per_pool: dict[str, int] = {}
+    for w in workers:
+        name = str(w.get("pool", ""))
+        per_pool[name] = per_pool.get(name, 0) + w["requests"]
+    # Behind a front every request is counted twice, by the front and by its pool: the
+    # site's total is the front's, and each pool's share is shown beside it.
+    counted = [w for w in workers if w.get("pool") == "front"] if "front" in per_pool else workers
+    total = sum(w["requests"] for w in counted)
+    rate = sum(rates[w["id"]] for w in counted)
+    shares = ", ".join(f"{name} {count}" for name, count in per_pool.items()) if pooled else ""
     pool_head = f"{'POOL':<10} " if pooled else ""
     lines = [
         f"gantry top - {time.strftime('%H:%M:%S')} - master pid {doc.get('pid')} - "
-        f"{len(workers)} workers - {total} requests - {sum(rates.values()):.0f} req/s",
+        f"{len(workers)} workers - {total} requests - {rate:.0f} req/s"
+        + (f" ({shares})" if shares else ""),
         "",
         f"{pool_head}{'WID':>3} {'PID':>7} {'STATUS':<8} {'REQ':>9} {'REQ/S':>7} {'AVG(ms)':>8} "
         f"{'RSS':>8} {'EXC':>5} {'RESPAWN':>7}  CURRENT REQUEST",
@@ -59,12 +75,15 @@ def render_frame(
         if not pool.get("up", True):
             lines.insert(1, f"  {pool['name']}: down ({pool.get('last_exit') or 'starting'})")
     for w in sorted(workers, key=lambda item: item["id"]):
+        # In a stack the log numbers workers within their pool ("worker 1" of each):
+        # show that number, not the document's stack-wide id.
+        number = w.get("worker", w["id"])
         current = w.get("current_request") or ""
         if current:
             current = f"{current} ({w.get('current_request_seconds', 0):.1f}s)"
         pool = f"{str(w.get('pool', ''))[:10]:<10} " if pooled else ""
         line = (
-            f"{pool}{w['id']:>3} {w['pid']:>7} {w['status']:<8} {w['requests']:>9} "
+            f"{pool}{number:>3} {w['pid']:>7} {w['status']:<8} {w['requests']:>9} "
             f"{rates[w['id']]:>7.0f} {w['avg_rt'] / 1000:>8.2f} {_size(w['rss']):>8} "
             f"{w['exceptions']:>5} {w['respawn_count']:>7}  {current}"
         )
@@ -72,23 +91,58 @@ def render_frame(
     return "\n".join(lines) + "\n"
 
 
+@contextmanager
+def _keys() -> Iterator[int | None]:
+    """Standard input in cbreak mode while the view runs (restored after), so a single
+    key is read without Enter; None when stdin is not a terminal."""
+    if not sys.stdin.isatty():
+        yield None
+        return
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    tty.setcbreak(fd)
+    try:
+        yield fd
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def _wait_for_quit(fd: int | None, interval: float) -> bool:
+    """Wait up to ``interval`` seconds; True when q (uwsgitop's quit key) was pressed."""
+    if fd is None:
+        time.sleep(interval)
+        return False
+    deadline = time.monotonic() + interval
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            return False
+        key = os.read(fd, 1)
+        if key in (b"q", b"Q") or not key:
+            return True
+    return False
+
+
 def run_top(address: str, once: bool = False, interval: float = 1.0) -> int:
-    """Print frames until Ctrl-C (or one with ``once``); 1 if the stats socket cannot be read."""
+    """Print frames until q or Ctrl-C (or one with ``once``); 1 if the stats socket cannot
+    be read."""
     previous: dict[str, Any] | None = None
     try:
-        while True:
-            try:
-                doc = fetch(address)
-            except (OSError, ValueError) as exc:
-                print(f"gantry top: cannot read stats from {address}: {exc}", file=sys.stderr)
-                return 1
-            frame = render_frame(doc, previous, interval)
-            if once:
-                sys.stdout.write(frame)
-                return 0
-            sys.stdout.write(_CLEAR + frame)
-            sys.stdout.flush()
-            previous = doc
-            time.sleep(interval)
+        with _keys() as keys:
+            while True:
+                try:
+                    doc = fetch(address)
+                except (OSError, ValueError) as exc:
+                    print(f"gantry top: cannot read stats from {address}: {exc}", file=sys.stderr)
+                    return 1
+                frame = render_frame(doc, previous, interval)
+                if once:
+                    sys.stdout.write(frame)
+                    return 0
+                sys.stdout.write(_CLEAR + frame)
+                sys.stdout.flush()
+                previous = doc
+                if _wait_for_quit(keys, interval):
+                    return 0
     except KeyboardInterrupt:
         return 0

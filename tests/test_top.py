@@ -1,0 +1,157 @@
+"""`gantry top` as uwsgitop users expect it: q quits, a stack's requests counted once,
+and worker numbers as the log gives them."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.process import REPO, GantryServer, GantryUp, free_port
+
+STACK = """
+[stack]
+stats = "STATS_PATH"
+graceful_timeout = 5
+
+[front]
+listen = ["127.0.0.1:FRONT_PORT"]
+workers = 1
+
+[[front.server]]
+default = true
+
+[[front.server.location]]
+path = "/"
+proxy = "hello"
+
+[[app]]
+name = "hello"
+module = "gantry.demo:app"
+workers = 2
+graceful_timeout = 5
+"""
+
+
+def _wait(predicate: Callable[[], bool], limit: float = 15.0) -> bool:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _get(port: int, path: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    except OSError:
+        return 0
+    finally:
+        conn.close()
+
+
+def _read_until(fd: int, needle: bytes, limit: float) -> bytes:
+    output = b""
+    deadline = time.monotonic() + limit
+    while needle not in output and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                output += os.read(fd, 65536)
+            except OSError:
+                break
+    return output
+
+
+def test_q_quits_the_live_view(tmp_path: Path) -> None:
+    """uwsgitop's habit: pressing q ends the view at once, with status 0."""
+    stats_port = free_port()
+    server = GantryServer(
+        "gantry.demo:app",
+        "--workers",
+        "1",
+        "--stats",
+        f"127.0.0.1:{stats_port}",
+        log_path=tmp_path / "serve.log",
+    )
+    server.start()
+    try:
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: gantry top on the pseudo-terminal
+            os.chdir(REPO)
+            os.execvpe(
+                sys.executable,
+                [sys.executable, "-m", "gantry", "top", "--interval", "5",
+                 f"127.0.0.1:{stats_port}"],
+                server.env,
+            )  # fmt: skip
+        try:
+            shown = _read_until(fd, b"WID", 15.0)
+            assert b"WID" in shown, shown.decode(errors="replace")
+            os.write(fd, b"q")
+            deadline = time.monotonic() + 3.0
+            status = None
+            while status is None and time.monotonic() < deadline:
+                _read_until(fd, b"\x00", 0.1)  # keep the pty drained
+                done, code = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    status = code
+            assert status is not None, "gantry top did not quit on q"
+            assert os.waitstatus_to_exitcode(status) == 0
+        finally:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            os.close(fd)
+    finally:
+        server.stop()
+
+
+def test_a_stack_counts_each_request_once_and_numbers_workers_by_pool(tmp_path: Path) -> None:
+    stats = tmp_path / "stack.stats"
+    up = GantryUp(tmp_path, STACK.replace("STATS_PATH", str(stats)))
+    up.start()
+    try:
+        assert _wait(lambda: _get(up.port, "/hello") == 200), up.log_text()
+        for _ in range(9):
+            assert _get(up.port, "/hello") == 200
+        from gantry.stats.top import fetch
+
+        def front_requests() -> int:
+            doc = fetch(str(stats))
+            return sum(w["requests"] for w in doc["workers"] if w["pool"] == "front")
+
+        # counters reach shared memory about once a second
+        assert _wait(lambda: front_requests() >= 10, 10)
+        top = subprocess.run(
+            [sys.executable, "-m", "gantry", "top", "--once", str(stats)],
+            capture_output=True, text=True, timeout=20, cwd=REPO, env=up.env,
+        )  # fmt: skip
+        assert top.returncode == 0, top.stderr
+        header = top.stdout.splitlines()[0]
+        total = int(re.search(r"(\d+) requests", header).group(1))  # type: ignore[union-attr]
+        assert total == front_requests(), header  # not front + pool
+        # the log says "worker 1" and "worker 2" of the pool hello, "worker 1" of the front
+        rows = [
+            line.split() for line in top.stdout.splitlines() if line.startswith(("front", "hello"))
+        ]
+        numbers = {(row[0], row[1]) for row in rows}
+        assert numbers == {("front", "1"), ("hello", "1"), ("hello", "2")}, top.stdout
+        assert "spawned worker 2" in up.log_text()
+    finally:
+        up.stop()

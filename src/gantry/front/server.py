@@ -372,7 +372,13 @@ class FrontConnection(asyncio.Protocol):
             fs_path = resolve(location, location.path, path)
         headers = {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in head.headers}
         result = answer(
-            location, fs_path, path, head.method, headers, headers.get("accept-encoding", "")
+            location,
+            fs_path,
+            path,
+            head.method,
+            headers,
+            headers.get("accept-encoding", ""),
+            now=self.worker.defaults.second,  # Expires counts from the Date sent
         )
         self.status = result.status
         if result.status >= 400 and not result.body and result.status not in (416, 405):

@@ -433,18 +433,23 @@ def answer(
     if not stat.S_ISREG(st.st_mode):
         return FileAnswer(403)
     kind = content_type(fs_path)
-    send_path, send_st, coding = fs_path, st, ""
-    if location.gzip_static and accept_encoding:
-        for name in _codings(accept_encoding):
+    send_path, send_st, coding, varies = fs_path, st, "", False
+    if location.gzip_static:
+        for name in _codings(accept_encoding) if accept_encoding else ():
             sibling = _sibling(location, fs_path, _SIBLINGS[name], st)
             if sibling is not None:
                 (send_path, send_st), coding = sibling, name
                 break
+        # The plain file is one variant too when a compressed sibling exists: without Vary
+        # a shared cache would store it for clients that take gzip, or the reverse.
+        varies = bool(coding) or any(
+            _sibling(location, fs_path, suffix, st) is not None for suffix in _SIBLINGS.values()
+        )
     # Validators are the representation's sent: a .gz has its own, as in nginx.
     etag, mtime, size = _etag(send_st), int(send_st.st_mtime), send_st.st_size
     kept = [("ETag", etag), ("Last-Modified", formatdate(mtime, usegmt=True))]
     kept += _cache_headers(location.expires, time.time() if now is None else now)
-    if coding:
+    if varies:
         kept.append(("Vary", "Accept-Encoding"))
     verdict = _preconditions(request_headers, etag, mtime)
     if verdict == 412:

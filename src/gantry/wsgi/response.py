@@ -92,11 +92,12 @@ class ResponseError(Exception):
 class HeadDefaults:
     """Fields every response gets (``Server``, ``Date``), refreshed at most once a second."""
 
-    __slots__ = ("server", "date_line", "lines", "_second")
+    __slots__ = ("server", "date_line", "lines", "second")
 
     def __init__(self, server: str = "gantry") -> None:
         self.server = f"Server: {server}\r\n"
-        self._second = -1
+        #: the epoch second the Date line shows (what Expires is counted from)
+        self.second = -1
         self.date_line = ""
         #: ``Server`` and ``Date`` lines and the blank line ending the head
         self.lines = b""
@@ -105,8 +106,8 @@ class HeadDefaults:
     def refresh(self, now: float) -> None:
         """Recompute the ``Date`` line if the second changed (``now`` from time.time())."""
         second = int(now)
-        if second != self._second:
-            self._second = second
+        if second != self.second:
+            self.second = second
             self.date_line = f"Date: {formatdate(second, usegmt=True)}\r\n"
             self.lines = (self.server + self.date_line + "\r\n").encode("latin-1")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -19,6 +20,8 @@ from gantry.config.ini import load_uwsgi_ini
 from gantry.protocol.http1 import HTTPLimits
 
 _DEFAULTS = HTTPLimits()
+#: the file `gantry up` reads when given none
+DEFAULT_STACK_FILE = "./gantry.toml"
 
 
 def _octal(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -330,21 +333,32 @@ def _top_level_tables(path: str) -> set[str]:
 
 
 @main.command()
+@click.argument("app", required=False, metavar="[MODULE:APP]")
 @click.option(
     "-c",
     "--config",
     "config_file",
     metavar="FILE",
-    help="gantry.toml with [front], [[app]] and [stack] tables (default: the built-in demo).",
+    help="gantry.toml with [front], [[app]] and [stack] tables (default: ./gantry.toml "
+    "when there is one, else MODULE:APP behind the front, else the built-in demo).",
 )
 @click.option(
     "--listen",
     metavar="HOST:PORT",
-    help="With no -c: where the demo's front listens (default 0.0.0.0:8080).",
+    help="With no file: where the front listens (default 0.0.0.0:8080).",
 )
-def up(config_file: str | None, listen: str | None) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="With MODULE:APP: the app's worker processes.",
+)
+def up(app: str | None, config_file: str | None, listen: str | None, workers: int) -> None:
     """Run the whole stack: the front server and every application pool, wired over uwsgi.
 
+    `gantry up` reads ./gantry.toml when there is one (and says so), else serves the
+    built-in demo; `gantry up MODULE:APP` serves that app behind the front, no file needed.
     SIGHUP re-reads the file and applies it with zero downtime (a bad file keeps the
     running configuration); SIGTERM stops gracefully; SIGINT fast. Exit status: 0
     when stopped, 2 for a configuration error, 3 when an application cannot be loaded.
@@ -352,9 +366,20 @@ def up(config_file: str | None, listen: str | None) -> None:
     from gantry.stack.run import run_up
 
     try:
-        if config_file and listen:
-            raise ConfigError("--listen is for the built-in demo; set [front] listen in the file")
-        code = run_up(config_file, listen)
+        if config_file and (listen or app):
+            raise ConfigError(
+                "--listen and MODULE:APP are for running without a file; "
+                "set [front] listen and [[app]] in the file"
+            )
+        if config_file is None and app is None and os.path.isfile(DEFAULT_STACK_FILE):
+            config_file = DEFAULT_STACK_FILE
+            if listen:
+                raise ConfigError(
+                    f"--listen is for running without a file, and {DEFAULT_STACK_FILE} is "
+                    "here: set [front] listen in it, or name an app (gantry up MODULE:APP)"
+                )
+            click.echo(f"gantry up: using {DEFAULT_STACK_FILE}", err=True)
+        code = run_up(config_file, listen, app, workers)
     except ConfigError as exc:
         click.echo(f"gantry up: {exc}", err=True)
         sys.exit(2)

@@ -291,23 +291,37 @@ def demo_plan(runtime_dir: str, listen: str = "0.0.0.0:8080") -> StackPlan:
     """The stack ``gantry up`` runs with no file: the demo Flask app and its static folder."""
     from gantry.demo import STATIC_DIR
 
+    return app_plan(runtime_dir, "gantry.demo:app", listen, name="demo", static=str(STATIC_DIR))
+
+
+def app_plan(
+    runtime_dir: str,
+    module: str,
+    listen: str = "0.0.0.0:8080",
+    *,
+    workers: int = 1,
+    name: str = "app",
+    chdir: str | None = None,
+    static: str | None = None,
+) -> StackPlan:
+    """``gantry up MODULE:APP``: one app behind the front, no file (``static`` is served
+    at /static/ when given). ``chdir`` is where the app is imported from."""
+    locations: list[dict[str, Any]] = [{"path": "/", "proxy": name}]
+    if static is not None:
+        locations.insert(0, {"path": "/static/", "alias": f"{static}/"})
+    app: dict[str, Any] = {"name": name, "module": module, "workers": workers}
+    if chdir is not None:
+        app["chdir"] = chdir
     document = {
         "front": {
             "listen": [listen],
             "workers": 1,
-            "server": [
-                {
-                    "default": True,
-                    "location": [
-                        {"path": "/static/", "alias": f"{STATIC_DIR}/"},
-                        {"path": "/", "proxy": "demo"},
-                    ],
-                }
-            ],
+            "server": [{"default": True, "location": locations}],
         },
-        "app": [{"name": "demo", "module": "gantry.demo:app", "workers": 1}],
+        "app": [app],
     }
-    return plan_from_dict(document, "(built-in demo)", runtime_dir)
+    source = "(built-in demo)" if module == "gantry.demo:app" else f"(gantry up {module})"
+    return plan_from_dict(document, source, runtime_dir)
 
 
 def _without_none(value: Any) -> Any:

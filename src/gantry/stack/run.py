@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import tempfile
 
 from gantry.config import ConfigError
-from gantry.config.stack import PROVISIONAL_RUNTIME_DIR, StackPlan, demo_plan, load_stack
+from gantry.config.stack import (
+    PROVISIONAL_RUNTIME_DIR,
+    StackPlan,
+    app_plan,
+    demo_plan,
+    load_stack,
+)
 from gantry.process.runtime import setup_error_log
 
 __all__ = ["run_part", "run_up"]
@@ -16,13 +23,21 @@ __all__ = ["run_part", "run_up"]
 log = logging.getLogger("gantry.stack")
 
 
-def run_up(config_file: str | None, listen: str | None) -> int:
-    """Validate the whole stack (ConfigError before anything starts), bind, supervise."""
+def run_up(
+    config_file: str | None, listen: str | None, app: str | None = None, workers: int = 1
+) -> int:
+    """Validate the whole stack (ConfigError before anything starts), bind, supervise.
+
+    With no file: ``app`` (MODULE:CALLABLE, imported from the working directory) behind
+    the front, or else the built-in demo."""
     from gantry.stack.supervisor import Supervisor
 
     setup_error_log()
     if config_file:
         plan = load_stack(config_file, PROVISIONAL_RUNTIME_DIR)
+    elif app:
+        where = listen or "0.0.0.0:8080"
+        plan = app_plan(PROVISIONAL_RUNTIME_DIR, app, where, workers=workers, chdir=os.getcwd())
     else:
         plan = demo_plan(PROVISIONAL_RUNTIME_DIR, listen or "0.0.0.0:8080")
     configured = plan.settings.stack.runtime_dir

@@ -1,0 +1,114 @@
+"""`gantry up` with no -c: ./gantry.toml when there is one, or MODULE:APP behind the front."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.process import REPO, free_port
+
+APP = """
+def app(environ, start_response):
+    body = ("mine at " + environ["PATH_INFO"]).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+STACK = """
+[front]
+listen = ["127.0.0.1:{port}"]
+workers = 1
+
+[[front.server]]
+default = true
+
+[[front.server.location]]
+path = "/"
+proxy = "site"
+
+[[app]]
+name = "site"
+module = "site_app:app"
+chdir = "{chdir}"
+workers = 1
+graceful_timeout = 5
+"""
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    for name in ("LISTEN_FDS", "LISTEN_PID", "NOTIFY_SOCKET"):
+        env.pop(name, None)
+    return env
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    except OSError:
+        return 0, b""
+    finally:
+        conn.close()
+
+
+def _serve_and_get(args: list[str], cwd: Path, port: int, path: str) -> tuple[bytes, str]:
+    """Start `gantry up ARGS` in ``cwd``, wait for an answer on ``port``, stop it by PID."""
+    log = cwd / "up.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gantry", "up", *args],
+            cwd=cwd, env=_env(), stdout=out, stderr=out,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, log.read_text()
+            status, body = _get(port, path)
+            if status == 200:
+                return body, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+def test_up_reads_the_gantry_toml_of_the_working_directory(tmp_path: Path) -> None:
+    port = free_port()
+    (tmp_path / "site_app.py").write_text(APP)
+    (tmp_path / "gantry.toml").write_text(STACK.format(port=port, chdir=tmp_path))
+    body, log = _serve_and_get([], tmp_path, port, "/from-file")
+    assert body == b"mine at /from-file"
+    assert "gantry up: using ./gantry.toml" in log
+
+
+def test_up_module_app_serves_it_behind_the_front(tmp_path: Path) -> None:
+    port = free_port()
+    (tmp_path / "site_app.py").write_text(APP)
+    args = ["site_app:app", "--listen", f"127.0.0.1:{port}", "--workers", "2"]
+    body, log = _serve_and_get(args, tmp_path, port, "/x/y")
+    assert body == b"mine at /x/y"
+    assert "spawned worker 2" in log  # --workers reached the pool
+
+
+def test_up_refuses_an_app_beside_a_file(tmp_path: Path) -> None:
+    (tmp_path / "gantry.toml").write_text(STACK.format(port=free_port(), chdir=tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-m", "gantry", "up", "-c", "gantry.toml", "site_app:app"],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "MODULE:APP" in result.stderr

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
-import math
-import re
-import tomllib
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -24,10 +20,19 @@ from gantry.config import (
     parse_address,
     parse_networks,
 )
+from gantry.config.document import (
+    dumps_document,
+    loads_document,
+    read_config_text,
+    syntax_error,
+)
+from gantry.config.units import Duration, Mebibytes, Size, Unit
 from gantry.protocol.http1 import HTTPLimits
 
 __all__ = [
     "LimitsSettings",
+    "read_config_text",
+    "syntax_error",
     "ServeSettings",
     "load_toml",
     "loads_toml",
@@ -112,12 +117,12 @@ class LimitsSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    max_request_line: int = Field(
+    max_request_line: Size = Field(
         default=_LIMITS.max_request_line,
         ge=1,
         description="Longest request target in bytes (414 above).",
     )
-    max_field_size: int = Field(
+    max_field_size: Size = Field(
         default=_LIMITS.max_field_size,
         ge=1,
         description="Largest header field, name plus value, in bytes (431 above).",
@@ -127,12 +132,12 @@ class LimitsSettings(BaseModel):
         ge=1,
         description="Most header fields in one request (431 above).",
     )
-    max_head_size: int = Field(
+    max_head_size: Size = Field(
         default=_LIMITS.max_head_size,
         ge=1,
         description="Largest request head (request line and fields) in bytes (431 above).",
     )
-    max_body_size: int = Field(
+    max_body_size: Size = Field(
         default=_LIMITS.max_body_size,
         ge=0,
         description="Largest request body in bytes (413 above).",
@@ -182,22 +187,22 @@ class ServeSettings(BaseModel):
     error_log: str | None = Field(
         default=_SERVE.error_log, description="Error log: a file path or '-'; unset: stderr."
     )
-    keepalive_timeout: float = Field(
+    keepalive_timeout: Duration = Field(
         default=_SERVE.keepalive_timeout,
         gt=0,
         description="Seconds an idle keep-alive connection stays open.",
     )
-    header_timeout: float = Field(
+    header_timeout: Duration = Field(
         default=_SERVE.header_timeout,
         gt=0,
         description="Seconds to receive a request head before 408.",
     )
-    body_timeout: float = Field(
+    body_timeout: Duration = Field(
         default=_SERVE.body_timeout,
         gt=0,
         description="Seconds allowed between two reads of a body.",
     )
-    graceful_timeout: float = Field(
+    graceful_timeout: Duration = Field(
         default=_SERVE.graceful_timeout,
         gt=0,
         description="Seconds in-flight requests get to finish on a graceful stop or reload.",
@@ -222,12 +227,12 @@ class ServeSettings(BaseModel):
         description="Add up to this many to max_requests, per worker, so they do not all recycle "
         "at once.",
     )
-    harakiri: float = Field(
+    harakiri: Duration = Field(
         default=_SERVE.harakiri,
         ge=0,
         description="Kill a worker whose request runs longer than this many seconds (0: never).",
     )
-    reload_on_rss: int = Field(
+    reload_on_rss: Mebibytes = Field(
         default=_SERVE.reload_on_rss,
         ge=0,
         description="Recycle a worker whose RSS grows past this many MiB (0: never).",
@@ -240,13 +245,13 @@ class ServeSettings(BaseModel):
     metrics: Annotated[str | None, AfterValidator(optional_address_check("metrics"))] = Field(
         default=_SERVE.metrics, description="Prometheus metrics over HTTP: 'HOST:PORT'."
     )
-    buffer_size: int = Field(
+    buffer_size: Size = Field(
         default=_SERVE.buffer_size,
         ge=1,
         le=65535 + 4,
         description="Largest uwsgi vars block in bytes (uWSGI's buffer-size).",
     )
-    body_spool_threshold: int = Field(
+    body_spool_threshold: Size = Field(
         default=_SERVE.body_spool_threshold,
         ge=0,
         description="Request bodies larger than this many bytes are spooled to a temporary file.",
@@ -274,26 +279,44 @@ def _number(value: object) -> str:
     return str(value)
 
 
+def _unwrap(annotation: object, metadata: list[Any]) -> tuple[object, list[Any]]:
+    """The annotation without Annotated[...] and Optional, and the metadata gathered."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is Annotated:
+            annotation, *extra = typing.get_args(annotation)
+            metadata = [*metadata, *extra]
+        elif origin in (types.UnionType, typing.Union):
+            members = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(members) != 1:
+                return annotation, metadata
+            annotation = members[0]
+        else:
+            return annotation, metadata
+
+
 def _expected(annotation: object, metadata: list[Any]) -> str:
     """What a value of this annotated type looks like, in words ("an integer >= 1")."""
+    annotation, metadata = _unwrap(annotation, metadata)
     origin = typing.get_origin(annotation)
-    if origin is Annotated:
-        inner, *extra = typing.get_args(annotation)
-        return _expected(inner, [*metadata, *extra])
-    if origin in (types.UnionType, typing.Union):
-        members = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(members) == 1:
-            return _expected(members[0], metadata)
     if origin is list:
         item = _expected(typing.get_args(annotation)[0], [])
         return "a list of " + item.removeprefix("a ").removeprefix("an ") + "s"
+    if origin is dict:
+        return "a table"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
     if annotation is bool:
         return "true or false"
     if annotation is str:
         return "a string"
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return "a table"
-    noun = {int: "an integer", float: "a number"}.get(annotation)  # type: ignore[call-overload]
+    unit = next((m for m in metadata if isinstance(m, Unit)), None)
+    if unit is not None:
+        noun = f"a {unit.kind}"
+    else:
+        noun = {int: "an integer", float: "a number"}.get(annotation)  # type: ignore[call-overload]
     if noun is None:
         return "a value"
     low = next((m for m in metadata if isinstance(m, annotated_types.Ge)), None)
@@ -308,14 +331,52 @@ def _expected(annotation: object, metadata: list[Any]) -> str:
     return str(noun)
 
 
-def _show(value: object) -> str:
-    text = repr(value)
+def _show(value: object, converted: bool = False) -> str:
+    # a time arrives here converted to seconds: -1.0 for the "-1" the user wrote
+    text = _number(value) if converted and isinstance(value, float) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _suggest(word: str, candidates: list[str]) -> str:
+def suggest(word: str, candidates: list[str]) -> str:
+    """ "; did you mean 'x'?" for the candidate closest to ``word``, or nothing."""
     close = difflib.get_close_matches(word, candidates, n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
+
+
+@dataclasses.dataclass
+class _KeyPath:
+    """Where a pydantic error location points in the schema."""
+
+    path: str
+    annotation: object
+    metadata: list[Any]
+    name: str  # the last key, "" for the table itself
+    siblings: list[str]  # the keys of the table the last key is in
+
+
+def _walk(loc: tuple[int | str, ...], root: str, root_model: type[BaseModel]) -> _KeyPath:
+    """Follow ``loc`` through the schema: tables, arrays and tables by name."""
+    at = _KeyPath(root, root_model, [], "", [])
+    for part in loc:
+        annotation, _ = _unwrap(at.annotation, [])
+        origin = typing.get_origin(annotation)
+        args = typing.get_args(annotation)
+        if isinstance(part, int):
+            at.path += f"[{part}]"
+            at.annotation, at.metadata = (args[0] if origin is list and args else None), []
+            continue
+        at.path += f".{part}" if at.path else str(part)
+        if origin is dict and len(args) == 2:
+            at.annotation, at.metadata = args[1], []  # a table by name: the key is a name
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            at.name = part
+            at.siblings = list(annotation.model_fields)
+            field = annotation.model_fields.get(part)
+            at.annotation = field.annotation if field else None
+            at.metadata = list(field.metadata) if field else []
+        else:
+            at.annotation, at.metadata = None, []
+    return at
 
 
 def error_lines(
@@ -331,80 +392,31 @@ def error_lines(
     lines = []
     for error in exc.errors():
         loc = tuple(error["loc"])
-        path = root
-        model: type[BaseModel] | None = root_model or ServeSettings
-        annotation: object = model
-        metadata: list[Any] = []
-        name = ""
-        siblings: list[str] = []
-        for part in loc:
-            if isinstance(part, int):
-                path += f"[{part}]"
-                args = [a for a in typing.get_args(annotation) if a is not type(None)]
-                annotation, metadata = (args[0] if args else None), []
-                continue
-            path += f".{part}" if path else str(part)
-            name = part
-            model = annotation if isinstance(annotation, type) else None
-            if model is not None and issubclass(model, BaseModel):
-                siblings = list(model.model_fields)
-                field = model.model_fields.get(part)
-                annotation = field.annotation if field else None
-                metadata = list(field.metadata) if field else []
-            else:
-                annotation, metadata = None, []
-        prefix = where(loc, path)
+        at = _walk(loc, root, root_model or ServeSettings)
+        prefix = where(loc, at.path)
         if error["type"] == "extra_forbidden":
-            lines.append(f"{prefix}: unknown key{_suggest(name, siblings)}")
+            lines.append(f"{prefix}: unknown key{suggest(at.name, at.siblings)}")
         elif error["type"] == "value_error":
             lines.append(f"{prefix}: {error['ctx']['error']}")
+        elif error["type"] == "missing":
+            expected = _EXPECTED_BY_FIELD.get(at.name) or _expected(at.annotation, at.metadata)
+            lines.append(f"{prefix}: required, expected {expected}")
         else:
-            expected = _EXPECTED_BY_FIELD.get(name) or _expected(annotation, metadata)
-            lines.append(f"{prefix}: expected {expected}, got {_show(error['input'])}")
+            expected = _EXPECTED_BY_FIELD.get(at.name) or _expected(at.annotation, at.metadata)
+            converted = any(isinstance(m, Unit) for m in at.metadata)
+            lines.append(f"{prefix}: expected {expected}, got {_show(error['input'], converted)}")
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- gantry.toml
 
 
-def read_config_text(path: str) -> str:
-    try:
-        with open(path, "rb") as file:
-            data = file.read()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the file: {exc.strerror}") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{path}: expected UTF-8 text, got byte {data[exc.start]:#x} at offset {exc.start}"
-        ) from None
-
-
-_TOML_WHERE = re.compile(r"^(?P<msg>.*) \(at line (?P<line>\d+), column (?P<col>\d+)\)$")
-
-
-def syntax_error(source: str, text: str, exc: tomllib.TOMLDecodeError) -> ConfigError:
-    match = _TOML_WHERE.match(str(exc))
-    if match is None:
-        return ConfigError(f"{source}: invalid TOML: {exc}")
-    line = int(match["line"])
-    lines = text.splitlines()
-    shown = f"\n    {lines[line - 1]}" if 0 < line <= len(lines) else ""
-    return ConfigError(
-        f"{source}: line {line}, column {match['col']}: invalid TOML: {match['msg']}{shown}"
-    )
-
-
 def loads_toml(text: str, source: str = "<string>") -> ServeSettings:
     """Validate the ``[serve]`` table of TOML text; errors name ``source`` and the key path."""
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise syntax_error(source, text, exc) from None
+    document = loads_document(text, source)
     table = document.get("serve")
     if table is None:
-        hint = _suggest("serve", list(document))
+        hint = suggest("serve", list(document))
         raise ConfigError(f"{source}: serve: expected a [serve] table, found none{hint}")
     if not isinstance(table, dict):
         raise ConfigError(f"{source}: serve: expected a [serve] table, got {_show(table)}")
@@ -457,7 +469,7 @@ def _apply_override(data: dict[str, Any], key: str, value: object) -> None:
         data[key] = list(value) if isinstance(value, tuple) else value
     else:
         known = [*ServeSettings.model_fields, "listen", *limit_names]
-        raise ConfigError(f"command line: unknown setting {key!r}{_suggest(key, known)}")
+        raise ConfigError(f"command line: unknown setting {key!r}{suggest(key, known)}")
 
 
 def to_serve_config(settings: ServeSettings, overrides: Mapping[str, object]) -> ServeConfig:
@@ -484,25 +496,6 @@ def to_serve_config(settings: ServeSettings, overrides: Mapping[str, object]) ->
     )
 
 
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        # JSON's escapes are all valid in a TOML basic string; TOML also forbids a raw DEL.
-        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
-    raise TypeError(f"no TOML form for {value!r}")
-
-
 def render_effective(config: ServeConfig) -> str:
     """The effective configuration as a gantry.toml ``[serve]`` table that loads back the same."""
     values: dict[str, object] = {
@@ -511,16 +504,9 @@ def render_effective(config: ServeConfig) -> str:
     values["http"] = [str(a) for a in config.listen if a.kind == "http"]
     values["uwsgi_socket"] = [str(a) for a in config.listen if a.kind != "http"]
     values["uwsgi_allow_from"] = [str(n) for n in config.uwsgi_allow_from]
-    lines = ["[serve]"]
-    for name in ServeSettings.model_fields:
-        value = values[name]
-        if name == "limits" or value is None:
-            continue
-        if name == "uwsgi_socket_mode":
-            lines.append(f"{name} = 0o{typing.cast(int, value):03o}")
-        else:
-            lines.append(f"{name} = {_toml_value(value)}")
-    lines += ["", "[serve.limits]"]
-    for name, value in dataclasses.asdict(config.limits).items():
-        lines.append(f"{name} = {_toml_value(value)}")
-    return "\n".join(lines) + "\n"
+    if config.uwsgi_socket_mode is not None:
+        # a file mode reads best in octal, which TOML writers do not produce for integers
+        values["uwsgi_socket_mode"] = f"0o{config.uwsgi_socket_mode:03o}"
+    table = {name: values[name] for name in ServeSettings.model_fields if name != "limits"}
+    table["limits"] = dataclasses.asdict(config.limits)
+    return dumps_document({"serve": table})

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -16,17 +15,17 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gantry.config import ConfigError, ListenAddress, ServeConfig, parse_address
+from gantry.config.document import dumps_document, loads_document, read_config_text
 from gantry.config.file import (
     ServeSettings,
     app_check,
     error_lines,
     optional_address_check,
-    read_config_text,
-    syntax_error,
     to_serve_config,
 )
 from gantry.config.front import FrontSettings, ServerSettings, front_config_from_dict
 from gantry.config.front_model import FrontConfig
+from gantry.config.units import Duration
 
 __all__ = ["AppSettings", "StackPlan", "StackSettings", "StackTable", "demo_plan", "load_stack"]
 
@@ -89,7 +88,7 @@ class StackTable(BaseModel):
     metrics: Annotated[str | None, AfterValidator(optional_address_check("metrics"))] = Field(
         default=None, description="Prometheus metrics of the whole stack over HTTP: 'HOST:PORT'."
     )
-    graceful_timeout: float = Field(
+    graceful_timeout: Duration = Field(
         default=30.0, gt=0, description="Seconds the parts get to stop on SIGTERM."
     )
     pidfile: str | None = Field(default=None, description="Write the supervisor's PID here.")
@@ -105,7 +104,7 @@ class StackTable(BaseModel):
 class StackSettings(BaseModel):
     """A whole gantry.toml as ``gantry up`` reads it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     front: FrontSettings = Field(
         default_factory=lambda: FrontSettings.model_validate({}),
@@ -263,11 +262,7 @@ class StackPlan:
 
 def loads_stack(text: str, source: str, runtime_dir: str) -> StackPlan:
     """Validate TOML text as a whole stack; errors name ``source`` and the key path."""
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise syntax_error(source, text, exc) from None
-    return plan_from_dict(document, source, runtime_dir)
+    return plan_from_dict(loads_document(text, source), source, runtime_dir)
 
 
 def plan_from_dict(document: dict[str, Any], source: str, runtime_dir: str) -> StackPlan:
@@ -308,14 +303,6 @@ def demo_plan(runtime_dir: str, listen: str = "0.0.0.0:8080") -> StackPlan:
         "app": [{"name": "demo", "module": "gantry.demo:app", "workers": 1}],
     }
     return plan_from_dict(document, "(built-in demo)", runtime_dir)
-
-
-def _without_none(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_none(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_without_none(v) for v in value]
-    return value
 
 
 def render_stack(plan: StackPlan) -> str:
@@ -383,9 +370,7 @@ def render_stack(plan: StackPlan) -> str:
 
 
 def _toml(document: dict[str, Any]) -> str:
-    import tomli_w
-
-    return tomli_w.dumps(_without_none(document)).rstrip("\n")
+    return dumps_document(document).rstrip("\n")
 
 
 def _unset(table: dict[str, Any]) -> list[str]:

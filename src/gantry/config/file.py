@@ -36,6 +36,7 @@ __all__ = [
     "ServeSettings",
     "load_toml",
     "loads_toml",
+    "flag_name",
     "render_effective",
     "to_serve_config",
 ]
@@ -444,9 +445,13 @@ _FLAG_NAMES = {
 }
 
 
+def flag_name(setting: str) -> str:
+    """The ``gantry serve`` flag of a setting (a [serve] or [serve.limits] key)."""
+    return _FLAG_NAMES.get(setting, "--" + setting.replace("_", "-"))
+
+
 def _flag(loc: tuple[int | str, ...]) -> str:
-    name = str(loc[1] if loc[0] == "limits" and len(loc) > 1 else loc[0])
-    return _FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+    return flag_name(str(loc[1] if loc[0] == "limits" and len(loc) > 1 else loc[0]))
 
 
 def _apply_override(data: dict[str, Any], key: str, value: object) -> None:

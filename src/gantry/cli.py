@@ -194,14 +194,25 @@ def _build_serve_config(
 @main.command()
 @click.option("-c", "--config", "config_file", metavar="FILE", help="A gantry.toml.")
 @click.option("--ini", metavar="FILE", help="The [uwsgi] section of a uWSGI ini file.")
-def check(config_file: str | None, ini: str | None) -> None:
+@click.option(
+    "--no-import",
+    is_flag=True,
+    help="Do not import the applications (importing runs their modules' top-level code).",
+)
+def check(config_file: str | None, ini: str | None, no_import: bool) -> None:
     """Validate a configuration file and print the effective configuration.
 
     A gantry.toml with [front], [[app]] or [stack] is checked as `gantry up` reads
-    it; one with [serve] as `gantry serve -c` reads it; a file may hold both.
+    it; one with [serve] as `gantry serve -c` reads it; a file may hold both. Each
+    application is imported in a child process, as start-up would. Exit status: 0
+    when valid, 2 for a configuration error, 3 when an application cannot be imported.
     """
+    from gantry.config.preflight import static_warnings
     from gantry.config.stack import PROVISIONAL_RUNTIME_DIR, load_stack, render_stack
 
+    # (where it is named, MODULE:CALLABLE, chdir) of every application to import
+    apps: list[tuple[str, str, str | None]] = []
+    warnings: list[str] = []
     try:
         if not config_file and not ini:
             raise ConfigError("give the file to check: -c gantry.toml or --ini uwsgi.ini")
@@ -209,27 +220,47 @@ def check(config_file: str | None, ini: str | None) -> None:
         output = ""
         if tables & {"front", "app", "stack"}:
             assert config_file is not None
-            output += render_stack(load_stack(config_file, PROVISIONAL_RUNTIME_DIR))
+            plan = load_stack(config_file, PROVISIONAL_RUNTIME_DIR)
+            output += render_stack(plan)
+            warnings += static_warnings(plan.settings.front, config_file)
+            apps += [
+                (f"{config_file}: app[{i}].module", app.module, app.chdir)
+                for i, app in enumerate(plan.settings.app)
+            ]
         if "serve" in tables or not output:
             config = to_serve_config(_load_settings(config_file, ini), {})
             config.check()
             output += ("\n" if output else "") + render_effective(config)
+            where = f"{config_file}: serve.app" if config_file else f"{ini}: uwsgi.module"
+            apps.append((where, config.app, config.chdir))
     except ConfigError as exc:
         click.echo(f"gantry check: {exc}", err=True)
         sys.exit(2)
     click.echo(output, nl=False)
+    for warning in warnings:
+        click.echo(f"gantry check: warning: {warning}", err=True)
+    if not no_import and not _apps_import(apps):
+        sys.exit(3)
+
+
+def _apps_import(apps: list[tuple[str, str, str | None]]) -> bool:
+    """Import each app in a child process; say which ones failed, with their tracebacks."""
+    from gantry.config.preflight import import_app
+
+    ok = True
+    for where, spec, chdir in apps:
+        result = import_app(spec, chdir)
+        if not result.ok:
+            ok = False
+            click.echo(f"gantry check: {where}: cannot import {spec!r}:", err=True)
+            click.echo(result.output, err=True)
+    return ok
 
 
 def _top_level_tables(path: str) -> set[str]:
-    import tomllib
+    from gantry.config.document import read_document
 
-    from gantry.config.file import read_config_text, syntax_error
-
-    text = read_config_text(path)
-    try:
-        return set(tomllib.loads(text))
-    except tomllib.TOMLDecodeError as exc:
-        raise syntax_error(path, text, exc) from None
+    return set(read_document(path))
 
 
 @main.command()

@@ -187,8 +187,18 @@ def _build_serve_config(
 ) -> ServeConfig:
     settings = _load_settings(config_file, ini)
     config = to_serve_config(settings, _command_line_overrides(ctx))
+    _ini_names_the_app(config, ini, "; or give APP on the command line")
     config.check()
     return config
+
+
+def _ini_names_the_app(config: ServeConfig, ini: str | None, hint: str = "") -> None:
+    """An ini file that names no application: say so in the ini's terms, not as ``app``."""
+    if ini and not config.app:
+        raise ConfigError(
+            f"{ini}: uwsgi.module: expected module = MODULE:CALLABLE or wsgi-file = FILE.py, "
+            f"found neither{hint}"
+        )
 
 
 @main.command()
@@ -229,6 +239,7 @@ def check(config_file: str | None, ini: str | None, no_import: bool) -> None:
             ]
         if "serve" in tables or not output:
             config = to_serve_config(_load_settings(config_file, ini), {})
+            _ini_names_the_app(config, ini)
             config.check()
             output += ("\n" if output else "") + render_effective(config)
             where = f"{config_file}: serve.app" if config_file else f"{ini}: uwsgi.module"

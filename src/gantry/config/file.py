@@ -338,9 +338,9 @@ def _show(value: object, converted: bool = False) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def suggest(word: str, candidates: list[str]) -> str:
-    """ "; did you mean 'x'?" for the candidate closest to ``word``, or nothing."""
-    close = difflib.get_close_matches(word, candidates, n=1)
+def suggest(word: str, candidates: list[str], cutoff: float = 0.6) -> str:
+    """The hint "; did you mean 'x'?" for the candidate closest to ``word``, or nothing."""
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=cutoff)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 

@@ -46,6 +46,8 @@ class AppImport:
 
 def import_app(spec: str, chdir: str | None) -> AppImport:
     """Import ``spec`` (MODULE:CALLABLE) in a child process started in ``chdir``."""
+    if chdir and not os.path.isdir(chdir):
+        return AppImport(False, f"chdir {chdir!r} is not a directory")
     source_root = str(Path(gantry.__file__).resolve().parent.parent)
     env = dict(os.environ)
     # gantry itself must import from where this process found it, whatever the chdir

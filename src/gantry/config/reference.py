@@ -234,7 +234,8 @@ def _app_section() -> Iterator[Section]:
     note = (
         f"Every other `[serve]` key applies to a pool too, with the same type and default: "
         f"{listed}. The pool's `[serve.limits]` are written `[app.limits]` under the "
-        f"`[[app]]` table. `app` is not a key here: `module` names the application."
+        f"`[[app]]` table. `module` names the application; `app`, as `[serve]` writes it, is "
+        f"read as `module`, so a `[serve]` table pastes under `[[app]]`."
     )
     intro = _text(AppSettings.__doc__)
     yield Section("[[app]]", "app", AppSettings, own, intro, note=note)

@@ -56,17 +56,29 @@ class AppSettings(ServeSettings):
         description="The pool's name; a location's `proxy` names it."
     )
     module: Annotated[str, AfterValidator(app_check)] = Field(
-        description="The WSGI application as MODULE:CALLABLE, e.g. 'mysite.wsgi:application'."
+        description="The WSGI application as MODULE:CALLABLE, e.g. 'mysite.wsgi:application'; "
+        "`app`, as [serve] names it, is read as `module`."
     )
     workers: int = Field(
-        default=1, ge=1, description="Worker processes of the pool, under its own master."
+        default=1,
+        ge=1,
+        description="Worker processes of the pool, under its own master; 0 (one process in "
+        "[serve]) means 1 here, as a pool always has a master and a worker.",
     )
 
     @model_validator(mode="before")
     @classmethod
-    def _module_not_app(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "app" in data:
-            raise ValueError("an [[app]] names its application with 'module', not 'app'")
+    def _as_serve_writes_it(cls, data: Any) -> Any:
+        # a [serve] table pasted under [[app]] (what `gantry check --ini` prints) says
+        # `app` for the application and `workers = 0` for a single process
+        if not isinstance(data, dict):
+            return data
+        if "app" in data:
+            if "module" in data:
+                raise ValueError("give the application as 'module' or as 'app', not both")
+            data = {("module" if key == "app" else key): value for key, value in data.items()}
+        if type(data.get("workers")) is int and data["workers"] == 0:
+            data = {**data, "workers": 1}
         return data
 
 

@@ -4,12 +4,15 @@ listen addresses and next_upstream checked by `gantry check` as start-up reads t
 from __future__ import annotations
 
 import tomllib
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from gantry.config import ConfigError
 from gantry.config.front import front_config_from_dict
+from tests.process import GantryUp
 from tests.support_config import check_file, gantry
 
 APP = '[[app]]\nname = "web"\nmodule = "gantry.demo:app"\n'
@@ -315,3 +318,37 @@ def test_next_upstream_refuses_other_values(values: list[str], expected: str) ->
     with pytest.raises(ConfigError) as info:
         front_config_from_dict(table, "gantry.toml")
     assert expected in str(info.value)
+
+
+def test_units_reach_a_running_stack(tmp_path: Path) -> None:
+    """A size and a time in nginx's units act as the numbers they stand for."""
+    static = tmp_path / "static"
+    static.mkdir()
+    (static / "a.txt").write_text("hi")
+    config = (
+        '[stack]\ngraceful_timeout = "5s"\n'
+        '[front]\nlisten = ["127.0.0.1:FRONT_PORT"]\nclient_max_body_size = "1k"\n'
+        "[[front.server]]\n"
+        f'[[front.server.location]]\npath = "/static/"\nalias = "{static}/"\nexpires = "1h"\n'
+        '[[front.server.location]]\npath = "/"\nproxy = "web"\n'
+        '[[app]]\nname = "web"\nmodule = "gantry.demo:app"\n'
+    )
+    up = GantryUp(tmp_path, config)
+    up.start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{up.port}/static/a.txt", timeout=10) as r:
+            assert r.headers["Cache-Control"] == "max-age=3600"
+        # the demo answers 405 to a POST: what matters is whether the front let it through
+        assert _post_status(up.port, 1024) == 405
+        assert _post_status(up.port, 1025) == 413
+    finally:
+        assert up.stop() == 0, up.log_text()
+
+
+def _post_status(port: int, size: int) -> int:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/hello", data=b"x" * size)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code

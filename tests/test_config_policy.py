@@ -352,3 +352,12 @@ def _post_status(port: int, size: int) -> int:
             return int(reply.status)
     except urllib.error.HTTPError as exc:
         return exc.code
+
+
+@pytest.mark.parametrize("code", ["abc", "200", "99", "4040"])
+def test_error_pages_keys_are_statuses(tmp_path: Path, code: str) -> None:
+    text = f'[front]\nerror_pages = {{ "{code}" = "/srv/x.html" }}\n'
+    expected = (
+        f"FILE: front.error_pages: expected HTTP statuses from 400 to 599 as keys, got '{code}'"
+    )
+    assert expected in _refused(tmp_path, text)

@@ -60,6 +60,13 @@ NextUpstream = Literal[
 ]
 
 
+def _status_keys(pages: dict[str, str]) -> dict[str, str]:
+    for code in pages:
+        if not (code.isdigit() and 400 <= int(code) <= 599):
+            raise ValueError(f"expected HTTP statuses from 400 to 599 as keys, got {code!r}")
+    return pages
+
+
 def _next_upstream_default() -> list[NextUpstream]:
     return ["error"]
 
@@ -263,7 +270,7 @@ class FrontSettings(_Strict):
     client_max_body_size: Size = Field(
         1024 * 1024 * 1024, ge=0, description="Largest request body in bytes (413 above)."
     )
-    error_pages: dict[str, str] = Field(
+    error_pages: Annotated[dict[str, str], AfterValidator(_status_keys)] = Field(
         default_factory=dict,
         description="HTML file sent for a status the front answers itself, by status: "
         '{"404" = "/srv/404.html", "502" = "/srv/502.html"}.',
@@ -362,10 +369,7 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
         )  # fmt: skip
         for name, up in settings.upstream.items()
     }
-    try:
-        pages = {int(code): path for code, path in settings.error_pages.items()}
-    except ValueError:
-        raise ConfigError(f"{source}: front.error_pages: keys must be status codes") from None
+    pages = {int(code): path for code, path in settings.error_pages.items()}
     return FrontConfig(
         listen=tuple(settings.listen), workers=settings.workers, servers=tuple(servers),
         upstreams=upstreams, access_log=settings.access_log, error_pages=pages,

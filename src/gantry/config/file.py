@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
 import typing
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
-import annotated_types
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from gantry.config import (
@@ -26,7 +23,8 @@ from gantry.config.document import (
     read_config_text,
     syntax_error,
 )
-from gantry.config.units import Duration, Mebibytes, Size, Unit
+from gantry.config.errors import error_lines, show, suggest
+from gantry.config.units import Duration, Mebibytes, Size
 from gantry.protocol.http1 import HTTPLimits
 
 __all__ = [
@@ -96,7 +94,7 @@ _MODE_EXPECTED = 'a file mode from 0o000 to 0o777 (write 0o660 or "660")'
 def _file_mode(value: object) -> object:
     if value is None:
         return None
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError(f"expected {_MODE_EXPECTED}, got {value!r}")
     if isinstance(value, str):
         digits = value.strip().lower().removeprefix("0o")
@@ -269,146 +267,6 @@ class ServeSettings(BaseModel):
     )
 
 
-# ---------------------------------------------------------------- error messages
-
-_EXPECTED_BY_FIELD = {"uwsgi_socket_mode": _MODE_EXPECTED}
-
-
-def _number(value: object) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def _unwrap(annotation: object, metadata: list[Any]) -> tuple[object, list[Any]]:
-    """The annotation without Annotated[...] and Optional, and the metadata gathered."""
-    while True:
-        origin = typing.get_origin(annotation)
-        if origin is Annotated:
-            annotation, *extra = typing.get_args(annotation)
-            metadata = [*metadata, *extra]
-        elif origin in (types.UnionType, typing.Union):
-            members = [a for a in typing.get_args(annotation) if a is not type(None)]
-            if len(members) != 1:
-                return annotation, metadata
-            annotation = members[0]
-        else:
-            return annotation, metadata
-
-
-def _expected(annotation: object, metadata: list[Any]) -> str:
-    """What a value of this annotated type looks like, in words ("an integer >= 1")."""
-    annotation, metadata = _unwrap(annotation, metadata)
-    origin = typing.get_origin(annotation)
-    if origin is list:
-        item = _expected(typing.get_args(annotation)[0], [])
-        return "a list of " + item.removeprefix("a ").removeprefix("an ") + "s"
-    if origin is dict:
-        return "a table"
-    if origin is typing.Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
-    if annotation is bool:
-        return "true or false"
-    if annotation is str:
-        return "a string"
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return "a table"
-    unit = next((m for m in metadata if isinstance(m, Unit)), None)
-    if unit is not None:
-        noun = f"a {unit.kind}"
-    else:
-        noun = {int: "an integer", float: "a number"}.get(annotation)  # type: ignore[call-overload]
-    if noun is None:
-        return "a value"
-    low = next((m for m in metadata if isinstance(m, annotated_types.Ge)), None)
-    high = next((m for m in metadata if isinstance(m, annotated_types.Le)), None)
-    above = next((m for m in metadata if isinstance(m, annotated_types.Gt)), None)
-    if low is not None and high is not None:
-        return f"{noun} from {_number(low.ge)} to {_number(high.le)}"
-    if low is not None:
-        return f"{noun} >= {_number(low.ge)}"
-    if above is not None:
-        return f"{noun} > {_number(above.gt)}"
-    return str(noun)
-
-
-def _show(value: object, converted: bool = False) -> str:
-    # a time arrives here converted to seconds: -1.0 for the "-1" the user wrote
-    text = _number(value) if converted and isinstance(value, float) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def suggest(word: str, candidates: list[str], cutoff: float = 0.6) -> str:
-    """The hint "; did you mean 'x'?" for the candidate closest to ``word``, or nothing."""
-    close = difflib.get_close_matches(word, candidates, n=1, cutoff=cutoff)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-@dataclasses.dataclass
-class _KeyPath:
-    """Where a pydantic error location points in the schema."""
-
-    path: str
-    annotation: object
-    metadata: list[Any]
-    name: str  # the last key, "" for the table itself
-    siblings: list[str]  # the keys of the table the last key is in
-
-
-def _walk(loc: tuple[int | str, ...], root: str, root_model: type[BaseModel]) -> _KeyPath:
-    """Follow ``loc`` through the schema: tables, arrays and tables by name."""
-    at = _KeyPath(root, root_model, [], "", [])
-    for part in loc:
-        annotation, _ = _unwrap(at.annotation, [])
-        origin = typing.get_origin(annotation)
-        args = typing.get_args(annotation)
-        if isinstance(part, int):
-            at.path += f"[{part}]"
-            at.annotation, at.metadata = (args[0] if origin is list and args else None), []
-            continue
-        at.path += f".{part}" if at.path else str(part)
-        if origin is dict and len(args) == 2:
-            at.annotation, at.metadata = args[1], []  # a table by name: the key is a name
-        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            at.name = part
-            at.siblings = list(annotation.model_fields)
-            field = annotation.model_fields.get(part)
-            at.annotation = field.annotation if field else None
-            at.metadata = list(field.metadata) if field else []
-        else:
-            at.annotation, at.metadata = None, []
-    return at
-
-
-def error_lines(
-    exc: ValidationError,
-    where: Callable[[tuple[int | str, ...], str], str],
-    root: str = "serve",
-    root_model: type[BaseModel] | None = None,
-) -> str:
-    """One line per pydantic error: ``where(loc, key path)``, then what was expected.
-
-    ``root`` is the key path of the validated table and ``root_model`` its model.
-    """
-    lines = []
-    for error in exc.errors():
-        loc = tuple(error["loc"])
-        at = _walk(loc, root, root_model or ServeSettings)
-        prefix = where(loc, at.path)
-        if error["type"] == "extra_forbidden":
-            lines.append(f"{prefix}: unknown key{suggest(at.name, at.siblings)}")
-        elif error["type"] == "value_error":
-            lines.append(f"{prefix}: {error['ctx']['error']}")
-        elif error["type"] == "missing":
-            expected = _EXPECTED_BY_FIELD.get(at.name) or _expected(at.annotation, at.metadata)
-            lines.append(f"{prefix}: required, expected {expected}")
-        else:
-            expected = _EXPECTED_BY_FIELD.get(at.name) or _expected(at.annotation, at.metadata)
-            converted = any(isinstance(m, Unit) for m in at.metadata)
-            lines.append(f"{prefix}: expected {expected}, got {_show(error['input'], converted)}")
-    return "\n".join(lines)
-
-
 # ---------------------------------------------------------------- gantry.toml
 
 
@@ -420,11 +278,13 @@ def loads_toml(text: str, source: str = "<string>") -> ServeSettings:
         hint = suggest("serve", list(document))
         raise ConfigError(f"{source}: serve: expected a [serve] table, found none{hint}")
     if not isinstance(table, dict):
-        raise ConfigError(f"{source}: serve: expected a [serve] table, got {_show(table)}")
+        raise ConfigError(f"{source}: serve: expected a [serve] table, got {show(table)}")
     try:
         return ServeSettings.model_validate(table)
     except ValidationError as exc:
-        raise ConfigError(error_lines(exc, lambda loc, path: f"{source}: {path}")) from None
+        raise ConfigError(
+            error_lines(exc, lambda loc, path: f"{source}: {path}", "serve", ServeSettings)
+        ) from None
 
 
 def load_toml(path: str) -> ServeSettings:
@@ -488,7 +348,9 @@ def to_serve_config(settings: ServeSettings, overrides: Mapping[str, object]) ->
         merged = ServeSettings.model_validate(data, strict=False)
     except ValidationError as exc:
         raise ConfigError(
-            error_lines(exc, lambda loc, path: f"command line: {_flag(loc)}")
+            error_lines(
+                exc, lambda loc, path: f"command line: {_flag(loc)}", "serve", ServeSettings
+            )
         ) from None
     listen = [parse_address(a, "http", "serve.http") for a in merged.http]
     listen += [parse_address(a, "uwsgi", "serve.uwsgi_socket") for a in merged.uwsgi_socket]

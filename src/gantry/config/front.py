@@ -10,7 +10,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from gantry.config import ConfigError, parse_address
 from gantry.config.document import read_document
-from gantry.config.file import HTTPAddress, error_lines
+from gantry.config.errors import error_lines
+from gantry.config.file import HTTPAddress
 from gantry.config.front_model import (
     AccessRule,
     FrontConfig,

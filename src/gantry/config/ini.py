@@ -10,7 +10,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from gantry.config import ConfigError
-from gantry.config.file import ServeSettings, error_lines, read_config_text, suggest
+from gantry.config.document import read_config_text
+from gantry.config.errors import error_lines, suggest
+from gantry.config.file import ServeSettings
 
 __all__ = ["load_uwsgi_ini"]
 
@@ -251,5 +253,5 @@ def load_uwsgi_ini(path: str) -> tuple[ServeSettings, list[str]]:
     try:
         settings = ServeSettings.model_validate(data, strict=False)
     except ValidationError as exc:
-        raise ConfigError(error_lines(exc, where)) from None
+        raise ConfigError(error_lines(exc, where, "serve", ServeSettings)) from None
     return settings, warnings

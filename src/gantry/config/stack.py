@@ -16,10 +16,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from gantry.config import ConfigError, ListenAddress, ServeConfig, parse_address
 from gantry.config.document import dumps_document, loads_document, read_config_text
+from gantry.config.errors import error_lines
 from gantry.config.file import (
     ServeSettings,
     app_check,
-    error_lines,
     optional_address_check,
     to_serve_config,
 )

@@ -331,7 +331,7 @@ def _descendants(pid: int) -> list[int]:
          "front.server[0].location[0].proxy: no upstream named 'nope'"),
         ('[[app]]\nname = "a b"\nmodule = "m:app"\n', "app[0].name: expected a name"),
         ('[[app]]\nname = "a"\nmodule = "m:app"\nharakiri = -1\n',
-         "app[0].harakiri: expected a number >= 0"),
+         "app[0].harakiri: expected a time >= 0"),
         ("[stack]\nrunime_dir = '/tmp'\n",
          "stack.runime_dir: unknown key; did you mean 'runtime_dir'?"),
         ("[frnt]\n", "frnt: unknown key"),

@@ -4,41 +4,126 @@ from __future__ import annotations
 
 import os
 import sys
+import typing
+from collections.abc import Callable
+from typing import Any
 
+import annotated_types
 import click
 from click.core import ParameterSource
+from pydantic.fields import FieldInfo
 
 from gantry import __version__
 from gantry.config import ConfigError, ServeConfig
 from gantry.config.file import (
+    LimitsSettings,
     ServeSettings,
+    flag_name,
     load_toml,
     render_effective,
     to_serve_config,
 )
 from gantry.config.ini import load_uwsgi_ini
-from gantry.protocol.http1 import HTTPLimits
+from gantry.config.units import Unit
 
-_DEFAULTS = HTTPLimits()
 #: the file `gantry up` reads when given none
 DEFAULT_STACK_FILE = "./gantry.toml"
-
-
-def _octal(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(value, 8) if not value.startswith("0o") else int(value[2:], 8)
-    except ValueError:
-        raise click.BadParameter(
-            f"expected an octal file mode such as 660, got {value!r}"
-        ) from None
 
 
 @click.group()
 @click.version_option(__version__, prog_name="gantry")
 def main() -> None:
     """Gantry: the front server and the application server of a Python web stack."""
+
+
+# ---------------------------------------------------------------- gantry serve's flags
+#
+# Every setting of [serve] (and [serve.limits]) is a flag, built from the schema: its
+# name (config.file.flag_name), its type and bounds, its default and its help (the
+# field's description). What the schema cannot say about a command line is here.
+
+#: placeholders shown in --help
+_METAVARS = {
+    "http": "HOST:PORT",
+    "uwsgi_socket": "HOST:PORT|PATH",
+    "uwsgi_socket_mode": "MODE",
+    "uwsgi_allow_from": "CIDR[,CIDR]",
+    "mount_prefix": "PATH",
+    "access_log": "PATH|-",
+    "error_log": "PATH|-",
+    "pidfile": "PATH",
+    "stats": "HOST:PORT|PATH",
+    "metrics": "HOST:PORT",
+}
+#: flags that click checks itself, before the settings are built
+_CLICK_TYPES: dict[str, click.ParamType[Any]] = {
+    "chdir": click.Path(exists=True, file_okay=False),
+}
+
+
+def _click_type(field: FieldInfo) -> tuple[click.ParamType[Any], str | None]:
+    """The click type of a setting, and its metavar when the type alone is not clear."""
+    unit = next((m for m in field.metadata if isinstance(m, Unit)), None)
+    if unit is not None:
+        # "10m", "30s": the schema converts, and its error names the flag
+        return click.STRING, "SIZE" if unit.kind == "size" else "TIME"
+    low = _bound(field, annotated_types.Ge, "ge")
+    high = _bound(field, annotated_types.Le, "le")
+    above = _bound(field, annotated_types.Gt, "gt")
+    if field.annotation is int:
+        return click.IntRange(_int(low), _int(high)), None
+    if field.annotation is float:
+        if above is not None:
+            return click.FloatRange(above, high, min_open=True), None
+        return click.FloatRange(low, high), None
+    return click.STRING, None
+
+
+def _bound(field: FieldInfo, kind: type, attribute: str) -> float | None:
+    found = next((m for m in field.metadata if isinstance(m, kind)), None)
+    return None if found is None else float(getattr(found, attribute))
+
+
+def _int(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _serve_option(name: str, field: FieldInfo) -> Callable[[Any], Any]:
+    """The click option of one setting."""
+    flag = flag_name(name)
+    help_text = field.description or ""
+    if field.annotation is bool:
+        if field.default:
+            # a switch that is on unless the flag turns it off (--no-uvloop)
+            help_text = f"Turn off {name} ({help_text[:1].lower()}{help_text[1:]})"
+            return click.option(flag, name, flag_value=False, default=True, help=help_text)
+        return click.option(flag, name, is_flag=True, default=False, help=help_text)
+    if typing.get_origin(field.annotation) is list:
+        return click.option(flag, name, multiple=True, metavar=_METAVARS.get(name), help=help_text)
+    param_type, metavar = _click_type(field)
+    default = None if field.default_factory is not None else field.default
+    return click.option(
+        flag,
+        name,
+        type=_CLICK_TYPES.get(name, param_type),
+        default=default,
+        show_default=default is not None and default != "",
+        metavar=_METAVARS.get(name, metavar),
+        help=help_text,
+    )
+
+
+def _serve_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Decorate ``command`` with one option per setting, in the schema's order."""
+    fields = [
+        (name, field)
+        for name, field in ServeSettings.model_fields.items()
+        if name not in ("app", "limits")
+    ]
+    fields += list(LimitsSettings.model_fields.items())
+    for name, field in reversed(fields):
+        command = _serve_option(name, field)(command)
+    return command
 
 
 @main.command()
@@ -51,176 +136,8 @@ def main() -> None:
     help="Read settings from the [serve] table of this gantry.toml.",
 )
 @click.option("--ini", metavar="FILE", help="Read settings from a uWSGI ini's [uwsgi] section.")
-@click.option("--http", "http", multiple=True, metavar="HOST:PORT", help="HTTP/1.1 socket.")
-@click.option(
-    "--uwsgi-socket",
-    "uwsgi",
-    multiple=True,
-    metavar="HOST:PORT|PATH",
-    help="uwsgi-protocol socket.",
-)
-@click.option(
-    "--uwsgi-socket-mode",
-    callback=_octal,
-    default=None,
-    metavar="MODE",
-    help="File mode of unix uwsgi sockets (octal, e.g. 660).",
-)
-@click.option(
-    "--uwsgi-allow-from",
-    multiple=True,
-    metavar="CIDR[,CIDR]",
-    help="Peers allowed on TCP uwsgi sockets (default: loopback only).",
-)
-@click.option("--chdir", type=click.Path(exists=True, file_okay=False), help="Change here first.")
-@click.option(
-    "--threads",
-    type=click.IntRange(0),
-    default=0,
-    show_default=True,
-    help="0: run the app on the event-loop thread; N: on a pool of N threads.",
-)
-@click.option(
-    "--mount-prefix",
-    default="",
-    metavar="PATH",
-    help="URL prefix moved from PATH_INFO to SCRIPT_NAME.",
-)
-@click.option("--access-log", metavar="PATH|-", help="Combined-format access log (- = stdout).")
-@click.option("--error-log", metavar="PATH|-", help="Error log (default stderr).")
-@click.option("--keepalive-timeout", type=float, default=5.0, show_default=True)
-@click.option(
-    "--header-timeout",
-    type=float,
-    default=10.0,
-    show_default=True,
-    help="Seconds to receive a request head before 408.",
-)
-@click.option(
-    "--body-timeout",
-    type=float,
-    default=30.0,
-    show_default=True,
-    help="Seconds allowed between two reads of a request body.",
-)
-@click.option("--graceful-timeout", type=float, default=30.0, show_default=True)
-@click.option(
-    "--max-body-size",
-    type=click.IntRange(0),
-    default=_DEFAULTS.max_body_size,
-    show_default=True,
-    help="Largest request body in bytes (413 above).",
-)
-@click.option(
-    "--limit-request-line",
-    type=click.IntRange(1),
-    default=_DEFAULTS.max_request_line,
-    show_default=True,
-    help="Longest request target (414 above).",
-)
-@click.option(
-    "--limit-request-field-size",
-    type=click.IntRange(1),
-    default=_DEFAULTS.max_field_size,
-    show_default=True,
-    help="Largest header field, name and value (431 above).",
-)
-@click.option(
-    "--limit-request-fields",
-    type=click.IntRange(1),
-    default=_DEFAULTS.max_fields,
-    show_default=True,
-    help="Most header fields (431 above).",
-)
-@click.option(
-    "--limit-request-head",
-    type=click.IntRange(1),
-    default=_DEFAULTS.max_head_size,
-    show_default=True,
-    help="Largest request head in bytes (431 above).",
-)
-@click.option(
-    "--buffer-size",
-    type=click.IntRange(1, 65535 + 4),
-    default=4096,
-    show_default=True,
-    help="Largest uwsgi vars block (uWSGI's buffer-size).",
-)
-@click.option("--no-uvloop", is_flag=True, help="Use asyncio's own loop.")
-@click.option(
-    "--workers",
-    type=click.IntRange(0),
-    default=0,
-    show_default=True,
-    help="0: one process; N: a master and N worker processes.",
-)
-@click.option(
-    "--preload",
-    is_flag=True,
-    help="Import the app in the master before forking (default: each worker does).",
-)
-@click.option(
-    "--max-requests",
-    type=click.IntRange(0),
-    default=0,
-    help="Recycle a worker after this many requests (0: never).",
-)
-@click.option(
-    "--max-requests-jitter",
-    type=click.IntRange(0),
-    default=0,
-    help="Add up to this many to --max-requests, per worker.",
-)
-@click.option(
-    "--harakiri",
-    type=click.FloatRange(0),
-    default=0.0,
-    help="Kill a worker whose request runs longer than this many seconds.",
-)
-@click.option(
-    "--reload-on-rss",
-    type=click.IntRange(0),
-    default=0,
-    metavar="MB",
-    help="Recycle a worker whose RSS grows past this many MiB.",
-)
-@click.option("--pidfile", metavar="PATH", help="Write the master's PID here.")
-@click.option("--stats", metavar="HOST:PORT|PATH", help="uWSGI-compatible stats server.")
-@click.option("--metrics", metavar="HOST:PORT", help="Prometheus metrics over HTTP.")
-def serve(
-    config_file: str | None,
-    ini: str | None,
-    app: str | None,
-    http: tuple[str, ...],
-    uwsgi: tuple[str, ...],
-    uwsgi_socket_mode: int | None,
-    uwsgi_allow_from: tuple[str, ...],
-    chdir: str | None,
-    threads: int,
-    mount_prefix: str,
-    access_log: str | None,
-    error_log: str | None,
-    keepalive_timeout: float,
-    header_timeout: float,
-    body_timeout: float,
-    graceful_timeout: float,
-    max_body_size: int,
-    limit_request_line: int,
-    limit_request_field_size: int,
-    limit_request_fields: int,
-    limit_request_head: int,
-    buffer_size: int,
-    no_uvloop: bool,
-    workers: int,
-    preload: bool,
-    max_requests: int,
-    max_requests_jitter: int,
-    harakiri: float,
-    reload_on_rss: int,
-    pidfile: str | None,
-    stats: str | None,
-    metrics: str | None,
-) -> None:
+@_serve_options
+def serve(config_file: str | None, ini: str | None, app: str | None, **settings: object) -> None:
     """Serve the WSGI application APP (MODULE:CALLABLE): uWSGI's role.
 
     Settings come from -c gantry.toml (its [serve] table) or --ini uwsgi.ini,
@@ -240,16 +157,6 @@ def serve(
         sys.exit(3)
 
 
-# click parameter name -> setting name, where they differ
-_SETTING_OF_PARAM = {
-    "uwsgi": "uwsgi_socket",
-    "limit_request_line": "max_request_line",
-    "limit_request_field_size": "max_field_size",
-    "limit_request_fields": "max_fields",
-    "limit_request_head": "max_head_size",
-}
-
-
 def _command_line_overrides(ctx: click.Context) -> dict[str, object]:
     """The settings the user typed (not click's defaults), by setting name."""
     overrides: dict[str, object] = {}
@@ -258,14 +165,11 @@ def _command_line_overrides(ctx: click.Context) -> dict[str, object]:
             continue
         if ctx.get_parameter_source(name) != ParameterSource.COMMANDLINE:
             continue
-        if name == "no_uvloop":
-            overrides["use_uvloop"] = not value
-            continue
         if name == "uwsgi_allow_from":
             value = [part.strip() for item in value for part in item.split(",") if part.strip()]
         elif isinstance(value, tuple):
             value = list(value)
-        overrides[_SETTING_OF_PARAM.get(name, name)] = value
+        overrides[name] = value
     return overrides
 
 
@@ -287,21 +191,42 @@ def _build_serve_config(
 ) -> ServeConfig:
     settings = _load_settings(config_file, ini)
     config = to_serve_config(settings, _command_line_overrides(ctx))
+    _ini_names_the_app(config, ini, "; or give APP on the command line")
     config.check()
     return config
+
+
+def _ini_names_the_app(config: ServeConfig, ini: str | None, hint: str = "") -> None:
+    """An ini file that names no application: say so in the ini's terms, not as ``app``."""
+    if ini and not config.app:
+        raise ConfigError(
+            f"{ini}: uwsgi.module: expected module = MODULE:CALLABLE or wsgi-file = FILE.py, "
+            f"found neither{hint}"
+        )
 
 
 @main.command()
 @click.option("-c", "--config", "config_file", metavar="FILE", help="A gantry.toml.")
 @click.option("--ini", metavar="FILE", help="The [uwsgi] section of a uWSGI ini file.")
-def check(config_file: str | None, ini: str | None) -> None:
+@click.option(
+    "--no-import",
+    is_flag=True,
+    help="Do not import the applications (importing runs their modules' top-level code).",
+)
+def check(config_file: str | None, ini: str | None, no_import: bool) -> None:
     """Validate a configuration file and print the effective configuration.
 
     A gantry.toml with [front], [[app]] or [stack] is checked as `gantry up` reads
-    it; one with [serve] as `gantry serve -c` reads it; a file may hold both.
+    it; one with [serve] as `gantry serve -c` reads it; a file may hold both. Each
+    application is imported in a child process, as start-up would. Exit status: 0
+    when valid, 2 for a configuration error, 3 when an application cannot be imported.
     """
+    from gantry.config.preflight import static_warnings
     from gantry.config.stack import PROVISIONAL_RUNTIME_DIR, load_stack, render_stack
 
+    # (where it is named, MODULE:CALLABLE, chdir) of every application to import
+    apps: list[tuple[str, str, str | None]] = []
+    warnings: list[str] = []
     try:
         if not config_file and not ini:
             raise ConfigError("give the file to check: -c gantry.toml or --ini uwsgi.ini")
@@ -309,27 +234,48 @@ def check(config_file: str | None, ini: str | None) -> None:
         output = ""
         if tables & {"front", "app", "stack"}:
             assert config_file is not None
-            output += render_stack(load_stack(config_file, PROVISIONAL_RUNTIME_DIR))
+            plan = load_stack(config_file, PROVISIONAL_RUNTIME_DIR)
+            output += render_stack(plan)
+            warnings += static_warnings(plan.settings.front, config_file)
+            apps += [
+                (f"{config_file}: app[{i}].module", app.module, app.chdir)
+                for i, app in enumerate(plan.settings.app)
+            ]
         if "serve" in tables or not output:
             config = to_serve_config(_load_settings(config_file, ini), {})
+            _ini_names_the_app(config, ini)
             config.check()
             output += ("\n" if output else "") + render_effective(config)
+            where = f"{config_file}: serve.app" if config_file else f"{ini}: uwsgi.module"
+            apps.append((where, config.app, config.chdir))
     except ConfigError as exc:
         click.echo(f"gantry check: {exc}", err=True)
         sys.exit(2)
     click.echo(output, nl=False)
+    for warning in warnings:
+        click.echo(f"gantry check: warning: {warning}", err=True)
+    if not no_import and not _apps_import(apps):
+        sys.exit(3)
+
+
+def _apps_import(apps: list[tuple[str, str, str | None]]) -> bool:
+    """Import each app in a child process; say which ones failed, with their tracebacks."""
+    from gantry.config.preflight import import_app
+
+    ok = True
+    for where, spec, chdir in apps:
+        result = import_app(spec, chdir)
+        if not result.ok:
+            ok = False
+            click.echo(f"gantry check: {where}: cannot import {spec!r}:", err=True)
+            click.echo(result.output, err=True)
+    return ok
 
 
 def _top_level_tables(path: str) -> set[str]:
-    import tomllib
+    from gantry.config.document import read_document
 
-    from gantry.config.file import read_config_text, syntax_error
-
-    text = read_config_text(path)
-    try:
-        return set(tomllib.loads(text))
-    except tomllib.TOMLDecodeError as exc:
-        raise syntax_error(path, text, exc) from None
+    return set(read_document(path))
 
 
 @main.command()

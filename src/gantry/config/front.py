@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import tomllib
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from gantry.config import ConfigError
+from gantry.config import ConfigError, parse_address
+from gantry.config.document import read_document
+from gantry.config.errors import error_lines
+from gantry.config.file import HTTPAddress
 from gantry.config.front_model import (
     AccessRule,
     FrontConfig,
@@ -19,21 +21,72 @@ from gantry.config.front_model import (
     UpstreamServer,
     VirtualServer,
 )
+from gantry.config.units import Duration, Size, WholeSeconds
 
 __all__ = ["load_front_config", "front_config_from_dict"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # the policy of every table: unknown keys and values of the wrong type are errors
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _upstream_address(text: str) -> str:
+    # the proxy connects to "unix:PATH" or splits "HOST:PORT" at the last colon
+    if text.startswith("unix:") and len(text) > 5:
+        return text
+    try:
+        address = parse_address(text, "http", "")
+    except ConfigError:
+        address = None
+    if address is None or address.port is None:
+        raise ValueError(f"expected 'HOST:PORT' or 'unix:/path', got {text!r}")
+    return text
+
+
+#: what nginx's proxy_next_upstream names and the front's proxy reads
+NextUpstream = Literal[
+    "error",
+    "timeout",
+    "invalid_header",
+    "http_500",
+    "http_502",
+    "http_503",
+    "http_504",
+    "http_403",
+    "http_404",
+    "http_429",
+    "non_idempotent",
+    "off",
+]
+
+
+def _status_keys(pages: dict[str, str]) -> dict[str, str]:
+    for code in pages:
+        if not (code.isdigit() and 400 <= int(code) <= 599):
+            raise ValueError(f"expected HTTP statuses from 400 to 599 as keys, got {code!r}")
+    return pages
+
+
+def _next_upstream_default() -> list[NextUpstream]:
+    return ["error"]
+
+
+def _off_alone(values: list[str]) -> list[str]:
+    if "off" in values and len(values) > 1:
+        raise ValueError(f"expected 'off' alone or a list without it, got {values!r}")
+    return values
 
 
 class UpstreamServerSettings(_Strict):
     """One server of an upstream pool (nginx's `server` line in an `upstream` block)."""
 
-    address: str = Field(description="'HOST:PORT' or 'unix:/path'.")
+    address: Annotated[str, AfterValidator(_upstream_address)] = Field(
+        description="'HOST:PORT' or 'unix:/path'."
+    )
     weight: int = Field(1, ge=1, description="Share of requests (round robin, least_conn, hash).")
     max_fails: int = Field(1, ge=0, description="Failures within fail_timeout that mark it down.")
-    fail_timeout: float = Field(10.0, gt=0, description="Seconds it then stays out of rotation.")
+    fail_timeout: Duration = Field(10.0, gt=0, description="Seconds it then stays out of rotation.")
     backup: bool = Field(False, description="Used only when every primary server is down.")
     down: bool = Field(False, description="Never used (kept in the list for the hash).")
 
@@ -43,8 +96,8 @@ class HealthCheckSettings(_Strict):
     taken out of rotation after `fall` failed probes (open-source nginx has no such thing)."""
 
     path: str = Field("/", description="Path requested from each server.")
-    interval: float = Field(5.0, gt=0, description="Seconds between two probes of a server.")
-    timeout: float = Field(2.0, gt=0, description="Seconds a probe may take.")
+    interval: Duration = Field(5.0, gt=0, description="Seconds between two probes of a server.")
+    timeout: Duration = Field(2.0, gt=0, description="Seconds a probe may take.")
     expect_status: int = Field(200, ge=100, le=599, description="The status that means healthy.")
     rise: int = Field(2, ge=1, description="Passed probes in a row that bring a server back.")
     fall: int = Field(3, ge=1, description="Failed probes in a row that take it out.")
@@ -67,15 +120,15 @@ class UpstreamSettings(_Strict):
         "$args, $host, $remote_addr, $request_method, $http_NAME, $cookie_NAME.",
     )
     max_tries: int = Field(3, ge=1, description="Servers tried for one request at most.")
-    connect_timeout: float = Field(
+    connect_timeout: Duration = Field(
         5.0, gt=0, description="Seconds to connect to a server (nginx's proxy_connect_timeout)."
     )
-    read_timeout: float = Field(
+    read_timeout: Duration = Field(
         60.0,
         gt=0,
         description="Seconds to wait for the response, or between two reads of it (504 after).",
     )
-    send_timeout: float = Field(
+    send_timeout: Duration = Field(
         60.0, gt=0, description="Seconds allowed between two writes of the request body."
     )
     keepalive: int = Field(
@@ -84,7 +137,7 @@ class UpstreamSettings(_Strict):
         description="Idle connections kept per worker for reuse (HTTP upstreams, "
         "and uwsgi upstreams with gantry_keepalive).",
     )
-    keepalive_timeout: float = Field(
+    keepalive_timeout: Duration = Field(
         1.5,
         gt=0,
         description="Seconds an idle kept connection may wait for its next request; "
@@ -101,9 +154,11 @@ class UpstreamSettings(_Strict):
     health_check: HealthCheckSettings | None = Field(
         None, description="Active health checks; unset: only passive ones (max_fails)."
     )
-    next_upstream: list[str] = Field(
-        default_factory=lambda: ["error"],
-        description="As nginx's proxy_next_upstream: error, timeout, http_502, http_503, http_504.",
+    next_upstream: Annotated[list[NextUpstream], AfterValidator(_off_alone)] = Field(
+        default_factory=_next_upstream_default,
+        description="When an idempotent request is tried on the next server, as nginx's "
+        "proxy_next_upstream: error, timeout, invalid_header, http_500, http_502, "
+        "http_503, http_504, http_403, http_404, http_429, non_idempotent, or off alone.",
     )
 
 
@@ -143,7 +198,9 @@ class LocationSettings(_Strict):
     autoindex: bool = Field(
         False, description="List a directory that has no index file (else 403)."
     )
-    expires: int | None = Field(None, ge=0, description="Seconds for Cache-Control: max-age.")
+    expires: WholeSeconds | None = Field(
+        None, ge=0, description="Seconds for Cache-Control: max-age."
+    )
     proxy: str | None = Field(None, description="Name of the upstream to proxy to.")
     access: list[str] = Field(
         default_factory=list,
@@ -201,7 +258,7 @@ class FrontSettings(_Strict):
     """``[front]``: the front server (nginx's role): where it listens, its virtual hosts
     (`[[front.server]]`) and the upstream pools its locations proxy to."""
 
-    listen: list[str] = Field(
+    listen: list[HTTPAddress] = Field(
         default_factory=lambda: ["127.0.0.1:8080"],
         description="HTTP sockets: 'HOST:PORT', '[V6]:PORT', ':PORT' or 'unix:PATH'.",
     )
@@ -211,10 +268,10 @@ class FrontSettings(_Strict):
         description="File the access log is appended to (nginx's combined format, then "
         "upstream address, upstream response time and request time); unset: none.",
     )
-    client_max_body_size: int = Field(
+    client_max_body_size: Size = Field(
         1024 * 1024 * 1024, ge=0, description="Largest request body in bytes (413 above)."
     )
-    error_pages: dict[str, str] = Field(
+    error_pages: Annotated[dict[str, str], AfterValidator(_status_keys)] = Field(
         default_factory=dict,
         description="HTML file sent for a status the front answers itself, by status: "
         '{"404" = "/srv/404.html", "502" = "/srv/502.html"}.',
@@ -253,11 +310,8 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
     try:
         settings = FrontSettings.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            path = ".".join(str(part) for part in ("front", *error["loc"]))
-            lines.append(f"{source}: {path}: {error['msg']} (got {error.get('input')!r})")
-        raise ConfigError("\n".join(lines)) from None
+        at = lambda loc, path: f"{source}: {path}"  # noqa: E731
+        raise ConfigError(error_lines(exc, at, "front", FrontSettings)) from None
     servers = []
     for i, server in enumerate(settings.server):
         locations = []
@@ -316,10 +370,7 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
         )  # fmt: skip
         for name, up in settings.upstream.items()
     }
-    try:
-        pages = {int(code): path for code, path in settings.error_pages.items()}
-    except ValueError:
-        raise ConfigError(f"{source}: front.error_pages: keys must be status codes") from None
+    pages = {int(code): path for code, path in settings.error_pages.items()}
     return FrontConfig(
         listen=tuple(settings.listen), workers=settings.workers, servers=tuple(servers),
         upstreams=upstreams, access_log=settings.access_log, error_pages=pages,
@@ -329,13 +380,9 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
 
 def load_front_config(path: str) -> FrontConfig:
     """Read the [front] table of a gantry.toml."""
-    try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    data = read_document(path)
     if "front" not in data:
-        raise ConfigError(f"{path}: no [front] table")
+        raise ConfigError(f"{path}: front: expected a [front] table, found none")
+    if not isinstance(data["front"], dict):
+        raise ConfigError(f"{path}: front: expected a table, got {data['front']!r}")
     return front_config_from_dict(data["front"], path)

@@ -10,7 +10,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from gantry.config import ConfigError
-from gantry.config.file import ServeSettings, error_lines, read_config_text
+from gantry.config.document import read_config_text
+from gantry.config.errors import error_lines, suggest
+from gantry.config.file import ServeSettings
 
 __all__ = ["load_uwsgi_ini"]
 
@@ -29,7 +31,44 @@ _INI_PLAIN = {
     "pidfile": "pidfile",
     "buffer-size": "buffer_size",
     "reload-on-rss": "reload_on_rss",
+    "logto": "error_log",
+    "listen": "backlog",
+    "post-buffering": "body_spool_threshold",
 }
+# Options read by the loop below rather than copied.
+_INI_READ = frozenset(
+    {
+        "http-socket", "http", "socket", "uwsgi-socket", "chmod-socket", "stats",
+        "module", "wsgi", "wsgi-file", "file", "callable", "master", "lazy-apps",
+        "limit-post",
+    }
+)  # fmt: skip
+# uWSGI options with no equivalent, and what to do instead where there is something.
+_INI_NO_EQUIVALENT = {
+    "env": "set the variable in the environment gantry starts in (systemd's Environment=)",
+    "virtualenv": "run gantry with the virtualenv's own python (VENV/bin/gantry)",
+    "venv": "run gantry with the virtualenv's own python (VENV/bin/gantry)",
+    "home": "run gantry with the virtualenv's own python (VENV/bin/gantry)",
+    "pythonpath": "set PYTHONPATH in the environment gantry starts in, or use chdir",
+    "uid": "start gantry as that user (systemd's User=)",
+    "gid": "start gantry as that group (systemd's Group=)",
+}
+# Other uWSGI options people write, that Gantry does not have: a warning, never a
+# "did you mean" (which is kept for misspellings of the options Gantry reads).
+_INI_KNOWN_UWSGI = frozenset(
+    {
+        "enable-threads", "single-interpreter", "plugins", "plugin", "cheaper",
+        "cheaper-algo", "cheaper-initial", "cheaper-step", "spooler", "spooler-processes",
+        "mule", "mules", "cron", "touch-reload", "static-map", "offload-threads", "logto2",
+        "log-format", "log-date", "disable-logging", "log-maxsize", "daemonize",
+        "thunder-lock", "need-app", "strict", "auto-procname", "procname-prefix",
+        "memory-report", "socket-timeout", "http-timeout", "harakiri-verbose",
+        "py-autoreload", "max-worker-lifetime", "reload-mercy", "worker-reload-mercy",
+        "buffer", "protocol", "shared-socket", "ini", "emperor", "stats-http", "honour-stdin",
+        "reload-on-as", "reload-on-vsz", "lazy", "master-fifo", "max-requests-delta",
+        "evil-reload-on-rss", "socket-protocol", "chmod", "http-keepalive",
+    }
+)  # fmt: skip
 _TRUE = frozenset({"", "1", "true", "yes", "on", "y", "t"})
 _FALSE = frozenset({"0", "false", "no", "off", "n", "f"})
 
@@ -127,6 +166,20 @@ def _ini_app(
         warnings.append(f"{path}: option 'callable' has no module or wsgi-file and is ignored")
 
 
+_INI_OPTIONS = sorted({*_INI_PLAIN, *_INI_READ, *_INI_SILENT})
+
+
+def _unknown(entry: _IniEntry, path: str) -> None:
+    """A misspelling of an option Gantry reads is an error (else it would silently be
+    ignored); any other option uWSGI may know is left to a warning."""
+    if entry.option in _INI_KNOWN_UWSGI:
+        return
+    # closer than for TOML keys: uWSGI has hundreds of options, some near Gantry's
+    hint = suggest(entry.option, _INI_OPTIONS, cutoff=0.8)
+    if hint:
+        raise ConfigError(f"{path}, line {entry.line}: uwsgi.{entry.option}: unknown option{hint}")
+
+
 def load_uwsgi_ini(path: str) -> tuple[ServeSettings, list[str]]:
     """Translate the ``[uwsgi]`` section of a uWSGI ini file; also return one warning per option
     Gantry ignores."""
@@ -167,7 +220,15 @@ def load_uwsgi_ini(path: str) -> tuple[ServeSettings, list[str]]:
             master = entry
         elif option == "lazy-apps":
             lazy = entry
+        elif option == "limit-post":
+            data["limits"], origin["limits"] = {"max_body_size": entry.value}, [entry]
+        elif option in _INI_NO_EQUIVALENT:
+            warnings.append(
+                f"{path}: option '{option}' (line {entry.line}) has no equivalent in Gantry "
+                f"and is ignored: {_INI_NO_EQUIVALENT[option]}"
+            )
         elif option not in _INI_SILENT:
+            _unknown(entry, path)
             unsupported.setdefault(option, entry.line)
     for option, line in unsupported.items():
         warnings.append(
@@ -192,5 +253,5 @@ def load_uwsgi_ini(path: str) -> tuple[ServeSettings, list[str]]:
     try:
         settings = ServeSettings.model_validate(data, strict=False)
     except ValidationError as exc:
-        raise ConfigError(error_lines(exc, where)) from None
+        raise ConfigError(error_lines(exc, where, "serve", ServeSettings)) from None
     return settings, warnings

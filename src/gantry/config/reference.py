@@ -26,6 +26,7 @@ from pydantic_core import PydanticUndefined
 
 from gantry.config.file import ServeSettings
 from gantry.config.stack import AppSettings, StackSettings
+from gantry.config.units import Unit
 
 __all__ = ["Section", "render_reference", "sections"]
 
@@ -49,7 +50,11 @@ it. With no `[[front.server]]`, every request goes to the first pool.
 Relative paths (`chdir`, `root`, `alias`, log files, `pidfile`) are taken from the
 directory `gantry` is started in, not from the file's directory.
 
-Sizes are in bytes and times in seconds unless the key says otherwise.
+Sizes and times take nginx's units. A size is a number of bytes (unless the key
+says MiB) or a string with a unit: `"512k"`, `"10m"`, `"1g"` (powers of 1024, any
+case). A time is a number of seconds or a string with units: `"500ms"`, `"30s"`,
+`"5m"`, `"1h"`, `"2d"`, also combined from the largest down: `"1h30m"` (`y`, `M` for
+a month of 30 days and `w` exist too). `gantry check` prints them as plain numbers.
 """
 
 
@@ -132,7 +137,10 @@ def _type_name(annotation: Any, metadata: list[Any]) -> str:
         name = "one of " + ", ".join(f"`{json.dumps(a)}`" for a in args)
     elif origin is list:
         item = _type_name(args[0], []) if args else "value"
-        name = "array of " + ("tables" if _is_model(_unwrap(args[0])[0]) else item + "s")
+        if item.startswith("one of "):
+            name = "array of " + item.removeprefix("one of ")
+        else:
+            name = "array of " + ("tables" if _is_model(_unwrap(args[0])[0]) else item + "s")
     elif origin is dict:
         value = args[1] if len(args) == 2 else Any
         name = "table" if value is Any else f"table of {_type_name(value, [])}s"
@@ -140,6 +148,9 @@ def _type_name(annotation: Any, metadata: list[Any]) -> str:
             name = "tables by name"
     elif _is_model(inner):
         name = "table"
+    elif any(isinstance(m, Unit) for m in metadata):
+        unit = next(m for m in metadata if isinstance(m, Unit))
+        name = f"{unit.kind} ({unit.plain} or with units)"
     else:
         names = {str: "string", int: "integer", float: "number", bool: "boolean"}
         name = names.get(inner, "value")
@@ -223,7 +234,8 @@ def _app_section() -> Iterator[Section]:
     note = (
         f"Every other `[serve]` key applies to a pool too, with the same type and default: "
         f"{listed}. The pool's `[serve.limits]` are written `[app.limits]` under the "
-        f"`[[app]]` table. `app` is not a key here: `module` names the application."
+        f"`[[app]]` table. `module` names the application; `app`, as `[serve]` writes it, is "
+        f"read as `module`, so a `[serve]` table pastes under `[[app]]`."
     )
     intro = _text(AppSettings.__doc__)
     yield Section("[[app]]", "app", AppSettings, own, intro, note=note)

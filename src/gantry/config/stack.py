@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -16,17 +15,17 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gantry.config import ConfigError, ListenAddress, ServeConfig, parse_address
+from gantry.config.document import dumps_document, loads_document, read_config_text
+from gantry.config.errors import error_lines
 from gantry.config.file import (
     ServeSettings,
     app_check,
-    error_lines,
     optional_address_check,
-    read_config_text,
-    syntax_error,
     to_serve_config,
 )
 from gantry.config.front import FrontSettings, ServerSettings, front_config_from_dict
 from gantry.config.front_model import FrontConfig
+from gantry.config.units import Duration
 
 __all__ = ["AppSettings", "StackPlan", "StackSettings", "StackTable", "demo_plan", "load_stack"]
 
@@ -57,17 +56,29 @@ class AppSettings(ServeSettings):
         description="The pool's name; a location's `proxy` names it."
     )
     module: Annotated[str, AfterValidator(app_check)] = Field(
-        description="The WSGI application as MODULE:CALLABLE, e.g. 'mysite.wsgi:application'."
+        description="The WSGI application as MODULE:CALLABLE, e.g. 'mysite.wsgi:application'; "
+        "`app`, as [serve] names it, is read as `module`."
     )
     workers: int = Field(
-        default=1, ge=1, description="Worker processes of the pool, under its own master."
+        default=1,
+        ge=1,
+        description="Worker processes of the pool, under its own master; 0 (one process in "
+        "[serve]) means 1 here, as a pool always has a master and a worker.",
     )
 
     @model_validator(mode="before")
     @classmethod
-    def _module_not_app(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "app" in data:
-            raise ValueError("an [[app]] names its application with 'module', not 'app'")
+    def _as_serve_writes_it(cls, data: Any) -> Any:
+        # a [serve] table pasted under [[app]] (what `gantry check --ini` prints) says
+        # `app` for the application and `workers = 0` for a single process
+        if not isinstance(data, dict):
+            return data
+        if "app" in data:
+            if "module" in data:
+                raise ValueError("give the application as 'module' or as 'app', not both")
+            data = {("module" if key == "app" else key): value for key, value in data.items()}
+        if type(data.get("workers")) is int and data["workers"] == 0:
+            data = {**data, "workers": 1}
         return data
 
 
@@ -89,7 +100,7 @@ class StackTable(BaseModel):
     metrics: Annotated[str | None, AfterValidator(optional_address_check("metrics"))] = Field(
         default=None, description="Prometheus metrics of the whole stack over HTTP: 'HOST:PORT'."
     )
-    graceful_timeout: float = Field(
+    graceful_timeout: Duration = Field(
         default=30.0, gt=0, description="Seconds the parts get to stop on SIGTERM."
     )
     pidfile: str | None = Field(default=None, description="Write the supervisor's PID here.")
@@ -105,7 +116,7 @@ class StackTable(BaseModel):
 class StackSettings(BaseModel):
     """A whole gantry.toml as ``gantry up`` reads it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     front: FrontSettings = Field(
         default_factory=lambda: FrontSettings.model_validate({}),
@@ -263,11 +274,7 @@ class StackPlan:
 
 def loads_stack(text: str, source: str, runtime_dir: str) -> StackPlan:
     """Validate TOML text as a whole stack; errors name ``source`` and the key path."""
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise syntax_error(source, text, exc) from None
-    return plan_from_dict(document, source, runtime_dir)
+    return plan_from_dict(loads_document(text, source), source, runtime_dir)
 
 
 def plan_from_dict(document: dict[str, Any], source: str, runtime_dir: str) -> StackPlan:
@@ -322,14 +329,6 @@ def app_plan(
     }
     source = "(built-in demo)" if module == "gantry.demo:app" else f"(gantry up {module})"
     return plan_from_dict(document, source, runtime_dir)
-
-
-def _without_none(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_none(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_without_none(v) for v in value]
-    return value
 
 
 def render_stack(plan: StackPlan) -> str:
@@ -397,9 +396,7 @@ def render_stack(plan: StackPlan) -> str:
 
 
 def _toml(document: dict[str, Any]) -> str:
-    import tomli_w
-
-    return tomli_w.dumps(_without_none(document)).rstrip("\n")
+    return dumps_document(document).rstrip("\n")
 
 
 def _unset(table: dict[str, Any]) -> list[str]:

@@ -99,7 +99,7 @@ def test_the_serve_table_of_an_ini_pastes_into_an_app(tmp_path: Path, master: st
     app = tomllib.loads(done.stdout)["app"][0]
     assert app["module"] == "mysite.wsgi:application"
     assert app["workers"] == (4 if master else 1)
-    assert (app["harakiri"], app["uwsgi_socket_mode"]) == (30.0 if master else 0.0, 0o660)
+    assert (app["harakiri"], app["uwsgi_socket_mode"]) == (30.0 if master else 0.0, "0o660")
 
 
 def test_an_app_with_both_app_and_module_is_refused(tmp_path: Path) -> None:

@@ -375,6 +375,9 @@ def render_stack(plan: StackPlan) -> str:
     for app in plan.settings.app:
         table = app.model_dump(mode="json")
         table.pop("app", None)  # [serve]'s app is the pool's module
+        if app.uwsgi_socket_mode is not None:
+            # in octal, as [serve] prints it: 0o660 reads as a mode, 432 does not
+            table["uwsgi_socket_mode"] = f"0o{app.uwsgi_socket_mode:03o}"
         upstream = derived_front["upstream"][app.name]
         socket = running.pool_socket(app.name)
         notes = [

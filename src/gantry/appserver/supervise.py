@@ -48,9 +48,9 @@ def run_master(
     started = master.started
     listen_names = [str(address) for address, _ in sockets]
     if config.stats:
-        serve_stats(master, table, config.stats, started, listen_names)
+        serve_stats(master.loop, table, config.stats, started, listen_names)
     if config.metrics:
-        serve_metrics(master, table, config.metrics, started, listen_names)
+        serve_metrics(master.loop, table, config.metrics, started, listen_names)
     try:
         code = master.run()
     except WorkerExit as exc:

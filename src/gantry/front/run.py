@@ -101,9 +101,9 @@ def run_front(
     )
     listen_names = [str(address) for address, _ in sockets]
     if stats:
-        serve_stats(supervisor, table, stats, supervisor.started, listen_names)
+        serve_stats(supervisor.loop, table, stats, supervisor.started, listen_names)
     if metrics:
-        serve_metrics(supervisor, table, metrics, supervisor.started, listen_names)
+        serve_metrics(supervisor.loop, table, metrics, supervisor.started, listen_names)
     try:
         return supervisor.run()
     except WorkerExit as exc:

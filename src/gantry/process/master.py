@@ -162,7 +162,7 @@ class Master:
         if self.on_reopen_logs is not None:
             self.on_reopen_logs()
         self._signal_workers(signal.SIGUSR1)
-        log.info("SIGUSR1: log files reopened")
+        log.info("SIGUSR1: the master reopened its log; workers told to reopen theirs")
 
     def restore_child_signals(self) -> None:
         """In a freshly forked worker: drop the master's handlers and descriptors."""

@@ -118,7 +118,9 @@ def run_front(
     )
     listen_names = [str(address) for address, _ in sockets]
     if stats:
-        serve_stats(supervisor.loop, table, stats, supervisor.started, listen_names)
+        serve_stats(
+            supervisor.loop, table, stats, supervisor.started, listen_names, supervisor.status
+        )
     if metrics:
         serve_metrics(supervisor.loop, table, metrics, supervisor.started, listen_names)
     try:

@@ -100,6 +100,11 @@ class Master:
         self.exit_code = 0
         self.started = time.time()
         self._notified_ready = False
+        #: a worker of this master was ready once: an app that cannot load is no longer
+        #: a start-up failure that stops the master
+        self.served = False
+        #: why the last reload was abandoned ('' once one succeeds), for the stats
+        self.reload_error = ""
         #: called in the master on SIGUSR1 besides reopening the error log
         self.on_reopen_logs: Callable[[], None] | None = None
 
@@ -154,6 +159,10 @@ class Master:
                 log.info("SIGTTOU: %d workers", self.target)
             elif signum == signal.SIGUSR1:
                 self.reopen_logs()
+
+    def status(self) -> dict[str, str]:
+        """What the stats document adds about the master: the last reload's failure."""
+        return {"reload_error": self.reload_error}
 
     def reopen_logs(self) -> None:
         """SIGUSR1 (logrotate): reopen the master's log files, and have every worker
@@ -212,6 +221,8 @@ class Master:
                 continue
             code = os.waitstatus_to_exitcode(status)
             was_ready = worker.ready_seen or worker.slot.ready == 1
+            # a worker that cannot load the app leaves the error in its slot's line
+            why = worker.slot.request_line if code == APP_LOAD_FAILED else ""
             worker.slot.status = 0
             worker.slot.pid = 0
             worker.slot.request_start_us = 0
@@ -219,7 +230,13 @@ class Master:
                 log.info("worker %d (pid %d) exited (%s)", worker.slot.index + 1, pid, code)
                 continue
             if code == APP_LOAD_FAILED and not was_ready:
-                raise WorkerExit(APP_LOAD_FAILED, "the application cannot be loaded: stopping")
+                why = why or "the application cannot be loaded"
+                if self.reloading is not None and worker.generation == self.generation:
+                    self._abandon_reload(f"the new workers cannot load the application: {why}")
+                    continue
+                if not self.served:
+                    raise WorkerExit(APP_LOAD_FAILED, f"{why}: stopping")
+                # serving already: retried with backoff below, the others keep serving
             if was_ready:
                 log.warning(
                     "worker %d (pid %d) died (%s): respawning",
@@ -264,6 +281,7 @@ class Master:
         for worker in list(self.workers.values()):
             if not worker.ready_seen and worker.slot.ready == 1:
                 worker.ready_seen = True
+                self.served = True
                 self.backoff.reset()
         for pid in self.loop.kill_overdue():
             log.warning("worker pid %d did not stop in time: killing", pid)
@@ -298,16 +316,23 @@ class Master:
                 if worker.generation < self.generation and not worker.stopping:
                     self._stop_worker(worker, signal.SIGTERM)
             self.reloading = None
-            notify("READY=1")
+            self.reload_error = ""
+            notify("READY=1", f"STATUS=reload done: generation {self.generation} serving")
             log.info("reload done: generation %d serving", self.generation)
         elif time.monotonic() - self.reloading > self.settings.ready_timeout:
-            log.error(
-                "reload abandoned: new workers not ready in %.0f s", self.settings.ready_timeout
-            )
-            for worker in new:
+            timeout = self.settings.ready_timeout
+            self._abandon_reload(f"the new workers were not ready in {timeout:.0f} s")
+
+    def _abandon_reload(self, reason: str) -> None:
+        """The new generation failed: kill it; the old one keeps serving."""
+        log.error("reload abandoned, generation %d keeps serving: %s", self.generation - 1, reason)
+        for worker in list(self.workers.values()):
+            if worker.generation == self.generation and not worker.stopping:
                 self._stop_worker(worker, signal.SIGKILL)
-            self.generation -= 1
-            self.reloading = None
+        self.generation -= 1
+        self.reloading = None
+        self.reload_error = reason
+        notify("READY=1", f"STATUS=reload failed: {reason}")
 
     # harakiri -----------------------------------------------------------------------
 

@@ -527,6 +527,8 @@ class Supervisor:
                 # a master whose in-place reload failed says why (and keeps serving)
                 if line.startswith("STATUS=reload failed: "):
                     part.reload_error = line.removeprefix("STATUS=reload failed: ")
+                    log.error("%s: its reload failed, its old workers keep serving: %s",
+                              part.label, part.reload_error)  # fmt: skip
                 elif line.startswith("STATUS=") and "RELOADING=1" not in lines:
                     part.reload_error = ""
 

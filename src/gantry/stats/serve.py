@@ -3,6 +3,7 @@ without blocking it: see ``process/answers.py``."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -44,14 +45,23 @@ def http_text_answer(request: bytes, render: Callable[[], bytes]) -> bytes:
 
 
 def serve_stats(
-    loop: ProcessLoop, table: WorkerTable, spec: str, started: float, listen: list[str]
+    loop: ProcessLoop,
+    table: WorkerTable,
+    spec: str,
+    started: float,
+    listen: list[str],
+    status: Callable[[], dict[str, str]] | None = None,
 ) -> AnswerServer:
-    """uWSGI's stats server: each connection gets one JSON document, then the close."""
-    from gantry.stats.uwsgi_json import MasterInfo, render_stats
+    """uWSGI's stats server: each connection gets one JSON document, then the close.
+    ``status()`` adds the master's own keys (e.g. ``reload_error``)."""
+    from gantry.stats.uwsgi_json import MasterInfo, stats_document
 
     def answer(request: bytes) -> bytes:
         info = MasterInfo(pid=os.getpid(), version=__version__, started=started, sockets=listen)
-        return render_stats(table.snapshot(), info)
+        document = stats_document(table.snapshot(), info)
+        if status is not None:
+            document.update(status())
+        return json.dumps(document).encode()
 
     server = listen_and_answer(loop, spec, "--stats", answer, http=False)
     log.info("stats server on %s", spec)

@@ -53,7 +53,7 @@ system-deps:
 # with GANTRY_PURE=1 against the same modules as plain Python (a machine with no C compiler).
 test: $(VENV)/.installed-test $(VENV)/.compiled system-deps
 	$(BIN)/ruff check src tests bench tools
-	$(BIN)/mypy --strict src/gantry/protocol src/gantry/wsgi src/gantry/front src/gantry/stack src/gantry/stats src/gantry/compiled.py
+	$(BIN)/mypy --strict src/gantry/protocol src/gantry/wsgi src/gantry/front src/gantry/stack src/gantry/stats src/gantry/process src/gantry/appserver src/gantry/compiled.py
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 	GANTRY_PURE=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 

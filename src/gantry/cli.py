@@ -143,8 +143,8 @@ def serve(config_file: str | None, ini: str | None, app: str | None, **settings:
     Settings come from -c gantry.toml (its [serve] table) or --ini uwsgi.ini,
     then from the flags given here, which win.
     """
+    from gantry.appserver.serve import serve as run_serve
     from gantry.appserver.worker import AppLoadError
-    from gantry.appserver.worker import serve as run_serve
 
     ctx = click.get_current_context()
     try:

@@ -30,7 +30,9 @@ def run_master(
         try:
             app = preloaded if preloaded is not None else load_app(config.app)
         except AppLoadError as exc:
-            error_log.error("worker %d: %s", os.getpid(), exc)
+            # the traceback to the log; the summary to the slot, for the master's message
+            error_log.error("worker %d: %s", os.getpid(), exc, exc_info=exc.__cause__ or exc)
+            slot.set_request_line(str(exc))
             return APP_LOAD_FAILED
         worker = Worker(config, app, sockets, slot=slot)
         worker.access_stream = access_stream
@@ -48,9 +50,9 @@ def run_master(
     started = master.started
     listen_names = [str(address) for address, _ in sockets]
     if config.stats:
-        serve_stats(master, table, config.stats, started, listen_names)
+        serve_stats(master.loop, table, config.stats, started, listen_names, master.status)
     if config.metrics:
-        serve_metrics(master, table, config.metrics, started, listen_names)
+        serve_metrics(master.loop, table, config.metrics, started, listen_names)
     try:
         code = master.run()
     except WorkerExit as exc:

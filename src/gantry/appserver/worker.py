@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import logging
 import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from typing import IO, Any
 
 from gantry.appserver.context import WorkerContext, WSGIApp, error_log
 from gantry.appserver.http import IDLE_STATE, HTTPConnection
 from gantry.appserver.uwsgi import UwsgiConnection
 from gantry.config import ListenAddress, ServeConfig
-from gantry.process.runtime import freeze_startup_heap, new_event_loop, setup_error_log
+from gantry.process.runtime import freeze_startup_heap, new_event_loop
 from gantry.process.shared import STATUS_CODES, SlotView
-from gantry.process.sockets import bind, bind_or_inherit
 from gantry.wsgi.environ import EnvironTemplate
 
-__all__ = ["AppLoadError", "bind", "load_app", "serve"]
+__all__ = ["AppLoadError", "Worker", "load_app"]
 
 
 class AppLoadError(Exception):
@@ -64,14 +63,15 @@ def _template(config: ServeConfig, address: ListenAddress, ctx: WorkerContext) -
     )
 
 
-def setup_logging(config: ServeConfig) -> IO[str] | None:
-    """Error log to stderr (or a file); returns the access-log stream if enabled."""
-    setup_error_log(config.error_log)
-    if config.access_log is None:
-        return None
-    if config.access_log == "-":
-        return sys.stdout
-    return open(config.access_log, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+def _protocol_factory(
+    config: ServeConfig, address: ListenAddress, ctx: WorkerContext
+) -> Callable[[], asyncio.Protocol]:
+    """What ``create_server`` calls for each connection on ``address``."""
+    template = _template(config, address, ctx)
+    if address.kind == "http":
+        return lambda: HTTPConnection(ctx, template)
+    allow = None if address.path is not None else config.uwsgi_allow_from
+    return lambda: UwsgiConnection(ctx, template, allow)
 
 
 class Worker:
@@ -117,18 +117,8 @@ class Worker:
             loop.add_signal_handler(signum, self._on_signal, fast)
         loop.add_signal_handler(signal.SIGUSR1, ctx.reopen_logs)
         for address, sock in self.sockets:
-            template = _template(config, address, ctx)
-            if address.kind == "http":
-                server = await loop.create_server(
-                    lambda t=template: HTTPConnection(ctx, t), sock=sock, backlog=config.backlog
-                )
-            else:
-                allow = None if address.path is not None else config.uwsgi_allow_from
-                server = await loop.create_server(
-                    lambda t=template, a=allow: UwsgiConnection(ctx, t, a),
-                    sock=sock,
-                    backlog=config.backlog,
-                )
+            factory = _protocol_factory(config, address, ctx)
+            server = await loop.create_server(factory, sock=sock, backlog=config.backlog)
             self.servers.append(server)
             scheme = "http" if address.kind == "http" else "uwsgi"
             error_log.info("listening on %s://%s", scheme, address)
@@ -148,8 +138,8 @@ class Worker:
         ctx.stopping = True
         if self.slot is not None:
             self.slot.status = STATUS_CODES["stopping"]
-        for server in self.servers:
-            server.close()
+        for listening in self.servers:
+            listening.close()
         if not self.fast:
             await self._drain(ctx)
         for conn in list(ctx.connections):
@@ -196,39 +186,3 @@ class Worker:
         error_log.info("received %s stop signal", "fast" if fast else "graceful")
         assert self.stop_event is not None
         self.stop_event.set()
-
-
-def serve(config: ServeConfig) -> int:
-    """``gantry serve``: one process, or a master and ``config.workers`` workers."""
-    config.check()
-    access_stream = setup_logging(config)
-    if config.chdir:
-        os.chdir(config.chdir)
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    sockets = bind_all(config)
-    if config.workers:
-        from gantry.appserver.supervise import run_master
-
-        return run_master(config, sockets, access_stream)
-    try:
-        app = load_app(config.app)
-    except AppLoadError:
-        for _, sock in sockets:
-            sock.close()
-        raise
-    worker = Worker(config, app, sockets)
-    worker.access_stream = access_stream
-    code = worker.run()
-    if worker.fast:
-        # A fast stop does not wait for app threads still inside a request.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
-
-
-def bind_all(config: ServeConfig) -> list[tuple[ListenAddress, socket.socket]]:
-    """Every configured socket: inherited (systemd, ``gantry up``) when passed, else bound here."""
-    return bind_or_inherit(config.listen, config.uwsgi_socket_mode, config.backlog)

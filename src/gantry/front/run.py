@@ -13,7 +13,12 @@ from gantry.config import ListenAddress, parse_address
 from gantry.config.front_model import FrontConfig
 from gantry.front.server import FrontConnection, FrontWorker
 from gantry.process.master import Master, MasterSettings, WorkerExit
-from gantry.process.runtime import freeze_startup_heap, new_event_loop, setup_error_log
+from gantry.process.runtime import (
+    freeze_startup_heap,
+    new_event_loop,
+    reopen_error_log,
+    setup_error_log,
+)
 from gantry.process.shared import STATUS_CODES, SlotView, WorkerTable
 from gantry.process.sockets import bind_or_inherit
 from gantry.stats.serve import serve_metrics, serve_stats
@@ -41,6 +46,7 @@ def _serve_worker(
         worker.start_health_checks()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, _reopen_logs, config, worker)
         servers = [
             await loop.create_server(lambda: FrontConnection(worker), sock=sock)
             for _, sock in sockets
@@ -78,6 +84,17 @@ def _serve_worker(
     return 0
 
 
+def _reopen_logs(config: FrontConfig, worker: FrontWorker) -> None:
+    """SIGUSR1 (logrotate moved the files): reopen the access log and the error log;
+    requests in flight carry on."""
+    reopen_error_log()
+    old = worker.access_log
+    if old is not None and config.access_log:
+        worker.access_log = open(config.access_log, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        old.close()
+    log.info("log files reopened")
+
+
 def run_front(
     config: FrontConfig,
     *,
@@ -101,9 +118,11 @@ def run_front(
     )
     listen_names = [str(address) for address, _ in sockets]
     if stats:
-        serve_stats(supervisor, table, stats, supervisor.started, listen_names)
+        serve_stats(
+            supervisor.loop, table, stats, supervisor.started, listen_names, supervisor.status
+        )
     if metrics:
-        serve_metrics(supervisor, table, metrics, supervisor.started, listen_names)
+        serve_metrics(supervisor.loop, table, metrics, supervisor.started, listen_names)
     try:
         return supervisor.run()
     except WorkerExit as exc:

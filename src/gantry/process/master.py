@@ -1,7 +1,8 @@
 """The master process: forks workers on sockets it bound, watches, respawns, reloads and stops them.
 
-Signal handlers only queue the signal and wake the loop through the wakeup
-fd; the work (reaping, respawning, reloading, harakiri) happens in the loop.
+It runs on the process loop (``process/loop.py``): signal handlers only queue the
+signal and wake the loop; the work (reaping, respawning, reloading, harakiri) happens
+in the loop, and the stats and metrics sockets are served there without blocking it.
 """
 
 from __future__ import annotations
@@ -9,14 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from gantry.process.loop import Backoff, ProcessLoop, describe_exit
 from gantry.process.parent import stop_with_parent
-from gantry.process.runtime import signal_process, wait_readable
+from gantry.process.runtime import reopen_error_log, signal_process
 from gantry.process.shared import STATUS_CODES, SlotView, WorkerTable
 from gantry.process.systemd import notify
 
@@ -29,6 +29,19 @@ APP_LOAD_FAILED = 3
 
 # Start-up failures are retried after 0.1 s, 0.2 s, ... up to this many seconds.
 MAX_BACKOFF = 5.0
+#: the signals a master takes over
+MASTER_SIGNALS = (
+    signal.SIGHUP,
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGUSR1,
+)
+#: what a worker ignores: reloads and scaling are the master's; SIGUSR1 until the
+#: worker installs its own handler (reopen its logs), so one sent meanwhile is harmless
+WORKER_IGNORES = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1)
 # A worker that stops answering a stop signal is killed after this long (fast stop).
 FAST_STOP_SECONDS = 2.0
 
@@ -63,22 +76,7 @@ class WorkerProcess:
     generation: int
     started: float
     stopping: bool = False
-    kill_at: float | None = None
     ready_seen: bool = False
-
-
-@dataclass
-class _Backoff:
-    failures: int = 0
-    next_start: float = 0.0
-
-
-@dataclass
-class _Extra:
-    """A socket the master serves itself (stats, metrics): called when readable."""
-
-    sock: socket.socket
-    on_readable: Callable[[socket.socket], None]
 
 
 @dataclass
@@ -88,40 +86,39 @@ class Master:
     settings: MasterSettings
     run_worker: Callable[[SlotView, int], int]
     table: WorkerTable
-    extras: list[_Extra] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.target = self.settings.workers
         self.generation = 1
         self.workers: dict[int, WorkerProcess] = {}
-        self.signals: deque[int] = deque()
+        #: signals, the served sockets (stats, metrics), reaping, kill deadlines
+        self.loop = ProcessLoop(MASTER_SIGNALS)
         self.stopping: str | None = None  # "graceful" or "fast"
         self.stop_deadline = 0.0
-        self.backoff = _Backoff()
+        self.backoff = Backoff(MAX_BACKOFF)
         self.reloading: float | None = None  # when the pending reload began
         self.exit_code = 0
         self.started = time.time()
-        self._wakeup_r = -1
-        self._wakeup_w = -1
         self._notified_ready = False
-
-    def serve_extra(
-        self, sock: socket.socket, on_readable: Callable[[socket.socket], None]
-    ) -> None:
-        """Have the master loop call ``on_readable(sock)`` when ``sock`` is readable."""
-        self.extras.append(_Extra(sock, on_readable))
+        #: a worker of this master was ready once: an app that cannot load is no longer
+        #: a start-up failure that stops the master
+        self.served = False
+        #: why the last reload was abandoned ('' once one succeeds), for the stats
+        self.reload_error = ""
+        #: called in the master on SIGUSR1 besides reopening the error log
+        self.on_reopen_logs: Callable[[], None] | None = None
 
     # the loop -----------------------------------------------------------------
 
     def run(self) -> int:
         """Run until stopped; returns the exit code."""
-        self._install_signals()
-        self._write_pidfile()
+        self.loop.install_signals()
+        self.loop.write_pidfile(self.settings.pidfile)
         log.info("master %d starting %d workers", os.getpid(), self.target)
         try:
             self._manage()
             while True:
-                self._wait()
+                self.loop.wait()
                 self._handle_signals()
                 self._reap()
                 if self.stopping:
@@ -136,50 +133,17 @@ class Master:
             log.error("%s", exc)
             self.exit_code = exc.code
             self._kill_all(signal.SIGKILL)
-            self._reap_all(timeout=5.0)
+            self.loop.reap_blocking(set(self.workers), timeout=5.0)
         finally:
-            self._remove_pidfile()
+            self.loop.remove_pidfile(self.settings.pidfile)
+            self.loop.close()
         log.info("master %d stopped (exit %d)", os.getpid(), self.exit_code)
         return self.exit_code
 
-    def _wait(self) -> None:
-        ready = wait_readable(self._wakeup_r, [extra.sock for extra in self.extras], 0.25)
-        for item in ready:
-            for extra in self.extras:
-                if extra.sock is item:
-                    try:
-                        extra.on_readable(extra.sock)
-                    except Exception:
-                        log.exception("serving %s failed", extra.sock)
-
     # signals ----------------------------------------------------------------------
 
-    def _install_signals(self) -> None:
-        self._wakeup_r, self._wakeup_w = os.pipe()
-        os.set_blocking(self._wakeup_r, False)
-        os.set_blocking(self._wakeup_w, False)
-        signal.set_wakeup_fd(self._wakeup_w)
-        for signum in (
-            signal.SIGHUP,
-            signal.SIGTERM,
-            signal.SIGINT,
-            signal.SIGQUIT,
-            signal.SIGTTIN,
-            signal.SIGTTOU,
-            signal.SIGUSR1,
-            signal.SIGCHLD,
-        ):
-            signal.signal(signum, self._queue_signal)
-
-    def _queue_signal(self, signum: int, frame: object) -> None:
-        # Only queue: the loop does the work (a handler may run at any point).
-        self.signals.append(signum)
-
     def _handle_signals(self) -> None:
-        while self.signals:
-            signum = self.signals.popleft()
-            if signum == signal.SIGCHLD:
-                continue  # _reap runs every turn anyway
+        for signum in self.loop.take_signals():
             if signum == signal.SIGHUP:
                 self._start_reload()
             elif signum == signal.SIGTERM:
@@ -194,24 +158,24 @@ class Master:
                     self.target -= 1
                 log.info("SIGTTOU: %d workers", self.target)
             elif signum == signal.SIGUSR1:
-                self._signal_workers(signal.SIGUSR1)
+                self.reopen_logs()
+
+    def status(self) -> dict[str, str]:
+        """What the stats document adds about the master: the last reload's failure."""
+        return {"reload_error": self.reload_error}
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1 (logrotate): reopen the master's log files, and have every worker
+        reopen its own; nothing else changes."""
+        reopen_error_log()
+        if self.on_reopen_logs is not None:
+            self.on_reopen_logs()
+        self._signal_workers(signal.SIGUSR1)
+        log.info("SIGUSR1: the master reopened its log; workers told to reopen theirs")
 
     def restore_child_signals(self) -> None:
-        """In a freshly forked worker: drop the master's handlers and wakeup fd."""
-        signal.set_wakeup_fd(-1)
-        for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
-            # A worker leaves reloads and scaling to the master.
-            signal.signal(signum, signal.SIG_IGN)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1):
-            signal.signal(signum, signal.SIG_DFL)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        for fd in (self._wakeup_r, self._wakeup_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        for extra in self.extras:
-            extra.sock.close()
+        """In a freshly forked worker: drop the master's handlers and descriptors."""
+        self.loop.in_child(WORKER_IGNORES)
 
     # spawning and reaping ------------------------------------------------------------
 
@@ -251,18 +215,14 @@ class Master:
         log.info("spawned worker %d (pid %d, generation %d)", slot.index + 1, pid, generation)
 
     def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, status in self.loop.reap():
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
             code = os.waitstatus_to_exitcode(status)
             was_ready = worker.ready_seen or worker.slot.ready == 1
+            # a worker that cannot load the app leaves the error in its slot's line
+            why = worker.slot.request_line if code == APP_LOAD_FAILED else ""
             worker.slot.status = 0
             worker.slot.pid = 0
             worker.slot.request_start_us = 0
@@ -270,24 +230,28 @@ class Master:
                 log.info("worker %d (pid %d) exited (%s)", worker.slot.index + 1, pid, code)
                 continue
             if code == APP_LOAD_FAILED and not was_ready:
-                raise WorkerExit(APP_LOAD_FAILED, "the application cannot be loaded: stopping")
+                why = why or "the application cannot be loaded"
+                if self.reloading is not None and worker.generation == self.generation:
+                    self._abandon_reload(f"the new workers cannot load the application: {why}")
+                    continue
+                if not self.served:
+                    raise WorkerExit(APP_LOAD_FAILED, f"{why}: stopping")
+                # serving already: retried with backoff below, the others keep serving
             if was_ready:
                 log.warning(
                     "worker %d (pid %d) died (%s): respawning",
                     worker.slot.index + 1,
                     pid,
-                    _describe(code),
+                    describe_exit(status),
                 )
-                self.backoff = _Backoff()
+                self.backoff.reset()
             else:
-                self.backoff.failures += 1
-                delay = min(MAX_BACKOFF, 0.1 * 2 ** (self.backoff.failures - 1))
-                self.backoff.next_start = time.monotonic() + delay
+                delay = self.backoff.failed(time.monotonic())
                 log.error(
                     "worker %d (pid %d) died during start-up (%s): retrying in %.1f s",
                     worker.slot.index + 1,
                     pid,
-                    _describe(code),
+                    describe_exit(status),
                     delay,
                 )
             worker.slot.respawn_count += 1
@@ -298,7 +262,7 @@ class Master:
             w for w in self.workers.values() if not w.stopping and w.generation == self.generation
         ]
         if len(current) < self.target:
-            if time.monotonic() < self.backoff.next_start:
+            if not self.backoff.due(time.monotonic()):
                 return
             for _ in range(self.target - len(current)):
                 self._spawn(self.generation)
@@ -310,22 +274,17 @@ class Master:
         worker.stopping = True
         worker.slot.status = STATUS_CODES["stopping"]
         timeout = self.settings.graceful_timeout if signum == signal.SIGTERM else FAST_STOP_SECONDS
-        worker.kill_at = time.monotonic() + timeout
-        try:
-            os.kill(worker.pid, signum)
-        except ProcessLookupError:
-            pass
+        self.loop.kill_after(worker.pid, timeout)
+        signal_process(worker.pid, signum)
 
     def _check_ready(self) -> None:
-        now = time.monotonic()
         for worker in list(self.workers.values()):
             if not worker.ready_seen and worker.slot.ready == 1:
                 worker.ready_seen = True
-                self.backoff = _Backoff()
-            if worker.kill_at is not None and now > worker.kill_at:
-                log.warning("worker pid %d did not stop in time: killing", worker.pid)
-                worker.kill_at = None
-                signal_process(worker.pid, signal.SIGKILL)
+                self.served = True
+                self.backoff.reset()
+        for pid in self.loop.kill_overdue():
+            log.warning("worker pid %d did not stop in time: killing", pid)
         if (
             not self._notified_ready
             and self.workers
@@ -357,16 +316,23 @@ class Master:
                 if worker.generation < self.generation and not worker.stopping:
                     self._stop_worker(worker, signal.SIGTERM)
             self.reloading = None
-            notify("READY=1")
+            self.reload_error = ""
+            notify("READY=1", f"STATUS=reload done: generation {self.generation} serving")
             log.info("reload done: generation %d serving", self.generation)
         elif time.monotonic() - self.reloading > self.settings.ready_timeout:
-            log.error(
-                "reload abandoned: new workers not ready in %.0f s", self.settings.ready_timeout
-            )
-            for worker in new:
+            timeout = self.settings.ready_timeout
+            self._abandon_reload(f"the new workers were not ready in {timeout:.0f} s")
+
+    def _abandon_reload(self, reason: str) -> None:
+        """The new generation failed: kill it; the old one keeps serving."""
+        log.error("reload abandoned, generation %d keeps serving: %s", self.generation - 1, reason)
+        for worker in list(self.workers.values()):
+            if worker.generation == self.generation and not worker.stopping:
                 self._stop_worker(worker, signal.SIGKILL)
-            self.generation -= 1
-            self.reloading = None
+        self.generation -= 1
+        self.reloading = None
+        self.reload_error = reason
+        notify("READY=1", f"STATUS=reload failed: {reason}")
 
     # harakiri -----------------------------------------------------------------------
 
@@ -409,7 +375,8 @@ class Master:
                 "%d workers still running after the stop timeout: killing", len(self.workers)
             )
             self._kill_all(signal.SIGKILL)
-            self._reap_all(timeout=5.0)
+            self.loop.reap_blocking(set(self.workers), timeout=5.0)
+            self.workers.clear()
             return True
         return False
 
@@ -419,40 +386,3 @@ class Master:
 
     def _kill_all(self, signum: int) -> None:
         self._signal_workers(signum)
-
-    def _reap_all(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while self.workers and time.monotonic() < deadline:
-            try:
-                pid, _ = os.waitpid(-1, 0)
-            except ChildProcessError:
-                break
-            self.workers.pop(pid, None)
-
-    # pidfile ------------------------------------------------------------------------------
-
-    def _write_pidfile(self) -> None:
-        path = self.settings.pidfile
-        if path:
-            with open(path, "w", encoding="ascii") as handle:
-                handle.write(f"{os.getpid()}\n")
-
-    def _remove_pidfile(self) -> None:
-        path = self.settings.pidfile
-        if path:
-            try:
-                with open(path, encoding="ascii") as handle:
-                    if handle.read().strip() != str(os.getpid()):
-                        return  # another master owns it now
-                os.unlink(path)
-            except OSError:
-                pass
-
-
-def _describe(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit {code}"

@@ -8,16 +8,14 @@ import errno
 import gc
 import logging
 import os
-import select
-import socket
 import sys
 
 __all__ = [
     "freeze_startup_heap",
     "new_event_loop",
+    "reopen_error_log",
     "setup_error_log",
     "signal_process",
-    "wait_readable",
 ]
 
 
@@ -35,6 +33,14 @@ def setup_error_log(path: str | None = None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     root.propagate = False
+
+
+def reopen_error_log() -> None:
+    """SIGUSR1: close the ``gantry`` loggers' files; each reopens its path on the next
+    record, so a file logrotate moved away is not written to any more."""
+    for handler in logging.getLogger("gantry").handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.close()
 
 
 def freeze_startup_heap(young_threshold: int | None = None) -> None:
@@ -68,25 +74,6 @@ def new_event_loop(use_uvloop: bool = True) -> asyncio.AbstractEventLoop:
         except ImportError:
             pass
     return asyncio.new_event_loop()
-
-
-def wait_readable(
-    wakeup_fd: int, sockets: list[socket.socket], timeout: float
-) -> list[socket.socket]:
-    """A master's wait: until a signal arrives through the wakeup pipe (which is then
-    emptied), one of ``sockets`` is readable, or ``timeout`` passes; the readable sockets."""
-    try:
-        watched: list[int | socket.socket] = [wakeup_fd, *sockets]
-        ready, _, _ = select.select(watched, [], [], timeout)
-    except InterruptedError:
-        return []
-    if wakeup_fd in ready:
-        try:
-            while os.read(wakeup_fd, 4096):
-                pass
-        except BlockingIOError:
-            pass
-    return [item for item in ready if isinstance(item, socket.socket)]
 
 
 def signal_process(pid: int, signum: int) -> None:

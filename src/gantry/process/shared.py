@@ -12,6 +12,7 @@ import mmap
 import os
 import time
 from dataclasses import dataclass, field
+from typing import overload
 
 __all__ = [
     "FIELDS",
@@ -56,21 +57,58 @@ STATUS_NAMES = {0: "free", 1: "starting", 2: "idle", 3: "busy", 4: "stopping"}
 STATUS_CODES = {name: code for code, name in STATUS_NAMES.items()}
 
 
+class _Field:
+    """One 64-bit field of a slot, read and written in shared memory (a data descriptor,
+    so ``slot.requests`` is typed and costs no ``__getattr__`` fallback)."""
+
+    __slots__ = ("index",)
+
+    def __init__(self) -> None:
+        self.index = -1
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.index = _INDEX[name]
+
+    @overload
+    def __get__(self, slot: None, owner: type) -> _Field: ...
+    @overload
+    def __get__(self, slot: SlotView, owner: type) -> int: ...
+    def __get__(self, slot: SlotView | None, owner: type) -> _Field | int:
+        if slot is None:
+            return self
+        return int(slot._ints[self.index])
+
+    def __set__(self, slot: SlotView, value: int) -> None:
+        slot._ints[self.index] = value
+
+
 class SlotView:
     """One worker's slot; attribute access reads and writes shared memory directly."""
 
     __slots__ = ("_ints", "_line", "index")
 
+    pid = _Field()
+    status = _Field()
+    generation = _Field()
+    requests = _Field()
+    exceptions = _Field()
+    tx = _Field()
+    status_2xx = _Field()
+    status_3xx = _Field()
+    status_4xx = _Field()
+    status_5xx = _Field()
+    rt_total_us = _Field()
+    request_start_us = _Field()
+    last_spawn = _Field()
+    respawn_count = _Field()
+    rss = _Field()
+    vsz = _Field()
+    ready = _Field()
+
     def __init__(self, ints: memoryview, line: memoryview, index: int) -> None:
-        object.__setattr__(self, "_ints", ints)
-        object.__setattr__(self, "_line", line)
-        object.__setattr__(self, "index", index)
-
-    def __getattr__(self, name: str) -> int:
-        return int(self._ints[_INDEX[name]])
-
-    def __setattr__(self, name: str, value: int) -> None:
-        self._ints[_INDEX[name]] = value
+        self._ints = ints
+        self._line = line
+        self.index = index
 
     def add(self, name: str, amount: int) -> None:
         """Add to a counter (only the owning worker writes, so no lock is needed)."""

@@ -9,25 +9,99 @@ one queue: the pools first, then the front that routes to them. Once every new
 generation has said READY=1, the old ones are told to stop gracefully; a removed
 pool stops once no old front may route to it any more. If a new generation dies
 or is not ready in time, the new ones are killed and the old ones keep serving.
+
+A reload talks to the supervisor through the methods of :class:`Stack` only, never
+its fields (and never imports it).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from gantry.config.stack import StackPlan, load_stack
 from gantry.process.systemd import notify
+from gantry.stack.part import Part, PartKey, PartSockets
 
-if TYPE_CHECKING:
-    from gantry.stack.supervisor import Part, PartKey, Supervisor
+__all__ = ["Listener", "Reload", "Stack", "begin_reload"]
 
-__all__ = ["Reload", "begin_reload"]
+#: a stats or metrics server of the stack: (socket, "stats" or "metrics", address)
+Listener = tuple[socket.socket, str, str]
+
+
+class Stack(Protocol):
+    """What a reload asks of the supervisor."""
+
+    def current_plan(self) -> StackPlan:
+        """The configuration the stack runs now."""
+        ...
+
+    def current_parts(self) -> list[Part]:
+        """The serving generation of each part."""
+        ...
+
+    def start(self, part: Part) -> None:
+        """Start ``part``'s master."""
+        ...
+
+    def stop_part(self, part: Part, signum: int = signal.SIGTERM) -> None:
+        """Tell ``part`` to stop (killed if it outlives the graceful timeout)."""
+        ...
+
+    def signal_parts(self, signum: int, parts: list[Part] | None = None) -> None:
+        """Send ``signum`` to the running masters among ``parts``."""
+        ...
+
+    def send_off(self, part: Part, signum: int | None) -> None:
+        """``part`` is an outgoing generation now; told to stop with ``signum`` (None:
+        later, once no old front may route to it)."""
+        ...
+
+    def generation_after(self, key: PartKey) -> int:
+        """The number a new generation of part ``key`` gets."""
+        ...
+
+    def bind_plan(self, plan: StackPlan) -> dict[PartKey, PartSockets]:
+        """Every listening socket of ``plan``'s parts (those bound already are kept)."""
+        ...
+
+    def bind_listeners(self, plan: StackPlan) -> list[Listener]:
+        """``plan``'s stats and metrics servers (those bound already are kept)."""
+        ...
+
+    def write_state(self, plan: StackPlan, path: str) -> None:
+        """Write the state file the parts of ``plan`` read."""
+        ...
+
+    def next_state_path(self, plan: StackPlan) -> str:
+        """A state-file path no generation uses."""
+        ...
+
+    def stats_file(self, plan: StackPlan, part: Part) -> str | None:
+        """The runtime-dir stats socket of ``part`` under ``plan``."""
+        ...
+
+    def set_scheduling(self, plan: StackPlan) -> None:
+        """Apply ``plan``'s CPU policy to the parts started from now on."""
+        ...
+
+    def forget_unused(self) -> None:
+        """Close the sockets and remove the files no generation uses."""
+        ...
+
+    def install(self, plan: StackPlan, parts: list[Part], state_path: str,
+                listeners: list[Listener]) -> None:  # fmt: skip
+        """The reload is committed: ``plan`` and ``parts`` serve from now on."""
+        ...
+
+    def reload_ended(self, incoming: list[Part], listeners: list[Listener]) -> None:
+        """The reload was given up: forget what it made that no generation uses."""
+        ...
+
 
 log = logging.getLogger("gantry.stack")
 
@@ -39,7 +113,7 @@ READY_GRACE = 10.0
 class Reload:
     """One SIGHUP's new configuration on its way in."""
 
-    supervisor: Supervisor
+    supervisor: Stack
     plan: StackPlan
     state_path: str
     #: new generations of the changed and added parts: the pools, then the front
@@ -102,13 +176,12 @@ class Reload:
             self._start_once(part)
 
     def _current(self, key: PartKey) -> Part | None:
-        return next((p for p in self.supervisor.parts if p.key == key), None)
+        return next((p for p in self.supervisor.current_parts() if p.key == key), None)
 
     def commit(self) -> None:
         """Every new generation is ready: it serves, the old ones stop gracefully."""
         supervisor = self.supervisor
-        old_plan = supervisor.plan
-        current = {part.key: part for part in supervisor.parts}
+        current = {part.key: part for part in supervisor.current_parts()}
         incoming = {part.key: part for part in self.incoming}
         parts = []
         for key in self.plan.part_keys():
@@ -129,21 +202,10 @@ class Reload:
         for key in self.removed:
             old = current[key]
             old.after_front = True
-            supervisor.outgoing.append(old)
+            supervisor.send_off(old, None)
             log.info("%s: removed; generation %d (pid %s) stops once the old front is gone",
                      old.label, old.generation, old.pid)  # fmt: skip
-        supervisor.parts = parts
-        supervisor.plan = self.plan
-        supervisor.state_path = self.state_path
-        supervisor.close_listeners([e for e in supervisor.listeners if e not in self.listeners])
-        supervisor.listeners = self.listeners
-        supervisor.apply_stack_table(old_plan, self.plan)
-        supervisor.reload = None
-        supervisor.retire_removed_pools()
-        for part in current.values():
-            if part.pid is None and part not in parts and part not in supervisor.outgoing:
-                supervisor.forget(part)  # replaced while down: nothing to wait for
-        supervisor.forget_unused()
+        supervisor.install(self.plan, parts, self.state_path, self.listeners)
         log.info("SIGHUP: %s applied", self.plan.source)
         notify("READY=1", f"STATUS=gantry up: {len(parts)} parts")
 
@@ -154,8 +216,7 @@ class Reload:
         log.info("%s: replaced by generation %d (pid %d); generation %d (pid %d) stops "
                  "gracefully", new.label, new.generation, new.pid, old.generation,
                  old.pid)  # fmt: skip
-        self.supervisor.outgoing.append(old)
-        self.supervisor.stop_part(old)
+        self.supervisor.send_off(old, signal.SIGTERM)
 
     def abandon(self, reason: str) -> None:
         """A new generation failed: kill the new ones, keep (or bring back) the old ones."""
@@ -164,34 +225,26 @@ class Reload:
                   self.plan.source, reason)  # fmt: skip
         for part in self.incoming:
             if part.pid is not None:
-                supervisor.outgoing.append(part)
-                supervisor.stop_part(part, signal.SIGKILL)
-        for part in supervisor.parts:
+                supervisor.send_off(part, signal.SIGKILL)
+        for part in supervisor.current_parts():
             if part.handing_over:
                 part.handing_over = False
-                part.next_start = time.monotonic()
+                part.backoff.reset()
                 log.info("%s: generation %d starts again", part.label, part.generation)
-        supervisor.close_listeners([e for e in self.listeners if e not in supervisor.listeners])
-        supervisor.set_scheduling(supervisor.plan)
-        supervisor.reload = None
-        for part in self.incoming:
-            if part.pid is None:
-                supervisor.forget(part)
-        supervisor.forget_unused()
+        supervisor.set_scheduling(supervisor.current_plan())
+        supervisor.reload_ended(self.incoming, self.listeners)
         notify("READY=1")
 
 
-def begin_reload(supervisor: Supervisor, path: str) -> Reload:
+def begin_reload(supervisor: Stack, path: str) -> Reload:
     """Read ``path`` as at start, bind what is new and write the new state file; raises
     ConfigError or OSError (and changes nothing) when the file cannot be applied."""
-    from gantry.stack.supervisor import Part
-
-    old = supervisor.plan
+    old = supervisor.current_plan()
     plan = load_stack(path, old.runtime_dir)
     if plan.settings.stack.runtime_dir != old.settings.stack.runtime_dir:
         log.warning("%s: stack.runtime_dir: a new runtime directory takes a restart; the "
                     "stack keeps %s", path, old.runtime_dir)  # fmt: skip
-    current = {part.key: part for part in supervisor.parts}
+    current = {part.key: part for part in supervisor.current_parts()}
     changed: list[PartKey] = []
     unchanged: list[PartKey] = []
     for key in plan.part_keys():
@@ -201,23 +254,21 @@ def begin_reload(supervisor: Supervisor, path: str) -> Reload:
             plan.generations[key[1]] = part.generation
         else:
             changed.append(key)
-            plan.generations[key[1]] = supervisor.last_generation.get(key, 0) + 1
+            plan.generations[key[1]] = supervisor.generation_after(key)
     removed = [key for key in current if key not in set(plan.part_keys())]
     sockets = supervisor.bind_plan(plan)
     try:
         listeners = supervisor.bind_listeners(plan)
-        state_path = os.path.join(plan.runtime_dir, f"stack@{supervisor.reloads + 2}.json")
+        state_path = supervisor.next_state_path(plan)
         supervisor.write_state(plan, state_path)
     except BaseException:
         supervisor.forget_unused()
         raise
-    supervisor.reloads += 1
     reload = Reload(supervisor, plan, state_path, [], unchanged, removed, listeners=listeners)
     # pools first: the new front may route to a pool that is new too
     for kind, name in sorted(changed, key=lambda key: key[0] == "front"):
         part = Part(name, kind, sockets[(kind, name)], state_path, plan.generations[name])
         part.stats_file = supervisor.stats_file(plan, part)
-        supervisor.last_generation[part.key] = part.generation
         reload.incoming.append(part)
         if kind == "app" and (kind, name) in current and _own_addresses(old, plan, name):
             reload.in_turn.add((kind, name))

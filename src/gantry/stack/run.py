@@ -60,7 +60,7 @@ def run_part(state: str, kind: str, name: str) -> int:
         from gantry.front.run import run_front
 
         return run_front(plan.front_config(), master=True, stats=plan.part_stats("front"))
-    from gantry.appserver.worker import AppLoadError, serve
+    from gantry.appserver.serve import AppLoadError, serve
 
     try:
         return serve(plan.pool_config(name))

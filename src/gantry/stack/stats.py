@@ -2,42 +2,41 @@
 
 Each part's master serves its own document (uWSGI's format) on a unix socket in
 the runtime directory, one per generation (a reload runs two side by side for a
-moment; the stack's document shows the one serving). The supervisor reads them
-all when asked and answers with one document whose workers carry their ``pool``
-("front" or the app's name), so ``gantry top``, uwsgitop and Prometheus see the
-whole stack.
+moment; the stack's document shows the one serving). When asked, the supervisor
+reads them all from its loop, without waiting on any (a part that does not answer
+within a second is listed as down), and answers with one document whose workers
+carry their ``pool`` ("front" or the app's name), so ``gantry top``, uwsgitop and
+Prometheus see the whole stack.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from gantry import __version__
+from gantry.process.answers import DocumentFetch
+from gantry.process.loop import ProcessLoop
+from gantry.stack.part import Part
 from gantry.stats.prometheus import render_metric_rows
-from gantry.stats.serve import http_text_response
-from gantry.stats.top import fetch
+from gantry.stats.serve import http_text_answer
 
-if TYPE_CHECKING:
-    from gantry.stack.supervisor import Supervisor
+__all__ = ["StackStats", "stack_document"]
 
-__all__ = ["answer_metrics", "answer_stats", "stack_document"]
+#: seconds a part's master has to send its document
+PART_TIMEOUT = 1.0
+
+Deliver = Callable[[bytes], None]
 
 
-def stack_document(supervisor: Supervisor) -> dict[str, Any]:
-    """One stats document for every part; a part that does not answer is listed as down."""
-    plan = supervisor.plan
+def stack_document(parts: list[tuple[Part, dict[str, Any]]], started: float) -> dict[str, Any]:
+    """One stats document from each serving part and the document it sent ({}: down)."""
     workers: list[dict[str, Any]] = []
     pools: list[dict[str, Any]] = []
     sockets: list[dict[str, Any]] = []
-    for part in supervisor.parts:  # the serving generation of each part
-        address = part.stats_file or plan.pool_config(part.name).stats or ""
-        try:
-            doc = fetch(address, timeout=1.0)
-        except (OSError, ValueError):
-            doc = {}
+    for part, doc in parts:
         for worker in doc.get("workers", []):
             # "id" stays unique across the stack (uwsgitop keys on it); "worker" is the
             # number the pool's own log uses.
@@ -55,6 +54,7 @@ def stack_document(supervisor: Supervisor) -> dict[str, Any]:
                 "restarts": part.restarts,
                 "up": bool(doc),
                 "last_exit": part.last_exit,
+                **({"reload_error": part.reload_error} if part.reload_error else {}),
             }
         )
     return {
@@ -67,7 +67,7 @@ def stack_document(supervisor: Supervisor) -> dict[str, Any]:
         "uid": os.getuid(),
         "gid": os.getgid(),
         "cwd": os.getcwd(),
-        "started": int(supervisor.started),
+        "started": int(started),
         "locks": [],
         "sockets": sockets,
         "pools": pools,
@@ -75,20 +75,54 @@ def stack_document(supervisor: Supervisor) -> dict[str, Any]:
     }
 
 
-def answer_stats(conn: socket.socket, supervisor: Supervisor) -> None:
-    """Write the merged document and let the caller close (uWSGI's stats protocol)."""
-    conn.sendall(json.dumps(stack_document(supervisor)).encode())
+class StackStats:
+    """Answers the stack's stats and metrics sockets from the supervisor's loop.
 
+    ``serving()`` gives the serving generation of each part and the address of its stats
+    socket; the documents are fetched concurrently, without blocking the loop."""
 
-def answer_metrics(conn: socket.socket, supervisor: Supervisor) -> None:
-    """Prometheus text of every worker of the stack, labelled with its pool."""
+    def __init__(
+        self, loop: ProcessLoop, started: float, serving: Callable[[], list[tuple[Part, str]]]
+    ) -> None:
+        self.loop = loop
+        self.started = started
+        self.serving = serving
 
-    def render() -> bytes:
-        doc = stack_document(supervisor)
-        rows = [
-            ({"pool": w["pool"], "worker": str(w["id"]), "pid": str(w["pid"])}, w)
-            for w in doc["workers"]
-        ]
-        return render_metric_rows(rows, supervisor.started)
+    def gather(self, then: Callable[[dict[str, Any]], None]) -> None:
+        """Fetch every part's document, then call ``then`` with the merged one."""
+        parts = self.serving()
+        docs: list[dict[str, Any] | None] = [None] * len(parts)
+        if not parts:
+            then(stack_document([], self.started))
+            return
 
-    http_text_response(conn, render)
+        def one_done(index: int, doc: dict[str, Any]) -> None:
+            docs[index] = doc
+            if all(d is not None for d in docs):
+                merged = [(part, d or {}) for (part, _), d in zip(parts, docs, strict=True)]
+                then(stack_document(merged, self.started))
+
+        def receiver(index: int) -> Callable[[dict[str, Any]], None]:
+            return lambda doc: one_done(index, doc)
+
+        for index, (_, address) in enumerate(parts):
+            DocumentFetch(self.loop, address, PART_TIMEOUT, receiver(index))
+
+    def respond_stats(self, request: bytes, deliver: Deliver) -> None:
+        """uWSGI's stats protocol: the merged document, then the close."""
+        self.gather(lambda doc: deliver(json.dumps(doc).encode()))
+
+    def respond_metrics(self, request: bytes, deliver: Deliver) -> None:
+        """Prometheus text of every worker of the stack, labelled with its pool."""
+
+        def render(doc: dict[str, Any]) -> bytes:
+            rows = [
+                ({"pool": w["pool"], "worker": str(w["id"]), "pid": str(w["pid"])}, w)
+                for w in doc["workers"]
+            ]
+            return render_metric_rows(rows, self.started)
+
+        if not request.startswith((b"GET ", b"HEAD ")):
+            deliver(http_text_answer(request, lambda: b""))
+            return
+        self.gather(lambda doc: deliver(http_text_answer(request, lambda: render(doc))))

@@ -5,9 +5,12 @@ uwsgi unix socket and a pool's own sockets) and hands them down as LISTEN_FDS,
 so a part that dies and comes back finds its queue still open: the front never
 sees a refused pool and clients never see a refused front. Each part is a
 ``gantry`` process with its own master (``gantry front``'s, ``gantry serve``'s),
-which respawns its workers; the supervisor respawns the masters. Signal handlers
-only queue the signal; the loop re-reads gantry.toml (SIGHUP, ``stack/reload.py``),
-forwards SIGUSR1, stops the parts (SIGTERM, SIGINT) and reaps.
+which respawns its workers; the supervisor respawns the masters. It runs on the
+same process loop as those masters (``process/loop.py``): signal handlers only
+queue the signal; the loop re-reads gantry.toml (SIGHUP, ``stack/reload.py``, which
+talks to the supervisor through the methods of ``reload.Stack``), forwards SIGUSR1,
+stops the parts (SIGTERM, SIGINT), reaps, and answers the stack's stats and metrics
+sockets without blocking.
 """
 
 from __future__ import annotations
@@ -16,78 +19,40 @@ import fcntl
 import json
 import logging
 import os
+import selectors
 import shutil
 import signal
 import socket
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 from gantry.config import ConfigError, ListenAddress, parse_address
 from gantry.config.stack import StackPlan
+from gantry.process.answers import AnswerServer
+from gantry.process.loop import ProcessLoop
 from gantry.process.master import APP_LOAD_FAILED
 from gantry.process.parent import stop_with_parent
-from gantry.process.runtime import signal_process, wait_readable
+from gantry.process.runtime import reopen_error_log, signal_process
 from gantry.process.sockets import bind
 from gantry.process.systemd import SD_LISTEN_FDS_START, notify
+from gantry.stack.part import Part, PartKey, PartSockets
 from gantry.stack.readiness import ReadinessSocket
+from gantry.stack.reload import Reload, begin_reload
+from gantry.stack.stats import StackStats
 
 __all__ = ["Part", "Supervisor", "EXIT_APP_LOAD_FAILED"]
 
 log = logging.getLogger("gantry.stack")
 
 EXIT_APP_LOAD_FAILED = APP_LOAD_FAILED
-# A part that dies is restarted after 0.1 s, 0.2 s, ... up to this many seconds.
-MAX_BACKOFF = 5.0
+#: the signals the supervisor takes over
+STACK_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1)
 # A part that ran this long before dying starts again at the shortest backoff.
 HEALTHY_RUN = 10.0
 STATE_FILE = "stack.json"
 # A part told to stop gracefully is killed this long after [stack] graceful_timeout.
 STOP_GRACE = 5.0
-
-PartKey = tuple[str, str]  # (kind, name)
-PartSockets = list[tuple[ListenAddress, socket.socket]]
-
-
-@dataclass(eq=False)  # one generation is one object: lists of parts compare by identity
-class Part:
-    """One generation of one process the supervisor runs: the front, or an application pool."""
-
-    name: str  # "front" or the pool's name
-    kind: str  # "front" or "app"
-    sockets: PartSockets
-    state_path: str = ""
-    generation: int = 1
-    #: the runtime-dir stats socket its master binds, removed once it is gone (None: the
-    #: pool's own `stats` setting, which is the user's)
-    stats_file: str | None = None
-    pid: int | None = None
-    started: float = 0.0
-    restarts: int = 0
-    failures: int = 0
-    next_start: float = 0.0
-    last_exit: str = ""
-    #: its master said READY=1 since it last started
-    ready: bool = False
-    #: told to stop: killed if still running then
-    kill_at: float | None = None
-    #: stopped for its next generation, which must not run beside it: not restarted
-    handing_over: bool = False
-    #: a removed pool: told to stop once no old front generation may still route to it
-    after_front: bool = False
-    #: a new generation that died before it was ready: how
-    failed: str = ""
-
-    @property
-    def key(self) -> PartKey:
-        """(kind, name): the part across its generations."""
-        return (self.kind, self.name)
-
-    @property
-    def label(self) -> str:
-        """How the log names the part."""
-        return "front" if self.kind == "front" else f"app {self.name!r}"
 
 
 @dataclass
@@ -102,17 +67,16 @@ class Supervisor:
     config_file: str | None = None
 
     def __post_init__(self) -> None:
-        from gantry.stack.reload import Reload
-
-        self.signals: deque[int] = deque()
+        self.loop = ProcessLoop(STACK_SIGNALS)
         self.stopping: str | None = None
         self.stop_deadline = 0.0
         self.exit_code = 0
         self.started = time.time()
-        self._wakeup_r = -1
-        self._wakeup_w = -1
         #: the stack's stats and metrics servers: (socket, "stats" or "metrics", address)
         self.listeners: list[tuple[socket.socket, str, str]] = []
+        #: the servers answering on the current listeners, by the listener's fd
+        self.answering: dict[int, AnswerServer] = {}
+        self.stack_stats = StackStats(self.loop, self.started, self.serving_stats)
         #: every listening socket the parts get, by address: kept across reloads
         self.bound: dict[object, tuple[ListenAddress, socket.socket]] = {}
         self.state_path = os.path.join(self.plan.runtime_dir, STATE_FILE)
@@ -210,15 +174,21 @@ class Supervisor:
 
     def run(self) -> int:
         """Start every part, then supervise until stopped."""
-        self._install_signals()
+        self.loop.install_signals()
         self.set_scheduling(self.plan)
-        self._write_pidfile(self.plan)
+        self.loop.write_pidfile(self.plan.settings.stack.pidfile)
         if ReadinessSocket.supported():
             try:
                 self.readiness = ReadinessSocket()
             except OSError as exc:
                 log.warning("no readiness socket (%s): SIGHUP reloads the parts in place and "
                             "does not re-read the file", exc)  # fmt: skip
+            else:
+                readiness = self.readiness
+                self.loop.watch(
+                    readiness.sock, selectors.EVENT_READ, lambda: self._hear_readiness(readiness)
+                )
+        self._answer_listeners()
         try:
             for part in self.parts:
                 self.start(part)
@@ -231,7 +201,7 @@ class Supervisor:
                 "gantry up %d: %s", os.getpid(), ", ".join(self._describe(p) for p in self.parts)
             )
             while True:
-                self._wait()
+                self.loop.wait()
                 if starting and all(part.ready for part in self.parts):
                     starting = False
                     self._ready()
@@ -251,6 +221,7 @@ class Supervisor:
                     self._reread_config()
         finally:
             self.cleanup()
+            self.loop.close()
         log.info("gantry up %d stopped (exit %d)", os.getpid(), self.exit_code)
         return self.exit_code
 
@@ -277,10 +248,9 @@ class Supervisor:
         pid = os.fork()
         if pid == 0:  # the part: hand the sockets down as fds 3, 4, ... and exec
             try:
-                signal.set_wakeup_fd(-1)
-                for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT,
-                               signal.SIGUSR1, signal.SIGCHLD):  # fmt: skip
-                    signal.signal(signum, signal.SIG_DFL)
+                # SIGUSR1 ignored until the part's master installs its handler: a
+                # logrotate meanwhile must not kill it
+                self.loop.in_child(ignored=(signal.SIGUSR1,))
                 stop_with_parent(parent)
                 high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for fd in fds]
                 for i, fd in enumerate(high):
@@ -297,27 +267,22 @@ class Supervisor:
         part.pid = pid
         part.started = time.monotonic()
         part.ready = False
+        known = self.last_generation.get(part.key, 0)
+        self.last_generation[part.key] = max(known, part.generation)
 
     def stop_part(self, part: Part, signum: int = signal.SIGTERM) -> None:
         """Tell one generation to stop; it is killed if it outlives the graceful timeout."""
         if part.pid is None:
             return
         signal_process(part.pid, signum)
-        part.kill_at = time.monotonic() + self.plan.settings.stack.graceful_timeout + STOP_GRACE
+        self.loop.kill_after(part.pid, self.plan.settings.stack.graceful_timeout + STOP_GRACE)
 
     def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, status in self.loop.reap():
             part = next((p for p in self.live_parts() if p.pid == pid), None)
             if part is None:
                 continue
             part.pid = None
-            part.kill_at = None
             part.last_exit = _describe_status(status)
             code = os.waitstatus_to_exitcode(status)
             if part in self.outgoing:
@@ -345,28 +310,85 @@ class Supervisor:
                 self.exit_code = EXIT_APP_LOAD_FAILED
                 self._begin_stop("graceful")
             else:
-                ran = time.monotonic() - part.started
-                part.failures = 1 if ran >= HEALTHY_RUN else part.failures + 1
-                delay = min(MAX_BACKOFF, 0.1 * 2 ** (part.failures - 1))
-                part.next_start = time.monotonic() + delay
+                now = time.monotonic()
+                if now - part.started >= HEALTHY_RUN:
+                    part.backoff.reset()
+                delay = part.backoff.failed(now)
                 log.warning("%s %s; starting it again in %.1f s", part.name, part.last_exit, delay)
 
     def _restart_due(self) -> None:
         now = time.monotonic()
         for part in self.parts:
-            if part.pid is None and not part.handing_over and now >= part.next_start:
+            if part.pid is None and not part.handing_over and part.backoff.due(now):
                 part.restarts += 1
                 self.start(part)
                 log.info("%s started again (pid %d)", part.name, part.pid)
 
     def _kill_late(self) -> None:
-        now = time.monotonic()
-        for part in [*self.parts, *self.outgoing]:
-            if part.pid is not None and part.kill_at is not None and now >= part.kill_at:
-                log.warning("%s generation %d (pid %d) did not stop in time: killing it",
-                            part.label, part.generation, part.pid)  # fmt: skip
-                part.kill_at = None
-                signal_process(part.pid, signal.SIGKILL)
+        for pid in self.loop.kill_overdue():
+            part = next((p for p in self.live_parts() if p.pid == pid), None)
+            if part is not None:
+                log.warning("%s generation %d (pid %d) did not stop in time: killed",
+                            part.label, part.generation, pid)  # fmt: skip
+
+    # what a reload asks (reload.Stack) ------------------------------------------
+
+    def current_plan(self) -> StackPlan:
+        """The configuration the stack runs now."""
+        return self.plan
+
+    def current_parts(self) -> list[Part]:
+        """The serving generation of each part."""
+        return list(self.parts)
+
+    def send_off(self, part: Part, signum: int | None) -> None:
+        """``part`` joins the outgoing generations; told to stop now with ``signum``, or
+        (None) once no old front may route to it."""
+        self.outgoing.append(part)
+        if signum is not None:
+            self.stop_part(part, signum)
+
+    def generation_after(self, key: PartKey) -> int:
+        """The number a new generation of part ``key`` gets."""
+        return self.last_generation.get(key, 0) + 1
+
+    def next_state_path(self, plan: StackPlan) -> str:
+        """A state-file path no generation uses."""
+        self.reloads += 1
+        return os.path.join(plan.runtime_dir, f"stack@{self.reloads + 1}.json")
+
+    def install(self, plan: StackPlan, parts: list[Part], state_path: str,
+                listeners: list[tuple[socket.socket, str, str]]) -> None:  # fmt: skip
+        """A reload committed: ``plan`` and ``parts`` serve from now on, the stats and
+        metrics servers are ``listeners``; what the old plan alone used goes."""
+        old_plan, current = self.plan, self.parts
+        self.parts = parts
+        self.plan = plan
+        self.state_path = state_path
+        self.close_listeners([e for e in self.listeners if e not in listeners])
+        self.listeners = listeners
+        self._answer_listeners()
+        self.apply_stack_table(old_plan, plan)
+        self.reload = None
+        self.retire_removed_pools()
+        for part in current:
+            if part.pid is None and part not in parts and part not in self.outgoing:
+                self.forget(part)  # replaced while down: nothing to wait for
+        self.forget_unused()
+
+    def reload_ended(
+        self, incoming: list[Part], listeners: list[tuple[socket.socket, str, str]]
+    ) -> None:
+        """A reload was given up: close its new stats and metrics servers and forget the
+        generations it made that are not running."""
+        self.close_listeners([e for e in listeners if e not in self.listeners])
+        self.reload = None
+        for part in incoming:
+            if part.pid is None:
+                self.forget(part)
+        self.forget_unused()
+
+    # ---------------------------------------------------------------------------
 
     def retire_removed_pools(self) -> None:
         """Stop the removed pools once no old front generation may still route to them."""
@@ -411,6 +433,9 @@ class Supervisor:
     def close_listeners(self, listeners: list[tuple[socket.socket, str, str]]) -> None:
         """Close stats or metrics servers (and remove their unix socket files)."""
         for sock, _, _ in listeners:
+            server = self.answering.pop(sock.fileno(), None)
+            if server is not None:
+                server.close()
             name = sock.getsockname()
             sock.close()
             if isinstance(name, str) and name:
@@ -418,25 +443,14 @@ class Supervisor:
 
     # signals ----------------------------------------------------------------
 
-    def _install_signals(self) -> None:
-        self._wakeup_r, self._wakeup_w = os.pipe()
-        for fd in (self._wakeup_r, self._wakeup_w):
-            os.set_blocking(fd, False)
-        signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
-        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT,
-                       signal.SIGUSR1, signal.SIGCHLD):  # fmt: skip
-            signal.signal(signum, self._queue_signal)
-
-    def _queue_signal(self, signum: int, frame: object) -> None:
-        if signum != signal.SIGCHLD:
-            self.signals.append(signum)
-
     def _handle_signals(self) -> None:
-        while self.signals:
-            signum = self.signals.popleft()
+        for signum in self.loop.take_signals():
             if signum == signal.SIGHUP:
                 self._on_sighup()
             elif signum == signal.SIGUSR1:
+                # logrotate: the supervisor's log and every part's (each master passes
+                # it on to its workers)
+                reopen_error_log()
                 self.signal_parts(signal.SIGUSR1)
             elif signum == signal.SIGTERM:
                 self._begin_stop("graceful")
@@ -460,8 +474,6 @@ class Supervisor:
             self._reread_config()
 
     def _reread_config(self) -> None:
-        from gantry.stack.reload import begin_reload
-
         assert self.config_file is not None
         log.info("SIGHUP: re-reading %s", self.config_file)
         notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
@@ -504,45 +516,41 @@ class Supervisor:
             self.stop_deadline = time.monotonic() + 5.0
         return False
 
-    def _wait(self) -> None:
-        watched = [sock for sock, _, _ in self.listeners]
-        if self.readiness is not None:
-            watched.append(self.readiness.sock)
-        ready = wait_readable(self._wakeup_r, watched, 0.25)
-        for item in ready:
-            if self.readiness is not None and item is self.readiness.sock:
-                self._hear_readiness(self.readiness)
-            for sock, kind, _ in self.listeners:
-                if sock is item:
-                    self._answer(sock, kind)
-
     def _hear_readiness(self, readiness: ReadinessSocket) -> None:
         for pid, lines in readiness.read():
-            if "READY=1" not in lines or not pid:
+            part = next((p for p in self.live_parts() if pid and p.pid == pid), None)
+            if part is None:
                 continue
-            for part in self.live_parts():
-                if part.pid == pid:
-                    part.ready = True
+            if "READY=1" in lines:
+                part.ready = True
+            for line in lines:
+                # a master whose in-place reload failed says why (and keeps serving)
+                if line.startswith("STATUS=reload failed: "):
+                    part.reload_error = line.removeprefix("STATUS=reload failed: ")
+                    log.error("%s: its reload failed, its old workers keep serving: %s",
+                              part.label, part.reload_error)  # fmt: skip
+                elif line.startswith("STATUS=") and "RELOADING=1" not in lines:
+                    part.reload_error = ""
 
-    def _answer(self, listener: socket.socket, kind: str) -> None:
-        from gantry.stack.stats import answer_metrics, answer_stats
+    def _answer_listeners(self) -> None:
+        """Answer on the current stats and metrics listeners (new ones after a reload)."""
+        for sock, kind, _ in self.listeners:
+            if sock.fileno() not in self.answering:
+                respond = (
+                    self.stack_stats.respond_stats
+                    if kind == "stats"
+                    else self.stack_stats.respond_metrics
+                )
+                self.answering[sock.fileno()] = AnswerServer(
+                    self.loop, sock, respond, reads_request=kind == "metrics"
+                )
 
-        try:
-            conn, _ = listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        with conn:
-            conn.setblocking(True)
-            conn.settimeout(2.0)
-            try:
-                if kind == "stats":
-                    answer_stats(conn, self)
-                else:
-                    answer_metrics(conn, self)
-            except OSError:
-                pass
-            except Exception:
-                log.exception("answering %s failed", kind)
+    def serving_stats(self) -> list[tuple[Part, str]]:
+        """The serving generation of each part, with its stats socket's address."""
+        return [
+            (part, part.stats_file or self.plan.pool_config(part.name).stats or "")
+            for part in self.parts
+        ]
 
     def set_scheduling(self, plan: StackPlan) -> None:
         """The CPU policy every part started from now on inherits (fork and exec keep it)."""
@@ -558,19 +566,13 @@ class Supervisor:
             log.warning("cannot set the %s scheduling policy: %s; the parts run with the "
                         "one they inherit", plan.settings.stack.scheduling, exc)  # fmt: skip
 
-    def _write_pidfile(self, plan: StackPlan) -> None:
-        path = plan.settings.stack.pidfile
-        if path:
-            with open(path, "w", encoding="ascii") as handle:
-                handle.write(f"{os.getpid()}\n")
-
     def apply_stack_table(self, old: StackPlan, new: StackPlan) -> None:
         """A reload's [stack] changes the supervisor itself applies: the pidfile (stats,
         metrics and scheduling were applied on the way)."""
         if old.settings.stack.pidfile != new.settings.stack.pidfile:
             if old.settings.stack.pidfile:
                 _unlink(old.settings.stack.pidfile)
-            self._write_pidfile(new)
+            self.loop.write_pidfile(new.settings.stack.pidfile)
 
     def cleanup(self) -> None:
         """Close and remove what prepare() made (sockets, state, the runtime directory)

@@ -1,77 +1,76 @@
-"""The stats and metrics sockets a master serves from its own loop (uWSGI's stats server)."""
+"""The stats and metrics sockets a master serves from its own loop (uWSGI's stats server),
+without blocking it: see ``process/answers.py``."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import socket
 from collections.abc import Callable
 
 from gantry import __version__
 from gantry.config import parse_address
-from gantry.process.master import Master
+from gantry.process.answers import AnswerServer
+from gantry.process.loop import ProcessLoop
 from gantry.process.shared import WorkerTable
 from gantry.process.sockets import bind
 
-__all__ = ["http_text_response", "serve_each_connection", "serve_metrics", "serve_stats"]
+__all__ = ["http_text_answer", "listen_and_answer", "serve_metrics", "serve_stats"]
 
 log = logging.getLogger("gantry.stats")
 
 
-def serve_each_connection(
-    master: Master, spec: str, setting: str, respond: Callable[[socket.socket], None]
-) -> None:
-    """Listen on ``spec``; the master loop accepts and calls ``respond`` on each connection."""
+def listen_and_answer(
+    loop: ProcessLoop, spec: str, setting: str, answer: Callable[[bytes], bytes], http: bool
+) -> AnswerServer:
+    """Listen on ``spec``; each connection gets ``answer(request)`` (``http``: after an
+    HTTP request head is read; else at once), then the close."""
     address = parse_address(spec, "stats", setting)
     listener = bind(address, 0o600 if address.path else None, 64)
-
-    def accept(sock: socket.socket) -> None:
-        try:
-            conn, _ = sock.accept()
-        except BlockingIOError:
-            return
-        with conn:
-            conn.setblocking(True)
-            conn.settimeout(2.0)  # a stuck client must not hold the master
-            try:
-                respond(conn)
-            except OSError:
-                pass
-
-    master.serve_extra(listener, accept)
+    return AnswerServer(
+        loop, listener, lambda request, deliver: deliver(answer(request)), reads_request=http
+    )
 
 
-def http_text_response(conn: socket.socket, render: Callable[[], bytes]) -> None:
-    """Answer one HTTP request on ``conn`` with Prometheus text from ``render``."""
-    request = conn.recv(8192)
+def http_text_answer(request: bytes, render: Callable[[], bytes]) -> bytes:
+    """The whole HTTP response to ``request``: Prometheus text from ``render`` to a GET."""
     if not request.startswith((b"GET ", b"HEAD ")):
-        conn.sendall(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
-        return
+        return b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     body = render()
     head = (
         "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode()
-    conn.sendall(head if request.startswith(b"HEAD ") else head + body)
+    return head if request.startswith(b"HEAD ") else head + body
 
 
 def serve_stats(
-    master: Master, table: WorkerTable, spec: str, started: float, listen: list[str]
-) -> None:
-    """uWSGI's stats server: each connection gets one JSON document, then the close."""
-    from gantry.stats.uwsgi_json import MasterInfo, render_stats
+    loop: ProcessLoop,
+    table: WorkerTable,
+    spec: str,
+    started: float,
+    listen: list[str],
+    status: Callable[[], dict[str, str]] | None = None,
+) -> AnswerServer:
+    """uWSGI's stats server: each connection gets one JSON document, then the close.
+    ``status()`` adds the master's own keys (e.g. ``reload_error``)."""
+    from gantry.stats.uwsgi_json import MasterInfo, stats_document
 
-    def respond(conn: socket.socket) -> None:
+    def answer(request: bytes) -> bytes:
         info = MasterInfo(pid=os.getpid(), version=__version__, started=started, sockets=listen)
-        conn.sendall(render_stats(table.snapshot(), info))
+        document = stats_document(table.snapshot(), info)
+        if status is not None:
+            document.update(status())
+        return json.dumps(document).encode()
 
-    serve_each_connection(master, spec, "--stats", respond)
+    server = listen_and_answer(loop, spec, "--stats", answer, http=False)
     log.info("stats server on %s", spec)
+    return server
 
 
 def serve_metrics(
-    master: Master, table: WorkerTable, spec: str, started: float, listen: list[str]
-) -> None:
+    loop: ProcessLoop, table: WorkerTable, spec: str, started: float, listen: list[str]
+) -> AnswerServer:
     """Prometheus text exposition: any GET on the socket gets the current counters."""
     from gantry.stats.prometheus import render_metrics
     from gantry.stats.uwsgi_json import MasterInfo
@@ -80,5 +79,8 @@ def serve_metrics(
         info = MasterInfo(pid=os.getpid(), version=__version__, started=started, sockets=listen)
         return render_metrics(table.snapshot(), info)
 
-    serve_each_connection(master, spec, "--metrics", lambda conn: http_text_response(conn, render))
+    server = listen_and_answer(
+        loop, spec, "--metrics", lambda request: http_text_answer(request, render), http=True
+    )
     log.info("metrics on http://%s/metrics", spec)
+    return server

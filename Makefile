@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SYSTEM_PROGRAMS := nginx wrk
+SYSTEM_PROGRAMS := nginx wrk logrotate
 
 .PHONY: run test lint bench system-deps clean clean-compiled compile
 

@@ -14,7 +14,7 @@ from gantry.process.systemd import inherited_sockets
 
 log = logging.getLogger("gantry.error")
 
-__all__ = ["bind", "bind_or_inherit"]
+__all__ = ["address_key", "bind", "bind_or_inherit", "inherited_by_key"]
 
 
 def bind(address: ListenAddress, mode: int | None, backlog: int) -> socket.socket:
@@ -79,10 +79,10 @@ def bind_or_inherit(
 ) -> list[tuple[ListenAddress, socket.socket]]:
     """A socket for each address: the one passed down (LISTEN_FDS) when there is one, else
     a new one. Inherited sockets come back with ``address.inherited`` set."""
-    passed = {_sock_key(sock): sock for sock in inherited_sockets()}
+    passed = inherited_by_key()
     result = []
     for address in addresses:
-        sock = passed.pop(_address_key(address), None)
+        sock = passed.pop(address_key(address), None)
         if sock is None:
             sock = bind(address, mode, backlog)
         else:
@@ -95,7 +95,14 @@ def bind_or_inherit(
     return result
 
 
-def _address_key(address: ListenAddress) -> object:
+def inherited_by_key() -> dict[object, socket.socket]:
+    """The listening sockets systemd passed (LISTEN_FDS), keyed as ``address_key`` keys the
+    address each is bound to."""
+    return {_sock_key(sock): sock for sock in inherited_sockets()}
+
+
+def address_key(address: ListenAddress) -> object:
+    """What identifies a listen address: its absolute path, or its host and port."""
     if address.path is not None:
         return os.path.abspath(address.path)
     return (address.host, address.port)

@@ -15,6 +15,7 @@ sockets without blocking.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import logging
@@ -34,7 +35,7 @@ from gantry.process.loop import ProcessLoop
 from gantry.process.master import APP_LOAD_FAILED
 from gantry.process.parent import stop_with_parent
 from gantry.process.runtime import reopen_error_log, signal_process
-from gantry.process.sockets import bind
+from gantry.process.sockets import address_key, bind, inherited_by_key
 from gantry.process.systemd import SD_LISTEN_FDS_START, notify
 from gantry.stack.part import Part, PartKey, PartSockets
 from gantry.stack.readiness import ReadinessSocket
@@ -79,6 +80,8 @@ class Supervisor:
         self.stack_stats = StackStats(self.loop, self.started, self.serving_stats)
         #: every listening socket the parts get, by address: kept across reloads
         self.bound: dict[object, tuple[ListenAddress, socket.socket]] = {}
+        #: sockets systemd passed that no part has taken yet (during prepare)
+        self.passed: dict[object, socket.socket] = {}
         self.state_path = os.path.join(self.plan.runtime_dir, STATE_FILE)
         self.state_files: set[str] = set()
         #: old generations told to stop (or, removed pools, about to be)
@@ -97,7 +100,14 @@ class Supervisor:
     def prepare(self) -> None:
         """Write the state file and bind every socket, before any part starts."""
         os.makedirs(self.plan.runtime_dir, mode=0o700, exist_ok=True)
+        # systemd socket activation: the sockets it bound serve the addresses they are
+        # bound to (the front's listen, most often), in every generation.
+        self.passed = inherited_by_key()
         sockets = self.bind_plan(self.plan)
+        for key, sock in self.passed.items():
+            log.warning("systemd passed a socket that no listen address names: %s", key)
+            sock.close()
+        self.passed.clear()
         for kind, name in self.plan.part_keys():
             part = Part(name, kind, sockets[(kind, name)], self.state_path)
             part.stats_file = self.stats_file(self.plan, part)
@@ -120,7 +130,7 @@ class Supervisor:
                 owner = "front.listen" if kind == "front" else f"app {name!r}"
                 sockets = []
                 for address, mode, backlog in plan.part_listen(kind, name):
-                    key = _address_key(address)
+                    key = address_key(address)
                     if key in claimed:
                         raise ConfigError(
                             f"{plan.source}: {address} is listened on by {claimed[key]} "
@@ -128,7 +138,13 @@ class Supervisor:
                         )
                     claimed[key] = owner
                     held = self.bound.get(key)
-                    if held is None:
+                    passed = self.passed.pop(key, None)
+                    if held is None and passed is not None:
+                        passed.setblocking(False)
+                        log.info("%s: using the socket systemd passed", address)
+                        held = (dataclasses.replace(address, inherited=True), passed)
+                        self.bound[key] = held
+                    elif held is None:
                         held = (address, bind(address, mode, backlog))
                         self.bound[key] = held
                         fresh.append(key)
@@ -427,7 +443,7 @@ class Supervisor:
     def _close_bound(self, key: object) -> None:
         address, sock = self.bound.pop(key)
         sock.close()
-        if address.path is not None:
+        if address.path is not None and not address.inherited:  # systemd's file
             _unlink(address.path)
 
     def close_listeners(self, listeners: list[tuple[socket.socket, str, str]]) -> None:
@@ -597,12 +613,6 @@ class Supervisor:
             _unlink(self.plan.settings.stack.pidfile)
         if self.own_runtime_dir:
             shutil.rmtree(self.plan.runtime_dir, ignore_errors=True)
-
-
-def _address_key(address: ListenAddress) -> object:
-    if address.path is not None:
-        return os.path.abspath(address.path)
-    return (address.host, address.port)
 
 
 def _unlink(path: str) -> None:

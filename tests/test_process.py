@@ -8,7 +8,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.process import REPO, GantryServer, free_port
+from tests.process import child_pids as _workers
+from tests.process import ready_workers as _ready_workers
+from tests.process import wait_for as _wait
 
 APP = "apps_process:app"
 
@@ -110,25 +112,6 @@ def _master(site: Path, tmp_path: Path, *args: str) -> GantryServer:
     )
     server.start()
     return server
-
-
-def _workers(master_pid: int) -> set[int]:
-    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
-    return {int(pid) for pid in children}
-
-
-def _wait(predicate: object, limit: float = 10.0) -> bool:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def _ready_workers(master_pid: int, count: int, limit: float = 10.0) -> set[int]:
-    assert _wait(lambda: len(_workers(master_pid)) == count, limit), _workers(master_pid)
-    return _workers(master_pid)
 
 
 @pytest.fixture
@@ -312,8 +295,8 @@ def test_preload_broken_app_fails_before_forking(tmp_path: Path, site: Path) -> 
     assert "broken before fork" in completed.stderr and "spawned worker" not in completed.stderr
 
 
-def test_sd_notify_ready_and_stopping(site: Path, tmp_path: Path) -> None:
-    directory = Path(tempfile.mkdtemp(prefix="g"))
+def test_sd_notify_ready_and_stopping(site: Path, tmp_path: Path, short_tmp: Path) -> None:
+    directory = short_tmp
     path = str(directory / "notify.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
         listener.bind(path)

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.process import REPO, GantryServer, free_port
-from tests.test_process import _ready_workers
+from tests.process import ready_workers as _ready_workers
 
 UWSGITOP = Path(sys.executable).parent / "uwsgitop"
 

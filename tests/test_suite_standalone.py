@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 from pathlib import Path
 
@@ -29,3 +30,31 @@ def test_every_data_file_matches_its_recorded_digest() -> None:
         if hashlib.sha256((DATA / name).read_bytes()).hexdigest() != digest
     ]
     assert wrong == []
+
+
+def _imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared helpers live in helper modules (tests/process.py, tests/support_*.py):
+    importing a test module runs its fixtures' module code twice and couples the files."""
+    tests = Path(__file__).resolve().parent
+    offenders = {}
+    for path in sorted(tests.rglob("test_*.py")):
+        bad = sorted(
+            name
+            for name in _imported_modules(path)
+            if name.startswith("tests.") and name.rsplit(".", 1)[-1].startswith("test_")
+        )
+        if bad:
+            offenders[str(path.relative_to(tests))] = bad
+    assert offenders == {}

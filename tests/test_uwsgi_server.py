@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,9 +34,9 @@ def _vars(path: str, method: str = "GET", **extra: str) -> list[tuple[bytes, byt
 
 
 @pytest.fixture(scope="module")
-def unix_server() -> Iterator[tuple[GantryServer, str]]:
+def unix_server(module_short_tmp: Path) -> Iterator[tuple[GantryServer, str]]:
     """gantry serve on a unix uwsgi socket only, with a small body limit."""
-    workdir = Path(tempfile.mkdtemp(prefix="g"))
+    workdir = module_short_tmp
     path = str(workdir / "u.sock")
     server = GantryServer(
         ECHO_APP,

@@ -82,6 +82,73 @@ def wait_until_listening(
         )
 
 
+def _tcp_queues(local_port: int, remote_port: int) -> tuple[int, int] | None:
+    """(send queue, receive queue) of the loopback TCP socket with these ports, from /proc."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for row in rows:
+            fields = row.split()
+            local, remote, queues = fields[1], fields[2], fields[4]
+            if (int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16)) == (
+                local_port,
+                remote_port,
+            ):
+                send, receive = (int(value, 16) for value in queues.split(":"))
+                return send, receive
+    return None
+
+
+def server_has_read(sock: socket.socket) -> bool:
+    """Whether the server end of this client's TCP connection has read all that was sent
+    (nothing left in flight or in its receive queue): the request is in the server's hands."""
+    client_port, server_port = sock.getsockname()[1], sock.getpeername()[1]
+    ours, theirs = _tcp_queues(client_port, server_port), _tcp_queues(server_port, client_port)
+    return ours is not None and theirs is not None and ours[0] == 0 and theirs[1] == 0
+
+
+def wait_until_read(sock: socket.socket, limit: float = 5.0) -> None:
+    """Wait until the server has read what this client sent (instead of a guessed sleep)."""
+    assert wait_for(lambda: server_has_read(sock), limit, interval=0.01), "request not read"
+
+
+def unix_accept_queue(path: str | Path) -> int:
+    """Connections waiting in a listening unix socket's accept queue (``ss`` reads it from
+    the kernel; /proc does not show it)."""
+    ss = shutil.which("ss") or "/usr/sbin/ss"
+    out = subprocess.run(
+        [ss, "-xlH", "src", str(path)], capture_output=True, text=True, timeout=5, check=True
+    ).stdout.split()
+    assert len(out) >= 3 and out[1] == "LISTEN", f"{path} is not listening: {out}"
+    return int(out[2])
+
+
+def wait_until_accepted(path: str | Path, limit: float = 5.0) -> None:
+    """Wait until the server has accepted every connection made to its unix socket."""
+    assert wait_for(lambda: unix_accept_queue(path) == 0, limit, interval=0.01), "not accepted"
+
+
+def recv_until(sock: socket.socket, done: Callable[[bytes], bool], limit: float = 5.0) -> bytes:
+    """Receive until ``done(data)`` holds, the peer closes or ``limit`` seconds pass."""
+    data = b""
+    deadline = time.monotonic() + limit
+    while not done(data):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def http_get(
     port: int, path: str, method: str = "GET", host: str | None = None
 ) -> tuple[int, bytes]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.process import REPO, GantryServer, free_port
+from tests.process import REPO, GantryServer, free_port, wait_until_read
 from tests.process import child_pids as _workers
 from tests.process import ready_workers as _ready_workers
 from tests.process import wait_for as _wait
@@ -231,7 +231,7 @@ def test_graceful_stop_finishes_the_slow_request(site: Path, tmp_path: Path) -> 
         _ready_workers(server.pid, 1)
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
         sock.sendall(b"GET /sleep?1.5 HTTP/1.1\r\nHost: t\r\n\r\n")
-        time.sleep(0.3)
+        wait_until_read(sock)
         assert server.process is not None
         server.process.send_signal(signal.SIGTERM)
         data = b""
@@ -251,7 +251,7 @@ def test_fast_stop_does_not_wait(site: Path, tmp_path: Path) -> None:
         _ready_workers(server.pid, 2)
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
         sock.sendall(b"GET /sleep?20 HTTP/1.1\r\nHost: t\r\n\r\n")
-        time.sleep(0.3)
+        wait_until_read(sock)
         started = time.monotonic()
         assert server.process is not None
         server.process.send_signal(signal.SIGINT)
@@ -363,7 +363,10 @@ def test_systemd_socket_activation(site: Path, tmp_path: Path) -> None:
     )
     args = ["serve", APP, "--chdir", str(site), "--http", f"127.0.0.1:{port}", "--workers", "1"]
     log = (tmp_path / "log").open("wb")
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
     process = subprocess.Popen(
         [sys.executable, "-c", launcher, *args],
         pass_fds=(fd,),

@@ -182,7 +182,7 @@ def test_killing_any_part_under_load(stack: tuple[GantryUp, str, int], victim: s
         pid = int(parts["front"]["pid"])  # type: ignore[call-overload]
     threads = 3
     with LoadLoop(up.port, threads=threads) as load:
-        time.sleep(0.5)
+        assert _wait(lambda: load.ok > 20, 5)
         before = load.ok
         os.kill(pid, signal.SIGKILL)
 
@@ -208,7 +208,7 @@ def test_sighup_reloads_every_part_with_zero_failures(stack: tuple[GantryUp, str
     up, stats, _ = stack
     old = set(_worker_pids(stats, "hello") + _worker_pids(stats, "front"))
     with LoadLoop(up.port) as load:
-        time.sleep(0.5)
+        assert _wait(lambda: load.ok > 20, 5)
         assert up.process is not None
         up.process.send_signal(signal.SIGHUP)
 

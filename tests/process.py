@@ -334,7 +334,9 @@ class Front:
         """Start the front and wait (15 s at most) until it accepts; stopped if it does not."""
         log = self.log.open("ab")
         env = dict(os.environ, **self.env)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), self.env.get("PYTHONPATH")]))
+        # the caller's PYTHONPATH too: a checkout run with PYTHONPATH=src must test its own code
+        paths = [str(REPO), self.env.get("PYTHONPATH"), os.environ.get("PYTHONPATH")]
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gantry", "front", "-c", str(self.path)],
             cwd=REPO, env=env, stdout=log, stderr=log,

@@ -68,6 +68,7 @@ def test_post_body_through_the_front(stack: tuple[Front, GantryServer, Path]) ->
     data = os.urandom(1024 * 1024)
     response, body = front.request("POST", "/echo", data)
     assert body == b"%d:%d" % (len(data), len(data))
+    assert response.getheader("X-Body-SHA256") == hashlib.sha256(data).hexdigest()
 
 
 def test_streamed_response_is_rechunked(stack: tuple[Front, GantryServer, Path]) -> None:
@@ -226,12 +227,12 @@ servers = [{{ address = "127.0.0.1:{port}" }}]
         response, body = front.request("GET", "/hello")
         assert (response.status, body) == (200, b"Hello World!")
         data = os.urandom(300_000)
-        _, echoed = front.request("POST", "/echo", data)
+        echo, echoed = front.request("POST", "/echo", data)
         assert echoed == b"%d:%d" % (len(data), len(data))
+        assert echo.getheader("X-Body-SHA256") == hashlib.sha256(data).hexdigest()
         response, body = front.request("GET", "/stream")
         assert body == b"part0;part1;part2;part3;part4;"
         assert front.request("GET", "/raise")[0].status == 500
-        assert hashlib.sha256(body).hexdigest()
     finally:
         front.stop()
 
@@ -268,8 +269,9 @@ servers = [{{ address = "unix:{sock}" }}]
             launch.workdir / "uwsgi.log"
         ).read_text()
         data = os.urandom(500_000)
-        _, echoed = front.request("POST", "/echo", data)
+        echo, echoed = front.request("POST", "/echo", data)
         assert echoed == b"%d:%d" % (len(data), len(data))
+        assert echo.getheader("X-Body-SHA256") == hashlib.sha256(data).hexdigest()
         response, body = front.request("GET", "/stream")
         assert body == b"part0;part1;part2;part3;part4;"
         assert response.getheader("Transfer-Encoding") == "chunked"

@@ -6,9 +6,11 @@ SYSTEM_PROGRAMS := nginx wrk
 
 .PHONY: run test lint bench system-deps clean clean-compiled compile
 
+# setuptools >= 77 for tools/compile.py: Python 3.11's venv brings 65.5 (it rejects the
+# SPDX license of pyproject.toml), Python 3.12's none.
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q --upgrade pip 'setuptools>=77'
 
 $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[demo]'
@@ -20,10 +22,11 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 # The hot modules compiled with mypyc (gantry/compiled.py lists them), rebuilt when any
 # source changed; without a C compiler tools/compile.py says so and Gantry runs pure.
+# mypyc type-checks them against Gantry's dependencies: those are installed first.
 COMPILED_SOURCES := $(shell $(PYTHON) tools/compile.py --sources)
 
-$(VENV)/.compiled: $(COMPILED_SOURCES) src/gantry/compiled.py tools/compile.py | $(BIN)/python
-	$(BIN)/python -m pip install -q mypy
+$(VENV)/.compiled: $(COMPILED_SOURCES) src/gantry/compiled.py tools/compile.py | $(VENV)/.installed-run
+	$(BIN)/python -m pip install -q 'mypy>=1.10'
 	$(BIN)/python tools/compile.py
 	touch $@
 

@@ -440,13 +440,14 @@ class Launcher:
         ready: tuple[str, int] | str | Path,
         name: str,
         limit: float = 20.0,
+        env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         """Another server (uWSGI, gunicorn), started from the repository, once ``ready`` accepts;
         its output in ``workdir/name.log``; SIGTERM then SIGKILL on exit."""
         log_path = self.workdir / f"{name}.log"
         with log_path.open("ab") as log:
             process = subprocess.Popen(
-                list(argv), cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+                list(argv), cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
             )
         self._stops.callback(stop_process, process)
         wait_until_listening(

@@ -6,6 +6,10 @@
 them are stopped when the test ends, passed or failed. ``module_launch`` does
 the same for a module's shared fixtures. Their files live in a short temporary
 folder (unix socket paths are limited) that is removed afterwards.
+
+Every test that starts processes (a server, nginx, the ``gantry`` command) is
+marked ``servers``: ``make test`` runs those once, against the compiled
+modules, and the rest a second time with ``GANTRY_PURE=1`` (see the Makefile).
 """
 
 from __future__ import annotations
@@ -16,6 +20,30 @@ from pathlib import Path
 import pytest
 
 from tests.process import Launcher, short_tempdir
+
+#: a test module holding one of these names starts processes
+_PROCESS_NAMES = frozenset(
+    {"GantryServer", "GantryUp", "Front", "Launcher", "Nginx", "subprocess", "wait_until_listening"}
+)
+_PROCESS_FIXTURES = frozenset({"launch", "module_launch"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Declare the marker this file applies."""
+    config.addinivalue_line(
+        "markers", "servers: starts real processes (set by tests/conftest.py, not by hand)"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``servers`` every test that starts processes (its module imports a process
+    helper or subprocess, or it asks for a launcher)."""
+    for item in items:
+        module = getattr(item, "module", None)
+        names = set(vars(module)) if module is not None else set()
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if names & _PROCESS_NAMES or fixtures & _PROCESS_FIXTURES:
+            item.add_marker(pytest.mark.servers)
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -58,3 +60,25 @@ def test_no_test_module_imports_another() -> None:
         if bad:
             offenders[str(path.relative_to(tests))] = bad
     assert offenders == {}
+
+
+def test_the_pure_pass_selects_in_process_tests_only() -> None:
+    """`make test`'s second pass (-m "not servers") must leave out every test that starts
+    a server and keep the ones that run Gantry's modules in the test process."""
+    repo = Path(__file__).resolve().parents[1]
+    listed = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only",
+         "-m", "not servers", "tests"],
+        cwd=repo, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stdout[-3000:] + listed.stderr[-3000:]
+    files = {line.split("::", 1)[0] for line in listed.stdout.splitlines() if "::" in line}
+    assert {"tests/test_http1_parser.py", "tests/test_uwsgi_codec.py"} <= files, files
+    starting_servers = {
+        "tests/test_front.py",
+        "tests/test_wsgi_server.py",
+        "tests/test_up.py",
+        "tests/e2e/test_apps.py",
+        "tests/test_build_wheel.py",
+    }
+    assert not files & starting_servers, files & starting_servers

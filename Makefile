@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SYSTEM_PROGRAMS := nginx wrk
+# program:Debian package (ss reads a unix socket's accept queue for tests/process.py)
+SYSTEM_PROGRAMS := nginx:nginx wrk:wrk ss:iproute2
 
 .PHONY: run test lint bench system-deps clean clean-compiled compile
 
@@ -42,7 +43,8 @@ run: $(VENV)/.installed-run $(VENV)/.compiled
 # System programs the interop tests need. Installed with apt-get when root;
 # otherwise the tests that need them skip loudly (and fail when CI=true).
 system-deps:
-	@missing=""; for p in $(SYSTEM_PROGRAMS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for pair in $(SYSTEM_PROGRAMS); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing:$$missing"; \

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 if TYPE_CHECKING:
     from tests.e2e.nginx import Nginx
 
@@ -33,6 +35,22 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def require_program(name: str, package: str | None = None) -> str:
+    """Path of a system program; skip loudly without it, or fail when CI=true."""
+    found = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None
+    )
+    if found:
+        return found
+    message = (
+        f"{name} is not installed: run `make test` as root (it apt-get installs it) "
+        f"or `apt-get install {package or name}`"
+    )
+    if os.environ.get("CI") == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(f"SKIPPED LOUDLY: {message}")
 
 
 def wait_for(predicate: Callable[[], object], limit: float = 15.0, interval: float = 0.05) -> bool:
@@ -117,7 +135,7 @@ def wait_until_read(sock: socket.socket, limit: float = 5.0) -> None:
 def unix_accept_queue(path: str | Path) -> int:
     """Connections waiting in a listening unix socket's accept queue (``ss`` reads it from
     the kernel; /proc does not show it)."""
-    ss = shutil.which("ss") or "/usr/sbin/ss"
+    ss = require_program("ss", package="iproute2")
     out = subprocess.run(
         [ss, "-xlH", "src", str(path)], capture_output=True, text=True, timeout=5, check=True
     ).stdout.split()
@@ -424,7 +442,7 @@ class Launcher:
 
     def nginx(self, upstream_socket: str, name: str = "nginx") -> Nginx:
         """A started nginx passing everything to a uwsgi unix socket (skips without nginx)."""
-        from tests.e2e.nginx import Nginx, require_program
+        from tests.e2e.nginx import Nginx
 
         binary = require_program("nginx")
         # nginx's workers run as nobody when started by root: they must traverse to the socket

@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.process import stop_process, wait_until_listening
+from tests.process import require_program, stop_process, wait_until_listening
 
-
-def require_program(name: str) -> str:
-    """Path of a system program; skip loudly without it, or fail when CI=true."""
-    found = shutil.which(name) or next(
-        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None
-    )
-    if found:
-        return found
-    message = (
-        f"{name} is not installed: run `make test` as root (it apt-get installs it) "
-        f"or `apt-get install {name}`"
-    )
-    if os.environ.get("CI") == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(f"SKIPPED LOUDLY: {message}")
+__all__ = ["Nginx", "require_program"]
 
 
 UWSGI_PARAMS = Path("/etc/nginx/uwsgi_params")

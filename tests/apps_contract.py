@@ -6,6 +6,7 @@ GANTRY_CONTRACT_EVENTS so that the test process can read them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -130,7 +131,9 @@ def _app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byt
             if not piece:
                 break
             body += piece
-        start_response("200 OK", text)
+        # the digest lets a test compare the bytes that arrived with the bytes it sent
+        digest = ("X-Body-SHA256", hashlib.sha256(body).hexdigest())
+        start_response("200 OK", [*text, digest])
         return [b"%d:%s" % (len(body), environ.get("CONTENT_LENGTH", "-").encode())]
     start_response("404 Not Found", text)
     return [b"not found"]

@@ -1,6 +1,6 @@
 """The shared HTTP/1.1 request corpus (gunicorn's requests) and a harness to feed the parser.
 
-The corpus lives beside the repository in ``shared/conformance/http1-requests``;
+The corpus lives in the repository, in ``tests/data/conformance/http1-requests``;
 its README defines how the ``.http`` files are escaped and what
 ``expected.json`` holds. This module turns those files into bytes and
 expected parses, and feeds bytes to the parser whole, line by line or byte by
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -38,8 +37,8 @@ __all__ = [
     "with_host",
 ]
 
-#: the corpus sits next to the checkout: <root>/main/tests/corpus.py -> <root>/shared/...
-CORPUS_DIR = Path(__file__).resolve().parents[2] / "shared" / "conformance" / "http1-requests"
+#: the corpus is part of the repository (tests/data/README.md says where it comes from)
+CORPUS_DIR = Path(__file__).resolve().parent / "data" / "conformance" / "http1-requests"
 
 #: the Host value ``with_host`` adds
 HOST = b"corpus.test"
@@ -136,12 +135,9 @@ def load_corpus(directory: Path = CORPUS_DIR) -> list[CorpusCase]:
 
 
 def require_corpus() -> list[CorpusCase]:
-    """Load the corpus; in CI a missing corpus fails the run, elsewhere it skips loudly."""
+    """Load the corpus; it ships with the tests, so a missing corpus fails the run."""
     if not (CORPUS_DIR / "expected.json").is_file():
-        message = f"HTTP/1.1 conformance corpus not found at {CORPUS_DIR}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(f"SKIPPED LOUDLY: {message} (CI would fail here)")
+        pytest.fail(f"HTTP/1.1 conformance corpus not found at {CORPUS_DIR}", pytrace=False)
     return load_corpus()
 
 

@@ -1,14 +1,31 @@
-"""Running a real ``gantry serve`` for a test: start, wait until it listens, stop by PID."""
+"""Real processes for tests: ``gantry serve``, ``gantry front``, ``gantry up``; waits on conditions.
+
+Every process is started with its output in a file, waited for until its socket
+accepts (``wait_until_listening``, the one such loop of the suite) and stopped
+by its PID. ``tests/conftest.py`` wraps them in fixtures that stop what they
+started even when a test fails.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from tests.e2e.nginx import Nginx
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,6 +35,180 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def require_program(name: str, package: str | None = None) -> str:
+    """Path of a system program; skip loudly without it, or fail when CI=true."""
+    found = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None
+    )
+    if found:
+        return found
+    message = (
+        f"{name} is not installed: run `make test` as root (it apt-get installs it) "
+        f"or `apt-get install {package or name}`"
+    )
+    if os.environ.get("CI") == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(f"SKIPPED LOUDLY: {message}")
+
+
+def wait_for(predicate: Callable[[], object], limit: float = 15.0, interval: float = 0.05) -> bool:
+    """Poll ``predicate`` until it is true (True) or ``limit`` seconds pass (False)."""
+    deadline = time.monotonic() + limit
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def accepts(target: tuple[str, int] | str | Path) -> bool:
+    """Whether a TCP (host, port) or unix socket path accepts a connection right now."""
+    family = socket.AF_INET if isinstance(target, tuple) else socket.AF_UNIX
+    address = target if isinstance(target, tuple) else str(target)
+    with socket.socket(family) as probe:
+        probe.settimeout(0.5)
+        try:
+            probe.connect(address)
+        except OSError:
+            return False
+    return True
+
+
+def wait_until_listening(
+    target: tuple[str, int] | str | Path,
+    process: subprocess.Popen[bytes] | None = None,
+    *,
+    limit: float = 15.0,
+    what: str = "the server",
+    log: Callable[[], str] = lambda: "",
+) -> None:
+    """Wait until ``target`` accepts; raise (with the log's tail) if ``process`` exits first
+    or ``limit`` seconds pass. The caller stops the process."""
+
+    def ready() -> bool:
+        if process is not None and process.poll() is not None:
+            code = process.returncode
+            raise RuntimeError(f"{what} exited with {code}:\n{log()[-3000:]}")
+        return accepts(target)
+
+    if not wait_for(ready, limit):
+        raise RuntimeError(
+            f"{what} did not listen on {target} within {limit:g} s:\n{log()[-3000:]}"
+        )
+
+
+def _tcp_queues(local_port: int, remote_port: int) -> tuple[int, int] | None:
+    """(send queue, receive queue) of the loopback TCP socket with these ports, from /proc."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for row in rows:
+            fields = row.split()
+            local, remote, queues = fields[1], fields[2], fields[4]
+            if (int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16)) == (
+                local_port,
+                remote_port,
+            ):
+                send, receive = (int(value, 16) for value in queues.split(":"))
+                return send, receive
+    return None
+
+
+def server_has_read(sock: socket.socket) -> bool:
+    """Whether the server end of this client's TCP connection has read all that was sent
+    (nothing left in flight or in its receive queue): the request is in the server's hands."""
+    client_port, server_port = sock.getsockname()[1], sock.getpeername()[1]
+    ours, theirs = _tcp_queues(client_port, server_port), _tcp_queues(server_port, client_port)
+    return ours is not None and theirs is not None and ours[0] == 0 and theirs[1] == 0
+
+
+def wait_until_read(sock: socket.socket, limit: float = 5.0) -> None:
+    """Wait until the server has read what this client sent (instead of a guessed sleep)."""
+    assert wait_for(lambda: server_has_read(sock), limit, interval=0.01), "request not read"
+
+
+def unix_accept_queue(path: str | Path) -> int:
+    """Connections waiting in a listening unix socket's accept queue (``ss`` reads it from
+    the kernel; /proc does not show it)."""
+    ss = require_program("ss", package="iproute2")
+    out = subprocess.run(
+        [ss, "-xlH", "src", str(path)], capture_output=True, text=True, timeout=5, check=True
+    ).stdout.split()
+    assert len(out) >= 3 and out[1] == "LISTEN", f"{path} is not listening: {out}"
+    return int(out[2])
+
+
+def wait_until_accepted(path: str | Path, limit: float = 5.0) -> None:
+    """Wait until the server has accepted every connection made to its unix socket."""
+    assert wait_for(lambda: unix_accept_queue(path) == 0, limit, interval=0.01), "not accepted"
+
+
+def recv_until(sock: socket.socket, done: Callable[[bytes], bool], limit: float = 5.0) -> bytes:
+    """Receive until ``done(data)`` holds, the peer closes or ``limit`` seconds pass."""
+    data = b""
+    deadline = time.monotonic() + limit
+    while not done(data):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def http_get(
+    port: int, path: str, method: str = "GET", host: str | None = None
+) -> tuple[int, bytes]:
+    """One request on a fresh connection to 127.0.0.1: (status, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request(method, path, headers={"Host": host} if host else {})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def child_pids(pid: int) -> set[int]:
+    """The PIDs of a process's direct children (a master's workers), from /proc."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except FileNotFoundError:
+        return set()
+    return {int(child) for child in children}
+
+
+def ready_workers(master_pid: int, count: int, limit: float = 10.0) -> set[int]:
+    """Wait until a master has ``count`` workers; their PIDs."""
+    assert wait_for(lambda: len(child_pids(master_pid)) == count, limit), child_pids(master_pid)
+    return child_pids(master_pid)
+
+
+def stop_process(
+    process: subprocess.Popen[bytes] | None, signum: int = signal.SIGTERM, timeout: float = 10.0
+) -> int | None:
+    """Signal a process by its PID and wait; SIGKILL if it outlives ``timeout``."""
+    if process is None:
+        return None
+    if process.poll() is None:
+        process.send_signal(signum)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+    return process.returncode
 
 
 class GantryServer:
@@ -57,35 +248,17 @@ class GantryServer:
         )
         log.close()
         target = wait_for or ("127.0.0.1", self.port)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                code = self.process.returncode
-                raise RuntimeError(f"gantry serve exited with {code}:\n{self.log_text()[-3000:]}")
-            try:
-                family = socket.AF_UNIX if isinstance(target, str) else socket.AF_INET
-                with socket.socket(family) as probe:
-                    probe.settimeout(0.2)
-                    probe.connect(target)
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"gantry serve did not listen within 15 s:\n{self.log_text()[-3000:]}")
+        try:
+            wait_until_listening(
+                target, self.process, what=" ".join(self.command[2:4]), log=self.log_text
+            )
+        except RuntimeError:
+            self.stop()
+            raise
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
         """Signal the process by its PID and wait; SIGKILL if it outlives ``timeout``."""
-        process = self.process
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.send_signal(signum)
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
-        return process.returncode
+        return stop_process(self.process, signum, timeout)
 
     @property
     def pid(self) -> int:
@@ -148,3 +321,158 @@ class GantryUp(GantryServer):
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 40.0) -> int | None:
         """Stop the supervisor by its PID; it stops its parts (graceful timeout + 5 s)."""
         return super().stop(signum, timeout)
+
+
+class Front:
+    """A ``gantry front -c FILE`` process; ``FRONT_PORT`` in the config becomes its port."""
+
+    def __init__(self, config: str, workdir: Path, env: dict[str, str] | None = None) -> None:
+        self.env = env or {}
+        self.port = free_port()
+        self.path = workdir / "front.toml"
+        self.path.write_text(config.replace("FRONT_PORT", str(self.port)))
+        self.log = workdir / "front.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Front:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def log_text(self) -> str:
+        """Everything the front wrote so far."""
+        try:
+            return self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def start(self) -> None:
+        """Start the front and wait (15 s at most) until it accepts; stopped if it does not."""
+        log = self.log.open("ab")
+        env = dict(os.environ, **self.env)
+        # the caller's PYTHONPATH too: a checkout run with PYTHONPATH=src must test its own code
+        paths = [str(REPO), self.env.get("PYTHONPATH"), os.environ.get("PYTHONPATH")]
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gantry", "front", "-c", str(self.path)],
+            cwd=REPO, env=env, stdout=log, stderr=log,
+        )  # fmt: skip
+        log.close()
+        try:
+            wait_until_listening(
+                ("127.0.0.1", self.port), self.process, what="gantry front", log=self.log_text
+            )
+        except RuntimeError:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """SIGTERM by PID, SIGKILL after 10 s."""
+        stop_process(self.process)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[http.client.HTTPResponse, bytes]:
+        """One request on a fresh connection: the response and its body."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return response, response.read()
+        finally:
+            conn.close()
+
+
+@contextlib.contextmanager
+def short_tempdir() -> Iterator[Path]:
+    """A new folder with a short path (unix socket paths hold 107 bytes), removed after."""
+    path = Path(tempfile.mkdtemp(prefix="g"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class Launcher:
+    """Starts the processes of one test (or module) in ``workdir`` and, on exit, stops every
+    one of them by its PID, newest first, whether the test passed, failed or never started."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self._stops = contextlib.ExitStack()
+
+    def __enter__(self) -> Launcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stops.close()
+
+    def _folder(self, name: str) -> Path:
+        folder = self.workdir / name
+        folder.mkdir(exist_ok=True)
+        return folder
+
+    def serve(self, app: str, *args: str, name: str = "app", **kwargs: Any) -> GantryServer:
+        """A started ``gantry serve``; ``wait_for`` (a unix path) when it has no HTTP socket."""
+        wait = kwargs.pop("wait_for", None)
+        server = GantryServer(app, *args, log_path=self.workdir / f"{name}.log", **kwargs)
+        self._stops.callback(server.stop)
+        server.start(wait_for=wait)
+        return server
+
+    def front(self, config: str, name: str = "front", env: dict[str, str] | None = None) -> Front:
+        """A started ``gantry front`` (its files in ``workdir/name``)."""
+        front = Front(config, self._folder(name), env)
+        self._stops.callback(front.stop)
+        front.start()
+        return front
+
+    def up(self, config: str | None = None, name: str = "up", **kwargs: Any) -> GantryUp:
+        """A started ``gantry up`` supervisor (its files in ``workdir/name``)."""
+        up = GantryUp(self._folder(name), config, **kwargs)
+        self._stops.callback(up.stop)
+        up.start()
+        return up
+
+    def nginx(self, upstream_socket: str, name: str = "nginx") -> Nginx:
+        """A started nginx passing everything to a uwsgi unix socket (skips without nginx)."""
+        from tests.e2e.nginx import Nginx
+
+        binary = require_program("nginx")
+        # nginx's workers run as nobody when started by root: they must traverse to the socket
+        os.chmod(Path(upstream_socket).parent, 0o755)
+        nginx = Nginx(binary, self._folder(name), free_port(), upstream_socket)
+        self._stops.callback(nginx.stop)
+        nginx.start()
+        return nginx
+
+    def program(
+        self,
+        argv: Sequence[str],
+        ready: tuple[str, int] | str | Path,
+        name: str,
+        limit: float = 20.0,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Another server (uWSGI, gunicorn), started from the repository, once ``ready`` accepts;
+        its output in ``workdir/name.log``; SIGTERM then SIGKILL on exit."""
+        log_path = self.workdir / f"{name}.log"
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                list(argv), cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            )
+        self._stops.callback(stop_process, process)
+        wait_until_listening(
+            ready,
+            process,
+            limit=limit,
+            what=name,
+            log=lambda: log_path.read_text(errors="replace"),
+        )
+        return process

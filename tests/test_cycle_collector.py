@@ -24,8 +24,7 @@ import time
 from pathlib import Path
 
 from gantry.protocol.uwsgi import encode_packet
-from tests.process import GantryServer, read_all
-from tests.test_front import Front
+from tests.process import Front, GantryServer, read_all
 
 CONFIG = """
 [front]

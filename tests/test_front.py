@@ -3,85 +3,24 @@
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.process import REPO, GantryServer, free_port, read_all
+from tests.process import REPO, Front, GantryServer, Launcher, free_port, read_all
 
 STATIC_BYTES = bytes(range(256)) * 4  # 1 KiB
 
 
-class Front:
-    """A `gantry front -c FILE` process."""
-
-    def __init__(self, config: str, workdir: Path, env: dict[str, str] | None = None) -> None:
-        self.env = env or {}
-        self.port = free_port()
-        self.path = workdir / "front.toml"
-        self.path.write_text(config.replace("FRONT_PORT", str(self.port)))
-        self.log = workdir / "front.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = self.log.open("ab")
-        env = dict(os.environ, **self.env)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), self.env.get("PYTHONPATH")]))
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gantry", "front", "-c", str(self.path)],
-            cwd=REPO, env=env, stdout=log, stderr=log,
-        )  # fmt: skip
-        log.close()
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gantry front exited: {self.log.read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"gantry front did not listen: {self.log.read_text()}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> tuple[http.client.HTTPResponse, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return response, response.read()
-        finally:
-            conn.close()
-
-
 @pytest.fixture(scope="module")
-def stack() -> Iterator[tuple[Front, GantryServer, Path]]:
+def stack(module_launch: Launcher) -> tuple[Front, GantryServer, Path]:
     """gantry front: /static/ from a folder, the rest to gantry serve over a uwsgi unix socket."""
-    workdir = Path(tempfile.mkdtemp(prefix="g"))
+    workdir = module_launch.workdir
     site = workdir / "site"
     (site / "static").mkdir(parents=True)
     (site / "static" / "one.bin").write_bytes(STATIC_BYTES)
@@ -89,12 +28,10 @@ def stack() -> Iterator[tuple[Front, GantryServer, Path]]:
     (site / "static" / ".secret").write_text("hidden")
     (workdir / "outside.txt").write_text("outside the root")
     sock = workdir / "app.sock"
-    app = GantryServer(
-        "tests.apps_contract:app", "--uwsgi-socket", str(sock), log_path=workdir / "app.log",
-        http=False,
-    )  # fmt: skip
-    app.start(wait_for=str(sock))
-    front = Front(
+    app = module_launch.serve(
+        "tests.apps_contract:app", "--uwsgi-socket", str(sock), http=False, wait_for=str(sock)
+    )
+    front = module_launch.front(
         f"""
 [front]
 listen = ["127.0.0.1:FRONT_PORT"]
@@ -114,15 +51,9 @@ proxy = "app"
 [front.upstream.app]
 protocol = "uwsgi"
 servers = [{{ address = "unix:{sock}" }}]
-""",
-        workdir,
+"""
     )
-    front.start()
-    try:
-        yield front, app, site
-    finally:
-        front.stop()
-        app.stop()
+    return front, app, site
 
 
 def test_proxied_to_the_app_over_uwsgi(stack: tuple[Front, GantryServer, Path]) -> None:
@@ -137,6 +68,7 @@ def test_post_body_through_the_front(stack: tuple[Front, GantryServer, Path]) ->
     data = os.urandom(1024 * 1024)
     response, body = front.request("POST", "/echo", data)
     assert body == b"%d:%d" % (len(data), len(data))
+    assert response.getheader("X-Body-SHA256") == hashlib.sha256(data).hexdigest()
 
 
 def test_streamed_response_is_rechunked(stack: tuple[Front, GantryServer, Path]) -> None:
@@ -268,14 +200,14 @@ servers = [{{ address = "127.0.0.1:{one.port}" }}, {{ address = "127.0.0.1:{two.
         two.stop()
 
 
-def test_in_front_of_gunicorn_over_http(tmp_path: Path) -> None:
+def test_in_front_of_gunicorn_over_http(tmp_path: Path, launch: Launcher) -> None:
     gunicorn = shutil.which("gunicorn", path=str(Path(sys.executable).parent))
     if gunicorn is None:
         pytest.fail("gunicorn is not installed in the test environment")
     port = free_port()
-    proc = subprocess.Popen(
+    launch.program(
         [gunicorn, "-w", "1", "-b", f"127.0.0.1:{port}", "tests.apps_contract:app"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=(tmp_path / "gunicorn.log").open("wb"),
+        ("127.0.0.1", port), "gunicorn",
     )  # fmt: skip
     front = Front(
         f"""
@@ -291,40 +223,30 @@ servers = [{{ address = "127.0.0.1:{port}" }}]
         tmp_path,
     )
     try:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
         front.start()
         response, body = front.request("GET", "/hello")
         assert (response.status, body) == (200, b"Hello World!")
         data = os.urandom(300_000)
-        _, echoed = front.request("POST", "/echo", data)
+        echo, echoed = front.request("POST", "/echo", data)
         assert echoed == b"%d:%d" % (len(data), len(data))
+        assert echo.getheader("X-Body-SHA256") == hashlib.sha256(data).hexdigest()
         response, body = front.request("GET", "/stream")
         assert body == b"part0;part1;part2;part3;part4;"
         assert front.request("GET", "/raise")[0].status == 500
-        assert hashlib.sha256(body).hexdigest()
     finally:
         front.stop()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=10)
 
 
-def test_in_front_of_real_uwsgi_over_uwsgi(tmp_path: Path) -> None:
+def test_in_front_of_real_uwsgi_over_uwsgi(tmp_path: Path, launch: Launcher) -> None:
     uwsgi = Path(sys.executable).parent / "uwsgi"
     if not uwsgi.exists():
         pytest.fail("uWSGI is not installed in the test environment (pip install uwsgi)")
-    directory = Path(tempfile.mkdtemp(prefix="g"))
-    sock = directory / "u.sock"
-    proc = subprocess.Popen(
+    sock = launch.workdir / "u.sock"
+    launch.program(
         [str(uwsgi), "--socket", str(sock), "--chmod-socket=666", "--wsgi",
          "tests.apps_contract:app", "--chdir", str(REPO), "--master", "--processes", "1",
          "--die-on-term", "--disable-logging", "--need-app"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=(tmp_path / "uwsgi.log").open("wb"),
+        sock, "uwsgi",
     )  # fmt: skip
     front = Front(
         f"""
@@ -341,17 +263,15 @@ servers = [{{ address = "unix:{sock}" }}]
         tmp_path,
     )
     try:
-        deadline = time.monotonic() + 20
-        while not sock.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
         front.start()
         response, body = front.request("GET", "/hello")
         assert (response.status, body) == (200, b"Hello World!"), (
-            tmp_path / "uwsgi.log"
+            launch.workdir / "uwsgi.log"
         ).read_text()
         data = os.urandom(500_000)
-        _, echoed = front.request("POST", "/echo", data)
+        echo, echoed = front.request("POST", "/echo", data)
         assert echoed == b"%d:%d" % (len(data), len(data))
+        assert echo.getheader("X-Body-SHA256") == hashlib.sha256(data).hexdigest()
         response, body = front.request("GET", "/stream")
         assert body == b"part0;part1;part2;part3;part4;"
         assert response.getheader("Transfer-Encoding") == "chunked"
@@ -363,12 +283,6 @@ servers = [{{ address = "unix:{sock}" }}]
         assert front.request("GET", "/nowhere")[0].status == 404
     finally:
         front.stop()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 def test_a_backend_coming_back_is_used_again(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import socket
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -16,8 +15,7 @@ import pytest
 
 from gantry.config.front_model import Upstream, UpstreamServer
 from gantry.front.balancing import UpstreamPool
-from tests.process import GantryServer
-from tests.test_front import Front
+from tests.process import Front, GantryServer
 
 NAMES = ("a", "b", "c")
 #: seconds /slow takes on backend c (a and b answer it at once)
@@ -25,9 +23,9 @@ SLOW = 0.3
 
 
 @pytest.fixture(scope="module")
-def backends() -> Iterator[dict[str, GantryServer]]:
+def backends(module_short_tmp: Path) -> Iterator[dict[str, GantryServer]]:
     """Backends a, b and c; only c is slow on /slow."""
-    workdir = Path(tempfile.mkdtemp(prefix="g"))
+    workdir = module_short_tmp
     servers: dict[str, GantryServer] = {}
     try:
         for name in NAMES:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import select
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -17,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.process import GantryServer, free_port
-from tests.test_front import Front
+from tests.process import Front, GantryServer, free_port
 
 
 def _fill_tcp_backlog(stack: ExitStack) -> int:
@@ -135,11 +133,11 @@ def test_single_server_back_after_a_refusal_is_used_at_once(
 
 
 def test_unix_socket_with_a_full_queue_gives_502_at_once(
-    front_factory: list[Front],
+    front_factory: list[Front], short_tmp: Path
 ) -> None:
     """nginx: "connect() to unix:... failed (11: Resource temporarily unavailable) while
     connecting to upstream", 502 without waiting for connect_timeout (under 0.9 s here)."""
-    workdir = Path(tempfile.mkdtemp(prefix="g"))  # short: unix socket paths are limited
+    workdir = short_tmp  # short: unix socket paths are limited
     sock = workdir / "full.sock"
     with ExitStack() as stack:
         _fill_unix_backlog(stack, sock)
@@ -151,11 +149,11 @@ def test_unix_socket_with_a_full_queue_gives_502_at_once(
         assert elapsed < 0.9, elapsed
 
 
-def test_refused_unix_connect_goes_on_to_the_next_server(tmp_path: Path) -> None:
+def test_refused_unix_connect_goes_on_to_the_next_server(tmp_path: Path, short_tmp: Path) -> None:
     """The first attempt on a unix socket connects without a Task (proxy.py
     _connect_unix): a socket that is not there sends the request on to the next server,
     the error log names it, and the client never sees the failure."""
-    workdir = Path(tempfile.mkdtemp(prefix="g"))  # short: unix socket paths are limited
+    workdir = short_tmp  # short: unix socket paths are limited
     missing, sock = workdir / "missing.sock", workdir / "app.sock"
     app = GantryServer(
         "tests.apps_contract:app", "--uwsgi-socket", str(sock), "--workers", "1",

@@ -19,8 +19,7 @@ from gantry.protocol.uwsgi import (
     parse_gantry_packet,
     parse_packet,
 )
-from tests.process import GantryServer
-from tests.test_front import Front
+from tests.process import Front, GantryServer
 
 
 class CountingUwsgiServer:

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.process import GantryServer
-from tests.test_front import Front
-from tests.test_http1_refusals_socket import MAX_BODY, REFUSALS, read_until_closed
+from tests.process import Front, GantryServer
+from tests.support_refusals import MAX_BODY, REFUSALS, read_until_closed
 
 
 def _front(tmp_path: Path, body: str) -> Front:

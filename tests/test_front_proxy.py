@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.process import GantryServer, free_port
-from tests.test_front import Front
+from tests.process import Front, GantryServer, free_port
 
 
 def _front(tmp_path: Path, body: str) -> Front:

@@ -8,18 +8,15 @@ import http.client
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.process import REPO, free_port
-from tests.test_front import Front
+from tests.process import REPO, Front, free_port, wait_until_listening
 
 SIZE = 5 * 1024 * 1024
 PIECE = 64 * 1024
@@ -37,23 +34,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 def _wait_until(ready: Path | tuple[str, int], proc: subprocess.Popen[bytes], log: Path) -> None:
     """Wait (20 s at most) until ``ready`` accepts connections."""
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"backend exited: {log.read_text(errors='replace')[-3000:]}")
-        try:
-            family = socket.AF_UNIX if isinstance(ready, Path) else socket.AF_INET
-            with socket.socket(family) as probe:
-                probe.settimeout(0.2)
-                probe.connect(str(ready) if isinstance(ready, Path) else ready)
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"backend did not listen: {log.read_text(errors='replace')[-3000:]}")
+    read = lambda: log.read_text(errors="replace")  # noqa: E731
+    wait_until_listening(ready, proc, limit=20, what="backend", log=read)
 
 
 @pytest.fixture(scope="module")
-def front() -> Iterator[Front]:
+def front(module_short_tmp: Path) -> Iterator[Front]:
     """uWSGI (uwsgi, unix socket) behind u.test, gunicorn (HTTP) behind g.test, both
     locations with request_buffering = false."""
     bin_dir = Path(sys.executable).parent
@@ -61,7 +47,7 @@ def front() -> Iterator[Front]:
     gunicorn = shutil.which("gunicorn", path=str(bin_dir))
     if not uwsgi.exists() or gunicorn is None:
         pytest.fail("uWSGI and gunicorn must be installed in the test environment")
-    workdir = Path(tempfile.mkdtemp(prefix="g"))
+    workdir = module_short_tmp
     sock = workdir / "u.sock"
     port = free_port()
     procs: list[subprocess.Popen[bytes]] = []

@@ -8,7 +8,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.process import REPO, GantryServer, free_port
+from tests.process import REPO, GantryServer, free_port, wait_until_read
+from tests.process import child_pids as _workers
+from tests.process import ready_workers as _ready_workers
+from tests.process import wait_for as _wait
 
 APP = "apps_process:app"
 
@@ -110,25 +112,6 @@ def _master(site: Path, tmp_path: Path, *args: str) -> GantryServer:
     )
     server.start()
     return server
-
-
-def _workers(master_pid: int) -> set[int]:
-    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
-    return {int(pid) for pid in children}
-
-
-def _wait(predicate: object, limit: float = 10.0) -> bool:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def _ready_workers(master_pid: int, count: int, limit: float = 10.0) -> set[int]:
-    assert _wait(lambda: len(_workers(master_pid)) == count, limit), _workers(master_pid)
-    return _workers(master_pid)
 
 
 @pytest.fixture
@@ -248,7 +231,7 @@ def test_graceful_stop_finishes_the_slow_request(site: Path, tmp_path: Path) -> 
         _ready_workers(server.pid, 1)
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
         sock.sendall(b"GET /sleep?1.5 HTTP/1.1\r\nHost: t\r\n\r\n")
-        time.sleep(0.3)
+        wait_until_read(sock)
         assert server.process is not None
         server.process.send_signal(signal.SIGTERM)
         data = b""
@@ -268,7 +251,7 @@ def test_fast_stop_does_not_wait(site: Path, tmp_path: Path) -> None:
         _ready_workers(server.pid, 2)
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
         sock.sendall(b"GET /sleep?20 HTTP/1.1\r\nHost: t\r\n\r\n")
-        time.sleep(0.3)
+        wait_until_read(sock)
         started = time.monotonic()
         assert server.process is not None
         server.process.send_signal(signal.SIGINT)
@@ -312,8 +295,8 @@ def test_preload_broken_app_fails_before_forking(tmp_path: Path, site: Path) -> 
     assert "broken before fork" in completed.stderr and "spawned worker" not in completed.stderr
 
 
-def test_sd_notify_ready_and_stopping(site: Path, tmp_path: Path) -> None:
-    directory = Path(tempfile.mkdtemp(prefix="g"))
+def test_sd_notify_ready_and_stopping(site: Path, tmp_path: Path, short_tmp: Path) -> None:
+    directory = short_tmp
     path = str(directory / "notify.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
         listener.bind(path)
@@ -380,7 +363,10 @@ def test_systemd_socket_activation(site: Path, tmp_path: Path) -> None:
     )
     args = ["serve", APP, "--chdir", str(site), "--http", f"127.0.0.1:{port}", "--workers", "1"]
     log = (tmp_path / "log").open("wb")
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
     process = subprocess.Popen(
         [sys.executable, "-c", launcher, *args],
         pass_fds=(fd,),

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.process import REPO, GantryServer, free_port
-from tests.test_process import _ready_workers
+from tests.process import REPO, GantryServer, free_port, wait_for
+from tests.process import ready_workers as _ready_workers
 
 UWSGITOP = Path(sys.executable).parent / "uwsgitop"
 
@@ -42,7 +42,14 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gantry
             conn.request("GET", "/pid", headers={"Connection": "close"})
             conn.getresponse().read()
             conn.close()
-        time.sleep(1.2)  # counters reach shared memory after each batch; RSS once a second
+
+        # counters reach shared memory after each batch, RSS once a second: wait for both
+        def published() -> bool:
+            workers = _stats(stats_port)["workers"]
+            counted = sum(w["requests"] for w in workers) >= 40
+            return counted and all(w["rss"] > 1024 * 1024 for w in workers)
+
+        assert wait_for(published, 5), _stats(stats_port)
         yield server, stats_port, metrics_port
     finally:
         server.stop()
@@ -89,8 +96,13 @@ def test_current_request_is_shown(monitored: tuple[GantryServer, int, int]) -> N
     server, stats_port, _ = monitored
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     conn.request("GET", "/sleep?1.5")
-    time.sleep(0.5)
-    busy = [w for w in _stats(stats_port)["workers"] if w["status"] == "busy"]
+    busy: list[dict] = []
+
+    def shown() -> bool:  # the request is under way and has run a while
+        busy[:] = [w for w in _stats(stats_port)["workers"] if w["status"] == "busy"]
+        return bool(busy) and busy[0]["current_request_seconds"] >= 0.3
+
+    wait_for(shown, 1.2)
     assert conn.getresponse().read() == b"slept"
     assert len(busy) == 1 and busy[0]["current_request"] == "GET /sleep?1.5"
     assert busy[0]["current_request_seconds"] >= 0.3

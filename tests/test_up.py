@@ -8,15 +8,17 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gantry.stats.top import fetch
 from tests.process import REPO, GantryUp, free_port
+from tests.process import http_get as _get
+from tests.process import wait_for as _wait
+from tests.support_up import LoadLoop
 
 STACK = """
 [stack]
@@ -59,25 +61,6 @@ graceful_timeout = 5
 """
 
 
-def _get(port: int, path: str, method: str = "GET", host: str | None = None) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request(method, path, headers={"Host": host} if host else {})
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
-def _wait(predicate: Callable[[], bool], limit: float = 15.0) -> bool:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GantryUp, str, int]]:
     from gantry.demo import STATIC_DIR
@@ -115,62 +98,6 @@ def _parts(stats: str) -> dict[str, dict[str, object]]:
 
 def _worker_pids(stats: str, pool: str) -> list[int]:
     return [w["pid"] for w in fetch(stats)["workers"] if w["pool"] == pool]
-
-
-class LoadLoop:
-    """Client threads sending GETs (fresh and keep-alive connections) until stopped;
-    bounded by ``limit`` seconds and ``max_requests`` each."""
-
-    def __init__(self, port: int, threads: int = 3, limit: float = 30.0) -> None:
-        self.port = port
-        self.ok = 0
-        self.failures: list[str] = []
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.threads = [
-            threading.Thread(target=self._run, args=(i % 2 == 0, limit), daemon=True)
-            for i in range(threads)
-        ]
-
-    def __enter__(self) -> LoadLoop:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=15)
-
-    def _run(self, keep_alive: bool, limit: float) -> None:
-        deadline = time.monotonic() + limit
-        conn: http.client.HTTPConnection | None = None
-        for _ in range(20_000):
-            if self.stop.is_set() or time.monotonic() > deadline:
-                break
-            try:
-                if conn is None:
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                conn.request("GET", "/hello")
-                response = conn.getresponse()
-                body = response.read()
-                if (response.status, body) != (200, b"Hello World!"):
-                    raise RuntimeError(f"{response.status} {body[:80]!r}")
-                with self.lock:
-                    self.ok += 1
-            except Exception as exc:  # every failure is counted and reported
-                with self.lock:
-                    self.failures.append(repr(exc))
-                if conn is not None:
-                    conn.close()
-                conn = None
-                time.sleep(0.01)
-                continue
-            if not keep_alive:
-                conn.close()
-                conn = None
-        if conn is not None:
-            conn.close()
 
 
 def test_demo_stack_with_no_file(tmp_path: Path) -> None:
@@ -255,7 +182,7 @@ def test_killing_any_part_under_load(stack: tuple[GantryUp, str, int], victim: s
         pid = int(parts["front"]["pid"])  # type: ignore[call-overload]
     threads = 3
     with LoadLoop(up.port, threads=threads) as load:
-        time.sleep(0.5)
+        assert _wait(lambda: load.ok > 20, 5)
         before = load.ok
         os.kill(pid, signal.SIGKILL)
 
@@ -281,7 +208,7 @@ def test_sighup_reloads_every_part_with_zero_failures(stack: tuple[GantryUp, str
     up, stats, _ = stack
     old = set(_worker_pids(stats, "hello") + _worker_pids(stats, "front"))
     with LoadLoop(up.port) as load:
-        time.sleep(0.5)
+        assert _wait(lambda: load.ok > 20, 5)
         assert up.process is not None
         up.process.send_signal(signal.SIGHUP)
 

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import pytest
 import tomli_w
 
 from gantry.config.stack import PROVISIONAL_RUNTIME_DIR, demo_plan, load_stack
+from tests.process import wait_until_listening
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -50,16 +50,10 @@ def _env() -> dict[str, str]:
 
 
 def _wait_listening(port: int, process: subprocess.Popen[bytes], log: Path, what: str) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"{what} exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"{what} did not listen on {port} within 15 s:\n{log.read_text()}")
+    try:
+        wait_until_listening(("127.0.0.1", port), process, what=what, log=log.read_text)
+    except RuntimeError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 def _stop(process: subprocess.Popen[bytes], timeout: float = 15.0) -> int:

@@ -12,7 +12,9 @@ from pathlib import Path
 
 from gantry.stats.top import fetch
 from tests.process import GantryUp, free_port
-from tests.test_up import LoadLoop, _get, _wait
+from tests.process import http_get as _get
+from tests.process import wait_for as _wait
+from tests.support_up import LoadLoop
 
 APP = """
 def app(environ, start_response):

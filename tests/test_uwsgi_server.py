@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gantry.protocol.uwsgi import GANTRY_MODIFIER2, encode_packet
-from tests.process import GantryServer, free_port, read_all
+from tests.process import GantryServer, free_port, read_all, wait_for, wait_until_accepted
 
 ECHO_APP = "tests.apps_contract:raw_app"
 
@@ -35,9 +34,9 @@ def _vars(path: str, method: str = "GET", **extra: str) -> list[tuple[bytes, byt
 
 
 @pytest.fixture(scope="module")
-def unix_server() -> Iterator[tuple[GantryServer, str]]:
+def unix_server(module_short_tmp: Path) -> Iterator[tuple[GantryServer, str]]:
     """gantry serve on a unix uwsgi socket only, with a small body limit."""
-    workdir = Path(tempfile.mkdtemp(prefix="g"))
+    workdir = module_short_tmp
     path = str(workdir / "u.sock")
     server = GantryServer(
         ECHO_APP,
@@ -270,10 +269,10 @@ def test_graceful_stop_serves_a_connection_whose_packet_is_on_its_way(tmp_path: 
             kept.sendall(encode_packet(_vars("/hello", GANTRY_KEEPALIVE="1")))
             assert _read_response(kept)[1] == b"Hello World!"
             fresh.connect(path)
-            time.sleep(0.3)  # the server has accepted both
+            wait_until_accepted(path)
             assert server.process is not None
             server.process.send_signal(signal.SIGTERM)
-            time.sleep(0.3)  # the server is draining
+            assert wait_for(lambda: "received graceful stop signal" in server.log_text(), 5)
             fresh.sendall(encode_packet(_vars("/hello", GANTRY_KEEPALIVE="1")))
             head, body = _read_response(fresh)
             assert body == b"Hello World!"
@@ -296,7 +295,7 @@ def test_graceful_stop_waits_for_a_silent_connection_only_its_header_timeout(
         with socket.socket(socket.AF_UNIX) as silent:
             silent.settimeout(10)
             silent.connect(path)
-            time.sleep(0.3)  # the server has accepted it
+            wait_until_accepted(path)
             assert server.process is not None
             started = time.monotonic()
             server.process.send_signal(signal.SIGTERM)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.apps_contract import EVENTS_ENV, FILE_SIZE, _file_bytes
-from tests.process import GantryServer, read_all, rss_kib
+from tests.process import GantryServer, read_all, recv_until, rss_kib, wait_until_read
 
 
 @pytest.fixture(scope="module", params=["inline", "threads"])
@@ -122,8 +122,7 @@ def test_head_has_headers_and_no_body(server: GantryServer) -> None:
         sock.sendall(
             b"HEAD /hello HTTP/1.1\r\nHost: t\r\n\r\nGET /hello HTTP/1.1\r\nHost: t\r\n\r\n"
         )
-        time.sleep(0.3)
-        data = sock.recv(65536)
+        data = recv_until(sock, lambda got: got.endswith(b"Hello World!"))
     first, _, rest = data.partition(b"\r\n\r\n")
     assert first.startswith(b"HTTP/1.1 200") and b"Content-Length: 12" in first
     # the next response starts right after the head: no body bytes in between
@@ -143,8 +142,7 @@ def test_http10_stream_is_close_delimited(server: GantryServer) -> None:
 def test_http10_keep_alive(server: GantryServer) -> None:
     with server.connect() as sock:
         sock.sendall(b"GET /hello HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-        time.sleep(0.3)
-        first = sock.recv(65536)
+        first = recv_until(sock, lambda got: got.endswith(b"Hello World!"))
         assert b"Connection: keep-alive" in first
         sock.sendall(b"GET /hello HTTP/1.0\r\n\r\n")
         second = read_all(sock)
@@ -172,8 +170,7 @@ def test_expect_100_continue(server: GantryServer) -> None:
         interim = sock.recv(65536)
         assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
         sock.sendall(b"hello")
-        time.sleep(0.2)
-        final = sock.recv(65536)
+        final = recv_until(sock, lambda got: got.endswith(b"0\r\n\r\n"))
     assert final.startswith(b"HTTP/1.1 200") and b"\r\n5:5\r\n" in final
 
 
@@ -183,8 +180,7 @@ def test_chunked_upload_gets_a_content_length(server: GantryServer) -> None:
             b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"3\r\nabc\r\n4\r\ndefg\r\n0\r\nX-Trailer: yes\r\n\r\n"
         )
-        time.sleep(0.3)
-        data = sock.recv(65536)
+        data = recv_until(sock, lambda got: got.endswith(b"0\r\n\r\n"))
     assert b"\r\n7:7\r\n" in data
 
 
@@ -277,7 +273,7 @@ def test_sigterm_finishes_the_request_in_flight(tmp_path: Path) -> None:
     ) as running:
         sock = running.connect()
         sock.sendall(b"GET /slow?1.0 HTTP/1.1\r\nHost: t\r\n\r\n")
-        time.sleep(0.3)
+        wait_until_read(sock)
         started = time.monotonic()
         assert running.process is not None
         running.process.send_signal(signal.SIGTERM)
@@ -298,7 +294,7 @@ def test_sigint_stops_at_once(tmp_path: Path) -> None:
     ) as running:
         sock = running.connect()
         sock.sendall(b"GET /slow?5 HTTP/1.1\r\nHost: t\r\n\r\n")
-        time.sleep(0.3)
+        wait_until_read(sock)
         started = time.monotonic()
         assert running.process is not None
         running.process.send_signal(signal.SIGINT)

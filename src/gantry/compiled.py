@@ -51,6 +51,9 @@ MODULES = (
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 SOURCE_ROOT = os.path.dirname(PACKAGE_DIR)
+#: present in a compiled wheel (setup.py writes it): sources and build were made together,
+#: and installing sets their times in no useful order, so they are not compared
+WHEEL_MARKER = os.path.join(PACKAGE_DIR, "compiled-wheel")
 
 
 def source_path(module: str) -> str:
@@ -89,10 +92,12 @@ def guard() -> None:
     built = {module: built_path(module) for module in MODULES}
     if not any(built.values()):
         return
+    from_wheel = os.path.exists(WHEEL_MARKER)
     stale = [
         module
         for module, path in built.items()
-        if path is None or os.stat(path).st_mtime < os.stat(source_path(module)).st_mtime
+        if path is None
+        or (not from_wheel and os.stat(path).st_mtime < os.stat(source_path(module)).st_mtime)
     ]
     if stale:
         warnings.warn(

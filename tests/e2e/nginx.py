@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.process import require_program, stop_process, wait_until_listening
 
-def require_program(name: str) -> str:
-    """Path of a system program; skip loudly without it, or fail when CI=true."""
-    found = shutil.which(name) or next(
-        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None
-    )
-    if found:
-        return found
-    message = (
-        f"{name} is not installed: run `make test` as root (it apt-get installs it) "
-        f"or `apt-get install {name}`"
-    )
-    if os.environ.get("CI") == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(f"SKIPPED LOUDLY: {message}")
+__all__ = ["Nginx", "require_program"]
 
 
 UWSGI_PARAMS = Path("/etc/nginx/uwsgi_params")
@@ -85,29 +70,24 @@ http {{
             [self.binary, "-p", str(self.workdir), "-c", str(self.conf)], stdout=log, stderr=log
         )
         log.close()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"nginx exited: {self.log_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
+        try:
+            wait_until_listening(
+                ("127.0.0.1", self.port), self.process, limit=10, what="nginx", log=self.log_text
+            )
+        except RuntimeError:
+            self.stop()
+            raise
+
+    def __enter__(self) -> Nginx:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self.stop()
-        raise RuntimeError(f"nginx did not listen within 10 s: {self.log_text()}")
 
     def stop(self) -> None:
         """Graceful stop by PID (SIGQUIT), SIGKILL after 10 s."""
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGQUIT)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(self.process, signal.SIGQUIT)
 
     def log_text(self) -> str:
         """nginx's stderr and error log."""

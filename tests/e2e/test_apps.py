@@ -13,18 +13,16 @@ import http.client
 import json
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.e2e.nginx import Nginx, require_program
 from tests.e2e.payloads import FILE_BYTES, STREAM_CHUNKS
-from tests.process import GantryServer, free_port
+from tests.process import GantryServer, Launcher, short_tempdir
 
 APPS = {
     "flask": ("tests.e2e.flask_app:app", []),
@@ -54,31 +52,18 @@ def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     """One gantry process per app (HTTP + uwsgi sockets) and one nginx in front."""
     module, extra = APPS[request.param]
     # Unix socket paths must stay under 108 bytes: a short directory in /tmp.
-    workdir = Path(tempfile.mkdtemp(prefix="g"))
-    sock_path = str(workdir / "app.sock")
-    server = GantryServer(
-        module,
-        *extra,
-        "--uwsgi-socket",
-        sock_path,
-        "--uwsgi-socket-mode",
-        "666",
-        log_path=workdir / "gantry.log",
-    )
-    server.start()
-    nginx = None
-    try:
-        binary = require_program("nginx")
-        nginx = Nginx(binary, workdir, free_port(), sock_path)
-        nginx.start()
-    except pytest.skip.Exception:
+    with short_tempdir() as workdir, Launcher(workdir) as launch:
+        sock_path = str(workdir / "app.sock")
+        server = launch.serve(
+            module, *extra, "--uwsgi-socket", sock_path, "--uwsgi-socket-mode", "666",
+            name="gantry",
+        )  # fmt: skip
         nginx = None
-    try:
+        try:
+            nginx = launch.nginx(sock_path)
+        except pytest.skip.Exception:
+            nginx = None
         yield Stack(server, nginx)
-    finally:
-        if nginx is not None:
-            nginx.stop()
-        server.stop()
 
 
 @pytest.fixture(params=["http", "nginx"])

@@ -46,7 +46,7 @@ RESPONSE_DROP: Final = frozenset(
 _VISIBLE: Final = rb"[\x21-\x7e\x80-\xff][\t\x20-\x7e\x80-\xff]*+(?<![\t ])"
 _OTHER_FIELD: Final = (
     rb"(?!(?i:"
-    + b"|".join(re.escape(name) for name in sorted(RESPONSE_DROP | {b"content-length"}))
+    + b"|".join([re.escape(name) for name in sorted(RESPONSE_DROP | {b"content-length"})])
     + rb"):)[!#$%&'*+.^_`|~0-9A-Za-z-]+: "
     + _VISIBLE
     + rb"\r\n"

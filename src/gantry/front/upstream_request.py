@@ -105,7 +105,7 @@ def _connection_pairs(remote_addr: str, remote_port: str, server_port: str) -> l
 def connection_vars(remote_addr: str, remote_port: str, server_port: str) -> bytes:
     """The vars that are the same for every request of one client connection."""
     pairs = _connection_pairs(remote_addr, remote_port, server_port)
-    return b"".join(_var(key, value) for key, value in zip(pairs[::2], pairs[1::2], strict=True))
+    return b"".join([_var(key, value) for key, value in zip(pairs[::2], pairs[1::2], strict=True)])
 
 
 #: Host value -> encoded SERVER_NAME var (bounded: the values are the client's)

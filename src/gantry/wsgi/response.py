@@ -156,7 +156,8 @@ class Response:
     # Class-level defaults: one response per request, so set only what differs.
     status: str | None = None
     status_code = 0
-    headers: list[tuple[str, str]] = []
+    #: set by start_response and read only after it (mypyc keeps no mutable class default)
+    headers: list[tuple[str, str]]
     headers_sent = False
     content_length: int | None = None
     chunked = False

@@ -195,6 +195,18 @@ def ready_workers(master_pid: int, count: int, limit: float = 10.0) -> set[int]:
     return child_pids(master_pid)
 
 
+def gantry_env(**extra: str) -> dict[str, str]:
+    """The environment for a ``gantry`` command started by hand: this repository (and the
+    caller's PYTHONPATH, so a checkout tests its own code) importable, no inherited
+    systemd variables."""
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET"):
+        if name not in extra:
+            env.pop(name, None)
+    return env
+
+
 def stop_process(
     process: subprocess.Popen[bytes] | None, signum: int = signal.SIGTERM, timeout: float = 10.0
 ) -> int | None:
@@ -459,13 +471,15 @@ class Launcher:
         name: str,
         limit: float = 20.0,
         env: dict[str, str] | None = None,
+        cwd: Path = REPO,
     ) -> subprocess.Popen[bytes]:
-        """Another server (uWSGI, gunicorn), started from the repository, once ``ready`` accepts;
-        its output in ``workdir/name.log``; SIGTERM then SIGKILL on exit."""
+        """Another server (uWSGI, gunicorn, a ``gantry`` command), started in ``cwd`` (the
+        repository), once ``ready`` accepts; its output in ``workdir/name.log``; SIGTERM then
+        SIGKILL on exit."""
         log_path = self.workdir / f"{name}.log"
         with log_path.open("ab") as log:
             process = subprocess.Popen(
-                list(argv), cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+                list(argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
             )
         self._stops.callback(stop_process, process)
         wait_until_listening(

@@ -8,13 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.process import REPO, free_port
+from tests.process import REPO, Launcher, free_port, gantry_env, stop_process, wait_for
 
 DEPLOY = REPO / "examples" / "deploy"
 VENV_BIN = Path(sys.executable).parent
@@ -96,14 +94,6 @@ error_log = "{logs}/app.log"
 """
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET"):
-        env.pop(name, None)
-    return env
-
-
 def _hello(port: int) -> int:
     import http.client
 
@@ -118,73 +108,39 @@ def _hello(port: int) -> int:
         conn.close()
 
 
-def _stop(process: subprocess.Popen[bytes]) -> int:
-    process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
-        raise
-
-
-def _wait_until(predicate: Callable[[], bool], limit: float) -> bool:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def test_socket_activation_and_notify_as_the_unit_runs_them(tmp_path: Path) -> None:
+def test_socket_activation_and_notify_as_the_unit_runs_them(launch: Launcher) -> None:
     """What gantry.socket + gantry.service do, without systemd as PID 1: the socket is
     bound by systemd's own launcher (systemd-socket-activate), gantry up takes it over and
     tells the notify socket READY=1, RELOADING=1 on SIGHUP, STOPPING=1 on SIGTERM."""
     activate = _need("systemd-socket-activate")
     port = free_port()
-    (tmp_path / "logs").mkdir()
-    config = tmp_path / "gantry.toml"
-    config.write_text(STACK.format(port=port, run=tmp_path, logs=tmp_path / "logs"))
-    notify_path = str(tmp_path / "notify")
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(notify_path)
-    notify.settimeout(30)
-    log = tmp_path / "up.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
+    workdir = launch.workdir
+    (workdir / "logs").mkdir()
+    config = workdir / "gantry.toml"
+    config.write_text(STACK.format(port=port, run=workdir, logs=workdir / "logs"))
+    notify_path = str(workdir / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(notify_path)
+        notify.settimeout(30)
+        # systemd-socket-activate listens before gantry runs; the first connection starts
+        # gantry up, which must answer it on that socket.
+        process = launch.program(
             [activate, "-l", f"127.0.0.1:{port}", "-E", "PYTHONPATH",
              "-E", f"NOTIFY_SOCKET={notify_path}",
              sys.executable, "-m", "gantry", "up", "-c", str(config)],
-            cwd=tmp_path, env=_env(), stdout=out, stderr=out,
+            ("127.0.0.1", port), "activate", env=gantry_env(), cwd=workdir,
         )  # fmt: skip
-    try:
-        # systemd-socket-activate listens before gantry runs: wait for its socket, then
-        # the first connection starts gantry up, which must answer it on that socket.
-        assert _wait_until(lambda: _connects(port), 15), log.read_text()
+        log = workdir / "activate.log"
         assert _hello(port) == 200, log.read_text()
         messages = _datagrams(notify, "READY=1")
         assert "READY=1" in messages, (messages, log.read_text())
         assert "using the socket systemd passed" in log.read_text()
         os.kill(process.pid, signal.SIGHUP)  # ExecReload
         messages = _datagrams(notify, "READY=1")
-        assert messages[0].startswith("RELOADING=1"), messages
+        assert messages[0] == "RELOADING=1", messages
         assert _hello(port) == 200
-        assert _stop(process) == 0
+        assert stop_process(process, timeout=30) == 0
         assert "STOPPING=1" in _datagrams(notify, "STOPPING=1")
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=5)
-        notify.close()
-
-
-def _connects(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
 
 
 def _datagrams(notify: socket.socket, until: str) -> list[str]:
@@ -203,7 +159,7 @@ def _lines(path: Path) -> int:
     return path.read_text().count('"GET /hello HTTP/1.1"')
 
 
-def test_logrotate_with_the_example_snippet(tmp_path: Path) -> None:
+def test_logrotate_with_the_example_snippet(launch: Launcher) -> None:
     """The real logrotate runs the example (paths moved under a temporary folder) against
     a running stack: the old lines go to the rotated file, new lines to a new file, and
     no request fails and no worker dies on the way."""
@@ -212,42 +168,32 @@ def test_logrotate_with_the_example_snippet(tmp_path: Path) -> None:
         if Path("/usr/sbin/logrotate").exists()
         else _need("logrotate")
     )
-    port = free_port()
-    logs = tmp_path / "logs"
+    workdir = launch.workdir
+    logs = workdir / "logs"
     logs.mkdir()
-    config = tmp_path / "gantry.toml"
-    config.write_text(STACK.format(port=port, run=tmp_path, logs=logs))
     snippet = (DEPLOY / "logrotate.conf").read_text()
     assert "/var/log/gantry/*.log" in snippet and "/run/gantry/gantry.pid" in snippet
-    snippet = snippet.replace("/var/log/gantry", str(logs)).replace("/run/gantry", str(tmp_path))
-    rotate_conf = tmp_path / "logrotate.conf"
+    snippet = snippet.replace("/var/log/gantry", str(logs)).replace("/run/gantry", str(workdir))
+    rotate_conf = workdir / "logrotate.conf"
     rotate_conf.write_text(snippet)
     rotate_conf.chmod(0o644)  # logrotate refuses a config others can write
-    log = tmp_path / "up.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gantry", "up", "-c", str(config)],
-            cwd=tmp_path, env=_env(), stdout=out, stderr=out,
-        )  # fmt: skip
-    try:
-        assert _wait_until(lambda: _hello(port) == 200, 30), log.read_text()
-        for _ in range(5):
-            assert _hello(port) == 200
-        access = logs / "access.log"
-        assert _wait_until(lambda: access.exists() and _lines(access) >= 5, 10)
-        result = subprocess.run(
-            [logrotate, "--force", "--state", str(tmp_path / "state"), str(rotate_conf)],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stdout + result.stderr
-        rotated = logs / "access.log.1"
-        assert rotated.exists() and _lines(rotated) >= 5
-        for _ in range(3):
-            assert _hello(port) == 200
-        # SIGUSR1 reopened the file by its name: new lines land in a new access.log
-        assert _wait_until(lambda: access.exists() and _lines(access) == 3, 10), log.read_text()
-        assert "died" not in log.read_text() and "killed by" not in log.read_text()
-        assert process.poll() is None
-    finally:
-        if process.poll() is None:
-            _stop(process)
+    up = launch.up(STACK.format(port="FRONT_PORT", run=workdir, logs=logs))
+    port = up.port
+    assert wait_for(lambda: _hello(port) == 200, 30), up.log_text()
+    for _ in range(5):
+        assert _hello(port) == 200
+    access = logs / "access.log"
+    assert wait_for(lambda: access.exists() and _lines(access) >= 6, 10)
+    result = subprocess.run(
+        [logrotate, "--force", "--state", str(workdir / "state"), str(rotate_conf)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    rotated = logs / "access.log.1"
+    assert rotated.exists() and _lines(rotated) >= 6
+    for _ in range(3):
+        assert _hello(port) == 200
+    # SIGUSR1 reopened the file by its name: new lines land in a new access.log
+    assert wait_for(lambda: access.exists() and _lines(access) == 3, 10), up.log_text()
+    assert "died" not in up.log_text() and "killed by" not in up.log_text()
+    assert up.process is not None and up.process.poll() is None

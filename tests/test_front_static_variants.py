@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import gzip
 import http.client
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 
 import pytest
 
-from tests.process import REPO, free_port
+from tests.process import Launcher
 
 CONFIG = """
 [front]
-listen = ["127.0.0.1:{port}"]
+listen = ["127.0.0.1:FRONT_PORT"]
 workers = 1
 
 [[front.server]]
@@ -28,48 +21,21 @@ default = true
 
 [[front.server.location]]
 path = "/static/"
-alias = "{site}/"
+alias = "SITE/"
 gzip_static = true
 expires = 3600
 """
 
 
 @pytest.fixture()
-def front(tmp_path: Path) -> Iterator[int]:
-    site = tmp_path / "site"
+def front(launch: Launcher) -> int:
+    site = launch.workdir / "site"
     site.mkdir()
     page = b"<p>hello</p>" * 100
     (site / "page.html").write_bytes(page)
     (site / "page.html.gz").write_bytes(gzip.compress(page))
     (site / "plain.html").write_bytes(page)
-    port = free_port()
-    config = tmp_path / "front.toml"
-    config.write_text(CONFIG.format(port=port, site=site))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    with (tmp_path / "front.log").open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gantry", "front", "-c", str(config)],
-            cwd=REPO, env=env, stdout=log, stderr=log,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert process.poll() is None, (tmp_path / "front.log").read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, (tmp_path / "front.log").read_text()
-                time.sleep(0.05)
-        yield port
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+    return launch.front(CONFIG.replace("SITE", str(site))).port
 
 
 def _get(port: int, path: str, **headers: str) -> http.client.HTTPResponse:

@@ -12,10 +12,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
 
-from tests.process import REPO, GantryServer, GantryUp, free_port
+from tests.process import REPO, Launcher, free_port, wait_for
 
 STACK = """
 [stack]
@@ -39,15 +37,6 @@ module = "gantry.demo:app"
 workers = 2
 graceful_timeout = 5
 """
-
-
-def _wait(predicate: Callable[[], bool], limit: float = 15.0) -> bool:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def _get(port: int, path: str) -> int:
@@ -76,82 +65,63 @@ def _read_until(fd: int, needle: bytes, limit: float) -> bytes:
     return output
 
 
-def test_q_quits_the_live_view(tmp_path: Path) -> None:
+def test_q_quits_the_live_view(launch: Launcher) -> None:
     """uwsgitop's habit: pressing q ends the view at once, with status 0."""
     stats_port = free_port()
-    server = GantryServer(
-        "gantry.demo:app",
-        "--workers",
-        "1",
-        "--stats",
-        f"127.0.0.1:{stats_port}",
-        log_path=tmp_path / "serve.log",
-    )
-    server.start()
+    server = launch.serve("gantry.demo:app", "--workers", "1", "--stats", f"127.0.0.1:{stats_port}")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: gantry top on the pseudo-terminal
+        os.chdir(REPO)
+        os.execvpe(
+            sys.executable,
+            [sys.executable, "-m", "gantry", "top", "--interval", "5", f"127.0.0.1:{stats_port}"],
+            server.env,
+        )
     try:
-        pid, fd = pty.fork()
-        if pid == 0:  # the child: gantry top on the pseudo-terminal
-            os.chdir(REPO)
-            os.execvpe(
-                sys.executable,
-                [sys.executable, "-m", "gantry", "top", "--interval", "5",
-                 f"127.0.0.1:{stats_port}"],
-                server.env,
-            )  # fmt: skip
-        try:
-            shown = _read_until(fd, b"WID", 15.0)
-            assert b"WID" in shown, shown.decode(errors="replace")
-            os.write(fd, b"q")
-            deadline = time.monotonic() + 3.0
-            status = None
-            while status is None and time.monotonic() < deadline:
-                _read_until(fd, b"\x00", 0.1)  # keep the pty drained
-                done, code = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    status = code
-            assert status is not None, "gantry top did not quit on q"
-            assert os.waitstatus_to_exitcode(status) == 0
-        finally:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
-            os.close(fd)
+        shown = _read_until(fd, b"WID", 15.0)
+        assert b"WID" in shown, shown.decode(errors="replace")
+        os.write(fd, b"q")
+        status: list[int] = []
+
+        def ended() -> bool:
+            _read_until(fd, b"\x00", 0.05)  # keep the pty drained
+            done, code = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status.append(code)
+            return bool(done)
+
+        assert wait_for(ended, 3.0), "gantry top did not quit on q"
+        assert os.waitstatus_to_exitcode(status[0]) == 0
     finally:
-        server.stop()
+        if not status:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
 
 
-def test_a_stack_counts_each_request_once_and_numbers_workers_by_pool(tmp_path: Path) -> None:
-    stats = tmp_path / "stack.stats"
-    up = GantryUp(tmp_path, STACK.replace("STATS_PATH", str(stats)))
-    up.start()
-    try:
-        assert _wait(lambda: _get(up.port, "/hello") == 200), up.log_text()
-        for _ in range(9):
-            assert _get(up.port, "/hello") == 200
-        from gantry.stats.top import fetch
+def test_a_stack_counts_each_request_once_and_numbers_workers_by_pool(launch: Launcher) -> None:
+    stats = launch.workdir / "stack.stats"
+    up = launch.up(STACK.replace("STATS_PATH", str(stats)))
+    assert wait_for(lambda: _get(up.port, "/hello") == 200), up.log_text()
+    for _ in range(9):
+        assert _get(up.port, "/hello") == 200
+    from gantry.stats.top import fetch
 
-        def front_requests() -> int:
-            doc = fetch(str(stats))
-            return sum(w["requests"] for w in doc["workers"] if w["pool"] == "front")
+    def front_requests() -> int:
+        doc = fetch(str(stats))
+        return sum(w["requests"] for w in doc["workers"] if w["pool"] == "front")
 
-        # counters reach shared memory about once a second
-        assert _wait(lambda: front_requests() >= 10, 10)
-        top = subprocess.run(
-            [sys.executable, "-m", "gantry", "top", "--once", str(stats)],
-            capture_output=True, text=True, timeout=20, cwd=REPO, env=up.env,
-        )  # fmt: skip
-        assert top.returncode == 0, top.stderr
-        header = top.stdout.splitlines()[0]
-        total = int(re.search(r"(\d+) requests", header).group(1))  # type: ignore[union-attr]
-        assert total == front_requests(), header  # not front + pool
-        # the log says "worker 1" and "worker 2" of the pool hello, "worker 1" of the front
-        rows = [
-            line.split() for line in top.stdout.splitlines() if line.startswith(("front", "hello"))
-        ]
-        numbers = {(row[0], row[1]) for row in rows}
-        assert numbers == {("front", "1"), ("hello", "1"), ("hello", "2")}, top.stdout
-        assert "spawned worker 2" in up.log_text()
-    finally:
-        up.stop()
+    # counters reach shared memory about once a second
+    assert wait_for(lambda: front_requests() >= 10, 10)
+    top = subprocess.run(
+        [sys.executable, "-m", "gantry", "top", "--once", str(stats)],
+        capture_output=True, text=True, timeout=20, cwd=REPO, env=up.env,
+    )  # fmt: skip
+    assert top.returncode == 0, top.stderr
+    header = top.stdout.splitlines()[0]
+    total = int(re.search(r"(\d+) requests", header).group(1))  # type: ignore[union-attr]
+    assert total == front_requests(), header  # not front + pool
+    # the log says "worker 1" and "worker 2" of the pool hello, "worker 1" of the front
+    rows = [line.split() for line in top.stdout.splitlines() if line.startswith(("front", "hello"))]
+    assert {(row[0], row[1]) for row in rows} == {("front", "1"), ("hello", "1"), ("hello", "2")}
+    assert "spawned worker 2" in up.log_text()

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import http.client
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from tests.process import REPO, free_port
+from tests.process import Launcher, free_port, gantry_env, wait_for
 
 APP = """
 def app(environ, start_response):
@@ -40,14 +37,6 @@ graceful_timeout = 5
 """
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    for name in ("LISTEN_FDS", "LISTEN_PID", "NOTIFY_SOCKET"):
-        env.pop(name, None)
-    return env
-
-
 def _get(port: int, path: str) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
@@ -60,46 +49,42 @@ def _get(port: int, path: str) -> tuple[int, bytes]:
         conn.close()
 
 
-def _serve_and_get(args: list[str], cwd: Path, port: int, path: str) -> tuple[bytes, str]:
-    """Start `gantry up ARGS` in ``cwd``, wait for an answer on ``port``, stop it by PID."""
-    log = cwd / "up.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gantry", "up", *args],
-            cwd=cwd, env=_env(), stdout=out, stderr=out,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, log.read_text()
-            status, body = _get(port, path)
-            if status == 200:
-                return body, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+def _serve_and_get(
+    launch: Launcher, args: list[str], cwd: Path, port: int, path: str
+) -> tuple[bytes, str]:
+    """Start `gantry up ARGS` in ``cwd``; the body its front answers on ``port`` and the log."""
+    launch.program(
+        [sys.executable, "-m", "gantry", "up", *args],
+        ("127.0.0.1", port), "up", env=gantry_env(), cwd=cwd,
+    )  # fmt: skip
+    log = launch.workdir / "up.log"
+    answers: list[bytes] = []
+
+    def answered() -> bool:
+        status, body = _get(port, path)
+        answers.append(body)
+        return status == 200
+
+    assert wait_for(answered, 30), log.read_text()
+    return answers[-1], log.read_text()
 
 
-def test_up_reads_the_gantry_toml_of_the_working_directory(tmp_path: Path) -> None:
+def test_up_reads_the_gantry_toml_of_the_working_directory(
+    launch: Launcher, tmp_path: Path
+) -> None:
     port = free_port()
     (tmp_path / "site_app.py").write_text(APP)
     (tmp_path / "gantry.toml").write_text(STACK.format(port=port, chdir=tmp_path))
-    body, log = _serve_and_get([], tmp_path, port, "/from-file")
+    body, log = _serve_and_get(launch, [], tmp_path, port, "/from-file")
     assert body == b"mine at /from-file"
     assert "gantry up: using ./gantry.toml" in log
 
 
-def test_up_module_app_serves_it_behind_the_front(tmp_path: Path) -> None:
+def test_up_module_app_serves_it_behind_the_front(launch: Launcher, tmp_path: Path) -> None:
     port = free_port()
     (tmp_path / "site_app.py").write_text(APP)
     args = ["site_app:app", "--listen", f"127.0.0.1:{port}", "--workers", "2"]
-    body, log = _serve_and_get(args, tmp_path, port, "/x/y")
+    body, log = _serve_and_get(launch, args, tmp_path, port, "/x/y")
     assert body == b"mine at /x/y"
     assert "spawned worker 2" in log  # --workers reached the pool
 
@@ -108,7 +93,7 @@ def test_up_refuses_an_app_beside_a_file(tmp_path: Path) -> None:
     (tmp_path / "gantry.toml").write_text(STACK.format(port=free_port(), chdir=tmp_path))
     result = subprocess.run(
         [sys.executable, "-m", "gantry", "up", "-c", "gantry.toml", "site_app:app"],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=30,
+        cwd=tmp_path, env=gantry_env(), capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode == 2
     assert "MODULE:APP" in result.stderr

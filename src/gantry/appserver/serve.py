@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -11,6 +12,7 @@ from typing import IO
 from gantry.appserver.supervise import run_master
 from gantry.appserver.worker import AppLoadError, Worker, load_app
 from gantry.config import ListenAddress, ServeConfig
+from gantry.process.reexec import owned_sockets
 from gantry.process.runtime import setup_error_log
 from gantry.process.sockets import bind_or_inherit
 
@@ -21,13 +23,14 @@ def serve(config: ServeConfig) -> int:
     """``gantry serve``: one process, or a master and ``config.workers`` workers."""
     config.check()
     access_stream = setup_logging(config)
+    start_dir = os.getcwd()
     if config.chdir:
         os.chdir(config.chdir)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     sockets = bind_all(config)
     if config.workers:
-        return run_master(config, sockets, access_stream)
+        return run_master(config, sockets, access_stream, start_dir)
     try:
         app = load_app(config.app)
     except AppLoadError:
@@ -47,8 +50,17 @@ def serve(config: ServeConfig) -> int:
 
 
 def bind_all(config: ServeConfig) -> list[tuple[ListenAddress, socket.socket]]:
-    """Every configured socket: inherited (systemd, ``gantry up``) when passed, else bound here."""
-    return bind_or_inherit(config.listen, config.uwsgi_socket_mode, config.backlog)
+    """Every configured socket: inherited (systemd, ``gantry up``) when passed, else bound
+    here. After a re-exec, the sockets this process had bound itself count as its own
+    again (it removes their unix socket files when it stops)."""
+    owned = owned_sockets()
+    sockets = bind_or_inherit(config.listen, config.uwsgi_socket_mode, config.backlog)
+    if owned is None:
+        return sockets
+    return [
+        (dataclasses.replace(address, inherited=False) if index in owned else address, sock)
+        for index, (address, sock) in enumerate(sockets)
+    ]
 
 
 def setup_logging(config: ServeConfig) -> IO[str] | None:

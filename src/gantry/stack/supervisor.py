@@ -241,6 +241,7 @@ class Supervisor:
 
     def start(self, part: Part) -> None:
         """Fork and exec the part's master on its sockets."""
+        part.started_with = part.state_path
         argv = [sys.executable, "-m", "gantry", "_part", part.state_path, part.kind, part.name]
         fds = [sock.fileno() for _, sock in part.sockets]
         notify_socket = self.readiness.address if self.readiness is not None else None
@@ -417,7 +418,7 @@ class Supervisor:
         for key, (_, sock) in list(self.bound.items()):
             if id(sock) not in in_use:
                 self._close_bound(key)
-        states = {p.state_path for p in live} | {self.state_path}
+        states = {p.state_path for p in live} | {p.started_with for p in live} | {self.state_path}
         if self.reload is not None:
             states.add(self.reload.state_path)
         for path in self.state_files - states:
@@ -529,7 +530,7 @@ class Supervisor:
                     part.reload_error = line.removeprefix("STATUS=reload failed: ")
                     log.error("%s: its reload failed, its old workers keep serving: %s",
                               part.label, part.reload_error)  # fmt: skip
-                elif line.startswith("STATUS=") and "RELOADING=1" not in lines:
+                elif line.startswith("STATUS=reload done"):
                     part.reload_error = ""
 
     def _answer_listeners(self) -> None:

@@ -1,0 +1,101 @@
+"""A reload that re-imports code a process already holds: re-execute the process.
+
+A master that loaded the app before forking (preload) cannot import new code into
+itself: Python keeps the modules it has. uWSGI re-executes its master on a reload;
+Gantry does the same. First a fresh interpreter checks that the new code imports (the
+probe), so a broken edit costs a log line and the old workers keep serving; then the
+process replaces itself (same PID: the pidfile, systemd and ``gantry up`` see no
+change), handing its listening sockets down as LISTEN_FDS so no connection is refused,
+and naming the workers it leaves running so the new image can stop them once its own
+are ready.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+from gantry.process.systemd import SD_LISTEN_FDS_START
+
+__all__ = [
+    "ADOPT_ENV",
+    "GENERATION_ENV",
+    "OWNED_ENV",
+    "Reexec",
+    "adopted_workers",
+    "owned_sockets",
+    "start_probe",
+]
+
+#: the environment variables a re-executed image reads (and removes)
+ADOPT_ENV = "GANTRY_ADOPT"
+GENERATION_ENV = "GANTRY_GENERATION"
+OWNED_ENV = "GANTRY_OWNED_FDS"
+
+
+@dataclass
+class Reexec:
+    """How a process re-executes itself: the command that checks the new code first
+    (exit 0: it imports), where it starts again, and its listening sockets."""
+
+    probe: list[str]
+    #: the directory the process started in (relative paths in its arguments)
+    start_dir: str
+    #: (fd, bound by this process rather than inherited)
+    sockets: list[tuple[int, bool]] = field(default_factory=list)
+    argv: list[str] = field(default_factory=lambda: [sys.executable, "-m", "gantry", *sys.argv[1:]])
+
+    def exec(self, workers: list[int], generation: int) -> None:
+        """Replace this process (does not return unless exec fails, raising OSError)."""
+        fds = [fd for fd, _ in self.sockets]
+        # out of the way first: fd 3, 4, ... may be taken by one of them
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for fd in fds]
+        for index, fd in enumerate(high):
+            os.dup2(fd, SD_LISTEN_FDS_START + index, inheritable=True)
+            os.close(fd)
+        env = dict(os.environ)
+        env.update(
+            {
+                "LISTEN_FDS": str(len(fds)),
+                "LISTEN_PID": str(os.getpid()),
+                ADOPT_ENV: ",".join(str(pid) for pid in workers),
+                GENERATION_ENV: str(generation),
+                OWNED_ENV: ",".join(str(i) for i, (_, own) in enumerate(self.sockets) if own),
+            }
+        )
+        env.pop("LISTEN_FDNAMES", None)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.chdir(self.start_dir)
+        os.execve(self.argv[0], self.argv, env)
+
+
+def start_probe(argv: list[str], output: str) -> int:
+    """Start ``argv`` (a fresh interpreter) in the current directory, its stderr to the
+    file ``output``; its PID (the caller reaps it)."""
+    actions = [(os.POSIX_SPAWN_OPEN, 2, output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)]
+    return os.posix_spawn(argv[0], argv, os.environ, file_actions=actions)
+
+
+def adopted_workers() -> tuple[list[int], int]:
+    """After a re-exec: the workers the old image left running and the generation this
+    image serves (([], 1) otherwise). Removes the variables."""
+    raw = os.environ.pop(ADOPT_ENV, None)
+    generation = os.environ.pop(GENERATION_ENV, None)
+    if raw is None:
+        return [], 1
+    pids = [int(pid) for pid in raw.split(",") if pid.isdigit()]
+    return pids, int(generation) if generation and generation.isdigit() else 2
+
+
+def owned_sockets() -> set[int] | None:
+    """After a re-exec: the indexes (among LISTEN_FDS) of the sockets this process bound
+    itself before (None when it was not re-executed). Removes the variable."""
+    raw = os.environ.pop(OWNED_ENV, None)
+    if raw is None:
+        return None
+    return {int(index) for index in raw.split(",") if index.isdigit()}

@@ -9,10 +9,10 @@ import socket
 import sys
 from typing import IO
 
-from gantry.appserver.supervise import run_master
+from gantry.appserver.supervise import PROBE, run_master
 from gantry.appserver.worker import AppLoadError, Worker, load_app
 from gantry.config import ListenAddress, ServeConfig
-from gantry.process.reexec import owned_sockets
+from gantry.process.reexec import LoneReload, Reexec, adopted_workers, owned_sockets
 from gantry.process.runtime import setup_error_log
 from gantry.process.sockets import bind_or_inherit
 
@@ -39,7 +39,15 @@ def serve(config: ServeConfig) -> int:
         raise
     worker = Worker(config, app, sockets)
     worker.access_stream = access_stream
+    adopted_workers()  # after a re-exec: nothing to adopt alone; clears the variables
+    reexec = Reexec(
+        probe=[sys.executable, "-c", PROBE, config.app],
+        start_dir=start_dir,
+        sockets=[(sock.fileno(), not address.inherited) for address, sock in sockets],
+    )
+    worker.lone_reload = LoneReload(reexec, lambda: worker.request_stop(False))
     code = worker.run()
+    worker.lone_reload.exec_if_requested()
     if worker.fast:
         # A fast stop does not wait for app threads still inside a request.
         logging.shutdown()

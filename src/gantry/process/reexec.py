@@ -12,15 +12,21 @@ are ready.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import fcntl
 import logging
 import os
+import socket
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gantry.process.systemd import SD_LISTEN_FDS_START
+from gantry.process.systemd import SD_LISTEN_FDS_START, notify
 
 __all__ = [
+    "LoneReload",
     "ADOPT_ENV",
     "GENERATION_ENV",
     "OWNED_ENV",
@@ -29,6 +35,8 @@ __all__ = [
     "owned_sockets",
     "start_probe",
 ]
+
+log = logging.getLogger("gantry.master")
 
 #: the environment variables a re-executed image reads (and removes)
 ADOPT_ENV = "GANTRY_ADOPT"
@@ -99,3 +107,67 @@ def owned_sockets() -> set[int] | None:
     if raw is None:
         return None
     return {int(index) for index in raw.split(",") if index.isdigit()}
+
+
+class LoneReload:
+    """SIGHUP for a process that serves alone (no master to start new workers): check the
+    new code or file with the probe, then stop accepting, let the requests in flight
+    finish, and re-execute, the listening sockets held open throughout (new connections
+    wait in the listen queue; none is refused)."""
+
+    def __init__(self, reexec: Reexec, request_stop: Callable[[], None]) -> None:
+        self.reexec = reexec
+        self.request_stop = request_stop
+        self.checking = False
+        #: the probe passed: stop, then re-execute
+        self.requested = False
+        #: the listening sockets, duplicated before the server closes its own
+        self.kept: list[int] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def on_sighup(self) -> None:
+        """The signal handler (on the event loop): start the check."""
+        if self.checking or self.requested:
+            log.info("SIGHUP: a reload is already under way")
+            return
+        self.checking = True
+        notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        log.info("SIGHUP: checking the new code, then re-executing this process")
+        self._task = asyncio.ensure_future(self._check())
+
+    async def _check(self) -> None:
+        try:
+            probe = await asyncio.create_subprocess_exec(
+                *self.reexec.probe,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            _, errors = await probe.communicate()
+            failed = probe.returncode != 0
+            text = errors.decode("utf-8", "replace").rstrip()
+        except OSError as exc:
+            failed, text = True, f"cannot check the new code: {exc}"
+        finally:
+            self.checking = False
+        if failed:
+            lines = [line for line in text.splitlines() if line.strip()]
+            reason = lines[-1] if lines else "the check failed"
+            log.error("reload abandoned, this process keeps serving:\n%s", text)
+            notify("READY=1", f"STATUS=reload failed: {reason}")
+            return
+        self.requested = True
+        self.request_stop()
+
+    def keep_sockets(self, sockets: list[socket.socket]) -> None:
+        """Before the server closes its listening sockets: hold them open for the new image."""
+        if self.requested:
+            self.kept = [os.dup(sock.fileno()) for sock in sockets]
+
+    def exec_if_requested(self) -> None:
+        """After the drain: re-execute if the reload was requested (does not return then)."""
+        if not self.kept:
+            return
+        owned = [own for _, own in self.reexec.sockets]
+        replace = dataclasses.replace(self.reexec, sockets=list(zip(self.kept, owned, strict=True)))
+        replace.exec([], 1)

@@ -182,6 +182,8 @@ def main() -> None:
     help="Recycle a worker whose RSS grows past this many MiB.",
 )
 @click.option("--pidfile", metavar="PATH", help="Write the master's PID here.")
+@click.option("--user", metavar="USER", help="Run the workers as this user (start as root).")
+@click.option("--group", metavar="GROUP", help="Run the workers as this group.")
 @click.option("--stats", metavar="HOST:PORT|PATH", help="uWSGI-compatible stats server.")
 @click.option("--metrics", metavar="HOST:PORT", help="Prometheus metrics over HTTP.")
 def serve(
@@ -215,6 +217,8 @@ def serve(
     harakiri: float,
     reload_on_rss: int,
     pidfile: str | None,
+    user: str | None,
+    group: str | None,
     stats: str | None,
     metrics: str | None,
 ) -> None:

@@ -12,6 +12,7 @@ from typing import IO
 from gantry.appserver.supervise import PROBE, run_master
 from gantry.appserver.worker import AppLoadError, Worker, load_app
 from gantry.config import ListenAddress, ServeConfig
+from gantry.process.privileges import drop_privileges, resolve_identity
 from gantry.process.reexec import LoneReload, Reexec, adopted_workers, owned_sockets
 from gantry.process.runtime import setup_error_log
 from gantry.process.sockets import bind_or_inherit
@@ -23,6 +24,7 @@ def serve(config: ServeConfig) -> int:
     """``gantry serve``: one process, or a master and ``config.workers`` workers."""
     config.check()
     access_stream = setup_logging(config)
+    identity = resolve_identity(config.user, config.group, "serve")
     start_dir = os.getcwd()
     if config.chdir:
         os.chdir(config.chdir)
@@ -30,8 +32,9 @@ def serve(config: ServeConfig) -> int:
         sys.path.insert(0, os.getcwd())
     sockets = bind_all(config)
     if config.workers:
-        return run_master(config, sockets, access_stream, start_dir)
+        return run_master(config, sockets, access_stream, start_dir, identity)
     try:
+        drop_privileges(identity)  # alone: the sockets are bound, the app not yet imported
         app = load_app(config.app)
     except AppLoadError:
         for _, sock in sockets:

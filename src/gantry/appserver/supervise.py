@@ -11,6 +11,7 @@ from gantry.appserver.context import WSGIApp, error_log
 from gantry.appserver.worker import AppLoadError, Worker, load_app
 from gantry.config import ListenAddress, ServeConfig
 from gantry.process.master import APP_LOAD_FAILED, Master, MasterSettings, WorkerExit
+from gantry.process.privileges import Identity
 from gantry.process.reexec import Reexec, adopted_workers
 from gantry.process.shared import SlotView, WorkerTable
 from gantry.stats.serve import serve_metrics, serve_stats
@@ -37,6 +38,7 @@ def run_master(
     sockets: list[tuple[ListenAddress, socket.socket]],
     access_stream: IO[str] | None,
     start_dir: str | None = None,
+    identity: Identity | None = None,
 ) -> int:
     """Bind-before-fork is done; preload if asked, then run the master loop.
 
@@ -65,6 +67,7 @@ def run_master(
         graceful_timeout=config.graceful_timeout,
         harakiri=config.harakiri or None,
         pidfile=config.pidfile,
+        identity=identity,
     )
     master = Master(settings, run_worker, table)
     adopted, generation = adopted_workers()

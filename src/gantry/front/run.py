@@ -14,6 +14,7 @@ from gantry.config import ListenAddress, parse_address
 from gantry.config.front_model import FrontConfig
 from gantry.front.server import FrontConnection, FrontWorker
 from gantry.process.master import Master, MasterSettings, WorkerExit
+from gantry.process.privileges import drop_privileges, resolve_identity
 from gantry.process.reexec import LoneReload, Reexec, adopted_workers, owned_sockets
 from gantry.process.runtime import (
     freeze_startup_heap,
@@ -135,6 +136,7 @@ def run_front(
     One worker alone reloads on SIGHUP by re-executing itself once ``config_file`` is
     checked (it reads the file again, as nginx does)."""
     setup_error_log()
+    identity = resolve_identity(config.user, config.group, "front")
     addresses = [parse_address(spec, "http", "front.listen") for spec in config.listen]
     sockets = bind_or_inherit(addresses, None, 2048)
     master = master or bool(stats or metrics) or os.environ.get("GANTRY_FRONT_MASTER") == "1"
@@ -152,13 +154,19 @@ def run_front(
                 ],
             )
             lone_reload = LoneReload(reexec, lambda: None)  # the worker sets request_stop
+        drop_privileges(identity)  # alone: the sockets are bound (a re-exec keeps them)
         code = _serve_worker(config, sockets, None, lone_reload)
         if lone_reload is not None:
             lone_reload.exec_if_requested()
         return code
     table = WorkerTable(max(64, config.workers * 2 + 16))
     supervisor = Master(
-        MasterSettings(workers=config.workers, graceful_timeout=10.0, name="gantry front"),
+        MasterSettings(
+            workers=config.workers,
+            graceful_timeout=10.0,
+            name="gantry front",
+            identity=identity,
+        ),
         lambda slot, generation: _serve_worker(config, sockets, slot),
         table,
     )

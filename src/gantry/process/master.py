@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from gantry.process.loop import Backoff, ProcessLoop, describe_exit
 from gantry.process.parent import stop_with_parent
+from gantry.process.privileges import Identity, drop_privileges
 from gantry.process.reexec import Reexec, start_probe
 from gantry.process.runtime import reopen_error_log, signal_process
 from gantry.process.shared import STATUS_CODES, SlotView, WorkerTable
@@ -66,6 +67,8 @@ class MasterSettings:
     #: seconds a new worker has to report ready during a reload before it is given up
     ready_timeout: float = 60.0
     name: str = "gantry"
+    #: who the workers run as (None: the master's own identity)
+    identity: Identity | None = None
 
 
 @dataclass
@@ -217,6 +220,7 @@ class Master:
             try:
                 self.restore_child_signals()
                 stop_with_parent(self_pid)
+                drop_privileges(self.settings.identity)
                 slot.pid = os.getpid()
                 code = self.run_worker(slot, generation)
             except SystemExit as exc:

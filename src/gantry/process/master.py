@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from gantry.process.loop import Backoff, ProcessLoop, describe_exit
 from gantry.process.parent import stop_with_parent
 from gantry.process.privileges import Identity, drop_privileges
-from gantry.process.reexec import Reexec, start_probe
+from gantry.process.reexec import Reexec, read_probe, start_probe
 from gantry.process.runtime import reopen_error_log, signal_process
 from gantry.process.shared import STATUS_CODES, SlotView, WorkerTable
 from gantry.process.systemd import notify
@@ -113,8 +113,8 @@ class Master:
         self.on_reopen_logs: Callable[[], None] | None = None
         #: set when the app is loaded in the master (preload): a reload re-executes it
         self.reexec: Reexec | None = None
-        #: the probe of a re-exec reload under way: (pid, its stderr file)
-        self.probe: tuple[int, str] | None = None
+        #: the probe of a re-exec reload under way: (pid, its stderr's descriptor)
+        self.probe: tuple[int, int] | None = None
         #: workers an earlier image of this master left running (after a re-exec): they
         #: stop once this image's workers are ready
         self.adopted: set[int] = set()
@@ -356,11 +356,8 @@ class Master:
             self._abandon_reload(f"the new workers were not ready in {timeout:.0f} s")
 
     def _start_probe(self, reexec: Reexec) -> None:
-        output = os.path.join(
-            os.environ.get("TMPDIR", "/tmp"), f"gantry-probe-{os.getpid()}-{time.monotonic_ns()}"
-        )
         try:
-            self.probe = (start_probe(reexec.probe, output), output)
+            self.probe = start_probe(reexec.probe)
         except OSError as exc:
             self._reload_failed(f"cannot check the new code: {exc}")
             return
@@ -371,9 +368,7 @@ class Master:
         _, output = self.probe
         self.probe = None
         try:
-            with open(output, encoding="utf-8", errors="replace") as handle:
-                text = handle.read()
-            os.unlink(output)
+            text = read_probe(output)
         except OSError:
             text = ""
         if os.waitstatus_to_exitcode(status) != 0 or self.reexec is None:

@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ __all__ = [
     "Reexec",
     "adopted_workers",
     "owned_sockets",
+    "read_probe",
     "start_probe",
 ]
 
@@ -82,11 +84,32 @@ class Reexec:
         os.execve(self.argv[0], self.argv, env)
 
 
-def start_probe(argv: list[str], output: str) -> int:
-    """Start ``argv`` (a fresh interpreter) in the current directory, its stderr to the
-    file ``output``; its PID (the caller reaps it)."""
-    actions = [(os.POSIX_SPAWN_OPEN, 2, output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)]
-    return os.posix_spawn(argv[0], argv, os.environ, file_actions=actions)
+def start_probe(argv: list[str]) -> tuple[int, int]:
+    """Start ``argv`` (a fresh interpreter) in the current directory; its PID (the caller
+    reaps it) and a descriptor of the unnamed file its stderr goes to (see read_probe)."""
+    # an unnamed temporary file: no path in /tmp another user could plant a link at
+    output, path = tempfile.mkstemp(prefix="gantry-probe-")
+    os.unlink(path)
+    try:
+        pid = os.posix_spawn(
+            argv[0], argv, os.environ, file_actions=[(os.POSIX_SPAWN_DUP2, output, 2)]
+        )
+    except BaseException:
+        os.close(output)
+        raise
+    return pid, output
+
+
+def read_probe(output: int) -> str:
+    """What the probe wrote to its stderr (the descriptor is closed)."""
+    try:
+        os.lseek(output, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(output, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks).decode("utf-8", "replace")
+    finally:
+        os.close(output)
 
 
 def adopted_workers() -> tuple[list[int], int]:

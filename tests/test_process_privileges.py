@@ -154,13 +154,16 @@ def test_running_as_root_without_a_user_is_warned(site: Path, tmp_path: Path) ->
         server.stop()
 
 
-def test_gantry_up_pool_workers_run_as_nobody(site: Path, tmp_path: Path) -> None:
+def test_gantry_up_front_and_pool_workers_run_as_nobody(site: Path, tmp_path: Path) -> None:
+    """The front's workers, as nobody, still reach the pool's socket in the runtime
+    directory (shared with the front's group only)."""
     from tests.process import GantryUp
 
     config = f"""
 [front]
 listen = ["127.0.0.1:FRONT_PORT"]
 workers = 1
+user = "nobody"
 
 [[front.server]]
 default = true
@@ -191,5 +194,9 @@ user = "nobody"
         assert pid is not None
         assert _ids(pid) == (NOBODY.pw_uid, NOBODY.pw_gid)
         assert _ids(up.pid) == (0, 0)
+        workers = {w for master in children(up.pid) for w in children(master)}
+        assert len(workers) == 3  # the front's one and the pool's two
+        for worker_pid in workers:
+            assert _ids(worker_pid) == (NOBODY.pw_uid, NOBODY.pw_gid)
     finally:
         up.stop()

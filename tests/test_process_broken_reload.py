@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.process import GantryServer, GantryUp
+from tests.process import GantryServer, GantryUp, free_port
 from tests.support_process import Load, children, wait_for
 
 APP = """
@@ -51,7 +51,7 @@ def _stats(address: str) -> dict[str, object]:
     return document
 
 
-@pytest.mark.parametrize("preload", [False])
+@pytest.mark.parametrize("preload", [False, True])
 def test_gantry_serve_keeps_serving_through_a_broken_reload(tmp_path: Path, preload: bool) -> None:
     site = tmp_path / "site"
     site.mkdir()
@@ -129,7 +129,7 @@ PRELOAD
 """
 
 
-@pytest.mark.parametrize("preload", [False])
+@pytest.mark.parametrize("preload", [False, True])
 def test_gantry_up_code_only_sighup_with_broken_code_keeps_the_stack(
     tmp_path: Path, preload: bool
 ) -> None:
@@ -155,7 +155,7 @@ def test_gantry_up_code_only_sighup_with_broken_code_keeps_the_stack(
             assert wait_for(lambda: load.count() > counted + 20, 10)
             assert load.bodies == {b"v1"}
             pool = _pool(stats)
-            assert "SyntaxError" in str(pool.get("reload_error")), pool
+            assert "SyntaxError" in str(pool.get("reload_error")), json.dumps(pool)
             _write_app(site, APP.format(version="v2"))
             os.kill(up.pid, signal.SIGHUP)
             assert wait_for(lambda: load.last_body == b"v2", 20), up.log_text()
@@ -180,3 +180,36 @@ def _pool_workers(stats: str) -> int:
         return 0
     assert isinstance(workers, list)
     return sum(1 for w in workers if w["pool"] == "versioned")
+
+
+def test_gantry_serve_ini_without_lazy_apps_reloads_new_code(tmp_path: Path) -> None:
+    """uWSGI loads the app in the master unless lazy-apps: a reload must still serve the
+    code as edited (it re-executes the master, as uWSGI does)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    _write_app(site, APP.format(version="v1"))
+    port = free_port()
+    ini = tmp_path / "uwsgi.ini"
+    ini.write_text(
+        f"[uwsgi]\nmodule = versioned:app\nchdir = {site}\nmaster = true\nprocesses = 2\n"
+        f"http-socket = 127.0.0.1:{port}\n"
+    )
+    server = GantryServer(
+        "--ini", str(ini), port=port, http=False, log_path=tmp_path / "gantry.log"
+    )
+    server.start()
+    try:
+        assert wait_for(lambda: len(children(server.pid)) == 2, 10), server.log_text()
+        with Load(server.port) as load:
+            assert wait_for(lambda: load.count() > 20, 10)
+            assert load.last_body == b"v1"
+            _write_app(site, APP.format(version="v2"))
+            os.kill(server.pid, signal.SIGHUP)
+            assert wait_for(lambda: load.last_body == b"v2", 20), server.log_text()
+            assert wait_for(lambda: "reload done" in server.log_text(), 10)
+            counted = load.count()
+            assert wait_for(lambda: load.count() > counted + 20, 10)
+            assert load.last_body == b"v2"
+        assert load.failures == [], load.failures[:5]
+    finally:
+        server.stop()

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
 import sys
 from typing import IO
 
-from gantry.appserver.supervise import run_master
+from gantry.appserver.supervise import PROBE, run_master
 from gantry.appserver.worker import AppLoadError, Worker, load_app
 from gantry.config import ListenAddress, ServeConfig
+from gantry.process.privileges import drop_privileges, resolve_identity
+from gantry.process.reexec import LoneReload, Reexec, adopted_workers, owned_sockets
 from gantry.process.runtime import setup_error_log
 from gantry.process.sockets import bind_or_inherit
 
@@ -21,14 +24,17 @@ def serve(config: ServeConfig) -> int:
     """``gantry serve``: one process, or a master and ``config.workers`` workers."""
     config.check()
     access_stream = setup_logging(config)
+    identity = resolve_identity(config.user, config.group, "serve")
+    start_dir = os.getcwd()
     if config.chdir:
         os.chdir(config.chdir)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     sockets = bind_all(config)
     if config.workers:
-        return run_master(config, sockets, access_stream)
+        return run_master(config, sockets, access_stream, start_dir, identity)
     try:
+        drop_privileges(identity)  # alone: the sockets are bound, the app not yet imported
         app = load_app(config.app)
     except AppLoadError:
         for _, sock in sockets:
@@ -36,7 +42,15 @@ def serve(config: ServeConfig) -> int:
         raise
     worker = Worker(config, app, sockets)
     worker.access_stream = access_stream
+    adopted_workers()  # after a re-exec: nothing to adopt alone; clears the variables
+    reexec = Reexec(
+        probe=[sys.executable, "-c", PROBE, config.app],
+        start_dir=start_dir,
+        sockets=[(sock.fileno(), not address.inherited) for address, sock in sockets],
+    )
+    worker.lone_reload = LoneReload(reexec, lambda: worker.request_stop(False))
     code = worker.run()
+    worker.lone_reload.exec_if_requested()
     if worker.fast:
         # A fast stop does not wait for app threads still inside a request.
         logging.shutdown()
@@ -47,8 +61,17 @@ def serve(config: ServeConfig) -> int:
 
 
 def bind_all(config: ServeConfig) -> list[tuple[ListenAddress, socket.socket]]:
-    """Every configured socket: inherited (systemd, ``gantry up``) when passed, else bound here."""
-    return bind_or_inherit(config.listen, config.uwsgi_socket_mode, config.backlog)
+    """Every configured socket: inherited (systemd, ``gantry up``) when passed, else bound
+    here. After a re-exec, the sockets this process had bound itself count as its own
+    again (it removes their unix socket files when it stops)."""
+    owned = owned_sockets()
+    sockets = bind_or_inherit(config.listen, config.uwsgi_socket_mode, config.backlog)
+    if owned is None:
+        return sockets
+    return [
+        (dataclasses.replace(address, inherited=False) if index in owned else address, sock)
+        for index, (address, sock) in enumerate(sockets)
+    ]
 
 
 def setup_logging(config: ServeConfig) -> IO[str] | None:

@@ -4,24 +4,46 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from typing import IO
 
 from gantry.appserver.context import WSGIApp, error_log
 from gantry.appserver.worker import AppLoadError, Worker, load_app
 from gantry.config import ListenAddress, ServeConfig
 from gantry.process.master import APP_LOAD_FAILED, Master, MasterSettings, WorkerExit
+from gantry.process.privileges import Identity
+from gantry.process.reexec import Reexec, adopted_workers
 from gantry.process.shared import SlotView, WorkerTable
 from gantry.stats.serve import serve_metrics, serve_stats
 
 __all__ = ["run_master"]
+
+# A fresh interpreter imports the app as a worker would: exit 3 and the traceback on
+# stderr when it cannot (a preloading master's reload checks the new code with it).
+PROBE = """
+import os, sys, traceback
+sys.path.insert(0, os.getcwd())
+from gantry.appserver.worker import AppLoadError, load_app
+try:
+    load_app(sys.argv[1])
+except AppLoadError as exc:
+    traceback.print_exception(exc.__cause__ or exc)
+    print(exc, file=sys.stderr)
+    sys.exit(3)
+"""
 
 
 def run_master(
     config: ServeConfig,
     sockets: list[tuple[ListenAddress, socket.socket]],
     access_stream: IO[str] | None,
+    start_dir: str | None = None,
+    identity: Identity | None = None,
 ) -> int:
-    """Bind-before-fork is done; preload if asked, then run the master loop."""
+    """Bind-before-fork is done; preload if asked, then run the master loop.
+
+    With preload, a reload re-executes this process from ``start_dir`` (the directory it
+    was started in) so the new code is imported afresh."""
     preloaded: WSGIApp | None = None
     if config.preload:
         preloaded = load_app(config.app)  # AppLoadError reaches the CLI: clear message, exit 3
@@ -45,8 +67,18 @@ def run_master(
         graceful_timeout=config.graceful_timeout,
         harakiri=config.harakiri or None,
         pidfile=config.pidfile,
+        identity=identity,
     )
     master = Master(settings, run_worker, table)
+    adopted, generation = adopted_workers()
+    if adopted:
+        master.adopt(adopted, generation)
+    if config.preload:
+        master.reexec = Reexec(
+            probe=[sys.executable, "-c", PROBE, config.app],
+            start_dir=start_dir or os.getcwd(),
+            sockets=[(sock.fileno(), not address.inherited) for address, sock in sockets],
+        )
     started = master.started
     listen_names = [str(address) for address, _ in sockets]
     if config.stats:

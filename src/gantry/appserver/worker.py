@@ -15,8 +15,10 @@ from gantry.appserver.context import WorkerContext, WSGIApp, error_log
 from gantry.appserver.http import IDLE_STATE, HTTPConnection
 from gantry.appserver.uwsgi import UwsgiConnection
 from gantry.config import ListenAddress, ServeConfig
+from gantry.process.reexec import LoneReload
 from gantry.process.runtime import freeze_startup_heap, new_event_loop
 from gantry.process.shared import STATUS_CODES, SlotView
+from gantry.process.systemd import notify
 from gantry.wsgi.environ import EnvironTemplate
 
 __all__ = ["AppLoadError", "Worker", "load_app"]
@@ -93,6 +95,8 @@ class Worker:
         self.servers: list[asyncio.AbstractServer] = []
         self.stop_event: asyncio.Event | None = None
         self.fast = False
+        #: serving alone (no master): how SIGHUP re-executes this process
+        self.lone_reload: LoneReload | None = None
 
     def run(self) -> int:
         """Run the event loop until SIGTERM/SIGINT; returns the exit code."""
@@ -133,11 +137,20 @@ class Worker:
             self.slot.pid = os.getpid()
             self.slot.status = STATUS_CODES["idle"]
             self.slot.ready = 1
+        else:  # alone: this process tells systemd what a master would
+            if self.lone_reload is not None:
+                loop.add_signal_handler(signal.SIGHUP, self.lone_reload.on_sighup)
+            notify("READY=1", f"STATUS=serving {config.app}")
         freeze_startup_heap()  # the app's garbage needs the default young threshold
         await self.stop_event.wait()
         ctx.stopping = True
+        reexec = self.lone_reload is not None and self.lone_reload.requested
         if self.slot is not None:
             self.slot.status = STATUS_CODES["stopping"]
+        elif not reexec:
+            notify("STOPPING=1")
+        if self.lone_reload is not None:
+            self.lone_reload.keep_sockets([sock for _, sock in self.sockets])
         for listening in self.servers:
             listening.close()
         if not self.fast:
@@ -149,7 +162,12 @@ class Worker:
         if ctx.executor is not None:
             ctx.executor.shutdown(wait=not self.fast, cancel_futures=True)
         for address, sock in self.sockets:
-            if address.path is not None and self.slot is None and not address.inherited:
+            if (
+                address.path is not None
+                and self.slot is None
+                and not address.inherited
+                and not reexec
+            ):
                 # Only a lone process owns the path; under a master it outlives workers.
                 try:
                     os.unlink(address.path)
@@ -157,7 +175,9 @@ class Worker:
                     pass
             sock.close()
         ctx.flush_counters()
-        error_log.info("stopped (%s)", "fast" if self.fast else "graceful")
+        error_log.info(
+            "stopped (%s)", "re-executing" if reexec else "fast" if self.fast else "graceful"
+        )
         return 0
 
     async def _drain(self, ctx: WorkerContext) -> None:
@@ -179,6 +199,10 @@ class Worker:
                 return
             await asyncio.sleep(0.05)
         error_log.warning("graceful timeout: closing %d connections", len(ctx.connections))
+
+    def request_stop(self, fast: bool) -> None:
+        """Stop as a signal would (a reload that re-executes this process drains first)."""
+        self._on_signal(fast)
 
     def _on_signal(self, fast: bool) -> None:
         if fast:

@@ -237,6 +237,14 @@ class ServeSettings(BaseModel):
         description="Recycle a worker whose RSS grows past this many MiB (0: never).",
     )
     pidfile: str | None = Field(default=_SERVE.pidfile, description="Write the master's PID here.")
+    user: str | None = Field(
+        default=_SERVE.user,
+        description="User (name or uid) the workers run as; the master binds as root first.",
+    )
+    group: str | None = Field(
+        default=_SERVE.group,
+        description="Group (name or gid) the workers run as; unset: the user's own group.",
+    )
     stats: Annotated[str | None, AfterValidator(optional_address_check("stats"))] = Field(
         default=_SERVE.stats,
         description="uWSGI-compatible stats server: 'HOST:PORT' or a unix socket path.",

@@ -263,6 +263,13 @@ class FrontSettings(_Strict):
         description="HTTP sockets: 'HOST:PORT', '[V6]:PORT', ':PORT' or 'unix:PATH'.",
     )
     workers: int = Field(1, ge=1, description="Worker processes, under the front's own master.")
+    user: str | None = Field(
+        None, description="User (name or uid) the workers run as (nginx's `user`); unset: "
+        "the front's own."
+    )  # fmt: skip
+    group: str | None = Field(
+        None, description="Group (name or gid) the workers run as; unset: the user's own group."
+    )
     access_log: str | None = Field(
         None,
         description="File the access log is appended to (nginx's combined format, then "
@@ -374,7 +381,8 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
     return FrontConfig(
         listen=tuple(settings.listen), workers=settings.workers, servers=tuple(servers),
         upstreams=upstreams, access_log=settings.access_log, error_pages=pages,
-        client_max_body_size=settings.client_max_body_size,
+        client_max_body_size=settings.client_max_body_size, user=settings.user,
+        group=settings.group,
     )  # fmt: skip
 
 

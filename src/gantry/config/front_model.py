@@ -114,3 +114,6 @@ class FrontConfig:
     access_log: str | None = None
     error_pages: dict[int, str] = field(default_factory=dict)
     client_max_body_size: int = 1024 * 1024 * 1024
+    #: the user and group the workers run as
+    user: str | None = None
+    group: str | None = None

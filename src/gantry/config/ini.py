@@ -29,6 +29,8 @@ _INI_PLAIN = {
     "harakiri": "harakiri",
     "max-requests": "max_requests",
     "pidfile": "pidfile",
+    "uid": "user",
+    "gid": "group",
     "buffer-size": "buffer_size",
     "reload-on-rss": "reload_on_rss",
     "logto": "error_log",

@@ -107,6 +107,9 @@ class ServeConfig:
     #: MiB of RSS above which a worker is recycled (0: never)
     reload_on_rss: int = 0
     pidfile: str | None = None
+    #: the user and group the workers run as (the master binds as root, then they switch)
+    user: str | None = None
+    group: str | None = None
     #: uWSGI-style stats server: HOST:PORT or a unix socket path
     stats: str | None = None
     #: Prometheus text exposition over HTTP: HOST:PORT

@@ -7,12 +7,15 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 
 from gantry.config import ListenAddress, parse_address
 from gantry.config.front_model import FrontConfig
 from gantry.front.server import FrontConnection, FrontWorker
 from gantry.process.master import Master, MasterSettings, WorkerExit
+from gantry.process.privileges import drop_privileges, resolve_identity
+from gantry.process.reexec import LoneReload, Reexec, adopted_workers, owned_sockets
 from gantry.process.runtime import (
     freeze_startup_heap,
     new_event_loop,
@@ -21,11 +24,24 @@ from gantry.process.runtime import (
 )
 from gantry.process.shared import STATUS_CODES, SlotView, WorkerTable
 from gantry.process.sockets import bind_or_inherit
+from gantry.process.systemd import notify
 from gantry.stats.serve import serve_metrics, serve_stats
 
 __all__ = ["run_front"]
 
 log = logging.getLogger("gantry.front")
+
+# A fresh interpreter reads the file as `gantry front -c` does (a reload checks it first).
+CONFIG_PROBE = """
+import sys
+from gantry.config import ConfigError
+from gantry.config.front import load_front_config
+try:
+    load_front_config(sys.argv[1])
+except ConfigError as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(2)
+"""
 
 #: a front worker's young-collection threshold (see freeze_startup_heap): with 50
 #: requests in flight its net count of new objects stays far below it
@@ -33,7 +49,10 @@ YOUNG_THRESHOLD = 7000
 
 
 def _serve_worker(
-    config: FrontConfig, sockets: list[tuple[ListenAddress, socket.socket]], slot: SlotView | None
+    config: FrontConfig,
+    sockets: list[tuple[ListenAddress, socket.socket]],
+    slot: SlotView | None,
+    lone_reload: LoneReload | None = None,
 ) -> int:
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
@@ -57,9 +76,18 @@ def _serve_worker(
             slot.pid = os.getpid()
             slot.status = STATUS_CODES["idle"]
             slot.ready = 1
+        else:  # alone: this process tells systemd what a master would
+            if lone_reload is not None:
+                lone_reload.request_stop = stop.set
+                loop.add_signal_handler(signal.SIGHUP, lone_reload.on_sighup)
+            notify("READY=1", "STATUS=gantry front serving")
         freeze_startup_heap(YOUNG_THRESHOLD)
         await stop.wait()
         worker.stopping = True
+        if lone_reload is not None:
+            lone_reload.keep_sockets([sock for _, sock in sockets])
+        if slot is None and not (lone_reload is not None and lone_reload.requested):
+            notify("STOPPING=1")
         for server in servers:
             server.close()
         deadline = loop.time() + 10.0
@@ -101,18 +129,44 @@ def run_front(
     master: bool = False,
     stats: str | None = None,
     metrics: str | None = None,
+    config_file: str | None = None,
 ) -> int:
     """Bind (or inherit) the listen sockets, then run one worker inline or a master with
-    N workers (always a master when ``master``, ``stats`` or ``metrics`` asks for one)."""
+    N workers (always a master when ``master``, ``stats`` or ``metrics`` asks for one).
+    One worker alone reloads on SIGHUP by re-executing itself once ``config_file`` is
+    checked (it reads the file again, as nginx does)."""
     setup_error_log()
+    identity = resolve_identity(config.user, config.group, "front")
     addresses = [parse_address(spec, "http", "front.listen") for spec in config.listen]
     sockets = bind_or_inherit(addresses, None, 2048)
     master = master or bool(stats or metrics) or os.environ.get("GANTRY_FRONT_MASTER") == "1"
     if config.workers <= 1 and not master:
-        return _serve_worker(config, sockets, None)
+        adopted_workers()  # after a re-exec: nothing to adopt alone; clears the variables
+        owned = owned_sockets()
+        lone_reload = None
+        if config_file:
+            reexec = Reexec(
+                probe=[sys.executable, "-c", CONFIG_PROBE, config_file],
+                start_dir=os.getcwd(),
+                sockets=[
+                    (sock.fileno(), not address.inherited if owned is None else index in owned)
+                    for index, (address, sock) in enumerate(sockets)
+                ],
+            )
+            lone_reload = LoneReload(reexec, lambda: None)  # the worker sets request_stop
+        drop_privileges(identity)  # alone: the sockets are bound (a re-exec keeps them)
+        code = _serve_worker(config, sockets, None, lone_reload)
+        if lone_reload is not None:
+            lone_reload.exec_if_requested()
+        return code
     table = WorkerTable(max(64, config.workers * 2 + 16))
     supervisor = Master(
-        MasterSettings(workers=config.workers, graceful_timeout=10.0, name="gantry front"),
+        MasterSettings(
+            workers=config.workers,
+            graceful_timeout=10.0,
+            name="gantry front",
+            identity=identity,
+        ),
         lambda slot, generation: _serve_worker(config, sockets, slot),
         table,
     )

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from gantry.process.loop import Backoff, ProcessLoop, describe_exit
 from gantry.process.parent import stop_with_parent
+from gantry.process.privileges import Identity, drop_privileges
+from gantry.process.reexec import Reexec, read_probe, start_probe
 from gantry.process.runtime import reopen_error_log, signal_process
 from gantry.process.shared import STATUS_CODES, SlotView, WorkerTable
 from gantry.process.systemd import notify
@@ -65,6 +67,8 @@ class MasterSettings:
     #: seconds a new worker has to report ready during a reload before it is given up
     ready_timeout: float = 60.0
     name: str = "gantry"
+    #: who the workers run as (None: the master's own identity)
+    identity: Identity | None = None
 
 
 @dataclass
@@ -107,6 +111,20 @@ class Master:
         self.reload_error = ""
         #: called in the master on SIGUSR1 besides reopening the error log
         self.on_reopen_logs: Callable[[], None] | None = None
+        #: set when the app is loaded in the master (preload): a reload re-executes it
+        self.reexec: Reexec | None = None
+        #: the probe of a re-exec reload under way: (pid, its stderr's descriptor)
+        self.probe: tuple[int, int] | None = None
+        #: workers an earlier image of this master left running (after a re-exec): they
+        #: stop once this image's workers are ready
+        self.adopted: set[int] = set()
+        self.adopted_told = False
+
+    def adopt(self, pids: list[int], generation: int) -> None:
+        """After a re-exec: serve as ``generation``; ``pids`` (the old image's workers,
+        children of this same process) stop once the new workers are ready."""
+        self.adopted = set(pids)
+        self.generation = generation
 
     # the loop -----------------------------------------------------------------
 
@@ -129,6 +147,7 @@ class Master:
                 self._check_reload()
                 self._check_harakiri()
                 self._check_ready()
+                self._retire_adopted()
         except WorkerExit as exc:
             log.error("%s", exc)
             self.exit_code = exc.code
@@ -201,6 +220,7 @@ class Master:
             try:
                 self.restore_child_signals()
                 stop_with_parent(self_pid)
+                drop_privileges(self.settings.identity)
                 slot.pid = os.getpid()
                 code = self.run_worker(slot, generation)
             except SystemExit as exc:
@@ -216,6 +236,13 @@ class Master:
 
     def _reap(self) -> None:
         for pid, status in self.loop.reap():
+            if self.probe is not None and pid == self.probe[0]:
+                self._probe_done(status)
+                continue
+            if pid in self.adopted:
+                self.adopted.discard(pid)
+                log.info("old worker (pid %d) exited (%s)", pid, describe_exit(status))
+                continue
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
@@ -296,11 +323,16 @@ class Master:
     # reload -------------------------------------------------------------------------------
 
     def _start_reload(self) -> None:
-        """SIGHUP: new workers first; the old ones stop once the new are ready."""
-        if self.reloading is not None:
+        """SIGHUP: new workers first; the old ones stop once the new are ready. With the
+        app loaded in the master, the master re-executes itself (once the new code is
+        known to import) so the code is imported afresh."""
+        if self.reloading is not None or self.probe is not None or self.adopted:
             log.info("SIGHUP: a reload is already under way")
             return
         notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        if self.reexec is not None:
+            self._start_probe(self.reexec)
+            return
         self.generation += 1
         self.reloading = time.monotonic()
         log.info("SIGHUP: reloading (generation %d)", self.generation)
@@ -322,6 +354,54 @@ class Master:
         elif time.monotonic() - self.reloading > self.settings.ready_timeout:
             timeout = self.settings.ready_timeout
             self._abandon_reload(f"the new workers were not ready in {timeout:.0f} s")
+
+    def _start_probe(self, reexec: Reexec) -> None:
+        try:
+            self.probe = start_probe(reexec.probe)
+        except OSError as exc:
+            self._reload_failed(f"cannot check the new code: {exc}")
+            return
+        log.info("SIGHUP: checking that the new code imports, then re-executing the master")
+
+    def _probe_done(self, status: int) -> None:
+        assert self.probe is not None
+        _, output = self.probe
+        self.probe = None
+        try:
+            text = read_probe(output)
+        except OSError:
+            text = ""
+        if os.waitstatus_to_exitcode(status) != 0 or self.reexec is None:
+            lines = [line for line in text.splitlines() if line.strip()]
+            if text:
+                log.error("the new code cannot be imported:\n%s", text.rstrip())
+            self._reload_failed(lines[-1] if lines else describe_exit(status))
+            return
+        if self.stopping:
+            return
+        log.info("SIGHUP: re-executing the master (generation %d)", self.generation + 1)
+        try:
+            self.reexec.exec(list(self.workers), self.generation + 1)
+        except OSError as exc:
+            self._reload_failed(f"cannot re-execute the master: {exc}")
+
+    def _retire_adopted(self) -> None:
+        """After a re-exec: once this image's workers are all ready, the old ones stop."""
+        if not self.adopted or self.adopted_told:
+            return
+        current = [w for w in self.workers.values() if not w.stopping]
+        if len(current) >= self.target and all(w.ready_seen for w in current):
+            self.adopted_told = True
+            for pid in self.adopted:
+                signal_process(pid, signal.SIGTERM)
+                self.loop.kill_after(pid, self.settings.graceful_timeout)
+            notify("READY=1", f"STATUS=reload done: generation {self.generation} serving")
+            log.info("reload done: generation %d serving", self.generation)
+
+    def _reload_failed(self, reason: str) -> None:
+        log.error("reload abandoned, generation %d keeps serving: %s", self.generation, reason)
+        self.reload_error = reason
+        notify("READY=1", f"STATUS=reload failed: {reason}")
 
     def _abandon_reload(self, reason: str) -> None:
         """The new generation failed: kill it; the old one keeps serving."""
@@ -368,20 +448,21 @@ class Master:
         self._signal_workers(signum)
 
     def _stop_progress(self) -> bool:
-        if not self.workers:
+        if not self.workers and not self.adopted:
             return True
         if time.monotonic() > self.stop_deadline:
             log.warning(
                 "%d workers still running after the stop timeout: killing", len(self.workers)
             )
             self._kill_all(signal.SIGKILL)
-            self.loop.reap_blocking(set(self.workers), timeout=5.0)
+            self.loop.reap_blocking({*self.workers, *self.adopted}, timeout=5.0)
             self.workers.clear()
+            self.adopted.clear()
             return True
         return False
 
     def _signal_workers(self, signum: int) -> None:
-        for pid in list(self.workers):
+        for pid in [*self.workers, *self.adopted]:
             signal_process(pid, signum)
 
     def _kill_all(self, signum: int) -> None:

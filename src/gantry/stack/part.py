@@ -45,6 +45,9 @@ class Part:
     failed: str = ""
     #: its master's last in-place reload failed (the old workers kept serving): why
     reload_error: str = ""
+    #: the state file its master was started with (a master that re-executes itself on a
+    #: reload reads it again): kept while the generation runs
+    started_with: str = ""
 
     @property
     def key(self) -> PartKey:

@@ -267,7 +267,9 @@ def begin_reload(supervisor: Stack, path: str) -> Reload:
     reload = Reload(supervisor, plan, state_path, [], unchanged, removed, listeners=listeners)
     # pools first: the new front may route to a pool that is new too
     for kind, name in sorted(changed, key=lambda key: key[0] == "front"):
-        part = Part(name, kind, sockets[(kind, name)], state_path, plan.generations[name])
+        part = Part(
+            name, kind, sockets[(kind, name)], state_path, generation=plan.generations[name]
+        )
         part.stats_file = supervisor.stats_file(plan, part)
         reload.incoming.append(part)
         if kind == "app" and (kind, name) in current and _own_addresses(old, plan, name):

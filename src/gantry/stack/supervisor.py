@@ -34,6 +34,7 @@ from gantry.process.answers import AnswerServer
 from gantry.process.loop import ProcessLoop
 from gantry.process.master import APP_LOAD_FAILED
 from gantry.process.parent import stop_with_parent
+from gantry.process.privileges import resolve_identity
 from gantry.process.runtime import reopen_error_log, signal_process
 from gantry.process.sockets import address_key, bind, inherited_by_key
 from gantry.process.systemd import SD_LISTEN_FDS_START, notify
@@ -150,11 +151,31 @@ class Supervisor:
                         fresh.append(key)
                     sockets.append((address, held[1]))
                 result[(kind, name)] = sockets
+            self.share_with_front(plan)
         except BaseException:
             for key in fresh:
                 self._close_bound(key)
             raise
         return result
+
+    def share_with_front(self, plan: StackPlan) -> None:
+        """When the front's workers run as another user, they must reach the pools' unix
+        sockets in the runtime directory: its group may pass through the directory
+        (0710) and write to those sockets (0660); nobody else may."""
+        front = plan.settings.front
+        if front.user is None and front.group is None:
+            return
+        identity = resolve_identity(front.user, front.group, f"{plan.source}: front")
+        if identity is None or os.geteuid() != 0:
+            return
+        os.chown(plan.runtime_dir, -1, identity.gid)
+        os.chmod(plan.runtime_dir, 0o710)
+        for kind, name in plan.part_keys():
+            if kind == "app":
+                path = plan.pool_socket(name)
+                if os.path.exists(path):
+                    os.chown(path, -1, identity.gid)
+                    os.chmod(path, 0o660)
 
     def bind_listeners(self, plan: StackPlan) -> list[tuple[socket.socket, str, str]]:
         """The stack's stats and metrics servers: those already open for the same address
@@ -257,6 +278,7 @@ class Supervisor:
 
     def start(self, part: Part) -> None:
         """Fork and exec the part's master on its sockets."""
+        part.started_with = part.state_path
         argv = [sys.executable, "-m", "gantry", "_part", part.state_path, part.kind, part.name]
         fds = [sock.fileno() for _, sock in part.sockets]
         notify_socket = self.readiness.address if self.readiness is not None else None
@@ -433,7 +455,7 @@ class Supervisor:
         for key, (_, sock) in list(self.bound.items()):
             if id(sock) not in in_use:
                 self._close_bound(key)
-        states = {p.state_path for p in live} | {self.state_path}
+        states = {p.state_path for p in live} | {p.started_with for p in live} | {self.state_path}
         if self.reload is not None:
             states.add(self.reload.state_path)
         for path in self.state_files - states:
@@ -545,7 +567,7 @@ class Supervisor:
                     part.reload_error = line.removeprefix("STATUS=reload failed: ")
                     log.error("%s: its reload failed, its old workers keep serving: %s",
                               part.label, part.reload_error)  # fmt: skip
-                elif line.startswith("STATUS=") and "RELOADING=1" not in lines:
+                elif line.startswith("STATUS=reload done"):
                     part.reload_error = ""
 
     def _answer_listeners(self) -> None:

@@ -24,34 +24,36 @@ class Exchange:
 def responses(data: bytes) -> list[tuple[int, bytes]]:
     """Every (status, body) in ``data``; a response without framing takes the rest."""
     found = []
-    rest = data
-    while rest:
-        head, separator, rest = rest.partition(b"\r\n\r\n")
-        assert separator, f"incomplete response head: {head[:200]!r}"
-        status_line, *fields = head.split(b"\r\n")
+    pos, end = 0, len(data)
+    while pos < end:
+        head_end = data.find(b"\r\n\r\n", pos)
+        assert head_end >= 0, f"incomplete response head: {data[pos : pos + 200]!r}"
+        status_line, *fields = data[pos:head_end].split(b"\r\n")
+        pos = head_end + 4
         assert status_line.startswith((b"HTTP/1.1 ", b"HTTP/1.0 ")), status_line
         status = int(status_line.split(b" ", 2)[1])
         lowered = [f.lower() for f in fields]
         lengths = [f.split(b":", 1)[1] for f in lowered if f.startswith(b"content-length:")]
         if lengths:
             size = int(lengths[0])
-            found.append((status, rest[:size]))
-            rest = rest[size:]
+            found.append((status, data[pos : pos + size]))
+            pos += size
         elif b"transfer-encoding: chunked" in lowered:
             body = bytearray()
             while True:
-                size_line, separator, rest = rest.partition(b"\r\n")
-                assert separator, "chunked body cut short"
-                size = int(size_line, 16)
+                line_end = data.find(b"\r\n", pos)
+                assert line_end >= 0, "chunked body cut short"
+                size = int(data[pos:line_end], 16)
+                pos = line_end + 2
                 if size == 0:
-                    _, separator, rest = rest.partition(b"\r\n")
-                    assert separator, "chunked body cut short"
+                    assert data.startswith(b"\r\n", pos), "chunked body cut short"
+                    pos += 2
                     break
-                body += rest[:size]
-                rest = rest[size + 2 :]
+                body += data[pos : pos + size]
+                pos += size + 2
             found.append((status, bytes(body)))
         else:
-            found.append((status, rest))
+            found.append((status, data[pos:]))
             break
     return found
 

@@ -200,7 +200,18 @@ class HTTPConnection(WSGIConnection):
     def _handle_queued(self, head: RequestHead, body: BodyBuffer | None) -> None:
         if self.closed:
             return
+        if self.write_paused:
+            # The client is not reading: run nothing more for it until the output
+            # drains (reading stops too, once the queue is full).
+            self.queue.appendleft((head, body))
+            self.waiting_drain = True
+            return
         self._handle(head, body)
+
+    def drained(self) -> None:
+        if self.queue and not self.closed:
+            head, body = self.queue.popleft()
+            self.ctx.schedule(self._handle_queued, head, body)
 
     def _refuse(self, exc: ProtocolError) -> None:
         """Answer a refused request with its status and close: the stream is no longer trusted."""

@@ -54,6 +54,8 @@ class WSGIConnection(asyncio.Protocol):
         self.result: Any = None
         self.iterator: Iterator[bytes] | None = None
         self.write_paused = False
+        #: the next request waits for the output to drain below the low-water mark
+        self.waiting_drain = False
         self.closed = False
         self.busy = False
         # threaded mode: the app thread waits on this while the transport is paused
@@ -107,12 +109,19 @@ class WSGIConnection(asyncio.Protocol):
             self.can_write.set()
         if self.iterator is not None:
             self._pump()
+        elif self.waiting_drain:
+            self.waiting_drain = False
+            self.drained()
 
     # hooks for subclasses ---------------------------------------------------
 
     def response_done(self, keep_alive: bool) -> None:
         """Called on the loop once a response is fully handed to the transport."""
         raise NotImplementedError
+
+    def drained(self) -> None:
+        """Called once the output drained after ``waiting_drain`` was set: go on with
+        the next request (a client that does not read gets no more answers queued)."""
 
     def busy_in_thread(self) -> bool:
         """Whether an app thread owns the result right now (it closes it itself)."""

@@ -1,0 +1,147 @@
+"""A client that pipelines and never reads (issue 19 #15) against a real ``gantry serve``.
+
+The worker stops reading a connection while its unsent output is above the
+transport's high-water mark and runs no more of its queued requests until the
+output drains, so its memory stays bounded however much the client sends; once
+the client reads, every answer comes, in order. On the HTTP socket and on a
+kept uwsgi connection (the var GANTRY_KEEPALIVE=1, as Gantry's front sends it).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from gantry.protocol.uwsgi import encode_packet
+from tests.process import GantryServer, free_port, rss_kib
+from tests.support_appsrv import read_until_closed, responses
+
+REQUESTS = 20_000
+RESPONSE = 4096  # bytes of body per answer: 80 MB in all, if the worker buffered them
+PAD = b"p" * 960  # each request about 1 KiB: 20 MB of requests in all
+GROWTH_LIMIT_KIB = 20 * 1024
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GantryServer, int]]:
+    """One ``gantry serve`` (no master: its PID is the worker's) with HTTP and uwsgi
+    sockets; yields it and the uwsgi port."""
+    workdir = tmp_path_factory.mktemp("backpressure")
+    uwsgi_port = free_port()
+    process = GantryServer(
+        "tests.apps_hostile:app",
+        "--uwsgi-socket", f"127.0.0.1:{uwsgi_port}",
+        "--keepalive-timeout", "30",
+        log_path=workdir / "server.log",
+    )  # fmt: skip
+    with process:
+        yield process, uwsgi_port
+
+
+class Sender(threading.Thread):
+    """Sends ``payload`` in 64 KiB pieces, counting what the kernel took."""
+
+    def __init__(self, sock: socket.socket, payload: bytes) -> None:
+        super().__init__(daemon=True)
+        self.sock = sock
+        self.payload = memoryview(payload)
+        self.sent = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while self.sent < len(self.payload):
+                self.sent += self.sock.send(self.payload[self.sent : self.sent + 65536])
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+
+def _stalled(sender: Sender, quiet: float = 2.0, limit: float = 60.0) -> None:
+    """Wait until the sender finished or made no progress for ``quiet`` seconds."""
+    deadline = time.monotonic() + limit
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline and sender.is_alive():
+        if sender.sent != last:
+            last, since = sender.sent, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.1)
+
+
+def _pipeline_without_reading(
+    server: GantryServer, sock: socket.socket, payload: bytes
+) -> tuple[int, bytes]:
+    """Send ``payload`` without reading until the sending stalls; then read it all.
+    Returns the worker's RSS growth (KiB) at the stall and everything read."""
+    before = rss_kib(server.pid)
+    sender = Sender(sock, payload)
+    sender.start()
+    _stalled(sender)
+    grown = rss_kib(server.pid) - before
+    result = read_until_closed(sock, wait=120)
+    sender.join(timeout=10)
+    assert sender.error is None, sender.error
+    assert result.closed, "the last request asked for a close"
+    return grown, result.data
+
+
+def _http_payload() -> bytes:
+    requests = [
+        b"GET /size/%d?%d HTTP/1.1\r\nHost: a\r\nX-Pad: %s\r\n\r\n" % (RESPONSE, i, PAD)
+        for i in range(REQUESTS - 1)
+    ]
+    requests.append(
+        b"GET /size/%d?last HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" % RESPONSE
+    )
+    return b"".join(requests)
+
+
+def _check_order(data: bytes, count: int, tag: Callable[[int], bytes]) -> None:
+    got = responses(data)
+    assert len(got) == count, f"{len(got)} answers of {count}"
+    for i, (status, body) in enumerate(got[:-1]):
+        assert status == 200 and body.startswith(tag(i)), (i, status, body[:40])
+        assert len(body) == RESPONSE
+
+
+def test_http_pipelining_without_reading_keeps_the_worker_bounded(
+    server: tuple[GantryServer, int],
+) -> None:
+    """20 MB of pipelined GETs never read: RSS grows < 20 MB; then every answer in order."""
+    process, _ = server
+    with process.connect(timeout=120) as sock:
+        grown, data = _pipeline_without_reading(process, sock, _http_payload())
+    assert grown < GROWTH_LIMIT_KIB, f"RSS grew {grown} KiB"
+    _check_order(data, REQUESTS, lambda i: b"/size/%d?%d\n" % (RESPONSE, i))
+
+
+def _uwsgi_packet(i: int, keep: bool) -> bytes:
+    pairs = [
+        (b"REQUEST_METHOD", b"GET"),
+        (b"REQUEST_URI", b"/size/%d?%d" % (RESPONSE, i)),
+        (b"PATH_INFO", b"/size/%d" % RESPONSE),
+        (b"QUERY_STRING", b"%d" % i),
+        (b"SERVER_PROTOCOL", b"HTTP/1.1"),
+        (b"HTTP_HOST", b"a"),
+        (b"HTTP_X_PAD", PAD[:900]),
+    ]
+    if keep:
+        pairs.append((b"GANTRY_KEEPALIVE", b"1"))
+    return encode_packet(pairs)
+
+
+def test_uwsgi_pipelining_without_reading_keeps_the_worker_bounded(
+    server: tuple[GantryServer, int],
+) -> None:
+    """The same on a kept uwsgi connection: packets pipelined, answers never read."""
+    count = REQUESTS
+    payload = b"".join(_uwsgi_packet(i, keep=i < count - 1) for i in range(count))
+    process, port = server
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
+        grown, data = _pipeline_without_reading(process, sock, payload)
+    assert grown < GROWTH_LIMIT_KIB, f"RSS grew {grown} KiB"
+    _check_order(data, count, lambda i: b"/size/%d?%d\n" % (RESPONSE, i))

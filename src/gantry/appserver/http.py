@@ -175,7 +175,12 @@ class HTTPConnection(WSGIConnection):
             return
         queue = self.queue
         if queue:
-            if self.reading_paused and len(queue) <= MAX_PIPELINED // 2 and not self.refusal:
+            if (
+                self.reading_paused
+                and len(queue) <= MAX_PIPELINED // 2
+                and not self.refusal
+                and not self.eof
+            ):
                 self.reading_paused = False
                 transport.resume_reading()
             # Run the next pipelined request from the loop, not recursively.
@@ -185,6 +190,11 @@ class HTTPConnection(WSGIConnection):
         refusal = self.refusal
         if refusal is not None:
             self._send_refusal(refusal)
+            return
+        if self.eof:
+            # Half-closed: everything asked for is answered (a request cut by the
+            # half-close can never complete).
+            self._close()
             return
         if self.reading_paused:
             self.reading_paused = False
@@ -196,6 +206,9 @@ class HTTPConnection(WSGIConnection):
             self.state = _IDLE
             self.idle_since = now = self.ctx.now
             self.deadline = now + self.ctx.config.keepalive_timeout + 1.0
+
+    def has_work(self) -> bool:
+        return self.busy or bool(self.queue)
 
     def _handle_queued(self, head: RequestHead, body: BodyBuffer | None) -> None:
         if self.closed:

@@ -247,7 +247,7 @@ class UwsgiConnection(WSGIConnection):
         self.run_app(environ, response)
 
     def response_done(self, keep_alive: bool) -> None:
-        if not (self.reuse and keep_alive) or self.closed:
+        if not (self.reuse and keep_alive) or self.closed or (self.eof and not self.buffer):
             self._close()
             return
         # Ready for the next packet on this connection.
@@ -263,10 +263,21 @@ class UwsgiConnection(WSGIConnection):
             return
         self.drained()
 
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        if self.busy:
+            return True
+        if self.buffer and self.vars is None:
+            # Whole packets may wait in the buffer (a response just ended): read
+            # them; _resume closes once nothing more can complete.
+            self.loop.call_soon(self._resume)
+            return True
+        return None
+
     def drained(self) -> None:
         if self.closed or self.busy:
             return
-        if self.reading_paused and len(self.buffer) <= EARLY_LIMIT:
+        if self.reading_paused and len(self.buffer) <= EARLY_LIMIT and not self.eof:
             self.reading_paused = False
             assert self.transport is not None
             self.transport.resume_reading()
@@ -274,10 +285,13 @@ class UwsgiConnection(WSGIConnection):
             self.loop.call_soon(self._resume)
 
     def _resume(self) -> None:
-        if not self.closed and not self.busy and self.vars is None and self.buffer:
+        if not self.closed and not self.busy and self.vars is None:
             self.idle_since = 0.0
             self.deadline = self.loop.time() + self.ctx.config.header_timeout
             self._consume()
+            if self.eof and not self.busy and self.transport is not None:
+                # half-closed: a packet cut short can never complete
+                self.transport.close()
 
     def _malformed(self, reason: str) -> None:
         error_log.error("uwsgi: malformed packet from %s: %s", self.remote_addr or "unix", reason)

@@ -57,6 +57,8 @@ class WSGIConnection(asyncio.Protocol):
         #: the next request waits for the output to drain below the low-water mark
         self.waiting_drain = False
         self.closed = False
+        #: the peer half-closed (SHUT_WR): finish what it asked for, then close
+        self.eof = False
         self.busy = False
         # threaded mode: the app thread waits on this while the transport is paused
         self.can_write: threading.Event | None = None
@@ -97,6 +99,16 @@ class WSGIConnection(asyncio.Protocol):
             self.write_callable = _write_after_close
             self.response = None
             self.environ = None
+
+    def eof_received(self) -> bool | None:
+        """The peer sends no more (it may still read): keep the transport open while
+        requests it sent are answered; closed once they are (``response_done``)."""
+        self.eof = True
+        return True if self.has_work() else None
+
+    def has_work(self) -> bool:
+        """Whether a request runs or waits to (the connection must outlive a half-close)."""
+        return self.busy
 
     def pause_writing(self) -> None:
         self.write_paused = True

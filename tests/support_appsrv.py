@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from dataclasses import dataclass
 
@@ -82,3 +83,33 @@ def read_until_closed(sock: socket.socket, wait: float) -> Exchange:
 def get(path: str, host: str = "a") -> bytes:
     """A plain GET with a Host field."""
     return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+
+
+class Sender(threading.Thread):
+    """Sends ``payload`` in 64 KiB pieces, counting what the kernel took."""
+
+    def __init__(self, sock: socket.socket, payload: bytes) -> None:
+        super().__init__(daemon=True)
+        self.sock = sock
+        self.payload = memoryview(payload)
+        self.sent = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while self.sent < len(self.payload):
+                self.sent += self.sock.send(self.payload[self.sent : self.sent + 65536])
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+
+def wait_stalled(sender: Sender, quiet: float = 2.0, limit: float = 60.0) -> None:
+    """Wait until the sender finished or made no progress for ``quiet`` seconds."""
+    deadline = time.monotonic() + limit
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline and sender.is_alive():
+        if sender.sent != last:
+            last, since = sender.sent, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.1)

@@ -10,15 +10,13 @@ kept uwsgi connection (the var GANTRY_KEEPALIVE=1, as Gantry's front sends it).
 from __future__ import annotations
 
 import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from gantry.protocol.uwsgi import encode_packet
 from tests.process import GantryServer, free_port, rss_kib
-from tests.support_appsrv import read_until_closed, responses
+from tests.support_appsrv import Sender, read_until_closed, responses, wait_stalled
 
 REQUESTS = 20_000
 RESPONSE = 4096  # bytes of body per answer: 80 MB in all, if the worker buffered them
@@ -42,36 +40,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GantrySer
         yield process, uwsgi_port
 
 
-class Sender(threading.Thread):
-    """Sends ``payload`` in 64 KiB pieces, counting what the kernel took."""
-
-    def __init__(self, sock: socket.socket, payload: bytes) -> None:
-        super().__init__(daemon=True)
-        self.sock = sock
-        self.payload = memoryview(payload)
-        self.sent = 0
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            while self.sent < len(self.payload):
-                self.sent += self.sock.send(self.payload[self.sent : self.sent + 65536])
-        except BaseException as exc:  # reported by the test
-            self.error = exc
-
-
-def _stalled(sender: Sender, quiet: float = 2.0, limit: float = 60.0) -> None:
-    """Wait until the sender finished or made no progress for ``quiet`` seconds."""
-    deadline = time.monotonic() + limit
-    last, since = -1, time.monotonic()
-    while time.monotonic() < deadline and sender.is_alive():
-        if sender.sent != last:
-            last, since = sender.sent, time.monotonic()
-        elif time.monotonic() - since >= quiet:
-            return
-        time.sleep(0.1)
-
-
 def _pipeline_without_reading(
     server: GantryServer, sock: socket.socket, payload: bytes
 ) -> tuple[int, bytes]:
@@ -80,7 +48,7 @@ def _pipeline_without_reading(
     before = rss_kib(server.pid)
     sender = Sender(sock, payload)
     sender.start()
-    _stalled(sender)
+    wait_stalled(sender)
     grown = rss_kib(server.pid) - before
     result = read_until_closed(sock, wait=120)
     sender.join(timeout=10)

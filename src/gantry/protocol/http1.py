@@ -352,7 +352,7 @@ class RequestParser:
                     self._cut_received = self._body_bytes
                     return
                 self._cut_received = None
-                self._cut_tail = (self._cut_tail + data)[-3:]
+                self._cut_tail = (self._cut_tail + data[-3:])[-3:]
                 # llhttp buffers a partial field without calling back: bound it here.
                 # A head that began inside this chunk after another message ended
                 # is counted from the next chunk on (its share here is unknown).
@@ -469,6 +469,11 @@ class RequestParser:
         framing = self._chunked
         assert framing is not None
         out, rest, refusal = framing.scan(data)
+        if framing.trailer_size > self._limits.max_head_size:
+            # llhttp would hold an unfinished trailer field whole: bound the section
+            # as a head is bounded.
+            self._dead = True
+            raise ProtocolError(431, "trailer section too large")
         self._execute(out)
         if refusal is not None:
             self._refuse_chunk(refusal)

@@ -3,11 +3,13 @@
 - ``/size/N``: N bytes, the first line naming the path (order is checkable);
 - ``/stream/N``: N MiB streamed in 64 KiB pieces, no Content-Length;
 - ``/sleep/S``: answers after S seconds (harakiri, threads);
+- ``/pid``: the worker's PID (which worker served a request);
 - anything else: ``called PATH`` and the Host the app saw.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -37,6 +39,12 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
     if len(parts) == 3 and parts[1] == "stream":
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return _stream(int(parts[2]))
+    if path == "/pid":
+        pid = str(os.getpid()).encode()
+        start_response(
+            "200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(pid)))]
+        )
+        return [pid]
     if len(parts) == 3 and parts[1] == "sleep":
         time.sleep(float(parts[2]))
     payload = (

@@ -170,6 +170,7 @@ class WSGIConnection(asyncio.Protocol):
             if not self.write_paused:
                 self.can_write.set()
             response.write = self._write_from_thread
+            self.ctx.thread_request_started(self)
             executor.submit(self._run_in_thread, environ, response)
             return
         try:
@@ -495,14 +496,18 @@ class WSGIConnection(asyncio.Protocol):
 
     def _thread_done(self, failed: bool) -> None:
         self.can_write = None
-        if self.closed:
-            self.busy = False
-            return
-        if failed:
-            self.busy = False
-            self._app_failed_after_thread()
-            return
-        self._finish()
+        try:
+            if self.closed:
+                self.busy = False
+                return
+            if failed:
+                self.busy = False
+                self._app_failed_after_thread()
+                return
+            self._finish()
+        finally:
+            # after _finish counted it: max-requests sees this request
+            self.ctx.thread_request_done(self)
 
     def _app_failed_after_thread(self) -> None:
         response = self.response

@@ -9,12 +9,16 @@ chunk; one answer of three pipelined.
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from gantry.protocol.uwsgi import encode_packet
-from tests.process import GantryServer, free_port
+from tests.process import REPO, GantryServer, free_port
 from tests.support_appsrv import get, read_until_closed, responses
 
 MIB = 50
@@ -101,3 +105,42 @@ def test_kept_uwsgi_packets_all_answered_after_half_close(
     assert [(status, body[:12]) for status, body in got] == [
         (200, b"/size/100?%d\n" % i) for i in range(3)
     ]
+
+
+# the reference: gunicorn does the same ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gunicorn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """gunicorn (sync worker) on the same app; yields its port."""
+    binary = Path(sys.executable).with_name("gunicorn")
+    if not binary.exists():
+        pytest.skip("gunicorn is not installed beside this Python")
+    port = free_port()
+    log = (tmp_path_factory.mktemp("gunicorn") / "gunicorn.log").open("wb")
+    process = subprocess.Popen(
+        [str(binary), "-b", f"127.0.0.1:{port}", "-w", "1", "tests.apps_hostile:app"],
+        cwd=REPO, stdout=log, stderr=log,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()
+
+
+def test_gunicorn_finishes_a_stream_after_half_close(gunicorn: int) -> None:
+    """What the gantry test above asks, as gunicorn does it."""
+    with socket.create_connection(("127.0.0.1", gunicorn), timeout=60) as sock:
+        data = _send_and_half_close(sock, get(f"/stream/{MIB}"))
+    got = responses(data)
+    assert [status for status, _ in got] == [200]
+    assert len(got[0][1]) == MIB << 20

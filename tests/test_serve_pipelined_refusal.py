@@ -7,11 +7,16 @@ the connection left open until the keep-alive timeout.
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.process import GantryServer
+from tests.process import GantryServer, free_port
 from tests.support_appsrv import get, read_until_closed, responses
 
 KEEPALIVE = 10  # long enough that a connection left open shows as one
@@ -98,3 +103,61 @@ def test_refused_request_alone_still_answers_and_closes(server: GantryServer) ->
         sock.sendall(REFUSED["no-host"][0])
         result = read_until_closed(sock, wait=KEEPALIVE / 2)
     assert result.statuses == [400] and result.closed
+
+
+# the reference: nginx answers the same way ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A real nginx answering 200 to everything; yields its port."""
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.path.exists(binary):
+        pytest.skip("nginx is not installed")
+    workdir = tmp_path_factory.mktemp("nginx-reference")
+    port = free_port()
+    conf = workdir / "nginx.conf"
+    conf.write_text(
+        f"""
+daemon off;
+master_process off;
+error_log {workdir}/error.log warn;
+pid {workdir}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {workdir};
+    proxy_temp_path {workdir};
+    fastcgi_temp_path {workdir};
+    uwsgi_temp_path {workdir};
+    scgi_temp_path {workdir};
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 200 "ok\\n"; }}
+    }}
+}}
+"""
+    )
+    process = subprocess.Popen([binary, "-p", str(workdir), "-c", str(conf)])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.mark.parametrize("kind", ["no-host", "duplicate-cl"])
+def test_nginx_answers_the_good_requests_then_refuses(nginx: int, kind: str) -> None:
+    """Five GETs then a refused request: nginx's 200 x5, then 400, then the close."""
+    payload = b"".join(get(f"/good{i}") for i in range(5)) + REFUSED[kind][0]
+    with socket.create_connection(("127.0.0.1", nginx), timeout=5) as sock:
+        sock.sendall(payload)
+        result = read_until_closed(sock, wait=5)
+    assert result.statuses == [200] * 5 + [400] and result.closed

@@ -4,6 +4,7 @@
 - ``/stream/N``: N MiB streamed in 64 KiB pieces, no Content-Length;
 - ``/sleep/S``: answers after S seconds (harakiri, threads);
 - ``/pid``: the worker's PID (which worker served a request);
+- ``/raise``: the app raises (a 500 and an exception counted);
 - anything else: ``called PATH`` and the Host the app saw.
 """
 
@@ -39,6 +40,8 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
     if len(parts) == 3 and parts[1] == "stream":
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return _stream(int(parts[2]))
+    if path == "/raise":
+        raise RuntimeError("the test asked for it")
     if path == "/pid":
         pid = str(os.getpid()).encode()
         start_response(

@@ -184,6 +184,18 @@ def test_threaded_request_shows_busy_and_counts_its_time(threaded_master: Master
     assert worker and worker[0]["avg_rt"] >= 1_000_000, worker
 
 
+def test_threaded_app_exception_is_counted(threaded_master: Master) -> None:
+    """An app raising on a thread: 500, and the stats count the request and the exception
+    (a threaded failure was counted nowhere)."""
+    before = sum(w["exceptions"] for w in threaded_master.stats()["workers"])
+    conn = http.client.HTTPConnection("127.0.0.1", threaded_master.server.port, timeout=10)
+    conn.request("GET", "/raise")
+    assert conn.getresponse().status == 500
+    assert _wait(
+        lambda: sum(w["exceptions"] for w in threaded_master.stats()["workers"]) == before + 1
+    ), threaded_master.stats()["workers"]
+
+
 def test_threaded_harakiri_fires(threaded_master: Master) -> None:
     """A 5 s request with --harakiri 2: the worker is killed, the log names the request."""
     with threaded_master.server.connect(timeout=10) as sock:

@@ -510,6 +510,11 @@ class WSGIConnection(asyncio.Protocol):
             self.ctx.thread_request_done(self)
 
     def _app_failed_after_thread(self) -> None:
+        # counted as _app_failed counts a failure on the loop (stats, metrics, max-requests)
+        ctx = self.ctx
+        ctx.requests += 1
+        ctx.exceptions += 1
+        ctx.status_counts[5] += 1
         response = self.response
         transport = self.transport
         if transport is None:

@@ -10,6 +10,7 @@ kept uwsgi connection (the var GANTRY_KEEPALIVE=1, as Gantry's front sends it).
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -113,3 +114,41 @@ def test_uwsgi_pipelining_without_reading_keeps_the_worker_bounded(
         grown, data = _pipeline_without_reading(process, sock, payload)
     assert grown < GROWTH_LIMIT_KIB, f"RSS grew {grown} KiB"
     _check_order(data, count, lambda i: b"/size/%d?%d\n" % (RESPONSE, i))
+
+
+KEEPALIVE = 1
+
+
+@pytest.fixture(scope="module", params=["uvloop", "asyncio"])
+def short_keepalive(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[GantryServer]:
+    """``gantry serve`` with a 1 s keep-alive timeout, on either loop."""
+    workdir = tmp_path_factory.mktemp("backpressure-keepalive")
+    loop = ["--no-uvloop"] if request.param == "asyncio" else []
+    process = GantryServer(
+        "tests.apps_hostile:app",
+        "--keepalive-timeout", str(KEEPALIVE),
+        *loop,
+        log_path=workdir / "server.log",
+    )  # fmt: skip
+    with process:
+        yield process
+
+
+def test_request_waiting_for_the_output_to_drain_is_not_timed_out(
+    short_keepalive: GantryServer,
+) -> None:
+    """A request that arrives while the previous answer (64 MiB, unread) fills the
+    output waits for it to drain: the keep-alive timeout must not close the
+    connection under it. The client reads late; it gets both answers."""
+    big = 64 << 20
+    with short_keepalive.connect(timeout=30) as sock:
+        sock.sendall(b"GET /size/%d?1 HTTP/1.1\r\nHost: a\r\n\r\n" % big)
+        time.sleep(0.5)  # the first answer is handed over and the worker goes idle
+        sock.sendall(b"GET /size/100?2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        # time passing is the subject: past the keep-alive timeout and its sweep
+        time.sleep(KEEPALIVE + 2.5)
+        result = read_until_closed(sock, wait=30)
+    got = responses(result.data)
+    assert [(status, len(body)) for status, body in got] == [(200, big), (200, 100)]

@@ -146,6 +146,8 @@ class HTTPConnection(WSGIConnection):
         # Run the app after this loop iteration's reads, with the other
         # connections' requests: parsing and app code each run in a batch.
         self.busy = True
+        # the request is whole: no head or body timeout may fire before it runs
+        self.state = _BUSY
         self.ctx.schedule(self._handle_queued, head, body)
 
     # requests -------------------------------------------------------------------

@@ -126,12 +126,15 @@ def short_keepalive(
     """``gantry serve`` with a 1 s keep-alive timeout, on either loop."""
     workdir = tmp_path_factory.mktemp("backpressure-keepalive")
     loop = ["--no-uvloop"] if request.param == "asyncio" else []
+    uwsgi_port = free_port()
     process = GantryServer(
         "tests.apps_hostile:app",
         "--keepalive-timeout", str(KEEPALIVE),
+        "--uwsgi-socket", f"127.0.0.1:{uwsgi_port}",
         *loop,
         log_path=workdir / "server.log",
     )  # fmt: skip
+    process.uwsgi_port = uwsgi_port  # type: ignore[attr-defined]
     with process:
         yield process
 
@@ -152,3 +155,69 @@ def test_request_waiting_for_the_output_to_drain_is_not_timed_out(
         result = read_until_closed(sock, wait=30)
     got = responses(result.data)
     assert [(status, len(body)) for status, body in got] == [(200, big), (200, 100)]
+
+
+def test_uwsgi_packet_waiting_for_the_output_to_drain_is_not_timed_out(
+    short_keepalive: GantryServer,
+) -> None:
+    """The same on a kept uwsgi connection: the next packet, read while the previous
+    answer (64 MiB, unread) fills the output, is answered once the peer reads."""
+    big = 64 << 20
+    port = short_keepalive.uwsgi_port  # type: ignore[attr-defined]
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(_uwsgi_packet_for(b"/size/%d" % big, b"1", keep=True))
+        time.sleep(0.5)  # the first answer is handed over
+        sock.sendall(_uwsgi_packet_for(b"/size/100", b"2", keep=False))
+        # time passing is the subject: past the keep-alive timeout and its sweep
+        time.sleep(KEEPALIVE + 2.5)
+        result = read_until_closed(sock, wait=30)
+    got = responses(result.data)
+    assert [(status, len(body)) for status, body in got] == [(200, big), (200, 100)]
+
+
+def _uwsgi_packet_for(path: bytes, query: bytes, keep: bool) -> bytes:
+    pairs = [
+        (b"REQUEST_METHOD", b"GET"),
+        (b"REQUEST_URI", path + b"?" + query),
+        (b"PATH_INFO", path),
+        (b"QUERY_STRING", query),
+        (b"SERVER_PROTOCOL", b"HTTP/1.1"),
+    ]
+    if keep:
+        pairs.append((b"GANTRY_KEEPALIVE", b"1"))
+    return encode_packet(pairs)
+
+
+def test_uwsgi_paced_packets_never_read_keep_the_worker_bounded(
+    server: tuple[GantryServer, int],
+) -> None:
+    """Packets sent one at a time, each after the previous answer was made (so none
+    arrives during a response), answers never read: the worker runs no packet while
+    its output is above the high-water mark, so RSS stays bounded (< 20 MB for
+    200 answers of 256 KiB); then every answer comes, in order."""
+    process, port = server
+    count, size = 200, 256 << 10
+    before = rss_kib(process.pid)
+    grown = sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.setblocking(False)
+        for i in range(count):
+            packet = _uwsgi_packet_for(b"/size/%d" % size, b"%d" % i, keep=i < count - 1)
+            try:
+                sock.send(packet)  # whole or not at all: the packet is small
+            except BlockingIOError:
+                break  # the worker stopped reading: that is the bound at work
+            sent += 1
+            # pacing, so each packet finds the previous answer made
+            time.sleep(0.01)
+            grown = max(grown, rss_kib(process.pid) - before)
+        sock.setblocking(True)
+        if sent < count:
+            # the last packet asks for the close; the ones not sent are not awaited
+            sock.sendall(_uwsgi_packet_for(b"/size/%d" % size, b"last", keep=False))
+        result = read_until_closed(sock, wait=60)
+    assert grown < GROWTH_LIMIT_KIB, f"RSS grew {grown} KiB"
+    got = responses(result.data)
+    assert [status for status, _ in got] == [200] * len(got)
+    for i, (_, body) in enumerate(got[:-1]):
+        assert body.startswith(b"/size/%d?%d\n" % (size, i)), (i, body[:40])

@@ -111,6 +111,16 @@ class UwsgiConnection(WSGIConnection):
                     self.transport.pause_reading()
                     self.reading_paused = True
             return  # one request per connection: ignore anything past the body
+        if self.waiting_drain:
+            # The peer has not read its last answer: its next packet waits (no
+            # timeout meanwhile) until the output drains, as one sent during it.
+            buffer += data
+            self.idle_since = self.deadline = 0.0
+            if len(buffer) > EARLY_LIMIT and not self.reading_paused:
+                assert self.transport is not None
+                self.transport.pause_reading()
+                self.reading_paused = True
+            return
         if self.vars is not None and not buffer:
             # A piece of the body, as most arrive: no copy through the buffer.
             self._take_body(data)
@@ -258,8 +268,11 @@ class UwsgiConnection(WSGIConnection):
         self.deadline = self.loop.time() + self.ctx.config.keepalive_timeout
         self.idle_since = self.ctx.now
         if self.write_paused:
-            # The peer is not reading: the next packet waits until it does.
+            # The peer is not reading: the next packet waits until it does, with
+            # no timeout if it is here already (it is not an idle connection).
             self.waiting_drain = True
+            if self.buffer:
+                self.idle_since = self.deadline = 0.0
             return
         self.drained()
 

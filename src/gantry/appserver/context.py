@@ -23,7 +23,7 @@ error_log: Final = logging.getLogger("gantry.error")
 
 STATUS_BUSY: Final = STATUS_CODES["busy"]
 STATUS_IDLE: Final = STATUS_CODES["idle"]
-# The slot's line for a uwsgi request (its vars are the app's to read).
+# The slot's line for a request whose vars carry no method or URI.
 _UWSGI_LINE: Final = slot_line("uwsgi request")
 # Counters go to shared memory after a batch at most this often (and each second).
 FLUSH_EVERY: Final = 0.05
@@ -85,6 +85,32 @@ class AccessLog:
         self._stream.flush()
 
 
+def uwsgi_request_line(packet: object) -> bytes:
+    """The slot line of a uwsgi request from its vars (REQUEST_METHOD and REQUEST_URI,
+    or PATH_INFO and QUERY_STRING), as ``gantry serve --http`` records an HTTP one."""
+    method = uri = path = query = ""
+    if isinstance(packet, dict):
+        method = packet.get("REQUEST_METHOD", "")
+        uri = packet.get("REQUEST_URI", "")
+        path = packet.get("PATH_INFO", "")
+        query = packet.get("QUERY_STRING", "")
+    elif isinstance(packet, list):
+        for key, value in packet:
+            if key == b"REQUEST_METHOD":
+                method = value.decode("latin-1")
+            elif key == b"REQUEST_URI":
+                uri = value.decode("latin-1")
+            elif key == b"PATH_INFO":
+                path = value.decode("latin-1")
+            elif key == b"QUERY_STRING":
+                query = value.decode("latin-1")
+    if not uri and path:
+        uri = f"{path}?{query}" if query else path
+    if not method and not uri:
+        return _UWSGI_LINE
+    return slot_line(f"{method or '-'} {uri or '-'}")
+
+
 def _escape(text: str) -> str:
     # Control bytes and quotes in a logged field could forge log lines.
     if text.isprintable() and '"' not in text and "\\" not in text:
@@ -134,6 +160,11 @@ class WorkerContext:
         self.max_requests = config.max_requests + jitter if config.max_requests else 0
         #: set by the worker: begin a graceful stop of this worker
         self.request_stop: Callable[[], None] = lambda: None
+        self._recycling = False
+        #: the line and start (µs) of the request the tracked batch is running
+        self.current_request: tuple[bytes, int] = (b"", 0)
+        #: requests app threads run: connection -> ((line, start µs), perf_counter start)
+        self.in_threads: dict[object, tuple[tuple[bytes, int], float]] = {}
         self.batch: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
         #: sends (None: a close) held until the batch of apps has run
         self.writes: list[tuple[Any, bytes | None]] = []
@@ -164,7 +195,9 @@ class WorkerContext:
                     callback(*args)
                 except Exception:
                     error_log.exception("request handling failed")
-        self.rt_total += time.perf_counter() - started
+        if self.executor is None:
+            # (with app threads, a request's time is counted when its thread is done)
+            self.rt_total += time.perf_counter() - started
         self.batch_running = False
         writes = self.writes
         if writes:
@@ -180,9 +213,20 @@ class WorkerContext:
             if now - self.flushed_at >= FLUSH_EVERY:
                 self.flushed_at = now
                 self.flush_counters()
-            if self.max_requests and self.requests >= self.max_requests and not self.stopping:
-                error_log.info("max-requests (%d) reached: recycling this worker", self.requests)
-                self.request_stop()
+            self.check_recycle()
+
+    def check_recycle(self) -> None:
+        """Begin recycling this worker once it has served ``max_requests``; called after
+        each batch and after each request an app thread finished (outside any batch)."""
+        if (
+            self.max_requests
+            and self.requests >= self.max_requests
+            and not self.stopping
+            and not self._recycling
+        ):
+            self._recycling = True
+            error_log.info("max-requests (%d) reached: recycling this worker", self.requests)
+            self.request_stop()
 
     def _run_tracked(self, batch: list[tuple[Callable[..., None], tuple[Any, ...]]]) -> None:
         """The batch with each request's start and line in the slot, for harakiri."""
@@ -193,14 +237,46 @@ class WorkerContext:
             if isinstance(head, RequestHead):
                 line = slot_line(f"{head.method} {head.target.decode('latin-1')}")
             else:
-                line = _UWSGI_LINE
-            slot.begin_request(line, int(time.time() * 1e6), STATUS_BUSY)
+                # a uwsgi connection schedules its request with the packet's vars
+                line = uwsgi_request_line(head)
+            start_us = int(time.time() * 1e6)
+            self.current_request = (line, start_us)
+            slot.begin_request(line, start_us, STATUS_BUSY)
             try:
                 callback(*args)
             except Exception:
                 error_log.exception("request handling failed")
-        slot.request_start_us = 0
-        slot.status = STATUS_IDLE
+        self._show_threads()
+
+    def thread_request_started(self, conn: object) -> None:
+        """An app thread took the request being run: keep its line and start, so the
+        slot shows it (and harakiri sees it) after the batch has moved on."""
+        self.in_threads[conn] = (self.current_request, time.perf_counter())
+
+    def thread_request_done(self, conn: object) -> None:
+        """The app thread's request ``conn`` ran is over (it was counted by now)."""
+        entry = self.in_threads.pop(conn, None)
+        if entry is not None:
+            self.rt_total += time.perf_counter() - entry[1]
+        if self.track_requests:
+            self._show_threads()
+        if self.slot is not None:
+            self.check_recycle()
+
+    def _show_threads(self) -> None:
+        """The slot shows the oldest request an app thread still runs, else idle: one
+        slot per worker, and harakiri kills the worker for its oldest request."""
+        slot = self.slot
+        assert slot is not None
+        oldest: tuple[bytes, int] | None = None
+        for (line, start_us), _ in self.in_threads.values():
+            if start_us and (oldest is None or start_us < oldest[1]):
+                oldest = (line, start_us)
+        if oldest is None:
+            slot.request_start_us = 0
+            slot.status = STATUS_IDLE
+        else:
+            slot.begin_request(oldest[0], oldest[1], STATUS_BUSY)
 
     def flush_counters(self) -> None:
         """Copy this worker's counters into its shared-memory slot."""

@@ -48,6 +48,8 @@ class HTTPConnection(WSGIConnection):
         self.body: BodyBuffer | None = None
         self.queue: deque[tuple[RequestHead, BodyBuffer | None]] = deque()
         self.reading_paused = False
+        #: a refused request pipelined behind others: answered once they are
+        self.refusal: ProtocolError | None = None
         self.state = _IDLE
         #: when the current wait (idle, head, body) times out; 0 = no deadline
         self.deadline = 0.0
@@ -144,6 +146,8 @@ class HTTPConnection(WSGIConnection):
         # Run the app after this loop iteration's reads, with the other
         # connections' requests: parsing and app code each run in a batch.
         self.busy = True
+        # the request is whole: no head or body timeout may fire before it runs
+        self.state = _BUSY
         self.ctx.schedule(self._handle_queued, head, body)
 
     # requests -------------------------------------------------------------------
@@ -173,12 +177,26 @@ class HTTPConnection(WSGIConnection):
             return
         queue = self.queue
         if queue:
-            if self.reading_paused and len(queue) <= MAX_PIPELINED // 2:
+            if (
+                self.reading_paused
+                and len(queue) <= MAX_PIPELINED // 2
+                and not self.refusal
+                and not self.eof
+            ):
                 self.reading_paused = False
                 transport.resume_reading()
             # Run the next pipelined request from the loop, not recursively.
             head, body = queue.popleft()
             self.ctx.schedule(self._handle_queued, head, body)
+            return
+        refusal = self.refusal
+        if refusal is not None:
+            self._send_refusal(refusal)
+            return
+        if self.eof:
+            # Half-closed: everything asked for is answered (a request cut by the
+            # half-close can never complete).
+            self._close()
             return
         if self.reading_paused:
             self.reading_paused = False
@@ -191,10 +209,24 @@ class HTTPConnection(WSGIConnection):
             self.idle_since = now = self.ctx.now
             self.deadline = now + self.ctx.config.keepalive_timeout + 1.0
 
+    def has_work(self) -> bool:
+        return self.busy or bool(self.queue)
+
     def _handle_queued(self, head: RequestHead, body: BodyBuffer | None) -> None:
         if self.closed:
             return
+        if self.write_paused:
+            # The client is not reading: run nothing more for it until the output
+            # drains (reading stops too, once the queue is full).
+            self.queue.appendleft((head, body))
+            self.waiting_drain = True
+            return
         self._handle(head, body)
+
+    def drained(self) -> None:
+        if self.queue and not self.closed:
+            head, body = self.queue.popleft()
+            self.ctx.schedule(self._handle_queued, head, body)
 
     def _refuse(self, exc: ProtocolError) -> None:
         """Answer a refused request with its status and close: the stream is no longer trusted."""
@@ -203,36 +235,24 @@ class HTTPConnection(WSGIConnection):
             return
         error_log.info("%s:%s refused: %s", self.remote_addr, self.remote_port, exc)
         if self.busy or self.queue:
-            # Earlier requests still own the response stream: drop the rest.
-            self.queue.clear()
-            self.parser = RequestParser(_Discard(), self.ctx.limits)
-            transport.pause_reading()
-            self.reading_paused = True
-            self._close_after_busy = True
+            # Earlier requests own the response stream: answer them first, in
+            # order, then this refusal (response_done sends it), as nginx does.
+            # The parser is dead and nothing more is read.
+            self.refusal = exc
+            self.head = None
+            if self.body is not None:
+                self.body.discard()
+                self.body = None
+            if not self.reading_paused:
+                transport.pause_reading()
+                self.reading_paused = True
             return
+        self._send_refusal(exc)
+
+    def _send_refusal(self, exc: ProtocolError) -> None:
+        """The error response and the close, after whatever was sent before (a batch's
+        held sends included)."""
         status = exc.status
-        transport.write(
-            error_response(f"{status} {_REASONS.get(status, 'Error')}", self.ctx.defaults)
-        )
-        transport.close()
+        self._send(error_response(f"{status} {_REASONS.get(status, 'Error')}", self.ctx.defaults))
+        self._close()
         self.state = _BUSY
-
-    _close_after_busy = False
-
-    def _finish(self) -> None:
-        if self._close_after_busy and self.response is not None:
-            self.response.keep_alive = False
-        super()._finish()
-
-
-class _Discard:
-    """A sink that ignores everything (after a refusal behind a busy response)."""
-
-    def request_head(self, head: RequestHead) -> None:
-        pass
-
-    def request_body(self, data: bytes) -> None:
-        pass
-
-    def request_end(self, trailers: list[tuple[bytes, bytes]] | None) -> None:
-        pass

@@ -27,6 +27,9 @@ from gantry.wsgi.response import Response, error_response
 from gantry.wsgi.uwsgi_environ import environ_from_fields, environ_from_uwsgi
 
 KEEPALIVE_VAR: Final = b"GANTRY_KEEPALIVE"
+#: bytes of a kept connection's next packet(s) read while a response runs; past
+#: this, reading stops until the response is done
+EARLY_LIMIT: Final = 128 * 1024  # above the largest packet head (4 + 65535)
 
 
 class UwsgiConnection(WSGIConnection):
@@ -52,8 +55,8 @@ class UwsgiConnection(WSGIConnection):
         self.remaining = 0
         #: the current packet asked to keep the connection
         self.reuse = False
-        #: bytes of the next packet that came while a response was running
-        self.early = b""
+        #: reading stopped: the next packet's bytes passed EARLY_LIMIT during a response
+        self.reading_paused = False
         #: when a kept connection went idle (0: a new connection, or a packet being read or run)
         self.idle_since = 0.0
 
@@ -97,39 +100,91 @@ class UwsgiConnection(WSGIConnection):
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        if self.vars is None:
-            buffer = self.buffer
-            if not buffer and self.idle_since:
-                # a kept connection's next packet: the head timeout starts now
-                self.idle_since = 0.0
-                self.deadline = self.loop.time() + self.ctx.config.header_timeout
+        buffer = self.buffer
+        if self.busy:
+            if self.reuse:
+                # The next packet, read once this response is done; past a bound,
+                # stop reading until then (a peer that pipelines waits its turn).
+                buffer += data
+                if len(buffer) > EARLY_LIMIT and not self.reading_paused:
+                    assert self.transport is not None
+                    self.transport.pause_reading()
+                    self.reading_paused = True
+            return  # one request per connection: ignore anything past the body
+        if self.waiting_drain:
+            # The peer has not read its last answer: its next packet waits (no
+            # timeout meanwhile) until the output drains, as one sent during it.
             buffer += data
-            used = self._read_packet(buffer) if len(buffer) >= 4 else 0
+            self.idle_since = self.deadline = 0.0
+            if len(buffer) > EARLY_LIMIT and not self.reading_paused:
+                assert self.transport is not None
+                self.transport.pause_reading()
+                self.reading_paused = True
+            return
+        if self.vars is not None and not buffer:
+            # A piece of the body, as most arrive: no copy through the buffer.
+            self._take_body(data)
+            return
+        if not buffer and self.idle_since:
+            # a kept connection's next packet: the head timeout starts now
+            self.idle_since = 0.0
+            self.deadline = self.loop.time() + self.ctx.config.header_timeout
+        buffer += data
+        self._consume()
+
+    def _consume(self) -> None:
+        """Read the packet, then its body, from the buffer; start the request when whole.
+
+        Bytes past the packet and its body stay in the buffer (the next packet of
+        a kept connection); consumed bytes leave from its front, which a bytearray
+        does without moving the rest.
+        """
+        buffer = self.buffer
+        if self.vars is None:
+            if len(buffer) < 4:
+                return
+            used = self._read_packet(buffer)
             if not used:
                 return  # more bytes needed, or the packet was refused
-            data = bytes(buffer[used:])  # the start of the body
-            self.buffer = bytearray()
+            del buffer[:used]
             length = self.remaining
             if length > self.ctx.limits.max_body_size:
                 self._reply_and_close("413 Content Too Large")
                 return
             if length:
                 self.body = BodyBuffer(self.ctx.config.body_spool_threshold)
-            if not data and not length:
-                self.busy = True
-                self.ctx.schedule(self._start)
-                return
-        if self.busy:
-            if self.reuse:
-                self.early += data  # the next packet, read once this response is done
-            return  # one request per connection: ignore anything past the body
-        if self.body is not None and data:
-            piece = data[: self.remaining]
-            self.body.append(piece)
-            self.remaining -= len(piece)
+        remaining = self.remaining
+        if remaining and buffer:
+            taken = min(remaining, len(buffer))
+            body = self.body
+            assert body is not None
+            body.append(bytes(buffer[:taken]))
+            del buffer[:taken]
+            self.remaining = remaining - taken
+        self._body_progress()
+
+    def _take_body(self, data: bytes) -> None:
+        remaining = self.remaining
+        body = self.body
+        if body is not None and remaining:
+            if len(data) <= remaining:
+                body.append(data)
+                self.remaining = remaining - len(data)
+            else:
+                body.append(data[:remaining])
+                self.remaining = 0
+                if self.reuse:
+                    self.buffer += data[remaining:]
+        elif self.reuse:
+            self.buffer += data
+        self._body_progress()
+
+    def _body_progress(self) -> None:
         if self.remaining == 0:
+            if not self.reuse:
+                self.buffer.clear()  # one request per connection: the rest is ignored
             self.busy = True
-            self.ctx.schedule(self._start)
+            self.ctx.schedule(self._start, self.vars)
         else:
             # body timeout semantics: the limit is between reads
             self.deadline = self.loop.time() + self.ctx.config.body_timeout
@@ -175,10 +230,8 @@ class UwsgiConnection(WSGIConnection):
         self.remaining = int(length or "0")
         return used
 
-    def _start(self) -> None:
+    def _start(self, packet: list[tuple[bytes, bytes]] | dict[str, str]) -> None:
         self.deadline = 0.0
-        packet = self.vars
-        assert packet is not None
         environ: dict[str, Any] = self.template.base.copy()
         if isinstance(packet, dict):
             cgi = packet
@@ -204,7 +257,7 @@ class UwsgiConnection(WSGIConnection):
         self.run_app(environ, response)
 
     def response_done(self, keep_alive: bool) -> None:
-        if not (self.reuse and keep_alive) or self.closed:
+        if not (self.reuse and keep_alive) or self.closed or (self.eof and not self.buffer):
             self._close()
             return
         # Ready for the next packet on this connection.
@@ -214,13 +267,44 @@ class UwsgiConnection(WSGIConnection):
         self.remaining = 0
         self.deadline = self.loop.time() + self.ctx.config.keepalive_timeout
         self.idle_since = self.ctx.now
-        early, self.early = self.early, b""
-        if early:
-            self.loop.call_soon(self._resume_with, early)
+        if self.write_paused:
+            # The peer is not reading: the next packet waits until it does, with
+            # no timeout if it is here already (it is not an idle connection).
+            self.waiting_drain = True
+            if self.buffer:
+                self.idle_since = self.deadline = 0.0
+            return
+        self.drained()
 
-    def _resume_with(self, data: bytes) -> None:
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        if self.busy:
+            return True
+        if self.buffer and self.vars is None:
+            # Whole packets may wait in the buffer (a response just ended): read
+            # them; _resume closes once nothing more can complete.
+            self.loop.call_soon(self._resume)
+            return True
+        return None
+
+    def drained(self) -> None:
+        if self.closed or self.busy:
+            return
+        if self.reading_paused and len(self.buffer) <= EARLY_LIMIT and not self.eof:
+            self.reading_paused = False
+            assert self.transport is not None
+            self.transport.resume_reading()
+        if self.buffer:
+            self.loop.call_soon(self._resume)
+
+    def _resume(self) -> None:
         if not self.closed and not self.busy and self.vars is None:
-            self.data_received(data)
+            self.idle_since = 0.0
+            self.deadline = self.loop.time() + self.ctx.config.header_timeout
+            self._consume()
+            if self.eof and not self.busy and self.transport is not None:
+                # half-closed: a packet cut short can never complete
+                self.transport.close()
 
     def _malformed(self, reason: str) -> None:
         error_log.error("uwsgi: malformed packet from %s: %s", self.remote_addr or "unix", reason)

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+import traceback
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -28,6 +29,30 @@ class AppLoadError(Exception):
     """The WSGI application named on the command line cannot be imported."""
 
 
+def _import_failure(module_name: str, exc: BaseException) -> str:
+    """Why ``module_name`` did not import: the exception, its traceback (the import
+    system's own frames left out), the working directory, sys.path, and a hint when
+    the module itself was not found."""
+    report = traceback.TracebackException.from_exception(exc)
+    report.stack = traceback.StackSummary.from_list(
+        [frame for frame in report.stack if not frame.filename.startswith("<frozen importlib")]
+    )
+    lines = [
+        f"cannot import {module_name!r}: {type(exc).__name__}: {exc}",
+        "".join(report.format()).rstrip("\n"),
+        f"working directory: {os.getcwd()}",
+        "sys.path: " + repr(sys.path),
+    ]
+    missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+    if missing is not None and (module_name + ".").startswith(missing + "."):
+        # the app's own module (or its package) is not on the path, not a dependency
+        lines.append(
+            f"hint: {missing!r} is not importable from here: start gantry in the "
+            "directory that holds it, or set chdir (--chdir DIR, or chdir in [serve])"
+        )
+    return "\n".join(lines)
+
+
 def load_app(spec: str) -> WSGIApp:
     """Import ``module:attribute`` (attribute may be dotted) and return the callable."""
     module_name, _, attr = spec.partition(":")
@@ -38,7 +63,7 @@ def load_app(spec: str) -> WSGIApp:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
-        raise AppLoadError(f"cannot import {module_name!r}: {exc!r}") from exc
+        raise AppLoadError(_import_failure(module_name, exc)) from exc
     target: Any = module
     for part in attr.split("."):
         try:

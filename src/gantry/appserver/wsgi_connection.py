@@ -54,7 +54,11 @@ class WSGIConnection(asyncio.Protocol):
         self.result: Any = None
         self.iterator: Iterator[bytes] | None = None
         self.write_paused = False
+        #: the next request waits for the output to drain below the low-water mark
+        self.waiting_drain = False
         self.closed = False
+        #: the peer half-closed (SHUT_WR): finish what it asked for, then close
+        self.eof = False
         self.busy = False
         # threaded mode: the app thread waits on this while the transport is paused
         self.can_write: threading.Event | None = None
@@ -96,6 +100,16 @@ class WSGIConnection(asyncio.Protocol):
             self.response = None
             self.environ = None
 
+    def eof_received(self) -> bool | None:
+        """The peer sends no more (it may still read): keep the transport open while
+        requests it sent are answered; closed once they are (``response_done``)."""
+        self.eof = True
+        return True if self.has_work() else None
+
+    def has_work(self) -> bool:
+        """Whether a request runs or waits to (the connection must outlive a half-close)."""
+        return self.busy
+
     def pause_writing(self) -> None:
         self.write_paused = True
         if self.can_write is not None:
@@ -107,12 +121,19 @@ class WSGIConnection(asyncio.Protocol):
             self.can_write.set()
         if self.iterator is not None:
             self._pump()
+        elif self.waiting_drain:
+            self.waiting_drain = False
+            self.drained()
 
     # hooks for subclasses ---------------------------------------------------
 
     def response_done(self, keep_alive: bool) -> None:
         """Called on the loop once a response is fully handed to the transport."""
         raise NotImplementedError
+
+    def drained(self) -> None:
+        """Called once the output drained after ``waiting_drain`` was set: go on with
+        the next request (a client that does not read gets no more answers queued)."""
 
     def busy_in_thread(self) -> bool:
         """Whether an app thread owns the result right now (it closes it itself)."""
@@ -149,6 +170,7 @@ class WSGIConnection(asyncio.Protocol):
             if not self.write_paused:
                 self.can_write.set()
             response.write = self._write_from_thread
+            self.ctx.thread_request_started(self)
             executor.submit(self._run_in_thread, environ, response)
             return
         try:
@@ -474,16 +496,25 @@ class WSGIConnection(asyncio.Protocol):
 
     def _thread_done(self, failed: bool) -> None:
         self.can_write = None
-        if self.closed:
-            self.busy = False
-            return
-        if failed:
-            self.busy = False
-            self._app_failed_after_thread()
-            return
-        self._finish()
+        try:
+            if self.closed:
+                self.busy = False
+                return
+            if failed:
+                self.busy = False
+                self._app_failed_after_thread()
+                return
+            self._finish()
+        finally:
+            # after _finish counted it: max-requests sees this request
+            self.ctx.thread_request_done(self)
 
     def _app_failed_after_thread(self) -> None:
+        # counted as _app_failed counts a failure on the loop (stats, metrics, max-requests)
+        ctx = self.ctx
+        ctx.requests += 1
+        ctx.exceptions += 1
+        ctx.status_counts[5] += 1
         response = self.response
         transport = self.transport
         if transport is None:

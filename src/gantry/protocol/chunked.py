@@ -92,7 +92,7 @@ DISCARD: Final = _DiscardSink()
 class ChunkedFraming:
     """How far a chunked body has come: inside a size line, chunk data, or the trailers."""
 
-    __slots__ = ("line", "remaining", "trailer_tail")
+    __slots__ = ("line", "remaining", "trailer_tail", "trailer_size")
 
     def __init__(self) -> None:
         #: the start of a chunk-size line cut by a feed
@@ -101,6 +101,9 @@ class ChunkedFraming:
         self.remaining = 0
         #: once in the trailer section, its last bytes fed (to find CRLF CRLF across feeds)
         self.trailer_tail: bytes | None = None
+        #: bytes of the trailer section seen so far (the parser bounds it: llhttp
+        #: holds a field until its end)
+        self.trailer_size = 0
 
     def scan(self, data: bytes) -> tuple[list[bytes], bytes | None, str | None]:
         """Check the chunk-size lines in ``data`` and bare them for llhttp.
@@ -121,7 +124,9 @@ class ChunkedFraming:
                 if stop < 0:
                     out.append(segment)
                     self.trailer_tail = (self.trailer_tail + segment)[-3:]
+                    self.trailer_size += len(segment)
                     break
+                self.trailer_size += stop
                 out.append(segment[:stop])
                 return out, segment[stop:], None
             if self.remaining:

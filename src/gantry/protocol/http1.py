@@ -30,6 +30,7 @@ __all__ = [
     "RequestHead",
     "RequestParser",
     "RequestSink",
+    "valid_host",
 ]
 
 
@@ -72,6 +73,9 @@ class RequestHead:
     content_length: int | None = None
     chunked: bool = False
     upgrade: bool = False
+    #: an absolute-form target's host[:port], which replaces the Host field
+    #: (RFC 9112 3.2.2); empty for the other forms
+    authority: bytes = b""
 
     def __init__(self) -> None:
         self.headers: list[tuple[bytes, bytes]] = []
@@ -123,9 +127,29 @@ _SIMPLE: Final = re.compile(
 #: the fields a plain request is read for: a Host, one Connection (keep-alive or close),
 #: and none that asks llhttp for a body's framing, an upgrade or an expectation
 _WATCHED: Final = re.compile(
-    rb"\n(?:host|connection|content-length|transfer-encoding|expect|upgrade|proxy-connection):"
+    rb"\n(?:host|connection|content-length|content-type|transfer-encoding|expect|upgrade"
+    rb"|proxy-connection):"
+)
+#: a Host value (RFC 9110 7.2, RFC 3986 3.2.2): a reg-name (unreserved, sub-delims,
+#: pct-encoded) or an IP literal in brackets, and an optional port; ".." is refused
+#: besides (nginx does too): the host names a directory in some setups
+_HOST_VALUE: Final = re.compile(
+    rb"(?:(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*"
+    rb"|\[(?:[0-9A-Fa-f:.]+|[vV][0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+)\])"
+    rb"(?::[0-9]*)?"
 )
 _HOST_ONLY: Final = [b"\nhost:"]
+
+
+#: the common Host: a name or IPv4 address of plain characters and a port (fast to match)
+_HOST_PLAIN: Final = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=]*+(?::[0-9]*+)?+")
+
+
+def valid_host(value: bytes) -> bool:
+    """Whether ``value`` is a valid Host field value (or absolute-form authority)."""
+    if _HOST_PLAIN.fullmatch(value) is None and _HOST_VALUE.fullmatch(value) is None:
+        return False
+    return b".." not in value
 
 
 def _status_for_llhttp_error(message: str) -> tuple[int, str]:
@@ -169,6 +193,8 @@ class RequestParser:
         "_dead",
         "_start_chunk",
         "_connection_seen",
+        "_content_type_seen",
+        "_host_ok",
         "_boundary",
         "_completed",
         "_method_start",
@@ -202,6 +228,9 @@ class RequestParser:
         self._dead = False
         self._start_chunk: bytes | None = None
         self._connection_seen = False
+        self._content_type_seen = False
+        #: the last Host value found valid on the fast path
+        self._host_ok = b"\0"
         # True between messages: the next byte fed starts a new request line
         self._boundary = True
         self._completed = 0
@@ -323,7 +352,7 @@ class RequestParser:
                     self._cut_received = self._body_bytes
                     return
                 self._cut_received = None
-                self._cut_tail = (self._cut_tail + data)[-3:]
+                self._cut_tail = (self._cut_tail + data[-3:])[-3:]
                 # llhttp buffers a partial field without calling back: bound it here.
                 # A head that began inside this chunk after another message ended
                 # is counted from the next chunk on (its share here is unknown).
@@ -342,7 +371,8 @@ class RequestParser:
         body's framing, Expect, Upgrade, a Connection other than one keep-alive or close,
         too many fields."""
         block = match[4]
-        watched = _WATCHED.findall(b"\n" + block.lower())
+        lowered = b"\n" + block.lower()
+        watched = _WATCHED.findall(lowered)
         keep_alive = match[3] == b"1"
         if watched != _HOST_ONLY:
             if sorted(watched) != [b"\nconnection:", b"\nhost:"]:
@@ -355,6 +385,13 @@ class RequestParser:
                 keep_alive = False
             else:
                 return False
+        host_at = lowered.index(b"\nhost: ") + 6  # in block (lowered has one byte more)
+        host = block[host_at : block.index(b"\r", host_at)]
+        if host != self._host_ok:
+            # a keep-alive client sends the same Host each time: checked once
+            if not valid_host(host):
+                return False  # llhttp's path refuses it
+            self._host_ok = host
         lines = block.split(b"\r\n")
         lines.pop()
         if len(lines) > self._limits.max_fields:
@@ -432,6 +469,11 @@ class RequestParser:
         framing = self._chunked
         assert framing is not None
         out, rest, refusal = framing.scan(data)
+        if framing.trailer_size > self._limits.max_head_size:
+            # llhttp would hold an unfinished trailer field whole: bound the section
+            # as a head is bounded.
+            self._dead = True
+            raise ProtocolError(431, "trailer section too large")
         self._execute(out)
         if refusal is not None:
             self._refuse_chunk(refusal)
@@ -486,6 +528,7 @@ class RequestParser:
         self._host_count = 0
         self._te = self._content_length = self._expect = None
         self._connection_seen = False
+        self._content_type_seen = False
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -515,6 +558,8 @@ class RequestParser:
         if first == 0x68:  # h
             if len(name) == 4 and name.lower() == b"host":
                 self._host_count += 1
+                if not valid_host(value):
+                    self._fail(400, "invalid Host")
         elif first == 0x74:  # t
             if name.lower() == b"transfer-encoding":
                 self._te = value if self._te is None else self._te + b"," + value
@@ -525,6 +570,11 @@ class RequestParser:
                 self._content_length = value
             elif len(name) == 10:
                 self._connection_seen = True  # "connection": llhttp decides keep-alive
+            elif len(name) == 12 and name.lower() == b"content-type":
+                # serve read the last and the front the first: refuse, as gunicorn does
+                if self._content_type_seen:
+                    self._fail(400, "more than one Content-Type")
+                self._content_type_seen = True
         elif first == 0x65:  # e
             if len(name) == 6 and name.lower() == b"expect":
                 self._expect = value
@@ -639,14 +689,21 @@ class RequestParser:
                 self._fail(400, "asterisk-form target outside OPTIONS")
             path = target
         elif target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
-            # absolute-form (RFC 9112 3.2.2): keep the path and query only.
+            # absolute-form (RFC 9112 3.2.2): the path and query, and the authority,
+            # which stands for the Host field.
             rest = target.split(b"//", 1)[1]
             slash = rest.find(b"/")
             question = rest.find(b"?")
             if slash < 0 or (0 <= question < slash):
                 path = b"/" + (rest[question:] if question >= 0 else b"")
+                authority = rest if question < 0 else rest[:question]
             else:
                 path = rest[slash:]
+                authority = rest[:slash]
+            authority = authority.rpartition(b"@")[2]  # userinfo is not part of the host
+            if not authority or not valid_host(authority):
+                self._fail(400, "invalid authority in the request target")
+            head.authority = authority
         else:
             if method == "CONNECT":
                 self._fail(405, "CONNECT is not supported")

@@ -134,6 +134,9 @@ class EnvironTemplate:
                 environ[key] = environ[key] + joiner + value.decode("latin-1")
             else:
                 environ[key] = value.decode("latin-1")
+        if head.authority:
+            # RFC 9112 3.2.2: an absolute-form target's authority replaces Host.
+            environ["HTTP_HOST"] = head.authority.decode("latin-1")
         if body_size is not None:
             # A chunked body was read whole before the call: give its length
             # to apps that do not honour wsgi.input_terminated.

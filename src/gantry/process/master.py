@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from gantry.process.loop import Backoff, ProcessLoop, describe_exit
 from gantry.process.parent import stop_with_parent
 from gantry.process.privileges import Identity, drop_privileges
-from gantry.process.reexec import Reexec, read_probe, start_probe
+from gantry.process.reexec import Reexec, probe_failure, read_probe, start_probe
 from gantry.process.runtime import reopen_error_log, signal_process
 from gantry.process.shared import STATUS_CODES, SlotView, WorkerTable
 from gantry.process.systemd import notify
@@ -372,10 +372,9 @@ class Master:
         except OSError:
             text = ""
         if os.waitstatus_to_exitcode(status) != 0 or self.reexec is None:
-            lines = [line for line in text.splitlines() if line.strip()]
             if text:
                 log.error("the new code cannot be imported:\n%s", text.rstrip())
-            self._reload_failed(lines[-1] if lines else describe_exit(status))
+            self._reload_failed(probe_failure(text) or describe_exit(status))
             return
         if self.stopping:
             return

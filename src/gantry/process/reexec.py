@@ -84,6 +84,16 @@ class Reexec:
         os.execve(self.argv[0], self.argv, env)
 
 
+def probe_failure(text: str) -> str:
+    """The one line that says why a probe failed: the loader's "cannot import ..." line
+    when there is one (its traceback and sys.path follow it), else the last line."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("cannot import "):
+            return line
+    return lines[-1] if lines else ""
+
+
 def start_probe(argv: list[str]) -> tuple[int, int]:
     """Start ``argv`` (a fresh interpreter) in the current directory; its PID (the caller
     reaps it) and a descriptor of the unnamed file its stderr goes to (see read_probe)."""
@@ -174,8 +184,7 @@ class LoneReload:
         finally:
             self.checking = False
         if failed:
-            lines = [line for line in text.splitlines() if line.strip()]
-            reason = lines[-1] if lines else "the check failed"
+            reason = probe_failure(text) or "the check failed"
             log.error("reload abandoned, this process keeps serving:\n%s", text)
             notify("READY=1", f"STATUS=reload failed: {reason}")
             return

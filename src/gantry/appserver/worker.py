@@ -214,6 +214,9 @@ class Worker:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.graceful_timeout
+        # A connection accepted just before the listening sockets closed has its set-up
+        # (connection_made) still queued on the loop: let it join ctx.connections first.
+        await asyncio.sleep(0)
         while loop.time() < deadline:
             now = ctx.now = loop.time()
             for conn in list(ctx.connections):

@@ -323,11 +323,13 @@ class WorkerContext:
         now = self.now = self.loop.time()
         for conn in list(self.connections):
             deadline = conn.deadline
-            if deadline and now >= deadline:
-                try:
+            try:
+                if deadline and now >= deadline:
                     conn.deadline_passed()
-                except Exception:
-                    error_log.exception("timeout handling failed")
+                if conn.write_paused:
+                    conn.check_send(now)
+            except Exception:
+                error_log.exception("timeout handling failed")
         self._clock_handle = self.loop.call_later(1.0 - wall % 1.0, self.start_clock)
 
     def stop_clock(self) -> None:

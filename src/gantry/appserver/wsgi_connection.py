@@ -54,6 +54,9 @@ class WSGIConnection(asyncio.Protocol):
         self.result: Any = None
         self.iterator: Iterator[bytes] | None = None
         self.write_paused = False
+        #: bytes the transport still held at the last sweep, and when that last went down
+        self.unsent = 0
+        self.sent_progress = 0.0
         #: the next request waits for the output to drain below the low-water mark
         self.waiting_drain = False
         self.closed = False
@@ -110,6 +113,23 @@ class WSGIConnection(asyncio.Protocol):
         """Whether a request runs or waits to (the connection must outlive a half-close)."""
         return self.busy
 
+    def check_send(self, now: float) -> None:
+        """From the worker's sweep while writing is paused: close a client that has read
+        none of its answer for ``send_timeout`` (nginx's send_timeout: the time between
+        two successful writes)."""
+        transport = self.transport
+        if transport is None:
+            return
+        pending = transport.get_write_buffer_size()
+        if pending < self.unsent or not self.unsent:
+            self.unsent, self.sent_progress = pending, now  # the client read something
+        elif now - self.sent_progress >= self.ctx.config.send_timeout:
+            error_log.info(
+                "send timeout: %s:%s read nothing of %d bytes in %.0f s; closing",
+                self.remote_addr, self.remote_port, pending, self.ctx.config.send_timeout,
+            )  # fmt: skip
+            transport.abort()
+
     def pause_writing(self) -> None:
         self.write_paused = True
         if self.can_write is not None:
@@ -117,6 +137,7 @@ class WSGIConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.unsent = 0
         if self.can_write is not None:
             self.can_write.set()
         if self.iterator is not None:

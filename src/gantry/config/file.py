@@ -201,6 +201,12 @@ class ServeSettings(BaseModel):
         gt=0,
         description="Seconds allowed between two reads of a body.",
     )
+    send_timeout: Duration = Field(
+        default=_SERVE.send_timeout,
+        gt=0,
+        description="Seconds a client may go without reading any of its answer before the "
+        "connection is closed (nginx's send_timeout).",
+    )
     graceful_timeout: Duration = Field(
         default=_SERVE.graceful_timeout,
         gt=0,

@@ -91,6 +91,8 @@ class ServeConfig:
     keepalive_timeout: float = 5.0
     header_timeout: float = 10.0
     body_timeout: float = 30.0
+    #: seconds a client may leave its answer unread (nginx's send_timeout) before the close
+    send_timeout: float = 60.0
     graceful_timeout: float = 30.0
     access_log: str | None = None
     error_log: str | None = None
@@ -133,7 +135,13 @@ class ServeConfig:
             raise ConfigError(
                 f"mount-prefix: expected a path starting with '/', got {self.mount_prefix!r}"
             )
-        for name in ("keepalive_timeout", "header_timeout", "body_timeout", "graceful_timeout"):
+        for name in (
+            "keepalive_timeout",
+            "header_timeout",
+            "body_timeout",
+            "send_timeout",
+            "graceful_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(
                     f"{name.replace('_', '-')}: expected a positive number of seconds"

@@ -135,7 +135,7 @@ class Worker:
     async def _main(self, loop: asyncio.AbstractEventLoop) -> int:
         config = self.config
         ctx = WorkerContext(config, self.app, loop, self.access_stream, self.slot)
-        ctx.request_stop = lambda: self._on_signal(False)
+        ctx.request_stop = self._recycle
         ctx.start_clock()
         self.stop_event = asyncio.Event()
         for signum, fast in (
@@ -231,6 +231,13 @@ class Worker:
     def request_stop(self, fast: bool) -> None:
         """Stop as a signal would (a reload that re-executes this process drains first)."""
         self._on_signal(fast)
+
+    def _recycle(self) -> None:
+        """max-requests or reload-on-rss: stop accepting at once (the master's next worker
+        takes new connections, so this one serves exactly its count), then stop gracefully."""
+        for listening in self.servers:
+            listening.close()
+        self._on_signal(False)
 
     def _on_signal(self, fast: bool) -> None:
         if fast:

@@ -36,7 +36,10 @@ class Front:
     def start(self) -> None:
         log = self.log.open("ab")
         env = dict(os.environ, **self.env)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), self.env.get("PYTHONPATH")]))
+        # the caller's PYTHONPATH too (as tests.process does): it names the tree under test
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(REPO), self.env.get("PYTHONPATH"), os.environ.get("PYTHONPATH")])
+        )
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gantry", "front", "-c", str(self.path)],
             cwd=REPO, env=env, stdout=log, stderr=log,

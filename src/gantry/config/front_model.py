@@ -114,3 +114,9 @@ class FrontConfig:
     access_log: str | None = None
     error_pages: dict[int, str] = field(default_factory=dict)
     client_max_body_size: int = 1024 * 1024 * 1024
+    # Client timeouts and the graceful stop (seconds), as nginx names them.
+    client_header_timeout: float = 60.0
+    client_body_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
+    send_timeout: float = 60.0
+    graceful_timeout: float = 10.0

@@ -11,7 +11,8 @@ import time
 
 from gantry.config import ListenAddress, parse_address
 from gantry.config.front_model import FrontConfig
-from gantry.front.server import FrontConnection, FrontWorker
+from gantry.front.connection import FrontConnection
+from gantry.front.worker import FrontWorker
 from gantry.process.master import Master, MasterSettings, WorkerExit
 from gantry.process.runtime import freeze_startup_heap, new_event_loop, setup_error_log
 from gantry.process.shared import STATUS_CODES, SlotView, WorkerTable
@@ -56,19 +57,16 @@ def _serve_worker(
         worker.stopping = True
         for server in servers:
             server.close()
-        deadline = loop.time() + 10.0
+        deadline = loop.time() + config.graceful_timeout
         while loop.time() < deadline and worker.connections:
             # Busy keep-alive connections end with their response (Connection: close);
             # idle ones are closed once no request can be on its way in.
             now = time.monotonic()
             for conn in list(worker.connections):
-                idle = not conn.busy and not conn.queue and conn.head is None
-                if idle and now - conn.idle_since >= 1.0 and conn.transport is not None:
-                    conn.transport.close()
+                conn.close_if_idle(now, 1.0)
             await asyncio.sleep(0.05)
         for conn in list(worker.connections):
-            if conn.transport is not None:
-                conn.transport.close()
+            conn.close()
         worker.close()
 
     try:
@@ -95,7 +93,9 @@ def run_front(
         return _serve_worker(config, sockets, None)
     table = WorkerTable(max(64, config.workers * 2 + 16))
     supervisor = Master(
-        MasterSettings(workers=config.workers, graceful_timeout=10.0, name="gantry front"),
+        MasterSettings(
+            workers=config.workers, graceful_timeout=config.graceful_timeout, name="gantry front"
+        ),
         lambda slot, generation: _serve_worker(config, sockets, slot),
         table,
     )

@@ -296,7 +296,13 @@ class FrontConnection(asyncio.Protocol):
             self.error(400, close=True)
             return
         self.path, self.server, self.location = route
-        run_chain(self.worker.chain, self, stream if stream is not None else body)
+        try:
+            run_chain(self.worker.chain, self, stream if stream is not None else body)
+        except Exception:  # a bug must cost one request, not the connection's silence
+            log.exception("%s: %s failed", self.remote_addr, self._request_line())
+            if self.busy and not self.closed:
+                self.relay = None
+                self.error(500, close=True)
 
     def _next(self) -> None:
         """Answer the next queued request."""

@@ -271,7 +271,8 @@ class FrontConnection(asyncio.Protocol):
             self.stream.finish()
             self.stream = None
             return
-        if self.busy or self.queue:
+        if self.busy or self.queue or self.paused:
+            # answered in turn; while the client is not reading, none is answered
             self.queue.append((head, body))
             if len(self.queue) >= MAX_PIPELINED:
                 self._hold(_HOLD_QUEUE)

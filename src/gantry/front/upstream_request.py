@@ -349,6 +349,10 @@ def http_request_head(
     lines.append(b"X-Forwarded-Proto: http")
     if host:
         lines.append(b"X-Forwarded-Host: " + host)
+    else:
+        # an HTTP/1.0 client may send no Host; an HTTP/1.1 upstream must get one (the
+        # uwsgi packet's SERVER_NAME says "localhost" then too)
+        lines.append(b"Host: localhost")
     if script_name:
         lines.append(b"X-Script-Name: " + script_name.encode("utf-8"))
     if body_length or head.method in ("POST", "PUT", "PATCH"):

@@ -468,7 +468,11 @@ class FrontConnection(asyncio.Protocol):
         if not has_length and not bodyless:
             if head.version == "1.1":
                 self.chunked_out = True
-                lines.append(b"Transfer-Encoding: chunked\r\n")
+                if lines and lines[-1].startswith(b"Transfer-Encoding: "):
+                    # the upstream's codings (see ProxyRequest.head), chunked last
+                    lines[-1] = lines[-1][:-2] + b", chunked\r\n"
+                else:
+                    lines.append(b"Transfer-Encoding: chunked\r\n")
             else:
                 self.keep_alive = False
         # Held until the first body piece or the end: one write for small responses.

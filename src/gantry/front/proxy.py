@@ -30,6 +30,13 @@ __all__ = ["KeepAlivePool", "Outcome", "ProxyRequest", "RequestBody", "StreamedB
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
+def _codings(transfer_encoding: bytes) -> bytes:
+    """The transfer codings of a response other than chunked (which the connection to the
+    upstream took off, and the client side adds again), as "gzip, deflate"; b"" for none."""
+    codings = [c.strip() for c in transfer_encoding.split(b",")]
+    return b", ".join(c for c in codings if c and c.lower() != b"chunked")
+
+
 class Outcome(Enum):
     """How one attempt on one upstream server ended."""
 
@@ -613,16 +620,27 @@ class ProxyRequest(UpstreamResponse):
                 conn.abort()
             self._settle(Outcome.RETRY)
             return
-        self.started_response = True
         lines = []
         has_length = False
+        codings = b""
         for name, value in headers:
             lname = name.lower()
             if lname in RESPONSE_DROP:
+                if lname == b"transfer-encoding":
+                    codings = _codings(value)
                 continue
             if lname == b"content-length":
                 has_length = True
             lines.append(name + b": " + value + b"\r\n")
+        if codings:
+            if self.head_in.version == "1.0":
+                # no transfer coding may go to an HTTP/1.0 client (RFC 9112 6.1)
+                message = f"transfer coding {codings!r} for an HTTP/1.0 client"
+                self.failed(UpstreamError(502, message, Failure.MALFORMED), drop=True)
+                return
+            # the body keeps its codings; the client side adds chunked for its own framing
+            lines.append(b"Transfer-Encoding: " + codings + b"\r\n")
+        self.started_response = True
         self.client.start_response(status, reason, lines, has_length)
 
     def whole(self, status: int, head: bytes, body: bytes) -> None:
@@ -650,8 +668,12 @@ class ProxyRequest(UpstreamResponse):
         self.client.end()
         self._settle(Outcome.DONE)
 
-    def failed(self, error: UpstreamError) -> None:
+    def failed(self, error: UpstreamError, drop: bool = False) -> None:
+        conn = self.conn
         self.conn = None
+        if drop and conn is not None:  # a response refused here: the connection goes too
+            conn.receiver = None
+            conn.abort()
         self._attempt_over()
         if self.started_response:
             # the head is out: the only way left to say it broke is to close

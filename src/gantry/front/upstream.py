@@ -33,8 +33,6 @@ MAX_RESPONSE_HEAD: Final = 64 * 1024
 # Request-body bytes buffered toward one upstream before the sender waits for it.
 WRITE_HIGH_WATER: Final = 256 * 1024
 WRITE_LOW_WATER: Final = 64 * 1024
-# Fields that frame a response body (without them, the close ends it).
-_FRAMING: Final = (b"content-length", b"transfer-encoding")
 # Hop-by-hop fields (RFC 9110 7.6.1) and what a proxy hides by default (nginx's
 # proxy_hide_header: the front sets its own Date and Server).
 RESPONSE_DROP: Final = frozenset(
@@ -428,9 +426,15 @@ class UpstreamConnection(asyncio.Protocol):
         self.keep_alive = parser.should_keep_alive()
         framed = self.head_request or self.status in (204, 304) or self.status < 200
         if not framed:
-            for name, _ in self.headers:
-                if name.lower() in _FRAMING:
+            for name, value in self.headers:
+                lname = name.lower()
+                if lname == b"content-length":
                     framed = True
+                    break
+                if lname == b"transfer-encoding":
+                    # framed only when chunked is the last coding; otherwise the close
+                    # ends the body (RFC 9112 6.3), as llhttp reads it
+                    framed = value.rpartition(b",")[2].strip().lower() == b"chunked"
                     break
         self.framed = framed
         self.head_done = True

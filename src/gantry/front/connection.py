@@ -227,16 +227,18 @@ class FrontConnection(asyncio.Protocol):
     # RequestSink --------------------------------------------------------------------------
 
     def request_head(self, head: RequestHead) -> None:
-        if head.target[:1] != b"/" and head.target != b"*":
+        if head.target[0] != 0x2F and head.target != b"*":  # not "/...": absolute form
             _origin_form(head)
         self.incoming = head
-        self.body = BodyBuffer() if head.has_body else None
         if head.has_body:
+            self.body = BodyBuffer()
             self.deadline = self.worker.now + self.config.client_body_timeout
             self.deadline_kind = _BODY
         else:
-            self.deadline = 0.0
-            self.deadline_kind = 0
+            self.body = None
+            if self.deadline_kind:
+                self.deadline = 0.0
+                self.deadline_kind = 0
         if head.expect_continue and not self.busy and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if head.content_length and not self.busy and self._streams_body(head):
@@ -292,13 +294,17 @@ class FrontConnection(asyncio.Protocol):
         self.sent = 0
         if self.upstream_log:
             self.upstream_log = []
-        route = self.worker.route(_host(head), head.path)
+        worker = self.worker
+        host = _host(head)
+        route = worker.routes.get((host, head.path))  # worker.route, inline for a hit
         if route is None:
-            self.error(400, close=True)
-            return
-        self.path, self.server, self.location = route
+            route = worker.route(host, head.path)
+            if route is None:
+                self.error(400, close=True)
+                return
+        self.path, self.server, self.location, chain = route
         try:
-            run_chain(self.worker.chain, self, stream if stream is not None else body)
+            run_chain(chain, self, stream if stream is not None else body)
         except Exception:  # a bug must cost one request, not the connection's silence
             log.exception("%s: %s failed", self.remote_addr, self._request_line())
             if self.busy and not self.closed:
@@ -478,6 +484,19 @@ class FrontConnection(asyncio.Protocol):
         # Held until the first body piece or the end: one write for small responses.
         self.pending_head = self._head_bytes(status, lines, reason)
 
+    def respond_prepared(self, status: int, head: bytes, body: bytes) -> None:
+        """A whole response a handler prepared (see respond_whole); the request is done."""
+        self.status = status
+        if self.transport is not None and not self.closed:
+            self.sent += len(body)
+            self.transport.write(
+                head
+                + connection_field(self.keep_alive, self.head.version)
+                + self.worker.defaults.lines
+                + body
+            )
+        self._done()
+
     def respond_whole(self, status: int, head: bytes, body: bytes) -> None:
         """A whole response whose ``head`` (status line and fields, each ending in CRLF)
         passes as it is: this connection's Connection, Server and Date follow it."""
@@ -596,7 +615,9 @@ class FrontConnection(asyncio.Protocol):
             self._own_answer()
             self.error(status, close=True)
             return
-        self._idle()
+        if self.deadline_kind == 0:  # _idle, inline (a next head begun: data_received's)
+            self.deadline = self.worker.now + self.config.keepalive_timeout
+            self.deadline_kind = _IDLE
 
     def _next_if_idle(self) -> None:
         if not self.busy and self.queue and not self.closed:

@@ -104,6 +104,10 @@ class Exchange(ProxyClient, Protocol):
     ) -> None:
         """A whole response with these fields (Connection, Server and Date are added)."""
 
+    def respond_prepared(self, status: int, head: bytes, body: bytes) -> None:
+        """A whole response whose status line and fields (each ending in CRLF) the handler
+        prepared; Connection, Server and Date are added."""
+
     def error(self, status: int, close: bool = False) -> None:
         """An error response of the front's own (its error page), then close if ``close``."""
 

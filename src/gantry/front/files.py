@@ -61,8 +61,7 @@ class StaticFiles:
             entry = hot.get((id(location), path))
             if entry is not None and self.now - entry[0] < HOT_FILE_SECONDS:
                 # A hot small file: the head and body were built once; only Date is new.
-                exchange.respond_whole(200, entry[1], entry[2])
-                exchange.end()
+                exchange.respond_prepared(200, entry[1], entry[2])
                 return
         if location.try_files:
             fs_path, path, status = try_files(location, path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Final
 
-from gantry.config.front_model import Upstream
+from gantry.config.front_model import Location, Upstream, VirtualServer
 from gantry.front.balancing import UpstreamPool
 from gantry.front.exchange import Exchange
 from gantry.front.files import StaticFiles
@@ -29,6 +29,12 @@ SMALL_BODY: Final = 256 * 1024
 class Handler:
     """One step of the chain."""
 
+    def applies(self, server: VirtualServer, location: Location | None) -> bool:
+        """Whether this handler has anything to do for requests routed to ``location`` of
+        ``server``: decided once per route, so a request runs only the handlers that apply
+        (as nginx registers a module's handler only where it is configured)."""
+        return True
+
     def handle(self, exchange: Exchange, body: BodyBuffer | StreamedBody | None) -> bool:
         """Answer the request (True), or leave it to the next handler (False)."""
         return False
@@ -39,6 +45,9 @@ class AccessHandler(Handler):
 
     The server's rules apply even where no location matches, as nginx's do.
     """
+
+    def applies(self, server: VirtualServer, location: Location | None) -> bool:
+        return bool(server.access) or (location is not None and bool(location.access))
 
     def handle(self, exchange: Exchange, body: BodyBuffer | StreamedBody | None) -> bool:
         server = exchange.server
@@ -71,6 +80,9 @@ class ProxyHandler(Handler):
         #: the worker's running tasks, kept referenced until done
         self.tasks = tasks
 
+    def applies(self, server: VirtualServer, location: Location | None) -> bool:
+        return location is not None and bool(location.proxy)
+
     def handle(self, exchange: Exchange, body: BodyBuffer | StreamedBody | None) -> bool:
         location = exchange.location
         if location is None or not location.proxy:
@@ -102,6 +114,9 @@ class StaticHandler(Handler):
     def __init__(self, files: StaticFiles) -> None:
         self.files = files
 
+    def applies(self, server: VirtualServer, location: Location | None) -> bool:
+        return location is not None and bool(location.root or location.alias)
+
     def handle(self, exchange: Exchange, body: BodyBuffer | StreamedBody | None) -> bool:
         location = exchange.location
         if location is None or not (location.root or location.alias):
@@ -113,7 +128,8 @@ class StaticHandler(Handler):
 def run_chain(
     chain: tuple[Handler, ...], exchange: Exchange, body: BodyBuffer | StreamedBody | None
 ) -> None:
-    """Run ``exchange`` through ``chain``; a request no handler takes is a 404."""
+    """Run ``exchange`` through ``chain`` (the handlers that apply to its route); a request
+    no handler takes is a 404."""
     for handler in chain:
         if handler.handle(exchange, body):
             return

@@ -24,8 +24,8 @@ __all__ = ["ClientConnection", "FrontWorker", "Route"]
 # Routes remembered per worker (cleared when full).
 ROUTE_CACHE: Final = 4096
 
-#: (normalized path, server, location) of a request
-Route = tuple[str, VirtualServer, Location | None]
+#: (normalized path, server, location, the handlers that apply there) of a request
+Route = tuple[str, VirtualServer, Location | None, tuple[Handler, ...]]
 
 
 class ClientConnection(Protocol):
@@ -68,12 +68,14 @@ class FrontWorker:
         #: tasks this worker runs (proxy attempt loops, file streams, health probes), kept
         #: referenced until done: the loop holds them only weakly
         self.tasks: set[asyncio.Task[None]] = set()
-        #: the handler chain, in nginx's phase order (access, then content)
-        self.chain: tuple[Handler, ...] = (
+        #: every handler, in nginx's phase order (access, then content); a route runs
+        #: those that apply to it (see chain_for)
+        self.handlers: tuple[Handler, ...] = (
             AccessHandler(),
             ProxyHandler(config.upstreams, self.pools, self.keepalive, self.tasks),
             StaticHandler(self.static),
         )
+        self._chains: dict[tuple[int, int], tuple[Handler, ...]] = {}
         self._tick: asyncio.TimerHandle | None = None
         self._sweep: asyncio.TimerHandle | None = None
         # Deadlines are checked this often (finer for short timeouts).
@@ -90,7 +92,9 @@ class FrontWorker:
         self.stopping = False
 
     def route(self, host: str | None, raw_path: bytes) -> Route | None:
-        """(normalized path, server, location) of a request; None for a path to refuse."""
+        """(normalized path, server, location, handlers) of a request; None for a path to
+        refuse. Routing is a pure function of Host, the raw path and the configuration
+        (which never changes in a worker), so it is remembered."""
         routes = self.routes
         route = routes.get((host, raw_path))
         if route is None:
@@ -98,11 +102,21 @@ class FrontWorker:
             if path is None:
                 return None
             server = self.router.server_for(host)
-            route = (path, server, self.router.location_for(server, path))
+            location = self.router.location_for(server, path)
+            route = (path, server, location, self.chain_for(server, location))
             if len(routes) >= ROUTE_CACHE:
                 routes.clear()
             routes[(host, raw_path)] = route
         return route
+
+    def chain_for(self, server: VirtualServer, location: Location | None) -> tuple[Handler, ...]:
+        """The handlers that apply to requests routed to ``location`` of ``server``."""
+        key = (id(server), id(location))
+        chain = self._chains.get(key)
+        if chain is None:
+            chain = tuple(h for h in self.handlers if h.applies(server, location))
+            self._chains[key] = chain  # bounded: one per location of the configuration
+        return chain
 
     def start_health_checks(self) -> None:
         """One prober task per upstream that asks for active health checks."""

@@ -263,26 +263,32 @@ servers = [{{ address = "127.0.0.1:{app.port}" }}]
 
 
 def _responses(data: bytes) -> list[tuple[bytes, bytes]]:
-    """(status line, body) of each response in ``data`` (Content-Length or chunked)."""
+    """(status line, body) of each response in ``data`` (Content-Length, chunked, or
+    ended by the close); read by offsets, as ``data`` may be large."""
     out = []
-    while data:
-        head, _, data = data.partition(b"\r\n\r\n")
+    at = 0
+    while at < len(data):
+        end = data.index(b"\r\n\r\n", at)
+        head = data[at:end]
+        at = end + 4
         fields = dict(fields_of(head + b"\r\n\r\n"))
-        body = b""
+        pieces = []
         if fields.get("transfer-encoding") == "chunked":
             while True:
-                size_line, _, data = data.partition(b"\r\n")
-                size = int(size_line, 16)
-                body += data[:size]
-                data = data[size + 2 :]
+                line_end = data.index(b"\r\n", at)
+                size = int(data[at:line_end], 16)
+                pieces.append(data[line_end + 2 : line_end + 2 + size])
+                at = line_end + 2 + size + 2
                 if size == 0:
                     break
         elif "content-length" in fields:
             length = int(fields["content-length"])
-            body, data = data[:length], data[length:]
+            pieces.append(data[at : at + length])
+            at += length
         else:  # ended by the close
-            body, data = data, b""
-        out.append((head.split(b"\r\n")[0], body))
+            pieces.append(data[at:])
+            at = len(data)
+        out.append((head.split(b"\r\n")[0], b"".join(pieces)))
     return out
 
 
@@ -318,6 +324,33 @@ def test_closing_proxied_request_answered_then_the_close(tmp_path: Path) -> None
                 data, _ = _read_until_closed(sock, 10)
             answers = _responses(data)
             assert len(answers) == 1 and answers[0][1] == b"slow done", data
+    finally:
+        front.stop()
+        app.stop()
+
+
+def test_proxied_pipeliner_that_never_reads_does_not_grow_the_worker(tmp_path: Path) -> None:
+    """150 pipelined requests for a proxied 300 kB file (45 MB of answers), none read
+    for a second: the upstream and the queue wait; then every answer comes, in order."""
+    front, app = _proxy_front(tmp_path)
+    try:
+        assert front.process is not None
+        pid = front.process.pid
+        assert front.request("GET", "/file")[0].status == 200
+        before = proc_status_kib(pid, "VmHWM")
+        requests = b"GET /file HTTP/1.1\r\nHost: a\r\n\r\n" * 150
+        requests += b"GET /hello HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        with front.connect(30) as sock:
+            sock.sendall(requests)  # 5 kB: the kernel takes it all
+            time.sleep(1.0)  # the front does what it will meanwhile
+            grown = proc_status_kib(pid, "VmHWM") - before
+            data, _ = _read_until_closed(sock, 30)
+        answers = _responses(data)
+        assert len(answers) == 151
+        assert all(line.startswith(b"HTTP/1.1 200 ") for line, _ in answers)
+        assert {len(body) for _, body in answers[:150]} == {300_000}
+        assert answers[150][1] == b"Hello World!"
+        assert grown < 16 * 1024, f"the worker's peak RSS grew {grown} KiB"
     finally:
         front.stop()
         app.stop()

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 import weakref
 from collections.abc import Callable, Coroutine
@@ -15,7 +19,7 @@ from typing import Any
 import pytest
 
 from gantry.front.proxy import spawn
-from tests.process import GantryServer
+from tests.process import REPO, GantryServer, free_port
 from tests.support_front import start_front
 
 
@@ -120,3 +124,54 @@ def test_a_task_nobody_keeps_can_vanish() -> None:
         asyncio.get_running_loop().create_task(coro)
 
     assert not _run_job(bare)
+
+
+def test_run_front_takes_the_stack_graceful_timeout(tmp_path: Path) -> None:
+    """What `gantry up` gives run_front ([stack] graceful_timeout) replaces [front]'s."""
+    app = GantryServer("tests.apps_contract:app", log_path=tmp_path / "app.log")
+    app.start()
+    port = free_port()
+    config = tmp_path / "front.toml"
+    config.write_text(
+        f"""
+[front]
+listen = ["127.0.0.1:{port}"]
+graceful_timeout = 30.0
+[[front.server]]
+[[front.server.location]]
+path = "/"
+proxy = "app"
+[front.upstream.app]
+servers = [{{ address = "127.0.0.1:{app.port}" }}]
+"""
+    )
+    code = (
+        "import sys; from gantry.config.front import load_front_config; "
+        "from gantry.front.run import run_front; "
+        f"sys.exit(run_front(load_front_config({str(config)!r}), graceful_timeout=1.0))"
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    with (tmp_path / "front.log").open("ab") as log:
+        front = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and front.poll() is None, "no front"
+                time.sleep(0.05)
+        with sock:
+            sock.sendall(b"GET /slow?20 HTTP/1.1\r\nHost: a\r\n\r\n")
+            time.sleep(0.3)  # the request reaches the app (a fixed wait is harmless here)
+            started = time.monotonic()
+            front.terminate()
+            front.wait(timeout=15)
+        assert time.monotonic() - started < 5.0
+    finally:
+        if front.poll() is None:
+            front.kill()
+            front.wait(timeout=5)
+        app.stop(signal.SIGKILL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -82,9 +83,16 @@ def run_front(
     master: bool = False,
     stats: str | None = None,
     metrics: str | None = None,
+    graceful_timeout: float | None = None,
 ) -> int:
     """Bind (or inherit) the listen sockets, then run one worker inline or a master with
-    N workers (always a master when ``master``, ``stats`` or ``metrics`` asks for one)."""
+    N workers (always a master when ``master``, ``stats`` or ``metrics`` asks for one).
+
+    ``graceful_timeout`` replaces [front] graceful_timeout: `gantry up` gives its
+    [stack] graceful_timeout, the time its supervisor lets every part take to stop.
+    """
+    if graceful_timeout is not None:
+        config = dataclasses.replace(config, graceful_timeout=graceful_timeout)
     setup_error_log()
     addresses = [parse_address(spec, "http", "front.listen") for spec in config.listen]
     sockets = bind_or_inherit(addresses, None, 2048)

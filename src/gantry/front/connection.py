@@ -46,6 +46,8 @@ _SEND: Final = 4  # send_timeout: the client is not reading what was sent
 
 #: the request an error before any request is about (never changed)
 _NO_REQUEST: Final = RequestHead()
+#: the server of a connection no request has reached yet (never used to answer)
+_NO_SERVER: Final = VirtualServer()
 
 
 class _FileSend:
@@ -680,10 +682,6 @@ class FrontConnection(asyncio.Protocol):
     def log_error(self, message: str) -> None:
         """One error-log line about this client's request."""
         log.error("%s: %s", self.remote_addr, message)
-
-
-#: the server of a connection no request has reached yet (never used to answer)
-_NO_SERVER: Final = VirtualServer()
 
 
 def _host(head: RequestHead) -> str | None:

@@ -72,6 +72,7 @@ class FrontConnection(asyncio.Protocol):
         self.worker = worker
         self.loop = worker.loop
         self.config = worker.config
+        self.keepalive_timeout = worker.config.keepalive_timeout
         self.parser = RequestParser(self, worker.limits)
         self.transport: asyncio.Transport | None = None
         self.remote_addr = ""
@@ -489,14 +490,14 @@ class FrontConnection(asyncio.Protocol):
     def respond_prepared(self, status: int, head: bytes, body: bytes) -> None:
         """A whole response a handler prepared (see respond_whole); the request is done."""
         self.status = status
-        if self.transport is not None and not self.closed:
+        transport = self.transport
+        if transport is not None and not self.closed:
             self.sent += len(body)
-            self.transport.write(
-                head
-                + connection_field(self.keep_alive, self.head.version)
-                + self.worker.defaults.lines
-                + body
-            )
+            if self.keep_alive and self.head.version == "1.1":  # connection_field, inline
+                transport.write(head + self.worker.defaults.lines + body)
+            else:
+                field = connection_field(self.keep_alive, self.head.version)
+                transport.write(head + field + self.worker.defaults.lines + body)
         self._done()
 
     def respond_whole(self, status: int, head: bytes, body: bytes) -> None:
@@ -618,7 +619,7 @@ class FrontConnection(asyncio.Protocol):
             self.error(status, close=True)
             return
         if self.deadline_kind == 0:  # _idle, inline (a next head begun: data_received's)
-            self.deadline = self.worker.now + self.config.keepalive_timeout
+            self.deadline = self.worker.now + self.keepalive_timeout
             self.deadline_kind = _IDLE
 
     def _next_if_idle(self) -> None:

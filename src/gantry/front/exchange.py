@@ -10,13 +10,27 @@ import asyncio
 from typing import Protocol
 
 from gantry.config.front_model import Location, VirtualServer
+from gantry.http.body import BodyBuffer
 from gantry.protocol.http1 import RequestHead
 
-__all__ = ["Exchange", "FilePiece", "ProxyClient", "Relay"]
+__all__ = ["BodyStream", "Exchange", "FilePiece", "Handler", "ProxyClient", "Relay"]
 
 #: a piece of a file response: bytes to send as they are, or an inclusive (start, end)
 #: span of the file
 FilePiece = bytes | tuple[int, int]
+
+
+class BodyStream(Protocol):
+    """A request body still arriving as the request is handled (request_buffering =
+    false): ``length`` bytes in all."""
+
+    length: int
+
+    def feed(self, data: bytes) -> None:
+        """A piece of the body from the client."""
+
+    def finish(self) -> None:
+        """The client sent the last byte."""
 
 
 class Relay(Protocol):
@@ -116,3 +130,19 @@ class Exchange(ProxyClient, Protocol):
     ) -> None:
         """A response whose body is ``pieces`` of the open file ``fd`` (not taken over: the
         caller keeps it open until this returns), sent as fast as the client reads."""
+
+
+class Handler:
+    """One step of the request chain (see front.handlers): it answers a request through
+    its exchange, or leaves it to the next step."""
+
+    def applies(self, server: VirtualServer, location: Location | None) -> bool:
+        """Whether this handler has anything to do for requests routed to ``location`` of
+        ``server``: decided once per route, so a request runs only the handlers that apply
+        (as nginx registers a module's handler only where it is configured)."""
+        return True
+
+    def handle(self, exchange: Exchange, body: BodyBuffer | BodyStream | None) -> bool:
+        """Answer the request (True), or leave it to the next handler (False). ``body`` is
+        the request body: buffered, still arriving, or none."""
+        return False

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from typing import Final
 
-from gantry.config.front_model import Location
-from gantry.front.exchange import Exchange, FilePiece
+from gantry.config.front_model import Location, VirtualServer
+from gantry.front.exchange import BodyStream, Exchange, FilePiece, Handler
 from gantry.front.static import (
     FileAnswer,
     OpenFileCache,
@@ -17,8 +17,9 @@ from gantry.front.static import (
     resolve,
     try_files,
 )
+from gantry.http.body import BodyBuffer
 
-__all__ = ["StaticFiles"]
+__all__ = ["StaticHandler"]
 
 # Files up to this size are read into memory and sent with the head in one write.
 SMALL_FILE: Final = 256 * 1024
@@ -35,8 +36,9 @@ _CONDITIONAL: Final = frozenset(
 _OK: Final = b"HTTP/1.1 200 OK\r\n"
 
 
-class StaticFiles:
-    """One worker's static files: its open-file cache and its hot small responses."""
+class StaticHandler(Handler):
+    """A location with ``root`` or ``alias``: a file from disk. It holds one worker's
+    open-file cache and hot small responses."""
 
     def __init__(self) -> None:
         self.files = OpenFileCache()
@@ -49,7 +51,17 @@ class StaticFiles:
         """Close every cached file."""
         self.files.close_all()
 
-    def serve(self, exchange: Exchange, location: Location) -> None:
+    def applies(self, server: VirtualServer, location: Location | None) -> bool:
+        return location is not None and bool(location.root or location.alias)
+
+    def handle(self, exchange: Exchange, body: BodyBuffer | BodyStream | None) -> bool:
+        location = exchange.location
+        if location is None or not (location.root or location.alias):
+            return False
+        self._serve(exchange, location)
+        return True
+
+    def _serve(self, exchange: Exchange, location: Location) -> None:
         """Answer a request for a file of ``location``."""
         head = exchange.head
         path = exchange.path

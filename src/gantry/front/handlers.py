@@ -14,8 +14,8 @@ from typing import Final
 
 from gantry.config.front_model import Location, Upstream, VirtualServer
 from gantry.front.balancing import UpstreamPool
-from gantry.front.exchange import Exchange
-from gantry.front.files import StaticFiles
+from gantry.front.exchange import BodyStream, Exchange, Handler
+from gantry.front.files import StaticHandler
 from gantry.front.proxy import KeepAlivePool, ProxyRequest, RequestBody, StreamedBody
 from gantry.front.routing import client_allowed
 from gantry.http.body import BodyBuffer
@@ -24,20 +24,6 @@ __all__ = ["AccessHandler", "Handler", "ProxyHandler", "StaticHandler", "run_cha
 
 # Buffered request bodies up to this size go to the upstream with the head in one write.
 SMALL_BODY: Final = 256 * 1024
-
-
-class Handler:
-    """One step of the chain."""
-
-    def applies(self, server: VirtualServer, location: Location | None) -> bool:
-        """Whether this handler has anything to do for requests routed to ``location`` of
-        ``server``: decided once per route, so a request runs only the handlers that apply
-        (as nginx registers a module's handler only where it is configured)."""
-        return True
-
-    def handle(self, exchange: Exchange, body: BodyBuffer | StreamedBody | None) -> bool:
-        """Answer the request (True), or leave it to the next handler (False)."""
-        return False
 
 
 class AccessHandler(Handler):
@@ -49,7 +35,7 @@ class AccessHandler(Handler):
     def applies(self, server: VirtualServer, location: Location | None) -> bool:
         return bool(server.access) or (location is not None and bool(location.access))
 
-    def handle(self, exchange: Exchange, body: BodyBuffer | StreamedBody | None) -> bool:
+    def handle(self, exchange: Exchange, body: BodyBuffer | BodyStream | None) -> bool:
         server = exchange.server
         if server.access and not client_allowed(server.access, exchange.remote_addr):
             exchange.error(403)
@@ -74,8 +60,8 @@ class ProxyHandler(Handler):
         keepalive: KeepAlivePool,
         tasks: set[asyncio.Task[None]],
     ) -> None:
-        self.upstreams = upstreams
-        self.pools = pools
+        #: location's proxy name -> (its upstream, its pool)
+        self.targets = {name: (upstreams[name], pools[name]) for name in upstreams}
         self.keepalive = keepalive
         #: the worker's running tasks, kept referenced until done
         self.tasks = tasks
@@ -83,23 +69,24 @@ class ProxyHandler(Handler):
     def applies(self, server: VirtualServer, location: Location | None) -> bool:
         return location is not None and bool(location.proxy)
 
-    def handle(self, exchange: Exchange, body: BodyBuffer | StreamedBody | None) -> bool:
+    def handle(self, exchange: Exchange, body: BodyBuffer | BodyStream | None) -> bool:
         location = exchange.location
         if location is None or not location.proxy:
             return False
-        upstream = self.upstreams.get(location.proxy)
-        pool = self.pools.get(location.proxy)
-        if upstream is None or pool is None:
+        target = self.targets.get(location.proxy)
+        if target is None:
             exchange.error(502)
             return True
+        upstream, pool = target
         data: RequestBody = b""
-        if isinstance(body, StreamedBody):
+        if isinstance(body, BodyBuffer):
+            if body.size <= SMALL_BODY:
+                data = body.to_input().read()  # with the head in one write
+                body.discard()
+            else:
+                data = body  # spooled: sent in pieces, and again on a retry
+        elif isinstance(body, StreamedBody):  # the connection makes no other kind
             data = body
-        elif body is not None and body.size <= SMALL_BODY:
-            data = body.to_input().read()  # with the head in one write
-            body.discard()
-        elif body is not None:
-            data = body  # spooled: sent in pieces, and again on a retry
         proxy = ProxyRequest(
             exchange, exchange.head, data, upstream, pool, location, self.keepalive, self.tasks
         )
@@ -108,25 +95,8 @@ class ProxyHandler(Handler):
         return True
 
 
-class StaticHandler(Handler):
-    """A location with ``root`` or ``alias``: a file from disk."""
-
-    def __init__(self, files: StaticFiles) -> None:
-        self.files = files
-
-    def applies(self, server: VirtualServer, location: Location | None) -> bool:
-        return location is not None and bool(location.root or location.alias)
-
-    def handle(self, exchange: Exchange, body: BodyBuffer | StreamedBody | None) -> bool:
-        location = exchange.location
-        if location is None or not (location.root or location.alias):
-            return False
-        self.files.serve(exchange, location)
-        return True
-
-
 def run_chain(
-    chain: tuple[Handler, ...], exchange: Exchange, body: BodyBuffer | StreamedBody | None
+    chain: tuple[Handler, ...], exchange: Exchange, body: BodyBuffer | BodyStream | None
 ) -> None:
     """Run ``exchange`` through ``chain`` (the handlers that apply to its route); a request
     no handler takes is a 404."""

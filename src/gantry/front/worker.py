@@ -10,8 +10,9 @@ from typing import Final, Protocol
 from gantry.config.front_model import FrontConfig, Location, VirtualServer
 from gantry.front.access_log import AccessLog
 from gantry.front.balancing import UpstreamPool
-from gantry.front.files import StaticFiles
-from gantry.front.handlers import AccessHandler, Handler, ProxyHandler, StaticHandler
+from gantry.front.exchange import Handler
+from gantry.front.files import StaticHandler
+from gantry.front.handlers import AccessHandler, ProxyHandler
 from gantry.front.proxy import KeepAlivePool
 from gantry.front.responses import ErrorPages
 from gantry.front.routing import Router, normalize_path
@@ -59,7 +60,7 @@ class FrontWorker:
         #: (Host, raw path) -> route: routing is a pure function of the two and of the
         #: configuration, which never changes in a worker
         self.routes: dict[tuple[str | None, bytes], Route] = {}
-        self.static = StaticFiles()
+        self.static = StaticHandler()
         self.defaults = HeadDefaults()
         self.limits = HTTPLimits(max_body_size=config.client_max_body_size)
         self.error_pages = ErrorPages(config.error_pages)
@@ -73,7 +74,7 @@ class FrontWorker:
         self.handlers: tuple[Handler, ...] = (
             AccessHandler(),
             ProxyHandler(config.upstreams, self.pools, self.keepalive, self.tasks),
-            StaticHandler(self.static),
+            self.static,
         )
         self._chains: dict[tuple[int, int], tuple[Handler, ...]] = {}
         self._tick: asyncio.TimerHandle | None = None

@@ -6,7 +6,6 @@ another. Handlers see only this interface, never the transport under it.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Protocol
 
 from gantry.config.front_model import Location, VirtualServer
@@ -50,7 +49,6 @@ class Relay(Protocol):
 class ProxyClient(Protocol):
     """What a proxied request needs from the client side it answers."""
 
-    loop: asyncio.AbstractEventLoop
     remote_addr: str
     #: the client went away: nothing more can be sent
     closed: bool

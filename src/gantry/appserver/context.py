@@ -12,10 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, Final
 
 from gantry.config import ServeConfig
+from gantry.http.head import HeadDefaults
 from gantry.process.shared import STATUS_CODES, SlotView, slot_line, store_memory
 from gantry.protocol.http1 import RequestHead
 from gantry.wsgi.errors import ErrorStream
-from gantry.wsgi.response import FileWrapper, HeadDefaults
+from gantry.wsgi.response import FileWrapper
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 

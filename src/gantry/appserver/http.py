@@ -8,9 +8,9 @@ from typing import Final
 
 from gantry.appserver.context import WorkerContext, error_log
 from gantry.appserver.wsgi_connection import WSGIConnection
+from gantry.http.body import BodyBuffer
 from gantry.protocol.http1 import ProtocolError, RequestHead, RequestParser
 from gantry.wsgi.environ import EnvironTemplate
-from gantry.wsgi.input import BodyBuffer
 from gantry.wsgi.response import Response, error_response
 
 # More complete pipelined requests than this waiting: stop reading the socket.

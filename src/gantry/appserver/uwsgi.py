@@ -15,6 +15,7 @@ from typing import Any, Final
 from gantry.appserver.context import WorkerContext, error_log
 from gantry.appserver.http import IDLE_STATE
 from gantry.appserver.wsgi_connection import WSGIConnection
+from gantry.http.body import BodyBuffer
 from gantry.protocol.uwsgi import (
     GANTRY_MODIFIER2,
     UwsgiProtocolError,
@@ -22,7 +23,7 @@ from gantry.protocol.uwsgi import (
     parse_packet,
 )
 from gantry.wsgi.environ import EnvironTemplate
-from gantry.wsgi.input import EMPTY_INPUT, BodyBuffer
+from gantry.wsgi.input import EMPTY_INPUT
 from gantry.wsgi.response import Response, error_response
 from gantry.wsgi.uwsgi_environ import environ_from_fields, environ_from_uwsgi
 

@@ -290,6 +290,22 @@ class FrontSettings(_Strict):
     upstream: dict[str, UpstreamSettings] = Field(
         default_factory=dict, description="Upstream pools by name, for a location's `proxy`."
     )
+    # Client timeouts and the graceful stop (the front worker's own), as nginx names them.
+    client_header_timeout: Duration = Field(
+        60.0, gt=0, description="Seconds a client may take to send a request head (408 past it)."
+    )
+    client_body_timeout: Duration = Field(
+        60.0, gt=0, description="Seconds between two reads of a request body (408 past it)."
+    )
+    keepalive_timeout: Duration = Field(
+        75.0, gt=0, description="Seconds an idle keep-alive client connection is kept open."
+    )
+    send_timeout: Duration = Field(
+        60.0, gt=0, description="Seconds a client may take to read part of a response."
+    )
+    graceful_timeout: Duration = Field(
+        10.0, gt=0, description="Seconds a stopping worker lets in-flight requests finish."
+    )
 
 
 _RULE = re.compile(r"^\s*(allow|deny)\s+(\S+)\s*$")
@@ -383,6 +399,11 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
         upstreams=upstreams, access_log=settings.access_log, error_pages=pages,
         client_max_body_size=settings.client_max_body_size, user=settings.user,
         group=settings.group,
+        client_header_timeout=settings.client_header_timeout,
+        client_body_timeout=settings.client_body_timeout,
+        keepalive_timeout=settings.keepalive_timeout,
+        send_timeout=settings.send_timeout,
+        graceful_timeout=settings.graceful_timeout,
     )  # fmt: skip
 
 

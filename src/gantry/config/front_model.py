@@ -117,3 +117,9 @@ class FrontConfig:
     #: the user and group the workers run as
     user: str | None = None
     group: str | None = None
+    # Client timeouts and the graceful stop (seconds), as nginx names them.
+    client_header_timeout: float = 60.0
+    client_body_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
+    send_timeout: float = 60.0
+    graceful_timeout: float = 10.0

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from enum import Enum
 from functools import partial
-from typing import TYPE_CHECKING, Final
+from typing import Any, Final
 
 from gantry.config.front_model import Location, Upstream
 from gantry.front.balancing import Peer, UpstreamPool, hash_key
+from gantry.front.exchange import ProxyClient
 from gantry.front.upstream import (
     RESPONSE_DROP,
+    Failure,
     UpstreamConnection,
     UpstreamError,
     UpstreamResponse,
@@ -18,15 +22,42 @@ from gantry.front.upstream import (
     open_upstream,
 )
 from gantry.front.upstream_request import gantry_packet, http_request_head, uwsgi_packet
+from gantry.http.body import BodyBuffer
 from gantry.protocol.http1 import RequestHead
-from gantry.wsgi.input import BodyBuffer
 
-if TYPE_CHECKING:
-    from gantry.front.server import FrontConnection
-
-__all__ = ["KeepAlivePool", "ProxyRequest", "RequestBody", "StreamedBody"]
+__all__ = ["KeepAlivePool", "Outcome", "ProxyRequest", "RequestBody", "StreamedBody"]
 
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+
+def _codings(transfer_encoding: bytes) -> bytes:
+    """The transfer codings of a response other than chunked (which the connection to the
+    upstream took off, and the client side adds again), as "gzip, deflate"; b"" for none."""
+    codings = [c.strip() for c in transfer_encoding.split(b",")]
+    return b", ".join(c for c in codings if c and c.lower() != b"chunked")
+
+
+class Outcome(Enum):
+    """How one attempt on one upstream server ended."""
+
+    #: the response was relayed (or the attempt is over for good)
+    DONE = "done"
+    #: the client went away
+    ABANDONED = "abandoned"
+    #: failed in a way next_upstream says to try the next server for
+    RETRY = "retry"
+    #: a kept connection the upstream had closed meanwhile: try again on a new one
+    STALE = "stale"
+    #: failed in a way no other server is tried for
+    FINAL = "final"
+
+
+def spawn(tasks: set[asyncio.Task[None]], coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` as a task kept in ``tasks`` until it is done (the loop holds tasks
+    only weakly: one nobody refers to may be collected mid-flight)."""
+    task = asyncio.get_running_loop().create_task(coro)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
 
 
 class KeepAlivePool:
@@ -104,7 +135,7 @@ class StreamedBody:
     past ``PENDING_LIMIT`` bytes; once a byte went out, the request cannot be retried.
     """
 
-    def __init__(self, client: FrontConnection, length: int) -> None:
+    def __init__(self, client: ProxyClient, length: int) -> None:
         self.client = client
         self.length = length
         self.pending: list[bytes] = []
@@ -156,8 +187,16 @@ RequestBody = bytes | BodyBuffer | StreamedBody
 
 
 # What a request gets when no attempt could even start (replaced, never changed).
-_NO_LIVE_SERVER: Final = UpstreamError(502, "no live server in the upstream")
-_BAD_GATEWAY: Final = UpstreamError(502, "bad gateway")
+_NO_LIVE_SERVER: Final = UpstreamError(502, "no live server in the upstream", Failure.NO_SERVER)
+_BAD_GATEWAY: Final = UpstreamError(502, "bad gateway", Failure.STATUS)
+
+
+class _Verdict(Enum):
+    """What the attempt loop does after an attempt."""
+
+    DONE = "done"
+    NEXT = "next"
+    FAILED = "failed"
 
 
 @dataclass
@@ -177,7 +216,7 @@ class ProxyRequest(UpstreamResponse):
     peer: Peer | None = None
     conn: UpstreamConnection | None = None
     #: the attempt loop's wait for the current attempt (None: no loop awaits it)
-    waiter: asyncio.Future[str] | None = None
+    waiter: asyncio.Future[Outcome] | None = None
     #: no attempt in flight (set False by each attempt until it ends)
     settled = True
     #: the current attempt went out on a kept connection (it may have been stale)
@@ -194,14 +233,19 @@ class ProxyRequest(UpstreamResponse):
 
     def __init__(
         self,
-        client: FrontConnection,
+        client: ProxyClient,
         head: RequestHead,
         body: RequestBody,
         upstream: Upstream,
         pool: UpstreamPool,
-        location: Location | None = None,
+        location: Location | None,
+        keepalive: KeepAlivePool,
+        tasks: set[asyncio.Task[None]],
     ) -> None:
         self.client = client
+        self.keepalive = keepalive
+        #: the worker's tasks, each kept until done
+        self.tasks = tasks
         self.head_in = head
         self.body_in = body
         if isinstance(body, bytes):
@@ -224,18 +268,18 @@ class ProxyRequest(UpstreamResponse):
         the server picked; a failed first attempt, or a body that is not in memory, takes
         the attempt loop."""
         if not isinstance(self.body_in, bytes):
-            self.client.loop.create_task(self.run())
+            spawn(self.tasks, self.run())
             return
         peer = self.pool.pick(self.client.remote_addr, self._key(), ())
         if peer is None:
-            self.client.proxy_failed(
-                UpstreamError(502, f"no live server in upstream {self.upstream.name!r}")
+            self._fail(
+                UpstreamError(
+                    502, f"no live server in upstream {self.upstream.name!r}", Failure.NO_SERVER
+                )
             )
             return
         if self.reusable:
-            conn = self.client.worker.keepalive.take(
-                peer.server.address, self.upstream.keepalive_timeout
-            )
+            conn = self.keepalive.take(peer.server.address, self.upstream.keepalive_timeout)
             if conn is not None:
                 self._send_on(peer, conn)
                 self.reused = True
@@ -243,27 +287,27 @@ class ProxyRequest(UpstreamResponse):
         if peer.server.address.startswith("unix:"):
             self._connect_unix(peer)
             return
-        self.client.loop.create_task(self._first(peer))
+        spawn(self.tasks, self._first(peer))
 
     def _connect_unix(self, peer: Peer) -> None:
         """The first attempt on a new unix connection to ``peer``, without a Task (to
         uWSGI, every request is one); how it went comes to ``_connected``."""
-        loop = self.client.loop
-        active = self.client.worker.keepalive.active
+        loop = self.keepalive.loop
+        active = self.keepalive.active
         done = partial(self._connected, peer, loop.time())
         connect_unix(loop, peer.server.address, active, done)
 
     async def _first(self, peer: Peer) -> None:
         """The first attempt on a new TCP connection to ``peer``, in one coroutine (the
         connect has a timeout to wait for); how it went comes to ``_connected``."""
-        loop = self.client.loop
+        loop = self.keepalive.loop
         started = loop.time()
         try:
             conn = await open_upstream(
                 loop,
                 peer.server.address,
                 self.upstream.connect_timeout,
-                self.client.worker.keepalive.active,
+                self.keepalive.active,
             )
         except UpstreamError as exc:
             self._connected(peer, started, None, exc)
@@ -283,10 +327,13 @@ class ProxyRequest(UpstreamResponse):
             assert error is not None
             self.state = _Attempts()
             self._connect_failed(peer, error, started, self.state)
-            self.client.loop.create_task(self.run())
+            if not self._may_retry(error):
+                self._fail(error)
+                return
+            spawn(self.tasks, self.run())
             return
         if self.reusable:
-            conn.on_lost = self.client.worker.keepalive.forget
+            conn.on_lost = self.keepalive.forget
         self._send_fresh(peer, conn, started)
 
     def _send_fresh(self, peer: Peer, conn: UpstreamConnection, connect_started: float) -> None:
@@ -306,7 +353,7 @@ class ProxyRequest(UpstreamResponse):
         """One attempt: the request goes out on ``conn``; how it ends comes to ``_settle``."""
         self.peer = peer
         self.pool.started(peer)
-        self.attempt_start = self.client.loop.time()
+        self.attempt_start = self.keepalive.loop.time()
         self.attempt_open = True
         self.settled = False
         self.conn = conn
@@ -317,9 +364,11 @@ class ProxyRequest(UpstreamResponse):
             self.head_in.method == "HEAD",
             short_path=True,
         )
+        if self.client.paused:
+            conn.pause()  # the client is not reading: nothing more from the upstream yet
 
-    def _settle(self, result: str) -> None:
-        """The current attempt ended: "done", "abandoned", or a failure to act on."""
+    def _settle(self, result: Outcome) -> None:
+        """The current attempt ended: done, abandoned, or a failure to act on."""
         if self.settled:
             return
         self.settled = True
@@ -331,14 +380,14 @@ class ProxyRequest(UpstreamResponse):
         # An attempt made by start() or _first(): over here, or the attempt loop takes it
         # from here.
         peer = self.peer
-        if result == "abandoned":
+        if result is Outcome.ABANDONED:
             if peer is not None:
                 self.pool.finished(peer, ok=True)
             return
-        if result != "done" and peer is not None:
-            self.client.loop.create_task(self.run(resumed=(peer, result)))
+        if result is not Outcome.DONE and peer is not None:
+            spawn(self.tasks, self.run(resumed=(peer, result)))
 
-    async def run(self, resumed: tuple[Peer, str] | None = None) -> None:
+    async def run(self, resumed: tuple[Peer, Outcome] | None = None) -> None:
         """Try the pool's servers in turn until one answers (bounded by max_tries).
 
         ``resumed``: the server an attempt made by start() went to, and how that went.
@@ -350,19 +399,19 @@ class ProxyRequest(UpstreamResponse):
             if isinstance(self.body_in, BodyBuffer):
                 self.body_in.discard()
 
-    async def _attempts(self, resumed: tuple[Peer, str] | None) -> None:
+    async def _attempts(self, resumed: tuple[Peer, Outcome] | None) -> None:
         upstream = self.upstream
-        keepalive = self.client.worker.keepalive
-        loop = self.client.loop
+        keepalive = self.keepalive
+        loop = self.keepalive.loop
         stream = self.body_in if isinstance(self.body_in, StreamedBody) else None
         state = self.state
         if state is None:
             state = self.state = _Attempts()
         if resumed is not None:
             verdict = self._after(resumed[0], resumed[1], self.reused, state)
-            if verdict != "next":
-                if verdict == "failed":
-                    self.client.proxy_failed(self._failure(state))
+            if verdict is not _Verdict.NEXT:
+                if verdict is _Verdict.FAILED:
+                    self._fail(self._failure(state))
                 return
         key = self._key()
         while len(state.tried) < upstream.max_tries:
@@ -384,6 +433,8 @@ class ProxyRequest(UpstreamResponse):
                     )
             except UpstreamError as exc:
                 self._connect_failed(peer, exc, connect_started, state)
+                if not self._may_retry(exc):
+                    break
                 continue  # refused or slow to connect: nothing was sent, any method may retry
             if stream is None and not isinstance(self.body_in, BodyBuffer):
                 # Everything goes out in one write: _settle takes it from here, and only
@@ -407,11 +458,21 @@ class ProxyRequest(UpstreamResponse):
             if stream is not None:
                 stream.detach()
             verdict = self._after(peer, result, reused, state)
-            if verdict == "done":
+            if verdict is _Verdict.DONE:
                 return
-            if verdict == "failed":
+            if verdict is _Verdict.FAILED:
                 break
-        self.client.proxy_failed(self._failure(state))
+        self._fail(self._failure(state))
+
+    def _fail(self, error: UpstreamError) -> None:
+        """No server answered: the client gets ``error``'s status."""
+        self.client.fail(error.status, error.reason)
+
+    def _may_retry(self, error: UpstreamError) -> bool:
+        """Whether next_upstream lets a request go on after ``error`` (nginx's "error"
+        and "timeout" conditions; the method is checked apart)."""
+        condition = error.kind.condition
+        return bool(condition) and condition in self.upstream.next_upstream
 
     def _connect_failed(
         self, peer: Peer, error: UpstreamError, started: float, state: _Attempts
@@ -426,25 +487,30 @@ class ProxyRequest(UpstreamResponse):
         state.last = error
         self.client.log_error(f"upstream {peer.server.address}: {error.reason}")
 
-    def _after(self, peer: Peer, result: str, reused: bool, state: _Attempts) -> str:
-        """What the attempt loop does after an attempt: "done", "next" or "failed"."""
-        if result == "abandoned":
+    def _after(self, peer: Peer, result: Outcome, reused: bool, state: _Attempts) -> _Verdict:
+        """What the attempt loop does after an attempt."""
+        if result is Outcome.ABANDONED:
             self.pool.finished(peer, ok=True)
-            return "done"
-        if result == "done":
-            return "done"
-        self.pool.finished(peer, ok=result == "stale")
+            return _Verdict.DONE
+        if result is Outcome.DONE:
+            return _Verdict.DONE
+        self.pool.finished(peer, ok=result is Outcome.STALE)
         stream = self.body_in
         if isinstance(stream, StreamedBody) and stream.sent:
-            return "failed"  # the body is gone: nothing left to send another server
-        if result == "stale" and reused and state.stale_retries:
+            return _Verdict.FAILED  # the body is gone: nothing left to send another server
+        if result is Outcome.STALE and reused and state.stale_retries:
             state.stale_retries -= 1  # an idle kept connection the upstream had closed
             state.fresh = True  # its siblings may be closing too (a reload): a new one
-            return "next"
+            return _Verdict.NEXT
         state.tried.append(peer)
-        if self.head_in.method not in IDEMPOTENT or result == "final":
-            return "failed"
-        return "next"
+        if result is Outcome.STALE:
+            # closed early on a new connection: an error like any other
+            last = self._last_error
+            if last is None or not self._may_retry(last):
+                return _Verdict.FAILED
+        if self.head_in.method not in IDEMPOTENT or result is Outcome.FINAL:
+            return _Verdict.FAILED
+        return _Verdict.NEXT
 
     def _failure(self, state: _Attempts) -> UpstreamError:
         if self.retry_status:
@@ -490,7 +556,7 @@ class ProxyRequest(UpstreamResponse):
         if conn is not None:
             conn.receiver = None
             conn.abort()
-        self._settle("abandoned")
+        self._settle(Outcome.ABANDONED)
 
     def _body_sent(self, conn: UpstreamConnection) -> bool:
         body = self.body_in
@@ -504,10 +570,11 @@ class ProxyRequest(UpstreamResponse):
         """Note this attempt's server and time for the access log, once."""
         if self.attempt_open and self.peer is not None:
             self.attempt_open = False
-            if self.client.worker.access_log is None:
+            attempts = self.client.upstream_log
+            if attempts is None:
                 return  # the times are for the access log only
-            elapsed = self.client.loop.time() - self.attempt_start
-            self.client.upstream_log.append((self.peer.server.address, elapsed))
+            elapsed = self.keepalive.loop.time() - self.attempt_start
+            attempts.append((self.peer.server.address, elapsed))
 
     def _payload(self) -> list[bytes]:
         """The bytes of the request: its head (a uwsgi packet, gantry's own when the
@@ -545,33 +612,44 @@ class ProxyRequest(UpstreamResponse):
             # nginx's proxy_next_upstream http_502/503/504: try the next server instead
             self._attempt_over()
             self.retry_status = True
-            self._last_error = UpstreamError(status, f"upstream answered {status}")
+            self._last_error = UpstreamError(status, f"upstream answered {status}", Failure.STATUS)
             conn = self.conn
             self.conn = None
             if conn is not None:
                 conn.receiver = None
                 conn.abort()
-            self._settle("retry")
+            self._settle(Outcome.RETRY)
             return
-        self.started_response = True
         lines = []
         has_length = False
+        codings = b""
         for name, value in headers:
             lname = name.lower()
             if lname in RESPONSE_DROP:
+                if lname == b"transfer-encoding":
+                    codings = _codings(value)
                 continue
             if lname == b"content-length":
                 has_length = True
             lines.append(name + b": " + value + b"\r\n")
-        self.client.start_proxied_response(self, status, reason, lines, has_length)
+        if codings:
+            if self.head_in.version == "1.0":
+                # no transfer coding may go to an HTTP/1.0 client (RFC 9112 6.1)
+                message = f"transfer coding {codings!r} for an HTTP/1.0 client"
+                self.failed(UpstreamError(502, message, Failure.MALFORMED), drop=True)
+                return
+            # the body keeps its codings; the client side adds chunked for its own framing
+            lines.append(b"Transfer-Encoding: " + codings + b"\r\n")
+        self.started_response = True
+        self.client.start_response(status, reason, lines, has_length)
 
     def whole(self, status: int, head: bytes, body: bytes) -> None:
         self.started_response = True
-        self.client.relay_whole(status, head, body)
+        self.client.respond_whole(status, head, body)
         self.end(True)
 
     def body(self, data: bytes) -> None:
-        self.client.relay_body(self, data)
+        self.client.write(data)
 
     def end(self, reusable: bool) -> None:
         conn = self.conn
@@ -584,33 +662,37 @@ class ProxyRequest(UpstreamResponse):
             # an answer that came before the whole body went out leaves the rest unsent
             if reusable and self.reusable and self._body_sent(conn):
                 conn.resume()
-                self.client.worker.keepalive.put(conn, self.upstream.keepalive)
+                self.keepalive.put(conn, self.upstream.keepalive)
             else:
                 conn.abort()
-        self.client.proxied_response_done(self)
-        self._settle("done")
+        self.client.end()
+        self._settle(Outcome.DONE)
 
-    def failed(self, error: UpstreamError) -> None:
+    def failed(self, error: UpstreamError, drop: bool = False) -> None:
+        conn = self.conn
         self.conn = None
+        if drop and conn is not None:  # a response refused here: the connection goes too
+            conn.receiver = None
+            conn.abort()
         self._attempt_over()
         if self.started_response:
             # the head is out: the only way left to say it broke is to close
             if self.peer is not None:
                 self.pool.finished(self.peer, ok=False)
-            self.client.proxied_response_broken(self, error)
-            self._settle("done")
+            self.client.broken(error.reason)
+            self._settle(Outcome.DONE)
             return
         self._last_error = error
         self.retry_status = True
         self.client.log_error(
             f"upstream {self.peer.server.address if self.peer else '?'}: {error.reason}"
         )
-        if error.status == 504 and "timeout" not in self.upstream.next_upstream:
-            result = "final"  # nginx retries a timed-out request only when told to
-        elif error.status == 502 and "early" in error.reason:
-            result = "stale"
+        if error.kind is Failure.CLOSED:
+            result = Outcome.STALE  # perhaps a kept connection closed meanwhile: see _after
+        elif self._may_retry(error):
+            result = Outcome.RETRY
         else:
-            result = "retry"
+            result = Outcome.FINAL  # nginx goes on only on the conditions it is told
         self._settle(result)
 
     # back-pressure from the client -----------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -12,7 +13,8 @@ import time
 
 from gantry.config import ListenAddress, parse_address
 from gantry.config.front_model import FrontConfig
-from gantry.front.server import FrontConnection, FrontWorker
+from gantry.front.connection import FrontConnection
+from gantry.front.worker import FrontWorker
 from gantry.process.master import Master, MasterSettings, WorkerExit
 from gantry.process.privileges import drop_privileges, resolve_identity
 from gantry.process.reexec import LoneReload, Reexec, adopted_workers, owned_sockets
@@ -90,19 +92,16 @@ def _serve_worker(
             notify("STOPPING=1")
         for server in servers:
             server.close()
-        deadline = loop.time() + 10.0
+        deadline = loop.time() + config.graceful_timeout
         while loop.time() < deadline and worker.connections:
             # Busy keep-alive connections end with their response (Connection: close);
             # idle ones are closed once no request can be on its way in.
             now = time.monotonic()
             for conn in list(worker.connections):
-                idle = not conn.busy and not conn.queue and conn.head is None
-                if idle and now - conn.idle_since >= 1.0 and conn.transport is not None:
-                    conn.transport.close()
+                conn.close_if_idle(now, 1.0)
             await asyncio.sleep(0.05)
         for conn in list(worker.connections):
-            if conn.transport is not None:
-                conn.transport.close()
+            conn.close()
         worker.close()
 
     try:
@@ -116,10 +115,8 @@ def _reopen_logs(config: FrontConfig, worker: FrontWorker) -> None:
     """SIGUSR1 (logrotate moved the files): reopen the access log and the error log;
     requests in flight carry on."""
     reopen_error_log()
-    old = worker.access_log
-    if old is not None and config.access_log:
-        worker.access_log = open(config.access_log, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
-        old.close()
+    if worker.access_log is not None:
+        worker.access_log.reopen()
     log.info("log files reopened")
 
 
@@ -130,11 +127,18 @@ def run_front(
     stats: str | None = None,
     metrics: str | None = None,
     config_file: str | None = None,
+    graceful_timeout: float | None = None,
 ) -> int:
     """Bind (or inherit) the listen sockets, then run one worker inline or a master with
     N workers (always a master when ``master``, ``stats`` or ``metrics`` asks for one).
     One worker alone reloads on SIGHUP by re-executing itself once ``config_file`` is
-    checked (it reads the file again, as nginx does)."""
+    checked (it reads the file again, as nginx does).
+
+    ``graceful_timeout`` replaces [front] graceful_timeout: `gantry up` gives its
+    [stack] graceful_timeout, the time its supervisor lets every part take to stop.
+    """
+    if graceful_timeout is not None:
+        config = dataclasses.replace(config, graceful_timeout=graceful_timeout)
     setup_error_log()
     identity = resolve_identity(config.user, config.group, "front")
     addresses = [parse_address(spec, "http", "front.listen") for spec in config.listen]
@@ -163,7 +167,7 @@ def run_front(
     supervisor = Master(
         MasterSettings(
             workers=config.workers,
-            graceful_timeout=10.0,
+            graceful_timeout=config.graceful_timeout,
             name="gantry front",
             identity=identity,
         ),

@@ -248,7 +248,8 @@ def _if_range_holds(value: str, etag: str, mtime: int) -> bool:
 
 
 def _parse_ranges(header: str, size: int) -> list[tuple[int, int]] | None:
-    """Satisfiable byte ranges, sorted and coalesced; [] if none; None to ignore the header."""
+    """Satisfiable byte ranges, sorted, adjacent ones joined; [] if none; None to ignore the
+    header (unparsable, more than MAX_RANGES, or overlapping ranges)."""
     unit, eq, spec = header.partition("=")
     if not eq or unit.strip().lower() != "bytes":
         return None
@@ -278,8 +279,12 @@ def _parse_ranges(header: str, size: int) -> list[tuple[int, int]] | None:
     ranges.sort()
     merged: list[tuple[int, int]] = []
     for start, end in ranges:
-        if merged and start <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        if merged and start <= merged[-1][1]:
+            # Overlapping ranges: RFC 9110 14.2 lets a server ignore the set (it would ask
+            # for the same bytes again and again); the whole file goes instead.
+            return None
+        if merged and start == merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], end)  # adjacent: one part
         else:
             merged.append((start, end))
     return merged

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
+from enum import Enum
 from typing import Any, Final
 
 import httptools
@@ -18,6 +19,7 @@ from mypy_extensions import mypyc_attr
 from gantry.protocol.uwsgi import encode_packet
 
 __all__ = [
+    "Failure",
     "UpstreamConnection",
     "UpstreamError",
     "UpstreamResponse",
@@ -25,11 +27,12 @@ __all__ = [
     "open_upstream",
 ]
 
+# A response head (status line and fields) larger than this is refused with 502, as
+# nginx's proxy_buffer_size does (nginx's default is one page; a larger one is kinder).
+MAX_RESPONSE_HEAD: Final = 64 * 1024
 # Request-body bytes buffered toward one upstream before the sender waits for it.
 WRITE_HIGH_WATER: Final = 256 * 1024
 WRITE_LOW_WATER: Final = 64 * 1024
-# Fields that frame a response body (without them, the close ends it).
-_FRAMING: Final = (b"content-length", b"transfer-encoding")
 # Hop-by-hop fields (RFC 9110 7.6.1) and what a proxy hides by default (nginx's
 # proxy_hide_header: the front sets its own Date and Server).
 RESPONSE_DROP: Final = frozenset(
@@ -60,15 +63,48 @@ _WHOLE: Final = re.compile(
 )  # fmt: skip
 
 
-class UpstreamError(Exception):
-    """The upstream failed: ``status`` is what the client gets (502 or 504)."""
+class Failure(Enum):
+    """What went wrong with an upstream; retries decide on this, never on message text."""
 
-    def __init__(self, status: int, reason: str, connected: bool = True) -> None:
+    #: the connect failed (refused, no such socket, queue full): nothing was sent
+    REFUSED = "refused"
+    #: the connect did not complete in time: nothing was sent
+    CONNECT_TIMEOUT = "connect timeout"
+    #: the connection closed (or was reset) before the whole response came
+    CLOSED = "closed"
+    #: the response could not be parsed, or its head was too large
+    MALFORMED = "malformed"
+    #: the upstream was silent past the read or send timeout
+    TIMEOUT = "timeout"
+    #: the upstream answered a status next_upstream asks to retry on
+    STATUS = "status"
+    #: no server of the pool could be tried
+    NO_SERVER = "no server"
+
+    @property
+    def sent_nothing(self) -> bool:
+        """Nothing of the request reached the upstream: any method may go elsewhere."""
+        return self is Failure.REFUSED or self is Failure.CONNECT_TIMEOUT
+
+    @property
+    def condition(self) -> str:
+        """The proxy_next_upstream condition (nginx's names) this failure falls under."""
+        if self is Failure.TIMEOUT or self is Failure.CONNECT_TIMEOUT:
+            return "timeout"
+        if self is Failure.STATUS or self is Failure.NO_SERVER:
+            return ""
+        return "error"
+
+
+class UpstreamError(Exception):
+    """The upstream failed: ``status`` is what the client gets (502 or 504), ``kind`` what
+    happened, ``reason`` the text for the error log."""
+
+    def __init__(self, status: int, reason: str, kind: Failure) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
-        #: False when the connection was refused: the request can go to another server
-        self.connected = connected
+        self.kind = kind
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -123,6 +159,8 @@ class UpstreamConnection(asyncio.Protocol):
     idle_since = 0.0
     #: the current response may take the short path (see ``send``)
     short_path = False
+    #: bytes of the current response fed to the parser before its head was complete
+    head_seen = 0
 
     def __init__(
         self,
@@ -173,7 +211,9 @@ class UpstreamConnection(asyncio.Protocol):
             if self.head_done and not self.framed:
                 receiver.end(False)  # close-delimited body: the close is its end
             else:
-                receiver.failed(UpstreamError(502, "upstream closed the connection early"))
+                receiver.failed(
+                    UpstreamError(502, "upstream closed the connection early", Failure.CLOSED)
+                )
         if self.on_lost is not None:
             self.on_lost(self)
         # The parser holds our bound methods and the transport holds us: let reference
@@ -200,18 +240,44 @@ class UpstreamConnection(asyncio.Protocol):
             parser = self.parser = httptools.HttpResponseParser(self)
         try:
             parser.feed_data(data)
+            if not self.head_done and self._head_too_large(len(data)):
+                return
         except httptools.HttpParserError as exc:
             receiver = self.receiver
             self.receiver = None
             self.abort()
             if receiver is not None:
-                receiver.failed(UpstreamError(502, f"malformed response from upstream: {exc}"))
+                receiver.failed(
+                    UpstreamError(
+                        502, f"malformed response from upstream: {exc}", Failure.MALFORMED
+                    )
+                )
             return
         if self.receiver is not None:
             self._arm_timer()  # activity: the read timeout starts again
 
     def _no_receiver(self) -> bool:
         return self.receiver is None
+
+    def _head_too_large(self, fed: int) -> bool:
+        """Count ``fed`` bytes toward a head still incomplete; past MAX_RESPONSE_HEAD the
+        response is refused (the parser keeps a partial field in memory: it must not grow)."""
+        self.head_seen += fed
+        if self.head_seen <= MAX_RESPONSE_HEAD:
+            return False
+        receiver = self.receiver
+        self.receiver = None
+        self._cancel_timer()
+        self.abort()
+        if receiver is not None:
+            receiver.failed(
+                UpstreamError(
+                    502,
+                    f"upstream sent a response head over {MAX_RESPONSE_HEAD} bytes",
+                    Failure.MALFORMED,
+                )
+            )
+        return True
 
     def _whole(self, data: bytes) -> bool:
         """A whole response in ``data`` that needs no parsing: a plain HTTP/1.1 head
@@ -253,6 +319,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.short_path = short_path and not head_request
         self.read_timeout = read_timeout
         self.head_done = False
+        self.head_seen = 0
         self.framed = False
         self.head_request = head_request
         assert self.transport is not None
@@ -288,7 +355,9 @@ class UpstreamConnection(asyncio.Protocol):
         except asyncio.CancelledError:
             if not expired:
                 raise
-            raise UpstreamError(504, "upstream timed out reading the request body") from None
+            raise UpstreamError(
+                504, "upstream timed out reading the request body", Failure.TIMEOUT
+            ) from None
         finally:
             timer.cancel()
 
@@ -338,7 +407,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.receiver = None
         self.abort()
         if receiver is not None:
-            receiver.failed(UpstreamError(504, "upstream timed out"))
+            receiver.failed(UpstreamError(504, "upstream timed out", Failure.TIMEOUT))
 
     # httptools callbacks ------------------------------------------------------------------
 
@@ -357,9 +426,15 @@ class UpstreamConnection(asyncio.Protocol):
         self.keep_alive = parser.should_keep_alive()
         framed = self.head_request or self.status in (204, 304) or self.status < 200
         if not framed:
-            for name, _ in self.headers:
-                if name.lower() in _FRAMING:
+            for name, value in self.headers:
+                lname = name.lower()
+                if lname == b"content-length":
                     framed = True
+                    break
+                if lname == b"transfer-encoding":
+                    # framed only when chunked is the last coding; otherwise the close
+                    # ends the body (RFC 9112 6.3), as llhttp reads it
+                    framed = value.rpartition(b",")[2].strip().lower() == b"chunked"
                     break
         self.framed = framed
         self.head_done = True
@@ -392,7 +467,7 @@ def connect_error(address: str, exc: Exception) -> UpstreamError:
     """The 502 for a connect to ``address`` that failed with ``exc`` (the request may go to
     another server: nothing was sent)."""
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-    return UpstreamError(502, f"cannot connect to {address}: {reason}", connected=False)
+    return UpstreamError(502, f"cannot connect to {address}: {reason}", Failure.REFUSED)
 
 
 async def open_upstream(
@@ -436,7 +511,7 @@ async def open_upstream(
     except asyncio.CancelledError:
         if expired:
             raise UpstreamError(
-                504, f"connecting to {address} timed out", connected=False
+                504, f"connecting to {address} timed out", Failure.CONNECT_TIMEOUT
             ) from None
         raise
     except OSError as exc:

@@ -20,6 +20,7 @@ __all__ = [
     "gantry_packet",
     "http_request_head",
     "uwsgi_packet",
+    "without_connection_fields",
 ]
 
 _u16: Final = struct.Struct("<H").pack
@@ -62,7 +63,9 @@ KEEPALIVE: Final = _var(b"GANTRY_KEEPALIVE", b"1")
 _SKIP: Final = b""
 _HOST: Final = b"\x00host"
 _TYPE: Final = b"\x00type"
+_CONNECTION: Final = b"\x00connection"
 _HTTP_HOST: Final = _key(b"HTTP_HOST")
+_HTTP_CONNECTION: Final = _key(b"HTTP_CONNECTION")
 #: header name as the client spelled it -> encoded key (bounded: names are the client's)
 _header_keys: Final[dict[bytes, bytes]] = {}
 _HEADER_KEYS_MAX: Final = 1024
@@ -72,7 +75,8 @@ def _environ_key(name: bytes) -> bytes:
     """The environ key a request field goes to; b"" for none (Content-Length is the
     front's own, and a name with "_" would pass for one with "-")."""
     lname = name.lower()
-    if lname == b"content-length" or b"_" in name:
+    if lname == b"content-length" or lname == b"x-script-name" or b"_" in name:
+        # X-Script-Name is the front's to set: a client's own would pass for a mount point
         return b""
     if lname == b"content-type":
         return b"CONTENT_TYPE"
@@ -86,7 +90,38 @@ def _remember(cache: dict[bytes, bytes], name: bytes, key: bytes) -> bytes:
     return key
 
 
-_MARKERS: Final = {b"": _SKIP, b"CONTENT_TYPE": _TYPE, b"HTTP_HOST": _HOST}
+_MARKERS: Final = {
+    b"": _SKIP, b"CONTENT_TYPE": _TYPE, b"HTTP_HOST": _HOST, b"HTTP_CONNECTION": _CONNECTION
+}  # fmt: skip
+#: Connection options that name no field
+_CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive", b""})
+
+
+def _named_fields(connection: bytes) -> frozenset[bytes]:
+    """The fields a Connection value names (RFC 9110 7.6.1: hop-by-hop, like Connection
+    itself), in lower case; never Host."""
+    named = {token.strip().lower() for token in connection.split(b",")}
+    return frozenset(named - _CONNECTION_OPTIONS - {b"host"})
+
+
+def without_connection_fields(head: RequestHead) -> RequestHead:
+    """``head`` without the fields its Connection fields name, nor Connection itself (a
+    copy), or ``head`` itself when they name none."""
+    named: frozenset[bytes] = frozenset()
+    for name, value in head.headers:
+        if len(name) == 10 and name.lower() == b"connection":
+            named |= _named_fields(value)
+    if not named:
+        return head
+    copy = RequestHead()  # field by field: a compiled RequestHead has no __dict__
+    copy.method, copy.target = head.method, head.target
+    copy.path, copy.query = head.path, head.query
+    copy.version, copy.keep_alive, copy.upgrade = head.version, head.keep_alive, head.upgrade
+    copy.expect_continue, copy.chunked = head.expect_continue, head.chunked
+    copy.content_length = head.content_length
+    named |= {b"connection"}
+    copy.headers = [(n, v) for n, v in head.headers if n.lower() not in named]
+    return copy
 
 
 def _header_key(name: bytes) -> bytes:
@@ -176,6 +211,12 @@ def uwsgi_packet(
                 key = _HTTP_HOST
                 if not host:
                     host = value
+            elif key is _CONNECTION:
+                key = _HTTP_CONNECTION
+                if _named_fields(value):  # rare: fields to leave out, on the long way
+                    lean = without_connection_fields(head)
+                    if lean is not head:
+                        return uwsgi_packet(fixed, lean, path, script_name, body_length, keepalive)
             append(key)
             append(_u16(len(value)))
             append(value)
@@ -198,7 +239,8 @@ _G_PROTOCOLS: Final = {
 }
 _G_HOST: Final = b"HTTP_HOST"
 _G_TYPE: Final = b"CONTENT_TYPE"
-_G_MARKERS: Final = {_G_HOST: _G_HOST, _G_TYPE: _G_TYPE}
+_G_CONNECTION: Final = b"HTTP_CONNECTION"
+_G_MARKERS: Final = {_G_HOST: _G_HOST, _G_TYPE: _G_TYPE, _G_CONNECTION: _G_CONNECTION}
 #: header name as the client spelled it -> environ key
 _g_header_keys: Final[dict[bytes, bytes]] = {}
 
@@ -253,6 +295,11 @@ def gantry_packet(
             if host:
                 continue  # the first Host counts (the parser refuses a second one anyway)
             host = value
+        elif key is _G_CONNECTION:
+            if _named_fields(value):  # rare: fields to leave out, on the long way
+                lean = without_connection_fields(head)
+                if lean is not head:
+                    return gantry_packet(fixed, lean, path, script_name, body_length)
         elif key is _G_TYPE:
             if typed:
                 continue  # the first Content-Type counts, as in the standard packet
@@ -270,11 +317,12 @@ def gantry_packet(
 
 
 # Fields the front does not pass on: hop-by-hop (RFC 9110 7.6.1), its own framing,
-# and the X-Forwarded-* it sets itself.
+# and the X-Forwarded-*, X-Real-IP and X-Script-Name it sets itself.
 REQUEST_DROP: Final = frozenset(
     {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
      b"proxy-authorization", b"proxy-connection", b"expect", b"content-length",
-     b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip"}
+     b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip",
+     b"x-script-name"}
 )  # fmt: skip
 
 
@@ -283,6 +331,7 @@ def http_request_head(
 ) -> bytes:
     """The request head for an HTTP upstream: X-Forwarded-*, X-Real-IP, the location's
     X-Script-Name, and no hop-by-hop fields; the body follows it."""
+    head = without_connection_fields(head)
     lines = [head.method.encode() + b" " + head.target + b" HTTP/1.1"]
     forwarded_for = remote_addr.encode()
     host = b""
@@ -300,6 +349,10 @@ def http_request_head(
     lines.append(b"X-Forwarded-Proto: http")
     if host:
         lines.append(b"X-Forwarded-Host: " + host)
+    else:
+        # an HTTP/1.0 client may send no Host; an HTTP/1.1 upstream must get one (the
+        # uwsgi packet's SERVER_NAME says "localhost" then too)
+        lines.append(b"Host: localhost")
     if script_name:
         lines.append(b"X-Script-Name: " + script_name.encode("utf-8"))
     if body_length or head.method in ("POST", "PUT", "PATCH"):

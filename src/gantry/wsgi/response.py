@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import stat
-import time
 from collections.abc import Callable, Iterator
-from email.utils import formatdate
 from types import TracebackType
 from typing import IO, Any, Final
+
+from gantry.http.head import HeadDefaults
 
 __all__ = ["FileWrapper", "Response", "ResponseError", "HeadDefaults", "NO_BODY_STATUSES"]
 
@@ -87,29 +87,6 @@ def _header_line(pair: tuple[str, str]) -> bytes:
 
 class ResponseError(Exception):
     """The application broke the WSGI contract (bad status, headers, or lengths)."""
-
-
-class HeadDefaults:
-    """Fields every response gets (``Server``, ``Date``), refreshed at most once a second."""
-
-    __slots__ = ("server", "date_line", "lines", "second")
-
-    def __init__(self, server: str = "gantry") -> None:
-        self.server = f"Server: {server}\r\n"
-        #: the epoch second the Date line shows (what Expires is counted from)
-        self.second = -1
-        self.date_line = ""
-        #: ``Server`` and ``Date`` lines and the blank line ending the head
-        self.lines = b""
-        self.refresh(time.time())
-
-    def refresh(self, now: float) -> None:
-        """Recompute the ``Date`` line if the second changed (``now`` from time.time())."""
-        second = int(now)
-        if second != self.second:
-            self.second = second
-            self.date_line = f"Date: {formatdate(second, usegmt=True)}\r\n"
-            self.lines = (self.server + self.date_line + "\r\n").encode("latin-1")
 
 
 class FileWrapper:

@@ -1,0 +1,146 @@
+"""What a request handler talks to: one request and the way its answer goes back.
+
+An HTTP/1 connection is one today (front.connection); an HTTP/2 stream will be
+another. Handlers see only this interface, never the transport under it.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from gantry.config.front_model import Location, VirtualServer
+from gantry.http.body import BodyBuffer
+from gantry.protocol.http1 import RequestHead
+
+__all__ = ["BodyStream", "Exchange", "FilePiece", "Handler", "ProxyClient", "Relay"]
+
+#: a piece of a file response: bytes to send as they are, or an inclusive (start, end)
+#: span of the file
+FilePiece = bytes | tuple[int, int]
+
+
+class BodyStream(Protocol):
+    """A request body still arriving as the request is handled (request_buffering =
+    false): ``length`` bytes in all."""
+
+    length: int
+
+    def feed(self, data: bytes) -> None:
+        """A piece of the body from the client."""
+
+    def finish(self) -> None:
+        """The client sent the last byte."""
+
+
+class Relay(Protocol):
+    """A response being relayed from elsewhere (the proxy): the client side tells it when
+    to hold and when to go on, and when the client went away."""
+
+    def pause(self) -> None:
+        """The client is not taking the response: stop reading its source."""
+
+    def resume(self) -> None:
+        """The client drained: read the source again."""
+
+    def abandon(self) -> None:
+        """The client went away: drop the source."""
+
+
+class ProxyClient(Protocol):
+    """What a proxied request needs from the client side it answers."""
+
+    remote_addr: str
+    #: the client went away: nothing more can be sent
+    closed: bool
+    #: the client is not taking the response fast enough (its output is above the mark)
+    paused: bool
+    #: (address, seconds) of each upstream attempt, for the access log (None: not kept)
+    upstream_log: list[tuple[str, float]] | None
+
+    def request_path(self, head: RequestHead) -> str:
+        """The normalized path of ``head``."""
+
+    def fixed_vars(self) -> bytes:
+        """The uwsgi vars that are the same for each request of this client."""
+
+    def gantry_vars(self) -> bytes:
+        """The same, for gantry's own packet."""
+
+    def pause_reading(self) -> None:
+        """Stop reading the request body: the upstream is behind."""
+
+    def resume_reading(self) -> None:
+        """Read the request body again."""
+
+    def start_response(
+        self, status: int, reason: bytes, lines: list[bytes], has_length: bool
+    ) -> None:
+        """The upstream's head: ``lines`` are its fields to pass on, each ending in CRLF."""
+
+    def respond_whole(self, status: int, head: bytes, body: bytes) -> None:
+        """A whole response: ``head`` is its status line and fields (each ending in CRLF);
+        the client side adds its own Connection, Server and Date. ``end`` follows."""
+
+    def write(self, data: bytes) -> None:
+        """A piece of the response body."""
+
+    def end(self) -> None:
+        """The response is complete."""
+
+    def broken(self, message: str) -> None:
+        """The upstream broke after the head went out: the only way to say so is to close."""
+
+    def fail(self, status: int, message: str) -> None:
+        """No upstream could answer: an error response of the front's own."""
+
+    def log_error(self, message: str) -> None:
+        """One error-log line about this request."""
+
+
+class Exchange(ProxyClient, Protocol):
+    """One request being answered: its head and route, and the ways to answer it."""
+
+    head: RequestHead
+    #: the normalized path
+    path: str
+    server: VirtualServer
+    location: Location | None
+    #: the connection stays open after this response
+    keep_alive: bool
+    #: the relay answering this request, if one does (told of back-pressure and of a
+    #: client that went away)
+    relay: Relay | None
+
+    def respond(
+        self, status: int, fields: list[tuple[bytes, bytes]], body: bytes, reason: bytes = b""
+    ) -> None:
+        """A whole response with these fields (Connection, Server and Date are added)."""
+
+    def respond_prepared(self, status: int, head: bytes, body: bytes) -> None:
+        """A whole response whose status line and fields (each ending in CRLF) the handler
+        prepared; Connection, Server and Date are added."""
+
+    def error(self, status: int, close: bool = False) -> None:
+        """An error response of the front's own (its error page), then close if ``close``."""
+
+    def send_file(
+        self, status: int, fields: list[tuple[bytes, bytes]], fd: int, pieces: list[FilePiece]
+    ) -> None:
+        """A response whose body is ``pieces`` of the open file ``fd`` (not taken over: the
+        caller keeps it open until this returns), sent as fast as the client reads."""
+
+
+class Handler:
+    """One step of the request chain (see front.handlers): it answers a request through
+    its exchange, or leaves it to the next step."""
+
+    def applies(self, server: VirtualServer, location: Location | None) -> bool:
+        """Whether this handler has anything to do for requests routed to ``location`` of
+        ``server``: decided once per route, so a request runs only the handlers that apply
+        (as nginx registers a module's handler only where it is configured)."""
+        return True
+
+    def handle(self, exchange: Exchange, body: BodyBuffer | BodyStream | None) -> bool:
+        """Answer the request (True), or leave it to the next handler (False). ``body`` is
+        the request body: buffered, still arriving, or none."""
+        return False

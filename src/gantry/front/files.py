@@ -1,0 +1,146 @@
+"""Static files through an exchange: hot small files from memory, the rest from the
+open-file cache, big bodies and every range set streamed from the file."""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+from gantry.config.front_model import Location, VirtualServer
+from gantry.front.exchange import BodyStream, Exchange, FilePiece, Handler
+from gantry.front.static import (
+    FileAnswer,
+    OpenFileCache,
+    answer,
+    content_type,
+    multipart_parts,
+    resolve,
+    try_files,
+)
+from gantry.http.body import BodyBuffer
+
+__all__ = ["StaticHandler"]
+
+# Files up to this size are read into memory and sent with the head in one write.
+SMALL_FILE: Final = 256 * 1024
+# Hot small files keep their whole response (but Date) in memory for this long
+# before the file is looked at again: nginx stats and sendfiles on each request.
+HOT_FILE_SECONDS: Final = 1.0
+HOT_FILE_MAX: Final = 64 * 1024
+HOT_FILES: Final = 512
+# Requests with these fields take the full path (validators, ranges, encodings).
+_CONDITIONAL: Final = frozenset(
+    {b"range", b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since",
+     b"if-range", b"accept-encoding"}
+)  # fmt: skip
+_OK: Final = b"HTTP/1.1 200 OK\r\n"
+
+
+class StaticHandler(Handler):
+    """A location with ``root`` or ``alias``: a file from disk. It holds one worker's
+    open-file cache and hot small responses."""
+
+    def __init__(self) -> None:
+        self.files = OpenFileCache()
+        #: (location id, path) -> (built at, status line and fields, body)
+        self.hot: dict[tuple[int, str], tuple[float, bytes, bytes]] = {}
+        #: the worker's clock (loop time), set once a second
+        self.now = 0.0
+        #: the epoch second of the Date field answers carry (Expires counts from it)
+        self.date_second: float | None = None
+
+    def close(self) -> None:
+        """Close every cached file."""
+        self.files.close_all()
+
+    def applies(self, server: VirtualServer, location: Location | None) -> bool:
+        return location is not None and bool(location.root or location.alias)
+
+    def handle(self, exchange: Exchange, body: BodyBuffer | BodyStream | None) -> bool:
+        location = exchange.location
+        if location is None or not (location.root or location.alias):
+            return False
+        self._serve(exchange, location)
+        return True
+
+    def _serve(self, exchange: Exchange, location: Location) -> None:
+        """Answer a request for a file of ``location``."""
+        head = exchange.head
+        path = exchange.path
+        hot = self.hot
+        plain = head.method == "GET" and not any(
+            name.lower() in _CONDITIONAL for name, _ in head.headers
+        )
+        if plain:
+            entry = hot.get((id(location), path))
+            if entry is not None and self.now - entry[0] < HOT_FILE_SECONDS:
+                # A hot small file: the head and body were built once; only Date is new.
+                exchange.respond_prepared(200, entry[1], entry[2])
+                return
+        if location.try_files:
+            fs_path, path, status = try_files(location, path)
+            if status is not None:
+                exchange.error(status)
+                return
+        else:
+            fs_path = resolve(location, location.path, path)
+        headers = {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in head.headers}
+        result = answer(
+            location,
+            fs_path,
+            path,
+            head.method,
+            headers,
+            headers.get("accept-encoding", ""),
+            now=self.date_second,
+        )
+        if result.status >= 400 and not result.body and result.status not in (416, 405):
+            exchange.error(result.status)
+            return
+        lines = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in result.headers]
+        if result.path is None or head.method == "HEAD" or result.status == 304:
+            body = b"" if head.method == "HEAD" else result.body
+            if result.status != 304 and not any(n.lower() == b"content-length" for n, _ in lines):
+                lines.append((b"Content-Length", str(len(body)).encode()))
+            exchange.respond(result.status, lines, body)
+            return
+        try:
+            # owned by the cache, which may close it later: send_file takes its own copy
+            fd, stat = self.files.open(result.path)
+        except OSError:
+            exchange.error(404)
+            return
+        self._send(exchange, location, path, plain, result, lines, fd, stat.st_size)
+
+    def _send(
+        self,
+        exchange: Exchange,
+        location: Location,
+        path: str,
+        plain: bool,
+        result: FileAnswer,
+        lines: list[tuple[bytes, bytes]],
+        fd: int,
+        size: int,
+    ) -> None:
+        if result.boundary:
+            # Each part streams from the file: a range set never sits in memory.
+            pieces: list[FilePiece] = [
+                span if span is not None else piece
+                for piece, span in multipart_parts(result, size, content_type(result.path or ""))
+            ]
+            lines = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in result.headers]
+            exchange.send_file(result.status, lines, fd, pieces)
+            return
+        start, end = result.ranges[0] if result.ranges else (0, size - 1)
+        length = end - start + 1
+        if length <= SMALL_FILE:
+            data = os.pread(fd, length, start) if length else b""
+            if plain and result.status == 200 and length <= HOT_FILE_MAX:
+                block = _OK + b"".join(name + b": " + value + b"\r\n" for name, value in lines)
+                if len(self.hot) >= HOT_FILES:
+                    self.hot.pop(next(iter(self.hot)))
+                self.hot[(id(location), path)] = (self.now, block, data)
+            exchange.respond(result.status, lines, data)
+            return
+        exchange.send_file(result.status, lines, fd, [(start, end)])

@@ -1,0 +1,106 @@
+"""The request handlers of the front, in nginx's phase order, behind one interface.
+
+A request goes through the worker's chain: access (and, later, limits, redirects,
+cache), then the content handlers (static | proxy). Each handler sees the request
+through an :class:`~gantry.front.exchange.Exchange` and either answers it (returns
+True) or lets the next handler have it (False). A new feature is a new handler in
+the chain, not a branch in the connection; an HTTP/2 stream drives the same chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Final
+
+from gantry.config.front_model import Location, Upstream, VirtualServer
+from gantry.front.balancing import UpstreamPool
+from gantry.front.exchange import BodyStream, Exchange, Handler
+from gantry.front.files import StaticHandler
+from gantry.front.proxy import KeepAlivePool, ProxyRequest, RequestBody, StreamedBody
+from gantry.front.routing import client_allowed
+from gantry.http.body import BodyBuffer
+
+__all__ = ["AccessHandler", "Handler", "ProxyHandler", "StaticHandler", "run_chain"]
+
+# Buffered request bodies up to this size go to the upstream with the head in one write.
+SMALL_BODY: Final = 256 * 1024
+
+
+class AccessHandler(Handler):
+    """allow/deny of the server, then of the location (403); no location is a 404.
+
+    The server's rules apply even where no location matches, as nginx's do.
+    """
+
+    def applies(self, server: VirtualServer, location: Location | None) -> bool:
+        return bool(server.access) or (location is not None and bool(location.access))
+
+    def handle(self, exchange: Exchange, body: BodyBuffer | BodyStream | None) -> bool:
+        server = exchange.server
+        if server.access and not client_allowed(server.access, exchange.remote_addr):
+            exchange.error(403)
+            return True
+        location = exchange.location
+        if location is None:
+            exchange.error(404)
+            return True
+        if location.access and not client_allowed(location.access, exchange.remote_addr):
+            exchange.error(403)
+            return True
+        return False
+
+
+class ProxyHandler(Handler):
+    """A location with ``proxy``: the request goes to the upstream pool."""
+
+    def __init__(
+        self,
+        upstreams: dict[str, Upstream],
+        pools: dict[str, UpstreamPool],
+        keepalive: KeepAlivePool,
+        tasks: set[asyncio.Task[None]],
+    ) -> None:
+        #: location's proxy name -> (its upstream, its pool)
+        self.targets = {name: (upstreams[name], pools[name]) for name in upstreams}
+        self.keepalive = keepalive
+        #: the worker's running tasks, kept referenced until done
+        self.tasks = tasks
+
+    def applies(self, server: VirtualServer, location: Location | None) -> bool:
+        return location is not None and bool(location.proxy)
+
+    def handle(self, exchange: Exchange, body: BodyBuffer | BodyStream | None) -> bool:
+        location = exchange.location
+        if location is None or not location.proxy:
+            return False
+        target = self.targets.get(location.proxy)
+        if target is None:
+            exchange.error(502)
+            return True
+        upstream, pool = target
+        data: RequestBody = b""
+        if isinstance(body, BodyBuffer):
+            if body.size <= SMALL_BODY:
+                data = body.to_input().read()  # with the head in one write
+                body.discard()
+            else:
+                data = body  # spooled: sent in pieces, and again on a retry
+        elif isinstance(body, StreamedBody):  # the connection makes no other kind
+            data = body
+        proxy = ProxyRequest(
+            exchange, exchange.head, data, upstream, pool, location, self.keepalive, self.tasks
+        )
+        exchange.relay = proxy
+        proxy.start()
+        return True
+
+
+def run_chain(
+    chain: tuple[Handler, ...], exchange: Exchange, body: BodyBuffer | BodyStream | None
+) -> None:
+    """Run ``exchange`` through ``chain`` (the handlers that apply to its route); a request
+    no handler takes is a 404."""
+    for handler in chain:
+        if handler.handle(exchange, body):
+            return
+    exchange.error(404)

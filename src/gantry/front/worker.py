@@ -1,0 +1,165 @@
+"""What one front worker's connections share: routes, pools, caches, the handler chain,
+the clock, and the sweep that times out silent clients and upstreams."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Final, Protocol
+
+from gantry.config.front_model import FrontConfig, Location, VirtualServer
+from gantry.front.access_log import AccessLog
+from gantry.front.balancing import UpstreamPool
+from gantry.front.exchange import Handler
+from gantry.front.files import StaticHandler
+from gantry.front.handlers import AccessHandler, ProxyHandler
+from gantry.front.proxy import KeepAlivePool
+from gantry.front.responses import ErrorPages
+from gantry.front.routing import Router, normalize_path
+from gantry.http.head import HeadDefaults
+from gantry.process.shared import SlotView, WorkerCounters, store_memory
+from gantry.protocol.http1 import HTTPLimits
+
+__all__ = ["ClientConnection", "FrontWorker", "Route"]
+
+# Routes remembered per worker (cleared when full).
+ROUTE_CACHE: Final = 4096
+
+#: (normalized path, server, location, the handlers that apply there) of a request
+Route = tuple[str, VirtualServer, Location | None, tuple[Handler, ...]]
+
+
+class ClientConnection(Protocol):
+    """What the worker's sweep and its graceful stop need of a client connection."""
+
+    #: loop time past which check_deadline acts (0: none)
+    deadline: float
+
+    def check_deadline(self, now: float) -> None:
+        """Act on a deadline that has passed."""
+
+    def close_if_idle(self, now: float, quiet_for: float) -> None:
+        """Close the connection if no request is on it or on its way."""
+
+    def close(self) -> None:
+        """Close the connection now."""
+
+
+class FrontWorker:
+    """What one front worker's connections share: routes, pools, caches, the clock."""
+
+    def __init__(self, config: FrontConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.loop = loop
+        self.router = Router(config.servers)
+        self.pools = {name: UpstreamPool(upstream) for name, upstream in config.upstreams.items()}
+        self.keepalive = KeepAlivePool(loop)
+        #: this worker's shared-memory slot under a master (gantry top, stats, metrics)
+        self.slot: SlotView | None = None
+        self.counters = WorkerCounters()
+        #: (Host, raw path) -> route: routing is a pure function of the two and of the
+        #: configuration, which never changes in a worker
+        self.routes: dict[tuple[str | None, bytes], Route] = {}
+        self.static = StaticHandler()
+        self.defaults = HeadDefaults()
+        self.limits = HTTPLimits(max_body_size=config.client_max_body_size)
+        self.error_pages = ErrorPages(config.error_pages)
+        self.connections: set[ClientConnection] = set()
+        self.access_log = AccessLog(config.access_log) if config.access_log else None
+        #: tasks this worker runs (proxy attempt loops, file streams, health probes), kept
+        #: referenced until done: the loop holds them only weakly
+        self.tasks: set[asyncio.Task[None]] = set()
+        #: every handler, in nginx's phase order (access, then content); a route runs
+        #: those that apply to it (see chain_for)
+        self.handlers: tuple[Handler, ...] = (
+            AccessHandler(),
+            ProxyHandler(config.upstreams, self.pools, self.keepalive, self.tasks),
+            self.static,
+        )
+        self._chains: dict[tuple[int, int], tuple[Handler, ...]] = {}
+        self._tick: asyncio.TimerHandle | None = None
+        self._sweep: asyncio.TimerHandle | None = None
+        # Deadlines are checked this often (finer for short timeouts).
+        client = (
+            config.client_header_timeout,
+            config.client_body_timeout,
+            config.keepalive_timeout,
+            config.send_timeout,
+        )
+        reads = [u.read_timeout for u in config.upstreams.values()]
+        self.sweep_every = min([1.0, *(t / 4 for t in (*reads, *client))])
+        self.now = loop.time()
+        #: set on a graceful stop: every response then says Connection: close
+        self.stopping = False
+
+    def route(self, host: str | None, raw_path: bytes) -> Route | None:
+        """(normalized path, server, location, handlers) of a request; None for a path to
+        refuse. Routing is a pure function of Host, the raw path and the configuration
+        (which never changes in a worker), so it is remembered."""
+        routes = self.routes
+        route = routes.get((host, raw_path))
+        if route is None:
+            path = normalize_path(raw_path)
+            if path is None:
+                return None
+            server = self.router.server_for(host)
+            location = self.router.location_for(server, path)
+            route = (path, server, location, self.chain_for(server, location))
+            if len(routes) >= ROUTE_CACHE:
+                routes.clear()
+            routes[(host, raw_path)] = route
+        return route
+
+    def chain_for(self, server: VirtualServer, location: Location | None) -> tuple[Handler, ...]:
+        """The handlers that apply to requests routed to ``location`` of ``server``."""
+        key = (id(server), id(location))
+        chain = self._chains.get(key)
+        if chain is None:
+            chain = tuple(h for h in self.handlers if h.applies(server, location))
+            self._chains[key] = chain  # bounded: one per location of the configuration
+        return chain
+
+    def start_health_checks(self) -> None:
+        """One prober task per upstream that asks for active health checks."""
+        from gantry.front.health import run_health_checks
+
+        for name, upstream in self.config.upstreams.items():
+            if upstream.health_check is not None:
+                task = self.loop.create_task(
+                    run_health_checks(self.loop, upstream, self.pools[name])
+                )
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+
+    def start_clock(self) -> None:
+        """Refresh ``Date`` and the clock once a second; sweep deadlines."""
+        self.defaults.refresh(time.time())
+        self.now = self.loop.time()
+        self.static.now = self.now
+        self.static.date_second = self.defaults.second
+        self._tick = self.loop.call_later(1.0, self.start_clock)
+        if self.slot is not None:
+            self.counters.store(self.slot)
+            store_memory(self.slot)
+        if self._sweep is None:
+            self._sweep_deadlines()
+
+    def _sweep_deadlines(self) -> None:
+        now = self.now = self.loop.time()
+        self.keepalive.sweep()
+        for conn in [c for c in self.connections if c.deadline and now >= c.deadline]:
+            conn.check_deadline(now)
+        self._sweep = self.loop.call_later(self.sweep_every, self._sweep_deadlines)
+
+    def close(self) -> None:
+        """Release pooled connections, cached files, timers and tasks."""
+        if self._tick is not None:
+            self._tick.cancel()
+        if self._sweep is not None:
+            self._sweep.cancel()
+        for task in list(self.tasks):
+            task.cancel()
+        self.keepalive.close()
+        self.static.close()
+        if self.access_log is not None:
+            self.access_log.close()

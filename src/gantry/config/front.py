@@ -272,8 +272,14 @@ class FrontSettings(_Strict):
     )
     access_log: str | None = Field(
         None,
-        description="File the access log is appended to (nginx's combined format, then "
-        "upstream address, upstream response time and request time); unset: none.",
+        description="Where the access log goes: a file it is appended to, '-' for standard "
+        "output, 'stderr', or 'off'. Unset: none for `gantry front`, 'stderr' under "
+        "`gantry up`.",
+    )
+    access_log_format: Literal["combined", "json"] = Field(
+        "combined",
+        description="'combined': nginx's combined format, then upstream address, upstream "
+        "response time and request time; 'json': one JSON object a line with those fields.",
     )
     client_max_body_size: Size = Field(
         1024 * 1024 * 1024, ge=0, description="Largest request body in bytes (413 above)."
@@ -396,7 +402,9 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
     pages = {int(code): path for code, path in settings.error_pages.items()}
     return FrontConfig(
         listen=tuple(settings.listen), workers=settings.workers, servers=tuple(servers),
-        upstreams=upstreams, access_log=settings.access_log, error_pages=pages,
+        upstreams=upstreams, error_pages=pages,
+        access_log=None if settings.access_log == "off" else settings.access_log,
+        access_log_format=settings.access_log_format,
         client_max_body_size=settings.client_max_body_size, user=settings.user,
         group=settings.group,
         client_header_timeout=settings.client_header_timeout,

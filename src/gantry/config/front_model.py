@@ -112,6 +112,8 @@ class FrontConfig:
     servers: tuple[VirtualServer, ...] = ()
     upstreams: dict[str, Upstream] = field(default_factory=dict)
     access_log: str | None = None
+    #: "combined" or "json"
+    access_log_format: str = "combined"
     error_pages: dict[int, str] = field(default_factory=dict)
     client_max_body_size: int = 1024 * 1024 * 1024
     #: the user and group the workers run as

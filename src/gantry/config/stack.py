@@ -193,6 +193,8 @@ class StackPlan:
     def front_table(self) -> dict[str, Any]:
         """The [front] table with an upstream for each pool."""
         table = self.settings.front.model_dump(mode="json")
+        if table["access_log"] is None:
+            table["access_log"] = "stderr"  # the stack's log shows what it serves
         for app in self.settings.app:
             table["upstream"][app.name] = {
                 "protocol": "uwsgi",

@@ -1,7 +1,10 @@
-"""The front's access log: nginx's combined format plus the upstream attempts."""
+"""The front's access log: nginx's combined format plus the upstream attempts, or the
+same fields as one JSON object a line."""
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from typing import TextIO
 
@@ -9,17 +12,30 @@ from gantry.protocol.http1 import RequestHead
 
 __all__ = ["AccessLog", "escape", "header"]
 
+#: paths that name a standard stream rather than a file
+_STREAMS = {"-": "stdout", "stdout": "stdout", "stderr": "stderr"}
+
 
 class AccessLog:
-    """One line per response, written through a line-buffered file."""
+    """One line per response: to a line-buffered file, standard output ('-') or
+    'stderr'; ``format`` "combined" (nginx's, plus the upstream attempts) or "json"."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, format: str = "combined") -> None:
         self.path = path
-        self.stream: TextIO = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        self.json = format == "json"
+        self.stream: TextIO = self._open()
+
+    def _open(self) -> TextIO:
+        stream = _STREAMS.get(self.path)
+        if stream is not None:
+            return sys.stdout if stream == "stdout" else sys.stderr
+        return open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
 
     def reopen(self) -> None:
         """After logrotate moved the file: write to a new one at the same path."""
-        old, self.stream = self.stream, open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        if self.path in _STREAMS:
+            return
+        old, self.stream = self.stream, self._open()
         old.close()
 
     def write(
@@ -31,26 +47,51 @@ class AccessLog:
         upstreams: list[tuple[str, float]] | None,
         elapsed: float,
     ) -> None:
-        """nginx's combined format, then upstream_addr, upstream_response_time and
-        request_time (", " between the attempts of a retried request; "-" for none)."""
-        referer = agent = "-"
+        """One line: upstream_addr and upstream_response_time list each attempt of a
+        retried request (", " between them in the combined format; "-" for none)."""
+        referer = agent = None
         line = "-"
         if head is not None:
-            referer = escape(header(head, b"referer") or "-")
-            agent = escape(header(head, b"user-agent") or "-")
+            referer = header(head, b"referer")
+            agent = header(head, b"user-agent")
             line = f"{head.method} {head.target.decode('latin-1')} HTTP/{head.version}"
-        stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z")
         attempts = upstreams or []
-        addresses = ", ".join(address for address, _ in attempts) or "-"
-        times = ", ".join(f"{seconds:.3f}" for _, seconds in attempts) or "-"
-        self.stream.write(
-            f'{remote_addr} - - [{stamp}] "{escape(line)}" {status} '
-            f'{sent} "{referer}" "{agent}" "{addresses}" "{times}" {elapsed:.3f}\n'
-        )
+        if self.json:
+            text = json.dumps(
+                {
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "remote_addr": remote_addr,
+                    "request": line,
+                    "method": head.method if head is not None else None,
+                    "uri": head.target.decode("latin-1") if head is not None else None,
+                    "protocol": f"HTTP/{head.version}" if head is not None else None,
+                    "status": status,
+                    "body_bytes_sent": sent,
+                    "http_referer": referer,
+                    "http_user_agent": agent,
+                    "upstream_addr": [address for address, _ in attempts],
+                    "upstream_response_time": [round(seconds, 3) for _, seconds in attempts],
+                    "request_time": round(elapsed, 3),
+                },
+                ensure_ascii=True,
+            )
+        else:
+            stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z")
+            addresses = ", ".join(address for address, _ in attempts) or "-"
+            times = ", ".join(f"{seconds:.3f}" for _, seconds in attempts) or "-"
+            text = (
+                f'{remote_addr} - - [{stamp}] "{escape(line)}" {status} {sent} '
+                f'"{escape(referer or "-")}" "{escape(agent or "-")}" "{addresses}" "{times}" '
+                f"{elapsed:.3f}"
+            )
+        self.stream.write(text + "\n")
+        if self.path in _STREAMS:
+            self.stream.flush()  # a pipe is block-buffered: a line must not wait
 
     def close(self) -> None:
-        """Close the file."""
-        self.stream.close()
+        """Close the file (a standard stream stays open)."""
+        if self.path not in _STREAMS:
+            self.stream.close()
 
 
 def escape(text: str) -> str:

@@ -65,7 +65,9 @@ class FrontWorker:
         self.limits = HTTPLimits(max_body_size=config.client_max_body_size)
         self.error_pages = ErrorPages(config.error_pages)
         self.connections: set[ClientConnection] = set()
-        self.access_log = AccessLog(config.access_log) if config.access_log else None
+        self.access_log = (
+            AccessLog(config.access_log, config.access_log_format) if config.access_log else None
+        )
         #: tasks this worker runs (proxy attempt loops, file streams, health probes), kept
         #: referenced until done: the loop holds them only weakly
         self.tasks: set[asyncio.Task[None]] = set()

@@ -70,6 +70,7 @@ def gantry_up_toml(port: int, target: str) -> str:
 [front]
 listen = ["127.0.0.1:{port}"]
 workers = 1
+access_log = "off"  # as nginx's (access_log off in front.py's nginx_conf)
 [[front.server]]
 default = true
 [[front.server.location]]

@@ -94,6 +94,8 @@ class StaticHandler(Handler):
             headers.get("accept-encoding", ""),
             now=self.date_second,
         )
+        if result.error is not None:
+            exchange.log_error(result.error)
         if result.status >= 400 and not result.body and result.status not in (416, 405):
             exchange.error(result.status)
             return

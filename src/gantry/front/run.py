@@ -120,6 +120,19 @@ def _reopen_logs(config: FrontConfig, worker: FrontWorker) -> None:
     log.info("log files reopened")
 
 
+def _warn_missing_directories(config: FrontConfig) -> None:
+    """A location whose root or alias is not a directory answers 404 to everything: say so
+    at start (gantry check says it too), as a warning, since it may be mounted later."""
+    for server in config.servers:
+        for location in server.locations:
+            for key, directory in (("root", location.root), ("alias", location.alias)):
+                if directory and not os.path.isdir(directory):
+                    log.warning(
+                        "location %s: %s %r is not a directory: its requests will get 404",
+                        location.path, key, directory,
+                    )  # fmt: skip
+
+
 def run_front(
     config: FrontConfig,
     *,
@@ -140,6 +153,7 @@ def run_front(
     if graceful_timeout is not None:
         config = dataclasses.replace(config, graceful_timeout=graceful_timeout)
     setup_error_log()
+    _warn_missing_directories(config)
     identity = resolve_identity(config.user, config.group, "front")
     addresses = [parse_address(spec, "http", "front.listen") for spec in config.listen]
     sockets = bind_or_inherit(addresses, None, 2048)

@@ -50,6 +50,8 @@ class FileAnswer:
     ranges: list[tuple[int, int]] = field(default_factory=list)  # inclusive; [] = whole file
     boundary: str | None = None  # multipart/byteranges when set
     body: bytes = b""  # a generated body (autoindex), sent instead of a file
+    #: why the file could not be opened, for the error log (nginx's 'open() "..." failed')
+    error: str | None = None
 
 
 # --- mapping URL paths to files ---------------------------------------------------------------
@@ -405,6 +407,11 @@ def autoindex_page(directory: str, url_path: str, hidden_files: bool = False) ->
 # --- the answer -------------------------------------------------------------------------------
 
 
+def _open_failed(path: str, exc: OSError) -> str:
+    """As nginx words it: open() "/srv/site/a.html" failed (2: No such file or directory)."""
+    return f'open() "{path}" failed ({exc.errno}: {exc.strerror})'
+
+
 def answer(
     location: Location,
     fs_path: str | None,
@@ -426,9 +433,11 @@ def answer(
         return FileAnswer(404)
     try:
         st = os.stat(fs_path)
-    except PermissionError:
-        return FileAnswer(403)
-    except (OSError, ValueError):
+    except PermissionError as exc:
+        return FileAnswer(403, error=_open_failed(fs_path, exc))
+    except OSError as exc:
+        return FileAnswer(404, error=_open_failed(fs_path, exc))
+    except ValueError:  # a NUL in the path
         return FileAnswer(404)
     if stat.S_ISDIR(st.st_mode):
         found = _directory(location, fs_path, url_path, method)

@@ -13,7 +13,7 @@ from gantry.front.balancing import UpstreamPool
 from gantry.front.exchange import Handler
 from gantry.front.files import StaticHandler
 from gantry.front.handlers import AccessHandler, ProxyHandler
-from gantry.front.proxy import KeepAlivePool
+from gantry.front.keepalive import KeepAlivePool
 from gantry.front.responses import ErrorPages
 from gantry.front.routing import Router, normalize_path
 from gantry.http.head import HeadDefaults

@@ -16,7 +16,8 @@ from gantry.config.front_model import Location, Upstream, VirtualServer
 from gantry.front.balancing import UpstreamPool
 from gantry.front.exchange import BodyStream, Exchange, Handler
 from gantry.front.files import StaticHandler
-from gantry.front.proxy import KeepAlivePool, ProxyRequest, RequestBody, StreamedBody
+from gantry.front.keepalive import KeepAlivePool
+from gantry.front.proxy import ProxyRequest, RequestBody, StreamedBody
 from gantry.front.routing import client_allowed
 from gantry.http.body import BodyBuffer
 

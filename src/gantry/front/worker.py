@@ -13,7 +13,7 @@ from gantry.front.balancing import UpstreamPool
 from gantry.front.exchange import Handler
 from gantry.front.files import StaticHandler
 from gantry.front.handlers import AccessHandler, ProxyHandler
-from gantry.front.proxy import KeepAlivePool
+from gantry.front.keepalive import KeepAlivePool
 from gantry.front.responses import ErrorPages
 from gantry.front.routing import Router, normalize_path
 from gantry.http.head import HeadDefaults
@@ -90,6 +90,11 @@ class FrontWorker:
         )
         reads = [u.read_timeout for u in config.upstreams.values()]
         self.sweep_every = min([1.0, *(t / 4 for t in (*reads, *client))])
+        # the client timeouts, read per request (here, not on each connection)
+        self.header_timeout = config.client_header_timeout
+        self.body_timeout = config.client_body_timeout
+        self.keepalive_timeout = config.keepalive_timeout
+        self.send_timeout = config.send_timeout
         self.now = loop.time()
         #: set on a graceful stop: every response then says Connection: close
         self.stopping = False

@@ -59,7 +59,13 @@ def run_part(state: str, kind: str, name: str) -> int:
     if kind == "front":
         from gantry.front.run import run_front
 
-        return run_front(plan.front_config(), master=True, stats=plan.part_stats("front"))
+        return run_front(
+            plan.front_config(),
+            master=True,
+            stats=plan.part_stats("front"),
+            # the supervisor gives every part [stack] graceful_timeout to stop
+            graceful_timeout=plan.settings.stack.graceful_timeout,
+        )
     from gantry.appserver.serve import AppLoadError, serve
 
     try:

@@ -14,12 +14,17 @@ modules, and the rest a second time with ``GANTRY_PURE=1`` (see the Makefile).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.process import Launcher, short_tempdir
+
+# The suite runs as root on CI, and Gantry refuses to run workers as root unless asked:
+# every server the tests start asks (tests/test_privileges_root.py checks the refusal).
+os.environ["GANTRY_ALLOW_ROOT"] = "1"
 
 #: a test module holding one of these names starts processes
 _PROCESS_NAMES = frozenset(

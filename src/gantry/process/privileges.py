@@ -16,7 +16,10 @@ from dataclasses import dataclass
 
 from gantry.config import ConfigError
 
-__all__ = ["Identity", "drop_privileges", "resolve_identity"]
+__all__ = ["ALLOW_ROOT", "Identity", "drop_privileges", "refuse_root", "resolve_identity"]
+
+#: the environment variable that asks for workers running as root (as user = "root" does)
+ALLOW_ROOT = "GANTRY_ALLOW_ROOT"
 
 log = logging.getLogger("gantry.master")
 
@@ -34,13 +37,8 @@ def resolve_identity(user: str | None, group: str | None, where: str) -> Identit
     """The identity ``user`` and ``group`` name (names or numbers), checked before anything
     starts; ``where`` names the table in errors ("serve", "front", "app 'api'"). None when
     the workers keep this process's identity (with a warning when that is root)."""
+    refuse_root(user, where)
     if user is None and group is None:
-        if os.geteuid() == 0:
-            log.warning(
-                "%s: the workers run as root; set user (and group) to run them as an "
-                "unprivileged user",
-                where,
-            )
         return None
     uid: int | None = None
     gid: int | None = None
@@ -62,6 +60,22 @@ def resolve_identity(user: str | None, group: str | None, where: str) -> Identit
             f"start as root (it runs as uid {os.geteuid()})"
         )
     return Identity(user, uid, gid)
+
+
+def refuse_root(user: str | None, where: str) -> None:
+    """Workers that would run as root without being asked to: a ConfigError. Asking is
+    ``user = "root"`` (``--user root``) or GANTRY_ALLOW_ROOT=1 in the environment; an
+    application bug must not hand an attacker the machine."""
+    if user is not None or os.geteuid() != 0:
+        return
+    if os.environ.get(ALLOW_ROOT) == "1":
+        log.warning("%s: the workers run as root (%s=1)", where, ALLOW_ROOT)
+        return
+    raise ConfigError(
+        f"{where}.user: the workers would run as root; set user (and group) to an "
+        f'unprivileged user, or user = "root" (--user root) or {ALLOW_ROOT}=1 to run them '
+        "as root anyway"
+    )
 
 
 def drop_privileges(identity: Identity | None) -> None:

@@ -16,6 +16,7 @@ from gantry.config.stack import (
     demo_plan,
     load_stack,
 )
+from gantry.process.privileges import ALLOW_ROOT, refuse_root
 from gantry.process.runtime import setup_error_log
 
 __all__ = ["run_part", "run_up"]
@@ -40,6 +41,12 @@ def run_up(
         plan = app_plan(PROVISIONAL_RUNTIME_DIR, app, where, workers=workers, chdir=os.getcwd())
     else:
         plan = demo_plan(PROVISIONAL_RUNTIME_DIR, listen or "0.0.0.0:8080")
+    if not config_file and not app:
+        # the built-in demo is a local try-out, as `make run` starts it: root may run it
+        os.environ.setdefault(ALLOW_ROOT, "1")
+    refuse_root(plan.settings.front.user, f"{plan.source}: front")
+    for i, pool in enumerate(plan.settings.app):
+        refuse_root(pool.user, f"{plan.source}: app[{i}]")
     configured = plan.settings.stack.runtime_dir
     own = configured is None
     plan.runtime_dir = configured or tempfile.mkdtemp(prefix="gantry-up-")

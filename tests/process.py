@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -168,23 +169,41 @@ def recv_until(sock: socket.socket, done: Callable[[bytes], bool], limit: float 
 
 
 def http_get(
-    port: int, path: str, method: str = "GET", host: str | None = None
+    port: int,
+    path: str = "/",
+    method: str = "GET",
+    host: str | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+    timeout: float = 5.0,
 ) -> tuple[int, bytes]:
     """One request on a fresh connection to 127.0.0.1: (status, body)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    fields = dict(headers or {})
+    if host:
+        fields["Host"] = host
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request(method, path, headers={"Host": host} if host else {})
+        conn.request(method, path, headers=fields)
         response = conn.getresponse()
         return response.status, response.read()
     finally:
         conn.close()
 
 
+def try_get(port: int, path: str = "/", **kwargs: Any) -> tuple[int, bytes]:
+    """``http_get``, but (0, b"") when the connection fails: for polling a server that may
+    still be starting, restarting or gone."""
+    try:
+        return http_get(port, path, **kwargs)
+    except OSError:
+        return 0, b""
+
+
 def child_pids(pid: int) -> set[int]:
     """The PIDs of a process's direct children (a master's workers), from /proc."""
     try:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except FileNotFoundError:
+    except OSError:  # gone (FileNotFoundError) or reaped while read (ESRCH)
         return set()
     return {int(child) for child in children}
 
@@ -290,22 +309,89 @@ class GantryServer:
         return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
 
 
+@dataclass
+class Exchange:
+    """What came back on one connection: the bytes, whether the server closed it, and how
+    long that took."""
+
+    data: bytes
+    closed: bool
+    elapsed: float
+
+    @property
+    def statuses(self) -> list[int]:
+        """The status of every response, walking Content-Length and chunked framing."""
+        return [status for status, _ in responses(self.data)]
+
+    @property
+    def status(self) -> int:
+        """The status of the first response."""
+        statuses = self.statuses
+        assert statuses, "no response before the close"
+        return statuses[0]
+
+
+def responses(data: bytes) -> list[tuple[int, bytes]]:
+    """Every (status, body) in ``data``; a response without framing takes the rest."""
+    found = []
+    pos, end = 0, len(data)
+    while pos < end:
+        head_end = data.find(b"\r\n\r\n", pos)
+        assert head_end >= 0, f"incomplete response head: {data[pos : pos + 200]!r}"
+        status_line, *fields = data[pos:head_end].split(b"\r\n")
+        pos = head_end + 4
+        assert status_line.startswith((b"HTTP/1.1 ", b"HTTP/1.0 ")), status_line
+        status = int(status_line.split(b" ", 2)[1])
+        lowered = [f.lower() for f in fields]
+        lengths = [f.split(b":", 1)[1] for f in lowered if f.startswith(b"content-length:")]
+        if lengths:
+            size = int(lengths[0])
+            found.append((status, data[pos : pos + size]))
+            pos += size
+        elif b"transfer-encoding: chunked" in lowered:
+            body = bytearray()
+            while True:
+                line_end = data.find(b"\r\n", pos)
+                assert line_end >= 0, "chunked body cut short"
+                size = int(data[pos:line_end], 16)
+                pos = line_end + 2
+                if size == 0:
+                    assert data.startswith(b"\r\n", pos), "chunked body cut short"
+                    pos += 2
+                    break
+                body += data[pos : pos + size]
+                pos += size + 2
+            found.append((status, bytes(body)))
+        else:
+            found.append((status, data[pos:]))
+            break
+    return found
+
+
+def read_until_closed(sock: socket.socket, wait: float) -> Exchange:
+    """Read until the server closes the connection or ``wait`` seconds pass."""
+    started = time.monotonic()
+    deadline = started + wait
+    data = bytearray()
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return Exchange(bytes(data), False, time.monotonic() - started)
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(1 << 20)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            chunk = b""  # a reset (an abort) is a close too; what arrived before it is kept
+        if not chunk:
+            return Exchange(bytes(data), True, time.monotonic() - started)
+        data += chunk
+
+
 def read_all(sock: socket.socket, limit: float = 5.0) -> bytes:
     """Read until the peer closes or ``limit`` seconds pass."""
-    sock.settimeout(limit)
-    chunks = []
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            data = sock.recv(65536)
-        except TimeoutError:
-            break
-        except ConnectionResetError:
-            break  # an abort (RST) is a close too
-        if not data:
-            break
-        chunks.append(data)
-    return b"".join(chunks)
+    return read_until_closed(sock, limit).data
 
 
 def rss_kib(pid: int) -> int:

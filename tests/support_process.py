@@ -1,30 +1,12 @@
-"""Helpers for the process-loop tests (test_process_*.py): children, waiting, silent clients."""
+"""Helpers for the process-loop tests (test_process_*.py): silent clients, stats, load.
+
+Waiting on a condition and a process's children are ``tests.process.wait_for`` and
+``child_pids``."""
 
 from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable
-from pathlib import Path
-
-
-def children(pid: int) -> set[int]:
-    """The PIDs of ``pid``'s children (empty once it is gone)."""
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return set()
-    return {int(p) for p in text.split()}
-
-
-def wait_for(condition: Callable[[], object], limit: float = 10.0, step: float = 0.01) -> bool:
-    """Poll ``condition`` until it is true or ``limit`` seconds pass; whether it became true."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(step)
-    return bool(condition())
 
 
 def silent_clients(address: tuple[str, int] | str, count: int) -> list[socket.socket]:

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.process import REPO, Launcher, free_port, gantry_env, stop_process, wait_for
+from tests.process import (
+    REPO,
+    Launcher,
+    free_port,
+    gantry_env,
+    stop_process,
+    try_get,
+    wait_for,
+)
 
 DEPLOY = REPO / "examples" / "deploy"
 VENV_BIN = Path(sys.executable).parent
@@ -95,17 +103,9 @@ error_log = "{logs}/app.log"
 
 
 def _hello(port: int) -> int:
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", "/hello")
-        response = conn.getresponse()
-        return response.status if response.read() == b"Hello World!" else -1
-    except OSError:
-        return 0
-    finally:
-        conn.close()
+    """The status of GET /hello, -1 if the body is not the demo's, 0 if it cannot connect."""
+    status, body = try_get(port, "/hello", timeout=10)
+    return status if status == 0 or body == b"Hello World!" else -1
 
 
 def test_socket_activation_and_notify_as_the_unit_runs_them(launch: Launcher) -> None:

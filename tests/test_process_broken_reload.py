@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.process import GantryServer, GantryUp, free_port
-from tests.support_process import Load, children, wait_for
+from tests.process import GantryServer, GantryUp, child_pids, free_port, wait_for
+from tests.support_process import Load
 
 APP = """
 VERSION = b"{version}"
@@ -64,7 +64,7 @@ def test_gantry_serve_keeps_serving_through_a_broken_reload(tmp_path: Path, prel
     )  # fmt: skip
     server.start()
     try:
-        assert wait_for(lambda: len(children(server.pid)) == 2, 10), server.log_text()
+        assert wait_for(lambda: len(child_pids(server.pid)) == 2, 10), server.log_text()
         with Load(server.port) as load:
             assert wait_for(lambda: load.count() > 20, 10)
             _write_app(site, BROKEN)
@@ -199,7 +199,7 @@ def test_gantry_serve_ini_without_lazy_apps_reloads_new_code(tmp_path: Path) -> 
     )
     server.start()
     try:
-        assert wait_for(lambda: len(children(server.pid)) == 2, 10), server.log_text()
+        assert wait_for(lambda: len(child_pids(server.pid)) == 2, 10), server.log_text()
         with Load(server.port) as load:
             assert wait_for(lambda: load.count() > 20, 10)
             assert load.last_body == b"v1"

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.process import REPO, GantryServer, GantryUp, free_port
-from tests.support_process import children, wait_for
+from tests.process import REPO, GantryServer, GantryUp, child_pids, free_port, wait_for
 
 STACK = """
 [stack]
@@ -84,7 +83,7 @@ def _rotate(*paths: Path) -> None:
 
 def _descendants(pid: int) -> set[int]:
     found = set()
-    for child in children(pid):
+    for child in child_pids(pid):
         found |= {child} | _descendants(child)
     return found
 
@@ -193,7 +192,7 @@ def test_gantry_serve_sigusr1_reopens_both_logs(tmp_path: Path, workers: list[st
     server.start()
     try:
         if workers:
-            assert wait_for(lambda: len(children(server.pid)) == 2, 10), server.log_text()
+            assert wait_for(lambda: len(child_pids(server.pid)) == 2, 10), server.log_text()
         processes = {server.pid, *_descendants(server.pid)}
         assert _get(server.port, "/before")[0] == 200
         assert wait_for(lambda: _has(access, "/before"), 5)

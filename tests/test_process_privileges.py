@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.process import REPO, GantryServer
-from tests.support_process import children, wait_for
+from tests.process import REPO, GantryServer, child_pids, http_get, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
 
@@ -70,11 +69,10 @@ def _ids(pid: int) -> tuple[int, int]:
 
 
 def _get(port: int) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    conn.request("GET", "/", headers={"Connection": "close"})
-    response = conn.getresponse()
-    assert response.status == 200
-    return int(response.read())
+    """The PID of the worker that answered (whoami:app)."""
+    status, body = http_get(port, "/", headers={"Connection": "close"})
+    assert status == 200
+    return int(body)
 
 
 @pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
@@ -87,13 +85,13 @@ def test_gantry_serve_workers_run_as_nobody(site: Path, tmp_path: Path, workers:
     server.start()
     try:
         if workers:
-            assert wait_for(lambda: len(children(server.pid)) == 2, 10), server.log_text()
+            assert wait_for(lambda: len(child_pids(server.pid)) == 2, 10), server.log_text()
             assert _ids(server.pid) == (0, 0)  # the master keeps root
         worker = _get(port)
-        assert worker in children(server.pid) if workers else worker == server.pid
+        assert worker in child_pids(server.pid) if workers else worker == server.pid
         assert _ids(worker) == (NOBODY.pw_uid, NOBODY.pw_gid), server.log_text()
         if workers:
-            for pid in children(server.pid):
+            for pid in child_pids(server.pid):
                 assert _ids(pid) == (NOBODY.pw_uid, NOBODY.pw_gid)
     finally:
         server.stop()
@@ -115,7 +113,7 @@ def test_gantry_front_workers_run_as_nobody(site: Path, tmp_path: Path) -> None:
             cwd=REPO, env=env, stdout=log, stderr=log,
         )  # fmt: skip
     try:
-        assert wait_for(lambda: len(children(process.pid)) == 2, 15), log_path.read_text()
+        assert wait_for(lambda: len(child_pids(process.pid)) == 2, 15), log_path.read_text()
 
         def serves() -> bool:
             try:
@@ -127,7 +125,7 @@ def test_gantry_front_workers_run_as_nobody(site: Path, tmp_path: Path) -> None:
 
         assert wait_for(serves, 10), log_path.read_text()
         assert _ids(process.pid) == (0, 0)
-        for pid in children(process.pid):
+        for pid in child_pids(process.pid):
             assert _ids(pid) == (NOBODY.pw_uid, NOBODY.pw_gid)
     finally:
         process.send_signal(signal.SIGTERM)
@@ -194,7 +192,7 @@ user = "nobody"
         assert pid is not None
         assert _ids(pid) == (NOBODY.pw_uid, NOBODY.pw_gid)
         assert _ids(up.pid) == (0, 0)
-        workers = {w for master in children(up.pid) for w in children(master)}
+        workers = {w for master in child_pids(up.pid) for w in child_pids(master)}
         assert len(workers) == 3  # the front's one and the pool's two
         for worker_pid in workers:
             assert _ids(worker_pid) == (NOBODY.pw_uid, NOBODY.pw_gid)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.process import REPO, GantryServer, GantryUp, free_port
-from tests.support_process import Load, wait_for
+from tests.process import REPO, GantryServer, GantryUp, free_port, try_get, wait_for
+from tests.support_process import Load
 
 APP = """
 def app(environ, start_response):
@@ -182,17 +182,9 @@ def test_gantry_front_notifies(tmp_path: Path, notifications: Notifications, wor
 
 
 def _get(port: int, path: str) -> bytes | None:
-    import http.client
-
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        conn.request("GET", path)
-        response = conn.getresponse()
-        body = response.read()
-        conn.close()
-        return body if response.status == 200 else None
-    except OSError:
-        return None
+    """The body of a 200 answer; None for any other status or no connection."""
+    status, body = try_get(port, path)
+    return body if status == 200 else None
 
 
 STACK = """

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.process import GantryServer, GantryUp, free_port
-from tests.support_process import children, read_stats, silent_clients, wait_for
+from tests.process import GantryServer, GantryUp, child_pids, free_port, wait_for
+from tests.support_process import read_stats, silent_clients
 
 UWSGITOP = Path(sys.executable).parent / "uwsgitop"
 SILENT = 10
@@ -38,7 +38,7 @@ def master(tmp_path: Path) -> Iterator[tuple[GantryServer, int, int]]:
     )  # fmt: skip
     server.start()
     try:
-        assert wait_for(lambda: len(children(server.pid)) == 2), server.log_text()
+        assert wait_for(lambda: len(child_pids(server.pid)) == 2, 10), server.log_text()
         yield server, stats_port, metrics_port
     finally:
         server.stop()
@@ -57,11 +57,11 @@ def test_killed_worker_is_replaced_while_clients_sit_silent(
     silent = _silent_on_both(stats_port, metrics_port)
     try:
         time.sleep(0.3)  # let the master accept them all (a fixed wait: nothing to observe)
-        before = children(server.pid)
+        before = child_pids(server.pid)
         victim = min(before)
         os.kill(victim, signal.SIGKILL)
         killed = time.monotonic()
-        assert wait_for(lambda: len(children(server.pid) - before) == 1, 5.0), server.log_text()
+        assert wait_for(lambda: len(child_pids(server.pid) - before) == 1, 5.0), server.log_text()
         replaced_after = time.monotonic() - killed
         assert replaced_after < 0.5, f"replaced after {replaced_after:.2f} s"
     finally:
@@ -213,11 +213,11 @@ def test_stack_supervisor_is_not_stalled_by_silent_clients(tmp_path: Path) -> No
         silent = _silent_on_both(stats_port, metrics_port)
         try:
             time.sleep(0.3)  # let the supervisor accept them all
-            before = children(up.pid)
+            before = child_pids(up.pid)
             victim = min(before)
             os.kill(victim, signal.SIGKILL)
             killed = time.monotonic()
-            assert wait_for(lambda: len(children(up.pid) - before) == 1, 5), up.log_text()
+            assert wait_for(lambda: len(child_pids(up.pid) - before) == 1, 5), up.log_text()
             restarted_after = time.monotonic() - killed
             # the supervisor waits 0.1 s before starting a part that ran long enough
             assert restarted_after < 0.5, f"started again after {restarted_after:.2f} s"

@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from gantry.protocol.uwsgi import encode_packet
-from tests.process import GantryServer, free_port, rss_kib
-from tests.support_appsrv import Sender, read_until_closed, responses, wait_stalled
+from tests.process import GantryServer, free_port, read_until_closed, responses, rss_kib
+from tests.support_appsrv import Sender, wait_stalled
 
 REQUESTS = 20_000
 RESPONSE = 4096  # bytes of body per answer: 80 MB in all, if the worker buffered them

@@ -21,8 +21,8 @@ import pytest
 from gantry.protocol.http1 import HTTPLimits, ProtocolError, RequestParser
 from gantry.protocol.uwsgi import encode_packet
 from tests.corpus import RecordingSink
-from tests.process import GantryServer, free_port, rss_kib
-from tests.support_appsrv import Sender, read_until_closed, responses
+from tests.process import GantryServer, free_port, read_until_closed, responses, rss_kib
+from tests.support_appsrv import Sender
 
 CHUNKED_HEAD = b"POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n"
 

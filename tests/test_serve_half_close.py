@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from gantry.protocol.uwsgi import encode_packet
-from tests.process import REPO, GantryServer, free_port
-from tests.support_appsrv import get, read_until_closed, responses
+from tests.process import REPO, GantryServer, free_port, read_until_closed, responses
+from tests.support_appsrv import get
 
 MIB = 50
 

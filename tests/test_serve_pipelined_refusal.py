@@ -16,8 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.process import GantryServer, free_port
-from tests.support_appsrv import get, read_until_closed, responses
+from tests.process import GantryServer, free_port, read_until_closed, responses
+from tests.support_appsrv import get
 
 KEEPALIVE = 10  # long enough that a connection left open shows as one
 

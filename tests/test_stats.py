@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.process import REPO, GantryServer, free_port, wait_for
+from tests.process import REPO, GantryServer, child_pids, free_port, wait_for
 from tests.process import ready_workers as _ready_workers
 
 UWSGITOP = Path(sys.executable).parent / "uwsgitop"
@@ -61,15 +61,11 @@ def _stats(port: int) -> dict:
     return fetch(f"127.0.0.1:{port}")
 
 
-def _children(pid: int) -> set[int]:
-    return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
-
-
 def test_stats_document_in_uwsgi_format(monitored: tuple[GantryServer, int, int]) -> None:
     server, stats_port, _ = monitored
     doc = _stats(stats_port)
     assert doc["pid"] == server.pid
-    assert {w["pid"] for w in doc["workers"]} == _children(server.pid)
+    assert {w["pid"] for w in doc["workers"]} == child_pids(server.pid)
     assert sum(w["requests"] for w in doc["workers"]) >= 40
     for worker in doc["workers"]:
         for key in (
@@ -116,7 +112,7 @@ def test_gantry_top_once(monitored: tuple[GantryServer, int, int]) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert f"master pid {server.pid}" in result.stdout
-    for pid in _children(server.pid):
+    for pid in child_pids(server.pid):
         assert str(pid) in result.stdout
 
 
@@ -170,5 +166,5 @@ def test_real_uwsgitop_shows_the_workers(monitored: tuple[GantryServer, int, int
     text = output.decode("utf-8", "replace")
     assert "Traceback" not in text and "unable to get" not in text, text[-2000:]
     assert "WID" in text
-    for worker_pid in _children(server.pid):
+    for worker_pid in child_pids(server.pid):
         assert str(worker_pid) in text

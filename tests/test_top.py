@@ -3,7 +3,6 @@ and worker numbers as the log gives them."""
 
 from __future__ import annotations
 
-import http.client
 import os
 import pty
 import re
@@ -13,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from tests.process import REPO, Launcher, free_port, wait_for
+from tests.process import REPO, Launcher, free_port, try_get, wait_for
 
 STACK = """
 [stack]
@@ -37,19 +36,6 @@ module = "gantry.demo:app"
 workers = 2
 graceful_timeout = 5
 """
-
-
-def _get(port: int, path: str) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    except OSError:
-        return 0
-    finally:
-        conn.close()
 
 
 def _read_until(fd: int, needle: bytes, limit: float) -> bytes:
@@ -102,9 +88,9 @@ def test_q_quits_the_live_view(launch: Launcher) -> None:
 def test_a_stack_counts_each_request_once_and_numbers_workers_by_pool(launch: Launcher) -> None:
     stats = launch.workdir / "stack.stats"
     up = launch.up(STACK.replace("STATS_PATH", str(stats)))
-    assert wait_for(lambda: _get(up.port, "/hello") == 200), up.log_text()
+    assert wait_for(lambda: try_get(up.port, "/hello")[0] == 200), up.log_text()
     for _ in range(9):
-        assert _get(up.port, "/hello") == 200
+        assert try_get(up.port, "/hello")[0] == 200
     from gantry.stats.top import fetch
 
     def front_requests() -> int:

@@ -1,10 +1,48 @@
-"""Client load for the tests of ``gantry up``: threads sending GETs while the stack changes."""
+"""For the tests of ``gantry up``: the small demo stack's config, and client threads sending
+GETs while the stack changes."""
 
 from __future__ import annotations
 
 import http.client
 import threading
 import time
+
+# One front passing everything to one gantry.demo:app pool: the stack most tests of
+# ``gantry up`` start. FRONT_PORT stays for GantryUp / Launcher.up to fill; the named
+# placeholders take a test's extra lines.
+DEMO_STACK = """
+[stack]
+graceful_timeout = 5
+{stack}
+[front]
+listen = ["127.0.0.1:FRONT_PORT"]
+workers = 1
+{front}
+[[front.server]]
+default = true
+
+[[front.server.location]]
+path = "/"
+proxy = "hello"
+
+[[app]]
+name = "hello"
+module = "gantry.demo:app"
+workers = {workers}
+graceful_timeout = 5
+{app}"""
+
+
+def demo_stack(*, workers: int = 1, stack: str = "", front: str = "", app: str = "") -> str:
+    """``DEMO_STACK`` with ``workers`` in the pool and extra lines (``key = value``, one a
+    line) for the ``[stack]``, ``[front]`` and ``[[app]]`` tables."""
+    return DEMO_STACK.format(
+        workers=workers, stack=_lines(stack), front=_lines(front), app=_lines(app)
+    )
+
+
+def _lines(extra: str) -> str:
+    return "".join(f"{line.strip()}\n" for line in extra.strip().splitlines())
 
 
 class LoadLoop:

@@ -20,6 +20,7 @@ import pytest
 
 from tests.process import REPO, GantryServer, GantryUp, free_port, try_get, wait_for
 from tests.support_process import Load
+from tests.support_up import demo_stack
 
 APP = """
 def app(environ, start_response):
@@ -187,31 +188,8 @@ def _get(port: int, path: str) -> bytes | None:
     return body if status == 200 else None
 
 
-STACK = """
-[stack]
-graceful_timeout = 5
-
-[front]
-listen = ["127.0.0.1:FRONT_PORT"]
-workers = 1
-
-[[front.server]]
-default = true
-
-[[front.server.location]]
-path = "/"
-proxy = "hello"
-
-[[app]]
-name = "hello"
-module = "gantry.demo:app"
-workers = 1
-graceful_timeout = 5
-"""
-
-
 def test_gantry_up_notifies(tmp_path: Path, notifications: Notifications) -> None:
-    up = GantryUp(tmp_path, STACK, env={"NOTIFY_SOCKET": notifications.path})
+    up = GantryUp(tmp_path, demo_stack(), env={"NOTIFY_SOCKET": notifications.path})
     up.start()
     try:
         _cycle(notifications, up.pid)

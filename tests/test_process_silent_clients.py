@@ -19,6 +19,7 @@ import pytest
 
 from tests.process import GantryServer, GantryUp, child_pids, free_port, wait_for
 from tests.support_process import read_stats, silent_clients
+from tests.support_up import demo_stack
 
 UWSGITOP = Path(sys.executable).parent / "uwsgitop"
 SILENT = 10
@@ -176,36 +177,16 @@ def _uwsgitop_shows_workers(server: GantryServer, stats_port: int) -> None:
     assert "WID" in text, text[-2000:]
 
 
-STACK = """
-[stack]
-stats = "127.0.0.1:STATS_PORT"
-metrics = "127.0.0.1:METRICS_PORT"
-graceful_timeout = 5
-
-[front]
-listen = ["127.0.0.1:FRONT_PORT"]
-workers = 1
-
-[[front.server]]
-default = true
-
-[[front.server.location]]
-path = "/"
-proxy = "hello"
-
-[[app]]
-name = "hello"
-module = "gantry.demo:app"
-workers = 1
-graceful_timeout = 5
-"""
-
-
 def test_stack_supervisor_is_not_stalled_by_silent_clients(tmp_path: Path) -> None:
     """gantry up: silent clients on the stack's stats and metrics; a part's master killed
     is started again at once, and the stack's stats still answer at once."""
     stats_port, metrics_port = free_port(), free_port()
-    config = STACK.replace("STATS_PORT", str(stats_port)).replace("METRICS_PORT", str(metrics_port))
+    config = demo_stack(
+        stack=f"""
+        stats = "127.0.0.1:{stats_port}"
+        metrics = "127.0.0.1:{metrics_port}"
+        """
+    )
     up = GantryUp(tmp_path, config)
     up.start()
     try:

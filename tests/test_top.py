@@ -13,29 +13,7 @@ import sys
 import time
 
 from tests.process import REPO, Launcher, free_port, try_get, wait_for
-
-STACK = """
-[stack]
-stats = "STATS_PATH"
-graceful_timeout = 5
-
-[front]
-listen = ["127.0.0.1:FRONT_PORT"]
-workers = 1
-
-[[front.server]]
-default = true
-
-[[front.server.location]]
-path = "/"
-proxy = "hello"
-
-[[app]]
-name = "hello"
-module = "gantry.demo:app"
-workers = 2
-graceful_timeout = 5
-"""
+from tests.support_up import demo_stack
 
 
 def _read_until(fd: int, needle: bytes, limit: float) -> bytes:
@@ -87,7 +65,7 @@ def test_q_quits_the_live_view(launch: Launcher) -> None:
 
 def test_a_stack_counts_each_request_once_and_numbers_workers_by_pool(launch: Launcher) -> None:
     stats = launch.workdir / "stack.stats"
-    up = launch.up(STACK.replace("STATS_PATH", str(stats)))
+    up = launch.up(demo_stack(workers=2, stack=f'stats = "{stats}"'))
     assert wait_for(lambda: try_get(up.port, "/hello")[0] == 200), up.log_text()
     for _ in range(9):
         assert try_get(up.port, "/hello")[0] == 200

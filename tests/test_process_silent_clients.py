@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import http.client
 import os
-import pty
 import select
 import signal
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.process import GantryServer, GantryUp, child_pids, free_port, wait_for
-from tests.support_process import read_stats, silent_clients
+from tests.support_process import read_stats, silent_clients, uwsgitop_screen
 from tests.support_up import demo_stack
 
-UWSGITOP = Path(sys.executable).parent / "uwsgitop"
 SILENT = 10
 
 
@@ -152,27 +149,7 @@ def _closed_count(socks: list[socket.socket]) -> int:
 
 def _uwsgitop_shows_workers(server: GantryServer, stats_port: int) -> None:
     """uwsgitop is a curses program: run it on a pseudo-terminal until it shows the workers."""
-    if not UWSGITOP.exists():
-        pytest.fail("uwsgitop is not installed in the test environment (pip install uwsgitop)")
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: exec uwsgitop on the pty
-        os.environ["TERM"] = "xterm"
-        os.execv(sys.executable, [sys.executable, str(UWSGITOP), f"127.0.0.1:{stats_port}"])
-    output = b""
-    deadline = time.monotonic() + 3.0
-    try:
-        while time.monotonic() < deadline and b"WID" not in output:
-            ready, _, _ = select.select([fd], [], [], 0.2)
-            if ready:
-                try:
-                    output += os.read(fd, 65536)
-                except OSError:
-                    break
-    finally:
-        os.kill(pid, signal.SIGTERM)
-        os.waitpid(pid, 0)
-        os.close(fd)
-    text = output.decode("utf-8", "replace")
+    text = uwsgitop_screen(stats_port, 3.0, until=b"WID")
     assert "Traceback" not in text and "unable to get" not in text, text[-2000:]
     assert "WID" in text, text[-2000:]
 

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import http.client
-import os
-import pty
-import select
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.process import REPO, GantryServer, child_pids, free_port, wait_for
 from tests.process import ready_workers as _ready_workers
-
-UWSGITOP = Path(sys.executable).parent / "uwsgitop"
+from tests.support_process import uwsgitop_screen
 
 
 @pytest.fixture(scope="module")
@@ -143,27 +136,7 @@ def test_prometheus_text_parses(monitored: tuple[GantryServer, int, int]) -> Non
 def test_real_uwsgitop_shows_the_workers(monitored: tuple[GantryServer, int, int]) -> None:
     """uwsgitop is a curses program: run it on a pseudo-terminal for two refreshes."""
     server, stats_port, _ = monitored
-    if not UWSGITOP.exists():
-        pytest.fail("uwsgitop is not installed in the test environment (pip install uwsgitop)")
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: exec uwsgitop on the pty
-        os.environ["TERM"] = "xterm"
-        os.execv(sys.executable, [sys.executable, str(UWSGITOP), f"127.0.0.1:{stats_port}"])
-    output = b""
-    deadline = time.monotonic() + 3.0
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.2)
-            if ready:
-                try:
-                    output += os.read(fd, 65536)
-                except OSError:
-                    break
-    finally:
-        os.kill(pid, signal.SIGTERM)
-        os.waitpid(pid, 0)
-        os.close(fd)
-    text = output.decode("utf-8", "replace")
+    text = uwsgitop_screen(stats_port, 3.0)
     assert "Traceback" not in text and "unable to get" not in text, text[-2000:]
     assert "WID" in text
     for worker_pid in child_pids(server.pid):

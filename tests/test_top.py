@@ -6,27 +6,13 @@ from __future__ import annotations
 import os
 import pty
 import re
-import select
 import signal
 import subprocess
 import sys
-import time
 
 from tests.process import REPO, Launcher, free_port, try_get, wait_for
+from tests.support_process import read_pty
 from tests.support_up import demo_stack
-
-
-def _read_until(fd: int, needle: bytes, limit: float) -> bytes:
-    output = b""
-    deadline = time.monotonic() + limit
-    while needle not in output and time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.2)
-        if ready:
-            try:
-                output += os.read(fd, 65536)
-            except OSError:
-                break
-    return output
 
 
 def test_q_quits_the_live_view(launch: Launcher) -> None:
@@ -42,13 +28,13 @@ def test_q_quits_the_live_view(launch: Launcher) -> None:
             server.env,
         )
     try:
-        shown = _read_until(fd, b"WID", 15.0)
+        shown = read_pty(fd, 15.0, until=b"WID")
         assert b"WID" in shown, shown.decode(errors="replace")
         os.write(fd, b"q")
         status: list[int] = []
 
         def ended() -> bool:
-            _read_until(fd, b"\x00", 0.05)  # keep the pty drained
+            read_pty(fd, 0.05, until=b"\x00")  # keep the pty drained
             done, code = os.waitpid(pid, os.WNOHANG)
             if done:
                 status.append(code)

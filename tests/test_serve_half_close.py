@@ -9,16 +9,14 @@ chunk; one answer of three pipelined.
 from __future__ import annotations
 
 import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gantry.protocol.uwsgi import encode_packet
-from tests.process import REPO, GantryServer, free_port, read_until_closed, responses
+from tests.process import GantryServer, Launcher, free_port, read_until_closed, responses
 from tests.support_appsrv import get
 
 MIB = 50
@@ -111,30 +109,17 @@ def test_kept_uwsgi_packets_all_answered_after_half_close(
 
 
 @pytest.fixture(scope="module")
-def gunicorn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """gunicorn (sync worker) on the same app; yields its port."""
+def gunicorn(module_launch: Launcher) -> int:
+    """gunicorn (sync worker) on the same app, stopped after the module; its port."""
     binary = Path(sys.executable).with_name("gunicorn")
     if not binary.exists():
         pytest.skip("gunicorn is not installed beside this Python")
     port = free_port()
-    log = (tmp_path_factory.mktemp("gunicorn") / "gunicorn.log").open("wb")
-    process = subprocess.Popen(
+    module_launch.program(
         [str(binary), "-b", f"127.0.0.1:{port}", "-w", "1", "tests.apps_hostile:app"],
-        cwd=REPO, stdout=log, stderr=log,
+        ("127.0.0.1", port), "gunicorn", limit=15,
     )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        yield port
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        log.close()
+    return port
 
 
 def test_gunicorn_finishes_a_stream_after_half_close(gunicorn: int) -> None:

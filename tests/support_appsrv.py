@@ -6,10 +6,29 @@ import socket
 import threading
 import time
 
+from gantry.protocol.uwsgi import encode_packet
+
 
 def get(path: str, host: str = "a") -> bytes:
     """A plain GET with a Host field."""
     return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+
+
+def uwsgi_get(uri: bytes, keep: bool = False, *extra: tuple[bytes, bytes]) -> bytes:
+    """A uwsgi packet for a GET of ``uri`` (path and query split as a front would), with
+    ``extra`` variables, asking to keep the connection open when ``keep``."""
+    path, _, query = uri.partition(b"?")
+    pairs = [
+        (b"REQUEST_METHOD", b"GET"),
+        (b"REQUEST_URI", uri),
+        (b"PATH_INFO", path),
+        (b"QUERY_STRING", query),
+        (b"SERVER_PROTOCOL", b"HTTP/1.1"),
+        *extra,
+    ]
+    if keep:
+        pairs.append((b"GANTRY_KEEPALIVE", b"1"))
+    return encode_packet(pairs)
 
 
 class Sender(threading.Thread):

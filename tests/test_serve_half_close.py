@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from gantry.protocol.uwsgi import encode_packet
 from tests.process import GantryServer, Launcher, free_port, read_until_closed, responses
-from tests.support_appsrv import get
+from tests.support_appsrv import get, uwsgi_get
 
 MIB = 50
 
@@ -67,25 +66,11 @@ def test_pipelined_requests_all_answered_after_half_close(
     ]
 
 
-def _packet(uri: bytes, keep: bool) -> bytes:
-    path, _, query = uri.partition(b"?")
-    pairs = [
-        (b"REQUEST_METHOD", b"GET"),
-        (b"REQUEST_URI", uri),
-        (b"PATH_INFO", path),
-        (b"QUERY_STRING", query),
-        (b"SERVER_PROTOCOL", b"HTTP/1.1"),
-    ]
-    if keep:
-        pairs.append((b"GANTRY_KEEPALIVE", b"1"))
-    return encode_packet(pairs)
-
-
 def test_uwsgi_answer_completes_after_half_close(server: tuple[GantryServer, int]) -> None:
     """A uwsgi packet for a 50 MiB stream, then SHUT_WR: the whole raw answer."""
     _, port = server
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-        data = _send_and_half_close(sock, _packet(b"/stream/%d" % MIB, keep=False))
+        data = _send_and_half_close(sock, uwsgi_get(b"/stream/%d" % MIB, keep=False))
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
     assert len(body) == MIB << 20
@@ -96,7 +81,7 @@ def test_kept_uwsgi_packets_all_answered_after_half_close(
 ) -> None:
     """Three packets on a kept uwsgi connection, then SHUT_WR: three answers, then the close."""
     _, port = server
-    payload = b"".join(_packet(b"/size/100?%d" % i, keep=True) for i in range(3))
+    payload = b"".join(uwsgi_get(b"/size/100?%d" % i, keep=True) for i in range(3))
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         data = _send_and_half_close(sock, payload)
     got = responses(data)

@@ -226,6 +226,16 @@ def gantry_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def start_gantry(args: Sequence[str], log_path: Path, **env: str) -> subprocess.Popen[bytes]:
+    """``python -m gantry ARGS`` started by hand in the repository with ``gantry_env(**env)``,
+    its output appended to ``log_path``; the caller waits for it and stops it by PID."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gantry", *args],
+            cwd=REPO, env=gantry_env(**env), stdout=log, stderr=log,
+        )  # fmt: skip
+
+
 def stop_process(
     process: subprocess.Popen[bytes] | None, signum: int = signal.SIGTERM, timeout: float = 10.0
 ) -> int | None:

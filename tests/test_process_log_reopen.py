@@ -7,14 +7,20 @@ from __future__ import annotations
 import http.client
 import os
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-from tests.process import REPO, GantryServer, GantryUp, child_pids, free_port, wait_for
+from tests.process import (
+    REPO,
+    GantryServer,
+    GantryUp,
+    child_pids,
+    free_port,
+    start_gantry,
+    wait_for,
+)
 
 STACK = """
 [stack]
@@ -150,12 +156,7 @@ def test_gantry_front_sigusr1_reopens_the_access_log(tmp_path: Path, workers: in
         .replace("WORKDIR", str(tmp_path))
     )
     log_path = tmp_path / "front.log"
-    with log_path.open("ab") as log:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *sys.path]))
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gantry", "front", "-c", str(config)],
-            cwd=REPO, env=env, stdout=log, stderr=log,
-        )  # fmt: skip
+    process = start_gantry(["front", "-c", str(config)], log_path)
     try:
         access = tmp_path / "access.log"
         assert wait_for(lambda: _answers(port), 15), log_path.read_text()

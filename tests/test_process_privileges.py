@@ -4,7 +4,6 @@ Run as root with user nobody (skipped otherwise)."""
 
 from __future__ import annotations
 
-import http.client
 import os
 import pwd
 import shutil
@@ -18,7 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.process import REPO, GantryServer, child_pids, http_get, wait_for
+from tests.process import (
+    REPO,
+    GantryServer,
+    child_pids,
+    gantry_env,
+    http_get,
+    start_gantry,
+    try_get,
+    wait_for,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
 
@@ -106,24 +114,11 @@ def test_gantry_front_workers_run_as_nobody(site: Path, tmp_path: Path) -> None:
         f'alias = "{site}/"\n'
     )
     log_path = tmp_path / "front.log"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *sys.path]))
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gantry", "front", "-c", str(config)],
-            cwd=REPO, env=env, stdout=log, stderr=log,
-        )  # fmt: skip
+    process = start_gantry(["front", "-c", str(config)], log_path)
     try:
         assert wait_for(lambda: len(child_pids(process.pid)) == 2, 15), log_path.read_text()
 
-        def serves() -> bool:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                conn.request("GET", "/whoami.py")
-                return conn.getresponse().status == 200
-            except OSError:
-                return False
-
-        assert wait_for(serves, 10), log_path.read_text()
+        assert wait_for(lambda: try_get(port, "/whoami.py")[0] == 200, 10), log_path.read_text()
         assert _ids(process.pid) == (0, 0)
         for pid in child_pids(process.pid):
             assert _ids(pid) == (NOBODY.pw_uid, NOBODY.pw_gid)
@@ -133,11 +128,10 @@ def test_gantry_front_workers_run_as_nobody(site: Path, tmp_path: Path) -> None:
 
 
 def test_an_unknown_user_is_a_config_error(site: Path, tmp_path: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *sys.path]))
     result = subprocess.run(
         [sys.executable, "-m", "gantry", "serve", "whoami:app", "--chdir", str(site),
          "--http", "127.0.0.1:0", "--user", "no-such-user"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=30,
+        cwd=REPO, env=gantry_env(), capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode != 0
     assert "serve.user: no user 'no-such-user'" in result.stderr, result.stderr

@@ -10,15 +10,20 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.process import REPO, GantryServer, GantryUp, free_port, try_get, wait_for
+from tests.process import (
+    GantryServer,
+    GantryUp,
+    free_port,
+    start_gantry,
+    try_get,
+    wait_for,
+)
 from tests.support_process import Load
 from tests.support_up import demo_stack
 
@@ -146,16 +151,7 @@ def test_gantry_front_notifies(tmp_path: Path, notifications: Notifications, wor
     text = FRONT.replace("FRONT_PORT", str(port)).replace("WORKERS", str(workers))
     config.write_text(text.replace("STATIC", str(static)))
     log_path = tmp_path / "front.log"
-    env = dict(
-        os.environ,
-        NOTIFY_SOCKET=notifications.path,
-        PYTHONPATH=os.pathsep.join([str(REPO), *sys.path]),
-    )
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gantry", "front", "-c", str(config)],
-            cwd=REPO, env=env, stdout=log, stderr=log,
-        )  # fmt: skip
+    process = start_gantry(["front", "-c", str(config)], log_path, NOTIFY_SOCKET=notifications.path)
     try:
         _cycle(notifications, process.pid)
         assert process.poll() is None, log_path.read_text()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.process import REPO, GantryServer, free_port, wait_until_read
+from tests.process import REPO, GantryServer, free_port, http_get, try_get, wait_until_read
 from tests.process import child_pids as _workers
 from tests.process import ready_workers as _ready_workers
 from tests.process import wait_for as _wait
@@ -156,9 +156,7 @@ def test_sighup_reloads_with_zero_failures_and_new_code(
         load.wait_for(300)
     assert load.failures == []
     assert len(_workers(two_workers.pid)) == 2
-    conn = http.client.HTTPConnection("127.0.0.1", two_workers.port, timeout=5)
-    conn.request("GET", "/version")
-    assert conn.getresponse().read() == b"v2-reloaded"
+    assert http_get(two_workers.port, "/version")[1] == b"v2-reloaded"
 
 
 def test_ttin_ttou_scale_with_zero_failures(two_workers: GantryServer) -> None:
@@ -188,9 +186,7 @@ def test_harakiri_kills_and_replaces_a_stuck_worker(site: Path, tmp_path: Path) 
         assert _wait(lambda: len(_workers(server.pid) - {before}) == 1)
         log = server.log_text()
         assert "HARAKIRI" in log and "GET /sleep?30" in log and str(before) in log
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
-        conn.request("GET", "/pid")
-        assert conn.getresponse().status == 200
+        assert http_get(server.port, "/pid")[0] == 200
     finally:
         server.stop()
 
@@ -200,10 +196,7 @@ def test_max_requests_recycles_the_worker(site: Path, tmp_path: Path) -> None:
     try:
         pids = set()
         for _ in range(60):
-            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
-            conn.request("GET", "/pid", headers={"Connection": "close"})
-            pids.add(conn.getresponse().read())
-            conn.close()
+            pids.add(http_get(server.port, "/pid", headers={"Connection": "close"})[1])
         assert len(pids) >= 2, pids
         assert "max-requests" in server.log_text()
     finally:
@@ -215,10 +208,7 @@ def test_reload_on_rss_recycles_the_worker(site: Path, tmp_path: Path) -> None:
     try:
         (first,) = _ready_workers(server.pid, 1)
         for _ in range(4):  # +80 MiB
-            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-            conn.request("GET", "/hoard", headers={"Connection": "close"})
-            conn.getresponse().read()
-            conn.close()
+            http_get(server.port, "/hoard", headers={"Connection": "close"}, timeout=10)
         assert _wait(lambda: first not in _workers(server.pid) and _workers(server.pid), 10)
         assert "reload-on-rss" in server.log_text()
     finally:
@@ -327,10 +317,7 @@ def test_sigusr1_reopens_the_access_log(site: Path, tmp_path: Path) -> None:
         _ready_workers(server.pid, 1)
 
         def get(path: str) -> None:
-            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
-            conn.request("GET", path, headers={"Connection": "close"})
-            conn.getresponse().read()
-            conn.close()
+            http_get(server.port, path, headers={"Connection": "close"})
 
         get("/before-rotation")
         assert _wait(lambda: log.exists() and "/before-rotation" in log.read_text())
@@ -377,16 +364,8 @@ def test_systemd_socket_activation(site: Path, tmp_path: Path) -> None:
     )
     listener.close()  # only the server holds it now
     try:
-
-        def answers() -> bool:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/pid")
-                return conn.getresponse().status == 200
-            except OSError:
-                return False
-
-        assert _wait(answers, 15), (tmp_path / "log").read_text()
+        answers = _wait(lambda: try_get(port, "/pid", timeout=2)[0] == 200, 15)
+        assert answers, (tmp_path / "log").read_text()
         assert "using the inherited socket" in (tmp_path / "log").read_text()
     finally:
         process.send_signal(signal.SIGTERM)

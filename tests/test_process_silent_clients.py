@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.process import GantryServer, GantryUp, child_pids, free_port, wait_for
+from tests.process import GantryServer, GantryUp, child_pids, free_port, http_get, wait_for
 from tests.support_process import read_stats, silent_clients, uwsgitop_screen
 from tests.support_up import demo_stack
 
@@ -96,11 +96,8 @@ def test_stats_and_metrics_answer_beside_silent_clients(
         started = time.monotonic()
         document = read_stats(stats_port)
         assert b'"workers"' in document
-        conn = http.client.HTTPConnection("127.0.0.1", metrics_port, timeout=5)
-        conn.request("GET", "/metrics")
-        response = conn.getresponse()
-        assert response.status == 200 and b"gantry_workers" in response.read()
-        conn.close()
+        status, body = http_get(metrics_port, "/metrics")
+        assert status == 200 and b"gantry_workers" in body
         took = time.monotonic() - started
         assert took < 0.5, f"answered after {took:.2f} s"
         _uwsgitop_shows_workers(server, stats_port)

@@ -24,7 +24,7 @@ import pytest
 
 from gantry.protocol.uwsgi import GANTRY_MODIFIER2, encode_packet, pack_header
 from gantry.stats.top import fetch
-from tests.process import GantryServer, free_port, read_all
+from tests.process import GantryServer, free_port, http_get, read_all
 
 
 def _wait(condition: Callable[[], Any], limit: float = 10.0) -> Any:
@@ -63,9 +63,7 @@ class Master:
 
     def metrics(self) -> str:
         """The Prometheus text."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.metrics_port, timeout=5)
-        conn.request("GET", "/metrics")
-        return conn.getresponse().read().decode()
+        return http_get(self.metrics_port, "/metrics")[1].decode()
 
     def ready(self, workers: int) -> None:
         """Wait until the stats show ``workers`` workers."""

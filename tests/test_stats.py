@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.process import REPO, GantryServer, child_pids, free_port, wait_for
+from tests.process import REPO, GantryServer, child_pids, free_port, http_get, wait_for
 from tests.process import ready_workers as _ready_workers
 from tests.support_process import uwsgitop_screen
 
@@ -31,10 +31,7 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gantry
     try:
         _ready_workers(server.pid, 2)
         for _ in range(40):
-            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
-            conn.request("GET", "/pid", headers={"Connection": "close"})
-            conn.getresponse().read()
-            conn.close()
+            http_get(server.port, "/pid", headers={"Connection": "close"})
 
         # counters reach shared memory after each batch, RSS once a second: wait for both
         def published() -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
@@ -159,10 +158,7 @@ def test_stack_stats_top_and_metrics(stack: tuple[GantryUp, str, int]) -> None:
         assert name in top.stdout
     from prometheus_client.parser import text_string_to_metric_families
 
-    conn = http.client.HTTPConnection("127.0.0.1", metrics, timeout=5)
-    conn.request("GET", "/metrics")
-    text = conn.getresponse().read().decode()
-    conn.close()
+    text = _get(metrics, "/metrics")[1].decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     requests = families["gantry_worker_requests"]
     assert {s.labels["pool"] for s in requests.samples} == {"front", "hello", "django"}

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from tests.e2e.nginx import Nginx
 
 REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -54,15 +55,22 @@ def require_program(name: str, package: str | None = None) -> str:
     pytest.skip(f"SKIPPED LOUDLY: {message}")
 
 
-def wait_for(predicate: Callable[[], object], limit: float = 15.0, interval: float = 0.05) -> bool:
-    """Poll ``predicate`` until it is true (True) or ``limit`` seconds pass (False)."""
+def poll(condition: Callable[[], T], limit: float = 15.0, interval: float = 0.05) -> T | None:
+    """Call ``condition`` until it returns a true value and return that value; None once
+    ``limit`` seconds pass (it is called once more at the end)."""
     deadline = time.monotonic() + limit
     while True:
-        if predicate():
-            return True
+        value = condition()
+        if value:
+            return value
         if time.monotonic() >= deadline:
-            return False
+            return None
         time.sleep(interval)
+
+
+def wait_for(predicate: Callable[[], object], limit: float = 15.0, interval: float = 0.05) -> bool:
+    """Poll ``predicate`` until it is true (True) or ``limit`` seconds pass (False)."""
+    return poll(predicate, limit, interval) is not None
 
 
 def accepts(target: tuple[str, int] | str | Path) -> bool:
@@ -206,6 +214,15 @@ def child_pids(pid: int) -> set[int]:
     except OSError:  # gone (FileNotFoundError) or reaped while read (ESRCH)
         return set()
     return {int(child) for child in children}
+
+
+def descendant_pids(pid: int) -> set[int]:
+    """The PIDs of a process's children, their children and so on (a stack's masters and
+    their workers), from /proc."""
+    found: set[int] = set()
+    for child in child_pids(pid):
+        found |= {child} | descendant_pids(child)
+    return found
 
 
 def ready_workers(master_pid: int, count: int, limit: float = 10.0) -> set[int]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gantry.stats.top import fetch
-from tests.process import REPO, GantryUp, free_port
+from tests.process import REPO, GantryUp, descendant_pids, free_port
 from tests.process import http_get as _get
 from tests.process import wait_for as _wait
 from tests.support_up import LoadLoop
@@ -224,25 +224,10 @@ def test_sighup_reloads_every_part_with_zero_failures(stack: tuple[GantryUp, str
 def test_sigterm_stops_every_part(tmp_path: Path) -> None:
     with GantryUp(tmp_path) as up:
         assert _wait(lambda: _answers_demo(up.port)), up.log_text()
-        pids = _descendants(up.pid)
+        pids = descendant_pids(up.pid)
         assert len(pids) >= 4, pids  # two masters, two workers
         assert up.stop() == 0
     assert _wait(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in pids), 10)
-
-
-def _descendants(pid: int) -> list[int]:
-    found: list[int] = []
-    queue = [pid]
-    while queue:
-        parent = queue.pop()
-        path = Path(f"/proc/{parent}/task/{parent}/children")
-        try:
-            kids = [int(k) for k in path.read_text().split()]
-        except OSError:
-            kids = []
-        found += kids
-        queue += kids
-    return found
 
 
 @pytest.mark.parametrize(

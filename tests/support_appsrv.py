@@ -7,6 +7,17 @@ import threading
 import time
 
 from gantry.protocol.uwsgi import encode_packet
+from tests.process import GantryServer, Launcher, free_port
+
+
+def hostile_server(launch: Launcher, *args: str, name: str) -> tuple[GantryServer, int]:
+    """A started ``gantry serve tests.apps_hostile:app`` with an HTTP and a uwsgi socket
+    (and ``args``), its log in ``name``.log; it and its uwsgi port."""
+    uwsgi_port = free_port()
+    server = launch.serve(
+        "tests.apps_hostile:app", "--uwsgi-socket", f"127.0.0.1:{uwsgi_port}", *args, name=name
+    )
+    return server, uwsgi_port
 
 
 def get(path: str, host: str = "a") -> bytes:

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.process import GantryServer, free_port, read_until_closed, responses, rss_kib
-from tests.support_appsrv import Sender, uwsgi_get, wait_stalled
+from tests.process import GantryServer, Launcher, free_port, read_until_closed, responses, rss_kib
+from tests.support_appsrv import Sender, hostile_server, uwsgi_get, wait_stalled
 
 REQUESTS = 20_000
 RESPONSE = 4096  # bytes of body per answer: 80 MB in all, if the worker buffered them
@@ -25,19 +25,10 @@ GROWTH_LIMIT_KIB = 20 * 1024
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GantryServer, int]]:
+def server(module_launch: Launcher) -> tuple[GantryServer, int]:
     """One ``gantry serve`` (no master: its PID is the worker's) with HTTP and uwsgi
-    sockets; yields it and the uwsgi port."""
-    workdir = tmp_path_factory.mktemp("backpressure")
-    uwsgi_port = free_port()
-    process = GantryServer(
-        "tests.apps_hostile:app",
-        "--uwsgi-socket", f"127.0.0.1:{uwsgi_port}",
-        "--keepalive-timeout", "30",
-        log_path=workdir / "server.log",
-    )  # fmt: skip
-    with process:
-        yield process, uwsgi_port
+    sockets; it and the uwsgi port."""
+    return hostile_server(module_launch, "--keepalive-timeout", "30", name="backpressure")
 
 
 def _pipeline_without_reading(

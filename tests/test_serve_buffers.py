@@ -14,14 +14,13 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from gantry.protocol.http1 import HTTPLimits, ProtocolError, RequestParser
 from tests.corpus import RecordingSink
-from tests.process import GantryServer, free_port, read_until_closed, responses, rss_kib
-from tests.support_appsrv import Sender, uwsgi_get
+from tests.process import GantryServer, Launcher, read_until_closed, responses, rss_kib
+from tests.support_appsrv import Sender, hostile_server, uwsgi_get
 
 CHUNKED_HEAD = b"POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n"
 
@@ -58,19 +57,14 @@ def test_parser_still_takes_a_small_trailer_section() -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GantryServer, int]]:
+def server(module_launch: Launcher) -> tuple[GantryServer, int]:
     """One ``gantry serve`` (no master, app threads) with an HTTP and a uwsgi socket."""
-    workdir = tmp_path_factory.mktemp("buffers")
-    uwsgi_port = free_port()
-    process = GantryServer(
-        "tests.apps_hostile:app",
-        "--uwsgi-socket", f"127.0.0.1:{uwsgi_port}",
+    return hostile_server(
+        module_launch,
         "--buffer-size", "4096",
         "--threads", "2",  # the loop reads while a request sleeps
-        log_path=workdir / "server.log",
+        name="buffers",
     )  # fmt: skip
-    with process:
-        yield process, uwsgi_port
 
 
 def test_serve_refuses_an_endless_trailer(server: tuple[GantryServer, int]) -> None:

@@ -10,29 +10,20 @@ from __future__ import annotations
 
 import socket
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.process import GantryServer, Launcher, free_port, read_until_closed, responses
-from tests.support_appsrv import get, uwsgi_get
+from tests.support_appsrv import get, hostile_server, uwsgi_get
 
 MIB = 50
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GantryServer, int]]:
-    """One ``gantry serve`` with an HTTP and a uwsgi socket; yields it and the uwsgi port."""
-    workdir = tmp_path_factory.mktemp("half-close")
-    uwsgi_port = free_port()
-    process = GantryServer(
-        "tests.apps_hostile:app",
-        "--uwsgi-socket", f"127.0.0.1:{uwsgi_port}",
-        log_path=workdir / "server.log",
-    )  # fmt: skip
-    with process:
-        yield process, uwsgi_port
+def server(module_launch: Launcher) -> tuple[GantryServer, int]:
+    """One ``gantry serve`` with an HTTP and a uwsgi socket; it and the uwsgi port."""
+    return hostile_server(module_launch, name="half-close")
 
 
 def _send_and_half_close(sock: socket.socket, payload: bytes) -> bytes:

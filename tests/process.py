@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -419,6 +420,96 @@ def read_until_closed(sock: socket.socket, wait: float) -> Exchange:
 def read_all(sock: socket.socket, limit: float = 5.0) -> bytes:
     """Read until the peer closes or ``limit`` seconds pass."""
     return read_until_closed(sock, limit).data
+
+
+class ClientLoad:
+    """Client threads sending GETs to 127.0.0.1:``port`` until stopped, bounded by ``limit``
+    seconds and ``max_requests`` in all; every failure is recorded, and the bodies seen.
+
+    With ``keep_alive`` every other thread keeps its connection open and the others open a
+    new one (``Connection: close``) for each request; otherwise every request has its own.
+    A response that is not 200 (or whose body is not ``expect``, when given) is a failure.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        path: str = "/",
+        threads: int = 3,
+        *,
+        keep_alive: bool = False,
+        expect: bytes | None = None,
+        limit: float = 60.0,
+        max_requests: int = 200_000,
+    ) -> None:
+        self.port = port
+        self.path = path
+        self.threads = threads
+        self.expect = expect
+        self.max_requests = max_requests
+        self.ok = 0
+        self.failures: list[str] = []
+        self.bodies: set[bytes] = set()
+        self.last_body = b""
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._limit = limit
+        self._workers = [
+            threading.Thread(target=self._run, args=(keep_alive and i % 2 == 0,), daemon=True)
+            for i in range(threads)
+        ]
+
+    def __enter__(self) -> ClientLoad:
+        self._deadline = time.monotonic() + self._limit
+        for thread in self._workers:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._workers:
+            thread.join(timeout=15)
+
+    def _run(self, keep: bool) -> None:
+        conn: http.client.HTTPConnection | None = None
+        while not self._stop.is_set() and time.monotonic() < self._deadline:
+            with self._lock:
+                if self.ok + len(self.failures) >= self.max_requests:
+                    break
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                conn.request("GET", self.path, headers={} if keep else {"Connection": "close"})
+                response = conn.getresponse()
+                body = response.read()
+                if response.status != 200 or (self.expect is not None and body != self.expect):
+                    raise RuntimeError(f"{response.status} {body[:200]!r}")
+                with self._lock:
+                    self.ok += 1
+                    self.bodies.add(body)
+                    self.last_body = body
+                if not keep or response.will_close:
+                    conn.close()
+                    conn = None
+            except Exception as exc:  # noqa: BLE001 - every failure is recorded and reported
+                with self._lock:
+                    self.failures.append(repr(exc))
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(0.01)  # a server that is down is not hammered
+        if conn is not None:
+            conn.close()
+
+    def count(self) -> int:
+        """Requests answered so far."""
+        with self._lock:
+            return self.ok
+
+    def wait_for(self, requests: int, limit: float = 10.0) -> None:
+        """Block until ``requests`` more requests were answered, or ``limit`` seconds pass."""
+        target = self.count() + requests
+        wait_for(lambda: self.count() >= target, limit, interval=0.02)
 
 
 def rss_kib(pid: int) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.process import (
+    ClientLoad,
     GantryServer,
     GantryUp,
     free_port,
@@ -24,7 +25,6 @@ from tests.process import (
     try_get,
     wait_for,
 )
-from tests.support_process import Load
 from tests.support_up import demo_stack
 
 APP = """
@@ -105,7 +105,7 @@ def test_gantry_serve_notifies(
     )  # fmt: skip
     server.start()
     try:
-        with Load(server.port) as load:
+        with ClientLoad(server.port) as load:
             assert wait_for(lambda: load.count() > 20, 10)
             _write(site, "v2")
             _cycle(notifications, server.pid)

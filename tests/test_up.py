@@ -17,7 +17,7 @@ from gantry.stats.top import fetch
 from tests.process import REPO, GantryUp, descendant_pids, free_port
 from tests.process import http_get as _get
 from tests.process import wait_for as _wait
-from tests.support_up import LoadLoop
+from tests.support_up import hello_load
 
 STACK = """
 [stack]
@@ -177,7 +177,7 @@ def test_killing_any_part_under_load(stack: tuple[GantryUp, str, int], victim: s
     else:
         pid = int(parts["front"]["pid"])  # type: ignore[call-overload]
     threads = 3
-    with LoadLoop(up.port, threads=threads) as load:
+    with hello_load(up.port, threads=threads) as load:
         assert _wait(lambda: load.ok > 20, 5)
         before = load.ok
         os.kill(pid, signal.SIGKILL)
@@ -203,7 +203,7 @@ def test_killing_any_part_under_load(stack: tuple[GantryUp, str, int], victim: s
 def test_sighup_reloads_every_part_with_zero_failures(stack: tuple[GantryUp, str, int]) -> None:
     up, stats, _ = stack
     old = set(_worker_pids(stats, "hello") + _worker_pids(stats, "front"))
-    with LoadLoop(up.port) as load:
+    with hello_load(up.port) as load:
         assert _wait(lambda: load.ok > 20, 5)
         assert up.process is not None
         up.process.send_signal(signal.SIGHUP)

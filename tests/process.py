@@ -539,54 +539,20 @@ class GantryUp(GantryServer):
         return super().stop(signum, timeout)
 
 
-class Front:
-    """A ``gantry front -c FILE`` process; ``FRONT_PORT`` in the config becomes its port."""
+class Front(GantryServer):
+    """A ``gantry front -c FILE`` process; ``FRONT_PORT`` in the config becomes its port.
+    ``path`` is the config file, ``log`` the file its output goes to."""
 
     def __init__(self, config: str, workdir: Path, env: dict[str, str] | None = None) -> None:
-        self.env = env or {}
-        self.port = free_port()
+        super().__init__("", log_path=workdir / "front.log", env=env)
         self.path = workdir / "front.toml"
         self.path.write_text(config.replace("FRONT_PORT", str(self.port)))
-        self.log = workdir / "front.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.log = self.log_path
+        self.command = [sys.executable, "-m", "gantry", "front", "-c", str(self.path)]
 
     def __enter__(self) -> Front:
         self.start()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def log_text(self) -> str:
-        """Everything the front wrote so far."""
-        try:
-            return self.log.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def start(self) -> None:
-        """Start the front and wait (15 s at most) until it accepts; stopped if it does not."""
-        log = self.log.open("ab")
-        env = dict(os.environ, **self.env)
-        # the caller's PYTHONPATH too: a checkout run with PYTHONPATH=src must test its own code
-        paths = [str(REPO), self.env.get("PYTHONPATH"), os.environ.get("PYTHONPATH")]
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gantry", "front", "-c", str(self.path)],
-            cwd=REPO, env=env, stdout=log, stderr=log,
-        )  # fmt: skip
-        log.close()
-        try:
-            wait_until_listening(
-                ("127.0.0.1", self.port), self.process, what="gantry front", log=self.log_text
-            )
-        except RuntimeError:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        """SIGTERM by PID, SIGKILL after 10 s."""
-        stop_process(self.process)
 
     def request(
         self,

@@ -17,10 +17,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from tests.e2e.nginx import Nginx
 
 REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -53,15 +56,22 @@ def require_program(name: str, package: str | None = None) -> str:
     pytest.skip(f"SKIPPED LOUDLY: {message}")
 
 
-def wait_for(predicate: Callable[[], object], limit: float = 15.0, interval: float = 0.05) -> bool:
-    """Poll ``predicate`` until it is true (True) or ``limit`` seconds pass (False)."""
+def poll(condition: Callable[[], T], limit: float = 15.0, interval: float = 0.05) -> T | None:
+    """Call ``condition`` until it returns a true value and return that value; None once
+    ``limit`` seconds pass (it is called once more at the end)."""
     deadline = time.monotonic() + limit
     while True:
-        if predicate():
-            return True
+        value = condition()
+        if value:
+            return value
         if time.monotonic() >= deadline:
-            return False
+            return None
         time.sleep(interval)
+
+
+def wait_for(predicate: Callable[[], object], limit: float = 15.0, interval: float = 0.05) -> bool:
+    """Poll ``predicate`` until it is true (True) or ``limit`` seconds pass (False)."""
+    return poll(predicate, limit, interval) is not None
 
 
 def accepts(target: tuple[str, int] | str | Path) -> bool:
@@ -168,25 +178,52 @@ def recv_until(sock: socket.socket, done: Callable[[bytes], bool], limit: float 
 
 
 def http_get(
-    port: int, path: str, method: str = "GET", host: str | None = None
+    port: int,
+    path: str = "/",
+    method: str = "GET",
+    host: str | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+    timeout: float = 5.0,
 ) -> tuple[int, bytes]:
     """One request on a fresh connection to 127.0.0.1: (status, body)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    fields = dict(headers or {})
+    if host:
+        fields["Host"] = host
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request(method, path, headers={"Host": host} if host else {})
+        conn.request(method, path, headers=fields)
         response = conn.getresponse()
         return response.status, response.read()
     finally:
         conn.close()
 
 
+def try_get(port: int, path: str = "/", **kwargs: Any) -> tuple[int, bytes]:
+    """``http_get``, but (0, b"") when the connection fails: for polling a server that may
+    still be starting, restarting or gone."""
+    try:
+        return http_get(port, path, **kwargs)
+    except OSError:
+        return 0, b""
+
+
 def child_pids(pid: int) -> set[int]:
     """The PIDs of a process's direct children (a master's workers), from /proc."""
     try:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except FileNotFoundError:
+    except OSError:  # gone (FileNotFoundError) or reaped while read (ESRCH)
         return set()
     return {int(child) for child in children}
+
+
+def descendant_pids(pid: int) -> set[int]:
+    """The PIDs of a process's children, their children and so on (a stack's masters and
+    their workers), from /proc."""
+    found: set[int] = set()
+    for child in child_pids(pid):
+        found |= {child} | descendant_pids(child)
+    return found
 
 
 def ready_workers(master_pid: int, count: int, limit: float = 10.0) -> set[int]:
@@ -205,6 +242,16 @@ def gantry_env(**extra: str) -> dict[str, str]:
         if name not in extra:
             env.pop(name, None)
     return env
+
+
+def start_gantry(args: Sequence[str], log_path: Path, **env: str) -> subprocess.Popen[bytes]:
+    """``python -m gantry ARGS`` started by hand in the repository with ``gantry_env(**env)``,
+    its output appended to ``log_path``; the caller waits for it and stops it by PID."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gantry", *args],
+            cwd=REPO, env=gantry_env(**env), stdout=log, stderr=log,
+        )  # fmt: skip
 
 
 def stop_process(
@@ -290,22 +337,179 @@ class GantryServer:
         return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
 
 
+@dataclass
+class Exchange:
+    """What came back on one connection: the bytes, whether the server closed it, and how
+    long that took."""
+
+    data: bytes
+    closed: bool
+    elapsed: float
+
+    @property
+    def statuses(self) -> list[int]:
+        """The status of every response, walking Content-Length and chunked framing."""
+        return [status for status, _ in responses(self.data)]
+
+    @property
+    def status(self) -> int:
+        """The status of the first response."""
+        statuses = self.statuses
+        assert statuses, "no response before the close"
+        return statuses[0]
+
+
+def responses(data: bytes) -> list[tuple[int, bytes]]:
+    """Every (status, body) in ``data``; a response without framing takes the rest."""
+    found = []
+    pos, end = 0, len(data)
+    while pos < end:
+        head_end = data.find(b"\r\n\r\n", pos)
+        assert head_end >= 0, f"incomplete response head: {data[pos : pos + 200]!r}"
+        status_line, *fields = data[pos:head_end].split(b"\r\n")
+        pos = head_end + 4
+        assert status_line.startswith((b"HTTP/1.1 ", b"HTTP/1.0 ")), status_line
+        status = int(status_line.split(b" ", 2)[1])
+        lowered = [f.lower() for f in fields]
+        lengths = [f.split(b":", 1)[1] for f in lowered if f.startswith(b"content-length:")]
+        if lengths:
+            size = int(lengths[0])
+            found.append((status, data[pos : pos + size]))
+            pos += size
+        elif b"transfer-encoding: chunked" in lowered:
+            body = bytearray()
+            while True:
+                line_end = data.find(b"\r\n", pos)
+                assert line_end >= 0, "chunked body cut short"
+                size = int(data[pos:line_end], 16)
+                pos = line_end + 2
+                if size == 0:
+                    assert data.startswith(b"\r\n", pos), "chunked body cut short"
+                    pos += 2
+                    break
+                body += data[pos : pos + size]
+                pos += size + 2
+            found.append((status, bytes(body)))
+        else:
+            found.append((status, data[pos:]))
+            break
+    return found
+
+
+def read_until_closed(sock: socket.socket, wait: float) -> Exchange:
+    """Read until the server closes the connection or ``wait`` seconds pass."""
+    started = time.monotonic()
+    deadline = started + wait
+    data = bytearray()
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return Exchange(bytes(data), False, time.monotonic() - started)
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(1 << 20)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            chunk = b""  # a reset (an abort) is a close too; what arrived before it is kept
+        if not chunk:
+            return Exchange(bytes(data), True, time.monotonic() - started)
+        data += chunk
+
+
 def read_all(sock: socket.socket, limit: float = 5.0) -> bytes:
     """Read until the peer closes or ``limit`` seconds pass."""
-    sock.settimeout(limit)
-    chunks = []
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            data = sock.recv(65536)
-        except TimeoutError:
-            break
-        except ConnectionResetError:
-            break  # an abort (RST) is a close too
-        if not data:
-            break
-        chunks.append(data)
-    return b"".join(chunks)
+    return read_until_closed(sock, limit).data
+
+
+class ClientLoad:
+    """Client threads sending GETs to 127.0.0.1:``port`` until stopped, bounded by ``limit``
+    seconds and ``max_requests`` in all; every failure is recorded, and the bodies seen.
+
+    With ``keep_alive`` every other thread keeps its connection open and the others open a
+    new one (``Connection: close``) for each request; otherwise every request has its own.
+    A response that is not 200 (or whose body is not ``expect``, when given) is a failure.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        path: str = "/",
+        threads: int = 3,
+        *,
+        keep_alive: bool = False,
+        expect: bytes | None = None,
+        limit: float = 60.0,
+        max_requests: int = 200_000,
+    ) -> None:
+        self.port = port
+        self.path = path
+        self.threads = threads
+        self.expect = expect
+        self.max_requests = max_requests
+        self.ok = 0
+        self.failures: list[str] = []
+        self.bodies: set[bytes] = set()
+        self.last_body = b""
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._limit = limit
+        self._workers = [
+            threading.Thread(target=self._run, args=(keep_alive and i % 2 == 0,), daemon=True)
+            for i in range(threads)
+        ]
+
+    def __enter__(self) -> ClientLoad:
+        self._deadline = time.monotonic() + self._limit
+        for thread in self._workers:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._workers:
+            thread.join(timeout=15)
+
+    def _run(self, keep: bool) -> None:
+        conn: http.client.HTTPConnection | None = None
+        while not self._stop.is_set() and time.monotonic() < self._deadline:
+            with self._lock:
+                if self.ok + len(self.failures) >= self.max_requests:
+                    break
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                conn.request("GET", self.path, headers={} if keep else {"Connection": "close"})
+                response = conn.getresponse()
+                body = response.read()
+                if response.status != 200 or (self.expect is not None and body != self.expect):
+                    raise RuntimeError(f"{response.status} {body[:200]!r}")
+                with self._lock:
+                    self.ok += 1
+                    self.bodies.add(body)
+                    self.last_body = body
+                if not keep or response.will_close:
+                    conn.close()
+                    conn = None
+            except Exception as exc:  # noqa: BLE001 - every failure is recorded and reported
+                with self._lock:
+                    self.failures.append(repr(exc))
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(0.01)  # a server that is down is not hammered
+        if conn is not None:
+            conn.close()
+
+    def count(self) -> int:
+        """Requests answered so far."""
+        with self._lock:
+            return self.ok
+
+    def wait_for(self, requests: int, limit: float = 10.0) -> None:
+        """Block until ``requests`` more requests were answered, or ``limit`` seconds pass."""
+        target = self.count() + requests
+        wait_for(lambda: self.count() >= target, limit, interval=0.02)
 
 
 def rss_kib(pid: int) -> int:
@@ -335,54 +539,20 @@ class GantryUp(GantryServer):
         return super().stop(signum, timeout)
 
 
-class Front:
-    """A ``gantry front -c FILE`` process; ``FRONT_PORT`` in the config becomes its port."""
+class Front(GantryServer):
+    """A ``gantry front -c FILE`` process; ``FRONT_PORT`` in the config becomes its port.
+    ``path`` is the config file, ``log`` the file its output goes to."""
 
     def __init__(self, config: str, workdir: Path, env: dict[str, str] | None = None) -> None:
-        self.env = env or {}
-        self.port = free_port()
+        super().__init__("", log_path=workdir / "front.log", env=env)
         self.path = workdir / "front.toml"
         self.path.write_text(config.replace("FRONT_PORT", str(self.port)))
-        self.log = workdir / "front.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.log = self.log_path
+        self.command = [sys.executable, "-m", "gantry", "front", "-c", str(self.path)]
 
     def __enter__(self) -> Front:
         self.start()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def log_text(self) -> str:
-        """Everything the front wrote so far."""
-        try:
-            return self.log.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def start(self) -> None:
-        """Start the front and wait (15 s at most) until it accepts; stopped if it does not."""
-        log = self.log.open("ab")
-        env = dict(os.environ, **self.env)
-        # the caller's PYTHONPATH too: a checkout run with PYTHONPATH=src must test its own code
-        paths = [str(REPO), self.env.get("PYTHONPATH"), os.environ.get("PYTHONPATH")]
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gantry", "front", "-c", str(self.path)],
-            cwd=REPO, env=env, stdout=log, stderr=log,
-        )  # fmt: skip
-        log.close()
-        try:
-            wait_until_listening(
-                ("127.0.0.1", self.port), self.process, what="gantry front", log=self.log_text
-            )
-        except RuntimeError:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        """SIGTERM by PID, SIGKILL after 10 s."""
-        stop_process(self.process)
 
     def request(
         self,

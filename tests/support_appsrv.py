@@ -5,84 +5,41 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from dataclasses import dataclass
+
+from gantry.protocol.uwsgi import encode_packet
+from tests.process import GantryServer, Launcher, free_port
 
 
-@dataclass
-class Exchange:
-    """What came back on one connection: the bytes, and whether the server closed it."""
-
-    data: bytes
-    closed: bool
-    elapsed: float
-
-    @property
-    def statuses(self) -> list[int]:
-        """The status of every response, walking Content-Length and chunked framing."""
-        return [status for status, _ in responses(self.data)]
-
-
-def responses(data: bytes) -> list[tuple[int, bytes]]:
-    """Every (status, body) in ``data``; a response without framing takes the rest."""
-    found = []
-    pos, end = 0, len(data)
-    while pos < end:
-        head_end = data.find(b"\r\n\r\n", pos)
-        assert head_end >= 0, f"incomplete response head: {data[pos : pos + 200]!r}"
-        status_line, *fields = data[pos:head_end].split(b"\r\n")
-        pos = head_end + 4
-        assert status_line.startswith((b"HTTP/1.1 ", b"HTTP/1.0 ")), status_line
-        status = int(status_line.split(b" ", 2)[1])
-        lowered = [f.lower() for f in fields]
-        lengths = [f.split(b":", 1)[1] for f in lowered if f.startswith(b"content-length:")]
-        if lengths:
-            size = int(lengths[0])
-            found.append((status, data[pos : pos + size]))
-            pos += size
-        elif b"transfer-encoding: chunked" in lowered:
-            body = bytearray()
-            while True:
-                line_end = data.find(b"\r\n", pos)
-                assert line_end >= 0, "chunked body cut short"
-                size = int(data[pos:line_end], 16)
-                pos = line_end + 2
-                if size == 0:
-                    assert data.startswith(b"\r\n", pos), "chunked body cut short"
-                    pos += 2
-                    break
-                body += data[pos : pos + size]
-                pos += size + 2
-            found.append((status, bytes(body)))
-        else:
-            found.append((status, data[pos:]))
-            break
-    return found
-
-
-def read_until_closed(sock: socket.socket, wait: float) -> Exchange:
-    """Read until the server closes the connection or ``wait`` seconds pass."""
-    started = time.monotonic()
-    deadline = started + wait
-    data = bytearray()
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return Exchange(bytes(data), False, time.monotonic() - started)
-        sock.settimeout(left)
-        try:
-            chunk = sock.recv(1 << 20)
-        except TimeoutError:
-            continue
-        except ConnectionResetError:
-            chunk = b""  # a reset is a close too; what arrived before it is kept
-        if not chunk:
-            return Exchange(bytes(data), True, time.monotonic() - started)
-        data += chunk
+def hostile_server(launch: Launcher, *args: str, name: str) -> tuple[GantryServer, int]:
+    """A started ``gantry serve tests.apps_hostile:app`` with an HTTP and a uwsgi socket
+    (and ``args``), its log in ``name``.log; it and its uwsgi port."""
+    uwsgi_port = free_port()
+    server = launch.serve(
+        "tests.apps_hostile:app", "--uwsgi-socket", f"127.0.0.1:{uwsgi_port}", *args, name=name
+    )
+    return server, uwsgi_port
 
 
 def get(path: str, host: str = "a") -> bytes:
     """A plain GET with a Host field."""
     return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+
+
+def uwsgi_get(uri: bytes, keep: bool = False, *extra: tuple[bytes, bytes]) -> bytes:
+    """A uwsgi packet for a GET of ``uri`` (path and query split as a front would), with
+    ``extra`` variables, asking to keep the connection open when ``keep``."""
+    path, _, query = uri.partition(b"?")
+    pairs = [
+        (b"REQUEST_METHOD", b"GET"),
+        (b"REQUEST_URI", uri),
+        (b"PATH_INFO", path),
+        (b"QUERY_STRING", query),
+        (b"SERVER_PROTOCOL", b"HTTP/1.1"),
+        *extra,
+    ]
+    if keep:
+        pairs.append((b"GANTRY_KEEPALIVE", b"1"))
+    return encode_packet(pairs)
 
 
 class Sender(threading.Thread):

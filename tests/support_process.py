@@ -1,30 +1,22 @@
-"""Helpers for the process-loop tests (test_process_*.py): children, waiting, silent clients."""
+"""Helpers for the process-loop and stats tests: silent clients, stats, uwsgitop.
+
+Waiting on a condition and a process's children are ``tests.process.wait_for`` and
+``child_pids``."""
 
 from __future__ import annotations
 
+import os
+import pty
+import select
+import signal
 import socket
+import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 
-def children(pid: int) -> set[int]:
-    """The PIDs of ``pid``'s children (empty once it is gone)."""
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return set()
-    return {int(p) for p in text.split()}
-
-
-def wait_for(condition: Callable[[], object], limit: float = 10.0, step: float = 0.01) -> bool:
-    """Poll ``condition`` until it is true or ``limit`` seconds pass; whether it became true."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(step)
-    return bool(condition())
+UWSGITOP = Path(sys.executable).parent / "uwsgitop"
 
 
 def silent_clients(address: tuple[str, int] | str, count: int) -> list[socket.socket]:
@@ -39,6 +31,40 @@ def silent_clients(address: tuple[str, int] | str, count: int) -> list[socket.so
     return opened
 
 
+def read_pty(fd: int, limit: float, until: bytes | None = None) -> bytes:
+    """What a program on a pseudo-terminal wrote, read until ``until`` shows, the program
+    ends (the read fails) or ``limit`` seconds pass."""
+    output = b""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and (until is None or until not in output):
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                output += os.read(fd, 65536)
+            except OSError:
+                break
+    return output
+
+
+def uwsgitop_screen(stats_port: int, limit: float = 3.0, until: bytes | None = None) -> str:
+    """What the real uwsgitop (a curses program) drew on a pseudo-terminal, reading the
+    stats server on 127.0.0.1:``stats_port``; stopped by its PID after ``limit`` seconds
+    or once ``until`` shows."""
+    if not UWSGITOP.exists():
+        pytest.fail("uwsgitop is not installed in the test environment (pip install uwsgitop)")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: exec uwsgitop on the pty
+        os.environ["TERM"] = "xterm"
+        os.execv(sys.executable, [sys.executable, str(UWSGITOP), f"127.0.0.1:{stats_port}"])
+    try:
+        output = read_pty(fd, limit, until)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+        os.close(fd)
+    return output.decode("utf-8", "replace")
+
+
 def read_stats(port: int, timeout: float = 5.0) -> bytes:
     """One stats document from 127.0.0.1:``port``, read until the close."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
@@ -46,61 +72,3 @@ def read_stats(port: int, timeout: float = 5.0) -> bytes:
         while data := sock.recv(65536):
             chunks.append(data)
     return b"".join(chunks)
-
-
-class Load:
-    """Client threads sending GETs to 127.0.0.1:``port`` until stopped, bounded in time and
-    count; records every failure and the bodies seen."""
-
-    def __init__(
-        self, port: int, path: str = "/", threads: int = 3, max_seconds: float = 60.0
-    ) -> None:
-        import threading
-
-        self.port = port
-        self.path = path
-        self.ok = 0
-        self.failures: list[str] = []
-        self.bodies: set[bytes] = set()
-        self.last_body = b""
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._deadline = time.monotonic() + max_seconds
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=15)
-
-    def _run(self) -> None:
-        import http.client
-
-        while not self._stop.is_set() and time.monotonic() < self._deadline:
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-            try:
-                conn.request("GET", self.path)
-                response = conn.getresponse()
-                body = response.read()
-                with self._lock:
-                    if response.status == 200:
-                        self.ok += 1
-                        self.bodies.add(body)
-                        self.last_body = body
-                    else:
-                        self.failures.append(f"{response.status} {body[:200]!r}")
-            except (OSError, http.client.HTTPException) as exc:
-                with self._lock:
-                    self.failures.append(repr(exc))
-            finally:
-                conn.close()
-
-    def count(self) -> int:
-        """Requests answered 200 so far."""
-        with self._lock:
-            return self.ok

@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.process import REPO, Launcher, free_port, gantry_env, stop_process, wait_for
+from tests.process import (
+    REPO,
+    Launcher,
+    free_port,
+    gantry_env,
+    stop_process,
+    try_get,
+    wait_for,
+)
+from tests.support_up import demo_stack
 
 DEPLOY = REPO / "examples" / "deploy"
 VENV_BIN = Path(sys.executable).parent
@@ -68,44 +77,20 @@ def test_dockerfile_lints_clean() -> None:
     assert 'CMD ["gantry", "up"' in text and "STOPSIGNAL SIGTERM" in text
 
 
-STACK = """
-[stack]
-graceful_timeout = 5
-pidfile = "{run}/gantry.pid"
-
-[front]
-listen = ["127.0.0.1:{port}"]
-workers = 1
-access_log = "{logs}/access.log"
-
-[[front.server]]
-default = true
-
-[[front.server.location]]
-path = "/"
-proxy = "hello"
-
-[[app]]
-name = "hello"
-module = "gantry.demo:app"
-workers = 1
-graceful_timeout = 5
-error_log = "{logs}/app.log"
-"""
+def _stack(run: Path, logs: Path) -> str:
+    """The demo stack with a pidfile in ``run`` and the front's and app's logs in ``logs``,
+    as the deploy examples lay them out."""
+    return demo_stack(
+        stack=f'pidfile = "{run}/gantry.pid"',
+        front=f'access_log = "{logs}/access.log"',
+        app=f'error_log = "{logs}/app.log"',
+    )
 
 
 def _hello(port: int) -> int:
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", "/hello")
-        response = conn.getresponse()
-        return response.status if response.read() == b"Hello World!" else -1
-    except OSError:
-        return 0
-    finally:
-        conn.close()
+    """The status of GET /hello, -1 if the body is not the demo's, 0 if it cannot connect."""
+    status, body = try_get(port, "/hello", timeout=10)
+    return status if status == 0 or body == b"Hello World!" else -1
 
 
 def test_socket_activation_and_notify_as_the_unit_runs_them(launch: Launcher) -> None:
@@ -117,7 +102,7 @@ def test_socket_activation_and_notify_as_the_unit_runs_them(launch: Launcher) ->
     workdir = launch.workdir
     (workdir / "logs").mkdir()
     config = workdir / "gantry.toml"
-    config.write_text(STACK.format(port=port, run=workdir, logs=workdir / "logs"))
+    config.write_text(_stack(workdir, workdir / "logs").replace("FRONT_PORT", str(port)))
     notify_path = str(workdir / "notify")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         notify.bind(notify_path)
@@ -177,7 +162,7 @@ def test_logrotate_with_the_example_snippet(launch: Launcher) -> None:
     rotate_conf = workdir / "logrotate.conf"
     rotate_conf.write_text(snippet)
     rotate_conf.chmod(0o644)  # logrotate refuses a config others can write
-    up = launch.up(STACK.format(port="FRONT_PORT", run=workdir, logs=logs))
+    up = launch.up(_stack(workdir, logs))
     port = up.port
     assert wait_for(lambda: _hello(port) == 200, 30), up.log_text()
     for _ in range(5):

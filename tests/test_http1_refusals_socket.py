@@ -16,14 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.apps_refusal import CALLS_ENV
-from tests.process import GantryServer
-from tests.support_refusals import (
-    MAX_BODY,
-    REFUSALS,
-    Exchange,
-    read_until_closed,
-    request,
-)
+from tests.process import Exchange, GantryServer, read_until_closed
+from tests.support_refusals import MAX_BODY, REFUSALS, request
 
 TIMEOUT = 1  # --header-timeout, --keepalive-timeout and --body-timeout, in seconds
 

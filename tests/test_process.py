@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-import http.client
 import os
 import shutil
 import signal
 import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from tests.process import REPO, GantryServer, free_port, wait_until_read
+from tests.process import (
+    REPO,
+    ClientLoad,
+    GantryServer,
+    free_port,
+    http_get,
+    try_get,
+    wait_until_read,
+)
 from tests.process import child_pids as _workers
 from tests.process import ready_workers as _ready_workers
 from tests.process import wait_for as _wait
@@ -24,70 +29,9 @@ from tests.process import wait_for as _wait
 APP = "apps_process:app"
 
 
-@dataclass
-class LoadLoop:
-    """Client threads sending GETs until stopped, bounded in count and time; records failures."""
-
-    port: int
-    threads: int = 4
-    keep_alive: bool = True
-    max_seconds: float = 20.0
-    max_requests: int = 200_000
-    path: str = "/pid"
-    ok: int = 0
-    failures: list[str] = field(default_factory=list)
-    pids: set[str] = field(default_factory=set)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _workers: list[threading.Thread] = field(default_factory=list)
-
-    def __enter__(self) -> LoadLoop:
-        deadline = time.monotonic() + self.max_seconds
-        for index in range(self.threads):
-            keep = self.keep_alive if index % 2 == 0 else False  # half reconnect each time
-            thread = threading.Thread(target=self._run, args=(keep, deadline), daemon=True)
-            thread.start()
-            self._workers.append(thread)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._workers:
-            thread.join(timeout=10)
-
-    def _run(self, keep: bool, deadline: float) -> None:
-        conn: http.client.HTTPConnection | None = None
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            with self._lock:
-                if self.ok + len(self.failures) >= self.max_requests:
-                    return
-            try:
-                if conn is None:
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                conn.request("GET", self.path, headers={} if keep else {"Connection": "close"})
-                response = conn.getresponse()
-                body = response.read()
-                if response.status != 200:
-                    raise RuntimeError(f"status {response.status}")
-                with self._lock:
-                    self.ok += 1
-                    self.pids.add(body.decode())
-                if not keep or response.will_close:
-                    conn.close()
-                    conn = None
-            except Exception as exc:  # noqa: BLE001 - every failure is recorded
-                with self._lock:
-                    self.failures.append(repr(exc))
-                if conn is not None:
-                    conn.close()
-                conn = None
-
-    def wait_for(self, requests: int, limit: float = 10.0) -> None:
-        """Block until ``requests`` more requests succeeded (bounded)."""
-        target = self.ok + requests
-        deadline = time.monotonic() + limit
-        while self.ok < target and time.monotonic() < deadline:
-            time.sleep(0.02)
+def _pid_load(port: int, threads: int) -> ClientLoad:
+    """GET /pid from ``threads`` threads, half on kept connections, for 20 s at most."""
+    return ClientLoad(port, "/pid", threads, keep_alive=True, limit=20.0)
 
 
 @pytest.fixture
@@ -131,7 +75,7 @@ def test_pidfile_names_the_master(two_workers: GantryServer, tmp_path: Path) -> 
 def test_killed_worker_is_replaced_quickly(two_workers: GantryServer) -> None:
     before = _workers(two_workers.pid)
     victim = sorted(before)[0]
-    with LoadLoop(two_workers.port, threads=4) as load:
+    with _pid_load(two_workers.port, 4) as load:
         load.wait_for(200)
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
@@ -149,20 +93,18 @@ def test_sighup_reloads_with_zero_failures_and_new_code(
     before = _workers(two_workers.pid)
     module = site / "apps_process.py"
     module.write_text(module.read_text().replace('VERSION = "v1"', 'VERSION = "v2-reloaded"'))
-    with LoadLoop(two_workers.port, threads=6) as load:
+    with _pid_load(two_workers.port, 6) as load:
         load.wait_for(300)
         os.kill(two_workers.pid, signal.SIGHUP)
         assert _wait(lambda: not (_workers(two_workers.pid) & before), 15.0)
         load.wait_for(300)
     assert load.failures == []
     assert len(_workers(two_workers.pid)) == 2
-    conn = http.client.HTTPConnection("127.0.0.1", two_workers.port, timeout=5)
-    conn.request("GET", "/version")
-    assert conn.getresponse().read() == b"v2-reloaded"
+    assert http_get(two_workers.port, "/version")[1] == b"v2-reloaded"
 
 
 def test_ttin_ttou_scale_with_zero_failures(two_workers: GantryServer) -> None:
-    with LoadLoop(two_workers.port, threads=4) as load:
+    with _pid_load(two_workers.port, 4) as load:
         load.wait_for(200)
         os.kill(two_workers.pid, signal.SIGTTIN)
         assert _wait(lambda: len(_workers(two_workers.pid)) == 3)
@@ -188,9 +130,7 @@ def test_harakiri_kills_and_replaces_a_stuck_worker(site: Path, tmp_path: Path) 
         assert _wait(lambda: len(_workers(server.pid) - {before}) == 1)
         log = server.log_text()
         assert "HARAKIRI" in log and "GET /sleep?30" in log and str(before) in log
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
-        conn.request("GET", "/pid")
-        assert conn.getresponse().status == 200
+        assert http_get(server.port, "/pid")[0] == 200
     finally:
         server.stop()
 
@@ -200,10 +140,7 @@ def test_max_requests_recycles_the_worker(site: Path, tmp_path: Path) -> None:
     try:
         pids = set()
         for _ in range(60):
-            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
-            conn.request("GET", "/pid", headers={"Connection": "close"})
-            pids.add(conn.getresponse().read())
-            conn.close()
+            pids.add(http_get(server.port, "/pid", headers={"Connection": "close"})[1])
         assert len(pids) >= 2, pids
         assert "max-requests" in server.log_text()
     finally:
@@ -215,10 +152,7 @@ def test_reload_on_rss_recycles_the_worker(site: Path, tmp_path: Path) -> None:
     try:
         (first,) = _ready_workers(server.pid, 1)
         for _ in range(4):  # +80 MiB
-            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-            conn.request("GET", "/hoard", headers={"Connection": "close"})
-            conn.getresponse().read()
-            conn.close()
+            http_get(server.port, "/hoard", headers={"Connection": "close"}, timeout=10)
         assert _wait(lambda: first not in _workers(server.pid) and _workers(server.pid), 10)
         assert "reload-on-rss" in server.log_text()
     finally:
@@ -327,10 +261,7 @@ def test_sigusr1_reopens_the_access_log(site: Path, tmp_path: Path) -> None:
         _ready_workers(server.pid, 1)
 
         def get(path: str) -> None:
-            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
-            conn.request("GET", path, headers={"Connection": "close"})
-            conn.getresponse().read()
-            conn.close()
+            http_get(server.port, path, headers={"Connection": "close"})
 
         get("/before-rotation")
         assert _wait(lambda: log.exists() and "/before-rotation" in log.read_text())
@@ -377,16 +308,8 @@ def test_systemd_socket_activation(site: Path, tmp_path: Path) -> None:
     )
     listener.close()  # only the server holds it now
     try:
-
-        def answers() -> bool:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/pid")
-                return conn.getresponse().status == 200
-            except OSError:
-                return False
-
-        assert _wait(answers, 15), (tmp_path / "log").read_text()
+        answers = _wait(lambda: try_get(port, "/pid", timeout=2)[0] == 200, 15)
+        assert answers, (tmp_path / "log").read_text()
         assert "using the inherited socket" in (tmp_path / "log").read_text()
     finally:
         process.send_signal(signal.SIGTERM)

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.process import GantryServer, GantryUp, free_port
-from tests.support_process import Load, children, wait_for
+from tests.process import ClientLoad, GantryServer, GantryUp, child_pids, free_port, wait_for
 
 APP = """
 VERSION = b"{version}"
@@ -64,8 +63,8 @@ def test_gantry_serve_keeps_serving_through_a_broken_reload(tmp_path: Path, prel
     )  # fmt: skip
     server.start()
     try:
-        assert wait_for(lambda: len(children(server.pid)) == 2, 10), server.log_text()
-        with Load(server.port) as load:
+        assert wait_for(lambda: len(child_pids(server.pid)) == 2, 10), server.log_text()
+        with ClientLoad(server.port) as load:
             assert wait_for(lambda: load.count() > 20, 10)
             _write_app(site, BROKEN)
             os.kill(server.pid, signal.SIGHUP)
@@ -146,7 +145,7 @@ def test_gantry_up_code_only_sighup_with_broken_code_keeps_the_stack(
     up.start()
     try:
         assert wait_for(lambda: _pool_workers(stats) == 2, 20), up.log_text()
-        with Load(up.port) as load:
+        with ClientLoad(up.port) as load:
             assert wait_for(lambda: load.count() > 20, 10)
             _write_app(site, BROKEN)
             os.kill(up.pid, signal.SIGHUP)
@@ -199,8 +198,8 @@ def test_gantry_serve_ini_without_lazy_apps_reloads_new_code(tmp_path: Path) -> 
     )
     server.start()
     try:
-        assert wait_for(lambda: len(children(server.pid)) == 2, 10), server.log_text()
-        with Load(server.port) as load:
+        assert wait_for(lambda: len(child_pids(server.pid)) == 2, 10), server.log_text()
+        with ClientLoad(server.port) as load:
             assert wait_for(lambda: load.count() > 20, 10)
             assert load.last_body == b"v1"
             _write_app(site, APP.format(version="v2"))

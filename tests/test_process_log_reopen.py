@@ -7,15 +7,21 @@ from __future__ import annotations
 import http.client
 import os
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-from tests.process import REPO, GantryServer, GantryUp, free_port
-from tests.support_process import children, wait_for
+from tests.process import (
+    REPO,
+    GantryServer,
+    GantryUp,
+    child_pids,
+    descendant_pids,
+    free_port,
+    start_gantry,
+    wait_for,
+)
 
 STACK = """
 [stack]
@@ -82,13 +88,6 @@ def _rotate(*paths: Path) -> None:
         path.rename(path.with_name(path.name + ".1"))
 
 
-def _descendants(pid: int) -> set[int]:
-    found = set()
-    for child in children(pid):
-        found |= {child} | _descendants(child)
-    return found
-
-
 def test_gantry_up_sigusr1_reopens_every_log_and_kills_nothing(tmp_path: Path) -> None:
     config = STACK.replace("WORKDIR", str(tmp_path)).replace("REPO", str(REPO))
     up = GantryUp(tmp_path, config)
@@ -96,10 +95,10 @@ def test_gantry_up_sigusr1_reopens_every_log_and_kills_nothing(tmp_path: Path) -
     try:
         front_log, app_log = tmp_path / "front-access.log", tmp_path / "app-access.log"
         error_log = tmp_path / "app-error.log"
-        assert wait_for(lambda: len(_descendants(up.pid)) == 6, 20), up.log_text()
+        assert wait_for(lambda: len(descendant_pids(up.pid)) == 6, 20), up.log_text()
         assert wait_for(lambda: _get(up.port, "/version")[0] == 200, 10)
         assert wait_for(lambda: front_log.exists() and app_log.exists(), 5)
-        processes = _descendants(up.pid)
+        processes = descendant_pids(up.pid)
         slow = InFlight(up.port, "/sleep?1.5")
         assert slow.sent.wait(5)
         _rotate(front_log, app_log, error_log)
@@ -115,7 +114,7 @@ def test_gantry_up_sigusr1_reopens_every_log_and_kills_nothing(tmp_path: Path) -
         text = up.log_text()
         assert "SIGUSR1" not in text.replace("SIGUSR1: the master", ""), text
         assert "died" not in text and "again" not in text, text
-        assert _descendants(up.pid) == processes
+        assert descendant_pids(up.pid) == processes
     finally:
         up.stop()
 
@@ -151,16 +150,11 @@ def test_gantry_front_sigusr1_reopens_the_access_log(tmp_path: Path, workers: in
         .replace("WORKDIR", str(tmp_path))
     )
     log_path = tmp_path / "front.log"
-    with log_path.open("ab") as log:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *sys.path]))
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gantry", "front", "-c", str(config)],
-            cwd=REPO, env=env, stdout=log, stderr=log,
-        )  # fmt: skip
+    process = start_gantry(["front", "-c", str(config)], log_path)
     try:
         access = tmp_path / "access.log"
         assert wait_for(lambda: _answers(port), 15), log_path.read_text()
-        processes = {process.pid, *_descendants(process.pid)}
+        processes = {process.pid, *descendant_pids(process.pid)}
         assert wait_for(lambda: _has(access, "/index.html"), 5)
         _rotate(access)
         os.kill(process.pid, signal.SIGUSR1)
@@ -168,7 +162,7 @@ def test_gantry_front_sigusr1_reopens_the_access_log(tmp_path: Path, workers: in
         assert _get(port, "/index.html?after")[0] == 200
         assert wait_for(lambda: _has(access, "/index.html?after"), 5), log_path.read_text()
         assert process.poll() is None, log_path.read_text()
-        assert {process.pid, *_descendants(process.pid)} == processes
+        assert {process.pid, *descendant_pids(process.pid)} == processes
         assert "died" not in log_path.read_text()
     finally:
         process.send_signal(signal.SIGTERM)
@@ -193,8 +187,8 @@ def test_gantry_serve_sigusr1_reopens_both_logs(tmp_path: Path, workers: list[st
     server.start()
     try:
         if workers:
-            assert wait_for(lambda: len(children(server.pid)) == 2, 10), server.log_text()
-        processes = {server.pid, *_descendants(server.pid)}
+            assert wait_for(lambda: len(child_pids(server.pid)) == 2, 10), server.log_text()
+        processes = {server.pid, *descendant_pids(server.pid)}
         assert _get(server.port, "/before")[0] == 200
         assert wait_for(lambda: _has(access, "/before"), 5)
         slow = InFlight(server.port, "/sleep?1")
@@ -205,7 +199,7 @@ def test_gantry_serve_sigusr1_reopens_both_logs(tmp_path: Path, workers: list[st
         assert wait_for(lambda: _has(errors, "log files reopened"), 5), server.log_text()
         assert _get(server.port, "/after")[0] == 200
         assert wait_for(lambda: _has(access, "/after"), 5)
-        assert {server.pid, *_descendants(server.pid)} == processes
+        assert {server.pid, *descendant_pids(server.pid)} == processes
         if workers:  # the master's own log line went to the new file too
             assert _has(errors, "SIGUSR1: the master reopened its log")
     finally:

@@ -4,7 +4,6 @@ Run as root with user nobody (skipped otherwise)."""
 
 from __future__ import annotations
 
-import http.client
 import os
 import pwd
 import shutil
@@ -18,8 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.process import REPO, GantryServer
-from tests.support_process import children, wait_for
+from tests.process import (
+    REPO,
+    GantryServer,
+    child_pids,
+    gantry_env,
+    http_get,
+    start_gantry,
+    try_get,
+    wait_for,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
 
@@ -70,11 +77,10 @@ def _ids(pid: int) -> tuple[int, int]:
 
 
 def _get(port: int) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    conn.request("GET", "/", headers={"Connection": "close"})
-    response = conn.getresponse()
-    assert response.status == 200
-    return int(response.read())
+    """The PID of the worker that answered (whoami:app)."""
+    status, body = http_get(port, "/", headers={"Connection": "close"})
+    assert status == 200
+    return int(body)
 
 
 @pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
@@ -87,13 +93,13 @@ def test_gantry_serve_workers_run_as_nobody(site: Path, tmp_path: Path, workers:
     server.start()
     try:
         if workers:
-            assert wait_for(lambda: len(children(server.pid)) == 2, 10), server.log_text()
+            assert wait_for(lambda: len(child_pids(server.pid)) == 2, 10), server.log_text()
             assert _ids(server.pid) == (0, 0)  # the master keeps root
         worker = _get(port)
-        assert worker in children(server.pid) if workers else worker == server.pid
+        assert worker in child_pids(server.pid) if workers else worker == server.pid
         assert _ids(worker) == (NOBODY.pw_uid, NOBODY.pw_gid), server.log_text()
         if workers:
-            for pid in children(server.pid):
+            for pid in child_pids(server.pid):
                 assert _ids(pid) == (NOBODY.pw_uid, NOBODY.pw_gid)
     finally:
         server.stop()
@@ -108,26 +114,13 @@ def test_gantry_front_workers_run_as_nobody(site: Path, tmp_path: Path) -> None:
         f'alias = "{site}/"\n'
     )
     log_path = tmp_path / "front.log"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *sys.path]))
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gantry", "front", "-c", str(config)],
-            cwd=REPO, env=env, stdout=log, stderr=log,
-        )  # fmt: skip
+    process = start_gantry(["front", "-c", str(config)], log_path)
     try:
-        assert wait_for(lambda: len(children(process.pid)) == 2, 15), log_path.read_text()
+        assert wait_for(lambda: len(child_pids(process.pid)) == 2, 15), log_path.read_text()
 
-        def serves() -> bool:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                conn.request("GET", "/whoami.py")
-                return conn.getresponse().status == 200
-            except OSError:
-                return False
-
-        assert wait_for(serves, 10), log_path.read_text()
+        assert wait_for(lambda: try_get(port, "/whoami.py")[0] == 200, 10), log_path.read_text()
         assert _ids(process.pid) == (0, 0)
-        for pid in children(process.pid):
+        for pid in child_pids(process.pid):
             assert _ids(pid) == (NOBODY.pw_uid, NOBODY.pw_gid)
     finally:
         process.send_signal(signal.SIGTERM)
@@ -135,11 +128,10 @@ def test_gantry_front_workers_run_as_nobody(site: Path, tmp_path: Path) -> None:
 
 
 def test_an_unknown_user_is_a_config_error(site: Path, tmp_path: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *sys.path]))
     result = subprocess.run(
         [sys.executable, "-m", "gantry", "serve", "whoami:app", "--chdir", str(site),
          "--http", "127.0.0.1:0", "--user", "no-such-user"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=30,
+        cwd=REPO, env=gantry_env(), capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode != 0
     assert "serve.user: no user 'no-such-user'" in result.stderr, result.stderr
@@ -194,7 +186,7 @@ user = "nobody"
         assert pid is not None
         assert _ids(pid) == (NOBODY.pw_uid, NOBODY.pw_gid)
         assert _ids(up.pid) == (0, 0)
-        workers = {w for master in children(up.pid) for w in children(master)}
+        workers = {w for master in child_pids(up.pid) for w in child_pids(master)}
         assert len(workers) == 3  # the front's one and the pool's two
         for worker_pid in workers:
             assert _ids(worker_pid) == (NOBODY.pw_uid, NOBODY.pw_gid)

@@ -10,16 +10,22 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.process import REPO, GantryServer, GantryUp, free_port
-from tests.support_process import Load, wait_for
+from tests.process import (
+    ClientLoad,
+    GantryServer,
+    GantryUp,
+    free_port,
+    start_gantry,
+    try_get,
+    wait_for,
+)
+from tests.support_up import demo_stack
 
 APP = """
 def app(environ, start_response):
@@ -99,7 +105,7 @@ def test_gantry_serve_notifies(
     )  # fmt: skip
     server.start()
     try:
-        with Load(server.port) as load:
+        with ClientLoad(server.port) as load:
             assert wait_for(lambda: load.count() > 20, 10)
             _write(site, "v2")
             _cycle(notifications, server.pid)
@@ -145,16 +151,7 @@ def test_gantry_front_notifies(tmp_path: Path, notifications: Notifications, wor
     text = FRONT.replace("FRONT_PORT", str(port)).replace("WORKERS", str(workers))
     config.write_text(text.replace("STATIC", str(static)))
     log_path = tmp_path / "front.log"
-    env = dict(
-        os.environ,
-        NOTIFY_SOCKET=notifications.path,
-        PYTHONPATH=os.pathsep.join([str(REPO), *sys.path]),
-    )
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gantry", "front", "-c", str(config)],
-            cwd=REPO, env=env, stdout=log, stderr=log,
-        )  # fmt: skip
+    process = start_gantry(["front", "-c", str(config)], log_path, NOTIFY_SOCKET=notifications.path)
     try:
         _cycle(notifications, process.pid)
         assert process.poll() is None, log_path.read_text()
@@ -182,44 +179,13 @@ def test_gantry_front_notifies(tmp_path: Path, notifications: Notifications, wor
 
 
 def _get(port: int, path: str) -> bytes | None:
-    import http.client
-
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        conn.request("GET", path)
-        response = conn.getresponse()
-        body = response.read()
-        conn.close()
-        return body if response.status == 200 else None
-    except OSError:
-        return None
-
-
-STACK = """
-[stack]
-graceful_timeout = 5
-
-[front]
-listen = ["127.0.0.1:FRONT_PORT"]
-workers = 1
-
-[[front.server]]
-default = true
-
-[[front.server.location]]
-path = "/"
-proxy = "hello"
-
-[[app]]
-name = "hello"
-module = "gantry.demo:app"
-workers = 1
-graceful_timeout = 5
-"""
+    """The body of a 200 answer; None for any other status or no connection."""
+    status, body = try_get(port, path)
+    return body if status == 200 else None
 
 
 def test_gantry_up_notifies(tmp_path: Path, notifications: Notifications) -> None:
-    up = GantryUp(tmp_path, STACK, env={"NOTIFY_SOCKET": notifications.path})
+    up = GantryUp(tmp_path, demo_stack(), env={"NOTIFY_SOCKET": notifications.path})
     up.start()
     try:
         _cycle(notifications, up.pid)

@@ -6,21 +6,19 @@ from __future__ import annotations
 
 import http.client
 import os
-import pty
 import select
 import signal
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.process import GantryServer, GantryUp, free_port
-from tests.support_process import children, read_stats, silent_clients, wait_for
+from tests.process import GantryServer, GantryUp, child_pids, free_port, http_get, wait_for
+from tests.support_process import read_stats, silent_clients, uwsgitop_screen
+from tests.support_up import demo_stack
 
-UWSGITOP = Path(sys.executable).parent / "uwsgitop"
 SILENT = 10
 
 
@@ -38,7 +36,7 @@ def master(tmp_path: Path) -> Iterator[tuple[GantryServer, int, int]]:
     )  # fmt: skip
     server.start()
     try:
-        assert wait_for(lambda: len(children(server.pid)) == 2), server.log_text()
+        assert wait_for(lambda: len(child_pids(server.pid)) == 2, 10), server.log_text()
         yield server, stats_port, metrics_port
     finally:
         server.stop()
@@ -57,11 +55,11 @@ def test_killed_worker_is_replaced_while_clients_sit_silent(
     silent = _silent_on_both(stats_port, metrics_port)
     try:
         time.sleep(0.3)  # let the master accept them all (a fixed wait: nothing to observe)
-        before = children(server.pid)
+        before = child_pids(server.pid)
         victim = min(before)
         os.kill(victim, signal.SIGKILL)
         killed = time.monotonic()
-        assert wait_for(lambda: len(children(server.pid) - before) == 1, 5.0), server.log_text()
+        assert wait_for(lambda: len(child_pids(server.pid) - before) == 1, 5.0), server.log_text()
         replaced_after = time.monotonic() - killed
         assert replaced_after < 0.5, f"replaced after {replaced_after:.2f} s"
     finally:
@@ -98,11 +96,8 @@ def test_stats_and_metrics_answer_beside_silent_clients(
         started = time.monotonic()
         document = read_stats(stats_port)
         assert b'"workers"' in document
-        conn = http.client.HTTPConnection("127.0.0.1", metrics_port, timeout=5)
-        conn.request("GET", "/metrics")
-        response = conn.getresponse()
-        assert response.status == 200 and b"gantry_workers" in response.read()
-        conn.close()
+        status, body = http_get(metrics_port, "/metrics")
+        assert status == 200 and b"gantry_workers" in body
         took = time.monotonic() - started
         assert took < 0.5, f"answered after {took:.2f} s"
         _uwsgitop_shows_workers(server, stats_port)
@@ -151,61 +146,21 @@ def _closed_count(socks: list[socket.socket]) -> int:
 
 def _uwsgitop_shows_workers(server: GantryServer, stats_port: int) -> None:
     """uwsgitop is a curses program: run it on a pseudo-terminal until it shows the workers."""
-    if not UWSGITOP.exists():
-        pytest.fail("uwsgitop is not installed in the test environment (pip install uwsgitop)")
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: exec uwsgitop on the pty
-        os.environ["TERM"] = "xterm"
-        os.execv(sys.executable, [sys.executable, str(UWSGITOP), f"127.0.0.1:{stats_port}"])
-    output = b""
-    deadline = time.monotonic() + 3.0
-    try:
-        while time.monotonic() < deadline and b"WID" not in output:
-            ready, _, _ = select.select([fd], [], [], 0.2)
-            if ready:
-                try:
-                    output += os.read(fd, 65536)
-                except OSError:
-                    break
-    finally:
-        os.kill(pid, signal.SIGTERM)
-        os.waitpid(pid, 0)
-        os.close(fd)
-    text = output.decode("utf-8", "replace")
+    text = uwsgitop_screen(stats_port, 3.0, until=b"WID")
     assert "Traceback" not in text and "unable to get" not in text, text[-2000:]
     assert "WID" in text, text[-2000:]
-
-
-STACK = """
-[stack]
-stats = "127.0.0.1:STATS_PORT"
-metrics = "127.0.0.1:METRICS_PORT"
-graceful_timeout = 5
-
-[front]
-listen = ["127.0.0.1:FRONT_PORT"]
-workers = 1
-
-[[front.server]]
-default = true
-
-[[front.server.location]]
-path = "/"
-proxy = "hello"
-
-[[app]]
-name = "hello"
-module = "gantry.demo:app"
-workers = 1
-graceful_timeout = 5
-"""
 
 
 def test_stack_supervisor_is_not_stalled_by_silent_clients(tmp_path: Path) -> None:
     """gantry up: silent clients on the stack's stats and metrics; a part's master killed
     is started again at once, and the stack's stats still answer at once."""
     stats_port, metrics_port = free_port(), free_port()
-    config = STACK.replace("STATS_PORT", str(stats_port)).replace("METRICS_PORT", str(metrics_port))
+    config = demo_stack(
+        stack=f"""
+        stats = "127.0.0.1:{stats_port}"
+        metrics = "127.0.0.1:{metrics_port}"
+        """
+    )
     up = GantryUp(tmp_path, config)
     up.start()
     try:
@@ -213,11 +168,11 @@ def test_stack_supervisor_is_not_stalled_by_silent_clients(tmp_path: Path) -> No
         silent = _silent_on_both(stats_port, metrics_port)
         try:
             time.sleep(0.3)  # let the supervisor accept them all
-            before = children(up.pid)
+            before = child_pids(up.pid)
             victim = min(before)
             os.kill(victim, signal.SIGKILL)
             killed = time.monotonic()
-            assert wait_for(lambda: len(children(up.pid) - before) == 1, 5), up.log_text()
+            assert wait_for(lambda: len(child_pids(up.pid) - before) == 1, 5), up.log_text()
             restarted_after = time.monotonic() - killed
             # the supervisor waits 0.1 s before starting a part that ran long enough
             assert restarted_after < 0.5, f"started again after {restarted_after:.2f} s"

@@ -15,9 +15,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from gantry.protocol.uwsgi import encode_packet
-from tests.process import GantryServer, free_port, rss_kib
-from tests.support_appsrv import Sender, read_until_closed, responses, wait_stalled
+from tests.process import GantryServer, Launcher, free_port, read_until_closed, responses, rss_kib
+from tests.support_appsrv import Sender, hostile_server, uwsgi_get, wait_stalled
 
 REQUESTS = 20_000
 RESPONSE = 4096  # bytes of body per answer: 80 MB in all, if the worker buffered them
@@ -26,19 +25,10 @@ GROWTH_LIMIT_KIB = 20 * 1024
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GantryServer, int]]:
+def server(module_launch: Launcher) -> tuple[GantryServer, int]:
     """One ``gantry serve`` (no master: its PID is the worker's) with HTTP and uwsgi
-    sockets; yields it and the uwsgi port."""
-    workdir = tmp_path_factory.mktemp("backpressure")
-    uwsgi_port = free_port()
-    process = GantryServer(
-        "tests.apps_hostile:app",
-        "--uwsgi-socket", f"127.0.0.1:{uwsgi_port}",
-        "--keepalive-timeout", "30",
-        log_path=workdir / "server.log",
-    )  # fmt: skip
-    with process:
-        yield process, uwsgi_port
+    sockets; it and the uwsgi port."""
+    return hostile_server(module_launch, "--keepalive-timeout", "30", name="backpressure")
 
 
 def _pipeline_without_reading(
@@ -89,18 +79,8 @@ def test_http_pipelining_without_reading_keeps_the_worker_bounded(
 
 
 def _uwsgi_packet(i: int, keep: bool) -> bytes:
-    pairs = [
-        (b"REQUEST_METHOD", b"GET"),
-        (b"REQUEST_URI", b"/size/%d?%d" % (RESPONSE, i)),
-        (b"PATH_INFO", b"/size/%d" % RESPONSE),
-        (b"QUERY_STRING", b"%d" % i),
-        (b"SERVER_PROTOCOL", b"HTTP/1.1"),
-        (b"HTTP_HOST", b"a"),
-        (b"HTTP_X_PAD", PAD[:900]),
-    ]
-    if keep:
-        pairs.append((b"GANTRY_KEEPALIVE", b"1"))
-    return encode_packet(pairs)
+    uri = b"/size/%d?%d" % (RESPONSE, i)
+    return uwsgi_get(uri, keep, (b"HTTP_HOST", b"a"), (b"HTTP_X_PAD", PAD[:900]))
 
 
 def test_uwsgi_pipelining_without_reading_keeps_the_worker_bounded(
@@ -165,27 +145,14 @@ def test_uwsgi_packet_waiting_for_the_output_to_drain_is_not_timed_out(
     big = 32 << 20
     port = short_keepalive.uwsgi_port  # type: ignore[attr-defined]
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(_uwsgi_packet_for(b"/size/%d" % big, b"1", keep=True))
+        sock.sendall(uwsgi_get(b"/size/%d?1" % big, keep=True))
         time.sleep(0.5)  # the first answer is handed over
-        sock.sendall(_uwsgi_packet_for(b"/size/100", b"2", keep=False))
+        sock.sendall(uwsgi_get(b"/size/100?2", keep=False))
         # time passing is the subject: past the keep-alive timeout and its sweep
         time.sleep(KEEPALIVE + 2.5)
         result = read_until_closed(sock, wait=30)
     got = responses(result.data)
     assert [(status, len(body)) for status, body in got] == [(200, big), (200, 100)]
-
-
-def _uwsgi_packet_for(path: bytes, query: bytes, keep: bool) -> bytes:
-    pairs = [
-        (b"REQUEST_METHOD", b"GET"),
-        (b"REQUEST_URI", path + b"?" + query),
-        (b"PATH_INFO", path),
-        (b"QUERY_STRING", query),
-        (b"SERVER_PROTOCOL", b"HTTP/1.1"),
-    ]
-    if keep:
-        pairs.append((b"GANTRY_KEEPALIVE", b"1"))
-    return encode_packet(pairs)
 
 
 def test_uwsgi_paced_packets_never_read_keep_the_worker_bounded(
@@ -202,7 +169,7 @@ def test_uwsgi_paced_packets_never_read_keep_the_worker_bounded(
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
         sock.setblocking(False)
         for i in range(count):
-            packet = _uwsgi_packet_for(b"/size/%d" % size, b"%d" % i, keep=i < count - 1)
+            packet = uwsgi_get(b"/size/%d?%d" % (size, i), keep=i < count - 1)
             try:
                 sock.send(packet)  # whole or not at all: the packet is small
             except BlockingIOError:
@@ -214,7 +181,7 @@ def test_uwsgi_paced_packets_never_read_keep_the_worker_bounded(
         sock.setblocking(True)
         if sent < count:
             # the last packet asks for the close; the ones not sent are not awaited
-            sock.sendall(_uwsgi_packet_for(b"/size/%d" % size, b"last", keep=False))
+            sock.sendall(uwsgi_get(b"/size/%d?last" % size, keep=False))
         result = read_until_closed(sock, wait=60)
     assert grown < GROWTH_LIMIT_KIB, f"RSS grew {grown} KiB"
     got = responses(result.data)

@@ -14,15 +14,13 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from gantry.protocol.http1 import HTTPLimits, ProtocolError, RequestParser
-from gantry.protocol.uwsgi import encode_packet
 from tests.corpus import RecordingSink
-from tests.process import GantryServer, free_port, rss_kib
-from tests.support_appsrv import Sender, read_until_closed, responses
+from tests.process import GantryServer, Launcher, read_until_closed, responses, rss_kib
+from tests.support_appsrv import Sender, hostile_server, uwsgi_get
 
 CHUNKED_HEAD = b"POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n"
 
@@ -59,19 +57,14 @@ def test_parser_still_takes_a_small_trailer_section() -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GantryServer, int]]:
+def server(module_launch: Launcher) -> tuple[GantryServer, int]:
     """One ``gantry serve`` (no master, app threads) with an HTTP and a uwsgi socket."""
-    workdir = tmp_path_factory.mktemp("buffers")
-    uwsgi_port = free_port()
-    process = GantryServer(
-        "tests.apps_hostile:app",
-        "--uwsgi-socket", f"127.0.0.1:{uwsgi_port}",
+    return hostile_server(
+        module_launch,
         "--buffer-size", "4096",
         "--threads", "2",  # the loop reads while a request sleeps
-        log_path=workdir / "server.log",
+        name="buffers",
     )  # fmt: skip
-    with process:
-        yield process, uwsgi_port
 
 
 def test_serve_refuses_an_endless_trailer(server: tuple[GantryServer, int]) -> None:
@@ -88,25 +81,11 @@ def test_serve_refuses_an_endless_trailer(server: tuple[GantryServer, int]) -> N
     assert rss_kib(process.pid) - before < 20 * 1024
 
 
-def _uwsgi_pairs(uri: bytes, keep: bool) -> list[tuple[bytes, bytes]]:
-    path, _, query = uri.partition(b"?")
-    pairs = [
-        (b"REQUEST_METHOD", b"GET"),
-        (b"REQUEST_URI", uri),
-        (b"PATH_INFO", path),
-        (b"QUERY_STRING", query),
-        (b"SERVER_PROTOCOL", b"HTTP/1.1"),
-    ]
-    if keep:
-        pairs.append((b"GANTRY_KEEPALIVE", b"1"))
-    return pairs
-
-
 def test_uwsgi_packet_over_the_buffer_size_is_closed(server: tuple[GantryServer, int]) -> None:
     """A vars block over --buffer-size: closed at once, no answer (uWSGI's behaviour),
     and the error log says why."""
     process, port = server
-    packet = encode_packet([*_uwsgi_pairs(b"/p", False), (b"HTTP_X_BIG", b"b" * 5000)])
+    packet = uwsgi_get(b"/p", False, (b"HTTP_X_BIG", b"b" * 5000))
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(packet[:4])  # the header alone is enough to refuse
         result = read_until_closed(sock, wait=5)
@@ -123,7 +102,7 @@ def test_kept_uwsgi_connection_bounds_what_arrives_during_a_response(
     process, port = server
     before = rss_kib(process.pid)
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(encode_packet(_uwsgi_pairs(b"/sleep/2", True)))
+        sock.sendall(uwsgi_get(b"/sleep/2", True))
         # garbage whose header announces a vars block over the buffer size
         sender = Sender(sock, struct.pack("<BHB", 0, 60000, 0) * (16 << 20))
         sender.start()

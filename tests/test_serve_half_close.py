@@ -9,33 +9,21 @@ chunk; one answer of three pipelined.
 from __future__ import annotations
 
 import socket
-import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from gantry.protocol.uwsgi import encode_packet
-from tests.process import REPO, GantryServer, free_port
-from tests.support_appsrv import get, read_until_closed, responses
+from tests.process import GantryServer, Launcher, free_port, read_until_closed, responses
+from tests.support_appsrv import get, hostile_server, uwsgi_get
 
 MIB = 50
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GantryServer, int]]:
-    """One ``gantry serve`` with an HTTP and a uwsgi socket; yields it and the uwsgi port."""
-    workdir = tmp_path_factory.mktemp("half-close")
-    uwsgi_port = free_port()
-    process = GantryServer(
-        "tests.apps_hostile:app",
-        "--uwsgi-socket", f"127.0.0.1:{uwsgi_port}",
-        log_path=workdir / "server.log",
-    )  # fmt: skip
-    with process:
-        yield process, uwsgi_port
+def server(module_launch: Launcher) -> tuple[GantryServer, int]:
+    """One ``gantry serve`` with an HTTP and a uwsgi socket; it and the uwsgi port."""
+    return hostile_server(module_launch, name="half-close")
 
 
 def _send_and_half_close(sock: socket.socket, payload: bytes) -> bytes:
@@ -69,25 +57,11 @@ def test_pipelined_requests_all_answered_after_half_close(
     ]
 
 
-def _packet(uri: bytes, keep: bool) -> bytes:
-    path, _, query = uri.partition(b"?")
-    pairs = [
-        (b"REQUEST_METHOD", b"GET"),
-        (b"REQUEST_URI", uri),
-        (b"PATH_INFO", path),
-        (b"QUERY_STRING", query),
-        (b"SERVER_PROTOCOL", b"HTTP/1.1"),
-    ]
-    if keep:
-        pairs.append((b"GANTRY_KEEPALIVE", b"1"))
-    return encode_packet(pairs)
-
-
 def test_uwsgi_answer_completes_after_half_close(server: tuple[GantryServer, int]) -> None:
     """A uwsgi packet for a 50 MiB stream, then SHUT_WR: the whole raw answer."""
     _, port = server
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-        data = _send_and_half_close(sock, _packet(b"/stream/%d" % MIB, keep=False))
+        data = _send_and_half_close(sock, uwsgi_get(b"/stream/%d" % MIB, keep=False))
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
     assert len(body) == MIB << 20
@@ -98,7 +72,7 @@ def test_kept_uwsgi_packets_all_answered_after_half_close(
 ) -> None:
     """Three packets on a kept uwsgi connection, then SHUT_WR: three answers, then the close."""
     _, port = server
-    payload = b"".join(_packet(b"/size/100?%d" % i, keep=True) for i in range(3))
+    payload = b"".join(uwsgi_get(b"/size/100?%d" % i, keep=True) for i in range(3))
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         data = _send_and_half_close(sock, payload)
     got = responses(data)
@@ -111,30 +85,17 @@ def test_kept_uwsgi_packets_all_answered_after_half_close(
 
 
 @pytest.fixture(scope="module")
-def gunicorn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """gunicorn (sync worker) on the same app; yields its port."""
+def gunicorn(module_launch: Launcher) -> int:
+    """gunicorn (sync worker) on the same app, stopped after the module; its port."""
     binary = Path(sys.executable).with_name("gunicorn")
     if not binary.exists():
         pytest.skip("gunicorn is not installed beside this Python")
     port = free_port()
-    log = (tmp_path_factory.mktemp("gunicorn") / "gunicorn.log").open("wb")
-    process = subprocess.Popen(
+    module_launch.program(
         [str(binary), "-b", f"127.0.0.1:{port}", "-w", "1", "tests.apps_hostile:app"],
-        cwd=REPO, stdout=log, stderr=log,
+        ("127.0.0.1", port), "gunicorn", limit=15,
     )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        yield port
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        log.close()
+    return port
 
 
 def test_gunicorn_finishes_a_stream_after_half_close(gunicorn: int) -> None:

@@ -14,8 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.corpus import run
-from tests.process import GantryServer
-from tests.support_appsrv import read_until_closed, responses
+from tests.process import GantryServer, read_until_closed, responses
 
 MODES = ("whole", "lines", "bytes")
 

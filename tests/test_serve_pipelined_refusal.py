@@ -10,14 +10,12 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.process import GantryServer, free_port
-from tests.support_appsrv import get, read_until_closed, responses
+from tests.process import GantryServer, Launcher, free_port, read_until_closed, responses
+from tests.support_appsrv import get
 
 KEEPALIVE = 10  # long enough that a connection left open shows as one
 
@@ -109,8 +107,8 @@ def test_refused_request_alone_still_answers_and_closes(server: GantryServer) ->
 
 
 @pytest.fixture(scope="module")
-def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """A real nginx answering 200 to everything; yields its port."""
+def nginx(tmp_path_factory: pytest.TempPathFactory, module_launch: Launcher) -> int:
+    """A real nginx answering 200 to everything, stopped after the module; its port."""
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     if not os.path.exists(binary):
         pytest.skip("nginx is not installed")
@@ -138,19 +136,10 @@ http {{
 }}
 """
     )
-    process = subprocess.Popen([binary, "-p", str(workdir), "-c", str(conf)])
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        yield port
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    module_launch.program(
+        [binary, "-p", str(workdir), "-c", str(conf)], ("127.0.0.1", port), "nginx", limit=10
+    )
+    return port
 
 
 @pytest.mark.parametrize("kind", ["no-host", "duplicate-cl"])

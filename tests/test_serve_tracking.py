@@ -16,7 +16,7 @@ from __future__ import annotations
 import http.client
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +24,8 @@ import pytest
 
 from gantry.protocol.uwsgi import GANTRY_MODIFIER2, encode_packet, pack_header
 from gantry.stats.top import fetch
-from tests.process import GantryServer, free_port, read_all
-
-
-def _wait(condition: Callable[[], Any], limit: float = 10.0) -> Any:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    return None
+from tests.process import GantryServer, free_port, http_get, read_all
+from tests.process import poll as _wait
 
 
 class Master:
@@ -63,9 +54,7 @@ class Master:
 
     def metrics(self) -> str:
         """The Prometheus text."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.metrics_port, timeout=5)
-        conn.request("GET", "/metrics")
-        return conn.getresponse().read().decode()
+        return http_get(self.metrics_port, "/metrics")[1].decode()
 
     def ready(self, workers: int) -> None:
         """Wait until the stats show ``workers`` workers."""
@@ -76,7 +65,7 @@ class Master:
             except OSError:
                 return False  # the stats socket is not listening yet
 
-        assert _wait(up), "workers not up"
+        assert _wait(up, 10), "workers not up"
 
 
 def _nginx_packet(uri: bytes) -> bytes:
@@ -141,7 +130,7 @@ def test_uwsgi_harakiri_names_the_request(uwsgi_master: Master) -> None:
         assert read_all(sock, 8) == b""  # the worker died under the request
     assert time.monotonic() - started < 6
     line = _wait(
-        lambda: [x for x in uwsgi_master.server.log_text().splitlines() if "HARAKIRI" in x]
+        lambda: [x for x in uwsgi_master.server.log_text().splitlines() if "HARAKIRI" in x], 10
     )
     assert line and "'GET /sleep/30?g'" in line[0], line
 
@@ -179,7 +168,10 @@ def test_threaded_request_shows_busy_and_counts_its_time(threaded_master: Master
     ), metrics
     pid = busy[0]["pid"]
     worker = _wait(
-        lambda: [w for w in threaded_master.stats()["workers"] if w["pid"] == pid and w["requests"]]
+        lambda: [
+            w for w in threaded_master.stats()["workers"] if w["pid"] == pid and w["requests"]
+        ],
+        10,
     )
     assert worker and worker[0]["avg_rt"] >= 1_000_000, worker
 
@@ -192,7 +184,7 @@ def test_threaded_app_exception_is_counted(threaded_master: Master) -> None:
     conn.request("GET", "/raise")
     assert conn.getresponse().status == 500
     assert _wait(
-        lambda: sum(w["exceptions"] for w in threaded_master.stats()["workers"]) == before + 1
+        lambda: sum(w["exceptions"] for w in threaded_master.stats()["workers"]) == before + 1, 10
     ), threaded_master.stats()["workers"]
 
 

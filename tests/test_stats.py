@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import http.client
-import os
-import pty
-import select
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.process import REPO, GantryServer, free_port, wait_for
+from tests.process import REPO, GantryServer, child_pids, free_port, http_get, wait_for
 from tests.process import ready_workers as _ready_workers
-
-UWSGITOP = Path(sys.executable).parent / "uwsgitop"
+from tests.support_process import uwsgitop_screen
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +31,7 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gantry
     try:
         _ready_workers(server.pid, 2)
         for _ in range(40):
-            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
-            conn.request("GET", "/pid", headers={"Connection": "close"})
-            conn.getresponse().read()
-            conn.close()
+            http_get(server.port, "/pid", headers={"Connection": "close"})
 
         # counters reach shared memory after each batch, RSS once a second: wait for both
         def published() -> bool:
@@ -61,15 +51,11 @@ def _stats(port: int) -> dict:
     return fetch(f"127.0.0.1:{port}")
 
 
-def _children(pid: int) -> set[int]:
-    return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
-
-
 def test_stats_document_in_uwsgi_format(monitored: tuple[GantryServer, int, int]) -> None:
     server, stats_port, _ = monitored
     doc = _stats(stats_port)
     assert doc["pid"] == server.pid
-    assert {w["pid"] for w in doc["workers"]} == _children(server.pid)
+    assert {w["pid"] for w in doc["workers"]} == child_pids(server.pid)
     assert sum(w["requests"] for w in doc["workers"]) >= 40
     for worker in doc["workers"]:
         for key in (
@@ -116,7 +102,7 @@ def test_gantry_top_once(monitored: tuple[GantryServer, int, int]) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert f"master pid {server.pid}" in result.stdout
-    for pid in _children(server.pid):
+    for pid in child_pids(server.pid):
         assert str(pid) in result.stdout
 
 
@@ -147,28 +133,8 @@ def test_prometheus_text_parses(monitored: tuple[GantryServer, int, int]) -> Non
 def test_real_uwsgitop_shows_the_workers(monitored: tuple[GantryServer, int, int]) -> None:
     """uwsgitop is a curses program: run it on a pseudo-terminal for two refreshes."""
     server, stats_port, _ = monitored
-    if not UWSGITOP.exists():
-        pytest.fail("uwsgitop is not installed in the test environment (pip install uwsgitop)")
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: exec uwsgitop on the pty
-        os.environ["TERM"] = "xterm"
-        os.execv(sys.executable, [sys.executable, str(UWSGITOP), f"127.0.0.1:{stats_port}"])
-    output = b""
-    deadline = time.monotonic() + 3.0
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.2)
-            if ready:
-                try:
-                    output += os.read(fd, 65536)
-                except OSError:
-                    break
-    finally:
-        os.kill(pid, signal.SIGTERM)
-        os.waitpid(pid, 0)
-        os.close(fd)
-    text = output.decode("utf-8", "replace")
+    text = uwsgitop_screen(stats_port, 3.0)
     assert "Traceback" not in text and "unable to get" not in text, text[-2000:]
     assert "WID" in text
-    for worker_pid in _children(server.pid):
+    for worker_pid in child_pids(server.pid):
         assert str(worker_pid) in text

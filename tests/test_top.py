@@ -3,66 +3,16 @@ and worker numbers as the log gives them."""
 
 from __future__ import annotations
 
-import http.client
 import os
 import pty
 import re
-import select
 import signal
 import subprocess
 import sys
-import time
 
-from tests.process import REPO, Launcher, free_port, wait_for
-
-STACK = """
-[stack]
-stats = "STATS_PATH"
-graceful_timeout = 5
-
-[front]
-listen = ["127.0.0.1:FRONT_PORT"]
-workers = 1
-
-[[front.server]]
-default = true
-
-[[front.server.location]]
-path = "/"
-proxy = "hello"
-
-[[app]]
-name = "hello"
-module = "gantry.demo:app"
-workers = 2
-graceful_timeout = 5
-"""
-
-
-def _get(port: int, path: str) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    except OSError:
-        return 0
-    finally:
-        conn.close()
-
-
-def _read_until(fd: int, needle: bytes, limit: float) -> bytes:
-    output = b""
-    deadline = time.monotonic() + limit
-    while needle not in output and time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.2)
-        if ready:
-            try:
-                output += os.read(fd, 65536)
-            except OSError:
-                break
-    return output
+from tests.process import REPO, Launcher, free_port, try_get, wait_for
+from tests.support_process import read_pty
+from tests.support_up import demo_stack
 
 
 def test_q_quits_the_live_view(launch: Launcher) -> None:
@@ -78,13 +28,13 @@ def test_q_quits_the_live_view(launch: Launcher) -> None:
             server.env,
         )
     try:
-        shown = _read_until(fd, b"WID", 15.0)
+        shown = read_pty(fd, 15.0, until=b"WID")
         assert b"WID" in shown, shown.decode(errors="replace")
         os.write(fd, b"q")
         status: list[int] = []
 
         def ended() -> bool:
-            _read_until(fd, b"\x00", 0.05)  # keep the pty drained
+            read_pty(fd, 0.05, until=b"\x00")  # keep the pty drained
             done, code = os.waitpid(pid, os.WNOHANG)
             if done:
                 status.append(code)
@@ -101,10 +51,10 @@ def test_q_quits_the_live_view(launch: Launcher) -> None:
 
 def test_a_stack_counts_each_request_once_and_numbers_workers_by_pool(launch: Launcher) -> None:
     stats = launch.workdir / "stack.stats"
-    up = launch.up(STACK.replace("STATS_PATH", str(stats)))
-    assert wait_for(lambda: _get(up.port, "/hello") == 200), up.log_text()
+    up = launch.up(demo_stack(workers=2, stack=f'stats = "{stats}"'))
+    assert wait_for(lambda: try_get(up.port, "/hello")[0] == 200), up.log_text()
     for _ in range(9):
-        assert _get(up.port, "/hello") == 200
+        assert try_get(up.port, "/hello")[0] == 200
     from gantry.stats.top import fetch
 
     def front_requests() -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
@@ -15,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from gantry.stats.top import fetch
-from tests.process import REPO, GantryUp, free_port
+from tests.process import REPO, GantryUp, descendant_pids, free_port
 from tests.process import http_get as _get
 from tests.process import wait_for as _wait
-from tests.support_up import LoadLoop
+from tests.support_up import hello_load
 
 STACK = """
 [stack]
@@ -159,10 +158,7 @@ def test_stack_stats_top_and_metrics(stack: tuple[GantryUp, str, int]) -> None:
         assert name in top.stdout
     from prometheus_client.parser import text_string_to_metric_families
 
-    conn = http.client.HTTPConnection("127.0.0.1", metrics, timeout=5)
-    conn.request("GET", "/metrics")
-    text = conn.getresponse().read().decode()
-    conn.close()
+    text = _get(metrics, "/metrics")[1].decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     requests = families["gantry_worker_requests"]
     assert {s.labels["pool"] for s in requests.samples} == {"front", "hello", "django"}
@@ -181,7 +177,7 @@ def test_killing_any_part_under_load(stack: tuple[GantryUp, str, int], victim: s
     else:
         pid = int(parts["front"]["pid"])  # type: ignore[call-overload]
     threads = 3
-    with LoadLoop(up.port, threads=threads) as load:
+    with hello_load(up.port, threads=threads) as load:
         assert _wait(lambda: load.ok > 20, 5)
         before = load.ok
         os.kill(pid, signal.SIGKILL)
@@ -207,7 +203,7 @@ def test_killing_any_part_under_load(stack: tuple[GantryUp, str, int], victim: s
 def test_sighup_reloads_every_part_with_zero_failures(stack: tuple[GantryUp, str, int]) -> None:
     up, stats, _ = stack
     old = set(_worker_pids(stats, "hello") + _worker_pids(stats, "front"))
-    with LoadLoop(up.port) as load:
+    with hello_load(up.port) as load:
         assert _wait(lambda: load.ok > 20, 5)
         assert up.process is not None
         up.process.send_signal(signal.SIGHUP)
@@ -228,25 +224,10 @@ def test_sighup_reloads_every_part_with_zero_failures(stack: tuple[GantryUp, str
 def test_sigterm_stops_every_part(tmp_path: Path) -> None:
     with GantryUp(tmp_path) as up:
         assert _wait(lambda: _answers_demo(up.port)), up.log_text()
-        pids = _descendants(up.pid)
+        pids = descendant_pids(up.pid)
         assert len(pids) >= 4, pids  # two masters, two workers
         assert up.stop() == 0
     assert _wait(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in pids), 10)
-
-
-def _descendants(pid: int) -> list[int]:
-    found: list[int] = []
-    queue = [pid]
-    while queue:
-        parent = queue.pop()
-        path = Path(f"/proc/{parent}/task/{parent}/children")
-        try:
-            kids = [int(k) for k in path.read_text().split()]
-        except OSError:
-            kids = []
-        found += kids
-        queue += kids
-    return found
 
 
 @pytest.mark.parametrize(

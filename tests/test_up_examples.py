@@ -22,9 +22,8 @@ import pytest
 import tomli_w
 
 from gantry.config.stack import PROVISIONAL_RUNTIME_DIR, demo_plan, load_stack
-from tests.process import wait_until_listening
+from tests.process import REPO, free_port, wait_until_listening
 
-REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 MULTI_APP = EXAMPLES / "multi-app"
 
@@ -34,12 +33,6 @@ CONFIGS = sorted(EXAMPLES.glob("*.toml")) + sorted(EXAMPLES.glob("*/gantry.toml"
 
 def _workdir(config: Path) -> Path:
     return REPO if config.parent == EXAMPLES else config.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _env() -> dict[str, str]:
@@ -103,7 +96,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     gunicorn for the external API, then `gantry up -c` a copy of gantry.toml with free ports."""
     work = tmp_path_factory.mktemp("multi-app") / "multi-app"
     shutil.copytree(MULTI_APP, work, ignore=shutil.ignore_patterns("__pycache__"))
-    port, api_port, stats_port = _free_port(), _free_port(), _free_port()
+    port, api_port, stats_port = free_port(), free_port(), free_port()
     document = tomllib.loads((work / "gantry.toml").read_text(encoding="utf-8"))
     document["front"]["listen"] = [f"127.0.0.1:{port}"]
     document["front"]["upstream"]["api"]["servers"][0]["address"] = f"127.0.0.1:{api_port}"

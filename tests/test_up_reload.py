@@ -14,7 +14,7 @@ from gantry.stats.top import fetch
 from tests.process import GantryUp, free_port
 from tests.process import http_get as _get
 from tests.process import wait_for as _wait
-from tests.support_up import LoadLoop
+from tests.support_up import hello_load
 
 APP = """
 def app(environ, start_response):
@@ -132,7 +132,7 @@ def test_a_changed_pool_and_location_apply_under_load(tmp_path: Path) -> None:
         up = _start(tmp_path, config, env={"NOTIFY_SOCKET": "@" + notify_name})
         try:
             before = _pools(tmp_path)
-            with LoadLoop(up.port, threads=3, limit=20) as load:
+            with hello_load(up.port, threads=3, limit=20) as load:
                 assert _wait(lambda: load.ok > 20, 5)
                 _reload(
                     up,
@@ -242,7 +242,7 @@ def test_a_second_front_port_and_then_only_that_one(tmp_path: Path) -> None:
     up = _start(tmp_path, _stack(tmp_path))
     second = free_port()
     try:
-        with LoadLoop(up.port, threads=2, limit=20) as load:
+        with hello_load(up.port, threads=2, limit=20) as load:
             assert _wait(lambda: load.ok > 20, 5)
             both = f'"127.0.0.1:FRONT_PORT", "127.0.0.1:{second}"'
             _reload(up, _stack(tmp_path, listen=both))
@@ -275,7 +275,7 @@ def test_a_pool_with_its_own_stats_is_replaced_in_turn(tmp_path: Path) -> None:
     up = _start(tmp_path, _stack(tmp_path, main_extra=own))
     try:
         old = fetch(str(tmp_path / "own.stats"))["pid"]
-        with LoadLoop(up.port, threads=3, limit=20) as load:
+        with hello_load(up.port, threads=3, limit=20) as load:
             assert _wait(lambda: load.ok > 20, 5)
             _reload(up, _stack(tmp_path, main_extra=own, module="app_b:app"))
             assert _comes(up.port, "/which", b"B /which")

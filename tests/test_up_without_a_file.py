@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import http.client
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.process import Launcher, free_port, gantry_env, wait_for
+from tests.process import Launcher, free_port, gantry_env, try_get, wait_for
 
 APP = """
 def app(environ, start_response):
@@ -37,18 +36,6 @@ graceful_timeout = 5
 """
 
 
-def _get(port: int, path: str) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    except OSError:
-        return 0, b""
-    finally:
-        conn.close()
-
-
 def _serve_and_get(
     launch: Launcher, args: list[str], cwd: Path, port: int, path: str
 ) -> tuple[bytes, str]:
@@ -61,7 +48,7 @@ def _serve_and_get(
     answers: list[bytes] = []
 
     def answered() -> bool:
-        status, body = _get(port, path)
+        status, body = try_get(port, path)
         answers.append(body)
         return status == 200
 

@@ -110,7 +110,7 @@ def test_socket_activation_and_notify_as_the_unit_runs_them(launch: Launcher) ->
         # systemd-socket-activate listens before gantry runs; the first connection starts
         # gantry up, which must answer it on that socket.
         process = launch.program(
-            [activate, "-l", f"127.0.0.1:{port}", "-E", "PYTHONPATH",
+            [activate, "-l", f"127.0.0.1:{port}", "-E", "PYTHONPATH", "-E", "GANTRY_ALLOW_ROOT",
              "-E", f"NOTIFY_SOCKET={notify_path}",
              sys.executable, "-m", "gantry", "up", "-c", str(config)],
             ("127.0.0.1", port), "activate", env=gantry_env(), cwd=workdir,

@@ -15,12 +15,9 @@ the same modules as plain Python.
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import importlib.util
-import io
 import os
-import re
 import shutil
 import sys
 import sysconfig
@@ -39,13 +36,6 @@ built_path = _listed.built_path
 source_path = _listed.source_path
 
 GROUP = "gantry"
-
-# mypyc warnings whose cause is known and harmless, kept out of the build's output so
-# that what it prints is worth reading. front/server.py is being rewritten: its
-# generator comprehensions (compiled as lists, same result) go with that rewrite.
-_KNOWN_WARNINGS = re.compile(
-    r"src/gantry/front/server\.py:\d+: warning: Treating generator comprehension as list"
-)
 
 
 def clean() -> None:
@@ -95,19 +85,8 @@ def extensions(target_dir: str) -> list[Any]:
     # `make test`'s mypy line, not here: their errors must not decide whether a wheel is
     # compiled (an editable install hid them from the in-place build; a wheel build saw them).
     options = ["--follow-imports=silent"]
-    printed = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(printed):
-            built = mypycify(
-                [*options, *paths], opt_level="3", group_name=GROUP, target_dir=target_dir
-            )
-            return list(built)
-    finally:
-        shown = [
-            line for line in printed.getvalue().splitlines() if not _KNOWN_WARNINGS.match(line)
-        ]
-        if shown:
-            print("\n".join(shown))
+    built = mypycify([*options, *paths], opt_level="3", group_name=GROUP, target_dir=target_dir)
+    return list(built)
 
 
 def build() -> None:

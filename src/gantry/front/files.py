@@ -139,7 +139,7 @@ class StaticHandler(Handler):
         if length <= SMALL_FILE:
             data = os.pread(fd, length, start) if length else b""
             if plain and result.status == 200 and length <= HOT_FILE_MAX:
-                block = _OK + b"".join(name + b": " + value + b"\r\n" for name, value in lines)
+                block = _OK + b"".join([name + b": " + value + b"\r\n" for name, value in lines])
                 if len(self.hot) >= HOT_FILES:
                     self.hot.pop(next(iter(self.hot)))
                 self.hot[(id(location), path)] = (self.now, block, data)

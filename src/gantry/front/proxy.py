@@ -35,7 +35,7 @@ def _codings(transfer_encoding: bytes) -> bytes:
     """The transfer codings of a response other than chunked (which the connection to the
     upstream took off, and the client side adds again), as "gzip, deflate"; b"" for none."""
     codings = [c.strip() for c in transfer_encoding.split(b",")]
-    return b", ".join(c for c in codings if c and c.lower() != b"chunked")
+    return b", ".join([c for c in codings if c and c.lower() != b"chunked"])
 
 
 class Outcome(Enum):

@@ -1,0 +1,215 @@
+"""The front's cache with real processes: a `gantry front` with a cache zone in front of
+a real origin server (tests/support_cache.py)."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import threading
+from pathlib import Path
+
+from tests.process import Launcher, server_has_read, wait_for
+from tests.support_cache import Origin, cache_config
+
+
+def get(port: int, path: str, headers: dict[str, str] | None = None, method: str = "GET") -> tuple[
+    int, dict[str, str], bytes
+]:  # fmt: skip
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, headers=headers or {})
+        response = conn.getresponse()
+        body = response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, body
+    finally:
+        conn.close()
+
+
+def test_miss_then_hit_with_age_and_cache_status(launch: Launcher, short_tmp: Path) -> None:
+    with Origin() as origin:
+        origin.answers["/a"] = (200, [("Cache-Control", "max-age=60")], b"hello")
+        front = launch.front(cache_config(origin.port, str(short_tmp / "c")))
+        status, fields, body = get(front.port, "/a")
+        assert (status, body) == (200, b"hello")
+        assert fields["cache-status"].startswith("gantry; fwd=uri-miss; stored")
+        status, fields, body = get(front.port, "/a")
+        assert (status, body) == (200, b"hello")
+        assert fields["cache-status"].startswith("gantry; hit; ttl=")
+        assert int(fields["age"]) >= 0 and fields["content-length"] == "5"
+        assert origin.count("/a") == 1
+
+
+def test_private_and_set_cookie_never_reach_a_second_client(
+    launch: Launcher, short_tmp: Path
+) -> None:
+    with Origin() as origin:
+        origin.answers["/private"] = (200, [("Cache-Control", "private, max-age=60")], b"mine")
+        origin.answers["/cookie"] = (
+            200,
+            [("Cache-Control", "max-age=60"), ("Set-Cookie", "session=alice")],
+            b"alice's",
+        )
+        front = launch.front(cache_config(origin.port, str(short_tmp / "c")))
+        for path in ("/private", "/cookie"):
+            get(front.port, path)
+            status, fields, _ = get(front.port, path)
+            assert status == 200 and "hit" not in fields["cache-status"]
+            assert origin.count(path) == 2
+
+
+def test_concurrent_misses_over_two_workers_reach_the_upstream_once(
+    launch: Launcher, short_tmp: Path
+) -> None:
+    zone = 'lock = true\nlock_timeout = "20s"\n'
+    with Origin() as origin:
+        origin.answers["/herd"] = (200, [("Cache-Control", "max-age=60")], b"x" * 1024)
+        origin.gate = threading.Event()
+        front = launch.front(cache_config(origin.port, str(short_tmp / "c"), zone, workers=2))
+        sockets = []
+        for _ in range(100):
+            sock = socket.create_connection(("127.0.0.1", front.port), timeout=30)
+            sock.sendall(b"GET /herd HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            sockets.append(sock)
+        try:
+            assert wait_for(lambda: origin.count("/herd") >= 1)
+            assert wait_for(lambda: all(server_has_read(s) for s in sockets))
+            origin.gate.set()
+            bodies = []
+            for sock in sockets:
+                data = b""
+                while True:
+                    piece = sock.recv(65536)
+                    if not piece:
+                        break
+                    data += piece
+                bodies.append(data)
+        finally:
+            for sock in sockets:
+                sock.close()
+        assert all(b.startswith(b"HTTP/1.1 200") and b.endswith(b"x" * 1024) for b in bodies)
+        assert origin.count("/herd") == 1
+
+
+def test_stale_is_served_while_the_upstream_is_down_then_refreshed(
+    launch: Launcher, short_tmp: Path
+) -> None:
+    zone = 'use_stale = ["error", "timeout", "http_502"]\n'
+    origin = Origin()
+    with origin:
+        origin.answers["/s"] = (200, [("Cache-Control", "max-age=0")], b"old")
+        config = cache_config(origin.port, str(short_tmp / "c"), zone)
+        front = launch.front(config)
+        assert get(front.port, "/s")[2] == b"old"
+    # the origin is gone: its port refuses
+    status, fields, body = get(front.port, "/s")
+    assert (status, body) == (200, b"old")
+    assert "hit" in fields["cache-status"] and "fwd=stale" in fields["cache-status"]
+    # back on the same port, with a new answer: the entry is refreshed
+    back = _origin_on(origin.port)
+    with back:
+        back.answers["/s"] = (200, [("Cache-Control", "max-age=60")], b"new")
+        assert get(front.port, "/s")[2] == b"new"
+        status, fields, body = get(front.port, "/s")
+        assert body == b"new" and fields["cache-status"].startswith("gantry; hit")
+        assert back.count("/s") == 1
+
+
+def _origin_on(port: int) -> Origin:
+    """An Origin bound to ``port`` (the one a stopped origin had)."""
+    from http.server import ThreadingHTTPServer
+
+    origin = Origin()
+    handler = origin.server.RequestHandlerClass
+    origin.server.server_close()
+    ThreadingHTTPServer.allow_reuse_address = True
+    origin.server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    origin.server.daemon_threads = True
+    origin.port = port
+    origin.thread = threading.Thread(target=origin.server.serve_forever, daemon=True)
+    return origin
+
+
+def test_entries_survive_a_restart_and_a_corrupt_one_is_a_miss(
+    launch: Launcher, short_tmp: Path
+) -> None:
+    cache = short_tmp / "c"
+    with Origin() as origin:
+        origin.answers["/keep"] = (200, [("Cache-Control", "max-age=600")], b"kept")
+        origin.answers["/broken"] = (200, [("Cache-Control", "max-age=600")], b"good bytes")
+        config = cache_config(origin.port, str(cache))
+        first = launch.front(config, name="first")
+        get(first.port, "/keep")
+        get(first.port, "/broken")
+        first.stop()
+        # damage one entry's body on disk
+        entries = [p for p in cache.glob("??/*") if p.is_file()]
+        assert len(entries) == 2
+        for path in entries:
+            data = bytearray(path.read_bytes())
+            if b"good bytes" in data:
+                at = data.index(b"good bytes")
+                data[at] = ord("G")
+                path.write_bytes(bytes(data))
+        second = launch.front(config, name="second")
+        status, fields, body = get(second.port, "/keep")
+        assert (status, body) == (200, b"kept") and "hit" in fields["cache-status"]
+        status, fields, body = get(second.port, "/broken")
+        assert (status, body) == (200, b"good bytes") and "miss" in fields["cache-status"]
+        assert origin.count("/keep") == 1 and origin.count("/broken") == 2
+
+
+def test_revalidation_conditionals_head_and_range(launch: Launcher, short_tmp: Path) -> None:
+    def etagged(fields: dict[str, str]) -> tuple[int, list[tuple[str, str]], bytes]:
+        if fields.get("if-none-match") == '"v1"':
+            return 304, [("ETag", '"v1"'), ("Cache-Control", "max-age=60"), ("X-Fresh", "2")], b""
+        return (
+            200,
+            [("ETag", '"v1"'), ("Cache-Control", "max-age=0"), ("X-Fresh", "1")],
+            b"0123456789",
+        )
+
+    with Origin() as origin:
+        origin.answers["/r"] = etagged
+        front = launch.front(cache_config(origin.port, str(short_tmp / "c")))
+        assert get(front.port, "/r")[2] == b"0123456789"
+        # stale at once (max-age=0): revalidated with the stored ETag; the 304 updates it
+        status, fields, body = get(front.port, "/r")
+        assert (status, body, fields["x-fresh"]) == (200, b"0123456789", "2")
+        assert "fwd-status=304" in fields["cache-status"]
+        assert origin.requests[-1][2].get("if-none-match") == '"v1"'
+        count = origin.count("/r")
+        # now fresh for 60 s: the rest comes from the cache
+        status, fields, _ = get(front.port, "/r", {"If-None-Match": '"v1"'})
+        assert status == 304 and fields["etag"] == '"v1"'
+        status, fields, body = get(front.port, "/r", method="HEAD")
+        assert (status, body, fields["content-length"]) == (200, b"", "10")
+        status, fields, body = get(front.port, "/r", {"Range": "bytes=2-4"})
+        assert (status, body, fields["content-range"]) == (206, b"234", "bytes 2-4/10")
+        assert origin.count("/r") == count
+
+
+def test_unsafe_methods_invalidate_and_purge(launch: Launcher, short_tmp: Path) -> None:
+    with Origin() as origin:
+        origin.answers["/p"] = (200, [("Cache-Control", "max-age=600")], b"page")
+        front = launch.front(cache_config(origin.port, str(short_tmp / "c")))
+        get(front.port, "/p")
+        assert "hit" in get(front.port, "/p")[1]["cache-status"]
+        origin.answers["/p"] = (200, [("Cache-Control", "max-age=600")], b"page")
+        get(front.port, "/p", method="POST")
+        assert "miss" in get(front.port, "/p")[1]["cache-status"]  # invalidated
+        assert "hit" in get(front.port, "/p")[1]["cache-status"]
+        status, _, body = get(front.port, "/p", method="PURGE")
+        assert (status, body) == (200, b"purged 1\n")
+        assert get(front.port, "/p", method="PURGE")[0] == 404
+        assert "miss" in get(front.port, "/p")[1]["cache-status"]
+
+
+def test_purge_from_an_address_not_allowed_is_403(launch: Launcher, short_tmp: Path) -> None:
+    with Origin() as origin:
+        config = cache_config(origin.port, str(short_tmp / "c")).replace(
+            'purge_allow = ["127.0.0.1/32"]', 'purge_allow = ["10.0.0.0/8"]'
+        )
+        front = launch.front(config)
+        assert get(front.port, "/p", method="PURGE")[0] == 403
+    assert os.path.isdir(short_tmp / "c")

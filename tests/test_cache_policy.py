@@ -246,3 +246,48 @@ def test_cache_status_values() -> None:
     assert cache_status(True, 42.7) == b"gantry; hit; ttl=42"
     assert cache_status(False) == b"gantry; fwd=uri-miss"
     assert cache_status(False, detail="bypass") == b"gantry; fwd=bypass"
+
+
+@pytest.mark.parametrize(
+    ("text", "valid"),
+    [
+        (b"Sun, 06 Nov 1994 08:49:37 GMT", True),
+        (b"Sunday, 06-Nov-94 08:49:37 GMT", True),
+        (b"Sun Nov  6 08:49:37 1994", True),
+        (b"Sun, 06 Nov 1994 08:49:37 UTC", False),
+        (b"Sun, 06 Nov 94 08:49:37 GMT", False),
+        (b"Sun 06 Nov 1994 08:49:37 GMT", False),
+        (b"Sun, 06  Nov 1994 08:49:37 GMT", False),
+        (b"Sun, 06-Nov-1994 08:49:37 GMT", False),
+        (b"Sun, 06 Nov 1994 08.49.37 GMT", False),
+        (b"Sun, 06 Nov 1994 8:49:37 GMT", False),
+        (b"0", False),
+    ],
+)
+def test_http_dates_are_parsed_strictly(text: bytes, valid: bool) -> None:
+    from gantry.front.cache.policy import parse_http_date
+
+    parsed = parse_http_date(text)
+    assert (parsed is not None) is valid
+    if valid:
+        assert parsed == 784111777.0
+
+
+def test_an_invalid_expires_means_stale() -> None:
+    response = fields(f"Date: {date(NOW).decode()}", "Expires: Sun, 06 Nov 2094 08:49:37 UTC")
+    assert freshness(200, response, {}).lifetime == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "lifetime"),
+    [
+        ("max-age=100", 100),
+        ("max-age=100, must-revalidate", 100),
+        ("max-age=100, &&&&&", 5),  # not a structured field: ignored
+        ('max-age="100"', 5),  # a string, not an integer: ignored
+        ("Max-Age=100", 5),  # keys are lower case
+    ],
+)
+def test_cdn_cache_control_must_be_a_valid_structured_field(value: str, lifetime: int) -> None:
+    response = fields(f"CDN-Cache-Control: {value}", "Cache-Control: max-age=5")
+    assert freshness(200, response, {}).lifetime == lifetime

@@ -8,10 +8,11 @@ every rule is a few-line unit test (tests/test_cache_policy.py).
 
 from __future__ import annotations
 
+import calendar
 import re
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from enum import Enum
 from typing import Final
 
@@ -103,17 +104,66 @@ def _delta(argument: bytes | None) -> float | None:
     return float(min(int(argument), DELTA_MAX))
 
 
+_MONTHS: Final = {
+    m: i
+    for i, m in enumerate(
+        (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+         b"Dec"),
+        1,
+    )
+}  # fmt: skip
+_MONTH: Final = rb"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+_CLOCK: Final = rb"(\d\d):(\d\d):(\d\d)"
+# RFC 9110 5.6.7: IMF-fixdate, and the obsolete rfc850-date and asctime-date forms,
+# exactly: a date that is none of them is invalid (cache-tests' expires-parse).
+_IMF_FIXDATE: Final = re.compile(
+    rb"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), (\d\d) " + _MONTH + rb" (\d{4}) " + _CLOCK + rb" GMT"
+)
+_RFC850_DATE: Final = re.compile(
+    rb"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), (\d\d)-"
+    + _MONTH
+    + rb"-(\d\d) "
+    + _CLOCK
+    + rb" GMT"
+)
+_ASCTIME_DATE: Final = re.compile(
+    rb"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) " + _MONTH + rb" ( \d|\d\d) " + _CLOCK + rb" (\d{4})"
+)
+
+
 def parse_http_date(value: bytes | None) -> float | None:
-    """An HTTP-date (RFC 9110 5.6.7, all three forms) as a POSIX time; None if invalid."""
+    """An HTTP-date (RFC 9110 5.6.7: IMF-fixdate, rfc850-date or asctime-date, nothing
+    looser) as a POSIX time; None if invalid."""
     if not value:
         return None
+    value = value.strip()
+    match = _IMF_FIXDATE.fullmatch(value)
+    if match is not None:
+        day, month, year, hour, minute, second = match.groups()
+    else:
+        match = _RFC850_DATE.fullmatch(value)
+        if match is not None:
+            day, month, short_year, hour, minute, second = match.groups()
+            # a two-digit year more than 50 years ahead is in the past century (5.6.7)
+            year = b"%d" % (2000 + int(short_year))
+            if int(year) > _this_year() + 50:
+                year = b"%d" % (1900 + int(short_year))
+        else:
+            match = _ASCTIME_DATE.fullmatch(value)
+            if match is None:
+                return None
+            month, day, hour, minute, second, year = match.groups()
     try:
-        when = parsedate_to_datetime(value.decode("latin-1"))
-    except (TypeError, ValueError, IndexError):
+        fields = (int(year), _MONTHS[month], int(day), int(hour), int(minute), int(second))
+        if not (1 <= fields[2] <= 31 and fields[3] < 24 and fields[4] < 60 and fields[5] < 61):
+            return None
+        return float(calendar.timegm((*fields, 0, 0, 0)))
+    except (KeyError, ValueError, OverflowError):
         return None
-    if when.tzinfo is None:
-        return None  # not one of the forms RFC 9110 allows (always GMT)
-    return when.timestamp()
+
+
+def _this_year() -> int:
+    return time.gmtime().tm_year
 
 
 @dataclass(frozen=True)
@@ -133,13 +183,48 @@ class Freshness:
     no_cache: bool = False
 
 
+_SF_KEY: Final = rb"[a-z*][a-z0-9_.*-]*"
+_SF_BARE: Final = (
+    rb'(?:-?\d{1,12}\.\d{1,3}|-?\d{1,15}|"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*"'
+    rb"|[A-Za-z*][!#$%&'*+.^_`|~0-9A-Za-z:/-]*|:[A-Za-z0-9+/=]*:|\?[01])"
+)
+_SF_PARAMS: Final = rb"(?:;[ ]*" + _SF_KEY + rb"(?:=" + _SF_BARE + rb")?)*"
+_SF_MEMBER: Final = re.compile(rb"(" + _SF_KEY + rb")(?:=(" + _SF_BARE + rb"))?" + _SF_PARAMS)
+_SF_INTEGER: Final = re.compile(rb"-?\d{1,15}")
+#: CDN-Cache-Control directives whose value is delta-seconds (an sf-integer there)
+_DELTA_DIRECTIVES: Final = frozenset(
+    {"max-age", "s-maxage", "stale-while-revalidate", "stale-if-error"}
+)
+
+
+def targeted_directives(value: bytes) -> dict[str, bytes | None] | None:
+    """A CDN-Cache-Control value (RFC 9213: a Structured Fields Dictionary, RFC 8941) as
+    directives; None when it is not a valid one, or a delta directive is not an integer,
+    so the field is ignored."""
+    result: dict[str, bytes | None] = {}
+    for member in value.split(b","):  # no sf-string of these directives holds a comma
+        member = member.strip(b" \t")
+        match = _SF_MEMBER.fullmatch(member)
+        if match is None:
+            return None
+        name, item = match.group(1).decode("ascii"), match.group(2)
+        if name in _DELTA_DIRECTIVES and (item is None or not _SF_INTEGER.fullmatch(item)):
+            return None
+        if item == b"?1":
+            item = None  # true: a bare directive
+        elif item == b"?0":
+            continue  # false: absent
+        result[name] = item  # the last of a repeated key wins in a dictionary
+    return result
+
+
 def _controls(fields: Fields) -> tuple[dict[str, bytes | None], bool]:
     """The response's cache directives, and whether they came from CDN-Cache-Control
     (RFC 9213: a cache that honours it ignores Cache-Control and Expires when it is
     present and valid)."""
     targeted = field_value(fields, b"cdn-cache-control")
     if targeted is not None:
-        parsed = directives(targeted)
+        parsed = targeted_directives(targeted)
         if parsed:
             return parsed, True
     return directives(field_value(fields, b"cache-control")), False

@@ -189,6 +189,7 @@ def test_stale_on_error() -> None:
     assert stale_on_error(Freshness(60), 1000, "http_502", ("http_502",))
     assert not stale_on_error(Freshness(60), 1000, "timeout", ("http_502",))
     assert not stale_on_error(Freshness(60, must_revalidate=True), 61, "error", ("error",))
+    assert not stale_on_error(Freshness(60, no_cache=True), 61, "error", ("error",))
 
 
 def test_vary_secondary_keys() -> None:

@@ -379,8 +379,9 @@ def usable(entry: Freshness, age: float, request: Fields) -> Usable:
 def stale_on_error(entry: Freshness, age: float, condition: str, use_stale: Iterable[str]) -> bool:
     """Whether a stale response may answer when the origin failed with ``condition``
     ("error", "timeout", "http_500", ...): within its stale-if-error window (RFC 5861 4),
-    or when the zone's ``use_stale`` lists the condition; never for must-revalidate."""
-    if entry.must_revalidate:
+    or when the zone's ``use_stale`` lists the condition; never for must-revalidate
+    (4.2.4) nor for no-cache (5.2.2.4: not used without a successful revalidation)."""
+    if entry.must_revalidate or entry.no_cache:
         return False
     if age - entry.lifetime <= entry.stale_if_error:
         return True

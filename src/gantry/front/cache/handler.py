@@ -425,14 +425,26 @@ class CacheHandler(Handler):
         return ranges
 
     def _purge(self, exchange: Exchange, zone: CacheZone, store: CacheStore) -> None:
-        """PURGE of one URL: 200 with the count of entries removed, 404 when there were
-        none, 403 to an address purge_allow does not list."""
+        """PURGE: of one URL; of every URL under a prefix (the target ends in "*"); of
+        every entry with a tag (a Surrogate-Key or Cache-Tag request field names it);
+        "Soft-Purge: 1" marks them stale instead. 200 with the count of entries purged,
+        404 when there were none, 403 to an address purge_allow does not list."""
         if not zone.purge_allow or not _allowed(zone, exchange.remote_addr):
             exchange.error(403)
             return
+        request = exchange.head.headers
+        soft = field_value(request, b"soft-purge") == b"1"
+        tag = field_value(request, b"surrogate-key") or field_value(request, b"cache-tag")
         head = _head_copy(exchange.head)
         head.method = "GET"
-        count = store.remove(cache_key(zone.key, head, exchange.remote_addr))
+        if tag is not None:
+            count = store.purge(tag=tag.decode("latin-1").strip(), soft=soft)
+        elif head.target.endswith(b"*"):
+            prefix = _head_copy(head, head.target[:-1])
+            count = store.purge(cache_key(zone.key, prefix, exchange.remote_addr), soft=soft)
+        else:
+            key = cache_key(zone.key, head, exchange.remote_addr)
+            count = store.remove(key) if not soft else store.mark_stale(key)
         text = f"purged {count}\n".encode()
         fields = [(b"Content-Type", b"text/plain"), (b"Content-Length", str(len(text)).encode())]
         exchange.respond(200 if count else 404, fields, text)

@@ -375,6 +375,57 @@ class CacheStore:
                 count += 1
         return count
 
+    def mark_stale(self, key: str) -> int:
+        """Soft purge of ``key``: its entries (each variant) are stale from now on."""
+        digest = self.digest(key)
+        directory = os.path.join(self.root, digest[:2])
+        count = 0
+        try:
+            names = [n for n in os.listdir(directory) if n.startswith(digest)]
+        except OSError:
+            return 0
+        for name in names:
+            try:
+                entry = _read_entry(os.path.join(directory, name), want_body=False)
+            except (OSError, _Broken):
+                continue
+            if entry.status != 0 and entry.key == key:
+                if not entry.purged:
+                    self.update_head(entry, entry.fields, {"purged": True})
+                count += 1
+        return count
+
+    def purge(
+        self, key_prefix: str | None = None, tag: str | None = None, soft: bool = False
+    ) -> int:
+        """Purge every entry whose key starts with ``key_prefix``, or that carries ``tag``
+        (the upstream's Surrogate-Key or Cache-Tag); ``soft`` marks them stale instead
+        of removing them (``use_stale`` may still serve them). How many there were."""
+        count = 0
+        for directory in os.scandir(self.root):
+            if not directory.is_dir() or len(directory.name) != 2:
+                continue
+            for item in os.scandir(directory.path):
+                try:
+                    entry = _read_entry(item.path, want_body=False)
+                except (OSError, _Broken):
+                    continue
+                if key_prefix is not None and not entry.key.startswith(key_prefix):
+                    continue
+                if tag is not None and tag not in entry.tags:
+                    continue
+                if entry.status == 0:  # a vary marker
+                    if not soft:
+                        self.remove_file(item.path)
+                    continue
+                if soft:
+                    if not entry.purged:
+                        self.update_head(entry, entry.fields, {"purged": True})
+                    count += 1
+                elif self.remove_file(item.path):
+                    count += 1
+        return count
+
     def _is_marker(self, path: str) -> bool:
         try:
             return _read_entry(path, want_body=False).status == 0

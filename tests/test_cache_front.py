@@ -263,3 +263,20 @@ def test_soft_purge_keeps_an_entry_for_use_stale(launch: Launcher, short_tmp: Pa
     # the origin is down: the soft-purged entry is served stale
     status, fields, body = get(front.port, "/soft")
     assert (status, body) == (200, b"kept") and "fwd=stale" in fields["cache-status"]
+
+
+def test_only_if_cached_for_a_missing_entry_is_a_framed_504(
+    launch: Launcher, short_tmp: Path
+) -> None:
+    with Origin() as origin:
+        front = launch.front(cache_config(origin.port, str(short_tmp / "c")))
+        conn = http.client.HTTPConnection("127.0.0.1", front.port, timeout=5)
+        try:
+            conn.request("GET", "/none", headers={"Cache-Control": "only-if-cached"})
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (504, b"")
+            conn.request("GET", "/none", headers={"Cache-Control": "only-if-cached"})
+            assert conn.getresponse().status == 504  # the connection is still usable
+        finally:
+            conn.close()
+        assert origin.count("/none") == 0

@@ -152,3 +152,17 @@ def test_fill_lock_is_exclusive_until_released(tmp_path: Path) -> None:
     again = two.try_lock("k")
     assert again is not None
     again.release()
+
+
+def test_a_large_entry_replaced_by_a_corrupt_one_is_a_miss(tmp_path: Path) -> None:
+    store = CacheStore(zone(tmp_path))
+    put(store, entry(), b"y" * (1024 * 1024))
+    assert store.lookup("k", [], NOW) is not None  # checked once, remembered
+    assert store.lookup("k", [], NOW) is not None
+    path = _file(store)
+    data = bytearray(path.read_bytes())
+    data[500_000] ^= 1
+    replacement = path.with_name("new")
+    replacement.write_bytes(bytes(data))
+    os.rename(replacement, path)  # a new file (inode) in its place
+    assert store.lookup("k", [], NOW) is None

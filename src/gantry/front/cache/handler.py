@@ -200,7 +200,8 @@ class CacheHandler(Handler):
         if entry is None:
             wanted = directives(field_value(request, b"cache-control"))
             if "only-if-cached" in wanted:
-                exchange.respond(504, [(b"Cache-Status", cache_status(False))], b"")
+                fields = [(b"Cache-Status", cache_status(False)), (b"Content-Length", b"0")]
+                exchange.respond(504, fields, b"")
                 return
             self._miss(exchange, zone, store, key, head, body, waited)
             return

@@ -48,6 +48,8 @@ SMALL_BODY: Final = 256 * 1024
 TOUCH_EVERY: Final = 60.0
 #: pieces a body is copied in when a 304 rewrites an entry's head
 COPY_PIECE: Final = 256 * 1024
+#: large entries whose checksum a worker remembers having checked
+VERIFIED_FILES: Final = 4096
 
 
 @dataclass
@@ -216,6 +218,8 @@ class CacheStore:
         self.hot: OrderedDict[str, _Hot] = OrderedDict()
         self.hot_bytes = 0
         self.serial = 0
+        #: path -> (inode, size) of large entries whose body checksum held
+        self.verified: dict[str, tuple[int, int]] = {}
 
     # names ------------------------------------------------------------------
 
@@ -265,8 +269,14 @@ class CacheStore:
                 hot.touched = now
                 self._touch(hot.entry)
             return hot.entry
+        # A large body's checksum is checked once per file (inode) and worker: entries are
+        # only ever replaced by a rename, so a file that was whole stays whole.
+        identity = (st.st_ino, st.st_size)
+        verified = self.verified.get(path) == identity
         try:
-            entry = _read_entry(path, want_body=True)
+            entry = _read_entry(path, want_body=not verified)
+            if verified and entry.identity[0] != st.st_ino:  # replaced meanwhile
+                entry = _read_entry(path, want_body=True)
         except FileNotFoundError:
             return None
         except (OSError, _Broken):
@@ -278,6 +288,11 @@ class CacheStore:
         if self.zone.inactive and time.time() - st.st_mtime > self.zone.inactive:
             self.remove_file(path)
             return None
+        if entry.body is None:
+            if len(self.verified) >= VERIFIED_FILES:
+                self.verified.clear()
+            size = entry.body_offset + entry.body_length + _TRAILER.size
+            self.verified[path] = (entry.identity[0], size)
         self._touch(entry)
         self._remember(path, entry, now)
         return entry

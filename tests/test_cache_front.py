@@ -280,3 +280,15 @@ def test_only_if_cached_for_a_missing_entry_is_a_framed_504(
         finally:
             conn.close()
         assert origin.count("/none") == 0
+
+
+def test_min_uses_stores_a_response_once_asked_for_enough(
+    launch: Launcher, short_tmp: Path
+) -> None:
+    with Origin() as origin:
+        origin.answers["/m"] = (200, [("Cache-Control", "max-age=600")], b"m")
+        front = launch.front(cache_config(origin.port, str(short_tmp / "c"), "min_uses = 2\n"))
+        assert "stored" not in get(front.port, "/m")[1]["cache-status"]
+        assert "stored" in get(front.port, "/m")[1]["cache-status"]
+        assert "hit" in get(front.port, "/m")[1]["cache-status"]
+        assert origin.count("/m") == 2

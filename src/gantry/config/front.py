@@ -315,7 +315,11 @@ class CacheSettings(_Strict):
     lock_timeout: Duration = Field(
         5.0, gt=0, description="Seconds a request waits for the lock, then goes to the upstream."
     )
-    min_uses: int = Field(1, ge=1, description="Requests for a key before its response is stored.")
+    min_uses: int = Field(
+        1,
+        ge=1,
+        description="Requests for a key before its response is stored (counted per worker).",
+    )
     bypass: list[str] = Field(
         default_factory=list,
         description="nginx variables ('$cookie_sessionid', '$http_authorization'): a request "

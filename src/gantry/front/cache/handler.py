@@ -74,6 +74,8 @@ SWEEP_EVERY: Final = 10.0
 #: do not queue on the fill lock (Varnish's hit-for-pass)
 PASS_SECONDS: Final = 10.0
 PASS_KEYS: Final = 4096
+#: keys whose uses are counted for min_uses (forgotten all at once past it)
+USES_KEYS: Final = 65536
 
 
 def _lines_to_fields(lines: list[bytes]) -> Fields:
@@ -130,6 +132,8 @@ class CacheHandler(Handler):
         self.tasks = tasks
         #: key -> until when its requests pass without waiting for the fill lock
         self.passing: dict[str, float] = {}
+        #: key -> requests seen for it while missing (min_uses)
+        self.uses: dict[str, int] = {}
         self._sweep: asyncio.TimerHandle | None = None
 
     def applies(self, server: VirtualServer, location: Location | None) -> bool:
@@ -263,7 +267,19 @@ class CacheHandler(Handler):
                 return
         fill = CacheFill(self, exchange, zone, store, key, head)
         fill.lock = lock
+        if zone.min_uses > 1 and not self._used_enough(key, zone.min_uses):
+            fill.release()
+            fill.status_value = cache_status(False, detail="uri-miss")  # not stored yet
         self._forward(exchange, fill, head, body)
+
+    def _used_enough(self, key: str, min_uses: int) -> bool:
+        """Whether ``key`` was asked for ``min_uses`` times (counted per worker, so with
+        several workers it may take up to that many requests on each)."""
+        uses = self.uses.get(key, 0) + 1
+        if len(self.uses) >= USES_KEYS:
+            self.uses.clear()
+        self.uses[key] = uses
+        return uses >= min_uses
 
     def _passing(self, key: str) -> bool:
         until = self.passing.get(key)

@@ -292,3 +292,16 @@ def test_min_uses_stores_a_response_once_asked_for_enough(
         assert "stored" in get(front.port, "/m")[1]["cache-status"]
         assert "hit" in get(front.port, "/m")[1]["cache-status"]
         assert origin.count("/m") == 2
+
+
+def test_an_entry_whose_refresh_is_not_storable_is_dropped(
+    launch: Launcher, short_tmp: Path
+) -> None:
+    with Origin() as origin:
+        origin.answers["/turned"] = (200, [("Cache-Control", "max-age=0")], b"public once")
+        front = launch.front(cache_config(origin.port, str(short_tmp / "c")))
+        get(front.port, "/turned")
+        origin.answers["/turned"] = (200, [("Cache-Control", "private")], b"alice's")
+        assert get(front.port, "/turned")[2] == b"alice's"
+    # the origin is down now: nothing stored may answer in its place
+    assert get(front.port, "/turned", {"Cache-Control": "max-stale"})[0] == 502

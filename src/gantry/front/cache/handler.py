@@ -627,6 +627,11 @@ class CacheFill:
         elif method == "GET" and not self.invalidating and not self.status_value:
             self.passed = True
             self.handler.pass_key(self.key)
+        if stale is not None and self.writer is None and status < 500:
+            # the origin's new answer may not be stored (now private, no-store...): the
+            # old one must not be served in its place any more
+            self.store.remove_file(stale.path)
+            self.stale = None
         if self.silent:
             return
         detail = self.status_value

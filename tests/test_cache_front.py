@@ -236,7 +236,9 @@ def test_purge_by_url_prefix_and_tag_reaches_both_workers(
 
     with Origin() as origin:
         publish("v1")
-        front = launch.front(cache_config(origin.port, str(short_tmp / "c"), workers=2))
+        front = launch.front(
+            cache_config(origin.port, str(short_tmp / "c"), "lock = true\n", workers=2)
+        )
         for path in paths:
             assert bodies(path) == {f"{path} v1".encode()}
         publish("v2")

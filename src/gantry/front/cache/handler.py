@@ -139,18 +139,31 @@ class CacheHandler(Handler):
     def applies(self, server: VirtualServer, location: Location | None) -> bool:
         return location is not None and location.cache is not None and bool(location.proxy)
 
+    _closed = False
+
     def close(self) -> None:
         """Stop the sweep timer."""
+        self._closed = True
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
 
     def _sweep_zones(self) -> None:
+        # On a thread: a zone of many entries takes a while to walk, and the loop must
+        # go on answering meanwhile; the next sweep is armed when this one is over.
+        loop = self.keepalive.loop
+        loop.run_in_executor(None, self._sweep_all).add_done_callback(self._swept)
+
+    def _sweep_all(self) -> None:
         for store in self.stores.values():
             try:
                 store.sweep()
             except OSError:
                 pass  # a zone's folder gone: each lookup is a miss meanwhile
+
+    def _swept(self, done: asyncio.Future[None]) -> None:
+        if done.cancelled() or self._closed:
+            return
         self._sweep = self.keepalive.loop.call_later(SWEEP_EVERY, self._sweep_zones)
 
     # the request ------------------------------------------------------------
@@ -742,10 +755,7 @@ class CacheFill:
         writer = self.writer
         self.writer = None
         if writer is not None:
-            try:
-                writer.commit()
-            except OSError:
-                writer.abort()
+            writer.commit()  # in place before the fill lock goes: its waiters find it
         self.release()
         if self.silent:
             return

@@ -334,16 +334,6 @@ class CacheStore:
         variant = entry.vary_values if entry.vary else None
         return EntryWriter(self, entry, temp, self.path_of(digest, variant), digest)
 
-    def _write_marker(self, entry: Entry, digest: str) -> None:
-        marker = Entry(
-            key=entry.key, status=0, reason=b"", fields=[], request_time=0.0,
-            response_time=0.0, initial_age=0.0, freshness=Freshness(0.0), vary=entry.vary,
-        )  # fmt: skip
-        self.serial += 1
-        writer = EntryWriter(self, marker, f"{self.tmp}/{os.getpid()}.m{self.serial}", "", digest)
-        writer.final = self.path_of(digest)
-        writer.commit(marker_only=True)
-
     def update_head(self, entry: Entry, fields: Fields, changes: dict[str, Any]) -> Entry:
         """``entry`` with new fields and times (a 304 revalidated it), rewritten in place
         (a new file renamed over the old one; the body is copied in the kernel)."""
@@ -474,7 +464,8 @@ class CacheStore:
     def sweep(self) -> tuple[int, int]:
         """Drop entries unused for ``inactive``, then the least recently used past
         ``max_size``, and temporary files left by a dead writer; one worker at a time
-        sweeps a zone. (entries, bytes) left."""
+        sweeps a zone. (entries, bytes) left. Safe on a thread: it only removes files
+        (the memory tier sees a removal on its next use)."""
         lock = os.open(os.path.join(self.root, "sweep.lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             try:
@@ -492,7 +483,7 @@ class CacheStore:
                     except OSError:
                         continue
                     if now - st.st_mtime > self.zone.inactive:
-                        self.remove_file(item.path)
+                        _unlink(item.path)
                     else:
                         files.append((st.st_mtime, st.st_size, item.path))
             for item in os.scandir(self.tmp):
@@ -503,15 +494,23 @@ class CacheStore:
             files.sort()
             while files and total > self.zone.max_size:
                 _, size, path = files.pop(0)
-                self.remove_file(path)
+                _unlink(path)
                 total -= size
             return len(files), total
         finally:
             os.close(lock)
 
 
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
 class EntryWriter:
-    """One entry being written: to a temporary file, renamed into place on commit."""
+    """One entry being written: a small body is held in memory and its file written
+    whole at the end (one open, one write; the entry then stays in the memory tier); a
+    larger one goes to its temporary file as it comes. Either way the file is renamed
+    into place only once whole."""
 
     def __init__(self, store: CacheStore, entry: Entry, temp: str, final: str, digest: str) -> None:
         self.store = store
@@ -522,10 +521,18 @@ class EntryWriter:
         self.head = entry.head_json()
         self.length = 0
         self.crc = 0
-        self.fd: int | None = os.open(
-            temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
-        )
-        self._write_all(_PREFIX.pack(MAGIC, VERSION, len(self.head)) + self.head)
+        self.fd: int | None = None
+        #: the body while it is small (None once it went to the file, or was dropped)
+        self.pieces: list[bytes] | None = []
+        self.marker = b""
+        self.marker_temp = ""
+        if entry.vary:
+            marker = Entry(
+                key=entry.key, status=0, reason=b"", fields=[], request_time=0.0,
+                response_time=0.0, initial_age=0.0, freshness=Freshness(0.0), vary=entry.vary,
+            )  # fmt: skip
+            self.marker = _file_bytes(marker.head_json(), [], 0, 0)
+            self.marker_temp = temp + ".m"
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
@@ -536,45 +543,105 @@ class EntryWriter:
     def write(self, data: bytes) -> bool:
         """A piece of the body; False (and the entry dropped) past max_object_size or on
         a write error."""
-        if self.fd is None:
+        if self.fd is None and self.pieces is None:
             return False
         self.length += len(data)
         if self.length > self.store.zone.max_object_size:
             self.abort()
             return False
+        self.crc = zlib.crc32(data, self.crc)
+        pieces = self.pieces
+        if pieces is not None and self.length <= SMALL_BODY:
+            pieces.append(data)
+            return True
         try:
+            if pieces is not None:  # grown past SMALL_BODY: to the file from now on
+                self.pieces = None
+                self.fd = os.open(
+                    self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+                )
+                self._write_all(_PREFIX.pack(MAGIC, VERSION, len(self.head)) + self.head)
+                for piece in pieces:
+                    self._write_all(piece)
             self._write_all(data)
         except OSError:
             self.abort()
             return False
-        self.crc = zlib.crc32(data, self.crc)
         return True
 
     def abort(self) -> None:
         """Drop the entry being written."""
+        self.pieces = None
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
             with contextlib.suppress(OSError):
                 os.unlink(self.temp)
 
-    def commit(self, marker_only: bool = False) -> Entry | None:
-        """Put the entry in place (atomically); the entry as stored, None if it failed."""
-        if self.fd is None:
-            return None
+    def _files(self) -> tuple[int, int] | None:
+        """Write and rename the files; the (inode, mtime_ns) of the entry's file, None if
+        it failed."""
         try:
-            self._write_all(_TRAILER.pack(self.length, self.crc, zlib.crc32(self.head)))
-            os.close(self.fd)
-            self.fd = None
             os.makedirs(os.path.dirname(self.final), exist_ok=True)
-            if self.entry.vary and not marker_only:
-                self.store._write_marker(self.entry, self.digest)
+            if self.pieces is not None:
+                data = _file_bytes(self.head, self.pieces, self.length, self.crc)
+                _write_file(self.temp, data)
+            elif self.fd is not None:
+                self._write_all(_TRAILER.pack(self.length, self.crc, zlib.crc32(self.head)))
+                os.close(self.fd)
+                self.fd = None
+            else:
+                return None
+            if self.marker:
+                _write_file(self.marker_temp, self.marker)
+                os.rename(self.marker_temp, self.store.path_of(self.digest))
             os.rename(self.temp, self.final)
+            st = os.stat(self.final)
         except OSError:
             self.abort()
+            for path in (self.temp, self.marker_temp):
+                if path:
+                    _unlink(path)
             return None
-        self.store._forget(self.final)
-        try:
-            return _read_entry(self.final, want_body=False)
-        except (OSError, _Broken):
+        return (st.st_ino, st.st_mtime_ns)
+
+    def _stored(self, identity: tuple[int, int] | None) -> Entry | None:
+        """After ``_files``: the entry as stored (kept in memory when small)."""
+        if identity is None:
             return None
+        store = self.store
+        store._forget(self.final)
+        if self.marker:
+            store._forget(store.path_of(self.digest))
+        body = b"".join(self.pieces) if self.pieces is not None else None
+        stored = replace(
+            self.entry,
+            path=self.final,
+            body_offset=_PREFIX.size + len(self.head),
+            body_length=self.length,
+            body=body,
+            identity=identity,
+        )
+        if body is not None:
+            store._remember(self.final, stored, time.time())
+        return stored
+
+    def commit(self) -> Entry | None:
+        """Put the entry in place (atomically), now; the entry as stored, None if it failed."""
+        return self._stored(self._files())
+
+
+def _file_bytes(head: bytes, pieces: list[bytes], length: int, crc: int) -> bytes:
+    """The whole file of an entry whose body is ``pieces``."""
+    prefix = _PREFIX.pack(MAGIC, VERSION, len(head))
+    return b"".join([prefix, head, *pieces, _TRAILER.pack(length, crc, zlib.crc32(head))])
+
+
+def _write_file(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)

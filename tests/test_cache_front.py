@@ -9,7 +9,7 @@ import socket
 import threading
 from pathlib import Path
 
-from tests.process import Launcher, server_has_read, wait_for
+from tests.process import Launcher, free_port, server_has_read, wait_for
 from tests.support_cache import Origin, cache_config
 
 
@@ -307,3 +307,50 @@ def test_an_entry_whose_refresh_is_not_storable_is_dropped(
         assert get(front.port, "/turned")[2] == b"alice's"
     # the origin is down now: nothing stored may answer in its place
     assert get(front.port, "/turned", {"Cache-Control": "max-stale"})[0] == 502
+
+
+def test_a_background_refresh_asks_for_its_own_path(launch: Launcher, short_tmp: Path) -> None:
+    """The refresh of a stale entry outlives the request that started it: a uwsgi upstream
+    must still get that request's PATH_INFO, not the one its connection went on to."""
+    # over TCP: the refresh's connect then takes a turn of the loop, as it would to a
+    # remote upstream (a unix connect completes at once)
+    port = free_port()
+    launch.serve(
+        "tests.apps_cache:app", "--uwsgi-socket", f"127.0.0.1:{port}", wait_for=("127.0.0.1", port)
+    )
+    config = f"""[front]
+listen = ["127.0.0.1:FRONT_PORT"]
+
+[front.upstream.app]
+protocol = "uwsgi"
+servers = [{{ address = "127.0.0.1:{port}" }}]
+
+[front.cache.pages]
+path = "{short_tmp / "c"}"
+
+[[front.server]]
+[[front.server.location]]
+path = "/"
+proxy = "app"
+cache = "pages"
+"""
+    front = launch.front(config)
+    assert get(front.port, "/swr")[2].startswith(b"/swr ")
+    # max-stale: answered from the entry as it is, without a refresh of its own
+    stored = {"Cache-Control": "max-stale=600"}
+    for _ in range(5):
+        before = get(front.port, "/swr", stored)[2]
+        # two pipelined requests: /swr (stale, answered at once, refreshed meanwhile)
+        # then /other on the same connection
+        with socket.create_connection(("127.0.0.1", front.port), timeout=10) as conn:
+            conn.sendall(
+                b"GET /swr HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                b"GET /other HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            )
+            data = b""
+            while b"/other " not in data:
+                piece = conn.recv(65536)
+                assert piece, data
+                data += piece
+        assert wait_for(lambda old=before: get(front.port, "/swr", stored)[2] != old)
+        assert get(front.port, "/swr", stored)[2].startswith(b"/swr ")

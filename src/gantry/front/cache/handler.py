@@ -569,7 +569,9 @@ class CacheFill:
 
     def request_path(self, head: RequestHead) -> str:
         """The normalized path of ``head``."""
-        return self.exchange.request_path(self.client_head or self.exchange.head)
+        # the head given, not the exchange's: a background refresh outlives its request,
+        # and its connection may be on another one by then
+        return self.exchange.request_path(head)
 
     def fixed_vars(self) -> bytes:
         """The connection's fixed uwsgi vars."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from gantry.config.file import LimitsSettings, ServeSettings
 from gantry.config.front import (
+    CacheSettings,
     FrontSettings,
     HealthCheckSettings,
     LocationSettings,
@@ -30,6 +31,7 @@ TABLES = {
     "[front.upstream.NAME]": UpstreamSettings,
     "[[front.upstream.NAME.servers]]": UpstreamServerSettings,
     "[front.upstream.NAME.health_check]": HealthCheckSettings,
+    "[front.cache.NAME]": CacheSettings,
     "[[app]]": AppSettings,
     "[serve]": ServeSettings,
     "[serve.limits]": LimitsSettings,

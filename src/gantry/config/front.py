@@ -14,6 +14,7 @@ from gantry.config.errors import error_lines
 from gantry.config.file import HTTPAddress
 from gantry.config.front_model import (
     AccessRule,
+    CacheZone,
     FrontConfig,
     HealthCheck,
     Location,
@@ -228,6 +229,106 @@ class LocationSettings(_Strict):
         description="Read the whole body before proxying (retries stay possible); false "
         "streams a Content-Length body to the upstream as it arrives.",
     )
+    cache: str | None = Field(
+        None,
+        description="Name of the cache zone (`[front.cache.NAME]`) proxied responses of this "
+        "location are stored in and answered from; unset: not cached.",
+    )
+
+
+#: what a stale entry may be served on (nginx's proxy_cache_use_stale)
+UseStale = Literal[
+    "error",
+    "timeout",
+    "updating",
+    "http_500",
+    "http_502",
+    "http_503",
+    "http_504",
+    "http_403",
+    "http_404",
+    "http_429",
+    "off",
+]
+
+
+def _valid_keys(valid: dict[str, float]) -> dict[str, float]:
+    for code in valid:
+        if code != "any" and not (code.isdigit() and 200 <= int(code) <= 599):
+            raise ValueError(
+                f"expected HTTP statuses from 200 to 599 or 'any' as keys, got {code!r}"
+            )
+    return valid
+
+
+def _networks(values: list[str]) -> list[str]:
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"expected an IP network ('127.0.0.1/32', '::1'), got {value!r}"
+            ) from None
+    return values
+
+
+class CacheSettings(_Strict):
+    """A cache zone for proxied responses (RFC 9111, shared cache), used by the locations
+    whose `cache` names it. One zone is shared by every front worker of the host; its
+    entries live on disk under `path` and survive reloads and restarts."""
+
+    path: str = Field(description="Directory of the zone's entries (made if missing).")
+    max_size: Size = Field(
+        1024**3, ge=0, description="Bytes on disk at most; least recently used entries go past it."
+    )
+    memory: Size = Field(
+        16 * 1024**2, ge=0, description="Bytes of hot entries also held in each worker's memory."
+    )
+    inactive: Duration = Field(
+        600.0, gt=0, description="Entries unused this long are dropped, fresh or not."
+    )
+    max_object_size: Size = Field(
+        1024**3, ge=0, description="Largest response body stored, in bytes (larger: not stored)."
+    )
+    key: str = Field(
+        "$scheme$host$request_uri",
+        description="The primary key, with nginx variables ($scheme, $host, $request_uri, "
+        "$uri, $args, $http_NAME, $cookie_NAME, ...).",
+    )
+    valid: Annotated[dict[str, Duration], AfterValidator(_valid_keys)] = Field(
+        default_factory=dict,
+        description="Lifetime by status for responses with no freshness of their own "
+        '(nginx\'s proxy_cache_valid): {"200" = "10m", "404" = "1m", "any" = "1m"}.',
+    )
+    use_stale: Annotated[list[UseStale], AfterValidator(_off_alone)] = Field(
+        default_factory=list,
+        description="When a stale entry is served instead (nginx's proxy_cache_use_stale): "
+        "error, timeout, updating, http_500, http_502, http_503, http_504, http_403, "
+        "http_404, http_429, or off alone.",
+    )
+    background_update: bool = Field(
+        False, description="A stale entry is served while one request refreshes it."
+    )
+    lock: bool = Field(
+        False, description="One request fills a missing entry; the others wait for it."
+    )
+    lock_timeout: Duration = Field(
+        5.0, gt=0, description="Seconds a request waits for the lock, then goes to the upstream."
+    )
+    min_uses: int = Field(
+        1,
+        ge=1,
+        description="Requests for a key before its response is stored (counted per worker).",
+    )
+    bypass: list[str] = Field(
+        default_factory=list,
+        description="nginx variables ('$cookie_sessionid', '$http_authorization'): a request "
+        "where one is neither empty nor '0' is not answered from the cache.",
+    )
+    purge_allow: Annotated[list[str], AfterValidator(_networks)] = Field(
+        default_factory=list,
+        description="Networks that may send PURGE (403 for any other address); empty: none.",
+    )
 
 
 class ServerSettings(_Strict):
@@ -296,6 +397,9 @@ class FrontSettings(_Strict):
     upstream: dict[str, UpstreamSettings] = Field(
         default_factory=dict, description="Upstream pools by name, for a location's `proxy`."
     )
+    cache: dict[str, CacheSettings] = Field(
+        default_factory=dict, description="Cache zones by name, for a location's `cache`."
+    )
     # Client timeouts and the graceful stop (the front worker's own), as nginx names them.
     client_header_timeout: Duration = Field(
         60.0, gt=0, description="Seconds a client may take to send a request head (408 past it)."
@@ -353,6 +457,14 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
                 )
             if loc.root and loc.alias:
                 raise ConfigError(f"{where}: give root or alias, not both")
+            if loc.cache is not None:
+                if loc.cache not in settings.cache:
+                    known = ", ".join(settings.cache) or "none"
+                    raise ConfigError(
+                        f"{where}.cache: no cache zone named {loc.cache!r} (known: {known})"
+                    )
+                if not loc.proxy:
+                    raise ConfigError(f"{where}.cache: a cached location needs proxy")
             locations.append(
                 Location(
                     path=loc.path,
@@ -370,6 +482,7 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
                     gzip_static=loc.gzip_static,
                     script_name=loc.script_name,
                     request_buffering=loc.request_buffering,
+                    cache=loc.cache,
                 )  # fmt: skip
             )
         servers.append(
@@ -400,6 +513,7 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
         for name, up in settings.upstream.items()
     }
     pages = {int(code): path for code, path in settings.error_pages.items()}
+    caches = {name: _zone(name, zone) for name, zone in settings.cache.items()}
     return FrontConfig(
         listen=tuple(settings.listen), workers=settings.workers, servers=tuple(servers),
         upstreams=upstreams, error_pages=pages,
@@ -412,6 +526,19 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
         keepalive_timeout=settings.keepalive_timeout,
         send_timeout=settings.send_timeout,
         graceful_timeout=settings.graceful_timeout,
+        caches=caches,
+    )  # fmt: skip
+
+
+def _zone(name: str, zone: CacheSettings) -> CacheZone:
+    valid = {0 if code == "any" else int(code): time for code, time in zone.valid.items()}
+    return CacheZone(
+        name=name, path=zone.path, max_size=zone.max_size, memory=zone.memory,
+        inactive=zone.inactive, max_object_size=zone.max_object_size, key=zone.key,
+        valid=valid, use_stale=tuple(s for s in zone.use_stale if s != "off"),
+        background_update=zone.background_update, lock=zone.lock,
+        lock_timeout=zone.lock_timeout, min_uses=zone.min_uses, bypass=tuple(zone.bypass),
+        purge_allow=tuple(ipaddress.ip_network(n, strict=False) for n in zone.purge_allow),
     )  # fmt: skip
 
 

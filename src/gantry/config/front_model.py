@@ -45,6 +45,8 @@ class Location:
     #: read the whole request body before proxying (nginx's proxy_request_buffering);
     #: off streams a Content-Length body to the upstream as it arrives
     request_buffering: bool = True
+    #: the name of the cache zone proxied responses are stored in (None: not cached)
+    cache: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,31 @@ class Upstream:
 
 
 @dataclass(frozen=True)
+class CacheZone:
+    """A cache zone (``[front.cache.NAME]``): where its entries live and how they are used.
+
+    Sizes in bytes, times in seconds; ``valid`` maps a status (0: any) to the lifetime of
+    responses that carry no freshness of their own.
+    """
+
+    name: str
+    path: str
+    max_size: int = 1024**3
+    memory: int = 16 * 1024**2
+    inactive: float = 600.0
+    max_object_size: int = 1024**3
+    key: str = "$scheme$host$request_uri"
+    valid: dict[int, float] = field(default_factory=dict)
+    use_stale: tuple[str, ...] = ()
+    background_update: bool = False
+    lock: bool = False
+    lock_timeout: float = 5.0
+    min_uses: int = 1
+    bypass: tuple[str, ...] = ()
+    purge_allow: tuple[IPNetwork, ...] = ()
+
+
+@dataclass(frozen=True)
 class FrontConfig:
     """The whole [front] table."""
 
@@ -125,3 +152,5 @@ class FrontConfig:
     keepalive_timeout: float = 75.0
     send_timeout: float = 60.0
     graceful_timeout: float = 10.0
+    #: cache zones by name, for a location's ``cache``
+    caches: dict[str, CacheZone] = field(default_factory=dict)

@@ -169,6 +169,8 @@ class ProxyRequest(UpstreamResponse):
     attempt_open = False
     abandoned = False
     spooled_sent = False
+    #: pass the upstream's Date on (the cache counts an answer's age from it)
+    keep_date = False
 
     def __init__(
         self,
@@ -567,6 +569,8 @@ class ProxyRequest(UpstreamResponse):
             if lname in RESPONSE_DROP:
                 if lname == b"transfer-encoding":
                     codings = _codings(value)
+                elif lname == b"date" and self.keep_date:
+                    lines.append(name + b": " + value + b"\r\n")
                 continue
             if lname == b"content-length":
                 has_length = True

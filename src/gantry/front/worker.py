@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from gantry.config.front_model import FrontConfig, Location, VirtualServer
 from gantry.front.access_log import AccessLog
@@ -19,6 +19,9 @@ from gantry.front.routing import Router, normalize_path
 from gantry.http.head import HeadDefaults
 from gantry.process.shared import SlotView, WorkerCounters, store_memory
 from gantry.protocol.http1 import HTTPLimits
+
+if TYPE_CHECKING:
+    from gantry.front.cache.handler import CacheHandler
 
 __all__ = ["ClientConnection", "FrontWorker", "Route"]
 
@@ -71,10 +74,18 @@ class FrontWorker:
         #: tasks this worker runs (proxy attempt loops, file streams, health probes), kept
         #: referenced until done: the loop holds them only weakly
         self.tasks: set[asyncio.Task[None]] = set()
-        #: every handler, in nginx's phase order (access, then content); a route runs
-        #: those that apply to it (see chain_for)
+        self.cache: CacheHandler | None = None
+        if config.caches:  # only then: a front without a cache zone pays nothing for it
+            from gantry.front.cache.handler import CacheHandler
+
+            self.cache = CacheHandler(
+                config.caches, config.upstreams, self.pools, self.keepalive, self.tasks
+            )
+        #: every handler, in nginx's phase order (access, cache, then content); a route
+        #: runs those that apply to it (see chain_for)
         self.handlers: tuple[Handler, ...] = (
             AccessHandler(),
+            *((self.cache,) if self.cache is not None else ()),
             ProxyHandler(config.upstreams, self.pools, self.keepalive, self.tasks),
             self.static,
         )
@@ -168,5 +179,7 @@ class FrontWorker:
             task.cancel()
         self.keepalive.close()
         self.static.close()
+        if self.cache is not None:
+            self.cache.close()
         if self.access_log is not None:
             self.access_log.close()

@@ -1,0 +1,813 @@
+"""The cache's step in the front's handler chain, for locations with ``cache``.
+
+Varnish's states, with the decisions taken by ``policy``: a request is looked up
+(hit: answered from the store, with Age and Cache-Status), or passed to the proxy
+through a :class:`CacheFill`, which relays the upstream's answer to the client and
+writes it to the store as it goes (miss), refreshes a stored entry with a 304
+(revalidation), or hands a stale entry out when the upstream failed. A location
+without ``cache`` never reaches this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import time
+from dataclasses import replace
+from email.utils import formatdate
+from typing import Final
+
+from gantry.config.front_model import CacheZone, Location, Upstream, VirtualServer
+from gantry.front.balancing import UpstreamPool
+from gantry.front.cache.policy import (
+    Fields,
+    Usable,
+    bypassed,
+    cache_key,
+    cache_status,
+    current_age,
+    directives,
+    field_value,
+    freshness,
+    initial_age,
+    invalidates,
+    merge_not_modified,
+    not_modified,
+    parse_http_date,
+    stale_on_error,
+    storable,
+    usable,
+    validators,
+    vary_names,
+    vary_values,
+)
+from gantry.front.cache.store import CacheStore, Entry, EntryWriter, KeyLock
+from gantry.front.exchange import BodyStream, Exchange, Handler
+from gantry.front.proxy import KeepAlivePool, ProxyRequest, RequestBody, StreamedBody, spawn
+from gantry.front.static import _parse_ranges
+from gantry.http.body import BodyBuffer
+from gantry.protocol.http1 import RequestHead
+
+__all__ = ["CacheFill", "CacheHandler"]
+
+# Buffered request bodies up to this size go to the upstream with the head in one write.
+SMALL_BODY: Final = 256 * 1024
+#: request fields a conditional request to the origin replaces with the entry's validators
+_CONDITIONALS: Final = frozenset(
+    {b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"if-range",
+     b"range"}
+)  # fmt: skip
+#: stored fields never sent from the cache (the front adds its own, or sets them per answer)
+_NOT_SERVED: Final = frozenset(
+    {b"date", b"age", b"cache-status", b"content-length", b"transfer-encoding", b"connection"}
+)
+#: fields a 304 answered from the cache carries (RFC 9110 15.4.5)
+_NOT_MODIFIED_FIELDS: Final = frozenset(
+    {b"cache-control", b"content-location", b"etag", b"expires", b"vary", b"last-modified"}
+)
+#: how often a waiter looks at a key another request is filling
+LOCK_POLL: Final = 0.01
+#: how often a worker sweeps its zones (one worker at a time does it)
+SWEEP_EVERY: Final = 10.0
+#: keys whose last response was not storable, remembered per worker so their requests
+#: do not queue on the fill lock (Varnish's hit-for-pass)
+PASS_SECONDS: Final = 10.0
+PASS_KEYS: Final = 4096
+#: keys whose uses are counted for min_uses (forgotten all at once past it)
+USES_KEYS: Final = 65536
+
+
+def _lines_to_fields(lines: list[bytes]) -> Fields:
+    fields: Fields = []
+    for line in lines:
+        name, _, value = line.rstrip(b"\r\n").partition(b":")
+        fields.append((name, value.strip()))
+    return fields
+
+
+def _field_lines(fields: Fields) -> list[bytes]:
+    return [name + b": " + value + b"\r\n" for name, value in fields]
+
+
+def _head_copy(head: RequestHead, target: bytes | None = None) -> RequestHead:
+    copy = RequestHead()
+    copy.method, copy.version, copy.keep_alive = head.method, head.version, head.keep_alive
+    copy.content_length, copy.chunked, copy.authority = (
+        head.content_length,
+        head.chunked,
+        head.authority,
+    )
+    copy.target, copy.path, copy.query = head.target, head.path, head.query
+    if target is not None:
+        path, _, query = target.partition(b"?")
+        copy.target, copy.path, copy.query = target, path, query
+    copy.headers = list(head.headers)
+    return copy
+
+
+def _parse_whole(head: bytes) -> tuple[int, bytes, list[bytes]]:
+    """Status, reason and field lines of a whole response's head (the proxy's fast path)."""
+    lines = head.split(b"\r\n")
+    _, status, reason = (lines[0].split(b" ", 2) + [b""])[:3]
+    return int(status), reason, [line + b"\r\n" for line in lines[1:] if line]
+
+
+class CacheHandler(Handler):
+    """A location with ``cache``: answered from the zone's store, or through the proxy
+    with the answer stored. Holds one worker's view of every zone."""
+
+    def __init__(
+        self,
+        zones: dict[str, CacheZone],
+        upstreams: dict[str, Upstream],
+        pools: dict[str, UpstreamPool],
+        keepalive: KeepAlivePool,
+        tasks: set[asyncio.Task[None]],
+    ) -> None:
+        self.zones = zones
+        self.stores = {name: CacheStore(zone) for name, zone in zones.items()}
+        self.targets = {name: (upstreams[name], pools[name]) for name in upstreams}
+        self.keepalive = keepalive
+        self.tasks = tasks
+        #: key -> until when its requests pass without waiting for the fill lock
+        self.passing: dict[str, float] = {}
+        #: key -> requests seen for it while missing (min_uses)
+        self.uses: dict[str, int] = {}
+        self._sweep: asyncio.TimerHandle | None = None
+
+    def applies(self, server: VirtualServer, location: Location | None) -> bool:
+        return location is not None and location.cache is not None and bool(location.proxy)
+
+    _closed = False
+
+    def close(self) -> None:
+        """Stop the sweep timer."""
+        self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+
+    def _sweep_zones(self) -> None:
+        # On a thread: a zone of many entries takes a while to walk, and the loop must
+        # go on answering meanwhile; the next sweep is armed when this one is over.
+        loop = self.keepalive.loop
+        loop.run_in_executor(None, self._sweep_all).add_done_callback(self._swept)
+
+    def _sweep_all(self) -> None:
+        for store in self.stores.values():
+            try:
+                store.sweep()
+            except OSError:
+                pass  # a zone's folder gone: each lookup is a miss meanwhile
+
+    def _swept(self, done: asyncio.Future[None]) -> None:
+        if done.cancelled() or self._closed:
+            return
+        self._sweep = self.keepalive.loop.call_later(SWEEP_EVERY, self._sweep_zones)
+
+    # the request ------------------------------------------------------------
+
+    def handle(self, exchange: Exchange, body: BodyBuffer | BodyStream | None) -> bool:
+        location = exchange.location
+        if location is None or location.cache is None:
+            return False
+        if self._sweep is None:
+            self._sweep = self.keepalive.loop.call_later(SWEEP_EVERY, self._sweep_zones)
+        zone = self.zones[location.cache]
+        store = self.stores[location.cache]
+        head = exchange.head
+        method = head.method
+        if method == "PURGE":
+            self._purge(exchange, zone, store)
+            return True
+        key = cache_key(zone.key, head, exchange.remote_addr)
+        if method not in ("GET", "HEAD"):
+            fill = CacheFill(self, exchange, zone, store, key, head)
+            fill.invalidating = True
+            fill.status_value = cache_status(False, detail="method")
+            self._forward(exchange, fill, head, body)
+            return True
+        if bypassed(zone.bypass, head, exchange.remote_addr):
+            fill = CacheFill(self, exchange, zone, store, key, head)
+            fill.status_value = cache_status(False, detail="bypass")
+            self._forward(exchange, fill, head, body)
+            return True
+        self._lookup(exchange, zone, store, key, head, body, waited=False)
+        return True
+
+    def _lookup(
+        self,
+        exchange: Exchange,
+        zone: CacheZone,
+        store: CacheStore,
+        key: str,
+        head: RequestHead,
+        body: BodyBuffer | BodyStream | None,
+        waited: bool,
+    ) -> None:
+        now = time.time()
+        request = head.headers
+        entry = store.lookup(key, request, now)
+        if entry is not None and not self._may_serve(entry, request):
+            fill = CacheFill(self, exchange, zone, store, key, head)
+            fill.status_value = cache_status(False, detail="request")
+            self._forward(exchange, fill, head, body)
+            return
+        if entry is None:
+            wanted = directives(field_value(request, b"cache-control"))
+            if "only-if-cached" in wanted:
+                fields = [(b"Cache-Status", cache_status(False)), (b"Content-Length", b"0")]
+                exchange.respond(504, fields, b"")
+                return
+            self._miss(exchange, zone, store, key, head, body, waited)
+            return
+        age = current_age(entry.initial_age, entry.response_time, now)
+        decision = usable(entry.freshness, age, request)
+        if entry.purged and decision in (Usable.FRESH, Usable.STALE_WHILE_REVALIDATE):
+            decision = Usable.REVALIDATE  # soft-purged: stale from now on
+        if decision is Usable.FRESH or decision is Usable.STALE:
+            self.serve(exchange, entry, age, cache_status(True, entry.freshness.lifetime - age))
+            return
+        stale_status = cache_status(True, entry.freshness.lifetime - age)
+        if decision is Usable.STALE_WHILE_REVALIDATE:
+            self.serve(exchange, entry, age, stale_status)
+            self._background(exchange, zone, store, key, head, entry)
+            return
+        # Revalidate; or, when another request is at it already, serve it stale if the
+        # zone says "updating" (or serve it stale and refresh it in the background).
+        lock: KeyLock | None = None
+        updating = "updating" in zone.use_stale and _may_be_stale(entry)
+        if zone.lock or updating:
+            lock = store.try_lock(key)
+            if lock is None and updating:
+                self.serve(exchange, entry, age, stale_status)
+                return
+        if updating and zone.background_update and lock is not None:
+            self.serve(exchange, entry, age, stale_status)
+            self._background(exchange, zone, store, key, head, entry, lock)
+            return
+        fill = CacheFill(self, exchange, zone, store, key, _conditional(head, entry))
+        fill.client_head = head
+        fill.stale = entry
+        fill.stale_age = age
+        fill.lock = lock
+        self._forward(exchange, fill, fill.head, body)
+
+    def _may_serve(self, entry: Entry, request: Fields) -> bool:
+        """RFC 9111 3.5: a request with Authorization only gets a stored response that
+        says it may."""
+        if field_value(request, b"authorization") is None:
+            return True
+        controls = directives(field_value(entry.fields, b"cache-control"))
+        return "public" in controls or "s-maxage" in controls or "must-revalidate" in controls
+
+    def _miss(
+        self,
+        exchange: Exchange,
+        zone: CacheZone,
+        store: CacheStore,
+        key: str,
+        head: RequestHead,
+        body: BodyBuffer | BodyStream | None,
+        waited: bool,
+    ) -> None:
+        lock: KeyLock | None = None
+        if zone.lock and head.method == "GET" and not self._passing(key):
+            lock = store.try_lock(key)
+            if lock is None and not waited:
+                spawn(self.tasks, self._wait(exchange, zone, store, key, head, body))
+                return
+        fill = CacheFill(self, exchange, zone, store, key, head)
+        fill.lock = lock
+        if zone.min_uses > 1 and not self._used_enough(key, zone.min_uses):
+            fill.release()
+            fill.status_value = cache_status(False, detail="uri-miss")  # not stored yet
+        self._forward(exchange, fill, head, body)
+
+    def _used_enough(self, key: str, min_uses: int) -> bool:
+        """Whether ``key`` was asked for ``min_uses`` times (counted per worker, so with
+        several workers it may take up to that many requests on each)."""
+        uses = self.uses.get(key, 0) + 1
+        if len(self.uses) >= USES_KEYS:
+            self.uses.clear()
+        self.uses[key] = uses
+        return uses >= min_uses
+
+    def _passing(self, key: str) -> bool:
+        until = self.passing.get(key)
+        if until is None:
+            return False
+        if until < time.monotonic():
+            del self.passing[key]
+            return False
+        return True
+
+    def pass_key(self, key: str) -> None:
+        """``key``'s response was not storable: its next requests go on without waiting."""
+        if len(self.passing) >= PASS_KEYS:
+            self.passing.clear()
+        self.passing[key] = time.monotonic() + PASS_SECONDS
+
+    async def _wait(
+        self,
+        exchange: Exchange,
+        zone: CacheZone,
+        store: CacheStore,
+        key: str,
+        head: RequestHead,
+        body: BodyBuffer | BodyStream | None,
+    ) -> None:
+        """Another request (of this worker or another) fills ``key``: wait until it is
+        stored or the lock is free, at most lock_timeout, then look again."""
+        loop = self.keepalive.loop
+        deadline = loop.time() + zone.lock_timeout
+        while loop.time() < deadline and not exchange.closed:
+            await asyncio.sleep(LOCK_POLL)
+            if store.lookup(key, head.headers, time.time()) is not None or self._passing(key):
+                break
+            lock = store.try_lock(key)
+            if lock is not None:
+                lock.release()
+                break
+        if exchange.closed:
+            return
+        self._lookup(exchange, zone, store, key, head, body, waited=True)
+
+    def _background(
+        self,
+        exchange: Exchange,
+        zone: CacheZone,
+        store: CacheStore,
+        key: str,
+        head: RequestHead,
+        entry: Entry,
+        lock: KeyLock | None = None,
+    ) -> None:
+        """Refresh a stale entry while it is served (one request does, across workers)."""
+        if lock is None:
+            lock = store.try_lock(key)
+            if lock is None:
+                return
+        fill = CacheFill(self, exchange, zone, store, key, _conditional(head, entry))
+        fill.silent = True
+        fill.upstream_log = None
+        fill.stale = entry
+        fill.lock = lock
+        self._forward(exchange, fill, fill.head, None)
+
+    def _forward(
+        self,
+        exchange: Exchange,
+        fill: CacheFill,
+        head: RequestHead,
+        body: BodyBuffer | BodyStream | None,
+    ) -> None:
+        """The request goes to the location's upstream, its answer through ``fill``."""
+        location = exchange.location
+        target = self.targets.get(location.proxy or "") if location is not None else None
+        if target is None:
+            fill.release()
+            exchange.error(502)
+            return
+        upstream, pool = target
+        data: RequestBody = b""
+        if isinstance(body, BodyBuffer):
+            if body.size <= SMALL_BODY:
+                data = body.to_input().read()
+                body.discard()
+            else:
+                data = body
+        elif isinstance(body, StreamedBody):
+            data = body
+        fill.request_time = time.time()
+        proxy = ProxyRequest(fill, head, data, upstream, pool, location, self.keepalive, self.tasks)
+        proxy.keep_date = True  # the upstream's Date is how old its answer is (RFC 9111 4.2.3)
+        if not fill.silent:
+            exchange.relay = proxy
+        proxy.start()
+
+    # answers from the store -------------------------------------------------
+
+    def serve(self, exchange: Exchange, entry: Entry, age: float, status_value: bytes) -> None:
+        """Answer ``exchange`` from ``entry``: 304 to a client's own conditional request,
+        206 to a Range, the headers alone to HEAD."""
+        head = exchange.head
+        fields = [(n, v) for n, v in entry.fields if n.lower() not in _NOT_SERVED]
+        extra = [(b"Age", str(int(age)).encode()), (b"Cache-Status", status_value)]
+        if entry.status == 200 and not_modified(head.headers, entry.fields):
+            kept = [(n, v) for n, v in fields if n.lower() in _NOT_MODIFIED_FIELDS]
+            exchange.respond(304, kept + extra, b"")
+            return
+        length = entry.body_length
+        start, end = 0, length - 1
+        status = entry.status
+        ranged = self._range(head.headers, entry)
+        if ranged is not None:
+            if not ranged:
+                unsatisfied = [(b"Content-Range", b"bytes */%d" % length), *extra]
+                exchange.respond(416, [*unsatisfied, (b"Content-Length", b"0")], b"")
+                return
+            start, end = ranged[0]
+            status = 206
+            extra.append((b"Content-Range", b"bytes %d-%d/%d" % (start, end, length)))
+        size = end - start + 1 if length else 0
+        fields += extra
+        fields.append((b"Content-Length", str(size).encode()))
+        reason = entry.reason if status == entry.status else b""
+        if head.method == "HEAD":
+            exchange.respond(status, fields, b"", reason)
+            return
+        if entry.body is not None:
+            exchange.respond(status, fields, entry.body[start : end + 1], reason)
+            return
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            exchange.error(502)  # removed under us after the checks: rare, and a retry hits
+            return
+        try:
+            offset = entry.body_offset
+            exchange.send_file(status, fields, fd, [(offset + start, offset + end)])
+        finally:
+            os.close(fd)
+
+    def _range(self, request: Fields, entry: Entry) -> list[tuple[int, int]] | None:
+        """The one byte range a request asks of a full 200 entry, as a list of it; []
+        when none of it can be satisfied; None to send the whole (no Range, If-Range not
+        holding, several ranges)."""
+        value = field_value(request, b"range")
+        if value is None or entry.status != 200:
+            return None
+        if_range = field_value(request, b"if-range")
+        if if_range is not None:
+            etag = field_value(entry.fields, b"etag")
+            if if_range.startswith(b'"'):
+                if etag is None or etag.startswith(b"W/") or etag != if_range:
+                    return None
+            elif parse_http_date(if_range) is None or parse_http_date(if_range) != parse_http_date(
+                field_value(entry.fields, b"last-modified")
+            ):
+                return None
+        ranges = _parse_ranges(value.decode("latin-1"), entry.body_length)
+        if ranges is None or len(ranges) > 1:
+            return None
+        return ranges
+
+    def _purge(self, exchange: Exchange, zone: CacheZone, store: CacheStore) -> None:
+        """PURGE: of one URL; of every URL under a prefix (the target ends in "*"); of
+        every entry with a tag (a Surrogate-Key or Cache-Tag request field names it);
+        "Soft-Purge: 1" marks them stale instead. 200 with the count of entries purged,
+        404 when there were none, 403 to an address purge_allow does not list."""
+        if not zone.purge_allow or not _allowed(zone, exchange.remote_addr):
+            exchange.error(403)
+            return
+        request = exchange.head.headers
+        soft = field_value(request, b"soft-purge") == b"1"
+        tag = field_value(request, b"surrogate-key") or field_value(request, b"cache-tag")
+        head = _head_copy(exchange.head)
+        head.method = "GET"
+        if tag is not None:
+            count = store.purge(tag=tag.decode("latin-1").strip(), soft=soft)
+        elif head.target.endswith(b"*"):
+            prefix = _head_copy(head, head.target[:-1])
+            count = store.purge(cache_key(zone.key, prefix, exchange.remote_addr), soft=soft)
+        else:
+            key = cache_key(zone.key, head, exchange.remote_addr)
+            count = store.remove(key) if not soft else store.mark_stale(key)
+        text = f"purged {count}\n".encode()
+        fields = [(b"Content-Type", b"text/plain"), (b"Content-Length", str(len(text)).encode())]
+        exchange.respond(200 if count else 404, fields, text)
+
+
+def _may_be_stale(entry: Entry) -> bool:
+    """Whether ``entry`` may ever be served stale (not must-revalidate, not no-cache)."""
+    return not entry.freshness.must_revalidate and not entry.freshness.no_cache
+
+
+def _allowed(zone: CacheZone, address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in zone.purge_allow)
+
+
+def _conditional(head: RequestHead, entry: Entry) -> RequestHead:
+    """The request that revalidates ``entry``: the client's, its own conditionals and
+    Range replaced by the entry's validators; always a GET (a HEAD may refresh it too)."""
+    copy = _head_copy(head)
+    copy.method = "GET"
+    copy.headers = [(n, v) for n, v in head.headers if n.lower() not in _CONDITIONALS]
+    copy.headers += validators(entry.fields)
+    return copy
+
+
+class CacheFill:
+    """The client side of a proxied request of a cached location: relays the upstream's
+    answer to the exchange (unless ``silent``, a background refresh) and stores it."""
+
+    #: the stale entry this request revalidates, or falls back on when the upstream fails
+    stale: Entry | None = None
+    stale_age = 0.0
+    #: the client's own head, when ``head`` is a conditional request made for it
+    client_head: RequestHead | None = None
+    #: the fill lock of the key, held until the answer is stored (or not)
+    lock: KeyLock | None = None
+    #: a background refresh: nothing goes to the client
+    silent = False
+    #: a POST, PUT, DELETE ...: its success invalidates the stored target
+    invalidating = False
+    #: the Cache-Status of the answer, when it is not a plain miss
+    status_value = b""
+    request_time = 0.0
+    writer: EntryWriter | None = None
+    #: the answer is the stale entry, given once the upstream's body is over
+    serve_stale = False
+    #: the answer is the entry a 304 refreshed, given at the end
+    serve_updated: Entry | None = None
+    updated_age = 0.0
+    passed = False
+
+    def __init__(
+        self,
+        handler: CacheHandler,
+        exchange: Exchange,
+        zone: CacheZone,
+        store: CacheStore,
+        key: str,
+        head: RequestHead,
+    ) -> None:
+        self.handler = handler
+        self.exchange = exchange
+        self.zone = zone
+        self.store = store
+        self.key = key
+        self.head = head
+        self.remote_addr = exchange.remote_addr
+        self.upstream_log = None if self.silent else exchange.upstream_log
+
+    # ProxyClient: what the proxy reads of the client ----------------------------
+
+    @property
+    def closed(self) -> bool:
+        """The client went away (a background refresh has none to lose)."""
+        return False if self.silent else self.exchange.closed
+
+    @closed.setter
+    def closed(self, value: bool) -> None:
+        pass  # the exchange's own to set
+
+    @property
+    def paused(self) -> bool:
+        """The client is behind."""
+        return False if self.silent else self.exchange.paused
+
+    @paused.setter
+    def paused(self, value: bool) -> None:
+        pass  # the exchange's own to set
+
+    def request_path(self, head: RequestHead) -> str:
+        """The normalized path of ``head``."""
+        # the head given, not the exchange's: a background refresh outlives its request,
+        # and its connection may be on another one by then
+        return self.exchange.request_path(head)
+
+    def fixed_vars(self) -> bytes:
+        """The connection's fixed uwsgi vars."""
+        return self.exchange.fixed_vars()
+
+    def gantry_vars(self) -> bytes:
+        """The same, for gantry's own packet."""
+        return self.exchange.gantry_vars()
+
+    def pause_reading(self) -> None:
+        """The upstream is behind on the request body."""
+        if not self.silent:
+            self.exchange.pause_reading()
+
+    def resume_reading(self) -> None:
+        """The upstream took the request body again."""
+        if not self.silent:
+            self.exchange.resume_reading()
+
+    def log_error(self, message: str) -> None:
+        """One error-log line."""
+        self.exchange.log_error(message)
+
+    # the answer --------------------------------------------------------------
+
+    def release(self) -> None:
+        """Let another request fill the key."""
+        lock = self.lock
+        self.lock = None
+        if lock is not None:
+            lock.release()
+
+    def start_response(
+        self, status: int, reason: bytes, lines: list[bytes], has_length: bool
+    ) -> None:
+        """The upstream's head: decide what it is for, and pass it on."""
+        response_time = time.time()
+        date_lines = [line for line in lines if line[:5].lower() == b"date:"]
+        if date_lines:
+            lines = [line for line in lines if line[:5].lower() != b"date:"]
+        fields = _lines_to_fields(lines)
+        stored_fields = fields + (
+            _lines_to_fields(date_lines[:1])
+            if date_lines
+            else [(b"Date", _http_date(response_time))]
+        )
+        method = self.head.method
+        if self.invalidating:
+            if invalidates(method, status):
+                self._invalidate(fields)
+        stale = self.stale
+        if stale is not None and status == 304:
+            self._refresh(stale, stored_fields, response_time)
+            return
+        if stale is not None and status >= 500:
+            condition = f"http_{status}"
+            if stale_on_error(stale.freshness, self.stale_age, condition, self.zone.use_stale):
+                self.serve_stale = True
+                self.release()
+                return
+        if (
+            not self.invalidating
+            and not self.status_value
+            and storable(method, status, self.head.headers, stored_fields, self.zone.valid)
+            and not any(line[:18].lower() == b"transfer-encoding:" for line in lines)
+        ):
+            self._open_writer(status, reason, stored_fields, response_time)
+        elif method == "GET" and not self.invalidating and not self.status_value:
+            self.passed = True
+            self.handler.pass_key(self.key)
+        if stale is not None and self.writer is None and status < 500:
+            # the origin's new answer may not be stored (now private, no-store...): the
+            # old one must not be served in its place any more
+            self.store.remove_file(stale.path)
+            self.stale = None
+        if self.silent:
+            return
+        detail = self.status_value
+        if not detail:
+            detail = cache_status(False, detail="stale" if stale is not None else "uri-miss")
+            if self.writer is not None:
+                detail += b"; stored"
+        lines.append(b"Cache-Status: " + detail + b"\r\n")
+        if self.client_head is not None and self.client_head.method == "HEAD":
+            self.swallow = True
+            self.exchange.start_response(status, reason, lines, has_length)
+            return
+        self.exchange.start_response(status, reason, lines, has_length)
+
+    swallow = False
+
+    def _open_writer(
+        self, status: int, reason: bytes, fields: Fields, response_time: float
+    ) -> None:
+        names = vary_names(fields)
+        if names is None:
+            return
+        tags: list[str] = []
+        for name in (b"surrogate-key", b"cache-tag"):
+            value = field_value(fields, name)
+            if value is not None:
+                tags += value.replace(b",", b" ").decode("latin-1").split()
+        entry = Entry(
+            key=self.key,
+            status=status,
+            reason=reason,
+            fields=fields,
+            request_time=self.request_time,
+            response_time=response_time,
+            initial_age=initial_age(fields, self.request_time, response_time),
+            freshness=freshness(status, fields, self.zone.valid),
+            vary=names,
+            vary_values=vary_values(names, self.head.headers),
+            tags=tuple(tags),
+        )
+        try:
+            self.writer = self.store.writer(entry)
+        except OSError as exc:
+            self.log_error(f"cache {self.zone.name}: cannot write an entry: {exc}")
+
+    def _refresh(self, stale: Entry, update: Fields, response_time: float) -> None:
+        """A 304 revalidated ``stale``: its head is updated (RFC 9111 4.3.4) and it
+        answers the client."""
+        merged = merge_not_modified(stale.fields, update)
+        status = stale.status
+        changes = {
+            "request_time": self.request_time,
+            "response_time": response_time,
+            "initial_age": initial_age(update, self.request_time, response_time),
+            "freshness": freshness(status, merged, self.zone.valid),
+            "purged": False,
+        }
+        try:
+            refreshed = self.store.update_head(stale, merged, changes)
+        except OSError:
+            refreshed = replace(stale, fields=merged, **changes)  # type: ignore[arg-type]
+        self.release()
+        self.serve_updated = refreshed
+        self.updated_age = refreshed.initial_age
+
+    def _invalidate(self, fields: Fields) -> None:
+        """A successful unsafe request: its target and same-origin Location and
+        Content-Location are stale now (RFC 9111 4.4)."""
+        head = _head_copy(self.head)
+        head.method = "GET"
+        self.store.remove(cache_key(self.zone.key, head, self.remote_addr))
+        host = (field_value(self.head.headers, b"host") or b"").lower()
+        for name in (b"location", b"content-location"):
+            value = field_value(fields, name)
+            if not value:
+                continue
+            target = value
+            for scheme in (b"http://", b"https://"):
+                if value.lower().startswith(scheme):
+                    authority, slash, rest = value[len(scheme) :].partition(b"/")
+                    if authority.lower() != host:
+                        target = b""  # another origin: not ours to invalidate
+                    else:
+                        target = slash + rest
+            if target.startswith(b"/"):
+                other = _head_copy(self.head, target)
+                other.method = "GET"
+                self.store.remove(cache_key(self.zone.key, other, self.remote_addr))
+
+    def respond_whole(self, status: int, head: bytes, body: bytes) -> None:
+        """A whole response (the proxy's fast path): as a head, then its body."""
+        code, reason, lines = _parse_whole(head)
+        self.start_response(code, reason, lines, True)
+        self.write(body)
+
+    def write(self, data: bytes) -> None:
+        """A piece of the body: to the store and to the client."""
+        writer = self.writer
+        if writer is not None and not writer.write(data):
+            self.writer = None
+            self.release()
+        if self.silent or self.serve_stale or self.serve_updated is not None or self.swallow:
+            return
+        self.exchange.write(data)
+
+    def end(self) -> None:
+        """The answer is complete: store it, and give the client what it is owed."""
+        writer = self.writer
+        self.writer = None
+        if writer is not None:
+            writer.commit()  # in place before the fill lock goes: its waiters find it
+        self.release()
+        if self.silent:
+            return
+        if self.serve_stale and self.stale is not None:
+            self.exchange.relay = None
+            age = self.stale_age
+            value = cache_status(True, self.stale.freshness.lifetime - age)
+            self.handler.serve(self.exchange, self.stale, age, value + b"; fwd=stale")
+            return
+        refreshed = self.serve_updated
+        if refreshed is not None:
+            self.exchange.relay = None
+            value = cache_status(False, refreshed.freshness.lifetime, "stale") + b"; fwd-status=304"
+            self.handler.serve(self.exchange, refreshed, refreshed.initial_age, value)
+            return
+        self.exchange.end()
+
+    def broken(self, message: str) -> None:
+        """The upstream broke mid-answer: nothing is stored."""
+        self._drop()
+        if not self.silent and not self.serve_stale and self.serve_updated is None:
+            self.exchange.broken(message)
+        elif not self.silent:
+            self.end()
+
+    def fail(self, status: int, message: str) -> None:
+        """No upstream answered: a stale entry if one may be served, else the error."""
+        self._drop()
+        if self.silent:
+            self.log_error(f"cache {self.zone.name}: background update failed: {message}")
+            return
+        stale = self.stale
+        condition = "timeout" if status == 504 else "error"
+        if stale is not None and stale_on_error(
+            stale.freshness, self.stale_age, condition, self.zone.use_stale
+        ):
+            self.exchange.relay = None
+            self.log_error(f"{message}: a stale entry is served")
+            value = cache_status(True, stale.freshness.lifetime - self.stale_age)
+            self.handler.serve(self.exchange, stale, self.stale_age, value + b"; fwd=stale")
+            return
+        self.exchange.fail(status, message)
+
+    def _drop(self) -> None:
+        writer = self.writer
+        self.writer = None
+        if writer is not None:
+            writer.abort()
+        self.release()
+
+
+def _http_date(when: float) -> bytes:
+    return formatdate(when, usegmt=True).encode()

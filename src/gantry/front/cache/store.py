@@ -1,0 +1,647 @@
+"""The entries of a cache zone on disk, shared by every front worker of the host.
+
+One file per stored response, ``PATH/ab/abcdef...`` (the SHA-256 of the primary key);
+a response that varies leaves there a marker naming the request fields it varies on,
+and each variant goes to ``PATH/ab/abcdef...-<secondary key hash>``. A file is written
+under ``PATH/tmp`` and renamed into place (atomic), so no reader ever sees half of
+one. Its layout::
+
+    b"GCE" version(1) | head length (4, big endian) | head (JSON)
+    | body | body length (8) | body CRC-32 (4) | head CRC-32 (4)
+
+A file whose magic, version, sizes or checksums do not hold is a miss (and removed).
+Recency is the file's mtime (touched at most once a minute per entry and worker): the
+sweep drops what was unused for ``inactive`` and the least recently used past
+``max_size``. Each worker also keeps the hot small entries in memory (``memory``
+bytes), checked against the file's inode on each use so a purge by another worker or
+a newer version of the entry is seen at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import struct
+import time
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+from gantry.config.front_model import CacheZone
+from gantry.front.cache.policy import Fields, Freshness, vary_values
+
+__all__ = ["CacheStore", "Entry", "EntryWriter", "KeyLock"]
+
+MAGIC: Final = b"GCE"
+VERSION: Final = 1
+_PREFIX: Final = struct.Struct(">3sBI")
+_TRAILER: Final = struct.Struct(">QII")
+#: a head larger than this is not an entry of ours
+HEAD_MAX: Final = 1024 * 1024
+#: bodies up to this size are read with the head (and may be kept in memory)
+SMALL_BODY: Final = 256 * 1024
+#: an entry's mtime is refreshed at most this often by one worker (its recency)
+TOUCH_EVERY: Final = 60.0
+#: pieces a body is copied in when a 304 rewrites an entry's head
+COPY_PIECE: Final = 256 * 1024
+#: large entries whose checksum a worker remembers having checked
+VERIFIED_FILES: Final = 4096
+
+
+@dataclass
+class Entry:
+    """One stored response, as read from its file."""
+
+    key: str
+    status: int
+    reason: bytes
+    fields: Fields
+    request_time: float
+    response_time: float
+    initial_age: float
+    freshness: Freshness
+    vary: tuple[bytes, ...] = ()
+    vary_values: tuple[bytes | None, ...] = ()
+    tags: tuple[str, ...] = ()
+    #: soft-purged: served only where a stale response may be
+    purged: bool = False
+    path: str = ""
+    body_offset: int = 0
+    body_length: int = 0
+    #: the whole body when it is small (else read from ``path`` at ``body_offset``)
+    body: bytes | None = None
+    #: (inode, mtime_ns) of the file it was read from
+    identity: tuple[int, int] = (0, 0)
+
+    def head_json(self) -> bytes:
+        """The head of the entry's file."""
+        document: dict[str, Any] = {
+            "key": self.key,
+            "status": self.status,
+            "reason": self.reason.decode("latin-1"),
+            "fields": [[n.decode("latin-1"), v.decode("latin-1")] for n, v in self.fields],
+            "request_time": self.request_time,
+            "response_time": self.response_time,
+            "initial_age": self.initial_age,
+            "freshness": [
+                self.freshness.lifetime,
+                self.freshness.stale_while_revalidate,
+                self.freshness.stale_if_error,
+                self.freshness.must_revalidate,
+                self.freshness.no_cache,
+            ],
+            "vary": [n.decode("latin-1") for n in self.vary],
+            "vary_values": [None if v is None else v.decode("latin-1") for v in self.vary_values],
+            "tags": list(self.tags),
+            "purged": self.purged,
+        }
+        return json.dumps(document, separators=(",", ":")).encode()
+
+
+class _Broken(Exception):
+    """A file that is not a whole entry of this format."""
+
+
+def _entry_from_head(head: bytes) -> Entry:
+    try:
+        doc = json.loads(head)
+        lifetime, swr, sie, must, no_cache = doc["freshness"]
+        return Entry(
+            key=str(doc["key"]),
+            status=int(doc["status"]),
+            reason=str(doc["reason"]).encode("latin-1"),
+            fields=[(str(n).encode("latin-1"), str(v).encode("latin-1")) for n, v in doc["fields"]],
+            request_time=float(doc["request_time"]),
+            response_time=float(doc["response_time"]),
+            initial_age=float(doc["initial_age"]),
+            freshness=Freshness(
+                float(lifetime), float(swr), float(sie), bool(must), bool(no_cache)
+            ),
+            vary=tuple(str(n).encode("latin-1") for n in doc["vary"]),
+            vary_values=tuple(
+                None if v is None else str(v).encode("latin-1") for v in doc["vary_values"]
+            ),
+            tags=tuple(str(t) for t in doc["tags"]),
+            purged=bool(doc["purged"]),
+        )
+    except (ValueError, KeyError, TypeError, UnicodeError) as exc:
+        raise _Broken(f"bad head: {exc}") from None
+
+
+def _read_entry(path: str, want_body: bool) -> Entry:
+    """The entry in ``path``, every check done; _Broken when it is not a whole one."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        prefix = os.pread(fd, _PREFIX.size, 0)
+        if len(prefix) < _PREFIX.size:
+            raise _Broken("truncated prefix")
+        magic, version, head_length = _PREFIX.unpack(prefix)
+        if magic != MAGIC or version != VERSION or head_length > HEAD_MAX:
+            raise _Broken(f"not an entry of version {VERSION}")
+        if st.st_size < _PREFIX.size + head_length + _TRAILER.size:
+            raise _Broken("truncated")
+        trailer = os.pread(fd, _TRAILER.size, st.st_size - _TRAILER.size)
+        body_length, body_crc, head_crc = _TRAILER.unpack(trailer)
+        body_offset = _PREFIX.size + head_length
+        if body_offset + body_length + _TRAILER.size != st.st_size:
+            raise _Broken("sizes do not add up")
+        small = body_length <= SMALL_BODY
+        head = os.pread(fd, head_length + (body_length if small else 0), _PREFIX.size)
+        if zlib.crc32(head[:head_length]) != head_crc:
+            raise _Broken("head checksum")
+        entry = _entry_from_head(head[:head_length])
+        if small:
+            body = head[head_length:]
+            if len(body) != body_length or zlib.crc32(body) != body_crc:
+                raise _Broken("body checksum")
+            entry.body = body
+        elif want_body:
+            # checked whole before a byte goes out: a corrupt entry must be a miss
+            crc, offset, end = 0, body_offset, body_offset + body_length
+            while offset < end:
+                piece = os.pread(fd, min(COPY_PIECE, end - offset), offset)
+                if not piece:
+                    raise _Broken("truncated body")
+                crc = zlib.crc32(piece, crc)
+                offset += len(piece)
+            if crc != body_crc:
+                raise _Broken("body checksum")
+        entry.path = path
+        entry.body_offset = body_offset
+        entry.body_length = body_length
+        entry.identity = (st.st_ino, st.st_mtime_ns)
+        return entry
+    finally:
+        os.close(fd)
+
+
+_VARY_MARK: Final = "vary"
+
+
+class KeyLock:
+    """The fill lock of one key (an fcntl lock on its lock file: held across workers,
+    and let go by the kernel if the holder dies)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def release(self) -> None:
+        """Let the next request fill the key."""
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass
+class _Hot:
+    entry: Entry
+    touched: float = field(default=0.0)
+
+
+class CacheStore:
+    """One worker's view of a zone's entries on disk, with its own memory tier."""
+
+    def __init__(self, zone: CacheZone) -> None:
+        self.zone = zone
+        self.root = zone.path
+        self.tmp = os.path.join(self.root, "tmp")
+        self.locks = os.path.join(self.root, "locks")
+        for directory in (self.root, self.tmp, self.locks):
+            os.makedirs(directory, exist_ok=True)
+        self.hot: OrderedDict[str, _Hot] = OrderedDict()
+        self.hot_bytes = 0
+        self.serial = 0
+        #: path -> (inode, size) of large entries whose body checksum held
+        self.verified: dict[str, tuple[int, int]] = {}
+
+    # names ------------------------------------------------------------------
+
+    @staticmethod
+    def digest(key: str) -> str:
+        """The file name of a primary key."""
+        return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+
+    def path_of(self, digest: str, variant: tuple[bytes | None, ...] | None = None) -> str:
+        """The file of a key's entry (or of one of its variants)."""
+        name = digest
+        if variant is not None:
+            blob = b"\0".join(b"\1" if v is None else b"\2" + v for v in variant)
+            name += "-" + hashlib.sha256(blob).hexdigest()[:32]
+        return os.path.join(self.root, digest[:2], name)
+
+    # lookup -----------------------------------------------------------------
+
+    def lookup(self, key: str, request: Fields, now: float) -> Entry | None:
+        """The entry stored for ``key`` whose secondary key matches ``request``; None
+        for a miss (a missing, broken or older-format file is one)."""
+        digest = self.digest(key)
+        path = self.path_of(digest)
+        entry = self._load(path, now)
+        if entry is None:
+            return None
+        if entry.status == 0:  # a vary marker: the variant's own file
+            path = self.path_of(digest, vary_values(entry.vary, request))
+            entry = self._load(path, now)
+            if entry is None:
+                return None
+        if entry.key != key or vary_values(entry.vary, request) != entry.vary_values:
+            return None
+        return entry
+
+    def _load(self, path: str, now: float) -> Entry | None:
+        hot = self.hot.get(path)
+        try:
+            st = os.stat(path)
+        except OSError:
+            if hot is not None:
+                self._forget(path)
+            return None
+        if hot is not None and hot.entry.identity == (st.st_ino, st.st_mtime_ns):
+            self.hot.move_to_end(path)
+            if now - hot.touched >= TOUCH_EVERY:
+                hot.touched = now
+                self._touch(hot.entry)
+            return hot.entry
+        # A large body's checksum is checked once per file (inode) and worker: entries are
+        # only ever replaced by a rename, so a file that was whole stays whole.
+        identity = (st.st_ino, st.st_size)
+        verified = self.verified.get(path) == identity
+        try:
+            entry = _read_entry(path, want_body=not verified)
+            if verified and entry.identity[0] != st.st_ino:  # replaced meanwhile
+                entry = _read_entry(path, want_body=True)
+        except FileNotFoundError:
+            return None
+        except (OSError, _Broken):
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # broken: a miss now and for the next reader
+            if hot is not None:
+                self._forget(path)
+            return None
+        if self.zone.inactive and time.time() - st.st_mtime > self.zone.inactive:
+            self.remove_file(path)
+            return None
+        if entry.body is None:
+            if len(self.verified) >= VERIFIED_FILES:
+                self.verified.clear()
+            size = entry.body_offset + entry.body_length + _TRAILER.size
+            self.verified[path] = (entry.identity[0], size)
+        self._touch(entry)
+        self._remember(path, entry, now)
+        return entry
+
+    def _touch(self, entry: Entry) -> None:
+        # The mtime is the entry's recency; the identity follows it, so the memory
+        # tier does not take its own touch for a new version.
+        with contextlib.suppress(OSError):
+            os.utime(entry.path)
+            st = os.stat(entry.path)
+            entry.identity = (st.st_ino, st.st_mtime_ns)
+
+    def _remember(self, path: str, entry: Entry, now: float) -> None:
+        if entry.body is None or self.zone.memory <= 0:
+            return
+        self._forget(path)
+        size = len(entry.body) + 512
+        if size > self.zone.memory:
+            return
+        self.hot[path] = _Hot(entry, now)
+        self.hot_bytes += size
+        while self.hot_bytes > self.zone.memory and self.hot:
+            _, old = self.hot.popitem(last=False)
+            self.hot_bytes -= len(old.entry.body or b"") + 512
+
+    def _forget(self, path: str) -> None:
+        hot = self.hot.pop(path, None)
+        if hot is not None:
+            self.hot_bytes -= len(hot.entry.body or b"") + 512
+
+    # writing ----------------------------------------------------------------
+
+    def writer(self, entry: Entry) -> EntryWriter:
+        """A writer of ``entry``'s file: its body goes in with ``write``, and ``commit``
+        puts it in place."""
+        self.serial += 1
+        temp = os.path.join(self.tmp, f"{os.getpid()}.{self.serial}")
+        digest = self.digest(entry.key)
+        variant = entry.vary_values if entry.vary else None
+        return EntryWriter(self, entry, temp, self.path_of(digest, variant), digest)
+
+    def update_head(self, entry: Entry, fields: Fields, changes: dict[str, Any]) -> Entry:
+        """``entry`` with new fields and times (a 304 revalidated it), rewritten in place
+        (a new file renamed over the old one; the body is copied in the kernel)."""
+        updated = replace(entry, fields=fields, **changes)
+        self.serial += 1
+        temp = os.path.join(self.tmp, f"{os.getpid()}.{self.serial}")
+        writer = EntryWriter(self, updated, temp, entry.path, self.digest(entry.key))
+        if entry.body is not None:
+            writer.write(entry.body)
+        else:
+            try:
+                fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                writer.abort()
+                return updated
+            try:
+                offset, end = entry.body_offset, entry.body_offset + entry.body_length
+                while offset < end:
+                    piece = os.pread(fd, min(COPY_PIECE, end - offset), offset)
+                    if not piece or not writer.write(piece):
+                        writer.abort()
+                        return updated
+                    offset += len(piece)
+            finally:
+                os.close(fd)
+        stored = writer.commit()
+        return stored if stored is not None else updated
+
+    # removal ----------------------------------------------------------------
+
+    def remove(self, key: str) -> int:
+        """Remove every entry of ``key`` (its variants too); how many there were."""
+        digest = self.digest(key)
+        directory = os.path.join(self.root, digest[:2])
+        count = 0
+        try:
+            names = [n for n in os.listdir(directory) if n.startswith(digest)]
+        except OSError:
+            return 0
+        for name in names:
+            path = os.path.join(directory, name)
+            is_marker = name == digest and self._is_marker(path)
+            if self.remove_file(path) and not is_marker:
+                count += 1
+        return count
+
+    def mark_stale(self, key: str) -> int:
+        """Soft purge of ``key``: its entries (each variant) are stale from now on."""
+        digest = self.digest(key)
+        directory = os.path.join(self.root, digest[:2])
+        count = 0
+        try:
+            names = [n for n in os.listdir(directory) if n.startswith(digest)]
+        except OSError:
+            return 0
+        for name in names:
+            try:
+                entry = _read_entry(os.path.join(directory, name), want_body=False)
+            except (OSError, _Broken):
+                continue
+            if entry.status != 0 and entry.key == key:
+                if not entry.purged:
+                    self.update_head(entry, entry.fields, {"purged": True})
+                count += 1
+        return count
+
+    def purge(
+        self, key_prefix: str | None = None, tag: str | None = None, soft: bool = False
+    ) -> int:
+        """Purge every entry whose key starts with ``key_prefix``, or that carries ``tag``
+        (the upstream's Surrogate-Key or Cache-Tag); ``soft`` marks them stale instead
+        of removing them (``use_stale`` may still serve them). How many there were."""
+        count = 0
+        for directory in os.scandir(self.root):
+            if not directory.is_dir() or len(directory.name) != 2:
+                continue
+            for item in os.scandir(directory.path):
+                try:
+                    entry = _read_entry(item.path, want_body=False)
+                except (OSError, _Broken):
+                    continue
+                if key_prefix is not None and not entry.key.startswith(key_prefix):
+                    continue
+                if tag is not None and tag not in entry.tags:
+                    continue
+                if entry.status == 0:  # a vary marker
+                    if not soft:
+                        self.remove_file(item.path)
+                    continue
+                if soft:
+                    if not entry.purged:
+                        self.update_head(entry, entry.fields, {"purged": True})
+                    count += 1
+                elif self.remove_file(item.path):
+                    count += 1
+        return count
+
+    def _is_marker(self, path: str) -> bool:
+        try:
+            return _read_entry(path, want_body=False).status == 0
+        except (OSError, _Broken):
+            return False
+
+    def remove_file(self, path: str) -> bool:
+        """Remove one entry file; whether it was there."""
+        self._forget(path)
+        try:
+            os.unlink(path)
+        except OSError:
+            return False
+        return True
+
+    # fill locks ---------------------------------------------------------------
+
+    def try_lock(self, key: str) -> KeyLock | None:
+        """The fill lock of ``key`` if no other request (of any worker) holds it."""
+        path = os.path.join(self.locks, self.digest(key)[:16])
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        return KeyLock(fd)
+
+    # sweeping -----------------------------------------------------------------
+
+    def sweep(self) -> tuple[int, int]:
+        """Drop entries unused for ``inactive``, then the least recently used past
+        ``max_size``, and temporary files left by a dead writer; one worker at a time
+        sweeps a zone. (entries, bytes) left. Safe on a thread: it only removes files
+        (the memory tier sees a removal on its next use)."""
+        lock = os.open(os.path.join(self.root, "sweep.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return (-1, -1)
+            now = time.time()
+            files: list[tuple[float, int, str]] = []
+            for directory in os.scandir(self.root):
+                if not directory.is_dir() or len(directory.name) != 2:
+                    continue
+                for item in os.scandir(directory.path):
+                    try:
+                        st = item.stat()
+                    except OSError:
+                        continue
+                    if now - st.st_mtime > self.zone.inactive:
+                        _unlink(item.path)
+                    else:
+                        files.append((st.st_mtime, st.st_size, item.path))
+            for item in os.scandir(self.tmp):
+                with contextlib.suppress(OSError):
+                    if now - item.stat().st_mtime > 3600:
+                        os.unlink(item.path)
+            total = sum(size for _, size, _ in files)
+            files.sort()
+            while files and total > self.zone.max_size:
+                _, size, path = files.pop(0)
+                _unlink(path)
+                total -= size
+            return len(files), total
+        finally:
+            os.close(lock)
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+class EntryWriter:
+    """One entry being written: a small body is held in memory and its file written
+    whole at the end (one open, one write; the entry then stays in the memory tier); a
+    larger one goes to its temporary file as it comes. Either way the file is renamed
+    into place only once whole."""
+
+    def __init__(self, store: CacheStore, entry: Entry, temp: str, final: str, digest: str) -> None:
+        self.store = store
+        self.entry = entry
+        self.temp = temp
+        self.final = final
+        self.digest = digest
+        self.head = entry.head_json()
+        self.length = 0
+        self.crc = 0
+        self.fd: int | None = None
+        #: the body while it is small (None once it went to the file, or was dropped)
+        self.pieces: list[bytes] | None = []
+        self.marker = b""
+        self.marker_temp = ""
+        if entry.vary:
+            marker = Entry(
+                key=entry.key, status=0, reason=b"", fields=[], request_time=0.0,
+                response_time=0.0, initial_age=0.0, freshness=Freshness(0.0), vary=entry.vary,
+            )  # fmt: skip
+            self.marker = _file_bytes(marker.head_json(), [], 0, 0)
+            self.marker_temp = temp + ".m"
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view and self.fd is not None:
+            written = os.write(self.fd, view)
+            view = view[written:]
+
+    def write(self, data: bytes) -> bool:
+        """A piece of the body; False (and the entry dropped) past max_object_size or on
+        a write error."""
+        if self.fd is None and self.pieces is None:
+            return False
+        self.length += len(data)
+        if self.length > self.store.zone.max_object_size:
+            self.abort()
+            return False
+        self.crc = zlib.crc32(data, self.crc)
+        pieces = self.pieces
+        if pieces is not None and self.length <= SMALL_BODY:
+            pieces.append(data)
+            return True
+        try:
+            if pieces is not None:  # grown past SMALL_BODY: to the file from now on
+                self.pieces = None
+                self.fd = os.open(
+                    self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+                )
+                self._write_all(_PREFIX.pack(MAGIC, VERSION, len(self.head)) + self.head)
+                for piece in pieces:
+                    self._write_all(piece)
+            self._write_all(data)
+        except OSError:
+            self.abort()
+            return False
+        return True
+
+    def abort(self) -> None:
+        """Drop the entry being written."""
+        self.pieces = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+            with contextlib.suppress(OSError):
+                os.unlink(self.temp)
+
+    def _files(self) -> tuple[int, int] | None:
+        """Write and rename the files; the (inode, mtime_ns) of the entry's file, None if
+        it failed."""
+        try:
+            os.makedirs(os.path.dirname(self.final), exist_ok=True)
+            if self.pieces is not None:
+                data = _file_bytes(self.head, self.pieces, self.length, self.crc)
+                _write_file(self.temp, data)
+            elif self.fd is not None:
+                self._write_all(_TRAILER.pack(self.length, self.crc, zlib.crc32(self.head)))
+                os.close(self.fd)
+                self.fd = None
+            else:
+                return None
+            if self.marker:
+                _write_file(self.marker_temp, self.marker)
+                os.rename(self.marker_temp, self.store.path_of(self.digest))
+            os.rename(self.temp, self.final)
+            st = os.stat(self.final)
+        except OSError:
+            self.abort()
+            for path in (self.temp, self.marker_temp):
+                if path:
+                    _unlink(path)
+            return None
+        return (st.st_ino, st.st_mtime_ns)
+
+    def _stored(self, identity: tuple[int, int] | None) -> Entry | None:
+        """After ``_files``: the entry as stored (kept in memory when small)."""
+        if identity is None:
+            return None
+        store = self.store
+        store._forget(self.final)
+        if self.marker:
+            store._forget(store.path_of(self.digest))
+        body = b"".join(self.pieces) if self.pieces is not None else None
+        stored = replace(
+            self.entry,
+            path=self.final,
+            body_offset=_PREFIX.size + len(self.head),
+            body_length=self.length,
+            body=body,
+            identity=identity,
+        )
+        if body is not None:
+            store._remember(self.final, stored, time.time())
+        return stored
+
+    def commit(self) -> Entry | None:
+        """Put the entry in place (atomically), now; the entry as stored, None if it failed."""
+        return self._stored(self._files())
+
+
+def _file_bytes(head: bytes, pieces: list[bytes], length: int, crc: int) -> bytes:
+    """The whole file of an entry whose body is ``pieces``."""
+    prefix = _PREFIX.pack(MAGIC, VERSION, len(head))
+    return b"".join([prefix, head, *pieces, _TRAILER.pack(length, crc, zlib.crc32(head))])
+
+
+def _write_file(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)

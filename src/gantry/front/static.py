@@ -31,6 +31,7 @@ __all__ = [
     "autoindex_page",
     "content_type",
     "multipart_parts",
+    "parse_ranges",
     "resolve",
     "try_files",
 ]
@@ -249,7 +250,7 @@ def _if_range_holds(value: str, etag: str, mtime: int) -> bool:
     return _http_date(value) == mtime
 
 
-def _parse_ranges(header: str, size: int) -> list[tuple[int, int]] | None:
+def parse_ranges(header: str, size: int) -> list[tuple[int, int]] | None:
     """Satisfiable byte ranges, sorted, adjacent ones joined; [] if none; None to ignore the
     header (unparsable, more than MAX_RANGES, or overlapping ranges)."""
     unit, eq, spec = header.partition("=")
@@ -479,7 +480,7 @@ def answer(
     if range_header is not None and method == "GET":
         if_range = request_headers.get("if-range")
         if if_range is None or _if_range_holds(if_range, etag, mtime):
-            partial = _ranged(headers, send_path, size, kind, _parse_ranges(range_header, size))
+            partial = _ranged(headers, send_path, size, kind, parse_ranges(range_header, size))
             if partial is not None:
                 return partial
     headers.append(("Content-Length", str(size)))

@@ -44,8 +44,9 @@ from gantry.front.cache.policy import (
 )
 from gantry.front.cache.store import CacheStore, Entry, EntryWriter, KeyLock
 from gantry.front.exchange import BodyStream, Exchange, Handler
-from gantry.front.proxy import KeepAlivePool, ProxyRequest, RequestBody, StreamedBody, spawn
-from gantry.front.static import _parse_ranges
+from gantry.front.keepalive import KeepAlivePool
+from gantry.front.proxy import ProxyRequest, RequestBody, StreamedBody, spawn
+from gantry.front.static import parse_ranges
 from gantry.http.body import BodyBuffer
 from gantry.protocol.http1 import RequestHead
 
@@ -449,7 +450,7 @@ class CacheHandler(Handler):
                 field_value(entry.fields, b"last-modified")
             ):
                 return None
-        ranges = _parse_ranges(value.decode("latin-1"), entry.body_length)
+        ranges = parse_ranges(value.decode("latin-1"), entry.body_length)
         if ranges is None or len(ranges) > 1:
             return None
         return ranges

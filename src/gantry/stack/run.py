@@ -43,7 +43,9 @@ def run_up(
         plan = demo_plan(PROVISIONAL_RUNTIME_DIR, listen or "0.0.0.0:8080")
     if not config_file and not app:
         # the built-in demo is a local try-out, as `make run` starts it: root may run it
-        os.environ.setdefault(ALLOW_ROOT, "1")
+        if os.geteuid() == 0 and ALLOW_ROOT not in os.environ:
+            os.environ[ALLOW_ROOT] = "demo"
+            log.warning("the built-in demo runs its workers as root; a real stack names a user")
     refuse_root(plan.settings.front.user, f"{plan.source}: front")
     for i, pool in enumerate(plan.settings.app):
         refuse_root(pool.user, f"{plan.source}: app[{i}]")

@@ -3,76 +3,13 @@
 
 from __future__ import annotations
 
-import http.client
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.process import REPO, free_port
-
-
-class Front:
-    """A `gantry front -c FILE` process (FRONT_PORT in the config becomes its port)."""
-
-    def __init__(self, config: str, workdir: Path, env: dict[str, str] | None = None) -> None:
-        self.env = env or {}
-        self.port = free_port()
-        self.path = workdir / "front.toml"
-        self.path.write_text(config.replace("FRONT_PORT", str(self.port)))
-        self.log = workdir / "front.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = self.log.open("ab")
-        env = dict(os.environ, **self.env)
-        env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(REPO), self.env.get("PYTHONPATH"), os.environ.get("PYTHONPATH")])
-        )
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gantry", "front", "-c", str(self.path)],
-            cwd=REPO, env=env, stdout=log, stderr=log,
-        )  # fmt: skip
-        log.close()
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gantry front exited: {self.log.read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"gantry front did not listen: {self.log.read_text()}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-
-    def request(
-        self, method: str, path: str, body: bytes | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> tuple[http.client.HTTPResponse, bytes]:  # fmt: skip
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return response, response.read()
-        finally:
-            conn.close()
-
-    def connect(self, timeout: float = 10.0) -> socket.socket:
-        return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+from tests.process import Front
 
 
 def start_front(tmp_path: Path, body: str, env: dict[str, str] | None = None) -> Front:

@@ -51,17 +51,35 @@ class _Exchange:
 class AnswerServer:
     """Accepts on ``listener``; each connection gets ``respond``'s answer, then the close.
 
-    ``reads_request``: read an HTTP request head first (metrics); else answer at once on
-    accept, as uWSGI's stats server does.
+    ``reads_request``: read a request first, up to ``terminator`` (an HTTP head for
+    metrics, a line for the control socket) or ``request_limit`` bytes; else answer at
+    once on accept, as uWSGI's stats server does. A connection has ``deadline`` seconds
+    from accept to its answer; ``answer_timeout`` (when given) gives an answer that is
+    computed off the loop that long from the moment the request is in.
     """
 
     def __init__(
-        self, loop: ProcessLoop, listener: socket.socket, respond: Respond, reads_request: bool
+        self,
+        loop: ProcessLoop,
+        listener: socket.socket,
+        respond: Respond,
+        reads_request: bool,
+        *,
+        terminator: bytes = b"\r\n\r\n",
+        request_limit: int = REQUEST_LIMIT,
+        deadline: float = DEADLINE,
+        answer_timeout: float | None = None,
+        name: str = "stats/metrics",
     ) -> None:
         self.loop = loop
         self.listener = listener
         self.respond = respond
         self.reads_request = reads_request
+        self.terminator = terminator
+        self.request_limit = request_limit
+        self.deadline = deadline
+        self.answer_timeout = answer_timeout
+        self.name = name
         self.open: list[_Exchange] = []
         listener.setblocking(False)
         loop.watch(listener, selectors.EVENT_READ, self._accept)
@@ -75,13 +93,16 @@ class AnswerServer:
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("stats/metrics: cannot accept: %s", exc.strerror)
+                    log.warning("%s: cannot accept: %s", self.name, exc.strerror)
                     return
                 raise
             conn.setblocking(False)
             if len(self.open) >= MAX_CONNECTIONS:
-                self._close(self.open[0])
-            exchange = _Exchange(conn, time.monotonic() + DEADLINE)
+                # the oldest still reading goes first: a flood of silent clients must not
+                # cut off an answer being computed for a client that did speak
+                reading = [e for e in self.open if e.state == "reading"]
+                self._close((reading or self.open)[0])
+            exchange = _Exchange(conn, time.monotonic() + self.deadline)
             self.open.append(exchange)
             if self.reads_request:
                 self.loop.watch(conn, selectors.EVENT_READ, self._reader(exchange))
@@ -93,7 +114,7 @@ class AnswerServer:
 
     def _read(self, exchange: _Exchange) -> None:
         try:
-            data = exchange.sock.recv(REQUEST_LIMIT)
+            data = exchange.sock.recv(self.request_limit)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -103,12 +124,14 @@ class AnswerServer:
             self._close(exchange)
             return
         exchange.request += data
-        if b"\r\n\r\n" in exchange.request or len(exchange.request) >= REQUEST_LIMIT:
+        if self.terminator in exchange.request or len(exchange.request) >= self.request_limit:
             self._ask(exchange)
 
     def _ask(self, exchange: _Exchange) -> None:
         exchange.state = "waiting"
         self.loop.unwatch(exchange.sock)
+        if self.answer_timeout is not None:
+            exchange.deadline = time.monotonic() + self.answer_timeout
 
         def deliver(answer: bytes) -> None:
             if exchange.state != "waiting":

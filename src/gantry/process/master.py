@@ -183,6 +183,21 @@ class Master:
         """What the stats document adds about the master: the last reload's failure."""
         return {"reload_error": self.reload_error}
 
+    def describe_workers(self) -> list[dict[str, object]]:
+        """Every worker as the control socket's status shows it, by worker number."""
+        return [
+            {
+                "worker": w.slot.index + 1,
+                "pid": w.pid,
+                "generation": w.generation,
+                "ready": w.ready_seen or w.slot.ready == 1,
+                "stopping": w.stopping,
+                "requests": w.slot.requests,
+                "respawns": w.slot.respawn_count,
+            }
+            for w in sorted(self.workers.values(), key=lambda w: (w.slot.index, w.pid))
+        ]
+
     def reopen_logs(self) -> None:
         """SIGUSR1 (logrotate): reopen the master's log files, and have every worker
         reopen its own; nothing else changes."""

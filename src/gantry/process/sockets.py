@@ -14,7 +14,7 @@ from gantry.process.systemd import inherited_sockets
 
 log = logging.getLogger("gantry.error")
 
-__all__ = ["address_key", "bind", "bind_or_inherit", "inherited_by_key"]
+__all__ = ["address_key", "bind", "bind_or_inherit", "inherited_by_key", "warn_unclaimed"]
 
 
 def bind(address: ListenAddress, mode: int | None, backlog: int) -> socket.socket:
@@ -35,6 +35,11 @@ def bind(address: ListenAddress, mode: int | None, backlog: int) -> socket.socke
             sock.bind(path)
         except OSError as exc:
             sock.close()
+            folder = os.path.dirname(os.path.abspath(path))
+            if isinstance(exc, FileNotFoundError) and not os.path.isdir(folder):
+                raise ConfigError(
+                    f"{address.kind} socket {path}: the folder {folder} does not exist"
+                ) from None
             raise ConfigError(
                 f"{address.kind} socket {path}: cannot bind: {exc.strerror}"
             ) from None
@@ -75,11 +80,18 @@ def _listened_on(path: str) -> bool:
 
 
 def bind_or_inherit(
-    addresses: Iterable[ListenAddress], mode: int | None, backlog: int
+    addresses: Iterable[ListenAddress],
+    mode: int | None,
+    backlog: int,
+    passed: dict[object, socket.socket] | None = None,
 ) -> list[tuple[ListenAddress, socket.socket]]:
     """A socket for each address: the one passed down (LISTEN_FDS) when there is one, else
-    a new one. Inherited sockets come back with ``address.inherited`` set."""
-    passed = inherited_by_key()
+    a new one. Inherited sockets come back with ``address.inherited`` set. With
+    ``passed`` (``inherited_by_key()``'s), the ones taken are removed from it and the
+    caller deals with the rest; else a socket no address names is logged."""
+    leftovers_are_ours = passed is None
+    if passed is None:
+        passed = inherited_by_key()
     result = []
     for address in addresses:
         sock = passed.pop(address_key(address), None)
@@ -90,9 +102,15 @@ def bind_or_inherit(
             address = dataclasses.replace(address, inherited=True)
             log.info("using the inherited socket for %s", address)
         result.append((address, sock))
+    if leftovers_are_ours:
+        warn_unclaimed(passed)
+    return result
+
+
+def warn_unclaimed(passed: dict[object, socket.socket]) -> None:
+    """Log each passed socket no address named."""
     for sock in passed.values():
         log.warning("a socket was passed that no listen address names: %s", sock)
-    return result
 
 
 def inherited_by_key() -> dict[object, socket.socket]:

@@ -64,7 +64,7 @@ PURE_TESTS ?= -m "not servers"
 
 test: $(VENV)/.installed-test $(VENV)/.compiled system-deps
 	$(BIN)/ruff check src tests bench tools setup.py
-	$(BIN)/mypy --strict src/gantry/protocol src/gantry/wsgi src/gantry/http src/gantry/config src/gantry/front src/gantry/stack src/gantry/stats src/gantry/process src/gantry/appserver src/gantry/compiled.py
+	$(BIN)/mypy --strict src/gantry/protocol src/gantry/wsgi src/gantry/http src/gantry/config src/gantry/front src/gantry/stack src/gantry/stats src/gantry/control src/gantry/process src/gantry/appserver src/gantry/compiled.py
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 	GANTRY_PURE=1 $(BIN)/python -m pytest -q -p no:cacheprovider $(PURE_TESTS)
 

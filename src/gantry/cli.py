@@ -370,7 +370,147 @@ def front(config_file: str) -> None:
 
     try:
         config = load_front_config(config_file)
-    except ConfigError as exc:
+        code = run_front(config, config_file=config_file)
+    except ConfigError as exc:  # the file, or a socket that cannot be bound
         click.echo(f"gantry front: {exc}", err=True)
         sys.exit(2)
-    sys.exit(run_front(config, config_file=config_file))
+    sys.exit(code)
+
+
+# ---------------------------------------------------------------- gantry ctl
+#
+# Each subcommand sends one request to the front's control socket and prints its
+# answer: a new one is a function calling _ctl_ask and a registration on the front
+# (front/control.py).
+
+
+class _CtlTarget:
+    """Where `gantry ctl` sends its request, from its own options."""
+
+    def __init__(self, socket_path: str | None, config_file: str | None, timeout: float) -> None:
+        self.socket_path = socket_path
+        self.config_file = config_file
+        self.timeout = timeout
+
+
+def _ctl_ask(target: _CtlTarget, command: str, **arguments: Any) -> dict[str, Any]:
+    """The answer to one command; exit 2 with the reason when there is none, or when it
+    is an error."""
+    from gantry.control.client import ControlUnavailable, ask, socket_in_config
+    from gantry.control.protocol import encode_request
+
+    try:
+        if target.socket_path and target.config_file:
+            raise ConfigError("give the socket (-s) or the config file (-c), not both")
+        if target.config_file:
+            path = socket_in_config(target.config_file)
+        elif target.socket_path:
+            path = target.socket_path
+        else:
+            raise ConfigError(
+                "give the control socket: -s /run/gantry/front.ctl, or -c gantry.toml "
+                "(its [front] control or [stack] control)"
+            )
+        answer = ask(path, encode_request(command, **arguments), target.timeout)
+    except (ConfigError, ControlUnavailable) as exc:
+        click.echo(f"gantry ctl: {exc}", err=True)
+        sys.exit(2)
+    if not answer["ok"]:
+        click.echo(f"gantry ctl: {answer.get('error', 'the command failed')}", err=True)
+        sys.exit(2)
+    return answer
+
+
+@main.group()
+@click.option("-s", "--socket", "socket_path", metavar="PATH", help="The front's control socket.")
+@click.option(
+    "-c",
+    "--config",
+    "config_file",
+    metavar="FILE",
+    help="A gantry.toml: the socket is its [front] control (or [stack] control).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=130.0,
+    show_default=True,
+    help="Seconds to wait for the answer.",
+)
+@click.pass_context
+def ctl(
+    ctx: click.Context, socket_path: str | None, config_file: str | None, timeout: float
+) -> None:
+    """Control a running front through its control socket ([front] control).
+
+    Exit status: 0 done, 1 nothing matched (purge), 2 no answer (no socket, nobody
+    on it, no control in the file) or an error answer.
+    """
+    ctx.obj = _CtlTarget(socket_path, config_file, timeout)
+
+
+@ctl.command("purge")
+@click.argument("url", required=False)
+@click.option("--prefix", metavar="PREFIX", help="Every entry under this URL (or key) prefix.")
+@click.option("--tag", metavar="TAG", help="Every entry tagged so (Surrogate-Key, Cache-Tag).")
+@click.option("--soft", is_flag=True, help="Mark them stale (use_stale may serve them).")
+@click.option("--zone", metavar="NAME", help="Only this cache zone (default: every zone).")
+@click.pass_obj
+def ctl_purge(
+    target: _CtlTarget,
+    url: str | None,
+    prefix: str | None,
+    tag: str | None,
+    soft: bool,
+    zone: str | None,
+) -> None:
+    """Purge cached entries: URL (http://host/path, or a key as the zone builds it; one
+    ending in '*' is a prefix), --prefix PREFIX or --tag TAG. Every front worker
+    sees it at once."""
+    if sum(value is not None for value in (url, prefix, tag)) != 1:
+        raise click.UsageError("give one of URL, --prefix PREFIX or --tag TAG")
+    answer = _ctl_ask(
+        target, "purge", url=url, prefix=prefix, tag=tag, soft=soft or None, zone=zone
+    )
+    zones = answer.get("zones") or {}
+    count = int(answer.get("purged", 0))
+    what = url or (f"prefix {prefix}" if prefix else f"tag {tag}")
+    where = ", ".join(f"{name} {n}" for name, n in zones.items())
+    if not count:
+        click.echo(f"nothing matched {what} (zones: {', '.join(zones) or 'none'})")
+        sys.exit(1)
+    verb = "marked stale" if soft else "purged"
+    click.echo(f"{verb} {count} {'entry' if count == 1 else 'entries'} ({where})")
+
+
+@ctl.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+@click.pass_obj
+def ctl_status(target: _CtlTarget, as_json: bool) -> None:
+    """The front's master, generation, workers and cache zones."""
+    import json
+
+    answer = _ctl_ask(target, "status")
+    if as_json:
+        click.echo(json.dumps(answer, indent=2))
+        return
+    workers = answer.get("workers", [])
+    click.echo(
+        f"front master {answer.get('pid')}, generation {answer.get('generation')}, "
+        f"{len(workers)} workers"
+    )
+    for worker in workers:
+        state = (
+            "stopping" if worker.get("stopping") else "ready" if worker.get("ready") else "starting"
+        )
+        click.echo(
+            f"  worker {worker.get('worker')}: pid {worker.get('pid')}, generation "
+            f"{worker.get('generation')}, {state}, {worker.get('requests')} requests"
+        )
+    for name, zone in (answer.get("zones") or {}).items():
+        click.echo(
+            f"zone {name}: {zone.get('entries')} entries, {zone.get('bytes')} bytes "
+            f"({zone.get('path')})"
+        )
+    if answer.get("reload_error"):
+        click.echo(f"last reload failed: {answer['reload_error']}")

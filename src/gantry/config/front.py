@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from typing import Annotated, Any, Literal
 
@@ -24,7 +25,7 @@ from gantry.config.front_model import (
 )
 from gantry.config.units import Duration, Size, WholeSeconds
 
-__all__ = ["load_front_config", "front_config_from_dict"]
+__all__ = ["ControlPath", "load_front_config", "front_config_from_dict"]
 
 
 class _Strict(BaseModel):
@@ -60,6 +61,21 @@ NextUpstream = Literal[
     "non_idempotent",
     "off",
 ]
+
+
+def _control_path(text: str) -> str:
+    # a unix socket's path is at most 107 bytes (sun_path); relative paths would name
+    # different files for the front and for `gantry ctl` run from elsewhere
+    path = text.removeprefix("unix:")
+    if not path.startswith("/") or path.endswith("/"):
+        raise ValueError(f"expected the absolute path of a unix socket, got {text!r}")
+    if len(os.fsencode(path)) > 107:
+        raise ValueError(f"expected a unix socket path of at most 107 bytes, got {text!r}")
+    return path
+
+
+#: the path of a control socket (``gantry ctl``)
+ControlPath = Annotated[str, AfterValidator(_control_path)]
 
 
 def _status_keys(pages: dict[str, str]) -> dict[str, str]:
@@ -400,6 +416,11 @@ class FrontSettings(_Strict):
     cache: dict[str, CacheSettings] = Field(
         default_factory=dict, description="Cache zones by name, for a location's `cache`."
     )
+    control: ControlPath | None = Field(
+        None,
+        description="Unix socket (absolute path, mode 0600) the front's master answers "
+        "`gantry ctl` on (purge, status); its folder must exist. Unset: none.",
+    )
     # Client timeouts and the graceful stop (the front worker's own), as nginx names them.
     client_header_timeout: Duration = Field(
         60.0, gt=0, description="Seconds a client may take to send a request head (408 past it)."
@@ -526,7 +547,7 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
         keepalive_timeout=settings.keepalive_timeout,
         send_timeout=settings.send_timeout,
         graceful_timeout=settings.graceful_timeout,
-        caches=caches,
+        caches=caches, control=settings.control,
     )  # fmt: skip
 
 

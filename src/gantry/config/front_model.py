@@ -154,3 +154,5 @@ class FrontConfig:
     graceful_timeout: float = 10.0
     #: cache zones by name, for a location's ``cache``
     caches: dict[str, CacheZone] = field(default_factory=dict)
+    #: the control socket's path (``gantry ctl``), None: none
+    control: str | None = None

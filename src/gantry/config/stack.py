@@ -23,7 +23,12 @@ from gantry.config.file import (
     optional_address_check,
     to_serve_config,
 )
-from gantry.config.front import FrontSettings, ServerSettings, front_config_from_dict
+from gantry.config.front import (
+    ControlPath,
+    FrontSettings,
+    ServerSettings,
+    front_config_from_dict,
+)
 from gantry.config.front_model import FrontConfig
 from gantry.config.units import Duration
 
@@ -104,6 +109,11 @@ class StackTable(BaseModel):
         default=30.0, gt=0, description="Seconds the parts get to stop on SIGTERM."
     )
     pidfile: str | None = Field(default=None, description="Write the supervisor's PID here.")
+    control: ControlPath | None = Field(
+        default=None,
+        description="Control socket of the stack's front, for `gantry ctl` (as [front] "
+        "control, which may be given instead); the supervisor holds it across reloads.",
+    )
     scheduling: Literal["batch", "normal"] = Field(
         default="batch",
         description="CPU scheduling policy of every part (Linux). 'batch' (SCHED_BATCH): a part "
@@ -178,8 +188,15 @@ class StackPlan:
         supervisor binds them all and hands them down, so they outlive the part."""
         if kind == "front":
             where = f"{self.source}: front.listen"
-            return [(parse_address(spec, "http", where), None, 2048)
-                    for spec in self.settings.front.listen]  # fmt: skip
+            sockets: list[tuple[ListenAddress, int | None, int]]
+            sockets = [(parse_address(spec, "http", where), None, 2048)
+                       for spec in self.settings.front.listen]  # fmt: skip
+            control = self.control_path()
+            if control is not None:
+                # bound by the supervisor like the front's listen sockets: it outlives
+                # each generation of the front, and a new one answers on the same file
+                sockets.append((ListenAddress("control", path=control), 0o600, 64))
+            return sockets
         config = self.pool_config(name)
         own = self.pool_socket(name)
         return [
@@ -187,12 +204,18 @@ class StackPlan:
             for address in config.listen
         ]
 
+    def control_path(self) -> str | None:
+        """The front's control socket ([stack] control, else [front] control)."""
+        return self.settings.stack.control or self.settings.front.control
+
     def _app(self, name: str) -> AppSettings:
         return next(a for a in self.settings.app if a.name == name)
 
     def front_table(self) -> dict[str, Any]:
         """The [front] table with an upstream for each pool."""
         table = self.settings.front.model_dump(mode="json")
+        if self.settings.stack.control is not None:
+            table["control"] = self.settings.stack.control
         if table["access_log"] is None:
             table["access_log"] = "stderr"  # the stack's log shows what it serves
         for app in self.settings.app:
@@ -262,6 +285,12 @@ class StackPlan:
             seen[app.name] = i
             if app.chdir is not None and not Path(app.chdir).is_dir():
                 raise ConfigError(f"{self.source}: app[{i}].chdir: no directory {app.chdir!r}")
+        control = self.settings.stack.control
+        if control is not None and self.settings.front.control not in (None, control):
+            raise ConfigError(
+                f"{self.source}: stack.control: [front] control names another socket "
+                f"({self.settings.front.control!r}); give one of the two"
+            )
         for key in ("stats", "metrics"):
             spec = getattr(self.settings.stack, key)
             if spec:

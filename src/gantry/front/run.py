@@ -10,13 +10,14 @@ import signal
 import socket
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from gantry.config import ListenAddress, parse_address
 from gantry.config.front_model import FrontConfig
 from gantry.front.connection import FrontConnection
 from gantry.front.worker import FrontWorker
 from gantry.process.master import Master, MasterSettings, WorkerExit
-from gantry.process.privileges import drop_privileges, resolve_identity
+from gantry.process.privileges import Identity, drop_privileges, resolve_identity
 from gantry.process.reexec import LoneReload, Reexec, adopted_workers, owned_sockets
 from gantry.process.runtime import (
     freeze_startup_heap,
@@ -25,9 +26,12 @@ from gantry.process.runtime import (
     setup_error_log,
 )
 from gantry.process.shared import STATUS_CODES, SlotView, WorkerTable
-from gantry.process.sockets import bind_or_inherit
+from gantry.process.sockets import bind_or_inherit, inherited_by_key, warn_unclaimed
 from gantry.process.systemd import notify
 from gantry.stats.serve import serve_metrics, serve_stats
+
+if TYPE_CHECKING:
+    from gantry.control.server import ControlServer
 
 __all__ = ["run_front"]
 
@@ -156,8 +160,22 @@ def run_front(
     _warn_missing_directories(config)
     identity = resolve_identity(config.user, config.group, "front")
     addresses = [parse_address(spec, "http", "front.listen") for spec in config.listen]
-    sockets = bind_or_inherit(addresses, None, 2048)
-    master = master or bool(stats or metrics) or os.environ.get("GANTRY_FRONT_MASTER") == "1"
+    passed = inherited_by_key()
+    sockets = bind_or_inherit(addresses, None, 2048, passed)
+    control = None
+    if config.control:
+        from gantry.control.server import bind_control
+
+        try:
+            control = bind_control(config.control, passed)
+        except BaseException:
+            for _, sock in sockets:
+                sock.close()
+            raise
+    warn_unclaimed(passed)
+    master = (
+        master or bool(stats or metrics or control) or os.environ.get("GANTRY_FRONT_MASTER") == "1"
+    )
     if config.workers <= 1 and not master:
         adopted_workers()  # after a re-exec: nothing to adopt alone; clears the variables
         owned = owned_sockets()
@@ -195,8 +213,38 @@ def run_front(
         )
     if metrics:
         serve_metrics(supervisor.loop, table, metrics, supervisor.started, listen_names)
+    answering = None
+    if control is not None:
+        answering = _serve_control(config, supervisor, identity, *control)
     try:
         return supervisor.run()
     except WorkerExit as exc:
         log.error("%s", exc)
         return exc.code
+    finally:
+        if answering is not None:
+            answering.close()
+
+
+def _serve_control(
+    config: FrontConfig,
+    supervisor: Master,
+    identity: Identity | None,
+    listener: socket.socket,
+    owned: bool,
+) -> ControlServer:
+    """Answer `gantry ctl` on the master's loop; commands that walk the cache run in a
+    child that is the workers' user (the files it writes must be theirs)."""
+    from gantry.control.server import ControlServer
+    from gantry.front.control import front_commands
+
+    assert config.control is not None
+    server = ControlServer(
+        supervisor.loop,
+        listener,
+        front_commands(config, supervisor),
+        prepare_child=lambda: drop_privileges(identity),
+        path=config.control if owned else None,
+    )
+    log.info("control socket on %s", config.control)
+    return server

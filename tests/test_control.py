@@ -12,7 +12,16 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.process import Front, Launcher, accepts, child_pids, http_get, ready_workers, wait_for
+from tests.process import (
+    Front,
+    Launcher,
+    accepts,
+    child_pids,
+    descendant_pids,
+    http_get,
+    ready_workers,
+    wait_for,
+)
 from tests.support_cache import Origin, cache_config
 from tests.support_control import connection_to_each, ctl, fetch, start_ctl
 
@@ -298,3 +307,36 @@ def test_a_missing_folder_is_refused_and_a_stale_socket_replaced(
             left.bind(str(stale))  # left behind by a front that was killed
         start_front(launch, control_config(origin.port, short_tmp, workers=1), short_tmp)
         assert ctl("-s", str(stale), "status").returncode == 0
+
+
+def test_a_new_front_generation_of_gantry_up_answers_on_the_same_socket(
+    launch: Launcher, short_tmp: Path
+) -> None:
+    sock = short_tmp / "stack.ctl"
+    config = f"""[stack]
+control = "{sock}"
+
+[front]
+listen = ["127.0.0.1:FRONT_PORT"]
+workers = 1
+
+[[app]]
+name = "web"
+module = "tests.apps_cache:app"
+"""
+    up = launch.up(config)
+    assert wait_for(lambda: accepts(sock))
+    first = json.loads(ctl("-s", str(sock), "status", "--json").stdout)
+    assert len(first["workers"]) == 1
+    text = up.config_path.read_text().replace("workers = 1", "workers = 2")
+    up.config_path.write_text(text)
+    os.kill(up.pid, signal.SIGHUP)  # the front's table changed: a new front replaces it
+
+    def new_front() -> bool:
+        done = ctl("-s", str(sock), "status", "--json")
+        answer = json.loads(done.stdout) if done.returncode == 0 else {}
+        return answer.get("pid") not in (None, first["pid"]) and len(answer["workers"]) == 2
+
+    assert wait_for(new_front, limit=60, interval=0.2)
+    assert wait_for(lambda: first["pid"] not in descendant_pids(up.pid), limit=60)
+    assert ctl("-s", str(sock), "status").returncode == 0

@@ -72,8 +72,12 @@ def ask(path: str, request: bytes, timeout: float) -> dict[str, Any]:
             raise ControlUnavailable(f"no answer from {path} within {timeout:g} s") from None
         except OSError as exc:
             raise ControlUnavailable(f"the connection to {path} failed: {exc.strerror}") from None
+    if not data:
+        raise ControlUnavailable(
+            f"{path} closed the connection without an answer (too many clients at once?)"
+        )
     try:
         return decode_answer(data)
     except ValueError:
-        shown = data[:200].decode("utf-8", "replace") or "nothing"
+        shown = data[:200].decode("utf-8", "replace")
         raise ControlUnavailable(f"{path} did not answer as a control socket: {shown!r}") from None

@@ -32,7 +32,9 @@ _ABSOLUTE: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def front_commands(config: FrontConfig, master: Master) -> CommandRegistry:
-    """The commands of a front's control socket."""
+    """The commands of a front's control socket. A new one is a function of its arguments
+    giving its answer's fields (CommandError for a clear refusal), registered here:
+    ``off_loop`` when it may take long (it then runs in a child of the master)."""
     commands = CommandRegistry()
     commands.register("purge", lambda arguments: purge(config.caches, arguments), off_loop=True)
     master_pid = os.getpid()

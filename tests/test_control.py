@@ -66,6 +66,8 @@ def test_purge_by_url_prefix_and_tag_reaches_both_workers(
             for conn in conns.values():  # each worker holds it in its memory tier
                 fetch(conn, path)
                 assert fetch(conn, path)[1].startswith("gantry; hit")
+        zone = json.loads(ctl("-s", sock, "status", "--json").stdout)["zones"]["pages"]
+        assert zone["entries"] == len(paths) and zone["bytes"] > 0
         publish(origin, "v2", paths)
 
         done = ctl("-s", sock, "purge", f"{base}/blog/a")

@@ -14,6 +14,7 @@ import time
 from gantry.config import ListenAddress, parse_address
 from gantry.config.front_model import FrontConfig
 from gantry.front.connection import FrontConnection
+from gantry.front.limits.state import FrontLimits
 from gantry.front.worker import FrontWorker
 from gantry.process.master import Master, MasterSettings, WorkerExit
 from gantry.process.privileges import drop_privileges, resolve_identity
@@ -55,10 +56,11 @@ def _serve_worker(
     sockets: list[tuple[ListenAddress, socket.socket]],
     slot: SlotView | None,
     lone_reload: LoneReload | None = None,
+    defences: FrontLimits | None = None,
 ) -> int:
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
-    worker = FrontWorker(config, loop)
+    worker = FrontWorker(config, loop, defences)
     worker.slot = slot
     stop = asyncio.Event()
 
@@ -178,6 +180,9 @@ def run_front(
             lone_reload.exec_if_requested()
         return code
     table = WorkerTable(max(64, config.workers * 2 + 16))
+    # Limit zones and bans are made here, before any fork, so that every worker (and
+    # every worker of a reload) shares the same maps.
+    defences = FrontLimits(config) if FrontLimits.wanted(config) else None
     supervisor = Master(
         MasterSettings(
             workers=config.workers,
@@ -185,7 +190,7 @@ def run_front(
             name="gantry front",
             identity=identity,
         ),
-        lambda slot, generation: _serve_worker(config, sockets, slot),
+        lambda slot, generation: _serve_worker(config, sockets, slot, None, defences),
         table,
     )
     listen_names = [str(address) for address, _ in sockets]

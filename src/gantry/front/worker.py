@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Final, Protocol
 from gantry.config.front_model import FrontConfig, Location, VirtualServer
 from gantry.front.access_log import AccessLog
 from gantry.front.balancing import UpstreamPool
-from gantry.front.exchange import Handler
+from gantry.front.exchange import Exchange, Handler
 from gantry.front.files import StaticHandler
 from gantry.front.handlers import AccessHandler, ProxyHandler
 from gantry.front.keepalive import KeepAlivePool
+from gantry.front.limits.state import FrontLimits
 from gantry.front.responses import ErrorPages
 from gantry.front.routing import Router, normalize_path
 from gantry.http.head import HeadDefaults
@@ -22,6 +23,7 @@ from gantry.protocol.http1 import HTTPLimits
 
 if TYPE_CHECKING:
     from gantry.front.cache.handler import CacheHandler
+    from gantry.front.limits.autoban import Autoban
 
 __all__ = ["ClientConnection", "FrontWorker", "Route"]
 
@@ -51,7 +53,12 @@ class ClientConnection(Protocol):
 class FrontWorker:
     """What one front worker's connections share: routes, pools, caches, the clock."""
 
-    def __init__(self, config: FrontConfig, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        config: FrontConfig,
+        loop: asyncio.AbstractEventLoop,
+        defences: FrontLimits | None = None,
+    ) -> None:
         self.config = config
         self.loop = loop
         self.router = Router(config.servers)
@@ -81,10 +88,28 @@ class FrontWorker:
             self.cache = CacheHandler(
                 config.caches, config.upstreams, self.pools, self.keepalive, self.tasks
             )
-        #: every handler, in nginx's phase order (access, cache, then content); a route
-        #: runs those that apply to it (see chain_for)
+        #: limit zones, bans and autoban counts shared with the other workers (made by
+        #: the master before forking; by this worker when it is alone)
+        self.defences = defences
+        self.autoban: Autoban | None = None
+        defence_handlers: tuple[Handler, ...] = ()
+        if defences is None and FrontLimits.wanted(config):
+            self.defences = defences = FrontLimits(config)
+        if defences is not None:
+            from gantry.front.limits.autoban import BanHandler
+            from gantry.front.limits.handler import LimitHandler
+
+            self.autoban = defences.autoban
+            if defences.bans is not None:
+                defence_handlers += (BanHandler(defences.bans),)
+            defence_handlers += (
+                LimitHandler(defences.zones, loop, self._rest_of_chain, defences.autoban),
+            )
+        #: every handler, in nginx's phase order (access, bans, limits, cache, then
+        #: content); a route runs those that apply to it (see chain_for)
         self.handlers: tuple[Handler, ...] = (
             AccessHandler(),
+            *defence_handlers,
             *((self.cache,) if self.cache is not None else ()),
             ProxyHandler(config.upstreams, self.pools, self.keepalive, self.tasks),
             self.static,
@@ -136,6 +161,11 @@ class FrontWorker:
             chain = tuple(h for h in self.handlers if h.applies(server, location))
             self._chains[key] = chain  # bounded: one per location of the configuration
         return chain
+
+    def _rest_of_chain(self, handler: Handler, exchange: Exchange) -> tuple[Handler, ...]:
+        """The handlers after ``handler`` on ``exchange``'s route (after a delay)."""
+        chain = self.chain_for(exchange.server, exchange.location)
+        return chain[chain.index(handler) + 1 :] if handler in chain else ()
 
     def start_health_checks(self) -> None:
         """One prober task per upstream that asks for active health checks."""

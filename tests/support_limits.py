@@ -57,13 +57,25 @@ def _server_side(port: int) -> dict[int, str]:
     return sides
 
 
+def _complete(data: bytes) -> bool:
+    """Whether ``data`` holds a whole response framed by Content-Length."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return False
+    for line in data[:end].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(data) - end - 4 >= int(value)
+    return True
+
+
 def spread_connections(
     port: int, master: int, each: int, warm: str, workers: int = 2
 ) -> list[socket.socket]:
     """``each`` connections held by every worker of the front whose master is ``master``
     (2 x ``each`` for two workers), interleaved: connections are opened in batches, each
-    warmed with a request for ``warm`` (an answer ending in "warm"), and sorted by the
-    worker that accepted it (read from /proc), until every worker has enough."""
+    warmed with a request for ``warm`` (answered with a Content-Length), and sorted by
+    the worker that accepted it (read from /proc), until every worker has enough."""
     pids = ready_workers(master, workers)
     held: dict[int, list[socket.socket]] = {pid: [] for pid in pids}
     spare: list[socket.socket] = []
@@ -75,7 +87,7 @@ def spread_connections(
             for conn in batch:
                 conn.sendall(f"GET {warm} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
             for conn in batch:
-                recv_until(conn, lambda data: data.endswith(b"warm"))
+                recv_until(conn, _complete)
             sides = _server_side(port)
             owners = {pid: _socket_inodes(pid) for pid in pids}
             for conn in batch:

@@ -4,15 +4,29 @@ log's $limit_req_status, a full zone's LRU, and a zone kept across a reload."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.process import Front, Launcher, child_pids, ready_workers, try_get, wait_for
+from tests.process import (
+    Front,
+    Launcher,
+    accepts,
+    child_pids,
+    free_port,
+    read_until_closed,
+    ready_workers,
+    try_get,
+    wait_for,
+)
 from tests.support_limits import (
     Burst,
     HeldUpstream,
@@ -216,8 +230,6 @@ def test_limit_conn_refuses_the_one_past_the_limit(launch: Launcher, held: HeldU
 
 
 def test_limit_conn_released_when_the_client_goes(launch: Launcher, held: HeldUpstream) -> None:
-    import socket
-
     front = launch.front(LIMIT_CONN.format(port=held.port, extra=", status = 429"))
     clients = [socket.create_connection(("127.0.0.1", front.port)) for _ in range(3)]
     for client in clients:
@@ -289,3 +301,65 @@ def test_zone_survives_a_reload(launch: Launcher) -> None:
     assert wait_for(lambda: not before & child_pids(front.pid), 20), front.log_text()
     ready_workers(front.pid, 2)
     assert _get(front, "kept") == 503
+
+
+def test_without_burst_a_key_passes_again_after_one_interval(launch: Launcher) -> None:
+    root = launch.workdir / "root"
+    root.mkdir()
+    (root / "a").write_text("a")
+    front = launch.front(
+        f"""
+[front]
+listen = ["127.0.0.1:FRONT_PORT"]
+[front.limit_req_zone.perip]
+key = "$binary_remote_addr"
+rate = "10r/s"
+[[front.server]]
+[[front.server.location]]
+path = "/"
+root = "{root}"
+limit_req = [{{ zone = "perip" }}]
+"""
+    )
+    assert sorted(burst(front.port, 2, "/a").statuses) == [200, 503]
+    # nginx adds the request before clamping the leaked excess at zero: 0.1 s later the
+    # key passes again (and a key refused meanwhile still does, once 0.1 s passed)
+    assert wait_for(lambda: try_get(front.port, "/a")[0] == 200, 2)
+
+
+def test_refusals_in_the_stats_and_metrics(launch: Launcher) -> None:
+    root = launch.workdir / "stats-root"
+    (root / "warm").mkdir(parents=True)
+    (root / "index.html").write_text("hello")
+    (root / "warm" / "w").write_text("warm")
+    config = launch.workdir / "stats.toml"
+    port, metrics_port = free_port(), free_port()
+    stats_path = launch.workdir / "stats.sock"
+    config.write_text(
+        LIMITED.format(log="off", root=root, limit='{ zone = "perip", burst = 5, nodelay = true }')
+        .replace("FRONT_PORT", str(port))
+        .replace('access_log = "off"', "")
+    )
+    code = (
+        "import sys; from gantry.config.front import load_front_config; "
+        "from gantry.front.run import run_front; "
+        f"sys.exit(run_front(load_front_config({str(config)!r}), stats={str(stats_path)!r}, "
+        f"metrics='127.0.0.1:{metrics_port}'))"
+    )
+    launch.program([sys.executable, "-c", code], ("127.0.0.1", port), "stats-front")
+    statuses = burst(port, 20, "/index.html").statuses
+    refused = statuses.count(503)
+    assert refused >= 14, statuses
+
+    def document() -> dict[str, Any]:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(5)
+            sock.connect(str(stats_path))
+            return json.loads(read_until_closed(sock, 5).data)  # type: ignore[no-any-return]
+
+    assert wait_for(lambda: accepts(stats_path), 10)
+    zone = document()["limits"]["limit_req"]["perip"]
+    assert zone["rejected"] == refused and zone["keys"] == 1
+    status, body = try_get(metrics_port, "/metrics")
+    assert status == 200
+    assert f'gantry_limit_req_rejected_total{{zone="perip"}} {refused}' in body.decode()

@@ -10,6 +10,8 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 from gantry.config import ListenAddress, parse_address
 from gantry.config.front_model import FrontConfig
@@ -67,6 +69,7 @@ def _serve_worker(
     async def main() -> None:
         worker.start_clock()
         worker.start_health_checks()
+        worker.start_shared()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             loop.add_signal_handler(signum, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, _reopen_logs, config, worker)
@@ -194,12 +197,21 @@ def run_front(
         table,
     )
     listen_names = [str(address) for address, _ in sockets]
+    status: Callable[[], dict[str, Any]] = supervisor.status
+    if defences is not None:
+        limits = defences
+
+        def status() -> dict[str, Any]:
+            # the master reads the zones' counters from shared memory: no worker is asked
+            return {**supervisor.status(), "limits": limits.stats()}
+
     if stats:
-        serve_stats(
-            supervisor.loop, table, stats, supervisor.started, listen_names, supervisor.status
-        )
+        serve_stats(supervisor.loop, table, stats, supervisor.started, listen_names, status)
     if metrics:
-        serve_metrics(supervisor.loop, table, metrics, supervisor.started, listen_names)
+        serve_metrics(
+            supervisor.loop, table, metrics, supervisor.started, listen_names,
+            defences.metrics if defences is not None else None,
+        )  # fmt: skip
     try:
         return supervisor.run()
     except WorkerExit as exc:

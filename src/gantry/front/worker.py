@@ -24,6 +24,8 @@ from gantry.protocol.http1 import HTTPLimits
 if TYPE_CHECKING:
     from gantry.front.cache.handler import CacheHandler
     from gantry.front.limits.autoban import Autoban
+    from gantry.front.limits.handler import LimitHandler
+    from gantry.front.limits.shared_redis import RedisShare
 
 __all__ = ["ClientConnection", "FrontWorker", "Route"]
 
@@ -92,6 +94,9 @@ class FrontWorker:
         #: the master before forking; by this worker when it is alone)
         self.defences = defences
         self.autoban: Autoban | None = None
+        self.limit_handler: LimitHandler | None = None
+        #: the link to the Redis of [front.shared] (made by start_shared)
+        self.redis: RedisShare | None = None
         defence_handlers: tuple[Handler, ...] = ()
         if defences is None and FrontLimits.wanted(config):
             self.defences = defences = FrontLimits(config)
@@ -102,9 +107,10 @@ class FrontWorker:
             self.autoban = defences.autoban
             if defences.bans is not None:
                 defence_handlers += (BanHandler(defences.bans),)
-            defence_handlers += (
-                LimitHandler(defences.zones, loop, self._rest_of_chain, defences.autoban),
+            self.limit_handler = LimitHandler(
+                defences.zones, loop, self._rest_of_chain, defences.autoban
             )
+            defence_handlers += (self.limit_handler,)
         #: every handler, in nginx's phase order (access, bans, limits, cache, then
         #: content); a route runs those that apply to it (see chain_for)
         self.handlers: tuple[Handler, ...] = (
@@ -167,6 +173,24 @@ class FrontWorker:
         chain = self.chain_for(exchange.server, exchange.location)
         return chain[chain.index(handler) + 1 :] if handler in chain else ()
 
+    def start_shared(self) -> None:
+        """With [front.shared] redis: limit counters through it, bans to and from it."""
+        shared = self.config.shared
+        defences = self.defences
+        if shared is None or defences is None or defences.bans is None:
+            return
+        from gantry.front.limits.shared_redis import RedisShare
+
+        bans = defences.bans
+        self.redis = RedisShare(
+            shared, self.loop, lambda addr, until: bans.add(addr, int(until * 1000))
+        )
+        if self.limit_handler is not None:
+            self.limit_handler.shared = self.redis
+        if defences.banner is not None:
+            defences.banner.on_ban = self.redis.publish_ban
+        self.redis.start()
+
     def start_health_checks(self) -> None:
         """One prober task per upstream that asks for active health checks."""
         from gantry.front.health import run_health_checks
@@ -207,6 +231,8 @@ class FrontWorker:
             self._sweep.cancel()
         for task in list(self.tasks):
             task.cancel()
+        if self.redis is not None:
+            self.redis.close()
         self.keepalive.close()
         self.static.close()
         if self.cache is not None:

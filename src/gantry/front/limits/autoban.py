@@ -71,6 +71,7 @@ class BanTable:
             if slot < 0:
                 return False
             if table.values(slot)[0] > time.time() * 1000:
+                table.bump(0)  # blocked requests (stats)
                 return True
             table.remove(slot)
             return False
@@ -169,8 +170,6 @@ class Autoban:
         self.tables = [SharedTable(COUNT_SLOTS) for _ in rules]
         #: whether a response status can matter (else response() returns at once)
         self.by_status = any(r.when not in ("limit_req", "limit_conn") for r in rules)
-        #: bans made by this worker, per rule (stats)
-        self.bans = [0] * len(rules)
 
     def event(self, remote_addr: str, kind: str) -> None:
         """``remote_addr`` was refused by a limit (``kind``: limit_req, limit_conn)."""
@@ -207,11 +206,11 @@ class Autoban:
                     table.store(slot, count, start, 0)
                 if count >= rule.count:
                     table.remove(slot)  # counted again from zero once the ban ends
+                    table.bump(0)  # bans by this rule (stats)
                     reached = True
             finally:
                 table.unlock()
             if reached:
-                self.bans[index] += 1
                 self.banner.ban(
                     remote_addr,
                     rule.ban_for,
@@ -232,7 +231,6 @@ class BanHandler(Handler):
         self.bans = bans
         #: asks another store (Redis) too
         self.remote = remote
-        self.hits = 0
 
     def applies(self, server: VirtualServer, location: Location | None) -> bool:
         return True
@@ -240,7 +238,6 @@ class BanHandler(Handler):
     def handle(self, exchange: Exchange, body: BodyBuffer | BodyStream | None) -> bool:
         addr = exchange.remote_addr
         if self.bans.banned(addr) or (self.remote is not None and self.remote(addr)):
-            self.hits += 1
             exchange.error(403)
             return True
         return False

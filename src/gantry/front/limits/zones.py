@@ -15,13 +15,16 @@ from typing import Final
 
 from gantry.config.front_model import LimitConnZone, LimitReqZone
 from gantry.front.balancing import hash_key
-from gantry.front.limits.table import SharedTable, digest
+from gantry.front.limits.table import VALUES, SharedTable, digest
 from gantry.protocol.http1 import RequestHead
 
-__all__ = ["LimitConnState", "LimitReqState", "LimitZones", "limit_key", "now_ms"]
+__all__ = ["LimitConnState", "LimitReqState", "LimitZones", "ZoneKey", "limit_key", "now_ms"]
 
 _VARIABLE: Final = re.compile(r"\$(\{[a-z0-9_]+\}|[a-z0-9_]+)")
 # lookup outcomes, as nginx's
+# the counters of a zone's table (stats)
+REJECTED: Final = 0
+DELAYED: Final = 1
 OK: Final = 0  # within the limit, counted
 AGAIN: Final = 1  # within the limit, to be counted once every limit passed
 BUSY: Final = 2  # over the limit
@@ -60,48 +63,92 @@ def limit_key(template: str, head: RequestHead, remote_addr: str, server_name: s
     return _VARIABLE.sub(value, template).encode("latin-1", "replace")
 
 
+#: addresses whose key digest a zone remembers (cleared when full)
+ADDRESS_CACHE: Final = 4096
+
+
+class ZoneKey:
+    """A zone's key template, evaluated and digested per request; a key that is the
+    client's address alone is digested once per address (a per-worker memo)."""
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        self.by_address = template in ("$binary_remote_addr", "$remote_addr")
+        self._memo: dict[str, bytes] = {}
+
+    def digest_of(self, head: RequestHead, remote_addr: str, server_name: str) -> bytes:
+        """The digest of a request's key; b"" for an empty key (not limited)."""
+        if self.by_address:
+            hashed = self._memo.get(remote_addr)
+            if hashed is not None:
+                return hashed
+        key = limit_key(self.template, head, remote_addr, server_name)
+        hashed = digest(key) if key else b""
+        if self.by_address:
+            if len(self._memo) >= ADDRESS_CACHE:
+                self._memo.clear()
+            self._memo[remote_addr] = hashed
+        return hashed
+
+
 class LimitReqState:
     """One limit_req zone: a leaky bucket per key (entry values: excess in thousandths
     of a request, the last time it was counted in ms)."""
 
     def __init__(self, zone: LimitReqZone, table: SharedTable) -> None:
         self.name = zone.name
-        self.key = zone.key
+        self.key = ZoneKey(zone.key)
         #: thousandths of a request per second, as nginx keeps it
         self.rate = max(1, int(zone.rate * 1000))
         self.table = table
-        #: refusals counted by this worker (stats)
-        self.rejected = 0
-        self.delayed = 0
-        self.passed = 0
 
-    def lookup(self, key: bytes, burst: int, now: int, account: bool) -> tuple[int, int]:
-        """nginx's ngx_http_limit_req_lookup: (OK, AGAIN or BUSY, the excess). ``burst``
-        in thousandths; ``account``: store the new excess now (the last limit)."""
+    def lookup(self, hashed: bytes, burst: int, now: int, account: bool) -> tuple[int, int]:
+        """nginx's ngx_http_limit_req_lookup for the key digest ``hashed``: (OK, AGAIN or
+        BUSY, the excess). ``burst`` in thousandths; ``account``: store the new excess now
+        (the last limit)."""
         table = self.table
-        hashed = digest(key)
         table.lock()
         try:
             slot = table.find(hashed)
             if slot < 0:
                 table.insert(hashed, 0, now, 0)
                 return (OK if account else AGAIN), 0
-            excess, last, _ = table.values(slot)
-            excess = _leak(excess, last, now, self.rate) + 1000
+            at = table.offset(slot)
+            excess, last, _ = VALUES.unpack_from(table.map, at)
+            # _leak, inline (this is every limited request's path)
+            ms = now - last
+            if ms < 0:
+                ms = 1 if ms < -60000 else 0  # the clock went back (a lot: as 1 ms)
+            # nginx adds this request before clamping: a key idle for 1/rate is at zero
+            excess = excess - self.rate * ms // 1000 + 1000
+            if excess < 0:
+                excess = 0
             if excess > burst:
+                table.bump(REJECTED)
                 return BUSY, excess
             if account:
-                table.store(slot, excess, now if now != last else last, 0)
+                VALUES.pack_into(table.map, at, excess, now if ms else last, 0)
                 return OK, excess
             return AGAIN, excess
         finally:
             table.unlock()
 
-    def account(self, key: bytes, now: int) -> int:
+    def delayed(self) -> None:
+        """Count a delayed request (stats)."""
+        self.count(DELAYED)
+
+    def count(self, counter: int) -> None:
+        """Add one to the zone's counter ``counter`` (REJECTED, DELAYED)."""
+        self.table.lock()
+        try:
+            self.table.bump(counter)
+        finally:
+            self.table.unlock()
+
+    def account(self, hashed: bytes, now: int) -> int:
         """Count a request that every later limit let through (nginx's account step for
         the limits before the last): the stored excess after it."""
         table = self.table
-        hashed = digest(key)
         table.lock()
         try:
             slot = table.find(hashed)
@@ -109,7 +156,7 @@ class LimitReqState:
                 table.insert(hashed, 0, now, 0)
                 return 0
             excess, last, _ = table.values(slot)
-            excess = _leak(excess, last, now, self.rate) + 1000
+            excess = _leak(excess, last, now, self.rate)
             table.store(slot, excess, now, 0)
             return excess
         finally:
@@ -117,13 +164,14 @@ class LimitReqState:
 
 
 def _leak(excess: int, last: int, now: int, rate: int) -> int:
-    """``excess`` after leaking at ``rate`` since ``last`` (never below zero)."""
+    """``excess`` after leaking at ``rate`` since ``last``, plus this request (as nginx:
+    the request is added before the result is clamped at zero)."""
     ms = now - last
     if ms < -60000:
         ms = 1  # the clock went back a lot: as nginx, as if 1 ms passed
     elif ms < 0:
         ms = 0
-    excess -= rate * ms // 1000
+    excess = excess - rate * ms // 1000 + 1000
     return excess if excess > 0 else 0
 
 
@@ -132,14 +180,13 @@ class LimitConnState:
 
     def __init__(self, zone: LimitConnZone, table: SharedTable) -> None:
         self.name = zone.name
-        self.key = zone.key
+        self.key = ZoneKey(zone.key)
         self.table = table
-        self.rejected = 0
 
-    def acquire(self, key: bytes, limit: int) -> bool:
-        """Count one more request for ``key`` if fewer than ``limit`` are in progress."""
+    def acquire(self, hashed: bytes, limit: int) -> bool:
+        """Count one more request for the key digest ``hashed`` if fewer than ``limit``
+        are in progress."""
         table = self.table
-        hashed = digest(key)
         table.lock()
         try:
             slot = table.find(hashed)
@@ -148,16 +195,16 @@ class LimitConnState:
                 return True
             count, b, c = table.values(slot)
             if count >= limit:
+                table.bump(REJECTED)
                 return False
             table.store(slot, count + 1, b, c)
             return True
         finally:
             table.unlock()
 
-    def release(self, key: bytes) -> None:
+    def release(self, hashed: bytes) -> None:
         """A request counted by ``acquire`` ended; a key with none left goes."""
         table = self.table
-        hashed = digest(key)
         table.lock()
         try:
             slot = table.find(hashed)

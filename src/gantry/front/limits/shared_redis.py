@@ -63,6 +63,8 @@ LIMIT_PREFIX: Final = "gantry:limit:"
 #: seconds a limit check may take before the request goes on without Redis
 CHECK_TIMEOUT: Final = 0.25
 MAX_BACKOFF: Final = 5.0
+#: connections to Redis per worker at most (one of them listens for bans)
+POOL_SIZE: Final = 32
 
 
 class RedisShare:
@@ -80,9 +82,17 @@ class RedisShare:
         self.loop = loop
         #: called with (address, until in Unix seconds) for each ban Redis announces
         self.on_ban = on_ban
-        self.client: Any = redis.asyncio.from_url(
-            store.redis, socket_timeout=CHECK_TIMEOUT, socket_connect_timeout=CHECK_TIMEOUT
+        # A bounded pool that waits for a free connection: under load, requests share
+        # POOL_SIZE connections instead of opening one each (the default pool is
+        # unbounded, and a bounded non-blocking one fails a check when it is full).
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            store.redis,
+            max_connections=POOL_SIZE,
+            timeout=CHECK_TIMEOUT,
+            socket_timeout=CHECK_TIMEOUT,
+            socket_connect_timeout=CHECK_TIMEOUT,
         )
+        self.client: Any = redis.asyncio.Redis(connection_pool=pool)
         self.script: Any = self.client.register_script(GCRA)
         #: whether Redis answered last time (else limits are local until it is back)
         self.up = True

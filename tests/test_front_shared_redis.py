@@ -123,3 +123,23 @@ def test_redis_stopped_both_fronts_keep_serving(launch: Launcher, redis: Redis) 
     redis.start()
     assert wait_for(lambda: "is back" in one.log_text(), 20), one.log_text()
     assert try_get(one.port, "/a", headers={"X-Round": "after"})[0] == 200
+
+
+def test_fail_closed_refuses_limited_requests_while_redis_is_down(
+    launch: Launcher, redis: Redis
+) -> None:
+    root = launch.workdir / "root"
+    (root / "free").mkdir(parents=True)
+    (root / "a").write_text("a")
+    (root / "free" / "w").write_text("warm")
+    config = CONFIG.format(sock=redis.sock, root=root).replace(
+        'db=0"\n', 'db=0"\nfail = "closed"\n'
+    )
+    front = launch.front(config)
+    assert try_get(front.port, "/a")[0] == 200
+    redis.stop()
+    assert wait_for(lambda: try_get(front.port, "/a")[0] == 503, 5)
+    assert try_get(front.port, "/free/w")[0] == 200  # no limit there: served
+    assert "refusing limited requests" in front.log_text()
+    redis.start()
+    assert wait_for(lambda: try_get(front.port, "/a", headers={"X-Round": "1"})[0] == 200, 20)

@@ -5,7 +5,10 @@ Three measurements, each printed as req/s (or MB) and a ratio to nginx:
 1. a 1 KiB static file;
 2. proxying to the same uWSGI backend over the uwsgi protocol (unix socket);
 3. one front worker holding 10,000 idle keep-alive connections: its RSS, and
-   whether it still answers.
+   whether it still answers;
+4. the same 1 KiB file through a location with a limit_req zone whose rate it never
+   reaches (issue 16): each front's cost of a limit that passes, as a ratio to its own
+   figure for (1).
 
 Run: `python bench/front.py [--duration 10] [--rounds 2]` (after `python bench/run.py`
 has created .venv-bench with uWSGI).
@@ -46,6 +49,7 @@ STATIC = bytes(range(256)) * 4  # 1 KiB
 LOADS = {
     "static 1 KiB": ("static", "/static/one.bin"),
     "proxy to uWSGI": ("proxy", "/hello"),
+    "static, limit_req": ("limited", "/limited/one.bin"),
 }
 IDLE_CONNECTIONS = 10_000
 
@@ -87,9 +91,11 @@ http {{
   client_body_temp_path {work}/body; proxy_temp_path {work}/proxy;
   fastcgi_temp_path {work}/fastcgi; uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
   include /etc/nginx/mime.types;
+  limit_req_zone $binary_remote_addr zone=perip:10m rate=1000000r/s;
   server {{
     listen 127.0.0.1:{port};
     location /static/ {{ root {site}; }}
+    location /limited/ {{ root {site}; limit_req zone=perip burst=1000 nodelay; }}
     location / {{ include /etc/nginx/uwsgi_params; uwsgi_pass unix:{sock}; }}
   }}
 }}
@@ -112,8 +118,16 @@ default = true
 path = "/static/"
 root = "{site}"
 [[front.server.location]]
+path = "/limited/"
+root = "{site}"
+limit_req = [{{ zone = "perip", burst = 1000, nodelay = true }}]
+[[front.server.location]]
 path = "/"
 proxy = "app"
+[front.limit_req_zone.perip]
+key = "$binary_remote_addr"
+rate = "1000000r/s"
+size = "10m"
 [front.upstream.app]
 protocol = "uwsgi"
 servers = [{{ address = "unix:{sock}" }}]
@@ -180,6 +194,8 @@ def main() -> int:
         site = work / "site"
         (site / "static").mkdir(parents=True)
         (site / "static" / "one.bin").write_bytes(STATIC)
+        (site / "limited").mkdir()
+        (site / "limited" / "one.bin").write_bytes(STATIC)
         sock = work / "app.sock"
         backend = ServerProcess(
             [str(VENV_BIN / "uwsgi"), "--socket", str(sock), "--chmod-socket=666", "--wsgi",
@@ -235,10 +251,20 @@ def main() -> int:
         finally:
             backend.stop()
     print("\nload              nginx req/s  gantry req/s  gantry/nginx")
-    for load in ("static 1 KiB", "proxy to uWSGI"):
+    for load in LOADS:
         n, g = best["nginx", load], best["gantry", load]
         print(f"{load:16} {n:12.0f} {g:13.0f} {g / n:12.2f}x")
-    for load in ("static 1 KiB", "proxy to uWSGI"):
+    for name in ("nginx", "gantry"):
+        # the limit's own cost: the limited location against the same file without it
+        ratios = [
+            paired["static, limit_req", r, name] / paired["static 1 KiB", r, name]
+            for r in range(1, args.rounds + 1)
+            if paired.get(("static 1 KiB", r, name))
+        ]
+        listed = ", ".join(f"{value:.3f}" for value in ratios)
+        print(f"{name}: limit_req passing / no limit: rounds {listed}; "
+              f"median {statistics.median(ratios):.3f}x")  # fmt: skip
+    for load in LOADS:
         ratios = [
             paired[load, r, "gantry"] / paired[load, r, "nginx"]
             for r in range(1, args.rounds + 1)

@@ -15,10 +15,16 @@ from gantry.config.errors import error_lines
 from gantry.config.file import HTTPAddress
 from gantry.config.front_model import (
     AccessRule,
+    AutobanRule,
     CacheZone,
     FrontConfig,
     HealthCheck,
+    LimitConn,
+    LimitConnZone,
+    LimitReq,
+    LimitReqZone,
     Location,
+    SharedStore,
     Upstream,
     UpstreamServer,
     VirtualServer,
@@ -250,6 +256,14 @@ class LocationSettings(_Strict):
         description="Name of the cache zone (`[front.cache.NAME]`) proxied responses of this "
         "location are stored in and answered from; unset: not cached.",
     )
+    limit_req: list[LimitReqSettings] = Field(
+        default_factory=list,
+        description="Request-rate limits, all applied (nginx's limit_req); unset: the server's.",
+    )
+    limit_conn: list[LimitConnSettings] = Field(
+        default_factory=list,
+        description="Limits on requests in progress, all applied; unset: the server's.",
+    )
 
 
 #: what a stale entry may be served on (nginx's proxy_cache_use_stale)
@@ -347,6 +361,116 @@ class CacheSettings(_Strict):
     )
 
 
+class LimitReqSettings(_Strict):
+    """One request-rate limit of a location or server (nginx's limit_req)."""
+
+    zone: str = Field(description="Name of the `[front.limit_req_zone.NAME]` it counts in.")
+    burst: int = Field(0, ge=0, description="Requests beyond the rate held (delayed) or let "
+        "through (nodelay) before the rest are refused.")  # fmt: skip
+    nodelay: bool = Field(False, description="Let requests within the burst through at once.")
+    delay: int = Field(
+        0, ge=0, description="Requests of the burst let through at once; the rest of it is "
+        "delayed to the rate (nginx's delay=N)."
+    )  # fmt: skip
+    status: int = Field(503, ge=400, le=599, description="Status of a refused request (429...).")
+    dry_run: bool = Field(
+        False, description="Count and log as usual, but refuse and delay nothing."
+    )
+
+
+class LimitConnSettings(_Strict):
+    """One concurrency limit of a location or server (nginx's limit_conn)."""
+
+    zone: str = Field(description="Name of the `[front.limit_conn_zone.NAME]` it counts in.")
+    limit: int = Field(ge=1, description="Requests in progress per key at most.")
+    status: int = Field(503, ge=400, le=599, description="Status of a refused request (429...).")
+    dry_run: bool = Field(False, description="Count and log as usual, but refuse nothing.")
+
+
+_RATE = re.compile(r"^(\d+)r/([sm])$")
+
+
+def _rate(text: str) -> str:
+    match = _RATE.match(text.strip())
+    if match is None or int(match[1]) == 0:
+        raise ValueError(f"expected a rate such as '10r/s' or '600r/m', got {text!r}")
+    return text
+
+
+def _key(text: str) -> str:
+    if not text.strip():
+        raise ValueError("expected a key with nginx variables ('$binary_remote_addr'), got ''")
+    return text
+
+
+class LimitReqZoneSettings(_Strict):
+    """A request-rate zone (nginx's limit_req_zone): one leaky bucket per key, shared by
+    every worker of the front; when full, the least recently used keys go."""
+
+    key: Annotated[str, AfterValidator(_key)] = Field(
+        description="What requests are counted by, with nginx variables: $binary_remote_addr, "
+        "$remote_addr, $server_name, $host, $uri, $request_uri, $http_NAME, $cookie_NAME; "
+        "a request whose key is empty is not limited."
+    )
+    rate: Annotated[str, AfterValidator(_rate)] = Field(
+        description="Requests per second ('10r/s') or per minute ('600r/m')."
+    )
+    size: Size = Field(
+        1024 * 1024, ge=4096, description="Shared memory for the keys (64 bytes a key)."
+    )
+
+
+class LimitConnZoneSettings(_Strict):
+    """A concurrency zone (nginx's limit_conn_zone): requests in progress per key,
+    shared by every worker of the front."""
+
+    key: Annotated[str, AfterValidator(_key)] = Field(
+        description="What requests are counted by (nginx variables, as limit_req_zone)."
+    )
+    size: Size = Field(
+        1024 * 1024, ge=4096, description="Shared memory for the keys (64 bytes a key)."
+    )
+
+
+_WHEN = re.compile(r"^(limit_req|limit_conn|[1-5]\d\d|[1-5]xx)$")
+
+
+def _when(text: str) -> str:
+    if _WHEN.match(text) is None:
+        raise ValueError(
+            f"expected 'limit_req', 'limit_conn', a status ('401') or a class ('4xx'), got {text!r}"
+        )
+    return text
+
+
+class AutobanSettings(_Strict):
+    """A ban rule (fail2ban, built in): `count` events of one address within `within`
+    ban it for `ban_for`; banned addresses get 403 from every worker."""
+
+    when: Annotated[str, AfterValidator(_when)] = Field(
+        description="What is counted: 'limit_req' or 'limit_conn' refusals (dry runs too), "
+        "a response status ('401') or a class ('4xx')."
+    )
+    count: int = Field(ge=1, description="Events that trigger the ban.")
+    within: Duration = Field(gt=0, description="The window they are counted in.")
+    ban_for: Duration = Field(gt=0, description="How long the address is banned.")
+
+
+class SharedSettings(_Strict):
+    """State shared by several fronts (hosts) through Redis: limit_req counters (an atomic
+    GCRA script, one round trip a request) and bans."""
+
+    redis: str = Field(
+        pattern=r"^(redis|unix)://",
+        description="'redis://HOST:PORT/DB' or 'unix:///path/redis.sock?db=0'.",
+    )
+    fail: Literal["open", "closed"] = Field(
+        "open",
+        description="Redis unreachable: 'open' goes on with this front's own limits; "
+        "'closed' refuses the requests of limited locations.",
+    )
+
+
 class ServerSettings(_Strict):
     """A server block (virtual host), picked by the request's Host as nginx does: an exact
     name, then the longest '*.example.test', then the longest 'www.example.*', then the
@@ -368,6 +492,14 @@ class ServerSettings(_Strict):
     )
     location: list[LocationSettings] = Field(
         default_factory=list, description="The server's locations."
+    )
+    limit_req: list[LimitReqSettings] = Field(
+        default_factory=list,
+        description="Request-rate limits of the locations that have none of their own.",
+    )
+    limit_conn: list[LimitConnSettings] = Field(
+        default_factory=list,
+        description="Limits on requests in progress of the locations that have none.",
     )
 
 
@@ -420,6 +552,23 @@ class FrontSettings(_Strict):
         None,
         description="Unix socket (absolute path, mode 0600) the front's master answers "
         "`gantry ctl` on (purge, status); its folder must exist. Unset: none.",
+    )
+    limit_req_zone: dict[str, LimitReqZoneSettings] = Field(
+        default_factory=dict, description="Request-rate zones by name, for `limit_req`."
+    )
+    limit_conn_zone: dict[str, LimitConnZoneSettings] = Field(
+        default_factory=dict, description="Concurrency zones by name, for `limit_conn`."
+    )
+    autoban: list[AutobanSettings] = Field(
+        default_factory=list, description="Ban rules (`[[front.autoban]]`)."
+    )
+    ban_file: str | None = Field(
+        None,
+        description="File the bans are kept in (one JSON object a line), read at start so "
+        "they survive a restart; unset: bans last until the front stops.",
+    )
+    shared: SharedSettings | None = Field(
+        None, description="Limit counters and bans shared by several fronts through Redis."
     )
     # Client timeouts and the graceful stop (the front worker's own), as nginx names them.
     client_header_timeout: Duration = Field(
@@ -504,6 +653,8 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
                     script_name=loc.script_name,
                     request_buffering=loc.request_buffering,
                     cache=loc.cache,
+                    limit_req=_limit_req(settings, loc.limit_req, f"{where}.limit_req"),
+                    limit_conn=_limit_conn(settings, loc.limit_conn, f"{where}.limit_conn"),
                 )  # fmt: skip
             )
         servers.append(
@@ -512,6 +663,12 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
                 default=server.default,
                 locations=tuple(locations),
                 access=_rules(server.access, f"{source}: front.server[{i}].access"),
+                limit_req=_limit_req(
+                    settings, server.limit_req, f"{source}: front.server[{i}].limit_req"
+                ),
+                limit_conn=_limit_conn(
+                    settings, server.limit_conn, f"{source}: front.server[{i}].limit_conn"
+                ),
             )
         )
     upstreams = {
@@ -548,7 +705,51 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
         send_timeout=settings.send_timeout,
         graceful_timeout=settings.graceful_timeout,
         caches=caches, control=settings.control,
+        limit_req_zones={
+            name: LimitReqZone(name=name, key=zone.key, rate=_rate_per_second(zone.rate),
+                               size=zone.size)
+            for name, zone in settings.limit_req_zone.items()
+        },
+        limit_conn_zones={
+            name: LimitConnZone(name=name, key=zone.key, size=zone.size)
+            for name, zone in settings.limit_conn_zone.items()
+        },
+        autoban=tuple(AutobanRule(**rule.model_dump()) for rule in settings.autoban),
+        ban_file=settings.ban_file,
+        shared=SharedStore(**settings.shared.model_dump()) if settings.shared else None,
     )  # fmt: skip
+
+
+def _rate_per_second(text: str) -> float:
+    match = _RATE.match(text.strip())
+    assert match is not None  # validated
+    return int(match[1]) / (60.0 if match[2] == "m" else 1.0)
+
+
+def _limit_req(
+    settings: FrontSettings, limits: list[LimitReqSettings], where: str
+) -> tuple[LimitReq, ...]:
+    for n, limit in enumerate(limits):
+        if limit.zone not in settings.limit_req_zone:
+            known = ", ".join(settings.limit_req_zone) or "none"
+            raise ConfigError(
+                f"{where}[{n}].zone: no limit_req_zone named {limit.zone!r} (known: {known})"
+            )
+        if limit.delay and limit.nodelay:
+            raise ConfigError(f"{where}[{n}]: give delay or nodelay, not both")
+    return tuple(LimitReq(**limit.model_dump()) for limit in limits)
+
+
+def _limit_conn(
+    settings: FrontSettings, limits: list[LimitConnSettings], where: str
+) -> tuple[LimitConn, ...]:
+    for n, limit in enumerate(limits):
+        if limit.zone not in settings.limit_conn_zone:
+            known = ", ".join(settings.limit_conn_zone) or "none"
+            raise ConfigError(
+                f"{where}[{n}].zone: no limit_conn_zone named {limit.zone!r} (known: {known})"
+            )
+    return tuple(LimitConn(**limit.model_dump()) for limit in limits)
 
 
 def _zone(name: str, zone: CacheSettings) -> CacheZone:

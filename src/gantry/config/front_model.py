@@ -21,6 +21,72 @@ class AccessRule:
 
 
 @dataclass(frozen=True)
+class LimitReq:
+    """One ``limit_req`` of a location (or server): which zone, and how excess is treated.
+
+    ``burst`` and ``delay`` are in requests; ``nodelay`` means excess up to ``burst`` is
+    never delayed (nginx's ``nodelay``, the same as ``delay = burst``)."""
+
+    zone: str
+    burst: int = 0
+    nodelay: bool = False
+    delay: int = 0
+    status: int = 503
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class LimitConn:
+    """One ``limit_conn``: at most ``limit`` requests in progress per key of ``zone``."""
+
+    zone: str
+    limit: int
+    status: int = 503
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class LimitReqZone:
+    """``[front.limit_req_zone.NAME]``: a key, a rate in requests per second (a float:
+    "600r/m" is 10.0) and the zone's size in bytes (its number of keys follows)."""
+
+    name: str
+    key: str
+    rate: float
+    size: int = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LimitConnZone:
+    """``[front.limit_conn_zone.NAME]``: the key requests in progress are counted by."""
+
+    name: str
+    key: str
+    size: int = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class AutobanRule:
+    """``[[front.autoban]]``: ``count`` events of kind ``when`` ("limit_req",
+    "limit_conn", a status "401" or a class "4xx") from one address within ``within``
+    seconds ban it for ``ban_for`` seconds."""
+
+    when: str
+    count: int
+    within: float
+    ban_for: float
+
+
+@dataclass(frozen=True)
+class SharedStore:
+    """``[front.shared]``: limit counters and bans shared by fronts through Redis."""
+
+    redis: str
+    #: "open": Redis unreachable, local limits apply; "closed": limited requests refused
+    fail: str = "open"
+
+
+@dataclass(frozen=True)
 class Location:
     """A location block: how requests whose path matches are answered."""
 
@@ -47,6 +113,10 @@ class Location:
     request_buffering: bool = True
     #: the name of the cache zone proxied responses are stored in (None: not cached)
     cache: str | None = None
+    #: request-rate and concurrency limits (nginx's limit_req / limit_conn); empty:
+    #: the server's apply, as nginx inherits them only when a location has none
+    limit_req: tuple[LimitReq, ...] = ()
+    limit_conn: tuple[LimitConn, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -57,6 +127,8 @@ class VirtualServer:
     default: bool = False
     locations: tuple[Location, ...] = ()
     access: tuple[AccessRule, ...] = ()
+    limit_req: tuple[LimitReq, ...] = ()
+    limit_conn: tuple[LimitConn, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -156,3 +228,10 @@ class FrontConfig:
     caches: dict[str, CacheZone] = field(default_factory=dict)
     #: the control socket's path (``gantry ctl``), None: none
     control: str | None = None
+    #: limit zones by name, for the limit_req / limit_conn of servers and locations
+    limit_req_zones: dict[str, LimitReqZone] = field(default_factory=dict)
+    limit_conn_zones: dict[str, LimitConnZone] = field(default_factory=dict)
+    autoban: tuple[AutobanRule, ...] = ()
+    #: where bans are kept across restarts (JSON lines; None: in memory only)
+    ban_file: str | None = None
+    shared: SharedStore | None = None

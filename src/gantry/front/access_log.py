@@ -46,9 +46,12 @@ class AccessLog:
         sent: int,
         upstreams: list[tuple[str, float]] | None,
         elapsed: float,
+        limit_status: str = "",
     ) -> None:
         """One line: upstream_addr and upstream_response_time list each attempt of a
-        retried request (", " between them in the combined format; "-" for none)."""
+        retried request (", " between them in the combined format; "-" for none).
+        ``limit_status`` is nginx's $limit_req_status: the last field of a combined line
+        where a limit_req applied ("limit_req_status", null when none, in JSON)."""
         referer = agent = None
         line = "-"
         if head is not None:
@@ -72,6 +75,7 @@ class AccessLog:
                     "upstream_addr": [address for address, _ in attempts],
                     "upstream_response_time": [round(seconds, 3) for _, seconds in attempts],
                     "request_time": round(elapsed, 3),
+                    "limit_req_status": limit_status or None,
                 },
                 ensure_ascii=True,
             )
@@ -84,6 +88,8 @@ class AccessLog:
                 f'"{escape(referer or "-")}" "{escape(agent or "-")}" "{addresses}" "{times}" '
                 f"{elapsed:.3f}"
             )
+            if limit_status:
+                text += f' "{limit_status}"'
         self.stream.write(text + "\n")
         if self.path in _STREAMS:
             self.stream.flush()  # a pipe is block-buffered: a line must not wait

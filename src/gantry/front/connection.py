@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Final
 
 from gantry.config.front_model import Location, VirtualServer
@@ -80,6 +81,10 @@ class FrontConnection(asyncio.Protocol):
     _drained: asyncio.Future[None] | None = None
     #: a refusal owed once the requests before it are answered
     refusal = 0
+    #: the current request's $limit_req_status ("" : no limit_req applied)
+    limit_status = ""
+    #: what to call when the current request ends (limit_conn's counts)
+    releases: list[Callable[[], None]] | None = None
 
     def __init__(self, worker: FrontWorker) -> None:
         self.worker = worker
@@ -149,6 +154,8 @@ class FrontConnection(asyncio.Protocol):
         self._stop_sendfile()
         self._wake_drained()
         self.worker.connections.discard(self)
+        if self.releases is not None:
+            self._run_releases()
         relay = self.relay
         self.relay = None
         if relay is not None:
@@ -299,6 +306,8 @@ class FrontConnection(asyncio.Protocol):
         self.sent = 0
         if self.upstream_log:
             self.upstream_log = []
+        if self.limit_status:
+            self.limit_status = ""
         worker = self.worker
         host = _host(head)
         route = worker.routes.get((host, head.path))  # worker.route, inline for a hit
@@ -343,6 +352,22 @@ class FrontConnection(asyncio.Protocol):
         content_type, body = self.worker.error_pages.page(status)
         fields = [(b"Content-Type", content_type), (b"Content-Length", str(len(body)).encode())]
         self.respond(status, fields, b"" if self.head.method == "HEAD" else body)
+
+    def at_end(self, release: Callable[[], None]) -> None:
+        """Call ``release`` once when the current request ends (answered or the client
+        gone)."""
+        if self.releases is None:
+            self.releases = []
+        self.releases.append(release)
+
+    def _run_releases(self) -> None:
+        releases = self.releases
+        self.releases = None
+        for release in releases or ():
+            try:
+                release()
+            except Exception:  # a count left held must not cost the connection
+                log.exception("%s: releasing a limit failed", self.remote_addr)
 
     def send_file(
         self, status: int, fields: list[tuple[bytes, bytes]], fd: int, pieces: list[FilePiece]
@@ -584,7 +609,12 @@ class FrontConnection(asyncio.Protocol):
         return status_line(status, reason) + b"".join(lines)
 
     def _done(self) -> None:
-        counters = self.worker.counters
+        if self.releases is not None:
+            self._run_releases()
+        worker = self.worker
+        if worker.autoban is not None:
+            worker.autoban.response(self.remote_addr, self.status)
+        counters = worker.counters
         counters.requests += 1
         counters.tx += self.sent
         counters.status_counts[self.status // 100 if 100 <= self.status < 600 else 5] += 1
@@ -595,7 +625,7 @@ class FrontConnection(asyncio.Protocol):
             head = self.head if self.head is not _NO_REQUEST else None
             access_log.write(
                 self.remote_addr, head, self.status, self.sent, self.upstream_log,
-                now - self.started,
+                now - self.started, self.limit_status,
             )  # fmt: skip
         self.busy = False
         self.idle_since = now

@@ -6,6 +6,7 @@ another. Handlers see only this interface, never the transport under it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from gantry.config.front_model import Location, VirtualServer
@@ -110,6 +111,9 @@ class Exchange(ProxyClient, Protocol):
     #: the relay answering this request, if one does (told of back-pressure and of a
     #: client that went away)
     relay: Relay | None
+    #: nginx's $limit_req_status of this request: PASSED, DELAYED, REJECTED,
+    #: DELAYED_DRY_RUN, REJECTED_DRY_RUN ("" when no limit_req applied)
+    limit_status: str
 
     def respond(
         self, status: int, fields: list[tuple[bytes, bytes]], body: bytes, reason: bytes = b""
@@ -122,6 +126,9 @@ class Exchange(ProxyClient, Protocol):
 
     def error(self, status: int, close: bool = False) -> None:
         """An error response of the front's own (its error page), then close if ``close``."""
+
+    def at_end(self, release: Callable[[], None]) -> None:
+        """Call ``release`` once when this request ends: answered, or its client gone."""
 
     def send_file(
         self, status: int, fields: list[tuple[bytes, bytes]], fd: int, pieces: list[FilePiece]

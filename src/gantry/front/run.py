@@ -10,11 +10,13 @@ import signal
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from gantry.config import ListenAddress, parse_address
 from gantry.config.front_model import FrontConfig
 from gantry.front.connection import FrontConnection
+from gantry.front.limits.state import FrontLimits
 from gantry.front.worker import FrontWorker
 from gantry.process.master import Master, MasterSettings, WorkerExit
 from gantry.process.privileges import Identity, drop_privileges, resolve_identity
@@ -59,16 +61,18 @@ def _serve_worker(
     sockets: list[tuple[ListenAddress, socket.socket]],
     slot: SlotView | None,
     lone_reload: LoneReload | None = None,
+    defences: FrontLimits | None = None,
 ) -> int:
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
-    worker = FrontWorker(config, loop)
+    worker = FrontWorker(config, loop, defences)
     worker.slot = slot
     stop = asyncio.Event()
 
     async def main() -> None:
         worker.start_clock()
         worker.start_health_checks()
+        worker.start_shared()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             loop.add_signal_handler(signum, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, _reopen_logs, config, worker)
@@ -196,6 +200,9 @@ def run_front(
             lone_reload.exec_if_requested()
         return code
     table = WorkerTable(max(64, config.workers * 2 + 16))
+    # Limit zones and bans are made here, before any fork, so that every worker (and
+    # every worker of a reload) shares the same maps.
+    defences = FrontLimits(config) if FrontLimits.wanted(config) else None
     supervisor = Master(
         MasterSettings(
             workers=config.workers,
@@ -203,16 +210,25 @@ def run_front(
             name="gantry front",
             identity=identity,
         ),
-        lambda slot, generation: _serve_worker(config, sockets, slot),
+        lambda slot, generation: _serve_worker(config, sockets, slot, None, defences),
         table,
     )
     listen_names = [str(address) for address, _ in sockets]
+    status: Callable[[], dict[str, Any]] = supervisor.status
+    if defences is not None:
+        limits = defences
+
+        def status() -> dict[str, Any]:
+            # the master reads the zones' counters from shared memory: no worker is asked
+            return {**supervisor.status(), "limits": limits.stats()}
+
     if stats:
-        serve_stats(
-            supervisor.loop, table, stats, supervisor.started, listen_names, supervisor.status
-        )
+        serve_stats(supervisor.loop, table, stats, supervisor.started, listen_names, status)
     if metrics:
-        serve_metrics(supervisor.loop, table, metrics, supervisor.started, listen_names)
+        serve_metrics(
+            supervisor.loop, table, metrics, supervisor.started, listen_names,
+            defences.metrics if defences is not None else None,
+        )  # fmt: skip
     answering = None
     if control is not None:
         answering = _serve_control(config, supervisor, identity, *control)

@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Final, Protocol
 from gantry.config.front_model import FrontConfig, Location, VirtualServer
 from gantry.front.access_log import AccessLog
 from gantry.front.balancing import UpstreamPool
-from gantry.front.exchange import Handler
+from gantry.front.exchange import Exchange, Handler
 from gantry.front.files import StaticHandler
 from gantry.front.handlers import AccessHandler, ProxyHandler
 from gantry.front.keepalive import KeepAlivePool
+from gantry.front.limits.state import FrontLimits
 from gantry.front.responses import ErrorPages
 from gantry.front.routing import Router, normalize_path
 from gantry.http.head import HeadDefaults
@@ -22,6 +23,9 @@ from gantry.protocol.http1 import HTTPLimits
 
 if TYPE_CHECKING:
     from gantry.front.cache.handler import CacheHandler
+    from gantry.front.limits.autoban import Autoban
+    from gantry.front.limits.handler import LimitHandler
+    from gantry.front.limits.shared_redis import RedisShare
 
 __all__ = ["ClientConnection", "FrontWorker", "Route"]
 
@@ -51,7 +55,12 @@ class ClientConnection(Protocol):
 class FrontWorker:
     """What one front worker's connections share: routes, pools, caches, the clock."""
 
-    def __init__(self, config: FrontConfig, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        config: FrontConfig,
+        loop: asyncio.AbstractEventLoop,
+        defences: FrontLimits | None = None,
+    ) -> None:
         self.config = config
         self.loop = loop
         self.router = Router(config.servers)
@@ -81,10 +90,32 @@ class FrontWorker:
             self.cache = CacheHandler(
                 config.caches, config.upstreams, self.pools, self.keepalive, self.tasks
             )
-        #: every handler, in nginx's phase order (access, cache, then content); a route
-        #: runs those that apply to it (see chain_for)
+        #: limit zones, bans and autoban counts shared with the other workers (made by
+        #: the master before forking; by this worker when it is alone)
+        self.defences = defences
+        self.autoban: Autoban | None = None
+        self.limit_handler: LimitHandler | None = None
+        #: the link to the Redis of [front.shared] (made by start_shared)
+        self.redis: RedisShare | None = None
+        defence_handlers: tuple[Handler, ...] = ()
+        if defences is None and FrontLimits.wanted(config):
+            self.defences = defences = FrontLimits(config)
+        if defences is not None:
+            from gantry.front.limits.autoban import BanHandler
+            from gantry.front.limits.handler import LimitHandler
+
+            self.autoban = defences.autoban
+            if defences.bans is not None:
+                defence_handlers += (BanHandler(defences.bans),)
+            self.limit_handler = LimitHandler(
+                defences.zones, loop, self._rest_of_chain, defences.autoban
+            )
+            defence_handlers += (self.limit_handler,)
+        #: every handler, in nginx's phase order (access, bans, limits, cache, then
+        #: content); a route runs those that apply to it (see chain_for)
         self.handlers: tuple[Handler, ...] = (
             AccessHandler(),
+            *defence_handlers,
             *((self.cache,) if self.cache is not None else ()),
             ProxyHandler(config.upstreams, self.pools, self.keepalive, self.tasks),
             self.static,
@@ -137,6 +168,29 @@ class FrontWorker:
             self._chains[key] = chain  # bounded: one per location of the configuration
         return chain
 
+    def _rest_of_chain(self, handler: Handler, exchange: Exchange) -> tuple[Handler, ...]:
+        """The handlers after ``handler`` on ``exchange``'s route (after a delay)."""
+        chain = self.chain_for(exchange.server, exchange.location)
+        return chain[chain.index(handler) + 1 :] if handler in chain else ()
+
+    def start_shared(self) -> None:
+        """With [front.shared] redis: limit counters through it, bans to and from it."""
+        shared = self.config.shared
+        defences = self.defences
+        if shared is None or defences is None or defences.bans is None:
+            return
+        from gantry.front.limits.shared_redis import RedisShare
+
+        bans = defences.bans
+        self.redis = RedisShare(
+            shared, self.loop, lambda addr, until: bans.add(addr, int(until * 1000))
+        )
+        if self.limit_handler is not None:
+            self.limit_handler.shared = self.redis
+        if defences.banner is not None:
+            defences.banner.on_ban = self.redis.publish_ban
+        self.redis.start()
+
     def start_health_checks(self) -> None:
         """One prober task per upstream that asks for active health checks."""
         from gantry.front.health import run_health_checks
@@ -177,6 +231,8 @@ class FrontWorker:
             self._sweep.cancel()
         for task in list(self.tasks):
             task.cancel()
+        if self.redis is not None:
+            self.redis.close()
         self.keepalive.close()
         self.static.close()
         if self.cache is not None:

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from typing import Any
 
 from gantry import __version__
 from gantry.config import parse_address
@@ -50,7 +51,7 @@ def serve_stats(
     spec: str,
     started: float,
     listen: list[str],
-    status: Callable[[], dict[str, str]] | None = None,
+    status: Callable[[], dict[str, Any]] | None = None,
 ) -> AnswerServer:
     """uWSGI's stats server: each connection gets one JSON document, then the close.
     ``status()`` adds the master's own keys (e.g. ``reload_error``)."""
@@ -69,15 +70,22 @@ def serve_stats(
 
 
 def serve_metrics(
-    loop: ProcessLoop, table: WorkerTable, spec: str, started: float, listen: list[str]
+    loop: ProcessLoop,
+    table: WorkerTable,
+    spec: str,
+    started: float,
+    listen: list[str],
+    extra: Callable[[], str] | None = None,
 ) -> AnswerServer:
-    """Prometheus text exposition: any GET on the socket gets the current counters."""
+    """Prometheus text exposition: any GET on the socket gets the current counters
+    (and ``extra()``'s families, e.g. the front's limits)."""
     from gantry.stats.prometheus import render_metrics
     from gantry.stats.uwsgi_json import MasterInfo
 
     def render() -> bytes:
         info = MasterInfo(pid=os.getpid(), version=__version__, started=started, sockets=listen)
-        return render_metrics(table.snapshot(), info)
+        text = render_metrics(table.snapshot(), info)
+        return text + extra().encode() if extra is not None else text
 
     server = listen_and_answer(
         loop, spec, "--metrics", lambda request: http_text_answer(request, render), http=True

@@ -1,0 +1,245 @@
+"""The limit zones of a front: nginx's limit_req (a leaky bucket per key) and limit_conn
+(requests in progress per key), each over a :class:`SharedTable` every worker shares.
+
+The arithmetic is nginx's (ngx_http_limit_req_module.c): the rate and the excess are in
+thousandths of a request, time in milliseconds, so the counts come out as nginx's do.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import time
+from collections.abc import Mapping
+from typing import Final
+
+from gantry.config.front_model import LimitConnZone, LimitReqZone
+from gantry.front.balancing import hash_key
+from gantry.front.limits.table import VALUES, SharedTable, digest
+from gantry.protocol.http1 import RequestHead
+
+__all__ = ["LimitConnState", "LimitReqState", "LimitZones", "ZoneKey", "limit_key", "now_ms"]
+
+_VARIABLE: Final = re.compile(r"\$(\{[a-z0-9_]+\}|[a-z0-9_]+)")
+# lookup outcomes, as nginx's
+# the counters of a zone's table (stats)
+REJECTED: Final = 0
+DELAYED: Final = 1
+OK: Final = 0  # within the limit, counted
+AGAIN: Final = 1  # within the limit, to be counted once every limit passed
+BUSY: Final = 2  # over the limit
+
+
+def now_ms() -> int:
+    """The monotonic clock in milliseconds (the same in every process of the host)."""
+    return time.monotonic_ns() // 1_000_000
+
+
+def binary_address(remote_addr: str) -> str:
+    """nginx's $binary_remote_addr (4 or 16 bytes, as latin-1 text); empty for a client
+    without an IP address (a unix socket), whose requests are then not limited."""
+    try:
+        packed = ipaddress.ip_address(remote_addr).packed
+    except ValueError:
+        return ""
+    return packed.decode("latin-1")
+
+
+def limit_key(template: str, head: RequestHead, remote_addr: str, server_name: str) -> bytes:
+    """The key of a request in a zone: ``template``'s nginx variables replaced."""
+    if template == "$binary_remote_addr":  # the usual key: no substitution
+        return binary_address(remote_addr).encode("latin-1")
+    if template == "$remote_addr":
+        return remote_addr.encode("latin-1")
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1).strip("{}")
+        if name == "binary_remote_addr":
+            return binary_address(remote_addr)
+        if name == "server_name":
+            return server_name
+        return hash_key("$" + name, head, remote_addr)
+
+    return _VARIABLE.sub(value, template).encode("latin-1", "replace")
+
+
+#: addresses whose key digest a zone remembers (cleared when full)
+ADDRESS_CACHE: Final = 4096
+
+
+class ZoneKey:
+    """A zone's key template, evaluated and digested per request; a key that is the
+    client's address alone is digested once per address (a per-worker memo)."""
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        self.by_address = template in ("$binary_remote_addr", "$remote_addr")
+        self._memo: dict[str, bytes] = {}
+
+    def digest_of(self, head: RequestHead, remote_addr: str, server_name: str) -> bytes:
+        """The digest of a request's key; b"" for an empty key (not limited)."""
+        if self.by_address:
+            hashed = self._memo.get(remote_addr)
+            if hashed is not None:
+                return hashed
+        key = limit_key(self.template, head, remote_addr, server_name)
+        hashed = digest(key) if key else b""
+        if self.by_address:
+            if len(self._memo) >= ADDRESS_CACHE:
+                self._memo.clear()
+            self._memo[remote_addr] = hashed
+        return hashed
+
+
+class LimitReqState:
+    """One limit_req zone: a leaky bucket per key (entry values: excess in thousandths
+    of a request, the last time it was counted in ms)."""
+
+    def __init__(self, zone: LimitReqZone, table: SharedTable) -> None:
+        self.name = zone.name
+        self.key = ZoneKey(zone.key)
+        #: thousandths of a request per second, as nginx keeps it
+        self.rate = max(1, int(zone.rate * 1000))
+        self.table = table
+
+    def lookup(self, hashed: bytes, burst: int, now: int, account: bool) -> tuple[int, int]:
+        """nginx's ngx_http_limit_req_lookup for the key digest ``hashed``: (OK, AGAIN or
+        BUSY, the excess). ``burst`` in thousandths; ``account``: store the new excess now
+        (the last limit)."""
+        table = self.table
+        table.lock()
+        try:
+            slot = table.find(hashed)
+            if slot < 0:
+                table.insert(hashed, 0, now, 0)
+                return (OK if account else AGAIN), 0
+            at = table.offset(slot)
+            excess, last, _ = VALUES.unpack_from(table.map, at)
+            # _leak, inline (this is every limited request's path)
+            ms = now - last
+            if ms < 0:
+                ms = 1 if ms < -60000 else 0  # the clock went back (a lot: as 1 ms)
+            # nginx adds this request before clamping: a key idle for 1/rate is at zero
+            excess = excess - self.rate * ms // 1000 + 1000
+            if excess < 0:
+                excess = 0
+            if excess > burst:
+                table.bump(REJECTED)
+                return BUSY, excess
+            if account:
+                VALUES.pack_into(table.map, at, excess, now if ms else last, 0)
+                return OK, excess
+            return AGAIN, excess
+        finally:
+            table.unlock()
+
+    def delayed(self) -> None:
+        """Count a delayed request (stats)."""
+        self.count(DELAYED)
+
+    def count(self, counter: int) -> None:
+        """Add one to the zone's counter ``counter`` (REJECTED, DELAYED)."""
+        self.table.lock()
+        try:
+            self.table.bump(counter)
+        finally:
+            self.table.unlock()
+
+    def account(self, hashed: bytes, now: int) -> int:
+        """Count a request that every later limit let through (nginx's account step for
+        the limits before the last): the stored excess after it."""
+        table = self.table
+        table.lock()
+        try:
+            slot = table.find(hashed)
+            if slot < 0:
+                table.insert(hashed, 0, now, 0)
+                return 0
+            excess, last, _ = table.values(slot)
+            excess = _leak(excess, last, now, self.rate)
+            table.store(slot, excess, now, 0)
+            return excess
+        finally:
+            table.unlock()
+
+
+def _leak(excess: int, last: int, now: int, rate: int) -> int:
+    """``excess`` after leaking at ``rate`` since ``last``, plus this request (as nginx:
+    the request is added before the result is clamped at zero)."""
+    ms = now - last
+    if ms < -60000:
+        ms = 1  # the clock went back a lot: as nginx, as if 1 ms passed
+    elif ms < 0:
+        ms = 0
+    excess = excess - rate * ms // 1000 + 1000
+    return excess if excess > 0 else 0
+
+
+class LimitConnState:
+    """One limit_conn zone: requests in progress per key (entry value a)."""
+
+    def __init__(self, zone: LimitConnZone, table: SharedTable) -> None:
+        self.name = zone.name
+        self.key = ZoneKey(zone.key)
+        self.table = table
+
+    def acquire(self, hashed: bytes, limit: int) -> bool:
+        """Count one more request for the key digest ``hashed`` if fewer than ``limit``
+        are in progress."""
+        table = self.table
+        table.lock()
+        try:
+            slot = table.find(hashed)
+            if slot < 0:
+                table.insert(hashed, 1, 0, 0)
+                return True
+            count, b, c = table.values(slot)
+            if count >= limit:
+                table.bump(REJECTED)
+                return False
+            table.store(slot, count + 1, b, c)
+            return True
+        finally:
+            table.unlock()
+
+    def release(self, hashed: bytes) -> None:
+        """A request counted by ``acquire`` ended; a key with none left goes."""
+        table = self.table
+        table.lock()
+        try:
+            slot = table.find(hashed)
+            if slot < 0:
+                return  # evicted meanwhile (a full zone)
+            count, b, c = table.values(slot)
+            if count <= 1:
+                table.remove(slot)
+            else:
+                table.store(slot, count - 1, b, c)
+        finally:
+            table.unlock()
+
+
+class LimitZones:
+    """Every limit zone of a front's configuration, made once (by the master, before
+    the workers fork) so all workers share them."""
+
+    def __init__(
+        self,
+        req_zones: Mapping[str, LimitReqZone],
+        conn_zones: Mapping[str, LimitConnZone],
+    ) -> None:
+        self.req = {
+            name: LimitReqState(zone, SharedTable.for_size(zone.size))
+            for name, zone in req_zones.items()
+        }
+        self.conn = {
+            name: LimitConnState(zone, SharedTable.for_size(zone.size))
+            for name, zone in conn_zones.items()
+        }
+
+    def close(self) -> None:
+        """Unmap every zone."""
+        for req in self.req.values():
+            req.table.close()
+        for conn in self.conn.values():
+            conn.table.close()

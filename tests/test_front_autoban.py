@@ -1,0 +1,97 @@
+"""``[[front.autoban]]`` (issue 16) on real 2-worker `gantry front` processes: events
+counted across workers, a ban refused with 403 in every worker, logged with its rule,
+kept in the ban file across a restart, and lifted when ban_for has passed."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from tests.process import Front, Launcher, try_get, wait_for
+from tests.support_limits import burst, spread_connections
+
+CONFIG = """
+[front]
+listen = ["127.0.0.1:FRONT_PORT"]
+workers = 2
+ban_file = "{bans}"
+
+[front.limit_req_zone.perip]
+key = "$binary_remote_addr"
+rate = "1r/m"
+
+[[front.autoban]]
+when = "{when}"
+count = {count}
+within = "1m"
+ban_for = "{ban_for}"
+
+[[front.server]]
+[[front.server.location]]
+path = "/"
+root = "{root}"
+limit_req = [{{ zone = "perip" }}]
+
+[[front.server.location]]
+path = "/free/"
+root = "{root}"
+"""
+
+
+def _front(
+    launch: Launcher, ban_for: str, when: str = "limit_req", count: int = 20, name: str = "front"
+) -> tuple[Front, Path]:
+    root = launch.workdir / "root"
+    if not root.exists():
+        (root / "free").mkdir(parents=True)
+        (root / "a").write_text("a")
+        (root / "free" / "w").write_text("warm")
+    bans = launch.workdir / "bans.jsonl"
+    config = CONFIG.format(bans=bans, root=root, when=when, count=count, ban_for=ban_for)
+    return launch.front(config, name=name), bans
+
+
+def _ban_by_limit_req(front: Front) -> None:
+    assert try_get(front.port, "/a")[0] == 200  # the one request a minute
+    conns = spread_connections(front.port, front.pid, 10, "/free/w")  # both workers count
+    statuses = burst(front.port, 20, "/a", conns=conns).statuses
+    assert statuses == [503] * 20, statuses
+
+
+def test_twenty_refusals_ban_until_ban_for_passes(launch: Launcher) -> None:
+    front, bans = _front(launch, "3s")
+    assert try_get(front.port, "/free/w")[0] == 200
+    _ban_by_limit_req(front)
+    banned_at = time.monotonic()
+    assert wait_for(lambda: try_get(front.port, "/free/w")[0] == 403, 2)
+    # refused by both workers: connections each of them holds
+    conns = spread_connections(front.port, front.pid, 5, "/free/w")
+    assert burst(front.port, 10, "/free/w", conns=conns).statuses == [403] * 10
+    assert "banned 127.0.0.1 for 3s: autoban rule 1 (when 'limit_req': 20 within 60s)" in (
+        front.log_text()
+    )
+    entry = json.loads(bans.read_text().splitlines()[-1])
+    assert entry["addr"] == "127.0.0.1" and entry["until"] > time.time()
+    assert wait_for(lambda: try_get(front.port, "/free/w")[0] == 200, 10)
+    assert time.monotonic() - banned_at >= 2.5
+
+
+def test_a_ban_survives_a_restart(launch: Launcher) -> None:
+    front, bans = _front(launch, "1h")
+    _ban_by_limit_req(front)
+    assert wait_for(lambda: try_get(front.port, "/free/w")[0] == 403, 2)
+    front.stop()
+    again, _ = _front(launch, "1h", name="again")
+    assert try_get(again.port, "/free/w")[0] == 403
+    assert "1 bans still running" in again.log_text()
+
+
+def test_status_rule(launch: Launcher) -> None:
+    front, _ = _front(launch, "1h", when="4xx", count=5)
+    for _ in range(4):
+        assert try_get(front.port, "/free/missing")[0] == 404
+    assert try_get(front.port, "/free/w")[0] == 200
+    assert try_get(front.port, "/free/missing")[0] == 404  # the fifth 4xx
+    assert wait_for(lambda: try_get(front.port, "/free/w")[0] == 403, 2)
+    assert "autoban rule 1 (when '4xx': 5 within 60s)" in front.log_text()

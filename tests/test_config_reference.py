@@ -8,10 +8,12 @@ from pathlib import Path
 
 from gantry.config.file import LimitsSettings, ServeSettings
 from gantry.config.front import (
+    BlocklistSettings,
     CacheSettings,
     FrontSettings,
     HealthCheckSettings,
     LocationSettings,
+    RealIpSettings,
     ServerSettings,
     UpstreamServerSettings,
     UpstreamSettings,
@@ -32,6 +34,8 @@ TABLES = {
     "[[front.upstream.NAME.servers]]": UpstreamServerSettings,
     "[front.upstream.NAME.health_check]": HealthCheckSettings,
     "[front.cache.NAME]": CacheSettings,
+    "[front.real_ip]": RealIpSettings,
+    "[front.blocklist]": BlocklistSettings,
     "[[app]]": AppSettings,
     "[serve]": ServeSettings,
     "[serve.limits]": LimitsSettings,
@@ -77,7 +81,8 @@ def test_every_key_of_every_table_is_listed_in_its_section() -> None:
     texts = _section_texts(render_reference())
     assert set(texts) == set(TABLES)
     for header, model in TABLES.items():
-        for key in model.model_fields:
+        for key, field in model.model_fields.items():
+            key = field.alias or key  # RealIpSettings.from_ is the key "from"
             if model is AppSettings and key == "app":
                 continue  # refused in [[app]]: `module` names the application
             assert f"`{key}`" in texts[header], f"{header}: key {key!r} missing"

@@ -24,7 +24,7 @@ from gantry.config.file import (
     to_serve_config,
 )
 from gantry.config.front import FrontSettings, ServerSettings, front_config_from_dict
-from gantry.config.front_model import FrontConfig
+from gantry.config.front_model import FrontConfig, split_listen
 from gantry.config.units import Duration
 
 __all__ = ["AppSettings", "StackPlan", "StackSettings", "StackTable", "demo_plan", "load_stack"]
@@ -178,7 +178,7 @@ class StackPlan:
         supervisor binds them all and hands them down, so they outlive the part."""
         if kind == "front":
             where = f"{self.source}: front.listen"
-            return [(parse_address(spec, "http", where), None, 2048)
+            return [(parse_address(split_listen(spec)[0], "http", where), None, 2048)
                     for spec in self.settings.front.listen]  # fmt: skip
         config = self.pool_config(name)
         own = self.pool_socket(name)
@@ -192,7 +192,7 @@ class StackPlan:
 
     def front_table(self) -> dict[str, Any]:
         """The [front] table with an upstream for each pool."""
-        table = self.settings.front.model_dump(mode="json")
+        table = self.settings.front.model_dump(mode="json", by_alias=True)
         if table["access_log"] is None:
             table["access_log"] = "stderr"  # the stack's log shows what it serves
         for app in self.settings.app:
@@ -233,7 +233,7 @@ class StackPlan:
             "source": self.source,
             "runtime_dir": self.runtime_dir,
             "settings": self.settings.model_dump(
-                mode="json", exclude={"app": {"__all__": {"app"}}}
+                mode="json", by_alias=True, exclude={"app": {"__all__": {"app"}}}
             ),
             "generations": self.generations,
         }

@@ -1,0 +1,85 @@
+"""The client's real address behind trusted proxies (nginx's realip module).
+
+Trust is decided once per connection, on the peer's address (or "unix:" for a unix
+socket); a request from a trusted peer has its address read from X-Forwarded-For or
+X-Real-IP by the first handler of the chain, and everything after it (access rules,
+blocklist, limits, the access log, the upstream's X-Forwarded-For and REMOTE_ADDR) sees
+that address as the exchange's ``remote_addr``. The PROXY protocol's address is taken
+by the connection itself, before any request.
+"""
+
+from __future__ import annotations
+
+from gantry.config.front_model import Location, RealIp, VirtualServer
+from gantry.front.addresses import AddressSet, address_key, canonical_address, network_key
+from gantry.front.exchange import BodyStream, Exchange, Handler
+from gantry.http.body import BodyBuffer
+
+__all__ = ["RealAddressHandler", "TrustedPeers", "forwarded_address"]
+
+
+class TrustedPeers:
+    """Who may tell the client's address: [front.real_ip] from."""
+
+    __slots__ = ("networks", "unix")
+
+    def __init__(self, config: RealIp) -> None:
+        entries = []
+        for network in config.trusted:
+            key = network_key(str(network))
+            if key is not None:
+                entries.append((key, str(network)))
+        self.networks = AddressSet(entries)
+        self.unix = config.trust_unix
+
+    def trusts(self, peer: str) -> bool:
+        """Whether the peer at ``peer`` (an address, or "" for a unix socket) is trusted."""
+        if not peer:
+            return self.unix
+        return peer in self.networks
+
+
+def forwarded_address(values: list[bytes], peer: str, trusted: AddressSet, recursive: bool) -> str:
+    """The client's address from a field's values (in order of arrival), as nginx reads
+    it: the last address; with ``recursive``, the last one not ``trusted``, reading from the
+    right (the leftmost when all are). A malformed element stops the reading there: what
+    was found before it stands (``peer`` when nothing was)."""
+    found = peer
+    for value in reversed(values):
+        for item in reversed(value.split(b",")):
+            text = item.strip().decode("latin-1")
+            if not text:
+                continue
+            if address_key(text) is None:
+                return found
+            found = canonical_address(text)
+            if not recursive or found not in trusted:
+                return found
+    return found
+
+
+class RealAddressHandler(Handler):
+    """First in the chain: a trusted peer's request gets its client's address from
+    X-Forwarded-For or X-Real-IP (as nginx's real_ip_header)."""
+
+    def __init__(self, config: RealIp, peers: TrustedPeers) -> None:
+        self.field = config.header.lower().encode()
+        self.trusted = peers.networks
+        self.recursive = config.recursive
+
+    def applies(self, server: VirtualServer, location: Location | None) -> bool:
+        return True
+
+    def handle(self, exchange: Exchange, body: BodyBuffer | BodyStream | None) -> bool:
+        if not exchange.peer_trusted:
+            return False
+        field = self.field
+        values = [value for name, value in exchange.head.headers if name.lower() == field]
+        address = (
+            forwarded_address(values, exchange.peer_addr, self.trusted, self.recursive)
+            if values
+            else exchange.peer_addr
+        )
+        if address != exchange.remote_addr:
+            exchange.remote_addr = address
+        return False

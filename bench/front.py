@@ -9,11 +9,16 @@ Three measurements, each printed as req/s (or MB) and a ratio to nginx:
 
 Run: `python bench/front.py [--duration 10] [--rounds 2]` (after `python bench/run.py`
 has created .venv-bench with uWSGI).
+
+`python bench/front.py --blocklist` measures the blocklist instead (no uWSGI needed):
+requests it refuses (403) against nginx's `deny` (both behind realip, the client named by
+X-Forwarded-For), and a static file through a 100,000-entry blocklist against an empty one.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import shutil
 import socket
@@ -50,11 +55,12 @@ LOADS = {
 IDLE_CONNECTIONS = 10_000
 
 
-def wrk(port: int, path: str, duration: int, cpu: int) -> WrkResult:
-    """wrk -t1 -c50 pinned to ``cpu`` against ``path``."""
+def wrk(port: int, path: str, duration: int, cpu: int, client: str = "") -> WrkResult:
+    """wrk -t1 -c50 pinned to ``cpu`` against ``path`` (as ``client``, by X-Forwarded-For)."""
+    header = ["-H", f"X-Forwarded-For: {client}"] if client else []
     command = [
         "taskset", "-c", str(cpu), "wrk", "-t1", "-c50", f"-d{duration}s", "--latency",
-        f"http://127.0.0.1:{port}{path}",
+        *header, f"http://127.0.0.1:{port}{path}",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 30)
     return parse_wrk(done.stdout)
@@ -164,13 +170,147 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+#: the client the blocklist refuses, and one it lets through
+BLOCKED_CLIENT = "192.0.2.1"
+PASSING_CLIENT = "198.51.100.1"
+BLOCKLIST_SIZE = 100_000
+
+
+def blocklist_entries(count: int) -> str:
+    """``count`` distinct entries (IPv4 hosts, /24s, IPv6 /64s), none holding
+    PASSING_CLIENT, then BLOCKED_CLIENT."""
+    lines = []
+    for n in range(count - 1):
+        if n % 20 == 0:
+            lines.append(f"2001:db8:{n >> 16:x}:{n & 0xFFFF:x}::/64")
+        elif n % 20 == 1:
+            lines.append(f"10.{(n >> 8) & 255}.{n & 255}.0/24")
+        else:
+            lines.append(f"172.{16 + (n >> 16) % 16}.{(n >> 8) & 255}.{n & 255}")
+    lines.append(BLOCKED_CLIENT)
+    return "# bench entries\n" + "\n".join(lines) + "\n"
+
+
+def blocklist_confs(work: Path, site: Path, ports: dict[str, int]) -> dict[str, list[str]]:
+    """The commands of nginx (realip + deny) and of two gantry fronts (real_ip + a blocklist
+    of BLOCKLIST_SIZE entries, or an empty one), each serving ``site``."""
+    for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (work / name).mkdir(exist_ok=True)
+    nginx = work / "nginx-deny.conf"
+    nginx.write_text(
+        f"""
+daemon off; master_process on; worker_processes 1; user root;
+error_log {work}/nginx-error.log warn; pid {work}/nginx.pid;
+events {{ worker_connections 16384; }}
+http {{
+  access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000;
+  client_body_temp_path {work}/body; proxy_temp_path {work}/proxy;
+  fastcgi_temp_path {work}/fastcgi; uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
+  include /etc/nginx/mime.types;
+  set_real_ip_from 127.0.0.1; real_ip_header X-Forwarded-For;
+  server {{
+    listen 127.0.0.1:{ports["nginx"]};
+    deny {BLOCKED_CLIENT};
+    location /static/ {{ root {site}; }}
+  }}
+}}
+"""
+    )
+    (work / "blocked-full.txt").write_text(blocklist_entries(BLOCKLIST_SIZE))
+    (work / "blocked-empty.txt").write_text("# nothing\n")
+    commands = {"nginx": [shutil.which("nginx") or "/usr/sbin/nginx", "-p", str(work), "-c",
+                          str(nginx)]}  # fmt: skip
+    for name, listed in (
+        ("gantry-100k", "blocked-full.txt"),
+        ("gantry-empty", "blocked-empty.txt"),
+    ):
+        conf = work / f"{name}.toml"
+        conf.write_text(
+            f"""
+[front]
+listen = ["127.0.0.1:{ports[name]}"]
+workers = 1
+keepalive_requests = 100000
+[front.real_ip]
+from = ["127.0.0.1"]
+[front.blocklist]
+files = ["{work / listed}"]
+[[front.server]]
+[[front.server.location]]
+path = "/static/"
+root = "{site}"
+"""
+        )
+        commands[name] = [sys.executable, "-m", "gantry", "front", "-c", str(conf)]
+    return commands
+
+
+def blocklist_bench(args: argparse.Namespace) -> int:
+    """Refused requests (403) against nginx's deny; a 100,000-entry blocklist against an
+    empty one; paired rounds, the first front alternating."""
+    # this tree's gantry, whatever .venv-bench holds
+    src = str(REPO_ROOT / "src")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
+    loads = {
+        "refused 403": (("nginx", "gantry-100k"), BLOCKED_CLIENT),
+        "static 1 KiB": (("gantry-empty", "gantry-100k", "nginx"), PASSING_CLIENT),
+    }
+    paired: dict[tuple[str, int, str], float] = {}
+    with tempfile.TemporaryDirectory(prefix="gblock-") as tmp:
+        work = Path(tmp)
+        site = work / "site"
+        (site / "static").mkdir(parents=True)
+        (site / "static" / "one.bin").write_bytes(STATIC)
+        ports = {name: free_port() for name in ("nginx", "gantry-100k", "gantry-empty")}
+        commands = blocklist_confs(work, site, ports)
+        for round_no in range(1, args.rounds + 1):
+            servers = {}
+            try:
+                for name, command in commands.items():
+                    servers[name] = ServerProcess(command, 0, work / f"{name}.log")
+                    servers[name].start()
+                    wait_port(ports[name])
+                for load, (names, client) in loads.items():
+                    order = names if round_no % 2 else tuple(reversed(names))
+                    for name in order:
+                        wrk(ports[name], "/static/one.bin", 2, 1, client)
+                        result = wrk(ports[name], "/static/one.bin", args.duration, 1, client)
+                        print(f"  round {round_no} {name:12} {load:13} {result.rps:9.0f} req/s"
+                              f" (non-2xx {result.non_2xx})", flush=True)  # fmt: skip
+                        paired[load, round_no, name] = result.rps
+            finally:
+                for server in servers.values():
+                    server.stop()
+    rounds = range(1, args.rounds + 1)
+    figures: dict[str, Any] = {}
+    for load, a, b in (
+        ("refused 403", "gantry-100k", "nginx"),
+        ("static 1 KiB", "gantry-100k", "gantry-empty"),
+        ("static 1 KiB", "gantry-empty", "nginx"),
+    ):
+        ratios = [paired[load, r, a] / paired[load, r, b] for r in rounds if paired[load, r, b]]
+        listed = ", ".join(f"{value:.2f}" for value in ratios)
+        print(f"{load}: {a} / {b}: paired rounds {listed}; median "
+              f"{statistics.median(ratios):.2f}x")  # fmt: skip
+        figures[f"{load}: {a} / {b}"] = statistics.median(ratios)
+    write_report(args.json, {"bench": "front-blocklist", "machine": machine_info(),
+                             "ratios": figures, "rps": {" ".join(map(str, k)): v
+                                                        for k, v in paired.items()}})  # fmt: skip
+    return 0
+
+
 def main() -> int:
     """Run both fronts on both loads, interleaved, and print the ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    parser.add_argument(
+        "--blocklist", action="store_true", help="measure the blocklist (see the docstring)"
+    )
     args = parser.parse_args()
+    if args.blocklist:
+        return blocklist_bench(args)
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(VENV_BIN / "uwsgi").exists():
         print("run `python bench/run.py` first: it builds .venv-bench with uWSGI", file=sys.stderr)

@@ -30,6 +30,7 @@ from typing import Final
 from gantry.config.front_model import Blocklist, Location, VirtualServer
 from gantry.front.addresses import AddressSet, network_key
 from gantry.front.exchange import BodyStream, Exchange, Handler
+from gantry.front.responses import status_line
 from gantry.http.body import BodyBuffer
 
 __all__ = ["Ban", "BanStore", "BlocklistHandler", "WatchedBlocklist", "read_list"]
@@ -38,6 +39,11 @@ log: Final = logging.getLogger("gantry.front")
 
 #: seconds between two looks at the files (a change applies within a second)
 POLL_EVERY: Final = 0.25
+
+#: addresses remembered with their verdict, per worker (cleared when full or rebuilt)
+VERDICT_CACHE: Final = 65536
+#: a verdict not yet looked up
+_UNKNOWN: Final = "\0"
 
 _Key = tuple[int, int, int]
 
@@ -210,6 +216,8 @@ class WatchedBlocklist:
         self.status = config.status
         self.store = BanStore(config.state) if config.state else None
         self.set = AddressSet()
+        #: address -> the entry holding it (None: none), for the current set (bounded)
+        self.verdicts: dict[str, str | None] = {}
         #: refused requests by entry (as written), in this worker
         self.hits: dict[str, int] = {}
         self._hits_reported = 0
@@ -259,10 +267,17 @@ class WatchedBlocklist:
                 entries.append((key, ban.target))
         self._next_expiry = min((ban.until for ban in active), default=math.inf)
         self.set = AddressSet(entries)
+        self.verdicts = {}
 
     def refused(self, address: str) -> bool:
         """Whether ``address`` is blocked (and if so, the hit is counted)."""
-        entry = self.set.find(address)
+        verdicts = self.verdicts
+        entry = verdicts.get(address, _UNKNOWN)
+        if entry is _UNKNOWN:
+            entry = self.set.find(address)
+            if len(verdicts) >= VERDICT_CACHE:
+                verdicts.clear()
+            verdicts[address] = entry
         if entry is None:
             return False
         self.hits[entry] = self.hits.get(entry, 0) + 1
@@ -283,8 +298,17 @@ class WatchedBlocklist:
 class BlocklistHandler(Handler):
     """First after the real address: a blocked client gets 403, or no answer (444)."""
 
-    def __init__(self, blocklist: WatchedBlocklist) -> None:
+    def __init__(self, blocklist: WatchedBlocklist, page: tuple[bytes, bytes]) -> None:
         self.blocklist = blocklist
+        # the refusal's status line and fields, made once: a flood of refused requests
+        # is the case to be cheap in
+        content_type, body = page
+        self.head = (
+            status_line(403)
+            + b"Content-Type: " + content_type + b"\r\n"
+            + b"Content-Length: " + str(len(body)).encode() + b"\r\n"
+        )  # fmt: skip
+        self.body = body
 
     def applies(self, server: VirtualServer, location: Location | None) -> bool:
         return True
@@ -296,5 +320,6 @@ class BlocklistHandler(Handler):
         if blocklist.status == 444:
             exchange.drop()
         else:
-            exchange.error(403)
+            page = b"" if exchange.head.method == "HEAD" else self.body
+            exchange.respond_prepared(403, self.head, page)
         return True

@@ -10,12 +10,17 @@ by the connection itself, before any request.
 
 from __future__ import annotations
 
+from typing import Final
+
 from gantry.config.front_model import Location, RealIp, VirtualServer
 from gantry.front.addresses import AddressSet, address_key, canonical_address, network_key
 from gantry.front.exchange import BodyStream, Exchange, Handler
 from gantry.http.body import BodyBuffer
 
 __all__ = ["RealAddressHandler", "TrustedPeers", "forwarded_address"]
+
+#: header values remembered with the address they give
+FOUND_CACHE: Final = 4096
 
 
 class TrustedPeers:
@@ -66,6 +71,9 @@ class RealAddressHandler(Handler):
         self.field = config.header.lower().encode()
         self.trusted = peers.networks
         self.recursive = config.recursive
+        #: (peer, the field's one value) -> address: a proxy's connection carries the same
+        #: few values again and again (bounded: cleared when full)
+        self.found: dict[tuple[str, bytes], str] = {}
 
     def applies(self, server: VirtualServer, location: Location | None) -> bool:
         return True
@@ -75,11 +83,20 @@ class RealAddressHandler(Handler):
             return False
         field = self.field
         values = [value for name, value in exchange.head.headers if name.lower() == field]
-        address = (
-            forwarded_address(values, exchange.peer_addr, self.trusted, self.recursive)
-            if values
-            else exchange.peer_addr
-        )
+        peer = exchange.peer_addr
+        if not values:
+            address = peer
+        elif len(values) == 1:
+            key = (peer, values[0])
+            found = self.found.get(key)
+            if found is None:
+                found = forwarded_address(values, peer, self.trusted, self.recursive)
+                if len(self.found) >= FOUND_CACHE:
+                    self.found.clear()
+                self.found[key] = found
+            address = found
+        else:
+            address = forwarded_address(values, peer, self.trusted, self.recursive)
         if address != exchange.remote_addr:
             exchange.remote_addr = address
         return False

@@ -97,7 +97,7 @@ class FrontWorker:
         blocklist = config.blocklist
         self.blocklist = WatchedBlocklist(blocklist) if blocklist.files or blocklist.state else None
         if self.blocklist is not None:
-            first.append(BlocklistHandler(self.blocklist))
+            first.append(BlocklistHandler(self.blocklist, self.error_pages.page(403)))
         self._blocklist_poll: asyncio.TimerHandle | None = None
         # Slow and greedy clients.
         self.header_min_rate = config.client_header_min_rate

@@ -210,3 +210,34 @@ def test_config_errors_name_the_key() -> None:
     for table, key in cases:
         with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
             front_config_from_dict(table, "g.toml")
+
+
+def test_a_dual_stack_listener_names_ipv4_clients_as_ipv4(
+    launch: Launcher, short_tmp: Path
+) -> None:
+    """On "[::]:PORT" an IPv4 client's peer name is "::ffff:127.0.0.1": it is trusted as
+    127.0.0.1, and without a forwarded address the app sees 127.0.0.1."""
+    app_sock = short_tmp / "app.sock"
+    launch.serve(
+        "tests.apps_contract:app", "--uwsgi-socket", str(app_sock), wait_for=str(app_sock)
+    )
+    front = launch.front(
+        f"""
+[front]
+listen = ["[::]:FRONT_PORT"]
+[front.real_ip]
+from = ["127.0.0.1"]
+[[front.server]]
+[[front.server.location]]
+path = "/"
+proxy = "app"
+[front.upstream.app]
+protocol = "uwsgi"
+servers = [{{ address = "unix:{app_sock}" }}]
+"""
+    )
+    for forwarded, expected in ((None, "127.0.0.1"), ("203.0.113.3", "203.0.113.3")):
+        with socket.create_connection(("127.0.0.1", front.port), timeout=10) as sock:
+            status, body = _get(sock, "/environ", forwarded)
+        assert status == 200
+        assert json.loads(body)["REMOTE_ADDR"] == expected

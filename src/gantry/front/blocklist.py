@@ -221,6 +221,7 @@ class WatchedBlocklist:
         #: refused requests by entry (as written), in this worker
         self.hits: dict[str, int] = {}
         self._hits_reported = 0
+        self._hits_writable = True
         self._hits_total = 0
         self._seen: dict[str, tuple[int, int, int, int] | None] = {}
         self._entries: dict[str, list[tuple[_Key, str]]] = {}
@@ -286,13 +287,15 @@ class WatchedBlocklist:
 
     def report(self, worker: str) -> None:
         """Write this worker's hit counts for BanStore.hits, when they changed."""
-        if self.store is None or self._hits_total == self._hits_reported:
+        if self.store is None or not self._hits_writable or self._hits_total == self._hits_reported:
             return
         self._hits_reported = self._hits_total
         try:
             self.store.report_hits(worker, self.hits)
         except OSError as exc:
-            log.warning("blocklist hits: cannot write them: %s", exc)
+            # said once: a worker that dropped privileges may not write there at all
+            log.warning("blocklist hits: cannot write them (counted in memory only): %s", exc)
+            self._hits_writable = False
 
 
 class BlocklistHandler(Handler):

@@ -218,9 +218,7 @@ def test_a_dual_stack_listener_names_ipv4_clients_as_ipv4(
     """On "[::]:PORT" an IPv4 client's peer name is "::ffff:127.0.0.1": it is trusted as
     127.0.0.1, and without a forwarded address the app sees 127.0.0.1."""
     app_sock = short_tmp / "app.sock"
-    launch.serve(
-        "tests.apps_contract:app", "--uwsgi-socket", str(app_sock), wait_for=str(app_sock)
-    )
+    launch.serve("tests.apps_contract:app", "--uwsgi-socket", str(app_sock), wait_for=str(app_sock))
     front = launch.front(
         f"""
 [front]
@@ -241,3 +239,25 @@ servers = [{{ address = "unix:{app_sock}" }}]
             status, body = _get(sock, "/environ", forwarded)
         assert status == 200
         assert json.loads(body)["REMOTE_ADDR"] == expected
+
+
+def test_gantry_check_writes_the_key_from_and_reads_it_back(tmp_path: Path) -> None:
+    """The schema's field is from_ (a Python keyword), the key is "from": the effective
+    config `gantry check` prints must load back as it is."""
+    from tests.support_config import check_file
+
+    config = """
+[front]
+listen = ["127.0.0.1:8080 proxy_protocol"]
+[front.real_ip]
+from = ["10.0.0.0/8", "unix:"]
+header = "proxy_protocol"
+[[app]]
+name = "hello"
+module = "gantry.demo:app"
+"""
+    done = check_file(tmp_path / "gantry.toml", config)
+    assert done.returncode == 0, done.stderr
+    assert "from_" not in done.stdout and 'from = [\n    "10.0.0.0/8",' in done.stdout
+    again = check_file(tmp_path / "again.toml", done.stdout)
+    assert again.returncode == 0, again.stderr

@@ -16,6 +16,9 @@ from typing import Final
 __all__ = ["AddressSet", "address_key", "canonical_address", "network_key"]
 
 _V4_MAPPED: Final = 0xFFFF
+_inet_pton: Final = socket.inet_pton
+_AF_INET: Final = socket.AF_INET
+_AF_INET6: Final = socket.AF_INET6
 
 
 def address_key(text: str) -> tuple[int, int] | None:
@@ -117,11 +120,21 @@ class AddressSet:
 
     def find(self, address: str) -> str | None:
         """The label of the (most specific) network holding ``address``, or None."""
-        key = address_key(address)
-        if key is None:
+        # address_key, inline: this runs for every request of a flood of new addresses
+        try:
+            if ":" not in address:
+                value = int.from_bytes(_inet_pton(_AF_INET, address))
+                lengths = self._v4
+            else:
+                value = int.from_bytes(_inet_pton(_AF_INET6, address.partition("%")[0]))
+                if value >> 32 == _V4_MAPPED:
+                    value &= 0xFFFFFFFF
+                    lengths = self._v4
+                else:
+                    lengths = self._v6
+        except (OSError, ValueError):
             return None
-        version, value = key
-        for shift, members in self._v4 if version == 4 else self._v6:
+        for shift, members in lengths:
             label = members.get(value >> shift)
             if label is not None:
                 return label

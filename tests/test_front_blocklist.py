@@ -211,3 +211,22 @@ def test_ban_store_refuses_what_is_not_an_address(short_tmp: Path) -> None:
 def test_read_list_takes_comments_and_cidrs() -> None:
     text = "# header\n10.0.0.0/8\n  192.0.2.1  # one host\n\n::1\nbad/99\n1.2.3.4/33\n"
     assert [entry for _, entry in read_list(text, "t")] == ["10.0.0.0/8", "192.0.2.1", "::1"]
+
+
+def test_address_set_finds_the_most_specific_entry() -> None:
+    from gantry.front.addresses import AddressSet, network_key
+
+    written = ["10.0.0.0/8", "10.1.0.0/16", "10.1.2.3", "2001:db8::/32", "::ffff:192.0.2.0/120"]
+    entries = [(key, text) for text in written if (key := network_key(text)) is not None]
+    found = AddressSet(entries)
+    assert found.find("10.1.2.3") == "10.1.2.3"
+    assert found.find("10.1.9.9") == "10.1.0.0/16"
+    assert found.find("10.200.0.1") == "10.0.0.0/8"
+    assert found.find("::ffff:10.1.2.3") == "10.1.2.3"  # v4-mapped is IPv4
+    assert found.find("192.0.2.200") == "::ffff:192.0.2.0/120"
+    assert found.find("2001:db8:ffff::1") == "2001:db8::/32"
+    assert found.find("2001:db9::1") is None
+    assert found.find("11.0.0.1") is None
+    for junk in ("", "example.test", "10.1.2", "1.2.3.4.5", "::g", "10.1.2.3/8"):
+        assert found.find(junk) is None, junk
+    assert not AddressSet() and AddressSet([]).find("10.0.0.1") is None

@@ -10,6 +10,10 @@ Three measurements, each printed as req/s (or MB) and a ratio to nginx:
 Run: `python bench/front.py [--duration 10] [--rounds 2]` (after `python bench/run.py`
 has created .venv-bench with uWSGI).
 
+`python bench/front.py --slow-clients` measures a static file's throughput while 1,000
+connections each send a request head one byte a second (reconnecting when cut), against
+the same without them, for gantry and nginx side by side.
+
 `python bench/front.py --blocklist` measures the blocklist instead (no uWSGI needed):
 requests it refuses (403) against nginx's `deny` (both behind realip, the client named by
 X-Forwarded-For), and a static file through a 100,000-entry blocklist against an empty one.
@@ -299,6 +303,94 @@ def blocklist_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+SLOW_CLIENTS = 1000
+
+#: run in its own process: ``count`` connections to ``port`` dripping a head, a byte a
+#: second each, reconnecting any that is cut, until killed
+SLOW_DRIVER = """
+import socket, sys, time
+port, count = int(sys.argv[1]), int(sys.argv[2])
+head = b"GET /static/one.bin HTTP/1.1\\r\\nHost: t\\r\\nX-Slow: " + b"x" * 4000 + b"\\r\\n\\r\\n"
+def connect():
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setblocking(False)
+    return [sock, 0]
+conns = [connect() for _ in range(count)]
+print("ready", flush=True)
+while True:
+    started = time.monotonic()
+    for entry in conns:
+        try:
+            entry[0].send(head[entry[1] : entry[1] + 1])
+            entry[1] += 1
+        except OSError:
+            entry[0].close()
+            entry[:] = connect()
+    time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
+"""
+
+
+def slow_clients_bench(args: argparse.Namespace) -> int:
+    """Throughput of a static file with SLOW_CLIENTS dripping connections open against
+    without them, gantry and nginx each; paired rounds."""
+    src = str(REPO_ROOT / "src")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    results: dict[tuple[str, int, str], float] = {}
+    with tempfile.TemporaryDirectory(prefix="gslow-") as tmp:
+        work = Path(tmp)
+        site = work / "site"
+        (site / "static").mkdir(parents=True)
+        (site / "static" / "one.bin").write_bytes(STATIC)
+        ports = {name: free_port() for name in ("nginx", "gantry")}
+        # the blocklist bench's nginx and its gantry with an empty list (real_ip on both)
+        every = {"nginx": ports["nginx"], "gantry-empty": ports["gantry"]}
+        every["gantry-100k"] = free_port()
+        made = blocklist_confs(work, site, every)
+        commands = {"nginx": made["nginx"], "gantry": made["gantry-empty"]}
+        for round_no in range(1, args.rounds + 1):
+            for name in ("nginx", "gantry") if round_no % 2 else ("gantry", "nginx"):
+                server = ServerProcess(commands[name], 0, work / f"{name}.log")
+                server.start()
+                driver = None
+                try:
+                    wait_port(ports[name])
+                    wrk(ports[name], "/static/one.bin", 1, 1)
+                    alone = wrk(ports[name], "/static/one.bin", args.duration, 1).rps
+                    driver = subprocess.Popen(
+                        ["taskset", "-c", "1", sys.executable, "-c", SLOW_DRIVER,
+                         str(ports[name]), str(SLOW_CLIENTS)],
+                        stdout=subprocess.PIPE,
+                    )  # fmt: skip
+                    assert driver.stdout is not None
+                    driver.stdout.readline()  # "ready": all connected
+                    time.sleep(2)
+                    crowded = wrk(ports[name], "/static/one.bin", args.duration, 1).rps
+                finally:
+                    if driver is not None:
+                        driver.kill()
+                        driver.wait()
+                    server.stop()
+                results[name, round_no, "alone"] = alone
+                results[name, round_no, "crowded"] = crowded
+                print(f"  round {round_no} {name:6} alone {alone:8.0f} req/s, with "
+                      f"{SLOW_CLIENTS} slow clients {crowded:8.0f} req/s", flush=True)  # fmt: skip
+    figures = {}
+    for name in ("nginx", "gantry"):
+        ratios = [
+            results[name, r, "crowded"] / results[name, r, "alone"]
+            for r in range(1, args.rounds + 1)
+        ]
+        listed = ", ".join(f"{value:.2f}" for value in ratios)
+        print(f"{name}: with / without slow clients: rounds {listed}; median "
+              f"{statistics.median(ratios):.2f}x")  # fmt: skip
+        figures[name] = statistics.median(ratios)
+    write_report(args.json, {"bench": "front-slow-clients", "machine": machine_info(),
+                             "ratios": figures})  # fmt: skip
+    return 0
+
+
 def main() -> int:
     """Run both fronts on both loads, interleaved, and print the ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -308,9 +400,14 @@ def main() -> int:
     parser.add_argument(
         "--blocklist", action="store_true", help="measure the blocklist (see the docstring)"
     )
+    parser.add_argument(
+        "--slow-clients", action="store_true", help="measure with 1,000 slow clients open"
+    )
     args = parser.parse_args()
     if args.blocklist:
         return blocklist_bench(args)
+    if args.slow_clients:
+        return slow_clients_bench(args)
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(VENV_BIN / "uwsgi").exists():
         print("run `python bench/run.py` first: it builds .venv-bench with uWSGI", file=sys.stderr)

@@ -190,12 +190,17 @@ def test_runtime_bans_expire_lift_and_survive_a_restart(launch: Launcher, short_
         client.close()
     front.stop()
     front.start()
+    before = store.hits()["198.51.100.50"]
     client = Client(front.port)
     try:
         assert client.get("198.51.100.50") == 403  # the 1h ban outlived the front
         assert client.get("198.51.100.60") == 200
     finally:
         client.close()
+    # the hits of the workers before the restart are folded into one report, and kept
+    assert wait_for(lambda: store.hits().get("198.51.100.50", 0) == before + 1, 3)
+    reports = sorted(os.listdir(store.hits_dir))
+    assert "total" in reports and len(reports) <= 3, reports  # total + the live workers
 
 
 def test_ban_store_refuses_what_is_not_an_address(short_tmp: Path) -> None:

@@ -81,6 +81,28 @@ def _identity(path: str) -> tuple[int, int, int, int] | None:
     return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
 
 
+def _read_counts(path: str) -> dict[str, int]:
+    """A hit report: {entry: count}; empty if it is missing or not one."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            counts = json.load(file)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(counts, dict):
+        return {}
+    return {str(k): v for k, v in counts.items() if isinstance(v, int)}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @dataclass(frozen=True)
 class Ban:
     """A runtime ban: an address or CIDR, until when (unix time; inf: no end), and why."""
@@ -187,16 +209,30 @@ class BanStore:
         for name in names:
             if name.startswith("."):
                 continue
-            try:
-                with open(os.path.join(self.hits_dir, name), encoding="utf-8") as file:
-                    counts = json.load(file)
-            except (OSError, ValueError):
-                continue
-            if isinstance(counts, dict):
-                for entry, count in counts.items():
-                    if isinstance(count, int):
-                        total[str(entry)] = total.get(str(entry), 0) + count
+            for entry, count in _read_counts(os.path.join(self.hits_dir, name)).items():
+                total[entry] = total.get(entry, 0) + count
         return total
+
+    def compact_hits(self) -> None:
+        """Fold the reports of workers that are gone into one ("total"), so the folder
+        holds one file per live worker and the sums stay whole."""
+        try:
+            names = [n for n in os.listdir(self.hits_dir) if n.isdigit()]
+        except FileNotFoundError:
+            return
+        gone = [name for name in names if not _alive(int(name))]
+        if not gone:
+            return
+        with self._locked():
+            total: dict[str, int] = {}
+            for name in ["total", *gone]:
+                counts = _read_counts(os.path.join(self.hits_dir, name))
+                for entry, count in counts.items():
+                    total[entry] = total.get(entry, 0) + count
+            self.report_hits("total", total)
+            for name in gone:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.hits_dir, name))
 
     def report_hits(self, worker: str, counts: dict[str, int]) -> None:
         """A worker's hit counts so far (its file replaced whole)."""
@@ -228,6 +264,11 @@ class WatchedBlocklist:
         self._bans: list[Ban] = []
         self._next_expiry = math.inf
         self.poll(force=True)
+        if self.store is not None:
+            try:
+                self.store.compact_hits()  # the reports of workers before this one
+            except OSError as exc:
+                log.warning("blocklist hits: cannot compact them: %s", exc)
 
     def poll(self, force: bool = False) -> bool:
         """Look at the files; rebuild the set if one changed or a ban expired."""

@@ -190,3 +190,83 @@ def test_real_haproxy_send_proxy_v1_and_v2(
     for port in (v1, v2):
         body = _exchange(port, REQUEST, source="127.0.0.3")
         assert json.loads(body)["REMOTE_ADDR"] == "127.0.0.3", port
+
+
+def test_the_cap_per_address_counts_clients_not_their_proxy(
+    launch: Launcher, short_tmp: Path
+) -> None:
+    """max_connections_per_address = 2 on a proxy_protocol listener: the client named by
+    the PROXY header is capped; the trusted proxy carrying other clients is not."""
+    (short_tmp / "site").mkdir()
+    (short_tmp / "site" / "index.html").write_text("hi\n")
+    front = launch.front(
+        f"""
+[front]
+listen = ["127.0.0.1:FRONT_PORT proxy_protocol"]
+max_connections_per_address = 2
+[front.real_ip]
+from = ["127.0.0.1"]
+header = "proxy_protocol"
+[[front.server]]
+[[front.server.location]]
+path = "/"
+root = "{short_tmp / "site"}"
+"""
+    )
+    held = []
+    try:
+        for n in range(4):  # four clients through the one proxy: all in
+            sock = socket.create_connection(("127.0.0.1", front.port), timeout=10)
+            sock.sendall(encode_v1((f"203.0.113.{n}", 1000), ("127.0.0.1", front.port)))
+            held.append(sock)
+        for n in range(2):  # a second and third from 203.0.113.0: the third is closed
+            sock = socket.create_connection(("127.0.0.1", front.port), timeout=10)
+            sock.sendall(encode_v1(("203.0.113.0", 2000 + n), ("127.0.0.1", front.port)))
+            held.append(sock)
+        for sock in held[:5]:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            assert response.status == 200
+            response.read()
+        held[5].settimeout(5)
+        assert held[5].recv(10) == b""
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_the_cap_per_address_spares_a_trusted_proxy(launch: Launcher, short_tmp: Path) -> None:
+    """real_ip from X-Forwarded-For on a proxy_protocol listener: the connections all come
+    from the trusted proxy, which is not one client: none is refused by the cap."""
+    (short_tmp / "site").mkdir()
+    (short_tmp / "site" / "index.html").write_text("hi\n")
+    front = launch.front(
+        f"""
+[front]
+listen = ["127.0.0.1:FRONT_PORT proxy_protocol"]
+max_connections_per_address = 2
+[front.real_ip]
+from = ["127.0.0.1"]
+header = "X-Forwarded-For"
+[[front.server]]
+[[front.server.location]]
+path = "/"
+root = "{short_tmp / "site"}"
+"""
+    )
+    held = []
+    try:
+        for n in range(4):
+            sock = socket.create_connection(("127.0.0.1", front.port), timeout=10)
+            sock.sendall(encode_v1((f"203.0.113.{n}", 1000), ("127.0.0.1", front.port)))
+            held.append(sock)
+        for sock in held:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 192.0.2.1\r\n\r\n")
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            assert response.status == 200
+            response.read()
+    finally:
+        for sock in held:
+            sock.close()

@@ -291,7 +291,8 @@ class FrontConnection(asyncio.Protocol):
                 # the client behind the proxy is not itself a proxy to believe
                 self.peer_trusted = False
             self.peer_addr = self.remote_addr
-        if not self._admit():
+        if not self.peer_trusted and not self._admit():
+            # (a trusted proxy carries many clients: not capped as one address)
             self._hold(_HOLD_DONE)
             if self.transport is not None:
                 self.transport.close()

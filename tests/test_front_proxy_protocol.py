@@ -270,3 +270,24 @@ root = "{short_tmp / "site"}"
     finally:
         for sock in held:
             sock.close()
+
+
+def test_gantry_up_listens_with_proxy_protocol(launch: Launcher) -> None:
+    """The stack binds the front's sockets itself: the flag must reach the front there
+    too (the address alone is bound, the header is read)."""
+    up = launch.up(
+        """
+[front]
+listen = ["127.0.0.1:FRONT_PORT proxy_protocol"]
+[front.real_ip]
+from = ["127.0.0.1"]
+header = "proxy_protocol"
+[[app]]
+name = "hello"
+module = "gantry.demo:app"
+"""
+    )
+    v2 = encode_v2(("198.51.100.23", 4321), ("127.0.0.1", up.port))
+    request = b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n"
+    assert wait_for(lambda: _exchange(up.port, v2 + request) == b"Hello World!", 30)
+    assert wait_for(lambda: "198.51.100.23 - - [" in up.log_text(), 5), up.log_text()

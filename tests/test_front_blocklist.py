@@ -235,3 +235,22 @@ def test_address_set_finds_the_most_specific_entry() -> None:
     for junk in ("", "example.test", "10.1.2", "1.2.3.4.5", "::g", "10.1.2.3/8"):
         assert found.find(junk) is None, junk
     assert not AddressSet() and AddressSet([]).find("10.0.0.1") is None
+
+
+def test_gantry_check_warns_of_a_blocklist_file_it_cannot_read(tmp_path: Path) -> None:
+    from tests.support_config import check_file
+
+    present = tmp_path / "present.txt"
+    present.write_text("192.0.2.1\n")
+    config = f"""
+[front]
+[front.blocklist]
+files = ["{present}", "{tmp_path / "missing.txt"}"]
+[[app]]
+name = "hello"
+module = "gantry.demo:app"
+"""
+    done = check_file(tmp_path / "gantry.toml", config)
+    assert done.returncode == 0, done.stderr
+    assert "front.blocklist.files[1]: cannot read" in done.stderr, done.stderr
+    assert "files[0]" not in done.stderr

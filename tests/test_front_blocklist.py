@@ -209,8 +209,19 @@ def test_ban_store_refuses_what_is_not_an_address(short_tmp: Path) -> None:
         store.add("example.test", 60)
     store.add("2001:db8::/48", 60, "multi\nline reason")
     (ban,) = store.active()
-    assert (ban.target, ban.reason) == ("2001:db8::/48", "multi line reason")
+    assert (ban.target, ban.reason) == ("2001:db8::/48", "multi\nline reason")
     assert 55 < ban.until - time.time() <= 60
+    # the autoban's ban_file lines (appended, the last one of an address wins) read the same
+    with open(store.path, "a", encoding="utf-8") as file:
+        file.write('{"addr": "192.0.2.4", "until": 1, "reason": "old"}\n')
+        file.write('not json\n{"addr": "example.test", "until": null}\n')
+        file.write(f'{{"addr": "192.0.2.4", "until": {time.time() + 60}, "reason": "again"}}\n')
+    assert {b.target: b.reason for b in store.active()} == {
+        "2001:db8::/48": "multi\nline reason",
+        "192.0.2.4": "again",
+    }
+    store.ban("192.0.2.5", 30, "autoban: 4xx")  # the autoban's Banner protocol
+    assert "192.0.2.5" in {b.target for b in store.active()}
 
 
 def test_read_list_takes_comments_and_cidrs() -> None:

@@ -402,7 +402,9 @@ class BlocklistSettings(_Strict):
     state: str | None = Field(
         None,
         description="The runtime bans file (bans made while running, with their expiry and "
-        "reason), kept across restarts; unset: no runtime bans.",
+        "reason), kept across restarts: one JSON object a line, "
+        '{"addr", "until", "reason"}, the format of the autoban\'s ban_file; unset: no '
+        "runtime bans.",
     )
 
 

@@ -6,7 +6,8 @@ Two sources, merged into one :class:`~gantry.front.addresses.AddressSet` per wor
   which people and tools edit while the front runs;
 - the runtime bans file (``state``): bans with an expiry and a reason, made by a command
   (``gantry ctl block``) or a rule (autoban) through :class:`BanStore`, and kept across
-  restarts.
+  restarts. One JSON object a line, ``{"addr", "until", "reason"}``, as the autoban's
+  ``ban_file``: the last line of an address wins, so an append-only writer works too.
 
 Every worker polls the files' identity (inode, mtime, size) four times a second and
 reloads the one that changed, so a change applies in every worker within a second with
@@ -112,9 +113,10 @@ class Ban:
     reason: str = ""
 
     def line(self) -> str:
-        until = "never" if math.isinf(self.until) else f"{self.until:.3f}"
-        reason = " ".join(self.reason.split())  # one line, whatever was given
-        return f"{self.target}\t{until}\t{reason}\n"
+        """The ban as a line of the bans file: one JSON object, as the autoban's
+        ban_file writes them ({"addr", "until", "reason"}; until null: no end)."""
+        until = None if math.isinf(self.until) else round(self.until, 3)
+        return json.dumps({"addr": self.target, "until": until, "reason": self.reason}) + "\n"
 
 
 class BanStore:
@@ -142,17 +144,25 @@ class BanStore:
                 text = file.read()
         except FileNotFoundError:
             return []
-        bans = []
+        # later lines replace earlier ones of the same target: an append-only writer
+        # (the autoban's ban_file) renews a ban by writing it again
+        bans: dict[str, Ban] = {}
         for line in text.splitlines():
-            parts = line.split("\t", 2)
-            if len(parts) < 2 or network_key(parts[0]) is None:
-                continue
             try:
-                until = math.inf if parts[1] == "never" else float(parts[1])
+                entry = json.loads(line)
             except ValueError:
                 continue
-            bans.append(Ban(parts[0], until, parts[2] if len(parts) > 2 else ""))
-        return bans
+            if not isinstance(entry, dict):
+                continue
+            target, until, reason = entry.get("addr"), entry.get("until"), entry.get("reason")
+            if not isinstance(target, str) or network_key(target) is None:
+                continue
+            if until is None:
+                until = math.inf
+            if not isinstance(until, int | float) or isinstance(until, bool):
+                continue
+            bans[target] = Ban(target, float(until), reason if isinstance(reason, str) else "")
+        return list(bans.values())
 
     def active(self, now: float | None = None) -> list[Ban]:
         """The bans not yet expired."""
@@ -186,6 +196,10 @@ class BanStore:
             bans.append(ban)
             self._write(bans)
         return ban
+
+    def ban(self, addr: str, seconds: float, reason: str) -> None:
+        """The autoban's Banner protocol: ban ``addr`` for ``seconds``."""
+        self.add(addr, seconds, reason)
 
     def remove(self, target: str) -> bool:
         """Lift the ban of ``target`` (as it was given); False if there was none."""

@@ -21,6 +21,8 @@ __all__ = ["RealAddressHandler", "TrustedPeers", "forwarded_address"]
 
 #: header values remembered with the address they give
 FOUND_CACHE: Final = 4096
+#: longer values are read each time: the cache holds 1 MiB of the clients' bytes at most
+FOUND_VALUE: Final = 256
 
 
 class TrustedPeers:
@@ -86,7 +88,7 @@ class RealAddressHandler(Handler):
         peer = exchange.peer_addr
         if not values:
             address = peer
-        elif len(values) == 1:
+        elif len(values) == 1 and len(values[0]) <= FOUND_VALUE:
             key = (peer, values[0])
             found = self.found.get(key)
             if found is None:

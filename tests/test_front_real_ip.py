@@ -261,3 +261,29 @@ module = "gantry.demo:app"
     assert "from_" not in done.stdout and 'from = [\n    "10.0.0.0/8",' in done.stdout
     again = check_file(tmp_path / "again.toml", done.stdout)
     assert again.returncode == 0, again.stderr
+
+
+def test_long_forwarded_values_are_not_remembered() -> None:
+    """The handler remembers short values with their address; a client's long ones (up to
+    the head's size limit) are read each time, so the memory they take is bounded."""
+    import ipaddress
+
+    from gantry.config.front_model import RealIp
+    from gantry.front.real_ip import FOUND_VALUE, RealAddressHandler, TrustedPeers
+    from gantry.protocol.http1 import RequestHead
+
+    config = RealIp(trusted=(ipaddress.ip_network("127.0.0.1"),), header="X-Forwarded-For")
+    handler = RealAddressHandler(config, TrustedPeers(config))
+
+    class Request:
+        peer_trusted = True
+        peer_addr = remote_addr = "127.0.0.1"
+        head = RequestHead()
+
+    request = Request()
+    long_value = b"192.0.2.1, " * (FOUND_VALUE // 8) + b"203.0.113.9"
+    for value in (b"203.0.113.8", long_value):
+        request.head.headers = [(b"X-Forwarded-For", value)]
+        handler.handle(request, None)  # type: ignore[arg-type]
+    assert request.remote_addr == "203.0.113.9"
+    assert list(handler.found) == [("127.0.0.1", b"203.0.113.8")]

@@ -12,11 +12,20 @@ Three measurements, each printed as req/s (or MB) and a ratio to nginx:
 
 Run: `python bench/front.py [--duration 10] [--rounds 2]` (after `python bench/run.py`
 has created .venv-bench with uWSGI).
+
+`python bench/front.py --slow-clients` measures a static file's throughput while 1,000
+connections each send a request head one byte a second (reconnecting when cut), against
+the same without them, for gantry and nginx side by side.
+
+`python bench/front.py --blocklist` measures the blocklist instead (no uWSGI needed):
+requests it refuses (403) against nginx's `deny` (both behind realip, the client named by
+X-Forwarded-For), and a static file through a 100,000-entry blocklist against an empty one.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import shutil
 import socket
@@ -54,11 +63,12 @@ LOADS = {
 IDLE_CONNECTIONS = 10_000
 
 
-def wrk(port: int, path: str, duration: int, cpu: int) -> WrkResult:
-    """wrk -t1 -c50 pinned to ``cpu`` against ``path``."""
+def wrk(port: int, path: str, duration: int, cpu: int, client: str = "") -> WrkResult:
+    """wrk -t1 -c50 pinned to ``cpu`` against ``path`` (as ``client``, by X-Forwarded-For)."""
+    header = ["-H", f"X-Forwarded-For: {client}"] if client else []
     command = [
         "taskset", "-c", str(cpu), "wrk", "-t1", "-c50", f"-d{duration}s", "--latency",
-        f"http://127.0.0.1:{port}{path}",
+        *header, f"http://127.0.0.1:{port}{path}",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 30)
     return parse_wrk(done.stdout)
@@ -178,13 +188,240 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+#: the client the blocklist refuses, and one it lets through
+BLOCKED_CLIENT = "192.0.2.1"
+PASSING_CLIENT = "198.51.100.1"
+BLOCKLIST_SIZE = 100_000
+
+
+def blocklist_entries(count: int) -> str:
+    """``count`` distinct entries (IPv4 hosts, /24s, IPv6 /64s), none holding
+    PASSING_CLIENT, then BLOCKED_CLIENT."""
+    lines = []
+    for n in range(count - 1):
+        if n % 20 == 0:
+            lines.append(f"2001:db8:{n >> 16:x}:{n & 0xFFFF:x}::/64")
+        elif n % 20 == 1:
+            lines.append(f"10.{(n >> 8) & 255}.{n & 255}.0/24")
+        else:
+            lines.append(f"172.{16 + (n >> 16) % 16}.{(n >> 8) & 255}.{n & 255}")
+    lines.append(BLOCKED_CLIENT)
+    return "# bench entries\n" + "\n".join(lines) + "\n"
+
+
+def blocklist_confs(work: Path, site: Path, ports: dict[str, int]) -> dict[str, list[str]]:
+    """The commands of nginx (realip + deny) and of two gantry fronts (real_ip + a blocklist
+    of BLOCKLIST_SIZE entries, or an empty one), each serving ``site``."""
+    for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (work / name).mkdir(exist_ok=True)
+    nginx = work / "nginx-deny.conf"
+    nginx.write_text(
+        f"""
+daemon off; master_process on; worker_processes 1; user root;
+error_log {work}/nginx-error.log warn; pid {work}/nginx.pid;
+events {{ worker_connections 16384; }}
+http {{
+  access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000;
+  client_body_temp_path {work}/body; proxy_temp_path {work}/proxy;
+  fastcgi_temp_path {work}/fastcgi; uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
+  include /etc/nginx/mime.types;
+  set_real_ip_from 127.0.0.1; real_ip_header X-Forwarded-For;
+  server {{
+    listen 127.0.0.1:{ports["nginx"]};
+    deny {BLOCKED_CLIENT};
+    location /static/ {{ root {site}; }}
+  }}
+}}
+"""
+    )
+    (work / "blocked-full.txt").write_text(blocklist_entries(BLOCKLIST_SIZE))
+    (work / "blocked-empty.txt").write_text("# nothing\n")
+    commands = {"nginx": [shutil.which("nginx") or "/usr/sbin/nginx", "-p", str(work), "-c",
+                          str(nginx)]}  # fmt: skip
+    for name, listed in (
+        ("gantry-100k", "blocked-full.txt"),
+        ("gantry-empty", "blocked-empty.txt"),
+    ):
+        conf = work / f"{name}.toml"
+        conf.write_text(
+            f"""
+[front]
+listen = ["127.0.0.1:{ports[name]}"]
+workers = 1
+keepalive_requests = 100000
+[front.real_ip]
+from = ["127.0.0.1"]
+[front.blocklist]
+files = ["{work / listed}"]
+[[front.server]]
+[[front.server.location]]
+path = "/static/"
+root = "{site}"
+"""
+        )
+        commands[name] = [sys.executable, "-m", "gantry", "front", "-c", str(conf)]
+    return commands
+
+
+def blocklist_bench(args: argparse.Namespace) -> int:
+    """Refused requests (403) against nginx's deny; a 100,000-entry blocklist against an
+    empty one; paired rounds, the first front alternating."""
+    # this tree's gantry, whatever .venv-bench holds
+    src = str(REPO_ROOT / "src")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
+    loads = {
+        "refused 403": (("nginx", "gantry-100k"), BLOCKED_CLIENT),
+        "static 1 KiB": (("gantry-empty", "gantry-100k", "nginx"), PASSING_CLIENT),
+    }
+    paired: dict[tuple[str, int, str], float] = {}
+    with tempfile.TemporaryDirectory(prefix="gblock-") as tmp:
+        work = Path(tmp)
+        site = work / "site"
+        (site / "static").mkdir(parents=True)
+        (site / "static" / "one.bin").write_bytes(STATIC)
+        ports = {name: free_port() for name in ("nginx", "gantry-100k", "gantry-empty")}
+        commands = blocklist_confs(work, site, ports)
+        for round_no in range(1, args.rounds + 1):
+            servers = {}
+            try:
+                for name, command in commands.items():
+                    servers[name] = ServerProcess(command, 0, work / f"{name}.log")
+                    servers[name].start()
+                    wait_port(ports[name])
+                for load, (names, client) in loads.items():
+                    order = names if round_no % 2 else tuple(reversed(names))
+                    for name in order:
+                        wrk(ports[name], "/static/one.bin", 2, 1, client)
+                        result = wrk(ports[name], "/static/one.bin", args.duration, 1, client)
+                        print(f"  round {round_no} {name:12} {load:13} {result.rps:9.0f} req/s"
+                              f" (non-2xx {result.non_2xx})", flush=True)  # fmt: skip
+                        paired[load, round_no, name] = result.rps
+            finally:
+                for server in servers.values():
+                    server.stop()
+    rounds = range(1, args.rounds + 1)
+    figures: dict[str, Any] = {}
+    for load, a, b in (
+        ("refused 403", "gantry-100k", "nginx"),
+        ("static 1 KiB", "gantry-100k", "gantry-empty"),
+        ("static 1 KiB", "gantry-empty", "nginx"),
+    ):
+        ratios = [paired[load, r, a] / paired[load, r, b] for r in rounds if paired[load, r, b]]
+        listed = ", ".join(f"{value:.2f}" for value in ratios)
+        print(f"{load}: {a} / {b}: paired rounds {listed}; median "
+              f"{statistics.median(ratios):.2f}x")  # fmt: skip
+        figures[f"{load}: {a} / {b}"] = statistics.median(ratios)
+    write_report(args.json, {"bench": "front-blocklist", "machine": machine_info(),
+                             "ratios": figures, "rps": {" ".join(map(str, k)): v
+                                                        for k, v in paired.items()}})  # fmt: skip
+    return 0
+
+
+SLOW_CLIENTS = 1000
+
+#: run in its own process: ``count`` connections to ``port`` dripping a head, a byte a
+#: second each, reconnecting any that is cut, until killed
+SLOW_DRIVER = """
+import socket, sys, time
+port, count = int(sys.argv[1]), int(sys.argv[2])
+head = b"GET /static/one.bin HTTP/1.1\\r\\nHost: t\\r\\nX-Slow: " + b"x" * 4000 + b"\\r\\n\\r\\n"
+def connect():
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setblocking(False)
+    return [sock, 0]
+conns = [connect() for _ in range(count)]
+print("ready", flush=True)
+while True:
+    started = time.monotonic()
+    for entry in conns:
+        try:
+            entry[0].send(head[entry[1] : entry[1] + 1])
+            entry[1] += 1
+        except OSError:
+            entry[0].close()
+            entry[:] = connect()
+    time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
+"""
+
+
+def slow_clients_bench(args: argparse.Namespace) -> int:
+    """Throughput of a static file with SLOW_CLIENTS dripping connections open against
+    without them, gantry and nginx each; paired rounds."""
+    src = str(REPO_ROOT / "src")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    results: dict[tuple[str, int, str], float] = {}
+    with tempfile.TemporaryDirectory(prefix="gslow-") as tmp:
+        work = Path(tmp)
+        site = work / "site"
+        (site / "static").mkdir(parents=True)
+        (site / "static" / "one.bin").write_bytes(STATIC)
+        ports = {name: free_port() for name in ("nginx", "gantry")}
+        # the blocklist bench's nginx and its gantry with an empty list (real_ip on both)
+        every = {"nginx": ports["nginx"], "gantry-empty": ports["gantry"]}
+        every["gantry-100k"] = free_port()
+        made = blocklist_confs(work, site, every)
+        commands = {"nginx": made["nginx"], "gantry": made["gantry-empty"]}
+        for round_no in range(1, args.rounds + 1):
+            for name in ("nginx", "gantry") if round_no % 2 else ("gantry", "nginx"):
+                server = ServerProcess(commands[name], 0, work / f"{name}.log")
+                server.start()
+                driver = None
+                try:
+                    wait_port(ports[name])
+                    wrk(ports[name], "/static/one.bin", 1, 1)
+                    alone = wrk(ports[name], "/static/one.bin", args.duration, 1).rps
+                    driver = subprocess.Popen(
+                        ["taskset", "-c", "1", sys.executable, "-c", SLOW_DRIVER,
+                         str(ports[name]), str(SLOW_CLIENTS)],
+                        stdout=subprocess.PIPE,
+                    )  # fmt: skip
+                    assert driver.stdout is not None
+                    driver.stdout.readline()  # "ready": all connected
+                    time.sleep(2)
+                    crowded = wrk(ports[name], "/static/one.bin", args.duration, 1).rps
+                finally:
+                    if driver is not None:
+                        driver.kill()
+                        driver.wait()
+                    server.stop()
+                results[name, round_no, "alone"] = alone
+                results[name, round_no, "crowded"] = crowded
+                print(f"  round {round_no} {name:6} alone {alone:8.0f} req/s, with "
+                      f"{SLOW_CLIENTS} slow clients {crowded:8.0f} req/s", flush=True)  # fmt: skip
+    figures = {}
+    for name in ("nginx", "gantry"):
+        ratios = [
+            results[name, r, "crowded"] / results[name, r, "alone"]
+            for r in range(1, args.rounds + 1)
+        ]
+        listed = ", ".join(f"{value:.2f}" for value in ratios)
+        print(f"{name}: with / without slow clients: rounds {listed}; median "
+              f"{statistics.median(ratios):.2f}x")  # fmt: skip
+        figures[name] = statistics.median(ratios)
+    write_report(args.json, {"bench": "front-slow-clients", "machine": machine_info(),
+                             "ratios": figures})  # fmt: skip
+    return 0
+
+
 def main() -> int:
     """Run both fronts on both loads, interleaved, and print the ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    parser.add_argument(
+        "--blocklist", action="store_true", help="measure the blocklist (see the docstring)"
+    )
+    parser.add_argument(
+        "--slow-clients", action="store_true", help="measure with 1,000 slow clients open"
+    )
     args = parser.parse_args()
+    if args.blocklist:
+        return blocklist_bench(args)
+    if args.slow_clients:
+        return slow_clients_bench(args)
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(VENV_BIN / "uwsgi").exists():
         print("run `python bench/run.py` first: it builds .venv-bench with uWSGI", file=sys.stderr)

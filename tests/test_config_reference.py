@@ -9,6 +9,7 @@ from pathlib import Path
 from gantry.config.file import LimitsSettings, ServeSettings
 from gantry.config.front import (
     AutobanSettings,
+    BlocklistSettings,
     CacheSettings,
     FrontSettings,
     HealthCheckSettings,
@@ -17,6 +18,7 @@ from gantry.config.front import (
     LimitReqSettings,
     LimitReqZoneSettings,
     LocationSettings,
+    RealIpSettings,
     ServerSettings,
     SharedSettings,
     UpstreamServerSettings,
@@ -44,6 +46,8 @@ TABLES = {
     "[front.limit_conn_zone.NAME]": LimitConnZoneSettings,
     "[[front.autoban]]": AutobanSettings,
     "[front.shared]": SharedSettings,
+    "[front.real_ip]": RealIpSettings,
+    "[front.blocklist]": BlocklistSettings,
     "[[app]]": AppSettings,
     "[serve]": ServeSettings,
     "[serve.limits]": LimitsSettings,
@@ -89,7 +93,8 @@ def test_every_key_of_every_table_is_listed_in_its_section() -> None:
     texts = _section_texts(render_reference())
     assert set(texts) == set(TABLES)
     for header, model in TABLES.items():
-        for key in model.model_fields:
+        for key, field in model.model_fields.items():
+            key = field.alias or key  # RealIpSettings.from_ is the key "from"
             if model is AppSettings and key == "app":
                 continue  # refused in [[app]]: `module` names the application
             assert f"`{key}`" in texts[header], f"{header}: key {key!r} missing"

@@ -147,7 +147,7 @@ def test_client_that_stops_reading_is_dropped_after_send_timeout(tmp_path: Path)
 def test_pipeliner_that_never_reads_does_not_grow_the_worker(tmp_path: Path) -> None:
     """2000 pipelined requests for a 64 KiB file (125 MiB of answers), none read: the
     front stops reading while its output is above the mark; then all come, in order."""
-    front = _static_front(tmp_path)
+    front = _static_front(tmp_path, "keepalive_requests = 5000\n")
     try:
         assert front.process is not None
         pid = front.process.pid

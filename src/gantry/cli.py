@@ -221,7 +221,7 @@ def check(config_file: str | None, ini: str | None, no_import: bool) -> None:
     application is imported in a child process, as start-up would. Exit status: 0
     when valid, 2 for a configuration error, 3 when an application cannot be imported.
     """
-    from gantry.config.preflight import static_warnings
+    from gantry.config.preflight import blocklist_warnings, static_warnings
     from gantry.config.stack import PROVISIONAL_RUNTIME_DIR, load_stack, render_stack
 
     # (where it is named, MODULE:CALLABLE, chdir) of every application to import
@@ -237,6 +237,7 @@ def check(config_file: str | None, ini: str | None, no_import: bool) -> None:
             plan = load_stack(config_file, PROVISIONAL_RUNTIME_DIR)
             output += render_stack(plan)
             warnings += static_warnings(plan.settings.front, config_file)
+            warnings += blocklist_warnings(plan.settings.front, config_file)
             apps += [
                 (f"{config_file}: app[{i}].module", app.module, app.chdir)
                 for i, app in enumerate(plan.settings.app)

@@ -12,10 +12,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from gantry.config import ConfigError, parse_address
 from gantry.config.document import read_document
 from gantry.config.errors import error_lines
-from gantry.config.file import HTTPAddress
 from gantry.config.front_model import (
     AccessRule,
     AutobanRule,
+    Blocklist,
     CacheZone,
     FrontConfig,
     HealthCheck,
@@ -24,12 +24,14 @@ from gantry.config.front_model import (
     LimitReq,
     LimitReqZone,
     Location,
+    RealIp,
     SharedStore,
     Upstream,
     UpstreamServer,
     VirtualServer,
+    split_listen,
 )
-from gantry.config.units import Duration, Size, WholeSeconds
+from gantry.config.units import ByteRate, Duration, Size, WholeSeconds
 
 __all__ = ["ControlPath", "load_front_config", "front_config_from_dict"]
 
@@ -471,6 +473,81 @@ class SharedSettings(_Strict):
     )
 
 
+def _front_listen(text: str) -> str:
+    # an address, then optional flags (nginx's listen parameters): only proxy_protocol
+    address, proxy_protocol = split_listen(text)
+    if not proxy_protocol and address != text.strip():
+        raise ValueError(f"expected 'ADDRESS' or 'ADDRESS proxy_protocol', got {text!r}")
+    try:
+        parse_address(address, "http", "")
+    except ConfigError as exc:
+        raise ValueError(str(exc).partition(": ")[2]) from None
+    return text
+
+
+def _trusted_sources(values: list[str]) -> list[str]:
+    for value in values:
+        if value == "unix:":
+            continue
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"expected an IP network ('10.0.0.0/8', '::1') or 'unix:', got {value!r}"
+            ) from None
+    return values
+
+
+class RealIpSettings(_Strict):
+    """``[front.real_ip]``: the client's real address, from a proxy in front of the front
+    (nginx's realip module). Only a peer in `from` is believed; the address found is what
+    the access log, allow/deny, the blocklist, X-Forwarded-For / X-Real-IP and the app's
+    REMOTE_ADDR see."""
+
+    # "from" is a Python keyword: the field is from_, the key is "from" (either is read)
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    from_: Annotated[list[str], AfterValidator(_trusted_sources)] = Field(
+        default_factory=list,
+        alias="from",
+        description="Trusted proxies (nginx's set_real_ip_from): networks, and 'unix:' for "
+        "connections over a unix socket. A proxy_protocol listener takes the header only "
+        "from these (others are closed).",
+    )
+    header: Literal["X-Forwarded-For", "X-Real-IP", "proxy_protocol"] = Field(
+        "X-Forwarded-For",
+        description="Where the address is (nginx's real_ip_header): a request field, or "
+        "the PROXY protocol header of a proxy_protocol listener.",
+    )
+    recursive: bool = Field(
+        False,
+        description="X-Forwarded-For: the last address not in `from`, read from the right "
+        "(nginx's real_ip_recursive); false: the last address.",
+    )
+
+
+class BlocklistSettings(_Strict):
+    """``[front.blocklist]``: client addresses refused before any other handler runs (after
+    the real address is known). Its files are watched: a change applies in every worker
+    within a second, without a reload."""
+
+    files: list[str] = Field(
+        default_factory=list,
+        description="Files of one address or CIDR a line ('#' starts a comment); a missing "
+        "file counts as empty until it appears.",
+    )
+    status: Literal[403, 444] = Field(
+        403, description="The answer: 403, or 444 to close the connection without one."
+    )
+    state: str | None = Field(
+        None,
+        description="The runtime bans file (bans made while running, with their expiry and "
+        "reason), kept across restarts: one JSON object a line, "
+        '{"addr", "until", "reason"}, the format of the autoban\'s ban_file; unset: no '
+        "runtime bans.",
+    )
+
+
 class ServerSettings(_Strict):
     """A server block (virtual host), picked by the request's Host as nginx does: an exact
     name, then the longest '*.example.test', then the longest 'www.example.*', then the
@@ -507,9 +584,11 @@ class FrontSettings(_Strict):
     """``[front]``: the front server (nginx's role): where it listens, its virtual hosts
     (`[[front.server]]`) and the upstream pools its locations proxy to."""
 
-    listen: list[HTTPAddress] = Field(
+    listen: list[Annotated[str, AfterValidator(_front_listen)]] = Field(
         default_factory=lambda: ["127.0.0.1:8080"],
-        description="HTTP sockets: 'HOST:PORT', '[V6]:PORT', ':PORT' or 'unix:PATH'.",
+        description="HTTP sockets: 'HOST:PORT', '[V6]:PORT', ':PORT' or 'unix:PATH', each "
+        "optionally followed by ' proxy_protocol' (a PROXY protocol v1/v2 header comes "
+        "first, from a peer in real_ip.from).",
     )
     workers: int = Field(1, ge=1, description="Worker processes, under the front's own master.")
     user: str | None = Field(
@@ -585,6 +664,47 @@ class FrontSettings(_Strict):
     )
     graceful_timeout: Duration = Field(
         10.0, gt=0, description="Seconds a stopping worker lets in-flight requests finish."
+    )
+    # Slow and greedy clients.
+    client_header_min_rate: ByteRate = Field(
+        0,
+        ge=0,
+        description="Once a request head has begun, bytes a second it must keep arriving "
+        "at after client_min_rate_grace (as Apache's mod_reqtimeout MinRate); slower: 408 "
+        "and close. 0: off.",
+    )
+    client_body_min_rate: ByteRate = Field(
+        0,
+        ge=0,
+        description="The same for a request body, from the end of its head. 0: off.",
+    )
+    client_min_rate_grace: Duration = Field(
+        2.0,
+        gt=0,
+        description="Seconds a head or body may take before its minimum rate is applied.",
+    )
+    keepalive_requests: int = Field(
+        1000, ge=1, description="Requests one client connection may carry, then it closes."
+    )
+    worker_connections: int = Field(
+        10000,
+        ge=1,
+        description="Client connections one worker holds at most; past it new ones are "
+        "closed at once (one log line a second says so) while the open ones are served.",
+    )
+    max_connections_per_address: int = Field(
+        0,
+        ge=0,
+        description="Client connections one address may hold open in one worker; past it "
+        "a new one is closed at once. 0: no cap.",
+    )
+    real_ip: RealIpSettings = Field(
+        default_factory=lambda: RealIpSettings.model_validate({}),
+        description="The client's real address.",
+    )
+    blocklist: BlocklistSettings = Field(
+        default_factory=lambda: BlocklistSettings.model_validate({}),
+        description="Refused client addresses.",
     )
 
 
@@ -691,6 +811,19 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
         for name, up in settings.upstream.items()
     }
     pages = {int(code): path for code, path in settings.error_pages.items()}
+    real_ip = settings.real_ip
+    if any(split_listen(spec)[1] for spec in settings.listen) and not real_ip.from_:
+        raise ConfigError(
+            f"{source}: front.real_ip.from: a proxy_protocol listener needs the proxies "
+            "it takes the header from (networks or 'unix:'), got none"
+        )
+    if real_ip.header == "proxy_protocol" and not any(
+        split_listen(spec)[1] for spec in settings.listen
+    ):
+        raise ConfigError(
+            f"{source}: front.real_ip.header: 'proxy_protocol' needs a listener with the "
+            'proxy_protocol flag (listen = ["0.0.0.0:8080 proxy_protocol"]), got none'
+        )
     caches = {name: _zone(name, zone) for name, zone in settings.cache.items()}
     return FrontConfig(
         listen=tuple(settings.listen), workers=settings.workers, servers=tuple(servers),
@@ -717,6 +850,24 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
         autoban=tuple(AutobanRule(**rule.model_dump()) for rule in settings.autoban),
         ban_file=settings.ban_file,
         shared=SharedStore(**settings.shared.model_dump()) if settings.shared else None,
+        real_ip=RealIp(
+            trusted=tuple(
+                ipaddress.ip_network(n, strict=False) for n in real_ip.from_ if n != "unix:"
+            ),
+            trust_unix="unix:" in real_ip.from_,
+            header=real_ip.header if real_ip.from_ else "",
+            recursive=real_ip.recursive,
+        ),
+        blocklist=Blocklist(
+            files=tuple(settings.blocklist.files), status=settings.blocklist.status,
+            state=settings.blocklist.state or "",
+        ),
+        client_header_min_rate=settings.client_header_min_rate,
+        client_body_min_rate=settings.client_body_min_rate,
+        client_min_rate_grace=settings.client_min_rate_grace,
+        keepalive_requests=settings.keepalive_requests,
+        worker_connections=settings.worker_connections,
+        max_connections_per_address=settings.max_connections_per_address,
     )  # fmt: skip
 
 

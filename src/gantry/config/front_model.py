@@ -202,6 +202,39 @@ class CacheZone:
     purge_allow: tuple[IPNetwork, ...] = ()
 
 
+def split_listen(spec: str) -> tuple[str, bool]:
+    """A ``[front] listen`` entry's address and whether it reads a PROXY protocol header
+    first (``"0.0.0.0:8080 proxy_protocol"``)."""
+    address, _, flags = spec.strip().partition(" ")
+    return address, flags.split() == ["proxy_protocol"]
+
+
+@dataclass(frozen=True)
+class RealIp:
+    """``[front.real_ip]``: whom to believe about the client's address (nginx's realip)."""
+
+    #: the trusted proxies (set_real_ip_from)
+    trusted: tuple[IPNetwork, ...] = ()
+    #: connections over a unix socket are trusted ("unix:" in from)
+    trust_unix: bool = False
+    #: "X-Forwarded-For", "X-Real-IP", "proxy_protocol", or "" (none: the peer's address)
+    header: str = ""
+    #: skip trusted addresses from the right of X-Forwarded-For (real_ip_recursive)
+    recursive: bool = False
+
+
+@dataclass(frozen=True)
+class Blocklist:
+    """``[front.blocklist]``: addresses refused before anything else runs."""
+
+    #: files of addresses and CIDRs, one a line, watched while running
+    files: tuple[str, ...] = ()
+    #: 403, or 444: close without an answer
+    status: int = 403
+    #: the runtime bans file (ctl, autoban), kept across restarts; "" for none
+    state: str = ""
+
+
 @dataclass(frozen=True)
 class FrontConfig:
     """The whole [front] table."""
@@ -235,3 +268,13 @@ class FrontConfig:
     #: where bans are kept across restarts (JSON lines; None: in memory only)
     ban_file: str | None = None
     shared: SharedStore | None = None
+    real_ip: RealIp = field(default_factory=RealIp)
+    blocklist: Blocklist = field(default_factory=Blocklist)
+    # Slow clients: minimum rates (bytes a second, 0: off) once a head or body has begun,
+    # after a grace; requests on one connection; connections of one worker and one address.
+    client_header_min_rate: int = 0
+    client_body_min_rate: int = 0
+    client_min_rate_grace: float = 2.0
+    keepalive_requests: int = 1000
+    worker_connections: int = 10000
+    max_connections_per_address: int = 0

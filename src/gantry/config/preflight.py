@@ -1,5 +1,5 @@
 """What ``gantry check`` verifies beyond the schema: that each app imports as start-up
-imports it, and that static directories exist.
+imports it, that static directories exist, and that blocklist files can be read.
 
 The import runs in a child process (the app's module runs its top-level code; that must
 not happen in the checking process, and a crash there must not end the check), with the
@@ -17,7 +17,7 @@ from pathlib import Path
 import gantry
 from gantry.config.front import FrontSettings
 
-__all__ = ["AppImport", "import_app", "static_warnings"]
+__all__ = ["AppImport", "blocklist_warnings", "import_app", "static_warnings"]
 
 #: seconds an app's import may take before check gives up on it
 IMPORT_TIMEOUT = 60.0
@@ -84,4 +84,20 @@ def static_warnings(front: FrontSettings, source: str) -> list[str]:
                         f"{source}: front.server[{i}].location[{j}].{key}: no directory "
                         f"{directory!r} (every request there will be 404)"
                     )
+    return warnings
+
+
+def blocklist_warnings(front: FrontSettings, source: str) -> list[str]:
+    """One line per blocklist file that cannot be read now (it counts as empty until it
+    can: a list that blocks nothing deserves a word)."""
+    warnings = []
+    for i, path in enumerate(front.blocklist.files):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            warnings.append(
+                f"{source}: front.blocklist.files[{i}]: cannot read {path!r} "
+                f"({exc.strerror}): it blocks nothing until it can be read"
+            )
     return warnings

@@ -29,7 +29,7 @@ from gantry.config.front import (
     ServerSettings,
     front_config_from_dict,
 )
-from gantry.config.front_model import FrontConfig
+from gantry.config.front_model import FrontConfig, split_listen
 from gantry.config.units import Duration
 
 __all__ = ["AppSettings", "StackPlan", "StackSettings", "StackTable", "demo_plan", "load_stack"]
@@ -189,7 +189,7 @@ class StackPlan:
         if kind == "front":
             where = f"{self.source}: front.listen"
             sockets: list[tuple[ListenAddress, int | None, int]]
-            sockets = [(parse_address(spec, "http", where), None, 2048)
+            sockets = [(parse_address(split_listen(spec)[0], "http", where), None, 2048)
                        for spec in self.settings.front.listen]  # fmt: skip
             control = self.control_path()
             if control is not None:
@@ -213,7 +213,7 @@ class StackPlan:
 
     def front_table(self) -> dict[str, Any]:
         """The [front] table with an upstream for each pool."""
-        table = self.settings.front.model_dump(mode="json")
+        table = self.settings.front.model_dump(mode="json", by_alias=True)
         if self.settings.stack.control is not None:
             table["control"] = self.settings.stack.control
         if table["access_log"] is None:
@@ -256,7 +256,7 @@ class StackPlan:
             "source": self.source,
             "runtime_dir": self.runtime_dir,
             "settings": self.settings.model_dump(
-                mode="json", exclude={"app": {"__all__": {"app"}}}
+                mode="json", by_alias=True, exclude={"app": {"__all__": {"app"}}}
             ),
             "generations": self.generations,
         }
@@ -391,7 +391,7 @@ def render_stack(plan: StackPlan) -> str:
     )
     sections = [header + _toml({"stack": stack}) + _comment(stack_notes, before="\n")]
 
-    front = plan.settings.front.model_dump(mode="json")
+    front = plan.settings.front.model_dump(mode="json", by_alias=True)
     if not front["server"] and derived_front["server"]:
         # No server block: gantry up sends everything to the first pool. Written out
         # with its defaults, it loads back to the same stack.

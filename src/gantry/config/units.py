@@ -14,11 +14,13 @@ from typing import Annotated
 from pydantic import BeforeValidator
 
 __all__ = [
+    "ByteRate",
     "Duration",
     "Mebibytes",
     "Size",
     "Unit",
     "WholeSeconds",
+    "parse_byte_rate",
     "parse_duration",
     "parse_size",
 ]
@@ -27,6 +29,8 @@ SIZE_FORMS = 'bytes as an integer, or with a unit: "512k", "10m", "1g" (powers o
 TIME_FORMS = (
     'seconds as a number, or with units: "500ms", "30s", "5m", "1h", "2d", "1h30m" (also y, M, w)'
 )
+
+RATE_FORMS = 'bytes a second as an integer, or a size a second: "500b/s", "4k/s", "1m/s" (0: off)'
 
 _SIZE = re.compile(r"^(-?\d+)([kmg]?)$", re.IGNORECASE)
 _SIZE_FACTOR = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -65,6 +69,27 @@ def parse_size(value: object, unit: int = 1) -> int:
                 raise ValueError(f"expected a whole number of MiB, got {value!r}")
             return whole
     raise ValueError(_size_error(value, unit))
+
+
+def parse_byte_rate(value: object) -> int:
+    """Bytes a second: an integer as is, or "500b/s" / "4k/s" / "1m/s" (a size a second).
+
+    Raises ValueError saying what is accepted."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text.endswith("/s"):
+            text = text[:-2]
+            text = text[:-1] if text.endswith("b") else text
+            try:
+                rate = parse_size(text)
+            except ValueError:
+                rate = -1
+            if rate >= 0:
+                return rate
+            raise ValueError(f"expected a rate: {RATE_FORMS}, got {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ValueError(f"expected a rate: {RATE_FORMS}, got {value!r}")
 
 
 def _size_error(value: object, unit: int) -> str:
@@ -131,6 +156,8 @@ class Unit:
         """The forms a value may take, in words."""
         if self.kind == "time":
             return TIME_FORMS
+        if self.kind == "rate":
+            return RATE_FORMS
         return SIZE_FORMS if self.plain == "bytes" else SIZE_FORMS.replace("bytes", "MiB")
 
 
@@ -149,3 +176,5 @@ Mebibytes = Annotated[int, _optional(lambda v: parse_size(v, 1024 * 1024)), Unit
 Duration = Annotated[float, _optional(parse_duration), Unit("time", "seconds")]
 #: a time in whole seconds: 2592000, "30d"
 WholeSeconds = Annotated[int, BeforeValidator(_whole_seconds), Unit("time", "seconds")]
+#: bytes a second: 500, "500b/s", "4k/s"
+ByteRate = Annotated[int, _optional(parse_byte_rate), Unit("rate", "bytes a second")]

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Final
 
 from gantry.config.front_model import Location, VirtualServer
+from gantry.front.addresses import canonical_address
 from gantry.front.exchange import FilePiece, Relay
 from gantry.front.handlers import run_chain
 from gantry.front.proxy import StreamedBody, spawn
@@ -21,6 +22,7 @@ from gantry.front.upstream_request import connection_vars, gantry_connection_var
 from gantry.front.worker import FrontWorker
 from gantry.http.body import BodyBuffer
 from gantry.protocol.http1 import ProtocolError, RequestHead, RequestParser
+from gantry.protocol.proxy_protocol import ProxyProtocolError, parse_proxy_header
 
 __all__ = ["FrontConnection"]
 
@@ -75,6 +77,8 @@ class FrontConnection(asyncio.Protocol):
     #: this connection's own uwsgi vars (standard, gantry's packet), encoded once
     _fixed_vars = b""
     _gantry_vars = b""
+    #: the address they were encoded with (the real_ip handler may change it per request)
+    _vars_addr = ""
     #: a file being sent with sendfile(2)
     sending: _FileSend | None = None
     #: waiting for the output to drain (the pread fallback of a file body)
@@ -85,12 +89,30 @@ class FrontConnection(asyncio.Protocol):
     limit_status = ""
     #: what to call when the current request ends (limit_conn's counts)
     releases: list[Callable[[], None]] | None = None
+    #: the peer may tell the client's address ([front.real_ip] from)
+    peer_trusted = False
+    #: a proxy_protocol listener's connection: the bytes of its PROXY header so far (None:
+    #: no header expected, or it came)
+    proxy_buffer: bytes | None = None
+    #: the address counted against max_connections_per_address ("": none)
+    counted = ""
+    #: when the head or body under a minimum rate began (loop time; 0: not under one),
+    #: and its bytes so far
+    rate_start = 0.0
+    rate_bytes = 0
 
-    def __init__(self, worker: FrontWorker) -> None:
+    def __init__(self, worker: FrontWorker, proxy_protocol: bool = False) -> None:
         self.worker = worker
         self.parser = RequestParser(self, worker.limits)
         self.transport: asyncio.Transport | None = None
+        #: the client's address as everything sees it (the real one behind a trusted
+        #: proxy), and the peer's own (the TCP or PROXY protocol address)
         self.remote_addr = ""
+        self.peer_addr = ""
+        #: requests started on this connection (keepalive_requests)
+        self.requests = 0
+        if proxy_protocol:
+            self.proxy_buffer = b""
         #: (remote port, server port)
         self.ports = ("", "")
         #: the head being received, and its body
@@ -137,19 +159,62 @@ class FrontConnection(asyncio.Protocol):
             high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER
         )
         peer = transport.get_extra_info("peername")
+        worker = self.worker
         if isinstance(peer, tuple):
-            self.remote_addr = str(peer[0])
+            # a dual-stack socket names IPv4 clients "::ffff:a.b.c.d": one client, one name
+            self.peer_addr = self.remote_addr = canonical_address(str(peer[0]))
             self.ports = (str(peer[1]), self.ports[1])
         sockname = transport.get_extra_info("sockname")
         if isinstance(sockname, tuple):
             self.ports = (self.ports[0], str(sockname[1]))
-        self.worker.connections.add(self)
+        if len(worker.connections) >= worker.worker_connections:
+            # past the ceiling: the open connections are served, new ones closed at once
+            worker.refuse_connection("worker_connections")
+            self.closed = True
+            transport.close()
+            return
+        trusted = worker.trusted_peers
+        if trusted is not None and trusted.trusts(self.peer_addr):
+            self.peer_trusted = True
+        if self.proxy_buffer is not None and not self.peer_trusted:
+            self.log_error("PROXY protocol header from a peer not in real_ip.from: closed")
+            self.closed = True
+            transport.close()
+            return
+        if self.proxy_buffer is None and not self.peer_trusted and not self._admit():
+            self.closed = True
+            transport.close()
+            return
+        worker.connections.add(self)
         # nginx gives a new connection client_header_timeout for its first request
         self.deadline = self.worker.loop.time() + self.worker.header_timeout
         self.deadline_kind = _HEAD
 
+    def _admit(self) -> bool:
+        """max_connections_per_address: count this connection against its address, or
+        refuse it (False)."""
+        worker = self.worker
+        if not worker.max_per_address:
+            return True
+        address = self.remote_addr
+        count = worker.per_address.get(address, 0)
+        if count >= worker.max_per_address:
+            worker.refuse_connection("max_connections_per_address", address)
+            return False
+        worker.per_address[address] = count + 1
+        self.counted = address
+        return True
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.counted:
+            per_address = self.worker.per_address
+            left = per_address.get(self.counted, 1) - 1
+            if left > 0:
+                per_address[self.counted] = left
+            else:
+                per_address.pop(self.counted, None)
+            self.counted = ""
         self.parser.close()  # it and llhttp point back at this connection
         self._stop_sendfile()
         self._wake_drained()
@@ -164,17 +229,89 @@ class FrontConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.holds & _HOLD_DONE:
             return  # bytes after the last request this connection answers
+        if self.proxy_buffer is not None:
+            data = self._proxy_header(data)
+            if not data:
+                return
         kind = self.deadline_kind
+        worker = self.worker
         if kind == _IDLE:
             # the first byte of a request: client_header_timeout runs from here
-            self.deadline = self.worker.now + self.worker.header_timeout
+            self.deadline = worker.now + worker.header_timeout
             self.deadline_kind = _HEAD
+            kind = _HEAD
         elif kind == _BODY:
-            self.deadline = self.worker.now + self.worker.body_timeout
+            self.deadline = worker.now + worker.body_timeout
+        if kind == _HEAD:
+            if worker.header_min_rate:
+                self._min_rate(len(data), worker.header_min_rate, worker.header_timeout, False)
+        elif kind == _BODY and worker.body_min_rate:
+            self._min_rate(len(data), worker.body_min_rate, worker.body_timeout, True)
         try:
             self.parser.feed(data)
         except ProtocolError as exc:
             self._refuse(exc.status)
+
+    def _min_rate(self, size: int, rate: int, timeout: float, between_reads: bool) -> None:
+        """A head or body under a minimum rate: after the grace, it must have come at
+        ``rate`` bytes a second at least (mod_reqtimeout's MinRate); the deadline moves
+        on by a second for each ``rate`` bytes, never past its timeout (from the last
+        read for a body, from its start for a head)."""
+        now = self.worker.now
+        if not self.rate_start:
+            self.rate_start = now
+            self.rate_bytes = 0
+        self.rate_bytes += size
+        start = self.rate_start
+        self.deadline = min(
+            (now if between_reads else start) + timeout,
+            start + self.worker.min_rate_grace + self.rate_bytes / rate,
+        )
+
+    def _proxy_header(self, data: bytes) -> bytes:
+        """The PROXY protocol header first: what follows it (b"" while it is incomplete,
+        or when it was refused and the connection closes)."""
+        buffered = self.proxy_buffer
+        if buffered:
+            data = buffered + data
+        try:
+            header = parse_proxy_header(data)
+        except ProxyProtocolError as exc:
+            self.proxy_buffer = None
+            self.log_error(f"bad PROXY protocol header: {exc}: closed")
+            self._hold(_HOLD_DONE)
+            if self.transport is not None:
+                self.transport.close()
+            return b""
+        if header is None:
+            self.proxy_buffer = data  # bounded: the parser refuses past 107 or 4112 bytes
+            return b""
+        self.proxy_buffer = None
+        worker = self.worker
+        if header.source is not None and worker.real_ip_from_proxy_protocol:
+            self.remote_addr = header.source[0]
+            self.ports = (str(header.source[1]), self.ports[1])
+            self._fixed_vars = self._gantry_vars = b""
+            if worker.trusted_peers is not None and not worker.trusted_peers.trusts(
+                self.remote_addr
+            ):
+                # the client behind the proxy is not itself a proxy to believe
+                self.peer_trusted = False
+            self.peer_addr = self.remote_addr
+        if not self.peer_trusted and not self._admit():
+            # (a trusted proxy carries many clients: not capped as one address)
+            self._hold(_HOLD_DONE)
+            if self.transport is not None:
+                self.transport.close()
+            return b""
+        return data[header.length :]
+
+    def drop(self) -> None:
+        """Close without an answer (nginx's 444): logged with that status."""
+        self.status = 444
+        self.keep_alive = False
+        self._hold(_HOLD_DONE)
+        self._done()
 
     def _refuse(self, status: int) -> None:
         """A request that cannot be parsed: its status once every request before it is
@@ -242,10 +379,14 @@ class FrontConnection(asyncio.Protocol):
         if head.target[0] != 0x2F and head.target != b"*":  # not "/...": absolute form
             _origin_form(head)
         self.incoming = head
+        self.rate_start = 0.0  # the head is in: its minimum rate no longer applies
         if head.has_body:
             self.body = BodyBuffer()
             self.deadline = self.worker.now + self.worker.body_timeout
             self.deadline_kind = _BODY
+            if self.worker.body_min_rate:
+                self.rate_start = self.worker.now
+                self.rate_bytes = 0
         else:
             self.body = None
             if self.deadline_kind:
@@ -276,6 +417,7 @@ class FrontConnection(asyncio.Protocol):
         if self.deadline_kind == _BODY or self.deadline_kind == _HEAD:
             self.deadline = 0.0
             self.deadline_kind = 0
+        self.rate_start = 0.0
         if head is None:
             return
         if not head.keep_alive:
@@ -303,6 +445,9 @@ class FrontConnection(asyncio.Protocol):
         self.started = time.monotonic()
         self.head = head
         self.keep_alive = head.keep_alive and not head.upgrade and not self.worker.stopping
+        self.requests += 1
+        if self.requests >= self.worker.keepalive_requests:
+            self.keep_alive = False  # keepalive_requests: this one is the last
         self.sent = 0
         if self.upstream_log:
             self.upstream_log = []
@@ -582,13 +727,20 @@ class FrontConnection(asyncio.Protocol):
         self.error(status)
 
     def fixed_vars(self) -> bytes:
-        """The uwsgi vars that are the same for each request of this connection."""
+        """The uwsgi vars that are the same for each request of this connection (its
+        address as the real_ip handler left it)."""
+        if self._vars_addr != self.remote_addr:
+            self._vars_addr = self.remote_addr
+            self._fixed_vars = self._gantry_vars = b""
         if not self._fixed_vars:
             self._fixed_vars = connection_vars(self.remote_addr, *self.ports)
         return self._fixed_vars
 
     def gantry_vars(self) -> bytes:
         """The same, for gantry's own packet."""
+        if self._vars_addr != self.remote_addr:
+            self._vars_addr = self.remote_addr
+            self._fixed_vars = self._gantry_vars = b""
         if not self._gantry_vars:
             self._gantry_vars = gantry_connection_vars(self.remote_addr, *self.ports)
         return self._gantry_vars
@@ -674,10 +826,16 @@ class FrontConnection(asyncio.Protocol):
             return
         if kind == _IDLE:
             transport.close()
+        elif self.proxy_buffer is not None:
+            # no HTTP yet, so no HTTP answer: the peer is not the proxy it should be
+            self.log_error("timed out waiting for the PROXY protocol header: closed")
+            transport.close()
         elif (kind == _HEAD or kind == _BODY) and not self.busy and not self.queue:
-            self.log_error(
-                "client timed out sending the request " + ("head" if kind == _HEAD else "body")
-            )
+            what = "head" if kind == _HEAD else "body"
+            if self.rate_start:
+                self.log_error(f"client sent the request {what} below its minimum rate")
+            else:
+                self.log_error("client timed out sending the request " + what)
             self._hold(_HOLD_DONE)
             self._own_answer()
             self.error(408, close=True)

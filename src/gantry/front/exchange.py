@@ -99,8 +99,15 @@ class ProxyClient(Protocol):
 
 
 class Exchange(ProxyClient, Protocol):
-    """One request being answered: its head and route, and the ways to answer it."""
+    """One request being answered: its head and route, and the ways to answer it.
 
+    ``remote_addr`` is the one client address every handler, the log and the upstream
+    see: the real client's behind a trusted proxy ([front.real_ip]), else the peer's."""
+
+    #: the peer's own address (TCP, or the PROXY protocol's), whatever real_ip says
+    peer_addr: str
+    #: the peer is a trusted proxy ([front.real_ip] from)
+    peer_trusted: bool
     head: RequestHead
     #: the normalized path
     path: str
@@ -129,6 +136,8 @@ class Exchange(ProxyClient, Protocol):
 
     def at_end(self, release: Callable[[], None]) -> None:
         """Call ``release`` once when this request ends: answered, or its client gone."""
+    def drop(self) -> None:
+        """No answer at all: close the connection (nginx's 444, logged with that status)."""
 
     def send_file(
         self, status: int, fields: list[tuple[bytes, bytes]], fd: int, pieces: list[FilePiece]

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gantry.config import ListenAddress, parse_address
-from gantry.config.front_model import FrontConfig
+from gantry.config.front_model import FrontConfig, split_listen
 from gantry.front.connection import FrontConnection
 from gantry.front.limits.state import FrontLimits
 from gantry.front.worker import FrontWorker
@@ -76,9 +76,12 @@ def _serve_worker(
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             loop.add_signal_handler(signum, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, _reopen_logs, config, worker)
+        # each socket in the order of [front] listen, with its proxy_protocol flag
+        flags = [split_listen(spec)[1] for spec in config.listen]
+        flags += [False] * (len(sockets) - len(flags))
         servers = [
-            await loop.create_server(lambda: FrontConnection(worker), sock=sock)
-            for _, sock in sockets
+            await loop.create_server(_connections(worker, proxy), sock=sock)
+            for (_, sock), proxy in zip(sockets, flags, strict=False)
         ]
         for address, _ in sockets:
             log.info("front listening on http://%s", address)
@@ -117,6 +120,13 @@ def _serve_worker(
     finally:
         loop.close()
     return 0
+
+
+def _connections(worker: FrontWorker, proxy_protocol: bool) -> Callable[[], FrontConnection]:
+    """The protocol factory of one listener."""
+    if proxy_protocol:
+        return lambda: FrontConnection(worker, True)
+    return lambda: FrontConnection(worker)
 
 
 def _reopen_logs(config: FrontConfig, worker: FrontWorker) -> None:
@@ -163,7 +173,9 @@ def run_front(
     setup_error_log()
     _warn_missing_directories(config)
     identity = resolve_identity(config.user, config.group, "front")
-    addresses = [parse_address(spec, "http", "front.listen") for spec in config.listen]
+    addresses = [
+        parse_address(split_listen(spec)[0], "http", "front.listen") for spec in config.listen
+    ]
     passed = inherited_by_key()
     sockets = bind_or_inherit(addresses, None, 2048, passed)
     control = None

@@ -4,17 +4,21 @@ the clock, and the sweep that times out silent clients and upstreams."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import time
 from typing import TYPE_CHECKING, Final, Protocol
 
 from gantry.config.front_model import FrontConfig, Location, VirtualServer
 from gantry.front.access_log import AccessLog
 from gantry.front.balancing import UpstreamPool
+from gantry.front.blocklist import POLL_EVERY, BlocklistHandler, WatchedBlocklist
 from gantry.front.exchange import Exchange, Handler
 from gantry.front.files import StaticHandler
 from gantry.front.handlers import AccessHandler, ProxyHandler
 from gantry.front.keepalive import KeepAlivePool
 from gantry.front.limits.state import FrontLimits
+from gantry.front.real_ip import RealAddressHandler, TrustedPeers
 from gantry.front.responses import ErrorPages
 from gantry.front.routing import Router, normalize_path
 from gantry.http.head import HeadDefaults
@@ -28,6 +32,8 @@ if TYPE_CHECKING:
     from gantry.front.limits.shared_redis import RedisShare
 
 __all__ = ["ClientConnection", "FrontWorker", "Route"]
+
+log: Final = logging.getLogger("gantry.front")
 
 # Routes remembered per worker (cleared when full).
 ROUTE_CACHE: Final = 4096
@@ -111,9 +117,33 @@ class FrontWorker:
                 defences.zones, loop, self._rest_of_chain, defences.autoban
             )
             defence_handlers += (self.limit_handler,)
-        #: every handler, in nginx's phase order (access, bans, limits, cache, then
-        #: content); a route runs those that apply to it (see chain_for)
+        # The client's address: whom to believe ([front.real_ip]), and the blocklist.
+        real_ip = config.real_ip
+        self.trusted_peers = TrustedPeers(real_ip) if real_ip.header else None
+        self.real_ip_from_proxy_protocol = real_ip.header == "proxy_protocol"
+        first: list[Handler] = []
+        if self.trusted_peers is not None and not self.real_ip_from_proxy_protocol:
+            first.append(RealAddressHandler(real_ip, self.trusted_peers))
+        blocklist = config.blocklist
+        self.blocklist = WatchedBlocklist(blocklist) if blocklist.files or blocklist.state else None
+        if self.blocklist is not None:
+            first.append(BlocklistHandler(self.blocklist, self.error_pages.page(403)))
+        self._blocklist_poll: asyncio.TimerHandle | None = None
+        # Slow and greedy clients.
+        self.header_min_rate = config.client_header_min_rate
+        self.body_min_rate = config.client_body_min_rate
+        self.min_rate_grace = config.client_min_rate_grace
+        self.keepalive_requests = config.keepalive_requests
+        self.worker_connections = config.worker_connections
+        self.max_per_address = config.max_connections_per_address
+        #: open connections by client address (max_connections_per_address)
+        self.per_address: dict[str, int] = {}
+        self._refusals_logged = 0.0
+        self._refusals = 0
+        #: every handler, in nginx's phase order (real address, blocklist, access, bans,
+        #: limits, cache, then content); a route runs those that apply to it (see chain_for)
         self.handlers: tuple[Handler, ...] = (
+            *first,
             AccessHandler(),
             *defence_handlers,
             *((self.cache,) if self.cache is not None else ()),
@@ -191,6 +221,26 @@ class FrontWorker:
             defences.banner.on_ban = self.redis.publish_ban
         self.redis.start()
 
+    def refuse_connection(self, why: str, address: str = "") -> None:
+        """A new connection closed at once (a ceiling reached): said at most once a second
+        (with how many since), so a flood does not flood the log too."""
+        self._refusals += 1
+        now = self.loop.time()
+        if now - self._refusals_logged >= 1.0:
+            self._refusals_logged = now
+            who = f" ({address})" if address else ""
+            log.warning("connection refused: %s reached%s; %d so far", why, who, self._refusals)
+
+    def _poll_blocklist(self) -> None:
+        blocklist = self.blocklist
+        if blocklist is None:
+            return
+        try:
+            blocklist.poll()
+        except Exception:  # a bad file must not stop the watching
+            log.exception("blocklist: reloading failed")
+        self._blocklist_poll = self.loop.call_later(POLL_EVERY, self._poll_blocklist)
+
     def start_health_checks(self) -> None:
         """One prober task per upstream that asks for active health checks."""
         from gantry.front.health import run_health_checks
@@ -215,6 +265,10 @@ class FrontWorker:
             store_memory(self.slot)
         if self._sweep is None:
             self._sweep_deadlines()
+        if self.blocklist is not None:
+            if self._blocklist_poll is None:
+                self._blocklist_poll = self.loop.call_later(POLL_EVERY, self._poll_blocklist)
+            self.blocklist.report(str(os.getpid()))
 
     def _sweep_deadlines(self) -> None:
         now = self.now = self.loop.time()
@@ -229,6 +283,8 @@ class FrontWorker:
             self._tick.cancel()
         if self._sweep is not None:
             self._sweep.cancel()
+        if self._blocklist_poll is not None:
+            self._blocklist_poll.cancel()
         for task in list(self.tasks):
             task.cancel()
         if self.redis is not None:

@@ -529,6 +529,8 @@ class CacheFill:
     serve_updated: Entry | None = None
     updated_age = 0.0
     passed = False
+    #: the stored answer's Content-Length (-1: none; its end says it is whole)
+    body_length = -1
 
     def __init__(
         self,
@@ -688,6 +690,8 @@ class CacheFill:
             vary_values=vary_values(names, self.head.headers),
             tags=tuple(tags),
         )
+        length = field_value(fields, b"content-length")
+        self.body_length = int(length) if length is not None and length.isdigit() else -1
         try:
             self.writer = self.store.writer(entry)
         except OSError as exc:
@@ -746,9 +750,16 @@ class CacheFill:
     def write(self, data: bytes) -> None:
         """A piece of the body: to the store and to the client."""
         writer = self.writer
-        if writer is not None and not writer.write(data):
-            self.writer = None
-            self.release()
+        if writer is not None:
+            if not writer.write(data):
+                self.writer = None
+                self.release()
+            elif writer.length == self.body_length:
+                # the whole body: in place before the client has its last byte, so that
+                # its next request (on another connection, maybe another worker) finds it
+                self.writer = None
+                writer.commit()
+                self.release()
         if self.silent or self.serve_stale or self.serve_updated is not None or self.swallow:
             return
         self.exchange.write(data)

@@ -373,4 +373,4 @@ def front(config_file: str) -> None:
     except ConfigError as exc:
         click.echo(f"gantry front: {exc}", err=True)
         sys.exit(2)
-    sys.exit(run_front(config, config_file=config_file))
+    sys.exit(run_front(config, config_file=config_file, stats=config.stats, metrics=config.metrics))

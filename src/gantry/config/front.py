@@ -11,7 +11,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from gantry.config import ConfigError, parse_address
 from gantry.config.document import read_document
 from gantry.config.errors import error_lines
-from gantry.config.file import HTTPAddress
+from gantry.config.file import HTTPAddress, optional_address_check
 from gantry.config.front_model import (
     AccessRule,
     CacheZone,
@@ -382,6 +382,17 @@ class FrontSettings(_Strict):
         description="'combined': nginx's combined format, then upstream address, upstream "
         "response time and request time; 'json': one JSON object a line with those fields.",
     )
+    stats: Annotated[str | None, AfterValidator(optional_address_check("stats"))] = Field(
+        None,
+        description="Stats server of `gantry front` in uWSGI's format (workers and cache "
+        "zones), read by `gantry top`: 'HOST:PORT' or a unix socket path. Under `gantry up` "
+        "the front's figures are in [stack] stats instead.",
+    )
+    metrics: Annotated[str | None, AfterValidator(optional_address_check("metrics"))] = Field(
+        None,
+        description="Prometheus metrics of `gantry front` over HTTP (workers and cache zones): "
+        "'HOST:PORT'. Under `gantry up`, [stack] metrics.",
+    )
     client_max_body_size: Size = Field(
         1024 * 1024 * 1024, ge=0, description="Largest request body in bytes (413 above)."
     )
@@ -526,7 +537,7 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
         keepalive_timeout=settings.keepalive_timeout,
         send_timeout=settings.send_timeout,
         graceful_timeout=settings.graceful_timeout,
-        caches=caches,
+        caches=caches, stats=settings.stats, metrics=settings.metrics,
     )  # fmt: skip
 
 

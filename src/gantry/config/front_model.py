@@ -154,3 +154,6 @@ class FrontConfig:
     graceful_timeout: float = 10.0
     #: cache zones by name, for a location's ``cache``
     caches: dict[str, CacheZone] = field(default_factory=dict)
+    #: the stats and metrics sockets of `gantry front` (its master serves them)
+    stats: str | None = None
+    metrics: str | None = None

@@ -98,6 +98,8 @@ class FrontConnection(asyncio.Protocol):
         self.chunked_out = False
         #: the relay (proxy) answering the current request
         self.relay: Relay | None = None
+        #: $upstream_cache_status of the current request ("-": no cache answered it)
+        self.cache_status = "-"
         #: the client's output is above the high-water mark
         self.paused = False
         #: why reading is held (_HOLD_* bits)
@@ -597,6 +599,7 @@ class FrontConnection(asyncio.Protocol):
                 self.remote_addr, head, self.status, self.sent, self.upstream_log,
                 now - self.started,
             )  # fmt: skip
+        self.cache_status = "-"
         self.busy = False
         self.idle_since = now
         if self.stream is not None:

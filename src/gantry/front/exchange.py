@@ -110,6 +110,9 @@ class Exchange(ProxyClient, Protocol):
     #: the relay answering this request, if one does (told of back-pressure and of a
     #: client that went away)
     relay: Relay | None
+    #: how a cached location's cache answered (nginx's $upstream_cache_status: HIT,
+    #: MISS, ...), for the access log; "-" elsewhere
+    cache_status: str
 
     def respond(
         self, status: int, fields: list[tuple[bytes, bytes]], body: bytes, reason: bytes = b""

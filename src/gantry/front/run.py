@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from gantry.config import ListenAddress, parse_address
 from gantry.config.front_model import FrontConfig
@@ -28,6 +29,9 @@ from gantry.process.shared import STATUS_CODES, SlotView, WorkerTable
 from gantry.process.sockets import bind_or_inherit
 from gantry.process.systemd import notify
 from gantry.stats.serve import serve_metrics, serve_stats
+
+if TYPE_CHECKING:
+    from gantry.front.cache.counters import CacheCounters
 
 __all__ = ["run_front"]
 
@@ -55,16 +59,21 @@ def _serve_worker(
     sockets: list[tuple[ListenAddress, socket.socket]],
     slot: SlotView | None,
     lone_reload: LoneReload | None = None,
+    cache_counters: CacheCounters | None = None,
 ) -> int:
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     worker = FrontWorker(config, loop)
     worker.slot = slot
+    if worker.cache is not None and cache_counters is not None and slot is not None:
+        worker.cache.share_counters(cache_counters, slot.index)
     stop = asyncio.Event()
 
     async def main() -> None:
         worker.start_clock()
         worker.start_health_checks()
+        if worker.cache is not None:
+            worker.cache.start()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             loop.add_signal_handler(signum, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, _reopen_logs, config, worker)
@@ -178,6 +187,11 @@ def run_front(
             lone_reload.exec_if_requested()
         return code
     table = WorkerTable(max(64, config.workers * 2 + 16))
+    cache_counters = None
+    if config.caches:  # made before the fork: every worker counts into its slot of it
+        from gantry.front.cache.counters import CacheCounters
+
+        cache_counters = CacheCounters(list(config.caches.values()), table.size)
     supervisor = Master(
         MasterSettings(
             workers=config.workers,
@@ -185,16 +199,18 @@ def run_front(
             name="gantry front",
             identity=identity,
         ),
-        lambda slot, generation: _serve_worker(config, sockets, slot),
+        lambda slot, generation: _serve_worker(config, sockets, slot, None, cache_counters),
         table,
     )
     listen_names = [str(address) for address, _ in sockets]
+    caches = cache_counters.report if cache_counters is not None else None
     if stats:
         serve_stats(
-            supervisor.loop, table, stats, supervisor.started, listen_names, supervisor.status
-        )
+            supervisor.loop, table, stats, supervisor.started, listen_names, supervisor.status,
+            caches,
+        )  # fmt: skip
     if metrics:
-        serve_metrics(supervisor.loop, table, metrics, supervisor.started, listen_names)
+        serve_metrics(supervisor.loop, table, metrics, supervisor.started, listen_names, caches)
     try:
         return supervisor.run()
     except WorkerExit as exc:

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from typing import Any
 
 from gantry import __version__
 from gantry.config import parse_address
@@ -51,9 +52,11 @@ def serve_stats(
     started: float,
     listen: list[str],
     status: Callable[[], dict[str, str]] | None = None,
+    caches: Callable[[], list[dict[str, Any]]] | None = None,
 ) -> AnswerServer:
     """uWSGI's stats server: each connection gets one JSON document, then the close.
-    ``status()`` adds the master's own keys (e.g. ``reload_error``)."""
+    ``status()`` adds the master's own keys (e.g. ``reload_error``); ``caches()`` the
+    front's cache zones (their ``caches`` list)."""
     from gantry.stats.uwsgi_json import MasterInfo, stats_document
 
     def answer(request: bytes) -> bytes:
@@ -61,6 +64,8 @@ def serve_stats(
         document = stats_document(table.snapshot(), info)
         if status is not None:
             document.update(status())
+        if caches is not None:
+            document["caches"] = caches()
         return json.dumps(document).encode()
 
     server = listen_and_answer(loop, spec, "--stats", answer, http=False)
@@ -69,15 +74,21 @@ def serve_stats(
 
 
 def serve_metrics(
-    loop: ProcessLoop, table: WorkerTable, spec: str, started: float, listen: list[str]
+    loop: ProcessLoop,
+    table: WorkerTable,
+    spec: str,
+    started: float,
+    listen: list[str],
+    caches: Callable[[], list[dict[str, Any]]] | None = None,
 ) -> AnswerServer:
-    """Prometheus text exposition: any GET on the socket gets the current counters."""
+    """Prometheus text exposition: any GET on the socket gets the current counters (and
+    the cache zones' from ``caches()``)."""
     from gantry.stats.prometheus import render_metrics
     from gantry.stats.uwsgi_json import MasterInfo
 
     def render() -> bytes:
         info = MasterInfo(pid=os.getpid(), version=__version__, started=started, sockets=listen)
-        return render_metrics(table.snapshot(), info)
+        return render_metrics(table.snapshot(), info, caches() if caches is not None else None)
 
     server = listen_and_answer(
         loop, spec, "--metrics", lambda request: http_text_answer(request, render), http=True

@@ -6,6 +6,8 @@ front's own errors of a cached location."""
 from __future__ import annotations
 
 import http.client
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -134,6 +136,84 @@ def test_the_entries_removed_by_purge_leave_the_count(launch: Launcher, short_tm
         assert get(front.port, "/q*", method="PURGE")[0] == 200
         (zone,) = stats(str(stats_path))["caches"]
         assert (zone["entries"], zone["bytes"]) == (0, 0) == zone_files(short_tmp / "c")
+
+
+def _revalidating(fields: dict[str, str]) -> tuple[int, list[tuple[str, str]], bytes]:
+    head = [("ETag", '"v1"'), ("Cache-Control", "max-age=0")]
+    if fields.get("if-none-match") == '"v1"':
+        return 304, head, b""
+    return 200, head, b"r"
+
+
+def test_each_status_in_the_access_log_and_the_counters(launch: Launcher, short_tmp: Path) -> None:
+    log_path, stats_path = short_tmp / "access.log", short_tmp / "s.sock"
+    extra = (
+        f'stats = "{stats_path}"\naccess_log = "{log_path}"\n'
+        "access_log_format = '$request_method $request_uri $status $upstream_cache_status "
+        '"$http_x_note"\'\n'
+    )
+    zone = 'use_stale = ["error", "http_502"]\nbypass = ["$cookie_nocache"]\n'
+    with Origin() as origin:
+        origin.answers["/r"] = _revalidating
+        origin.answers["/e"] = (200, [("Cache-Control", "max-age=0")], b"e")
+        origin.answers["/s"] = (200, [("Cache-Control", "max-age=0")], b"s")
+        origin.answers["/f"] = (200, [("Cache-Control", "max-age=300")], b"f")
+        origin.answers["/p"] = (201, [], b"p")
+        config = cache_config(origin.port, str(short_tmp / "c"), zone, front=extra)
+        config += '\n[[front.server.location]]\npath = "/plain/"\nproxy = "app"\n'
+        front = launch.front(config)
+        for path in ("/r", "/e", "/s", "/f"):
+            assert get(front.port, path)[0] == 200
+        assert get(front.port, "/r")[1]["cache-status"].endswith("fwd-status=304")
+        origin.answers["/e"] = (200, [("Cache-Control", "max-age=0")], b"e2")
+        assert get(front.port, "/e")[2] == b"e2"
+        origin.answers["/s"] = (502, [], b"down")
+        assert get(front.port, "/s")[2] == b"s"
+        assert get(front.port, "/f", {"X-Note": 'a "quoted" note'})[0] == 200
+        assert get(front.port, "/f", {"Cookie": "nocache=1"})[0] == 200
+        assert get(front.port, "/p", method="POST")[0] == 201
+        assert get(front.port, "/plain/x")[0] == 404  # proxied, not cached
+        expected = [
+            'GET /r 200 MISS "-"', 'GET /e 200 MISS "-"', 'GET /s 200 MISS "-"',
+            'GET /f 200 MISS "-"', 'GET /r 200 REVALIDATED "-"', 'GET /e 200 EXPIRED "-"',
+            'GET /s 200 STALE "-"', 'GET /f 200 HIT "a \\x22quoted\\x22 note"',
+            'GET /f 200 BYPASS "-"', 'POST /p 201 BYPASS "-"', 'GET /plain/x 404 - "-"',
+        ]  # fmt: skip
+        assert wait_for(lambda: len(log_path.read_text().splitlines()) == len(expected))
+        assert log_path.read_text().splitlines() == expected
+        (counted,) = stats(str(stats_path))["caches"]
+        assert counted["requests"] == {
+            "hit": 1, "miss": 4, "expired": 1, "stale": 1, "updating": 0, "revalidated": 1,
+            "bypass": 2,
+        }  # fmt: skip
+
+
+def test_json_access_log_carries_the_cache_status(launch: Launcher, short_tmp: Path) -> None:
+    log_path = short_tmp / "access.log"
+    extra = f'access_log = "{log_path}"\naccess_log_format = "json"\n'
+    with Origin() as origin:
+        origin.answers["/j"] = (200, [("Cache-Control", "max-age=300")], b"j")
+        config = cache_config(origin.port, str(short_tmp / "c"), front=extra)
+        front = launch.front(config)
+        get(front.port, "/j")
+        get(front.port, "/j")
+        get(front.port, "/j", method="PURGE")
+        assert wait_for(lambda: len(log_path.read_text().splitlines()) == 3)
+        lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+        assert [line["upstream_cache_status"] for line in lines] == ["MISS", "HIT", None]
+
+
+def test_an_unknown_log_variable_is_a_config_error(launch: Launcher, short_tmp: Path) -> None:
+    config = short_tmp / "bad.toml"
+    config.write_text("[front]\naccess_log = \"-\"\naccess_log_format = '$status $nope'\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "gantry", "check", "-c", str(config)],
+        capture_output=True, text=True, timeout=30,
+        env={**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "front.access_log_format" in result.stderr and "$nope" in result.stderr, result.stderr
+    assert str(config) in result.stderr
 
 
 STACK = """

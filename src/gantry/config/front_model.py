@@ -139,7 +139,7 @@ class FrontConfig:
     servers: tuple[VirtualServer, ...] = ()
     upstreams: dict[str, Upstream] = field(default_factory=dict)
     access_log: str | None = None
-    #: "combined" or "json"
+    #: "combined", "json" or a template of nginx's $variables
     access_log_format: str = "combined"
     error_pages: dict[int, str] = field(default_factory=dict)
     client_max_body_size: int = 1024 * 1024 * 1024

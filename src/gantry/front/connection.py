@@ -597,7 +597,7 @@ class FrontConnection(asyncio.Protocol):
             head = self.head if self.head is not _NO_REQUEST else None
             access_log.write(
                 self.remote_addr, head, self.status, self.sent, self.upstream_log,
-                now - self.started,
+                now - self.started, self.cache_status,
             )  # fmt: skip
         self.cache_status = "-"
         self.busy = False

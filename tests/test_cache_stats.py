@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +215,45 @@ def test_an_unknown_log_variable_is_a_config_error(launch: Launcher, short_tmp: 
     assert result.returncode != 0
     assert "front.access_log_format" in result.stderr and "$nope" in result.stderr, result.stderr
     assert str(config) in result.stderr
+
+
+def test_cache_status_on_the_fronts_own_errors(launch: Launcher, short_tmp: Path) -> None:
+    stats_path = short_tmp / "s.sock"
+    log_path = short_tmp / "access.log"
+    extra = (
+        f'stats = "{stats_path}"\naccess_log = "{log_path}"\n'
+        "access_log_format = '$request_uri $status $upstream_cache_status'\n"
+    )
+    origin = Origin()
+    with origin:
+        origin.answers["/old"] = (200, [("Cache-Control", "max-age=0")], b"old")
+        config = cache_config(origin.port, str(short_tmp / "c"), "", front=extra)
+        config = config.replace(
+            'servers = [{ address = "127.0.0.1:',
+            'read_timeout = "1s"\nservers = [{ address = "127.0.0.1:',
+        )
+        front = launch.front(config)
+        assert get(front.port, "/old")[2] == b"old"
+        origin.gate = threading.Event()  # never opened while the front waits
+        status, fields, _ = get(front.port, "/slow")
+        assert status == 504
+        assert fields["cache-status"] == "gantry; fwd=uri-miss; detail=upstream-timeout"
+    # the origin is gone: its port refuses
+    status, fields, _ = get(front.port, "/new")
+    assert status == 502
+    assert fields["cache-status"] == "gantry; fwd=uri-miss; detail=upstream-error"
+    # a stored entry that may not be served stale (no use_stale): said so too
+    status, fields, _ = get(front.port, "/old")
+    assert status == 502
+    assert fields["cache-status"] == "gantry; fwd=stale; detail=upstream-error"
+    status, fields, _ = get(front.port, "/new", {"Cache-Control": "only-if-cached"})
+    assert status == 504 and fields["cache-status"] == "gantry; fwd=uri-miss"
+    expected = ["/old 200 MISS", "/slow 504 MISS", "/new 502 MISS", "/old 502 EXPIRED",
+                "/new 504 MISS"]  # fmt: skip
+    assert wait_for(lambda: len(log_path.read_text().splitlines()) == len(expected))
+    assert log_path.read_text().splitlines() == expected
+    (zone,) = stats(str(stats_path))["caches"]
+    assert (zone["requests"]["miss"], zone["requests"]["expired"]) == (4, 1)
 
 
 STACK = """

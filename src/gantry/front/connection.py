@@ -338,12 +338,17 @@ class FrontConnection(asyncio.Protocol):
             self.transport.write(self._head_bytes(status, lines, reason) + body)
         self._done()
 
-    def error(self, status: int, close: bool = False) -> None:
-        """A short response of the front's own (errors, refusals): its error page."""
+    def error(
+        self, status: int, close: bool = False, extra: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        """A short response of the front's own (errors, refusals): its error page, with
+        the ``extra`` fields."""
         if close:
             self.keep_alive = False
         content_type, body = self.worker.error_pages.page(status)
         fields = [(b"Content-Type", content_type), (b"Content-Length", str(len(body)).encode())]
+        if extra:
+            fields += extra
         self.respond(status, fields, b"" if self.head.method == "HEAD" else body)
 
     def send_file(
@@ -552,11 +557,13 @@ class FrontConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def fail(self, status: int, message: str) -> None:
-        """No upstream answered: an error of the front's own."""
+    def fail(
+        self, status: int, message: str, fields: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        """No upstream answered: an error of the front's own (with ``fields``)."""
         self.relay = None
         self.log_error(f"{self._request_line()}: {message}")
-        self.error(status)
+        self.error(status, False, fields)
 
     def fixed_vars(self) -> bytes:
         """The uwsgi vars that are the same for each request of this connection."""

@@ -126,6 +126,12 @@ class Exchange(ProxyClient, Protocol):
     def error(self, status: int, close: bool = False) -> None:
         """An error response of the front's own (its error page), then close if ``close``."""
 
+    def fail(
+        self, status: int, message: str, fields: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        """No upstream could answer: an error response of the front's own, with ``fields``
+        added to it."""
+
     def send_file(
         self, status: int, fields: list[tuple[bytes, bytes]], fd: int, pieces: list[FilePiece]
     ) -> None:

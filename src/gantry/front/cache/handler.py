@@ -871,7 +871,13 @@ class CacheFill:
             self.handler.serve(self.exchange, stale, self.stale_age, value + b"; fwd=stale")
             return
         self._count(self.log_status)
-        self.exchange.fail(status, message)
+        # RFC 9211 on the front's own error too: the client sees the cache had nothing
+        # to give (fwd) and why the origin's answer is missing (detail)
+        value = self.status_value or cache_status(
+            False, detail="stale" if stale is not None else "uri-miss"
+        )
+        reason = b"upstream-timeout" if status == 504 else b"upstream-error"
+        self.exchange.fail(status, message, [(b"Cache-Status", value + b"; detail=" + reason)])
 
     def _drop(self) -> None:
         writer = self.writer

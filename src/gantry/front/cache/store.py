@@ -243,7 +243,7 @@ class CacheStore:
         """The file of a key's entry (or of one of its variants)."""
         name = digest
         if variant is not None:
-            blob = b"\0".join(b"\1" if v is None else b"\2" + v for v in variant)
+            blob = b"\0".join([b"\1" if v is None else b"\2" + v for v in variant])
             name += "-" + hashlib.sha256(blob).hexdigest()[:32]
         return os.path.join(self.root, digest[:2], name)
 
@@ -680,6 +680,8 @@ def _write_file(path: str, data: bytes) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view) :]
+            # the count in a name of its own: compiled, view[os.write(...):] made the call twice
+            written = os.write(fd, view)
+            view = view[written:]
     finally:
         os.close(fd)

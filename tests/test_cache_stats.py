@@ -256,6 +256,60 @@ def test_cache_status_on_the_fronts_own_errors(launch: Launcher, short_tmp: Path
     assert (zone["requests"]["miss"], zone["requests"]["expired"]) == (4, 1)
 
 
+def test_a_restarted_front_counts_the_entries_already_on_disk(
+    launch: Launcher, short_tmp: Path
+) -> None:
+    stats_path = short_tmp / "s.sock"
+    with Origin() as origin:
+        for i in range(5):
+            origin.answers[f"/k{i}"] = (200, [("Cache-Control", "max-age=600")], b"k" * 300)
+        config = cache_config(
+            origin.port, str(short_tmp / "c"), workers=2, front=f'stats = "{stats_path}"'
+        )
+        first = launch.front(config, name="first")
+        for i in range(5):
+            assert get(first.port, f"/k{i}")[0] == 200
+        first.stop()
+        second = launch.front(config, name="second")
+
+        def counted() -> tuple[int, int]:
+            zone = stats(str(stats_path))["caches"][0]
+            return zone["entries"], zone["bytes"]
+
+        # the first sweep, soon after the workers start, counts what is on disk
+        assert wait_for(lambda: counted() == zone_files(short_tmp / "c"), 10), counted()
+        assert counted()[0] == 5
+        assert get(second.port, "/k0")[1]["cache-status"].startswith("gantry; hit")
+
+
+def test_a_stale_entry_served_while_another_request_refreshes_it_is_updating(
+    launch: Launcher, short_tmp: Path
+) -> None:
+    log_path = short_tmp / "access.log"
+    extra = (
+        f'access_log = "{log_path}"\naccess_log_format = "$request_uri $upstream_cache_status"\n'
+    )
+    zone = 'use_stale = ["updating"]\nlock = true\n'
+    with Origin() as origin:
+        origin.answers["/u"] = (200, [("Cache-Control", "max-age=0")], b"u")
+        front = launch.front(cache_config(origin.port, str(short_tmp / "c"), zone, front=extra))
+        assert get(front.port, "/u")[2] == b"u"
+        origin.gate = threading.Event()  # the refresh waits at the origin, holding the lock
+        refresh: list[tuple[int, dict[str, str], bytes]] = []
+        first = threading.Thread(target=lambda: refresh.append(get(front.port, "/u")))
+        first.start()
+        try:
+            assert wait_for(lambda: origin.count("/u") == 2)
+            status, fields, body = get(front.port, "/u")
+            assert (status, body) == (200, b"u") and "hit" in fields["cache-status"]
+        finally:
+            origin.gate.set()
+            first.join(30)
+        assert refresh and refresh[0][0] == 200
+        assert wait_for(lambda: len(log_path.read_text().splitlines()) == 3)
+        assert log_path.read_text().splitlines() == ["/u MISS", "/u UPDATING", "/u EXPIRED"]
+
+
 STACK = """
 [stack]
 graceful_timeout = 5

@@ -366,3 +366,18 @@ def test_gantry_up_shows_the_front_zones(launch: Launcher, short_tmp: Path) -> N
     assert top.returncode == 0 and any(
         line.startswith("pages") for line in top.stdout.splitlines()
     ), top.stdout
+
+
+def test_front_stats_under_gantry_up_is_a_config_error(short_tmp: Path) -> None:
+    """Under gantry up the stack serves the front's figures: [front] stats would be a
+    second server nobody reads, so the file is refused, naming the key and why."""
+    config = short_tmp / "stack.toml"
+    config.write_text(
+        '[front]\nstats = "/tmp/never.sock"\n[[app]]\nname = "hello"\nmodule = "gantry.demo:app"\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "gantry", "check", "-c", str(config)],
+        capture_output=True, text=True, timeout=30, env={**os.environ, "GANTRY_PURE": "1"},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert f"{config}: front.stats: under gantry up" in result.stderr, result.stderr

@@ -67,7 +67,7 @@ def test_hits_and_misses_of_two_workers_are_counted_exactly(
         front = launch.front(
             cache_config(origin.port, str(short_tmp / "c"), workers=2, front=extra)
         )
-        assert wait_for(lambda: len(stats(str(stats_path))["workers"]) == 2), front.log_text()
+        assert wait_for(lambda: len(stats(str(stats_path))["workers"]) == 2, 30), front.log_text()
         hits = misses = 0
 
         def both_workers_served() -> bool:
@@ -86,7 +86,7 @@ def test_hits_and_misses_of_two_workers_are_counted_exactly(
                 hits += turn > 0
             if i >= 4 and i % 5 == 0 and both_workers_served():
                 break
-        assert wait_for(both_workers_served, 5), stats(str(stats_path))["workers"]
+        assert wait_for(both_workers_served, 15), stats(str(stats_path))["workers"]
         assert origin.count("/p0") == 1
 
         doc = stats(str(stats_path))
@@ -277,7 +277,7 @@ def test_a_restarted_front_counts_the_entries_already_on_disk(
             return zone["entries"], zone["bytes"]
 
         # the first sweep, soon after the workers start, counts what is on disk
-        assert wait_for(lambda: counted() == zone_files(short_tmp / "c"), 10), counted()
+        assert wait_for(lambda: counted() == zone_files(short_tmp / "c"), 30), counted()
         assert counted()[0] == 5
         assert get(second.port, "/k0")[1]["cache-status"].startswith("gantry; hit")
 
@@ -352,7 +352,7 @@ def test_gantry_up_shows_the_front_zones(launch: Launcher, short_tmp: Path) -> N
         return dict(caches[0])
 
     # the first /hello answered may have been one before the pool was up (a 502)
-    assert wait_for(lambda: zone().get("requests", {}).get("hit", 0) >= 4, limit=10), zone()
+    assert wait_for(lambda: zone().get("requests", {}).get("hit", 0) >= 4, limit=30), zone()
     counted = zone()
     assert counted["name"] == "pages" and counted["entries"] == 1
     text = metrics(metrics_port)

@@ -78,12 +78,15 @@ class Origin:
             return self.hits.get(path, 0)
 
 
-def cache_config(origin_port: int, cache_path: str, zone: str = "", workers: int = 1) -> str:
+def cache_config(
+    origin_port: int, cache_path: str, zone: str = "", workers: int = 1, front: str = ""
+) -> str:
     """A front (FRONT_PORT) whose "/" proxies to the origin through the cache zone "pages";
-    ``zone`` adds keys to the zone's table."""
+    ``zone`` adds keys to the zone's table, ``front`` to [front]."""
     return f"""[front]
 listen = ["127.0.0.1:FRONT_PORT"]
 workers = {workers}
+{front}
 
 [front.upstream.app]
 servers = [{{ address = "127.0.0.1:{origin_port}" }}]

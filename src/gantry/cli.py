@@ -371,7 +371,9 @@ def front(config_file: str) -> None:
 
     try:
         config = load_front_config(config_file)
-        code = run_front(config, config_file=config_file)
+        code = run_front(
+            config, config_file=config_file, stats=config.stats, metrics=config.metrics
+        )
     except ConfigError as exc:  # the file, or a socket that cannot be bound
         click.echo(f"gantry front: {exc}", err=True)
         sys.exit(2)

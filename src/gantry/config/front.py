@@ -12,6 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from gantry.config import ConfigError, parse_address
 from gantry.config.document import read_document
 from gantry.config.errors import error_lines
+from gantry.config.file import optional_address_check
 from gantry.config.front_model import (
     AccessRule,
     AutobanRule,
@@ -33,7 +34,52 @@ from gantry.config.front_model import (
 )
 from gantry.config.units import ByteRate, Duration, Size, WholeSeconds
 
-__all__ = ["ControlPath", "load_front_config", "front_config_from_dict"]
+__all__ = [
+    "LOG_VARIABLES",
+    "ControlPath",
+    "load_front_config",
+    "front_config_from_dict",
+    "split_log_format",
+]
+
+#: the variables an access_log_format template may use (nginx's names), besides
+#: $http_NAME for any request field
+LOG_VARIABLES = frozenset(
+    {
+        "remote_addr", "remote_user", "time_local", "time_iso8601", "msec", "request",
+        "request_method", "request_uri", "server_protocol", "status", "body_bytes_sent",
+        "http_referer", "http_user_agent", "upstream_addr", "upstream_response_time",
+        "request_time", "upstream_cache_status", "limit_req_status",
+    }
+)  # fmt: skip
+_LOG_VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+
+
+def split_log_format(template: str) -> list[str]:
+    """An nginx log_format template as its literal text and variable names in turn
+    (text, name, text, ..., text); ValueError naming an unknown variable."""
+    parts: list[str] = []
+    position = 0
+    for match in _LOG_VARIABLE.finditer(template):
+        name = match.group(1) or match.group(2)
+        if name not in LOG_VARIABLES and not (name.startswith("http_") and len(name) > 5):
+            known = ", ".join(f"${v}" for v in sorted(LOG_VARIABLES))
+            raise ValueError(f"unknown variable ${name} (known: {known}, $http_NAME)")
+        parts += [template[position : match.start()], name]
+        position = match.end()
+    parts.append(template[position:])
+    return parts
+
+
+def _log_format(value: str) -> str:
+    if value in ("combined", "json"):
+        return value
+    if "$" not in value:
+        raise ValueError(
+            f"expected 'combined', 'json' or a template with $variables, got {value!r}"
+        )
+    split_log_format(value)
+    return value
 
 
 class _Strict(BaseModel):
@@ -604,10 +650,25 @@ class FrontSettings(_Strict):
         "output, 'stderr', or 'off'. Unset: none for `gantry front`, 'stderr' under "
         "`gantry up`.",
     )
-    access_log_format: Literal["combined", "json"] = Field(
+    access_log_format: Annotated[str, AfterValidator(_log_format)] = Field(
         "combined",
         description="'combined': nginx's combined format, then upstream address, upstream "
-        "response time and request time; 'json': one JSON object a line with those fields.",
+        "response time and request time; 'json': one JSON object a line with those fields "
+        "and upstream_cache_status; or a template as nginx's log_format writes it, e.g. "
+        "'$remote_addr \"$request\" $status $upstream_cache_status' (variables: "
+        + ", ".join(f"${v}" for v in sorted(LOG_VARIABLES))
+        + ", $http_NAME for a request field; each value escaped as nginx does).",
+    )
+    stats: Annotated[str | None, AfterValidator(optional_address_check("stats"))] = Field(
+        None,
+        description="Stats server of `gantry front` in uWSGI's format (workers and cache "
+        "zones), read by `gantry top`: 'HOST:PORT' or a unix socket path. Under `gantry up` "
+        "the front's figures are in [stack] stats instead.",
+    )
+    metrics: Annotated[str | None, AfterValidator(optional_address_check("metrics"))] = Field(
+        None,
+        description="Prometheus metrics of `gantry front` over HTTP (workers and cache zones): "
+        "'HOST:PORT'. Under `gantry up`, [stack] metrics.",
     )
     client_max_body_size: Size = Field(
         1024 * 1024 * 1024, ge=0, description="Largest request body in bytes (413 above)."
@@ -868,6 +929,7 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
         keepalive_requests=settings.keepalive_requests,
         worker_connections=settings.worker_connections,
         max_connections_per_address=settings.max_connections_per_address,
+        stats=settings.stats, metrics=settings.metrics,
     )  # fmt: skip
 
 

@@ -244,7 +244,7 @@ class FrontConfig:
     servers: tuple[VirtualServer, ...] = ()
     upstreams: dict[str, Upstream] = field(default_factory=dict)
     access_log: str | None = None
-    #: "combined" or "json"
+    #: "combined", "json" or a template of nginx's $variables
     access_log_format: str = "combined"
     error_pages: dict[int, str] = field(default_factory=dict)
     client_max_body_size: int = 1024 * 1024 * 1024
@@ -278,3 +278,6 @@ class FrontConfig:
     keepalive_requests: int = 1000
     worker_connections: int = 10000
     max_connections_per_address: int = 0
+    #: the stats and metrics sockets of `gantry front` (its master serves them)
+    stats: str | None = None
+    metrics: str | None = None

@@ -295,6 +295,11 @@ class StackPlan:
             spec = getattr(self.settings.stack, key)
             if spec:
                 parse_address(spec, key, f"{self.source}: stack.{key}")
+            if getattr(self.settings.front, key):
+                raise ConfigError(
+                    f"{self.source}: front.{key}: under gantry up the front's {key} are "
+                    f"served by [stack] {key}"
+                )
         self.front_config()  # location proxies, access rules, upstream names
         for i, app in enumerate(self.settings.app):
             try:

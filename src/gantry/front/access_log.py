@@ -1,5 +1,5 @@
-"""The front's access log: nginx's combined format plus the upstream attempts, or the
-same fields as one JSON object a line."""
+"""The front's access log: nginx's combined format plus the upstream attempts, the same
+fields as one JSON object a line, or a template of nginx's log_format variables."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 import time
 from typing import TextIO
 
+from gantry.config.front import split_log_format
 from gantry.protocol.http1 import RequestHead
 
 __all__ = ["AccessLog", "escape", "header"]
@@ -18,11 +19,14 @@ _STREAMS = {"-": "stdout", "stdout": "stdout", "stderr": "stderr"}
 
 class AccessLog:
     """One line per response: to a line-buffered file, standard output ('-') or
-    'stderr'; ``format`` "combined" (nginx's, plus the upstream attempts) or "json"."""
+    'stderr'; ``format`` "combined" (nginx's, plus the upstream attempts), "json", or a
+    template with nginx's $variables (see config.front.LOG_VARIABLES)."""
 
     def __init__(self, path: str, format: str = "combined") -> None:
         self.path = path
         self.json = format == "json"
+        #: a template's text and variable names in turn; None for combined and json
+        self.template = None if format in ("combined", "json") else split_log_format(format)
         self.stream: TextIO = self._open()
 
     def _open(self) -> TextIO:
@@ -47,11 +51,13 @@ class AccessLog:
         upstreams: list[tuple[str, float]] | None,
         elapsed: float,
         limit_status: str = "",
+        cache_status: str = "-",
     ) -> None:
         """One line: upstream_addr and upstream_response_time list each attempt of a
         retried request (", " between them in the combined format; "-" for none).
         ``limit_status`` is nginx's $limit_req_status: the last field of a combined line
-        where a limit_req applied ("limit_req_status", null when none, in JSON)."""
+        where a limit_req applied ("limit_req_status", null when none, in JSON);
+        ``cache_status`` is $upstream_cache_status (HIT, MISS...; "-": no cache)."""
         referer = agent = None
         line = "-"
         if head is not None:
@@ -59,7 +65,18 @@ class AccessLog:
             agent = header(head, b"user-agent")
             line = f"{head.method} {head.target.decode('latin-1')} HTTP/{head.version}"
         attempts = upstreams or []
-        if self.json:
+        if self.template is not None:
+            values = {
+                "remote_addr": remote_addr, "request": line, "status": str(status),
+                "body_bytes_sent": str(sent), "http_referer": referer or "-",
+                "http_user_agent": agent or "-", "request_time": f"{elapsed:.3f}",
+                "upstream_cache_status": cache_status,
+                "limit_req_status": limit_status or "-",
+                "upstream_addr": ", ".join(address for address, _ in attempts) or "-",
+                "upstream_response_time": ", ".join(f"{t:.3f}" for _, t in attempts) or "-",
+            }  # fmt: skip
+            text = self._fill(self.template, values, head)
+        elif self.json:
             text = json.dumps(
                 {
                     "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -76,6 +93,7 @@ class AccessLog:
                     "upstream_response_time": [round(seconds, 3) for _, seconds in attempts],
                     "request_time": round(elapsed, 3),
                     "limit_req_status": limit_status or None,
+                    "upstream_cache_status": None if cache_status == "-" else cache_status,
                 },
                 ensure_ascii=True,
             )
@@ -94,10 +112,46 @@ class AccessLog:
         if self.path in _STREAMS:
             self.stream.flush()  # a pipe is block-buffered: a line must not wait
 
+    @staticmethod
+    def _fill(template: list[str], values: dict[str, str], head: RequestHead | None) -> str:
+        """The template's line: each variable's value, escaped as nginx escapes them."""
+        pieces: list[str] = []
+        for index, part in enumerate(template):
+            if index % 2 == 0:
+                pieces.append(part)
+                continue
+            value = values.get(part)
+            if value is None:
+                value = _variable(part, head)
+            pieces.append(escape(value))
+        return "".join(pieces)
+
     def close(self) -> None:
         """Close the file (a standard stream stays open)."""
         if self.path not in _STREAMS:
             self.stream.close()
+
+
+def _variable(name: str, head: RequestHead | None) -> str:
+    """A variable that depends on the clock or the request alone ("-" when unset)."""
+    now = time.time()
+    if name == "time_local":
+        return time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(now))
+    if name == "time_iso8601":
+        return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now))
+    if name == "msec":
+        return f"{now:.3f}"
+    if head is None:
+        return "-"
+    if name == "request_method":
+        return head.method
+    if name == "request_uri":
+        return head.target.decode("latin-1")
+    if name == "server_protocol":
+        return f"HTTP/{head.version}"
+    if name.startswith("http_"):
+        return header(head, name[5:].lower().replace("_", "-").encode()) or "-"
+    return "-"  # remote_user: no authentication here
 
 
 def escape(text: str) -> str:

@@ -125,6 +125,8 @@ class FrontConnection(asyncio.Protocol):
         self.chunked_out = False
         #: the relay (proxy) answering the current request
         self.relay: Relay | None = None
+        #: $upstream_cache_status of the current request ("-": no cache answered it)
+        self.cache_status = "-"
         #: the client's output is above the high-water mark
         self.paused = False
         #: why reading is held (_HOLD_* bits)
@@ -490,12 +492,17 @@ class FrontConnection(asyncio.Protocol):
             self.transport.write(self._head_bytes(status, lines, reason) + body)
         self._done()
 
-    def error(self, status: int, close: bool = False) -> None:
-        """A short response of the front's own (errors, refusals): its error page."""
+    def error(
+        self, status: int, close: bool = False, extra: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        """A short response of the front's own (errors, refusals): its error page, with
+        the ``extra`` fields."""
         if close:
             self.keep_alive = False
         content_type, body = self.worker.error_pages.page(status)
         fields = [(b"Content-Type", content_type), (b"Content-Length", str(len(body)).encode())]
+        if extra:
+            fields += extra
         self.respond(status, fields, b"" if self.head.method == "HEAD" else body)
 
     def at_end(self, release: Callable[[], None]) -> None:
@@ -720,11 +727,13 @@ class FrontConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def fail(self, status: int, message: str) -> None:
-        """No upstream answered: an error of the front's own."""
+    def fail(
+        self, status: int, message: str, fields: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        """No upstream answered: an error of the front's own (with ``fields``)."""
         self.relay = None
         self.log_error(f"{self._request_line()}: {message}")
-        self.error(status)
+        self.error(status, False, fields)
 
     def fixed_vars(self) -> bytes:
         """The uwsgi vars that are the same for each request of this connection (its
@@ -777,8 +786,9 @@ class FrontConnection(asyncio.Protocol):
             head = self.head if self.head is not _NO_REQUEST else None
             access_log.write(
                 self.remote_addr, head, self.status, self.sent, self.upstream_log,
-                now - self.started, self.limit_status,
+                now - self.started, self.limit_status, self.cache_status,
             )  # fmt: skip
+        self.cache_status = "-"
         self.busy = False
         self.idle_since = now
         if self.stream is not None:

@@ -121,6 +121,9 @@ class Exchange(ProxyClient, Protocol):
     #: nginx's $limit_req_status of this request: PASSED, DELAYED, REJECTED,
     #: DELAYED_DRY_RUN, REJECTED_DRY_RUN ("" when no limit_req applied)
     limit_status: str
+    #: how a cached location's cache answered (nginx's $upstream_cache_status: HIT,
+    #: MISS, ...), for the access log; "-" elsewhere
+    cache_status: str
 
     def respond(
         self, status: int, fields: list[tuple[bytes, bytes]], body: bytes, reason: bytes = b""
@@ -136,8 +139,15 @@ class Exchange(ProxyClient, Protocol):
 
     def at_end(self, release: Callable[[], None]) -> None:
         """Call ``release`` once when this request ends: answered, or its client gone."""
+
     def drop(self) -> None:
         """No answer at all: close the connection (nginx's 444, logged with that status)."""
+
+    def fail(
+        self, status: int, message: str, fields: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        """No upstream could answer: an error response of the front's own, with ``fields``
+        added to it."""
 
     def send_file(
         self, status: int, fields: list[tuple[bytes, bytes]], fd: int, pieces: list[FilePiece]

@@ -34,6 +34,7 @@ from gantry.stats.serve import serve_metrics, serve_stats
 
 if TYPE_CHECKING:
     from gantry.control.server import ControlServer
+    from gantry.front.cache.counters import CacheCounters
 
 __all__ = ["run_front"]
 
@@ -62,17 +63,22 @@ def _serve_worker(
     slot: SlotView | None,
     lone_reload: LoneReload | None = None,
     defences: FrontLimits | None = None,
+    cache_counters: CacheCounters | None = None,
 ) -> int:
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     worker = FrontWorker(config, loop, defences)
     worker.slot = slot
+    if worker.cache is not None and cache_counters is not None and slot is not None:
+        worker.cache.share_counters(cache_counters, slot.index)
     stop = asyncio.Event()
 
     async def main() -> None:
         worker.start_clock()
         worker.start_health_checks()
         worker.start_shared()
+        if worker.cache is not None:
+            worker.cache.start()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             loop.add_signal_handler(signum, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, _reopen_logs, config, worker)
@@ -215,6 +221,11 @@ def run_front(
     # Limit zones and bans are made here, before any fork, so that every worker (and
     # every worker of a reload) shares the same maps.
     defences = FrontLimits(config) if FrontLimits.wanted(config) else None
+    cache_counters = None
+    if config.caches:  # made before the fork: every worker counts into its slot of it
+        from gantry.front.cache.counters import CacheCounters
+
+        cache_counters = CacheCounters(list(config.caches.values()), table.size)
     supervisor = Master(
         MasterSettings(
             workers=config.workers,
@@ -222,7 +233,9 @@ def run_front(
             name="gantry front",
             identity=identity,
         ),
-        lambda slot, generation: _serve_worker(config, sockets, slot, None, defences),
+        lambda slot, generation: _serve_worker(
+            config, sockets, slot, None, defences, cache_counters
+        ),
         table,
     )
     listen_names = [str(address) for address, _ in sockets]
@@ -234,12 +247,13 @@ def run_front(
             # the master reads the zones' counters from shared memory: no worker is asked
             return {**supervisor.status(), "limits": limits.stats()}
 
+    caches = cache_counters.report if cache_counters is not None else None
     if stats:
-        serve_stats(supervisor.loop, table, stats, supervisor.started, listen_names, status)
+        serve_stats(supervisor.loop, table, stats, supervisor.started, listen_names, status, caches)
     if metrics:
         serve_metrics(
             supervisor.loop, table, metrics, supervisor.started, listen_names,
-            defences.metrics if defences is not None else None,
+            defences.metrics if defences is not None else None, caches,
         )  # fmt: skip
     answering = None
     if control is not None:

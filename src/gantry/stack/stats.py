@@ -36,7 +36,9 @@ def stack_document(parts: list[tuple[Part, dict[str, Any]]], started: float) -> 
     workers: list[dict[str, Any]] = []
     pools: list[dict[str, Any]] = []
     sockets: list[dict[str, Any]] = []
+    caches: list[dict[str, Any]] = []
     for part, doc in parts:
+        caches += doc.get("caches", [])  # the front's zones
         for worker in doc.get("workers", []):
             # "id" stays unique across the stack (uwsgitop keys on it); "worker" is the
             # number the pool's own log uses.
@@ -72,6 +74,7 @@ def stack_document(parts: list[tuple[Part, dict[str, Any]]], started: float) -> 
         "sockets": sockets,
         "pools": pools,
         "workers": workers,
+        **({"caches": caches} if caches else {}),
     }
 
 
@@ -120,7 +123,7 @@ class StackStats:
                 ({"pool": w["pool"], "worker": str(w["id"]), "pid": str(w["pid"])}, w)
                 for w in doc["workers"]
             ]
-            return render_metric_rows(rows, self.started)
+            return render_metric_rows(rows, self.started, doc.get("caches"))
 
         if not request.startswith((b"GET ", b"HEAD ")):
             deliver(http_text_answer(request, lambda: b""))

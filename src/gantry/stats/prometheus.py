@@ -19,8 +19,11 @@ def _labels(**labels: str) -> str:
     return "{" + ",".join(f'{key}="{_escape(value)}"' for key, value in labels.items()) + "}"
 
 
-def render_metrics(workers: list[WorkerStats], info: MasterInfo) -> bytes:
-    """Every worker's counters, one family per metric."""
+def render_metrics(
+    workers: list[WorkerStats], info: MasterInfo, caches: list[dict[str, Any]] | None = None
+) -> bytes:
+    """Every worker's counters, one family per metric; then the cache zones' (the stats
+    document's ``caches``)."""
     rows = [
         (
             {"worker": str(w.id), "pid": str(w.pid)},
@@ -41,14 +44,17 @@ def render_metrics(workers: list[WorkerStats], info: MasterInfo) -> bytes:
         )  # fmt: skip
         for w in workers
     ]
-    return render_metric_rows(rows, info.started)
+    return render_metric_rows(rows, info.started, caches)
 
 
 def render_metric_rows(
-    rows: Sequence[tuple[dict[str, str], Mapping[str, Any]]], started: float
+    rows: Sequence[tuple[dict[str, str], Mapping[str, Any]]],
+    started: float,
+    caches: Sequence[Mapping[str, Any]] | None = None,
 ) -> bytes:
     """One family per metric; each row is a worker's labels and its counters, named as in
-    the stats document (``requests``, ``tx``, ``avg_rt`` in microseconds, ``status``...)."""
+    the stats document (``requests``, ``tx``, ``avg_rt`` in microseconds, ``status``...);
+    ``caches`` the document's cache zones."""
     lines: list[str] = []
 
     def family(name: str, kind: str, help_text: str) -> None:
@@ -88,4 +94,29 @@ def render_metric_rows(
     lines.append(f"gantry_workers {len(rows)}")
     family("gantry_master_start_time_seconds", "gauge", "When the master started (epoch).")
     lines.append(f"gantry_master_start_time_seconds {started}")
+    if caches:
+        lines += _cache_lines(caches)
     return ("\n".join(lines) + "\n").encode()
+
+
+def _cache_lines(caches: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The cache zones' families: requests by how the cache answered, entries, bytes."""
+    lines = [
+        "# HELP gantry_cache_requests_total Requests of cached locations, by how the cache "
+        "answered them (nginx's $upstream_cache_status).",
+        "# TYPE gantry_cache_requests_total counter",
+    ]
+    for zone in caches:
+        for status, count in zone.get("requests", {}).items():
+            labels = _labels(zone=str(zone["name"]), status=str(status))
+            lines.append(f"gantry_cache_requests_total{labels} {count}")
+    gauges = [
+        ("gantry_cache_entries", "Responses stored in the zone.", "entries"),
+        ("gantry_cache_bytes", "Bytes the zone's entries take on disk.", "bytes"),
+        ("gantry_cache_max_bytes", "The zone's max_size.", "max_size"),
+    ]
+    for name, help_text, key in gauges:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        for zone in caches:
+            lines.append(f"{name}{_labels(zone=str(zone['name']))} {zone.get(key, 0)}")
+    return lines

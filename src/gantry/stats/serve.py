@@ -52,9 +52,11 @@ def serve_stats(
     started: float,
     listen: list[str],
     status: Callable[[], dict[str, Any]] | None = None,
+    caches: Callable[[], list[dict[str, Any]]] | None = None,
 ) -> AnswerServer:
     """uWSGI's stats server: each connection gets one JSON document, then the close.
-    ``status()`` adds the master's own keys (e.g. ``reload_error``)."""
+    ``status()`` adds the master's own keys (e.g. ``reload_error``); ``caches()`` the
+    front's cache zones (their ``caches`` list)."""
     from gantry.stats.uwsgi_json import MasterInfo, stats_document
 
     def answer(request: bytes) -> bytes:
@@ -62,6 +64,8 @@ def serve_stats(
         document = stats_document(table.snapshot(), info)
         if status is not None:
             document.update(status())
+        if caches is not None:
+            document["caches"] = caches()
         return json.dumps(document).encode()
 
     server = listen_and_answer(loop, spec, "--stats", answer, http=False)
@@ -76,15 +80,16 @@ def serve_metrics(
     started: float,
     listen: list[str],
     extra: Callable[[], str] | None = None,
+    caches: Callable[[], list[dict[str, Any]]] | None = None,
 ) -> AnswerServer:
-    """Prometheus text exposition: any GET on the socket gets the current counters
-    (and ``extra()``'s families, e.g. the front's limits)."""
+    """Prometheus text exposition: any GET on the socket gets the current counters (the
+    cache zones' from ``caches()``, and ``extra()``'s families, e.g. the front's limits)."""
     from gantry.stats.prometheus import render_metrics
     from gantry.stats.uwsgi_json import MasterInfo
 
     def render() -> bytes:
         info = MasterInfo(pid=os.getpid(), version=__version__, started=started, sockets=listen)
-        text = render_metrics(table.snapshot(), info)
+        text = render_metrics(table.snapshot(), info, caches() if caches is not None else None)
         return text + extra().encode() if extra is not None else text
 
     server = listen_and_answer(

@@ -88,7 +88,36 @@ def render_frame(
             f"{w['exceptions']:>5} {w['respawn_count']:>7}  {current}"
         )
         lines.append(line[:width])
+    lines += _cache_lines(doc.get("caches") or [], width)
     return "\n".join(lines) + "\n"
+
+
+#: (column, width) of the cache section: how requests were answered (as nginx's
+#: $upstream_cache_status names it)
+_CACHE_COLUMNS = (
+    ("hit", 9), ("miss", 9), ("expired", 8), ("stale", 7), ("updating", 8),
+    ("revalidated", 11), ("bypass", 7),
+)  # fmt: skip
+
+
+def _cache_lines(caches: list[dict[str, Any]], width: int) -> list[str]:
+    """A line per cache zone: its requests by status, its hit ratio, entries and size."""
+    if not caches:
+        return []
+    header = "".join(f"{name.upper():>{size + 1}}" for name, size in _CACHE_COLUMNS)
+    lines = ["", f"{'CACHE':<12}{header} {'HIT%':>6} {'ENTRIES':>8} {'SIZE':>8} {'MAX':>8}"]
+    for zone in caches:
+        requests = zone.get("requests", {})
+        counts = "".join(f"{requests.get(name, 0):>{size + 1}}" for name, size in _CACHE_COLUMNS)
+        total = sum(requests.values())
+        ratio = f"{100 * requests.get('hit', 0) / total:.1f}" if total else "-"
+        line = (
+            f"{str(zone.get('name', ''))[:12]:<12}{counts} {ratio:>6} "
+            f"{zone.get('entries', 0):>8} {_size(zone.get('bytes', 0)):>8} "
+            f"{_size(zone.get('max_size', 0)):>8}"
+        )
+        lines.append(line[:width])
+    return lines
 
 
 @contextmanager

@@ -20,6 +20,17 @@ from typing import Final
 
 from gantry.config.front_model import CacheZone, Location, Upstream, VirtualServer
 from gantry.front.balancing import UpstreamPool
+from gantry.front.cache.counters import (
+    BYPASS,
+    EXPIRED,
+    HIT,
+    MISS,
+    REVALIDATED,
+    STALE,
+    STATUSES,
+    UPDATING,
+    CacheCounters,
+)
 from gantry.front.cache.policy import (
     Fields,
     Usable,
@@ -135,7 +146,24 @@ class CacheHandler(Handler):
         self.passing: dict[str, float] = {}
         #: key -> requests seen for it while missing (min_uses)
         self.uses: dict[str, int] = {}
-        self._sweep: asyncio.TimerHandle | None = None
+        self._sweep: asyncio.Handle | None = None
+        #: the zones' figures: this worker's own until share_counters gives the master's
+        self.counters = CacheCounters(list(zones.values()), 1)
+        self.tallies: dict[str, memoryview] = {}
+        self.share_counters(self.counters, 0)
+
+    def share_counters(self, counters: CacheCounters, slot: int) -> None:
+        """Count into worker ``slot`` of ``counters`` (the master's, read for stats)."""
+        self.counters = counters
+        self.tallies = {name: counters.worker(slot, name) for name in self.zones}
+        for name, store in self.stores.items():
+            store.usage = self.tallies[name]
+
+    def count(self, exchange: Exchange, zone: CacheZone, status: int) -> None:
+        """How the cache answered ``exchange``: counted for the zone, and logged
+        ($upstream_cache_status)."""
+        exchange.cache_status = STATUSES[status]
+        self.tallies[zone.name][status] += 1
 
     def applies(self, server: VirtualServer, location: Location | None) -> bool:
         return location is not None and location.cache is not None and bool(location.proxy)
@@ -156,11 +184,20 @@ class CacheHandler(Handler):
         loop.run_in_executor(None, self._sweep_all).add_done_callback(self._swept)
 
     def _sweep_all(self) -> None:
-        for store in self.stores.values():
+        for name, store in self.stores.items():
+            base = self.counters.sweep_begins(name)
             try:
-                store.sweep()
+                entries, size = store.sweep()
             except OSError:
-                pass  # a zone's folder gone: each lookup is a miss meanwhile
+                continue  # a zone's folder gone: each lookup is a miss meanwhile
+            if entries >= 0:
+                self.counters.swept(name, entries, size, base)
+
+    def start(self) -> None:
+        """Sweep the zones soon after the worker starts (one worker does), so their
+        entries and bytes are known before the first request."""
+        if self._sweep is None:
+            self._sweep = self.keepalive.loop.call_soon(self._sweep_zones)
 
     def _swept(self, done: asyncio.Future[None]) -> None:
         if done.cancelled() or self._closed:
@@ -187,11 +224,13 @@ class CacheHandler(Handler):
             fill = CacheFill(self, exchange, zone, store, key, head)
             fill.invalidating = True
             fill.status_value = cache_status(False, detail="method")
+            fill.log_status = BYPASS
             self._forward(exchange, fill, head, body)
             return True
         if bypassed(zone.bypass, head, exchange.remote_addr):
             fill = CacheFill(self, exchange, zone, store, key, head)
             fill.status_value = cache_status(False, detail="bypass")
+            fill.log_status = BYPASS
             self._forward(exchange, fill, head, body)
             return True
         self._lookup(exchange, zone, store, key, head, body, waited=False)
@@ -213,11 +252,13 @@ class CacheHandler(Handler):
         if entry is not None and not self._may_serve(entry, request):
             fill = CacheFill(self, exchange, zone, store, key, head)
             fill.status_value = cache_status(False, detail="request")
+            fill.log_status = BYPASS
             self._forward(exchange, fill, head, body)
             return
         if entry is None:
             wanted = directives(field_value(request, b"cache-control"))
             if "only-if-cached" in wanted:
+                self.count(exchange, zone, MISS)
                 fields = [(b"Cache-Status", cache_status(False)), (b"Content-Length", b"0")]
                 exchange.respond(504, fields, b"")
                 return
@@ -228,10 +269,12 @@ class CacheHandler(Handler):
         if entry.purged and decision in (Usable.FRESH, Usable.STALE_WHILE_REVALIDATE):
             decision = Usable.REVALIDATE  # soft-purged: stale from now on
         if decision is Usable.FRESH or decision is Usable.STALE:
+            self.count(exchange, zone, HIT if decision is Usable.FRESH else STALE)
             self.serve(exchange, entry, age, cache_status(True, entry.freshness.lifetime - age))
             return
         stale_status = cache_status(True, entry.freshness.lifetime - age)
         if decision is Usable.STALE_WHILE_REVALIDATE:
+            self.count(exchange, zone, STALE)
             self.serve(exchange, entry, age, stale_status)
             self._background(exchange, zone, store, key, head, entry)
             return
@@ -242,13 +285,16 @@ class CacheHandler(Handler):
         if zone.lock or updating:
             lock = store.try_lock(key)
             if lock is None and updating:
+                self.count(exchange, zone, UPDATING)  # another request refreshes it
                 self.serve(exchange, entry, age, stale_status)
                 return
         if updating and zone.background_update and lock is not None:
+            self.count(exchange, zone, STALE)
             self.serve(exchange, entry, age, stale_status)
             self._background(exchange, zone, store, key, head, entry, lock)
             return
         fill = CacheFill(self, exchange, zone, store, key, _conditional(head, entry))
+        fill.log_status = EXPIRED
         fill.client_head = head
         fill.stale = entry
         fill.stale_age = age
@@ -368,8 +414,7 @@ class CacheHandler(Handler):
         location = exchange.location
         target = self.targets.get(location.proxy or "") if location is not None else None
         if target is None:
-            fill.release()
-            exchange.error(502)
+            fill.fail(502, f"no upstream named {location.proxy if location else None!r}")
             return
         upstream, pool = target
         data: RequestBody = b""
@@ -529,6 +574,11 @@ class CacheFill:
     serve_updated: Entry | None = None
     updated_age = 0.0
     passed = False
+    #: the stored answer's Content-Length (-1: none; its end says it is whole)
+    body_length = -1
+    #: how the answer is logged and counted unless it turns out stale or revalidated
+    log_status = MISS
+    counted = False
 
     def __init__(
         self,
@@ -598,6 +648,12 @@ class CacheFill:
 
     # the answer --------------------------------------------------------------
 
+    def _count(self, status: int) -> None:
+        """Count the client's answer once (a background refresh has no client)."""
+        if not self.silent and not self.counted:
+            self.counted = True
+            self.handler.count(self.exchange, self.zone, status)
+
     def release(self) -> None:
         """Let another request fill the key."""
         lock = self.lock
@@ -650,6 +706,7 @@ class CacheFill:
             self.stale = None
         if self.silent:
             return
+        self._count(self.log_status)
         detail = self.status_value
         if not detail:
             detail = cache_status(False, detail="stale" if stale is not None else "uri-miss")
@@ -688,6 +745,8 @@ class CacheFill:
             vary_values=vary_values(names, self.head.headers),
             tags=tuple(tags),
         )
+        length = field_value(fields, b"content-length")
+        self.body_length = int(length) if length is not None and length.isdigit() else -1
         try:
             self.writer = self.store.writer(entry)
         except OSError as exc:
@@ -746,9 +805,16 @@ class CacheFill:
     def write(self, data: bytes) -> None:
         """A piece of the body: to the store and to the client."""
         writer = self.writer
-        if writer is not None and not writer.write(data):
-            self.writer = None
-            self.release()
+        if writer is not None:
+            if not writer.write(data):
+                self.writer = None
+                self.release()
+            elif writer.length == self.body_length:
+                # the whole body: in place before the client has its last byte, so that
+                # its next request (on another connection, maybe another worker) finds it
+                self.writer = None
+                writer.commit()
+                self.release()
         if self.silent or self.serve_stale or self.serve_updated is not None or self.swallow:
             return
         self.exchange.write(data)
@@ -763,6 +829,7 @@ class CacheFill:
         if self.silent:
             return
         if self.serve_stale and self.stale is not None:
+            self._count(STALE)
             self.exchange.relay = None
             age = self.stale_age
             value = cache_status(True, self.stale.freshness.lifetime - age)
@@ -770,6 +837,7 @@ class CacheFill:
             return
         refreshed = self.serve_updated
         if refreshed is not None:
+            self._count(REVALIDATED)
             self.exchange.relay = None
             value = cache_status(False, refreshed.freshness.lifetime, "stale") + b"; fwd-status=304"
             self.handler.serve(self.exchange, refreshed, refreshed.initial_age, value)
@@ -780,6 +848,7 @@ class CacheFill:
         """The upstream broke mid-answer: nothing is stored."""
         self._drop()
         if not self.silent and not self.serve_stale and self.serve_updated is None:
+            self._count(self.log_status)
             self.exchange.broken(message)
         elif not self.silent:
             self.end()
@@ -795,12 +864,20 @@ class CacheFill:
         if stale is not None and stale_on_error(
             stale.freshness, self.stale_age, condition, self.zone.use_stale
         ):
+            self._count(STALE)
             self.exchange.relay = None
             self.log_error(f"{message}: a stale entry is served")
             value = cache_status(True, stale.freshness.lifetime - self.stale_age)
             self.handler.serve(self.exchange, stale, self.stale_age, value + b"; fwd=stale")
             return
-        self.exchange.fail(status, message)
+        self._count(self.log_status)
+        # RFC 9211 on the front's own error too: the client sees the cache had nothing
+        # to give (fwd) and why the origin's answer is missing (detail)
+        value = self.status_value or cache_status(
+            False, detail="stale" if stale is not None else "uri-miss"
+        )
+        reason = b"upstream-timeout" if status == 504 else b"upstream-error"
+        self.exchange.fail(status, message, [(b"Cache-Status", value + b"; detail=" + reason)])
 
     def _drop(self) -> None:
         writer = self.writer

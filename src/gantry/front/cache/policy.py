@@ -407,7 +407,7 @@ def vary_values(names: tuple[bytes, ...], request: Fields) -> tuple[bytes | None
     for name in names:
         value = field_value(request, name)
         if value is not None:
-            value = b",".join(part.strip() for part in value.split(b","))
+            value = b",".join([part.strip() for part in value.split(b",")])
         values.append(value)
     return tuple(values)
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from gantry.config.front_model import CacheZone
+from gantry.front.cache.counters import ADDED_BYTES, ADDED_ENTRIES
 from gantry.front.cache.policy import Fields, Freshness, vary_values
 
 __all__ = ["CacheStore", "Entry", "EntryWriter", "KeyLock"]
@@ -220,6 +221,16 @@ class CacheStore:
         self.serial = 0
         #: path -> (inode, size) of large entries whose body checksum held
         self.verified: dict[str, tuple[int, int]] = {}
+        #: this worker's fields of the zone's counters (see counters.py): the entries
+        #: and bytes its writes and removals add
+        self.usage: memoryview | None = None
+
+    def account(self, entries: int, size: int) -> None:
+        """Entries and bytes this worker added to the zone (negative: removed)."""
+        usage = self.usage
+        if usage is not None:
+            usage[ADDED_ENTRIES] += entries
+            usage[ADDED_BYTES] += size
 
     # names ------------------------------------------------------------------
 
@@ -232,7 +243,7 @@ class CacheStore:
         """The file of a key's entry (or of one of its variants)."""
         name = digest
         if variant is not None:
-            blob = b"\0".join(b"\1" if v is None else b"\2" + v for v in variant)
+            blob = b"\0".join([b"\1" if v is None else b"\2" + v for v in variant])
             name += "-" + hashlib.sha256(blob).hexdigest()[:32]
         return os.path.join(self.root, digest[:2], name)
 
@@ -286,7 +297,7 @@ class CacheStore:
                 self._forget(path)
             return None
         if self.zone.inactive and time.time() - st.st_mtime > self.zone.inactive:
-            self.remove_file(path)
+            self.remove_file(path, marker=entry.status == 0)
             return None
         if entry.body is None:
             if len(self.verified) >= VERIFIED_FILES:
@@ -376,7 +387,7 @@ class CacheStore:
         for name in names:
             path = os.path.join(directory, name)
             is_marker = name == digest and self._is_marker(path)
-            if self.remove_file(path) and not is_marker:
+            if self.remove_file(path, marker=is_marker) and not is_marker:
                 count += 1
         return count
 
@@ -421,7 +432,7 @@ class CacheStore:
                     continue
                 if entry.status == 0:  # a vary marker
                     if not soft:
-                        self.remove_file(item.path)
+                        self.remove_file(item.path, marker=True)
                     continue
                 if soft:
                     if not entry.purged:
@@ -437,13 +448,17 @@ class CacheStore:
         except (OSError, _Broken):
             return False
 
-    def remove_file(self, path: str) -> bool:
-        """Remove one entry file; whether it was there."""
+    def remove_file(self, path: str, marker: bool = False) -> bool:
+        """Remove one entry file (``marker``: a vary marker, not counted as an entry);
+        whether it was there."""
         self._forget(path)
         try:
+            size = os.stat(path).st_size
             os.unlink(path)
         except OSError:
             return False
+        if not marker:
+            self.account(-1, -size)
         return True
 
     # fill locks ---------------------------------------------------------------
@@ -464,8 +479,9 @@ class CacheStore:
     def sweep(self) -> tuple[int, int]:
         """Drop entries unused for ``inactive``, then the least recently used past
         ``max_size``, and temporary files left by a dead writer; one worker at a time
-        sweeps a zone. (entries, bytes) left. Safe on a thread: it only removes files
-        (the memory tier sees a removal on its next use)."""
+        sweeps a zone. (entries, bytes) left, vary markers not counted; (-1, -1) when
+        another worker sweeps. Safe on a thread: it only removes files (the memory tier
+        sees a removal on its next use)."""
         lock = os.open(os.path.join(self.root, "sweep.lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             try:
@@ -496,9 +512,23 @@ class CacheStore:
                 _, size, path = files.pop(0)
                 _unlink(path)
                 total -= size
-            return len(files), total
+            return _entries_only(files)
         finally:
             os.close(lock)
+
+
+def _entries_only(files: list[tuple[float, int, str]]) -> tuple[int, int]:
+    """(count, bytes) of ``files`` (mtime, size, path) without the vary markers: a
+    marker is named by its key's digest alone, its variants by the digest and a dash."""
+    names = [os.path.basename(path) for _, _, path in files]
+    varying = {name.partition("-")[0] for name in names if "-" in name}
+    entries = size = 0
+    for (_, length, _), name in zip(files, names, strict=True):
+        if "-" not in name and name in varying:
+            continue
+        entries += 1
+        size += length
+    return entries, size
 
 
 def _unlink(path: str) -> None:
@@ -595,6 +625,10 @@ class EntryWriter:
             if self.marker:
                 _write_file(self.marker_temp, self.marker)
                 os.rename(self.marker_temp, self.store.path_of(self.digest))
+            try:
+                replaced = os.stat(self.final).st_size  # a new version of the entry
+            except FileNotFoundError:
+                replaced = -1
             os.rename(self.temp, self.final)
             st = os.stat(self.final)
         except OSError:
@@ -603,6 +637,10 @@ class EntryWriter:
                 if path:
                     _unlink(path)
             return None
+        if replaced < 0:
+            self.store.account(1, st.st_size)
+        else:
+            self.store.account(0, st.st_size - replaced)
         return (st.st_ino, st.st_mtime_ns)
 
     def _stored(self, identity: tuple[int, int] | None) -> Entry | None:
@@ -642,6 +680,8 @@ def _write_file(path: str, data: bytes) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view) :]
+            # the count in a name of its own: compiled, view[os.write(...):] made the call twice
+            written = os.write(fd, view)
+            view = view[written:]
     finally:
         os.close(fd)

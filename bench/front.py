@@ -1,14 +1,17 @@
 """Benchmark `gantry front` against nginx, one worker each, pinned like bench/run.py.
 
-Three measurements, each printed as req/s (or MB) and a ratio to nginx:
+The measurements, each printed as req/s (or MB) and a ratio to nginx:
 
 1. a 1 KiB static file;
 2. proxying to the same uWSGI backend over the uwsgi protocol (unix socket);
-3. one front worker holding 10,000 idle keep-alive connections: its RSS, and
+3. the HTTP cache: hits of one cached 1 KiB proxied response; misses (every request a
+   URL never asked before, so each is fetched and stored), against the same requests
+   to a location without a cache (each front against itself);
+4. one front worker holding 10,000 idle keep-alive connections: its RSS, and
    whether it still answers.
 
-Run: `python bench/front.py [--duration 10] [--rounds 2]` (after `python bench/run.py`
-has created .venv-bench with uWSGI).
+Run: `python bench/front.py [--duration 10] [--rounds 2] [--loads cache_hit,...]` (after
+`python bench/run.py` has created .venv-bench with uWSGI).
 """
 
 from __future__ import annotations
@@ -42,22 +45,74 @@ from run import (  # noqa: E402 - the sibling module, imported as a script
 )
 
 STATIC = bytes(range(256)) * 4  # 1 KiB
-#: load name -> (short key in the JSON report, path)
+#: load name -> (short key in the JSON report, path, every request a new URL under it)
 LOADS = {
-    "static 1 KiB": ("static", "/static/one.bin"),
-    "proxy to uWSGI": ("proxy", "/hello"),
+    "static 1 KiB": ("static", "/static/one.bin", False),
+    "proxy to uWSGI": ("proxy", "/hello", False),
+    "cache hit 1 KiB": ("cache_hit", "/cached/hit", False),
+    "cache miss 1 KiB": ("cache_miss", "/cached/", True),
+    "cache off 1 KiB": ("cache_off", "/uncached/", True),
 }
+#: (load, its baseline load): the same front's figures compared with each other
+SELF_RATIOS = [("cache miss 1 KiB", "cache off 1 KiB")]
+#: the goals of issue 15: (load, compared with "nginx" or a baseline load, at least)
+GOALS = [("cache hit 1 KiB", "nginx", 1.5), ("cache miss 1 KiB", "cache off 1 KiB", 0.9)]
 IDLE_CONNECTIONS = 10_000
 
+# wrk's request() hook: each request asks for PREFIX<n>, n counting up, so that no URL
+# is asked twice (a new prefix per run). Each call costs wrk a little Lua; the cache-off
+# load uses the same script, so the pair stays comparable.
+UNIQUE_URLS_LUA = """
+local prefix, n = "/", 0
+function init(args) prefix = args[1] end
+function request()
+  n = n + 1
+  return wrk.format("GET", prefix .. n)
+end
+"""
 
-def wrk(port: int, path: str, duration: int, cpu: int) -> WrkResult:
-    """wrk -t1 -c50 pinned to ``cpu`` against ``path``."""
+
+def wrk(
+    port: int, path: str, duration: int, cpu: int, script: Path | None = None, tag: str = ""
+) -> WrkResult:
+    """wrk -t1 -c50 pinned to ``cpu`` against ``path``; with ``script`` (the unique-URL
+    one), against ``path`` + ``tag`` + a counter."""
     command = [
         "taskset", "-c", str(cpu), "wrk", "-t1", "-c50", f"-d{duration}s", "--latency",
         f"http://127.0.0.1:{port}{path}",
     ]  # fmt: skip
+    if script is not None:
+        command[-1:-1] = ["-s", str(script)]
+        command += ["--", f"{path}{tag}-"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 30)
     return parse_wrk(done.stdout)
+
+
+def cache_status(port: int, path: str) -> str:
+    """How the front says it answered ``path`` (its Cache-Status or X-Cache field)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            answer += piece
+    for line in answer.split(b"\r\n\r\n")[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.lower() in (b"cache-status", b"x-cache"):
+            return value.strip().decode("latin-1")
+    return "(none)"
+
+
+def check_caching(port: int, name: str) -> None:
+    """A new URL is a miss and then a hit: the cache loads measure what they claim."""
+    path = f"/cached/probe-{name}-{time.monotonic_ns()}"
+    first, second = cache_status(port, path), cache_status(port, path)
+    miss = "MISS" in first or "fwd=" in first
+    hit = "HIT" in second or ("hit" in second and "fwd=" not in second)
+    if not (miss and hit):
+        raise RuntimeError(f"{name}: a new URL gave {first!r}, then {second!r}")
 
 
 def wait_port(port: int, limit: float = 20.0) -> None:
@@ -72,8 +127,10 @@ def wait_port(port: int, limit: float = 20.0) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def nginx_conf(work: Path, port: int, site: Path, sock: Path) -> Path:
-    """One worker, sendfile on, the same two locations as the gantry config."""
+def nginx_conf(work: Path, port: int, site: Path, sock: Path, kib_sock: Path) -> Path:
+    """One worker, sendfile on, the same locations as the gantry config. The cache is
+    nginx's proxy_cache for the uwsgi protocol (uwsgi_cache: the same module); its key is
+    Gantry's default, and X-Cache says hit or miss (for the check before the loads)."""
     for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (work / name).mkdir(exist_ok=True)
     conf = work / "nginx.conf"
@@ -87,9 +144,17 @@ http {{
   client_body_temp_path {work}/body; proxy_temp_path {work}/proxy;
   fastcgi_temp_path {work}/fastcgi; uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
   include /etc/nginx/mime.types;
+  uwsgi_cache_path {work}/ncache levels=1:2 keys_zone=pages:64m max_size=2g inactive=10m
+                   use_temp_path=off;
   server {{
     listen 127.0.0.1:{port};
     location /static/ {{ root {site}; }}
+    location /cached/ {{
+      include /etc/nginx/uwsgi_params; uwsgi_pass unix:{kib_sock};
+      uwsgi_cache pages; uwsgi_cache_key $scheme$host$request_uri;
+      add_header X-Cache $upstream_cache_status;
+    }}
+    location /uncached/ {{ include /etc/nginx/uwsgi_params; uwsgi_pass unix:{kib_sock}; }}
     location / {{ include /etc/nginx/uwsgi_params; uwsgi_pass unix:{sock}; }}
   }}
 }}
@@ -98,7 +163,7 @@ http {{
     return conf
 
 
-def gantry_conf(work: Path, port: int, site: Path, sock: Path) -> Path:
+def gantry_conf(work: Path, port: int, site: Path, sock: Path, kib_sock: Path) -> Path:
     """The same as nginx_conf, for `gantry front`."""
     conf = work / "front.toml"
     conf.write_text(
@@ -112,11 +177,26 @@ default = true
 path = "/static/"
 root = "{site}"
 [[front.server.location]]
+path = "/cached/"
+proxy = "kib"
+cache = "pages"
+[[front.server.location]]
+path = "/uncached/"
+proxy = "kib"
+[[front.server.location]]
 path = "/"
 proxy = "app"
 [front.upstream.app]
 protocol = "uwsgi"
 servers = [{{ address = "unix:{sock}" }}]
+[front.upstream.kib]
+protocol = "uwsgi"
+servers = [{{ address = "unix:{kib_sock}" }}]
+[front.cache.pages]
+path = "{work}/gcache"
+max_size = "2g"
+memory = "64m"
+inactive = "10m"
 """
     )
     return conf
@@ -165,12 +245,24 @@ def rss_mb(pid: int) -> float:
 
 
 def main() -> int:
-    """Run both fronts on both loads, interleaved, and print the ratios."""
+    """Run both fronts on every load, interleaved, and print the ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--loads",
+        default=",".join(key for key, _, _ in LOADS.values()),
+        help="the loads to run, by their JSON key (default: all)",
+    )
+    parser.add_argument("--no-idle", action="store_true", help="skip the idle connections")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args()
+    wanted = set(args.loads.split(","))
+    loads = {name: load for name, load in LOADS.items() if load[0] in wanted}
+    unknown = wanted - {key for key, _, _ in LOADS.values()}
+    if unknown or not loads:
+        print(f"unknown loads: {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(VENV_BIN / "uwsgi").exists():
         print("run `python bench/run.py` first: it builds .venv-bench with uWSGI", file=sys.stderr)
@@ -180,14 +272,20 @@ def main() -> int:
         site = work / "site"
         (site / "static").mkdir(parents=True)
         (site / "static" / "one.bin").write_bytes(STATIC)
-        sock = work / "app.sock"
-        backend = ServerProcess(
-            [str(VENV_BIN / "uwsgi"), "--socket", str(sock), "--chmod-socket=666", "--wsgi",
-             "bench.apps:hello", "--chdir", str(REPO_ROOT), "--processes", "1", "--master",
-             "--disable-logging", "--die-on-term"],
-            0, work / "uwsgi.log",
-        )  # fmt: skip
-        backend.start()
+        script = work / "unique.lua"
+        script.write_text(UNIQUE_URLS_LUA)
+        sock, kib_sock = work / "app.sock", work / "kib.sock"
+        backends = [
+            ServerProcess(
+                [str(VENV_BIN / "uwsgi"), "--socket", str(path), "--chmod-socket=666",
+                 "--wsgi", target, "--chdir", str(REPO_ROOT), "--processes", "1", "--master",
+                 "--disable-logging", "--die-on-term"],
+                0, work / f"uwsgi-{path.stem}.log",
+            )
+            for path, target in ((sock, "bench.apps:hello"), (kib_sock, "bench.apps:kib"))
+        ]  # fmt: skip
+        for backend in backends:
+            backend.start()
         time.sleep(1.5)
         best: dict[tuple[str, str], float] = {}
         rounds: list[RoundResult] = []
@@ -205,27 +303,30 @@ def main() -> int:
                     for name in ("nginx", "gantry"):
                         port = free_port()
                         if name == "nginx":
-                            command = [nginx, "-p", str(work), "-c",
-                                       str(nginx_conf(work, port, site, sock))]  # fmt: skip
+                            conf = nginx_conf(work, port, site, sock, kib_sock)
+                            command = [nginx, "-p", str(work), "-c", str(conf)]
                         else:
-                            command = [str(VENV_BIN / "gantry"), "front", "-c",
-                                       str(gantry_conf(work, port, site, sock))]  # fmt: skip
+                            conf = gantry_conf(work, port, site, sock, kib_sock)
+                            command = [str(VENV_BIN / "gantry"), "front", "-c", str(conf)]
                         server = ServerProcess(command, 0, work / f"{name}.log")
                         servers[name] = (server, port)
                         server.start()
                         wait_port(port)
+                        if any(key.startswith("cache") for key, _, _ in loads.values()):
+                            check_caching(port, name)
                     order = ("nginx", "gantry") if round_no % 2 else ("gantry", "nginx")
-                    for load, (_, path) in LOADS.items():
+                    for load, (_, path, unique) in loads.items():
                         for name in order:
                             port = servers[name][1]
-                            wrk(port, path, 2, 1)
-                            result = wrk(port, path, args.duration, 1)
-                            print(f"  round {round_no} {name:6} {load:15} {result.rps:9.0f} req/s"
+                            lua = script if unique else None
+                            wrk(port, path, 2, 1, lua, f"r{round_no}-{name}-warm")
+                            result = wrk(port, path, args.duration, 1, lua, f"r{round_no}-{name}")
+                            print(f"  round {round_no} {name:6} {load:16} {result.rps:9.0f} req/s"
                                   f" ({result.errors} errors)", flush=True)  # fmt: skip
                             best[name, load] = max(best.get((name, load), 0.0), result.rps)
                             paired[load, round_no, name] = result.rps
                             rounds.append(RoundResult(name, load, round_no, True, wrk=result))
-                    if round_no == 1:
+                    if round_no == 1 and not args.no_idle:
                         for name, (server, port) in servers.items():
                             assert server.proc is not None
                             idle[name] = idle_connections(port, server.proc.pid, IDLE_CONNECTIONS)
@@ -233,19 +334,40 @@ def main() -> int:
                     for server, _ in servers.values():
                         server.stop()
         finally:
-            backend.stop()
+            for backend in backends:
+                backend.stop()
     print("\nload              nginx req/s  gantry req/s  gantry/nginx")
-    for load in ("static 1 KiB", "proxy to uWSGI"):
+    for load in loads:
         n, g = best["nginx", load], best["gantry", load]
         print(f"{load:16} {n:12.0f} {g:13.0f} {g / n:12.2f}x")
-    for load in ("static 1 KiB", "proxy to uWSGI"):
+    medians: dict[tuple[str, str, str], float] = {}
+    for load in loads:
         ratios = [
             paired[load, r, "gantry"] / paired[load, r, "nginx"]
             for r in range(1, args.rounds + 1)
             if paired.get((load, r, "nginx"))
         ]
+        median = medians[load, "gantry", "nginx"] = statistics.median(ratios)
         listed = ", ".join(f"{value:.2f}" for value in ratios)
-        print(f"{load}: paired rounds {listed}; median {statistics.median(ratios):.2f}x")
+        print(f"{load}: gantry/nginx, paired rounds {listed}; median {median:.2f}x")
+    for load, base in SELF_RATIOS:
+        if load not in loads or base not in loads:
+            continue
+        for name in ("nginx", "gantry"):
+            ratios = [
+                paired[load, r, name] / paired[base, r, name]
+                for r in range(1, args.rounds + 1)
+                if paired.get((base, r, name))
+            ]
+            medians[load, name, base] = statistics.median(ratios)
+            listed = ", ".join(f"{value:.2f}" for value in ratios)
+            print(f"{name} {load} / {base}: paired rounds {listed}; "
+                  f"median {statistics.median(ratios):.2f}x")  # fmt: skip
+    for load, base, goal in GOALS:
+        value = medians.get((load, "gantry", base))
+        if value is not None:
+            verdict = "met" if value >= goal else "NOT met"
+            print(f"goal: gantry {load} / {base} >= {goal}x: {value:.2f}x, {verdict}")
     for name, (rss, answered) in idle.items():
         print(f"{IDLE_CONNECTIONS} idle keep-alive connections, {name}: worker RSS {rss:.0f} MB, "
               f"still answering: {answered}")  # fmt: skip
@@ -256,8 +378,9 @@ def main() -> int:
         "settings": {"duration": args.duration, "rounds": args.rounds, "connections": 50},
         "apps": {},
         "idle": {name: {"rss_mb": rss, "answering": ok} for name, (rss, ok) in idle.items()},
+        "paired_medians": {"/".join(key): value for key, value in medians.items()},
     }
-    for load, (key, path) in LOADS.items():
+    for load, (key, path, _) in loads.items():
         of_load = [r for r in rounds if r.app == load]
         summaries = [summarize(of_load, name, "best") for name in ("nginx", "gantry")]
         report["apps"][key] = app_report(path, summaries)

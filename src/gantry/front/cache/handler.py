@@ -46,6 +46,7 @@ from gantry.front.cache.store import CacheStore, Entry, EntryWriter, KeyLock
 from gantry.front.exchange import BodyStream, Exchange, Handler
 from gantry.front.keepalive import KeepAlivePool
 from gantry.front.proxy import ProxyRequest, RequestBody, StreamedBody, spawn
+from gantry.front.responses import status_line
 from gantry.front.static import parse_ranges
 from gantry.http.body import BodyBuffer
 from gantry.protocol.http1 import RequestHead
@@ -67,6 +68,9 @@ _NOT_SERVED: Final = frozenset(
 _NOT_MODIFIED_FIELDS: Final = frozenset(
     {b"cache-control", b"content-location", b"etag", b"expires", b"vary", b"last-modified"}
 )
+#: request fields that change what a hit answers (304, 206, 416): without any of them, a
+#: GET is answered with the entry's prepared head
+_SHAPING: Final = frozenset({b"if-none-match", b"if-modified-since", b"range"})
 #: how often a waiter looks at a key another request is filling
 LOCK_POLL: Final = 0.01
 #: how often a worker sweeps its zones (one worker at a time does it)
@@ -394,6 +398,13 @@ class CacheHandler(Handler):
         """Answer ``exchange`` from ``entry``: 304 to a client's own conditional request,
         206 to a Range, the headers alone to HEAD."""
         head = exchange.head
+        body = entry.body
+        if head.method == "GET" and body is not None and _unshaped(head.headers):
+            # the common hit: the entry's head as prepared once, and the two fields of
+            # this answer
+            own = b"Age: %d\r\nCache-Status: %b\r\n" % (int(age), status_value)
+            exchange.respond_prepared(entry.status, _served_head(entry) + own, body)
+            return
         fields = [(n, v) for n, v in entry.fields if n.lower() not in _NOT_SERVED]
         extra = [(b"Age", str(int(age)).encode()), (b"Cache-Status", status_value)]
         if entry.status == 200 and not_modified(head.headers, entry.fields):
@@ -479,6 +490,31 @@ class CacheHandler(Handler):
         text = f"purged {count}\n".encode()
         fields = [(b"Content-Type", b"text/plain"), (b"Content-Length", str(len(text)).encode())]
         exchange.respond(200 if count else 404, fields, text)
+
+
+def _unshaped(request: Fields) -> bool:
+    """Whether a request has none of the fields that make a hit other than the entry."""
+    for name, _ in request:
+        if name.lower() in _SHAPING:
+            return False
+    return True
+
+
+def _served_head(entry: Entry) -> bytes:
+    """The status line and fields ``entry`` is answered with (those of the front's own
+    and Age and Cache-Status aside), made once per version of its fields."""
+    served = entry.served
+    if served is not None and served[0] is entry.fields:
+        return served[1]
+    lines = [
+        name + b": " + value + b"\r\n"
+        for name, value in entry.fields
+        if name.lower() not in _NOT_SERVED
+    ]
+    length = b"Content-Length: %d\r\n" % entry.body_length
+    head = status_line(entry.status, entry.reason) + b"".join(lines) + length
+    entry.served = (entry.fields, head)
+    return head
 
 
 def _may_be_stale(entry: Entry) -> bool:

@@ -13,8 +13,11 @@ A file whose magic, version, sizes or checksums do not hold is a miss (and remov
 Recency is the file's mtime (touched at most once a minute per entry and worker): the
 sweep drops what was unused for ``inactive`` and the least recently used past
 ``max_size``. Each worker also keeps the hot small entries in memory (``memory``
-bytes), checked against the file's inode on each use so a purge by another worker or
-a newer version of the entry is seen at once.
+bytes). A hit from memory costs no system call: every worker that removes or replaces
+an entry's file writes a new value into the zone's generation (``PATH/generation``, a
+small file each worker maps), and a worker checks its entry against the file (a stat)
+only when that value moved, or at least once a second; so a purge by another worker or
+a newer version of the entry is seen on the next request.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import mmap
 import os
 import struct
 import time
@@ -50,6 +54,10 @@ TOUCH_EVERY: Final = 60.0
 COPY_PIECE: Final = 256 * 1024
 #: large entries whose checksum a worker remembers having checked
 VERIFIED_FILES: Final = 4096
+#: a memory-tier entry is checked against its file at least this often (seconds), even
+#: when the zone's generation did not move (a file changed by hand, a zone folder made anew)
+RECHECK_EVERY: Final = 1.0
+_GENERATION: Final = struct.Struct("=Q")
 
 
 @dataclass
@@ -76,6 +84,8 @@ class Entry:
     body: bytes | None = None
     #: (inode, mtime_ns) of the file it was read from
     identity: tuple[int, int] = (0, 0)
+    #: (the fields it was made from, the status line and fields as sent from the cache)
+    served: tuple[Fields, bytes] | None = field(default=None, repr=False, compare=False)
 
     def head_json(self) -> bytes:
         """The head of the entry's file."""
@@ -100,6 +110,33 @@ class Entry:
             "purged": self.purged,
         }
         return json.dumps(document, separators=(",", ":")).encode()
+
+
+class Generation:
+    """A zone's change mark, shared by its workers through a small mapped file: whoever
+    removes or replaces an entry's file writes a new value after doing so, and a worker
+    trusts what its memory tier holds while the value it saw stays."""
+
+    def __init__(self, root: str) -> None:
+        path = os.path.join(root, "generation")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            if os.fstat(fd).st_size < _GENERATION.size:
+                os.ftruncate(fd, _GENERATION.size)
+            self.map = mmap.mmap(fd, _GENERATION.size)
+        finally:
+            os.close(fd)
+
+    def value(self) -> int:
+        """The mark now (a memory read, no system call)."""
+        value: int = _GENERATION.unpack_from(self.map)[0]
+        return value
+
+    def bump(self) -> None:
+        """Say that an entry's file was removed or replaced. A random value, not a count:
+        two workers bumping at once cannot lose the change (any new value is one), and
+        no lock is needed."""
+        self.map[: _GENERATION.size] = os.urandom(_GENERATION.size)
 
 
 class _Broken(Exception):
@@ -203,6 +240,10 @@ class KeyLock:
 class _Hot:
     entry: Entry
     touched: float = field(default=0.0)
+    #: the zone's generation when the entry was last found to match its file (-1: never)
+    generation: int = -1
+    #: when that was (time.time())
+    checked: float = 0.0
 
 
 class CacheStore:
@@ -216,7 +257,10 @@ class CacheStore:
         for directory in (self.root, self.tmp, self.locks):
             os.makedirs(directory, exist_ok=True)
         self.hot: OrderedDict[str, _Hot] = OrderedDict()
+        #: the same entries, by key, for those with no Vary (their file is the key's own)
+        self.hot_keys: dict[str, _Hot] = {}
         self.hot_bytes = 0
+        self.generation = Generation(self.root)
         self.serial = 0
         #: path -> (inode, size) of large entries whose body checksum held
         self.verified: dict[str, tuple[int, int]] = {}
@@ -241,6 +285,19 @@ class CacheStore:
     def lookup(self, key: str, request: Fields, now: float) -> Entry | None:
         """The entry stored for ``key`` whose secondary key matches ``request``; None
         for a miss (a missing, broken or older-format file is one)."""
+        hot = self.hot_keys.get(key)
+        if (
+            hot is not None
+            and hot.generation == self.generation.value()
+            and 0.0 <= now - hot.checked < RECHECK_EVERY
+        ):
+            # nothing was removed or replaced in the zone since the entry matched its file
+            kept = hot.entry
+            self.hot.move_to_end(kept.path)
+            if now - hot.touched >= TOUCH_EVERY:
+                hot.touched = now
+                self._touch(kept)
+            return kept
         digest = self.digest(key)
         path = self.path_of(digest)
         entry = self._load(path, now)
@@ -257,6 +314,8 @@ class CacheStore:
 
     def _load(self, path: str, now: float) -> Entry | None:
         hot = self.hot.get(path)
+        # read before the stat: a change made after it moves the generation again
+        generation = self.generation.value()
         try:
             st = os.stat(path)
         except OSError:
@@ -265,6 +324,7 @@ class CacheStore:
             return None
         if hot is not None and hot.entry.identity == (st.st_ino, st.st_mtime_ns):
             self.hot.move_to_end(path)
+            hot.generation, hot.checked = generation, now
             if now - hot.touched >= TOUCH_EVERY:
                 hot.touched = now
                 self._touch(hot.entry)
@@ -280,10 +340,7 @@ class CacheStore:
         except FileNotFoundError:
             return None
         except (OSError, _Broken):
-            with contextlib.suppress(OSError):
-                os.unlink(path)  # broken: a miss now and for the next reader
-            if hot is not None:
-                self._forget(path)
+            self.remove_file(path)  # broken: a miss now and for the next reader
             return None
         if self.zone.inactive and time.time() - st.st_mtime > self.zone.inactive:
             self.remove_file(path)
@@ -294,7 +351,7 @@ class CacheStore:
             size = entry.body_offset + entry.body_length + _TRAILER.size
             self.verified[path] = (entry.identity[0], size)
         self._touch(entry)
-        self._remember(path, entry, now)
+        self._remember(path, entry, now, generation)
         return entry
 
     def _touch(self, entry: Entry) -> None:
@@ -305,23 +362,33 @@ class CacheStore:
             st = os.stat(entry.path)
             entry.identity = (st.st_ino, st.st_mtime_ns)
 
-    def _remember(self, path: str, entry: Entry, now: float) -> None:
+    def _remember(self, path: str, entry: Entry, now: float, generation: int = -1) -> None:
+        """Keep ``entry`` (read from ``path`` when the zone's generation was
+        ``generation``; -1: not known, checked on its next use) in the memory tier."""
         if entry.body is None or self.zone.memory <= 0:
             return
         self._forget(path)
         size = len(entry.body) + 512
         if size > self.zone.memory:
             return
-        self.hot[path] = _Hot(entry, now)
+        hot = _Hot(entry, now, generation, now)
+        self.hot[path] = hot
+        if not entry.vary:  # neither a variant nor a vary marker: the key's own file
+            self.hot_keys[entry.key] = hot
         self.hot_bytes += size
         while self.hot_bytes > self.zone.memory and self.hot:
             _, old = self.hot.popitem(last=False)
-            self.hot_bytes -= len(old.entry.body or b"") + 512
+            self._dropped(old)
 
     def _forget(self, path: str) -> None:
         hot = self.hot.pop(path, None)
         if hot is not None:
-            self.hot_bytes -= len(hot.entry.body or b"") + 512
+            self._dropped(hot)
+
+    def _dropped(self, hot: _Hot) -> None:
+        self.hot_bytes -= len(hot.entry.body or b"") + 512
+        if self.hot_keys.get(hot.entry.key) is hot:
+            del self.hot_keys[hot.entry.key]
 
     # writing ----------------------------------------------------------------
 
@@ -444,6 +511,7 @@ class CacheStore:
             os.unlink(path)
         except OSError:
             return False
+        self.generation.bump()
         return True
 
     # fill locks ---------------------------------------------------------------
@@ -473,6 +541,7 @@ class CacheStore:
             except OSError:
                 return (-1, -1)
             now = time.time()
+            removed = False
             files: list[tuple[float, int, str]] = []
             for directory in os.scandir(self.root):
                 if not directory.is_dir() or len(directory.name) != 2:
@@ -484,6 +553,7 @@ class CacheStore:
                         continue
                     if now - st.st_mtime > self.zone.inactive:
                         _unlink(item.path)
+                        removed = True
                     else:
                         files.append((st.st_mtime, st.st_size, item.path))
             for item in os.scandir(self.tmp):
@@ -496,6 +566,9 @@ class CacheStore:
                 _, size, path = files.pop(0)
                 _unlink(path)
                 total -= size
+                removed = True
+            if removed:
+                self.generation.bump()
             return len(files), total
         finally:
             os.close(lock)
@@ -592,10 +665,17 @@ class EntryWriter:
                 self.fd = None
             else:
                 return None
+            # Another worker's memory tier may hold what these renames replace: it is
+            # told through the generation (a new entry replaces nothing and tells nobody).
+            replaced = os.path.exists(self.final)
             if self.marker:
                 _write_file(self.marker_temp, self.marker)
-                os.rename(self.marker_temp, self.store.path_of(self.digest))
+                primary = self.store.path_of(self.digest)
+                replaced = replaced or os.path.exists(primary)
+                os.rename(self.marker_temp, primary)
             os.rename(self.temp, self.final)
+            if replaced:
+                self.store.generation.bump()
             st = os.stat(self.final)
         except OSError:
             self.abort()

@@ -3,14 +3,23 @@ system call, told of other workers' changes through the zone's generation."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from gantry.config.front_model import CacheZone
 from gantry.front.balancing import hash_key
 from gantry.front.cache.policy import DEFAULT_KEY, Freshness, cache_key, cache_status
-from gantry.front.cache.store import RECHECK_EVERY, CacheStore, Entry
+from gantry.front.cache.store import (
+    _RENAMING,
+    PENDING_ENTRIES,
+    RECHECK_EVERY,
+    CacheStore,
+    Entry,
+)
 from gantry.protocol.http1 import RequestHead
 from tests.process import Launcher
 from tests.support_cache import Origin, cache_config
@@ -26,6 +35,7 @@ def entry(key: str = "k") -> Entry:
     return Entry(
         key=key, status=200, reason=b"OK", fields=[(b"Content-Type", b"text/plain")],
         request_time=1.0, response_time=2.0, initial_age=0.0, freshness=Freshness(60.0),
+        tags=(f"t-{key}",),
     )  # fmt: skip
 
 
@@ -153,3 +163,88 @@ def test_a_hit_answers_the_stored_response_with_its_own_fields(
         status, fields, body = _raw_get(front.port, "/page", b"Range: bytes=2-3\r\n")
         assert (status, body) == (b"HTTP/1.1 206 Partial Content", b"pa")
         assert origin.count("/page") == 1
+
+
+async def _until(condition: Callable[[], bool], limit: float = 10.0) -> None:
+    """Wait (on the loop, so the writer thread's news arrive) until ``condition``."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+def test_a_miss_is_written_after_its_answer_and_the_lock_held_until_then(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        one, two = CacheStore(zone(tmp_path)), CacheStore(zone(tmp_path))
+        lock = one.try_lock("k")
+        assert lock is not None
+        writer = one.writer(entry())
+        assert writer.write(b"body")
+        final = writer.final
+        with _RENAMING:  # the writer thread stops before its rename
+            assert writer.commit_later(lock, loop)
+            await asyncio.sleep(0.05)
+            assert not os.path.exists(final)
+            found = one.lookup("k", [], NOW)  # this worker answers it from memory
+            assert found is not None and found.body == b"body"
+            assert two.lookup("k", [], NOW) is None  # not in place: nobody else sees it
+            assert two.try_lock("k") is None  # and its fill lock is still held
+        await _until(lambda: not one.pending)
+        assert os.path.exists(final)
+        found = two.lookup("k", [], NOW)
+        assert found is not None and found.body == b"body"
+        again = two.try_lock("k")
+        assert again is not None
+        again.release()
+        one.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_purge_cancels_a_queued_write(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        store = CacheStore(zone(tmp_path))
+        for key, purge in (("a", "url"), ("b", "prefix"), ("c", "tag"), ("d", "soft")):
+            writer = store.writer(entry(key))
+            assert writer.write(b"v")
+            with _RENAMING:
+                assert writer.commit_later(None, loop)
+                if purge == "url":
+                    assert store.remove(key) == 1
+                elif purge == "prefix":
+                    assert store.purge(key_prefix="b") == 1
+                elif purge == "tag":
+                    assert store.purge(tag="t-c") == 1
+                else:
+                    assert store.mark_stale(key) == 1
+            await _until(lambda: not store.pending)
+            found = CacheStore(zone(tmp_path)).lookup(key, [], NOW)
+            if purge == "soft":  # written at once, marked stale
+                assert found is not None and found.purged
+            else:
+                assert found is None and store.lookup(key, [], NOW) is None, purge
+        store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_full_queue_commits_at_once(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        store = CacheStore(zone(tmp_path))
+        with _RENAMING:
+            for n in range(PENDING_ENTRIES):
+                writer = store.writer(entry(f"q{n}"))
+                assert writer.write(b"v")
+                assert writer.commit_later(None, loop)
+            writer = store.writer(entry("over"))
+            assert writer.write(b"v")
+            assert not writer.commit_later(None, loop)  # the caller commits it now
+        await _until(lambda: not store.pending)
+        store.close()
+
+    asyncio.run(scenario())

@@ -152,6 +152,8 @@ class CacheHandler(Handler):
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
+        for store in self.stores.values():
+            store.close()
 
     def _sweep_zones(self) -> None:
         # On a thread: a zone of many entries takes a while to walk, and the loop must
@@ -794,7 +796,12 @@ class CacheFill:
         writer = self.writer
         self.writer = None
         if writer is not None:
-            writer.commit()  # in place before the fill lock goes: its waiters find it
+            # The file is written after the answer went out (creating it is the dear part
+            # of a miss); the fill lock goes only once it is in place: its waiters find it.
+            lock, self.lock = self.lock, None
+            if not writer.commit_later(lock, self.handler.keepalive.loop):
+                self.lock = lock
+                writer.commit()
         self.release()
         if self.silent:
             return

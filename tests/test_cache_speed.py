@@ -163,6 +163,11 @@ def test_a_hit_answers_the_stored_response_with_its_own_fields(
         status, fields, body = _raw_get(front.port, "/page", b"Range: bytes=2-3\r\n")
         assert (status, body) == (b"HTTP/1.1 206 Partial Content", b"pa")
         assert origin.count("/page") == 1
+        # what asks something of the cache is not answered from memory at once
+        _raw_get(front.port, "/page", b"Cache-Control: no-cache\r\n")
+        assert origin.count("/page") == 2
+        _raw_get(front.port, "/page", b"Authorization: Basic eDp5\r\n")
+        assert origin.count("/page") == 3
 
 
 async def _until(condition: Callable[[], bool], limit: float = 10.0) -> None:

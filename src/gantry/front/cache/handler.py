@@ -71,6 +71,9 @@ _NOT_MODIFIED_FIELDS: Final = frozenset(
 #: request fields that change what a hit answers (304, 206, 416): without any of them, a
 #: GET is answered with the entry's prepared head
 _SHAPING: Final = frozenset({b"if-none-match", b"if-modified-since", b"range"})
+#: request fields that ask something of the cache (RFC 9111 5.2.1, 3.5) or shape the
+#: answer: a GET with none of them and a fresh entry in memory is answered at once
+_ASKING: Final = _SHAPING | {b"cache-control", b"pragma", b"authorization", b"if-range"}
 #: how often a waiter looks at a key another request is filling
 LOCK_POLL: Final = 0.01
 #: how often a worker sweeps its zones (one worker at a time does it)
@@ -189,6 +192,21 @@ class CacheHandler(Handler):
             self._purge(exchange, zone, store)
             return True
         key = cache_key(zone.key, head, exchange.remote_addr)
+        if method == "GET" and not zone.bypass and key in store.hot_keys and _plain(head.headers):
+            # The common hit, decided in short: a GET that asks nothing of the cache and
+            # whose entry is in memory and fresh (what _lookup and serve would conclude).
+            now = time.time()
+            entry = store.lookup(key, head.headers, now)
+            if entry is not None and entry.body is not None and not entry.purged:
+                age = current_age(entry.initial_age, entry.response_time, now)
+                left = entry.freshness.lifetime - age
+                if left > 0 and not entry.freshness.no_cache:
+                    own = b"Age: %d\r\nCache-Status: gantry; hit; ttl=%d\r\n" % (
+                        int(age),
+                        int(left),
+                    )
+                    exchange.respond_prepared(entry.status, _served_head(entry) + own, entry.body)
+                    return True
         if method not in ("GET", "HEAD"):
             fill = CacheFill(self, exchange, zone, store, key, head)
             fill.invalidating = True
@@ -498,6 +516,14 @@ def _unshaped(request: Fields) -> bool:
     """Whether a request has none of the fields that make a hit other than the entry."""
     for name, _ in request:
         if name.lower() in _SHAPING:
+            return False
+    return True
+
+
+def _plain(request: Fields) -> bool:
+    """Whether a request asks nothing of the cache (see _ASKING)."""
+    for name, _ in request:
+        if name.lower() in _ASKING:
             return False
     return True
 

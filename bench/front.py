@@ -17,6 +17,7 @@ Run: `python bench/front.py [--duration 10] [--rounds 2] [--loads cache_hit,...]
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import shutil
 import socket
@@ -236,6 +237,19 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system, every thread) used so far by ``pid`` and its children
+    (a front's master and workers)."""
+    total = 0.0
+    for member in [pid, *children(pid)]:
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def rss_mb(pid: int) -> float:
     """Resident set size in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -292,6 +306,8 @@ def main() -> int:
         idle: dict[str, tuple[float, bool]] = {}
         #: (load, round, front) -> req/s
         paired: dict[tuple[str, int, str], float] = {}
+        #: (load, round, front) -> the front's CPU time per request, microseconds
+        cpu_us: dict[tuple[str, int, str], float] = {}
         try:
             for round_no in range(1, args.rounds + 1):
                 # Both fronts run through the round (the idle one costs nothing), and each
@@ -320,9 +336,15 @@ def main() -> int:
                             port = servers[name][1]
                             lua = script if unique else None
                             wrk(port, path, 2, 1, lua, f"r{round_no}-{name}-warm")
+                            proc = servers[name][0].proc
+                            assert proc is not None
+                            cpu = tree_cpu(proc.pid)
                             result = wrk(port, path, args.duration, 1, lua, f"r{round_no}-{name}")
+                            cpu = tree_cpu(proc.pid) - cpu
+                            per = cpu_us[load, round_no, name] = cpu * 1e6 / max(result.requests, 1)
                             print(f"  round {round_no} {name:6} {load:16} {result.rps:9.0f} req/s"
-                                  f" ({result.errors} errors)", flush=True)  # fmt: skip
+                                  f" {per:6.0f} us CPU/request ({result.errors} errors)",
+                                  flush=True)  # fmt: skip
                             best[name, load] = max(best.get((name, load), 0.0), result.rps)
                             paired[load, round_no, name] = result.rps
                             rounds.append(RoundResult(name, load, round_no, True, wrk=result))
@@ -363,6 +385,16 @@ def main() -> int:
             listed = ", ".join(f"{value:.2f}" for value in ratios)
             print(f"{name} {load} / {base}: paired rounds {listed}; "
                   f"median {statistics.median(ratios):.2f}x")  # fmt: skip
+    # On a machine others load too, req/s moves with their load; the CPU time the front
+    # itself spends on a request moves much less.
+    print("\nfront CPU time per request (median of rounds), microseconds")
+    for load in loads:
+        line = [f"{load:16}"]
+        for name in ("nginx", "gantry"):
+            values = [cpu_us[load, r, name] for r in range(1, args.rounds + 1)]
+            median = medians[load, name, "cpu_us"] = statistics.median(values)
+            line.append(f"{name} {median:6.0f}")
+        print("  ".join(line))
     for load, base, goal in GOALS:
         value = medians.get((load, "gantry", base))
         if value is not None:

@@ -869,7 +869,11 @@ class _WriterThread:
         """Queue ``writer`` (None: stop once the queue is empty)."""
         with self.ready:
             self.jobs.append(writer)
-            self.ready.notify()
+            if len(self.jobs) == 1:
+                # Woken only when it may be waiting: it takes every queued job before it
+                # waits again, and each wake-up is a thread switch (and a GIL handoff) on
+                # the loop's own core.
+                self.ready.notify()
 
     def stop(self, wait: float) -> None:
         """Write what is queued, at most ``wait`` seconds, and end the thread."""

@@ -128,7 +128,7 @@ def wait_port(port: int, limit: float = 20.0) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def nginx_conf(work: Path, port: int, site: Path, sock: Path, kib_sock: Path) -> Path:
+def nginx_conf(work: Path, port: int, site: Path, sock: Path, kib_sock: Path, zones: Path) -> Path:
     """One worker, sendfile on, the same locations as the gantry config. The cache is
     nginx's proxy_cache for the uwsgi protocol (uwsgi_cache: the same module); its key is
     Gantry's default, and X-Cache says hit or miss (for the check before the loads)."""
@@ -145,7 +145,7 @@ http {{
   client_body_temp_path {work}/body; proxy_temp_path {work}/proxy;
   fastcgi_temp_path {work}/fastcgi; uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
   include /etc/nginx/mime.types;
-  uwsgi_cache_path {work}/ncache levels=1:2 keys_zone=pages:64m max_size=2g inactive=10m
+  uwsgi_cache_path {zones}/ncache levels=1:2 keys_zone=pages:64m max_size=2g inactive=10m
                    use_temp_path=off;
   server {{
     listen 127.0.0.1:{port};
@@ -164,7 +164,7 @@ http {{
     return conf
 
 
-def gantry_conf(work: Path, port: int, site: Path, sock: Path, kib_sock: Path) -> Path:
+def gantry_conf(work: Path, port: int, site: Path, sock: Path, kib_sock: Path, zones: Path) -> Path:
     """The same as nginx_conf, for `gantry front`."""
     conf = work / "front.toml"
     conf.write_text(
@@ -194,7 +194,7 @@ servers = [{{ address = "unix:{sock}" }}]
 protocol = "uwsgi"
 servers = [{{ address = "unix:{kib_sock}" }}]
 [front.cache.pages]
-path = "{work}/gcache"
+path = "{zones}/gcache"
 max_size = "2g"
 memory = "64m"
 inactive = "10m"
@@ -269,6 +269,12 @@ def main() -> int:
         help="the loads to run, by their JSON key (default: all)",
     )
     parser.add_argument("--no-idle", action="store_true", help="skip the idle connections")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where both fronts keep their cache zones (default: the bench's temporary folder)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args()
     wanted = set(args.loads.split(","))
@@ -286,6 +292,7 @@ def main() -> int:
         site = work / "site"
         (site / "static").mkdir(parents=True)
         (site / "static" / "one.bin").write_bytes(STATIC)
+        zones = Path(tempfile.mkdtemp(prefix="gfront-zones-", dir=args.cache_dir or work))
         script = work / "unique.lua"
         script.write_text(UNIQUE_URLS_LUA)
         sock, kib_sock = work / "app.sock", work / "kib.sock"
@@ -319,10 +326,10 @@ def main() -> int:
                     for name in ("nginx", "gantry"):
                         port = free_port()
                         if name == "nginx":
-                            conf = nginx_conf(work, port, site, sock, kib_sock)
+                            conf = nginx_conf(work, port, site, sock, kib_sock, zones)
                             command = [nginx, "-p", str(work), "-c", str(conf)]
                         else:
-                            conf = gantry_conf(work, port, site, sock, kib_sock)
+                            conf = gantry_conf(work, port, site, sock, kib_sock, zones)
                             command = [str(VENV_BIN / "gantry"), "front", "-c", str(conf)]
                         server = ServerProcess(command, 0, work / f"{name}.log")
                         servers[name] = (server, port)
@@ -358,6 +365,7 @@ def main() -> int:
         finally:
             for backend in backends:
                 backend.stop()
+            shutil.rmtree(zones, ignore_errors=True)
     print("\nload              nginx req/s  gantry req/s  gantry/nginx")
     for load in loads:
         n, g = best["nginx", load], best["gantry", load]

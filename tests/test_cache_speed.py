@@ -17,6 +17,8 @@ from gantry.front.cache.store import (
     _RENAMING,
     PENDING_ENTRIES,
     RECHECK_EVERY,
+    SMALL_BODY,
+    TEMP_PREFIX,
     CacheStore,
     Entry,
 )
@@ -253,3 +255,28 @@ def test_a_full_queue_commits_at_once(tmp_path: Path) -> None:
         store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_large_entry_is_written_next_to_its_place_and_leaves_no_temporary(
+    tmp_path: Path,
+) -> None:
+    store = CacheStore(zone(tmp_path))
+    big = b"z" * (SMALL_BODY + 1)
+    writer = store.writer(entry("big"))
+    assert writer.write(big)  # past SMALL_BODY: to its temporary file already
+    temporaries = list(tmp_path.rglob(TEMP_PREFIX + "*"))
+    assert [t.parent for t in temporaries] == [Path(writer.final).parent]
+    writer.abort()
+    assert not list(tmp_path.rglob(TEMP_PREFIX + "*"))
+    stored = put(store, entry("big"), big)
+    assert not list(tmp_path.rglob(TEMP_PREFIX + "*"))
+    found = CacheStore(zone(tmp_path)).lookup("big", [], NOW)
+    assert found is not None and found.body_length == len(big) and stored.path == found.path
+    # a temporary left by a writer that died goes with the sweep, after an hour
+    dead = Path(writer.final).parent / (TEMP_PREFIX + "1.1")
+    dead.write_bytes(b"half")
+    store.sweep()
+    assert dead.exists()
+    os.utime(dead, (time.time() - 4000, time.time() - 4000))
+    store.sweep()
+    assert not dead.exists()

@@ -280,3 +280,33 @@ def test_a_large_entry_is_written_next_to_its_place_and_leaves_no_temporary(
     os.utime(dead, (time.time() - 4000, time.time() - 4000))
     store.sweep()
     assert not dead.exists()
+
+
+def test_a_purge_by_another_worker_drops_a_queued_write(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        one, two = CacheStore(zone(tmp_path)), CacheStore(zone(tmp_path))
+        for purge in ("url", "prefix", "tag"):
+            key = f"x-{purge}"
+            writer = one.writer(entry(key))
+            assert writer.write(b"v")
+            with _RENAMING:  # queued in one, not yet in place
+                assert writer.commit_later(None, loop)
+                if purge == "url":
+                    two.remove(key)
+                elif purge == "prefix":
+                    two.purge(key_prefix="x-p")
+                else:
+                    two.purge(tag=f"t-{key}")
+            await _until(lambda: not one.pending)
+            assert not os.path.exists(writer.final), purge
+            assert one.lookup(key, [], NOW) is None and two.lookup(key, [], NOW) is None
+        # an unrelated write queued after the purge is stored as ever
+        writer = one.writer(entry("later"))
+        assert writer.write(b"v")
+        assert writer.commit_later(None, loop)
+        await _until(lambda: not one.pending)
+        assert two.lookup("later", [], NOW) is not None
+        one.close()
+
+    asyncio.run(scenario())

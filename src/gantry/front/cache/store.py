@@ -131,19 +131,32 @@ class Entry:
 
 
 class Generation:
-    """A zone's change mark, shared by its workers through a small mapped file: whoever
+    """A zone's change marks, shared by its workers through a small mapped file: whoever
     removes or replaces an entry's file writes a new value after doing so, and a worker
-    trusts what its memory tier holds while the value it saw stays."""
+    trusts what its memory tier holds while the value it saw stays. A second mark moves
+    with each purge or invalidation (before it looks for entries): a worker's queued
+    write that sees it move is dropped, so no purge is undone by a write that lands after
+    it, whichever worker queued it."""
 
     def __init__(self, root: str) -> None:
         path = os.path.join(root, "generation")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            if os.fstat(fd).st_size < _GENERATION.size:
-                os.ftruncate(fd, _GENERATION.size)
-            self.map = mmap.mmap(fd, _GENERATION.size)
+            if os.fstat(fd).st_size < 2 * _GENERATION.size:
+                os.ftruncate(fd, 2 * _GENERATION.size)
+            self.map = mmap.mmap(fd, 2 * _GENERATION.size)
         finally:
             os.close(fd)
+
+    def purges(self) -> int:
+        """The purge mark now."""
+        value: int = _GENERATION.unpack_from(self.map, _GENERATION.size)[0]
+        return value
+
+    def bump_purges(self) -> None:
+        """Say that a purge (or an invalidation) is about to look for entries."""
+        size = _GENERATION.size
+        self.map[size : 2 * size] = os.urandom(size)
 
     def value(self) -> int:
         """The mark now (a memory read, no system call)."""
@@ -463,6 +476,7 @@ class CacheStore:
         """Remove every entry of ``key`` (its variants too); how many there were."""
         digest = self.digest(key)
         directory = os.path.join(self.root, digest[:2])
+        self.generation.bump_purges()
         count = self._cancel_queued(lambda entry: entry.key == key)
         try:
             names = [n for n in os.listdir(directory) if n.startswith(digest)]
@@ -490,6 +504,7 @@ class CacheStore:
         digest = self.digest(key)
         directory = os.path.join(self.root, digest[:2])
         # not written yet: written now, marked stale (and then counted below)
+        self.generation.bump_purges()
         self._cancel_queued(lambda entry: entry.key == key, soft=True)
         count = 0
         try:
@@ -513,6 +528,7 @@ class CacheStore:
         """Purge every entry whose key starts with ``key_prefix``, or that carries ``tag``
         (the upstream's Surrogate-Key or Cache-Tag); ``soft`` marks them stale instead
         of removing them (``use_stale`` may still serve them). How many there were."""
+        self.generation.bump_purges()
         queued = self._cancel_queued(
             lambda entry: (
                 (key_prefix is None or entry.key.startswith(key_prefix))
@@ -679,6 +695,8 @@ class EntryWriter:
         self.cancelled = False
         #: the fill lock the writer thread lets go once the file is in place
         self.lock: KeyLock | None = None
+        #: the zone's purge mark when the entry was queued (None: not queued)
+        self.purge_mark: int | None = None
         if entry.vary:
             marker = Entry(
                 key=entry.key, status=0, reason=b"", fields=[], request_time=0.0,
@@ -751,9 +769,11 @@ class EntryWriter:
                 return None
             if self.marker:
                 _write_file(self.marker_temp, self.marker)
+            mark = self.purge_mark
+            generation = self.store.generation
             with _RENAMING:
-                if self.cancelled:  # purged or replaced while queued: never in place
-                    raise OSError("cancelled")
+                if self.cancelled or (mark is not None and generation.purges() != mark):
+                    raise OSError("cancelled")  # purged or replaced while queued
                 # Another worker's memory tier may hold what these renames replace: it is
                 # told through the generation (a new entry replaces nothing, tells nobody).
                 replaced = os.path.exists(self.final)
@@ -762,9 +782,16 @@ class EntryWriter:
                     replaced = replaced or os.path.exists(primary)
                     os.rename(self.marker_temp, primary)
                 os.rename(self.temp, self.final)
-            if replaced:
-                self.store.generation.bump()
             st = os.stat(self.final)
+            if mark is not None and generation.purges() != mark:
+                # A purge began while it was being put in place, perhaps after its walk
+                # passed this folder: the entry goes (a purge that began after this check
+                # finds the file in its walk).
+                _unlink(self.final)
+                generation.bump()
+                return None
+            if replaced:
+                generation.bump()
         except OSError:
             self.abort()
             for path in (self.temp, self.marker_temp):
@@ -826,6 +853,7 @@ class EntryWriter:
         store.pending[self.final] = (self, queued)
         store.pending_bytes += self.length
         self.lock = lock
+        self.purge_mark = store.generation.purges()
         if store.writer_thread is None:
             store.writer_thread = _WriterThread(loop)
         store.writer_thread.put(self)

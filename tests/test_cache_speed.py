@@ -301,12 +301,17 @@ def test_a_purge_by_another_worker_drops_a_queued_write(tmp_path: Path) -> None:
             await _until(lambda: not one.pending)
             assert not os.path.exists(writer.final), purge
             assert one.lookup(key, [], NOW) is None and two.lookup(key, [], NOW) is None
-        # an unrelated write queued after the purge is stored as ever
-        writer = one.writer(entry("later"))
-        assert writer.write(b"v")
-        assert writer.commit_later(None, loop)
-        await _until(lambda: not one.pending)
-        assert two.lookup("later", [], NOW) is not None
+        # an unrelated write queued after the purge is stored as ever, and so is one
+        # queued when an unsafe method invalidated another URL (that comes with every POST)
+        for key in ("later", "kept"):
+            writer = one.writer(entry(key))
+            assert writer.write(b"v")
+            with _RENAMING:
+                assert writer.commit_later(None, loop)
+                if key == "kept":
+                    two.remove("posted-to", invalidation=True)
+            await _until(lambda: not one.pending)
+            assert two.lookup(key, [], NOW) is not None, key
         one.close()
 
     asyncio.run(scenario())

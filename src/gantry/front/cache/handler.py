@@ -782,7 +782,7 @@ class CacheFill:
         Content-Location are stale now (RFC 9111 4.4)."""
         head = _head_copy(self.head)
         head.method = "GET"
-        self.store.remove(cache_key(self.zone.key, head, self.remote_addr))
+        self.store.remove(cache_key(self.zone.key, head, self.remote_addr), invalidation=True)
         host = (field_value(self.head.headers, b"host") or b"").lower()
         for name in (b"location", b"content-location"):
             value = field_value(fields, name)
@@ -799,7 +799,8 @@ class CacheFill:
             if target.startswith(b"/"):
                 other = _head_copy(self.head, target)
                 other.method = "GET"
-                self.store.remove(cache_key(self.zone.key, other, self.remote_addr))
+                key = cache_key(self.zone.key, other, self.remote_addr)
+                self.store.remove(key, invalidation=True)
 
     def respond_whole(self, status: int, head: bytes, body: bytes) -> None:
         """A whole response (the proxy's fast path): as a head, then its body."""

@@ -472,11 +472,16 @@ class CacheStore:
 
     # removal ----------------------------------------------------------------
 
-    def remove(self, key: str) -> int:
-        """Remove every entry of ``key`` (its variants too); how many there were."""
+    def remove(self, key: str, invalidation: bool = False) -> int:
+        """Remove every entry of ``key`` (its variants too; ``invalidation``: for an unsafe
+        method, not a purge); how many there were."""
         digest = self.digest(key)
         directory = os.path.join(self.root, digest[:2])
-        self.generation.bump_purges()
+        if not invalidation:
+            # A purge: other workers' queued writes go too. Not for the invalidation an
+            # unsafe method makes (RFC 9111 4.4): those come with every POST, and would
+            # keep the whole zone's queued writes from ever landing.
+            self.generation.bump_purges()
         count = self._cancel_queued(lambda entry: entry.key == key)
         try:
             names = [n for n in os.listdir(directory) if n.startswith(digest)]

@@ -27,6 +27,9 @@ TITLES = {
     ("serve", "flask"): "gantry serve, Flask demo /hello",
     ("front", "static"): "gantry front: static 1 KiB file",
     ("front", "proxy"): "gantry front: proxy to uWSGI (unix socket)",
+    ("front", "cache_hit"): "gantry front: cache hits, 1 KiB (nginx uwsgi_cache)",
+    ("front", "cache_miss"): "gantry front: cache misses, each stored, 1 KiB",
+    ("front", "cache_off"): "gantry front: the misses' URLs, cache off",
     ("up", "raw"): "gantry up: whole stack, raw app",
     ("up", "flask"): "gantry up: whole stack, Flask demo",
 }

@@ -1,17 +1,20 @@
 """Benchmark `gantry front` against nginx, one worker each, pinned like bench/run.py.
 
-Three measurements, each printed as req/s (or MB) and a ratio to nginx:
+The measurements, each printed as req/s (or MB) and a ratio to nginx:
 
 1. a 1 KiB static file;
 2. proxying to the same uWSGI backend over the uwsgi protocol (unix socket);
-3. one front worker holding 10,000 idle keep-alive connections: its RSS, and
+3. the HTTP cache: hits of one cached 1 KiB proxied response; misses (every request a
+   URL never asked before, so each is fetched and stored), against the same requests
+   to a location without a cache (each front against itself);
+4. one front worker holding 10,000 idle keep-alive connections: its RSS, and
    whether it still answers;
-4. the same 1 KiB file through a location with a limit_req zone whose rate it never
+5. the same 1 KiB file through a location with a limit_req zone whose rate it never
    reaches (issue 16): each front's cost of a limit that passes, as a ratio to its own
    figure for (1).
 
-Run: `python bench/front.py [--duration 10] [--rounds 2]` (after `python bench/run.py`
-has created .venv-bench with uWSGI).
+Run: `python bench/front.py [--duration 10] [--rounds 2] [--loads cache_hit,...]` (after
+`python bench/run.py` has created .venv-bench with uWSGI).
 
 `python bench/front.py --slow-clients` measures a static file's throughput while 1,000
 connections each send a request head one byte a second (reconnecting when cut), against
@@ -54,24 +57,83 @@ from run import (  # noqa: E402 - the sibling module, imported as a script
 )
 
 STATIC = bytes(range(256)) * 4  # 1 KiB
-#: load name -> (short key in the JSON report, path)
+#: load name -> (short key in the JSON report, path, every request a new URL under it)
 LOADS = {
-    "static 1 KiB": ("static", "/static/one.bin"),
-    "proxy to uWSGI": ("proxy", "/hello"),
-    "static, limit_req": ("limited", "/limited/one.bin"),
+    "static 1 KiB": ("static", "/static/one.bin", False),
+    "proxy to uWSGI": ("proxy", "/hello", False),
+    "cache hit 1 KiB": ("cache_hit", "/cached/hit", False),
+    "cache miss 1 KiB": ("cache_miss", "/cached/", True),
+    "cache off 1 KiB": ("cache_off", "/uncached/", True),
+    "static, limit_req": ("limited", "/limited/one.bin", False),
 }
+#: (load, its baseline load): the same front's figures compared with each other
+SELF_RATIOS = [("cache miss 1 KiB", "cache off 1 KiB"), ("static, limit_req", "static 1 KiB")]
+#: the goals of issue 15: (load, compared with "nginx" or a baseline load, at least)
+GOALS = [("cache hit 1 KiB", "nginx", 1.5), ("cache miss 1 KiB", "cache off 1 KiB", 0.9)]
 IDLE_CONNECTIONS = 10_000
 
+# wrk's request() hook: each request asks for PREFIX<n>, n counting up, so that no URL
+# is asked twice (a new prefix per run). Each call costs wrk a little Lua; the cache-off
+# load uses the same script, so the pair stays comparable.
+UNIQUE_URLS_LUA = """
+local prefix, n = "/", 0
+function init(args) prefix = args[1] end
+function request()
+  n = n + 1
+  return wrk.format("GET", prefix .. n)
+end
+"""
 
-def wrk(port: int, path: str, duration: int, cpu: int, client: str = "") -> WrkResult:
-    """wrk -t1 -c50 pinned to ``cpu`` against ``path`` (as ``client``, by X-Forwarded-For)."""
+
+
+def wrk(
+    port: int,
+    path: str,
+    duration: int,
+    cpu: int,
+    script: Path | None = None,
+    tag: str = "",
+    client: str = "",
+) -> WrkResult:
+    """wrk -t1 -c50 pinned to ``cpu`` against ``path``; with ``script`` (the unique-URL
+    one), against ``path`` + ``tag`` + a counter; as ``client`` (by X-Forwarded-For)."""
     header = ["-H", f"X-Forwarded-For: {client}"] if client else []
     command = [
         "taskset", "-c", str(cpu), "wrk", "-t1", "-c50", f"-d{duration}s", "--latency",
         *header, f"http://127.0.0.1:{port}{path}",
     ]  # fmt: skip
+    if script is not None:
+        command[-1:-1] = ["-s", str(script)]
+        command += ["--", f"{path}{tag}-"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 30)
     return parse_wrk(done.stdout)
+
+
+def cache_status(port: int, path: str) -> str:
+    """How the front says it answered ``path`` (its Cache-Status or X-Cache field)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            answer += piece
+    for line in answer.split(b"\r\n\r\n")[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.lower() in (b"cache-status", b"x-cache"):
+            return value.strip().decode("latin-1")
+    return "(none)"
+
+
+def check_caching(port: int, name: str) -> None:
+    """A new URL is a miss and then a hit: the cache loads measure what they claim."""
+    path = f"/cached/probe-{name}-{time.monotonic_ns()}"
+    first, second = cache_status(port, path), cache_status(port, path)
+    miss = "MISS" in first or "fwd=" in first
+    hit = "HIT" in second or ("hit" in second and "fwd=" not in second)
+    if not (miss and hit):
+        raise RuntimeError(f"{name}: a new URL gave {first!r}, then {second!r}")
 
 
 def wait_port(port: int, limit: float = 20.0) -> None:
@@ -86,8 +148,10 @@ def wait_port(port: int, limit: float = 20.0) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def nginx_conf(work: Path, port: int, site: Path, sock: Path) -> Path:
-    """One worker, sendfile on, the same two locations as the gantry config."""
+def nginx_conf(work: Path, port: int, site: Path, sock: Path, kib_sock: Path, zones: Path) -> Path:
+    """One worker, sendfile on, the same locations as the gantry config. The cache is
+    nginx's proxy_cache for the uwsgi protocol (uwsgi_cache: the same module); its key is
+    Gantry's default, and X-Cache says hit or miss (for the check before the loads)."""
     for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (work / name).mkdir(exist_ok=True)
     conf = work / "nginx.conf"
@@ -102,10 +166,18 @@ http {{
   fastcgi_temp_path {work}/fastcgi; uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
   include /etc/nginx/mime.types;
   limit_req_zone $binary_remote_addr zone=perip:10m rate=1000000r/s;
+  uwsgi_cache_path {zones}/ncache levels=1:2 keys_zone=pages:64m max_size=2g inactive=10m
+                   use_temp_path=off;
   server {{
     listen 127.0.0.1:{port};
     location /static/ {{ root {site}; }}
     location /limited/ {{ root {site}; limit_req zone=perip burst=1000 nodelay; }}
+    location /cached/ {{
+      include /etc/nginx/uwsgi_params; uwsgi_pass unix:{kib_sock};
+      uwsgi_cache pages; uwsgi_cache_key $scheme$host$request_uri;
+      add_header X-Cache $upstream_cache_status;
+    }}
+    location /uncached/ {{ include /etc/nginx/uwsgi_params; uwsgi_pass unix:{kib_sock}; }}
     location / {{ include /etc/nginx/uwsgi_params; uwsgi_pass unix:{sock}; }}
   }}
 }}
@@ -114,7 +186,7 @@ http {{
     return conf
 
 
-def gantry_conf(work: Path, port: int, site: Path, sock: Path) -> Path:
+def gantry_conf(work: Path, port: int, site: Path, sock: Path, kib_sock: Path, zones: Path) -> Path:
     """The same as nginx_conf, for `gantry front`."""
     conf = work / "front.toml"
     conf.write_text(
@@ -132,6 +204,13 @@ path = "/limited/"
 root = "{site}"
 limit_req = [{{ zone = "perip", burst = 1000, nodelay = true }}]
 [[front.server.location]]
+path = "/cached/"
+proxy = "kib"
+cache = "pages"
+[[front.server.location]]
+path = "/uncached/"
+proxy = "kib"
+[[front.server.location]]
 path = "/"
 proxy = "app"
 [front.limit_req_zone.perip]
@@ -141,6 +220,14 @@ size = "10m"
 [front.upstream.app]
 protocol = "uwsgi"
 servers = [{{ address = "unix:{sock}" }}]
+[front.upstream.kib]
+protocol = "uwsgi"
+servers = [{{ address = "unix:{kib_sock}" }}]
+[front.cache.pages]
+path = "{zones}/gcache"
+max_size = "2g"
+memory = "64m"
+inactive = "10m"
 """
     )
     return conf
@@ -178,6 +265,19 @@ def children(pid: int) -> list[int]:
     except OSError:
         return []
     return [int(p) for p in text.split()]
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system, every thread) used so far by ``pid`` and its children
+    (a front's master and workers)."""
+    total = 0.0
+    for member in [pid, *children(pid)]:
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def rss_mb(pid: int) -> float:
@@ -291,8 +391,8 @@ def blocklist_bench(args: argparse.Namespace) -> int:
                 for load, (names, client) in loads.items():
                     order = names if round_no % 2 else tuple(reversed(names))
                     for name in order:
-                        wrk(ports[name], "/static/one.bin", 2, 1, client)
-                        result = wrk(ports[name], "/static/one.bin", args.duration, 1, client)
+                        wrk(ports[name], "/static/one.bin", 2, 1, client=client)
+                        result = wrk(ports[name], "/static/one.bin", args.duration, 1, client=client)
                         print(f"  round {round_no} {name:12} {load:13} {result.rps:9.0f} req/s"
                               f" (non-2xx {result.non_2xx})", flush=True)  # fmt: skip
                         paired[load, round_no, name] = result.rps
@@ -406,10 +506,22 @@ def slow_clients_bench(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    """Run both fronts on both loads, interleaved, and print the ratios."""
+    """Run both fronts on every load, interleaved, and print the ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--loads",
+        default=",".join(key for key, _, _ in LOADS.values()),
+        help="the loads to run, by their JSON key (default: all)",
+    )
+    parser.add_argument("--no-idle", action="store_true", help="skip the idle connections")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where both fronts keep their cache zones (default: the bench's temporary folder)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     parser.add_argument(
         "--blocklist", action="store_true", help="measure the blocklist (see the docstring)"
@@ -422,6 +534,12 @@ def main() -> int:
         return blocklist_bench(args)
     if args.slow_clients:
         return slow_clients_bench(args)
+    wanted = set(args.loads.split(","))
+    loads = {name: load for name, load in LOADS.items() if load[0] in wanted}
+    unknown = wanted - {key for key, _, _ in LOADS.values()}
+    if unknown or not loads:
+        print(f"unknown loads: {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(VENV_BIN / "uwsgi").exists():
         print("run `python bench/run.py` first: it builds .venv-bench with uWSGI", file=sys.stderr)
@@ -433,20 +551,29 @@ def main() -> int:
         (site / "static" / "one.bin").write_bytes(STATIC)
         (site / "limited").mkdir()
         (site / "limited" / "one.bin").write_bytes(STATIC)
-        sock = work / "app.sock"
-        backend = ServerProcess(
-            [str(VENV_BIN / "uwsgi"), "--socket", str(sock), "--chmod-socket=666", "--wsgi",
-             "bench.apps:hello", "--chdir", str(REPO_ROOT), "--processes", "1", "--master",
-             "--disable-logging", "--die-on-term"],
-            0, work / "uwsgi.log",
-        )  # fmt: skip
-        backend.start()
+        zones = Path(tempfile.mkdtemp(prefix="gfront-zones-", dir=args.cache_dir or work))
+        script = work / "unique.lua"
+        script.write_text(UNIQUE_URLS_LUA)
+        sock, kib_sock = work / "app.sock", work / "kib.sock"
+        backends = [
+            ServerProcess(
+                [str(VENV_BIN / "uwsgi"), "--socket", str(path), "--chmod-socket=666",
+                 "--wsgi", target, "--chdir", str(REPO_ROOT), "--processes", "1", "--master",
+                 "--disable-logging", "--die-on-term"],
+                0, work / f"uwsgi-{path.stem}.log",
+            )
+            for path, target in ((sock, "bench.apps:hello"), (kib_sock, "bench.apps:kib"))
+        ]  # fmt: skip
+        for backend in backends:
+            backend.start()
         time.sleep(1.5)
         best: dict[tuple[str, str], float] = {}
         rounds: list[RoundResult] = []
         idle: dict[str, tuple[float, bool]] = {}
         #: (load, round, front) -> req/s
         paired: dict[tuple[str, int, str], float] = {}
+        #: (load, round, front) -> the front's CPU time per request, microseconds
+        cpu_us: dict[tuple[str, int, str], float] = {}
         try:
             for round_no in range(1, args.rounds + 1):
                 # Both fronts run through the round (the idle one costs nothing), and each
@@ -458,27 +585,36 @@ def main() -> int:
                     for name in ("nginx", "gantry"):
                         port = free_port()
                         if name == "nginx":
-                            command = [nginx, "-p", str(work), "-c",
-                                       str(nginx_conf(work, port, site, sock))]  # fmt: skip
+                            conf = nginx_conf(work, port, site, sock, kib_sock, zones)
+                            command = [nginx, "-p", str(work), "-c", str(conf)]
                         else:
-                            command = [str(VENV_BIN / "gantry"), "front", "-c",
-                                       str(gantry_conf(work, port, site, sock))]  # fmt: skip
+                            conf = gantry_conf(work, port, site, sock, kib_sock, zones)
+                            command = [str(VENV_BIN / "gantry"), "front", "-c", str(conf)]
                         server = ServerProcess(command, 0, work / f"{name}.log")
                         servers[name] = (server, port)
                         server.start()
                         wait_port(port)
+                        if any(key.startswith("cache") for key, _, _ in loads.values()):
+                            check_caching(port, name)
                     order = ("nginx", "gantry") if round_no % 2 else ("gantry", "nginx")
-                    for load, (_, path) in LOADS.items():
+                    for load, (_, path, unique) in loads.items():
                         for name in order:
                             port = servers[name][1]
-                            wrk(port, path, 2, 1)
-                            result = wrk(port, path, args.duration, 1)
-                            print(f"  round {round_no} {name:6} {load:15} {result.rps:9.0f} req/s"
-                                  f" ({result.errors} errors)", flush=True)  # fmt: skip
+                            lua = script if unique else None
+                            wrk(port, path, 2, 1, lua, f"r{round_no}-{name}-warm")
+                            proc = servers[name][0].proc
+                            assert proc is not None
+                            cpu = tree_cpu(proc.pid)
+                            result = wrk(port, path, args.duration, 1, lua, f"r{round_no}-{name}")
+                            cpu = tree_cpu(proc.pid) - cpu
+                            per = cpu_us[load, round_no, name] = cpu * 1e6 / max(result.requests, 1)
+                            print(f"  round {round_no} {name:6} {load:16} {result.rps:9.0f} req/s"
+                                  f" {per:6.0f} us CPU/request ({result.errors} errors)",
+                                  flush=True)  # fmt: skip
                             best[name, load] = max(best.get((name, load), 0.0), result.rps)
                             paired[load, round_no, name] = result.rps
                             rounds.append(RoundResult(name, load, round_no, True, wrk=result))
-                    if round_no == 1:
+                    if round_no == 1 and not args.no_idle:
                         for name, (server, port) in servers.items():
                             assert server.proc is not None
                             idle[name] = idle_connections(port, server.proc.pid, IDLE_CONNECTIONS)
@@ -486,29 +622,51 @@ def main() -> int:
                     for server, _ in servers.values():
                         server.stop()
         finally:
-            backend.stop()
+            for backend in backends:
+                backend.stop()
+            shutil.rmtree(zones, ignore_errors=True)
     print("\nload              nginx req/s  gantry req/s  gantry/nginx")
-    for load in LOADS:
+    for load in loads:
         n, g = best["nginx", load], best["gantry", load]
         print(f"{load:16} {n:12.0f} {g:13.0f} {g / n:12.2f}x")
-    for name in ("nginx", "gantry"):
-        # the limit's own cost: the limited location against the same file without it
-        ratios = [
-            paired["static, limit_req", r, name] / paired["static 1 KiB", r, name]
-            for r in range(1, args.rounds + 1)
-            if paired.get(("static 1 KiB", r, name))
-        ]
-        listed = ", ".join(f"{value:.3f}" for value in ratios)
-        print(f"{name}: limit_req passing / no limit: rounds {listed}; "
-              f"median {statistics.median(ratios):.3f}x")  # fmt: skip
-    for load in LOADS:
+    medians: dict[tuple[str, str, str], float] = {}
+    for load in loads:
         ratios = [
             paired[load, r, "gantry"] / paired[load, r, "nginx"]
             for r in range(1, args.rounds + 1)
             if paired.get((load, r, "nginx"))
         ]
+        median = medians[load, "gantry", "nginx"] = statistics.median(ratios)
         listed = ", ".join(f"{value:.2f}" for value in ratios)
-        print(f"{load}: paired rounds {listed}; median {statistics.median(ratios):.2f}x")
+        print(f"{load}: gantry/nginx, paired rounds {listed}; median {median:.2f}x")
+    for load, base in SELF_RATIOS:
+        if load not in loads or base not in loads:
+            continue
+        for name in ("nginx", "gantry"):
+            ratios = [
+                paired[load, r, name] / paired[base, r, name]
+                for r in range(1, args.rounds + 1)
+                if paired.get((base, r, name))
+            ]
+            medians[load, name, base] = statistics.median(ratios)
+            listed = ", ".join(f"{value:.2f}" for value in ratios)
+            print(f"{name} {load} / {base}: paired rounds {listed}; "
+                  f"median {statistics.median(ratios):.2f}x")  # fmt: skip
+    # On a machine others load too, req/s moves with their load; the CPU time the front
+    # itself spends on a request moves much less.
+    print("\nfront CPU time per request (median of rounds), microseconds")
+    for load in loads:
+        line = [f"{load:16}"]
+        for name in ("nginx", "gantry"):
+            values = [cpu_us[load, r, name] for r in range(1, args.rounds + 1)]
+            median = medians[load, name, "cpu_us"] = statistics.median(values)
+            line.append(f"{name} {median:6.0f}")
+        print("  ".join(line))
+    for load, base, goal in GOALS:
+        value = medians.get((load, "gantry", base))
+        if value is not None:
+            verdict = "met" if value >= goal else "NOT met"
+            print(f"goal: gantry {load} / {base} >= {goal}x: {value:.2f}x, {verdict}")
     for name, (rss, answered) in idle.items():
         print(f"{IDLE_CONNECTIONS} idle keep-alive connections, {name}: worker RSS {rss:.0f} MB, "
               f"still answering: {answered}")  # fmt: skip
@@ -519,8 +677,9 @@ def main() -> int:
         "settings": {"duration": args.duration, "rounds": args.rounds, "connections": 50},
         "apps": {},
         "idle": {name: {"rss_mb": rss, "answering": ok} for name, (rss, ok) in idle.items()},
+        "paired_medians": {"/".join(key): value for key, value in medians.items()},
     }
-    for load, (key, path) in LOADS.items():
+    for load, (key, path, _) in loads.items():
         of_load = [r for r in rounds if r.app == load]
         summaries = [summarize(of_load, name, "best") for name in ("nginx", "gantry")]
         report["apps"][key] = app_report(path, summaries)

@@ -57,6 +57,7 @@ from gantry.front.cache.store import CacheStore, Entry, EntryWriter, KeyLock
 from gantry.front.exchange import BodyStream, Exchange, Handler
 from gantry.front.keepalive import KeepAlivePool
 from gantry.front.proxy import ProxyRequest, RequestBody, StreamedBody, spawn
+from gantry.front.responses import status_line
 from gantry.front.static import parse_ranges
 from gantry.http.body import BodyBuffer
 from gantry.protocol.http1 import RequestHead
@@ -78,6 +79,12 @@ _NOT_SERVED: Final = frozenset(
 _NOT_MODIFIED_FIELDS: Final = frozenset(
     {b"cache-control", b"content-location", b"etag", b"expires", b"vary", b"last-modified"}
 )
+#: request fields that change what a hit answers (304, 206, 416): without any of them, a
+#: GET is answered with the entry's prepared head
+_SHAPING: Final = frozenset({b"if-none-match", b"if-modified-since", b"range"})
+#: request fields that ask something of the cache (RFC 9111 5.2.1, 3.5) or shape the
+#: answer: a GET with none of them and a fresh entry in memory is answered at once
+_ASKING: Final = _SHAPING | {b"cache-control", b"pragma", b"authorization", b"if-range"}
 #: how often a waiter looks at a key another request is filling
 LOCK_POLL: Final = 0.01
 #: how often a worker sweeps its zones (one worker at a time does it)
@@ -176,6 +183,8 @@ class CacheHandler(Handler):
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
+        for store in self.stores.values():
+            store.close()
 
     def _sweep_zones(self) -> None:
         # On a thread: a zone of many entries takes a while to walk, and the loop must
@@ -220,6 +229,21 @@ class CacheHandler(Handler):
             self._purge(exchange, zone, store)
             return True
         key = cache_key(zone.key, head, exchange.remote_addr)
+        if method == "GET" and not zone.bypass and key in store.hot_keys and _plain(head.headers):
+            # The common hit, decided in short: a GET that asks nothing of the cache and
+            # whose entry is in memory and fresh (what _lookup and serve would conclude).
+            now = time.time()
+            entry = store.lookup(key, head.headers, now)
+            if entry is not None and entry.body is not None and not entry.purged:
+                age = current_age(entry.initial_age, entry.response_time, now)
+                left = entry.freshness.lifetime - age
+                if left > 0 and not entry.freshness.no_cache:
+                    own = b"Age: %d\r\nCache-Status: gantry; hit; ttl=%d\r\n" % (
+                        int(age),
+                        int(left),
+                    )
+                    exchange.respond_prepared(entry.status, _served_head(entry) + own, entry.body)
+                    return True
         if method not in ("GET", "HEAD"):
             fill = CacheFill(self, exchange, zone, store, key, head)
             fill.invalidating = True
@@ -439,6 +463,13 @@ class CacheHandler(Handler):
         """Answer ``exchange`` from ``entry``: 304 to a client's own conditional request,
         206 to a Range, the headers alone to HEAD."""
         head = exchange.head
+        body = entry.body
+        if head.method == "GET" and body is not None and _unshaped(head.headers):
+            # the common hit: the entry's head as prepared once, and the two fields of
+            # this answer
+            own = b"Age: %d\r\nCache-Status: %b\r\n" % (int(age), status_value)
+            exchange.respond_prepared(entry.status, _served_head(entry) + own, body)
+            return
         fields = [(n, v) for n, v in entry.fields if n.lower() not in _NOT_SERVED]
         extra = [(b"Age", str(int(age)).encode()), (b"Cache-Status", status_value)]
         if entry.status == 200 and not_modified(head.headers, entry.fields):
@@ -524,6 +555,39 @@ class CacheHandler(Handler):
         text = f"purged {count}\n".encode()
         fields = [(b"Content-Type", b"text/plain"), (b"Content-Length", str(len(text)).encode())]
         exchange.respond(200 if count else 404, fields, text)
+
+
+def _unshaped(request: Fields) -> bool:
+    """Whether a request has none of the fields that make a hit other than the entry."""
+    for name, _ in request:
+        if name.lower() in _SHAPING:
+            return False
+    return True
+
+
+def _plain(request: Fields) -> bool:
+    """Whether a request asks nothing of the cache (see _ASKING)."""
+    for name, _ in request:
+        if name.lower() in _ASKING:
+            return False
+    return True
+
+
+def _served_head(entry: Entry) -> bytes:
+    """The status line and fields ``entry`` is answered with (those of the front's own
+    and Age and Cache-Status aside), made once per version of its fields."""
+    served = entry.served
+    if served is not None and served[0] is entry.fields:
+        return served[1]
+    lines = [
+        name + b": " + value + b"\r\n"
+        for name, value in entry.fields
+        if name.lower() not in _NOT_SERVED
+    ]
+    length = b"Content-Length: %d\r\n" % entry.body_length
+    head = status_line(entry.status, entry.reason) + b"".join(lines) + length
+    entry.served = (entry.fields, head)
+    return head
 
 
 def _may_be_stale(entry: Entry) -> bool:
@@ -777,7 +841,7 @@ class CacheFill:
         Content-Location are stale now (RFC 9111 4.4)."""
         head = _head_copy(self.head)
         head.method = "GET"
-        self.store.remove(cache_key(self.zone.key, head, self.remote_addr))
+        self.store.remove(cache_key(self.zone.key, head, self.remote_addr), invalidation=True)
         host = (field_value(self.head.headers, b"host") or b"").lower()
         for name in (b"location", b"content-location"):
             value = field_value(fields, name)
@@ -794,7 +858,8 @@ class CacheFill:
             if target.startswith(b"/"):
                 other = _head_copy(self.head, target)
                 other.method = "GET"
-                self.store.remove(cache_key(self.zone.key, other, self.remote_addr))
+                key = cache_key(self.zone.key, other, self.remote_addr)
+                self.store.remove(key, invalidation=True)
 
     def respond_whole(self, status: int, head: bytes, body: bytes) -> None:
         """A whole response (the proxy's fast path): as a head, then its body."""
@@ -824,7 +889,12 @@ class CacheFill:
         writer = self.writer
         self.writer = None
         if writer is not None:
-            writer.commit()  # in place before the fill lock goes: its waiters find it
+            # The file is written after the answer went out (creating it is the dear part
+            # of a miss); the fill lock goes only once it is in place: its waiters find it.
+            lock, self.lock = self.lock, None
+            if not writer.commit_later(lock, self.handler.keepalive.loop):
+                self.lock = lock
+                writer.commit()
         self.release()
         if self.silent:
             return

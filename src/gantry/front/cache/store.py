@@ -3,8 +3,9 @@
 One file per stored response, ``PATH/ab/abcdef...`` (the SHA-256 of the primary key);
 a response that varies leaves there a marker naming the request fields it varies on,
 and each variant goes to ``PATH/ab/abcdef...-<secondary key hash>``. A file is written
-under ``PATH/tmp`` and renamed into place (atomic), so no reader ever sees half of
-one. Its layout::
+under a temporary name (``.t...``) in its own folder and renamed into place (atomic),
+so no reader ever sees half of one; a rename within one folder is also far cheaper than
+one across folders, which Linux serializes file-system-wide. Its layout::
 
     b"GCE" version(1) | head length (4, big endian) | head (JSON)
     | body | body length (8) | body CRC-32 (4) | head CRC-32 (4)
@@ -13,8 +14,17 @@ A file whose magic, version, sizes or checksums do not hold is a miss (and remov
 Recency is the file's mtime (touched at most once a minute per entry and worker): the
 sweep drops what was unused for ``inactive`` and the least recently used past
 ``max_size``. Each worker also keeps the hot small entries in memory (``memory``
-bytes), checked against the file's inode on each use so a purge by another worker or
-a newer version of the entry is seen at once.
+bytes). A hit from memory costs no system call: every worker that removes or replaces
+an entry's file writes a new value into the zone's generation (``PATH/generation``, a
+small file each worker maps), and a worker checks its entry against the file (a stat)
+only when that value moved, or at least once a second; so a purge by another worker or
+a newer version of the entry is seen on the next request.
+
+Creating a file is the dear part of a miss (hundreds of microseconds on some file
+systems), so a small entry's file is written by the worker's writer thread once its
+response went out (``EntryWriter.commit_later``): meanwhile the worker answers the key
+from the entry in memory, a purge or replacement cancels the write, and the fill lock is
+let go only once the file is in place, so other workers waiting on it find it.
 """
 
 from __future__ import annotations
@@ -23,11 +33,15 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import mmap
 import os
 import struct
+import threading
 import time
 import zlib
-from collections import OrderedDict
+from asyncio import AbstractEventLoop
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -51,6 +65,18 @@ TOUCH_EVERY: Final = 60.0
 COPY_PIECE: Final = 256 * 1024
 #: large entries whose checksum a worker remembers having checked
 VERIFIED_FILES: Final = 4096
+#: how the temporary files of entries being written are named
+TEMP_PREFIX: Final = ".t"
+#: a memory-tier entry is checked against its file at least this often (seconds), even
+#: when the zone's generation did not move (a file changed by hand, a zone folder made anew)
+RECHECK_EVERY: Final = 1.0
+_GENERATION: Final = struct.Struct("=Q")
+#: entries waiting for the writer thread, at most (past either, a commit is done at once:
+#: a disk slower than the misses slows the misses instead of filling the memory)
+PENDING_ENTRIES: Final = 1024
+PENDING_BYTES: Final = 32 * 1024 * 1024
+#: how long a worker that stops waits for its writer thread to write what is pending
+WRITER_STOP_WAIT: Final = 5.0
 
 
 @dataclass
@@ -77,6 +103,8 @@ class Entry:
     body: bytes | None = None
     #: (inode, mtime_ns) of the file it was read from
     identity: tuple[int, int] = (0, 0)
+    #: (the fields it was made from, the status line and fields as sent from the cache)
+    served: tuple[Fields, bytes] | None = field(default=None, repr=False, compare=False)
 
     def head_json(self) -> bytes:
         """The head of the entry's file."""
@@ -101,6 +129,46 @@ class Entry:
             "purged": self.purged,
         }
         return json.dumps(document, separators=(",", ":")).encode()
+
+
+class Generation:
+    """A zone's change marks, shared by its workers through a small mapped file: whoever
+    removes or replaces an entry's file writes a new value after doing so, and a worker
+    trusts what its memory tier holds while the value it saw stays. A second mark moves
+    with each purge or invalidation (before it looks for entries): a worker's queued
+    write that sees it move is dropped, so no purge is undone by a write that lands after
+    it, whichever worker queued it."""
+
+    def __init__(self, root: str) -> None:
+        path = os.path.join(root, "generation")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            if os.fstat(fd).st_size < 2 * _GENERATION.size:
+                os.ftruncate(fd, 2 * _GENERATION.size)
+            self.map = mmap.mmap(fd, 2 * _GENERATION.size)
+        finally:
+            os.close(fd)
+
+    def purges(self) -> int:
+        """The purge mark now."""
+        value: int = _GENERATION.unpack_from(self.map, _GENERATION.size)[0]
+        return value
+
+    def bump_purges(self) -> None:
+        """Say that a purge (or an invalidation) is about to look for entries."""
+        size = _GENERATION.size
+        self.map[size : 2 * size] = os.urandom(size)
+
+    def value(self) -> int:
+        """The mark now (a memory read, no system call)."""
+        value: int = _GENERATION.unpack_from(self.map)[0]
+        return value
+
+    def bump(self) -> None:
+        """Say that an entry's file was removed or replaced. A random value, not a count:
+        two workers bumping at once cannot lose the change (any new value is one), and
+        no lock is needed."""
+        self.map[: _GENERATION.size] = os.urandom(_GENERATION.size)
 
 
 class _Broken(Exception):
@@ -204,6 +272,10 @@ class KeyLock:
 class _Hot:
     entry: Entry
     touched: float = field(default=0.0)
+    #: the zone's generation when the entry was last found to match its file (-1: never)
+    generation: int = -1
+    #: when that was (time.time())
+    checked: float = 0.0
 
 
 class CacheStore:
@@ -217,7 +289,14 @@ class CacheStore:
         for directory in (self.root, self.tmp, self.locks):
             os.makedirs(directory, exist_ok=True)
         self.hot: OrderedDict[str, _Hot] = OrderedDict()
+        #: the same entries, by key, for those with no Vary (their file is the key's own)
+        self.hot_keys: dict[str, _Hot] = {}
         self.hot_bytes = 0
+        self.generation = Generation(self.root)
+        #: path -> the writer of an entry queued for the writer thread, and the entry
+        self.pending: dict[str, tuple[EntryWriter, Entry]] = {}
+        self.pending_bytes = 0
+        self.writer_thread: _WriterThread | None = None
         self.serial = 0
         #: path -> (inode, size) of large entries whose body checksum held
         self.verified: dict[str, tuple[int, int]] = {}
@@ -252,6 +331,19 @@ class CacheStore:
     def lookup(self, key: str, request: Fields, now: float) -> Entry | None:
         """The entry stored for ``key`` whose secondary key matches ``request``; None
         for a miss (a missing, broken or older-format file is one)."""
+        hot = self.hot_keys.get(key)
+        if (
+            hot is not None
+            and hot.generation == self.generation.value()
+            and 0.0 <= now - hot.checked < RECHECK_EVERY
+        ):
+            # nothing was removed or replaced in the zone since the entry matched its file
+            kept = hot.entry
+            self.hot.move_to_end(kept.path)
+            if now - hot.touched >= TOUCH_EVERY:
+                hot.touched = now
+                self._touch(kept)
+            return kept
         digest = self.digest(key)
         path = self.path_of(digest)
         entry = self._load(path, now)
@@ -267,7 +359,12 @@ class CacheStore:
         return entry
 
     def _load(self, path: str, now: float) -> Entry | None:
+        pending = self.pending.get(path)
+        if pending is not None:
+            return pending[1]  # whole in memory; its file is being written
         hot = self.hot.get(path)
+        # read before the stat: a change made after it moves the generation again
+        generation = self.generation.value()
         try:
             st = os.stat(path)
         except OSError:
@@ -276,6 +373,7 @@ class CacheStore:
             return None
         if hot is not None and hot.entry.identity == (st.st_ino, st.st_mtime_ns):
             self.hot.move_to_end(path)
+            hot.generation, hot.checked = generation, now
             if now - hot.touched >= TOUCH_EVERY:
                 hot.touched = now
                 self._touch(hot.entry)
@@ -291,10 +389,7 @@ class CacheStore:
         except FileNotFoundError:
             return None
         except (OSError, _Broken):
-            with contextlib.suppress(OSError):
-                os.unlink(path)  # broken: a miss now and for the next reader
-            if hot is not None:
-                self._forget(path)
+            self.remove_file(path)  # broken: a miss now and for the next reader
             return None
         if self.zone.inactive and time.time() - st.st_mtime > self.zone.inactive:
             self.remove_file(path, marker=entry.status == 0)
@@ -305,7 +400,7 @@ class CacheStore:
             size = entry.body_offset + entry.body_length + _TRAILER.size
             self.verified[path] = (entry.identity[0], size)
         self._touch(entry)
-        self._remember(path, entry, now)
+        self._remember(path, entry, now, generation)
         return entry
 
     def _touch(self, entry: Entry) -> None:
@@ -316,41 +411,54 @@ class CacheStore:
             st = os.stat(entry.path)
             entry.identity = (st.st_ino, st.st_mtime_ns)
 
-    def _remember(self, path: str, entry: Entry, now: float) -> None:
+    def _remember(self, path: str, entry: Entry, now: float, generation: int = -1) -> None:
+        """Keep ``entry`` (read from ``path`` when the zone's generation was
+        ``generation``; -1: not known, checked on its next use) in the memory tier."""
         if entry.body is None or self.zone.memory <= 0:
             return
         self._forget(path)
         size = len(entry.body) + 512
         if size > self.zone.memory:
             return
-        self.hot[path] = _Hot(entry, now)
+        hot = _Hot(entry, now, generation, now)
+        self.hot[path] = hot
+        if not entry.vary:  # neither a variant nor a vary marker: the key's own file
+            self.hot_keys[entry.key] = hot
         self.hot_bytes += size
         while self.hot_bytes > self.zone.memory and self.hot:
             _, old = self.hot.popitem(last=False)
-            self.hot_bytes -= len(old.entry.body or b"") + 512
+            self._dropped(old)
 
     def _forget(self, path: str) -> None:
         hot = self.hot.pop(path, None)
         if hot is not None:
-            self.hot_bytes -= len(hot.entry.body or b"") + 512
+            self._dropped(hot)
+
+    def _dropped(self, hot: _Hot) -> None:
+        self.hot_bytes -= len(hot.entry.body or b"") + 512
+        if self.hot_keys.get(hot.entry.key) is hot:
+            del self.hot_keys[hot.entry.key]
 
     # writing ----------------------------------------------------------------
 
     def writer(self, entry: Entry) -> EntryWriter:
         """A writer of ``entry``'s file: its body goes in with ``write``, and ``commit``
         puts it in place."""
-        self.serial += 1
-        temp = os.path.join(self.tmp, f"{os.getpid()}.{self.serial}")
         digest = self.digest(entry.key)
         variant = entry.vary_values if entry.vary else None
-        return EntryWriter(self, entry, temp, self.path_of(digest, variant), digest)
+        final = self.path_of(digest, variant)
+        return EntryWriter(self, entry, self._temp_for(final), final, digest)
+
+    def _temp_for(self, final: str) -> str:
+        """A temporary name next to ``final`` (the sweep knows them by their dot)."""
+        self.serial += 1
+        return os.path.join(os.path.dirname(final), f"{TEMP_PREFIX}{os.getpid()}.{self.serial}")
 
     def update_head(self, entry: Entry, fields: Fields, changes: dict[str, Any]) -> Entry:
         """``entry`` with new fields and times (a 304 revalidated it), rewritten in place
         (a new file renamed over the old one; the body is copied in the kernel)."""
         updated = replace(entry, fields=fields, **changes)
-        self.serial += 1
-        temp = os.path.join(self.tmp, f"{os.getpid()}.{self.serial}")
+        temp = self._temp_for(entry.path)
         writer = EntryWriter(self, updated, temp, entry.path, self.digest(entry.key))
         if entry.body is not None:
             writer.write(entry.body)
@@ -375,15 +483,21 @@ class CacheStore:
 
     # removal ----------------------------------------------------------------
 
-    def remove(self, key: str) -> int:
-        """Remove every entry of ``key`` (its variants too); how many there were."""
+    def remove(self, key: str, invalidation: bool = False) -> int:
+        """Remove every entry of ``key`` (its variants too; ``invalidation``: for an unsafe
+        method, not a purge); how many there were."""
         digest = self.digest(key)
         directory = os.path.join(self.root, digest[:2])
-        count = 0
+        if not invalidation:
+            # A purge: other workers' queued writes go too. Not for the invalidation an
+            # unsafe method makes (RFC 9111 4.4): those come with every POST, and would
+            # keep the whole zone's queued writes from ever landing.
+            self.generation.bump_purges()
+        count = self._cancel_queued(lambda entry: entry.key == key)
         try:
             names = [n for n in os.listdir(directory) if n.startswith(digest)]
         except OSError:
-            return 0
+            return count
         for name in names:
             path = os.path.join(directory, name)
             is_marker = name == digest and self._is_marker(path)
@@ -391,15 +505,28 @@ class CacheStore:
                 count += 1
         return count
 
+    def _cancel_queued(self, matches: Callable[[Entry], bool], soft: bool = False) -> int:
+        """Drop the queued entries ``matches`` picks (a purge must not see them written
+        after it), or with ``soft`` write them now marked stale; how many."""
+        chosen = [(path, entry) for path, (_, entry) in self.pending.items() if matches(entry)]
+        for path, entry in chosen:
+            self.cancel_pending(path)
+            if soft:
+                self.update_head(entry, entry.fields, {"purged": True})
+        return len(chosen)
+
     def mark_stale(self, key: str) -> int:
         """Soft purge of ``key``: its entries (each variant) are stale from now on."""
         digest = self.digest(key)
         directory = os.path.join(self.root, digest[:2])
+        # not written yet: written now, marked stale (and then counted below)
+        self.generation.bump_purges()
+        self._cancel_queued(lambda entry: entry.key == key, soft=True)
         count = 0
         try:
             names = [n for n in os.listdir(directory) if n.startswith(digest)]
         except OSError:
-            return 0
+            return count
         for name in names:
             try:
                 entry = _read_entry(os.path.join(directory, name), want_body=False)
@@ -417,11 +544,21 @@ class CacheStore:
         """Purge every entry whose key starts with ``key_prefix``, or that carries ``tag``
         (the upstream's Surrogate-Key or Cache-Tag); ``soft`` marks them stale instead
         of removing them (``use_stale`` may still serve them). How many there were."""
-        count = 0
+        self.generation.bump_purges()
+        queued = self._cancel_queued(
+            lambda entry: (
+                (key_prefix is None or entry.key.startswith(key_prefix))
+                and (tag is None or tag in entry.tags)
+            ),
+            soft,
+        )
+        count = 0 if soft else queued  # soft: written now, and counted below
         for directory in os.scandir(self.root):
             if not directory.is_dir() or len(directory.name) != 2:
                 continue
             for item in os.scandir(directory.path):
+                if item.name.startswith(TEMP_PREFIX):
+                    continue  # not in place yet
                 try:
                     entry = _read_entry(item.path, want_body=False)
                 except (OSError, _Broken):
@@ -449,17 +586,40 @@ class CacheStore:
             return False
 
     def remove_file(self, path: str, marker: bool = False) -> bool:
-        """Remove one entry file (``marker``: a vary marker, not counted as an entry);
-        whether it was there."""
+        """Remove one entry file, or the entry queued to be written there (``marker``: a
+        vary marker, not counted as an entry); whether it was there."""
         self._forget(path)
+        cancelled = self.cancel_pending(path)
         try:
             size = os.stat(path).st_size
             os.unlink(path)
         except OSError:
-            return False
+            return cancelled
         if not marker:
             self.account(-1, -size)
+        self.generation.bump()
         return True
+
+    def cancel_pending(self, path: str) -> bool:
+        """Drop the entry queued to be written to ``path``; whether there was one."""
+        pending = self.pending.get(path)
+        if pending is None:
+            return False
+        self._unqueue(pending[0])
+        pending[0].cancel()
+        return True
+
+    def _unqueue(self, writer: EntryWriter) -> None:
+        if self.pending.get(writer.final, (None,))[0] is writer:
+            del self.pending[writer.final]
+            self.pending_bytes -= writer.length
+
+    def close(self) -> None:
+        """Let the writer thread write what is queued (a while at most), and stop it."""
+        thread = self.writer_thread
+        self.writer_thread = None
+        if thread is not None:
+            thread.stop(WRITER_STOP_WAIT)
 
     # fill locks ---------------------------------------------------------------
 
@@ -489,6 +649,7 @@ class CacheStore:
             except OSError:
                 return (-1, -1)
             now = time.time()
+            removed = False
             files: list[tuple[float, int, str]] = []
             for directory in os.scandir(self.root):
                 if not directory.is_dir() or len(directory.name) != 2:
@@ -498,11 +659,16 @@ class CacheStore:
                         st = item.stat()
                     except OSError:
                         continue
+                    if item.name.startswith(TEMP_PREFIX):
+                        if now - st.st_mtime > 3600:  # left by a writer that died
+                            _unlink(item.path)
+                        continue
                     if now - st.st_mtime > self.zone.inactive:
                         _unlink(item.path)
+                        removed = True
                     else:
                         files.append((st.st_mtime, st.st_size, item.path))
-            for item in os.scandir(self.tmp):
+            for item in os.scandir(self.tmp):  # where earlier versions wrote
                 with contextlib.suppress(OSError):
                     if now - item.stat().st_mtime > 3600:
                         os.unlink(item.path)
@@ -512,6 +678,9 @@ class CacheStore:
                 _, size, path = files.pop(0)
                 _unlink(path)
                 total -= size
+                removed = True
+            if removed:
+                self.generation.bump()
             return _entries_only(files)
         finally:
             os.close(lock)
@@ -556,6 +725,12 @@ class EntryWriter:
         self.pieces: list[bytes] | None = []
         self.marker = b""
         self.marker_temp = ""
+        #: a queued write that a purge or a newer entry made moot (set under ``renaming``)
+        self.cancelled = False
+        #: the fill lock the writer thread lets go once the file is in place
+        self.lock: KeyLock | None = None
+        #: the zone's purge mark when the entry was queued (None: not queued)
+        self.purge_mark: int | None = None
         if entry.vary:
             marker = Entry(
                 key=entry.key, status=0, reason=b"", fields=[], request_time=0.0,
@@ -587,6 +762,7 @@ class EntryWriter:
         try:
             if pieces is not None:  # grown past SMALL_BODY: to the file from now on
                 self.pieces = None
+                os.makedirs(os.path.dirname(self.temp), exist_ok=True)
                 self.fd = os.open(
                     self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
                 )
@@ -612,10 +788,13 @@ class EntryWriter:
         """Write and rename the files; the (inode, mtime_ns) of the entry's file, None if
         it failed."""
         try:
-            os.makedirs(os.path.dirname(self.final), exist_ok=True)
             if self.pieces is not None:
                 data = _file_bytes(self.head, self.pieces, self.length, self.crc)
-                _write_file(self.temp, data)
+                try:
+                    _write_file(self.temp, data)
+                except FileNotFoundError:  # the key's folder is not there yet
+                    os.makedirs(os.path.dirname(self.final), exist_ok=True)
+                    _write_file(self.temp, data)
             elif self.fd is not None:
                 self._write_all(_TRAILER.pack(self.length, self.crc, zlib.crc32(self.head)))
                 os.close(self.fd)
@@ -624,23 +803,45 @@ class EntryWriter:
                 return None
             if self.marker:
                 _write_file(self.marker_temp, self.marker)
-                os.rename(self.marker_temp, self.store.path_of(self.digest))
-            try:
-                replaced = os.stat(self.final).st_size  # a new version of the entry
-            except FileNotFoundError:
-                replaced = -1
-            os.rename(self.temp, self.final)
+            mark = self.purge_mark
+            generation = self.store.generation
+            with _RENAMING:
+                if self.cancelled or (mark is not None and generation.purges() != mark):
+                    raise OSError("cancelled")  # purged or replaced while queued
+                # Another worker's memory tier may hold what these renames replace: it is
+                # told through the generation (a new entry replaces nothing, tells nobody).
+                try:
+                    old_size = os.stat(self.final).st_size  # a new version of the entry
+                except FileNotFoundError:
+                    old_size = -1
+                replaced = old_size >= 0
+                if self.marker:
+                    primary = self.store.path_of(self.digest)
+                    replaced = replaced or os.path.exists(primary)
+                    os.rename(self.marker_temp, primary)
+                os.rename(self.temp, self.final)
             st = os.stat(self.final)
+            if mark is not None and generation.purges() != mark:
+                # A purge began while it was being put in place, perhaps after its walk
+                # passed this folder: the entry goes (a purge that began after this check
+                # finds the file in its walk).
+                _unlink(self.final)
+                generation.bump()
+                if old_size >= 0:
+                    self.store.account(-1, -old_size)
+                return None
+            if replaced:
+                generation.bump()
         except OSError:
             self.abort()
             for path in (self.temp, self.marker_temp):
                 if path:
                     _unlink(path)
             return None
-        if replaced < 0:
+        if old_size < 0:
             self.store.account(1, st.st_size)
         else:
-            self.store.account(0, st.st_size - replaced)
+            self.store.account(0, st.st_size - old_size)
         return (st.st_ino, st.st_mtime_ns)
 
     def _stored(self, identity: tuple[int, int] | None) -> Entry | None:
@@ -666,7 +867,107 @@ class EntryWriter:
 
     def commit(self) -> Entry | None:
         """Put the entry in place (atomically), now; the entry as stored, None if it failed."""
+        self.store.cancel_pending(self.final)  # an older answer queued must not follow it
         return self._stored(self._files())
+
+    def commit_later(self, lock: KeyLock | None, loop: AbstractEventLoop) -> bool:
+        """Have the store's writer thread put the entry in place, and then let ``lock``
+        go; until then the store answers its key from memory. False (nothing done) when
+        it must be committed now: a body already going to its file, a Vary marker to
+        write with it, or the queue full."""
+        store = self.store
+        if (
+            self.pieces is None
+            or self.marker
+            or len(store.pending) >= PENDING_ENTRIES
+            or store.pending_bytes + self.length > PENDING_BYTES
+        ):
+            return False
+        body = b"".join(self.pieces)
+        self.pieces = [body]
+        queued = replace(
+            self.entry,
+            path=self.final,
+            body_offset=_PREFIX.size + len(self.head),
+            body_length=self.length,
+            body=body,
+        )
+        store.cancel_pending(self.final)  # an older answer queued for it goes
+        store._forget(self.final)
+        store.pending[self.final] = (self, queued)
+        store.pending_bytes += self.length
+        self.lock = lock
+        self.purge_mark = store.generation.purges()
+        if store.writer_thread is None:
+            store.writer_thread = _WriterThread(loop)
+        store.writer_thread.put(self)
+        return True
+
+    def cancel(self) -> None:
+        """A queued write is moot: the writer thread drops it (if not already done)."""
+        with _RENAMING:
+            self.cancelled = True
+
+    def written(self, identity: tuple[int, int] | None) -> None:
+        """On the loop, after the writer thread: the entry leaves the queue for the memory
+        tier (unless it was cancelled meanwhile)."""
+        store = self.store
+        pending = store.pending.get(self.final)
+        store._unqueue(self)
+        if identity is None or self.cancelled or pending is None or pending[0] is not self:
+            return
+        entry = pending[1]
+        entry.identity = identity
+        if entry.body is not None:
+            store._remember(self.final, entry, time.time())
+
+
+#: held around the check of ``EntryWriter.cancelled`` and the rename that follows it
+_RENAMING: Final = threading.RLock()
+
+
+class _WriterThread:
+    """A worker's thread that writes queued entries' files, in order, and tells the loop
+    of each (``EntryWriter.written``)."""
+
+    def __init__(self, loop: AbstractEventLoop) -> None:
+        self.loop = loop
+        self.jobs: deque[EntryWriter | None] = deque()
+        self.ready = threading.Condition()
+        self.thread = threading.Thread(target=self._run, name="cache-writer", daemon=True)
+        self.thread.start()
+
+    def put(self, writer: EntryWriter | None) -> None:
+        """Queue ``writer`` (None: stop once the queue is empty)."""
+        with self.ready:
+            self.jobs.append(writer)
+            if len(self.jobs) == 1:
+                # Woken only when it may be waiting: it takes every queued job before it
+                # waits again, and each wake-up is a thread switch (and a GIL handoff) on
+                # the loop's own core.
+                self.ready.notify()
+
+    def stop(self, wait: float) -> None:
+        """Write what is queued, at most ``wait`` seconds, and end the thread."""
+        self.put(None)
+        self.thread.join(wait)
+
+    def _run(self) -> None:
+        while True:
+            with self.ready:
+                while not self.jobs:
+                    self.ready.wait()
+                writer = self.jobs.popleft()
+            if writer is None:
+                return
+            identity = None if writer.cancelled else writer._files()
+            lock, writer.lock = writer.lock, None
+            if lock is not None:
+                lock.release()  # in place (or not to be): the waiters may look again
+            try:
+                self.loop.call_soon_threadsafe(writer.written, identity)
+            except RuntimeError:
+                pass  # the loop is closed: the worker is stopping
 
 
 def _file_bytes(head: bytes, pieces: list[bytes], length: int, crc: int) -> bytes:

@@ -85,7 +85,6 @@ end
 """
 
 
-
 def wrk(
     port: int,
     path: str,
@@ -392,7 +391,9 @@ def blocklist_bench(args: argparse.Namespace) -> int:
                     order = names if round_no % 2 else tuple(reversed(names))
                     for name in order:
                         wrk(ports[name], "/static/one.bin", 2, 1, client=client)
-                        result = wrk(ports[name], "/static/one.bin", args.duration, 1, client=client)
+                        result = wrk(
+                            ports[name], "/static/one.bin", args.duration, 1, client=client
+                        )
                         print(f"  round {round_no} {name:12} {load:13} {result.rps:9.0f} req/s"
                               f" (non-2xx {result.non_2xx})", flush=True)  # fmt: skip
                         paired[load, round_no, name] = result.rps

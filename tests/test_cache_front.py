@@ -61,7 +61,7 @@ def test_private_and_set_cookie_never_reach_a_second_client(
 def test_concurrent_misses_over_two_workers_reach_the_upstream_once(
     launch: Launcher, short_tmp: Path
 ) -> None:
-    zone = 'lock = true\nlock_timeout = "20s"\n'
+    zone = 'lock = true\nlock_timeout = "120s"\n'
     with Origin() as origin:
         origin.answers["/herd"] = (200, [("Cache-Control", "max-age=60")], b"x" * 1024)
         origin.gate = threading.Event()
@@ -72,7 +72,8 @@ def test_concurrent_misses_over_two_workers_reach_the_upstream_once(
             sock.sendall(b"GET /herd HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
             sockets.append(sock)
         try:
-            # generous limits: the machine may be busy with other work
+            # generous limits: the machine may be busy with other work (the lock outlasts
+            # the wait for every socket, or waiters would give up and go to the origin)
             assert wait_for(lambda: origin.count("/herd") >= 1, limit=60)
             assert wait_for(lambda: all(server_has_read(s) for s in sockets), limit=60)
             origin.gate.set()

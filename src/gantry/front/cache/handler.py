@@ -242,6 +242,7 @@ class CacheHandler(Handler):
                         int(age),
                         int(left),
                     )
+                    self.count(exchange, zone, HIT)
                     exchange.respond_prepared(entry.status, _served_head(entry) + own, entry.body)
                     return True
         if method not in ("GET", "HEAD"):

@@ -23,6 +23,17 @@ from gantry.config.front_model import (
     UpstreamServer,
     VirtualServer,
 )
+from gantry.config.front_rules import (
+    AddHeaders,
+    HideHeaders,
+    ReturnValue,
+    Rewrites,
+    SetHeaders,
+    compile_rewrites,
+    header_rules,
+    merge_headers,
+    set_header_rules,
+)
 from gantry.config.units import Duration, Size, WholeSeconds
 
 __all__ = ["ControlPath", "load_front_config", "front_config_from_dict"]
@@ -30,7 +41,8 @@ __all__ = ["ControlPath", "load_front_config", "front_config_from_dict"]
 
 class _Strict(BaseModel):
     # the policy of every table: unknown keys and values of the wrong type are errors
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # populate_by_name: `gantry up` passes the dumped table on, keyed by field names
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
 
 def _upstream_address(text: str) -> str:
@@ -250,6 +262,41 @@ class LocationSettings(_Strict):
         description="Name of the cache zone (`[front.cache.NAME]`) proxied responses of this "
         "location are stored in and answered from; unset: not cached.",
     )
+    return_: ReturnValue = Field(
+        None,
+        alias="return",
+        description="nginx's return: 'CODE URL' for 301, 302, 303, 307, 308 "
+        "('301 https://$host$request_uri'), 'CODE text' for the others, 'CODE' alone, or a "
+        "URL alone (302). Runs after this block's rewrites, unless one stopped them.",
+    )
+    rewrite: Rewrites = Field(
+        default_factory=list,
+        description="nginx's rewrite, in order: [regex, replacement] or [regex, "
+        "replacement, flag] with flag 'last', 'break', 'redirect' (302) or 'permanent' "
+        "(301); the regex is matched against $uri; the request's args are appended "
+        "unless the replacement ends with '?'; a replacement starting with http://, "
+        "https:// or $scheme is a redirect.",
+    )
+    add_header: AddHeaders = Field(
+        default_factory=dict,
+        description="Fields added to responses of 200, 201, 204, 206, 301, 302, 303, 304, 307 "
+        "and 308 (nginx variables allowed; an empty value adds nothing); a value "
+        "{ value = '...', always = true } is added to every response, errors too. Merged with the "
+        "server's: the location's wins on the same name, the server's others stay.",
+    )
+    proxy_set_header: SetHeaders = Field(
+        default_factory=dict,
+        description="Request fields sent to the upstream in place of the client's "
+        "('Host' = '$host', 'X-Real-IP' = '$remote_addr'); an empty value removes the "
+        "field. Merged with the "
+        "server's: the location's wins on the same name, the server's others stay.",
+    )
+    proxy_hide_header: HideHeaders = Field(
+        default_factory=list,
+        description="Fields of the upstream's responses not passed to the client "
+        "('X-Powered-By'). Merged with the "
+        "server's: the location's wins on the same name, the server's others stay.",
+    )
 
 
 #: what a stale entry may be served on (nginx's proxy_cache_use_stale)
@@ -368,6 +415,39 @@ class ServerSettings(_Strict):
     )
     location: list[LocationSettings] = Field(
         default_factory=list, description="The server's locations."
+    )
+    return_: ReturnValue = Field(
+        None,
+        alias="return",
+        description="nginx's return: 'CODE URL' for 301, 302, 303, 307, 308 "
+        "('301 https://$host$request_uri'), 'CODE text' for the others, 'CODE' alone, or a "
+        "URL alone (302). Runs after the server's rewrites, before a location is chosen.",
+    )
+    rewrite: Rewrites = Field(
+        default_factory=list,
+        description="nginx's rewrite, in order: [regex, replacement] or [regex, "
+        "replacement, flag] with flag 'last', 'break', 'redirect' (302) or 'permanent' "
+        "(301); the regex is matched against $uri; the request's args are appended "
+        "unless the replacement ends with '?'; a replacement starting with http://, "
+        "https:// or $scheme is a redirect.",
+    )
+    add_header: AddHeaders = Field(
+        default_factory=dict,
+        description="Fields added to responses of 200, 201, 204, 206, 301, 302, 303, 304, 307 "
+        "and 308 (nginx variables allowed; an empty value adds nothing); a value "
+        "{ value = '...', always = true } is added to every response, errors too. "
+        "Every location gets them (see the location's key).",
+    )
+    proxy_set_header: SetHeaders = Field(
+        default_factory=dict,
+        description="Request fields sent to the upstream in place of the client's "
+        "('Host' = '$host', 'X-Real-IP' = '$remote_addr'); an empty value removes the "
+        "field. Every location gets them (see the location's key).",
+    )
+    proxy_hide_header: HideHeaders = Field(
+        default_factory=list,
+        description="Fields of the upstream's responses not passed to the client "
+        "('X-Powered-By'). Every location gets them (see the location's key).",
     )
 
 
@@ -504,6 +584,15 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
                     script_name=loc.script_name,
                     request_buffering=loc.request_buffering,
                     cache=loc.cache,
+                    rewrite=compile_rewrites(loc.rewrite, loc.return_),
+                    add_header=header_rules(merge_headers(server.add_header, loc.add_header)),
+                    proxy_set_header=set_header_rules(
+                        merge_headers(server.proxy_set_header, loc.proxy_set_header)
+                    ),
+                    proxy_hide_header=frozenset(
+                        name.lower().encode()
+                        for name in (*server.proxy_hide_header, *loc.proxy_hide_header)
+                    ),
                 )  # fmt: skip
             )
         servers.append(
@@ -512,6 +601,8 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
                 default=server.default,
                 locations=tuple(locations),
                 access=_rules(server.access, f"{source}: front.server[{i}].access"),
+                rewrite=compile_rewrites(server.rewrite, server.return_),
+                add_header=header_rules(server.add_header),
             )
         )
     upstreams = {

@@ -283,7 +283,7 @@ def _render_section(section: Section) -> list[str]:
         type_name = _type_name(field.annotation, list(field.metadata))
         anchor = f'<a id="{_key_anchor(section, key)}"></a>'
         lines.append(
-            f"| {anchor}`{key}` | {_cell(type_name)} | {_cell(_default(field))} "
+            f"| {anchor}`{field.alias or key}` | {_cell(type_name)} | {_cell(_default(field))} "
             f"| {_cell(meaning)} |"
         )
     if section.note:

@@ -10,8 +10,10 @@ __all__ = ["REASONS", "ErrorPages", "connection_field", "status_line"]
 log: Final = logging.getLogger("gantry.front")
 
 REASONS: Final = {
-    200: "OK", 204: "No Content", 206: "Partial Content", 301: "Moved Permanently",
-    304: "Not Modified", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+    200: "OK", 201: "Created", 204: "No Content", 206: "Partial Content",
+    301: "Moved Permanently", 302: "Found", 303: "See Other", 304: "Not Modified",
+    307: "Temporary Redirect", 308: "Permanent Redirect", 400: "Bad Request",
+    403: "Forbidden", 404: "Not Found",
     405: "Method Not Allowed", 408: "Request Timeout", 412: "Precondition Failed",
     413: "Content Too Large", 414: "URI Too Long", 416: "Range Not Satisfiable",
     417: "Expectation Failed", 431: "Request Header Fields Too Large", 500: "Internal Server Error",

@@ -15,6 +15,7 @@ from gantry.front.files import StaticHandler
 from gantry.front.handlers import AccessHandler, ProxyHandler
 from gantry.front.keepalive import KeepAlivePool
 from gantry.front.responses import ErrorPages
+from gantry.front.rewrite import RewriteHandler
 from gantry.front.routing import Router, normalize_path
 from gantry.http.head import HeadDefaults
 from gantry.process.shared import SlotView, WorkerCounters, store_memory
@@ -81,14 +82,17 @@ class FrontWorker:
             self.cache = CacheHandler(
                 config.caches, config.upstreams, self.pools, self.keepalive, self.tasks
             )
-        #: every handler, in nginx's phase order (access, cache, then content); a route
-        #: runs those that apply to it (see chain_for)
+        rewrite = RewriteHandler(self.router, self.chain_for)
+        #: every handler, in nginx's phase order (access, rewrites and return, cache,
+        #: then content); a route runs those that apply to it (see chain_for)
         self.handlers: tuple[Handler, ...] = (
             AccessHandler(),
+            rewrite,
             *((self.cache,) if self.cache is not None else ()),
             ProxyHandler(config.upstreams, self.pools, self.keepalive, self.tasks),
             self.static,
         )
+        rewrite.later = frozenset(self.handlers[self.handlers.index(rewrite) + 1 :])
         self._chains: dict[tuple[int, int], tuple[Handler, ...]] = {}
         self._tick: asyncio.TimerHandle | None = None
         self._sweep: asyncio.TimerHandle | None = None

@@ -55,6 +55,7 @@ server {
     }
     location /loop/ { rewrite ^/loop/(.*)$ /loop/x$1 last; }
     location /gone { return 410; }
+    location /empty { return 200; }
     location /see { return 303 /other; }
     location /bare { return https://example.test/bare; }
     location ~ ^/u/(\\d+)$ { return 301 /user/$1; }
@@ -92,6 +93,7 @@ location = [
   { path = "/chain/", rewrite = [["^/chain/a/(.*)$", "/chain/b/$1"], ["^/chain/b/(.*)", "/t/$1"]] },
   { path = "/loop/", rewrite = [["^/loop/(.*)$", "/loop/x$1", "last"]] },
   { path = "/gone", return = "410" },
+  { path = "/empty", return = "200" },
   { path = "/see", return = "303 /other" },
   { path = "/bare", return = "https://example.test/bare" },
   { path = "^/u/(\\\\d+)$", modifier = "~", return = "301 /user/$1" },
@@ -194,6 +196,11 @@ def test_a_server_rewrite_runs_before_the_location_is_chosen(pair: Pair) -> None
 def test_a_rewrite_loop_is_a_500(pair: Pair) -> None:
     """nginx's limit: 10 times to another location, the 11th is a 500."""
     assert _both(pair, "/loop/a").status == 500
+
+
+def test_return_of_a_code_alone(pair: Pair) -> None:
+    ours, theirs = _both(pair, "/empty"), ask(pair.nginx, "/empty")
+    assert ours.status == 200 and ours.body == theirs.body == b""
 
 
 def test_return_with_text_and_variables(pair: Pair) -> None:

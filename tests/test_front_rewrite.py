@@ -311,3 +311,30 @@ def test_bad_rules_are_config_errors_naming_the_key(table: dict[str, object], me
     with pytest.raises(ConfigError) as caught:
         front_config_from_dict({"server": [table]}, "gantry.toml")
     assert f"gantry.toml: {message}" in str(caught.value)
+
+
+def test_gantry_check_writes_the_key_return_and_reads_it_back(tmp_path: Path) -> None:
+    """The schema's field is return_ (a Python keyword), the key is "return": the
+    effective config `gantry check` prints loads back as it is, and `gantry up` (which
+    passes the [front] table on by field names) takes it too."""
+    from gantry.config.stack import load_stack
+    from tests.support_config import check_file
+
+    config = """
+[front]
+listen = ["127.0.0.1:8080"]
+[[front.server]]
+return = "301 https://$host$request_uri"
+[[app]]
+name = "hello"
+module = "gantry.demo:app"
+"""
+    done = check_file(tmp_path / "gantry.toml", config)
+    assert done.returncode == 0, done.stderr
+    assert 'return = "301 https://$host$request_uri"' in done.stdout
+    assert "return_" not in done.stdout
+    again = check_file(tmp_path / "again.toml", done.stdout)
+    assert again.returncode == 0, again.stderr
+    plan = load_stack(str(tmp_path / "gantry.toml"), str(tmp_path / "run"))
+    server = front_config_from_dict(plan.front_table()).servers[0]
+    assert server.rewrite.return_ is not None and server.rewrite.return_.status == 301

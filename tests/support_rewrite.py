@@ -22,6 +22,7 @@ class Answer:
     status: int
     fields: list[tuple[str, str]]
     body: bytes
+    reason: str = ""
 
     def field(self, name: str) -> str | None:
         """The first value of ``name`` (any case), None if absent."""
@@ -57,7 +58,7 @@ def ask(
         conn.endheaders()
         response = conn.getresponse()
         fields = [(name.lower(), value) for name, value in response.getheaders()]
-        return Answer(response.status, fields, response.read())
+        return Answer(response.status, fields, response.read(), response.reason)
     finally:
         conn.close()
 

@@ -201,6 +201,8 @@ def test_a_rewrite_loop_is_a_500(pair: Pair) -> None:
 def test_return_of_a_code_alone(pair: Pair) -> None:
     ours, theirs = _both(pair, "/empty"), ask(pair.nginx, "/empty")
     assert ours.status == 200 and ours.body == theirs.body == b""
+    gone = _both(pair, "/gone")
+    assert gone.status == 410 and gone.reason == ask(pair.nginx, "/gone").reason == "Gone"
 
 
 def test_return_with_text_and_variables(pair: Pair) -> None:

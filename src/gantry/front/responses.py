@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Final
 
 __all__ = ["REASONS", "ErrorPages", "connection_field", "status_line"]
@@ -20,6 +21,9 @@ REASONS: Final = {
     501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
     504: "Gateway Timeout", 505: "HTTP Version Not Supported",
 }  # fmt: skip
+# and the other registered statuses (a `return 410` says "Gone", not "Unknown")
+for _status in HTTPStatus:
+    REASONS.setdefault(_status.value, _status.phrase)
 
 #: (status, upstream's reason phrase) -> status line; bounded, the reasons are upstreams'
 _STATUS_LINES: Final[dict[tuple[int, bytes], bytes]] = {}

@@ -57,6 +57,8 @@ class HeaderRule:
     name: str
     value: Template
     always: bool = False
+    #: the whole field line (CRLF-ended) when the value has no variable; b"" otherwise
+    line: bytes = b""
 
 
 @dataclass(frozen=True)

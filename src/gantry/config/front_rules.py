@@ -197,7 +197,10 @@ def header_rules(fields: dict[str, str | AddHeaderValue]) -> tuple[HeaderRule, .
     rules = []
     for name, value in fields.items():
         text, always = (value, False) if isinstance(value, str) else (value.value, value.always)
-        rules.append(HeaderRule(name, template(text), always))
+        compiled = template(text)
+        # a constant value's line is built once (the common case: X-Frame-Options DENY)
+        line = f"{name}: {text}\r\n".encode() if compiled.constant and text else b""
+        rules.append(HeaderRule(name, compiled, always, line))
     return tuple(rules)
 
 

@@ -23,6 +23,9 @@ def added_fields(rules: tuple[HeaderRule, ...], status: int, exchange: Exchange)
     lines = []
     for rule in rules:
         if plain or rule.always:
+            if rule.line:
+                lines.append(rule.line)
+                continue
             value = expand(rule.value, exchange)
             if value:
                 lines.append(rule.name.encode("ascii") + b": " + field_value(value) + b"\r\n")

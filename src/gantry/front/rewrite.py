@@ -36,6 +36,8 @@ _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 #: (escapes already there stay as they are)
 _URL_SAFE: Final = "!#$%&'()*+,/:;=?@[]~"
 _PATH_SAFE: Final = "!$&'()*+,/:;=@~"
+#: a path quote() would leave as it is (the common case: skip it)
+_PLAIN_PATH: Final = re.compile(r"[A-Za-z0-9._~!$&'()*+,/:;=@-]*")
 
 
 class _Step(Enum):
@@ -89,7 +91,10 @@ def rewritten_head(head: RequestHead, path: str, args: bytes) -> RequestHead:
         head.chunked,
         head.authority,
     )
-    copy.path = quote(path, safe=_PATH_SAFE, errors="surrogateescape").encode("ascii")
+    if _PLAIN_PATH.fullmatch(path):
+        copy.path = path.encode("ascii")
+    else:
+        copy.path = quote(path, safe=_PATH_SAFE, errors="surrogateescape").encode("ascii")
     copy.query = args
     copy.target = copy.path + (b"?" + args if args else b"")
     copy.headers = head.headers
@@ -109,6 +114,8 @@ class RewriteHandler(Handler):
         self.chain_for = chain_for
         #: the handlers of the phases after this one (the worker sets them)
         self.later: frozenset[Handler] = frozenset()
+        #: (server, location) ids -> (its access checks, its handlers after this phase)
+        self._next: dict[tuple[int, int], tuple[tuple[Handler, ...], tuple[Handler, ...]]] = {}
 
     def applies(self, server: VirtualServer, location: Location | None) -> bool:
         return bool(server.rewrite) or (location is not None and bool(location.rewrite))
@@ -146,20 +153,31 @@ class RewriteHandler(Handler):
                 return True
         if not request.changed:
             return False
-        # the new location's handlers of the phases after this one
-        later = self.later
-        chain = tuple(h for h in self.chain_for(server, exchange.location) if h in later)
-        run_chain(chain, exchange, body)
+        run_chain(self._handlers(server, exchange.location)[1], exchange, body)
         return True
 
     def _refused(self, exchange: Exchange, body: BodyBuffer | BodyStream | None) -> bool:
         """The access rules of the location a rewrite sent the request to, checked before
         its own rewrites run: a rewrite must not lead around a location's deny."""
-        for handler in self.chain_for(exchange.server, exchange.location):
-            if handler.rechecks_rewritten and handler not in self.later:
-                if handler.handle(exchange, body):
-                    return True
+        for handler in self._handlers(exchange.server, exchange.location)[0]:
+            if handler.handle(exchange, body):
+                return True
         return False
+
+    def _handlers(
+        self, server: VirtualServer, location: Location | None
+    ) -> tuple[tuple[Handler, ...], tuple[Handler, ...]]:
+        """The access checks of a route a rewrite leads to, and its handlers after this
+        phase (remembered: one entry per location of the configuration)."""
+        key = (id(server), id(location))
+        found = self._next.get(key)
+        if found is None:
+            chain = self.chain_for(server, location)
+            later = self.later
+            checks = tuple(h for h in chain if h.rechecks_rewritten and h not in later)
+            found = (checks, tuple(h for h in chain if h in later))
+            self._next[key] = found
+        return found
 
     def _run(self, rules: RewriteRules, request: _Request, exchange: Exchange) -> _Step:
         """One block's rewrites in order, then its return."""

@@ -3,6 +3,7 @@ exchange, and the templates of return, rewrite and the header rules filled with 
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 from gantry.config.front_model import Template
@@ -14,6 +15,7 @@ __all__ = ["expand", "field_value", "host", "text", "variable"]
 #: a decoded $uri may hold them, and a field must not end early)
 _CONTROLS: Final = bytes(range(0x20)).replace(b"\t", b"") + b"\x7f"
 _ESCAPED: Final = {byte: b"%%%02X" % byte for byte in _CONTROLS}
+_CONTROL: Final = re.compile(b"[" + re.escape(_CONTROLS) + b"]")
 
 
 def text(data: bytes) -> str:
@@ -25,7 +27,7 @@ def field_value(value: str) -> bytes:
     """A value for a field: UTF-8 (the request's own bytes as they came), controls
     percent-escaped."""
     data = value.encode("utf-8", "surrogateescape")
-    if any(byte in _CONTROLS for byte in data):
+    if _CONTROL.search(data) is not None:
         data = b"".join(_ESCAPED.get(byte, bytes((byte,))) for byte in data)
     return data
 

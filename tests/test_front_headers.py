@@ -99,6 +99,7 @@ cache = "zone"
 path = "/uwsgi/"
 proxy = "uwsgi"
 proxy_set_header = { "Host" = "backend.internal", "X-Client-Secret" = "" }
+proxy_hide_header = ["x-powered-by"]
 """
 
 
@@ -185,6 +186,15 @@ def test_proxy_set_and_hide_header_as_nginx(pair: Pair) -> None:
     assert ours.field("x-kept") == theirs.field("x-kept") == "yes"
 
 
+@pytest.mark.parametrize("query", ["", "?stream=1"])
+def test_proxy_hide_header_whole_or_streamed(pair: Pair, query: str) -> None:
+    """A response the proxy passes whole and one it relays as it streams."""
+    ours = ask(pair.front, "/app/h" + query)
+    assert ours.status == 200 and json.loads(ours.body)["PATH_INFO"] == "/app/h"
+    assert ours.field("x-powered-by") is None and ours.field("x-kept") == "yes"
+    assert (ours.field("transfer-encoding") == "chunked") == bool(query)
+
+
 def test_a_location_keeps_the_servers_fields(pair: Pair) -> None:
     """Unlike nginx: a location naming its own add_header keeps the server's others, and
     its own value wins on the same name (whatever its case)."""
@@ -213,6 +223,7 @@ def test_proxy_set_header_reaches_a_uwsgi_upstream(pair: Pair) -> None:
     seen = json.loads(answer.body)
     assert seen["HTTP_HOST"] == "backend.internal"
     assert "HTTP_X_CLIENT_SECRET" not in seen
+    assert answer.field("x-powered-by") is None and answer.field("x-kept") == "yes"
 
 
 def test_a_variable_cannot_end_a_field_early(pair: Pair) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from gantry.config import ConfigError
 from gantry.config.front import front_config_from_dict
-from tests.process import Launcher, free_port, wait_for
+from tests.process import Launcher, free_port, read_all, wait_for
 from tests.support_rewrite import Answer, ask, start_nginx
 
 
@@ -231,6 +232,24 @@ location = [
     assert answer.body == b"/b/x from /a/x?y=1"
     # written once the response went out
     assert wait_for(lambda: '"GET /a/x?y=1 HTTP/1.1" 200' in log.read_text(), limit=5)
+
+
+def test_a_redirect_without_any_host_name_stays_relative(launch: Launcher) -> None:
+    """An HTTP/1.0 request without Host, to a server without server_name: nothing to
+    make the URL absolute with (never "http:///x")."""
+    front = launch.front(
+        """
+[front]
+listen = ["127.0.0.1:FRONT_PORT"]
+[[front.server]]
+location = [{ path = "/", return = "301 /elsewhere" }]
+"""
+    )
+    with socket.create_connection(("127.0.0.1", front.port), timeout=10) as sock:
+        sock.sendall(b"GET /x HTTP/1.0\r\n\r\n")
+        data = read_all(sock)
+    assert data.startswith(b"HTTP/1.1 301 ")
+    assert b"\r\nLocation: /elsewhere\r\n" in data
 
 
 def test_a_rewrite_cannot_lead_around_a_deny(launch: Launcher) -> None:

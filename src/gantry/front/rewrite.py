@@ -244,12 +244,14 @@ class RewriteHandler(Handler):
 
     def _redirect(self, exchange: Exchange, status: int, url: str) -> None:
         """A redirect to ``url``: made absolute as nginx's absolute_redirect does (scheme,
-        the request's host, the listener's port unless it is the scheme's own)."""
-        if url.startswith("/"):
+        the request's host, the listener's port unless it is the scheme's own); relative
+        when the request names no host and the server has no name."""
+        name = host(exchange) if url.startswith("/") else ""
+        if name:  # no name at all (HTTP/1.0, no server_name): the URL stays relative
             scheme = "https" if exchange.https else "http"
             port = exchange.ports[1]
             default = "443" if exchange.https else "80"
-            authority = host(exchange) + (f":{port}" if port and port != default else "")
+            authority = name + (f":{port}" if port and port != default else "")
             url = f"{scheme}://{authority}{url}"
         location = quote(url, safe=_URL_SAFE, errors="surrogateescape").encode("ascii")
         body = f"{status} {REASONS.get(status, '')}\n".encode()

@@ -57,6 +57,8 @@ server {
     location /loop/ { rewrite ^/loop/(.*)$ /loop/x$1 last; }
     location /gone { return 410; }
     location /empty { return 200; }
+    location /vars { return 200 "$http_x_test|$arg_a|$cookie_c|$is_args"; }
+    location /vars2 { return 200 "$request_method|$server_name|$scheme|${host}!"; }
     location /see { return 303 /other; }
     location /bare { return https://example.test/bare; }
     location ~ ^/u/(\\d+)$ { return 301 /user/$1; }
@@ -95,6 +97,8 @@ location = [
   { path = "/loop/", rewrite = [["^/loop/(.*)$", "/loop/x$1", "last"]] },
   { path = "/gone", return = "410" },
   { path = "/empty", return = "200" },
+  { path = "/vars", return = "200 $http_x_test|$arg_a|$cookie_c|$is_args" },
+  { path = "/vars2", return = "200 $request_method|$server_name|$scheme|${host}!" },
   { path = "/see", return = "303 /other" },
   { path = "/bare", return = "https://example.test/bare" },
   { path = "^/u/(\\\\d+)$", modifier = "~", return = "301 /user/$1" },
@@ -204,6 +208,17 @@ def test_return_of_a_code_alone(pair: Pair) -> None:
     assert ours.status == 200 and ours.body == theirs.body == b""
     gone = _both(pair, "/gone")
     assert gone.status == 410 and gone.reason == ask(pair.nginx, "/gone").reason == "Gone"
+
+
+def test_variables_as_nginx_fills_them(pair: Pair) -> None:
+    fields = {"X-Test": "one two", "Cookie": "a=1; c=cookie; d=2"}
+    for path, expected in [
+        ("/vars?b=2&a=x%20y", b"one two|x%20y|cookie|?"),
+        ("/vars2", b"GET|site.test|http|site.test!"),
+    ]:
+        ours = ask(pair.front, path, host="Site.Test:80", headers=fields)
+        theirs = ask(pair.nginx, path, host="Site.Test:80", headers=fields)
+        assert ours.body == theirs.body == expected
 
 
 def test_return_with_text_and_variables(pair: Pair) -> None:

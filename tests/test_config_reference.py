@@ -94,7 +94,7 @@ def test_every_key_of_every_table_is_listed_in_its_section() -> None:
     assert set(texts) == set(TABLES)
     for header, model in TABLES.items():
         for key, field in model.model_fields.items():
-            key = field.alias or key  # RealIpSettings.from_ is the key "from"
+            key = field.alias or key  # RealIpSettings.from_ is "from", return_ is "return"
             if model is AppSettings and key == "app":
                 continue  # refused in [[app]]: `module` names the application
             assert f"`{key}`" in texts[header], f"{header}: key {key!r} missing"

@@ -115,13 +115,23 @@ def _walk(loc: tuple[int | str, ...], root: str, root_model: type[BaseModel]) ->
             at.path += f"[{part}]"
             at.annotation, at.metadata = (args[0] if origin is list and args else None), []
             continue
+        if origin in (types.UnionType, typing.Union):
+            # pydantic names the member of a union it tried; the key path does not
+            members = [_unwrap(member, [])[0] for member in args]
+            chosen = next((m for m in members if getattr(m, "__name__", None) == part), None)
+            if chosen is not None:
+                at.annotation, at.metadata = chosen, []
+                continue
         at.path += f".{part}" if at.path else str(part)
         if origin is dict and len(args) == 2:
             at.annotation, at.metadata = args[1], []  # a table by name: the key is a name
         elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
             at.name = part
-            at.siblings = list(annotation.model_fields)
-            field = annotation.model_fields.get(part)
+            fields = annotation.model_fields
+            at.siblings = [f.alias or n for n, f in fields.items()]
+            field = fields.get(part) or next(
+                (f for f in fields.values() if f.alias == part), None
+            )  # a key spelled as its alias ("return" for return_)
             at.annotation = field.annotation if field else None
             at.metadata = list(field.metadata) if field else []
         else:

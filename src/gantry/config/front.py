@@ -32,6 +32,17 @@ from gantry.config.front_model import (
     VirtualServer,
     split_listen,
 )
+from gantry.config.front_rules import (
+    AddHeaders,
+    HideHeaders,
+    ReturnValue,
+    Rewrites,
+    SetHeaders,
+    compile_rewrites,
+    header_rules,
+    merge_headers,
+    set_header_rules,
+)
 from gantry.config.units import ByteRate, Duration, Size, WholeSeconds
 
 __all__ = [
@@ -84,7 +95,8 @@ def _log_format(value: str) -> str:
 
 class _Strict(BaseModel):
     # the policy of every table: unknown keys and values of the wrong type are errors
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # populate_by_name: `gantry up` passes the dumped table on, keyed by field names
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
 
 def _upstream_address(text: str) -> str:
@@ -311,6 +323,41 @@ class LocationSettings(_Strict):
     limit_conn: list[LimitConnSettings] = Field(
         default_factory=list,
         description="Limits on requests in progress, all applied; unset: the server's.",
+    )
+    return_: ReturnValue = Field(
+        None,
+        alias="return",
+        description="nginx's return: 'CODE URL' for 301, 302, 303, 307, 308 "
+        "('301 https://$host$request_uri'), 'CODE text' for the others, 'CODE' alone, or a "
+        "URL alone (302). Runs after this block's rewrites, unless one stopped them.",
+    )
+    rewrite: Rewrites = Field(
+        default_factory=list,
+        description="nginx's rewrite, in order: [regex, replacement] or [regex, "
+        "replacement, flag] with flag 'last', 'break', 'redirect' (302) or 'permanent' "
+        "(301); the regex is matched against $uri; the request's args are appended "
+        "unless the replacement ends with '?'; a replacement starting with http://, "
+        "https:// or $scheme is a redirect.",
+    )
+    add_header: AddHeaders = Field(
+        default_factory=dict,
+        description="Fields added to responses of 200, 201, 204, 206, 301, 302, 303, 304, 307 "
+        "and 308 (nginx variables allowed; an empty value adds nothing); a value "
+        "{ value = '...', always = true } is added to every response, errors too. Merged with the "
+        "server's: the location's wins on the same name, the server's others stay.",
+    )
+    proxy_set_header: SetHeaders = Field(
+        default_factory=dict,
+        description="Request fields sent to the upstream in place of the client's "
+        "('Host' = '$host', 'X-Real-IP' = '$remote_addr'); an empty value removes the "
+        "field. Merged with the "
+        "server's: the location's wins on the same name, the server's others stay.",
+    )
+    proxy_hide_header: HideHeaders = Field(
+        default_factory=list,
+        description="Fields of the upstream's responses not passed to the client "
+        "('X-Powered-By'). Merged with the "
+        "server's: the location's wins on the same name, the server's others stay.",
     )
 
 
@@ -624,6 +671,39 @@ class ServerSettings(_Strict):
         default_factory=list,
         description="Limits on requests in progress of the locations that have none.",
     )
+    return_: ReturnValue = Field(
+        None,
+        alias="return",
+        description="nginx's return: 'CODE URL' for 301, 302, 303, 307, 308 "
+        "('301 https://$host$request_uri'), 'CODE text' for the others, 'CODE' alone, or a "
+        "URL alone (302). Runs after the server's rewrites, before a location is chosen.",
+    )
+    rewrite: Rewrites = Field(
+        default_factory=list,
+        description="nginx's rewrite, in order: [regex, replacement] or [regex, "
+        "replacement, flag] with flag 'last', 'break', 'redirect' (302) or 'permanent' "
+        "(301); the regex is matched against $uri; the request's args are appended "
+        "unless the replacement ends with '?'; a replacement starting with http://, "
+        "https:// or $scheme is a redirect.",
+    )
+    add_header: AddHeaders = Field(
+        default_factory=dict,
+        description="Fields added to responses of 200, 201, 204, 206, 301, 302, 303, 304, 307 "
+        "and 308 (nginx variables allowed; an empty value adds nothing); a value "
+        "{ value = '...', always = true } is added to every response, errors too. "
+        "Every location gets them (see the location's key).",
+    )
+    proxy_set_header: SetHeaders = Field(
+        default_factory=dict,
+        description="Request fields sent to the upstream in place of the client's "
+        "('Host' = '$host', 'X-Real-IP' = '$remote_addr'); an empty value removes the "
+        "field. Every location gets them (see the location's key).",
+    )
+    proxy_hide_header: HideHeaders = Field(
+        default_factory=list,
+        description="Fields of the upstream's responses not passed to the client "
+        "('X-Powered-By'). Every location gets them (see the location's key).",
+    )
 
 
 class FrontSettings(_Strict):
@@ -836,6 +916,15 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
                     cache=loc.cache,
                     limit_req=_limit_req(settings, loc.limit_req, f"{where}.limit_req"),
                     limit_conn=_limit_conn(settings, loc.limit_conn, f"{where}.limit_conn"),
+                    rewrite=compile_rewrites(loc.rewrite, loc.return_),
+                    add_header=header_rules(merge_headers(server.add_header, loc.add_header)),
+                    proxy_set_header=set_header_rules(
+                        merge_headers(server.proxy_set_header, loc.proxy_set_header)
+                    ),
+                    proxy_hide_header=frozenset(
+                        name.lower().encode()
+                        for name in (*server.proxy_hide_header, *loc.proxy_hide_header)
+                    ),
                 )  # fmt: skip
             )
         servers.append(
@@ -850,6 +939,8 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
                 limit_conn=_limit_conn(
                     settings, server.limit_conn, f"{source}: front.server[{i}].limit_conn"
                 ),
+                rewrite=compile_rewrites(server.rewrite, server.return_),
+                add_header=header_rules(server.add_header),
             )
         )
     upstreams = {

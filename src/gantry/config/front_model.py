@@ -7,9 +7,70 @@ plain frozen dataclasses, so every part of the front can be tested without files
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Template:
+    """A value with nginx variables, split once at load: ``parts`` alternate literal text
+    (even indexes) and variable names (odd: "host", "http_user_agent", "1")."""
+
+    text: str
+    parts: tuple[str, ...] = ()
+
+    @property
+    def constant(self) -> bool:
+        """No variable in it: its value is its text."""
+        return len(self.parts) <= 1
+
+
+@dataclass(frozen=True)
+class RewriteRule:
+    """One nginx ``rewrite``: the regex (matched against $uri), the replacement and the
+    flag ("" none, "last", "break", "redirect", "permanent")."""
+
+    pattern: re.Pattern[str]
+    replacement: Template
+    flag: str = ""
+    #: the replacement starts with http://, https:// or $scheme: always a redirect
+    absolute: bool = False
+    #: the request's args are appended (the replacement does not end with "?")
+    keep_args: bool = True
+
+
+@dataclass(frozen=True)
+class ReturnRule:
+    """nginx's ``return``: a status and a URL (301, 302, 303, 307, 308) or a body text."""
+
+    status: int
+    text: Template | None = None
+
+
+@dataclass(frozen=True)
+class HeaderRule:
+    """One ``add_header`` field: added to responses of 200, 201, 204, 206, 301, 302, 303,
+    304, 307 and 308, or to every response when ``always``."""
+
+    name: str
+    value: Template
+    always: bool = False
+    #: the whole field line (CRLF-ended) when the value has no variable; b"" otherwise
+    line: bytes = b""
+
+
+@dataclass(frozen=True)
+class RewriteRules:
+    """What nginx's rewrite module does in one block: the rewrites in order, then the
+    return (if no rewrite stopped the processing)."""
+
+    rewrites: tuple[RewriteRule, ...] = ()
+    return_: ReturnRule | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.rewrites) or self.return_ is not None
 
 
 @dataclass(frozen=True)
@@ -117,6 +178,13 @@ class Location:
     #: the server's apply, as nginx inherits them only when a location has none
     limit_req: tuple[LimitReq, ...] = ()
     limit_conn: tuple[LimitConn, ...] = ()
+    #: the location's own rewrites and return (the server's run before location selection)
+    rewrite: RewriteRules = RewriteRules()
+    #: add_header, proxy_set_header, proxy_hide_header: the server's merged with the
+    #: location's own (the location's wins on the same name; lower-case names to hide)
+    add_header: tuple[HeaderRule, ...] = ()
+    proxy_set_header: tuple[tuple[str, Template], ...] = ()
+    proxy_hide_header: frozenset[bytes] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -129,6 +197,10 @@ class VirtualServer:
     access: tuple[AccessRule, ...] = ()
     limit_req: tuple[LimitReq, ...] = ()
     limit_conn: tuple[LimitConn, ...] = ()
+    #: the server-level rewrites and return, run before a location is chosen
+    rewrite: RewriteRules = RewriteRules()
+    #: add_header of responses no location answers (the server's own)
+    add_header: tuple[HeaderRule, ...] = ()
 
 
 @dataclass(frozen=True)

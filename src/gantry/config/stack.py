@@ -401,7 +401,7 @@ def render_stack(plan: StackPlan) -> str:
         # No server block: gantry up sends everything to the first pool. Written out
         # with its defaults, it loads back to the same stack.
         server = ServerSettings.model_validate(derived_front["server"][0])
-        front["server"] = [server.model_dump(mode="json")]
+        front["server"] = [server.model_dump(mode="json", by_alias=True)]
     front_notes = [
         f"the front's stats socket (read by the stack's stats): {running.part_stats('front')}",
         *_unset(front),

@@ -16,6 +16,7 @@ from gantry.config.front_model import Location, VirtualServer
 from gantry.front.addresses import canonical_address
 from gantry.front.exchange import FilePiece, Relay
 from gantry.front.handlers import run_chain
+from gantry.front.headers import added_fields
 from gantry.front.proxy import StreamedBody, spawn
 from gantry.front.responses import connection_field, status_line
 from gantry.front.upstream_request import connection_vars, gantry_connection_vars
@@ -100,6 +101,10 @@ class FrontConnection(asyncio.Protocol):
     #: and its bytes so far
     rate_start = 0.0
     rate_bytes = 0
+    #: the connection came through TLS ($scheme https)
+    https = False
+    #: the client's own head of the current request when a rewrite changed ``head``
+    original: RequestHead | None = None
 
     def __init__(self, worker: FrontWorker, proxy_protocol: bool = False) -> None:
         self.worker = worker
@@ -329,6 +334,8 @@ class FrontConnection(asyncio.Protocol):
         """Start an answer that no request of the client's asked for (a refusal, a
         timeout): it is about no request, and it is timed from now."""
         self.head = _NO_REQUEST
+        self.server = _NO_SERVER  # no header rules of an earlier request's route
+        self.location = None
         self.started = time.monotonic()
         self.sent = 0
 
@@ -455,6 +462,8 @@ class FrontConnection(asyncio.Protocol):
             self.upstream_log = []
         if self.limit_status:
             self.limit_status = ""
+        if self.original is not None:
+            self.original = None
         worker = self.worker
         host = _host(head)
         route = worker.routes.get((host, head.path))  # worker.route, inline for a hit
@@ -672,6 +681,10 @@ class FrontConnection(asyncio.Protocol):
         transport = self.transport
         if transport is not None and not self.closed:
             self.sent += len(body)
+            location = self.location  # add_header
+            rules = location.add_header if location is not None else self.server.add_header
+            if rules:
+                head += added_fields(rules, status, self)
             if self.keep_alive and self.head.version == "1.1":  # connection_field, inline
                 transport.write(head + self.worker.defaults.lines + body)
             else:
@@ -688,6 +701,10 @@ class FrontConnection(asyncio.Protocol):
         if self.transport is None or self.closed:
             return
         self.sent += len(body)
+        location = self.location  # add_header
+        rules = location.add_header if location is not None else self.server.add_header
+        if rules:
+            head += added_fields(rules, status, self)
         self.transport.write(
             head
             + connection_field(self.keep_alive, self.head.version)
@@ -761,10 +778,24 @@ class FrontConnection(asyncio.Protocol):
         route = self.worker.route(_host(head), head.path)
         return route[0] if route is not None else "/"
 
+    def reroute(self, head: RequestHead, path: str, location: Location | None) -> None:
+        """The request goes on as ``head`` (rewritten) in ``location``; the client's own
+        head stays for the access log and $request_uri."""
+        if self.original is None:
+            self.original = self.head
+        self.head = head
+        self.path = path
+        self.location = location
+
     # the end of a response ----------
 
     def _head_bytes(self, status: int, lines: list[bytes], reason: bytes = b"") -> bytes:
-        """Status line, ``lines`` (fields ending in CRLF), Connection, Server, Date."""
+        """Status line, ``lines`` (fields ending in CRLF), add_header's, Connection,
+        Server, Date."""
+        location = self.location
+        rules = location.add_header if location is not None else self.server.add_header
+        if rules:
+            lines.append(added_fields(rules, status, self))
         lines.append(connection_field(self.keep_alive, self.head.version))
         lines.append(self.worker.defaults.lines)
         return status_line(status, reason) + b"".join(lines)
@@ -783,10 +814,11 @@ class FrontConnection(asyncio.Protocol):
         counters.rt_total += now - self.started
         access_log = self.worker.access_log
         if access_log is not None:
-            head = self.head if self.head is not _NO_REQUEST else None
+            logged = self.original if self.original is not None else self.head
             access_log.write(
-                self.remote_addr, head, self.status, self.sent, self.upstream_log,
-                now - self.started, self.limit_status, self.cache_status,
+                self.remote_addr, logged if logged is not _NO_REQUEST else None, self.status,
+                self.sent, self.upstream_log, now - self.started, self.limit_status,
+                self.cache_status,
             )  # fmt: skip
         self.cache_status = "-"
         self.busy = False

@@ -51,6 +51,8 @@ class ProxyClient(Protocol):
     """What a proxied request needs from the client side it answers."""
 
     remote_addr: str
+    #: the client came through TLS ($scheme https)
+    https: bool
     #: the client went away: nothing more can be sent
     closed: bool
     #: the client is not taking the response fast enough (its output is above the mark)
@@ -124,6 +126,15 @@ class Exchange(ProxyClient, Protocol):
     #: how a cached location's cache answered (nginx's $upstream_cache_status: HIT,
     #: MISS, ...), for the access log; "-" elsewhere
     cache_status: str
+    #: the request as the client sent it, when a rewrite changed ``head`` ($request_uri,
+    #: the access log); None: unchanged
+    original: RequestHead | None
+    #: (client's port, listener's port); "" for a unix socket
+    ports: tuple[str, str]
+
+    def reroute(self, head: RequestHead, path: str, location: Location | None) -> None:
+        """The request goes on as ``head`` (a rewritten URI whose normalized path is
+        ``path``) in ``location``; the client's own head stays ``original``."""
 
     def respond(
         self, status: int, fields: list[tuple[bytes, bytes]], body: bytes, reason: bytes = b""
@@ -159,6 +170,10 @@ class Exchange(ProxyClient, Protocol):
 class Handler:
     """One step of the request chain (see front.handlers): it answers a request through
     its exchange, or leaves it to the next step."""
+
+    #: a handler before the rewrite phase that runs again for a request a rewrite sent
+    #: to another location (access rules: a rewrite must not lead around a deny)
+    rechecks_rewritten = False
 
     def applies(self, server: VirtualServer, location: Location | None) -> bool:
         """Whether this handler has anything to do for requests routed to ``location`` of

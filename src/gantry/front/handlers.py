@@ -16,6 +16,7 @@ from gantry.config.front_model import Location, Upstream, VirtualServer
 from gantry.front.balancing import UpstreamPool
 from gantry.front.exchange import BodyStream, Exchange, Handler
 from gantry.front.files import StaticHandler
+from gantry.front.headers import proxy_fields
 from gantry.front.keepalive import KeepAlivePool
 from gantry.front.proxy import ProxyRequest, RequestBody, StreamedBody
 from gantry.front.routing import client_allowed
@@ -28,10 +29,13 @@ SMALL_BODY: Final = 256 * 1024
 
 
 class AccessHandler(Handler):
-    """allow/deny of the server, then of the location (403); no location is a 404.
+    """allow/deny of the server, then of the location (403).
 
-    The server's rules apply even where no location matches, as nginx's do.
+    The server's rules apply even where no location matches, as nginx's do (the
+    server's return may still answer such a request; else it is a 404).
     """
+
+    rechecks_rewritten = True
 
     def applies(self, server: VirtualServer, location: Location | None) -> bool:
         return bool(server.access) or (location is not None and bool(location.access))
@@ -43,8 +47,7 @@ class AccessHandler(Handler):
             return True
         location = exchange.location
         if location is None:
-            exchange.error(404)
-            return True
+            return False
         if location.access and not client_allowed(location.access, exchange.remote_addr):
             exchange.error(403)
             return True
@@ -91,6 +94,8 @@ class ProxyHandler(Handler):
         proxy = ProxyRequest(
             exchange, exchange.head, data, upstream, pool, location, self.keepalive, self.tasks
         )
+        if location.proxy_set_header:
+            proxy.set_fields = proxy_fields(exchange)
         exchange.relay = proxy
         proxy.start()
         return True

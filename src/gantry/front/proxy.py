@@ -22,7 +22,12 @@ from gantry.front.upstream import (
     connect_unix,
     open_upstream,
 )
-from gantry.front.upstream_request import gantry_packet, http_request_head, uwsgi_packet
+from gantry.front.upstream_request import (
+    gantry_packet,
+    http_request_head,
+    uwsgi_packet,
+    with_fields,
+)
 from gantry.http.body import BodyBuffer
 from gantry.protocol.http1 import RequestHead
 
@@ -36,6 +41,16 @@ def _codings(transfer_encoding: bytes) -> bytes:
     upstream took off, and the client side adds again), as "gzip, deflate"; b"" for none."""
     codings = [c.strip() for c in transfer_encoding.split(b",")]
     return b", ".join([c for c in codings if c and c.lower() != b"chunked"])
+
+
+def _hide(head: bytes, hidden: frozenset[bytes]) -> bytes:
+    """A whole response's head (status line and fields, each ending in CRLF) without the
+    fields proxy_hide_header names."""
+    lines = head.split(b"\r\n")
+    kept = [lines[0]] + [
+        line for line in lines[1:] if line.partition(b":")[0].strip().lower() not in hidden
+    ]
+    return b"\r\n".join(kept)
 
 
 class Outcome(Enum):
@@ -171,6 +186,8 @@ class ProxyRequest(UpstreamResponse):
     spooled_sent = False
     #: pass the upstream's Date on (the cache counts an answer's age from it)
     keep_date = False
+    #: proxy_set_header's fields, filled for this request (b"" value: removed)
+    set_fields: list[tuple[bytes, bytes]] | None = None
 
     def __init__(
         self,
@@ -523,7 +540,10 @@ class ProxyRequest(UpstreamResponse):
         body = self.body_in if isinstance(self.body_in, bytes) else b""
         client, head, location = self.client, self.head_in, self.location
         script_name = (location.script_name if location is not None else "") or ""
+        fields = self.set_fields
         if self.upstream.protocol == "uwsgi":
+            if fields is not None:
+                head = with_fields(head, fields)
             path = client.request_path(head)
             gantry = self.upstream.gantry_keepalive
             request = None
@@ -536,7 +556,9 @@ class ProxyRequest(UpstreamResponse):
                     client.fixed_vars(), head, path, script_name, self.body_length, gantry
                 )
         else:
-            request = http_request_head(head, client.remote_addr, self.body_length, script_name)
+            request = http_request_head(
+                head, client.remote_addr, self.body_length, script_name, fields
+            )
         return [request, body] if body else [request]
 
     # UpstreamResponse -------------------------------------------------------------
@@ -564,8 +586,12 @@ class ProxyRequest(UpstreamResponse):
         lines = []
         has_length = False
         codings = b""
+        location = self.location
+        hidden = location.proxy_hide_header if location is not None else None
         for name, value in headers:
             lname = name.lower()
+            if hidden and lname in hidden:
+                continue  # proxy_hide_header
             if lname in RESPONSE_DROP:
                 if lname == b"transfer-encoding":
                     codings = _codings(value)
@@ -587,6 +613,9 @@ class ProxyRequest(UpstreamResponse):
         self.client.start_response(status, reason, lines, has_length)
 
     def whole(self, status: int, head: bytes, body: bytes) -> None:
+        location = self.location
+        if location is not None and location.proxy_hide_header:
+            head = _hide(head, location.proxy_hide_header)
         self.started_response = True
         self.client.respond_whole(status, head, body)
         self.end(True)

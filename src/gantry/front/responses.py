@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Final
 
 __all__ = ["REASONS", "ErrorPages", "connection_field", "status_line"]
@@ -10,14 +11,19 @@ __all__ = ["REASONS", "ErrorPages", "connection_field", "status_line"]
 log: Final = logging.getLogger("gantry.front")
 
 REASONS: Final = {
-    200: "OK", 204: "No Content", 206: "Partial Content", 301: "Moved Permanently",
-    304: "Not Modified", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+    200: "OK", 201: "Created", 204: "No Content", 206: "Partial Content",
+    301: "Moved Permanently", 302: "Found", 303: "See Other", 304: "Not Modified",
+    307: "Temporary Redirect", 308: "Permanent Redirect", 400: "Bad Request",
+    403: "Forbidden", 404: "Not Found",
     405: "Method Not Allowed", 408: "Request Timeout", 412: "Precondition Failed",
     413: "Content Too Large", 414: "URI Too Long", 416: "Range Not Satisfiable",
     417: "Expectation Failed", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
     501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
     504: "Gateway Timeout", 505: "HTTP Version Not Supported",
 }  # fmt: skip
+# and the other registered statuses (a `return 410` says "Gone", not "Unknown")
+for _status in HTTPStatus:
+    REASONS.setdefault(_status.value, _status.phrase)
 
 #: (status, upstream's reason phrase) -> status line; bounded, the reasons are upstreams'
 _STATUS_LINES: Final[dict[tuple[int, bytes], bytes]] = {}

@@ -20,6 +20,7 @@ __all__ = [
     "gantry_packet",
     "http_request_head",
     "uwsgi_packet",
+    "with_fields",
     "without_connection_fields",
 ]
 
@@ -121,6 +122,21 @@ def without_connection_fields(head: RequestHead) -> RequestHead:
     copy.content_length = head.content_length
     named |= {b"connection"}
     copy.headers = [(n, v) for n, v in head.headers if n.lower() not in named]
+    return copy
+
+
+def with_fields(head: RequestHead, fields: list[tuple[bytes, bytes]]) -> RequestHead:
+    """A copy of ``head`` whose fields named in ``fields`` (proxy_set_header) are theirs
+    instead: replaced, or removed where the value is empty."""
+    named = {name.lower() for name, _ in fields}
+    copy = RequestHead()  # field by field: a compiled RequestHead has no __dict__
+    copy.method, copy.target = head.method, head.target
+    copy.path, copy.query = head.path, head.query
+    copy.version, copy.keep_alive, copy.upgrade = head.version, head.keep_alive, head.upgrade
+    copy.expect_continue, copy.chunked = head.expect_continue, head.chunked
+    copy.content_length = head.content_length
+    copy.headers = [(n, v) for n, v in head.headers if n.lower() not in named]
+    copy.headers += [(n, v) for n, v in fields if v]
     return copy
 
 
@@ -327,10 +343,18 @@ REQUEST_DROP: Final = frozenset(
 
 
 def http_request_head(
-    head: RequestHead, remote_addr: str, body_length: int, script_name: str = ""
+    head: RequestHead,
+    remote_addr: str,
+    body_length: int,
+    script_name: str = "",
+    fields: list[tuple[bytes, bytes]] | None = None,
 ) -> bytes:
     """The request head for an HTTP upstream: X-Forwarded-*, X-Real-IP, the location's
-    X-Script-Name, and no hop-by-hop fields; the body follows it."""
+    X-Script-Name, and no hop-by-hop fields; the body follows it. ``fields``
+    (proxy_set_header) replace the client's and the front's own of the same names, or
+    remove them (an empty value)."""
+    if fields is not None:
+        return _with_set_fields(head, remote_addr, body_length, script_name, fields)
     head = without_connection_fields(head)
     lines = [head.method.encode() + b" " + head.target + b" HTTP/1.1"]
     forwarded_for = remote_addr.encode()
@@ -358,3 +382,25 @@ def http_request_head(
     if body_length or head.method in ("POST", "PUT", "PATCH"):
         lines.append(b"Content-Length: " + str(body_length).encode())
     return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+#: what proxy_set_header may not change: the front frames the body itself
+_FRAMING: Final = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+
+
+def _with_set_fields(
+    head: RequestHead,
+    remote_addr: str,
+    body_length: int,
+    script_name: str,
+    fields: list[tuple[bytes, bytes]],
+) -> bytes:
+    """http_request_head with proxy_set_header's fields in place of the same names (the
+    client's and the front's own X-Forwarded-*, X-Real-IP, Host)."""
+    named = {name.lower() for name, _ in fields} - _FRAMING
+    lines = http_request_head(head, remote_addr, body_length, script_name).split(b"\r\n")
+    kept = [lines[0]] + [
+        line for line in lines[1:-2] if line.partition(b":")[0].lower() not in named
+    ]
+    kept += [name + b": " + value for name, value in fields if value and name.lower() in named]
+    return b"\r\n".join(kept) + b"\r\n\r\n"

@@ -20,6 +20,7 @@ from gantry.front.keepalive import KeepAlivePool
 from gantry.front.limits.state import FrontLimits
 from gantry.front.real_ip import RealAddressHandler, TrustedPeers
 from gantry.front.responses import ErrorPages
+from gantry.front.rewrite import RewriteHandler
 from gantry.front.routing import Router, normalize_path
 from gantry.http.head import HeadDefaults
 from gantry.process.shared import SlotView, WorkerCounters, store_memory
@@ -140,16 +141,20 @@ class FrontWorker:
         self.per_address: dict[str, int] = {}
         self._refusals_logged = 0.0
         self._refusals = 0
-        #: every handler, in nginx's phase order (real address, blocklist, access, bans,
-        #: limits, cache, then content); a route runs those that apply to it (see chain_for)
+        rewrite = RewriteHandler(self.router, self.chain_for)
+        #: every handler, in the phase order of DESIGN.md (real address, blocklist, access,
+        #: bans, limits, rewrites and return, cache, then content); a route runs those
+        #: that apply to it (see chain_for)
         self.handlers: tuple[Handler, ...] = (
             *first,
             AccessHandler(),
             *defence_handlers,
+            rewrite,
             *((self.cache,) if self.cache is not None else ()),
             ProxyHandler(config.upstreams, self.pools, self.keepalive, self.tasks),
             self.static,
         )
+        rewrite.later = frozenset(self.handlers[self.handlers.index(rewrite) + 1 :])
         self._chains: dict[tuple[int, int], tuple[Handler, ...]] = {}
         self._tick: asyncio.TimerHandle | None = None
         self._sweep: asyncio.TimerHandle | None = None

@@ -55,6 +55,7 @@ from gantry.front.cache.policy import (
 )
 from gantry.front.cache.store import CacheStore, Entry, EntryWriter, KeyLock
 from gantry.front.exchange import BodyStream, Exchange, Handler
+from gantry.front.headers import proxy_fields
 from gantry.front.keepalive import KeepAlivePool
 from gantry.front.proxy import ProxyRequest, RequestBody, StreamedBody, spawn
 from gantry.front.responses import status_line
@@ -454,6 +455,7 @@ class CacheHandler(Handler):
         fill.request_time = time.time()
         proxy = ProxyRequest(fill, head, data, upstream, pool, location, self.keepalive, self.tasks)
         proxy.keep_date = True  # the upstream's Date is how old its answer is (RFC 9111 4.2.3)
+        proxy.set_fields = proxy_fields(exchange)
         if not fill.silent:
             exchange.relay = proxy
         proxy.start()
@@ -661,6 +663,7 @@ class CacheFill:
         self.key = key
         self.head = head
         self.remote_addr = exchange.remote_addr
+        self.https = exchange.https
         self.upstream_log = None if self.silent else exchange.upstream_log
 
     # ProxyClient: what the proxy reads of the client ----------------------------

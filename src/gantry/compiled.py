@@ -41,6 +41,7 @@ MODULES = (
     "gantry.front.proxy",
     "gantry.front.keepalive",
     "gantry.front.upstream",
+    "gantry.front.upstream_poll",
     "gantry.front.upstream_request",
     "gantry.front.balancing",
     "gantry.front.routing",

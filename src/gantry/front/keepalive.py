@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from gantry.front.upstream import UpstreamConnection, open_upstream
+from gantry.front.upstream_poll import worker_poller
 
 __all__ = ["KeepAlivePool"]
 
@@ -18,6 +19,8 @@ class KeepAlivePool:
         self.idle: dict[str, list[UpstreamConnection]] = {}
         #: connections waiting on a response, whose read deadline ``sweep`` checks
         self.active: set[UpstreamConnection] = set()
+        #: tells the worker's upstream connections when their sockets are ready
+        self.poller = worker_poller(loop)
 
     def sweep(self) -> None:
         """Time out every upstream that has been silent past its read timeout."""
@@ -45,7 +48,7 @@ class KeepAlivePool:
         conn = self.take(address, max_idle)
         if conn is not None:
             return conn, True
-        conn = await open_upstream(self.loop, address, timeout, self.active)
+        conn = await open_upstream(self.loop, address, timeout, self.active, self.poller)
         conn.on_lost = self.forget
         return conn, False
 
@@ -65,8 +68,9 @@ class KeepAlivePool:
             idle.remove(conn)
 
     def close(self) -> None:
-        """Close every idle connection."""
+        """Close every idle connection (the worker is stopping)."""
         for idle in self.idle.values():
-            for conn in idle:
+            for conn in list(idle):
                 conn.abort()
         self.idle.clear()
+        self.poller.close()

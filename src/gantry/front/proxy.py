@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from enum import Enum
-from functools import partial
 from typing import Any, Final
 
 from gantry.config.front_model import Location, Upstream
@@ -249,11 +248,17 @@ class ProxyRequest(UpstreamResponse):
 
     def _connect_unix(self, peer: Peer) -> None:
         """The first attempt on a new unix connection to ``peer``, without a Task (to
-        uWSGI, every request is one); how it went comes to ``_connected``."""
-        loop = self.keepalive.loop
-        active = self.keepalive.active
-        done = partial(self._connected, peer, loop.time())
-        connect_unix(loop, peer.server.address, active, done)
+        uWSGI, every request is one): the connect completes or fails at once."""
+        keepalive = self.keepalive
+        started = keepalive.loop.time()
+        try:
+            conn = connect_unix(
+                keepalive.loop, peer.server.address, keepalive.active, keepalive.poller
+            )
+        except UpstreamError as exc:
+            self._connected(peer, started, None, exc)
+            return
+        self._connected(peer, started, conn, None)
 
     async def _first(self, peer: Peer) -> None:
         """The first attempt on a new TCP connection to ``peer``, in one coroutine (the
@@ -266,6 +271,7 @@ class ProxyRequest(UpstreamResponse):
                 peer.server.address,
                 self.upstream.connect_timeout,
                 self.keepalive.active,
+                self.keepalive.poller,
             )
         except UpstreamError as exc:
             self._connected(peer, started, None, exc)
@@ -387,7 +393,11 @@ class ProxyRequest(UpstreamResponse):
                 else:
                     # a streamed body cannot be sent twice: never risk a stale connection
                     conn = await open_upstream(
-                        loop, peer.server.address, upstream.connect_timeout, keepalive.active
+                        loop,
+                        peer.server.address,
+                        upstream.connect_timeout,
+                        keepalive.active,
+                        keepalive.poller,
                     )
             except UpstreamError as exc:
                 self._connect_failed(peer, exc, connect_started, state)

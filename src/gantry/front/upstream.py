@@ -1,5 +1,11 @@
 """Talking to one upstream server: an HTTP/1.1 or uwsgi request out, a streamed response back.
 
+The connection drives its own non-blocking socket, told when it is ready by the
+worker's poller (gantry.front.upstream_poll), not an asyncio Transport: uWSGI closes
+after each response, so a proxied request to it is one connection, and a Transport +
+Protocol pair per request (with the connect's future and callbacks) was a quarter of
+the proxy's time.
+
 The response head is parsed with httptools' response parser; body bytes are
 handed to the client side as they come, and reading from the upstream pauses
 while the client's transport is above its high-water mark.
@@ -7,8 +13,11 @@ while the client's transport is above its high-water mark.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
+import errno
 import re
+import socket
 from collections.abc import Callable
 from enum import Enum
 from typing import Any, Final
@@ -16,7 +25,12 @@ from typing import Any, Final
 import httptools
 from mypy_extensions import mypyc_attr
 
+from gantry.front.upstream_poll import LoopPoller, PolledSocket, UpstreamPoller
 from gantry.protocol.uwsgi import encode_packet
+
+# The C socket type: ``socket.socket`` is a Python subclass whose constructor and
+# close() run Python code, for nothing a connection per request needs.
+RawSocket = _socket.socket
 
 __all__ = [
     "Failure",
@@ -25,6 +39,7 @@ __all__ = [
     "UpstreamResponse",
     "connect_unix",
     "open_upstream",
+    "uwsgi_payload",
 ]
 
 # A response head (status line and fields) larger than this is refused with 502, as
@@ -33,6 +48,12 @@ MAX_RESPONSE_HEAD: Final = 64 * 1024
 # Request-body bytes buffered toward one upstream before the sender waits for it.
 WRITE_HIGH_WATER: Final = 256 * 1024
 WRITE_LOW_WATER: Final = 64 * 1024
+# The most read from the upstream at once (one piece of body toward the client).
+READ_SIZE: Final = 64 * 1024
+# PolledSocket.poll_mask: the poller watches the socket for writing
+_WRITE: Final = 0x004
+# The most pieces of the outbox given to one sendmsg (the system's limit is 1024).
+_MAX_PIECES: Final = 64
 # Hop-by-hop fields (RFC 9110 7.6.1) and what a proxy hides by default (nginx's
 # proxy_hide_header: the front sets its own Date and Server).
 RESPONSE_DROP: Final = frozenset(
@@ -131,13 +152,24 @@ class UpstreamResponse:
         """The upstream broke before or during the response."""
 
 
-class UpstreamConnection(asyncio.Protocol):
-    """One connection to an upstream server; reused for HTTP keep-alive."""
+class UpstreamConnection(PolledSocket):
+    """One connection to an upstream server, on its own non-blocking socket; reused for
+    HTTP keep-alive."""
 
     # Class-level defaults: a connection sets only what changes (one per request to
     # an upstream that closes after each response, as uWSGI does).
     deadline = 0.0
-    transport: asyncio.Transport | None = None
+    #: the connected socket (None until ``attach``, and once closed)
+    sock: RawSocket | None = None
+    #: read the socket when it has bytes (not while the client is behind)
+    reading = False
+    #: request bytes not written yet, in order (None: none)
+    outbox: list[bytes] | None = None
+    outbox_size = 0
+    #: no request was sent on this connection yet (see UpstreamPoller.send_soon)
+    fresh = True
+    #: the outbox is written in the next loop turn (UpstreamPoller.send_soon)
+    queued = False
     receiver: UpstreamResponse | None = None
     parser: Any = None
     closed = False
@@ -167,29 +199,115 @@ class UpstreamConnection(asyncio.Protocol):
         loop: asyncio.AbstractEventLoop,
         address: str,
         watch: set[UpstreamConnection] | None = None,
+        poller: UpstreamPoller | None = None,
     ) -> None:
         self.loop = loop
         self.address = address
+        #: tells the connection when its socket is ready (the worker's, shared)
+        self.poller = poller if poller is not None else LoopPoller(loop)
         #: the worker's set of connections whose ``deadline`` a once-a-tick sweep checks
         #: (None: a timer of its own, for the odd connection such as a health probe)
         self.watch = watch
         #: the fields of the response being parsed (see on_message_begin)
         self.headers: list[tuple[bytes, bytes]] = []
 
-    # asyncio.Protocol ------------------------------------------------------------
+    # the socket ---------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.set_write_buffer_limits(  # type: ignore[attr-defined]
-            high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER
-        )
+    def attach(self, sock: RawSocket) -> None:
+        """Take ``sock`` (connected, non-blocking) and read from it."""
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.reading = True
+        self.poller.watch(self, True, False)
 
-    def pause_writing(self) -> None:
-        self.write_paused = True
+    def on_readable(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        try:
+            data = sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # reset by the upstream
+            self._close()
+            self.connection_lost(exc)
+            return
+        if not data:
+            self._close()
+            self.connection_lost(None)
+            return
+        self.data_received(data)
 
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        self._wake_writer()
+    def on_writable(self) -> None:
+        """Write what waits in the outbox, as much as the socket takes."""
+        self.queued = False
+        sock, outbox = self.sock, self.outbox
+        if sock is None or outbox is None:
+            return
+        if len(outbox) > _MAX_PIECES:
+            outbox[:] = [b"".join(outbox)]  # sendmsg takes a bounded number of pieces
+        try:
+            sent = sock.send(outbox[0]) if len(outbox) == 1 else sock.sendmsg(outbox)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:  # the upstream closed or reset: say so from the loop
+            self._lose_later(exc)
+            return
+        self.outbox_size -= sent
+        while sent:
+            piece = outbox[0]
+            if sent < len(piece):
+                outbox[0] = piece[sent:]
+                break
+            sent -= len(piece)
+            del outbox[0]
+        if outbox:
+            if not self.poll_mask & _WRITE:
+                self.poller.watch(self, self.reading, True)
+        else:
+            self.outbox = None
+            if self.poll_mask & _WRITE:
+                self.poller.watch(self, self.reading, False)
+        if self.outbox_size > WRITE_HIGH_WATER:
+            self.write_paused = True
+        elif self.write_paused and self.outbox_size <= WRITE_LOW_WATER:
+            self.write_paused = False
+            self._wake_writer()
+
+    def _write(self, data: bytes) -> None:
+        """Send ``data`` after what the outbox holds."""
+        if self.sock is None:
+            return
+        self.outbox_size += len(data)
+        if self.outbox is not None:
+            self.outbox.append(data)
+            if self.outbox_size > WRITE_HIGH_WATER:
+                self.write_paused = True
+            if self.poll_mask & _WRITE or self.queued:
+                return  # written when the socket takes more, or in the next loop turn
+        else:
+            self.outbox = [data]
+        self.on_writable()
+
+    def _close(self) -> bool:
+        """Stop watching the socket and close it; False if it was closed already."""
+        sock = self.sock
+        if sock is None:
+            return False
+        self.sock = None
+        self.closed = True
+        self.reading = False
+        self.outbox = None
+        self.outbox_size = 0
+        self.poller.forget(self)
+        sock.close()
+        return True
+
+    def _lose_later(self, exc: Exception | None) -> None:
+        """Close now; tell the receiver and the others from the loop, as a transport
+        does (the caller is in the middle of something)."""
+        if self._close():
+            self.loop.call_soon(self.connection_lost, exc)
 
     def _wake_writer(self) -> None:
         waiter = self._drain_waiter
@@ -200,6 +318,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.on_drain()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """The socket is closed: the response ends there (close-delimited) or broke."""
         self.closed = True
         if self.deadline or self.timer is not None:
             self._cancel_timer()
@@ -216,11 +335,12 @@ class UpstreamConnection(asyncio.Protocol):
                 )
         if self.on_lost is not None:
             self.on_lost(self)
-        # The parser holds our bound methods and the transport holds us: let reference
-        # counting free a closed connection (one per request to uWSGI) instead of the
-        # cycle collector.
+        self._release()
+
+    def _release(self) -> None:
+        # The parser holds our bound methods: let reference counting free a closed
+        # connection (one per request to uWSGI) instead of the cycle collector.
         self.parser = None
-        self.transport = None
         self.on_lost = None
         self.on_drain = None
 
@@ -322,17 +442,27 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_seen = 0
         self.framed = False
         self.head_request = head_request
-        assert self.transport is not None
-        if len(payload) == 1:
-            self.transport.write(payload[0])
-        else:
-            self.transport.writelines(payload)
         self._arm_timer()
+        if self.sock is None:
+            return  # closed meanwhile: the receiver hears of it from the loop
+        if self.outbox is not None:
+            self.outbox.extend(payload)
+        else:
+            self.outbox = payload  # the caller's list is the connection's from now on
+        for piece in payload:
+            self.outbox_size += len(piece)
+        if self.fresh:
+            # the first request on a new connection: written in the next loop turn
+            self.fresh = False
+            self.queued = True
+            self.poller.send_soon(self)
+        elif not self.queued and not self.poll_mask & _WRITE:
+            self.on_writable()
 
     def write_body(self, data: bytes) -> None:
         """Send a piece of the request body; the upstream reading it counts as activity."""
-        if self.transport is not None and not self.closed:
-            self.transport.write(data)
+        if self.sock is not None:
+            self._write(data)
             if self.receiver is not None and not self.head_done:
                 self._arm_timer()
 
@@ -362,19 +492,32 @@ class UpstreamConnection(asyncio.Protocol):
             timer.cancel()
 
     def abort(self) -> None:
-        """Drop the connection at once."""
-        if self.transport is not None and not self.closed:
-            self.transport.abort()
+        """Drop the connection at once (what is still waiting on it hears from the loop)."""
+        if (
+            self.receiver is None
+            and self.on_lost is None
+            and self.on_drain is None
+            and self._drain_waiter is None
+        ):
+            # nobody to tell (a finished request to uWSGI): no callback to schedule
+            if self._close():
+                if self.deadline or self.timer is not None:
+                    self._cancel_timer()
+                self._release()
+            return
+        self._lose_later(None)
 
     def pause(self) -> None:
         """Stop reading: the client is slower than the upstream."""
-        if self.transport is not None and not self.closed:
-            self.transport.pause_reading()
+        if self.reading:
+            self.reading = False
+            self.poller.watch(self, False, self.poll_mask & _WRITE != 0)
 
     def resume(self) -> None:
         """Read again."""
-        if self.transport is not None and not self.closed:
-            self.transport.resume_reading()
+        if not self.reading and self.sock is not None:
+            self.reading = True
+            self.poller.watch(self, True, self.poll_mask & _WRITE != 0)
 
     # timeouts -------------------------------------------------------------------------
 
@@ -470,30 +613,42 @@ def connect_error(address: str, exc: Exception) -> UpstreamError:
     return UpstreamError(502, f"cannot connect to {address}: {reason}", Failure.REFUSED)
 
 
+def connect_unix(
+    loop: asyncio.AbstractEventLoop,
+    address: str,
+    watch: set[UpstreamConnection] | None = None,
+    poller: UpstreamPoller | None = None,
+) -> UpstreamConnection:
+    """A connection to ``address`` ("unix:/path"), now: a unix connect completes or fails
+    at once (a full listen queue is EAGAIN), so it needs no wait, no timer and no task.
+    UpstreamError (502, nothing sent) if it fails. ``watch``, ``poller``: see
+    open_upstream."""
+    sock = RawSocket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    try:
+        sock.connect(address[5:])
+    except OSError as exc:
+        sock.close()
+        raise connect_error(address, exc) from None
+    conn = UpstreamConnection(loop, address, watch, poller)
+    conn.attach(sock)
+    return conn
+
+
 async def open_upstream(
     loop: asyncio.AbstractEventLoop,
     address: str,
     timeout: float,
     watch: set[UpstreamConnection] | None = None,
+    poller: UpstreamPoller | None = None,
 ) -> UpstreamConnection:
     """Connect to ``address`` ("HOST:PORT" or "unix:/path"); UpstreamError if refused or slow.
 
-    ``watch`` is the set a sweep checks read deadlines in (see UpstreamConnection.watch).
+    ``watch`` is the set a sweep checks read deadlines in (see UpstreamConnection.watch);
+    ``poller`` the worker's (None: the connection watches its socket on its own).
     """
-
-    def factory() -> UpstreamConnection:
-        return UpstreamConnection(loop, address, watch)
-
     if address.startswith("unix:"):
-        # A unix connect completes or fails at once (a full queue is EAGAIN): no timer.
-        try:
-            _, unix_protocol = await loop.create_unix_connection(factory, address[5:])
-        except OSError as exc:
-            raise connect_error(address, exc) from None
-        return unix_protocol
-    else:
-        host, _, port = address.rpartition(":")
-        coro = loop.create_connection(factory, host.strip("[]"), int(port))
+        return connect_unix(loop, address, watch, poller)
+    host, _, port = address.rpartition(":")
     # A timer rather than asyncio.wait_for: no extra task per connection.
     # The timer says it fired: comparing its time with loop.time() misses when the loop
     # runs it a hair early (then the request was cancelled and never answered).
@@ -507,7 +662,7 @@ async def open_upstream(
 
     timer = loop.call_later(timeout, expire) if task is not None else None
     try:
-        _, protocol = await coro
+        sock = await _connect_tcp(loop, host.strip("[]"), int(port))
     except asyncio.CancelledError:
         if expired:
             raise UpstreamError(
@@ -519,63 +674,34 @@ async def open_upstream(
     finally:
         if timer is not None:
             timer.cancel()
-    return protocol
+    conn = UpstreamConnection(loop, address, watch, poller)
+    conn.attach(sock)
+    return conn
 
 
-def connect_unix(
-    loop: asyncio.AbstractEventLoop,
-    address: str,
-    watch: set[UpstreamConnection] | None,
-    done: Callable[[UpstreamConnection | None, UpstreamError | None], None],
-) -> None:
-    """:func:`open_upstream` for a "unix:/path" address, without a Task: ``done`` gets the
-    connection, or the UpstreamError (502, not connected), from a loop callback.
-
-    Each request to an upstream that takes one connection per request (uWSGI) connects
-    anew; a Task per connect cost more than the connect's own Python (asyncio registers
-    every Task in a WeakSet), so the connect coroutine is stepped here instead. A unix
-    connect completes or fails at once: no timer, nothing else to cancel it.
-    """
-    _UnixConnect(loop, address, watch, done).step()
-
-
-class _UnixConnect:
-    """The steps of one unix connect (see :func:`connect_unix`)."""
-
-    __slots__ = ("loop", "address", "done", "coro")
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        address: str,
-        watch: set[UpstreamConnection] | None,
-        done: Callable[[UpstreamConnection | None, UpstreamError | None], None],
-    ) -> None:
-        self.loop = loop
-        self.address = address
-        self.done = done
-
-        def factory() -> UpstreamConnection:
-            return UpstreamConnection(loop, address, watch)
-
-        self.coro = loop.create_unix_connection(factory, address[5:])
-
-    def step(self, _waited: object = None) -> None:
-        """Run the coroutine to its next wait (as a Task would: a future it waited on
-        gives its result or raises inside it)."""
+async def _connect_tcp(loop: asyncio.AbstractEventLoop, host: str, port: int) -> RawSocket:
+    """A non-blocking socket connected to ``host``:``port``, trying each address the name
+    resolves to in turn (as loop.create_connection does); the last OSError if none takes."""
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not infos:
+        raise OSError(errno.EHOSTUNREACH, f"{host} resolves to no address")
+    error: OSError | None = None
+    for family, kind, proto, _, sockaddr in infos:
+        sock = RawSocket(family, kind | socket.SOCK_NONBLOCK, proto)
         try:
-            waiting = self.coro.send(None)
-        except StopIteration as stop:
-            self.done(stop.value[1], None)
-            return
-        except Exception as exc:  # OSError mostly: refused, no such socket, queue full
-            self.done(None, connect_error(self.address, exc))
-            return
-        if waiting is None:  # a bare yield: go on at the next turn
-            self.loop.call_soon(self.step)
-            return
-        waiting._asyncio_future_blocking = False
-        waiting.add_done_callback(self.step)
+            # small request writes go out at once, as asyncio's TCP transports send them
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await loop.sock_connect(sock, sockaddr)  # type: ignore[arg-type]
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        except BaseException:  # cancelled (the connect timeout): no socket left open
+            sock.close()
+            raise
+        return sock
+    assert error is not None
+    raise error
 
 
 def uwsgi_payload(pairs: list[tuple[bytes, bytes]], body: bytes = b"") -> list[bytes]:

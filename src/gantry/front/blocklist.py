@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import json
 import logging
 import math
@@ -34,7 +35,14 @@ from gantry.front.exchange import BodyStream, Exchange, Handler
 from gantry.front.responses import status_line
 from gantry.http.body import BodyBuffer
 
-__all__ = ["Ban", "BanStore", "BlocklistHandler", "WatchedBlocklist", "read_list"]
+__all__ = [
+    "Ban",
+    "BanStore",
+    "BlocklistHandler",
+    "WatchedBlocklist",
+    "normalise_target",
+    "read_list",
+]
 
 log: Final = logging.getLogger("gantry.front")
 
@@ -74,6 +82,23 @@ def read_list(text: str, where: str) -> list[tuple[_Key, str]]:
     return entries
 
 
+def normalise_target(text: str) -> str:
+    """An address or CIDR as the bans file keeps it: a network in its shortest form, a
+    lone address without its prefix length, a v4-mapped IPv6 one (``::ffff:1.2.3.4``)
+    as the IPv4 address it is. ValueError when it is neither."""
+    try:
+        network = ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"expected an IP address or CIDR (IPv4 or IPv6), got {text!r}") from None
+    if isinstance(network, ipaddress.IPv6Network):
+        mapped = network.network_address.ipv4_mapped
+        if mapped is not None and network.prefixlen >= 96:
+            network = ipaddress.IPv4Network((mapped, network.prefixlen - 96), strict=False)
+    if network.prefixlen == network.max_prefixlen:
+        return str(network.network_address)
+    return str(network)
+
+
 def _identity(path: str) -> tuple[int, int, int, int] | None:
     try:
         st = os.stat(path)
@@ -111,12 +136,17 @@ class Ban:
     target: str
     until: float
     reason: str = ""
+    #: who made it: "ctl", "autoban rule N", "redis" ("" in files of older versions)
+    source: str = ""
 
     def line(self) -> str:
-        """The ban as a line of the bans file: one JSON object, as the autoban's
-        ban_file writes them ({"addr", "until", "reason"}; until null: no end)."""
+        """The ban as a line of the bans file: one JSON object ({"addr", "until",
+        "reason", "source"}; until null: no end)."""
         until = None if math.isinf(self.until) else round(self.until, 3)
-        return json.dumps({"addr": self.target, "until": until, "reason": self.reason}) + "\n"
+        entry = {"addr": self.target, "until": until, "reason": self.reason}
+        if self.source:
+            entry["source"] = self.source
+        return json.dumps(entry) + "\n"
 
 
 class BanStore:
@@ -161,7 +191,13 @@ class BanStore:
                 until = math.inf
             if not isinstance(until, int | float) or isinstance(until, bool):
                 continue
-            bans[target] = Ban(target, float(until), reason if isinstance(reason, str) else "")
+            source = entry.get("source")
+            bans[target] = Ban(
+                target,
+                float(until),
+                reason if isinstance(reason, str) else "",
+                source if isinstance(source, str) else "",
+            )
         return list(bans.values())
 
     def active(self, now: float | None = None) -> list[Ban]:
@@ -184,13 +220,19 @@ class BanStore:
                 os.unlink(temporary)
             raise
 
-    def add(self, target: str, duration: float | None = None, reason: str = "") -> Ban:
-        """Ban ``target`` (an address or CIDR) for ``duration`` seconds (None: no end);
-        a ban of the same target is replaced. Expired bans are dropped on the way."""
-        if network_key(target) is None:
-            raise ValueError(f"expected an IP address or CIDR, got {target!r}")
+    def add(
+        self, target: str, duration: float | None = None, reason: str = "", source: str = ""
+    ) -> Ban:
+        """Ban ``target`` (an address or CIDR, normalised) for ``duration`` seconds (None:
+        no end); a ban of the same target is replaced. Expired bans are dropped on the
+        way. Every writer (ctl, autoban) takes the one lock, so none loses another's."""
         now = time.time()
-        ban = Ban(target.strip(), math.inf if duration is None else now + duration, reason)
+        ban = Ban(
+            normalise_target(target),
+            math.inf if duration is None else now + duration,
+            reason,
+            source,
+        )
         with self._locked():
             bans = [b for b in self.load() if b.until > now and b.target != ban.target]
             bans.append(ban)
@@ -202,13 +244,13 @@ class BanStore:
         self.add(addr, seconds, reason)
 
     def remove(self, target: str) -> bool:
-        """Lift the ban of ``target`` (as it was given); False if there was none."""
-        target = target.strip()
+        """Lift the ban of ``target`` (normalised); False if there was none running."""
+        target = normalise_target(target)
         now = time.time()
         with self._locked():
             bans = self.load()
             kept = [b for b in bans if b.until > now and b.target != target]
-            found = any(b.target == target for b in bans)
+            found = any(b.target == target and b.until > now for b in bans)
             if found or len(kept) != len(bans):
                 self._write(kept)
         return found

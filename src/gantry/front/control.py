@@ -1,4 +1,5 @@
-"""What a front's control socket answers: ``purge`` and ``status`` (``gantry ctl``).
+"""What a front's control socket answers: ``purge``, ``status``, ``block``, ``unblock``
+and ``blocked`` (``gantry ctl``).
 
 Both walk cache zones on disk, so both run off the master's loop, in a child forked
 from the master (see ``control/server.py``): what the child reads of the master
@@ -9,9 +10,11 @@ memory tier checks an entry's file on every use, so all of them see it at once.
 
 from __future__ import annotations
 
+import math
 import os
 import re
-from typing import Any, Final
+import time
+from typing import TYPE_CHECKING, Any, Final
 
 from gantry.config.front_model import CacheZone, FrontConfig
 from gantry.control.protocol import (
@@ -21,25 +24,105 @@ from gantry.control.protocol import (
     flag_argument,
     text_argument,
 )
+from gantry.front.blocklist import BanStore, normalise_target
 from gantry.front.cache.policy import cache_key
 from gantry.front.cache.store import CacheStore
 from gantry.process.master import Master
 from gantry.protocol.http1 import RequestHead
 
-__all__ = ["front_commands", "key_of"]
+if TYPE_CHECKING:
+    from gantry.front.limits.autoban import BanTable
+
+__all__ = ["block", "blocked", "front_commands", "key_of", "unblock"]
 
 _ABSOLUTE: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
-def front_commands(config: FrontConfig, master: Master) -> CommandRegistry:
+def front_commands(
+    config: FrontConfig, master: Master, bans: BanTable | None = None
+) -> CommandRegistry:
     """The commands of a front's control socket. A new one is a function of its arguments
     giving its answer's fields (CommandError for a clear refusal), registered here:
-    ``off_loop`` when it may take long (it then runs in a child of the master)."""
+    ``off_loop`` when it may take long (it then runs in a child of the master). ``bans``:
+    the workers' shared ban table, when there is one (a child of the master shares it)."""
     commands = CommandRegistry()
     commands.register("purge", lambda arguments: purge(config.caches, arguments), off_loop=True)
     master_pid = os.getpid()
     commands.register("status", lambda arguments: status(config, master, master_pid), off_loop=True)
+    path = config.ban_file
+    commands.register("block", lambda arguments: block(path, bans, arguments), off_loop=True)
+    commands.register("unblock", lambda arguments: unblock(path, bans, arguments), off_loop=True)
+    commands.register("blocked", lambda arguments: blocked(path, arguments), off_loop=True)
     return commands
+
+
+def _store(path: str | None) -> BanStore:
+    if not path:
+        raise CommandError(
+            "this front keeps no bans: set [front] control (the bans file is then beside "
+            "it), or [front] ban_file, and restart it"
+        )
+    return BanStore(path)
+
+
+def _target(arguments: Arguments) -> str:
+    text = text_argument(arguments, "addr", required=True)
+    assert text is not None
+    try:
+        return normalise_target(text)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def block(path: str | None, bans: BanTable | None, arguments: Arguments) -> dict[str, Any]:
+    """Ban ``addr`` (address or CIDR) for ``seconds`` (absent: no end), with ``reason``.
+    Every worker reads the bans file within a second; a lone address goes into the shared
+    table too, which every worker checks on each request."""
+    store = _store(path)
+    target = _target(arguments)
+    seconds = arguments.get("seconds")
+    if seconds is not None and (
+        not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds <= 0
+    ):
+        raise CommandError(f"seconds: expected a positive number, got {seconds!r}")
+    reason = text_argument(arguments, "reason") or ""
+    ban = store.add(target, None if seconds is None else float(seconds), reason, "ctl")
+    if bans is not None and "/" not in ban.target:
+        bans.add(ban.target, 2**62 if math.isinf(ban.until) else int(ban.until * 1000))
+    return {"target": ban.target, "until": None if math.isinf(ban.until) else ban.until}
+
+
+def unblock(path: str | None, bans: BanTable | None, arguments: Arguments) -> dict[str, Any]:
+    """Lift the ban of ``addr``, in the file and in the shared table."""
+    store = _store(path)
+    target = _target(arguments)
+    found = store.remove(target)
+    if bans is not None and "/" not in target:
+        bans.remove(target)
+    return {"target": target, "removed": found}
+
+
+def blocked(path: str | None, arguments: Arguments) -> dict[str, Any]:
+    """The bans running now (expired ones are left out), each with its expiry, reason,
+    source and refused requests, and the refused requests by blocklist-file entry."""
+    store = _store(path)
+    now = time.time()
+    hits = store.hits()
+    entries = []
+    active = store.active(now)
+    for ban in sorted(active, key=lambda b: b.target):
+        entries.append(
+            {
+                "target": ban.target,
+                "until": None if math.isinf(ban.until) else ban.until,
+                "reason": ban.reason,
+                "source": ban.source or "file",
+                "hits": hits.get(ban.target, 0),
+            }
+        )
+    banned = {ban.target for ban in active}
+    files = {entry: n for entry, n in hits.items() if entry not in banned}
+    return {"bans": entries, "file_hits": files, "path": path}
 
 
 def key_of(zone: CacheZone, text: str) -> str:

@@ -18,7 +18,7 @@ from gantry.config import ConfigError
 from gantry.config.front import front_config_from_dict
 from gantry.front.blocklist import BanStore, normalise_target
 from gantry.front.limits.autoban import BanTable, LocalBanner
-from tests.process import Front, Launcher, accepts, ready_workers, wait_for
+from tests.process import Front, Launcher, accepts, ready_workers, require_program, wait_for
 from tests.support_control import connection_to_each, ctl
 
 CONFIG = """
@@ -56,10 +56,12 @@ def _app(launch: Launcher, tmp: Path) -> Path:
     return app
 
 
-def _front(launch: Launcher, tmp: Path, name: str = "front", extra: str = "") -> Front:
-    config = CONFIG.format(control=tmp / "front.ctl", app=_app(launch, tmp), extra=extra)
+def _front(
+    launch: Launcher, tmp: Path, name: str = "front", extra: str = "", control: str = "front.ctl"
+) -> Front:
+    config = CONFIG.format(control=tmp / control, app=_app(launch, tmp), extra=extra)
     front = launch.front(config, name=name)
-    assert wait_for(lambda: accepts(tmp / "front.ctl")), "no control socket"
+    assert wait_for(lambda: accepts(tmp / control)), "no control socket"
     return front
 
 
@@ -209,3 +211,28 @@ def test_targets_are_normalised() -> None:
     assert normalise_target("10.1.2.3/8") == "10.0.0.0/8"
     with pytest.raises(ValueError):
         normalise_target("example.com")
+
+
+def test_a_ctl_block_is_shared_through_redis(launch: Launcher, short_tmp: Path) -> None:
+    """Two fronts naming one real redis-server: a block on one refuses on the other in
+    both its workers within a second, and an unblock lets the client in there again."""
+    binary = require_program("redis-server", "redis-server")
+    redis_sock = short_tmp / "redis.sock"
+    launch.program(
+        [binary, "--port", "0", "--unixsocket", str(redis_sock), "--save", "",
+         "--appendonly", "no", "--dir", str(short_tmp)],
+        redis_sock, "redis",
+    )  # fmt: skip
+    shared = f'[front.shared]\nredis = "unix://{redis_sock}?db=0"\n'
+    one = _front(launch, short_tmp, "one", shared, "one.ctl")
+    other = _front(launch, short_tmp, "other", shared, "other.ctl")
+    conns = _each_worker(other)
+    assert _all(conns, "203.0.113.40", 200)
+    done = ctl("-s", str(short_tmp / "one.ctl"), "block", "203.0.113.40", "--for", "1h")
+    assert done.returncode == 0 and not done.stderr, done
+    assert wait_for(lambda: _all(conns, "203.0.113.40", 403), 1.0, 0.02)
+    assert _all(conns, "203.0.113.41", 200)
+    assert "203.0.113.40" not in _blocked(str(short_tmp / "other.ctl"))  # one's own file
+    assert ctl("-s", str(short_tmp / "one.ctl"), "unblock", "203.0.113.40").returncode == 0
+    assert wait_for(lambda: _all(conns, "203.0.113.40", 200), 1.0, 0.02)
+    assert one.pid

@@ -558,6 +558,8 @@ def ctl_block(target_: _CtlTarget, target: str, duration: str | None, reason: st
     until = answer.get("until")
     when = "no end" if until is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(until))
     click.echo(f"blocked {answer.get('target')} (until {when})")
+    if str(answer.get("shared", "")).startswith("failed"):
+        click.echo(f"gantry ctl: not shared through Redis ({answer['shared']})", err=True)
 
 
 @ctl.command("unblock")
@@ -570,6 +572,8 @@ def ctl_unblock(target_: _CtlTarget, target: str) -> None:
         click.echo(f"{answer.get('target')} was not blocked")
         sys.exit(1)
     click.echo(f"unblocked {answer.get('target')}")
+    if str(answer.get("shared", "")).startswith("failed"):
+        click.echo(f"gantry ctl: not lifted in Redis ({answer['shared']})", err=True)
 
 
 @ctl.command("blocked")

@@ -16,7 +16,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-from gantry.config.front_model import CacheZone, FrontConfig
+from gantry.config.front_model import CacheZone, FrontConfig, SharedStore
 from gantry.control.protocol import (
     Arguments,
     CommandError,
@@ -32,6 +32,9 @@ from gantry.protocol.http1 import RequestHead
 
 if TYPE_CHECKING:
     from gantry.front.limits.autoban import BanTable
+
+#: a ban without an end, as Redis keeps it (its keys need an expiry): ten years
+NO_END: Final = 10 * 365 * 86400.0
 
 __all__ = ["block", "blocked", "front_commands", "key_of", "unblock"]
 
@@ -49,9 +52,13 @@ def front_commands(
     commands.register("purge", lambda arguments: purge(config.caches, arguments), off_loop=True)
     master_pid = os.getpid()
     commands.register("status", lambda arguments: status(config, master, master_pid), off_loop=True)
-    path = config.ban_file
-    commands.register("block", lambda arguments: block(path, bans, arguments), off_loop=True)
-    commands.register("unblock", lambda arguments: unblock(path, bans, arguments), off_loop=True)
+    path, shared = config.ban_file, config.shared
+    commands.register(
+        "block", lambda arguments: block(path, bans, arguments, shared), off_loop=True
+    )
+    commands.register(
+        "unblock", lambda arguments: unblock(path, bans, arguments, shared), off_loop=True
+    )
     commands.register("blocked", lambda arguments: blocked(path, arguments), off_loop=True)
     return commands
 
@@ -74,10 +81,29 @@ def _target(arguments: Arguments) -> str:
         raise CommandError(str(exc)) from None
 
 
-def block(path: str | None, bans: BanTable | None, arguments: Arguments) -> dict[str, Any]:
+def _share(shared: SharedStore | None, addr: str, until: float | None, reason: str) -> str:
+    """Tell the other fronts through Redis: "yes", "no" (none configured, or a network:
+    Redis bans are single addresses) or why it failed (the local ban stands)."""
+    if shared is None or "/" in addr:
+        return "no"
+    from gantry.front.limits.shared_redis import share_ban
+
+    try:
+        share_ban(shared, addr, until, reason)
+    except Exception as exc:  # Redis down: the ban holds here; said in the answer
+        return f"failed: {exc.__class__.__name__}: {exc}"
+    return "yes"
+
+
+def block(
+    path: str | None,
+    bans: BanTable | None,
+    arguments: Arguments,
+    shared: SharedStore | None = None,
+) -> dict[str, Any]:
     """Ban ``addr`` (address or CIDR) for ``seconds`` (absent: no end), with ``reason``.
     Every worker reads the bans file within a second; a lone address goes into the shared
-    table too, which every worker checks on each request."""
+    table too, which every worker checks on each request, and to Redis when shared."""
     store = _store(path)
     target = _target(arguments)
     seconds = arguments.get("seconds")
@@ -89,17 +115,27 @@ def block(path: str | None, bans: BanTable | None, arguments: Arguments) -> dict
     ban = store.add(target, None if seconds is None else float(seconds), reason, "ctl")
     if bans is not None and "/" not in ban.target:
         bans.add(ban.target, 2**62 if math.isinf(ban.until) else int(ban.until * 1000))
-    return {"target": ban.target, "until": None if math.isinf(ban.until) else ban.until}
+    until = time.time() + NO_END if math.isinf(ban.until) else ban.until
+    return {
+        "target": ban.target,
+        "until": None if math.isinf(ban.until) else ban.until,
+        "shared": _share(shared, ban.target, until, reason),
+    }
 
 
-def unblock(path: str | None, bans: BanTable | None, arguments: Arguments) -> dict[str, Any]:
-    """Lift the ban of ``addr``, in the file and in the shared table."""
+def unblock(
+    path: str | None,
+    bans: BanTable | None,
+    arguments: Arguments,
+    shared: SharedStore | None = None,
+) -> dict[str, Any]:
+    """Lift the ban of ``addr``, in the file, in the shared table and in Redis."""
     store = _store(path)
     target = _target(arguments)
     found = store.remove(target)
     if bans is not None and "/" not in target:
         bans.remove(target)
-    return {"target": target, "removed": found}
+    return {"target": target, "removed": found, "shared": _share(shared, target, None, "")}
 
 
 def blocked(path: str | None, arguments: Arguments) -> dict[str, Any]:

@@ -212,9 +212,14 @@ class FrontWorker:
         from gantry.front.limits.shared_redis import RedisShare
 
         bans = defences.bans
-        self.redis = RedisShare(
-            shared, self.loop, lambda addr, until: bans.add(addr, int(until * 1000))
-        )
+
+        def on_ban(addr: str, until: float) -> None:
+            if until <= 0:  # lifted by `gantry ctl unblock` on some front
+                bans.remove(addr)
+            else:
+                bans.add(addr, int(until * 1000))
+
+        self.redis = RedisShare(shared, self.loop, on_ban)
         if self.limit_handler is not None:
             self.limit_handler.shared = self.redis
         if defences.banner is not None:

@@ -9,8 +9,12 @@ from __future__ import annotations
 import http.client
 import json
 import multiprocessing
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +22,19 @@ from gantry.config import ConfigError
 from gantry.config.front import front_config_from_dict
 from gantry.front.blocklist import BanStore, normalise_target
 from gantry.front.limits.autoban import BanTable, LocalBanner
-from tests.process import Front, Launcher, accepts, ready_workers, require_program, wait_for
+from tests.process import (
+    REPO,
+    Front,
+    Launcher,
+    accepts,
+    free_port,
+    gantry_env,
+    read_until_closed,
+    ready_workers,
+    require_program,
+    try_get,
+    wait_for,
+)
 from tests.support_control import connection_to_each, ctl
 
 CONFIG = """
@@ -236,3 +252,54 @@ def test_a_ctl_block_is_shared_through_redis(launch: Launcher, short_tmp: Path) 
     assert ctl("-s", str(short_tmp / "one.ctl"), "unblock", "203.0.113.40").returncode == 0
     assert wait_for(lambda: _all(conns, "203.0.113.40", 200), 1.0, 0.02)
     assert one.pid
+
+
+def test_blocked_hits_and_bans_in_stats_metrics_and_top(launch: Launcher, short_tmp: Path) -> None:
+    """Refusals by source (a ban, a blocklist file's line), bans running (an expired one
+    left out) and bans per autoban rule: in the stats JSON, the metrics and gantry top."""
+    stats_sock = short_tmp / "stats.sock"
+    metrics_port = free_port()
+    blocked_file = short_tmp / "blocked.txt"
+    blocked_file.write_text("198.51.100.0/24\n")
+    extra = (
+        f'stats = "{stats_sock}"\nmetrics = "127.0.0.1:{metrics_port}"\n'
+        f'[front.blocklist]\nfiles = ["{blocked_file}"]\n{AUTOBAN}'
+    )
+    front = _front(launch, short_tmp, extra=extra)
+    sock = str(short_tmp / "front.ctl")
+    conns = _each_worker(front)
+    assert ctl("-s", sock, "block", "203.0.113.50").returncode == 0
+    assert ctl("-s", sock, "block", "203.0.113.51", "--for", "1s").returncode == 0
+    assert wait_for(lambda: _all(conns, "203.0.113.50", 403), 1.0, 0.02)
+    assert _all(conns, "198.51.100.4", 403)  # 2 by the file
+    assert [_get(conns[n % 2], "203.0.113.52", "/missing") for n in range(3)] == [404] * 3
+    assert wait_for(lambda: _all(conns, "203.0.113.52", 403), 1.0, 0.02)
+
+    def limits() -> dict[str, Any]:
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(5)
+            client.connect(str(stats_sock))
+            return json.loads(read_until_closed(client, 5).data)["limits"]  # type: ignore[no-any-return]
+
+    assert wait_for(lambda: accepts(stats_sock), 10)
+    # active: .50 and the autoban's .52; the 1 s ban of .51 has expired
+    assert wait_for(lambda: limits()["bans"]["active"] == 2, 5), limits()
+    doc = limits()
+    assert doc["blocked"]["file"] == 2
+    assert doc["blocked"]["ban"] >= 4  # .50 and .52 in both workers
+    assert doc["autoban"] == [{"rule": 1, "when": "404", "bans": 1}]
+    status, body = try_get(metrics_port, "/metrics")
+    assert status == 200
+    text = body.decode()
+    assert 'gantry_blocked_total{source="file"} 2' in text
+    assert f'gantry_blocked_total{{source="ban"}} {doc["blocked"]["ban"]}' in text
+    assert 'gantry_autoban_bans_total{rule="1",when="404"} 1' in text
+    assert "gantry_bans_active 2" in text
+    top = subprocess.run(
+        [sys.executable, "-m", "gantry", "top", str(stats_sock), "--once"],
+        cwd=REPO, env=gantry_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert top.returncode == 0, top.stderr
+    assert "DEFENCES" in top.stdout
+    assert "by blocklist files; 2 bans running" in top.stdout
+    assert "autoban rule 1 (404): 1 bans" in top.stdout

@@ -27,7 +27,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from gantry.config.front_model import Blocklist, Location, VirtualServer
 from gantry.front.addresses import AddressSet, network_key
@@ -55,6 +55,17 @@ VERDICT_CACHE: Final = 65536
 _UNKNOWN: Final = "\0"
 
 _Key = tuple[int, int, int]
+
+#: the counters of the front's ban table (front/limits/autoban.py) a refusal bumps
+FILE_HIT: Final = 1
+BAN_HIT: Final = 2
+
+
+class BlockCounters(Protocol):
+    """Counters every worker shares (the ban table's): refused requests by source."""
+
+    def count(self, counter: int) -> None:
+        """Add one to ``counter`` (FILE_HIT or BAN_HIT)."""
 
 
 def read_list(text: str, where: str) -> list[tuple[_Key, str]]:
@@ -303,8 +314,12 @@ class WatchedBlocklist:
     """One worker's view of the blocklist: its files and bans as one AddressSet, reloaded
     when a file changes or a ban expires."""
 
-    def __init__(self, config: Blocklist) -> None:
+    def __init__(self, config: Blocklist, counters: BlockCounters | None = None) -> None:
         self.config = config
+        #: the front's shared counters of refused requests, by source (stats)
+        self.counters = counters
+        #: the entries that are bans (the others are lines of the files)
+        self._ban_entries: set[str] = set()
         self.status = config.status
         self.store = BanStore(config.state) if config.state else None
         self.set = AddressSet()
@@ -363,6 +378,7 @@ class WatchedBlocklist:
             key = network_key(ban.target)
             if key is not None:
                 entries.append((key, ban.target))
+        self._ban_entries = {ban.target for ban in active}
         self._next_expiry = min((ban.until for ban in active), default=math.inf)
         self.set = AddressSet(entries)
         self.verdicts = {}
@@ -380,6 +396,8 @@ class WatchedBlocklist:
             return False
         self.hits[entry] = self.hits.get(entry, 0) + 1
         self._hits_total += 1
+        if self.counters is not None:
+            self.counters.count(BAN_HIT if entry in self._ban_entries else FILE_HIT)
         return True
 
     def report(self, worker: str) -> None:

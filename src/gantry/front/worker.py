@@ -125,7 +125,10 @@ class FrontWorker:
         if self.trusted_peers is not None and not self.real_ip_from_proxy_protocol:
             first.append(RealAddressHandler(real_ip, self.trusted_peers))
         blocklist = config.blocklist
-        self.blocklist = WatchedBlocklist(blocklist) if blocklist.files or blocklist.state else None
+        counters = defences.bans if defences is not None else None
+        self.blocklist = (
+            WatchedBlocklist(blocklist, counters) if blocklist.files or blocklist.state else None
+        )
         if self.blocklist is not None:
             first.append(BlocklistHandler(self.blocklist, self.error_pages.page(403)))
         self._blocklist_poll: asyncio.TimerHandle | None = None

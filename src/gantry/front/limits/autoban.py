@@ -16,13 +16,22 @@ from collections.abc import Callable
 from typing import Final, Protocol
 
 from gantry.config.front_model import AutobanRule, Location, VirtualServer
-from gantry.front.blocklist import BanStore
+from gantry.front.blocklist import BAN_HIT, FILE_HIT, BanStore
 from gantry.front.exchange import BodyStream, Exchange, Handler
 from gantry.front.limits.table import SharedTable, digest
 from gantry.front.limits.zones import now_ms
 from gantry.http.body import BodyBuffer
 
-__all__ = ["Autoban", "BanHandler", "BanTable", "Banner", "LocalBanner"]
+__all__ = [
+    "BANNED",
+    "BAN_HIT",
+    "FILE_HIT",
+    "Autoban",
+    "BanHandler",
+    "BanTable",
+    "Banner",
+    "LocalBanner",
+]
 
 log: Final = logging.getLogger("gantry.front")
 
@@ -30,6 +39,9 @@ log: Final = logging.getLogger("gantry.front")
 BAN_SLOTS: Final = 65536
 #: addresses counted per rule at most
 COUNT_SLOTS: Final = 65536
+#: the ban table's counters: requests refused by a ban in it; FILE_HIT and BAN_HIT (by a
+#: blocklist file's line, by a ban of the bans file) are the blocklist handler's
+BANNED: Final = 0
 
 
 class Banner(Protocol):
@@ -71,10 +83,31 @@ class BanTable:
             if slot < 0:
                 return False
             if table.values(slot)[0] > time.time() * 1000:
-                table.bump(0)  # blocked requests (stats)
+                table.bump(BANNED)  # blocked requests (stats)
                 return True
             table.remove(slot)
             return False
+        finally:
+            table.unlock()
+
+    def active(self) -> int:
+        """Bans not yet expired (an expired one stays in the table until looked up)."""
+        table = self.table
+        now = time.time() * 1000
+        table.lock()
+        try:
+            slots = [table.find(key) for key in table.keys()]
+            return sum(1 for slot in slots if slot >= 0 and table.values(slot)[0] > now)
+        finally:
+            table.unlock()
+
+    def count(self, counter: int) -> None:
+        """Add one to ``counter``: BANNED (by this table), FILE_HIT or BAN_HIT (the
+        blocklist refused a line of its files, or a ban of the bans file)."""
+        table = self.table
+        table.lock()
+        try:
+            table.bump(counter)
         finally:
             table.unlock()
 

@@ -303,3 +303,41 @@ def test_blocked_hits_and_bans_in_stats_metrics_and_top(launch: Launcher, short_
     assert "DEFENCES" in top.stdout
     assert "by blocklist files; 2 bans running" in top.stdout
     assert "autoban rule 1 (404): 1 bans" in top.stdout
+
+
+def test_gantry_up_blocks_through_the_stack_control_socket(
+    launch: Launcher, short_tmp: Path
+) -> None:
+    sock = short_tmp / "stack.ctl"
+    config = f"""[stack]
+control = "{sock}"
+
+[front]
+listen = ["127.0.0.1:FRONT_PORT"]
+workers = 2
+
+[front.real_ip]
+from = ["127.0.0.1"]
+
+[[front.server]]
+[[front.server.location]]
+path = "/"
+proxy = "web"
+
+[[app]]
+name = "web"
+module = "tests.apps_contract:app"
+"""
+    up = launch.up(config)
+    assert wait_for(sock.exists)
+    conn = http.client.HTTPConnection("127.0.0.1", up.port, timeout=30)
+    assert wait_for(lambda: _get(conn, "203.0.113.60") == 200)
+    done = ctl("-c", str(up.config_path), "block", "203.0.113.60", "--for", "1h")
+    assert done.returncode == 0, done.stderr
+    # a new connection each time: whichever worker takes it refuses
+    fresh = lambda: http.client.HTTPConnection("127.0.0.1", up.port, timeout=30)  # noqa: E731
+    assert wait_for(lambda: all(_get(fresh(), "203.0.113.60") == 403 for _ in range(6)), 1.0)
+    assert _get(fresh(), "203.0.113.61") == 200
+    assert set(_blocked(str(sock))) == {"203.0.113.60"}
+    assert (short_tmp / "stack.ctl.bans").exists()
+    conn.close()

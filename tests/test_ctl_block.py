@@ -335,7 +335,10 @@ module = "tests.apps_contract:app"
     done = ctl("-c", str(up.config_path), "block", "203.0.113.60", "--for", "1h")
     assert done.returncode == 0, done.stderr
     # a new connection each time: whichever worker takes it refuses
-    fresh = lambda: http.client.HTTPConnection("127.0.0.1", up.port, timeout=30)  # noqa: E731
+
+    def fresh() -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", up.port, timeout=30)
+
     assert wait_for(lambda: all(_get(fresh(), "203.0.113.60") == 403 for _ in range(6)), 1.0)
     assert _get(fresh(), "203.0.113.61") == 200
     assert set(_blocked(str(sock))) == {"203.0.113.60"}

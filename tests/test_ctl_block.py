@@ -50,7 +50,7 @@ from = ["127.0.0.1"]
 [[front.server.location]]
 path = "/"
 proxy = "app"
-
+{access}
 [front.upstream.app]
 protocol = "uwsgi"
 servers = [{{ address = "unix:{app}" }}]
@@ -73,9 +73,14 @@ def _app(launch: Launcher, tmp: Path) -> Path:
 
 
 def _front(
-    launch: Launcher, tmp: Path, name: str = "front", extra: str = "", control: str = "front.ctl"
+    launch: Launcher,
+    tmp: Path,
+    name: str = "front",
+    extra: str = "",
+    control: str = "front.ctl",
+    access: str = "",
 ) -> Front:
-    config = CONFIG.format(control=tmp / control, app=_app(launch, tmp), extra=extra)
+    config = CONFIG.format(control=tmp / control, app=_app(launch, tmp), extra=extra, access=access)
     front = launch.front(config, name=name)
     assert wait_for(lambda: accepts(tmp / control)), "no control socket"
     return front
@@ -229,6 +234,15 @@ def test_targets_are_normalised() -> None:
         normalise_target("example.com")
 
 
+def _stats_limits(stats_sock: Path) -> dict[str, Any]:
+    """The "limits" part of a front's stats document."""
+    assert wait_for(lambda: accepts(stats_sock), 10)
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(5)
+        client.connect(str(stats_sock))
+        return json.loads(read_until_closed(client, 5).data)["limits"]  # type: ignore[no-any-return]
+
+
 def test_a_ctl_block_is_shared_through_redis(launch: Launcher, short_tmp: Path) -> None:
     """Two fronts naming one real redis-server: a block on one refuses on the other in
     both its workers within a second, and an unblock lets the client in there again."""
@@ -241,7 +255,12 @@ def test_a_ctl_block_is_shared_through_redis(launch: Launcher, short_tmp: Path) 
     )  # fmt: skip
     shared = f'[front.shared]\nredis = "unix://{redis_sock}?db=0"\n'
     one = _front(launch, short_tmp, "one", shared, "one.ctl")
-    other = _front(launch, short_tmp, "other", shared, "other.ctl")
+    # the other front denies .42 by access too: the ban is checked first (as the blocklist)
+    stats_sock = short_tmp / "other-stats.sock"
+    other = _front(
+        launch, short_tmp, "other", f'stats = "{stats_sock}"\n' + shared, "other.ctl",
+        'access = ["deny 203.0.113.42", "allow all"]',
+    )  # fmt: skip
     conns = _each_worker(other)
     assert _all(conns, "203.0.113.40", 200)
     done = ctl("-s", str(short_tmp / "one.ctl"), "block", "203.0.113.40", "--for", "1h")
@@ -251,6 +270,16 @@ def test_a_ctl_block_is_shared_through_redis(launch: Launcher, short_tmp: Path) 
     assert "203.0.113.40" not in _blocked(str(short_tmp / "other.ctl"))  # one's own file
     assert ctl("-s", str(short_tmp / "one.ctl"), "unblock", "203.0.113.40").returncode == 0
     assert wait_for(lambda: _all(conns, "203.0.113.40", 200), 1.0, 0.02)
+    before = _stats_limits(stats_sock)["blocked"]["ban"]
+    assert _all(conns, "203.0.113.42", 403)  # by access: not a ban's refusal
+    assert _stats_limits(stats_sock)["blocked"]["ban"] == before
+    assert ctl("-s", str(short_tmp / "one.ctl"), "block", "203.0.113.42").returncode == 0
+
+    def refused_by_the_ban() -> bool:
+        assert _all(conns, "203.0.113.42", 403)
+        return int(_stats_limits(stats_sock)["blocked"]["ban"]) >= before + 2
+
+    assert wait_for(refused_by_the_ban, 1.0, 0.02)
     assert one.pid
 
 
@@ -276,10 +305,7 @@ def test_blocked_hits_and_bans_in_stats_metrics_and_top(launch: Launcher, short_
     assert wait_for(lambda: _all(conns, "203.0.113.52", 403), 1.0, 0.02)
 
     def limits() -> dict[str, Any]:
-        with socket.socket(socket.AF_UNIX) as client:
-            client.settimeout(5)
-            client.connect(str(stats_sock))
-            return json.loads(read_until_closed(client, 5).data)["limits"]  # type: ignore[no-any-return]
+        return _stats_limits(stats_sock)
 
     assert wait_for(lambda: accepts(stats_sock), 10)
     # active: .50 and the autoban's .52; the 1 s ban of .51 has expired

@@ -104,6 +104,7 @@ class FrontWorker:
         #: the link to the Redis of [front.shared] (made by start_shared)
         self.redis: RedisShare | None = None
         defence_handlers: tuple[Handler, ...] = ()
+        ban_handlers: tuple[Handler, ...] = ()
         if defences is None and FrontLimits.wanted(config):
             self.defences = defences = FrontLimits(config)
         if defences is not None:
@@ -112,7 +113,9 @@ class FrontWorker:
 
             self.autoban = defences.autoban
             if defences.bans is not None:
-                defence_handlers += (BanHandler(defences.bans),)
+                # with the blocklist, before access (nginx's order is access then limits;
+                # a ban is the blocklist's kind of refusal)
+                ban_handlers += (BanHandler(defences.bans),)
             self.limit_handler = LimitHandler(
                 defences.zones, loop, self._rest_of_chain, defences.autoban
             )
@@ -143,10 +146,11 @@ class FrontWorker:
         self.per_address: dict[str, int] = {}
         self._refusals_logged = 0.0
         self._refusals = 0
-        #: every handler, in nginx's phase order (real address, blocklist, access, bans,
+        #: every handler, in nginx's phase order (real address, blocklist, bans, access,
         #: limits, cache, then content); a route runs those that apply to it (see chain_for)
         self.handlers: tuple[Handler, ...] = (
             *first,
+            *ban_handlers,
             AccessHandler(),
             *defence_handlers,
             *((self.cache,) if self.cache is not None else ()),

@@ -248,7 +248,7 @@ class Autoban:
 
 
 class BanHandler(Handler):
-    """A banned address gets 403 (after access, before the limits)."""
+    """A banned address gets 403 (after the blocklist, before access and the limits)."""
 
     def __init__(self, bans: BanTable, remote: Callable[[str], bool] | None = None) -> None:
         self.bans = bans

@@ -277,7 +277,7 @@ def test_a_ctl_block_is_shared_through_redis(launch: Launcher, short_tmp: Path) 
 
     def refused_by_the_ban() -> bool:
         assert _all(conns, "203.0.113.42", 403)
-        return int(_stats_limits(stats_sock)["blocked"]["ban"]) >= before + 2
+        return int(_stats_limits(stats_sock)["blocked"]["ban"]) >= int(before) + 2
 
     assert wait_for(refused_by_the_ban, 1.0, 0.02)
     assert one.pid

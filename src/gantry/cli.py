@@ -594,8 +594,9 @@ def ctl_blocked(target_: _CtlTarget, as_json: bool) -> None:
         until = ban.get("until")
         when = "no end" if until is None else f"{max(0, until - time.time()):.0f}s left"
         reason = f", {ban['reason']}" if ban.get("reason") else ""
-        click.echo(
-            f"  {ban.get('target')}: {when}, {ban.get('source')}, {ban.get('hits')} hits{reason}"
-        )
-    for entry, hits in (answer.get("file_hits") or {}).items():
-        click.echo(f"  {entry} (blocklist file): {hits} hits")
+        hits = "-" if ban.get("hits") is None else ban["hits"]  # Redis's: counted elsewhere
+        click.echo(f"  {ban.get('target')}: {when}, {ban.get('source')}, {hits} hits{reason}")
+    for entry, count in (answer.get("file_hits") or {}).items():
+        click.echo(f"  {entry} (blocklist file): {count} hits")
+    if str(answer.get("redis", "")).startswith("failed"):
+        click.echo(f"gantry ctl: Redis's bans not listed ({answer['redis']})", err=True)

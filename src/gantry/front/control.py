@@ -59,7 +59,7 @@ def front_commands(
     commands.register(
         "unblock", lambda arguments: unblock(path, bans, arguments, shared), off_loop=True
     )
-    commands.register("blocked", lambda arguments: blocked(path, arguments), off_loop=True)
+    commands.register("blocked", lambda arguments: blocked(path, arguments, shared), off_loop=True)
     return commands
 
 
@@ -138,9 +138,12 @@ def unblock(
     return {"target": target, "removed": found, "shared": _share(shared, target, None, "")}
 
 
-def blocked(path: str | None, arguments: Arguments) -> dict[str, Any]:
+def blocked(
+    path: str | None, arguments: Arguments, shared: SharedStore | None = None
+) -> dict[str, Any]:
     """The bans running now (expired ones are left out), each with its expiry, reason,
-    source and refused requests, and the refused requests by blocklist-file entry."""
+    source and refused requests, then those only Redis holds (made by other fronts:
+    source "redis"), and the refused requests by blocklist-file entry."""
     store = _store(path)
     now = time.time()
     hits = store.hits()
@@ -157,8 +160,24 @@ def blocked(path: str | None, arguments: Arguments) -> dict[str, Any]:
             }
         )
     banned = {ban.target for ban in active}
-    files = {entry: n for entry, n in hits.items() if entry not in banned}
-    return {"bans": entries, "file_hits": files, "path": path}
+    answer: dict[str, Any] = {"bans": entries, "path": path}
+    if shared is not None:
+        from gantry.front.limits.shared_redis import shared_bans
+
+        try:
+            remote = shared_bans(shared)
+        except Exception as exc:  # Redis down: the local list stands, and says so
+            answer["redis"] = f"failed: {exc.__class__.__name__}: {exc}"
+        else:
+            answer["redis"] = "yes"
+            for addr, until, reason in sorted(remote):
+                if addr not in banned and until > now:
+                    entries.append(
+                        {"target": addr, "until": until, "reason": reason, "source": "redis",
+                         "hits": None}
+                    )  # fmt: skip
+    answer["file_hits"] = {entry: n for entry, n in hits.items() if entry not in banned}
+    return answer
 
 
 def key_of(zone: CacheZone, text: str) -> str:

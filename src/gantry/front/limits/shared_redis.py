@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from gantry.config.front_model import SharedStore
 
-__all__ = ["RedisShare", "share_ban"]
+__all__ = ["RedisShare", "share_ban", "shared_bans"]
 
 log: Final = logging.getLogger("gantry.front")
 
@@ -87,6 +87,33 @@ def share_ban(store: SharedStore, addr: str, until: float | None, reason: str = 
             client.publish(BAN_CHANNEL, f"{addr}|{until}")
     finally:
         client.close()
+
+
+def shared_bans(store: SharedStore, limit: int = 10000) -> list[tuple[str, float, str]]:
+    """The bans Redis holds (address, until, reason), ``limit`` at most (blocking, for
+    ``gantry ctl blocked``). Raises when Redis does not answer within a second."""
+    import redis
+
+    client = redis.Redis.from_url(store.redis, socket_timeout=1.0, socket_connect_timeout=1.0)
+    found: list[tuple[str, float, str]] = []
+    try:
+        for name in client.scan_iter(match=BAN_PREFIX + "*", count=1000):
+            value = client.get(name)
+            if value is None:
+                continue  # expired meanwhile
+            # bytes: the client is made without decode_responses
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            until, _, reason = text.partition("|")
+            key = name.decode() if isinstance(name, bytes) else str(name)
+            try:
+                found.append((key[len(BAN_PREFIX) :], float(until), reason))
+            except ValueError:
+                continue  # not one of ours
+            if len(found) >= limit:
+                break
+    finally:
+        client.close()
+    return found
 
 
 class RedisShare:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import multiprocessing
+import os
 import socket
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import pytest
 
 from gantry.config import ConfigError
 from gantry.config.front import front_config_from_dict
-from gantry.front.blocklist import BanStore, normalise_target
+from gantry.front.blocklist import Ban, BanStore, normalise_target
 from gantry.front.limits.autoban import BanTable, LocalBanner
 from tests.process import (
     REPO,
@@ -373,3 +374,17 @@ module = "tests.apps_contract:app"
     assert set(_blocked(str(sock))) == {"203.0.113.60"}
     assert (short_tmp / "stack.ctl.bans").exists()
     conn.close()
+
+
+def test_appended_bans_are_compacted_past_a_size(tmp_path: Path) -> None:
+    """Autoban appends; past COMPACT_AT bytes the file is rewritten with the running
+    bans only (the last line of each), so a long attack does not grow it for good."""
+    from gantry.front import blocklist
+
+    store = BanStore(str(tmp_path / "bans"))
+    line = len(Ban("10.0.0.1", 1e10, "x" * 100, "autoban rule 1").line())
+    renewals = blocklist.COMPACT_AT // line + 50
+    for n in range(renewals):
+        store.append(f"10.0.0.{n % 10 + 1}", 3600, "x" * 100, "autoban rule 1")
+    assert os.path.getsize(store.path) < blocklist.COMPACT_AT
+    assert len(store.active()) == 10

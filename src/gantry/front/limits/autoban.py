@@ -148,7 +148,7 @@ class LocalBanner:
         log.warning("banned %s for %gs: %s", addr, seconds, reason)
         if self.store is not None:
             try:
-                self.store.add(addr, seconds, reason, source)
+                self.store.append(addr, seconds, reason, source)
             except (OSError, ValueError) as exc:
                 log.error("cannot keep the ban of %s in %s: %s", addr, self.path, exc)
         if self.on_ban is not None:

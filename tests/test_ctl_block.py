@@ -388,3 +388,12 @@ def test_appended_bans_are_compacted_past_a_size(tmp_path: Path) -> None:
         store.append(f"10.0.0.{n % 10 + 1}", 3600, "x" * 100, "autoban rule 1")
     assert os.path.getsize(store.path) < blocklist.COMPACT_AT
     assert len(store.active()) == 10
+
+
+def test_a_bans_file_that_cannot_be_written_is_a_clear_refusal(tmp_path: Path) -> None:
+    from gantry.control.protocol import CommandError
+    from gantry.front.control import block
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(CommandError, match=r"the bans file .*/file/bans: .*workers' user"):
+        block(str(tmp_path / "file" / "bans"), None, {"addr": "192.0.2.1"})

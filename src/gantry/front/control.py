@@ -10,10 +10,12 @@ memory tier checks an entry's file on every use, so all of them see it at once.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 from gantry.config.front_model import CacheZone, FrontConfig, SharedStore
@@ -61,6 +63,19 @@ def front_commands(
     )
     commands.register("blocked", lambda arguments: blocked(path, arguments, shared), off_loop=True)
     return commands
+
+
+@contextlib.contextmanager
+def _bans_file(path: str) -> Iterator[None]:
+    """An OSError on the bans file as a clear refusal (the command runs as the workers'
+    user, who must be able to write the file's folder)."""
+    try:
+        yield
+    except OSError as exc:
+        raise CommandError(
+            f"the bans file {path}: {exc.strerror or exc} (the front's workers' user must be "
+            "able to write its folder; [front] ban_file chooses another)"
+        ) from None
 
 
 def _store(path: str | None) -> BanStore:
@@ -112,7 +127,8 @@ def block(
     ):
         raise CommandError(f"seconds: expected a positive number, got {seconds!r}")
     reason = text_argument(arguments, "reason") or ""
-    ban = store.add(target, None if seconds is None else float(seconds), reason, "ctl")
+    with _bans_file(store.path):
+        ban = store.add(target, None if seconds is None else float(seconds), reason, "ctl")
     if bans is not None and "/" not in ban.target:
         bans.add(ban.target, 2**62 if math.isinf(ban.until) else int(ban.until * 1000))
     until = time.time() + NO_END if math.isinf(ban.until) else ban.until
@@ -132,7 +148,8 @@ def unblock(
     """Lift the ban of ``addr``, in the file, in the shared table and in Redis."""
     store = _store(path)
     target = _target(arguments)
-    found = store.remove(target)
+    with _bans_file(store.path):
+        found = store.remove(target)
     if bans is not None and "/" not in target:
         bans.remove(target)
     return {"target": target, "removed": found, "shared": _share(shared, target, None, "")}
@@ -146,9 +163,10 @@ def blocked(
     source "redis"), and the refused requests by blocklist-file entry."""
     store = _store(path)
     now = time.time()
-    hits = store.hits()
+    with _bans_file(store.path):
+        hits = store.hits()
+        active = store.active(now)
     entries = []
-    active = store.active(now)
     for ban in sorted(active, key=lambda b: b.target):
         entries.append(
             {

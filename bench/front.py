@@ -20,6 +20,11 @@ Run: `python bench/front.py [--duration 10] [--rounds 2] [--loads cache_hit,...]
 connections each send a request head one byte a second (reconnecting when cut), against
 the same without them, for gantry and nginx side by side.
 
+`python bench/front.py --idle 100000` holds that many idle keep-alive connections (from
+127.0.0.2, 127.0.0.3, ... for enough source ports; the file limit raised, as root) on a
+2-worker gantry front and a 2-worker nginx, one after the other: each one's total RSS and
+whether it still answers.
+
 `python bench/front.py --blocklist` measures the blocklist instead (no uWSGI needed):
 requests it refuses (403) against nginx's `deny` (both behind realip, the client named by
 X-Forwarded-For), and a static file through a 100,000-entry blocklist against an empty one.
@@ -28,6 +33,7 @@ X-Forwarded-For), and a static file through a 100,000-entry blocklist against an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import shutil
@@ -506,6 +512,182 @@ def slow_clients_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+#: IP_BIND_ADDRESS_NO_PORT (Linux): the source port is chosen at connect, per 4-tuple
+_BIND_NO_PORT = 24
+#: connections per 127.0.0.x source address (ephemeral ports: about 28,000 an address)
+PER_SOURCE = 20_000
+
+
+def hold_idle(port: int, count: int, batch: int = 500, first: int = 0) -> list[socket.socket]:
+    """``count`` keep-alive connections to ``port``, one request answered on each, from
+    127.0.0.2, 127.0.0.3, ... (PER_SOURCE each): opened a batch at a time, each batch's
+    answers read before the next, so neither side's queues grow without bound."""
+    request = b"GET /static/one.bin HTTP/1.1\r\nHost: b\r\n\r\n"
+    held: list[socket.socket] = []
+    while len(held) < count:
+        opened = []
+        for _ in range(min(batch, count - len(held) - len(opened))):
+            n = first + len(held) + len(opened)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.IPPROTO_IP, _BIND_NO_PORT, 1)
+            sock.bind((f"127.0.0.{2 + n // PER_SOURCE}", 0))
+            sock.settimeout(30)
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(request)
+            opened.append(sock)
+        for sock in opened:
+            answer = b""
+            while len(answer) < len(STATIC) or b"\r\n\r\n" not in answer:
+                piece = sock.recv(65536)
+                if not piece:
+                    raise RuntimeError(f"connection {len(held)} closed by the server")
+                answer += piece
+            held.append(sock)
+    return held
+
+
+def _holder(port: int, count: int, first: int, conn: Any) -> None:
+    """A child holding ``count`` connections until told to let them go."""
+    try:
+        held = hold_idle(port, count, first=first)
+    except Exception as exc:  # told to the parent, which reports it
+        conn.send(f"failed: {exc}")
+        return
+    conn.send("held")
+    conn.recv()  # the parent has measured
+    for sock in held:
+        sock.close()
+
+
+def hold_in_children(port: int, count: int, per_child: int) -> tuple[list[Any], list[str]]:
+    """``count`` connections held by children of at most ``per_child`` each (a process's
+    file limit may be below ``count``): their pipes, and what each said."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    pipes, said = [], []
+    for first in range(0, count, per_child):
+        parent, child = context.Pipe()
+        context.Process(
+            target=_holder, args=(port, min(per_child, count - first), first, child), daemon=True
+        ).start()
+        pipes.append(parent)
+        said.append(parent.recv())  # one child at a time: the server accepts at its pace
+    return pipes, said
+
+
+def tree_rss_mb(pid: int) -> float:
+    """The RSS of ``pid`` and its children (a master and its workers), in MB."""
+    return sum(rss_mb(p) for p in [pid, *children(pid)])
+
+
+def idle_bench(args: argparse.Namespace) -> int:
+    """``args.idle`` idle keep-alive connections held by a 2-worker gantry front and by a
+    2-worker nginx: each one's total RSS, and whether it still answers a new client."""
+    count = args.idle
+    files = min(int(Path("/proc/sys/fs/nr_open").read_text()), 2 * count + 20_000)
+    try:  # inherited by the servers started below
+        resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
+    except (ValueError, OSError) as exc:
+        # no CAP_SYS_RESOURCE (a container): the hard limit is what there is
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        files = hard
+        print(f"cannot raise the file limit past {hard} ({exc}): the clients are spread "
+              f"over processes; each server worker holds {hard} files at most",
+              flush=True)  # fmt: skip
+    per_child = max(1000, files - 1000)
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    gantry = (
+        [str(VENV_BIN / "gantry")]
+        if (VENV_BIN / "gantry").exists()
+        else [sys.executable, "-m", "gantry"]
+    )
+    # this tree's gantry, whichever interpreter runs it
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH")])
+    )
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="gidle-") as tmp:
+        work = Path(tmp)
+        (work / "site" / "static").mkdir(parents=True)
+        (work / "site" / "static" / "one.bin").write_bytes(STATIC)
+        for name in ("nginx", "gantry"):
+            port = free_port()
+            if name == "nginx":
+                conf = work / "idle-nginx.conf"
+                conf.write_text(
+                    f"""
+daemon off; master_process on; worker_processes 2; user root;
+worker_rlimit_nofile {files}; error_log {work}/nginx-error.log;
+pid {work}/nginx.pid;
+events {{ worker_connections {count + 1000}; }}
+http {{
+  access_log off; keepalive_requests 100000; keepalive_timeout 600s;
+  client_body_temp_path {work}/body; proxy_temp_path {work}/proxy;
+  fastcgi_temp_path {work}/fastcgi; uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
+  server {{ listen 127.0.0.1:{port} backlog=4096; location /static/ {{ root {work}/site; }} }}
+}}
+"""
+                )
+                command = [nginx, "-p", str(work), "-c", str(conf)]
+            else:
+                conf = work / "idle-front.toml"
+                conf.write_text(
+                    f"""
+[front]
+listen = ["127.0.0.1:{port}"]
+workers = 2
+worker_connections = {count + 1000}
+keepalive_timeout = "600s"
+keepalive_requests = 100000
+access_log = "off"
+[[front.server]]
+[[front.server.location]]
+path = "/static/"
+root = "{work}/site"
+"""
+                )
+                command = [*gantry, "front", "-c", str(conf)]
+            server = ServerProcess(command, "0,1", work / f"idle-{name}.log")
+            server.start()
+            pipes: list[Any] = []
+            try:
+                wait_port(port)
+                assert server.proc is not None
+                before = tree_rss_mb(server.proc.pid)
+                started = time.monotonic()
+                pipes, said = hold_in_children(port, count, per_child)
+                took = time.monotonic() - started
+                if any(word != "held" for word in said):
+                    print(f"{name}: the clients said {said}", flush=True)
+                time.sleep(1.0)  # let the workers' memory settle after the last answers
+                rss = tree_rss_mb(server.proc.pid)
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as probe:
+                    probe.sendall(b"GET /static/one.bin HTTP/1.1\r\nHost: b\r\n\r\n")
+                    answered = probe.recv(100).startswith(b"HTTP/1.1 200")
+                results[name] = {
+                    "rss_mb": round(rss, 1), "rss_mb_before": round(before, 1),
+                    "answering": answered, "open_seconds": round(took, 1),
+                    "held": said.count("held") == len(said),
+                }  # fmt: skip
+                print(f"{name}: {count} idle connections, total RSS {rss:.0f} MB (was "
+                      f"{before:.0f} MB idle), opened in {took:.0f} s, still answering: "
+                      f"{answered}", flush=True)  # fmt: skip
+            finally:
+                for pipe in pipes:
+                    with contextlib.suppress(OSError):
+                        pipe.send("close")
+                server.stop()
+    if len(results) == 2:
+        ratio = results["gantry"]["rss_mb"] / max(results["nginx"]["rss_mb"], 0.1)
+        print(f"gantry / nginx total RSS: {ratio:.2f}x; under 1 GiB: "
+              f"{results['gantry']['rss_mb'] < 1024}")  # fmt: skip
+    write_report(args.json, {"bench": "front-idle", "machine": machine_info(),
+                             "connections": count, "workers": 2, "results": results})  # fmt: skip
+    return 0
+
+
 def main() -> int:
     """Run both fronts on every load, interleaved, and print the ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -525,12 +707,21 @@ def main() -> int:
     )
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     parser.add_argument(
+        "--idle",
+        type=int,
+        default=0,
+        metavar="N",
+        help="hold N idle keep-alive connections on 2-worker gantry and nginx: total RSS",
+    )
+    parser.add_argument(
         "--blocklist", action="store_true", help="measure the blocklist (see the docstring)"
     )
     parser.add_argument(
         "--slow-clients", action="store_true", help="measure with 1,000 slow clients open"
     )
     args = parser.parse_args()
+    if args.idle:
+        return idle_bench(args)
     if args.blocklist:
         return blocklist_bench(args)
     if args.slow_clients:

@@ -182,7 +182,10 @@ def test_bad_requests_get_an_error_answer_and_the_socket_survives_sighup(
         big = ask_raw(path, b'{"command": "status", "x": "' + b"y" * 100_000 + b'"}\n')
         assert big["ok"] is False and "too large" in str(big["error"])
         unknown = ask_raw(path, b'{"command": "reboot"}\n')
-        assert unknown == {"ok": False, "error": "no command 'reboot' (known: purge, status)"}
+        assert unknown == {
+            "ok": False,
+            "error": "no command 'reboot' (known: block, blocked, purge, status, unblock)",
+        }
         wrong = ask_raw(path, b'{"command": "purge", "url": 3}\n')
         assert wrong["ok"] is False and "url: expected a non-empty string" in str(wrong["error"])
         old = ready_workers(front.pid, 2)

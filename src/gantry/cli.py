@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -517,3 +518,85 @@ def ctl_status(target: _CtlTarget, as_json: bool) -> None:
         )
     if answer.get("reload_error"):
         click.echo(f"last reload failed: {answer['reload_error']}")
+
+
+def _ban_target(text: str) -> str:
+    """An address or CIDR as the front keeps it; exit 2 with the reason when it is not."""
+    from gantry.front.blocklist import normalise_target
+
+    try:
+        return normalise_target(text)
+    except ValueError as exc:
+        click.echo(f"gantry ctl: {exc}", err=True)
+        sys.exit(2)
+
+
+@ctl.command("block")
+@click.argument("target", metavar="ADDR|CIDR")
+@click.option("--for", "duration", metavar="DURATION", help="How long (30s, 10m, 1h); no end.")
+@click.option("--reason", metavar="TEXT", default="", help="Why (kept and listed).")
+@click.pass_obj
+def ctl_block(target_: _CtlTarget, target: str, duration: str | None, reason: str) -> None:
+    """Refuse an address or network (IPv4 or IPv6) in every worker within a second; the
+    ban is kept across restarts."""
+    from gantry.config.units import parse_duration
+
+    address = _ban_target(target)
+    seconds = None
+    if duration is not None:
+        try:
+            seconds = parse_duration(duration)
+        except ValueError as exc:
+            click.echo(f"gantry ctl: --for: {exc}", err=True)
+            sys.exit(2)
+        if seconds <= 0:
+            click.echo(
+                f"gantry ctl: --for: expected a positive duration, got {duration!r}", err=True
+            )
+            sys.exit(2)
+    answer = _ctl_ask(target_, "block", addr=address, seconds=seconds, reason=reason or None)
+    until = answer.get("until")
+    when = "no end" if until is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(until))
+    click.echo(f"blocked {answer.get('target')} (until {when})")
+    if str(answer.get("shared", "")).startswith("failed"):
+        click.echo(f"gantry ctl: not shared through Redis ({answer['shared']})", err=True)
+
+
+@ctl.command("unblock")
+@click.argument("target", metavar="ADDR|CIDR")
+@click.pass_obj
+def ctl_unblock(target_: _CtlTarget, target: str) -> None:
+    """Lift the ban of an address or network. Exit 1 when there was none."""
+    answer = _ctl_ask(target_, "unblock", addr=_ban_target(target))
+    if not answer.get("removed"):
+        click.echo(f"{answer.get('target')} was not blocked")
+        sys.exit(1)
+    click.echo(f"unblocked {answer.get('target')}")
+    if str(answer.get("shared", "")).startswith("failed"):
+        click.echo(f"gantry ctl: not lifted in Redis ({answer['shared']})", err=True)
+
+
+@ctl.command("blocked")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+@click.pass_obj
+def ctl_blocked(target_: _CtlTarget, as_json: bool) -> None:
+    """The bans running now: expiry, reason, source (ctl, autoban rule N, file) and
+    refused requests; then the refused requests of blocklist-file entries."""
+    import json
+
+    answer = _ctl_ask(target_, "blocked")
+    if as_json:
+        click.echo(json.dumps(answer, indent=2))
+        return
+    bans = answer.get("bans") or []
+    click.echo(f"{len(bans)} {'ban' if len(bans) == 1 else 'bans'} ({answer.get('path')})")
+    for ban in bans:
+        until = ban.get("until")
+        when = "no end" if until is None else f"{max(0, until - time.time()):.0f}s left"
+        reason = f", {ban['reason']}" if ban.get("reason") else ""
+        hits = "-" if ban.get("hits") is None else ban["hits"]  # Redis's: counted elsewhere
+        click.echo(f"  {ban.get('target')}: {when}, {ban.get('source')}, {hits} hits{reason}")
+    for entry, count in (answer.get("file_hits") or {}).items():
+        click.echo(f"  {entry} (blocklist file): {count} hits")
+    if str(answer.get("redis", "")).startswith("failed"):
+        click.echo(f"gantry ctl: Redis's bans not listed ({answer['redis']})", err=True)

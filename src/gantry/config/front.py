@@ -636,8 +636,8 @@ class BlocklistSettings(_Strict):
         None,
         description="The runtime bans file (bans made while running, with their expiry and "
         "reason), kept across restarts: one JSON object a line, "
-        '{"addr", "until", "reason"}, the format of the autoban\'s ban_file; unset: no '
-        "runtime bans.",
+        '{"addr", "until", "reason"}; the same file as `[front] ban_file` (either key '
+        "names it); unset: `control` + '.bans' when `control` is set, else none.",
     )
 
 
@@ -785,7 +785,9 @@ class FrontSettings(_Strict):
     ban_file: str | None = Field(
         None,
         description="File the bans are kept in (one JSON object a line), read at start so "
-        "they survive a restart; unset: bans last until the front stops.",
+        "they survive a restart: the runtime bans file, the same as "
+        "`[front.blocklist] state` (naming two different files is an error); unset: "
+        "`control` + '.bans' when `control` is set, else bans last until the front stops.",
     )
     shared: SharedSettings | None = Field(
         None, description="Limit counters and bans shared by several fronts through Redis."
@@ -977,6 +979,7 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
             'proxy_protocol flag (listen = ["0.0.0.0:8080 proxy_protocol"]), got none'
         )
     caches = {name: _zone(name, zone) for name, zone in settings.cache.items()}
+    bans_file = _bans_file(settings, source)
     return FrontConfig(
         listen=tuple(settings.listen), workers=settings.workers, servers=tuple(servers),
         upstreams=upstreams, error_pages=pages,
@@ -1000,7 +1003,7 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
             for name, zone in settings.limit_conn_zone.items()
         },
         autoban=tuple(AutobanRule(**rule.model_dump()) for rule in settings.autoban),
-        ban_file=settings.ban_file,
+        ban_file=bans_file,
         shared=SharedStore(**settings.shared.model_dump()) if settings.shared else None,
         real_ip=RealIp(
             trusted=tuple(
@@ -1012,7 +1015,7 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
         ),
         blocklist=Blocklist(
             files=tuple(settings.blocklist.files), status=settings.blocklist.status,
-            state=settings.blocklist.state or "",
+            state=bans_file or "",
         ),
         client_header_min_rate=settings.client_header_min_rate,
         client_body_min_rate=settings.client_body_min_rate,
@@ -1022,6 +1025,25 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
         max_connections_per_address=settings.max_connections_per_address,
         stats=settings.stats, metrics=settings.metrics,
     )  # fmt: skip
+
+
+def _bans_file(settings: FrontSettings, source: str) -> str | None:
+    """The one runtime bans file: ``[front] ban_file`` and ``[front.blocklist] state`` are
+    two names of it (autoban and ``gantry ctl block`` write it, every worker reads it);
+    unset, it sits beside the control socket so that ``gantry ctl block`` works with
+    only ``control`` set."""
+    ban_file, state = settings.ban_file, settings.blocklist.state
+    if ban_file and state and os.path.abspath(ban_file) != os.path.abspath(state):
+        raise ConfigError(
+            f"{source}: front.blocklist.state: {state!r} and front.ban_file {ban_file!r} "
+            "name two files, but they are one (the runtime bans file): set one of them, or "
+            "both to the same path"
+        )
+    if ban_file or state:
+        return ban_file or state
+    if settings.control is not None:
+        return settings.control + ".bans"
+    return None
 
 
 def _rate_per_second(text: str) -> float:

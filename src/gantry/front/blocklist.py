@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import json
 import logging
 import math
@@ -26,7 +27,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from gantry.config.front_model import Blocklist, Location, VirtualServer
 from gantry.front.addresses import AddressSet, network_key
@@ -34,12 +35,22 @@ from gantry.front.exchange import BodyStream, Exchange, Handler
 from gantry.front.responses import status_line
 from gantry.http.body import BodyBuffer
 
-__all__ = ["Ban", "BanStore", "BlocklistHandler", "WatchedBlocklist", "read_list"]
+__all__ = [
+    "Ban",
+    "BanStore",
+    "BlocklistHandler",
+    "WatchedBlocklist",
+    "normalise_target",
+    "read_list",
+]
 
 log: Final = logging.getLogger("gantry.front")
 
 #: seconds between two looks at the files (a change applies within a second)
 POLL_EVERY: Final = 0.25
+
+#: bytes of the bans file past which an append rewrites it with the running bans only
+COMPACT_AT: Final = 1 << 20
 
 #: addresses remembered with their verdict, per worker (cleared when full or rebuilt)
 VERDICT_CACHE: Final = 65536
@@ -47,6 +58,17 @@ VERDICT_CACHE: Final = 65536
 _UNKNOWN: Final = "\0"
 
 _Key = tuple[int, int, int]
+
+#: the counters of the front's ban table (front/limits/autoban.py) a refusal bumps
+FILE_HIT: Final = 1
+BAN_HIT: Final = 2
+
+
+class BlockCounters(Protocol):
+    """Counters every worker shares (the ban table's): refused requests by source."""
+
+    def count(self, counter: int) -> None:
+        """Add one to ``counter`` (FILE_HIT or BAN_HIT)."""
 
 
 def read_list(text: str, where: str) -> list[tuple[_Key, str]]:
@@ -72,6 +94,23 @@ def read_list(text: str, where: str) -> list[tuple[_Key, str]]:
             where, bad, first_bad,
         )  # fmt: skip
     return entries
+
+
+def normalise_target(text: str) -> str:
+    """An address or CIDR as the bans file keeps it: a network in its shortest form, a
+    lone address without its prefix length, a v4-mapped IPv6 one (``::ffff:1.2.3.4``)
+    as the IPv4 address it is. ValueError when it is neither."""
+    try:
+        network = ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"expected an IP address or CIDR (IPv4 or IPv6), got {text!r}") from None
+    if isinstance(network, ipaddress.IPv6Network):
+        mapped = network.network_address.ipv4_mapped
+        if mapped is not None and network.prefixlen >= 96:
+            network = ipaddress.IPv4Network((mapped, network.prefixlen - 96), strict=False)
+    if network.prefixlen == network.max_prefixlen:
+        return str(network.network_address)
+    return str(network)
 
 
 def _identity(path: str) -> tuple[int, int, int, int] | None:
@@ -111,12 +150,17 @@ class Ban:
     target: str
     until: float
     reason: str = ""
+    #: who made it: "ctl", "autoban rule N", "redis" ("" in files of older versions)
+    source: str = ""
 
     def line(self) -> str:
-        """The ban as a line of the bans file: one JSON object, as the autoban's
-        ban_file writes them ({"addr", "until", "reason"}; until null: no end)."""
+        """The ban as a line of the bans file: one JSON object ({"addr", "until",
+        "reason", "source"}; until null: no end)."""
         until = None if math.isinf(self.until) else round(self.until, 3)
-        return json.dumps({"addr": self.target, "until": until, "reason": self.reason}) + "\n"
+        entry = {"addr": self.target, "until": until, "reason": self.reason}
+        if self.source:
+            entry["source"] = self.source
+        return json.dumps(entry) + "\n"
 
 
 class BanStore:
@@ -161,7 +205,13 @@ class BanStore:
                 until = math.inf
             if not isinstance(until, int | float) or isinstance(until, bool):
                 continue
-            bans[target] = Ban(target, float(until), reason if isinstance(reason, str) else "")
+            source = entry.get("source")
+            bans[target] = Ban(
+                target,
+                float(until),
+                reason if isinstance(reason, str) else "",
+                source if isinstance(source, str) else "",
+            )
         return list(bans.values())
 
     def active(self, now: float | None = None) -> list[Ban]:
@@ -184,17 +234,41 @@ class BanStore:
                 os.unlink(temporary)
             raise
 
-    def add(self, target: str, duration: float | None = None, reason: str = "") -> Ban:
-        """Ban ``target`` (an address or CIDR) for ``duration`` seconds (None: no end);
-        a ban of the same target is replaced. Expired bans are dropped on the way."""
-        if network_key(target) is None:
-            raise ValueError(f"expected an IP address or CIDR, got {target!r}")
+    def add(
+        self, target: str, duration: float | None = None, reason: str = "", source: str = ""
+    ) -> Ban:
+        """Ban ``target`` (an address or CIDR, normalised) for ``duration`` seconds (None:
+        no end); a ban of the same target is replaced. Expired bans are dropped on the
+        way. Every writer (ctl, autoban) takes the one lock, so none loses another's."""
         now = time.time()
-        ban = Ban(target.strip(), math.inf if duration is None else now + duration, reason)
+        ban = Ban(
+            normalise_target(target),
+            math.inf if duration is None else now + duration,
+            reason,
+            source,
+        )
         with self._locked():
             bans = [b for b in self.load() if b.until > now and b.target != ban.target]
             bans.append(ban)
             self._write(bans)
+        return ban
+
+    def append(self, target: str, duration: float, reason: str = "", source: str = "") -> Ban:
+        """Ban ``target`` for ``duration`` seconds by appending one line (the last line of
+        a target wins): what a worker calls on its loop (autoban), cheap whatever the
+        file's size, without fsync; under the lock ``remove`` takes, so a rewrite never
+        drops it."""
+        now = time.time()
+        ban = Ban(normalise_target(target), now + duration, reason, source)
+        with self._locked():
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, ban.line().encode())
+                size = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+            if size > COMPACT_AT:  # renewed and expired lines dropped: the file stays small
+                self._write([b for b in self.load() if b.until > now])
         return ban
 
     def ban(self, addr: str, seconds: float, reason: str) -> None:
@@ -202,13 +276,13 @@ class BanStore:
         self.add(addr, seconds, reason)
 
     def remove(self, target: str) -> bool:
-        """Lift the ban of ``target`` (as it was given); False if there was none."""
-        target = target.strip()
+        """Lift the ban of ``target`` (normalised); False if there was none running."""
+        target = normalise_target(target)
         now = time.time()
         with self._locked():
             bans = self.load()
             kept = [b for b in bans if b.until > now and b.target != target]
-            found = any(b.target == target for b in bans)
+            found = any(b.target == target and b.until > now for b in bans)
             if found or len(kept) != len(bans):
                 self._write(kept)
         return found
@@ -261,8 +335,12 @@ class WatchedBlocklist:
     """One worker's view of the blocklist: its files and bans as one AddressSet, reloaded
     when a file changes or a ban expires."""
 
-    def __init__(self, config: Blocklist) -> None:
+    def __init__(self, config: Blocklist, counters: BlockCounters | None = None) -> None:
         self.config = config
+        #: the front's shared counters of refused requests, by source (stats)
+        self.counters = counters
+        #: the entries that are bans (the others are lines of the files)
+        self._ban_entries: set[str] = set()
         self.status = config.status
         self.store = BanStore(config.state) if config.state else None
         self.set = AddressSet()
@@ -321,6 +399,7 @@ class WatchedBlocklist:
             key = network_key(ban.target)
             if key is not None:
                 entries.append((key, ban.target))
+        self._ban_entries = {ban.target for ban in active}
         self._next_expiry = min((ban.until for ban in active), default=math.inf)
         self.set = AddressSet(entries)
         self.verdicts = {}
@@ -338,6 +417,8 @@ class WatchedBlocklist:
             return False
         self.hits[entry] = self.hits.get(entry, 0) + 1
         self._hits_total += 1
+        if self.counters is not None:
+            self.counters.count(BAN_HIT if entry in self._ban_entries else FILE_HIT)
         return True
 
     def report(self, worker: str) -> None:

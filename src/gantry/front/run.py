@@ -35,6 +35,7 @@ from gantry.stats.serve import serve_metrics, serve_stats
 if TYPE_CHECKING:
     from gantry.control.server import ControlServer
     from gantry.front.cache.counters import CacheCounters
+    from gantry.front.limits.autoban import BanTable
 
 __all__ = ["run_front"]
 
@@ -257,7 +258,9 @@ def run_front(
         )  # fmt: skip
     answering = None
     if control is not None:
-        answering = _serve_control(config, supervisor, identity, *control)
+        answering = _serve_control(
+            config, supervisor, identity, *control, bans=defences.bans if defences else None
+        )
     try:
         return supervisor.run()
     except WorkerExit as exc:
@@ -274,6 +277,7 @@ def _serve_control(
     identity: Identity | None,
     listener: socket.socket,
     owned: bool,
+    bans: BanTable | None = None,
 ) -> ControlServer:
     """Answer `gantry ctl` on the master's loop; commands that walk the cache run in a
     child that is the workers' user (the files it writes must be theirs)."""
@@ -284,7 +288,7 @@ def _serve_control(
     server = ControlServer(
         supervisor.loop,
         listener,
-        front_commands(config, supervisor),
+        front_commands(config, supervisor, bans),
         prepare_child=lambda: drop_privileges(identity),
         path=config.control if owned else None,
     )

@@ -105,6 +105,7 @@ class FrontWorker:
         #: the link to the Redis of [front.shared] (made by start_shared)
         self.redis: RedisShare | None = None
         defence_handlers: tuple[Handler, ...] = ()
+        ban_handlers: tuple[Handler, ...] = ()
         if defences is None and FrontLimits.wanted(config):
             self.defences = defences = FrontLimits(config)
         if defences is not None:
@@ -113,7 +114,9 @@ class FrontWorker:
 
             self.autoban = defences.autoban
             if defences.bans is not None:
-                defence_handlers += (BanHandler(defences.bans),)
+                # with the blocklist, before access (nginx's order is access then limits;
+                # a ban is the blocklist's kind of refusal)
+                ban_handlers += (BanHandler(defences.bans),)
             self.limit_handler = LimitHandler(
                 defences.zones, loop, self._rest_of_chain, defences.autoban
             )
@@ -126,7 +129,10 @@ class FrontWorker:
         if self.trusted_peers is not None and not self.real_ip_from_proxy_protocol:
             first.append(RealAddressHandler(real_ip, self.trusted_peers))
         blocklist = config.blocklist
-        self.blocklist = WatchedBlocklist(blocklist) if blocklist.files or blocklist.state else None
+        counters = defences.bans if defences is not None else None
+        self.blocklist = (
+            WatchedBlocklist(blocklist, counters) if blocklist.files or blocklist.state else None
+        )
         if self.blocklist is not None:
             first.append(BlocklistHandler(self.blocklist, self.error_pages.page(403)))
         self._blocklist_poll: asyncio.TimerHandle | None = None
@@ -142,11 +148,12 @@ class FrontWorker:
         self._refusals_logged = 0.0
         self._refusals = 0
         rewrite = RewriteHandler(self.router, self.chain_for)
-        #: every handler, in the phase order of DESIGN.md (real address, blocklist, access,
-        #: bans, limits, rewrites and return, cache, then content); a route runs those
+        #: every handler, in the phase order of DESIGN.md (real address, blocklist, bans,
+        #: access, limits, rewrites and return, cache, then content); a route runs those
         #: that apply to it (see chain_for)
         self.handlers: tuple[Handler, ...] = (
             *first,
+            *ban_handlers,
             AccessHandler(),
             *defence_handlers,
             rewrite,
@@ -217,9 +224,14 @@ class FrontWorker:
         from gantry.front.limits.shared_redis import RedisShare
 
         bans = defences.bans
-        self.redis = RedisShare(
-            shared, self.loop, lambda addr, until: bans.add(addr, int(until * 1000))
-        )
+
+        def on_ban(addr: str, until: float) -> None:
+            if until <= 0:  # lifted by `gantry ctl unblock` on some front
+                bans.remove(addr)
+            else:
+                bans.add(addr, int(until * 1000))
+
+        self.redis = RedisShare(shared, self.loop, on_ban)
         if self.limit_handler is not None:
             self.limit_handler.shared = self.redis
         if defences.banner is not None:

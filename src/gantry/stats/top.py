@@ -89,7 +89,35 @@ def render_frame(
         )
         lines.append(line[:width])
     lines += _cache_lines(doc.get("caches") or [], width)
+    lines += _defence_lines(doc.get("limits") or {}, width)
     return "\n".join(lines) + "\n"
+
+
+def _defence_lines(limits: dict[str, Any], width: int) -> list[str]:
+    """The front's defences: requests refused by bans and blocklist files, bans running,
+    bans made by each autoban rule, and refusals of each limit zone."""
+    if not limits:
+        return []
+    lines = ["", "DEFENCES"]
+    blocked = limits.get("blocked")
+    if blocked is not None:
+        bans = limits.get("bans") or {}
+        lines.append(
+            f"  blocked: {blocked.get('ban', 0)} by bans, {blocked.get('file', 0)} by "
+            f"blocklist files; {bans.get('active', 0)} bans running"
+        )
+    for rule in limits.get("autoban") or []:
+        lines.append(
+            f"  autoban rule {rule.get('rule')} ({rule.get('when')}): {rule.get('bans')} bans"
+        )
+    for name, zone in (limits.get("limit_req") or {}).items():
+        lines.append(
+            f"  limit_req {name}: {zone.get('rejected', 0)} rejected, "
+            f"{zone.get('delayed', 0)} delayed, {zone.get('keys', 0)} keys"
+        )
+    for name, zone in (limits.get("limit_conn") or {}).items():
+        lines.append(f"  limit_conn {name}: {zone.get('rejected', 0)} rejected")
+    return [line[:width] for line in lines] if len(lines) > 2 else []
 
 
 #: (column, width) of the cache section: how requests were answered (as nginx's

@@ -9,20 +9,29 @@ start so bans survive a restart. A blocklist can read the same file.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
+import math
 import time
 from collections.abc import Callable
 from typing import Final, Protocol
 
 from gantry.config.front_model import AutobanRule, Location, VirtualServer
+from gantry.front.blocklist import BAN_HIT, FILE_HIT, BanStore
 from gantry.front.exchange import BodyStream, Exchange, Handler
 from gantry.front.limits.table import SharedTable, digest
 from gantry.front.limits.zones import now_ms
 from gantry.http.body import BodyBuffer
 
-__all__ = ["Autoban", "BanHandler", "BanTable", "Banner", "LocalBanner"]
+__all__ = [
+    "BANNED",
+    "BAN_HIT",
+    "FILE_HIT",
+    "Autoban",
+    "BanHandler",
+    "BanTable",
+    "Banner",
+    "LocalBanner",
+]
 
 log: Final = logging.getLogger("gantry.front")
 
@@ -30,6 +39,9 @@ log: Final = logging.getLogger("gantry.front")
 BAN_SLOTS: Final = 65536
 #: addresses counted per rule at most
 COUNT_SLOTS: Final = 65536
+#: the ban table's counters: requests refused by a ban in it; FILE_HIT and BAN_HIT (by a
+#: blocklist file's line, by a ban of the bans file) are the blocklist handler's
+BANNED: Final = 0
 
 
 class Banner(Protocol):
@@ -71,10 +83,31 @@ class BanTable:
             if slot < 0:
                 return False
             if table.values(slot)[0] > time.time() * 1000:
-                table.bump(0)  # blocked requests (stats)
+                table.bump(BANNED)  # blocked requests (stats)
                 return True
             table.remove(slot)
             return False
+        finally:
+            table.unlock()
+
+    def active(self) -> int:
+        """Bans not yet expired (an expired one stays in the table until looked up)."""
+        table = self.table
+        now = time.time() * 1000
+        table.lock()
+        try:
+            slots = [table.find(key) for key in table.keys()]
+            return sum(1 for slot in slots if slot >= 0 and table.values(slot)[0] > now)
+        finally:
+            table.unlock()
+
+    def count(self, counter: int) -> None:
+        """Add one to ``counter``: BANNED (by this table), FILE_HIT or BAN_HIT (the
+        blocklist refused a line of its files, or a ban of the bans file)."""
+        table = self.table
+        table.lock()
+        try:
+            table.bump(counter)
         finally:
             table.unlock()
 
@@ -96,57 +129,45 @@ class BanTable:
 
 
 class LocalBanner:
-    """Bans into the shared :class:`BanTable`, appended to ``path`` (None: not kept)."""
+    """Bans into the shared :class:`BanTable` (every worker refuses at once) and into the
+    runtime bans file through :class:`BanStore` (kept across restarts, listed by
+    ``gantry ctl blocked``; its lock is the one ``gantry ctl`` takes too). ``path``
+    None: not kept."""
 
     def __init__(self, bans: BanTable, path: str | None) -> None:
         self.bans = bans
         self.path = path
+        self.store = BanStore(path) if path else None
         #: called with (addr, until in Unix seconds, reason) after each ban (Redis)
         self.on_ban: Callable[[str, float, str], None] | None = None
 
-    def ban(self, addr: str, seconds: float, reason: str) -> None:
+    def ban(self, addr: str, seconds: float, reason: str, source: str = "") -> None:
         """Refuse ``addr`` for ``seconds`` in every worker; keep the ban in the file."""
         until = time.time() + seconds
         self.bans.add(addr, int(until * 1000))
         log.warning("banned %s for %gs: %s", addr, seconds, reason)
-        if self.path is not None:
-            line = json.dumps({"addr": addr, "until": round(until, 3), "reason": reason})
+        if self.store is not None:
             try:
-                # O_APPEND: lines of several workers never interleave (one write each)
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                try:
-                    os.write(fd, (line + "\n").encode())
-                finally:
-                    os.close(fd)
-            except OSError as exc:
+                self.store.append(addr, seconds, reason, source)
+            except (OSError, ValueError) as exc:
                 log.error("cannot keep the ban of %s in %s: %s", addr, self.path, exc)
         if self.on_ban is not None:
             self.on_ban(addr, until, reason)
 
     def load(self) -> int:
-        """Bans of the file still running, into the table (at start); how many."""
-        if self.path is None:
+        """Bans of the file still running, into the table (at start); how many. A CIDR
+        ban is the blocklist's to apply (the table holds single addresses)."""
+        if self.store is None:
             return 0
         try:
-            with open(self.path, encoding="utf-8") as file:
-                lines = file.read().splitlines()
-        except FileNotFoundError:
-            return 0
+            current = self.store.active()
         except OSError as exc:
             log.error("cannot read the bans in %s: %s", self.path, exc)
             return 0
-        now = time.time()
-        current: dict[str, float] = {}
-        for line in lines:
-            try:
-                entry = json.loads(line)
-                addr, until = str(entry["addr"]), float(entry["until"])
-            except (ValueError, KeyError, TypeError):
-                continue  # a torn or foreign line
-            if until > now and until > current.get(addr, 0.0):
-                current[addr] = until
-        for addr, until in current.items():
-            self.bans.add(addr, int(until * 1000))
+        for ban in current:
+            if "/" not in ban.target:
+                until = 2**62 if math.isinf(ban.until) else int(ban.until * 1000)
+                self.bans.add(ban.target, until)
         if current:
             log.info("%d bans still running, from %s", len(current), self.path)
         return len(current)
@@ -211,12 +232,14 @@ class Autoban:
             finally:
                 table.unlock()
             if reached:
-                self.banner.ban(
-                    remote_addr,
-                    rule.ban_for,
+                reason = (
                     f"autoban rule {index + 1} (when {rule.when!r}: {rule.count} within "
-                    f"{rule.within:g}s)",
+                    f"{rule.within:g}s)"
                 )
+                if isinstance(self.banner, LocalBanner):
+                    self.banner.ban(remote_addr, rule.ban_for, reason, f"autoban rule {index + 1}")
+                else:
+                    self.banner.ban(remote_addr, rule.ban_for, reason)
 
     def close(self) -> None:
         """Unmap the counting tables."""
@@ -225,7 +248,7 @@ class Autoban:
 
 
 class BanHandler(Handler):
-    """A banned address gets 403 (after access, before the limits)."""
+    """A banned address gets 403 (after the blocklist, before access and the limits)."""
 
     def __init__(self, bans: BanTable, remote: Callable[[str], bool] | None = None) -> None:
         self.bans = bans

@@ -1,4 +1,4 @@
-"""The limits step of the handler chain (after access and bans, before cache and
+"""The limits step of the handler chain (after bans and access, before cache and
 content): nginx's limit_req then limit_conn, over the zones every worker shares."""
 
 from __future__ import annotations

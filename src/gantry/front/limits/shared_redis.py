@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from gantry.config.front_model import SharedStore
 
-__all__ = ["RedisShare"]
+__all__ = ["RedisShare", "share_ban", "shared_bans"]
 
 log: Final = logging.getLogger("gantry.front")
 
@@ -58,6 +58,7 @@ return out
 """
 
 BAN_PREFIX: Final = "gantry:ban:"
+
 BAN_CHANNEL: Final = "gantry:bans"
 LIMIT_PREFIX: Final = "gantry:limit:"
 #: seconds a limit check may take before the request goes on without Redis
@@ -65,6 +66,54 @@ CHECK_TIMEOUT: Final = 0.25
 MAX_BACKOFF: Final = 5.0
 #: connections to Redis per worker at most (one of them listens for bans)
 POOL_SIZE: Final = 32
+
+
+def share_ban(store: SharedStore, addr: str, until: float | None, reason: str = "") -> None:
+    """Share a ban made by ``gantry ctl`` (blocking: it runs in a child of the master, off
+    its loop): the key every front reads when it connects, and the announcement every
+    listening worker applies at once. ``until`` None lifts the ban. Raises when Redis does
+    not answer within a second."""
+    import redis
+
+    client = redis.Redis.from_url(store.redis, socket_timeout=1.0, socket_connect_timeout=1.0)
+    try:
+        if until is None:
+            client.delete(BAN_PREFIX + addr)
+            client.publish(BAN_CHANNEL, f"{addr}|0")
+            return
+        milliseconds = int((until - time.time()) * 1000)
+        if milliseconds > 0:
+            client.set(BAN_PREFIX + addr, f"{until}|{reason}", px=milliseconds)
+            client.publish(BAN_CHANNEL, f"{addr}|{until}")
+    finally:
+        client.close()
+
+
+def shared_bans(store: SharedStore, limit: int = 10000) -> list[tuple[str, float, str]]:
+    """The bans Redis holds (address, until, reason), ``limit`` at most (blocking, for
+    ``gantry ctl blocked``). Raises when Redis does not answer within a second."""
+    import redis
+
+    client = redis.Redis.from_url(store.redis, socket_timeout=1.0, socket_connect_timeout=1.0)
+    found: list[tuple[str, float, str]] = []
+    try:
+        for name in client.scan_iter(match=BAN_PREFIX + "*", count=1000):
+            value = client.get(name)
+            if value is None:
+                continue  # expired meanwhile
+            # bytes: the client is made without decode_responses
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            until, _, reason = text.partition("|")
+            key = name.decode() if isinstance(name, bytes) else str(name)
+            try:
+                found.append((key[len(BAN_PREFIX) :], float(until), reason))
+            except ValueError:
+                continue  # not one of ours
+            if len(found) >= limit:
+                break
+    finally:
+        client.close()
+    return found
 
 
 class RedisShare:
@@ -185,7 +234,7 @@ class RedisShare:
                     if message is None:
                         continue
                     addr, _, until = message["data"].decode().rpartition("|")
-                    self.on_ban(addr, float(until))
+                    self.on_ban(addr, float(until))  # until 0: the ban is lifted
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from gantry.config.front_model import FrontConfig
-from gantry.front.limits.autoban import Autoban, BanTable, LocalBanner
+from gantry.front.blocklist import BAN_HIT, FILE_HIT
+from gantry.front.limits.autoban import BANNED, Autoban, BanTable, LocalBanner
 from gantry.front.limits.zones import DELAYED, REJECTED, LimitZones
 
 __all__ = ["FrontLimits"]
@@ -20,7 +21,8 @@ class FrontLimits:
         self.bans: BanTable | None = None
         self.banner: LocalBanner | None = None
         self.autoban: Autoban | None = None
-        if config.autoban or config.ban_file or config.shared:
+        # the ban table also holds the blocklist's counters of refused requests
+        if config.autoban or config.ban_file or config.shared or config.blocklist.files:
             self.bans = BanTable()
             self.banner = LocalBanner(self.bans, config.ban_file)
             self.banner.load()
@@ -32,7 +34,7 @@ class FrontLimits:
         """Whether ``config`` has anything of the kind (else none is made)."""
         return bool(
             config.limit_req_zones or config.limit_conn_zones or config.autoban
-            or config.ban_file or config.shared
+            or config.ban_file or config.shared or config.blocklist.files
         )  # fmt: skip
 
     def stats(self) -> dict[str, Any]:
@@ -53,7 +55,11 @@ class FrontLimits:
             },
         }
         if self.bans is not None:
-            doc["bans"] = {"active": self.bans.table.used(), "blocked": self.bans.table.counter(0)}
+            table = self.bans.table
+            banned = table.counter(BANNED) + table.counter(BAN_HIT)
+            doc["bans"] = {"active": self.bans.active(), "blocked": banned}
+            # refused requests by source: a ban (ctl, autoban, Redis), a blocklist file
+            doc["blocked"] = {"ban": banned, "file": table.counter(FILE_HIT)}
         if self.autoban is not None:
             doc["autoban"] = [
                 {"rule": n + 1, "when": rule.when, "bans": table.counter(0)}
@@ -88,8 +94,12 @@ class FrontLimits:
                     f'gantry_autoban_bans_total{{rule="{rule["rule"]}",when="{rule["when"]}"}} '
                     f"{rule['bans']}"
                 )
+        if "blocked" in doc:
+            family("gantry_blocked_total", "Requests refused by a ban or a blocklist file.")
+            for source, count in doc["blocked"].items():
+                lines.append(f'gantry_blocked_total{{source="{source}"}} {count}')
         if "bans" in doc:
-            family("gantry_bans_active", "Addresses banned now (expired ones go lazily).", "gauge")
+            family("gantry_bans_active", "Addresses banned now (ctl, autoban, Redis).", "gauge")
             lines.append(f"gantry_bans_active {doc['bans']['active']}")
             family("gantry_bans_blocked_total", "Requests refused because of a ban.")
             lines.append(f"gantry_bans_blocked_total {doc['bans']['blocked']}")

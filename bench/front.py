@@ -11,7 +11,9 @@ The measurements, each printed as req/s (or MB) and a ratio to nginx:
    whether it still answers;
 5. the same 1 KiB file through a location with a limit_req zone whose rate it never
    reaches (issue 16): each front's cost of a limit that passes, as a ratio to its own
-   figure for (1).
+   figure for (1);
+6. gzip on the fly (issue 17): a 100 KiB HTML file at gzip_comp_level 1, asked with
+   Accept-Encoding: gzip (gzip only on both sides).
 
 Run: `python bench/front.py [--duration 10] [--rounds 2] [--loads cache_hit,...]` (after
 `python bench/run.py` has created .venv-bench with uWSGI).
@@ -71,11 +73,18 @@ LOADS = {
     "cache miss 1 KiB": ("cache_miss", "/cached/", True),
     "cache off 1 KiB": ("cache_off", "/uncached/", True),
     "static, limit_req": ("limited", "/limited/one.bin", False),
+    "gzip 100 KiB": ("gzip", "/gzip/page.html", False),
 }
+#: load -> the request field wrk sends with it
+LOAD_FIELDS = {"gzip 100 KiB": "Accept-Encoding: gzip"}
 #: (load, its baseline load): the same front's figures compared with each other
 SELF_RATIOS = [("cache miss 1 KiB", "cache off 1 KiB"), ("static, limit_req", "static 1 KiB")]
 #: the goals of issue 15: (load, compared with "nginx" or a baseline load, at least)
-GOALS = [("cache hit 1 KiB", "nginx", 1.5), ("cache miss 1 KiB", "cache off 1 KiB", 0.9)]
+GOALS = [
+    ("cache hit 1 KiB", "nginx", 1.5),
+    ("cache miss 1 KiB", "cache off 1 KiB", 0.9),
+    ("gzip 100 KiB", "nginx", 0.9),  # issue 17
+]
 IDLE_CONNECTIONS = 10_000
 
 # wrk's request() hook: each request asks for PREFIX<n>, n counting up, so that no URL
@@ -91,6 +100,24 @@ end
 """
 
 
+def html_page(size: int) -> bytes:
+    """``size`` bytes of an HTML page as sites send them: markup and varied text, which
+    level 1 compresses to about a third (not a repeated line, which it makes nothing of)."""
+    words = "gantry front server worker proxy cache static upstream request response".split()
+    out: list[str] = ["<!doctype html><html><head><title>bench</title></head><body>\n"]
+    state, size_so_far = 7, 0
+    while size_so_far < size:
+        state = (state * 1103515245 + 12345) & 0x7FFFFFFF
+        line = (
+            f'<p class="c{state % 13}">{words[state % 10]} {state % 100003} '
+            + " ".join(words[(state >> k) % 10] for k in range(3, 15, 3))
+            + "</p>\n"
+        )
+        out.append(line)
+        size_so_far += len(line)
+    return "".join(out).encode()[:size]
+
+
 def wrk(
     port: int,
     path: str,
@@ -99,10 +126,14 @@ def wrk(
     script: Path | None = None,
     tag: str = "",
     client: str = "",
+    field: str = "",
 ) -> WrkResult:
     """wrk -t1 -c50 pinned to ``cpu`` against ``path``; with ``script`` (the unique-URL
-    one), against ``path`` + ``tag`` + a counter; as ``client`` (by X-Forwarded-For)."""
+    one), against ``path`` + ``tag`` + a counter; as ``client`` (by X-Forwarded-For);
+    with the request ``field`` ("Name: value")."""
     header = ["-H", f"X-Forwarded-For: {client}"] if client else []
+    if field:
+        header += ["-H", field]
     command = [
         "taskset", "-c", str(cpu), "wrk", "-t1", "-c50", f"-d{duration}s", "--latency",
         *header, f"http://127.0.0.1:{port}{path}",
@@ -177,6 +208,7 @@ http {{
     listen 127.0.0.1:{port};
     location /static/ {{ root {site}; }}
     location /limited/ {{ root {site}; limit_req zone=perip burst=1000 nodelay; }}
+    location /gzip/ {{ root {site}; gzip on; gzip_comp_level 1; gzip_min_length 256; }}
     location /cached/ {{
       include /etc/nginx/uwsgi_params; uwsgi_pass unix:{kib_sock};
       uwsgi_cache pages; uwsgi_cache_key $scheme$host$request_uri;
@@ -208,6 +240,12 @@ root = "{site}"
 path = "/limited/"
 root = "{site}"
 limit_req = [{{ zone = "perip", burst = 1000, nodelay = true }}]
+[[front.server.location]]
+path = "/gzip/"
+root = "{site}"
+gzip = true
+gzip_comp_level = 1
+compress = ["gzip"]
 [[front.server.location]]
 path = "/cached/"
 proxy = "kib"
@@ -743,6 +781,8 @@ def main() -> int:
         (site / "static" / "one.bin").write_bytes(STATIC)
         (site / "limited").mkdir()
         (site / "limited" / "one.bin").write_bytes(STATIC)
+        (site / "gzip").mkdir()
+        (site / "gzip" / "page.html").write_bytes(html_page(100 * 1024))
         zones = Path(tempfile.mkdtemp(prefix="gfront-zones-", dir=args.cache_dir or work))
         script = work / "unique.lua"
         script.write_text(UNIQUE_URLS_LUA)
@@ -793,11 +833,15 @@ def main() -> int:
                         for name in order:
                             port = servers[name][1]
                             lua = script if unique else None
-                            wrk(port, path, 2, 1, lua, f"r{round_no}-{name}-warm")
+                            field = LOAD_FIELDS.get(load, "")
+                            wrk(port, path, 2, 1, lua, f"r{round_no}-{name}-warm", field=field)
                             proc = servers[name][0].proc
                             assert proc is not None
                             cpu = tree_cpu(proc.pid)
-                            result = wrk(port, path, args.duration, 1, lua, f"r{round_no}-{name}")
+                            result = wrk(
+                                port, path, args.duration, 1, lua, f"r{round_no}-{name}",
+                                field=field,
+                            )  # fmt: skip
                             cpu = tree_cpu(proc.pid) - cpu
                             per = cpu_us[load, round_no, name] = cpu * 1e6 / max(result.requests, 1)
                             print(f"  round {round_no} {name:6} {load:16} {result.rps:9.0f} req/s"

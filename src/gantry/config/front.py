@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import re
@@ -18,6 +19,7 @@ from gantry.config.front_model import (
     AutobanRule,
     Blocklist,
     CacheZone,
+    Compression,
     FrontConfig,
     HealthCheck,
     LimitConn,
@@ -245,6 +247,12 @@ class UpstreamSettings(_Strict):
     )
 
 
+#: a media type of gzip_types: "text/css", or "*" for any
+MediaType = Annotated[str, Field(pattern=r"^(\*|[A-Za-z0-9][\w.+-]*/[A-Za-z0-9*][\w.+-]*)$")]
+#: a content coding of compress
+Coding = Literal["zstd", "br", "gzip"]
+
+
 class LocationSettings(_Strict):
     """A location block: how requests whose path matches are answered: a static file
     (`root` or `alias`), or a proxied response (`proxy`). nginx's precedence: an exact
@@ -299,6 +307,26 @@ class LocationSettings(_Strict):
     gzip_static: bool = Field(
         True,
         description="Serve a precompressed sibling (file.br, file.gz) to clients that accept it.",
+    )
+    gzip: bool | None = Field(
+        None,
+        description="Compress responses on the fly (gzip, and brotli and zstd when "
+        "installed: see compress) for clients that accept it; unset: the server's.",
+    )
+    gzip_comp_level: int | None = Field(
+        None, ge=1, le=9, description="Compression level, 1-9; unset: the server's."
+    )
+    gzip_types: list[MediaType] | None = Field(
+        None, description="Media types compressed (text/html always); unset: the server's."
+    )
+    gzip_min_length: Size | None = Field(
+        None, ge=0, description="Bodies shorter than this are not compressed; unset: the server's."
+    )
+    gzip_vary: bool | None = Field(
+        None, description="Add Vary: Accept-Encoding; unset: the server's."
+    )
+    compress: list[Coding] | None = Field(
+        None, description="Codings offered, preferred first; unset: the server's."
     )
     script_name: str | None = Field(
         None,
@@ -375,6 +403,49 @@ UseStale = Literal[
     "http_429",
     "off",
 ]
+
+
+def _compression(
+    server: ServerSettings, loc: LocationSettings | None, where: str
+) -> Compression | None:
+    """The compression of a location (its own keys over the server's), None when off."""
+
+    def pick(name: str) -> Any:
+        own = getattr(loc, name) if loc is not None else None
+        return own if own is not None else getattr(server, name)
+
+    if not pick("gzip"):
+        return None
+    types = {t.lower() for t in pick("gzip_types")} | {"text/html"}
+    wanted = pick("compress")
+    if wanted is None:
+        codings = tuple(c for c in ("zstd", "br", "gzip") if coding_available(c))
+    else:
+        for coding in wanted:
+            if not coding_available(coding):
+                raise ConfigError(
+                    f"{where}.compress: {coding!r} needs the {_PACKAGES[coding]!r} package, "
+                    "which is not installed (pip install gantry[compression])"
+                )
+        codings = tuple(dict.fromkeys(wanted))
+        if not codings:
+            raise ConfigError(f"{where}.compress: expected at least one of zstd, br, gzip")
+    return Compression(
+        level=pick("gzip_comp_level"),
+        types=frozenset(types - {"*"}),
+        any_type="*" in types,
+        min_length=pick("gzip_min_length"),
+        vary=pick("gzip_vary"),
+        codings=codings,
+    )
+
+
+_PACKAGES = {"br": "brotli", "zstd": "zstandard", "gzip": "zlib"}
+
+
+def coding_available(coding: str) -> bool:
+    """Whether the module of a content coding can be imported here."""
+    return importlib.util.find_spec(_PACKAGES[coding]) is not None
 
 
 def _valid_keys(valid: dict[str, float]) -> dict[str, float]:
@@ -663,6 +734,42 @@ class ServerSettings(_Strict):
     location: list[LocationSettings] = Field(
         default_factory=list, description="The server's locations."
     )
+    gzip: bool = Field(
+        False,
+        description="Compress responses on the fly for clients that accept it (Accept-"
+        "Encoding, q-values honoured): static files and proxied responses, streamed. Not "
+        "compressed: ranges (206), HEAD, 204/304, bodies with a Content-Encoding or "
+        "Cache-Control: no-transform, types not in gzip_types, bodies known to be shorter "
+        "than gzip_min_length. Precompressed siblings (gzip_static) come first.",
+    )
+    gzip_comp_level: int = Field(
+        1,
+        ge=1,
+        le=9,
+        description="Compression level, 1 (fastest, nginx's default) to 9; also brotli's "
+        "quality and zstd's level.",
+    )
+    gzip_types: list[MediaType] = Field(
+        default_factory=lambda: ["text/html"],
+        description="Media types compressed ('text/css', 'application/javascript'); "
+        "text/html always; '*' for any.",
+    )
+    gzip_min_length: Size = Field(
+        256,
+        ge=0,
+        description="Bodies shorter than this (when their length is known) are not compressed.",
+    )
+    gzip_vary: bool = Field(
+        True, description="Add Vary: Accept-Encoding to responses that may be compressed."
+    )
+    compress: list[Coding] | None = Field(
+        None,
+        description="The codings offered, preferred first at equal q: 'zstd', 'br', "
+        "'gzip'. Default: all three, those installed (brotli and zstd come with the "
+        "'compression' extra: pip install gantry[compression]); naming one not installed "
+        "is an error.",
+    )
+
     limit_req: list[LimitReqSettings] = Field(
         default_factory=list,
         description="Request-rate limits of the locations that have none of their own.",
@@ -927,6 +1034,7 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
                         name.lower().encode()
                         for name in (*server.proxy_hide_header, *loc.proxy_hide_header)
                     ),
+                    compression=_compression(server, loc, where),
                 )  # fmt: skip
             )
         servers.append(
@@ -943,6 +1051,7 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
                 ),
                 rewrite=compile_rewrites(server.rewrite, server.return_),
                 add_header=header_rules(server.add_header),
+                compression=_compression(server, None, f"{source}: front.server[{i}]"),
             )
         )
     upstreams = {

@@ -148,6 +148,24 @@ class SharedStore:
 
 
 @dataclass(frozen=True)
+class Compression:
+    """On-the-fly compression of responses (``gzip = true``): what is compressed and how."""
+
+    #: gzip_comp_level (1-9); brotli's quality and zstd's level too
+    level: int = 1
+    #: the media types compressed (lower case, without parameters), text/html always
+    types: frozenset[str] = frozenset({"text/html"})
+    #: any media type ("*" in gzip_types)
+    any_type: bool = False
+    #: bodies shorter than this (when their length is known) are sent as they are
+    min_length: int = 256
+    #: add ``Vary: Accept-Encoding`` to responses that could be compressed
+    vary: bool = True
+    #: the content codings offered, the server's preference first: "zstd", "br", "gzip"
+    codings: tuple[str, ...] = ("gzip",)
+
+
+@dataclass(frozen=True)
 class Location:
     """A location block: how requests whose path matches are answered."""
 
@@ -185,6 +203,9 @@ class Location:
     add_header: tuple[HeaderRule, ...] = ()
     proxy_set_header: tuple[tuple[str, Template], ...] = ()
     proxy_hide_header: frozenset[bytes] = frozenset()
+    #: on-the-fly compression (gzip = true; the server's unless the location sets its own);
+    #: None: off
+    compression: Compression | None = None
 
 
 @dataclass(frozen=True)
@@ -201,6 +222,8 @@ class VirtualServer:
     rewrite: RewriteRules = RewriteRules()
     #: add_header of responses no location answers (the server's own)
     add_header: tuple[HeaderRule, ...] = ()
+    #: compression of responses no location answers (None: off)
+    compression: Compression | None = None
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Final
 
 from gantry.config.front_model import Location, VirtualServer
 from gantry.front.addresses import canonical_address
+from gantry.front.compress import ResponseCoder
 from gantry.front.exchange import FilePiece, Relay
 from gantry.front.handlers import run_chain
 from gantry.front.headers import added_fields
@@ -105,6 +106,8 @@ class FrontConnection(asyncio.Protocol):
     https = False
     #: the client's own head of the current request when a rewrite changed ``head``
     original: RequestHead | None = None
+    #: the current response's compression (gzip = true; see front.compress)
+    coder: ResponseCoder | None = None
 
     def __init__(self, worker: FrontWorker, proxy_protocol: bool = False) -> None:
         self.worker = worker
@@ -496,8 +499,12 @@ class FrontConnection(asyncio.Protocol):
         """A whole response with these fields; the request is done."""
         self.status = status
         if self.transport is not None and not self.closed:
-            self.sent += len(body)
             lines = [name + b": " + value + b"\r\n" for name, value in fields]
+            coder = self.coder
+            if coder is not None:
+                self.coder = None
+                body = coder.whole(status, lines, body)
+            self.sent += len(body)
             self.transport.write(self._head_bytes(status, lines, reason) + body)
         self._done()
 
@@ -542,6 +549,14 @@ class FrontConnection(asyncio.Protocol):
             self._done()
             return
         lines = [name + b": " + value + b"\r\n" for name, value in fields]
+        coder = self.coder
+        if coder is not None and coder.start(status, lines):
+            # compressed in bounded reads of the file (no sendfile: the bytes change)
+            self._frame_unknown_length(lines)
+            transport.write(self._head_bytes(status, lines))
+            spawn(self.worker.tasks, self._stream_file(os.dup(fd), pieces))
+            return
+        self.coder = None
         transport.write(self._head_bytes(status, lines))
         sock = transport.get_extra_info("socket")
         if sock is None:
@@ -616,6 +631,7 @@ class FrontConnection(asyncio.Protocol):
     async def _stream_file(self, fd: int, pieces: list[FilePiece]) -> None:
         """The pieces of a file body with bounded reads, waiting while the client is behind."""
         short = False
+        coder = self.coder
         try:
             for piece in pieces:
                 if isinstance(piece, bytes):
@@ -627,13 +643,23 @@ class FrontConnection(asyncio.Protocol):
                     if not chunk:
                         short = True
                         break
+                    offset += len(chunk)
+                    if coder is not None:
+                        # not flushed: the next read follows at once
+                        chunk = self._framed(coder.piece(chunk, False))
+                        if not chunk:
+                            continue
                     await self._write_when_drained(chunk)
                     self.sent += len(chunk)
-                    offset += len(chunk)
                 if short or self.closed:
                     break
+            if coder is not None and not short:
+                tail = self._framed(coder.finish())
+                self.sent += len(tail)
+                await self._write_when_drained(tail + (b"0\r\n\r\n" if self.chunked_out else b""))
         finally:
             os.close(fd)
+            self.coder = None
         if short:
             self.keep_alive = False
         if not self.closed:
@@ -662,6 +688,12 @@ class FrontConnection(asyncio.Protocol):
         head = self.head
         bodyless = head.method == "HEAD" or status in (204, 304) or status < 200
         self.chunked_out = False
+        coder = self.coder
+        if coder is not None and not bodyless:
+            if coder.start(status, lines):
+                has_length = False  # compressed as it comes: its length is not known
+            else:
+                self.coder = None
         if not has_length and not bodyless:
             if head.version == "1.1":
                 self.chunked_out = True
@@ -680,6 +712,10 @@ class FrontConnection(asyncio.Protocol):
         self.status = status
         transport = self.transport
         if transport is not None and not self.closed:
+            coder = self.coder
+            if coder is not None:
+                self.coder = None
+                head, body = coder.whole_head(status, head, body)
             self.sent += len(body)
             location = self.location  # add_header
             rules = location.add_header if location is not None else self.server.add_header
@@ -700,6 +736,10 @@ class FrontConnection(asyncio.Protocol):
         self.pending_head = b""
         if self.transport is None or self.closed:
             return
+        coder = self.coder
+        if coder is not None:
+            self.coder = None
+            head, body = coder.whole_head(status, head, body)
         self.sent += len(body)
         location = self.location  # add_header
         rules = location.add_header if location is not None else self.server.add_header
@@ -716,6 +756,11 @@ class FrontConnection(asyncio.Protocol):
         """A piece of a relayed body (chunked when the upstream did not frame it)."""
         if self.transport is None or self.closed or not data:
             return
+        coder = self.coder
+        if coder is not None:
+            data = coder.piece(data)  # flushed: the client gets what the upstream sent
+            if not data:
+                return
         self.sent += len(data)
         if self.chunked_out:
             data = b"%x\r\n%b\r\n" % (len(data), data)
@@ -728,6 +773,12 @@ class FrontConnection(asyncio.Protocol):
         """The relayed response is complete."""
         if self.transport is not None and not self.closed:
             tail = b"0\r\n\r\n" if self.chunked_out else b""
+            coder = self.coder
+            if coder is not None:
+                self.coder = None
+                last = coder.finish()
+                self.sent += len(last)
+                tail = self._framed(last) + tail
             if self.pending_head or tail:
                 self.transport.write(self.pending_head + tail)
         self.pending_head = b""
@@ -738,6 +789,7 @@ class FrontConnection(asyncio.Protocol):
         """The upstream broke mid-response: the head is owed, the close says the rest."""
         self.log_error(f"upstream broke mid-response: {message}")
         self.relay = None
+        self.coder = None
         if self.pending_head and self.transport is not None and not self.closed:
             self.transport.write(self.pending_head)
         self.pending_head = b""
@@ -789,6 +841,21 @@ class FrontConnection(asyncio.Protocol):
 
     # the end of a response ----------
 
+    def _frame_unknown_length(self, lines: list[bytes]) -> None:
+        """A body of unknown length: chunked to an HTTP/1.1 client, else ended by the close."""
+        self.chunked_out = False
+        if self.head.version == "1.1":
+            self.chunked_out = True
+            lines.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            self.keep_alive = False
+
+    def _framed(self, data: bytes) -> bytes:
+        """``data`` as one chunk when the body is chunked (nothing for no data)."""
+        if self.chunked_out and data:
+            return b"%x\r\n%b\r\n" % (len(data), data)
+        return data
+
     def _head_bytes(self, status: int, lines: list[bytes], reason: bytes = b"") -> bytes:
         """Status line, ``lines`` (fields ending in CRLF), add_header's, Connection,
         Server, Date."""
@@ -821,6 +888,8 @@ class FrontConnection(asyncio.Protocol):
                 self.cache_status,
             )  # fmt: skip
         self.cache_status = "-"
+        if self.coder is not None:
+            self.coder = None  # answered by a path that never asked it
         self.busy = False
         self.idle_since = now
         if self.stream is not None:

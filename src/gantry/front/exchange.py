@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from gantry.config.front_model import Location, VirtualServer
+from gantry.front.compress import ResponseCoder
 from gantry.http.body import BodyBuffer
 from gantry.protocol.http1 import RequestHead
 
@@ -131,6 +132,9 @@ class Exchange(ProxyClient, Protocol):
     original: RequestHead | None
     #: (client's port, listener's port); "" for a unix socket
     ports: tuple[str, str]
+    #: the compression of this request's response (gzip = true and an Accept-Encoding);
+    #: None: sent as it is
+    coder: ResponseCoder | None
 
     def reroute(self, head: RequestHead, path: str, location: Location | None) -> None:
         """The request goes on as ``head`` (a rewritten URI whose normalized path is

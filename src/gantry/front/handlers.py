@@ -14,6 +14,7 @@ from typing import Final
 
 from gantry.config.front_model import Location, Upstream, VirtualServer
 from gantry.front.balancing import UpstreamPool
+from gantry.front.compress import ResponseCoder, choose_coding
 from gantry.front.exchange import BodyStream, Exchange, Handler
 from gantry.front.files import StaticHandler
 from gantry.front.headers import proxy_fields
@@ -22,7 +23,14 @@ from gantry.front.proxy import ProxyRequest, RequestBody, StreamedBody
 from gantry.front.routing import client_allowed
 from gantry.http.body import BodyBuffer
 
-__all__ = ["AccessHandler", "Handler", "ProxyHandler", "StaticHandler", "run_chain"]
+__all__ = [
+    "AccessHandler",
+    "CompressHandler",
+    "Handler",
+    "ProxyHandler",
+    "StaticHandler",
+    "run_chain",
+]
 
 # Buffered request bodies up to this size go to the upstream with the head in one write.
 SMALL_BODY: Final = 256 * 1024
@@ -51,6 +59,43 @@ class AccessHandler(Handler):
         if location.access and not client_allowed(location.access, exchange.remote_addr):
             exchange.error(403)
             return True
+        return False
+
+
+class CompressHandler(Handler):
+    """gzip = true: the request's response goes through a coder (see front.compress),
+    which compresses it in the coding the client's Accept-Encoding takes best, and adds
+    Vary to every variant (the identity one too, as nginx: a shared cache must not give
+    it to a client that takes gzip). It answers nothing itself; a location without
+    compression never runs it."""
+
+    def __init__(self) -> None:
+        #: id(compression) -> the stateless coder of requests that take no coding
+        self.plain: dict[int, ResponseCoder] = {}
+
+    def applies(self, server: VirtualServer, location: Location | None) -> bool:
+        compression = location.compression if location is not None else server.compression
+        return compression is not None
+
+    def handle(self, exchange: Exchange, body: BodyBuffer | BodyStream | None) -> bool:
+        location = exchange.location
+        compression = location.compression if location is not None else exchange.server.compression
+        head = exchange.head
+        if compression is None or head.method == "HEAD":
+            return False
+        coding = None
+        for name, value in head.headers:
+            if name.lower() == b"accept-encoding":
+                coding = choose_coding(value, compression.codings)
+                break
+        if coding is not None:
+            exchange.coder = ResponseCoder(compression, coding)
+        else:
+            # keeps no state (it only adds Vary): one per configuration is enough
+            coder = self.plain.get(id(compression))
+            if coder is None:
+                coder = self.plain[id(compression)] = ResponseCoder(compression, None)
+            exchange.coder = coder
         return False
 
 

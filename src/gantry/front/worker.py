@@ -15,7 +15,7 @@ from gantry.front.balancing import UpstreamPool
 from gantry.front.blocklist import POLL_EVERY, BlocklistHandler, WatchedBlocklist
 from gantry.front.exchange import Exchange, Handler
 from gantry.front.files import StaticHandler
-from gantry.front.handlers import AccessHandler, ProxyHandler
+from gantry.front.handlers import AccessHandler, CompressHandler, ProxyHandler
 from gantry.front.keepalive import KeepAlivePool
 from gantry.front.limits.state import FrontLimits
 from gantry.front.real_ip import RealAddressHandler, TrustedPeers
@@ -157,6 +157,7 @@ class FrontWorker:
             AccessHandler(),
             *defence_handlers,
             rewrite,
+            CompressHandler(),  # a response filter: installed before the content handlers
             *((self.cache,) if self.cache is not None else ()),
             ProxyHandler(config.upstreams, self.pools, self.keepalive, self.tasks),
             self.static,

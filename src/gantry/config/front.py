@@ -5,19 +5,21 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from typing import Annotated, Any, Literal
+import ssl
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from gantry.config import ConfigError, parse_address
+from gantry.config.certificates import CertificateError, load_pair
 from gantry.config.document import read_document
 from gantry.config.errors import error_lines
-from gantry.config.file import HTTPAddress
 from gantry.config.front_model import (
     AccessRule,
     CacheZone,
     FrontConfig,
     HealthCheck,
+    Listener,
     Location,
     Upstream,
     UpstreamServer,
@@ -25,7 +27,7 @@ from gantry.config.front_model import (
 )
 from gantry.config.units import Duration, Size, WholeSeconds
 
-__all__ = ["ControlPath", "load_front_config", "front_config_from_dict"]
+__all__ = ["ControlPath", "load_front_config", "front_config_from_dict", "split_listen"]
 
 
 class _Strict(BaseModel):
@@ -61,6 +63,50 @@ NextUpstream = Literal[
     "non_idempotent",
     "off",
 ]
+
+
+#: the flags a listen address may carry after it, as nginx writes them
+LISTEN_FLAGS: Final = frozenset({"ssl"})
+#: flags known but not served yet (HTTP/2 comes with its own issue)
+LISTEN_FLAGS_LATER: Final = frozenset({"h2", "h2c", "http2"})
+
+
+def split_listen(text: str) -> tuple[str, frozenset[str]]:
+    """``"0.0.0.0:443 ssl"`` -> ("0.0.0.0:443", {"ssl"}); ValueError for a bad address or
+    an unknown flag."""
+    address, *flags = text.split()
+    for flag in flags:
+        if flag in LISTEN_FLAGS_LATER:
+            raise ValueError(f"the listen flag {flag!r} is not supported yet (HTTP/2), in {text!r}")
+        if flag not in LISTEN_FLAGS:
+            known = ", ".join(sorted(LISTEN_FLAGS))
+            raise ValueError(f"unknown listen flag {flag!r} in {text!r} (known: {known})")
+    try:
+        parse_address(address, "http", "")
+    except ConfigError:
+        raise ValueError(
+            f"expected 'HOST:PORT', '[V6]:PORT', ':PORT' or 'unix:PATH', then flags "
+            f"('ssl'), got {text!r}"
+        ) from None
+    return address, frozenset(flags)
+
+
+def _listen_spec(text: str) -> str:
+    if not text.strip():
+        raise ValueError("expected 'HOST:PORT' with optional flags ('ssl'), got ''")
+    address, flags = split_listen(text)
+    return " ".join([address, *sorted(flags)])
+
+
+#: a front listen address with its flags: "0.0.0.0:443 ssl"
+ListenSpec = Annotated[str, AfterValidator(_listen_spec)]
+
+#: the TLS versions a server may offer (1.0 and 1.1 are broken: RFC 8996)
+TLSVersion = Literal["TLSv1.2", "TLSv1.3"]
+
+
+def _default_protocols() -> list[TLSVersion]:
+    return ["TLSv1.2", "TLSv1.3"]
 
 
 def _control_path(text: str) -> str:
@@ -369,15 +415,39 @@ class ServerSettings(_Strict):
     location: list[LocationSettings] = Field(
         default_factory=list, description="The server's locations."
     )
+    listen: list[ListenSpec] | None = Field(
+        None,
+        description="The listeners of [front] listen it answers on, written as there "
+        "('0.0.0.0:443 ssl'); unset: all of them.",
+    )
+    ssl_certificate: str | None = Field(
+        None,
+        description="PEM file of its certificate chain (the certificate first), for its "
+        "'ssl' listeners; read at start and on SIGHUP.",
+    )
+    ssl_certificate_key: str | None = Field(
+        None, description="PEM file of the certificate's private key."
+    )
+    ssl_protocols: list[TLSVersion] = Field(
+        default_factory=_default_protocols,
+        min_length=1,
+        description="TLS versions offered: 'TLSv1.2', 'TLSv1.3' (1.0 and 1.1 are refused).",
+    )
+    hsts: str | None = Field(
+        None,
+        description="Strict-Transport-Security value added to its https responses "
+        "('max-age=63072000; includeSubDomains'); unset: none.",
+    )
 
 
 class FrontSettings(_Strict):
     """``[front]``: the front server (nginx's role): where it listens, its virtual hosts
     (`[[front.server]]`) and the upstream pools its locations proxy to."""
 
-    listen: list[HTTPAddress] = Field(
+    listen: list[ListenSpec] = Field(
         default_factory=lambda: ["127.0.0.1:8080"],
-        description="HTTP sockets: 'HOST:PORT', '[V6]:PORT', ':PORT' or 'unix:PATH'.",
+        description="HTTP sockets: 'HOST:PORT', '[V6]:PORT', ':PORT' or 'unix:PATH', then "
+        "'ssl' for HTTPS ('0.0.0.0:443 ssl').",
     )
     workers: int = Field(1, ge=1, description="Worker processes, under the front's own master.")
     user: str | None = Field(
@@ -512,8 +582,18 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
                 default=server.default,
                 locations=tuple(locations),
                 access=_rules(server.access, f"{source}: front.server[{i}].access"),
+                listen=_server_listen(server, settings.listen, f"{source}: front.server[{i}]"),
+                ssl_certificate=server.ssl_certificate,
+                ssl_certificate_key=server.ssl_certificate_key,
+                ssl_protocols=tuple(server.ssl_protocols),
+                hsts=server.hsts,
             )
         )
+    listeners = tuple(
+        Listener(address, "ssl" in flags)
+        for address, flags in (split_listen(spec) for spec in settings.listen)
+    )
+    _check_tls(servers, listeners, source)
     upstreams = {
         name: Upstream(
             name=name,
@@ -536,7 +616,8 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
     pages = {int(code): path for code, path in settings.error_pages.items()}
     caches = {name: _zone(name, zone) for name, zone in settings.cache.items()}
     return FrontConfig(
-        listen=tuple(settings.listen), workers=settings.workers, servers=tuple(servers),
+        listen=tuple(listener.address for listener in listeners), listeners=listeners,
+        workers=settings.workers, servers=tuple(servers),
         upstreams=upstreams, error_pages=pages,
         access_log=None if settings.access_log == "off" else settings.access_log,
         access_log_format=settings.access_log_format,
@@ -549,6 +630,53 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
         graceful_timeout=settings.graceful_timeout,
         caches=caches, control=settings.control,
     )  # fmt: skip
+
+
+def _server_listen(server: ServerSettings, listen: list[str], where: str) -> tuple[int, ...]:
+    """The indexes of the front's listeners a server names (): all of them)."""
+    if server.listen is None:
+        return ()
+    indexes = []
+    for k, spec in enumerate(server.listen):
+        if spec not in listen:
+            known = ", ".join(repr(s) for s in listen)
+            raise ConfigError(
+                f"{where}.listen[{k}]: {spec!r} is not one of [front] listen ({known})"
+            )
+        indexes.append(listen.index(spec))
+    return tuple(indexes)
+
+
+def answering(servers: list[VirtualServer], index: int) -> list[VirtualServer]:
+    """The servers that answer on listener ``index``, in file order."""
+    return [s for s in servers if not s.listen or index in s.listen]
+
+
+def _check_tls(servers: list[VirtualServer], listeners: tuple[Listener, ...], source: str) -> None:
+    """Every certificate pair loads; each ssl listener's default server has one."""
+    for i, server in enumerate(servers):
+        where = f"{source}: front.server[{i}]"
+        cert, key = server.ssl_certificate, server.ssl_certificate_key
+        if (cert is None) != (key is None):
+            missing = "ssl_certificate_key" if key is None else "ssl_certificate"
+            raise ConfigError(f"{where}.{missing}: expected it with the other of the pair")
+        if cert is not None and key is not None:
+            try:
+                load_pair(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), cert, key)
+            except CertificateError as exc:
+                raise ConfigError(f"{where}.{exc.key}: {exc}") from None
+    for index, listener in enumerate(listeners):
+        if not listener.ssl:
+            continue
+        on = answering(servers, index)
+        default = next((s for s in on if s.default), on[0] if on else None)
+        if default is None or default.ssl_certificate is None:
+            at = servers.index(default) if default is not None else None
+            where = f"front.server[{at}]" if at is not None else "front.server"
+            raise ConfigError(
+                f"{source}: {where}.ssl_certificate: expected a certificate for the default "
+                f"server of the listener '{listener.address} ssl'"
+            )
 
 
 def _zone(name: str, zone: CacheSettings) -> CacheZone:

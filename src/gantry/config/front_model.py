@@ -57,6 +57,22 @@ class VirtualServer:
     default: bool = False
     locations: tuple[Location, ...] = ()
     access: tuple[AccessRule, ...] = ()
+    #: the indexes (in FrontConfig.listeners) of the listeners it answers on; (): all
+    listen: tuple[int, ...] = ()
+    #: the PEM files of its certificate chain and key (TLS listeners)
+    ssl_certificate: str | None = None
+    ssl_certificate_key: str | None = None
+    ssl_protocols: tuple[str, ...] = ("TLSv1.2", "TLSv1.3")
+    #: the Strict-Transport-Security value added to its https responses (None: none)
+    hsts: str | None = None
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One listening address of the front and its flags (nginx's `listen ... ssl`)."""
+
+    address: str  # "HOST:PORT", "[V6]:PORT", ":PORT" or "unix:PATH", without flags
+    ssl: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,6 +151,8 @@ class FrontConfig:
     """The whole [front] table."""
 
     listen: tuple[str, ...] = ("127.0.0.1:8080",)
+    #: the same addresses with their flags, in the same order (empty: plain HTTP on all)
+    listeners: tuple[Listener, ...] = ()
     workers: int = 1
     servers: tuple[VirtualServer, ...] = ()
     upstreams: dict[str, Upstream] = field(default_factory=dict)

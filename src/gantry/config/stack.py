@@ -28,6 +28,7 @@ from gantry.config.front import (
     FrontSettings,
     ServerSettings,
     front_config_from_dict,
+    split_listen,
 )
 from gantry.config.front_model import FrontConfig
 from gantry.config.units import Duration
@@ -189,7 +190,8 @@ class StackPlan:
         if kind == "front":
             where = f"{self.source}: front.listen"
             sockets: list[tuple[ListenAddress, int | None, int]]
-            sockets = [(parse_address(spec, "http", where), None, 2048)
+            # "0.0.0.0:443 ssl": the socket is the address; the front reads the flags
+            sockets = [(parse_address(split_listen(spec)[0], "http", where), None, 2048)
                        for spec in self.settings.front.listen]  # fmt: skip
             control = self.control_path()
             if control is not None:

@@ -80,9 +80,21 @@ class FrontConnection(asyncio.Protocol):
     _drained: asyncio.Future[None] | None = None
     #: a refusal owed once the requests before it are answered
     refusal = 0
+    #: the listener's index in FrontConfig.listeners (its own routes when servers name
+    #: the listeners they answer on)
+    listener = 0
+    #: the connection came through TLS: $scheme https, HSTS, no sendfile
+    https = False
+    #: Strict-Transport-Security of the current request's server (https only), CRLF-ended
+    hsts_line = b""
 
-    def __init__(self, worker: FrontWorker) -> None:
+    def __init__(self, worker: FrontWorker, listener: int = 0, https: bool = False) -> None:
         self.worker = worker
+        if listener:
+            self.listener = listener
+        if https:
+            self.https = True
+        self.routes = worker.route_maps[listener]
         self.parser = RequestParser(self, worker.limits)
         self.transport: asyncio.Transport | None = None
         self.remote_addr = ""
@@ -253,7 +265,7 @@ class FrontConnection(asyncio.Protocol):
             self.handle(head, None, self.stream)
 
     def _streams_body(self, head: RequestHead) -> bool:
-        route = self.worker.route(_host(head), head.path)
+        route = self.worker.route(_host(head), head.path, self.listener)
         location = route[2] if route is not None else None
         return location is not None and bool(location.proxy) and not location.request_buffering
 
@@ -301,13 +313,16 @@ class FrontConnection(asyncio.Protocol):
             self.upstream_log = []
         worker = self.worker
         host = _host(head)
-        route = worker.routes.get((host, head.path))  # worker.route, inline for a hit
+        route = self.routes.get((host, head.path))  # worker.route, inline for a hit
         if route is None:
-            route = worker.route(host, head.path)
+            route = worker.route(host, head.path, self.listener)
             if route is None:
                 self.error(400, close=True)
                 return
         self.path, self.server, self.location, chain = route
+        if self.https:
+            hsts = self.server.hsts
+            self.hsts_line = b"Strict-Transport-Security: %b\r\n" % hsts.encode() if hsts else b""
         try:
             run_chain(chain, self, stream if stream is not None else body)
         except Exception:  # a bug must cost one request, not the connection's silence
@@ -357,7 +372,8 @@ class FrontConnection(asyncio.Protocol):
             return
         lines = [name + b": " + value + b"\r\n" for name, value in fields]
         transport.write(self._head_bytes(status, lines))
-        sock = transport.get_extra_info("socket")
+        # under TLS the bytes must go through the transport's encryption: no sendfile
+        sock = None if self.https else transport.get_extra_info("socket")
         if sock is None:
             spawn(self.worker.tasks, self._stream_file(os.dup(fd), pieces))
             return
@@ -495,6 +511,8 @@ class FrontConnection(asyncio.Protocol):
         transport = self.transport
         if transport is not None and not self.closed:
             self.sent += len(body)
+            if self.hsts_line:
+                head += self.hsts_line
             if self.keep_alive and self.head.version == "1.1":  # connection_field, inline
                 transport.write(head + self.worker.defaults.lines + body)
             else:
@@ -513,6 +531,7 @@ class FrontConnection(asyncio.Protocol):
         self.sent += len(body)
         self.transport.write(
             head
+            + self.hsts_line
             + connection_field(self.keep_alive, self.head.version)
             + self.worker.defaults.lines
             + body
@@ -559,26 +578,28 @@ class FrontConnection(asyncio.Protocol):
     def fixed_vars(self) -> bytes:
         """The uwsgi vars that are the same for each request of this connection."""
         if not self._fixed_vars:
-            self._fixed_vars = connection_vars(self.remote_addr, *self.ports)
+            self._fixed_vars = connection_vars(self.remote_addr, *self.ports, self.https)
         return self._fixed_vars
 
     def gantry_vars(self) -> bytes:
         """The same, for gantry's own packet."""
         if not self._gantry_vars:
-            self._gantry_vars = gantry_connection_vars(self.remote_addr, *self.ports)
+            self._gantry_vars = gantry_connection_vars(self.remote_addr, *self.ports, self.https)
         return self._gantry_vars
 
     def request_path(self, head: RequestHead) -> str:
         """The normalized path of ``head`` (the one being handled has it already)."""
         if self.head is head:
             return self.path
-        route = self.worker.route(_host(head), head.path)
+        route = self.worker.route(_host(head), head.path, self.listener)
         return route[0] if route is not None else "/"
 
     # the end of a response ----------
 
     def _head_bytes(self, status: int, lines: list[bytes], reason: bytes = b"") -> bytes:
         """Status line, ``lines`` (fields ending in CRLF), Connection, Server, Date."""
+        if self.hsts_line:
+            lines.append(self.hsts_line)
         lines.append(connection_field(self.keep_alive, self.head.version))
         lines.append(self.worker.defaults.lines)
         return status_line(status, reason) + b"".join(lines)

@@ -50,6 +50,8 @@ class ProxyClient(Protocol):
     """What a proxied request needs from the client side it answers."""
 
     remote_addr: str
+    #: the client came through TLS ($scheme https)
+    https: bool
     #: the client went away: nothing more can be sent
     closed: bool
     #: the client is not taking the response fast enough (its output is above the mark)

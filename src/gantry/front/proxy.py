@@ -536,7 +536,9 @@ class ProxyRequest(UpstreamResponse):
                     client.fixed_vars(), head, path, script_name, self.body_length, gantry
                 )
         else:
-            request = http_request_head(head, client.remote_addr, self.body_length, script_name)
+            request = http_request_head(
+                head, client.remote_addr, self.body_length, script_name, client.https
+            )
         return [request, body] if body else [request]
 
     # UpstreamResponse -------------------------------------------------------------

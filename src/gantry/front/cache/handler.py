@@ -546,6 +546,7 @@ class CacheFill:
         self.key = key
         self.head = head
         self.remote_addr = exchange.remote_addr
+        self.https = exchange.https
         self.upstream_log = None if self.silent else exchange.upstream_log
 
     # ProxyClient: what the proxy reads of the client ----------------------------

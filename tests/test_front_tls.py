@@ -396,3 +396,48 @@ def test_the_front_refuses_to_start_on_a_mismatched_pair(short_tmp: Path) -> Non
     done = subprocess.run(server.command, env=server.env, capture_output=True, timeout=60)
     assert done.returncode != 0
     assert b"front.server[0].ssl_certificate_key" in done.stderr, done.stderr
+
+
+def test_the_cache_keys_http_and_https_apart(launch: Launcher, short_tmp: Path) -> None:
+    """$scheme in the default key follows the listener: an upstream's redirect to https,
+    cached for http clients, must not come back to the https ones (a redirect loop)."""
+    ca = TestCA(short_tmp)
+    pair = ca.issue("a.test")
+
+    def answer(head: bytes) -> bytes:
+        proto = dict(fields_of(head))["x-forwarded-proto"].encode()
+        return b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: %d\r\n\r\n%b" % (
+            len(proto),
+            proto,
+        )
+
+    raw = RawUpstream(answer)
+    plain = free_port()
+    front = launch.front(f"""
+[front]
+listen = ["127.0.0.1:FRONT_PORT ssl", "127.0.0.1:{plain}"]
+[[front.server]]
+server_name = ["a.test"]
+ssl_certificate = "{pair.certificate}"
+ssl_certificate_key = "{pair.key}"
+[[front.server.location]]
+path = "/"
+proxy = "raw"
+cache = "zone"
+[front.upstream.raw]
+servers = [{{ address = "127.0.0.1:{raw.port}" }}]
+[front.cache.zone]
+path = "{short_tmp / "cache"}"
+""")  # fmt: skip
+    try:
+        for _ in range(2):  # the second of each is a hit
+            with socket.create_connection(("127.0.0.1", plain), timeout=10) as conn:
+                conn.sendall(b"GET /p HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+                answer_bytes = b""
+                while chunk := conn.recv(65536):
+                    answer_bytes += chunk
+            assert answer_bytes.endswith(b"\r\n\r\nhttp"), answer_bytes
+            assert _get(front.port, "a.test", ca, "/p")[::2] == (200, b"https")
+        assert len(raw.received) == 2
+    finally:
+        raw.close()

@@ -189,10 +189,11 @@ class HealthTracker:
 _VARIABLE: Final = re.compile(r"\$(\{[a-z0-9_]+\}|[a-z0-9_]+)")
 
 
-def hash_key(template: str, head: RequestHead, client_ip: str) -> str:
+def hash_key(template: str, head: RequestHead, client_ip: str, https: bool = False) -> str:
     """The key of ``balance = "hash"``: nginx variables in ``template`` replaced from the
-    request ($request_uri, $uri, $args, $host, $remote_addr, $request_method, $scheme,
-    $http_NAME, $cookie_NAME); an unknown variable is empty, as in nginx."""
+    request ($request_uri, $uri, $args, $host, $remote_addr, $request_method, $scheme
+    (https when the client came through TLS), $http_NAME, $cookie_NAME); an unknown
+    variable is empty, as in nginx."""
 
     def value(match: re.Match[str]) -> str:
         name = match.group(1).strip("{}")
@@ -207,7 +208,7 @@ def hash_key(template: str, head: RequestHead, client_ip: str) -> str:
         if name == "request_method":
             return head.method
         if name == "scheme":
-            return "http"
+            return "https" if https else "http"
         if name == "host":
             return (_field(head, b"host") or "").split(":")[0].lower()
         if name.startswith("http_"):

@@ -288,7 +288,8 @@ class ProxyRequest(UpstreamResponse):
     def _key(self) -> str:
         if self.upstream.balance != "hash":
             return ""
-        return hash_key(self.upstream.hash_key, self.head_in, self.client.remote_addr)
+        client = self.client
+        return hash_key(self.upstream.hash_key, self.head_in, client.remote_addr, client.https)
 
     def _send_on(self, peer: Peer, conn: UpstreamConnection) -> None:
         """One attempt: the request goes out on ``conn``; how it ends comes to ``_settle``."""

@@ -182,7 +182,7 @@ class CacheHandler(Handler):
         if method == "PURGE":
             self._purge(exchange, zone, store)
             return True
-        key = cache_key(zone.key, head, exchange.remote_addr)
+        key = cache_key(zone.key, head, exchange.remote_addr, exchange.https)
         if method not in ("GET", "HEAD"):
             fill = CacheFill(self, exchange, zone, store, key, head)
             fill.invalidating = True
@@ -472,9 +472,10 @@ class CacheHandler(Handler):
             count = store.purge(tag=tag.decode("latin-1").strip(), soft=soft)
         elif head.target.endswith(b"*"):
             prefix = _head_copy(head, head.target[:-1])
-            count = store.purge(cache_key(zone.key, prefix, exchange.remote_addr), soft=soft)
+            prefix_key = cache_key(zone.key, prefix, exchange.remote_addr, exchange.https)
+            count = store.purge(prefix_key, soft=soft)
         else:
-            key = cache_key(zone.key, head, exchange.remote_addr)
+            key = cache_key(zone.key, head, exchange.remote_addr, exchange.https)
             count = store.remove(key) if not soft else store.mark_stale(key)
         text = f"purged {count}\n".encode()
         fields = [(b"Content-Type", b"text/plain"), (b"Content-Length", str(len(text)).encode())]
@@ -719,7 +720,7 @@ class CacheFill:
         Content-Location are stale now (RFC 9111 4.4)."""
         head = _head_copy(self.head)
         head.method = "GET"
-        self.store.remove(cache_key(self.zone.key, head, self.remote_addr))
+        self.store.remove(cache_key(self.zone.key, head, self.remote_addr, self.https))
         host = (field_value(self.head.headers, b"host") or b"").lower()
         for name in (b"location", b"content-location"):
             value = field_value(fields, name)
@@ -736,7 +737,7 @@ class CacheFill:
             if target.startswith(b"/"):
                 other = _head_copy(self.head, target)
                 other.method = "GET"
-                self.store.remove(cache_key(self.zone.key, other, self.remote_addr))
+                self.store.remove(cache_key(self.zone.key, other, self.remote_addr, self.https))
 
     def respond_whole(self, status: int, head: bytes, body: bytes) -> None:
         """A whole response (the proxy's fast path): as a head, then its body."""

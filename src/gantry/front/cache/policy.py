@@ -412,10 +412,10 @@ def vary_values(names: tuple[bytes, ...], request: Fields) -> tuple[bytes | None
     return tuple(values)
 
 
-def cache_key(template: str, head: RequestHead, client_ip: str) -> str:
+def cache_key(template: str, head: RequestHead, client_ip: str, https: bool = False) -> str:
     """The primary key of a request: ``template`` with its nginx variables replaced
     ($scheme$host$request_uri by default)."""
-    return hash_key(template, head, client_ip)
+    return hash_key(template, head, client_ip, https)
 
 
 def bypassed(bypass: Iterable[str], head: RequestHead, client_ip: str) -> bool:

@@ -170,7 +170,9 @@ class UpstreamSettings(_Strict):
     """A named pool of servers a location can proxy to (nginx's `upstream` block); each
     `[[app]]` pool of `gantry up` adds one of its own name."""
 
-    protocol: Literal["http", "uwsgi"] = Field("http", description="How to speak to the servers.")
+    protocol: Literal["http", "https", "uwsgi"] = Field(
+        "http", description="How to speak to the servers: HTTP, HTTP over TLS, or uwsgi."
+    )
     servers: list[UpstreamServerSettings] = Field(min_length=1, description="The pool.")
     balance: Literal["round_robin", "least_conn", "ip_hash", "hash"] = Field(
         "round_robin",
@@ -216,6 +218,21 @@ class UpstreamSettings(_Strict):
     )
     health_check: HealthCheckSettings | None = Field(
         None, description="Active health checks; unset: only passive ones (max_fails)."
+    )
+    ssl_verify: bool = Field(
+        True,
+        description="protocol = 'https': check each server's certificate and name (502 when "
+        "it does not pass); false accepts any (nginx's proxy_ssl_verify, on here).",
+    )
+    ssl_trusted_certificate: str | None = Field(
+        None,
+        description="PEM file of the CAs a server's certificate is checked against; unset: "
+        "the system's.",
+    )
+    ssl_name: str | None = Field(
+        None,
+        description="The name sent as SNI and checked in the certificate; unset: the host "
+        "of each server's address.",
     )
     next_upstream: Annotated[list[NextUpstream], AfterValidator(_off_alone)] = Field(
         default_factory=_next_upstream_default,
@@ -609,10 +626,23 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
             gantry_keepalive=up.gantry_keepalive,
             next_upstream=tuple(up.next_upstream),
             health_check=HealthCheck(**up.health_check.model_dump()) if up.health_check else None,
+            ssl_verify=up.ssl_verify,
+            ssl_trusted_certificate=up.ssl_trusted_certificate,
+            ssl_name=up.ssl_name,
             servers=tuple(UpstreamServer(**s.model_dump()) for s in up.servers),
         )  # fmt: skip
         for name, up in settings.upstream.items()
     }
+    for name, up in settings.upstream.items():
+        if up.protocol == "https" and up.ssl_trusted_certificate is not None:
+            try:
+                ssl.create_default_context(cafile=up.ssl_trusted_certificate)
+            except (OSError, ssl.SSLError) as exc:
+                reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+                raise ConfigError(
+                    f"{source}: front.upstream.{name}.ssl_trusted_certificate: cannot load "
+                    f"{up.ssl_trusted_certificate!r}: {reason}"
+                ) from None
     pages = {int(code): path for code, path in settings.error_pages.items()}
     caches = {name: _zone(name, zone) for name, zone in settings.cache.items()}
     return FrontConfig(

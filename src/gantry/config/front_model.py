@@ -119,6 +119,11 @@ class Upstream:
     #: also retry idempotent requests on these (nginx's proxy_next_upstream)
     next_upstream: tuple[str, ...] = ("error",)
     health_check: HealthCheck | None = None
+    #: protocol "https": check the servers' certificates (against ssl_trusted_certificate,
+    #: else the system's CAs) for ssl_name, else the host of each server's address
+    ssl_verify: bool = True
+    ssl_trusted_certificate: str | None = None
+    ssl_name: str | None = None
 
 
 @dataclass(frozen=True)

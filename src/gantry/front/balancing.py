@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from gantry.config.front_model import HealthCheck, Upstream, UpstreamServer
+from gantry.front.upstream_tls import UpstreamTLS, client_context, server_name
 from gantry.protocol.http1 import RequestHead
 
 __all__ = ["HealthCheck", "HealthTracker", "Peer", "UpstreamPool"]
@@ -51,8 +52,19 @@ class UpstreamPool:
     primary: list[Peer] = field(init=False)
     backup: list[Peer] = field(init=False)
     _ring: list[tuple[int, int]] = field(init=False)  # (hash point, index into primary)
+    #: https upstreams: (client context, name checked) by server address; None otherwise
+    tls: dict[str, UpstreamTLS] | None = field(init=False)
 
     def __post_init__(self) -> None:
+        context = client_context(self.upstream)
+        self.tls = None
+        if context is not None:
+            # one context for the pool: its session cache resumes the next connections
+            name = self.upstream.name
+            self.tls = {
+                s.address: (context, server_name(self.upstream, s.address), f"{s.address}#{name}")
+                for s in self.upstream.servers
+            }
         self.primary = [Peer(s, s.weight) for s in self.upstream.servers if not s.backup]
         self.backup = [Peer(s, s.weight) for s in self.upstream.servers if s.backup]
         ring = []

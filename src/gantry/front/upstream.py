@@ -16,6 +16,7 @@ from typing import Any, Final
 import httptools
 from mypy_extensions import mypyc_attr
 
+from gantry.front.upstream_tls import UpstreamTLS
 from gantry.protocol.uwsgi import encode_packet
 
 __all__ = [
@@ -161,6 +162,8 @@ class UpstreamConnection(asyncio.Protocol):
     short_path = False
     #: bytes of the current response fed to the parser before its head was complete
     head_seen = 0
+    #: what the keep-alive pool files it under when not its address (https upstreams)
+    pool_key = ""
 
     def __init__(
         self,
@@ -475,16 +478,30 @@ async def open_upstream(
     address: str,
     timeout: float,
     watch: set[UpstreamConnection] | None = None,
+    tls: UpstreamTLS | None = None,
 ) -> UpstreamConnection:
     """Connect to ``address`` ("HOST:PORT" or "unix:/path"); UpstreamError if refused or slow.
 
     ``watch`` is the set a sweep checks read deadlines in (see UpstreamConnection.watch).
+    ``tls``: (client context, server name) for an https upstream; a handshake that fails
+    (a certificate not trusted) is a 502 like a refused connection, within ``timeout``.
     """
 
     def factory() -> UpstreamConnection:
         return UpstreamConnection(loop, address, watch)
 
-    if address.startswith("unix:"):
+    if tls is not None:
+        context, name, key = tls
+        if address.startswith("unix:"):
+            coro = loop.create_unix_connection(
+                factory, address[5:], ssl=context, server_hostname=name
+            )
+        else:
+            host, _, port = address.rpartition(":")
+            coro = loop.create_connection(
+                factory, host.strip("[]"), int(port), ssl=context, server_hostname=name
+            )
+    elif address.startswith("unix:"):
         # A unix connect completes or fails at once (a full queue is EAGAIN): no timer.
         try:
             _, unix_protocol = await loop.create_unix_connection(factory, address[5:])
@@ -519,6 +536,8 @@ async def open_upstream(
     finally:
         if timer is not None:
             timer.cancel()
+    if tls is not None:
+        protocol.pool_key = tls[2]
     return protocol
 
 

@@ -53,7 +53,8 @@ def server_context(server: VirtualServer) -> ssl.SSLContext:
     # the server's order of ciphers, no renegotiation, no compression (CRIME)
     context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
     context.options |= ssl.OP_NO_COMPRESSION
-    context.set_ecdh_curve("prime256v1")  # X25519 stays first in TLS 1.3's groups
+    # the key-exchange groups stay OpenSSL's (X25519 first, then P-256 ...):
+    # set_ecdh_curve would leave a single one
     load_pair(context, server.ssl_certificate, server.ssl_certificate_key)
     return context
 

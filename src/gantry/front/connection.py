@@ -94,7 +94,6 @@ class FrontConnection(asyncio.Protocol):
             self.listener = listener
         if https:
             self.https = True
-        self.routes = worker.route_maps[listener]
         self.parser = RequestParser(self, worker.limits)
         self.transport: asyncio.Transport | None = None
         self.remote_addr = ""
@@ -313,7 +312,7 @@ class FrontConnection(asyncio.Protocol):
             self.upstream_log = []
         worker = self.worker
         host = _host(head)
-        route = self.routes.get((host, head.path))  # worker.route, inline for a hit
+        route = worker.route_maps[self.listener].get((host, head.path))  # worker.route, inline
         if route is None:
             route = worker.route(host, head.path, self.listener)
             if route is None:
@@ -322,7 +321,8 @@ class FrontConnection(asyncio.Protocol):
         self.path, self.server, self.location, chain = route
         if self.https:
             hsts = self.server.hsts
-            self.hsts_line = b"Strict-Transport-Security: %b\r\n" % hsts.encode() if hsts else b""
+            if hsts or self.hsts_line:  # set only where used: see the class's attributes
+                self.hsts_line = _hsts_line(hsts)
         try:
             run_chain(chain, self, stream if stream is not None else body)
         except Exception:  # a bug must cost one request, not the connection's silence
@@ -704,6 +704,11 @@ class FrontConnection(asyncio.Protocol):
     def log_error(self, message: str) -> None:
         """One error-log line about this client's request."""
         log.error("%s: %s", self.remote_addr, message)
+
+
+def _hsts_line(hsts: str | None) -> bytes:
+    """The Strict-Transport-Security field of a server's https responses, CRLF-ended."""
+    return b"Strict-Transport-Security: " + hsts.encode() + b"\r\n" if hsts else b""
 
 
 def _host(head: RequestHead) -> str | None:

@@ -441,3 +441,26 @@ path = "{short_tmp / "cache"}"
         assert len(raw.received) == 2
     finally:
         raw.close()
+
+
+def test_sessions_resume_on_any_worker(launch: Launcher, short_tmp: Path) -> None:
+    """The contexts are made in the master before the fork, so both workers share each
+    one's ticket key: a session from one connection resumes on every next one, whichever
+    worker accepts it (with a key per worker about half would do a full handshake)."""
+    ca = TestCA(short_tmp)
+    front = launch.front(_two_hosts(short_tmp, ca, workers=2))
+    ready_workers(front.pid, 2)
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        context = ca.client_context()
+        context.maximum_version = version
+        session = None
+        reused = 0
+        for _ in range(12):
+            with socket.create_connection(("127.0.0.1", front.port), timeout=10) as raw:
+                with context.wrap_socket(raw, server_hostname="a.test", session=session) as tls:
+                    tls.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+                    while tls.recv(65536):  # TLS 1.3 tickets come after the handshake
+                        pass
+                    reused += tls.session_reused
+                    session = session or tls.session
+        assert reused == 11, (version, reused)

@@ -89,6 +89,9 @@ class FrontTLS:
         # a client with no SNI or an unknown name gets them; it is not shared with a
         # server's, since the SNI callback is set on it alone
         listener = server_context(default)
+        own = {id(contexts[id(s)]) for s in servers if id(s) in contexts and s is not default}
+        if not own:
+            return listener  # one certificate on this listener: nothing for SNI to choose
         names: dict[str, ssl.SSLContext] = {}
 
         def choose(sock: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:

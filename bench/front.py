@@ -1,10 +1,13 @@
 """Benchmark `gantry front` against nginx, one worker each, pinned like bench/run.py.
 
-Three measurements, each printed as req/s (or MB) and a ratio to nginx:
+Five measurements, each printed as req/s (or MB) and a ratio to nginx:
 
 1. a 1 KiB static file;
 2. proxying to the same uWSGI backend over the uwsgi protocol (unix socket);
-3. one front worker holding 10,000 idle keep-alive connections: its RSS, and
+3. the 1 KiB file over HTTPS, keep-alive (TLS 1.3, the same ECDSA P-256 certificate);
+4. the 1 KiB file over HTTPS with a new TLS connection per request (wrk sends
+   Connection: close): handshakes per second, X25519 key exchange on both sides;
+5. one front worker holding 10,000 idle keep-alive connections: its RSS, and
    whether it still answers.
 
 Run: `python bench/front.py [--duration 10] [--rounds 2]` (after `python bench/run.py`
@@ -42,22 +45,41 @@ from run import (  # noqa: E402 - the sibling module, imported as a script
 )
 
 STATIC = bytes(range(256)) * 4  # 1 KiB
-#: load name -> (short key in the JSON report, path)
+#: load name -> (short key in the JSON report, path, over TLS, a connection per request)
 LOADS = {
-    "static 1 KiB": ("static", "/static/one.bin"),
-    "proxy to uWSGI": ("proxy", "/hello"),
+    "static 1 KiB": ("static", "/static/one.bin", False, False),
+    "proxy to uWSGI": ("proxy", "/hello", False, False),
+    "https 1 KiB": ("https_static", "/static/one.bin", True, False),
+    "https handshakes": ("https_handshakes", "/static/one.bin", True, True),
 }
 IDLE_CONNECTIONS = 10_000
 
 
-def wrk(port: int, path: str, duration: int, cpu: int) -> WrkResult:
-    """wrk -t1 -c50 pinned to ``cpu`` against ``path``."""
+def wrk(
+    port: int, path: str, duration: int, cpu: int, tls: bool = False, close: bool = False
+) -> WrkResult:
+    """wrk -t1 -c50 pinned to ``cpu`` against ``path`` (https with ``tls``; a new
+    connection per request with ``close``)."""
+    scheme = "https" if tls else "http"
     command = [
         "taskset", "-c", str(cpu), "wrk", "-t1", "-c50", f"-d{duration}s", "--latency",
-        f"http://127.0.0.1:{port}{path}",
+        *(["-H", "Connection: close"] if close else []),
+        f"{scheme}://127.0.0.1:{port}{path}",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 30)
     return parse_wrk(done.stdout)
+
+
+def free_pair() -> int:
+    """A free port whose next one is free too (HTTP, then HTTPS)."""
+    for _ in range(100):
+        port = free_port()
+        try:
+            socket.create_server(("127.0.0.1", port + 1)).close()
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no two free ports in a row")
 
 
 def wait_port(port: int, limit: float = 20.0) -> None:
@@ -70,6 +92,18 @@ def wait_port(port: int, limit: float = 20.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on {port}")
+
+
+def make_certificate(work: Path) -> tuple[Path, Path]:
+    """One self-signed ECDSA P-256 certificate both fronts serve (openssl)."""
+    cert, key = work / "bench.crt", work / "bench.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-subj", "/CN=bench.test", "-days", "2", "-keyout", str(key),
+         "-out", str(cert), "-addext", "subjectAltName=DNS:bench.test,IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    return cert, key
 
 
 def nginx_conf(work: Path, port: int, site: Path, sock: Path) -> Path:
@@ -87,8 +121,11 @@ http {{
   client_body_temp_path {work}/body; proxy_temp_path {work}/proxy;
   fastcgi_temp_path {work}/fastcgi; uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
   include /etc/nginx/mime.types;
+  ssl_certificate {work}/bench.crt; ssl_certificate_key {work}/bench.key;
+  ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m;
   server {{
     listen 127.0.0.1:{port};
+    listen 127.0.0.1:{port + 1} ssl;
     location /static/ {{ root {site}; }}
     location / {{ include /etc/nginx/uwsgi_params; uwsgi_pass unix:{sock}; }}
   }}
@@ -104,10 +141,12 @@ def gantry_conf(work: Path, port: int, site: Path, sock: Path) -> Path:
     conf.write_text(
         f"""
 [front]
-listen = ["127.0.0.1:{port}"]
+listen = ["127.0.0.1:{port}", "127.0.0.1:{port + 1} ssl"]
 workers = 1
 [[front.server]]
 default = true
+ssl_certificate = "{work}/bench.crt"
+ssl_certificate_key = "{work}/bench.key"
 [[front.server.location]]
 path = "/static/"
 root = "{site}"
@@ -181,6 +220,7 @@ def main() -> int:
         (site / "static").mkdir(parents=True)
         (site / "static" / "one.bin").write_bytes(STATIC)
         sock = work / "app.sock"
+        make_certificate(work)
         backend = ServerProcess(
             [str(VENV_BIN / "uwsgi"), "--socket", str(sock), "--chmod-socket=666", "--wsgi",
              "bench.apps:hello", "--chdir", str(REPO_ROOT), "--processes", "1", "--master",
@@ -203,7 +243,7 @@ def main() -> int:
                 servers: dict[str, tuple[ServerProcess, int]] = {}
                 try:
                     for name in ("nginx", "gantry"):
-                        port = free_port()
+                        port = free_pair()  # port: HTTP, port + 1: HTTPS
                         if name == "nginx":
                             command = [nginx, "-p", str(work), "-c",
                                        str(nginx_conf(work, port, site, sock))]  # fmt: skip
@@ -215,11 +255,11 @@ def main() -> int:
                         server.start()
                         wait_port(port)
                     order = ("nginx", "gantry") if round_no % 2 else ("gantry", "nginx")
-                    for load, (_, path) in LOADS.items():
+                    for load, (_, path, tls, close) in LOADS.items():
                         for name in order:
-                            port = servers[name][1]
-                            wrk(port, path, 2, 1)
-                            result = wrk(port, path, args.duration, 1)
+                            port = servers[name][1] + (1 if tls else 0)
+                            wrk(port, path, 2, 1, tls, close)
+                            result = wrk(port, path, args.duration, 1, tls, close)
                             print(f"  round {round_no} {name:6} {load:15} {result.rps:9.0f} req/s"
                                   f" ({result.errors} errors)", flush=True)  # fmt: skip
                             best[name, load] = max(best.get((name, load), 0.0), result.rps)
@@ -235,10 +275,10 @@ def main() -> int:
         finally:
             backend.stop()
     print("\nload              nginx req/s  gantry req/s  gantry/nginx")
-    for load in ("static 1 KiB", "proxy to uWSGI"):
+    for load in LOADS:
         n, g = best["nginx", load], best["gantry", load]
         print(f"{load:16} {n:12.0f} {g:13.0f} {g / n:12.2f}x")
-    for load in ("static 1 KiB", "proxy to uWSGI"):
+    for load in LOADS:
         ratios = [
             paired[load, r, "gantry"] / paired[load, r, "nginx"]
             for r in range(1, args.rounds + 1)
@@ -257,7 +297,7 @@ def main() -> int:
         "apps": {},
         "idle": {name: {"rss_mb": rss, "answering": ok} for name, (rss, ok) in idle.items()},
     }
-    for load, (key, path) in LOADS.items():
+    for load, (key, path, _, _) in LOADS.items():
         of_load = [r for r in rounds if r.app == load]
         summaries = [summarize(of_load, name, "best") for name in ("nginx", "gantry")]
         report["apps"][key] = app_report(path, summaries)

@@ -168,6 +168,22 @@ def test_a_static_file_goes_whole_through_tls_and_hsts_is_sent(
             assert hsts == "max-age=63072000; includeSubDomains"
     finally:
         conn.close()
+    # a small file goes with its head in one write; a range of it, a multipart range too
+    conn = https_connection(front.port, "a.test", ca.client_context())
+    try:
+        for headers, status, expected_body in (
+            ({}, 200, b"site a\n"),
+            ({"Range": "bytes=0-3"}, 206, b"site"),
+        ):
+            conn.request("GET", "/", headers=headers)
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (status, expected_body)
+        conn.request("GET", "/", headers={"Range": "bytes=0-1,5-6"})
+        response = conn.getresponse()
+        body = response.read()
+        assert response.status == 206 and b"si" in body and b"a\n" in body, body
+    finally:
+        conn.close()
     # curl too, and b.test has no hsts
     curl = require_program("curl")
     done = subprocess.run(

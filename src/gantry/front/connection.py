@@ -31,6 +31,8 @@ WRITE_LOW_WATER: Final = 64 * 1024
 MAX_PIPELINED: Final = 16
 #: a big file is sent in sendfile calls of at most this many bytes
 SENDFILE_CHUNK: Final = 1 << 20
+#: under TLS, a file body up to this size is read at once and written with its head
+SMALL_FILE: Final = 64 * 1024
 
 # Why reading the client is held (bits: reading resumes when none is left).
 _HOLD_BODY: Final = 1  # the upstream is not taking a streamed request body
@@ -371,8 +373,16 @@ class FrontConnection(asyncio.Protocol):
             self._done()
             return
         lines = [name + b": " + value + b"\r\n" for name, value in fields]
+        if self.https:
+            # the bytes must go through the transport's encryption: no sendfile; a small
+            # file is read at once and goes with its head in one write (no task)
+            body = _small_file(fd, pieces)
+            if body is not None:
+                self.sent += len(body)
+                transport.write(self._head_bytes(status, lines) + body)
+                self._done()
+                return
         transport.write(self._head_bytes(status, lines))
-        # under TLS the bytes must go through the transport's encryption: no sendfile
         sock = None if self.https else transport.get_extra_info("socket")
         if sock is None:
             spawn(self.worker.tasks, self._stream_file(os.dup(fd), pieces))
@@ -704,6 +714,27 @@ class FrontConnection(asyncio.Protocol):
     def log_error(self, message: str) -> None:
         """One error-log line about this client's request."""
         log.error("%s: %s", self.remote_addr, message)
+
+
+def _small_file(fd: int, pieces: list[FilePiece]) -> bytes | None:
+    """The whole body of a file response of at most SMALL_FILE bytes, read now; None for
+    a larger one, or for a file that shrank under us (the stream says so by closing)."""
+    size = 0
+    for piece in pieces:
+        size += len(piece) if isinstance(piece, bytes) else piece[1] + 1 - piece[0]
+    if size > SMALL_FILE:
+        return None
+    parts = []
+    for piece in pieces:
+        if isinstance(piece, bytes):
+            parts.append(piece)
+            continue
+        want = piece[1] + 1 - piece[0]
+        data = os.pread(fd, want, piece[0])
+        if len(data) != want:
+            return None
+        parts.append(data)
+    return b"".join(parts)
 
 
 def _hsts_line(hsts: str | None) -> bytes:

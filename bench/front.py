@@ -13,7 +13,10 @@ The measurements, each printed as req/s (or MB) and a ratio to nginx:
    reaches (issue 16): each front's cost of a limit that passes, as a ratio to its own
    figure for (1);
 6. gzip on the fly (issue 17): a 100 KiB HTML file at gzip_comp_level 1, asked with
-   Accept-Encoding: gzip (gzip only on both sides).
+   Accept-Encoding: gzip (gzip only on both sides);
+7. the 1 KiB file over HTTPS, keep-alive (TLS 1.3, the same ECDSA P-256 certificate);
+8. the 1 KiB file over HTTPS with a new TLS connection per request (wrk sends
+   Connection: close): handshakes per second, X25519 key exchange on both sides.
 
 Run: `python bench/front.py [--duration 10] [--rounds 2] [--loads cache_hit,...]` (after
 `python bench/run.py` has created .venv-bench with uWSGI).
@@ -65,15 +68,18 @@ from run import (  # noqa: E402 - the sibling module, imported as a script
 )
 
 STATIC = bytes(range(256)) * 4  # 1 KiB
-#: load name -> (short key in the JSON report, path, every request a new URL under it)
+#: load name -> (short key in the JSON report, path, every request a new URL under it,
+#: over TLS, a connection per request)
 LOADS = {
-    "static 1 KiB": ("static", "/static/one.bin", False),
-    "proxy to uWSGI": ("proxy", "/hello", False),
-    "cache hit 1 KiB": ("cache_hit", "/cached/hit", False),
-    "cache miss 1 KiB": ("cache_miss", "/cached/", True),
-    "cache off 1 KiB": ("cache_off", "/uncached/", True),
-    "static, limit_req": ("limited", "/limited/one.bin", False),
-    "gzip 100 KiB": ("gzip", "/gzip/page.html", False),
+    "static 1 KiB": ("static", "/static/one.bin", False, False, False),
+    "proxy to uWSGI": ("proxy", "/hello", False, False, False),
+    "cache hit 1 KiB": ("cache_hit", "/cached/hit", False, False, False),
+    "cache miss 1 KiB": ("cache_miss", "/cached/", True, False, False),
+    "cache off 1 KiB": ("cache_off", "/uncached/", True, False, False),
+    "static, limit_req": ("limited", "/limited/one.bin", False, False, False),
+    "gzip 100 KiB": ("gzip", "/gzip/page.html", False, False, False),
+    "https 1 KiB": ("https_static", "/static/one.bin", False, True, False),
+    "https handshakes": ("https_handshakes", "/static/one.bin", False, True, True),
 }
 #: load -> the request field wrk sends with it
 LOAD_FIELDS = {"gzip 100 KiB": "Accept-Encoding: gzip"}
@@ -127,16 +133,21 @@ def wrk(
     tag: str = "",
     client: str = "",
     field: str = "",
+    tls: bool = False,
+    close: bool = False,
 ) -> WrkResult:
     """wrk -t1 -c50 pinned to ``cpu`` against ``path``; with ``script`` (the unique-URL
     one), against ``path`` + ``tag`` + a counter; as ``client`` (by X-Forwarded-For);
-    with the request ``field`` ("Name: value")."""
+    with the request ``field`` ("Name: value"); https with ``tls``; a new connection per
+    request with ``close``."""
     header = ["-H", f"X-Forwarded-For: {client}"] if client else []
     if field:
         header += ["-H", field]
+    scheme = "https" if tls else "http"
     command = [
         "taskset", "-c", str(cpu), "wrk", "-t1", "-c50", f"-d{duration}s", "--latency",
-        *header, f"http://127.0.0.1:{port}{path}",
+        *header, *(["-H", "Connection: close"] if close else []),
+        f"{scheme}://127.0.0.1:{port}{path}",
     ]  # fmt: skip
     if script is not None:
         command[-1:-1] = ["-s", str(script)]
@@ -172,6 +183,18 @@ def check_caching(port: int, name: str) -> None:
         raise RuntimeError(f"{name}: a new URL gave {first!r}, then {second!r}")
 
 
+def free_pair() -> int:
+    """A free port whose next one is free too (HTTP, then HTTPS)."""
+    for _ in range(100):
+        port = free_port()
+        try:
+            socket.create_server(("127.0.0.1", port + 1)).close()
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no two free ports in a row")
+
+
 def wait_port(port: int, limit: float = 20.0) -> None:
     """Until something accepts on 127.0.0.1:``port``."""
     deadline = time.monotonic() + limit
@@ -182,6 +205,18 @@ def wait_port(port: int, limit: float = 20.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on {port}")
+
+
+def make_certificate(work: Path) -> tuple[Path, Path]:
+    """One self-signed ECDSA P-256 certificate both fronts serve (openssl)."""
+    cert, key = work / "bench.crt", work / "bench.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-subj", "/CN=bench.test", "-days", "2", "-keyout", str(key),
+         "-out", str(cert), "-addext", "subjectAltName=DNS:bench.test,IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    return cert, key
 
 
 def nginx_conf(work: Path, port: int, site: Path, sock: Path, kib_sock: Path, zones: Path) -> Path:
@@ -204,8 +239,11 @@ http {{
   limit_req_zone $binary_remote_addr zone=perip:10m rate=1000000r/s;
   uwsgi_cache_path {zones}/ncache levels=1:2 keys_zone=pages:64m max_size=2g inactive=10m
                    use_temp_path=off;
+  ssl_certificate {work}/bench.crt; ssl_certificate_key {work}/bench.key;
+  ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m;
   server {{
     listen 127.0.0.1:{port};
+    listen 127.0.0.1:{port + 1} ssl;
     location /static/ {{ root {site}; }}
     location /limited/ {{ root {site}; limit_req zone=perip burst=1000 nodelay; }}
     location /gzip/ {{ root {site}; gzip on; gzip_comp_level 1; gzip_min_length 256; }}
@@ -229,10 +267,12 @@ def gantry_conf(work: Path, port: int, site: Path, sock: Path, kib_sock: Path, z
     conf.write_text(
         f"""
 [front]
-listen = ["127.0.0.1:{port}"]
+listen = ["127.0.0.1:{port}", "127.0.0.1:{port + 1} ssl"]
 workers = 1
 [[front.server]]
 default = true
+ssl_certificate = "{work}/bench.crt"
+ssl_certificate_key = "{work}/bench.key"
 [[front.server.location]]
 path = "/static/"
 root = "{site}"
@@ -733,7 +773,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument(
         "--loads",
-        default=",".join(key for key, _, _ in LOADS.values()),
+        default=",".join(key for key, *_ in LOADS.values()),
         help="the loads to run, by their JSON key (default: all)",
     )
     parser.add_argument("--no-idle", action="store_true", help="skip the idle connections")
@@ -766,7 +806,7 @@ def main() -> int:
         return slow_clients_bench(args)
     wanted = set(args.loads.split(","))
     loads = {name: load for name, load in LOADS.items() if load[0] in wanted}
-    unknown = wanted - {key for key, _, _ in LOADS.values()}
+    unknown = wanted - {key for key, *_ in LOADS.values()}
     if unknown or not loads:
         print(f"unknown loads: {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
@@ -787,6 +827,7 @@ def main() -> int:
         script = work / "unique.lua"
         script.write_text(UNIQUE_URLS_LUA)
         sock, kib_sock = work / "app.sock", work / "kib.sock"
+        make_certificate(work)
         backends = [
             ServerProcess(
                 [str(VENV_BIN / "uwsgi"), "--socket", str(path), "--chmod-socket=666",
@@ -815,7 +856,7 @@ def main() -> int:
                 servers: dict[str, tuple[ServerProcess, int]] = {}
                 try:
                     for name in ("nginx", "gantry"):
-                        port = free_port()
+                        port = free_pair()  # port: HTTP, port + 1: HTTPS
                         if name == "nginx":
                             conf = nginx_conf(work, port, site, sock, kib_sock, zones)
                             command = [nginx, "-p", str(work), "-c", str(conf)]
@@ -826,22 +867,21 @@ def main() -> int:
                         servers[name] = (server, port)
                         server.start()
                         wait_port(port)
-                        if any(key.startswith("cache") for key, _, _ in loads.values()):
+                        if any(key.startswith("cache") for key, *_ in loads.values()):
                             check_caching(port, name)
                     order = ("nginx", "gantry") if round_no % 2 else ("gantry", "nginx")
-                    for load, (_, path, unique) in loads.items():
+                    for load, (_, path, unique, tls, close) in loads.items():
                         for name in order:
-                            port = servers[name][1]
+                            port = servers[name][1] + (1 if tls else 0)
                             lua = script if unique else None
                             field = LOAD_FIELDS.get(load, "")
-                            wrk(port, path, 2, 1, lua, f"r{round_no}-{name}-warm", field=field)
+                            wrk(port, path, 2, 1, lua, f"r{round_no}-{name}-warm", "", field,
+                                tls, close)  # fmt: skip
                             proc = servers[name][0].proc
                             assert proc is not None
                             cpu = tree_cpu(proc.pid)
-                            result = wrk(
-                                port, path, args.duration, 1, lua, f"r{round_no}-{name}",
-                                field=field,
-                            )  # fmt: skip
+                            result = wrk(port, path, args.duration, 1, lua, f"r{round_no}-{name}",
+                                         "", field, tls, close)  # fmt: skip
                             cpu = tree_cpu(proc.pid) - cpu
                             per = cpu_us[load, round_no, name] = cpu * 1e6 / max(result.requests, 1)
                             print(f"  round {round_no} {name:6} {load:16} {result.rps:9.0f} req/s"
@@ -915,7 +955,7 @@ def main() -> int:
         "idle": {name: {"rss_mb": rss, "answering": ok} for name, (rss, ok) in idle.items()},
         "paired_medians": {"/".join(key): value for key, value in medians.items()},
     }
-    for load, (key, path, _) in loads.items():
+    for load, (key, path, *_) in loads.items():
         of_load = [r for r in rounds if r.app == load]
         summaries = [summarize(of_load, name, "best") for name in ("nginx", "gantry")]
         report["apps"][key] = app_report(path, summaries)

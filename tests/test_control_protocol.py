@@ -72,7 +72,8 @@ def test_answers_are_one_json_line() -> None:
 def test_a_url_is_mapped_through_the_zone_key() -> None:
     zone = CacheZone(name="pages", path="/unused")
     assert key_of(zone, "http://Example.TEST:8080/a/b?x=1#top") == "httpexample.test/a/b?x=1"
-    assert key_of(zone, "https://user@example.test") == "httpexample.test/"
+    # the scheme of the URL is the one the front saw (https: its TLS listeners)
+    assert key_of(zone, "https://user@example.test") == "httpsexample.test/"
     assert key_of(zone, "httpexample.test/a") == "httpexample.test/a"  # a key as built
     by_path = CacheZone(name="api", path="/unused", key="$request_uri|$http_accept")
     assert key_of(by_path, "http://h/v1/x") == "/v1/x|"

@@ -205,7 +205,7 @@ def test_config_errors_name_the_key() -> None:
         ({"real_ip": {"from": ["nonsense"]}}, "front.real_ip.from"),
         ({"real_ip": {"from": ["10.0.0.0/8"], "header": "Forwarded"}}, "front.real_ip.header"),
         ({"listen": ["127.0.0.1:1 proxy_protocol"]}, "front.real_ip.from"),
-        ({"listen": ["127.0.0.1:1 ssl"]}, "front.listen[0]"),
+        ({"listen": ["127.0.0.1:1 h2"]}, "front.listen[0]"),
     ]
     for table, key in cases:
         with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):

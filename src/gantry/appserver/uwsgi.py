@@ -241,6 +241,8 @@ class UwsgiConnection(WSGIConnection):
             if self.reuse:
                 cgi.pop("GANTRY_KEEPALIVE", None)
         scheme = cgi.pop("UWSGI_SCHEME", None)
+        if scheme is None and isinstance(packet, dict) and cgi.get("HTTPS") == "on":
+            scheme = "https"  # gantry's packet: as environ_from_uwsgi does for the other
         environ.update(cgi)
         if scheme:
             environ["wsgi.url_scheme"] = scheme

@@ -6,11 +6,13 @@ import importlib.util
 import ipaddress
 import os
 import re
-from typing import Annotated, Any, Literal
+import ssl
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from gantry.config import ConfigError, parse_address
+from gantry.config.certificates import CertificateError, load_pair
 from gantry.config.document import read_document
 from gantry.config.errors import error_lines
 from gantry.config.file import optional_address_check
@@ -26,13 +28,13 @@ from gantry.config.front_model import (
     LimitConnZone,
     LimitReq,
     LimitReqZone,
+    Listener,
     Location,
     RealIp,
     SharedStore,
     Upstream,
     UpstreamServer,
     VirtualServer,
-    split_listen,
 )
 from gantry.config.front_rules import (
     AddHeaders,
@@ -52,6 +54,7 @@ __all__ = [
     "ControlPath",
     "load_front_config",
     "front_config_from_dict",
+    "split_listen",
     "split_log_format",
 ]
 
@@ -131,6 +134,59 @@ NextUpstream = Literal[
 ]
 
 
+#: the flags a listen address may carry after it, as nginx writes them: ssl (HTTPS), and
+#: proxy_protocol (a PROXY protocol v1/v2 header comes first, from a peer in real_ip.from)
+LISTEN_FLAGS: Final = frozenset({"ssl", "proxy_protocol"})
+#: flags known but not served yet (HTTP/2 comes with its own issue)
+LISTEN_FLAGS_LATER: Final = frozenset({"h2", "h2c", "http2"})
+
+
+def split_listen(text: str) -> tuple[str, frozenset[str]]:
+    """``"0.0.0.0:443 ssl"`` -> ("0.0.0.0:443", {"ssl"}); ValueError for a bad address or
+    an unknown flag."""
+    address, *flags = text.split()
+    for flag in flags:
+        if flag in LISTEN_FLAGS_LATER:
+            raise ValueError(f"the listen flag {flag!r} is not supported yet (HTTP/2), in {text!r}")
+        if flag not in LISTEN_FLAGS:
+            known = ", ".join(sorted(LISTEN_FLAGS))
+            raise ValueError(f"unknown listen flag {flag!r} in {text!r} (known: {known})")
+    if "ssl" in flags and "proxy_protocol" in flags:
+        # the PROXY header comes before the TLS handshake, and the loop's TLS transport
+        # would take it for the handshake's first bytes
+        raise ValueError(
+            f"'ssl' and 'proxy_protocol' on one listener are not supported yet, in {text!r}"
+        )
+    try:
+        parse_address(address, "http", "")
+    except ConfigError:
+        raise ValueError(
+            f"expected 'HOST:PORT', '[V6]:PORT', ':PORT' or 'unix:PATH', then flags "
+            f"('ssl', 'proxy_protocol'), got {text!r}"
+        ) from None
+    return address, frozenset(flags)
+
+
+def _listen_spec(text: str) -> str:
+    if not text.strip():
+        raise ValueError(
+            "expected 'HOST:PORT' with optional flags ('ssl', 'proxy_protocol'), got ''"
+        )
+    address, flags = split_listen(text)
+    return " ".join([address, *sorted(flags)])
+
+
+#: a front listen address with its flags: "0.0.0.0:443 ssl"
+ListenSpec = Annotated[str, AfterValidator(_listen_spec)]
+
+#: the TLS versions a server may offer (1.0 and 1.1 are broken: RFC 8996)
+TLSVersion = Literal["TLSv1.2", "TLSv1.3"]
+
+
+def _default_protocols() -> list[TLSVersion]:
+    return ["TLSv1.2", "TLSv1.3"]
+
+
 def _control_path(text: str) -> str:
     # a unix socket's path is at most 107 bytes (sun_path); relative paths would name
     # different files for the front and for `gantry ctl` run from elsewhere
@@ -192,7 +248,9 @@ class UpstreamSettings(_Strict):
     """A named pool of servers a location can proxy to (nginx's `upstream` block); each
     `[[app]]` pool of `gantry up` adds one of its own name."""
 
-    protocol: Literal["http", "uwsgi"] = Field("http", description="How to speak to the servers.")
+    protocol: Literal["http", "https", "uwsgi"] = Field(
+        "http", description="How to speak to the servers: HTTP, HTTP over TLS, or uwsgi."
+    )
     servers: list[UpstreamServerSettings] = Field(min_length=1, description="The pool.")
     balance: Literal["round_robin", "least_conn", "ip_hash", "hash"] = Field(
         "round_robin",
@@ -238,6 +296,21 @@ class UpstreamSettings(_Strict):
     )
     health_check: HealthCheckSettings | None = Field(
         None, description="Active health checks; unset: only passive ones (max_fails)."
+    )
+    ssl_verify: bool = Field(
+        True,
+        description="protocol = 'https': check each server's certificate and name (502 when "
+        "it does not pass); false accepts any (nginx's proxy_ssl_verify, on here).",
+    )
+    ssl_trusted_certificate: str | None = Field(
+        None,
+        description="PEM file of the CAs a server's certificate is checked against; unset: "
+        "the system's.",
+    )
+    ssl_name: str | None = Field(
+        None,
+        description="The name sent as SNI and checked in the certificate; unset: the host "
+        "of each server's address.",
     )
     next_upstream: Annotated[list[NextUpstream], AfterValidator(_off_alone)] = Field(
         default_factory=_next_upstream_default,
@@ -637,18 +710,6 @@ class SharedSettings(_Strict):
     )
 
 
-def _front_listen(text: str) -> str:
-    # an address, then optional flags (nginx's listen parameters): only proxy_protocol
-    address, proxy_protocol = split_listen(text)
-    if not proxy_protocol and address != text.strip():
-        raise ValueError(f"expected 'ADDRESS' or 'ADDRESS proxy_protocol', got {text!r}")
-    try:
-        parse_address(address, "http", "")
-    except ConfigError as exc:
-        raise ValueError(str(exc).partition(": ")[2]) from None
-    return text
-
-
 def _trusted_sources(values: list[str]) -> list[str]:
     for value in values:
         if value == "unix:":
@@ -811,17 +872,41 @@ class ServerSettings(_Strict):
         description="Fields of the upstream's responses not passed to the client "
         "('X-Powered-By'). Every location gets them (see the location's key).",
     )
+    listen: list[ListenSpec] | None = Field(
+        None,
+        description="The listeners of [front] listen it answers on, written as there "
+        "('0.0.0.0:443 ssl'); unset: all of them.",
+    )
+    ssl_certificate: str | None = Field(
+        None,
+        description="PEM file of its certificate chain (the certificate first), for its "
+        "'ssl' listeners; read at start and on SIGHUP.",
+    )
+    ssl_certificate_key: str | None = Field(
+        None, description="PEM file of the certificate's private key."
+    )
+    ssl_protocols: list[TLSVersion] = Field(
+        default_factory=_default_protocols,
+        min_length=1,
+        description="TLS versions offered: 'TLSv1.2', 'TLSv1.3' (1.0 and 1.1 are refused).",
+    )
+    hsts: str | None = Field(
+        None,
+        description="Strict-Transport-Security value added to its https responses "
+        "('max-age=63072000; includeSubDomains'); unset: none.",
+    )
 
 
 class FrontSettings(_Strict):
     """``[front]``: the front server (nginx's role): where it listens, its virtual hosts
     (`[[front.server]]`) and the upstream pools its locations proxy to."""
 
-    listen: list[Annotated[str, AfterValidator(_front_listen)]] = Field(
+    listen: list[ListenSpec] = Field(
         default_factory=lambda: ["127.0.0.1:8080"],
         description="HTTP sockets: 'HOST:PORT', '[V6]:PORT', ':PORT' or 'unix:PATH', each "
-        "optionally followed by ' proxy_protocol' (a PROXY protocol v1/v2 header comes "
-        "first, from a peer in real_ip.from).",
+        "optionally followed by flags: 'ssl' for HTTPS ('0.0.0.0:443 ssl'), "
+        "'proxy_protocol' (a PROXY protocol v1/v2 header comes first, from a peer in "
+        "real_ip.from).",
     )
     workers: int = Field(1, ge=1, description="Worker processes, under the front's own master.")
     user: str | None = Field(
@@ -1052,8 +1137,18 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
                 rewrite=compile_rewrites(server.rewrite, server.return_),
                 add_header=header_rules(server.add_header),
                 compression=_compression(server, None, f"{source}: front.server[{i}]"),
+                listen=_server_listen(server, settings.listen, f"{source}: front.server[{i}]"),
+                ssl_certificate=server.ssl_certificate,
+                ssl_certificate_key=server.ssl_certificate_key,
+                ssl_protocols=tuple(server.ssl_protocols),
+                hsts=server.hsts,
             )
         )
+    listeners = tuple(
+        Listener(address, "ssl" in flags, "proxy_protocol" in flags)
+        for address, flags in (split_listen(spec) for spec in settings.listen)
+    )
+    _check_tls(servers, listeners, source)
     upstreams = {
         name: Upstream(
             name=name,
@@ -1069,19 +1164,32 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
             gantry_keepalive=up.gantry_keepalive,
             next_upstream=tuple(up.next_upstream),
             health_check=HealthCheck(**up.health_check.model_dump()) if up.health_check else None,
+            ssl_verify=up.ssl_verify,
+            ssl_trusted_certificate=up.ssl_trusted_certificate,
+            ssl_name=up.ssl_name,
             servers=tuple(UpstreamServer(**s.model_dump()) for s in up.servers),
         )  # fmt: skip
         for name, up in settings.upstream.items()
     }
+    for name, up in settings.upstream.items():
+        if up.protocol == "https" and up.ssl_trusted_certificate is not None:
+            try:
+                ssl.create_default_context(cafile=up.ssl_trusted_certificate)
+            except (OSError, ssl.SSLError) as exc:
+                reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+                raise ConfigError(
+                    f"{source}: front.upstream.{name}.ssl_trusted_certificate: cannot load "
+                    f"{up.ssl_trusted_certificate!r}: {reason}"
+                ) from None
     pages = {int(code): path for code, path in settings.error_pages.items()}
     real_ip = settings.real_ip
-    if any(split_listen(spec)[1] for spec in settings.listen) and not real_ip.from_:
+    if any(listener.proxy_protocol for listener in listeners) and not real_ip.from_:
         raise ConfigError(
             f"{source}: front.real_ip.from: a proxy_protocol listener needs the proxies "
             "it takes the header from (networks or 'unix:'), got none"
         )
     if real_ip.header == "proxy_protocol" and not any(
-        split_listen(spec)[1] for spec in settings.listen
+        listener.proxy_protocol for listener in listeners
     ):
         raise ConfigError(
             f"{source}: front.real_ip.header: 'proxy_protocol' needs a listener with the "
@@ -1090,7 +1198,8 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
     caches = {name: _zone(name, zone) for name, zone in settings.cache.items()}
     bans_file = _bans_file(settings, source)
     return FrontConfig(
-        listen=tuple(settings.listen), workers=settings.workers, servers=tuple(servers),
+        listen=tuple(listener.address for listener in listeners), listeners=listeners,
+        workers=settings.workers, servers=tuple(servers),
         upstreams=upstreams, error_pages=pages,
         access_log=None if settings.access_log == "off" else settings.access_log,
         access_log_format=settings.access_log_format,
@@ -1185,6 +1294,53 @@ def _limit_conn(
                 f"{where}[{n}].zone: no limit_conn_zone named {limit.zone!r} (known: {known})"
             )
     return tuple(LimitConn(**limit.model_dump()) for limit in limits)
+
+
+def _server_listen(server: ServerSettings, listen: list[str], where: str) -> tuple[int, ...]:
+    """The indexes of the front's listeners a server names (): all of them)."""
+    if server.listen is None:
+        return ()
+    indexes = []
+    for k, spec in enumerate(server.listen):
+        if spec not in listen:
+            known = ", ".join(repr(s) for s in listen)
+            raise ConfigError(
+                f"{where}.listen[{k}]: {spec!r} is not one of [front] listen ({known})"
+            )
+        indexes.append(listen.index(spec))
+    return tuple(indexes)
+
+
+def answering(servers: list[VirtualServer], index: int) -> list[VirtualServer]:
+    """The servers that answer on listener ``index``, in file order."""
+    return [s for s in servers if not s.listen or index in s.listen]
+
+
+def _check_tls(servers: list[VirtualServer], listeners: tuple[Listener, ...], source: str) -> None:
+    """Every certificate pair loads; each ssl listener's default server has one."""
+    for i, server in enumerate(servers):
+        where = f"{source}: front.server[{i}]"
+        cert, key = server.ssl_certificate, server.ssl_certificate_key
+        if (cert is None) != (key is None):
+            missing = "ssl_certificate_key" if key is None else "ssl_certificate"
+            raise ConfigError(f"{where}.{missing}: expected it with the other of the pair")
+        if cert is not None and key is not None:
+            try:
+                load_pair(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), cert, key)
+            except CertificateError as exc:
+                raise ConfigError(f"{where}.{exc.key}: {exc}") from None
+    for index, listener in enumerate(listeners):
+        if not listener.ssl:
+            continue
+        on = answering(servers, index)
+        default = next((s for s in on if s.default), on[0] if on else None)
+        if default is None or default.ssl_certificate is None:
+            at = servers.index(default) if default is not None else None
+            where = f"front.server[{at}]" if at is not None else "front.server"
+            raise ConfigError(
+                f"{source}: {where}.ssl_certificate: expected a certificate for the default "
+                f"server of the listener '{listener.address} ssl'"
+            )
 
 
 def _zone(name: str, zone: CacheSettings) -> CacheZone:

@@ -224,6 +224,25 @@ class VirtualServer:
     add_header: tuple[HeaderRule, ...] = ()
     #: compression of responses no location answers (None: off)
     compression: Compression | None = None
+    #: the indexes (in FrontConfig.listeners) of the listeners it answers on; (): all
+    listen: tuple[int, ...] = ()
+    #: the PEM files of its certificate chain and key (TLS listeners)
+    ssl_certificate: str | None = None
+    ssl_certificate_key: str | None = None
+    ssl_protocols: tuple[str, ...] = ("TLSv1.2", "TLSv1.3")
+    #: the Strict-Transport-Security value added to its https responses (None: none)
+    hsts: str | None = None
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One listening address of the front and its flags (nginx's `listen ... ssl` and
+    `listen ... proxy_protocol`)."""
+
+    address: str  # "HOST:PORT", "[V6]:PORT", ":PORT" or "unix:PATH", without flags
+    ssl: bool = False
+    #: a PROXY protocol v1/v2 header comes first, from a peer in real_ip.from
+    proxy_protocol: bool = False
 
 
 @dataclass(frozen=True)
@@ -270,6 +289,11 @@ class Upstream:
     #: also retry idempotent requests on these (nginx's proxy_next_upstream)
     next_upstream: tuple[str, ...] = ("error",)
     health_check: HealthCheck | None = None
+    #: protocol "https": check the servers' certificates (against ssl_trusted_certificate,
+    #: else the system's CAs) for ssl_name, else the host of each server's address
+    ssl_verify: bool = True
+    ssl_trusted_certificate: str | None = None
+    ssl_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -295,13 +319,6 @@ class CacheZone:
     min_uses: int = 1
     bypass: tuple[str, ...] = ()
     purge_allow: tuple[IPNetwork, ...] = ()
-
-
-def split_listen(spec: str) -> tuple[str, bool]:
-    """A ``[front] listen`` entry's address and whether it reads a PROXY protocol header
-    first (``"0.0.0.0:8080 proxy_protocol"``)."""
-    address, _, flags = spec.strip().partition(" ")
-    return address, flags.split() == ["proxy_protocol"]
 
 
 @dataclass(frozen=True)
@@ -335,6 +352,8 @@ class FrontConfig:
     """The whole [front] table."""
 
     listen: tuple[str, ...] = ("127.0.0.1:8080",)
+    #: the same addresses with their flags, in the same order (empty: plain HTTP on all)
+    listeners: tuple[Listener, ...] = ()
     workers: int = 1
     servers: tuple[VirtualServer, ...] = ()
     upstreams: dict[str, Upstream] = field(default_factory=dict)

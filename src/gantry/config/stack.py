@@ -28,8 +28,9 @@ from gantry.config.front import (
     FrontSettings,
     ServerSettings,
     front_config_from_dict,
+    split_listen,
 )
-from gantry.config.front_model import FrontConfig, split_listen
+from gantry.config.front_model import FrontConfig
 from gantry.config.units import Duration
 
 __all__ = ["AppSettings", "StackPlan", "StackSettings", "StackTable", "demo_plan", "load_stack"]
@@ -189,6 +190,7 @@ class StackPlan:
         if kind == "front":
             where = f"{self.source}: front.listen"
             sockets: list[tuple[ListenAddress, int | None, int]]
+            # "0.0.0.0:443 ssl": the socket is the address; the front reads the flags
             sockets = [(parse_address(split_listen(spec)[0], "http", where), None, 2048)
                        for spec in self.settings.front.listen]  # fmt: skip
             control = self.control_path()

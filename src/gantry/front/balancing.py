@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from gantry.config.front_model import HealthCheck, Upstream, UpstreamServer
+from gantry.front.upstream_tls import UpstreamTLS, client_context, server_name
 from gantry.protocol.http1 import RequestHead
 
 __all__ = ["HealthCheck", "HealthTracker", "Peer", "UpstreamPool"]
@@ -51,8 +52,19 @@ class UpstreamPool:
     primary: list[Peer] = field(init=False)
     backup: list[Peer] = field(init=False)
     _ring: list[tuple[int, int]] = field(init=False)  # (hash point, index into primary)
+    #: https upstreams: (client context, name checked) by server address; None otherwise
+    tls: dict[str, UpstreamTLS] | None = field(init=False)
 
     def __post_init__(self) -> None:
+        context = client_context(self.upstream)
+        self.tls = None
+        if context is not None:
+            # one context for the pool: its session cache resumes the next connections
+            name = self.upstream.name
+            self.tls = {
+                s.address: (context, server_name(self.upstream, s.address), f"{s.address}#{name}")
+                for s in self.upstream.servers
+            }
         self.primary = [Peer(s, s.weight) for s in self.upstream.servers if not s.backup]
         self.backup = [Peer(s, s.weight) for s in self.upstream.servers if s.backup]
         ring = []
@@ -189,10 +201,11 @@ class HealthTracker:
 _VARIABLE: Final = re.compile(r"\$(\{[a-z0-9_]+\}|[a-z0-9_]+)")
 
 
-def hash_key(template: str, head: RequestHead, client_ip: str) -> str:
+def hash_key(template: str, head: RequestHead, client_ip: str, https: bool = False) -> str:
     """The key of ``balance = "hash"``: nginx variables in ``template`` replaced from the
-    request ($request_uri, $uri, $args, $host, $remote_addr, $request_method, $scheme,
-    $http_NAME, $cookie_NAME); an unknown variable is empty, as in nginx."""
+    request ($request_uri, $uri, $args, $host, $remote_addr, $request_method, $scheme
+    (https when the client came through TLS), $http_NAME, $cookie_NAME); an unknown
+    variable is empty, as in nginx."""
 
     def value(match: re.Match[str]) -> str:
         name = match.group(1).strip("{}")
@@ -207,7 +220,7 @@ def hash_key(template: str, head: RequestHead, client_ip: str) -> str:
         if name == "request_method":
             return head.method
         if name == "scheme":
-            return "http"
+            return "https" if https else "http"
         if name == "host":
             return (_field(head, b"host") or "").split(":")[0].lower()
         if name.startswith("http_"):

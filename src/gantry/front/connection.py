@@ -36,6 +36,8 @@ WRITE_LOW_WATER: Final = 64 * 1024
 MAX_PIPELINED: Final = 16
 #: a big file is sent in sendfile calls of at most this many bytes
 SENDFILE_CHUNK: Final = 1 << 20
+#: under TLS, a file body up to this size is read at once and written with its head
+SMALL_FILE: Final = 64 * 1024
 
 # Why reading the client is held (bits: reading resumes when none is left).
 _HOLD_BODY: Final = 1  # the upstream is not taking a streamed request body
@@ -102,15 +104,30 @@ class FrontConnection(asyncio.Protocol):
     #: and its bytes so far
     rate_start = 0.0
     rate_bytes = 0
-    #: the connection came through TLS ($scheme https)
-    https = False
     #: the client's own head of the current request when a rewrite changed ``head``
     original: RequestHead | None = None
     #: the current response's compression (gzip = true; see front.compress)
     coder: ResponseCoder | None = None
+    #: the listener's index in FrontConfig.listeners (its own routes when servers name
+    #: the listeners they answer on)
+    listener = 0
+    #: the connection came through TLS: $scheme https, HSTS, no sendfile
+    https = False
+    #: Strict-Transport-Security of the current request's server (https only), CRLF-ended
+    hsts_line = b""
 
-    def __init__(self, worker: FrontWorker, proxy_protocol: bool = False) -> None:
+    def __init__(
+        self,
+        worker: FrontWorker,
+        listener: int = 0,
+        https: bool = False,
+        proxy_protocol: bool = False,
+    ) -> None:
         self.worker = worker
+        if listener:
+            self.listener = listener
+        if https:
+            self.https = True
         self.parser = RequestParser(self, worker.limits)
         self.transport: asyncio.Transport | None = None
         #: the client's address as everything sees it (the real one behind a trusted
@@ -413,7 +430,7 @@ class FrontConnection(asyncio.Protocol):
             self.handle(head, None, self.stream)
 
     def _streams_body(self, head: RequestHead) -> bool:
-        route = self.worker.route(_host(head), head.path)
+        route = self.worker.route(_host(head), head.path, self.listener)
         location = route[2] if route is not None else None
         return location is not None and bool(location.proxy) and not location.request_buffering
 
@@ -469,13 +486,17 @@ class FrontConnection(asyncio.Protocol):
             self.original = None
         worker = self.worker
         host = _host(head)
-        route = worker.routes.get((host, head.path))  # worker.route, inline for a hit
+        route = worker.route_maps[self.listener].get((host, head.path))  # worker.route, inline
         if route is None:
-            route = worker.route(host, head.path)
+            route = worker.route(host, head.path, self.listener)
             if route is None:
                 self.error(400, close=True)
                 return
         self.path, self.server, self.location, chain = route
+        if self.https:
+            hsts = self.server.hsts
+            if hsts or self.hsts_line:  # set only where used: see the class's attributes
+                self.hsts_line = _hsts_line(hsts)
         try:
             run_chain(chain, self, stream if stream is not None else body)
         except Exception:  # a bug must cost one request, not the connection's silence
@@ -557,8 +578,17 @@ class FrontConnection(asyncio.Protocol):
             spawn(self.worker.tasks, self._stream_file(os.dup(fd), pieces))
             return
         self.coder = None
+        if self.https:
+            # the bytes must go through the transport's encryption: no sendfile; a small
+            # file is read at once and goes with its head in one write (no task)
+            body = _small_file(fd, pieces)
+            if body is not None:
+                self.sent += len(body)
+                transport.write(self._head_bytes(status, lines) + body)
+                self._done()
+                return
         transport.write(self._head_bytes(status, lines))
-        sock = transport.get_extra_info("socket")
+        sock = None if self.https else transport.get_extra_info("socket")
         if sock is None:
             spawn(self.worker.tasks, self._stream_file(os.dup(fd), pieces))
             return
@@ -721,6 +751,8 @@ class FrontConnection(asyncio.Protocol):
             rules = location.add_header if location is not None else self.server.add_header
             if rules:
                 head += added_fields(rules, status, self)
+            if self.hsts_line:
+                head += self.hsts_line
             if self.keep_alive and self.head.version == "1.1":  # connection_field, inline
                 transport.write(head + self.worker.defaults.lines + body)
             else:
@@ -747,6 +779,7 @@ class FrontConnection(asyncio.Protocol):
             head += added_fields(rules, status, self)
         self.transport.write(
             head
+            + self.hsts_line
             + connection_field(self.keep_alive, self.head.version)
             + self.worker.defaults.lines
             + body
@@ -811,7 +844,7 @@ class FrontConnection(asyncio.Protocol):
             self._vars_addr = self.remote_addr
             self._fixed_vars = self._gantry_vars = b""
         if not self._fixed_vars:
-            self._fixed_vars = connection_vars(self.remote_addr, *self.ports)
+            self._fixed_vars = connection_vars(self.remote_addr, *self.ports, self.https)
         return self._fixed_vars
 
     def gantry_vars(self) -> bytes:
@@ -820,14 +853,14 @@ class FrontConnection(asyncio.Protocol):
             self._vars_addr = self.remote_addr
             self._fixed_vars = self._gantry_vars = b""
         if not self._gantry_vars:
-            self._gantry_vars = gantry_connection_vars(self.remote_addr, *self.ports)
+            self._gantry_vars = gantry_connection_vars(self.remote_addr, *self.ports, self.https)
         return self._gantry_vars
 
     def request_path(self, head: RequestHead) -> str:
         """The normalized path of ``head`` (the one being handled has it already)."""
         if self.head is head:
             return self.path
-        route = self.worker.route(_host(head), head.path)
+        route = self.worker.route(_host(head), head.path, self.listener)
         return route[0] if route is not None else "/"
 
     def reroute(self, head: RequestHead, path: str, location: Location | None) -> None:
@@ -857,12 +890,14 @@ class FrontConnection(asyncio.Protocol):
         return data
 
     def _head_bytes(self, status: int, lines: list[bytes], reason: bytes = b"") -> bytes:
-        """Status line, ``lines`` (fields ending in CRLF), add_header's, Connection,
+        """Status line, ``lines`` (fields ending in CRLF), add_header's, HSTS, Connection,
         Server, Date."""
         location = self.location
         rules = location.add_header if location is not None else self.server.add_header
         if rules:
             lines.append(added_fields(rules, status, self))
+        if self.hsts_line:
+            lines.append(self.hsts_line)
         lines.append(connection_field(self.keep_alive, self.head.version))
         lines.append(self.worker.defaults.lines)
         return status_line(status, reason) + b"".join(lines)
@@ -982,6 +1017,32 @@ class FrontConnection(asyncio.Protocol):
     def log_error(self, message: str) -> None:
         """One error-log line about this client's request."""
         log.error("%s: %s", self.remote_addr, message)
+
+
+def _small_file(fd: int, pieces: list[FilePiece]) -> bytes | None:
+    """The whole body of a file response of at most SMALL_FILE bytes, read now; None for
+    a larger one, or for a file that shrank under us (the stream says so by closing)."""
+    size = 0
+    for piece in pieces:
+        size += len(piece) if isinstance(piece, bytes) else piece[1] + 1 - piece[0]
+    if size > SMALL_FILE:
+        return None
+    parts = []
+    for piece in pieces:
+        if isinstance(piece, bytes):
+            parts.append(piece)
+            continue
+        want = piece[1] + 1 - piece[0]
+        data = os.pread(fd, want, piece[0])
+        if len(data) != want:
+            return None
+        parts.append(data)
+    return b"".join(parts)
+
+
+def _hsts_line(hsts: str | None) -> bytes:
+    """The Strict-Transport-Security field of a server's https responses, CRLF-ended."""
+    return b"Strict-Transport-Security: " + hsts.encode() + b"\r\n" if hsts else b""
 
 
 def _host(head: RequestHead) -> str | None:

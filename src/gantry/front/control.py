@@ -212,7 +212,7 @@ def key_of(zone: CacheZone, text: str) -> str:
     head.target = ("/" + target).encode("utf-8", "surrogateescape")
     head.path, _, head.query = head.target.partition(b"?")
     head.headers = [(b"host", authority.encode("utf-8", "surrogateescape"))]
-    return cache_key(zone.key, head, "")
+    return cache_key(zone.key, head, "", text[:6].lower() == "https:")
 
 
 def purge(zones: dict[str, CacheZone], arguments: Arguments) -> dict[str, Any]:

@@ -30,10 +30,15 @@ class _Probe(UpstreamResponse):
 
 
 async def _probe(
-    loop: asyncio.AbstractEventLoop, upstream: Upstream, peer: Peer, check: HealthCheck
+    loop: asyncio.AbstractEventLoop,
+    upstream: Upstream,
+    pool: UpstreamPool,
+    peer: Peer,
+    check: HealthCheck,
 ) -> bool:
     try:
-        conn = await open_upstream(loop, peer.server.address, check.timeout)
+        tls = pool.tls[peer.server.address] if pool.tls is not None else None
+        conn = await open_upstream(loop, peer.server.address, check.timeout, None, tls=tls)
     except UpstreamError:
         return False
     probe = _Probe(loop)
@@ -68,7 +73,7 @@ async def run_health_checks(
     tracker = HealthTracker(pool, check)
     while True:
         results = await asyncio.gather(
-            *(_probe(loop, upstream, peer, check) for peer in pool.peers())
+            *(_probe(loop, upstream, pool, peer, check) for peer in pool.peers())
         )
         for peer, passed in zip(pool.peers(), results, strict=True):
             if tracker.record(peer, passed):

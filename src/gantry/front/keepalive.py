@@ -7,6 +7,7 @@ import asyncio
 
 from gantry.front.upstream import UpstreamConnection, open_upstream
 from gantry.front.upstream_poll import worker_poller
+from gantry.front.upstream_tls import UpstreamTLS
 
 __all__ = ["KeepAlivePool"]
 
@@ -29,7 +30,8 @@ class KeepAlivePool:
             conn.check_deadline(now)
 
     def take(self, address: str, max_idle: float) -> UpstreamConnection | None:
-        """An idle connection to ``address`` that has waited at most ``max_idle`` seconds."""
+        """An idle connection to ``address`` (an https upstream's: its key, see
+        UpstreamTLS) that has waited at most ``max_idle`` seconds."""
         idle = self.idle.get(address)
         if not idle:
             return None
@@ -42,19 +44,24 @@ class KeepAlivePool:
         return None
 
     async def get(
-        self, address: str, timeout: float, max_idle: float = 1.5
+        self,
+        address: str,
+        timeout: float,
+        max_idle: float = 1.5,
+        tls: UpstreamTLS | None = None,
     ) -> tuple[UpstreamConnection, bool]:
-        """A connection to ``address``; True when it is a reused one (it may be stale)."""
-        conn = self.take(address, max_idle)
+        """A connection to ``address`` (over TLS with ``tls``: see open_upstream); True when
+        it is a reused one (it may be stale)."""
+        conn = self.take(tls[2] if tls is not None else address, max_idle)
         if conn is not None:
             return conn, True
-        conn = await open_upstream(self.loop, address, timeout, self.active, self.poller)
+        conn = await open_upstream(self.loop, address, timeout, self.active, self.poller, tls)
         conn.on_lost = self.forget
         return conn, False
 
     def put(self, conn: UpstreamConnection, limit: int) -> None:
         """Keep ``conn`` for the next request, or close it past ``limit``."""
-        idle = self.idle.setdefault(conn.address, [])
+        idle = self.idle.setdefault(conn.pool_key or conn.address, [])
         if conn.closed or len(idle) >= limit:
             conn.abort()
             return
@@ -63,7 +70,7 @@ class KeepAlivePool:
 
     def forget(self, conn: UpstreamConnection) -> None:
         """``conn`` closed: it is no longer one to take."""
-        idle = self.idle.get(conn.address)
+        idle = self.idle.get(conn.pool_key or conn.address)
         if idle and conn in idle:
             idle.remove(conn)
 

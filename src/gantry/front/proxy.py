@@ -27,6 +27,7 @@ from gantry.front.upstream_request import (
     uwsgi_packet,
     with_fields,
 )
+from gantry.front.upstream_tls import UpstreamTLS
 from gantry.http.body import BodyBuffer
 from gantry.protocol.http1 import RequestHead
 
@@ -213,7 +214,7 @@ class ProxyRequest(UpstreamResponse):
             self.body_length = body.length
         self.upstream = upstream
         #: connections to this upstream may serve another request
-        self.reusable = upstream.protocol == "http" or upstream.gantry_keepalive
+        self.reusable = upstream.protocol != "uwsgi" or upstream.gantry_keepalive
         self.pool = pool
         self.location = location
 
@@ -236,15 +237,22 @@ class ProxyRequest(UpstreamResponse):
             )
             return
         if self.reusable:
-            conn = self.keepalive.take(peer.server.address, self.upstream.keepalive_timeout)
+            tls = self._tls(peer)
+            key = tls[2] if tls is not None else peer.server.address
+            conn = self.keepalive.take(key, self.upstream.keepalive_timeout)
             if conn is not None:
                 self._send_on(peer, conn)
                 self.reused = True
                 return
-        if peer.server.address.startswith("unix:"):
+        if peer.server.address.startswith("unix:") and self.pool.tls is None:
             self._connect_unix(peer)
             return
         spawn(self.tasks, self._first(peer))
+
+    def _tls(self, peer: Peer) -> UpstreamTLS | None:
+        """(client context, name) for a server of an https upstream, else None."""
+        tls = self.pool.tls
+        return tls[peer.server.address] if tls is not None else None
 
     def _connect_unix(self, peer: Peer) -> None:
         """The first attempt on a new unix connection to ``peer``, without a Task (to
@@ -272,6 +280,7 @@ class ProxyRequest(UpstreamResponse):
                 self.upstream.connect_timeout,
                 self.keepalive.active,
                 self.keepalive.poller,
+                self._tls(peer),
             )
         except UpstreamError as exc:
             self._connected(peer, started, None, exc)
@@ -311,7 +320,8 @@ class ProxyRequest(UpstreamResponse):
     def _key(self) -> str:
         if self.upstream.balance != "hash":
             return ""
-        return hash_key(self.upstream.hash_key, self.head_in, self.client.remote_addr)
+        client = self.client
+        return hash_key(self.upstream.hash_key, self.head_in, client.remote_addr, client.https)
 
     def _send_on(self, peer: Peer, conn: UpstreamConnection) -> None:
         """One attempt: the request goes out on ``conn``; how it ends comes to ``_settle``."""
@@ -388,7 +398,10 @@ class ProxyRequest(UpstreamResponse):
             try:
                 if self.reusable and stream is None and not state.fresh:
                     conn, reused = await keepalive.get(
-                        peer.server.address, upstream.connect_timeout, upstream.keepalive_timeout
+                        peer.server.address,
+                        upstream.connect_timeout,
+                        upstream.keepalive_timeout,
+                        self._tls(peer),
                     )
                 else:
                     # a streamed body cannot be sent twice: never risk a stale connection
@@ -398,6 +411,7 @@ class ProxyRequest(UpstreamResponse):
                         upstream.connect_timeout,
                         keepalive.active,
                         keepalive.poller,
+                        self._tls(peer),
                     )
             except UpstreamError as exc:
                 self._connect_failed(peer, exc, connect_started, state)
@@ -567,7 +581,7 @@ class ProxyRequest(UpstreamResponse):
                 )
         else:
             request = http_request_head(
-                head, client.remote_addr, self.body_length, script_name, fields
+                head, client.remote_addr, self.body_length, script_name, fields, client.https
             )
         return [request, body] if body else [request]
 

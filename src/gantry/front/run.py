@@ -13,8 +13,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from gantry.config import ListenAddress, parse_address
-from gantry.config.front_model import FrontConfig, split_listen
+from gantry.config import ConfigError, ListenAddress, parse_address
+from gantry.config.certificates import CertificateError
+from gantry.config.front_model import FrontConfig
 from gantry.front.connection import FrontConnection
 from gantry.front.limits.state import FrontLimits
 from gantry.front.worker import FrontWorker
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from gantry.control.server import ControlServer
     from gantry.front.cache.counters import CacheCounters
     from gantry.front.limits.autoban import BanTable
+    from gantry.front.tls import FrontTLS
 
 __all__ = ["run_front"]
 
@@ -65,6 +67,7 @@ def _serve_worker(
     lone_reload: LoneReload | None = None,
     defences: FrontLimits | None = None,
     cache_counters: CacheCounters | None = None,
+    tls: FrontTLS | None = None,
 ) -> int:
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
@@ -83,15 +86,29 @@ def _serve_worker(
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             loop.add_signal_handler(signum, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, _reopen_logs, config, worker)
-        # each socket in the order of [front] listen, with its proxy_protocol flag
-        flags = [split_listen(spec)[1] for spec in config.listen]
-        flags += [False] * (len(sockets) - len(flags))
-        servers = [
-            await loop.create_server(_connections(worker, proxy), sock=sock)
-            for (_, sock), proxy in zip(sockets, flags, strict=False)
-        ]
-        for address, _ in sockets:
-            log.info("front listening on http://%s", address)
+        # each socket in the order of [front] listen, with its flags
+        listeners = config.listeners
+        servers = []
+        for index, (address, sock) in enumerate(sockets):
+            proxy = index < len(listeners) and listeners[index].proxy_protocol
+            context = tls.listeners.get(index) if tls is not None else None
+            if context is None:
+                servers.append(
+                    await loop.create_server(_connections(worker, index, False, proxy), sock=sock)
+                )
+                log.info("front listening on http://%s", address)
+                continue
+            # the loop's own TLS transport (uvloop's is in C around a memory BIO);
+            # the handshake has client_header_timeout, as a request head would
+            servers.append(
+                await loop.create_server(
+                    _connections(worker, index, True, False),
+                    sock=sock,
+                    ssl=context,
+                    ssl_handshake_timeout=config.client_header_timeout,
+                )
+            )
+            log.info("front listening on https://%s", address)
         if slot is not None:
             slot.pid = os.getpid()
             slot.status = STATUS_CODES["idle"]
@@ -111,7 +128,10 @@ def _serve_worker(
         for server in servers:
             server.close()
         deadline = loop.time() + config.graceful_timeout
-        while loop.time() < deadline and worker.connections:
+        # a TLS connection becomes one of worker.connections once its handshake is done:
+        # those accepted just before the close get a second to finish it
+        handshakes = loop.time() + min(1.0, config.graceful_timeout) if tls else 0.0
+        while loop.time() < deadline and (worker.connections or loop.time() < handshakes):
             # Busy keep-alive connections end with their response (Connection: close);
             # idle ones are closed once no request can be on its way in.
             now = time.monotonic()
@@ -129,11 +149,43 @@ def _serve_worker(
     return 0
 
 
-def _connections(worker: FrontWorker, proxy_protocol: bool) -> Callable[[], FrontConnection]:
-    """The protocol factory of one listener."""
+def _connections(
+    worker: FrontWorker, index: int, https: bool, proxy_protocol: bool
+) -> Callable[[], FrontConnection]:
+    """The protocol factory of listener ``index``."""
     if proxy_protocol:
-        return lambda: FrontConnection(worker, True)
-    return lambda: FrontConnection(worker)
+        return lambda: FrontConnection(worker, index, https, True)
+    return lambda: FrontConnection(worker, index, https)
+
+
+def _load_tls(
+    config: FrontConfig, sockets: list[tuple[ListenAddress, socket.socket]]
+) -> FrontTLS | None:
+    """The TLS contexts of the ssl listeners, made before any fork (see front.tls)."""
+    if not any(listener.ssl for listener in config.listeners):
+        return None
+    from gantry.front.tls import FrontTLS
+
+    try:
+        return FrontTLS(config)
+    except CertificateError as exc:  # changed on disk since the config was read
+        for _, sock in sockets:
+            sock.close()
+        raise ConfigError(f"front.server: {exc.key}: {exc}") from None
+
+
+def _reload_tls(config: FrontConfig, current: list[FrontTLS | None]) -> None:
+    """SIGHUP: read the certificates again for the new workers; a pair that does not load
+    leaves the old contexts serving, with an error-log line naming it."""
+    from gantry.front.tls import FrontTLS
+
+    try:
+        current[0] = FrontTLS(config)
+    except CertificateError as exc:
+        log.error("SIGHUP: certificates not reloaded, the old ones keep serving: %s: %s",
+                  exc.key, exc)  # fmt: skip
+    else:
+        log.info("SIGHUP: certificates read again")
 
 
 def _reopen_logs(config: FrontConfig, worker: FrontWorker) -> None:
@@ -180,9 +232,7 @@ def run_front(
     setup_error_log()
     _warn_missing_directories(config)
     identity = resolve_identity(config.user, config.group, "front")
-    addresses = [
-        parse_address(split_listen(spec)[0], "http", "front.listen") for spec in config.listen
-    ]
+    addresses = [parse_address(spec, "http", "front.listen") for spec in config.listen]
     passed = inherited_by_key()
     sockets = bind_or_inherit(addresses, None, 2048, passed)
     control = None
@@ -196,6 +246,7 @@ def run_front(
                 sock.close()
             raise
     warn_unclaimed(passed)
+    tls = _load_tls(config, sockets)
     master = (
         master or bool(stats or metrics or control) or os.environ.get("GANTRY_FRONT_MASTER") == "1"
     )
@@ -214,7 +265,7 @@ def run_front(
             )
             lone_reload = LoneReload(reexec, lambda: None)  # the worker sets request_stop
         drop_privileges(identity)  # alone: the sockets are bound (a re-exec keeps them)
-        code = _serve_worker(config, sockets, None, lone_reload)
+        code = _serve_worker(config, sockets, None, lone_reload, tls=tls)
         if lone_reload is not None:
             lone_reload.exec_if_requested()
         return code
@@ -227,6 +278,7 @@ def run_front(
         from gantry.front.cache.counters import CacheCounters
 
         cache_counters = CacheCounters(list(config.caches.values()), table.size)
+    current = [tls]  # the contexts the next workers inherit (SIGHUP builds new ones)
     supervisor = Master(
         MasterSettings(
             workers=config.workers,
@@ -235,10 +287,12 @@ def run_front(
             identity=identity,
         ),
         lambda slot, generation: _serve_worker(
-            config, sockets, slot, None, defences, cache_counters
+            config, sockets, slot, None, defences, cache_counters, current[0]
         ),
         table,
     )
+    if tls is not None:
+        supervisor.on_reload = lambda: _reload_tls(config, current)
     listen_names = [str(address) for address, _ in sockets]
     status: Callable[[], dict[str, Any]] = supervisor.status
     if defences is not None:

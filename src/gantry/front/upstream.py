@@ -18,6 +18,7 @@ import asyncio
 import errno
 import re
 import socket
+import ssl
 from collections.abc import Callable
 from enum import Enum
 from typing import Any, Final
@@ -26,14 +27,19 @@ import httptools
 from mypy_extensions import mypyc_attr
 
 from gantry.front.upstream_poll import LoopPoller, PolledSocket, UpstreamPoller
+from gantry.front.upstream_tls import UpstreamTLS
 from gantry.protocol.uwsgi import encode_packet
 
 # The C socket type: ``socket.socket`` is a Python subclass whose constructor and
 # close() run Python code, for nothing a connection per request needs.
 RawSocket = _socket.socket
+# An https upstream's handshaken session: the SSLObject, and its incoming and outgoing
+# memory BIOs (ciphertext)
+_TLSSession = tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]
 
 __all__ = [
     "Failure",
+    "TLSUpstreamConnection",
     "UpstreamConnection",
     "UpstreamError",
     "UpstreamResponse",
@@ -193,6 +199,8 @@ class UpstreamConnection(PolledSocket):
     short_path = False
     #: bytes of the current response fed to the parser before its head was complete
     head_seen = 0
+    #: what the keep-alive pool files it under when not its address (https upstreams)
+    pool_key = ""
 
     def __init__(
         self,
@@ -606,6 +614,93 @@ class UpstreamConnection(PolledSocket):
             receiver.end(self.keep_alive and not self.closed)
 
 
+class TLSUpstreamConnection(UpstreamConnection):
+    """A connection to an https upstream: the same socket driven by the same poller, the
+    bytes going through an ssl.SSLObject and its memory BIOs (handshaken by open_upstream).
+    Plain HTTP and uwsgi upstreams never pay for it: they are UpstreamConnection's own."""
+
+    tls: ssl.SSLObject | None = None
+    #: the SSLObject's ends: ciphertext received, and to send
+    incoming: ssl.MemoryBIO | None = None
+    outgoing: ssl.MemoryBIO | None = None
+
+    def attach_tls(self, sock: RawSocket, session: _TLSSession) -> None:
+        """Take ``sock`` with its handshaken TLS session and read from it."""
+        self.tls, self.incoming, self.outgoing = session
+        self.attach(sock)
+
+    def _seal(self, data: bytes) -> bytes:
+        """``data`` encrypted: the records to send."""
+        tls, outgoing = self.tls, self.outgoing
+        assert tls is not None and outgoing is not None
+        tls.write(data)
+        return outgoing.read()
+
+    def send(
+        self,
+        receiver: UpstreamResponse,
+        payload: list[bytes],
+        read_timeout: float,
+        head_request: bool,
+        short_path: bool = False,
+    ) -> None:
+        """See UpstreamConnection.send: the request goes out encrypted; the parser reads
+        every response (a TLS read may end anywhere in a record, so no short path)."""
+        if self.sock is not None:
+            payload = [self._seal(b"".join(payload))]
+        UpstreamConnection.send(self, receiver, payload, read_timeout, head_request, False)
+
+    def _write(self, data: bytes) -> None:
+        if self.sock is not None:
+            UpstreamConnection._write(self, self._seal(data))
+
+    def on_readable(self) -> None:
+        sock, tls, incoming = self.sock, self.tls, self.incoming
+        if sock is None or tls is None or incoming is None:
+            return
+        try:
+            data = sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # reset by the upstream
+            self._close()
+            self.connection_lost(exc)
+            return
+        if data:
+            incoming.write(data)
+        else:
+            incoming.write_eof()
+        # Everything this read decrypts is handed on now, paused or not: bytes left in
+        # the SSLObject would wait for a socket event that may never come.
+        while self.sock is not None:
+            try:
+                plain = tls.read(READ_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:  # close_notify: the end, as a FIN would be
+                plain = b""
+            except ssl.SSLError as exc:  # a bad record, or a close without close_notify
+                self._close()
+                self.connection_lost(exc)
+                return
+            if not plain:
+                self._close()
+                self.connection_lost(None)
+                return
+            self.data_received(plain)
+        if self.sock is None:
+            return
+        if not data:
+            self._close()
+            self.connection_lost(None)
+            return
+        outgoing = self.outgoing
+        if (
+            outgoing is not None and outgoing.pending
+        ):  # TLS 1.3's post-handshake answers (a key update)
+            UpstreamConnection._write(self, outgoing.read())
+
+
 def connect_error(address: str, exc: Exception) -> UpstreamError:
     """The 502 for a connect to ``address`` that failed with ``exc`` (the request may go to
     another server: nothing was sent)."""
@@ -640,13 +735,17 @@ async def open_upstream(
     timeout: float,
     watch: set[UpstreamConnection] | None = None,
     poller: UpstreamPoller | None = None,
+    tls: UpstreamTLS | None = None,
 ) -> UpstreamConnection:
     """Connect to ``address`` ("HOST:PORT" or "unix:/path"); UpstreamError if refused or slow.
 
     ``watch`` is the set a sweep checks read deadlines in (see UpstreamConnection.watch);
     ``poller`` the worker's (None: the connection watches its socket on its own).
+    ``tls``: (client context, server name, pool key) for an https upstream; a handshake
+    that fails (a certificate not trusted) is a 502 like a refused connection, within
+    ``timeout``.
     """
-    if address.startswith("unix:"):
+    if tls is None and address.startswith("unix:"):
         return connect_unix(loop, address, watch, poller)
     host, _, port = address.rpartition(":")
     # A timer rather than asyncio.wait_for: no extra task per connection.
@@ -661,8 +760,25 @@ async def open_upstream(
             task.cancel()
 
     timer = loop.call_later(timeout, expire) if task is not None else None
+    tls_object: _TLSSession | None = None
     try:
-        sock = await _connect_tcp(loop, host.strip("[]"), int(port))
+        if tls is None:
+            sock = await _connect_tcp(loop, host.strip("[]"), int(port))
+        else:
+            if address.startswith("unix:"):
+                sock = RawSocket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+                try:
+                    sock.connect(address[5:])
+                except BaseException:
+                    sock.close()
+                    raise
+            else:
+                sock = await _connect_tcp(loop, host.strip("[]"), int(port))
+            try:
+                tls_object = await _handshake(loop, sock, tls[0], tls[1])
+            except BaseException:
+                sock.close()
+                raise
     except asyncio.CancelledError:
         if expired:
             raise UpstreamError(
@@ -674,9 +790,15 @@ async def open_upstream(
     finally:
         if timer is not None:
             timer.cancel()
-    conn = UpstreamConnection(loop, address, watch, poller)
-    conn.attach(sock)
-    return conn
+    if tls is None:
+        conn = UpstreamConnection(loop, address, watch, poller)
+        conn.attach(sock)
+        return conn
+    tls_conn = TLSUpstreamConnection(loop, address, watch, poller)
+    tls_conn.pool_key = tls[2]
+    assert tls_object is not None
+    tls_conn.attach_tls(sock, tls_object)
+    return tls_conn
 
 
 async def _connect_tcp(loop: asyncio.AbstractEventLoop, host: str, port: int) -> RawSocket:
@@ -702,6 +824,37 @@ async def _connect_tcp(loop: asyncio.AbstractEventLoop, host: str, port: int) ->
         return sock
     assert error is not None
     raise error
+
+
+async def _handshake(
+    loop: asyncio.AbstractEventLoop, sock: RawSocket, context: ssl.SSLContext, name: str
+) -> _TLSSession:
+    """The TLS handshake of an https upstream on ``sock`` (connected, non-blocking), through
+    memory BIOs so that the connection then goes on driving its own socket; ssl.SSLError
+    (an OSError: a 502) when the certificate is not trusted or the peer breaks off."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    # an IP address is checked against the certificate's IP entries, never sent as SNI
+    # (the ssl module leaves SNI out for an address on its own)
+    tls = context.wrap_bio(incoming, outgoing, server_side=False, server_hostname=name)
+    while True:
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            pending = outgoing.read()
+            if pending:
+                await loop.sock_sendall(sock, pending)  # type: ignore[arg-type]
+            data = await loop.sock_recv(sock, READ_SIZE)  # type: ignore[arg-type]
+            if not data:
+                raise ConnectionResetError(
+                    errno.ECONNRESET, "the upstream closed the connection in the TLS handshake"
+                ) from None
+            incoming.write(data)
+            continue
+        break
+    pending = outgoing.read()
+    if pending:
+        await loop.sock_sendall(sock, pending)  # type: ignore[arg-type]
+    return tls, incoming, outgoing
 
 
 def uwsgi_payload(pairs: list[tuple[bytes, bytes]], body: bytes = b"") -> list[bytes]:

@@ -146,16 +146,25 @@ def _header_key(name: bytes) -> bytes:
     return _remember(_header_keys, name, marker if marker is not None else _key(key))
 
 
-def _connection_pairs(remote_addr: str, remote_port: str, server_port: str) -> list[bytes]:
-    """key, value, key, value ... of the vars alike for every request of a connection."""
-    return [b"DOCUMENT_ROOT", b"/", b"REQUEST_SCHEME", b"http",
-            b"REMOTE_ADDR", remote_addr.encode(), b"REMOTE_PORT", remote_port.encode(),
-            b"SERVER_PORT", server_port.encode()]  # fmt: skip
+def _connection_pairs(
+    remote_addr: str, remote_port: str, server_port: str, https: bool
+) -> list[bytes]:
+    """key, value, key, value ... of the vars alike for every request of a connection;
+    HTTPS=on as nginx's uwsgi_params send it (uWSGI and gantry serve then give the app
+    wsgi.url_scheme https)."""
+    pairs = [b"DOCUMENT_ROOT", b"/", b"REQUEST_SCHEME", b"https" if https else b"http",
+             b"REMOTE_ADDR", remote_addr.encode(), b"REMOTE_PORT", remote_port.encode(),
+             b"SERVER_PORT", server_port.encode()]  # fmt: skip
+    if https:
+        pairs += (b"HTTPS", b"on")
+    return pairs
 
 
-def connection_vars(remote_addr: str, remote_port: str, server_port: str) -> bytes:
+def connection_vars(
+    remote_addr: str, remote_port: str, server_port: str, https: bool = False
+) -> bytes:
     """The vars that are the same for every request of one client connection."""
-    pairs = _connection_pairs(remote_addr, remote_port, server_port)
+    pairs = _connection_pairs(remote_addr, remote_port, server_port, https)
     return b"".join([_var(key, value) for key, value in zip(pairs[::2], pairs[1::2], strict=True)])
 
 
@@ -266,15 +275,18 @@ def _g_header_key(name: bytes) -> bytes:
     return _remember(_g_header_keys, name, _G_MARKERS.get(key, key))
 
 
-#: NULs inside gantry_connection_vars (10 fields)
+#: NULs inside gantry_connection_vars (10 fields, 12 with HTTPS)
 _FIXED_NULS: Final = 9
+_FIXED_NULS_HTTPS: Final = 11
 #: where the value starts in an encoded SERVER_NAME var
 _SERVER_NAME_AT: Final = len(_SERVER_NAME) + 2
 
 
-def gantry_connection_vars(remote_addr: str, remote_port: str, server_port: str) -> bytes:
+def gantry_connection_vars(
+    remote_addr: str, remote_port: str, server_port: str, https: bool = False
+) -> bytes:
     """:func:`connection_vars` in gantry's own packet."""
-    return b"\0".join(_connection_pairs(remote_addr, remote_port, server_port))
+    return b"\0".join(_connection_pairs(remote_addr, remote_port, server_port, https))
 
 
 def gantry_packet(
@@ -327,7 +339,8 @@ def gantry_packet(
     append(server_var[_SERVER_NAME_AT:])
     block = b"\0".join(parts)
     # NULs: one between each two parts, and the method's, the protocol's and fixed's own
-    if len(block) > _MAX_U16 or block.count(b"\0") != len(parts) - 1 + 2 + _FIXED_NULS:
+    fixed_nuls = _FIXED_NULS_HTTPS if fixed.endswith(b"HTTPS\0on") else _FIXED_NULS
+    if len(block) > _MAX_U16 or block.count(b"\0") != len(parts) - 1 + 2 + fixed_nuls:
         return None
     return packet_header(len(block), 0, GANTRY_MODIFIER2) + block
 
@@ -348,13 +361,14 @@ def http_request_head(
     body_length: int,
     script_name: str = "",
     fields: list[tuple[bytes, bytes]] | None = None,
+    https: bool = False,
 ) -> bytes:
     """The request head for an HTTP upstream: X-Forwarded-*, X-Real-IP, the location's
     X-Script-Name, and no hop-by-hop fields; the body follows it. ``fields``
     (proxy_set_header) replace the client's and the front's own of the same names, or
     remove them (an empty value)."""
     if fields is not None:
-        return _with_set_fields(head, remote_addr, body_length, script_name, fields)
+        return _with_set_fields(head, remote_addr, body_length, script_name, fields, https)
     head = without_connection_fields(head)
     lines = [head.method.encode() + b" " + head.target + b" HTTP/1.1"]
     forwarded_for = remote_addr.encode()
@@ -370,7 +384,7 @@ def http_request_head(
         lines.append(name + b": " + value)
     lines.append(b"X-Forwarded-For: " + forwarded_for)
     lines.append(b"X-Real-IP: " + remote_addr.encode())
-    lines.append(b"X-Forwarded-Proto: http")
+    lines.append(b"X-Forwarded-Proto: https" if https else b"X-Forwarded-Proto: http")
     if host:
         lines.append(b"X-Forwarded-Host: " + host)
     else:
@@ -394,11 +408,14 @@ def _with_set_fields(
     body_length: int,
     script_name: str,
     fields: list[tuple[bytes, bytes]],
+    https: bool = False,
 ) -> bytes:
     """http_request_head with proxy_set_header's fields in place of the same names (the
     client's and the front's own X-Forwarded-*, X-Real-IP, Host)."""
     named = {name.lower() for name, _ in fields} - _FRAMING
-    lines = http_request_head(head, remote_addr, body_length, script_name).split(b"\r\n")
+    lines = http_request_head(head, remote_addr, body_length, script_name, None, https).split(
+        b"\r\n"
+    )
     kept = [lines[0]] + [
         line for line in lines[1:-2] if line.partition(b":")[0].lower() not in named
     ]

@@ -71,6 +71,22 @@ class FrontWorker:
         self.config = config
         self.loop = loop
         self.router = Router(config.servers)
+        #: per listener: its router and its remembered routes (the same objects for
+        #: listeners every server answers on, which is all of them without `listen`)
+        self.routers: list[Router] = []
+        self.route_maps: list[dict[tuple[str | None, bytes], Route]] = []
+        shared: dict[tuple[int, ...], tuple[Router, dict[tuple[str | None, bytes], Route]]] = {}
+        for index in range(max(1, len(config.listeners))):
+            servers = [s for s in config.servers if not s.listen or index in s.listen]
+            key = tuple(id(s) for s in servers)
+            if key not in shared:
+                if len(servers) == len(config.servers):
+                    shared[key] = (self.router, {})
+                else:
+                    shared[key] = (Router(servers), {})
+            router, routes = shared[key]
+            self.routers.append(router)
+            self.route_maps.append(routes)
         self.pools = {name: UpstreamPool(upstream) for name, upstream in config.upstreams.items()}
         self.keepalive = KeepAlivePool(loop)
         #: this worker's shared-memory slot under a master (gantry top, stats, metrics)
@@ -78,7 +94,7 @@ class FrontWorker:
         self.counters = WorkerCounters()
         #: (Host, raw path) -> route: routing is a pure function of the two and of the
         #: configuration, which never changes in a worker
-        self.routes: dict[tuple[str | None, bytes], Route] = {}
+        self.routes: dict[tuple[str | None, bytes], Route] = self.route_maps[0]
         self.static = StaticHandler()
         self.defaults = HeadDefaults()
         self.limits = HTTPLimits(max_body_size=config.client_max_body_size)
@@ -184,18 +200,20 @@ class FrontWorker:
         #: set on a graceful stop: every response then says Connection: close
         self.stopping = False
 
-    def route(self, host: str | None, raw_path: bytes) -> Route | None:
-        """(normalized path, server, location, handlers) of a request; None for a path to
-        refuse. Routing is a pure function of Host, the raw path and the configuration
-        (which never changes in a worker), so it is remembered."""
-        routes = self.routes
+    def route(self, host: str | None, raw_path: bytes, listener: int = 0) -> Route | None:
+        """(normalized path, server, location, handlers) of a request on ``listener``;
+        None for a path to refuse. Routing is a pure function of the listener, Host, the
+        raw path and the configuration (which never changes in a worker), so it is
+        remembered."""
+        routes = self.route_maps[listener]
         route = routes.get((host, raw_path))
         if route is None:
             path = normalize_path(raw_path)
             if path is None:
                 return None
-            server = self.router.server_for(host)
-            location = self.router.location_for(server, path)
+            router = self.routers[listener]
+            server = router.server_for(host)
+            location = router.location_for(server, path)
             route = (path, server, location, self.chain_for(server, location))
             if len(routes) >= ROUTE_CACHE:
                 routes.clear()

@@ -111,6 +111,9 @@ class Master:
         self.reload_error = ""
         #: called in the master on SIGUSR1 besides reopening the error log
         self.on_reopen_logs: Callable[[], None] | None = None
+        #: called in the master on SIGHUP before the new workers are forked (the front
+        #: reads its certificates again there, so the new workers inherit them)
+        self.on_reload: Callable[[], None] | None = None
         #: set when the app is loaded in the master (preload): a reload re-executes it
         self.reexec: Reexec | None = None
         #: the probe of a re-exec reload under way: (pid, its stderr's descriptor)
@@ -348,6 +351,8 @@ class Master:
         if self.reexec is not None:
             self._start_probe(self.reexec)
             return
+        if self.on_reload is not None:
+            self.on_reload()
         self.generation += 1
         self.reloading = time.monotonic()
         log.info("SIGHUP: reloading (generation %d)", self.generation)

@@ -229,7 +229,7 @@ class CacheHandler(Handler):
         if method == "PURGE":
             self._purge(exchange, zone, store)
             return True
-        key = cache_key(zone.key, head, exchange.remote_addr)
+        key = cache_key(zone.key, head, exchange.remote_addr, exchange.https)
         if method == "GET" and not zone.bypass and key in store.hot_keys and _plain(head.headers):
             # The common hit, decided in short: a GET that asks nothing of the cache and
             # whose entry is in memory and fresh (what _lookup and serve would conclude).
@@ -551,9 +551,10 @@ class CacheHandler(Handler):
             count = store.purge(tag=tag.decode("latin-1").strip(), soft=soft)
         elif head.target.endswith(b"*"):
             prefix = _head_copy(head, head.target[:-1])
-            count = store.purge(cache_key(zone.key, prefix, exchange.remote_addr), soft=soft)
+            prefix_key = cache_key(zone.key, prefix, exchange.remote_addr, exchange.https)
+            count = store.purge(prefix_key, soft=soft)
         else:
-            key = cache_key(zone.key, head, exchange.remote_addr)
+            key = cache_key(zone.key, head, exchange.remote_addr, exchange.https)
             count = store.remove(key) if not soft else store.mark_stale(key)
         text = f"purged {count}\n".encode()
         fields = [(b"Content-Type", b"text/plain"), (b"Content-Length", str(len(text)).encode())]
@@ -845,7 +846,9 @@ class CacheFill:
         Content-Location are stale now (RFC 9111 4.4)."""
         head = _head_copy(self.head)
         head.method = "GET"
-        self.store.remove(cache_key(self.zone.key, head, self.remote_addr), invalidation=True)
+        self.store.remove(
+            cache_key(self.zone.key, head, self.remote_addr, self.https), invalidation=True
+        )
         host = (field_value(self.head.headers, b"host") or b"").lower()
         for name in (b"location", b"content-location"):
             value = field_value(fields, name)
@@ -862,7 +865,7 @@ class CacheFill:
             if target.startswith(b"/"):
                 other = _head_copy(self.head, target)
                 other.method = "GET"
-                key = cache_key(self.zone.key, other, self.remote_addr)
+                key = cache_key(self.zone.key, other, self.remote_addr, self.https)
                 self.store.remove(key, invalidation=True)
 
     def respond_whole(self, status: int, head: bytes, body: bytes) -> None:

@@ -414,7 +414,7 @@ def vary_values(names: tuple[bytes, ...], request: Fields) -> tuple[bytes | None
     return tuple(values)
 
 
-def cache_key(template: str, head: RequestHead, client_ip: str) -> str:
+def cache_key(template: str, head: RequestHead, client_ip: str, https: bool = False) -> str:
     """The primary key of a request: ``template`` with its nginx variables replaced
     ($scheme$host$request_uri by default)."""
     if template == DEFAULT_KEY:
@@ -424,8 +424,9 @@ def cache_key(template: str, head: RequestHead, client_ip: str) -> str:
             if name.lower() == b"host":
                 host = value
                 break
-        return "http" + host.decode("latin-1").split(":")[0].lower() + head.target.decode("latin-1")
-    return hash_key(template, head, client_ip)
+        scheme = "https" if https else "http"
+        return scheme + host.decode("latin-1").split(":")[0].lower() + head.target.decode("latin-1")
+    return hash_key(template, head, client_ip, https)
 
 
 def bypassed(bypass: Iterable[str], head: RequestHead, client_ip: str) -> bool:

@@ -1,14 +1,13 @@
 """The configuration example of issue 17 (HTTPS at the front), as the issue writes it,
 passes `gantry check` once TLS and the rewrite/header rules are one front: only the
-certificate directory is the test's own (a pair for example.test made by the test's CA),
-and the gzip keys are left out while compression is not in this tree."""
+certificate directory is the test's own (a pair for example.test made by the test's CA)."""
 
 from __future__ import annotations
 
 import tomllib
 from pathlib import Path
 
-from gantry.config.front import ServerSettings, front_config_from_dict
+from gantry.config.front import front_config_from_dict
 from gantry.config.front_model import ReturnRule
 from tests.support_config import check_file
 from tests.support_tls import TestCA
@@ -43,15 +42,12 @@ rewrite = [["^/old/(.*)$", "/new/$1", "permanent"]]
 
 
 def _as_checked(tmp: Path) -> str:
-    """The example with its certificate directory made real, and without gzip's keys
-    when this tree does not know them yet."""
+    """The example with its certificate directory made real."""
     ca = TestCA(tmp)
     pair = ca.issue("example.test", "www.example.test", stem="example")
     text = ISSUE_17.replace(
         "/etc/gantry/example.test/fullchain.pem", str(pair.certificate)
     ).replace("/etc/gantry/example.test/privkey.pem", str(pair.key))
-    if "gzip" not in ServerSettings.model_fields:
-        text = "\n".join(line for line in text.splitlines() if not line.startswith("gzip"))
     return text + "\n"
 
 
@@ -79,3 +75,6 @@ def test_the_issue_17_example_means_what_it_says(short_tmp: Path) -> None:
     assert plain.rewrite.return_.status == 301
     (old,) = plain.locations
     assert old.path == "/old/" and len(old.rewrite.rewrites) == 1
+    compression = https.compression
+    assert compression is not None and compression.level == 1 and compression.min_length == 256
+    assert {"text/css", "application/javascript", "image/svg+xml"} <= compression.types

@@ -197,6 +197,32 @@ def _reopen_logs(config: FrontConfig, worker: FrontWorker) -> None:
     log.info("log files reopened")
 
 
+def _prepare_cache_zones(config: FrontConfig, identity: Identity | None) -> None:
+    """Each cache zone's folder, made here before any worker starts (as nginx's master
+    makes proxy_cache_path's) and given to the workers' user: a folder that cannot be
+    made, or written by the workers, is a config error now, not workers dying at start-up
+    one after another."""
+    for name, zone in config.caches.items():
+        where = f"front.cache.{name}.path"
+        try:
+            os.makedirs(zone.path, exist_ok=True)
+            if identity is not None and os.geteuid() == 0:
+                st = os.stat(zone.path)
+                uid = identity.uid if identity.uid is not None else st.st_uid
+                if (st.st_uid, st.st_gid) != (uid, identity.gid):
+                    os.chown(zone.path, uid, identity.gid)
+        except OSError as exc:
+            raise ConfigError(
+                f"{where}: cannot make the cache folder {zone.path!r} "
+                f"({exc.strerror or exc}); expected a folder the front's workers can write"
+            ) from None
+        if identity is None and not os.access(zone.path, os.W_OK | os.X_OK):
+            raise ConfigError(
+                f"{where}: the cache folder {zone.path!r} is not writable by this user; "
+                "expected a folder the front's workers can write"
+            )
+
+
 def _warn_missing_directories(config: FrontConfig) -> None:
     """A location whose root or alias is not a directory answers 404 to everything: say so
     at start (gantry check says it too), as a warning, since it may be mounted later."""
@@ -232,6 +258,7 @@ def run_front(
     setup_error_log()
     _warn_missing_directories(config)
     identity = resolve_identity(config.user, config.group, "front")
+    _prepare_cache_zones(config, identity)
     addresses = [parse_address(spec, "http", "front.listen") for spec in config.listen]
     passed = inherited_by_key()
     sockets = bind_or_inherit(addresses, None, 2048, passed)

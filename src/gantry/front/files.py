@@ -42,8 +42,9 @@ class StaticHandler(Handler):
 
     def __init__(self) -> None:
         self.files = OpenFileCache()
-        #: (location id, path) -> (built at, status line and fields, body)
-        self.hot: dict[tuple[int, str], tuple[float, bytes, bytes]] = {}
+        #: (location id, path) -> (built at, status line and fields, body, whether it is
+        #: the answer whatever Accept-Encoding says: no compressed sibling, no Vary)
+        self.hot: dict[tuple[int, str], tuple[float, bytes, bytes, bool]] = {}
         #: the worker's clock (loop time), set once a second
         self.now = 0.0
         #: the epoch second of the Date field answers carry (Expires counts from it)
@@ -68,12 +69,28 @@ class StaticHandler(Handler):
         head = exchange.head
         path = exchange.path
         hot = self.hot
-        plain = head.method == "GET" and not any(
-            name.lower() in _CONDITIONAL for name, _ in head.headers
+        # Accept-Encoding matters only where a compressed sibling exists or the response
+        # is compressed on the fly: a browser's request for any other file is plain too.
+        encoded = conditional = False
+        for name, _ in head.headers:
+            lower = name.lower()
+            if lower in _CONDITIONAL:
+                if lower == b"accept-encoding":
+                    encoded = True
+                else:
+                    conditional = True
+        plain = (
+            head.method == "GET"
+            and not conditional
+            and not (encoded and exchange.coder is not None)
         )
         if plain:
             entry = hot.get((id(location), path))
-            if entry is not None and self.now - entry[0] < HOT_FILE_SECONDS:
+            if (
+                entry is not None
+                and self.now - entry[0] < HOT_FILE_SECONDS
+                and (entry[3] or not encoded)
+            ):
                 # A hot small file: the head and body were built once; only Date is new.
                 exchange.respond_prepared(200, entry[1], entry[2])
                 return
@@ -112,7 +129,7 @@ class StaticHandler(Handler):
         except OSError:
             exchange.error(404)
             return
-        self._send(exchange, location, path, plain, result, lines, fd, stat.st_size)
+        self._send(exchange, location, path, plain, encoded, result, lines, fd, stat.st_size)
 
     def _send(
         self,
@@ -120,6 +137,7 @@ class StaticHandler(Handler):
         location: Location,
         path: str,
         plain: bool,
+        encoded: bool,
         result: FileAnswer,
         lines: list[tuple[bytes, bytes]],
         fd: int,
@@ -138,11 +156,19 @@ class StaticHandler(Handler):
         length = end - start + 1
         if length <= SMALL_FILE:
             data = os.pread(fd, length, start) if length else b""
-            if plain and result.status == 200 and length <= HOT_FILE_MAX:
+            # the plain variant only: one sent for an Accept-Encoding when it has no
+            # sibling (no Vary), and then it is everyone's
+            varies = any(name.lower() in (b"vary", b"content-encoding") for name, _ in lines)
+            if (
+                plain
+                and result.status == 200
+                and length <= HOT_FILE_MAX
+                and not (encoded and varies)
+            ):
                 block = _OK + b"".join([name + b": " + value + b"\r\n" for name, value in lines])
                 if len(self.hot) >= HOT_FILES:
                     self.hot.pop(next(iter(self.hot)))
-                self.hot[(id(location), path)] = (self.now, block, data)
+                self.hot[(id(location), path)] = (self.now, block, data, not varies)
             exchange.respond(result.status, lines, data)
             return
         exchange.send_file(result.status, lines, fd, [(start, end)])

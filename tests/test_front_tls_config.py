@@ -33,7 +33,7 @@ def test_listen_flags_are_split_off(text: str, address: str, flags: set[str]) ->
         ("0.0.0.0:443 h2", "not supported yet"),
         ("0.0.0.0:443 ssl http2", "not supported yet"),
         ("0.0.0.0:443 tls", "unknown listen flag 'tls'"),
-        ("localhost ssl", "expected 'HOST:PORT'"),
+        ("localhost ssl", "expected HOST:PORT or a unix socket path, got 'localhost'"),
     ],
 )
 def test_bad_listen_specs_say_why(text: str, message: str) -> None:

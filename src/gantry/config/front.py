@@ -159,11 +159,12 @@ def split_listen(text: str) -> tuple[str, frozenset[str]]:
         )
     try:
         parse_address(address, "http", "")
-    except ConfigError:
-        raise ValueError(
-            f"expected 'HOST:PORT', '[V6]:PORT', ':PORT' or 'unix:PATH', then flags "
-            f"('ssl', 'proxy_protocol'), got {text!r}"
-        ) from None
+    except ConfigError as exc:
+        # parse_address's own words (which part is wrong), and the flags a listener takes
+        message = str(exc).partition(": ")[2] or str(exc)
+        if flags:
+            message += f" (in {text!r}: an address, then flags 'ssl', 'proxy_protocol')"
+        raise ValueError(message) from None
     return address, frozenset(flags)
 
 

@@ -34,6 +34,7 @@ from gantry.front.addresses import AddressSet, network_key
 from gantry.front.exchange import BodyStream, Exchange, Handler
 from gantry.front.responses import status_line
 from gantry.http.body import BodyBuffer
+from gantry.process.runtime import process_alive
 
 __all__ = [
     "Ban",
@@ -131,16 +132,6 @@ def _read_counts(path: str) -> dict[str, int]:
     if not isinstance(counts, dict):
         return {}
     return {str(k): v for k, v in counts.items() if isinstance(v, int)}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass(frozen=True)
@@ -308,7 +299,7 @@ class BanStore:
             names = [n for n in os.listdir(self.hits_dir) if n.isdigit()]
         except FileNotFoundError:
             return
-        gone = [name for name in names if not _alive(int(name))]
+        gone = [name for name in names if not process_alive(int(name))]
         if not gone:
             return
         with self._locked():

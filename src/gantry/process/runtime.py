@@ -12,6 +12,7 @@ import sys
 
 __all__ = [
     "freeze_startup_heap",
+    "process_alive",
     "new_event_loop",
     "reopen_error_log",
     "setup_error_log",
@@ -83,3 +84,14 @@ def signal_process(pid: int, signum: int) -> None:
     except OSError as exc:
         if exc.errno != errno.ESRCH:
             raise
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one of another user's counts: it is there)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

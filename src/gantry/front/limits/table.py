@@ -25,6 +25,8 @@ import os
 import struct
 from typing import Final
 
+from gantry.process.runtime import process_alive
+
 __all__ = ["SLOT_BYTES", "VALUES", "SharedTable", "digest"]
 
 #: bytes of one entry: key digest, three values, LRU links, chain link
@@ -107,7 +109,7 @@ class SharedTable:
         waited = LOCK_PATIENCE
         while True:
             holder = _INT.unpack_from(self.map, _HOLDER_AT)[0]
-            if holder and not _alive(holder):
+            if holder and not process_alive(holder):
                 # it died in a critical section: the lock (still taken) is ours now
                 log.error("limit zone: worker %d died holding the lock; taken over", holder)
                 return
@@ -279,13 +281,3 @@ def _forked() -> None:
 
 
 os.register_at_fork(after_in_child=_forked)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

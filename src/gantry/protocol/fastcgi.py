@@ -34,6 +34,7 @@ __all__ = [
     "encode_pairs",
     "encode_record",
     "end_request",
+    "parse_cgi_head",
     "parse_end_request",
     "stream_records",
 ]
@@ -231,3 +232,54 @@ class RecordDecoder:
     def pending(self) -> int:
         """Bytes held of an incomplete record (0 between records)."""
         return len(self._buffer)
+
+
+class CGIHead(NamedTuple):
+    """A CGI response head (the start of the STDOUT stream): the status its ``Status:``
+    field gives (302 for a ``Location:`` without one, else 200), its reason, the other
+    fields, and the body bytes that came after it."""
+
+    status: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+    rest: bytes
+
+
+def parse_cgi_head(buffer: bytes) -> CGIHead | None:
+    """The CGI head at the start of ``buffer`` (lines ending in CRLF or LF, up to an
+    empty line); None while it is incomplete; FastCGIProtocolError if malformed. The
+    caller bounds ``buffer``."""
+    end = buffer.find(b"\r\n\r\n")
+    lf_end = buffer.find(b"\n\n")
+    if lf_end != -1 and (end == -1 or lf_end < end):
+        head, rest = buffer[:lf_end], buffer[lf_end + 2 :]
+    elif end != -1:
+        head, rest = buffer[:end], buffer[end + 4 :]
+    else:
+        return None
+    status = 0
+    reason = b""
+    headers: list[tuple[bytes, bytes]] = []
+    location = False
+    for line in head.split(b"\n") if head else []:
+        line = line.rstrip(b"\r")
+        name, colon, value = line.partition(b":")
+        name = name.strip()
+        if not colon or not name or any(c <= 32 or c >= 127 for c in name):
+            raise FastCGIProtocolError(f"malformed CGI header line {line[:80]!r}")
+        value = value.strip()
+        if b"\r" in value or b"\0" in value:
+            raise FastCGIProtocolError("a CR or NUL in a CGI header value")
+        lname = name.lower()
+        if lname == b"status":
+            code, _, text = value.partition(b" ")
+            if not (len(code) == 3 and code.isdigit() and 100 <= int(code) <= 599):
+                raise FastCGIProtocolError(f"CGI Status {value[:40]!r} is not a status")
+            status, reason = int(code), text.strip()
+            continue
+        if lname == b"location":
+            location = True
+        headers.append((name, value))
+    if not status:
+        status = 302 if location else 200
+    return CGIHead(status, reason, headers, rest)

@@ -56,14 +56,15 @@ def site(module_launch: Launcher) -> Iterator[tuple[Front, Path, Path]]:
     root = base / "site"
     (root / "blog").mkdir(parents=True)
     (root / "uploads").mkdir()
+    (root / "streamed").mkdir()
     files = {
         "index.php": INDEX, "info.php": INFO, "hash.php": HASH, "stream.php": STREAM,
         "fatal.php": FATAL, "stderr.php": STDERR, "uploads/evil.jpg": EVIL,
-        "blog/index.php": INFO, "plain.txt": b"plain\n",
+        "blog/index.php": INFO, "plain.txt": b"plain\n", "streamed/hash.php": HASH,
     }  # fmt: skip
     for name, data in files.items():
         (root / name).write_bytes(data)
-    for folder in (root, root / "blog", root / "uploads"):
+    for folder in (root, root / "blog", root / "uploads", root / "streamed"):
         os.chmod(folder, 0o777)  # stream.php writes its marker beside the site
     fpm = base / "fpm"
     fpm.mkdir()
@@ -90,6 +91,14 @@ root = "{root}"
 path = "/blog/"
 root = "{root}"
 try_files = ["$uri", "$uri/", "/blog/index.php$is_args$args"]
+
+[[front.server.location]]
+modifier = "~"
+path = "^/streamed/.*\\\\.php$"
+root = "{root}"
+try_files = ["$uri", "=404"]
+proxy = "php"
+request_buffering = false
 
 [[front.server.location]]
 modifier = "~"
@@ -142,6 +151,14 @@ def test_20_mib_post_hashed_by_php(site: tuple[Front, Path, Path]) -> None:
     response, body = front.request(
         "POST", "/hash.php", body=data, headers={"Content-Type": "application/octet-stream"}
     )
+    assert response.status == 201, body
+    assert body.decode() == f"{len(data)} {hashlib.sha256(data).hexdigest()}"
+
+
+def test_streamed_request_body(site: tuple[Front, Path, Path]) -> None:
+    front, _, _ = site
+    data = os.urandom(3 << 20)
+    response, body = front.request("POST", "/streamed/hash.php", body=data)
     assert response.status == 201, body
     assert body.decode() == f"{len(data)} {hashlib.sha256(data).hexdigest()}"
 

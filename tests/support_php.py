@@ -38,11 +38,11 @@ php_admin_value[display_errors] = off
 
 
 def start_php_fpm(
-    launch: Launcher, folder: Path, socket: Path, name: str = "php-fpm"
+    launch: Launcher, folder: Path, socket: Path, name: str = "php-fpm", children: int = 2
 ) -> subprocess.Popen[bytes]:
     """A started php-fpm (-F, its own config and prefix), stopped by the launcher."""
     binary = require_program("php-fpm8.2", "php8.2-fpm")
-    conf = pool_config(folder, socket)
+    conf = pool_config(folder, socket, children)
     # -n: no php.ini of the system (its settings would differ between machines)
     return launch.program(
         [binary, "-F", "-n", "-y", str(conf), "-p", str(folder)], str(socket), name, cwd=folder

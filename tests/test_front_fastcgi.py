@@ -6,6 +6,8 @@ import hashlib
 import http.client
 import os
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -254,3 +256,50 @@ def test_php_fpm_stopped_is_a_502_and_back(
     start_php_fpm(module_launch, fpm, fpm / "php.sock", name="php-fpm-again")
     response, body = front.request("GET", "/index.php")
     assert response.status == 200 and body == b"index of /index.php"
+
+
+def test_one_child_serves_more_clients_than_it_has_children(launch: Launcher) -> None:
+    """Connections to php-fpm are not kept: a kept one would hold the only child, and
+    the other requests' connections would wait unaccepted until the read timeout."""
+    base = launch.workdir
+    os.chmod(base, 0o755)
+    root = base / "site"
+    root.mkdir()
+    os.chmod(root, 0o755)
+    (root / "slow.php").write_bytes(b"<?php usleep(100000); echo 'slow';\n")
+    fpm = base / "fpm"
+    fpm.mkdir()
+    os.chmod(fpm, 0o755)
+    start_php_fpm(launch, fpm, fpm / "php.sock", children=1)
+    front = launch.front(
+        f"""
+[front]
+listen = ["127.0.0.1:FRONT_PORT"]
+[front.upstream.php]
+protocol = "fastcgi"
+servers = [ {{ address = "unix:{fpm / "php.sock"}" }} ]
+read_timeout = 10
+[[front.server]]
+[[front.server.location]]
+modifier = "~"
+path = "\\\\.php$"
+root = "{root}"
+proxy = "php"
+"""
+    )
+    results: list[tuple[int, float]] = []
+
+    def one() -> None:
+        started = time.monotonic()
+        response, body = front.request("GET", "/slow.php")
+        results.append((response.status, time.monotonic() - started))
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(15)
+    assert [status for status, _ in results] == [200] * 4
+    # served one after the other by the one child (0.4 s); with kept connections the
+    # others waited unaccepted until the read timeout (504)
+    assert max(elapsed for _, elapsed in results) < 5

@@ -222,7 +222,14 @@ class ProxyRequest(UpstreamResponse):
             self.body_length = body.length
         self.upstream = upstream
         #: connections to this upstream may serve another request
-        self.reusable = upstream.protocol != "uwsgi" or upstream.gantry_keepalive
+        # Not to php-fpm: a kept connection holds one of its children (which waits for
+        # the next request on it), so a pool smaller than the front's concurrency would
+        # leave new connections unaccepted until a read timeout.
+        self.reusable = (
+            upstream.protocol == "http"
+            or upstream.protocol == "https"
+            or (upstream.protocol == "uwsgi" and upstream.gantry_keepalive)
+        )
         self.pool = pool
         self.location = location
         #: (client's port, listener's port), for FastCGI's REMOTE_PORT and SERVER_PORT

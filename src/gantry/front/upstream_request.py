@@ -430,7 +430,8 @@ def _with_set_fields(
 #: the FastCGI request id of every request the front sends (one request per connection
 #: at a time: php-fpm does not multiplex)
 FASTCGI_REQUEST_ID: Final = 1
-_FCGI_BEGIN: Final = begin_request(FASTCGI_REQUEST_ID, True)
+# without FCGI_KEEP_CONN: php-fpm closes after the response (see ProxyRequest.reusable)
+_FCGI_BEGIN: Final = begin_request(FASTCGI_REQUEST_ID, False)
 
 
 def fastcgi_request(
@@ -444,7 +445,8 @@ def fastcgi_request(
     body_length: int,
     extra: tuple[tuple[bytes, bytes], ...] = (),
 ) -> bytes:
-    """FCGI_BEGIN_REQUEST (responder, keep the connection) and the whole PARAMS stream:
+    """FCGI_BEGIN_REQUEST (responder; the upstream closes after the response) and the
+    whole PARAMS stream:
     nginx's fastcgi_params, SCRIPT_FILENAME = ``document_root`` + ``script_name``, the
     request's fields as HTTP_*, then ``extra`` (fastcgi_param), which replace a standard
     param of the same name. REQUEST_URI is ``original``'s target (as the client sent it);

@@ -109,7 +109,7 @@ def test_every_key_has_a_description() -> None:
 def test_types_and_defaults_are_rendered() -> None:
     text = render_reference()
     assert '| <a id="front.workers"></a>`workers` | integer (>= 1) | `1` |' in text
-    assert '`protocol` | one of `"http"`, `"https"`, `"uwsgi"` | `"http"` |' in text
+    assert '`protocol` | one of `"http"`, `"https"`, `"uwsgi"`, `"fastcgi"` | `"http"` |' in text
     assert "`path` | string | **required** |" in text
     assert '`listen` | array of strings | `["127.0.0.1:8080"]` |' in text
     assert "`runtime_dir` | string, optional | unset |" in text

@@ -249,8 +249,10 @@ class UpstreamSettings(_Strict):
     """A named pool of servers a location can proxy to (nginx's `upstream` block); each
     `[[app]]` pool of `gantry up` adds one of its own name."""
 
-    protocol: Literal["http", "https", "uwsgi"] = Field(
-        "http", description="How to speak to the servers: HTTP, HTTP over TLS, or uwsgi."
+    protocol: Literal["http", "https", "uwsgi", "fastcgi"] = Field(
+        "http",
+        description="How to speak to the servers: HTTP, HTTP over TLS, uwsgi, or FastCGI "
+        "(php-fpm: SCRIPT_FILENAME is the location's root + the path).",
     )
     servers: list[UpstreamServerSettings] = Field(min_length=1, description="The pool.")
     balance: Literal["round_robin", "least_conn", "ip_hash", "hash"] = Field(
@@ -407,6 +409,12 @@ class LocationSettings(_Strict):
         pattern=r"^/[^?#]*[^/?#]$",
         description="Where the proxied app is mounted ('/blog'): SCRIPT_NAME and PATH_INFO "
         "without it for uwsgi upstreams, X-Script-Name for HTTP ones.",
+    )
+    fastcgi_param: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra FastCGI params for a location proxied to a protocol = 'fastcgi' "
+        "upstream (nginx's fastcgi_param), beside the standard set (nginx's fastcgi_params "
+        "and SCRIPT_FILENAME); one of the same name replaces the standard one.",
     )
     request_buffering: bool = Field(
         True,
@@ -1083,6 +1091,18 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
                 )
             if loc.root and loc.alias:
                 raise ConfigError(f"{where}: give root or alias, not both")
+            if loc.proxy and settings.upstream[loc.proxy].protocol == "fastcgi" and not loc.root:
+                raise ConfigError(
+                    f"{where}.root: a location proxied to the FastCGI upstream {loc.proxy!r} "
+                    "needs root (SCRIPT_FILENAME is root + the path)"
+                )
+            if loc.fastcgi_param and not (
+                loc.proxy and settings.upstream[loc.proxy].protocol == "fastcgi"
+            ):
+                raise ConfigError(
+                    f"{where}.fastcgi_param: only for a location whose proxy is a "
+                    "protocol = 'fastcgi' upstream"
+                )
             if loc.cache is not None:
                 if loc.cache not in settings.cache:
                     known = ", ".join(settings.cache) or "none"
@@ -1107,6 +1127,10 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
                     follow_symlinks_outside_root=loc.follow_symlinks_outside_root,
                     gzip_static=loc.gzip_static,
                     script_name=loc.script_name,
+                    fastcgi_param=tuple(
+                        (name.encode("latin-1"), value.encode("utf-8"))
+                        for name, value in loc.fastcgi_param.items()
+                    ),
                     request_buffering=loc.request_buffering,
                     cache=loc.cache,
                     limit_req=_limit_req(settings, loc.limit_req, f"{where}.limit_req"),

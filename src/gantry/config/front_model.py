@@ -187,6 +187,8 @@ class Location:
     #: the app's mount point ("/blog"): SCRIPT_NAME (and PATH_INFO without it) to uwsgi
     #: upstreams, the ``X-Script-Name`` header to HTTP ones
     script_name: str | None = None
+    #: extra FastCGI params (name, value) of a location proxied to a fastcgi upstream
+    fastcgi_param: tuple[tuple[bytes, bytes], ...] = ()
     #: read the whole request body before proxying (nginx's proxy_request_buffering);
     #: off streams a Content-Length body to the upstream as it arrives
     request_buffering: bool = True
@@ -274,7 +276,7 @@ class Upstream:
     """A named pool the locations proxy to."""
 
     name: str
-    protocol: str = "http"  # "http" or "uwsgi"
+    protocol: str = "http"  # "http", "https", "uwsgi" or "fastcgi"
     servers: tuple[UpstreamServer, ...] = ()
     balance: str = "round_robin"  # round_robin | least_conn | ip_hash | hash
     hash_key: str = "$request_uri"

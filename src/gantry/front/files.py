@@ -4,6 +4,7 @@ open-file cache, big bodies and every range set streamed from the file."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Final
 
 from gantry.config.front_model import Location, VirtualServer
@@ -13,6 +14,7 @@ from gantry.front.static import (
     OpenFileCache,
     answer,
     content_type,
+    expand_fallback,
     multipart_parts,
     resolve,
     try_files,
@@ -36,6 +38,12 @@ _CONDITIONAL: Final = frozenset(
 _OK: Final = b"HTTP/1.1 200 OK\r\n"
 
 
+def _fell_back(location: Location, url_path: str, tried: str) -> bool:
+    """Whether try_files answered with its last entry (a path, not a status)."""
+    fallback = location.try_files[-1]
+    return not fallback.startswith("=") and tried == expand_fallback(fallback, url_path, "")[0]
+
+
 class StaticHandler(Handler):
     """A location with ``root`` or ``alias``: a file from disk. It holds one worker's
     open-file cache and hot small responses."""
@@ -49,6 +57,9 @@ class StaticHandler(Handler):
         self.now = 0.0
         #: the epoch second of the Date field answers carry (Expires counts from it)
         self.date_second: float | None = None
+        #: try_files' last entry naming a path another location answers: nginx's
+        #: internal redirect (the worker's; False: served from this location)
+        self.redirect: Callable[[Exchange, str, BodyBuffer | BodyStream | None], bool] | None = None
 
     def close(self) -> None:
         """Close every cached file."""
@@ -61,10 +72,15 @@ class StaticHandler(Handler):
         location = exchange.location
         if location is None or not (location.root or location.alias):
             return False
-        self._serve(exchange, location)
+        self._serve(exchange, location, body)
         return True
 
-    def _serve(self, exchange: Exchange, location: Location) -> None:
+    def _serve(
+        self,
+        exchange: Exchange,
+        location: Location,
+        request_body: BodyBuffer | BodyStream | None = None,
+    ) -> None:
         """Answer a request for a file of ``location``."""
         head = exchange.head
         path = exchange.path
@@ -99,6 +115,10 @@ class StaticHandler(Handler):
             if status is not None:
                 exchange.error(status)
                 return
+            redirect = self.redirect
+            if redirect is not None and _fell_back(location, exchange.path, path):
+                if redirect(exchange, location.try_files[-1], request_body):
+                    return
         else:
             fs_path = resolve(location, location.path, path)
         headers = {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in head.headers}

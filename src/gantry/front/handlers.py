@@ -10,6 +10,9 @@ the chain, not a branch in the connection; an HTTP/2 stream drives the same chai
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import stat
 from typing import Final
 
 from gantry.config.front_model import Location, Upstream, VirtualServer
@@ -21,6 +24,7 @@ from gantry.front.headers import proxy_fields
 from gantry.front.keepalive import KeepAlivePool
 from gantry.front.proxy import ProxyRequest, RequestBody, StreamedBody
 from gantry.front.routing import client_allowed
+from gantry.front.static import resolve, try_files
 from gantry.http.body import BodyBuffer
 
 __all__ = [
@@ -28,6 +32,7 @@ __all__ = [
     "CompressHandler",
     "Handler",
     "ProxyHandler",
+    "fastcgi_script",
     "StaticHandler",
     "run_chain",
 ]
@@ -127,6 +132,12 @@ class ProxyHandler(Handler):
             exchange.error(502)
             return True
         upstream, pool = target
+        script = ""
+        if upstream.protocol == "fastcgi":
+            found = fastcgi_script(exchange, location)
+            if found is None:
+                return True  # answered: no such script
+            script = found
         data: RequestBody = b""
         if isinstance(body, BodyBuffer):
             if body.size <= SMALL_BODY:
@@ -141,9 +152,45 @@ class ProxyHandler(Handler):
         )
         if location.proxy_set_header:
             proxy.set_fields = proxy_fields(exchange)
+        if script:
+            proxy.fastcgi_script = script
+            proxy.original = exchange.original
+            proxy.ports = exchange.ports
         exchange.relay = proxy
         proxy.start()
         return True
+
+
+def fastcgi_script(exchange: Exchange, location: Location) -> str | None:
+    """The URL path of the script a FastCGI location runs for ``exchange`` (its file is
+    root + it), or None when the request was answered instead (404, or try_files'
+    status). The script must be a regular file (try_files checks it; without try_files
+    it is checked here, so php-fpm is never asked for a file that is not there) whose
+    path matches a regex location's own pattern: ``/uploads/a.jpg/x.php`` never runs
+    ``a.jpg`` (the classic nginx + PHP hole)."""
+    path = exchange.path
+    if location.try_files:
+        fs_path, uri, status = try_files(location, path)
+        if status is not None:
+            exchange.error(status)
+            return None
+    else:
+        fs_path, uri = resolve(location, location.path, path), path
+    if location.modifier in ("~", "~*"):
+        flags = re.IGNORECASE if location.modifier == "~*" else 0
+        # the router compiled it already: re's own cache makes this a lookup
+        if re.search(location.path, uri, flags) is None:
+            fs_path = None
+    if fs_path is not None:
+        try:
+            if not stat.S_ISREG(os.stat(fs_path).st_mode):
+                fs_path = None
+        except (OSError, ValueError):
+            fs_path = None
+    if fs_path is None:
+        exchange.error(404)
+        return None
+    return uri
 
 
 def run_chain(

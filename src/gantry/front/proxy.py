@@ -15,6 +15,7 @@ from gantry.front.keepalive import KeepAlivePool
 from gantry.front.upstream import (
     RESPONSE_DROP,
     Failure,
+    FastCGIState,
     UpstreamConnection,
     UpstreamError,
     UpstreamResponse,
@@ -22,6 +23,8 @@ from gantry.front.upstream import (
     open_upstream,
 )
 from gantry.front.upstream_request import (
+    FASTCGI_REQUEST_ID,
+    fastcgi_request,
     gantry_packet,
     http_request_head,
     uwsgi_packet,
@@ -29,6 +32,7 @@ from gantry.front.upstream_request import (
 )
 from gantry.front.upstream_tls import UpstreamTLS
 from gantry.http.body import BodyBuffer
+from gantry.protocol.fastcgi import STDIN, stream_records
 from gantry.protocol.http1 import RequestHead
 
 __all__ = ["Outcome", "ProxyRequest", "RequestBody", "StreamedBody", "spawn"]
@@ -188,6 +192,10 @@ class ProxyRequest(UpstreamResponse):
     keep_date = False
     #: proxy_set_header's fields, filled for this request (b"" value: removed)
     set_fields: list[tuple[bytes, bytes]] | None = None
+    #: a FastCGI request: the script's URL path (SCRIPT_NAME; the file is root + it)
+    fastcgi_script = ""
+    #: a FastCGI request: the client's own head (REQUEST_URI), when a rewrite changed it
+    original: RequestHead | None = None
 
     def __init__(
         self,
@@ -214,9 +222,18 @@ class ProxyRequest(UpstreamResponse):
             self.body_length = body.length
         self.upstream = upstream
         #: connections to this upstream may serve another request
-        self.reusable = upstream.protocol != "uwsgi" or upstream.gantry_keepalive
+        # Not to php-fpm: a kept connection holds one of its children (which waits for
+        # the next request on it), so a pool smaller than the front's concurrency would
+        # leave new connections unaccepted until a read timeout.
+        self.reusable = (
+            upstream.protocol == "http"
+            or upstream.protocol == "https"
+            or (upstream.protocol == "uwsgi" and upstream.gantry_keepalive)
+        )
         self.pool = pool
         self.location = location
+        #: (client's port, listener's port), for FastCGI's REMOTE_PORT and SERVER_PORT
+        self.ports = ("", "")
 
     # the attempt loop ----------------------------------------------------------
 
@@ -331,6 +348,10 @@ class ProxyRequest(UpstreamResponse):
         self.attempt_open = True
         self.settled = False
         self.conn = conn
+        if self.upstream.protocol == "fastcgi":
+            # the body framed by write_body (spooled or streamed) is what is not in memory
+            body = self.body_in
+            conn.fcgi = FastCGIState(0 if isinstance(body, bytes) else self.body_length)
         conn.send(
             self,
             self._payload(),
@@ -565,6 +586,8 @@ class ProxyRequest(UpstreamResponse):
         client, head, location = self.client, self.head_in, self.location
         script_name = (location.script_name if location is not None else "") or ""
         fields = self.set_fields
+        if self.upstream.protocol == "fastcgi":
+            return [self._fastcgi_payload(body)]
         if self.upstream.protocol == "uwsgi":
             if fields is not None:
                 head = with_fields(head, fields)
@@ -584,6 +607,25 @@ class ProxyRequest(UpstreamResponse):
                 head, client.remote_addr, self.body_length, script_name, fields, client.https
             )
         return [request, body] if body else [request]
+
+    def _fastcgi_payload(self, body: bytes) -> bytes:
+        """BEGIN_REQUEST and PARAMS records, then ``body`` (when in memory) as STDIN."""
+        client, head, location = self.client, self.head_in, self.location
+        request = fastcgi_request(
+            head,
+            self.original or head,
+            self.fastcgi_script,
+            (location.root if location is not None else None) or "/",
+            client.remote_addr,
+            self.ports,
+            client.https,
+            self.body_length,
+            location.fastcgi_param if location is not None else (),
+        )
+        if body:
+            request += stream_records(STDIN, FASTCGI_REQUEST_ID, body)
+            request += stream_records(STDIN, FASTCGI_REQUEST_ID, b"")
+        return request
 
     # UpstreamResponse -------------------------------------------------------------
 
@@ -646,6 +688,13 @@ class ProxyRequest(UpstreamResponse):
 
     def body(self, data: bytes) -> None:
         self.client.write(data)
+
+    def stderr(self, data: bytes) -> None:
+        # bounded: a script may write a lot to stderr; the log gets the start of each record
+        text = data[:2048].decode("utf-8", "replace").rstrip()
+        head = self.head_in
+        line = f"{head.method} {head.target.decode('latin-1')}"
+        self.client.log_error(f"FastCGI sent in stderr: {text!r} while serving {line!r}")
 
     def end(self, reusable: bool) -> None:
         conn = self.conn

@@ -21,6 +21,7 @@ from gantry.front.exchange import BodyStream, Exchange, Handler
 from gantry.front.handlers import run_chain
 from gantry.front.responses import REASONS
 from gantry.front.routing import Router
+from gantry.front.static import expand_fallback
 from gantry.front.variables import expand, host
 from gantry.http.body import BodyBuffer
 from gantry.protocol.http1 import RequestHead
@@ -155,6 +156,40 @@ class RewriteHandler(Handler):
             return False
         run_chain(self._handlers(server, exchange.location)[1], exchange, body)
         return True
+
+    def internal_redirect(
+        self, exchange: Exchange, target: str, body: BodyBuffer | BodyStream | None
+    ) -> bool:
+        """try_files' last entry ``target`` (a path with $uri, $is_args, $args) when the
+        location it routes to is another: the request goes on there as nginx's internal
+        redirect (that location's access checks, then its handlers after the rewrite
+        phase). False: the same location, which serves it itself."""
+        query = exchange.head.query.decode("latin-1")
+        path, args = expand_fallback(target, exchange.path, query)
+        normalized = _normalize(path)
+        if normalized is None:
+            return False
+        location = self.router.location_for(exchange.server, normalized)
+        if location is exchange.location:
+            return False
+        if self._redirects >= MAX_URI_CHANGES:
+            exchange.log_error(f"internal redirection cycle while processing {path!r}")
+            exchange.error(500)
+            return True
+        head = rewritten_head(exchange.head, normalized, args.encode("latin-1"))
+        exchange.reroute(head, normalized, location)
+        # the chain runs to its end here (a proxy only starts its request): a depth
+        # counter bounds a cycle of locations redirecting to each other
+        self._redirects += 1
+        try:
+            if not self._refused(exchange, body):
+                run_chain(self._handlers(exchange.server, location)[1], exchange, body)
+        finally:
+            self._redirects -= 1
+        return True
+
+    #: internal redirects in progress (nested: a cycle of try_files between locations)
+    _redirects = 0
 
     def _refused(self, exchange: Exchange, body: BodyBuffer | BodyStream | None) -> bool:
         """The access rules of the location a rewrite sent the request to, checked before

@@ -34,6 +34,7 @@ __all__ = [
     "parse_ranges",
     "resolve",
     "try_files",
+    "expand_fallback",
 ]
 
 #: More ranges than this and the Range header is ignored (nginx's max_ranges): many tiny
@@ -135,8 +136,16 @@ def try_files(location: Location, url_path: str) -> tuple[str | None, str, int |
         code = fallback[1:]
         status = int(code) if code.isascii() and code.isdigit() else 500
         return None, url_path, status if 100 <= status <= 599 else 500
-    uri = fallback.replace("$uri", url_path).partition("?")[0]
+    uri = expand_fallback(fallback, url_path, "")[0]
     return resolve(location, location.path, uri), uri, None
+
+
+def expand_fallback(fallback: str, url_path: str, query: str) -> tuple[str, str]:
+    """try_files' last entry as (path, args): $uri, $is_args ("?" when there are args)
+    and $args (the request's query) filled in."""
+    text = fallback.replace("$uri", url_path).replace("$is_args", "?" if query else "")
+    path, _, args = text.replace("$args", query).partition("?")
+    return path, args
 
 
 # --- types and validators ---------------------------------------------------------------------

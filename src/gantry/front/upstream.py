@@ -28,6 +28,18 @@ from mypy_extensions import mypyc_attr
 
 from gantry.front.upstream_poll import LoopPoller, PolledSocket, UpstreamPoller
 from gantry.front.upstream_tls import UpstreamTLS
+from gantry.protocol.fastcgi import (
+    END_REQUEST,
+    REQUEST_COMPLETE,
+    STDERR,
+    STDIN,
+    STDOUT,
+    FastCGIProtocolError,
+    RecordDecoder,
+    parse_cgi_head,
+    parse_end_request,
+    stream_records,
+)
 from gantry.protocol.uwsgi import encode_packet
 
 # The C socket type: ``socket.socket`` is a Python subclass whose constructor and
@@ -38,6 +50,7 @@ RawSocket = _socket.socket
 _TLSSession = tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]
 
 __all__ = [
+    "FastCGIState",
     "Failure",
     "TLSUpstreamConnection",
     "UpstreamConnection",
@@ -134,6 +147,23 @@ class UpstreamError(Exception):
         self.kind = kind
 
 
+#: the FastCGI request id of the front's requests (one at a time on a connection)
+_FCGI_ID: Final = 1
+
+
+class FastCGIState:
+    """One FastCGI request on a connection: the record decoder, the CGI head read so
+    far, and the request-body bytes still to be framed as STDIN records."""
+
+    __slots__ = ("decoder", "head", "stdin_left")
+
+    def __init__(self, stdin_left: int) -> None:
+        self.decoder = RecordDecoder()
+        self.head = b""
+        #: body bytes write_body still frames; the empty STDIN record follows the last
+        self.stdin_left = stdin_left
+
+
 @mypyc_attr(allow_interpreted_subclasses=True)
 class UpstreamResponse:
     """What the client side is told as the response arrives (health checks and tests
@@ -156,6 +186,9 @@ class UpstreamResponse:
 
     def failed(self, error: UpstreamError) -> None:
         """The upstream broke before or during the response."""
+
+    def stderr(self, data: bytes) -> None:
+        """What a FastCGI application wrote to its stderr stream (for the error log)."""
 
 
 class UpstreamConnection(PolledSocket):
@@ -201,6 +234,8 @@ class UpstreamConnection(PolledSocket):
     head_seen = 0
     #: what the keep-alive pool files it under when not its address (https upstreams)
     pool_key = ""
+    #: the current request's FastCGI state (None: an HTTP or uwsgi upstream)
+    fcgi: FastCGIState | None = None
 
     def __init__(
         self,
@@ -359,6 +394,9 @@ class UpstreamConnection(PolledSocket):
             # bytes nobody asked for: the connection cannot be trusted for reuse
             self.abort()
             return
+        if self.fcgi is not None:
+            self._fastcgi_received(self.fcgi, data)
+            return
         if self.short_path and not self.head_done and self._whole(data):
             return
         parser = self.parser
@@ -386,6 +424,72 @@ class UpstreamConnection(PolledSocket):
 
     def _no_receiver(self) -> bool:
         return self.receiver is None
+
+    def _fastcgi_received(self, fcgi: FastCGIState, data: bytes) -> None:
+        """FastCGI records: STDOUT carries a CGI head (its Status: the status) then the
+        body, STDERR goes to the error log, END_REQUEST ends the response."""
+        try:
+            records = fcgi.decoder.feed(data)
+            for record in records:
+                receiver = self.receiver
+                if receiver is None:
+                    return  # ended or given up meanwhile
+                if record.request_id != _FCGI_ID:
+                    raise FastCGIProtocolError(f"a record for request {record.request_id}")
+                kind = record.type
+                if kind == STDOUT:
+                    if self.head_done:
+                        if record.content and not self.head_request:
+                            receiver.body(record.content)
+                        continue
+                    fcgi.head += record.content
+                    head = parse_cgi_head(fcgi.head)
+                    if head is None:
+                        if len(fcgi.head) > MAX_RESPONSE_HEAD:
+                            raise FastCGIProtocolError(
+                                f"a CGI response head over {MAX_RESPONSE_HEAD} bytes"
+                            )
+                        continue
+                    fcgi.head = b""
+                    self.head_done = True
+                    self.framed = True  # END_REQUEST ends it: a close before is a failure
+                    self.status = head.status
+                    receiver.head(head.status, head.reason, head.headers, True)
+                    if head.rest and not self.head_request and self.receiver is receiver:
+                        receiver.body(head.rest)
+                elif kind == STDERR:
+                    if record.content:
+                        receiver.stderr(record.content)
+                elif kind == END_REQUEST:
+                    status = parse_end_request(record.content)
+                    if not self.head_done:
+                        reason = "without a response"
+                        if status.protocol_status != REQUEST_COMPLETE:
+                            reason = f"refused (protocol status {status.protocol_status})"
+                        raise FastCGIProtocolError(f"FastCGI request ended {reason}")
+                    self._cancel_timer()
+                    self.receiver = None
+                    self.fcgi = None
+                    # bytes after the end would be a peer out of step: not reused then
+                    receiver.end(not self.closed and fcgi.decoder.pending == 0)
+                    return
+                else:
+                    raise FastCGIProtocolError(f"unexpected FastCGI record type {kind}")
+        except FastCGIProtocolError as exc:
+            receiver = self.receiver
+            self.receiver = None
+            self.fcgi = None
+            self._cancel_timer()
+            self.abort()
+            if receiver is not None:
+                receiver.failed(
+                    UpstreamError(
+                        502, f"malformed FastCGI response: {exc.reason}", Failure.MALFORMED
+                    )
+                )
+            return
+        if self.receiver is not None:
+            self._arm_timer()  # activity: the read timeout starts again
 
     def _head_too_large(self, fed: int) -> bool:
         """Count ``fed`` bytes toward a head still incomplete; past MAX_RESPONSE_HEAD the
@@ -468,7 +572,14 @@ class UpstreamConnection(PolledSocket):
             self.on_writable()
 
     def write_body(self, data: bytes) -> None:
-        """Send a piece of the request body; the upstream reading it counts as activity."""
+        """Send a piece of the request body; the upstream reading it counts as activity.
+        To a FastCGI upstream it goes as STDIN records, the empty one after the last byte."""
+        fcgi = self.fcgi
+        if fcgi is not None and data:
+            fcgi.stdin_left -= len(data)
+            data = stream_records(STDIN, _FCGI_ID, data)
+            if fcgi.stdin_left <= 0:
+                data += stream_records(STDIN, _FCGI_ID, b"")
         if self.sock is not None:
             self._write(data)
             if self.receiver is not None and not self.head_done:

@@ -1,4 +1,5 @@
-"""What the front sends upstream for one request: a uwsgi packet or an HTTP/1.1 head.
+"""What the front sends upstream for one request: a uwsgi packet, an HTTP/1.1 head, or
+FastCGI records.
 
 The uwsgi packet carries the vars nginx's ``uwsgi_params`` send plus the request's
 headers as HTTP_*. It is built straight into bytes: the keys are encoded once (a
@@ -11,11 +12,14 @@ from __future__ import annotations
 import struct
 from typing import Final
 
+from gantry.protocol.fastcgi import PARAMS, STDIN, begin_request, encode_pairs, stream_records
 from gantry.protocol.http1 import RequestHead
 from gantry.protocol.uwsgi import GANTRY_MODIFIER2, pack_header, packet_header
 
 __all__ = [
+    "FASTCGI_REQUEST_ID",
     "connection_vars",
+    "fastcgi_request",
     "gantry_connection_vars",
     "gantry_packet",
     "http_request_head",
@@ -421,3 +425,81 @@ def _with_set_fields(
     ]
     kept += [name + b": " + value for name, value in fields if value and name.lower() in named]
     return b"\r\n".join(kept) + b"\r\n\r\n"
+
+
+#: the FastCGI request id of every request the front sends (one request per connection
+#: at a time: php-fpm does not multiplex)
+FASTCGI_REQUEST_ID: Final = 1
+# without FCGI_KEEP_CONN: php-fpm closes after the response (see ProxyRequest.reusable)
+_FCGI_BEGIN: Final = begin_request(FASTCGI_REQUEST_ID, False)
+
+
+def fastcgi_request(
+    head: RequestHead,
+    original: RequestHead,
+    script_name: str,
+    document_root: str,
+    remote_addr: str,
+    ports: tuple[str, str],
+    https: bool,
+    body_length: int,
+    extra: tuple[tuple[bytes, bytes], ...] = (),
+) -> bytes:
+    """FCGI_BEGIN_REQUEST (responder; the upstream closes after the response) and the
+    whole PARAMS stream:
+    nginx's fastcgi_params, SCRIPT_FILENAME = ``document_root`` + ``script_name``, the
+    request's fields as HTTP_*, then ``extra`` (fastcgi_param), which replace a standard
+    param of the same name. REQUEST_URI is ``original``'s target (as the client sent it);
+    the rest is ``head``'s (the request as routed). When the body is empty, the empty
+    STDIN record that ends it follows."""
+    head = without_connection_fields(head)
+    root = document_root.rstrip("/") or "/"
+    script = script_name.encode("utf-8", "surrogateescape")
+    host = b""
+    content_type = b""
+    fields: dict[bytes, bytes] = {}
+    for name, value in head.headers:
+        key = _environ_key(name)
+        if not key:
+            continue
+        if key == b"CONTENT_TYPE":
+            content_type = content_type or value
+            continue
+        if key == b"HTTP_HOST":
+            if host:
+                continue
+            host = value
+        # repeated fields join as a CGI environment has them
+        fields[key] = fields[key] + b", " + value if key in fields else value
+    server_name = host if host.endswith(b"]") or b":" not in host else host.rpartition(b":")[0]
+    params: dict[bytes, bytes] = {
+        b"SCRIPT_FILENAME": root.encode("utf-8", "surrogateescape") + script,
+        b"QUERY_STRING": head.query,
+        b"REQUEST_METHOD": head.method.encode(),
+        b"CONTENT_TYPE": content_type,
+        b"CONTENT_LENGTH": str(body_length).encode() if body_length else b"",
+        b"SCRIPT_NAME": script,
+        b"REQUEST_URI": original.target,
+        b"DOCUMENT_URI": script,
+        b"DOCUMENT_ROOT": root.encode("utf-8", "surrogateescape"),
+        b"SERVER_PROTOCOL": b"HTTP/" + head.version.encode(),
+        b"REQUEST_SCHEME": b"https" if https else b"http",
+        b"GATEWAY_INTERFACE": b"CGI/1.1",
+        b"SERVER_SOFTWARE": b"gantry",
+        b"REMOTE_ADDR": remote_addr.encode(),
+        b"REMOTE_PORT": ports[0].encode(),
+        b"SERVER_PORT": ports[1].encode(),
+        b"SERVER_NAME": server_name or b"localhost",
+        # PHP built with cgi.force_redirect wants it, as nginx's fastcgi.conf sends it
+        b"REDIRECT_STATUS": b"200",
+    }
+    if https:
+        params[b"HTTPS"] = b"on"
+    params.update(fields)
+    params.update(extra)
+    block = encode_pairs(params.items())
+    parts = [_FCGI_BEGIN, stream_records(PARAMS, FASTCGI_REQUEST_ID, block)]
+    parts.append(stream_records(PARAMS, FASTCGI_REQUEST_ID, b""))
+    if not body_length:
+        parts.append(stream_records(STDIN, FASTCGI_REQUEST_ID, b""))
+    return b"".join(parts)

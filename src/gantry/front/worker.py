@@ -179,6 +179,7 @@ class FrontWorker:
             self.static,
         )
         rewrite.later = frozenset(self.handlers[self.handlers.index(rewrite) + 1 :])
+        self.static.redirect = rewrite.internal_redirect
         self._chains: dict[tuple[int, int], tuple[Handler, ...]] = {}
         self._tick: asyncio.TimerHandle | None = None
         self._sweep: asyncio.TimerHandle | None = None

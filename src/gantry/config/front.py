@@ -412,6 +412,11 @@ class LocationSettings(_Strict):
         description="Read the whole body before proxying (retries stay possible); false "
         "streams a Content-Length body to the upstream as it arrives.",
     )
+    websocket: bool = Field(
+        True,
+        description="Pass WebSocket upgrades (`Upgrade: websocket`) on to an HTTP upstream "
+        "and relay the bytes both ways after its 101; false refuses them with 403.",
+    )
     cache: str | None = Field(
         None,
         description="Name of the cache zone (`[front.cache.NAME]`) proxied responses of this "
@@ -1000,6 +1005,12 @@ class FrontSettings(_Strict):
     graceful_timeout: Duration = Field(
         10.0, gt=0, description="Seconds a stopping worker lets in-flight requests finish."
     )
+    websocket_idle_timeout: Duration = Field(
+        60.0,
+        gt=0,
+        description="Seconds a WebSocket tunnel may carry no byte either way before both "
+        "sides are closed (nginx closes one after proxy_read_timeout, 60 s).",
+    )
     # Slow and greedy clients.
     client_header_min_rate: ByteRate = Field(
         0,
@@ -1107,6 +1118,7 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
                     gzip_static=loc.gzip_static,
                     script_name=loc.script_name,
                     request_buffering=loc.request_buffering,
+                    websocket=loc.websocket,
                     cache=loc.cache,
                     limit_req=_limit_req(settings, loc.limit_req, f"{where}.limit_req"),
                     limit_conn=_limit_conn(settings, loc.limit_conn, f"{where}.limit_conn"),
@@ -1210,6 +1222,7 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
         keepalive_timeout=settings.keepalive_timeout,
         send_timeout=settings.send_timeout,
         graceful_timeout=settings.graceful_timeout,
+        websocket_idle_timeout=settings.websocket_idle_timeout,
         caches=caches, control=settings.control,
         limit_req_zones={
             name: LimitReqZone(name=name, key=zone.key, rate=_rate_per_second(zone.rate),

@@ -10,7 +10,7 @@ the chain, not a branch in the connection; an HTTP/2 stream drives the same chai
 from __future__ import annotations
 
 import asyncio
-from typing import Final
+from typing import Final, cast
 
 from gantry.config.front_model import Location, Upstream, VirtualServer
 from gantry.front.balancing import UpstreamPool
@@ -19,8 +19,15 @@ from gantry.front.exchange import BodyStream, Exchange, Handler
 from gantry.front.files import StaticHandler
 from gantry.front.headers import proxy_fields
 from gantry.front.keepalive import KeepAlivePool
-from gantry.front.proxy import ProxyRequest, RequestBody, StreamedBody
+from gantry.front.proxy import ProxyRequest, RequestBody, StreamedBody, spawn
 from gantry.front.routing import client_allowed
+from gantry.front.websocket import (
+    TunnelClient,
+    WebSocketTunnel,
+    handshake_error,
+    is_websocket,
+    upgrade_head,
+)
 from gantry.http.body import BodyBuffer
 
 __all__ = [
@@ -127,6 +134,9 @@ class ProxyHandler(Handler):
             exchange.error(502)
             return True
         upstream, pool = target
+        if is_websocket(exchange.head):
+            self._websocket(exchange, location, upstream, pool)
+            return True
         data: RequestBody = b""
         if isinstance(body, BodyBuffer):
             if body.size <= SMALL_BODY:
@@ -144,6 +154,41 @@ class ProxyHandler(Handler):
         exchange.relay = proxy
         proxy.start()
         return True
+
+    def _websocket(
+        self, exchange: Exchange, location: Location, upstream: Upstream, pool: UpstreamPool
+    ) -> None:
+        """A WebSocket upgrade: checked, then tunnelled to a server of an HTTP upstream."""
+        # the parser reads no HTTP after an upgrade request: whatever the answer, it is
+        # the connection's last
+        exchange.keep_alive = False
+        if not location.websocket:
+            exchange.log_error("WebSocket upgrade refused: websocket = false")
+            exchange.error(403, close=True)
+            return
+        problem = handshake_error(exchange.head)
+        if problem is not None:
+            exchange.log_error(problem[0])
+            exchange.fail(400, problem[0], problem[1] or None)
+            return
+        if upstream.protocol == "uwsgi" or not hasattr(exchange, "open_tunnel"):
+            # uwsgi upstreams would need uWSGI's own websocket API in the app: not carried
+            exchange.fail(502, f"WebSocket upgrade to uwsgi upstream {upstream.name!r}")
+            return
+        peer = pool.pick(exchange.remote_addr, "", ())
+        if peer is None:
+            exchange.fail(502, f"no live server in upstream {upstream.name!r}")
+            return
+        client = cast(TunnelClient, exchange)
+        fields = proxy_fields(exchange) if location.proxy_set_header else None
+        request = upgrade_head(
+            exchange.head, exchange.remote_addr, location.script_name or "", fields,
+            exchange.https,
+        )  # fmt: skip
+        tls = pool.tls[peer.server.address] if pool.tls is not None else None
+        tunnel = WebSocketTunnel(client, request, peer.server.address, upstream, tls)
+        exchange.relay = tunnel
+        spawn(self.tasks, tunnel.open())
 
 
 def run_chain(

@@ -241,6 +241,8 @@ class WorkerCounters:
     #: responses by status class: index 2 for 2xx ... 5 for 5xx
     status_counts: list[int] = field(default_factory=lambda: [0] * 6)
     rt_total: float = 0.0  # seconds
+    #: WebSocket tunnels open now (the front)
+    websockets: int = 0
 
     def store(self, slot: SlotView) -> None:
         """Copy the totals into ``slot``."""

@@ -1,0 +1,32 @@
+"""A real WebSocket server (the ``websockets`` package) for the front's WebSocket tests:
+``python -m tests.apps_websocket PORT``. Paths: ``/echo`` echoes every message;
+``/headers`` sends the upgrade request's fields as one JSON message, then echoes;
+``/close`` closes (1000) after echoing the first message."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+from websockets.asyncio.server import ServerConnection, serve
+
+
+async def handler(ws: ServerConnection) -> None:
+    path = ws.request.path if ws.request is not None else "/"
+    if path == "/headers" and ws.request is not None:
+        await ws.send(json.dumps([[k.lower(), v] for k, v in ws.request.headers.raw_items()]))
+    async for message in ws:
+        await ws.send(message)
+        if path == "/close":
+            await ws.close(1000, "server done")
+            return
+
+
+async def main(port: int) -> None:
+    async with serve(handler, "127.0.0.1", port, max_size=None, ping_interval=None):
+        await asyncio.Future()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1])))

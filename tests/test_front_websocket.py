@@ -1,0 +1,235 @@
+"""WebSocket through gantry front (issue 18): a real server (the ``websockets`` package,
+tests/apps_websocket.py) behind the front, its real client in front of it."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from tests.process import Front, Launcher, free_port, wait_for
+
+pytest.importorskip("websockets")
+
+
+def _config(ws_port: int, extra: str = "") -> str:
+    return f"""
+[front]
+listen = ["127.0.0.1:FRONT_PORT"]
+{extra}
+[[front.server]]
+[[front.server.location]]
+path = "/"
+proxy = "ws"
+[[front.server.location]]
+path = "/refused/"
+proxy = "ws"
+websocket = false
+[[front.server.location]]
+path = "/app/"
+proxy = "app"
+[front.upstream.ws]
+servers = [{{ address = "127.0.0.1:{ws_port}" }}]
+[front.upstream.app]
+protocol = "uwsgi"
+servers = [{{ address = "unix:/nonexistent/app.sock" }}]
+"""
+
+
+def _start(launch: Launcher, extra: str = "") -> tuple[Front, subprocess.Popen[bytes]]:
+    ws_port = free_port()
+    server = launch.program(
+        [sys.executable, "-m", "tests.apps_websocket", str(ws_port)],
+        ("127.0.0.1", ws_port),
+        name="ws",
+    )
+    front = launch.front(_config(ws_port, extra))
+    return front, server
+
+
+def _raw(port: int, request: bytes) -> bytes:
+    """One raw request; what comes back until the close (or a response head and body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+
+
+def _upgrade(path: str, key: str = "dGhlIHNhbXBsZSBub25jZQ==", version: str = "13") -> bytes:
+    lines = [f"GET {path} HTTP/1.1", "Host: ws.test", "Upgrade: websocket", "Connection: Upgrade"]
+    if key:
+        lines.append(f"Sec-WebSocket-Key: {key}")
+    if version:
+        lines.append(f"Sec-WebSocket-Version: {version}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def test_messages_pings_and_closes_both_ways(launch: Launcher) -> None:
+    front, _ = _start(launch)
+    url = f"ws://127.0.0.1:{front.port}"
+
+    async def scenario() -> None:
+        async with connect(url + "/echo", max_size=None, ping_interval=None) as ws:
+            for size in (0, 1, 125, 126, 65535, 65536, 1 << 20, 16 << 20):
+                data = os.urandom(size)
+                await ws.send(data)
+                back = await asyncio.wait_for(ws.recv(), 60)
+                assert hashlib.sha256(back).digest() == hashlib.sha256(data).digest(), size
+                text = "é" * (size // 2)
+                await ws.send(text)
+                assert await asyncio.wait_for(ws.recv(), 60) == text
+            pong = await ws.ping(b"are you there")
+            await asyncio.wait_for(pong, 10)
+        # a close from the client ends cleanly (1000 both ways)
+        assert ws.close_code == 1000
+        # a close from the server reaches the client
+        async with connect(url + "/close", ping_interval=None) as ws:
+            await ws.send("bye")
+            assert await ws.recv() == "bye"
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+            assert closed.value.rcvd.reason == "server done"
+
+    asyncio.run(scenario())
+
+
+def test_the_upstream_sees_the_real_address_and_the_upgrade_only(launch: Launcher) -> None:
+    front, _ = _start(launch)
+
+    async def scenario() -> dict[str, str]:
+        async with connect(
+            f"ws://127.0.0.1:{front.port}/headers",
+            additional_headers={"X-Forwarded-For": "203.0.113.9", "Keep-Alive": "timeout=5"},
+        ) as ws:
+            return dict(json.loads(await ws.recv()))
+
+    fields = asyncio.run(scenario())
+    assert fields["x-real-ip"] == "127.0.0.1"
+    assert fields["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+    assert fields["upgrade"] == "websocket"
+    assert fields["connection"] == "upgrade"
+    assert "keep-alive" not in fields
+
+
+def test_bad_upgrades_are_400_and_refused_locations_403(launch: Launcher) -> None:
+    front, _ = _start(launch)
+    for request in (
+        _upgrade("/echo", key=""),
+        _upgrade("/echo", version="8"),
+        _upgrade("/echo", key="short"),
+        _upgrade("/echo", version=""),
+    ):
+        answer = _raw(front.port, request)
+        assert answer.startswith(b"HTTP/1.1 400 "), (request, answer[:200])
+    assert b"Sec-WebSocket-Version: 13" in _raw(front.port, _upgrade("/echo", version="8"))
+    post = _upgrade("/echo").replace(b"GET ", b"POST ", 1)
+    assert _raw(front.port, post).startswith(b"HTTP/1.1 400 ")
+    assert _raw(front.port, _upgrade("/refused/x")).startswith(b"HTTP/1.1 403 ")
+    # an upgrade to a uwsgi upstream: said clearly, not attempted
+    assert _raw(front.port, _upgrade("/app/x")).startswith(b"HTTP/1.1 502 ")
+    # and a proper one goes through
+    answer = _raw_upgrade_head(front.port, _upgrade("/echo"))
+    assert answer.startswith(b"HTTP/1.1 101 "), answer
+    assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in answer  # RFC 6455's example accept key
+
+
+def _raw_upgrade_head(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+def test_many_connections_held_open_all_echo(launch: Launcher) -> None:
+    front, _ = _start(launch)
+    count = 200
+
+    async def scenario() -> None:
+        url = f"ws://127.0.0.1:{front.port}/echo"
+        sockets: list[ClientConnection] = list(
+            await asyncio.gather(
+                *(connect(url, ping_interval=None, open_timeout=30) for _ in range(count))
+            )
+        )
+        try:
+            for i, ws in enumerate(sockets):
+                await ws.send(f"hello {i}")
+            for i, ws in enumerate(sockets):
+                assert await asyncio.wait_for(ws.recv(), 30) == f"hello {i}"
+        finally:
+            await asyncio.gather(*(ws.close() for ws in sockets))
+
+    asyncio.run(scenario())
+
+
+def test_upstream_killed_mid_connection_closes_the_client(launch: Launcher) -> None:
+    front, server = _start(launch)
+
+    async def scenario() -> None:
+        async with connect(f"ws://127.0.0.1:{front.port}/echo", ping_interval=None) as ws:
+            await ws.send("before")
+            assert await ws.recv() == "before"
+            server.send_signal(signal.SIGKILL)
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 10)
+            assert closed.value.rcvd is None  # no close frame: 1006 on the client's side
+
+    asyncio.run(scenario())
+    # the worker keeps serving: a new upgrade finds no server (502), plain HTTP too
+    answer = _raw(front.port, _upgrade("/echo"))
+    assert answer.startswith(b"HTTP/1.1 502 "), answer[:200]
+
+
+def test_idle_tunnel_is_closed_after_websocket_idle_timeout(launch: Launcher) -> None:
+    front, _ = _start(launch, 'websocket_idle_timeout = "1s"')
+
+    async def scenario() -> float:
+        loop = asyncio.get_running_loop()
+        async with connect(f"ws://127.0.0.1:{front.port}/echo", ping_interval=None) as ws:
+            await ws.send("x")
+            assert await ws.recv() == "x"
+            started = loop.time()
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10)
+            return loop.time() - started
+
+    waited = asyncio.run(scenario())
+    assert 0.9 <= waited < 5, waited
+    assert wait_for(lambda: "websocket_idle_timeout" in front.log_text())
+
+
+def test_access_log_line_when_the_tunnel_closes(launch: Launcher, tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    front, _ = _start(launch, f'access_log = "{log}"')
+
+    async def scenario() -> None:
+        async with connect(f"ws://127.0.0.1:{front.port}/echo", ping_interval=None) as ws:
+            await ws.send(os.urandom(5000))  # not compressible (permessage-deflate)
+            await ws.recv()
+
+    asyncio.run(scenario())
+    assert wait_for(lambda: log.exists() and " 101 " in log.read_text())
+    line = next(line for line in log.read_text().splitlines() if " 101 " in line)
+    assert '"GET /echo HTTP/1.1" 101 ' in line, line
+    sent = int(line.split('" 101 ')[1].split()[0])
+    assert sent >= 5000, line

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.client
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
@@ -233,3 +235,48 @@ def test_access_log_line_when_the_tunnel_closes(launch: Launcher, tmp_path: Path
     assert '"GET /echo HTTP/1.1" 101 ' in line, line
     sent = int(line.split('" 101 ')[1].split()[0])
     assert sent >= 5000, line
+
+
+def _stats(path: Path) -> dict[str, Any]:
+    from gantry.stats.top import fetch
+
+    return fetch(str(path))
+
+
+def _metrics(port: int) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
+
+
+def test_open_websockets_are_counted_in_stats_and_metrics(
+    launch: Launcher, short_tmp: Path
+) -> None:
+    stats_path, metrics_port = short_tmp / "s.sock", free_port()
+    front, _ = _start(launch, f'stats = "{stats_path}"\nmetrics = "127.0.0.1:{metrics_port}"')
+
+    def open_now() -> int:
+        return sum(w["websockets"] for w in _stats(stats_path)["workers"])
+
+    def gauge() -> int:
+        return sum(
+            int(float(line.rsplit(" ", 1)[1]))
+            for line in _metrics(metrics_port).splitlines()
+            if line.startswith("gantry_worker_websockets{")
+        )
+
+    async def scenario() -> None:
+        url = f"ws://127.0.0.1:{front.port}/echo"
+        sockets = [await connect(url, ping_interval=None) for _ in range(3)]
+        for ws in sockets:
+            await ws.send("x")
+            assert await ws.recv() == "x"
+        assert await asyncio.to_thread(wait_for, lambda: open_now() == 3), _stats(stats_path)
+        assert await asyncio.to_thread(wait_for, lambda: gauge() == 3)
+        await asyncio.gather(*(ws.close() for ws in sockets))
+
+    asyncio.run(scenario())
+    assert wait_for(lambda: open_now() == 0), _stats(stats_path)

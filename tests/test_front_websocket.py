@@ -164,7 +164,7 @@ def _raw_upgrade_head(port: int, request: bytes) -> bytes:
 
 def test_many_connections_held_open_all_echo(launch: Launcher) -> None:
     front, _ = _start(launch)
-    count = 200
+    count = 1000
 
     async def scenario() -> None:
         url = f"ws://127.0.0.1:{front.port}/echo"

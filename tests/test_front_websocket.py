@@ -280,3 +280,22 @@ def test_open_websockets_are_counted_in_stats_and_metrics(
 
     asyncio.run(scenario())
     assert wait_for(lambda: open_now() == 0), _stats(stats_path)
+
+
+def test_json_access_log_has_the_bytes_both_ways(launch: Launcher, tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    front, _ = _start(launch, f'access_log = "{log}"\naccess_log_format = "json"')
+
+    async def scenario() -> None:
+        url = f"ws://127.0.0.1:{front.port}/echo"
+        async with connect(url, ping_interval=None, compression=None) as ws:
+            await ws.send(os.urandom(70000))
+            await ws.recv()
+
+    asyncio.run(scenario())
+    assert wait_for(lambda: log.exists() and '"status": 101' in log.read_text())
+    entry = json.loads(log.read_text().splitlines()[-1])
+    assert entry["status"] == 101
+    # one 70,000-byte message and a close frame each way (the client's are masked)
+    assert 70000 < entry["body_bytes_sent"] < 70100, entry
+    assert 70000 < entry["bytes_received"] < 70100, entry

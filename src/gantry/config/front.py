@@ -65,7 +65,7 @@ LOG_VARIABLES = frozenset(
         "remote_addr", "remote_user", "time_local", "time_iso8601", "msec", "request",
         "request_method", "request_uri", "server_protocol", "status", "body_bytes_sent",
         "http_referer", "http_user_agent", "upstream_addr", "upstream_response_time",
-        "request_time", "upstream_cache_status", "limit_req_status",
+        "request_time", "upstream_cache_status", "limit_req_status", "bytes_received",
     }
 )  # fmt: skip
 _LOG_VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")

@@ -121,6 +121,8 @@ class FrontConnection(asyncio.Protocol):
     tunnel: WebSocketTunnel | None = None
     #: when the tunnel last carried a byte either way (the worker's clock)
     tunnel_active = 0.0
+    #: the bytes a closed tunnel carried from the client, for its access-log line (-1: none)
+    tunnel_received = -1
 
     def __init__(
         self,
@@ -937,6 +939,7 @@ class FrontConnection(asyncio.Protocol):
         tunnel.abandon()
         self.deadline = 0.0
         self.deadline_kind = 0
+        self.tunnel_received = tunnel.received
         self._done()
         if self.transport is not None:
             self.transport.close()
@@ -989,7 +992,7 @@ class FrontConnection(asyncio.Protocol):
             access_log.write(
                 self.remote_addr, logged if logged is not _NO_REQUEST else None, self.status,
                 self.sent, self.upstream_log, now - self.started, self.limit_status,
-                self.cache_status,
+                self.cache_status, self.tunnel_received,
             )  # fmt: skip
         self.cache_status = "-"
         if self.coder is not None:

@@ -276,6 +276,14 @@ def test_open_websockets_are_counted_in_stats_and_metrics(
             assert await ws.recv() == "x"
         assert await asyncio.to_thread(wait_for, lambda: open_now() == 3), _stats(stats_path)
         assert await asyncio.to_thread(wait_for, lambda: gauge() == 3)
+        top = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "gantry", "top", "--once", str(stats_path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert "3 websockets open" in top.stdout, top.stdout + top.stderr
         await asyncio.gather(*(ws.close() for ws in sockets))
 
     asyncio.run(scenario())

@@ -1,15 +1,18 @@
 """A real WebSocket server (the ``websockets`` package) for the front's WebSocket tests:
 ``python -m tests.apps_websocket PORT``. Paths: ``/echo`` echoes every message;
 ``/headers`` sends the upgrade request's fields as one JSON message, then echoes;
-``/close`` closes (1000) after echoing the first message."""
+``/close`` closes (1000) after echoing the first message; ``/deny`` refuses the upgrade
+with a plain 403."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import sys
+from http import HTTPStatus
 
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.http11 import Request, Response
 
 
 async def handler(ws: ServerConnection) -> None:
@@ -23,8 +26,16 @@ async def handler(ws: ServerConnection) -> None:
             return
 
 
+def refuse(ws: ServerConnection, request: Request) -> Response | None:
+    if request.path == "/deny":
+        return ws.respond(HTTPStatus.FORBIDDEN, "not for you\n")
+    return None
+
+
 async def main(port: int) -> None:
-    async with serve(handler, "127.0.0.1", port, max_size=None, ping_interval=None):
+    async with serve(
+        handler, "127.0.0.1", port, max_size=None, ping_interval=None, process_request=refuse
+    ):
         await asyncio.Future()
 
 

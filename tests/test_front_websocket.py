@@ -150,6 +150,15 @@ def test_bad_upgrades_are_400_and_refused_locations_403(launch: Launcher) -> Non
     assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in answer  # RFC 6455's example accept key
 
 
+def test_an_upstream_that_refuses_the_upgrade_is_answered_as_it_said(launch: Launcher) -> None:
+    front, _ = _start(launch)
+    answer = _raw(front.port, _upgrade("/deny"))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 403 "), answer
+    assert body == b"not for you\n"
+    assert b"Content-Length: 12" in head and b"Connection: close" in head, head
+
+
 def _raw_upgrade_head(port: int, request: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(request)

@@ -168,7 +168,6 @@ class ProxyHandler(Handler):
             return
         problem = handshake_error(exchange.head)
         if problem is not None:
-            exchange.log_error(problem[0])
             exchange.fail(400, problem[0], problem[1] or None)
             return
         if upstream.protocol == "uwsgi" or not hasattr(exchange, "open_tunnel"):

@@ -1,8 +1,8 @@
 """A real WebSocket server (the ``websockets`` package) for the front's WebSocket tests:
 ``python -m tests.apps_websocket PORT``. Paths: ``/echo`` echoes every message;
 ``/headers`` sends the upgrade request's fields as one JSON message, then echoes;
-``/close`` closes (1000) after echoing the first message; ``/deny`` refuses the upgrade
-with a plain 403."""
+``/whoami`` sends the server's port, then echoes; ``/close`` closes (1000) after
+echoing the first message; ``/deny`` refuses the upgrade with a plain 403."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ async def handler(ws: ServerConnection) -> None:
     path = ws.request.path if ws.request is not None else "/"
     if path == "/headers" and ws.request is not None:
         await ws.send(json.dumps([[k.lower(), v] for k, v in ws.request.headers.raw_items()]))
+    if path == "/whoami":
+        await ws.send(str(ws.local_address[1]))
     async for message in ws:
         await ws.send(message)
         if path == "/close":

@@ -316,3 +316,38 @@ def test_json_access_log_has_the_bytes_both_ways(launch: Launcher, tmp_path: Pat
     # one 70,000-byte message and a close frame each way (the client's are masked)
     assert 70000 < entry["body_bytes_sent"] < 70100, entry
     assert 70000 < entry["bytes_received"] < 70100, entry
+
+
+def test_least_conn_counts_an_open_tunnel_as_a_request_in_flight(launch: Launcher) -> None:
+    ports = [free_port(), free_port()]
+    for port in ports:
+        launch.program(
+            [sys.executable, "-m", "tests.apps_websocket", str(port)],
+            ("127.0.0.1", port),
+            name=f"ws{port}",
+        )
+    servers = ", ".join(f'{{ address = "127.0.0.1:{port}" }}' for port in ports)
+    front = launch.front(f"""
+[front]
+listen = ["127.0.0.1:FRONT_PORT"]
+[[front.server]]
+[[front.server.location]]
+path = "/"
+proxy = "ws"
+[front.upstream.ws]
+balance = "least_conn"
+servers = [{servers}]
+""")
+    url = f"ws://127.0.0.1:{front.port}/whoami"
+
+    async def scenario() -> list[str]:
+        async with connect(url, ping_interval=None) as held:
+            held_by = await held.recv()
+            others = []
+            for _ in range(4):  # one at a time: each while only the held one is open
+                async with connect(url, ping_interval=None) as ws:
+                    others.append(await ws.recv())
+            return [str(held_by), *map(str, others)]
+
+    held_by, *others = asyncio.run(scenario())
+    assert held_by not in others and len(set(others)) == 1, (held_by, others)

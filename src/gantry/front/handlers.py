@@ -185,7 +185,10 @@ class ProxyHandler(Handler):
             exchange.https,
         )  # fmt: skip
         tls = pool.tls[peer.server.address] if pool.tls is not None else None
-        tunnel = WebSocketTunnel(client, request, peer.server.address, upstream, tls)
+        pool.started(peer)
+        tunnel = WebSocketTunnel(
+            client, request, peer.server.address, upstream, tls, lambda ok: pool.finished(peer, ok)
+        )
         exchange.relay = tunnel
         spawn(self.tasks, tunnel.open())
 

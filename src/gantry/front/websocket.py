@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import logging
+from collections.abc import Callable
 from typing import Final, Protocol
 
 import httptools
@@ -142,8 +143,12 @@ class WebSocketTunnel(asyncio.Protocol):
         address: str,
         upstream: Upstream,
         tls: UpstreamTLS | None,
+        ended: Callable[[bool], None] | None = None,
     ) -> None:
         self.client = client
+        #: told once when the tunnel is over (whether it opened): least_conn counts
+        #: an open tunnel as a request in flight
+        self.ended = ended
         self.request = request
         self.address = address
         self.upstream = upstream
@@ -194,7 +199,14 @@ class WebSocketTunnel(asyncio.Protocol):
         except (OSError, ValueError) as exc:
             self._failed(502, f"connecting to {address} failed: {exc}")
 
+    def _end(self, ok: bool) -> None:
+        ended = self.ended
+        if ended is not None:
+            self.ended = None
+            ended(ok)
+
     def _failed(self, status: int, message: str) -> None:
+        self._end(False)
         self._log_attempt()
         if not self.abandoned and not self.client.closed:
             self.client.fail(status, message)
@@ -303,6 +315,7 @@ class WebSocketTunnel(asyncio.Protocol):
         self.complete = True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._end(self.upgraded or self.complete or self.abandoned)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None

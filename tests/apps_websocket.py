@@ -1,5 +1,6 @@
 """A real WebSocket server (the ``websockets`` package) for the front's WebSocket tests:
-``python -m tests.apps_websocket PORT``. Paths: ``/echo`` echoes every message;
+``python -m tests.apps_websocket PORT [CERT KEY]`` (with a certificate: wss). Paths:
+``/echo`` echoes every message;
 ``/headers`` sends the upgrade request's fields as one JSON message, then echoes;
 ``/whoami`` sends the server's port, then echoes; ``/close`` closes (1000) after
 echoing the first message; ``/deny`` refuses the upgrade with a plain 403."""
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import sys
 from http import HTTPStatus
 
@@ -34,12 +36,22 @@ def refuse(ws: ServerConnection, request: Request) -> Response | None:
     return None
 
 
-async def main(port: int) -> None:
+async def main(port: int, tls: ssl.SSLContext | None) -> None:
     async with serve(
-        handler, "127.0.0.1", port, max_size=None, ping_interval=None, process_request=refuse
+        handler,
+        "127.0.0.1",
+        port,
+        max_size=None,
+        ping_interval=None,
+        process_request=refuse,
+        ssl=tls,
     ):
         await asyncio.Future()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1])))
+    context = None
+    if len(sys.argv) > 3:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(sys.argv[2], sys.argv[3])
+    asyncio.run(main(int(sys.argv[1]), context))

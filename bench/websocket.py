@@ -142,8 +142,26 @@ class _Client(asyncio.Protocol):
                 self.transport.write(FRAME)
 
 
-def run_client(port: int, connections: int, duration: float) -> float:
-    """Messages echoed per second over ``duration`` (after every connection is open)."""
+def tree_cpu(pid: int) -> float:
+    """CPU seconds used so far by ``pid`` and its children (a master and its workers)."""
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        kids = []
+    total = 0.0
+    for member in [pid, *map(int, kids)]:
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def run_client(port: int, connections: int, duration: float, pid: int) -> tuple[float, float]:
+    """Messages echoed per second over ``duration`` (after every connection is open), and
+    the share of a CPU the proxy ``pid`` used meanwhile (near 1.0: the proxy is the limit;
+    well below: the client or the upstream is)."""
 
     async def main() -> float:
         loop = asyncio.get_running_loop()
@@ -159,14 +177,16 @@ def run_client(port: int, connections: int, duration: float) -> float:
             readies.append(ready)
         await asyncio.gather(*readies)
         await asyncio.sleep(0.5)  # warm-up
-        start_count, started = counts[0], loop.time()
+        start_count, started, cpu = counts[0], loop.time(), tree_cpu(pid)
         await asyncio.sleep(duration)
-        rate = (counts[0] - start_count) / (loop.time() - started)
+        elapsed = loop.time() - started
+        rate = (counts[0] - start_count) / elapsed
+        share = (tree_cpu(pid) - cpu) / elapsed
         for client in clients:
             client.running = False
             if client.transport is not None:
                 client.transport.close()
-        return rate
+        return rate, share
 
     return asyncio.run(main())
 
@@ -217,7 +237,7 @@ servers = [{{ address = "127.0.0.1:{upstream}" }}]
     return [sys.executable, "-m", "gantry", "front", "-c", str(conf)]
 
 
-def measure(command: list[str], port: int, args: argparse.Namespace) -> float:
+def measure(command: list[str], port: int, args: argparse.Namespace) -> tuple[float, float]:
     # the front's workers may run as root here, as nginx's master does
     env = {**os.environ, "GANTRY_ALLOW_ROOT": "1"}
     process = subprocess.Popen(
@@ -228,7 +248,7 @@ def measure(command: list[str], port: int, args: argparse.Namespace) -> float:
     )
     try:
         wait_port(port)
-        return run_client(port, args.connections, args.duration)
+        return run_client(port, args.connections, args.duration, process.pid)
     finally:
         process.terminate()
         try:
@@ -253,6 +273,8 @@ def main() -> int:
         cwd=Path(__file__).resolve().parent.parent,
     )  # fmt: skip
     figures: dict[str, list[float]] = {"gantry": [], "nginx": []}
+    #: the proxy's CPU microseconds per echoed message: its cost whoever is the limit
+    costs: dict[str, list[float]] = {"gantry": [], "nginx": []}
     try:
         wait_port(upstream)
         with tempfile.TemporaryDirectory(prefix="wsbench") as folder:
@@ -261,16 +283,23 @@ def main() -> int:
                 for name in ("gantry", "nginx"):
                     port = free_port()
                     build = gantry_conf if name == "gantry" else nginx_conf
-                    rate = measure(build(work, port, upstream), port, args)
+                    rate, share = measure(build(work, port, upstream), port, args)
                     figures[name].append(rate)
-                    print(f"{name:>7}: {rate:10.0f} messages/s", flush=True)
+                    costs[name].append(share / rate * 1e6 if rate else 0.0)
+                    print(f"{name:>7}: {rate:10.0f} messages/s, proxy CPU {share:.2f}", flush=True)
     finally:
         upstream_process.terminate()
         upstream_process.wait(10)
     gantry, nginx = (statistics.median(figures[n]) for n in ("gantry", "nginx"))
     print(f"median  gantry {gantry:.0f}/s  nginx {nginx:.0f}/s  ratio {gantry / nginx:.2f}x")
+    cost_g, cost_n = (statistics.median(costs[n]) for n in ("gantry", "nginx"))
+    print(
+        f"proxy CPU per message  gantry {cost_g:.1f} us  nginx {cost_n:.1f} us  "
+        f"(nginx/gantry {cost_n / cost_g:.2f}x)"
+    )
     if args.json is not None:
-        args.json.write_text(json.dumps({"websocket echo 1 KiB": figures}, indent=2))
+        document = {"websocket echo 1 KiB": figures, "cpu us per message": costs}
+        args.json.write_text(json.dumps(document, indent=2))
     return 0
 
 

@@ -351,3 +351,32 @@ servers = [{servers}]
 
     held_by, *others = asyncio.run(scenario())
     assert held_by not in others and len(set(others)) == 1, (held_by, others)
+
+
+def test_the_parser_says_upgrade_with_the_head() -> None:
+    """The front decides on the head (the handler chain runs at request_end): the flag
+    must be there then, not only once llhttp stops after the request."""
+    from gantry.protocol.http1 import RequestHead, RequestParser
+
+    seen: list[tuple[str, bool]] = []
+
+    class Sink:
+        head: RequestHead | None = None
+
+        def request_head(self, head: RequestHead) -> None:
+            self.head = head
+            seen.append(("head", head.upgrade))
+
+        def request_body(self, data: bytes) -> None:
+            pass
+
+        def request_end(self, trailers: list[tuple[bytes, bytes]] | None) -> None:
+            assert self.head is not None
+            seen.append(("end", self.head.upgrade))
+
+    RequestParser(Sink()).feed(_upgrade("/echo"))
+    assert seen == [("head", True), ("end", True)]
+    plain = b"GET / HTTP/1.1\r\nHost: t\r\nConnection: keep-alive, Upgrade\r\n\r\n"
+    seen.clear()
+    RequestParser(Sink()).feed(plain)  # Connection names upgrade, but no Upgrade field
+    assert seen == [("head", False), ("end", False)]

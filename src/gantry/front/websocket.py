@@ -38,7 +38,10 @@ _ANSWER_DROP: Final = frozenset(
 def is_websocket(head: RequestHead) -> bool:
     """An upgrade request that asks for WebSocket: ``Upgrade: websocket`` named by
     Connection (other upgrades, h2c for one, are served as plain requests). The parser's
-    own ``upgrade`` flag comes only after the request is handed on, so the fields tell."""
+    ``upgrade`` flag (Connection names upgrade and an Upgrade is there) spares the
+    common request the look at its fields."""
+    if not head.upgrade:
+        return False
     upgrade = connection = False
     for name, value in head.headers:
         lname = name.lower()

@@ -39,6 +39,7 @@ MODULES = (
     "gantry.front.files",
     "gantry.front.responses",
     "gantry.front.proxy",
+    "gantry.front.websocket",
     "gantry.front.keepalive",
     "gantry.front.upstream",
     "gantry.front.upstream_poll",

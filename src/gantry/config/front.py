@@ -65,7 +65,7 @@ LOG_VARIABLES = frozenset(
         "remote_addr", "remote_user", "time_local", "time_iso8601", "msec", "request",
         "request_method", "request_uri", "server_protocol", "status", "body_bytes_sent",
         "http_referer", "http_user_agent", "upstream_addr", "upstream_response_time",
-        "request_time", "upstream_cache_status", "limit_req_status",
+        "request_time", "upstream_cache_status", "limit_req_status", "bytes_received",
     }
 )  # fmt: skip
 _LOG_VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
@@ -420,6 +420,11 @@ class LocationSettings(_Strict):
         True,
         description="Read the whole body before proxying (retries stay possible); false "
         "streams a Content-Length body to the upstream as it arrives.",
+    )
+    websocket: bool = Field(
+        True,
+        description="Pass WebSocket upgrades (`Upgrade: websocket`) on to an HTTP upstream "
+        "and relay the bytes both ways after its 101; false refuses them with 403.",
     )
     cache: str | None = Field(
         None,
@@ -1009,6 +1014,12 @@ class FrontSettings(_Strict):
     graceful_timeout: Duration = Field(
         10.0, gt=0, description="Seconds a stopping worker lets in-flight requests finish."
     )
+    websocket_idle_timeout: Duration = Field(
+        60.0,
+        gt=0,
+        description="Seconds a WebSocket tunnel may carry no byte either way before both "
+        "sides are closed (nginx closes one after proxy_read_timeout, 60 s).",
+    )
     # Slow and greedy clients.
     client_header_min_rate: ByteRate = Field(
         0,
@@ -1132,6 +1143,7 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
                         for name, value in loc.fastcgi_param.items()
                     ),
                     request_buffering=loc.request_buffering,
+                    websocket=loc.websocket,
                     cache=loc.cache,
                     limit_req=_limit_req(settings, loc.limit_req, f"{where}.limit_req"),
                     limit_conn=_limit_conn(settings, loc.limit_conn, f"{where}.limit_conn"),
@@ -1235,6 +1247,7 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
         keepalive_timeout=settings.keepalive_timeout,
         send_timeout=settings.send_timeout,
         graceful_timeout=settings.graceful_timeout,
+        websocket_idle_timeout=settings.websocket_idle_timeout,
         caches=caches, control=settings.control,
         limit_req_zones={
             name: LimitReqZone(name=name, key=zone.key, rate=_rate_per_second(zone.rate),

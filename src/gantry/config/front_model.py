@@ -192,6 +192,8 @@ class Location:
     #: read the whole request body before proxying (nginx's proxy_request_buffering);
     #: off streams a Content-Length body to the upstream as it arrives
     request_buffering: bool = True
+    #: pass WebSocket upgrades to an HTTP upstream (False: 403)
+    websocket: bool = True
     #: the name of the cache zone proxied responses are stored in (None: not cached)
     cache: str | None = None
     #: request-rate and concurrency limits (nginx's limit_req / limit_conn); empty:
@@ -373,6 +375,8 @@ class FrontConfig:
     keepalive_timeout: float = 75.0
     send_timeout: float = 60.0
     graceful_timeout: float = 10.0
+    #: seconds a WebSocket tunnel may stay silent both ways
+    websocket_idle_timeout: float = 60.0
     #: cache zones by name, for a location's ``cache``
     caches: dict[str, CacheZone] = field(default_factory=dict)
     #: the control socket's path (``gantry ctl``), None: none

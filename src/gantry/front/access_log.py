@@ -52,12 +52,15 @@ class AccessLog:
         elapsed: float,
         limit_status: str = "",
         cache_status: str = "-",
+        received: int = -1,
     ) -> None:
         """One line: upstream_addr and upstream_response_time list each attempt of a
         retried request (", " between them in the combined format; "-" for none).
         ``limit_status`` is nginx's $limit_req_status: the last field of a combined line
         where a limit_req applied ("limit_req_status", null when none, in JSON);
-        ``cache_status`` is $upstream_cache_status (HIT, MISS...; "-": no cache)."""
+        ``cache_status`` is $upstream_cache_status (HIT, MISS...; "-": no cache).
+        ``received``: the bytes a WebSocket tunnel carried from the client ($bytes_received;
+        -1 for a plain request: "-", null in JSON)."""
         referer = agent = None
         line = "-"
         if head is not None:
@@ -74,6 +77,7 @@ class AccessLog:
                 "limit_req_status": limit_status or "-",
                 "upstream_addr": ", ".join(address for address, _ in attempts) or "-",
                 "upstream_response_time": ", ".join(f"{t:.3f}" for _, t in attempts) or "-",
+                "bytes_received": str(received) if received >= 0 else "-",
             }  # fmt: skip
             text = self._fill(self.template, values, head)
         elif self.json:
@@ -94,6 +98,7 @@ class AccessLog:
                     "request_time": round(elapsed, 3),
                     "limit_req_status": limit_status or None,
                     "upstream_cache_status": None if cache_status == "-" else cache_status,
+                    "bytes_received": received if received >= 0 else None,
                 },
                 ensure_ascii=True,
             )

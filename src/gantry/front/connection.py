@@ -21,6 +21,7 @@ from gantry.front.headers import added_fields
 from gantry.front.proxy import StreamedBody, spawn
 from gantry.front.responses import connection_field, status_line
 from gantry.front.upstream_request import connection_vars, gantry_connection_vars
+from gantry.front.websocket import WebSocketTunnel
 from gantry.front.worker import FrontWorker
 from gantry.http.body import BodyBuffer
 from gantry.protocol.http1 import ProtocolError, RequestHead, RequestParser
@@ -50,6 +51,7 @@ _IDLE: Final = 1  # keepalive_timeout: waiting for a next request
 _HEAD: Final = 2  # client_header_timeout: a request head is arriving
 _BODY: Final = 3  # client_body_timeout: between two reads of a request body
 _SEND: Final = 4  # send_timeout: the client is not reading what was sent
+_TUNNEL: Final = 5  # websocket_idle_timeout: a WebSocket tunnel carries nothing either way
 
 #: the request an error before any request is about (never changed)
 _NO_REQUEST: Final = RequestHead()
@@ -115,6 +117,12 @@ class FrontConnection(asyncio.Protocol):
     https = False
     #: Strict-Transport-Security of the current request's server (https only), CRLF-ended
     hsts_line = b""
+    #: the WebSocket tunnel this connection became (after the upstream's 101)
+    tunnel: WebSocketTunnel | None = None
+    #: when the tunnel last carried a byte either way (the worker's clock)
+    tunnel_active = 0.0
+    #: the bytes a closed tunnel carried from the client, for its access-log line (-1: none)
+    tunnel_received = -1
 
     def __init__(
         self,
@@ -246,6 +254,8 @@ class FrontConnection(asyncio.Protocol):
         self._stop_sendfile()
         self._wake_drained()
         self.worker.connections.discard(self)
+        if self.tunnel is not None:
+            self._end_tunnel()
         if self.releases is not None:
             self._run_releases()
         relay = self.relay
@@ -254,6 +264,11 @@ class FrontConnection(asyncio.Protocol):
             relay.abandon()
 
     def data_received(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            self.tunnel_active = self.worker.now
+            tunnel.from_client(data)
+            return
         if self.holds & _HOLD_DONE:
             return  # bytes after the last request this connection answers
         if self.proxy_buffer is not None:
@@ -375,6 +390,9 @@ class FrontConnection(asyncio.Protocol):
             self.deadline_kind = 0
             if not self.busy:
                 self._idle()
+        if self.tunnel is not None and not self.deadline_kind:
+            self.deadline = self.tunnel_active + self.worker.websocket_idle_timeout
+            self.deadline_kind = _TUNNEL
         self._release(_HOLD_OUTPUT)
         self._wake_drained()
         if self.relay is not None:
@@ -872,6 +890,60 @@ class FrontConnection(asyncio.Protocol):
         self.path = path
         self.location = location
 
+    # WebSocket: a tunnel after the upstream's 101 ----------
+
+    def open_tunnel(self, tunnel: WebSocketTunnel, head: bytes) -> None:
+        """The upstream switched protocols: its 101 goes to the client, and from now on
+        the bytes of each side go to the other unchanged."""
+        transport = self.transport
+        if transport is None or self.closed:
+            tunnel.abandon()
+            return
+        self.status = 101
+        self.keep_alive = False
+        self.relay = tunnel
+        self.tunnel = tunnel
+        self.worker.counters.websockets += 1
+        self.tunnel_active = self.worker.now
+        if self.deadline_kind != _SEND:
+            self.deadline = self.worker.now + self.worker.websocket_idle_timeout
+            self.deadline_kind = _TUNNEL
+        transport.write(head)
+        # the request's holds (its Connection: upgrade ended the HTTP reading) are over
+        if self.holds & ~_HOLD_OUTPUT:
+            self.holds &= _HOLD_OUTPUT
+            if not self.holds:
+                transport.resume_reading()
+
+    def tunnel_write(self, data: bytes) -> None:
+        """Bytes from the upstream for the client."""
+        if self.transport is not None and not self.closed:
+            self.tunnel_active = self.worker.now
+            self.sent += len(data)
+            self.transport.write(data)
+
+    def close_tunnel(self) -> None:
+        """The upstream closed its side: the client's closes too (after what is queued)."""
+        if self.tunnel is not None:
+            self._end_tunnel()
+
+    def _end_tunnel(self) -> None:
+        """The tunnel is over: the upstream closed, the access-log line written, the client
+        closed once its output is out."""
+        tunnel = self.tunnel
+        if tunnel is None:
+            return
+        self.tunnel = None
+        self.relay = None
+        self.worker.counters.websockets -= 1
+        tunnel.abandon()
+        self.deadline = 0.0
+        self.deadline_kind = 0
+        self.tunnel_received = tunnel.received
+        self._done()
+        if self.transport is not None:
+            self.transport.close()
+
     # the end of a response ----------
 
     def _frame_unknown_length(self, lines: list[bytes]) -> None:
@@ -920,7 +992,7 @@ class FrontConnection(asyncio.Protocol):
             access_log.write(
                 self.remote_addr, logged if logged is not _NO_REQUEST else None, self.status,
                 self.sent, self.upstream_log, now - self.started, self.limit_status,
-                self.cache_status,
+                self.cache_status, self.tunnel_received,
             )  # fmt: skip
         self.cache_status = "-"
         if self.coder is not None:
@@ -972,6 +1044,14 @@ class FrontConnection(asyncio.Protocol):
             return
         if kind == _IDLE:
             transport.close()
+        elif kind == _TUNNEL:
+            idle = self.worker.websocket_idle_timeout
+            if now - self.tunnel_active < idle:
+                self.deadline = self.tunnel_active + idle  # it carried bytes meanwhile
+                self.deadline_kind = _TUNNEL
+            else:
+                self.log_error("WebSocket idle past websocket_idle_timeout: closed")
+                self._end_tunnel()
         elif self.proxy_buffer is not None:
             # no HTTP yet, so no HTTP answer: the peer is not the proxy it should be
             self.log_error("timed out waiting for the PROXY protocol header: closed")

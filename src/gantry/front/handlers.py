@@ -13,7 +13,7 @@ import asyncio
 import os
 import re
 import stat
-from typing import Final
+from typing import Final, cast
 
 from gantry.config.front_model import Location, Upstream, VirtualServer
 from gantry.front.balancing import UpstreamPool
@@ -22,9 +22,16 @@ from gantry.front.exchange import BodyStream, Exchange, Handler
 from gantry.front.files import StaticHandler
 from gantry.front.headers import proxy_fields
 from gantry.front.keepalive import KeepAlivePool
-from gantry.front.proxy import ProxyRequest, RequestBody, StreamedBody
+from gantry.front.proxy import ProxyRequest, RequestBody, StreamedBody, spawn
 from gantry.front.routing import client_allowed
 from gantry.front.static import resolve, try_files
+from gantry.front.websocket import (
+    TunnelClient,
+    WebSocketTunnel,
+    handshake_error,
+    is_websocket,
+    upgrade_head,
+)
 from gantry.http.body import BodyBuffer
 
 __all__ = [
@@ -132,6 +139,9 @@ class ProxyHandler(Handler):
             exchange.error(502)
             return True
         upstream, pool = target
+        if is_websocket(exchange.head):
+            self._websocket(exchange, location, upstream, pool)
+            return True
         script = ""
         if upstream.protocol == "fastcgi":
             found = fastcgi_script(exchange, location)
@@ -159,6 +169,46 @@ class ProxyHandler(Handler):
         exchange.relay = proxy
         proxy.start()
         return True
+
+    def _websocket(
+        self, exchange: Exchange, location: Location, upstream: Upstream, pool: UpstreamPool
+    ) -> None:
+        """A WebSocket upgrade: checked, then tunnelled to a server of an HTTP upstream."""
+        # the parser reads no HTTP after an upgrade request: whatever the answer, it is
+        # the connection's last
+        exchange.keep_alive = False
+        if not location.websocket:
+            exchange.log_error("WebSocket upgrade refused: websocket = false")
+            exchange.error(403, close=True)
+            return
+        problem = handshake_error(exchange.head)
+        if problem is not None:
+            exchange.fail(400, problem[0], problem[1] or None)
+            return
+        if upstream.protocol in ("uwsgi", "fastcgi") or not hasattr(exchange, "open_tunnel"):
+            # uwsgi upstreams would need uWSGI's own websocket API in the app, FastCGI has
+            # no upgrade at all: not carried
+            exchange.fail(
+                502, f"WebSocket upgrade to {upstream.protocol} upstream {upstream.name!r}"
+            )
+            return
+        peer = pool.pick(exchange.remote_addr, "", ())
+        if peer is None:
+            exchange.fail(502, f"no live server in upstream {upstream.name!r}")
+            return
+        client = cast(TunnelClient, exchange)
+        fields = proxy_fields(exchange) if location.proxy_set_header else None
+        request = upgrade_head(
+            exchange.head, exchange.remote_addr, location.script_name or "", fields,
+            exchange.https,
+        )  # fmt: skip
+        tls = pool.tls[peer.server.address] if pool.tls is not None else None
+        pool.started(peer)
+        tunnel = WebSocketTunnel(
+            client, request, peer.server.address, upstream, tls, lambda ok: pool.finished(peer, ok)
+        )
+        exchange.relay = tunnel
+        spawn(self.tasks, tunnel.open())
 
 
 def fastcgi_script(exchange: Exchange, location: Location) -> str | None:

@@ -189,6 +189,7 @@ class FrontWorker:
             config.client_body_timeout,
             config.keepalive_timeout,
             config.send_timeout,
+            config.websocket_idle_timeout,
         )
         reads = [u.read_timeout for u in config.upstreams.values()]
         self.sweep_every = min([1.0, *(t / 4 for t in (*reads, *client))])
@@ -197,6 +198,7 @@ class FrontWorker:
         self.body_timeout = config.client_body_timeout
         self.keepalive_timeout = config.keepalive_timeout
         self.send_timeout = config.send_timeout
+        self.websocket_idle_timeout = config.websocket_idle_timeout
         self.now = loop.time()
         #: set on a graceful stop: every response then says Connection: close
         self.stopping = False

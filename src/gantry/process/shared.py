@@ -44,6 +44,7 @@ FIELDS = (
     "rss",  # bytes, refreshed by the worker once a second
     "vsz",
     "ready",  # 1 once the worker listens with the app loaded
+    "websockets",  # WebSocket tunnels open now (the front)
 )
 _INDEX = {name: i for i, name in enumerate(FIELDS)}
 _STATUS, _REQUESTS, _EXCEPTIONS, _TX = (
@@ -51,6 +52,7 @@ _STATUS, _REQUESTS, _EXCEPTIONS, _TX = (
 )
 _STATUS_2XX, _STATUS_3XX, _STATUS_4XX, _STATUS_5XX = (_INDEX[f"status_{n}xx"] for n in range(2, 6))
 _RT_TOTAL, _REQUEST_START = _INDEX["rt_total_us"], _INDEX["request_start_us"]
+_WEBSOCKETS = _INDEX["websockets"]
 LINE_BYTES = 256
 SLOT_BYTES = len(FIELDS) * 8 + LINE_BYTES
 STATUS_NAMES = {0: "free", 1: "starting", 2: "idle", 3: "busy", 4: "stopping"}
@@ -104,6 +106,7 @@ class SlotView:
     rss = _Field()
     vsz = _Field()
     ready = _Field()
+    websockets = _Field()
 
     def __init__(self, ints: memoryview, line: memoryview, index: int) -> None:
         self._ints = ints
@@ -134,10 +137,18 @@ class SlotView:
         ints[_STATUS] = status
 
     def store_counters(
-        self, requests: int, exceptions: int, tx: int, counts: list[int], rt_total: float
+        self,
+        requests: int,
+        exceptions: int,
+        tx: int,
+        counts: list[int],
+        rt_total: float,
+        websockets: int = 0,
     ) -> None:
-        """Copy a worker's running totals in (``counts`` by status class, index 2 to 5)."""
+        """Copy a worker's running totals in (``counts`` by status class, index 2 to 5;
+        ``websockets``: the tunnels open now)."""
         ints = self._ints
+        ints[_WEBSOCKETS] = websockets
         ints[_REQUESTS] = requests
         ints[_EXCEPTIONS] = exceptions
         ints[_TX] = tx
@@ -181,6 +192,7 @@ class WorkerStats:
     rss: int
     vsz: int
     ready: int
+    websockets: int
     request_line: str
 
     @property
@@ -241,11 +253,18 @@ class WorkerCounters:
     #: responses by status class: index 2 for 2xx ... 5 for 5xx
     status_counts: list[int] = field(default_factory=lambda: [0] * 6)
     rt_total: float = 0.0  # seconds
+    #: WebSocket tunnels open now (the front)
+    websockets: int = 0
 
     def store(self, slot: SlotView) -> None:
         """Copy the totals into ``slot``."""
         slot.store_counters(
-            self.requests, self.exceptions, self.tx, self.status_counts, self.rt_total
+            self.requests,
+            self.exceptions,
+            self.tx,
+            self.status_counts,
+            self.rt_total,
+            self.websockets,
         )
 
 

@@ -622,6 +622,10 @@ class RequestParser:
             self._parse_target(method)
         if self._host_count != 1 and (version != "1.0" or self._host_count > 1):
             self._fail(400, "an HTTP/1.1 request needs exactly one Host field")
+        if parser.should_upgrade():
+            # said with the head, not only when llhttp stops after the request: the
+            # front passes a WebSocket upgrade on, and no request follows it here
+            head.upgrade = True
         if self._te is not None or self._content_length is not None or self._expect is not None:
             self._decide_framing(head, version)
             self._in_head = False

@@ -40,6 +40,7 @@ def render_metrics(
                 "status_5xx": w.status_5xx,
                 "avg_rt": w.avg_rt_us,
                 "status": "busy" if w.request_start_us else "idle",
+                "websockets": w.websockets,
             },
         )  # fmt: skip
         for w in workers
@@ -90,6 +91,9 @@ def render_metric_rows(
     for labels, values in rows:
         busy = 1 if values["status"] == "busy" else 0
         lines.append(f"gantry_worker_busy{_labels(**labels)} {busy}")
+    family("gantry_worker_websockets", "gauge", "WebSocket tunnels open (the front).")
+    for labels, values in rows:
+        lines.append(f"gantry_worker_websockets{_labels(**labels)} {values.get('websockets', 0)}")
     family("gantry_workers", "gauge", "Worker processes running.")
     lines.append(f"gantry_workers {len(rows)}")
     family("gantry_master_start_time_seconds", "gauge", "When the master started (epoch).")

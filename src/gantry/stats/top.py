@@ -63,10 +63,13 @@ def render_frame(
     rate = sum(rates[w["id"]] for w in counted)
     shares = ", ".join(f"{name} {count}" for name, count in per_pool.items()) if pooled else ""
     pool_head = f"{'POOL':<10} " if pooled else ""
+    # the front's open WebSocket tunnels (said only where there are some)
+    websockets = sum(int(w.get("websockets", 0)) for w in workers)
     lines = [
         f"gantry top - {time.strftime('%H:%M:%S')} - master pid {doc.get('pid')} - "
         f"{len(workers)} workers - {total} requests - {rate:.0f} req/s"
-        + (f" ({shares})" if shares else ""),
+        + (f" ({shares})" if shares else "")
+        + (f" - {websockets} websockets open" if websockets else ""),
         "",
         f"{pool_head}{'WID':>3} {'PID':>7} {'STATUS':<8} {'REQ':>9} {'REQ/S':>7} {'AVG(ms)':>8} "
         f"{'RSS':>8} {'EXC':>5} {'RESPAWN':>7}  CURRENT REQUEST",

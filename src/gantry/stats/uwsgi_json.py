@@ -65,6 +65,7 @@ def _worker(stats: WorkerStats, now: float) -> dict[str, Any]:
         "status_4xx": stats.status_4xx,
         "status_5xx": stats.status_5xx,
         "generation": stats.generation,
+        "websockets": stats.websockets,  # Gantry's own: WebSocket tunnels open (front)
         "current_request": stats.request_line if busy else "",
         "current_request_seconds": round(stats.running_for(now), 3) if busy else 0,
         "apps": [],

@@ -283,8 +283,6 @@ def run_front(
     setup_error_log()
     _warn_missing_directories(config)
     identity = resolve_identity(config.user, config.group, "front")
-    _prepare_cache_zones(config, identity)
-    _import_before_dropping_privileges(config)
     addresses = [parse_address(spec, "http", "front.listen") for spec in config.listen]
     passed = inherited_by_key()
     sockets = bind_or_inherit(addresses, None, 2048, passed)
@@ -299,6 +297,10 @@ def run_front(
                 sock.close()
             raise
     warn_unclaimed(passed)
+    # after the sockets: a control socket's missing folder is said first, and no zone's
+    # folder is made for a front that cannot start
+    _prepare_cache_zones(config, identity)
+    _import_before_dropping_privileges(config)
     tls = _load_tls(config, sockets)
     master = (
         master or bool(stats or metrics or control) or os.environ.get("GANTRY_FRONT_MASTER") == "1"

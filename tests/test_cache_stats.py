@@ -33,9 +33,21 @@ def get(
 
 
 def stats(path: str) -> dict[str, Any]:
+    """The stats document; the master binds its socket a moment after the listen sockets
+    the launcher waits on (a restarted front's old file refuses meanwhile): waited for."""
     from gantry.stats.top import fetch
 
-    return fetch(path)
+    answer: list[dict[str, Any]] = []
+
+    def fetched() -> bool:
+        try:
+            answer.append(fetch(path))
+        except OSError:
+            return False
+        return True
+
+    assert wait_for(fetched, 15), f"no stats on {path}"
+    return answer[0]
 
 
 def metrics(port: int) -> str:

@@ -35,6 +35,7 @@ MODULES = (
     "gantry.protocol.chunked",
     "gantry.protocol.uwsgi",
     "gantry.front.connection",
+    "gantry.front.exchange",
     "gantry.front.handlers",
     "gantry.front.files",
     "gantry.front.responses",

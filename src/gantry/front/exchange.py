@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from mypy_extensions import mypyc_attr
+
 from gantry.config.front_model import Location, VirtualServer
 from gantry.front.compress import ResponseCoder
 from gantry.http.body import BodyBuffer
@@ -171,6 +173,10 @@ class Exchange(ProxyClient, Protocol):
         caller keeps it open until this returns), sent as fast as the client reads."""
 
 
+# compiled (gantry.compiled): the handlers of compiled modules are native classes, their
+# handle() a direct call from run_chain; the others (rewrite, real_ip, ...) subclass it
+# as plain Python
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Handler:
     """One step of the request chain (see front.handlers): it answers a request through
     its exchange, or leaves it to the next step."""

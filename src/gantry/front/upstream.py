@@ -45,6 +45,9 @@ from gantry.protocol.uwsgi import encode_packet
 # The C socket type: ``socket.socket`` is a Python subclass whose constructor and
 # close() run Python code, for nothing a connection per request needs.
 RawSocket = _socket.socket
+# plain ints: the socket module's are enums, whose "|" runs Python code (per request)
+_AF_UNIX: Final = int(socket.AF_UNIX)
+_UNIX_STREAM: Final = int(socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
 # An https upstream's handshaken session: the SSLObject, and its incoming and outgoing
 # memory BIOs (ciphertext)
 _TLSSession = tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]
@@ -829,7 +832,7 @@ def connect_unix(
     at once (a full listen queue is EAGAIN), so it needs no wait, no timer and no task.
     UpstreamError (502, nothing sent) if it fails. ``watch``, ``poller``: see
     open_upstream."""
-    sock = RawSocket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    sock = RawSocket(_AF_UNIX, _UNIX_STREAM)
     try:
         sock.connect(address[5:])
     except OSError as exc:
@@ -877,7 +880,7 @@ async def open_upstream(
             sock = await _connect_tcp(loop, host.strip("[]"), int(port))
         else:
             if address.startswith("unix:"):
-                sock = RawSocket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+                sock = RawSocket(_AF_UNIX, _UNIX_STREAM)
                 try:
                     sock.connect(address[5:])
                 except BaseException:

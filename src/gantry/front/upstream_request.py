@@ -28,8 +28,18 @@ __all__ = [
     "without_connection_fields",
 ]
 
-_u16: Final = struct.Struct("<H").pack
+_pack_u16: Final = struct.Struct("<H").pack
 _MAX_U16: Final = 0xFFFF
+#: the encoded lengths of most vars, made once: a packet has two dozen of them, and a
+#: list index is cheaper than a call into struct
+_SMALL_U16: Final = [_pack_u16(n) for n in range(2048)]
+
+
+def _u16(n: int) -> bytes:
+    """``n`` as a little-endian 16-bit length; struct.error past 65535."""
+    if 0 <= n < 2048:
+        return _SMALL_U16[n]
+    return _pack_u16(n)
 
 
 def _key(name: bytes) -> bytes:

@@ -195,6 +195,9 @@ class RequestParser:
         "_connection_seen",
         "_content_type_seen",
         "_host_ok",
+        "_last_block",
+        "_last_fields",
+        "_last_option",
         "_boundary",
         "_completed",
         "_method_start",
@@ -231,6 +234,12 @@ class RequestParser:
         self._content_type_seen = False
         #: the last Host value found valid on the fast path
         self._host_ok = b"\0"
+        # The field block of the last request taken on the fast path, its fields and its
+        # Connection option (0 none, 1 keep-alive, 2 close): a keep-alive client sends
+        # the same block again and again, read once
+        self._last_block = b""
+        self._last_fields: list[tuple[bytes, bytes]] = []
+        self._last_option = 0
         # True between messages: the next byte fed starts a new request line
         self._boundary = True
         self._completed = 0
@@ -371,33 +380,17 @@ class RequestParser:
         body's framing, Expect, Upgrade, a Connection other than one keep-alive or close,
         too many fields."""
         block = match[4]
-        lowered = b"\n" + block.lower()
-        watched = _WATCHED.findall(lowered)
         keep_alive = match[3] == b"1"
-        if watched != _HOST_ONLY:
-            if sorted(watched) != [b"\nconnection:", b"\nhost:"]:
+        if block == self._last_block:
+            option = self._last_option
+        else:
+            option = self._read_block(block)
+            if option < 0:
                 return False
-            option = block[block.lower().index(b"connection: ") + 12 :]
-            option = option[: option.index(b"\r\n")].lower()
-            if option == b"keep-alive":
-                keep_alive = True
-            elif option == b"close":
-                keep_alive = False
-            else:
-                return False
-        host_at = lowered.index(b"\nhost: ") + 6  # in block (lowered has one byte more)
-        host = block[host_at : block.index(b"\r", host_at)]
-        if host != self._host_ok:
-            # a keep-alive client sends the same Host each time: checked once
-            if not valid_host(host):
-                return False  # llhttp's path refuses it
-            self._host_ok = host
-        lines = block.split(b"\r\n")
-        lines.pop()
-        if len(lines) > self._limits.max_fields:
-            return False
+        if option:
+            keep_alive = option == 1
         head = self._head = RequestHead()
-        head.headers = [tuple(line.split(b": ", 1)) for line in lines]
+        head.headers = list(self._last_fields)  # a copy: the head is the handlers' to change
         head.method = "GET" if match[1] == b"GET" else "HEAD"
         if match[3] == b"0":
             head.version = "1.0"
@@ -412,6 +405,43 @@ class RequestParser:
             self._dead = True
             raise ProtocolError(500, f"parser callback failed: {exc}") from exc
         return True
+
+    def _read_block(self, block: bytes) -> int:
+        """Read a fast-path field block into the memo (_last_*): its Connection option
+        (0 none, 1 keep-alive, 2 close), or -1 if llhttp must read it (see _simple)."""
+        lowered = b"\n" + block.lower()
+        watched = _WATCHED.findall(lowered)
+        option = 0
+        if watched != _HOST_ONLY:
+            if sorted(watched) != [b"\nconnection:", b"\nhost:"]:
+                return -1
+            value = block[block.lower().index(b"connection: ") + 12 :]
+            value = value[: value.index(b"\r\n")].lower()
+            if value == b"keep-alive":
+                option = 1
+            elif value == b"close":
+                option = 2
+            else:
+                return -1
+        host_at = lowered.index(b"\nhost: ") + 6  # in block (lowered has one byte more)
+        host = block[host_at : block.index(b"\r", host_at)]
+        if host != self._host_ok:
+            # a keep-alive client sends the same Host each time: checked once
+            if not valid_host(host):
+                return -1  # llhttp's path refuses it
+            self._host_ok = host
+        lines = block.split(b"\r\n")
+        lines.pop()
+        if len(lines) > self._limits.max_fields:
+            return -1
+        fields: list[tuple[bytes, bytes]] = []
+        for line in lines:
+            name, _, value = line.partition(b": ")
+            fields.append((name, value))
+        self._last_block = block
+        self._last_fields = fields
+        self._last_option = option
+        return option
 
     def _refusal(self, exc: httptools.HttpParserError) -> ProtocolError:
         """The refusal for an llhttp error; the connection is done."""

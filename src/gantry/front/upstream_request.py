@@ -196,6 +196,58 @@ def _server_var(host: bytes) -> bytes:
     return var
 
 
+class _FieldsMemo:
+    """The last request's header fields and what they encoded to (see _encoded_fields):
+    a keep-alive client, or many clients of one browser, send the same fields again."""
+
+    def __init__(self) -> None:
+        self.fields: list[tuple[bytes, bytes]] = []
+        #: the encoded HTTP_* vars, the Host value, the CONTENT_TYPE var
+        self.encoded = (b"", b"", _NO_CONTENT_TYPE)
+
+
+_FIELDS_MEMO: Final = _FieldsMemo()
+
+
+def _encoded_fields(fields: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes, bytes] | None:
+    """``fields`` as uwsgi vars: (the HTTP_* vars, the first Host value, the CONTENT_TYPE
+    var); None when a Connection field names fields to leave out (the caller drops them
+    first). struct.error for a value past the protocol's 16-bit lengths."""
+    memo = _FIELDS_MEMO
+    if fields == memo.fields:
+        return memo.encoded
+    parts: list[bytes] = []
+    host = b""
+    content_type = _NO_CONTENT_TYPE
+    append = parts.append
+    keys = _header_keys
+    for name, value in fields:
+        key = keys.get(name)
+        if key is None:
+            key = _header_key(name)
+        if not key:
+            continue
+        if key is _TYPE:
+            if content_type is _NO_CONTENT_TYPE:
+                content_type = _CONTENT_TYPE + _u16(len(value)) + value
+            continue
+        if key is _HOST:
+            key = _HTTP_HOST
+            if not host:
+                host = value
+        elif key is _CONNECTION:
+            key = _HTTP_CONNECTION
+            if _named_fields(value):  # rare: fields to leave out, on the long way
+                return None
+        append(key)
+        append(_u16(len(value)))
+        append(value)
+    encoded = (b"".join(parts), host, content_type)
+    memo.fields = list(fields)  # a copy: the caller's list may change after
+    memo.encoded = encoded
+    return encoded
+
+
 def uwsgi_packet(
     fixed: bytes,
     head: RequestHead,
@@ -210,61 +262,42 @@ def uwsgi_packet(
     the location's ``script_name`` is taken off as nginx's ``uwsgi_modifier1 30`` does.
     ValueError if a var or the block does not fit the protocol's 16-bit lengths.
     """
-    if script_name:
-        if path == script_name or path.startswith(script_name + "/"):
-            path = path[len(script_name) :]
-        script = script_name.encode("utf-8", "surrogateescape")
-        script = _SCRIPT_NAME + _u16(len(script)) + script
-    else:
-        script = _NO_SCRIPT_NAME
-    path_info = path.encode("utf-8", "surrogateescape")
-    query, target = head.query, head.target
-    parts = [
-        _QUERY_STRING + _u16(len(query)) + query if query else _NO_QUERY_STRING,
-        _METHODS.get(head.method) or _var(b"REQUEST_METHOD", head.method.encode()),
-        b"",  # CONTENT_TYPE, once the headers are read
-        _var(b"CONTENT_LENGTH", str(body_length).encode()) if body_length else _NO_CONTENT_LENGTH,
-        _REQUEST_URI, _u16(len(target)), target,
-        _PATH_INFO, _u16(len(path_info)), path_info,
-        script,
-        _PROTOCOLS.get(head.version) or _var(b"SERVER_PROTOCOL", b"HTTP/" + head.version.encode()),
-        fixed,
-        b"",  # SERVER_NAME, once the headers are read
-    ]  # fmt: skip
-    host = b""
-    content_type = _NO_CONTENT_TYPE
-    append = parts.append
-    keys = _header_keys
     try:
-        for name, value in head.headers:
-            key = keys.get(name)
-            if key is None:
-                key = _header_key(name)
-            if not key:
-                continue
-            if key is _TYPE:
-                if content_type is _NO_CONTENT_TYPE:
-                    content_type = _CONTENT_TYPE + _u16(len(value)) + value
-                continue
-            if key is _HOST:
-                key = _HTTP_HOST
-                if not host:
-                    host = value
-            elif key is _CONNECTION:
-                key = _HTTP_CONNECTION
-                if _named_fields(value):  # rare: fields to leave out, on the long way
-                    lean = without_connection_fields(head)
-                    if lean is not head:
-                        return uwsgi_packet(fixed, lean, path, script_name, body_length, keepalive)
-            append(key)
-            append(_u16(len(value)))
-            append(value)
-        if keepalive:
-            append(KEEPALIVE)
-        parts[2] = content_type
-        parts[13] = _server_vars.get(host) or _server_var(host)
+        encoded = _encoded_fields(head.headers)
+        if encoded is None:
+            lean = without_connection_fields(head)
+            encoded = _encoded_fields(lean.headers) if lean is not head else None
+            if encoded is None:
+                raise ValueError("Connection field names fields that cannot be left out")
+        fields, host, content_type = encoded
+        if script_name:
+            if path == script_name or path.startswith(script_name + "/"):
+                path = path[len(script_name) :]
+            script = script_name.encode("utf-8", "surrogateescape")
+            script = _SCRIPT_NAME + _u16(len(script)) + script
+        else:
+            script = _NO_SCRIPT_NAME
+        path_info = path.encode("utf-8", "surrogateescape")
+        query, target = head.query, head.target
+        length = _var(b"CONTENT_LENGTH", str(body_length).encode()) if body_length else b""
+        protocol = _PROTOCOLS.get(head.version) or _var(
+            b"SERVER_PROTOCOL", b"HTTP/" + head.version.encode()
+        )
+        vars_ = b"".join([
+            _QUERY_STRING + _u16(len(query)) + query if query else _NO_QUERY_STRING,
+            _METHODS.get(head.method) or _var(b"REQUEST_METHOD", head.method.encode()),
+            content_type,
+            length or _NO_CONTENT_LENGTH,
+            _REQUEST_URI, _u16(len(target)), target,
+            _PATH_INFO, _u16(len(path_info)), path_info,
+            script,
+            protocol,
+            fixed,
+            _server_vars.get(host) or _server_var(host),
+            fields,
+            KEEPALIVE if keepalive else b"",
+        ])  # fmt: skip
         # one join, then the header in front: cheaper than summing the parts' lengths
-        vars_ = b"".join(parts)
         return pack_header(0, len(vars_), 0) + vars_
     except struct.error:
         raise ValueError("uwsgi var longer than 65535 bytes") from None

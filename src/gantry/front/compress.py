@@ -18,6 +18,18 @@ from typing import Final
 
 from gantry.config.front_model import Compression
 
+# The compression extra's codings, imported with the module (a worker imports it before it
+# switches to its user, who may not read the library); config refuses "br" or "zstd"
+# without them, so None here is never reached.
+try:
+    import brotli
+except ImportError:
+    brotli = None
+try:
+    import zstandard
+except ImportError:
+    zstandard = None  # type: ignore[assignment]
+
 __all__ = ["Encoder", "ResponseCoder", "choose_coding", "encoder_for"]
 
 #: the statuses compressed (nginx's: 200, 403, 404)
@@ -52,14 +64,10 @@ class Encoder:
 def encoder_for(coding: str, level: int) -> Encoder:
     """A new encoder of ``coding`` ("gzip", "br", "zstd") at ``level`` (1-9)."""
     if coding == "br":
-        import brotli  # the compression extra; config checked it is installed
-
         # quality 1-9 is brotli's fast range; a small window keeps a stream's memory low
         br = brotli.Compressor(quality=level, lgwin=20)
         return Encoder(br.process, br.flush, br.finish)
     if coding == "zstd":
-        import zstandard
-
         zs = zstandard.ZstdCompressor(level=level).compressobj()
         return Encoder(zs.compress, lambda: zs.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK), zs.flush)
     # wbits 16 + 15: the gzip wrapper; memLevel 8 as nginx's default

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib
 import logging
 import os
 import signal
@@ -198,30 +197,6 @@ def _reopen_logs(config: FrontConfig, worker: FrontWorker) -> None:
     log.info("log files reopened")
 
 
-def _import_before_dropping_privileges(config: FrontConfig) -> None:
-    """Import now what the workers would import later, after they switch to their user:
-    that user may not be able to read Python's own library (a pyenv under /root), and a
-    module that fails to import in a worker fails its requests, not the start."""
-    names = ["concurrent.futures.thread", "gantry.front.health"]  # the loop's executor
-    if config.caches:
-        names.append("gantry.front.cache.handler")
-    if config.limit_req_zones or config.limit_conn_zones or config.autoban:
-        names += ["gantry.front.limits.autoban", "gantry.front.limits.handler"]
-    if config.shared is not None:
-        names += ["gantry.front.limits.shared_redis", "redis", "redis.asyncio"]
-    if any(
-        c is not None
-        for server in config.servers
-        for c in (server.compression, *(loc.compression for loc in server.locations))
-    ):
-        names += ["brotli", "zstandard"]  # the optional ones: imported if installed
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            pass  # not installed: the config check said what it needs
-
-
 def _prepare_cache_zones(config: FrontConfig, identity: Identity | None) -> None:
     """Each cache zone's folder, made here before any worker starts (as nginx's master
     makes proxy_cache_path's) and given to the workers' user: a folder that cannot be
@@ -300,7 +275,8 @@ def run_front(
     # after the sockets: a control socket's missing folder is said first, and no zone's
     # folder is made for a front that cannot start
     _prepare_cache_zones(config, identity)
-    _import_before_dropping_privileges(config)
+    # what a worker runs was imported with gantry.front.worker, above (its imports are all
+    # module-level): a worker's user may not read Python's library (a pyenv under /root)
     tls = _load_tls(config, sockets)
     master = (
         master or bool(stats or metrics or control) or os.environ.get("GANTRY_FRONT_MASTER") == "1"

@@ -19,6 +19,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+import redis
+import redis.asyncio
+
 from gantry.config.front_model import SharedStore
 
 __all__ = ["RedisShare", "share_ban", "shared_bans"]
@@ -73,8 +76,6 @@ def share_ban(store: SharedStore, addr: str, until: float | None, reason: str = 
     its loop): the key every front reads when it connects, and the announcement every
     listening worker applies at once. ``until`` None lifts the ban. Raises when Redis does
     not answer within a second."""
-    import redis
-
     client = redis.Redis.from_url(store.redis, socket_timeout=1.0, socket_connect_timeout=1.0)
     try:
         if until is None:
@@ -92,8 +93,6 @@ def share_ban(store: SharedStore, addr: str, until: float | None, reason: str = 
 def shared_bans(store: SharedStore, limit: int = 10000) -> list[tuple[str, float, str]]:
     """The bans Redis holds (address, until, reason), ``limit`` at most (blocking, for
     ``gantry ctl blocked``). Raises when Redis does not answer within a second."""
-    import redis
-
     client = redis.Redis.from_url(store.redis, socket_timeout=1.0, socket_connect_timeout=1.0)
     found: list[tuple[str, float, str]] = []
     try:
@@ -125,8 +124,6 @@ class RedisShare:
         loop: asyncio.AbstractEventLoop,
         on_ban: Callable[[str, float], None],
     ) -> None:
-        import redis.asyncio
-
         self.store = store
         self.loop = loop
         #: called with (address, until in Unix seconds) for each ban Redis announces

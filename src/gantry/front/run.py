@@ -275,8 +275,11 @@ def run_front(
     # after the sockets: a control socket's missing folder is said first, and no zone's
     # folder is made for a front that cannot start
     _prepare_cache_zones(config, identity)
-    # what a worker runs was imported with gantry.front.worker, above (its imports are all
-    # module-level): a worker's user may not read Python's library (a pyenv under /root)
+    # what a worker runs was imported with gantry.front.worker, above (its imports are
+    # module-level): a worker's user may not read Python's library (a pyenv under /root).
+    # Redis's client alone is left out of it (12 MB a process): imported here when used.
+    if config.shared is not None:
+        import gantry.front.limits.shared_redis  # noqa: F401
     tls = _load_tls(config, sockets)
     master = (
         master or bool(stats or metrics or control) or os.environ.get("GANTRY_FRONT_MASTER") == "1"

@@ -12,7 +12,7 @@ import concurrent.futures.thread  # noqa: F401
 import logging
 import os
 import time
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from gantry.config.front_model import FrontConfig, Location, VirtualServer
 from gantry.front.access_log import AccessLog
@@ -26,7 +26,6 @@ from gantry.front.health import run_health_checks
 from gantry.front.keepalive import KeepAlivePool
 from gantry.front.limits.autoban import Autoban, BanHandler
 from gantry.front.limits.handler import LimitHandler
-from gantry.front.limits.shared_redis import RedisShare
 from gantry.front.limits.state import FrontLimits
 from gantry.front.real_ip import RealAddressHandler, TrustedPeers
 from gantry.front.responses import ErrorPages
@@ -35,6 +34,11 @@ from gantry.front.routing import Router, normalize_path
 from gantry.http.head import HeadDefaults
 from gantry.process.shared import SlotView, WorkerCounters, store_memory
 from gantry.protocol.http1 import HTTPLimits
+
+if TYPE_CHECKING:
+    # Redis's client costs a process 12 MB: imported by the fronts that share through it
+    # alone (front.run imports it, before a worker switches to its user)
+    from gantry.front.limits.shared_redis import RedisShare
 
 __all__ = ["ClientConnection", "FrontWorker", "Route"]
 
@@ -242,6 +246,8 @@ class FrontWorker:
         defences = self.defences
         if shared is None or defences is None or defences.bans is None:
             return
+        from gantry.front.limits.shared_redis import RedisShare
+
         bans = defences.bans
 
         def on_ban(addr: str, until: float) -> None:

@@ -14,6 +14,11 @@ and says when Redis is back.
 from __future__ import annotations
 
 import asyncio
+
+# redis reads its own version from its package's metadata at its first connection
+# (importlib.metadata, which imports email.parser then): imported with this module, in
+# the master, since a worker's user may not read Python's library (see front.run)
+import email.parser  # noqa: F401
 import logging
 import time
 from collections.abc import Callable, Sequence

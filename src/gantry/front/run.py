@@ -18,6 +18,7 @@ from gantry.config.certificates import CertificateError
 from gantry.config.front_model import FrontConfig
 from gantry.front.connection import FrontConnection
 from gantry.front.limits.state import FrontLimits
+from gantry.front.tls_accept import TLSListener
 from gantry.front.worker import FrontWorker
 from gantry.process.master import Master, MasterSettings, WorkerExit
 from gantry.process.privileges import Identity, drop_privileges, resolve_identity
@@ -88,7 +89,7 @@ def _serve_worker(
         loop.add_signal_handler(signal.SIGUSR1, _reopen_logs, config, worker)
         # each socket in the order of [front] listen, with its flags
         listeners = config.listeners
-        servers = []
+        servers: list[asyncio.Server | TLSListener] = []
         for index, (address, sock) in enumerate(sockets):
             proxy = index < len(listeners) and listeners[index].proxy_protocol
             context = tls.listeners.get(index) if tls is not None else None
@@ -98,16 +99,15 @@ def _serve_worker(
                 )
                 log.info("front listening on http://%s", address)
                 continue
-            # the loop's own TLS transport (uvloop's is in C around a memory BIO);
-            # the handshake has client_header_timeout, as a request head would
-            servers.append(
-                await loop.create_server(
-                    _connections(worker, index, True, False),
-                    sock=sock,
-                    ssl=context,
-                    ssl_handshake_timeout=config.client_header_timeout,
-                )
-            )
+            # accepted here, to see the first byte before the handshake (plain HTTP gets
+            # nginx's 400); then the loop's own TLS transport (uvloop's is in C around a
+            # memory BIO). The handshake has client_header_timeout, as a head would.
+            tls_listener = TLSListener(
+                loop, sock, context, _connections(worker, index, True, False),
+                config.client_header_timeout, worker.tasks,
+            )  # fmt: skip
+            tls_listener.start()
+            servers.append(tls_listener)
             log.info("front listening on https://%s", address)
         if slot is not None:
             slot.pid = os.getpid()

@@ -8,6 +8,12 @@ the request's :class:`ResponseCoder` about each response head and passes the bod
 through it: whole bodies at once, a proxied stream piece by piece (each piece flushed,
 so what the upstream sent reaches the client as it comes), a file in bounded reads.
 Compression comes after the cache: the cache keeps the identity body.
+
+Nothing here holds compressed output: each piece goes to the client's connection at
+once, whose write buffer (its high-water mark) pauses the upstream read or the file's
+next read when the client is slow, as for an identity body (see
+tests/test_front_compress_slow_reader.py). The encoders' own state is bounded by their
+windows (brotli's lgwin, zlib's 32 KiB, zstd's block).
 """
 
 from __future__ import annotations

@@ -17,7 +17,15 @@ import pytest
 import redis
 import zstandard
 
-from tests.process import REPO, Launcher, gantry_env, http_get, require_program, wait_for
+from tests.process import (
+    REPO,
+    Launcher,
+    gantry_env,
+    http_get,
+    needs_readable_source,
+    require_program,
+    wait_for,
+)
 from tests.support_cache import Origin
 
 #: what a worker may need later: the cache and its sweep on the loop's thread executor,
@@ -50,11 +58,6 @@ def test_importing_the_worker_imports_what_it_runs() -> None:
     missing, costly = done.stdout.split("\n")[:2]
     assert missing == "", f"imported only when first used: {missing}"
     assert costly == "", f"imported by every front: {costly}"
-
-
-def _source_readable_by_others() -> bool:
-    package = Path(__file__).resolve().parents[1] / "src" / "gantry"
-    return all(os.stat(folder).st_mode & 0o001 for folder in (package, *package.parents))
 
 
 def _library_private() -> bool:
@@ -98,7 +101,7 @@ limit_req = [{{ zone = "perip", burst = 100, nodelay = true }}]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
-@pytest.mark.skipif(not _source_readable_by_others(), reason="nobody cannot import Gantry")
+@needs_readable_source
 def test_workers_as_nobody_compress_cache_and_limit(launch: Launcher, short_tmp: Path) -> None:
     if not _library_private():
         pytest.skip("Python's library is readable by nobody: a late import would not fail")
@@ -150,7 +153,7 @@ limit_req = [{{ zone = "perip", burst = 100, nodelay = true }}]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
-@pytest.mark.skipif(not _source_readable_by_others(), reason="nobody cannot import Gantry")
+@needs_readable_source
 def test_workers_as_nobody_limit_through_redis(launch: Launcher, short_tmp: Path) -> None:
     if not _library_private():
         pytest.skip("Python's library is readable by nobody: a late import would not fail")

@@ -18,21 +18,24 @@ The measurements, each printed as req/s (or MB) and a ratio to nginx:
 8. the 1 KiB file over HTTPS with a new TLS connection per request (wrk sends
    Connection: close): handshakes per second, X25519 key exchange on both sides.
 
-Run: `python bench/front.py [--duration 10] [--rounds 2] [--loads cache_hit,...]` (after
-`python bench/run.py` has created .venv-bench with uWSGI).
+Run: `python bench/front.py [--duration 10] [--rounds 2] [--loads cache_hit,...]
+[--no-idle]` (after `python bench/run.py` has created .venv-bench with uWSGI): one entry
+point, and --loads names what runs. Besides the loads above (all of them by default),
+three loads bring their own servers and rounds and run only when named:
 
-`python bench/front.py --slow-clients` measures a static file's throughput while 1,000
-connections each send a request head one byte a second (reconnecting when cut), against
-the same without them, for gantry and nginx side by side.
+- `blocklist` (no uWSGI needed): requests the blocklist refuses (403) against nginx's
+  `deny` (both behind realip, the client named by X-Forwarded-For), and a static file
+  through a 100,000-entry blocklist against an empty one;
+- `slow_clients`: a static file's throughput while 1,000 connections each send a request
+  head one byte a second (reconnecting when cut), against the same without them, for
+  gantry and nginx side by side;
+- `idle_many`: `--idle-connections N` (100,000) idle keep-alive connections (from
+  127.0.0.2, 127.0.0.3, ... for enough source ports; the file limit raised, as root) on
+  a 2-worker gantry front and a 2-worker nginx, one after the other: each one's total RSS
+  and whether it still answers.
 
-`python bench/front.py --idle 100000` holds that many idle keep-alive connections (from
-127.0.0.2, 127.0.0.3, ... for enough source ports; the file limit raised, as root) on a
-2-worker gantry front and a 2-worker nginx, one after the other: each one's total RSS and
-whether it still answers.
-
-`python bench/front.py --blocklist` measures the blocklist instead (no uWSGI needed):
-requests it refuses (403) against nginx's `deny` (both behind realip, the client named by
-X-Forwarded-For), and a static file through a 100,000-entry blocklist against an empty one.
+Each run writes one JSON report (--json): the loads' figures as before, and each of
+those three under its own key.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -446,7 +450,7 @@ root = "{site}"
     return commands
 
 
-def blocklist_bench(args: argparse.Namespace) -> int:
+def blocklist_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Refused requests (403) against nginx's deny; a 100,000-entry blocklist against an
     empty one; paired rounds, the first front alternating."""
     # this tree's gantry, whatever .venv-bench holds
@@ -496,10 +500,7 @@ def blocklist_bench(args: argparse.Namespace) -> int:
         print(f"{load}: {a} / {b}: paired rounds {listed}; median "
               f"{statistics.median(ratios):.2f}x")  # fmt: skip
         figures[f"{load}: {a} / {b}"] = statistics.median(ratios)
-    write_report(args.json, {"bench": "front-blocklist", "machine": machine_info(),
-                             "ratios": figures, "rps": {" ".join(map(str, k)): v
-                                                        for k, v in paired.items()}})  # fmt: skip
-    return 0
+    return {"ratios": figures, "rps": {" ".join(map(str, k)): v for k, v in paired.items()}}
 
 
 SLOW_CLIENTS = 1000
@@ -529,7 +530,7 @@ while True:
 """
 
 
-def slow_clients_bench(args: argparse.Namespace) -> int:
+def slow_clients_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Throughput of a static file with SLOW_CLIENTS dripping connections open against
     without them, gantry and nginx each; paired rounds."""
     src = str(REPO_ROOT / "src")
@@ -585,9 +586,7 @@ def slow_clients_bench(args: argparse.Namespace) -> int:
         print(f"{name}: with / without slow clients: rounds {listed}; median "
               f"{statistics.median(ratios):.2f}x")  # fmt: skip
         figures[name] = statistics.median(ratios)
-    write_report(args.json, {"bench": "front-slow-clients", "machine": machine_info(),
-                             "ratios": figures})  # fmt: skip
-    return 0
+    return {"clients": SLOW_CLIENTS, "ratios": figures}
 
 
 #: IP_BIND_ADDRESS_NO_PORT (Linux): the source port is chosen at connect, per 4-tuple
@@ -659,10 +658,11 @@ def tree_rss_mb(pid: int) -> float:
     return sum(rss_mb(p) for p in [pid, *children(pid)])
 
 
-def idle_bench(args: argparse.Namespace) -> int:
-    """``args.idle`` idle keep-alive connections held by a 2-worker gantry front and by a
-    2-worker nginx: each one's total RSS, and whether it still answers a new client."""
-    count = args.idle
+def idle_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """``args.idle_connections`` idle keep-alive connections held by a 2-worker gantry
+    front and by a 2-worker nginx: each one's total RSS, and whether it still answers a
+    new client."""
+    count = args.idle_connections
     files = min(int(Path("/proc/sys/fs/nr_open").read_text()), 2 * count + 20_000)
     try:  # inherited by the servers started below
         resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
@@ -761,20 +761,30 @@ root = "{work}/site"
         ratio = results["gantry"]["rss_mb"] / max(results["nginx"]["rss_mb"], 0.1)
         print(f"gantry / nginx total RSS: {ratio:.2f}x; under 1 GiB: "
               f"{results['gantry']['rss_mb'] < 1024}")  # fmt: skip
-    write_report(args.json, {"bench": "front-idle", "machine": machine_info(),
-                             "connections": count, "workers": 2, "results": results})  # fmt: skip
-    return 0
+    return {"connections": count, "workers": 2, "results": results}
 
 
-def main() -> int:
-    """Run both fronts on every load, interleaved, and print the ratios."""
+#: loads that bring their own servers and rounds (not run unless named in --loads):
+#: JSON key -> (the function, what it measures)
+SUITES: dict[str, tuple[Callable[[argparse.Namespace], dict[str, Any]], str]] = {
+    "blocklist": (blocklist_bench, "refused requests and a 100,000-entry blocklist"),
+    "slow_clients": (slow_clients_bench, f"a static file with {SLOW_CLIENTS} slow clients"),
+    "idle_many": (idle_bench, "--idle-connections idle connections on 2 workers: RSS"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the loads named by --loads (both fronts, interleaved rounds), print the
+    ratios, and write one JSON report."""
+    keys = [key for key, *_ in LOADS.values()]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument(
         "--loads",
-        default=",".join(key for key, *_ in LOADS.values()),
-        help="the loads to run, by their JSON key (default: all)",
+        default=",".join(keys),
+        help=f"the loads to run, by their JSON key (default: all of {', '.join(keys)}); "
+        + "; ".join(f"also {key}: {what}" for key, (_, what) in SUITES.items()),
     )
     parser.add_argument("--no-idle", action="store_true", help="skip the idle connections")
     parser.add_argument(
@@ -785,35 +795,42 @@ def main() -> int:
     )
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     parser.add_argument(
-        "--idle",
+        "--idle-connections",
         type=int,
-        default=0,
+        default=100_000,
         metavar="N",
-        help="hold N idle keep-alive connections on 2-worker gantry and nginx: total RSS",
+        help="the idle keep-alive connections of the idle_many load",
     )
-    parser.add_argument(
-        "--blocklist", action="store_true", help="measure the blocklist (see the docstring)"
-    )
-    parser.add_argument(
-        "--slow-clients", action="store_true", help="measure with 1,000 slow clients open"
-    )
-    args = parser.parse_args()
-    if args.idle:
-        return idle_bench(args)
-    if args.blocklist:
-        return blocklist_bench(args)
-    if args.slow_clients:
-        return slow_clients_bench(args)
-    wanted = set(args.loads.split(","))
-    loads = {name: load for name, load in LOADS.items() if load[0] in wanted}
-    unknown = wanted - {key for key, *_ in LOADS.values()}
-    if unknown or not loads:
+    args = parser.parse_args(argv)
+    wanted = args.loads.split(",")
+    unknown = set(wanted) - set(keys) - set(SUITES)
+    if unknown or not wanted:
         print(f"unknown loads: {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
+    loads = {name: load for name, load in LOADS.items() if load[0] in wanted}
+    report: dict[str, Any] = {"bench": "front", "baseline": "nginx", "machine": machine_info()}
+    if loads:
+        figures = wrk_loads(args, loads)
+        if figures is None:
+            return 2
+        report.update(figures)
+    for key in wanted:
+        if key in SUITES:
+            print(f"\n{key}: {SUITES[key][1]}", flush=True)
+            report[key] = SUITES[key][0](args)
+    write_report(args.json, report)
+    return 0
+
+
+def wrk_loads(
+    args: argparse.Namespace, loads: dict[str, tuple[str, str, bool, bool, bool]]
+) -> dict[str, Any] | None:
+    """Both fronts on every load of LOADS chosen, interleaved: the figures and ratios
+    printed and returned for the report (None: uWSGI is missing)."""
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(VENV_BIN / "uwsgi").exists():
         print("run `python bench/run.py` first: it builds .venv-bench with uWSGI", file=sys.stderr)
-        return 2
+        return None
     with tempfile.TemporaryDirectory(prefix="gfront-") as tmp:
         work = Path(tmp)
         site = work / "site"
@@ -947,9 +964,6 @@ def main() -> int:
         print(f"{IDLE_CONNECTIONS} idle keep-alive connections, {name}: worker RSS {rss:.0f} MB, "
               f"still answering: {answered}")  # fmt: skip
     report: dict[str, Any] = {
-        "bench": "front",
-        "baseline": "nginx",
-        "machine": machine_info(),
         "settings": {"duration": args.duration, "rounds": args.rounds, "connections": 50},
         "apps": {},
         "idle": {name: {"rss_mb": rss, "answering": ok} for name, (rss, ok) in idle.items()},
@@ -959,8 +973,7 @@ def main() -> int:
         of_load = [r for r in rounds if r.app == load]
         summaries = [summarize(of_load, name, "best") for name in ("nginx", "gantry")]
         report["apps"][key] = app_report(path, summaries)
-    write_report(args.json, report)
-    return 0
+    return report
 
 
 if __name__ == "__main__":

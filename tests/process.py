@@ -33,6 +33,21 @@ REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
 
 
+def source_readable_by_others() -> bool:
+    """Whether a worker running as nobody can import the rest of Gantry's modules (a
+    front's workers import some after they switch user): every folder above the package
+    passable by others. A clone in a private folder (mktemp -d is 0700) is not."""
+    package = REPO / "src" / "gantry"
+    return all(os.stat(folder).st_mode & 0o001 for folder in (package, *package.parents))
+
+
+#: for the tests whose workers run as nobody
+needs_readable_source = pytest.mark.skipif(
+    not source_readable_by_others(),
+    reason="the checkout is in a folder nobody cannot pass through: nobody cannot import Gantry",
+)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as probe:
@@ -110,8 +125,21 @@ def wait_until_listening(
         )
 
 
-def _tcp_queues(local_port: int, remote_port: int) -> tuple[int, int] | None:
-    """(send queue, receive queue) of the loopback TCP socket with these ports, from /proc."""
+@dataclass(frozen=True)
+class TCPSocket:
+    """One TCP socket of this host as /proc/net/tcp{,6} shows it."""
+
+    local_port: int
+    remote_port: int
+    #: the kernel's state, in hex ("01": established, "0A": listening)
+    state: str
+    send_queue: int
+    receive_queue: int
+    inode: int
+
+
+def tcp_sockets() -> Iterator[TCPSocket]:
+    """Every TCP socket of this host (IPv4 and IPv6), read from /proc."""
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             rows = Path(table).read_text().splitlines()[1:]
@@ -119,14 +147,43 @@ def _tcp_queues(local_port: int, remote_port: int) -> tuple[int, int] | None:
             continue
         for row in rows:
             fields = row.split()
-            local, remote, queues = fields[1], fields[2], fields[4]
-            if (int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16)) == (
-                local_port,
-                remote_port,
-            ):
-                send, receive = (int(value, 16) for value in queues.split(":"))
-                return send, receive
+            send, receive = (int(value, 16) for value in fields[4].split(":"))
+            yield TCPSocket(
+                int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16),
+                fields[3], send, receive, int(fields[9]),
+            )  # fmt: skip
+
+
+def tcp_socket(local_port: int, remote_port: int) -> TCPSocket | None:
+    """The loopback TCP socket with these ports, if there is one."""
+    for found in tcp_sockets():
+        if (found.local_port, found.remote_port) == (local_port, remote_port):
+            return found
     return None
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """The inodes of the sockets process ``pid`` holds (empty when it is gone)."""
+    inodes = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return inodes
+    for name in names:
+        try:
+            target = os.readlink(fd_dir / name)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def _tcp_queues(local_port: int, remote_port: int) -> tuple[int, int] | None:
+    """(send queue, receive queue) of the loopback TCP socket with these ports."""
+    found = tcp_socket(local_port, remote_port)
+    return None if found is None else (found.send_queue, found.receive_queue)
 
 
 def server_has_read(sock: socket.socket) -> bool:

@@ -4,12 +4,10 @@ run as a subprocess, and client connections pinned to each worker of a front."""
 from __future__ import annotations
 
 import http.client
-import os
 import subprocess
 import sys
-from pathlib import Path
 
-from tests.process import REPO, gantry_env, poll
+from tests.process import REPO, gantry_env, poll, socket_inodes, tcp_socket
 
 
 def ctl(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
@@ -28,39 +26,13 @@ def start_ctl(*args: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
-def _server_inode(server_port: int, client_port: int) -> int | None:
-    """The inode of the server's end of the loopback TCP connection from ``client_port``."""
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            rows = Path(table).read_text().splitlines()[1:]
-        except FileNotFoundError:
-            continue
-        for row in rows:
-            fields = row.split()
-            local, remote = fields[1], fields[2]
-            if (int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16)) == (
-                server_port,
-                client_port,
-            ):
-                return int(fields[9])
-    return None
-
-
 def serving_pid(conn: http.client.HTTPConnection, port: int, pids: set[int]) -> int | None:
     """Which of ``pids`` holds the server end of ``conn`` (connected to ``port``)."""
     assert conn.sock is not None
-    inode = _server_inode(port, conn.sock.getsockname()[1])
-    if inode is None:
+    server_end = tcp_socket(port, conn.sock.getsockname()[1])
+    if server_end is None:
         return None
-    wanted = f"socket:[{inode}]"
-    for pid in pids:
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                if os.readlink(f"/proc/{pid}/fd/{fd}") == wanted:
-                    return pid
-        except OSError:
-            continue
-    return None
+    return next((pid for pid in pids if server_end.inode in socket_inodes(pid)), None)
 
 
 def connection_to_each(

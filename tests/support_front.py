@@ -21,41 +21,71 @@ def start_front(tmp_path: Path, body: str, env: dict[str, str] | None = None) ->
 
 class RawUpstream:
     """A real listening socket that records each request head and answers it with
-    ``respond(head)`` (bytes), on a thread; connections close after each answer."""
+    ``respond`` (bytes, or a function of the head giving them), each connection on its
+    own thread; connections close after each answer.
 
-    def __init__(self, respond: Callable[[bytes], bytes]) -> None:
+    ``wait_for`` bytes (at least the head) are read before the answer, so a test sees
+    what arrived before the client finished sending. With ``hold``, requests are held
+    (``held`` counts them) until ``release()``.
+    """
+
+    def __init__(
+        self,
+        respond: bytes | Callable[[bytes], bytes],
+        wait_for: int = 0,
+        hold: bool = False,
+    ) -> None:
         self.respond = respond
+        self.wait_for = wait_for
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(0.1)
         self.port = self.listener.getsockname()[1]
         self.received: list[bytes] = []
+        self.held = 0
+        self.lock = threading.Lock()
+        self.go = threading.Event()
+        if not hold:
+            self.go.set()
         self.stopping = False
-        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
 
-    def _serve(self) -> None:
+    def _accept(self) -> None:
         deadline = time.monotonic() + 120
         while not self.stopping and time.monotonic() < deadline:
             try:
                 conn, _ = self.listener.accept()
             except TimeoutError:
                 continue
-            with conn:
-                conn.settimeout(10)
-                data = b""
-                try:
-                    while b"\r\n\r\n" not in data:
-                        piece = conn.recv(65536)
-                        if not piece:
-                            break
-                        data += piece
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(30)
+            data = b""
+            try:
+                while b"\r\n\r\n" not in data or len(data) < self.wait_for:
+                    piece = conn.recv(65536)
+                    if not piece:
+                        break
+                    data += piece
+                with self.lock:
                     self.received.append(data)
-                    conn.sendall(self.respond(data))
-                except OSError:
-                    pass
+                    self.held += 1
+                self.go.wait(30)
+                respond = self.respond
+                conn.sendall(respond if isinstance(respond, bytes) else respond(data))
+            except OSError:
+                pass
+
+    def release(self) -> None:
+        """Answer every held request, and any later one at once."""
+        self.go.set()
 
     def close(self) -> None:
+        """Stop accepting (held requests are answered)."""
         self.stopping = True
+        self.go.set()
         self.thread.join(timeout=5)
         self.listener.close()
 

@@ -1,32 +1,20 @@
 """Helpers for the tests of the front's limits and bans (a helper module, not a test
-module): a burst of requests sent at once, and an upstream that holds its answers."""
+module): a burst of requests sent at once (an upstream that holds its answers is
+support_front's RawUpstream with ``hold``)."""
 
 from __future__ import annotations
 
-import os
 import socket
-import threading
 import time
 from pathlib import Path
 
-from tests.process import read_until_closed, ready_workers, recv_until
-
-
-def _socket_inodes(pid: int) -> set[str]:
-    inodes = set()
-    fd_dir = Path(f"/proc/{pid}/fd")
-    try:
-        names = os.listdir(fd_dir)
-    except OSError:
-        return inodes
-    for name in names:
-        try:
-            target = os.readlink(fd_dir / name)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    return inodes
+from tests.process import (
+    read_until_closed,
+    ready_workers,
+    recv_until,
+    socket_inodes,
+    tcp_sockets,
+)
 
 
 class Burst:
@@ -42,19 +30,13 @@ class Burst:
         return sum(1 for s in self.statuses if s == status)
 
 
-def _server_side(port: int) -> dict[int, str]:
+def _server_side(port: int) -> dict[int, int]:
     """Client port -> socket inode of the server's side of each connection to ``port``."""
-    sides = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
-                sides[int(fields[2].rsplit(":", 1)[1], 16)] = fields[9]
-    return sides
+    return {
+        found.remote_port: found.inode
+        for found in tcp_sockets()
+        if found.local_port == port and found.state == "01"
+    }
 
 
 def _complete(data: bytes) -> bool:
@@ -89,7 +71,7 @@ def spread_connections(
             for conn in batch:
                 recv_until(conn, _complete)
             sides = _server_side(port)
-            owners = {pid: _socket_inodes(pid) for pid in pids}
+            owners = {pid: socket_inodes(pid) for pid in pids}
             for conn in batch:
                 inode = sides.get(conn.getsockname()[1])
                 pid = next((p for p, inodes in owners.items() if inode in inodes), None)
@@ -141,58 +123,3 @@ def log_lines(path: Path, needle: str) -> list[str]:
         return [line for line in path.read_text().splitlines() if needle in line]
     except FileNotFoundError:
         return []
-
-
-class HeldUpstream:
-    """An HTTP upstream on a real socket that answers nothing until ``release()``: each
-    connection's request is read, then held (threads, one a connection)."""
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.1)
-        self.port = self.listener.getsockname()[1]
-        self.held = 0
-        self.lock = threading.Lock()
-        self.go = threading.Event()
-        self.stopping = False
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        deadline = time.monotonic() + 120
-        while not self.stopping and time.monotonic() < deadline:
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(30)
-            data = b""
-            try:
-                while b"\r\n\r\n" not in data:
-                    piece = conn.recv(65536)
-                    if not piece:
-                        return
-                    data += piece
-                with self.lock:
-                    self.held += 1
-                self.go.wait(30)
-                conn.sendall(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nheld"
-                )
-            except OSError:
-                pass
-
-    def release(self) -> None:
-        """Answer every held request, and any later one at once."""
-        self.go.set()
-
-    def close(self) -> None:
-        """Stop accepting."""
-        self.stopping = True
-        self.go.set()
-        self.thread.join(timeout=5)
-        self.listener.close()

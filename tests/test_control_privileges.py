@@ -9,24 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.process import Launcher, accepts, http_get, wait_for
+from tests.process import Launcher, accepts, http_get, needs_readable_source, wait_for
 from tests.support_cache import Origin, cache_config
 from tests.support_control import ctl
 
-
-def _source_readable_by_others() -> bool:
-    # the front's workers import modules after they switch user (see
-    # tests/test_process_privileges.py): every folder above the package must be passable
-    package = Path(__file__).resolve().parents[1] / "src" / "gantry"
-    return all(os.stat(folder).st_mode & 0o001 for folder in (package, *package.parents))
-
-
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users"),
-    pytest.mark.skipif(
-        not _source_readable_by_others(),
-        reason="the checkout is in a folder nobody cannot pass through",
-    ),
+    needs_readable_source,
 ]
 
 

@@ -8,26 +8,7 @@ import json
 from pathlib import Path
 
 from tests.process import Launcher, wait_for
-
-STACK = """
-[front]
-listen = ["127.0.0.1:FRONT_PORT"]
-workers = 1
-ACCESS
-
-[[front.server]]
-default = true
-
-[[front.server.location]]
-path = "/"
-proxy = "hello"
-
-[[app]]
-name = "hello"
-module = "gantry.demo:app"
-workers = 1
-graceful_timeout = 5
-"""
+from tests.support_up import demo_stack
 
 
 def _hello(port: int, agent: str = "probe/1.0") -> int:
@@ -44,14 +25,14 @@ def _hello(port: int, agent: str = "probe/1.0") -> int:
 
 
 def test_gantry_up_logs_each_request_to_stderr_by_default(launch: Launcher) -> None:
-    up = launch.up(STACK.replace("ACCESS", ""))
+    up = launch.up(demo_stack())
     assert wait_for(lambda: _hello(up.port) == 200, 30), up.log_text()
     line = '"GET /hello?x=1 HTTP/1.1" 200 12 "-" "probe/1.0"'
     assert wait_for(lambda: line in up.log_text(), 10), up.log_text()
 
 
 def test_access_log_off(launch: Launcher) -> None:
-    up = launch.up(STACK.replace("ACCESS", 'access_log = "off"'))
+    up = launch.up(demo_stack(front='access_log = "off"'))
     assert wait_for(lambda: _hello(up.port) == 200, 30), up.log_text()
     for _ in range(3):
         assert _hello(up.port) == 200
@@ -61,7 +42,7 @@ def test_access_log_off(launch: Launcher) -> None:
 def test_json_lines(launch: Launcher) -> None:
     path = launch.workdir / "access.json"
     config = f'access_log = "{path}"\naccess_log_format = "json"'
-    up = launch.up(STACK.replace("ACCESS", config))
+    up = launch.up(demo_stack(front=config))
     assert wait_for(lambda: _hello(up.port, 'quote " and \\ back') == 200, 30), up.log_text()
 
     def entries() -> list[dict[str, object]]:

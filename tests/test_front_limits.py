@@ -27,13 +27,8 @@ from tests.process import (
     try_get,
     wait_for,
 )
-from tests.support_limits import (
-    Burst,
-    HeldUpstream,
-    burst,
-    log_lines,
-    spread_connections,
-)
+from tests.support_front import RawUpstream
+from tests.support_limits import Burst, burst, log_lines, spread_connections
 
 LIMITED = """
 [front]
@@ -195,8 +190,10 @@ limit_conn = [{{ zone = "perip", limit = 3{extra} }}]
 
 
 @pytest.fixture
-def held() -> Iterator[HeldUpstream]:
-    upstream = HeldUpstream()
+def held() -> Iterator[RawUpstream]:
+    upstream = RawUpstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nheld", hold=True
+    )
     try:
         yield upstream
     finally:
@@ -216,7 +213,7 @@ def _in_flight(front: Front, count: int) -> tuple[list[tuple[int, bytes]], list[
     return results, threads
 
 
-def test_limit_conn_refuses_the_one_past_the_limit(launch: Launcher, held: HeldUpstream) -> None:
+def test_limit_conn_refuses_the_one_past_the_limit(launch: Launcher, held: RawUpstream) -> None:
     front = launch.front(LIMIT_CONN.format(port=held.port, extra=""))
     results, threads = _in_flight(front, 3)
     assert wait_for(lambda: held.held == 3, 10)
@@ -229,7 +226,7 @@ def test_limit_conn_refuses_the_one_past_the_limit(launch: Launcher, held: HeldU
     assert [try_get(front.port, "/x")[0] for _ in range(4)] == [200] * 4
 
 
-def test_limit_conn_released_when_the_client_goes(launch: Launcher, held: HeldUpstream) -> None:
+def test_limit_conn_released_when_the_client_goes(launch: Launcher, held: RawUpstream) -> None:
     front = launch.front(LIMIT_CONN.format(port=held.port, extra=", status = 429"))
     clients = [socket.create_connection(("127.0.0.1", front.port)) for _ in range(3)]
     for client in clients:
@@ -242,7 +239,7 @@ def test_limit_conn_released_when_the_client_goes(launch: Launcher, held: HeldUp
     assert wait_for(lambda: try_get(front.port, "/x")[0] == 200, 10)
 
 
-def test_limit_conn_dry_run(launch: Launcher, held: HeldUpstream) -> None:
+def test_limit_conn_dry_run(launch: Launcher, held: RawUpstream) -> None:
     front = launch.front(LIMIT_CONN.format(port=held.port, extra=", dry_run = true"))
     results, threads = _in_flight(front, 4)
     assert wait_for(lambda: held.held == 4, 10)

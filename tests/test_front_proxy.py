@@ -7,7 +7,6 @@ import json
 import os
 import re
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,59 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.process import Front, GantryServer, free_port
-
-
-def _front(tmp_path: Path, body: str) -> Front:
-    front = Front('[front]\nlisten = ["127.0.0.1:FRONT_PORT"]\n' + body, tmp_path)
-    front.start()
-    return front
-
-
-class RawUpstream:
-    """A real listening socket answering each connection with a canned response.
-
-    It records what each connection sent before it answered; ``wait_for`` bytes
-    (default: the end of the head) are read first, so a test can see what arrived
-    before the client finished sending.
-    """
-
-    def __init__(self, response: bytes, wait_for: int = 0) -> None:
-        self.response = response
-        self.wait_for = wait_for
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
-        self.received: list[bytes] = []
-        self.stopping = False
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        deadline = time.monotonic() + 60
-        while not self.stopping and time.monotonic() < deadline:
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(10)
-                data = b""
-                try:
-                    while b"\r\n\r\n" not in data or len(data) < self.wait_for:
-                        piece = conn.recv(65536)
-                        if not piece:
-                            break
-                        data += piece
-                    self.received.append(data)
-                    conn.sendall(self.response)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.stopping = True
-        self.thread.join(timeout=5)
-        self.listener.close()
-
+from tests.support_front import RawUpstream, start_front
 
 # --- script_name ---------------------------------------------------------------------------
 
@@ -82,7 +29,7 @@ def mounted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
         log_path=workdir / "app.log",
     )  # fmt: skip
     app.start()
-    front = _front(
+    front = start_front(
         workdir,
         f"""
 [[front.server]]
@@ -157,7 +104,7 @@ def test_unbuffered_body_reaches_the_upstream_before_the_client_finishes(
     """request_buffering = false: the head and first piece go out at once; with the
     default (true) nothing is proxied until the whole body is in."""
     upstream = RawUpstream(OK_RESPONSE, wait_for=1000)
-    front = _front(
+    front = start_front(
         tmp_path,
         f"""
 [[front.server]]
@@ -222,7 +169,7 @@ request_buffering = {"true" if name.endswith("b.test") else "false"}
 """
         for name, upstream in VHOSTS.items()
     )
-    front = _front(
+    front = start_front(
         workdir,
         f"""
 access_log = "{workdir / "access.log"}"
@@ -319,7 +266,7 @@ HOP_RESPONSE = (
 
 def test_forwarded_headers_added_and_hop_by_hop_removed(tmp_path: Path) -> None:
     upstream = RawUpstream(HOP_RESPONSE)
-    front = _front(
+    front = start_front(
         tmp_path,
         f"""
 [[front.server]]
@@ -374,7 +321,7 @@ def test_next_upstream_http_503_and_timeout_for_idempotent_requests(tmp_path: Pa
     silent = socket.create_server(("127.0.0.1", 0))  # accepts (backlog), never answers
     good = GantryServer("tests.apps_contract:app", log_path=tmp_path / "good.log")
     good.start()
-    front = _front(
+    front = start_front(
         tmp_path,
         f"""
 [[front.server]]

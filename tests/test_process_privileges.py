@@ -23,6 +23,7 @@ from tests.process import (
     child_pids,
     gantry_env,
     http_get,
+    needs_readable_source,
     start_gantry,
     try_get,
     wait_for,
@@ -32,19 +33,6 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch 
 
 NOBODY = pwd.getpwnam("nobody")
 
-
-def _source_readable_by_others() -> bool:
-    """Whether a worker running as nobody can import the rest of Gantry's modules (the
-    front's import some after the switch): every folder above the package passable by
-    others. A clone in a private folder (mktemp -d is 0700) is not."""
-    package = Path(__file__).resolve().parents[1] / "src" / "gantry"
-    return all(os.stat(folder).st_mode & 0o001 for folder in (package, *package.parents))
-
-
-needs_readable_source = pytest.mark.skipif(
-    not _source_readable_by_others(),
-    reason="the checkout is in a folder nobody cannot pass through: nobody cannot import Gantry",
-)
 
 APP = """
 import os

@@ -54,6 +54,7 @@ __all__ = [
     "ControlPath",
     "load_front_config",
     "front_config_from_dict",
+    "parse_listener",
     "split_listen",
     "split_log_format",
 ]
@@ -141,9 +142,9 @@ LISTEN_FLAGS: Final = frozenset({"ssl", "proxy_protocol"})
 LISTEN_FLAGS_LATER: Final = frozenset({"h2", "h2c", "http2"})
 
 
-def split_listen(text: str) -> tuple[str, frozenset[str]]:
-    """``"0.0.0.0:443 ssl"`` -> ("0.0.0.0:443", {"ssl"}); ValueError for a bad address or
-    an unknown flag."""
+def parse_listener(text: str) -> Listener:
+    """The one parser of a [front] listen entry: ``"0.0.0.0:443 ssl"`` -> its Listener;
+    ValueError for a bad address or an unknown flag."""
     address, *flags = text.split()
     for flag in flags:
         if flag in LISTEN_FLAGS_LATER:
@@ -165,7 +166,13 @@ def split_listen(text: str) -> tuple[str, frozenset[str]]:
         if flags:
             message += f" (in {text!r}: an address, then flags 'ssl', 'proxy_protocol')"
         raise ValueError(message) from None
-    return address, frozenset(flags)
+    return Listener(address, "ssl" in flags, "proxy_protocol" in flags)
+
+
+def split_listen(text: str) -> tuple[str, frozenset[str]]:
+    """``"0.0.0.0:443 ssl"`` -> ("0.0.0.0:443", {"ssl"}), through parse_listener."""
+    listener = parse_listener(text)
+    return listener.address, listener.flags
 
 
 def _listen_spec(text: str) -> str:
@@ -173,8 +180,7 @@ def _listen_spec(text: str) -> str:
         raise ValueError(
             "expected 'HOST:PORT' with optional flags ('ssl', 'proxy_protocol'), got ''"
         )
-    address, flags = split_listen(text)
-    return " ".join([address, *sorted(flags)])
+    return parse_listener(text).spec
 
 
 #: a front listen address with its flags: "0.0.0.0:443 ssl"
@@ -1181,10 +1187,7 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
                 hsts=server.hsts,
             )
         )
-    listeners = tuple(
-        Listener(address, "ssl" in flags, "proxy_protocol" in flags)
-        for address, flags in (split_listen(spec) for spec in settings.listen)
-    )
+    listeners = tuple(parse_listener(spec) for spec in settings.listen)
     _check_tls(servers, listeners, source)
     upstreams = {
         name: Upstream(

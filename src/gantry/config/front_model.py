@@ -248,6 +248,21 @@ class Listener:
     #: a PROXY protocol v1/v2 header comes first, from a peer in real_ip.from
     proxy_protocol: bool = False
 
+    @property
+    def flags(self) -> frozenset[str]:
+        """Its flags as written after the address."""
+        flags: set[str] = set()
+        if self.ssl:
+            flags.add("ssl")
+        if self.proxy_protocol:
+            flags.add("proxy_protocol")
+        return frozenset(flags)
+
+    @property
+    def spec(self) -> str:
+        """The address and its flags in one order (what ``gantry check`` prints)."""
+        return " ".join([self.address, *sorted(self.flags)])
+
 
 @dataclass(frozen=True)
 class UpstreamServer:

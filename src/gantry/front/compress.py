@@ -8,6 +8,12 @@ the request's :class:`ResponseCoder` about each response head and passes the bod
 through it: whole bodies at once, a proxied stream piece by piece (each piece flushed,
 so what the upstream sent reaches the client as it comes), a file in bounded reads.
 Compression comes after the cache: the cache keeps the identity body.
+
+Nothing here holds compressed output: each piece goes to the client's connection at
+once, whose write buffer (its high-water mark) pauses the upstream read or the file's
+next read when the client is slow, as for an identity body (see
+tests/test_front_compress_slow_reader.py). The encoders' own state is bounded by their
+windows (brotli's lgwin, zlib's 32 KiB, zstd's block).
 """
 
 from __future__ import annotations
@@ -17,6 +23,18 @@ from collections.abc import Callable
 from typing import Final
 
 from gantry.config.front_model import Compression
+
+# The compression extra's codings, imported with the module (a worker imports it before it
+# switches to its user, who may not read the library); config refuses "br" or "zstd"
+# without them, so None here is never reached.
+try:
+    import brotli
+except ImportError:
+    brotli = None
+try:
+    import zstandard
+except ImportError:
+    zstandard = None  # type: ignore[assignment]
 
 __all__ = ["Encoder", "ResponseCoder", "choose_coding", "encoder_for"]
 
@@ -52,14 +70,10 @@ class Encoder:
 def encoder_for(coding: str, level: int) -> Encoder:
     """A new encoder of ``coding`` ("gzip", "br", "zstd") at ``level`` (1-9)."""
     if coding == "br":
-        import brotli  # the compression extra; config checked it is installed
-
         # quality 1-9 is brotli's fast range; a small window keeps a stream's memory low
         br = brotli.Compressor(quality=level, lgwin=20)
         return Encoder(br.process, br.flush, br.finish)
     if coding == "zstd":
-        import zstandard
-
         zs = zstandard.ZstdCompressor(level=level).compressobj()
         return Encoder(zs.compress, lambda: zs.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK), zs.flush)
     # wbits 16 + 15: the gzip wrapper; memLevel 8 as nginx's default

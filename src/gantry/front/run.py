@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib
 import logging
 import os
 import signal
@@ -19,6 +18,7 @@ from gantry.config.certificates import CertificateError
 from gantry.config.front_model import FrontConfig
 from gantry.front.connection import FrontConnection
 from gantry.front.limits.state import FrontLimits
+from gantry.front.tls_accept import TLSListener
 from gantry.front.worker import FrontWorker
 from gantry.process.master import Master, MasterSettings, WorkerExit
 from gantry.process.privileges import Identity, drop_privileges, resolve_identity
@@ -89,7 +89,7 @@ def _serve_worker(
         loop.add_signal_handler(signal.SIGUSR1, _reopen_logs, config, worker)
         # each socket in the order of [front] listen, with its flags
         listeners = config.listeners
-        servers = []
+        servers: list[asyncio.Server | TLSListener] = []
         for index, (address, sock) in enumerate(sockets):
             proxy = index < len(listeners) and listeners[index].proxy_protocol
             context = tls.listeners.get(index) if tls is not None else None
@@ -99,16 +99,15 @@ def _serve_worker(
                 )
                 log.info("front listening on http://%s", address)
                 continue
-            # the loop's own TLS transport (uvloop's is in C around a memory BIO);
-            # the handshake has client_header_timeout, as a request head would
-            servers.append(
-                await loop.create_server(
-                    _connections(worker, index, True, False),
-                    sock=sock,
-                    ssl=context,
-                    ssl_handshake_timeout=config.client_header_timeout,
-                )
-            )
+            # accepted here, to see the first byte before the handshake (plain HTTP gets
+            # nginx's 400); then the loop's own TLS transport (uvloop's is in C around a
+            # memory BIO). The handshake has client_header_timeout, as a head would.
+            tls_listener = TLSListener(
+                loop, sock, context, _connections(worker, index, True, False),
+                config.client_header_timeout, worker.tasks,
+            )  # fmt: skip
+            tls_listener.start()
+            servers.append(tls_listener)
             log.info("front listening on https://%s", address)
         if slot is not None:
             slot.pid = os.getpid()
@@ -198,30 +197,6 @@ def _reopen_logs(config: FrontConfig, worker: FrontWorker) -> None:
     log.info("log files reopened")
 
 
-def _import_before_dropping_privileges(config: FrontConfig) -> None:
-    """Import now what the workers would import later, after they switch to their user:
-    that user may not be able to read Python's own library (a pyenv under /root), and a
-    module that fails to import in a worker fails its requests, not the start."""
-    names = ["concurrent.futures.thread", "gantry.front.health"]  # the loop's executor
-    if config.caches:
-        names.append("gantry.front.cache.handler")
-    if config.limit_req_zones or config.limit_conn_zones or config.autoban:
-        names += ["gantry.front.limits.autoban", "gantry.front.limits.handler"]
-    if config.shared is not None:
-        names += ["gantry.front.limits.shared_redis", "redis", "redis.asyncio"]
-    if any(
-        c is not None
-        for server in config.servers
-        for c in (server.compression, *(loc.compression for loc in server.locations))
-    ):
-        names += ["brotli", "zstandard"]  # the optional ones: imported if installed
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            pass  # not installed: the config check said what it needs
-
-
 def _prepare_cache_zones(config: FrontConfig, identity: Identity | None) -> None:
     """Each cache zone's folder, made here before any worker starts (as nginx's master
     makes proxy_cache_path's) and given to the workers' user: a folder that cannot be
@@ -300,7 +275,11 @@ def run_front(
     # after the sockets: a control socket's missing folder is said first, and no zone's
     # folder is made for a front that cannot start
     _prepare_cache_zones(config, identity)
-    _import_before_dropping_privileges(config)
+    # what a worker runs was imported with gantry.front.worker, above (its imports are
+    # module-level): a worker's user may not read Python's library (a pyenv under /root).
+    # Redis's client alone is left out of it (12 MB a process): imported here when used.
+    if config.shared is not None:
+        import gantry.front.limits.shared_redis  # noqa: F401
     tls = _load_tls(config, sockets)
     master = (
         master or bool(stats or metrics or control) or os.environ.get("GANTRY_FRONT_MASTER") == "1"

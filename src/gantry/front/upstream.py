@@ -412,15 +412,7 @@ class UpstreamConnection(PolledSocket):
             if not self.head_done and self._head_too_large(len(data)):
                 return
         except httptools.HttpParserError as exc:
-            receiver = self.receiver
-            self.receiver = None
-            self.abort()
-            if receiver is not None:
-                receiver.failed(
-                    UpstreamError(
-                        502, f"malformed response from upstream: {exc}", Failure.MALFORMED
-                    )
-                )
+            self._fail_malformed(f"malformed response from upstream: {exc}")
             return
         if self.receiver is not None:
             self._arm_timer()  # activity: the read timeout starts again
@@ -479,17 +471,7 @@ class UpstreamConnection(PolledSocket):
                 else:
                     raise FastCGIProtocolError(f"unexpected FastCGI record type {kind}")
         except FastCGIProtocolError as exc:
-            receiver = self.receiver
-            self.receiver = None
-            self.fcgi = None
-            self._cancel_timer()
-            self.abort()
-            if receiver is not None:
-                receiver.failed(
-                    UpstreamError(
-                        502, f"malformed FastCGI response: {exc.reason}", Failure.MALFORMED
-                    )
-                )
+            self._fail_malformed(f"malformed FastCGI response: {exc.reason}")
             return
         if self.receiver is not None:
             self._arm_timer()  # activity: the read timeout starts again
@@ -500,19 +482,19 @@ class UpstreamConnection(PolledSocket):
         self.head_seen += fed
         if self.head_seen <= MAX_RESPONSE_HEAD:
             return False
+        self._fail_malformed(f"upstream sent a response head over {MAX_RESPONSE_HEAD} bytes")
+        return True
+
+    def _fail_malformed(self, reason: str) -> None:
+        """The response cannot be trusted (HTTP or FastCGI): drop the connection and
+        answer the waiting request 502 with ``reason``."""
         receiver = self.receiver
         self.receiver = None
+        self.fcgi = None
         self._cancel_timer()
         self.abort()
         if receiver is not None:
-            receiver.failed(
-                UpstreamError(
-                    502,
-                    f"upstream sent a response head over {MAX_RESPONSE_HEAD} bytes",
-                    Failure.MALFORMED,
-                )
-            )
-        return True
+            receiver.failed(UpstreamError(502, reason, Failure.MALFORMED))
 
     def _whole(self, data: bytes) -> bool:
         """A whole response in ``data`` that needs no parsing: a plain HTTP/1.1 head

@@ -4,6 +4,11 @@ the clock, and the sweep that times out silent clients and upstreams."""
 from __future__ import annotations
 
 import asyncio
+
+# The loop's default executor (the cache sweep, getaddrinfo) imports this on first use: it
+# is imported here, with everything a worker may need, while the process may still read
+# Python's library (a worker switches to its user before it serves; see front.run).
+import concurrent.futures.thread  # noqa: F401
 import logging
 import os
 import time
@@ -13,10 +18,14 @@ from gantry.config.front_model import FrontConfig, Location, VirtualServer
 from gantry.front.access_log import AccessLog
 from gantry.front.balancing import UpstreamPool
 from gantry.front.blocklist import POLL_EVERY, BlocklistHandler, WatchedBlocklist
+from gantry.front.cache.handler import CacheHandler
 from gantry.front.exchange import Exchange, Handler
 from gantry.front.files import StaticHandler
 from gantry.front.handlers import AccessHandler, CompressHandler, ProxyHandler
+from gantry.front.health import run_health_checks
 from gantry.front.keepalive import KeepAlivePool
+from gantry.front.limits.autoban import Autoban, BanHandler
+from gantry.front.limits.handler import LimitHandler
 from gantry.front.limits.state import FrontLimits
 from gantry.front.real_ip import RealAddressHandler, TrustedPeers
 from gantry.front.responses import ErrorPages
@@ -27,9 +36,8 @@ from gantry.process.shared import SlotView, WorkerCounters, store_memory
 from gantry.protocol.http1 import HTTPLimits
 
 if TYPE_CHECKING:
-    from gantry.front.cache.handler import CacheHandler
-    from gantry.front.limits.autoban import Autoban
-    from gantry.front.limits.handler import LimitHandler
+    # Redis's client costs a process 12 MB: imported by the fronts that share through it
+    # alone (front.run imports it, before a worker switches to its user)
     from gantry.front.limits.shared_redis import RedisShare
 
 __all__ = ["ClientConnection", "FrontWorker", "Route"]
@@ -108,8 +116,6 @@ class FrontWorker:
         self.tasks: set[asyncio.Task[None]] = set()
         self.cache: CacheHandler | None = None
         if config.caches:  # only then: a front without a cache zone pays nothing for it
-            from gantry.front.cache.handler import CacheHandler
-
             self.cache = CacheHandler(
                 config.caches, config.upstreams, self.pools, self.keepalive, self.tasks
             )
@@ -125,9 +131,6 @@ class FrontWorker:
         if defences is None and FrontLimits.wanted(config):
             self.defences = defences = FrontLimits(config)
         if defences is not None:
-            from gantry.front.limits.autoban import BanHandler
-            from gantry.front.limits.handler import LimitHandler
-
             self.autoban = defences.autoban
             if defences.bans is not None:
                 # with the blocklist, before access (nginx's order is access then limits;
@@ -282,8 +285,6 @@ class FrontWorker:
 
     def start_health_checks(self) -> None:
         """One prober task per upstream that asks for active health checks."""
-        from gantry.front.health import run_health_checks
-
         for name, upstream in self.config.upstreams.items():
             if upstream.health_check is not None:
                 task = self.loop.create_task(

@@ -14,10 +14,18 @@ and says when Redis is back.
 from __future__ import annotations
 
 import asyncio
+
+# redis reads its own version from its package's metadata at its first connection
+# (importlib.metadata, which imports email.parser then): imported with this module, in
+# the master, since a worker's user may not read Python's library (see front.run)
+import email.parser  # noqa: F401
 import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
+
+import redis
+import redis.asyncio
 
 from gantry.config.front_model import SharedStore
 
@@ -73,8 +81,6 @@ def share_ban(store: SharedStore, addr: str, until: float | None, reason: str = 
     its loop): the key every front reads when it connects, and the announcement every
     listening worker applies at once. ``until`` None lifts the ban. Raises when Redis does
     not answer within a second."""
-    import redis
-
     client = redis.Redis.from_url(store.redis, socket_timeout=1.0, socket_connect_timeout=1.0)
     try:
         if until is None:
@@ -92,8 +98,6 @@ def share_ban(store: SharedStore, addr: str, until: float | None, reason: str = 
 def shared_bans(store: SharedStore, limit: int = 10000) -> list[tuple[str, float, str]]:
     """The bans Redis holds (address, until, reason), ``limit`` at most (blocking, for
     ``gantry ctl blocked``). Raises when Redis does not answer within a second."""
-    import redis
-
     client = redis.Redis.from_url(store.redis, socket_timeout=1.0, socket_connect_timeout=1.0)
     found: list[tuple[str, float, str]] = []
     try:
@@ -125,8 +129,6 @@ class RedisShare:
         loop: asyncio.AbstractEventLoop,
         on_ban: Callable[[str, float], None],
     ) -> None:
-        import redis.asyncio
-
         self.store = store
         self.loop = loop
         #: called with (address, until in Unix seconds) for each ban Redis announces

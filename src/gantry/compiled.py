@@ -42,6 +42,7 @@ MODULES = (
     "gantry.front.proxy",
     "gantry.front.websocket",
     "gantry.front.keepalive",
+    "gantry.front.worker",
     "gantry.front.upstream",
     "gantry.front.upstream_poll",
     "gantry.front.upstream_request",

@@ -108,7 +108,11 @@ class StackStats:
         def receiver(index: int) -> Callable[[dict[str, Any]], None]:
             return lambda doc: one_done(index, doc)
 
-        for index, (_, address) in enumerate(parts):
+        for index, (part, address) in enumerate(parts):
+            if part.kind == "php":
+                # php-fpm serves no stats document: its master, up while it runs
+                one_done(index, {"pid": part.pid} if part.pid is not None else {})
+                continue
             DocumentFetch(self.loop, address, PART_TIMEOUT, receiver(index))
 
     def respond_stats(self, request: bytes, deliver: Deliver) -> None:

@@ -77,6 +77,11 @@ def render_frame(
     for pool in doc.get("pools", []):
         if not pool.get("up", True):
             lines.insert(1, f"  {pool['name']}: down ({pool.get('last_exit') or 'starting'})")
+        elif pool.get("kind") == "php":
+            # php-fpm's children are its own: the stack shows its master
+            restarts = pool.get("restarts", 0)
+            lines.insert(1, f"  {pool['name']}: php-fpm, master pid {pool.get('pid')}"
+                            + (f", {restarts} restarts" if restarts else ""))  # fmt: skip
     for w in sorted(workers, key=lambda item: item["id"]):
         # In a stack the log numbers workers within their pool ("worker 1" of each):
         # show that number, not the document's stack-wide id.

@@ -194,6 +194,8 @@ class ProxyRequest(UpstreamResponse):
     set_fields: list[tuple[bytes, bytes]] | None = None
     #: a FastCGI request: the script's URL path (SCRIPT_NAME; the file is root + it)
     fastcgi_script = ""
+    #: a FastCGI request: PATH_INFO, split off the path by fastcgi_split_path_info
+    fastcgi_path_info = ""
     #: a FastCGI request: the client's own head (REQUEST_URI), when a rewrite changed it
     original: RequestHead | None = None
 
@@ -621,6 +623,7 @@ class ProxyRequest(UpstreamResponse):
             client.https,
             self.body_length,
             location.fastcgi_param if location is not None else (),
+            self.fastcgi_path_info,
         )
         if body:
             request += stream_records(STDIN, FASTCGI_REQUEST_ID, body)

@@ -106,19 +106,23 @@ def _base(location: Location) -> str:
     return location.alias if location.alias is not None else location.root or "/"
 
 
-def try_files(location: Location, url_path: str) -> tuple[str | None, str, int | None]:
+def try_files(
+    location: Location, url_path: str, script_name: str = ""
+) -> tuple[str | None, str, int | None]:
     """nginx's try_files: the first candidate that exists, else the last entry.
 
     Returns (file path, the URL path it stands for, status). "$uri" is the request
     path; a candidate ending in "/" must be a directory, any other a file. The last
     entry is "=CODE" (answer that status) or a URL path served from this location
     (nginx would re-route it; Gantry serves it here: the usual single-page-app
-    "/index.html").
+    "/index.html"). "$fastcgi_script_name" is ``script_name`` (else the path).
     """
     if not location.try_files:
         return resolve(location, location.path, url_path), url_path, None
     *candidates, fallback = location.try_files
     for candidate in candidates:
+        if "$fastcgi_script_name" in candidate:
+            candidate = candidate.replace("$fastcgi_script_name", script_name or url_path)
         uri = candidate.replace("$uri", url_path).partition("?")[0]
         want_dir = uri.endswith("/")
         if want_dir:

@@ -444,6 +444,7 @@ def fastcgi_request(
     https: bool,
     body_length: int,
     extra: tuple[tuple[bytes, bytes], ...] = (),
+    path_info: str = "",
 ) -> bytes:
     """FCGI_BEGIN_REQUEST (responder; the upstream closes after the response) and the
     whole PARAMS stream:
@@ -451,10 +452,13 @@ def fastcgi_request(
     request's fields as HTTP_*, then ``extra`` (fastcgi_param), which replace a standard
     param of the same name. REQUEST_URI is ``original``'s target (as the client sent it);
     the rest is ``head``'s (the request as routed). When the body is empty, the empty
-    STDIN record that ends it follows."""
+    STDIN record that ends it follows. ``path_info`` (split off by
+    fastcgi_split_path_info) is PATH_INFO, and ``extra``'s values may name
+    $fastcgi_script_name and $fastcgi_path_info."""
     head = without_connection_fields(head)
     root = document_root.rstrip("/") or "/"
     script = script_name.encode("utf-8", "surrogateescape")
+    info = path_info.encode("utf-8", "surrogateescape")
     host = b""
     content_type = b""
     fields: dict[bytes, bytes] = {}
@@ -480,7 +484,7 @@ def fastcgi_request(
         b"CONTENT_LENGTH": str(body_length).encode() if body_length else b"",
         b"SCRIPT_NAME": script,
         b"REQUEST_URI": original.target,
-        b"DOCUMENT_URI": script,
+        b"DOCUMENT_URI": script + info,
         b"DOCUMENT_ROOT": root.encode("utf-8", "surrogateescape"),
         b"SERVER_PROTOCOL": b"HTTP/" + head.version.encode(),
         b"REQUEST_SCHEME": b"https" if https else b"http",
@@ -495,8 +499,14 @@ def fastcgi_request(
     }
     if https:
         params[b"HTTPS"] = b"on"
+    if info:
+        params[b"PATH_INFO"] = info
     params.update(fields)
-    params.update(extra)
+    for name, value in extra:
+        if b"$fastcgi_" in value:
+            value = value.replace(b"$fastcgi_script_name", script)
+            value = value.replace(b"$fastcgi_path_info", info)
+        params[name] = value
     block = encode_pairs(params.items())
     parts = [_FCGI_BEGIN, stream_records(PARAMS, FASTCGI_REQUEST_ID, block)]
     parts.append(stream_records(PARAMS, FASTCGI_REQUEST_ID, b""))

@@ -94,6 +94,29 @@ def resolve(location: Location, matched_prefix: str, path: str) -> str | None:
 
 def _inside(base: str, candidate: str) -> bool:
     # Resolved per request, not cached: a deploy swaps the root symlink under a running server.
+    prefix = base.rstrip("/")
+    if candidate.startswith(prefix + "/"):
+        # The common case, one lstat a segment below the base: with no symlink among
+        # them the kernel resolves the path under the base, whatever the base itself
+        # points to. A path through a symlink is resolved whole (below).
+        path = prefix
+        through_link = False
+        for segment in candidate[len(prefix) + 1 :].split("/"):
+            if not segment or segment == ".":
+                continue
+            path += "/" + segment
+            try:
+                mode = os.lstat(path).st_mode
+            except OSError:
+                # nothing there to step out through: the open or stat that follows fails
+                return True
+            except ValueError:  # NUL, unencodable surrogates
+                return False
+            if stat.S_ISLNK(mode):
+                through_link = True
+                break
+        if not through_link:
+            return True
     try:
         real_base = os.path.realpath(base)
         real = os.path.realpath(candidate)

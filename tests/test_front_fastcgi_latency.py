@@ -99,6 +99,7 @@ def front(module_launch: Launcher) -> Iterator[tuple[Front, Peer]]:
     for name in ANSWERS:
         (root / name.lstrip("/")).write_text("<?php\n")
     (root / "upload.php").write_text("<?php\n")
+    (root / "dirs" / "x.php").mkdir(parents=True)  # a directory named like a script
     peer = Peer(base / "fcgi.sock")
     try:
         front = module_launch.front(
@@ -118,6 +119,13 @@ path = "/upload.php"
 root = "{root}"
 proxy = "php"
 request_buffering = false
+
+[[front.server.location]]
+modifier = "~"
+path = "^/dirs/"
+root = "{root}"
+try_files = ["$uri/", "=404"]
+proxy = "php"
 
 [[front.server.location]]
 modifier = "~"
@@ -167,3 +175,10 @@ def test_a_streamed_body_keeps_the_request_side_open(front: tuple[Front, Peer]) 
     response, _ = client.request("POST", "/upload.php", body=b"x" * 1000)
     assert response.status == 200
     assert peer.closed_first["/upload.php"] is False
+
+
+def test_a_directory_is_never_a_script(front: tuple[Front, Peer]) -> None:
+    # try_files found it, as a directory: the script check still refuses it
+    client, _ = front
+    response, _ = client.request("GET", "/dirs/x.php/")
+    assert response.status == 404

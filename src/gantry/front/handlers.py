@@ -224,6 +224,7 @@ def fastcgi_script(exchange: Exchange, location: Location) -> tuple[str, str] | 
     nginx + PHP hole), whatever the split."""
     path = exchange.path
     script, path_info = path, ""
+    checked = False
     split = location.fastcgi_split_path_info
     if split is not None:
         parts = split.search(path)
@@ -236,6 +237,9 @@ def fastcgi_script(exchange: Exchange, location: Location) -> tuple[str, str] | 
             return None
         if uri != script:
             path_info = ""  # another candidate ($uri, the front controller) runs as it is
+        # with "=CODE" last, the file is a candidate's, which try_files found regular
+        # (a candidate ending in "/" is a directory: stat'ed below, and refused)
+        checked = location.try_files[-1].startswith("=") and not uri.endswith("/")
     else:
         fs_path, uri = resolve(location, location.path, script), script
     if location.modifier in ("~", "~*"):
@@ -243,7 +247,7 @@ def fastcgi_script(exchange: Exchange, location: Location) -> tuple[str, str] | 
         # the router compiled it already: re's own cache makes this a lookup
         if re.search(location.path, uri, flags) is None:
             fs_path = None
-    if fs_path is not None:
+    if fs_path is not None and not checked:
         try:
             if not stat.S_ISREG(os.stat(fs_path).st_mode):
                 fs_path = None

@@ -432,6 +432,8 @@ def _with_set_fields(
 FASTCGI_REQUEST_ID: Final = 1
 # without FCGI_KEEP_CONN: php-fpm closes after the response (see ProxyRequest.reusable)
 _FCGI_BEGIN: Final = begin_request(FASTCGI_REQUEST_ID, False)
+#: header name as the client spelled it -> its param name (b"": not passed)
+_fcgi_header_keys: Final[dict[bytes, bytes]] = {}
 
 
 def fastcgi_request(
@@ -462,8 +464,11 @@ def fastcgi_request(
     host = b""
     content_type = b""
     fields: dict[bytes, bytes] = {}
+    keys = _fcgi_header_keys
     for name, value in head.headers:
-        key = _environ_key(name)
+        key = keys.get(name)
+        if key is None:
+            key = _remember(keys, name, _environ_key(name))
         if not key:
             continue
         if key == b"CONTENT_TYPE":

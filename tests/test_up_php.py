@@ -107,8 +107,13 @@ def test_php_and_flask_on_one_port(stack: tuple[GantryUp, Path]) -> None:
     part = _php_part(tmp)
     assert part["kind"] == "php" and part["up"] is True
     assert Path(f"/proc/{part['pid']}/exe").resolve().name.startswith("php-fpm")
+    # php-fpm's own status page (pm.status_path), read over FastCGI
+    assert part["workers"] == 2 and part["php_fpm"]["pool"] == "blog"
+    assert part["php_fpm"]["process manager"] == "static"
     frame = render_frame(fetch(str(tmp / "stack.stats")), None, 1.0)
-    assert f"blog: php-fpm, master pid {part['pid']}" in frame
+    assert f"blog: php-fpm, master pid {part['pid']}, 2 children" in frame
+    # the status page is the stack's: not reachable through the front
+    assert b"process manager" not in try_get(up.port, "/gantry-fpm-status?json")[1]
 
 
 def test_killed_php_fpm_is_restarted(stack: tuple[GantryUp, Path]) -> None:

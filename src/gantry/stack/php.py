@@ -15,11 +15,32 @@ gracefully (gantry's SIGTERM), SIGTERM and SIGINT stop at once (gantry's SIGINT)
 
 from __future__ import annotations
 
+import json
 import signal
+from typing import Any
 
 from gantry.config.stack import AppSettings, PhpValue, StackPlan
+from gantry.protocol.fastcgi import (
+    PARAMS,
+    STDIN,
+    STDOUT,
+    FastCGIProtocolError,
+    RecordDecoder,
+    begin_request,
+    encode_pairs,
+    parse_cgi_head,
+    stream_records,
+)
 
-__all__ = ["PHP_SIGNALS", "php_argv", "php_env", "php_pool_text", "write_php_pool"]
+__all__ = [
+    "PHP_SIGNALS",
+    "parse_status",
+    "php_argv",
+    "php_env",
+    "php_pool_text",
+    "status_request",
+    "write_php_pool",
+]
 
 #: the signal the supervisor means -> the one php-fpm's master takes for it
 PHP_SIGNALS = {
@@ -95,3 +116,39 @@ def php_env(plan: StackPlan, app: AppSettings, base: dict[str, str]) -> dict[str
     env = {key: value for key, value in base.items() if not key.startswith("LISTEN_")}
     env["FPM_SOCKETS"] = f"{plan.php_key(app.name)}={SOCKET_FD}"
     return env
+
+
+def status_request() -> bytes:
+    """A FastCGI request for php-fpm's status page (pm.status_path), as JSON."""
+    params = [
+        (b"SCRIPT_NAME", STATUS_PATH.encode()),
+        (b"SCRIPT_FILENAME", STATUS_PATH.encode()),
+        (b"REQUEST_URI", STATUS_PATH.encode() + b"?json"),
+        (b"QUERY_STRING", b"json"),
+        (b"REQUEST_METHOD", b"GET"),
+        (b"SERVER_PROTOCOL", b"HTTP/1.1"),
+    ]
+    return b"".join(
+        [
+            begin_request(1, False),
+            stream_records(PARAMS, 1, encode_pairs(params)),
+            stream_records(PARAMS, 1, b""),
+            stream_records(STDIN, 1, b""),
+        ]
+    )
+
+
+def parse_status(data: bytes) -> dict[str, Any]:
+    """php-fpm's status document out of its FastCGI answer; ValueError if it is none."""
+    try:
+        records = RecordDecoder().feed(data)
+        stdout = b"".join(r.content for r in records if r.type == STDOUT)
+        head = parse_cgi_head(stdout)
+    except FastCGIProtocolError as exc:
+        raise ValueError(exc.reason) from None
+    if head is None or head.status != 200:
+        raise ValueError("no status page")
+    document = json.loads(head.rest)
+    if not isinstance(document, dict):
+        raise ValueError("not a status document")
+    return document

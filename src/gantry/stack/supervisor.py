@@ -613,9 +613,9 @@ class Supervisor:
         return [(part, part.stats_file or self._own_stats(part)) for part in self.parts]
 
     def _own_stats(self, part: Part) -> str:
-        """A pool's own stats address (none for a php-fpm: the stats show its master)."""
+        """A pool's own stats address; php-fpm's socket, whose status page is read."""
         if part.kind == "php":
-            return ""
+            return self.plan.pool_socket(part.name)
         return self.plan.pool_config(part.name).stats or ""
 
     def set_scheduling(self, plan: StackPlan) -> None:

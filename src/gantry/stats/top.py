@@ -80,8 +80,14 @@ def render_frame(
         elif pool.get("kind") == "php":
             # php-fpm's children are its own: the stack shows its master
             restarts = pool.get("restarts", 0)
-            lines.insert(1, f"  {pool['name']}: php-fpm, master pid {pool.get('pid')}"
-                            + (f", {restarts} restarts" if restarts else ""))  # fmt: skip
+            fpm = pool.get("php_fpm") or {}
+            said = f"  {pool['name']}: php-fpm, master pid {pool.get('pid')}"
+            if fpm:
+                said += (f", {fpm.get('total processes')} children "
+                         f"({fpm.get('active processes')} active), "
+                         f"{fpm.get('accepted conn')} accepted, "
+                         f"listen queue {fpm.get('listen queue')}")  # fmt: skip
+            lines.insert(1, said + (f", {restarts} restarts" if restarts else ""))
     for w in sorted(workers, key=lambda item: item["id"]):
         # In a stack the log numbers workers within their pool ("worker 1" of each):
         # show that number, not the document's stack-wide id.

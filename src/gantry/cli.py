@@ -242,6 +242,7 @@ def check(config_file: str | None, ini: str | None, no_import: bool) -> None:
             apps += [
                 (f"{config_file}: app[{i}].module", app.module, app.chdir)
                 for i, app in enumerate(plan.settings.app)
+                if app.module is not None
             ]
         if "serve" in tables or not output:
             config = to_serve_config(_load_settings(config_file, ini), {})

@@ -34,6 +34,7 @@ MODULES = (
     "gantry.protocol.http1",
     "gantry.protocol.chunked",
     "gantry.protocol.uwsgi",
+    "gantry.protocol.fastcgi",
     "gantry.front.connection",
     "gantry.front.exchange",
     "gantry.front.handlers",

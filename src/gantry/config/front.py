@@ -422,6 +422,16 @@ class LocationSettings(_Strict):
         "upstream (nginx's fastcgi_param), beside the standard set (nginx's fastcgi_params "
         "and SCRIPT_FILENAME); one of the same name replaces the standard one.",
     )
+    fastcgi_split_path_info: str | None = Field(
+        default=None,
+        description="nginx's fastcgi_split_path_info, for a location proxied to a protocol = "
+        "'fastcgi' upstream: a regular expression with two groups, e.g. "
+        "'^(.+?\\.php)(/.*)$', splitting the path into the script ($fastcgi_script_name: "
+        "SCRIPT_NAME, and SCRIPT_FILENAME = root + it) and PATH_INFO ($fastcgi_path_info). "
+        "try_files may name '$fastcgi_script_name'; the script must still be an existing "
+        "file whose path matches the location's own regex, else 404. fastcgi_param values "
+        "may use both variables.",
+    )
     request_buffering: bool = Field(
         True,
         description="Read the whole body before proxying (retries stay possible); false "
@@ -1089,6 +1099,23 @@ def _rules(lines: list[str], where: str) -> tuple[AccessRule, ...]:
     return tuple(rules)
 
 
+def _split_path_info(pattern: str | None, where: str) -> re.Pattern[str] | None:
+    """fastcgi_split_path_info compiled: a regex with exactly two groups."""
+    if pattern is None:
+        return None
+    key = f"{where}.fastcgi_split_path_info"
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"{key}: not a regular expression ({exc}): {pattern!r}") from None
+    if compiled.groups != 2:
+        raise ConfigError(
+            f"{key}: expected a regular expression with two groups (the script, then the "
+            f"path info), e.g. '^(.+?\\.php)(/.*)$'; {pattern!r} has {compiled.groups}"
+        )
+    return compiled
+
+
 def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> FrontConfig:
     """Validate a [front] table (as a dict) and build the FrontConfig."""
     try:
@@ -1120,6 +1147,14 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
                     f"{where}.fastcgi_param: only for a location whose proxy is a "
                     "protocol = 'fastcgi' upstream"
                 )
+            split = _split_path_info(loc.fastcgi_split_path_info, where)
+            if split is not None and not (
+                loc.proxy and settings.upstream[loc.proxy].protocol == "fastcgi"
+            ):
+                raise ConfigError(
+                    f"{where}.fastcgi_split_path_info: only for a location whose proxy is a "
+                    "protocol = 'fastcgi' upstream"
+                )
             if loc.cache is not None:
                 if loc.cache not in settings.cache:
                     known = ", ".join(settings.cache) or "none"
@@ -1148,6 +1183,7 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
                         (name.encode("latin-1"), value.encode("utf-8"))
                         for name, value in loc.fastcgi_param.items()
                     ),
+                    fastcgi_split_path_info=split,
                     request_buffering=loc.request_buffering,
                     websocket=loc.websocket,
                     cache=loc.cache,

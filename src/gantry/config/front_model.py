@@ -189,6 +189,9 @@ class Location:
     script_name: str | None = None
     #: extra FastCGI params (name, value) of a location proxied to a fastcgi upstream
     fastcgi_param: tuple[tuple[bytes, bytes], ...] = ()
+    #: nginx's fastcgi_split_path_info: a regex whose two groups split the path into
+    #: the script ($fastcgi_script_name) and PATH_INFO ($fastcgi_path_info)
+    fastcgi_split_path_info: re.Pattern[str] | None = None
     #: read the whole request body before proxying (nginx's proxy_request_buffering);
     #: off streams a Content-Length body to the upstream as it arrives
     request_buffering: bool = True

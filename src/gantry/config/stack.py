@@ -6,8 +6,12 @@ application pool to the front over a uwsgi unix socket in the runtime directory.
 
 from __future__ import annotations
 
+import grp
 import json
+import os
+import pwd
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -41,6 +45,53 @@ PROVISIONAL_RUNTIME_DIR = "/tmp/gantry-up-RUNTIME"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+#: where php-fpm is looked for when ``php_fpm`` is not given: these names on PATH (and in
+#: the sbin folders, which a user's PATH often lacks), then Debian's own path
+PHP_FPM_NAMES = ("php-fpm", "php-fpm8.4", "php-fpm8.3", "php-fpm8.2", "php-fpm8.1")
+PHP_FPM_FALLBACK = "/usr/sbin/php-fpm8.2"
+#: the [serve] keys a kind = "php" app takes (php-fpm runs it, not a gantry pool)
+PHP_KEYS = frozenset(
+    {"name", "kind", "root", "workers", "path", "php_fpm", "php_admin_value", "php_value",
+     "user", "group", "graceful_timeout"}
+)  # fmt: skip
+#: the keys that only a kind = "php" app takes
+PHP_ONLY = frozenset({"root", "path", "php_fpm", "php_admin_value", "php_value"})
+# php.ini names and values go into php-fpm's pool file one a line: nothing that would
+# end the line or the [name] of php_admin_value[name]
+_PHP_INI_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+PhpValue = str | int | float | bool
+
+
+def _php_ini_check(table: dict[str, PhpValue]) -> dict[str, PhpValue]:
+    for key, value in table.items():
+        if not _PHP_INI_NAME.match(key):
+            raise ValueError(f"expected php.ini directive names (letters, digits, '_', '.', '-'), "
+                             f"got {key!r}")  # fmt: skip
+        if isinstance(value, str) and ("\n" in value or "\r" in value or "\0" in value):
+            raise ValueError(f"{key}: a value on one line, got {value!r}")
+    return table
+
+
+def _mount_check(text: str) -> str:
+    if not text.startswith("/") or not text.endswith("/") or "//" in text:
+        raise ValueError(f"expected a URL path starting and ending with '/', got {text!r}")
+    return text
+
+
+def find_php_fpm(configured: str | None) -> str | None:
+    """The php-fpm program: ``configured`` if executable, else the first of
+    PHP_FPM_NAMES on PATH (and /usr/local/sbin, /usr/sbin), else PHP_FPM_FALLBACK."""
+    if configured is not None:
+        return configured if os.access(configured, os.X_OK) and os.path.isfile(configured) else None
+    path = os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/local/sbin", "/usr/sbin"])
+    for name in PHP_FPM_NAMES:
+        found = shutil.which(name, path=path)
+        if found is not None:
+            return found
+    return PHP_FPM_FALLBACK if os.access(PHP_FPM_FALLBACK, os.X_OK) else None
+
+
 def _name_check(text: str) -> str:
     if not _NAME.match(text):
         raise ValueError(
@@ -61,9 +112,44 @@ class AppSettings(ServeSettings):
     name: Annotated[str, AfterValidator(_name_check)] = Field(
         description="The pool's name; a location's `proxy` names it."
     )
-    module: Annotated[str, AfterValidator(app_check)] = Field(
+    kind: Literal["wsgi", "php"] = Field(
+        default="wsgi",
+        description="'wsgi': a gantry pool serving `module`; 'php': the real php-fpm, with "
+        "a pool file gantry up writes (pm = static, `workers` children), serving the PHP "
+        "files under `root` over FastCGI. A php app takes name, kind, root, path, workers, "
+        "php_fpm, php_admin_value, php_value, user, group and graceful_timeout.",
+    )
+    module: Annotated[str, AfterValidator(app_check)] | None = Field(
+        default=None,
         description="The WSGI application as MODULE:CALLABLE, e.g. 'mysite.wsgi:application'; "
-        "`app`, as [serve] names it, is read as `module`."
+        "`app`, as [serve] names it, is read as `module`. Required unless kind = 'php'.",
+    )
+    root: str | None = Field(
+        default=None,
+        description="kind = 'php': the document root, as nginx's root: the file of a URL is "
+        "root + its path. Its .php files run in php-fpm, other files are served as static.",
+    )
+    path: Annotated[str, AfterValidator(_mount_check)] = Field(
+        default="/",
+        description="kind = 'php': the URL path the app answers under. gantry up adds to "
+        "every server (and to the one it makes when there is none) a location at this path "
+        "(static files, else the front controller path + 'index.php' with the query) and a "
+        "regex location passing the existing .php files under it to php-fpm.",
+    )
+    php_fpm: str | None = Field(
+        default=None,
+        description="kind = 'php': the php-fpm program; default: php-fpm (or php-fpm8.x) on "
+        "PATH, /usr/local/sbin or /usr/sbin, else /usr/sbin/php-fpm8.2.",
+    )
+    php_admin_value: Annotated[dict[str, PhpValue], AfterValidator(_php_ini_check)] = Field(
+        default_factory=dict,
+        description="kind = 'php': php.ini settings the scripts cannot change, as php-fpm's "
+        "php_admin_value[NAME] (true/false are written on/off).",
+    )
+    php_value: Annotated[dict[str, PhpValue], AfterValidator(_php_ini_check)] = Field(
+        default_factory=dict,
+        description="kind = 'php': php.ini settings the scripts may change (ini_set), as "
+        "php-fpm's php_value[NAME].",
     )
     workers: int = Field(
         default=1,
@@ -86,6 +172,45 @@ class AppSettings(ServeSettings):
         if type(data.get("workers")) is int and data["workers"] == 0:
             data = {**data, "workers": 1}
         return data
+
+    @model_validator(mode="after")
+    def _kind_keys(self) -> AppSettings:
+        given = self.model_fields_set
+        if self.kind == "php":
+            foreign = sorted(given - PHP_KEYS)
+            if foreign:
+                raise ValueError(
+                    f"{', '.join(foreign)}: not a key of a kind = 'php' app (php-fpm runs it; "
+                    f"it takes {', '.join(sorted(PHP_KEYS))})"
+                )
+            if self.root is None:
+                raise ValueError("root: a kind = 'php' app needs its document root")
+        else:
+            php = sorted(given & PHP_ONLY)
+            if php:
+                raise ValueError(f"{', '.join(php)}: only a kind = 'php' app takes it")
+            if self.module is None:
+                raise ValueError("module: the WSGI application, as MODULE:CALLABLE, is required")
+        return self
+
+    @property
+    def is_php(self) -> bool:
+        """A php-fpm pool (kind = "php"), not a gantry one."""
+        return self.kind == "php"
+
+    def php_identity(self) -> tuple[str, str] | None:
+        """(user, group) php-fpm's children run as: only when the stack runs as root
+        (php-fpm refuses root children), ``user`` or nobody, ``group`` or that user's."""
+        if os.geteuid() != 0:
+            return None
+        user = self.user or "nobody"
+        group = self.group
+        if group is None:
+            try:
+                group = grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
+            except KeyError:
+                group = user
+        return user, group
 
 
 class StackTable(BaseModel):
@@ -166,13 +291,34 @@ class StackPlan:
         suffix = "" if generation == 1 else f"@{generation}"
         return str(Path(self.runtime_dir) / f"{part}{suffix}.stats")
 
+    def php_key(self, name: str) -> str:
+        """The listen address php-fpm's pool file names for php app ``name``: php-fpm
+        takes the supervisor's socket for it (FPM_SOCKETS) and removes this file when it
+        exits, so it is not the socket's own file, which must outlive php-fpm."""
+        return str(Path(self.runtime_dir) / f"{name}.php-fpm-listen")
+
+    def php_pool_file(self, name: str, generation: int | None = None) -> str:
+        """The php-fpm configuration gantry up writes for php app ``name``, one a
+        generation (a reload's new php-fpm reads its own); default: the plan's."""
+        if generation is None:
+            generation = self.generations.get(name, 1)
+        return str(Path(self.runtime_dir) / f"{name}@{generation}.php-fpm.conf")
+
+    def pools(self) -> list[AppSettings]:
+        """The gantry pools (kind = "wsgi")."""
+        return [app for app in self.settings.app if not app.is_php]
+
     def part_keys(self) -> list[tuple[str, str]]:
-        """Every part as (kind, name): the front first, then the pools in file order."""
-        return [("front", "front"), *(("app", app.name) for app in self.settings.app)]
+        """Every part as (kind, name): the front first, then the pools in file order
+        (kind "app" for a gantry pool, "php" for a php-fpm)."""
+        return [
+            ("front", "front"),
+            *(("php" if app.is_php else "app", app.name) for app in self.settings.app),
+        ]
 
     def part_stats_is_ours(self, kind: str, name: str) -> bool:
         """Whether the part's stats socket is the runtime-dir default (else the user's)."""
-        return kind == "front" or not self._app(name).stats
+        return kind == "front" or (kind == "app" and not self._app(name).stats)
 
     def part_json(self, kind: str, name: str) -> dict[str, Any]:
         """What one part runs on, to compare two plans: equal means the part is the same
@@ -182,6 +328,9 @@ class StackPlan:
         if kind == "front":
             return {**common, "front": self.front_table()}
         app = self._app(name).model_dump(mode="json", exclude={"app"})
+        if kind == "php":
+            return {**common, "php": app, "socket": self.pool_socket(name),
+                    "program": find_php_fpm(app["php_fpm"])}  # fmt: skip
         return {**common, "app": app, "socket": self.pool_socket(name)}
 
     def part_listen(self, kind: str, name: str) -> list[tuple[ListenAddress, int | None, int]]:
@@ -199,6 +348,9 @@ class StackPlan:
                 # each generation of the front, and a new one answers on the same file
                 sockets.append((ListenAddress("control", path=control), 0o600, 64))
             return sockets
+        if kind == "php":
+            # reached by the front only (0600: the front's workers run as the stack's user)
+            return [(ListenAddress("fastcgi", path=self.pool_socket(name)), 0o600, 511)]
         config = self.pool_config(name)
         own = self.pool_socket(name)
         return [
@@ -221,6 +373,14 @@ class StackPlan:
         if table["access_log"] is None:
             table["access_log"] = "stderr"  # the stack's log shows what it serves
         for app in self.settings.app:
+            if app.is_php:
+                table["upstream"][app.name] = {
+                    "protocol": "fastcgi",
+                    "servers": [{"address": f"unix:{self.pool_socket(app.name)}"}],
+                    "max_tries": 1,
+                    "read_timeout": 60.0,
+                }
+                continue
             table["upstream"][app.name] = {
                 "protocol": "uwsgi",
                 "servers": [{"address": f"unix:{self.pool_socket(app.name)}"}],
@@ -232,11 +392,28 @@ class StackPlan:
                 "keepalive": 1024,
                 "keepalive_timeout": app.keepalive_timeout / 2,
             }
+        php_apps = [app for app in self.settings.app if app.is_php]
         if not table["server"] and self.settings.app:
-            # No server block: everything goes to the first pool.
-            first = self.settings.app[0].name
-            table["server"] = [{"location": [{"path": "/", "proxy": first}]}]
+            # No server block: each php app at its path, everything else to the first pool.
+            locations = []
+            pools = self.pools()
+            if pools and all(app.path != "/" for app in php_apps):
+                locations.append({"path": "/", "proxy": pools[0].name})
+            table["server"] = [{"location": locations}]
+        for server in table["server"]:
+            for app in php_apps:
+                # a server that routes to the app itself keeps its own locations
+                if all(loc.get("proxy") != app.name for loc in server.get("location", [])):
+                    server.setdefault("location", []).extend(php_locations(app))
         return table
+
+    def php_fpm(self, name: str) -> str:
+        """The php-fpm program of php app ``name`` (check() made sure there is one)."""
+        app = self._app(name)
+        found = find_php_fpm(app.php_fpm)
+        if found is None:
+            raise ConfigError(f"{self.source}: app {name!r}: php_fpm: no php-fpm program found")
+        return found
 
     def front_config(self) -> FrontConfig:
         """The front's configuration, pools included."""
@@ -245,7 +422,7 @@ class StackPlan:
     def pool_config(self, name: str) -> ServeConfig:
         """``gantry serve`` settings of pool ``name``, its stack socket added."""
         app = self._app(name)
-        data = app.model_dump(exclude={"name", "module"})
+        data = app.model_dump(exclude={"name", "module", "kind", *PHP_ONLY})
         data["app"] = app.module
         data["uwsgi_socket"] = [self.pool_socket(name), *app.uwsgi_socket]
         data["stats"] = app.stats or self.part_stats(name)
@@ -254,12 +431,16 @@ class StackPlan:
 
     def to_json(self) -> dict[str, Any]:
         """What a part needs to rebuild this plan in its own process."""
+        settings = self.settings.model_dump(mode="json", by_alias=True, exclude={"app"})
+        # the keys each app was given only: an app is checked against its kind's keys
+        settings["app"] = [
+            app.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude={"app"})
+            for app in self.settings.app
+        ]
         return {
             "source": self.source,
             "runtime_dir": self.runtime_dir,
-            "settings": self.settings.model_dump(
-                mode="json", by_alias=True, exclude={"app": {"__all__": {"app"}}}
-            ),
+            "settings": settings,
             "generations": self.generations,
         }
 
@@ -304,10 +485,43 @@ class StackPlan:
                 )
         self.front_config()  # location proxies, access rules, upstream names
         for i, app in enumerate(self.settings.app):
+            if app.is_php:
+                self._check_php(i, app)
+                continue
             try:
                 self.pool_config(app.name).check()
             except ConfigError as exc:
                 raise ConfigError(f"{self.source}: app[{i}]: {exc}") from None
+
+    def _check_php(self, index: int, app: AppSettings) -> None:
+        where = f"{self.source}: app[{index}]"
+        if find_php_fpm(app.php_fpm) is None:
+            if app.php_fpm is not None:
+                raise ConfigError(f"{where}.php_fpm: {app.php_fpm!r} is not an executable file")
+            raise ConfigError(
+                f"{where}.php_fpm: no php-fpm found (looked for {', '.join(PHP_FPM_NAMES)} on "
+                f"PATH, /usr/local/sbin and /usr/sbin, and {PHP_FPM_FALLBACK}); install php-fpm "
+                "(Debian: php8.2-fpm) or give its path"
+            )
+        if app.root is None or not Path(app.root).is_dir():
+            raise ConfigError(f"{where}.root: no directory {app.root!r}")
+
+
+def php_locations(app: AppSettings) -> list[dict[str, Any]]:
+    """The front's locations of php app ``app`` at its path: the path itself and what is
+    no file under root go to its front controller (index.php), other files are static;
+    the existing .php files under its path go to php-fpm (try_files $uri =404: php-fpm
+    is never asked for a file that is not there)."""
+    mount = app.path
+    pattern = r"\.php$" if mount == "/" else "^" + re.escape(mount) + r".*\.php$"
+    controller = f"{mount}index.php$is_args$args"
+    return [
+        # the path itself is the front controller's, as nginx's `index index.php` makes it
+        {"modifier": "=", "path": mount, "root": app.root, "try_files": [controller]},
+        {"path": mount, "root": app.root, "try_files": ["$uri", controller]},
+        {"modifier": "~", "path": pattern, "root": app.root, "try_files": ["$uri", "=404"],
+         "proxy": app.name},
+    ]  # fmt: skip
 
 
 def loads_stack(text: str, source: str, runtime_dir: str) -> StackPlan:
@@ -411,7 +625,10 @@ def render_stack(plan: StackPlan) -> str:
     sections.append(_comment(front_notes, after="\n") + _toml({"front": front}))
 
     for app in plan.settings.app:
-        table = app.model_dump(mode="json")
+        if app.is_php:
+            sections.append(_render_php(running, app, derived_front))
+            continue
+        table = app.model_dump(mode="json", exclude=set(PHP_ONLY))
         table.pop("app", None)  # [serve]'s app is the pool's module
         if app.uwsgi_socket_mode is not None:
             # in octal, as [serve] prints it: 0o660 reads as a mode, 432 does not
@@ -434,6 +651,22 @@ def render_stack(plan: StackPlan) -> str:
         notes += _unset(table)
         sections.append(_comment(notes, after="\n") + _toml({"app": [table]}))
     return "\n\n".join(sections) + "\n"
+
+
+def _render_php(running: StackPlan, app: AppSettings, front: dict[str, Any]) -> str:
+    """A kind = "php" app: its own keys, and what gantry up derives in comments."""
+    table = {key: value for key, value in app.model_dump(mode="json").items() if key in PHP_KEYS}
+    upstream = front["upstream"][app.name]
+    notes = [
+        f"php app {app.name!r}: php-fpm ({find_php_fpm(app.php_fpm) or 'not found'}) with the "
+        f"pool file {running.php_pool_file(app.name)}, reached at upstream {app.name!r}:",
+        *("  " + line
+          for line in _toml({"front": {"upstream": {app.name: upstream}}}).splitlines()),
+        "and these locations in each server that has none with proxy = "
+        f"{json.dumps(app.name)}:",
+        *("  " + line for line in _toml({"location": php_locations(app)}).splitlines()),
+    ]  # fmt: skip
+    return _comment(notes + _unset(table), after="\n") + _toml({"app": [table]})
 
 
 def _toml(document: dict[str, Any]) -> str:

@@ -143,11 +143,12 @@ class ProxyHandler(Handler):
             self._websocket(exchange, location, upstream, pool)
             return True
         script = ""
+        path_info = ""
         if upstream.protocol == "fastcgi":
             found = fastcgi_script(exchange, location)
             if found is None:
                 return True  # answered: no such script
-            script = found
+            script, path_info = found
         data: RequestBody = b""
         if isinstance(body, BodyBuffer):
             if body.size <= SMALL_BODY:
@@ -164,6 +165,7 @@ class ProxyHandler(Handler):
             proxy.set_fields = proxy_fields(exchange)
         if script:
             proxy.fastcgi_script = script
+            proxy.fastcgi_path_info = path_info
             proxy.original = exchange.original
             proxy.ports = exchange.ports
         exchange.relay = proxy
@@ -211,27 +213,41 @@ class ProxyHandler(Handler):
         spawn(self.tasks, tunnel.open())
 
 
-def fastcgi_script(exchange: Exchange, location: Location) -> str | None:
+def fastcgi_script(exchange: Exchange, location: Location) -> tuple[str, str] | None:
     """The URL path of the script a FastCGI location runs for ``exchange`` (its file is
-    root + it), or None when the request was answered instead (404, or try_files'
-    status). The script must be a regular file (try_files checks it; without try_files
-    it is checked here, so php-fpm is never asked for a file that is not there) whose
-    path matches a regex location's own pattern: ``/uploads/a.jpg/x.php`` never runs
-    ``a.jpg`` (the classic nginx + PHP hole)."""
+    root + it) and its PATH_INFO, or None when the request was answered instead (404,
+    or try_files' status). fastcgi_split_path_info's groups split the path into the
+    two (without it, or when it does not match, the path is the script). The script
+    must be a regular file (try_files checks it; without try_files it is checked here,
+    so php-fpm is never asked for a file that is not there) whose path matches a regex
+    location's own pattern: ``/uploads/a.jpg/x.php`` never runs ``a.jpg`` (the classic
+    nginx + PHP hole), whatever the split."""
     path = exchange.path
+    script, path_info = path, ""
+    checked = False
+    split = location.fastcgi_split_path_info
+    if split is not None:
+        parts = split.search(path)
+        if parts is not None:
+            script, path_info = parts.group(1) or "", parts.group(2) or ""
     if location.try_files:
-        fs_path, uri, status = try_files(location, path)
+        fs_path, uri, status = try_files(location, path, script)
         if status is not None:
             exchange.error(status)
             return None
+        if uri != script:
+            path_info = ""  # another candidate ($uri, the front controller) runs as it is
+        # with "=CODE" last, the file is a candidate's, which try_files found regular
+        # (a candidate ending in "/" is a directory: stat'ed below, and refused)
+        checked = location.try_files[-1].startswith("=") and not uri.endswith("/")
     else:
-        fs_path, uri = resolve(location, location.path, path), path
+        fs_path, uri = resolve(location, location.path, script), script
     if location.modifier in ("~", "~*"):
         flags = re.IGNORECASE if location.modifier == "~*" else 0
         # the router compiled it already: re's own cache makes this a lookup
         if re.search(location.path, uri, flags) is None:
             fs_path = None
-    if fs_path is not None:
+    if fs_path is not None and not checked:
         try:
             if not stat.S_ISREG(os.stat(fs_path).st_mode):
                 fs_path = None
@@ -240,7 +256,7 @@ def fastcgi_script(exchange: Exchange, location: Location) -> str | None:
     if fs_path is None:
         exchange.error(404)
         return None
-    return uri
+    return uri, path_info
 
 
 def run_chain(

@@ -194,6 +194,8 @@ class ProxyRequest(UpstreamResponse):
     set_fields: list[tuple[bytes, bytes]] | None = None
     #: a FastCGI request: the script's URL path (SCRIPT_NAME; the file is root + it)
     fastcgi_script = ""
+    #: a FastCGI request: PATH_INFO, split off the path by fastcgi_split_path_info
+    fastcgi_path_info = ""
     #: a FastCGI request: the client's own head (REQUEST_URI), when a rewrite changed it
     original: RequestHead | None = None
 
@@ -351,7 +353,14 @@ class ProxyRequest(UpstreamResponse):
         if self.upstream.protocol == "fastcgi":
             # the body framed by write_body (spooled or streamed) is what is not in memory
             body = self.body_in
-            conn.fcgi = FastCGIState(0 if isinstance(body, bytes) else self.body_length)
+            whole = isinstance(body, bytes)
+            conn.fcgi = FastCGIState(0 if whole else self.body_length)
+            # The request is all in the payload and the connection is not kept (no
+            # FCGI_KEEP_CONN): the write side closes once it is out. php-fpm's child,
+            # its answer sent, shuts its side and reads until the peer's close before it
+            # takes the next connection (fcgi_close): it finds it there, instead of
+            # waiting for this worker to read the answer, relay it and close.
+            conn.half_close = whole
         conn.send(
             self,
             self._payload(),
@@ -621,6 +630,7 @@ class ProxyRequest(UpstreamResponse):
             client.https,
             self.body_length,
             location.fastcgi_param if location is not None else (),
+            self.fastcgi_path_info,
         )
         if body:
             request += stream_records(STDIN, FASTCGI_REQUEST_ID, body)

@@ -94,6 +94,29 @@ def resolve(location: Location, matched_prefix: str, path: str) -> str | None:
 
 def _inside(base: str, candidate: str) -> bool:
     # Resolved per request, not cached: a deploy swaps the root symlink under a running server.
+    prefix = base.rstrip("/")
+    if candidate.startswith(prefix + "/"):
+        # The common case, one lstat a segment below the base: with no symlink among
+        # them the kernel resolves the path under the base, whatever the base itself
+        # points to. A path through a symlink is resolved whole (below).
+        path = prefix
+        through_link = False
+        for segment in candidate[len(prefix) + 1 :].split("/"):
+            if not segment or segment == ".":
+                continue
+            path += "/" + segment
+            try:
+                mode = os.lstat(path).st_mode
+            except OSError:
+                # nothing there to step out through: the open or stat that follows fails
+                return True
+            except ValueError:  # NUL, unencodable surrogates
+                return False
+            if stat.S_ISLNK(mode):
+                through_link = True
+                break
+        if not through_link:
+            return True
     try:
         real_base = os.path.realpath(base)
         real = os.path.realpath(candidate)
@@ -106,19 +129,23 @@ def _base(location: Location) -> str:
     return location.alias if location.alias is not None else location.root or "/"
 
 
-def try_files(location: Location, url_path: str) -> tuple[str | None, str, int | None]:
+def try_files(
+    location: Location, url_path: str, script_name: str = ""
+) -> tuple[str | None, str, int | None]:
     """nginx's try_files: the first candidate that exists, else the last entry.
 
     Returns (file path, the URL path it stands for, status). "$uri" is the request
     path; a candidate ending in "/" must be a directory, any other a file. The last
     entry is "=CODE" (answer that status) or a URL path served from this location
     (nginx would re-route it; Gantry serves it here: the usual single-page-app
-    "/index.html").
+    "/index.html"). "$fastcgi_script_name" is ``script_name`` (else the path).
     """
     if not location.try_files:
         return resolve(location, location.path, url_path), url_path, None
     *candidates, fallback = location.try_files
     for candidate in candidates:
+        if "$fastcgi_script_name" in candidate:
+            candidate = candidate.replace("$fastcgi_script_name", script_name or url_path)
         uri = candidate.replace("$uri", url_path).partition("?")[0]
         want_dir = uri.endswith("/")
         if want_dir:

@@ -35,6 +35,7 @@ from gantry.protocol.fastcgi import (
     STDIN,
     STDOUT,
     FastCGIProtocolError,
+    Record,
     RecordDecoder,
     parse_cgi_head,
     parse_end_request,
@@ -239,6 +240,9 @@ class UpstreamConnection(PolledSocket):
     pool_key = ""
     #: the current request's FastCGI state (None: an HTTP or uwsgi upstream)
     fcgi: FastCGIState | None = None
+    #: shut the write side once the outbox is written: the request is all in it and the
+    #: connection is not kept (see ProxyRequest._send_on)
+    half_close = False
 
     def __init__(
         self,
@@ -314,6 +318,12 @@ class UpstreamConnection(PolledSocket):
             self.outbox = None
             if self.poll_mask & _WRITE:
                 self.poller.watch(self, self.reading, False)
+            if self.half_close:
+                self.half_close = False
+                try:
+                    sock.shutdown(_socket.SHUT_WR)
+                except OSError:
+                    pass  # reset meanwhile: the read side says so
         if self.outbox_size > WRITE_HIGH_WATER:
             self.write_paused = True
         elif self.write_paused and self.outbox_size <= WRITE_LOW_WATER:
@@ -425,6 +435,16 @@ class UpstreamConnection(PolledSocket):
         body, STDERR goes to the error log, END_REQUEST ends the response."""
         try:
             records = fcgi.decoder.feed(data)
+            if records and records[-1].type == END_REQUEST and self.sock is not None:
+                # Closed before the response goes on: php-fpm's child, its request
+                # ended without FCGI_KEEP_CONN, shuts its side and waits for this close
+                # before it accepts the next connection (fcgi_close), so with one child
+                # every request waited for the front to relay the previous answer.
+                self._close()
+                receiver = self.receiver
+                if not self.head_done and receiver is not None:
+                    if self._fastcgi_whole(fcgi, records, receiver):
+                        return
             for record in records:
                 receiver = self.receiver
                 if receiver is None:
@@ -475,6 +495,53 @@ class UpstreamConnection(PolledSocket):
             return
         if self.receiver is not None:
             self._arm_timer()  # activity: the read timeout starts again
+
+    def _fastcgi_whole(
+        self, fcgi: FastCGIState, records: list[Record], receiver: UpstreamResponse
+    ) -> bool:
+        """A whole FastCGI response in one read (the CGI head, the body, END_REQUEST) with
+        a status of 200-499 and no framing of its own: passed on with a Content-Length,
+        so the client gets one write instead of a chunked head, body and last chunk.
+        False, having done nothing: the record loop takes the records."""
+        out = [fcgi.head]
+        errors = []
+        for record in records[:-1]:
+            if record.request_id != _FCGI_ID:
+                return False
+            if record.type == STDOUT:
+                out.append(record.content)
+            elif record.type == STDERR:
+                if record.content:
+                    errors.append(record.content)
+            else:
+                return False
+        end = records[-1]
+        if end.request_id != _FCGI_ID:
+            return False
+        if parse_end_request(end.content).protocol_status != REQUEST_COMPLETE:
+            return False
+        head = parse_cgi_head(b"".join(out))  # malformed: the caller's 502
+        if head is None or not 200 <= head.status < 500 or head.status in (204, 304):
+            return False  # 5xx: the record loop, whose head() may try the next server
+        for name, _ in head.headers:
+            lname = name.lower()
+            if lname == b"content-length" or lname == b"transfer-encoding":
+                return False
+        for content in errors:
+            receiver.stderr(content)
+        self._cancel_timer()
+        self.receiver = None
+        self.fcgi = None
+        self.head_done = True
+        self.framed = True
+        self.status = head.status
+        body = head.rest
+        head.headers.append((b"Content-Length", str(len(body)).encode()))
+        receiver.head(head.status, head.reason, head.headers, True)
+        if body and not self.head_request:
+            receiver.body(body)
+        receiver.end(False)  # closed already (see _fastcgi_received)
+        return True
 
     def _head_too_large(self, fed: int) -> bool:
         """Count ``fed`` bytes toward a head still incomplete; past MAX_RESPONSE_HEAD the

@@ -475,6 +475,8 @@ def _with_set_fields(
 FASTCGI_REQUEST_ID: Final = 1
 # without FCGI_KEEP_CONN: php-fpm closes after the response (see ProxyRequest.reusable)
 _FCGI_BEGIN: Final = begin_request(FASTCGI_REQUEST_ID, False)
+#: header name as the client spelled it -> its param name (b"": not passed)
+_fcgi_header_keys: Final[dict[bytes, bytes]] = {}
 
 
 def fastcgi_request(
@@ -487,6 +489,7 @@ def fastcgi_request(
     https: bool,
     body_length: int,
     extra: tuple[tuple[bytes, bytes], ...] = (),
+    path_info: str = "",
 ) -> bytes:
     """FCGI_BEGIN_REQUEST (responder; the upstream closes after the response) and the
     whole PARAMS stream:
@@ -494,15 +497,21 @@ def fastcgi_request(
     request's fields as HTTP_*, then ``extra`` (fastcgi_param), which replace a standard
     param of the same name. REQUEST_URI is ``original``'s target (as the client sent it);
     the rest is ``head``'s (the request as routed). When the body is empty, the empty
-    STDIN record that ends it follows."""
+    STDIN record that ends it follows. ``path_info`` (split off by
+    fastcgi_split_path_info) is PATH_INFO, and ``extra``'s values may name
+    $fastcgi_script_name and $fastcgi_path_info."""
     head = without_connection_fields(head)
     root = document_root.rstrip("/") or "/"
     script = script_name.encode("utf-8", "surrogateescape")
+    info = path_info.encode("utf-8", "surrogateescape")
     host = b""
     content_type = b""
     fields: dict[bytes, bytes] = {}
+    keys = _fcgi_header_keys
     for name, value in head.headers:
-        key = _environ_key(name)
+        key = keys.get(name)
+        if key is None:
+            key = _remember(keys, name, _environ_key(name))
         if not key:
             continue
         if key == b"CONTENT_TYPE":
@@ -523,7 +532,7 @@ def fastcgi_request(
         b"CONTENT_LENGTH": str(body_length).encode() if body_length else b"",
         b"SCRIPT_NAME": script,
         b"REQUEST_URI": original.target,
-        b"DOCUMENT_URI": script,
+        b"DOCUMENT_URI": script + info,
         b"DOCUMENT_ROOT": root.encode("utf-8", "surrogateescape"),
         b"SERVER_PROTOCOL": b"HTTP/" + head.version.encode(),
         b"REQUEST_SCHEME": b"https" if https else b"http",
@@ -538,8 +547,14 @@ def fastcgi_request(
     }
     if https:
         params[b"HTTPS"] = b"on"
+    if info:
+        params[b"PATH_INFO"] = info
     params.update(fields)
-    params.update(extra)
+    for name, value in extra:
+        if b"$fastcgi_" in value:
+            value = value.replace(b"$fastcgi_script_name", script)
+            value = value.replace(b"$fastcgi_path_info", info)
+        params[name] = value
     block = encode_pairs(params.items())
     parts = [_FCGI_BEGIN, stream_records(PARAMS, FASTCGI_REQUEST_ID, block)]
     parts.append(stream_records(PARAMS, FASTCGI_REQUEST_ID, b""))

@@ -195,9 +195,13 @@ class DocumentFetch:
         address: str,
         timeout: float,
         done: Callable[[dict[str, Any]], None],
+        request: bytes = b"",
+        parse: Callable[[bytes], dict[str, Any]] | None = None,
     ) -> None:
         self.loop = loop
         self.done = done
+        #: what the answer is read with ({} when it cannot be); default: JSON
+        self.parse = parse
         self.deadline = time.monotonic() + timeout
         self.chunks: list[bytes] = []
         self.size = 0
@@ -208,6 +212,15 @@ class DocumentFetch:
         except (OSError, ValueError):
             self._finish({})
             return
+        if request:
+            # a server that answers a request (php-fpm's status page over FastCGI): a
+            # unix connect is complete at once, and a few hundred bytes fit its buffer
+            try:
+                if self.sock.send(request) != len(request):
+                    raise BlockingIOError
+            except OSError:
+                self._finish({})
+                return
         loop.watch(self.sock, selectors.EVENT_READ, self._read)
         loop.on_turn.append(self._expire)
 
@@ -229,7 +242,8 @@ class DocumentFetch:
                 self._finish({})
             return
         try:
-            document = json.loads(b"".join(self.chunks))
+            data = b"".join(self.chunks)
+            document = self.parse(data) if self.parse is not None else json.loads(data)
         except ValueError:
             document = {}
         self._finish(document if isinstance(document, dict) else {})

@@ -140,9 +140,15 @@ def _length(size: int) -> bytes:
 
 def encode_pairs(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
     """The name-value pair block of ``pairs`` (the content of the PARAMS stream)."""
-    return b"".join(
-        [_length(len(name)) + _length(len(value)) + name + value for name, value in pairs]
-    )
+    parts: list[bytes] = []
+    for name, value in pairs:
+        size, value_size = len(name), len(value)
+        if size < 0x80 and value_size < 0x80:
+            # the common pair: both lengths in one byte each, one small bytes object
+            parts += (bytes((size, value_size)), name, value)
+        else:
+            parts += (_length(size), _length(value_size), name, value)
+    return b"".join(parts)
 
 
 def decode_pairs(block: bytes | bytearray | memoryview) -> list[tuple[bytes, bytes]]:

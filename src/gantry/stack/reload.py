@@ -145,7 +145,7 @@ class Reload:
                     f"within {self.ready_timeout:.0f} s"
                 )
                 return
-        pools = [p for p in self.incoming if p.kind == "app"]
+        pools = [p for p in self.incoming if p.kind != "front"]
         for part in pools:
             if part.key not in self.in_turn:
                 self._start_once(part)

@@ -48,7 +48,8 @@ def run_up(
             log.warning("the built-in demo runs its workers as root; a real stack names a user")
     refuse_root(plan.settings.front.user, f"{plan.source}: front")
     for i, pool in enumerate(plan.settings.app):
-        refuse_root(pool.user, f"{plan.source}: app[{i}]")
+        if not pool.is_php:  # php-fpm's children run as nobody unless told (stack/php.py)
+            refuse_root(pool.user, f"{plan.source}: app[{i}]")
     configured = plan.settings.stack.runtime_dir
     own = configured is None
     plan.runtime_dir = configured or tempfile.mkdtemp(prefix="gantry-up-")

@@ -20,6 +20,7 @@ from gantry import __version__
 from gantry.process.answers import DocumentFetch
 from gantry.process.loop import ProcessLoop
 from gantry.stack.part import Part
+from gantry.stack.php import parse_status, status_request
 from gantry.stats.prometheus import render_metric_rows
 from gantry.stats.serve import http_text_answer
 
@@ -52,11 +53,13 @@ def stack_document(parts: list[tuple[Part, dict[str, Any]]], started: float) -> 
                 "kind": part.kind,
                 "pid": doc.get("pid", part.pid),
                 "generation": part.generation,
-                "workers": len(doc.get("workers", [])),
+                "workers": len(doc.get("workers", []))
+                or doc.get("php_fpm", {}).get("total processes", 0),
                 "restarts": part.restarts,
                 "up": bool(doc),
                 "last_exit": part.last_exit,
                 **({"reload_error": part.reload_error} if part.reload_error else {}),
+                **({"php_fpm": doc["php_fpm"]} if "php_fpm" in doc else {}),
             }
         )
     return {
@@ -108,7 +111,25 @@ class StackStats:
         def receiver(index: int) -> Callable[[dict[str, Any]], None]:
             return lambda doc: one_done(index, doc)
 
-        for index, (_, address) in enumerate(parts):
+        def php_receiver(index: int, part: Part) -> Callable[[dict[str, Any]], None]:
+            # php-fpm's status page, read over FastCGI when a child is free to answer;
+            # up while its master runs either way
+            def done(status: dict[str, Any]) -> None:
+                doc: dict[str, Any] = {"pid": part.pid} if part.pid is not None else {}
+                if doc and status:
+                    doc["php_fpm"] = status
+                one_done(index, doc)
+
+            return done
+
+        for index, (part, address) in enumerate(parts):
+            if part.kind == "php":
+                if part.pid is None:
+                    one_done(index, {})
+                    continue
+                DocumentFetch(self.loop, address, PART_TIMEOUT, php_receiver(index, part),
+                              request=status_request(), parse=parse_status)  # fmt: skip
+                continue
             DocumentFetch(self.loop, address, PART_TIMEOUT, receiver(index))
 
     def respond_stats(self, request: bytes, deliver: Deliver) -> None:

@@ -26,6 +26,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gantry.config import ConfigError, ListenAddress, parse_address
@@ -39,6 +40,7 @@ from gantry.process.runtime import reopen_error_log, signal_process
 from gantry.process.sockets import address_key, bind, inherited_by_key
 from gantry.process.systemd import SD_LISTEN_FDS_START, notify
 from gantry.stack.part import Part, PartKey, PartSockets
+from gantry.stack.php import PHP_SIGNALS, php_argv, php_env, write_php_pool
 from gantry.stack.readiness import ReadinessSocket
 from gantry.stack.reload import Reload, begin_reload
 from gantry.stack.stats import StackStats
@@ -171,7 +173,7 @@ class Supervisor:
         os.chown(plan.runtime_dir, -1, identity.gid)
         os.chmod(plan.runtime_dir, 0o710)
         for kind, name in plan.part_keys():
-            if kind == "app":
+            if kind in ("app", "php"):
                 path = plan.pool_socket(name)
                 if os.path.exists(path):
                     os.chown(path, -1, identity.gid)
@@ -277,10 +279,24 @@ class Supervisor:
         return [*self.parts, *incoming, *self.outgoing]
 
     def start(self, part: Part) -> None:
-        """Fork and exec the part's master on its sockets."""
+        """Fork and exec the part's master on its sockets (php-fpm for a php app)."""
         part.started_with = part.state_path
         argv = [sys.executable, "-m", "gantry", "_part", part.state_path, part.kind, part.name]
         fds = [sock.fileno() for _, sock in part.sockets]
+        program = sys.executable
+        env_of: Callable[[dict[str, str]], dict[str, str]]
+        env_of = lambda env: _part_env(env, len(fds))  # noqa: E731
+        if part.kind == "php":
+            plan = self._plan_of(part)
+            app = next(a for a in plan.settings.app if a.name == part.name)
+            try:
+                argv = php_argv(plan, app, write_php_pool(plan, app))
+            except (OSError, ConfigError) as exc:
+                # tried again with backoff, as a part that died at once
+                log.error("%s: cannot start php-fpm: %s", part.label, exc)
+                argv = ["/bin/false"]
+            program = argv[0]
+            env_of = lambda env: php_env(plan, app, env)  # noqa: E731
         notify_socket = self.readiness.address if self.readiness is not None else None
         parent = os.getpid()
         pid = os.fork()
@@ -293,13 +309,16 @@ class Supervisor:
                 high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for fd in fds]
                 for i, fd in enumerate(high):
                     os.dup2(fd, SD_LISTEN_FDS_START + i, inheritable=True)
-                env = dict(os.environ, LISTEN_FDS=str(len(fds)), LISTEN_PID=str(os.getpid()))
-                env.pop("LISTEN_FDNAMES", None)
+                if part.kind == "php":
+                    # php-fpm's children accept() blocking: a non-blocking socket makes
+                    # each one exit at once (only php-fpm ever accepts on this one)
+                    os.set_blocking(SD_LISTEN_FDS_START, True)
+                env = env_of(dict(os.environ))
                 # systemd hears from the supervisor only; the part's READY=1 comes here
                 env.pop("NOTIFY_SOCKET", None)
                 if notify_socket:
                     env["NOTIFY_SOCKET"] = notify_socket
-                os.execve(sys.executable, argv, env)
+                os.execve(program, argv, env)
             except BaseException:
                 os._exit(127)
         part.pid = pid
@@ -308,11 +327,17 @@ class Supervisor:
         known = self.last_generation.get(part.key, 0)
         self.last_generation[part.key] = max(known, part.generation)
 
+    def _plan_of(self, part: Part) -> StackPlan:
+        """The plan ``part``'s generation belongs to (a reload's new one, or the current)."""
+        if self.reload is not None and part in self.reload.incoming:
+            return self.reload.plan
+        return self.plan
+
     def stop_part(self, part: Part, signum: int = signal.SIGTERM) -> None:
         """Tell one generation to stop; it is killed if it outlives the graceful timeout."""
         if part.pid is None:
             return
-        signal_process(part.pid, signum)
+        signal_process(part.pid, part_signal(part, signum))
         self.loop.kill_after(part.pid, self.plan.settings.stack.graceful_timeout + STOP_GRACE)
 
     def _reap(self) -> None:
@@ -528,7 +553,7 @@ class Supervisor:
         """Send ``signum`` to the running masters among ``parts`` (default: every one)."""
         for part in self.live_parts() if parts is None else parts:
             if part.pid is not None:
-                signal_process(part.pid, signum)
+                signal_process(part.pid, part_signal(part, signum))
 
     # stopping ---------------------------------------------------------------
 
@@ -585,10 +610,13 @@ class Supervisor:
 
     def serving_stats(self) -> list[tuple[Part, str]]:
         """The serving generation of each part, with its stats socket's address."""
-        return [
-            (part, part.stats_file or self.plan.pool_config(part.name).stats or "")
-            for part in self.parts
-        ]
+        return [(part, part.stats_file or self._own_stats(part)) for part in self.parts]
+
+    def _own_stats(self, part: Part) -> str:
+        """A pool's own stats address; php-fpm's socket, whose status page is read."""
+        if part.kind == "php":
+            return self.plan.pool_socket(part.name)
+        return self.plan.pool_config(part.name).stats or ""
 
     def set_scheduling(self, plan: StackPlan) -> None:
         """The CPU policy every part started from now on inherits (fork and exec keep it)."""
@@ -626,6 +654,10 @@ class Supervisor:
                     _unlink(part.stats_file)
             for path in self.state_files:
                 _unlink(path)
+            for (kind, name), last in self.last_generation.items():
+                if kind == "php":  # the pool files written for php-fpm
+                    for generation in range(1, last + 1):
+                        _unlink(self.plan.php_pool_file(name, generation))
         self.close_listeners(self.listeners)
         if self.reload is not None:
             self.close_listeners([e for e in self.reload.listeners if e not in self.listeners])
@@ -635,6 +667,19 @@ class Supervisor:
             _unlink(self.plan.settings.stack.pidfile)
         if self.own_runtime_dir:
             shutil.rmtree(self.plan.runtime_dir, ignore_errors=True)
+
+
+def _part_env(env: dict[str, str], fds: int) -> dict[str, str]:
+    """A gantry part's environment (in the forked child): its sockets as systemd passes
+    them."""
+    env.update(LISTEN_FDS=str(fds), LISTEN_PID=str(os.getpid()))
+    env.pop("LISTEN_FDNAMES", None)
+    return env
+
+
+def part_signal(part: Part, signum: int) -> int:
+    """The signal ``part``'s master takes for what ``signum`` means to a gantry master."""
+    return PHP_SIGNALS.get(signal.Signals(signum), signum) if part.kind == "php" else signum
 
 
 def _unlink(path: str) -> None:

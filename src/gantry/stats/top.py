@@ -77,6 +77,17 @@ def render_frame(
     for pool in doc.get("pools", []):
         if not pool.get("up", True):
             lines.insert(1, f"  {pool['name']}: down ({pool.get('last_exit') or 'starting'})")
+        elif pool.get("kind") == "php":
+            # php-fpm's children are its own: the stack shows its master
+            restarts = pool.get("restarts", 0)
+            fpm = pool.get("php_fpm") or {}
+            said = f"  {pool['name']}: php-fpm, master pid {pool.get('pid')}"
+            if fpm:
+                said += (f", {fpm.get('total processes')} children "
+                         f"({fpm.get('active processes')} active), "
+                         f"{fpm.get('accepted conn')} accepted, "
+                         f"listen queue {fpm.get('listen queue')}")  # fmt: skip
+            lines.insert(1, said + (f", {restarts} restarts" if restarts else ""))
     for w in sorted(workers, key=lambda item: item["id"]):
         # In a stack the log numbers workers within their pool ("worker 1" of each):
         # show that number, not the document's stack-wide id.

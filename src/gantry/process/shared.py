@@ -255,6 +255,9 @@ class WorkerCounters:
     rt_total: float = 0.0  # seconds
     #: WebSocket tunnels open now (the front)
     websockets: int = 0
+    #: HTTP/2 connections open now, and HTTP/2 streams answered (the front)
+    http2_connections: int = 0
+    http2_streams: int = 0
 
     def store(self, slot: SlotView) -> None:
         """Copy the totals into ``slot``."""

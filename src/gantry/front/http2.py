@@ -524,6 +524,7 @@ class Http2Connection(asyncio.Protocol):
         now = worker.loop.time()
         self.idle_since = now
         self.last_sent = now
+        # the first check: a connection that sends nothing is closed as an idle one
         self.deadline = now + min(self.idle_timeout, worker.header_timeout)
         #: the defences' counts in the second that began at ``window_start``
         self.window_start = now
@@ -631,6 +632,7 @@ class Http2Connection(asyncio.Protocol):
     def pause_writing(self) -> None:
         self.paused = True
         self.last_sent = self.worker.loop.time()  # send_timeout runs from here
+        self._arm(self.last_sent + self.worker.send_timeout)
         if self.transport is not None and not self.reading_paused:
             # the client is not reading what is sent: its requests (and PINGs) can wait
             self.reading_paused = True
@@ -660,17 +662,23 @@ class Http2Connection(asyncio.Protocol):
         if self.closed or self.transport is None:
             return
         worker = self.worker
+        # checked again at the sweep's pace while anything is pending, else when the
+        # idle timeout would end the connection
         self.deadline = now + worker.sweep_every
         if self.waiting or self.paused:
             if now - self.last_sent >= worker.send_timeout:
                 # a client that never opens its window (or never reads) holds the
                 # response and its upstream: closed, as nginx's send_timeout does
+                paused = self.paused
                 self.goaway(ErrorCodes.ENHANCE_YOUR_CALM, "client timed out reading")
-                self.transport.abort()
+                if paused and self.transport is not None:
+                    self.transport.abort()  # not even reading: the GOAWAY cannot go out
             return
         if not self.streams:
             if now - self.idle_since >= self.idle_timeout:
                 self.goaway(ErrorCodes.NO_ERROR, "")
+            else:
+                self.deadline = self.idle_since + self.idle_timeout
             return
         for stream in list(self.streams.values()):
             if (
@@ -683,6 +691,11 @@ class Http2Connection(asyncio.Protocol):
                     stream.error(408)
                 self.reset(stream, ErrorCodes.CANCEL)
         self.flush()
+
+    def _arm(self, at: float) -> None:
+        """check_deadline runs at ``at`` at the latest."""
+        if not self.deadline or at < self.deadline:
+            self.deadline = at
 
     def close_if_idle(self, now: float, quiet_for: float) -> None:
         """On a graceful stop: GOAWAY and close once no stream is open (called again
@@ -743,6 +756,7 @@ class Http2Connection(asyncio.Protocol):
             self._run(stream, chain, stream.stream)
             return
         stream.body = BodyBuffer()
+        self._arm(now + worker.body_timeout)
 
     def _run(
         self,
@@ -848,6 +862,7 @@ class Http2Connection(asyncio.Protocol):
                 stream.file = None
             if not self.streams:
                 self.idle_since = self.worker.loop.time()
+                self._arm(self.idle_since + self.idle_timeout)
 
     def _window_updated(self, stream_id: int | None) -> None:
         if stream_id:
@@ -907,6 +922,7 @@ class Http2Connection(asyncio.Protocol):
                 if window <= 0:
                     if not self.waiting:
                         self.last_sent = self.worker.now  # send_timeout runs from here
+                        self._arm(self.last_sent + self.worker.send_timeout)
                     self.waiting.add(stream)  # on again when the client opens its window
                     break
                 data = out[0]

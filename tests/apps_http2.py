@@ -67,3 +67,22 @@ def wait() -> Any:
     while not os.path.exists(sign) and time.monotonic() < deadline:
         time.sleep(0.02)
     return "waited\n"
+
+
+#: how many scripts the browser's page loads (issue 18: a page with 30 assets)
+ASSETS = 30
+
+
+@app.route("/page")
+def page() -> tuple[str, int, dict[str, str]]:
+    """A page with ASSETS scripts (the front serves them from disk); the last inline
+    script says how many of them ran."""
+    scripts = "\n".join(f'<script src="/assets/a{i}.js"></script>' for i in range(ASSETS))
+    html = (
+        '<!doctype html><html><head><meta charset="utf-8"><title>h2</title>'
+        f"<script>window.ran = 0;</script>\n{scripts}\n</head><body>"
+        '<p id="out">scripts did not run</p><script>'
+        "document.getElementById('out').textContent = 'assets ran: ' + window.ran;"
+        "</script></body></html>"
+    )
+    return html, 200, {"Content-Type": "text/html; charset=utf-8"}

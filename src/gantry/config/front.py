@@ -66,6 +66,7 @@ LOG_VARIABLES = frozenset(
         "request_method", "request_uri", "server_protocol", "status", "body_bytes_sent",
         "http_referer", "http_user_agent", "upstream_addr", "upstream_response_time",
         "request_time", "upstream_cache_status", "limit_req_status", "bytes_received",
+        "remote_port",
     }
 )  # fmt: skip
 _LOG_VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")

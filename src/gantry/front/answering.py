@@ -135,6 +135,7 @@ def record_request(
     limit_status: str,
     cache_status: str,
     tunnel_received: int = -1,
+    remote_port: str = "",
 ) -> float:
     """A request ended: autoban sees its status, the worker's counters and the access log
     count it (``logged``: the head to log, None for an answer to no request). Returns
@@ -151,6 +152,6 @@ def record_request(
     if access_log is not None:
         access_log.write(
             remote_addr, logged, status, sent, upstream_log, now - started, limit_status,
-            cache_status, tunnel_received,
+            cache_status, tunnel_received, remote_port,
         )  # fmt: skip
     return now

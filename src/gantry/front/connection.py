@@ -968,7 +968,7 @@ class FrontConnection(asyncio.Protocol):
         now = record_request(
             self.worker, self.remote_addr, logged if logged is not _NO_REQUEST else None,
             self.status, self.sent, self.started, self.upstream_log, self.limit_status,
-            self.cache_status, self.tunnel_received,
+            self.cache_status, self.tunnel_received, self.ports[0],
         )  # fmt: skip
         self.cache_status = "-"
         if self.coder is not None:

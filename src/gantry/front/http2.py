@@ -428,7 +428,7 @@ class Http2Stream:
         logged = self.original if self.original is not None else self.head
         record_request(
             self.conn.worker, self.remote_addr, logged, self.status, self.sent, self.started,
-            self.upstream_log, self.limit_status, self.cache_status,
+            self.upstream_log, self.limit_status, self.cache_status, -1, self.ports[0],
         )  # fmt: skip
         self.conn.counters_streams()
         if self.stream is not None and not self.stream.complete:

@@ -26,7 +26,7 @@ BIG = 3 * 1024 * 1024 + 17
 class Site:
     """One front with both HTTP/2 listeners, its files, its upstream and its CA."""
 
-    def __init__(self, launch: Launcher, tmp: Path, extra: str = "") -> None:
+    def __init__(self, launch: Launcher, tmp: Path, extra: str = "", tail: str = "") -> None:
         self.tmp = tmp
         self.ca = TestCA(tmp)
         pair = self.ca.issue("localhost")
@@ -59,7 +59,7 @@ proxy = "flask"
 request_buffering = false
 [front.upstream.flask]
 servers = [{{ address = "127.0.0.1:{self.app.port}" }}]
-""")  # fmt: skip
+{tail}""")  # fmt: skip
         self.port = self.front.port
 
     def url(self, path: str) -> str:
@@ -260,3 +260,53 @@ def test_streams_are_independent_when_one_is_reset(site: Site) -> None:
         client.close()
     done = site.curl("--http2", site.url("/"))
     assert done.stdout == b"hello over h2\n"
+
+
+def test_the_handler_chain_works_alike_over_http2(launch: Launcher, short_tmp: Path) -> None:
+    """gzip, add_header, a rewrite and a return, access rules, a proxied HEAD and an
+    upstream that is down: each answered over HTTP/2 as over HTTP/1."""
+    down = free_port()  # nothing listens there
+    site = Site(launch, short_tmp, tail=f"""
+[front.upstream.down]
+servers = [{{ address = "127.0.0.1:{down}" }}]
+[[front.server.location]]
+path = "/down/"
+proxy = "down"
+[[front.server.location]]
+path = "/healthz"
+return = '200 "ok"'
+[[front.server.location]]
+path = "/old/"
+rewrite = [["^/old/(.*)$", "/new/$1", "permanent"]]
+[[front.server.location]]
+path = "/private/"
+access = ["deny all"]
+[[front.server.location]]
+path = "/text/"
+root = "{short_tmp / "www"}"
+gzip = true
+gzip_types = ["text/plain"]
+add_header = {{ "X-Via" = "h2 $scheme" }}
+""")  # fmt: skip
+    text_dir = site.www / "text"
+    text_dir.mkdir()
+    plain = ("compressible line\n" * 2000).encode()
+    (text_dir / "big.txt").write_bytes(plain)
+    with httpx.Client(http2=True, verify=site.ca.client_context(), timeout=30) as client:
+        response = client.get(site.url("/text/big.txt"), headers={"accept-encoding": "gzip"})
+        assert response.http_version == "HTTP/2"
+        assert response.headers["content-encoding"] == "gzip"
+        assert response.content == plain  # httpx decodes it
+        assert int(response.headers["content-length"]) < len(plain) // 10
+        assert response.headers["x-via"] == "h2 https"
+        assert client.get(site.url("/healthz")).text == "ok"
+        moved = client.get(site.url("/old/x"))
+        assert moved.status_code == 301
+        assert moved.headers["location"].endswith("/new/x")
+        assert client.get(site.url("/private/x")).status_code == 403
+        head = client.head(site.url("/app/who"))
+        assert head.status_code == 200 and head.content == b""
+        bad = client.get(site.url("/down/x"))
+        assert bad.status_code == 502 and b"502" in bad.content
+        # and the connection still serves
+        assert client.get(site.url("/")).text == "hello over h2\n"

@@ -35,6 +35,7 @@ listen = ["127.0.0.1:FRONT_PORT h2c"]
 http2_max_concurrent_streams = 8
 http2_max_header_size = "16k"
 send_timeout = "2s"
+http2_idle_timeout = "2s"
 [[front.server]]
 [[front.server.location]]
 path = "/"
@@ -214,3 +215,16 @@ def test_more_streams_than_allowed_are_refused(front: Front) -> None:
     finally:
         client.close()
     _served(front)
+
+
+def test_an_idle_connection_is_closed_after_http2_idle_timeout(front: Front) -> None:
+    client = RawH2(front.port)
+    try:
+        assert client.wait(client.request("/")).body == b"still serving\n"
+        started = time.monotonic()
+        code = client.wait_goaway(20)
+        waited = time.monotonic() - started
+        assert code is not None and code.error_code == ErrorCodes.NO_ERROR
+        assert 1.5 < waited < 8, waited  # http2_idle_timeout = 2s
+    finally:
+        client.close()

@@ -310,3 +310,54 @@ add_header = {{ "X-Via" = "h2 $scheme" }}
         assert bad.status_code == 502 and b"502" in bad.content
         # and the connection still serves
         assert client.get(site.url("/")).text == "hello over h2\n"
+
+
+def test_connection_fields_are_stripped_and_request_trailers_ignored(
+    launch: Launcher, short_tmp: Path
+) -> None:
+    """An upstream's Connection, Keep-Alive and Transfer-Encoding never reach an HTTP/2
+    client (the raw client's h2 refuses a response carrying them); the request it gets
+    has Host from :authority; a request's trailers are ignored."""
+    from tests.support_front import RawUpstream
+
+    raw = RawUpstream(
+        lambda head: (
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n"
+            b"Transfer-Encoding: chunked\r\nX-Kept: yes\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
+    )
+    try:
+        site = Site(launch, short_tmp, tail=f"""
+[front.upstream.raw]
+servers = [{{ address = "127.0.0.1:{raw.port}" }}]
+[[front.server.location]]
+path = "/raw-up/"
+proxy = "raw"
+""")  # fmt: skip
+        client = RawH2(site.h2c)
+        try:
+            answer = client.wait(client.request("/raw-up/x", authority="named.test"))
+            assert answer.status == 200 and bytes(answer.body) == b"hello"
+            names = {name for name, _ in answer.headers}
+            assert b"x-kept" in names
+            assert not names & {b"connection", b"keep-alive", b"transfer-encoding"}, names
+            head = raw.received[-1].lower()
+            assert b"\r\nhost: named.test\r\n" in head, head
+            # a POST whose body ends with trailers: answered as without them
+            stream_id = client.conn.get_next_available_stream_id()
+            client.conn.send_headers(
+                stream_id,
+                [(":method", "POST"), (":path", "/app/echo"), (":scheme", "http"),
+                 (":authority", "localhost")],
+            )  # fmt: skip
+            client.conn.send_data(stream_id, b"abc")
+            client.conn.send_headers(stream_id, [("x-checksum", "1")], end_stream=True)
+            client.answers[stream_id] = type(answer)()
+            client.flush()
+            echoed = client.wait(stream_id)
+            assert echoed.status == 200
+            assert json.loads(echoed.body)["size"] == 3
+        finally:
+            client.close()
+    finally:
+        raw.close()

@@ -315,9 +315,10 @@ add_header = {{ "X-Via" = "h2 $scheme" }}
 def test_connection_fields_are_stripped_and_request_trailers_ignored(
     launch: Launcher, short_tmp: Path
 ) -> None:
-    """An upstream's Connection, Keep-Alive and Transfer-Encoding never reach an HTTP/2
-    client (the raw client's h2 refuses a response carrying them); the request it gets
-    has Host from :authority; a request's trailers are ignored."""
+    """Connection, Keep-Alive and Transfer-Encoding never reach an HTTP/2 client, neither
+    the upstream's (the proxy drops them) nor add_header's (the stream does): the raw
+    client's h2 refuses a response carrying them. The upstream's request has Host from
+    :authority; a request's trailers are ignored."""
     from tests.support_front import RawUpstream
 
     raw = RawUpstream(
@@ -333,13 +334,14 @@ servers = [{{ address = "127.0.0.1:{raw.port}" }}]
 [[front.server.location]]
 path = "/raw-up/"
 proxy = "raw"
+add_header = {{ "Connection" = "close", "Keep-Alive" = "timeout=5", "X-Added" = "1" }}
 """)  # fmt: skip
         client = RawH2(site.h2c)
         try:
             answer = client.wait(client.request("/raw-up/x", authority="named.test"))
             assert answer.status == 200 and bytes(answer.body) == b"hello"
             names = {name for name, _ in answer.headers}
-            assert b"x-kept" in names
+            assert b"x-kept" in names and b"x-added" in names
             assert not names & {b"connection", b"keep-alive", b"transfer-encoding"}, names
             head = raw.received[-1].lower()
             assert b"\r\nhost: named.test\r\n" in head, head

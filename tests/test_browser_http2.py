@@ -5,14 +5,13 @@ requests over one connection (one client port)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from tests.apps_http2 import ASSETS
 from tests.process import REPO, Launcher, require_program, wait_for
-from tests.support_tls import TestCA, https_connection
+from tests.support_browser import chromium_dom, https_ready, json_log_entries
+from tests.support_tls import TestCA
 
 
 def test_chromium_loads_a_page_and_its_30_assets_over_one_http2_connection(
@@ -47,49 +46,17 @@ chdir = "{REPO}"
 workers = 1
 graceful_timeout = 5
 """)  # fmt: skip
-    context = ca.client_context()
-
-    def ready() -> bool:
-        conn = https_connection(up.port, "app.test", context)
-        try:
-            conn.request("GET", "/page")
-            return conn.getresponse().status == 200
-        except OSError:
-            return False
-        finally:
-            conn.close()
-
-    assert wait_for(ready, limit=30), up.log_text()[-2000:]
-    profile = short_tmp / "chromium-profile"
-    done = subprocess.run(
-        [
-            chromium, "--headless=new", "--no-sandbox", "--disable-gpu",
-            "--disable-dev-shm-usage", f"--user-data-dir={profile}",
-            "--ignore-certificate-errors", "--host-resolver-rules=MAP app.test 127.0.0.1",
-            "--virtual-time-budget=10000", "--dump-dom", f"https://app.test:{up.port}/page",
-        ],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert f"assets ran: {ASSETS}" in done.stdout, (done.stdout, done.stderr[-3000:])
-
-    def h2_entries() -> list[dict[str, Any]]:
-        entries = []
-        for line in up.log_text().splitlines():
-            start = line.find("{")
-            if start < 0 or '"protocol"' not in line:
-                continue
-            try:
-                entry = json.loads(line[start:])
-            except ValueError:
-                continue
-            if entry.get("protocol") == "HTTP/2.0":
-                entries.append(entry)
-        return entries
+    ready = https_ready(up.port, "app.test", ca.client_context(), "/page", 30)
+    assert ready, up.log_text()[-2000:]
+    dom, errors = chromium_dom(chromium, short_tmp / "chromium-profile", "app.test", up.port,
+                               "/page")  # fmt: skip
+    assert f"assets ran: {ASSETS}" in dom, (dom, errors[-3000:])
 
     def fetched() -> list[dict[str, Any]]:
         return [
-            e for e in h2_entries()
-            if e["status"] == 200 and (e["uri"] == "/page" or e["uri"].startswith("/assets/"))
+            e for e in json_log_entries(up.log_text())
+            if e.get("protocol") == "HTTP/2.0" and e["status"] == 200
+            and (e["uri"] == "/page" or e["uri"].startswith("/assets/"))
         ]  # fmt: skip
 
     assert wait_for(lambda: len(fetched()) >= ASSETS + 1, limit=10), up.log_text()[-3000:]

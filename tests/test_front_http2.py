@@ -363,3 +363,34 @@ add_header = {{ "Connection" = "close", "Keep-Alive" = "timeout=5", "X-Added" = 
             client.close()
     finally:
         raw.close()
+
+
+def test_a_graceful_stop_lets_open_streams_finish_and_refuses_new_ones(
+    launch: Launcher, short_tmp: Path
+) -> None:
+    import signal
+
+    from h2.errors import ErrorCodes
+
+    site = Site(launch, short_tmp)
+    sign = short_tmp / "sign"
+    client = RawH2(site.h2c)
+    try:
+        waiting = client.request(f"/app/wait?sign={sign}")
+        assert client.wait(client.request("/")).status == 200  # the connection is up
+        assert site.front.process is not None
+        site.front.process.send_signal(signal.SIGTERM)
+        # once the worker has the signal, a new stream is refused (the client may ask
+        # elsewhere); until then they are answered
+        deadline = time.monotonic() + 20
+        while True:
+            answer = client.wait(client.request("/"))
+            if answer.reset is not None or time.monotonic() > deadline:
+                break
+            assert answer.status == 200
+        assert answer.reset == ErrorCodes.REFUSED_STREAM, answer
+        sign.write_text("go")
+        assert client.wait(waiting).body == b"waited\n"  # the open one finished
+    finally:
+        client.close()
+    assert site.front.process.wait(timeout=30) == 0

@@ -1,6 +1,6 @@
 """[front] listen after the TLS merge: one grammar for the 'ssl' and 'proxy_protocol'
 flags (the TLS branch's split_listen and the real_ip branch's were two), HTTP/2's flags
-refused as not supported yet, and each flag reaching its listener."""
+checked for what they need, and each flag reaching its listener."""
 
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ def test_each_listener_keeps_its_own_flags() -> None:
     ("text", "message"),
     [
         ("0.0.0.0:443 ssl proxy_protocol", "not supported yet"),
-        ("0.0.0.0:443 proxy_protocol h2", "not supported yet"),
-        ("0.0.0.0:80 h2c", "not supported yet"),
+        ("0.0.0.0:443 proxy_protocol h2", "the listen flag 'h2' needs 'ssl'"),
+        ("0.0.0.0:443 ssl h2c", "'h2c' (cleartext HTTP/2 with prior knowledge) takes no"),
         ("0.0.0.0:80 proxy-protocol", "unknown listen flag 'proxy-protocol'"),
     ],
 )

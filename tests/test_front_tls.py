@@ -382,7 +382,7 @@ def test_bad_certificates_are_config_errors_naming_file_and_key(short_tmp: Path)
     error = check(a.certificate, short_tmp / "junk.pem")
     assert "front.server[0].ssl_certificate_key" in error, error
     error = check(a.certificate, a.key, "127.0.0.1:8443 h2")
-    assert "front.listen[0]" in error and "not supported yet" in error, error
+    assert "front.listen[0]" in error and "'h2' needs 'ssl'" in error, error
     error = check(a.certificate, a.key, "127.0.0.1:8443 tls")
     assert "unknown listen flag 'tls'" in error, error
     done = check_file(

@@ -30,8 +30,8 @@ def test_listen_flags_are_split_off(text: str, address: str, flags: set[str]) ->
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("0.0.0.0:443 h2", "not supported yet"),
-        ("0.0.0.0:443 ssl http2", "not supported yet"),
+        ("0.0.0.0:443 h2", "the listen flag 'h2' needs 'ssl'"),
+        ("0.0.0.0:443 http2", "the listen flag 'h2' needs 'ssl'"),
         ("0.0.0.0:443 tls", "unknown listen flag 'tls'"),
         ("localhost ssl", "expected HOST:PORT or a unix socket path, got 'localhost'"),
     ],

@@ -67,6 +67,7 @@ LOG_VARIABLES = frozenset(
         "request_method", "request_uri", "server_protocol", "status", "body_bytes_sent",
         "http_referer", "http_user_agent", "upstream_addr", "upstream_response_time",
         "request_time", "upstream_cache_status", "limit_req_status", "bytes_received",
+        "remote_port",
     }
 )  # fmt: skip
 _LOG_VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
@@ -135,11 +136,11 @@ NextUpstream = Literal[
 ]
 
 
-#: the flags a listen address may carry after it, as nginx writes them: ssl (HTTPS), and
-#: proxy_protocol (a PROXY protocol v1/v2 header comes first, from a peer in real_ip.from)
-LISTEN_FLAGS: Final = frozenset({"ssl", "proxy_protocol"})
-#: flags known but not served yet (HTTP/2 comes with its own issue)
-LISTEN_FLAGS_LATER: Final = frozenset({"h2", "h2c", "http2"})
+#: the flags a listen address may carry after it, as nginx writes them: ssl (HTTPS),
+#: proxy_protocol (a PROXY protocol v1/v2 header comes first, from a peer in real_ip.from),
+#: h2 (HTTP/2 by ALPN on an ssl listener; nginx's older spelling "http2" too) and h2c
+#: (cleartext HTTP/2 with prior knowledge)
+LISTEN_FLAGS: Final = frozenset({"ssl", "proxy_protocol", "h2", "http2", "h2c"})
 
 
 def parse_listener(text: str) -> Listener:
@@ -147,8 +148,6 @@ def parse_listener(text: str) -> Listener:
     ValueError for a bad address or an unknown flag."""
     address, *flags = text.split()
     for flag in flags:
-        if flag in LISTEN_FLAGS_LATER:
-            raise ValueError(f"the listen flag {flag!r} is not supported yet (HTTP/2), in {text!r}")
         if flag not in LISTEN_FLAGS:
             known = ", ".join(sorted(LISTEN_FLAGS))
             raise ValueError(f"unknown listen flag {flag!r} in {text!r} (known: {known})")
@@ -158,15 +157,33 @@ def parse_listener(text: str) -> Listener:
         raise ValueError(
             f"'ssl' and 'proxy_protocol' on one listener are not supported yet, in {text!r}"
         )
+    h2 = "h2" in flags or "http2" in flags
+    if h2 and "ssl" not in flags:
+        # ALPN is a TLS extension: without TLS a client cannot ask for HTTP/2 that way
+        raise ValueError(
+            f"the listen flag 'h2' needs 'ssl' (HTTP/2 by ALPN), in {text!r}; "
+            "cleartext HTTP/2 with prior knowledge is 'h2c'"
+        )
+    if "h2c" in flags and ("ssl" in flags or h2 or "proxy_protocol" in flags):
+        raise ValueError(
+            f"'h2c' (cleartext HTTP/2 with prior knowledge) takes no other flag, in {text!r}"
+        )
     try:
         parse_address(address, "http", "")
     except ConfigError as exc:
         # parse_address's own words (which part is wrong), and the flags a listener takes
         message = str(exc).partition(": ")[2] or str(exc)
         if flags:
-            message += f" (in {text!r}: an address, then flags 'ssl', 'proxy_protocol')"
+            flags_known = "'ssl', 'h2', 'h2c', 'proxy_protocol'"
+            message += f" (in {text!r}: an address, then flags {flags_known})"
         raise ValueError(message) from None
-    return Listener(address, "ssl" in flags, "proxy_protocol" in flags)
+    return Listener(
+        address,
+        "ssl" in flags,
+        "proxy_protocol" in flags,
+        "h2" in flags or "http2" in flags,
+        "h2c" in flags,
+    )
 
 
 def split_listen(text: str) -> tuple[str, frozenset[str]]:
@@ -178,7 +195,8 @@ def split_listen(text: str) -> tuple[str, frozenset[str]]:
 def _listen_spec(text: str) -> str:
     if not text.strip():
         raise ValueError(
-            "expected 'HOST:PORT' with optional flags ('ssl', 'proxy_protocol'), got ''"
+            "expected 'HOST:PORT' with optional flags ('ssl', 'h2', 'h2c', 'proxy_protocol'), "
+            "got ''"
         )
     return parse_listener(text).spec
 
@@ -936,7 +954,9 @@ class FrontSettings(_Strict):
         description="HTTP sockets: 'HOST:PORT', '[V6]:PORT', ':PORT' or 'unix:PATH', each "
         "optionally followed by flags: 'ssl' for HTTPS ('0.0.0.0:443 ssl'), "
         "'proxy_protocol' (a PROXY protocol v1/v2 header comes first, from a peer in "
-        "real_ip.from).",
+        "real_ip.from), 'h2' with 'ssl' for HTTP/2 by ALPN ('0.0.0.0:443 ssl h2'; HTTP/1.1 "
+        "for clients that do not offer it), 'h2c' for cleartext HTTP/2 with prior knowledge "
+        "('127.0.0.1:8080 h2c').",
     )
     workers: int = Field(1, ge=1, description="Worker processes, under the front's own master.")
     user: str | None = Field(
@@ -1029,6 +1049,26 @@ class FrontSettings(_Strict):
     )
     graceful_timeout: Duration = Field(
         10.0, gt=0, description="Seconds a stopping worker lets in-flight requests finish."
+    )
+    http2_max_concurrent_streams: int = Field(
+        128,
+        ge=1,
+        le=65536,
+        description="Streams an HTTP/2 client may have open at once on one connection "
+        "(SETTINGS_MAX_CONCURRENT_STREAMS); a stream past it is refused.",
+    )
+    http2_max_header_size: Size = Field(
+        16 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="Largest HTTP/2 request header block, encoded or decoded (HPACK), in "
+        "bytes; a larger one closes the connection (GOAWAY).",
+    )
+    http2_idle_timeout: Duration = Field(
+        180.0,
+        gt=0,
+        description="Seconds an HTTP/2 connection with no open stream is kept open "
+        "(nginx's former http2_idle_timeout, 3 minutes, by default).",
     )
     websocket_idle_timeout: Duration = Field(
         60.0,
@@ -1287,6 +1327,9 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
         send_timeout=settings.send_timeout,
         graceful_timeout=settings.graceful_timeout,
         websocket_idle_timeout=settings.websocket_idle_timeout,
+        http2_max_concurrent_streams=settings.http2_max_concurrent_streams,
+        http2_max_header_size=settings.http2_max_header_size,
+        http2_idle_timeout=settings.http2_idle_timeout,
         caches=caches, control=settings.control,
         limit_req_zones={
             name: LimitReqZone(name=name, key=zone.key, rate=_rate_per_second(zone.rate),

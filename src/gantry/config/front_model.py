@@ -250,6 +250,10 @@ class Listener:
     ssl: bool = False
     #: a PROXY protocol v1/v2 header comes first, from a peer in real_ip.from
     proxy_protocol: bool = False
+    #: HTTP/2 offered by ALPN (an ssl listener)
+    http2: bool = False
+    #: cleartext HTTP/2 with prior knowledge: every connection is HTTP/2
+    h2c: bool = False
 
     @property
     def flags(self) -> frozenset[str]:
@@ -259,6 +263,10 @@ class Listener:
             flags.add("ssl")
         if self.proxy_protocol:
             flags.add("proxy_protocol")
+        if self.http2:
+            flags.add("h2")
+        if self.h2c:
+            flags.add("h2c")
         return frozenset(flags)
 
     @property
@@ -395,6 +403,11 @@ class FrontConfig:
     graceful_timeout: float = 10.0
     #: seconds a WebSocket tunnel may stay silent both ways
     websocket_idle_timeout: float = 60.0
+    #: HTTP/2: open streams of one connection, the largest header block (bytes), and
+    #: seconds a connection with no open stream is kept
+    http2_max_concurrent_streams: int = 128
+    http2_max_header_size: int = 16 * 1024
+    http2_idle_timeout: float = 180.0
     #: cache zones by name, for a location's ``cache``
     caches: dict[str, CacheZone] = field(default_factory=dict)
     #: the control socket's path (``gantry ctl``), None: none

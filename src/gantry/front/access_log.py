@@ -53,6 +53,7 @@ class AccessLog:
         limit_status: str = "",
         cache_status: str = "-",
         received: int = -1,
+        remote_port: str = "",
     ) -> None:
         """One line: upstream_addr and upstream_response_time list each attempt of a
         retried request (", " between them in the combined format; "-" for none).
@@ -60,7 +61,9 @@ class AccessLog:
         where a limit_req applied ("limit_req_status", null when none, in JSON);
         ``cache_status`` is $upstream_cache_status (HIT, MISS...; "-": no cache).
         ``received``: the bytes a WebSocket tunnel carried from the client ($bytes_received;
-        -1 for a plain request: "-", null in JSON)."""
+        -1 for a plain request: "-", null in JSON). ``remote_port``: the client's port
+        ($remote_port; "" for a unix socket: "-", null in JSON): the requests of one
+        connection share it."""
         referer = agent = None
         line = "-"
         if head is not None:
@@ -78,6 +81,7 @@ class AccessLog:
                 "upstream_addr": ", ".join(address for address, _ in attempts) or "-",
                 "upstream_response_time": ", ".join(f"{t:.3f}" for _, t in attempts) or "-",
                 "bytes_received": str(received) if received >= 0 else "-",
+                "remote_port": remote_port or "-",
             }  # fmt: skip
             text = self._fill(self.template, values, head)
         elif self.json:
@@ -85,6 +89,7 @@ class AccessLog:
                 {
                     "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "remote_addr": remote_addr,
+                    "remote_port": int(remote_port) if remote_port else None,
                     "request": line,
                     "method": head.method if head is not None else None,
                     "uri": head.target.decode("latin-1") if head is not None else None,

@@ -13,7 +13,17 @@ from collections.abc import Callable
 from typing import Final
 
 from gantry.config.front_model import Location, VirtualServer
-from gantry.front.addresses import canonical_address
+from gantry.front.answering import (
+    admit_address,
+    at_ceiling,
+    error_page,
+    peer_addresses,
+    record_request,
+    release_address,
+    request_host,
+    small_file,
+)
+from gantry.front.answering import hsts_line as hsts_field
 from gantry.front.compress import ResponseCoder
 from gantry.front.exchange import FilePiece, Relay
 from gantry.front.handlers import run_chain
@@ -37,8 +47,6 @@ WRITE_LOW_WATER: Final = 64 * 1024
 MAX_PIPELINED: Final = 16
 #: a big file is sent in sendfile calls of at most this many bytes
 SENDFILE_CHUNK: Final = 1 << 20
-#: under TLS, a file body up to this size is read at once and written with its head
-SMALL_FILE: Final = 64 * 1024
 
 # Why reading the client is held (bits: reading resumes when none is left).
 _HOLD_BODY: Final = 1  # the upstream is not taking a streamed request body
@@ -193,18 +201,11 @@ class FrontConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(  # type: ignore[attr-defined]
             high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER
         )
-        peer = transport.get_extra_info("peername")
         worker = self.worker
-        if isinstance(peer, tuple):
-            # a dual-stack socket names IPv4 clients "::ffff:a.b.c.d": one client, one name
-            self.peer_addr = self.remote_addr = canonical_address(str(peer[0]))
-            self.ports = (str(peer[1]), self.ports[1])
-        sockname = transport.get_extra_info("sockname")
-        if isinstance(sockname, tuple):
-            self.ports = (self.ports[0], str(sockname[1]))
-        if len(worker.connections) >= worker.worker_connections:
-            # past the ceiling: the open connections are served, new ones closed at once
-            worker.refuse_connection("worker_connections")
+        address, self.ports = peer_addresses(transport)
+        if address:
+            self.peer_addr = self.remote_addr = address
+        if at_ceiling(worker):
             self.closed = True
             transport.close()
             return
@@ -228,27 +229,16 @@ class FrontConnection(asyncio.Protocol):
     def _admit(self) -> bool:
         """max_connections_per_address: count this connection against its address, or
         refuse it (False)."""
-        worker = self.worker
-        if not worker.max_per_address:
-            return True
-        address = self.remote_addr
-        count = worker.per_address.get(address, 0)
-        if count >= worker.max_per_address:
-            worker.refuse_connection("max_connections_per_address", address)
+        counted = admit_address(self.worker, self.remote_addr)
+        if counted is None:
             return False
-        worker.per_address[address] = count + 1
-        self.counted = address
+        self.counted = counted
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.counted:
-            per_address = self.worker.per_address
-            left = per_address.get(self.counted, 1) - 1
-            if left > 0:
-                per_address[self.counted] = left
-            else:
-                per_address.pop(self.counted, None)
+            release_address(self.worker, self.counted)
             self.counted = ""
         self.parser.close()  # it and llhttp point back at this connection
         self._stop_sendfile()
@@ -448,7 +438,7 @@ class FrontConnection(asyncio.Protocol):
             self.handle(head, None, self.stream)
 
     def _streams_body(self, head: RequestHead) -> bool:
-        route = self.worker.route(_host(head), head.path, self.listener)
+        route = self.worker.route(request_host(head), head.path, self.listener)
         location = route[2] if route is not None else None
         return location is not None and bool(location.proxy) and not location.request_buffering
 
@@ -503,7 +493,7 @@ class FrontConnection(asyncio.Protocol):
         if self.original is not None:
             self.original = None
         worker = self.worker
-        host = _host(head)
+        host = request_host(head)
         route = worker.route_maps[self.listener].get((host, head.path))  # worker.route, inline
         if route is None:
             route = worker.route(host, head.path, self.listener)
@@ -514,7 +504,7 @@ class FrontConnection(asyncio.Protocol):
         if self.https:
             hsts = self.server.hsts
             if hsts or self.hsts_line:  # set only where used: see the class's attributes
-                self.hsts_line = _hsts_line(hsts)
+                self.hsts_line = hsts_field(hsts)
         try:
             run_chain(chain, self, stream if stream is not None else body)
         except Exception:  # a bug must cost one request, not the connection's silence
@@ -554,10 +544,7 @@ class FrontConnection(asyncio.Protocol):
         the ``extra`` fields."""
         if close:
             self.keep_alive = False
-        content_type, body = self.worker.error_pages.page(status)
-        fields = [(b"Content-Type", content_type), (b"Content-Length", str(len(body)).encode())]
-        if extra:
-            fields += extra
+        fields, body = error_page(self.worker, status, extra)
         self.respond(status, fields, b"" if self.head.method == "HEAD" else body)
 
     def at_end(self, release: Callable[[], None]) -> None:
@@ -599,7 +586,7 @@ class FrontConnection(asyncio.Protocol):
         if self.https:
             # the bytes must go through the transport's encryption: no sendfile; a small
             # file is read at once and goes with its head in one write (no task)
-            body = _small_file(fd, pieces)
+            body = small_file(fd, pieces)
             if body is not None:
                 self.sent += len(body)
                 transport.write(self._head_bytes(status, lines) + body)
@@ -878,7 +865,7 @@ class FrontConnection(asyncio.Protocol):
         """The normalized path of ``head`` (the one being handled has it already)."""
         if self.head is head:
             return self.path
-        route = self.worker.route(_host(head), head.path, self.listener)
+        route = self.worker.route(request_host(head), head.path, self.listener)
         return route[0] if route is not None else "/"
 
     def reroute(self, head: RequestHead, path: str, location: Location | None) -> None:
@@ -977,23 +964,12 @@ class FrontConnection(asyncio.Protocol):
     def _done(self) -> None:
         if self.releases is not None:
             self._run_releases()
-        worker = self.worker
-        if worker.autoban is not None:
-            worker.autoban.response(self.remote_addr, self.status)
-        counters = worker.counters
-        counters.requests += 1
-        counters.tx += self.sent
-        counters.status_counts[self.status // 100 if 100 <= self.status < 600 else 5] += 1
-        now = time.monotonic()
-        counters.rt_total += now - self.started
-        access_log = self.worker.access_log
-        if access_log is not None:
-            logged = self.original if self.original is not None else self.head
-            access_log.write(
-                self.remote_addr, logged if logged is not _NO_REQUEST else None, self.status,
-                self.sent, self.upstream_log, now - self.started, self.limit_status,
-                self.cache_status, self.tunnel_received,
-            )  # fmt: skip
+        logged = self.original if self.original is not None else self.head
+        now = record_request(
+            self.worker, self.remote_addr, logged if logged is not _NO_REQUEST else None,
+            self.status, self.sent, self.started, self.upstream_log, self.limit_status,
+            self.cache_status, self.tunnel_received, self.ports[0],
+        )  # fmt: skip
         self.cache_status = "-"
         if self.coder is not None:
             self.coder = None  # answered by a path that never asked it
@@ -1097,39 +1073,6 @@ class FrontConnection(asyncio.Protocol):
     def log_error(self, message: str) -> None:
         """One error-log line about this client's request."""
         log.error("%s: %s", self.remote_addr, message)
-
-
-def _small_file(fd: int, pieces: list[FilePiece]) -> bytes | None:
-    """The whole body of a file response of at most SMALL_FILE bytes, read now; None for
-    a larger one, or for a file that shrank under us (the stream says so by closing)."""
-    size = 0
-    for piece in pieces:
-        size += len(piece) if isinstance(piece, bytes) else piece[1] + 1 - piece[0]
-    if size > SMALL_FILE:
-        return None
-    parts = []
-    for piece in pieces:
-        if isinstance(piece, bytes):
-            parts.append(piece)
-            continue
-        want = piece[1] + 1 - piece[0]
-        data = os.pread(fd, want, piece[0])
-        if len(data) != want:
-            return None
-        parts.append(data)
-    return b"".join(parts)
-
-
-def _hsts_line(hsts: str | None) -> bytes:
-    """The Strict-Transport-Security field of a server's https responses, CRLF-ended."""
-    return b"Strict-Transport-Security: " + hsts.encode() + b"\r\n" if hsts else b""
-
-
-def _host(head: RequestHead) -> str | None:
-    for key, value in head.headers:
-        if key.lower() == b"host":
-            return value.decode("latin-1")
-    return None
 
 
 def _origin_form(head: RequestHead) -> None:

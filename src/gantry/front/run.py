@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from gantry.config import ConfigError, ListenAddress, parse_address
 from gantry.config.certificates import CertificateError
-from gantry.config.front_model import FrontConfig
+from gantry.config.front_model import FrontConfig, Listener
 from gantry.front.connection import FrontConnection
+from gantry.front.http2 import Http2Connection
 from gantry.front.limits.state import FrontLimits
 from gantry.front.tls_accept import TLSListener
 from gantry.front.worker import FrontWorker
@@ -91,24 +92,26 @@ def _serve_worker(
         listeners = config.listeners
         servers: list[asyncio.Server | TLSListener] = []
         for index, (address, sock) in enumerate(sockets):
-            proxy = index < len(listeners) and listeners[index].proxy_protocol
+            listener = listeners[index] if index < len(listeners) else Listener(str(address))
             context = tls.listeners.get(index) if tls is not None else None
             if context is None:
                 servers.append(
-                    await loop.create_server(_connections(worker, index, False, proxy), sock=sock)
+                    await loop.create_server(_connections(worker, index, listener), sock=sock)
                 )
-                log.info("front listening on http://%s", address)
+                log.info(
+                    "front listening on http://%s%s", address, " (h2c)" if listener.h2c else ""
+                )
                 continue
             # accepted here, to see the first byte before the handshake (plain HTTP gets
             # nginx's 400); then the loop's own TLS transport (uvloop's is in C around a
             # memory BIO). The handshake has client_header_timeout, as a head would.
             tls_listener = TLSListener(
-                loop, sock, context, _connections(worker, index, True, False),
+                loop, sock, context, _connections(worker, index, listener),
                 config.client_header_timeout, worker.tasks,
             )  # fmt: skip
             tls_listener.start()
             servers.append(tls_listener)
-            log.info("front listening on https://%s", address)
+            log.info("front listening on https://%s%s", address, " (h2)" if listener.http2 else "")
         if slot is not None:
             slot.pid = os.getpid()
             slot.status = STATUS_CODES["idle"]
@@ -150,12 +153,38 @@ def _serve_worker(
 
 
 def _connections(
-    worker: FrontWorker, index: int, https: bool, proxy_protocol: bool
-) -> Callable[[], FrontConnection]:
+    worker: FrontWorker, index: int, listener: Listener
+) -> Callable[[], asyncio.Protocol]:
     """The protocol factory of listener ``index``."""
-    if proxy_protocol:
-        return lambda: FrontConnection(worker, index, https, True)
-    return lambda: FrontConnection(worker, index, https)
+    if listener.h2c:
+        return lambda: Http2Connection(worker, index)
+    if listener.ssl:
+        if listener.http2:
+            return lambda: _AlpnChoice(worker, index)
+        return lambda: FrontConnection(worker, index, True)
+    if listener.proxy_protocol:
+        return lambda: FrontConnection(worker, index, False, True)
+    return lambda: FrontConnection(worker, index)
+
+
+class _AlpnChoice(asyncio.Protocol):
+    """A TLS connection of an h2 listener until its handshake is done: then HTTP/2 if the
+    client chose it by ALPN, else HTTP/1.1, takes the transport over."""
+
+    def __init__(self, worker: FrontWorker, index: int) -> None:
+        self.worker = worker
+        self.index = index
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        chosen = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        protocol: asyncio.Protocol
+        if chosen == "h2":
+            protocol = Http2Connection(self.worker, self.index, True)
+        else:
+            protocol = FrontConnection(self.worker, self.index, True)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
 
 
 def _load_tls(

@@ -35,21 +35,23 @@ INTERMEDIATE_CIPHERS = ":".join(
     ]
 )
 
-#: what ALPN offers; "h2" joins it with HTTP/2
+#: what ALPN offers on an ssl listener, and on one with the h2 flag (HTTP/2 preferred)
 ALPN = ["http/1.1"]
+ALPN_H2 = ["h2", "http/1.1"]
 
 _VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 
 
-def server_context(server: VirtualServer) -> ssl.SSLContext:
-    """A server context for ``server``'s certificate (CertificateError if it cannot load)."""
+def server_context(server: VirtualServer, http2: bool = False) -> ssl.SSLContext:
+    """A server context for ``server``'s certificate (CertificateError if it cannot load);
+    ALPN offers "h2" first when ``http2``."""
     assert server.ssl_certificate is not None and server.ssl_certificate_key is not None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     versions = sorted(_VERSIONS[v] for v in server.ssl_protocols)
     context.minimum_version = versions[0]
     context.maximum_version = versions[-1]
     context.set_ciphers(INTERMEDIATE_CIPHERS)
-    context.set_alpn_protocols(ALPN)
+    context.set_alpn_protocols(ALPN_H2 if http2 else ALPN)
     # the server's order of ciphers, no renegotiation, no compression (CRIME)
     context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
     context.options |= ssl.OP_NO_COMPRESSION
@@ -64,31 +66,40 @@ class FrontTLS:
 
     def __init__(self, config: FrontConfig) -> None:
         self.listeners: dict[int, ssl.SSLContext] = {}
-        by_files: dict[tuple[str | None, str | None, tuple[str, ...]], ssl.SSLContext] = {}
-        contexts: dict[int, ssl.SSLContext] = {}  # id(server) -> its context
-        for server in config.servers:
-            if server.ssl_certificate is None:
-                continue
-            files = (server.ssl_certificate, server.ssl_certificate_key, server.ssl_protocols)
-            context = by_files.get(files)
-            if context is None:
-                context = by_files[files] = server_context(server)
-            contexts[id(server)] = context
+        # one context per certificate and ALPN list: an h2 listener's SNI must switch to
+        # a context that offers h2 as well
+        by_files: dict[tuple[str | None, str | None, tuple[str, ...], bool], ssl.SSLContext] = {}
         for index, listener in enumerate(config.listeners):
-            if listener.ssl:
-                servers = [s for s in config.servers if not s.listen or index in s.listen]
-                self.listeners[index] = self._listener_context(servers, contexts)
+            if not listener.ssl:
+                continue
+            http2 = listener.http2
+            contexts: dict[int, ssl.SSLContext] = {}  # id(server) -> its context
+            servers = [s for s in config.servers if not s.listen or index in s.listen]
+            for server in servers:
+                if server.ssl_certificate is None:
+                    continue
+                files = (
+                    server.ssl_certificate,
+                    server.ssl_certificate_key,
+                    server.ssl_protocols,
+                    http2,
+                )
+                context = by_files.get(files)
+                if context is None:
+                    context = by_files[files] = server_context(server, http2)
+                contexts[id(server)] = context
+            self.listeners[index] = self._listener_context(servers, contexts, http2)
 
     @staticmethod
     def _listener_context(
-        servers: Sequence[VirtualServer], contexts: dict[int, ssl.SSLContext]
+        servers: Sequence[VirtualServer], contexts: dict[int, ssl.SSLContext], http2: bool
     ) -> ssl.SSLContext:
         router = Router(servers)
         default = router.server_for(None)
         # the listener's own context: the default server's settings and certificate, so
         # a client with no SNI or an unknown name gets them; it is not shared with a
         # server's, since the SNI callback is set on it alone
-        listener = server_context(default)
+        listener = server_context(default, http2)
         own = {id(contexts[id(s)]) for s in servers if id(s) in contexts and s is not default}
         if not own:
             return listener  # one certificate on this listener: nothing for SNI to choose

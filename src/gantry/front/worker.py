@@ -193,6 +193,7 @@ class FrontWorker:
             config.keepalive_timeout,
             config.send_timeout,
             config.websocket_idle_timeout,
+            config.http2_idle_timeout,
         )
         reads = [u.read_timeout for u in config.upstreams.values()]
         self.sweep_every = min([1.0, *(t / 4 for t in (*reads, *client))])

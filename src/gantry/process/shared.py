@@ -45,6 +45,8 @@ FIELDS = (
     "vsz",
     "ready",  # 1 once the worker listens with the app loaded
     "websockets",  # WebSocket tunnels open now (the front)
+    "http2_connections",  # HTTP/2 connections open now (the front)
+    "http2_streams",  # HTTP/2 streams answered (the front)
 )
 _INDEX = {name: i for i, name in enumerate(FIELDS)}
 _STATUS, _REQUESTS, _EXCEPTIONS, _TX = (
@@ -53,6 +55,7 @@ _STATUS, _REQUESTS, _EXCEPTIONS, _TX = (
 _STATUS_2XX, _STATUS_3XX, _STATUS_4XX, _STATUS_5XX = (_INDEX[f"status_{n}xx"] for n in range(2, 6))
 _RT_TOTAL, _REQUEST_START = _INDEX["rt_total_us"], _INDEX["request_start_us"]
 _WEBSOCKETS = _INDEX["websockets"]
+_HTTP2_CONNECTIONS, _HTTP2_STREAMS = _INDEX["http2_connections"], _INDEX["http2_streams"]
 LINE_BYTES = 256
 SLOT_BYTES = len(FIELDS) * 8 + LINE_BYTES
 STATUS_NAMES = {0: "free", 1: "starting", 2: "idle", 3: "busy", 4: "stopping"}
@@ -107,6 +110,8 @@ class SlotView:
     vsz = _Field()
     ready = _Field()
     websockets = _Field()
+    http2_connections = _Field()
+    http2_streams = _Field()
 
     def __init__(self, ints: memoryview, line: memoryview, index: int) -> None:
         self._ints = ints
@@ -144,11 +149,16 @@ class SlotView:
         counts: list[int],
         rt_total: float,
         websockets: int = 0,
+        http2_connections: int = 0,
+        http2_streams: int = 0,
     ) -> None:
         """Copy a worker's running totals in (``counts`` by status class, index 2 to 5;
-        ``websockets``: the tunnels open now)."""
+        ``websockets``: the tunnels open now; ``http2_connections`` open now and
+        ``http2_streams`` answered)."""
         ints = self._ints
         ints[_WEBSOCKETS] = websockets
+        ints[_HTTP2_CONNECTIONS] = http2_connections
+        ints[_HTTP2_STREAMS] = http2_streams
         ints[_REQUESTS] = requests
         ints[_EXCEPTIONS] = exceptions
         ints[_TX] = tx
@@ -194,6 +204,9 @@ class WorkerStats:
     ready: int
     websockets: int
     request_line: str
+    #: the front's HTTP/2 connections open now, and streams answered
+    http2_connections: int = 0
+    http2_streams: int = 0
 
     @property
     def status_name(self) -> str:
@@ -255,6 +268,9 @@ class WorkerCounters:
     rt_total: float = 0.0  # seconds
     #: WebSocket tunnels open now (the front)
     websockets: int = 0
+    #: HTTP/2 connections open now, and HTTP/2 streams answered (the front)
+    http2_connections: int = 0
+    http2_streams: int = 0
 
     def store(self, slot: SlotView) -> None:
         """Copy the totals into ``slot``."""
@@ -265,6 +281,8 @@ class WorkerCounters:
             self.status_counts,
             self.rt_total,
             self.websockets,
+            self.http2_connections,
+            self.http2_streams,
         )
 
 

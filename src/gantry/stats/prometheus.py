@@ -41,6 +41,8 @@ def render_metrics(
                 "avg_rt": w.avg_rt_us,
                 "status": "busy" if w.request_start_us else "idle",
                 "websockets": w.websockets,
+                "http2_connections": w.http2_connections,
+                "http2_streams": w.http2_streams,
             },
         )  # fmt: skip
         for w in workers
@@ -94,6 +96,14 @@ def render_metric_rows(
     family("gantry_worker_websockets", "gauge", "WebSocket tunnels open (the front).")
     for labels, values in rows:
         lines.append(f"gantry_worker_websockets{_labels(**labels)} {values.get('websockets', 0)}")
+    family("gantry_worker_http2_connections", "gauge", "HTTP/2 connections open (the front).")
+    for labels, values in rows:
+        count = values.get("http2_connections", 0)
+        lines.append(f"gantry_worker_http2_connections{_labels(**labels)} {count}")
+    family("gantry_worker_http2_streams_total", "counter", "HTTP/2 streams answered (the front).")
+    for labels, values in rows:
+        count = values.get("http2_streams", 0)
+        lines.append(f"gantry_worker_http2_streams_total{_labels(**labels)} {count}")
     family("gantry_workers", "gauge", "Worker processes running.")
     lines.append(f"gantry_workers {len(rows)}")
     family("gantry_master_start_time_seconds", "gauge", "When the master started (epoch).")

@@ -65,11 +65,15 @@ def render_frame(
     pool_head = f"{'POOL':<10} " if pooled else ""
     # the front's open WebSocket tunnels (said only where there are some)
     websockets = sum(int(w.get("websockets", 0)) for w in workers)
+    # and its HTTP/2 connections open and streams answered (likewise)
+    http2 = sum(int(w.get("http2_connections", 0)) for w in workers)
+    streams = sum(int(w.get("http2_streams", 0)) for w in workers)
     lines = [
         f"gantry top - {time.strftime('%H:%M:%S')} - master pid {doc.get('pid')} - "
         f"{len(workers)} workers - {total} requests - {rate:.0f} req/s"
         + (f" ({shares})" if shares else "")
-        + (f" - {websockets} websockets open" if websockets else ""),
+        + (f" - {websockets} websockets open" if websockets else "")
+        + (f" - HTTP/2: {http2} connections open, {streams} streams" if http2 or streams else ""),
         "",
         f"{pool_head}{'WID':>3} {'PID':>7} {'STATUS':<8} {'REQ':>9} {'REQ/S':>7} {'AVG(ms)':>8} "
         f"{'RSS':>8} {'EXC':>5} {'RESPAWN':>7}  CURRENT REQUEST",

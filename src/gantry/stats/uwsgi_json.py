@@ -66,6 +66,9 @@ def _worker(stats: WorkerStats, now: float) -> dict[str, Any]:
         "status_5xx": stats.status_5xx,
         "generation": stats.generation,
         "websockets": stats.websockets,  # Gantry's own: WebSocket tunnels open (front)
+        # Gantry's own: HTTP/2 connections open and streams answered (front)
+        "http2_connections": stats.http2_connections,
+        "http2_streams": stats.http2_streams,
         "current_request": stats.request_line if busy else "",
         "current_request_seconds": round(stats.running_for(now), 3) if busy else 0,
         "apps": [],

@@ -149,10 +149,19 @@ class TLSListener:
                     return
                 continue  # the client gave up meanwhile (ECONNABORTED): the next one
             conn.setblocking(False)
-            fd = conn.fileno()
-            timer = self.loop.call_later(self.timeout, self._drop, fd)
-            self.waiting[fd] = (conn, timer)
-            self.loop.add_reader(fd, self._first_byte, fd)
+            # a client's first bytes are most often in by the time it is accepted: the
+            # peek is tried at once, and only a silent client costs a reader and a timer
+            try:
+                first = conn.recv(1, socket.MSG_PEEK)
+            except (BlockingIOError, InterruptedError):
+                fd = conn.fileno()
+                timer = self.loop.call_later(self.timeout, self._drop, fd)
+                self.waiting[fd] = (conn, timer)
+                self.loop.add_reader(fd, self._first_byte, fd)
+                continue
+            except OSError:
+                first = b""
+            self._start(conn, first)
 
     def _resume_accepting(self) -> None:
         self._resume = None
@@ -180,6 +189,11 @@ class TLSListener:
         del self.waiting[fd]
         self.loop.remove_reader(fd)
         timer.cancel()
+        self._start(conn, first)
+
+    def _start(self, conn: socket.socket, first: bytes) -> None:
+        """The connection's first byte has come (``first``, empty if the client left
+        first): a TLS handshake, or the answer to plain HTTP."""
         if not first:  # closed or reset before a byte: nothing to answer
             conn.close()
             return

@@ -228,7 +228,9 @@ class FrontWorker:
         key = (id(server), id(location))
         chain = self._chains.get(key)
         if chain is None:
-            chain = tuple(h for h in self.handlers if h.applies(server, location))
+            chain = tuple(
+                h.for_route(server, location) for h in self.handlers if h.applies(server, location)
+            )
             self._chains[key] = chain  # bounded: one per location of the configuration
         return chain
 

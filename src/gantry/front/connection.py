@@ -123,6 +123,9 @@ class FrontConnection(asyncio.Protocol):
     tunnel_active = 0.0
     #: the bytes a closed tunnel carried from the client, for its access-log line (-1: none)
     tunnel_received = -1
+    #: a blocklisted client's connection (refused at accept): the head received so far,
+    #: answered 403 once whole, unparsed (None: not refused so)
+    blocked_head: bytes | None = None
 
     def __init__(
         self,
@@ -224,6 +227,21 @@ class FrontConnection(asyncio.Protocol):
         # nginx gives a new connection client_header_timeout for its first request
         self.deadline = self.worker.loop.time() + self.worker.header_timeout
         self.deadline_kind = _HEAD
+        if self.proxy_buffer is None and not self.peer_trusted:
+            self._refuse_if_blocked()
+
+    def _refuse_if_blocked(self) -> None:
+        """A client whose address is the same for every request of the connection (no
+        trusted proxy names another) is checked against the blocklist once, before any
+        request: a listed one gets 403 to its first request, unparsed, and the connection
+        closes (444: it closes now)."""
+        blocklist = self.worker.blocklist
+        if blocklist is None or not blocklist.set or not blocklist.refused(self.remote_addr):
+            return
+        if blocklist.status == 444:
+            self.drop()
+        else:
+            self.blocked_head = b""
 
     def _admit(self) -> bool:
         """max_connections_per_address: count this connection against its address, or
@@ -275,6 +293,9 @@ class FrontConnection(asyncio.Protocol):
             data = self._proxy_header(data)
             if not data:
                 return
+        if self.blocked_head is not None:
+            self._answer_blocked(data)
+            return
         kind = self.deadline_kind
         worker = self.worker
         if kind == _IDLE:
@@ -293,6 +314,20 @@ class FrontConnection(asyncio.Protocol):
             self.parser.feed(data)
         except ProtocolError as exc:
             self._refuse(exc.status)
+
+    def _answer_blocked(self, data: bytes) -> None:
+        """A blocklisted client's first request: 403 once its head is in (what comes with
+        it or after is not read), then the connection closes."""
+        received = self.blocked_head + data if self.blocked_head else data
+        if b"\r\n\r\n" not in received and len(received) < self.worker.limits.max_head_size:
+            self.blocked_head = received  # bounded: answered past max_head_size anyway
+            return
+        self.blocked_head = None
+        self._hold(_HOLD_DONE)
+        self._own_answer()
+        self.keep_alive = False
+        head, body = self.worker.blocked_response
+        self.respond_prepared(403, head, b"" if received.startswith(b"HEAD ") else body)
 
     def _min_rate(self, size: int, rate: int, timeout: float, between_reads: bool) -> None:
         """A head or body under a minimum rate: after the grace, it must have come at
@@ -346,6 +381,10 @@ class FrontConnection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
             return b""
+        if not self.peer_trusted:
+            self._refuse_if_blocked()
+            if self.holds & _HOLD_DONE:
+                return b""  # 444: closed
         return data[header.length :]
 
     def drop(self) -> None:

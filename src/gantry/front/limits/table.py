@@ -234,10 +234,10 @@ class SharedTable:
         """Set the three values of the entry in ``slot``."""
         _VALUES.pack_into(self.map, self.slot_base + slot * SLOT_BYTES + 16, a, b, c)
 
-    def bump(self, counter: int) -> None:
-        """Add one to the zone's counter number ``counter`` (the lock held)."""
+    def bump(self, counter: int, amount: int = 1) -> None:
+        """Add ``amount`` to the zone's counter number ``counter`` (the lock held)."""
         at = _COUNTERS_AT + 8 * counter
-        _COUNTER.pack_into(self.map, at, _COUNTER.unpack_from(self.map, at)[0] + 1)
+        _COUNTER.pack_into(self.map, at, _COUNTER.unpack_from(self.map, at)[0] + amount)
 
     def counter(self, counter: int) -> int:
         """The zone's counter number ``counter`` (read without the lock: a stats value)."""

@@ -118,6 +118,9 @@ def test_a_passing_request_is_a_few_shared_memory_operations(
     finally:
         sys.setprofile(None)
     c_calls.remove("setprofile")  # the call that ended the recording
+    # compiled (mypyc), the handler is itself a C function, and what it calls of its own
+    # compiled code is not seen: the calls checked are then those of the pure run
+    c_calls = [name for name in c_calls if name != "handle"]
     assert conn.limit_status == "PASSED"
     # no key formatting or digest, no address parsing, no walk of the table's chains
     assert set(c_calls) <= ALLOWED_C_CALLS, c_calls

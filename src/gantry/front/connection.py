@@ -154,7 +154,9 @@ class FrontConnection(asyncio.Protocol):
         #: the head being received, and its body
         self.incoming: RequestHead | None = None
         self.body: BodyBuffer | None = None
-        self.queue: deque[tuple[RequestHead, BodyBuffer | None]] = deque()
+        #: requests parsed ahead of the one being answered (made at the first: a deque
+        #: holds 600 bytes even empty, and most connections never pipeline)
+        self.queue: deque[tuple[RequestHead, BodyBuffer | None]] | None = None
         self.busy = False
         self.closed = False
         self.keep_alive = True
@@ -515,8 +517,11 @@ class FrontConnection(asyncio.Protocol):
             return
         if self.busy or self.queue or self.paused:
             # answered in turn; while the client is not reading, none is answered
-            self.queue.append((head, body))
-            if len(self.queue) >= MAX_PIPELINED:
+            queue = self.queue
+            if queue is None:
+                queue = self.queue = deque()
+            queue.append((head, body))
+            if len(queue) >= MAX_PIPELINED:
                 self._hold(_HOLD_QUEUE)
             return
         self.handle(head, body)
@@ -564,8 +569,10 @@ class FrontConnection(asyncio.Protocol):
 
     def _next(self) -> None:
         """Answer the next queued request."""
-        head, body = self.queue.popleft()
-        if len(self.queue) < MAX_PIPELINED:
+        queue = self.queue
+        assert queue is not None  # called only when it holds a request
+        head, body = queue.popleft()
+        if len(queue) < MAX_PIPELINED:
             self._release(_HOLD_QUEUE)
         self.handle(head, body)
 

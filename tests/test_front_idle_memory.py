@@ -1,6 +1,8 @@
 """What an idle keep-alive connection of the front holds (issue 16's bench: 100,000 idle
 connections under 1 GiB): no request queue until a client pipelines (an empty deque is
-600 bytes), the queue still answering pipelined requests in order."""
+600 bytes), and no llhttp parser until a request the plain path cannot take (half a
+kilobyte); the queue still answers pipelined requests in order, and a request that
+needs llhttp after plain ones is parsed as ever."""
 
 from __future__ import annotations
 
@@ -90,6 +92,7 @@ def test_an_idle_connection_holds_no_request_queue(served: Served) -> None:
         for conn in connections:
             assert isinstance(conn, FrontConnection)
             assert not conn.busy and conn.queue is None
+            assert not hasattr(conn.parser, "_parser")  # llhttp's: made when first needed
     finally:
         for client in clients:
             client.close()
@@ -104,5 +107,23 @@ def test_pipelined_requests_are_queued_and_answered_in_order(served: Served) -> 
         assert [status for status, _ in responses(got)] == [200, 404, 200, 404, 200]
         (conn,) = served.worker.connections
         assert isinstance(conn, FrontConnection) and not conn.queue  # emptied in turn
+    finally:
+        client.close()
+
+
+def test_a_request_needing_llhttp_after_plain_ones(served: Served) -> None:
+    client = _client(served.port)
+    try:
+        assert responses(served.exchange(client, REQUEST, 1)) == [(200, b"one\n")]
+        (conn,) = served.worker.connections
+        assert isinstance(conn, FrontConnection)
+        assert not hasattr(conn.parser, "_parser")
+        chunked = (
+            b"GET /one.txt HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n0\r\n\r\n"
+        )
+        got = served.exchange(client, chunked + REQUEST, 2)
+        assert responses(got) == [(200, b"one\n"), (200, b"one\n")]
+        assert hasattr(conn.parser, "_parser")
     finally:
         client.close()

@@ -810,7 +810,11 @@ class BlocklistSettings(_Strict):
         "file counts as empty until it appears.",
     )
     status: Literal[403, 444] = Field(
-        403, description="The answer: 403, or 444 to close the connection without one."
+        403,
+        description="The answer: 403, or 444 to close the connection without one. A client "
+        "listed by its own address (no trusted proxy names another) is refused at accept: "
+        "its first request gets the 403 unparsed and the connection closes (444: closed at "
+        "once).",
     )
     state: str | None = Field(
         None,

@@ -68,8 +68,8 @@ BAN_HIT: Final = 2
 class BlockCounters(Protocol):
     """Counters every worker shares (the ban table's): refused requests by source."""
 
-    def count(self, counter: int) -> None:
-        """Add one to ``counter`` (FILE_HIT or BAN_HIT)."""
+    def count(self, counter: int, amount: int = 1) -> None:
+        """Add ``amount`` to ``counter`` (FILE_HIT or BAN_HIT)."""
 
 
 def read_list(text: str, where: str) -> list[tuple[_Key, str]]:
@@ -342,6 +342,9 @@ class WatchedBlocklist:
         self._hits_reported = 0
         self._hits_writable = True
         self._hits_total = 0
+        #: refusals by a file's line and by a ban not yet added to ``counters``
+        self._unshared_file_hits = 0
+        self._unshared_ban_hits = 0
         self._seen: dict[str, tuple[int, int, int, int] | None] = {}
         self._entries: dict[str, list[tuple[_Key, str]]] = {}
         self._bans: list[Ban] = []
@@ -408,9 +411,26 @@ class WatchedBlocklist:
             return False
         self.hits[entry] = self.hits.get(entry, 0) + 1
         self._hits_total += 1
-        if self.counters is not None:
-            self.counters.count(BAN_HIT if entry in self._ban_entries else FILE_HIT)
+        # counted here, shared by share_counts: a refusal takes no lock of the shared
+        # counters (a flood of refused requests is the case to be cheap in)
+        if entry in self._ban_entries:
+            self._unshared_ban_hits += 1
+        else:
+            self._unshared_file_hits += 1
         return True
+
+    def share_counts(self) -> None:
+        """Add the refusals counted since the last call to the front's shared counters
+        (the worker calls it as it polls the files, and at its end)."""
+        counters = self.counters
+        if counters is None:
+            return
+        if self._unshared_file_hits:
+            counters.count(FILE_HIT, self._unshared_file_hits)
+            self._unshared_file_hits = 0
+        if self._unshared_ban_hits:
+            counters.count(BAN_HIT, self._unshared_ban_hits)
+            self._unshared_ban_hits = 0
 
     def report(self, worker: str) -> None:
         """Write this worker's hit counts for BanStore.hits, when they changed."""

@@ -131,6 +131,9 @@ class FrontConnection(asyncio.Protocol):
     tunnel_active = 0.0
     #: the bytes a closed tunnel carried from the client, for its access-log line (-1: none)
     tunnel_received = -1
+    #: a blocklisted client's connection (refused at accept): the head received so far,
+    #: answered 403 once whole, unparsed (None: not refused so)
+    blocked_head: bytes | None = None
 
     def __init__(
         self,
@@ -159,7 +162,9 @@ class FrontConnection(asyncio.Protocol):
         #: the head being received, and its body
         self.incoming: RequestHead | None = None
         self.body: BodyBuffer | None = None
-        self.queue: deque[tuple[RequestHead, BodyBuffer | None]] = deque()
+        #: requests parsed ahead of the one being answered (made at the first: a deque
+        #: holds 600 bytes even empty, and most connections never pipeline)
+        self.queue: deque[tuple[RequestHead, BodyBuffer | None]] | None = None
         self.busy = False
         self.closed = False
         self.keep_alive = True
@@ -225,6 +230,21 @@ class FrontConnection(asyncio.Protocol):
         # nginx gives a new connection client_header_timeout for its first request
         self.deadline = self.worker.loop.time() + self.worker.header_timeout
         self.deadline_kind = _HEAD
+        if self.proxy_buffer is None and not self.peer_trusted:
+            self._refuse_if_blocked()
+
+    def _refuse_if_blocked(self) -> None:
+        """A client whose address is the same for every request of the connection (no
+        trusted proxy names another) is checked against the blocklist once, before any
+        request: a listed one gets 403 to its first request, unparsed, and the connection
+        closes (444: it closes now)."""
+        blocklist = self.worker.blocklist
+        if blocklist is None or not blocklist.set or not blocklist.refused(self.remote_addr):
+            return
+        if blocklist.status == 444:
+            self.drop()
+        else:
+            self.blocked_head = b""
 
     def _admit(self) -> bool:
         """max_connections_per_address: count this connection against its address, or
@@ -265,6 +285,9 @@ class FrontConnection(asyncio.Protocol):
             data = self._proxy_header(data)
             if not data:
                 return
+        if self.blocked_head is not None:
+            self._answer_blocked(data)
+            return
         kind = self.deadline_kind
         worker = self.worker
         if kind == _IDLE:
@@ -283,6 +306,20 @@ class FrontConnection(asyncio.Protocol):
             self.parser.feed(data)
         except ProtocolError as exc:
             self._refuse(exc.status)
+
+    def _answer_blocked(self, data: bytes) -> None:
+        """A blocklisted client's first request: 403 once its head is in (what comes with
+        it or after is not read), then the connection closes."""
+        received = self.blocked_head + data if self.blocked_head else data
+        if b"\r\n\r\n" not in received and len(received) < self.worker.limits.max_head_size:
+            self.blocked_head = received  # bounded: answered past max_head_size anyway
+            return
+        self.blocked_head = None
+        self._hold(_HOLD_DONE)
+        self._own_answer()
+        self.keep_alive = False
+        head, body = self.worker.blocked_response
+        self.respond_prepared(403, head, b"" if received.startswith(b"HEAD ") else body)
 
     def _min_rate(self, size: int, rate: int, timeout: float, between_reads: bool) -> None:
         """A head or body under a minimum rate: after the grace, it must have come at
@@ -336,6 +373,10 @@ class FrontConnection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
             return b""
+        if not self.peer_trusted:
+            self._refuse_if_blocked()
+            if self.holds & _HOLD_DONE:
+                return b""  # 444: closed
         return data[header.length :]
 
     def drop(self) -> None:
@@ -466,8 +507,11 @@ class FrontConnection(asyncio.Protocol):
             return
         if self.busy or self.queue or self.paused:
             # answered in turn; while the client is not reading, none is answered
-            self.queue.append((head, body))
-            if len(self.queue) >= MAX_PIPELINED:
+            queue = self.queue
+            if queue is None:
+                queue = self.queue = deque()
+            queue.append((head, body))
+            if len(queue) >= MAX_PIPELINED:
                 self._hold(_HOLD_QUEUE)
             return
         self.handle(head, body)
@@ -515,8 +559,10 @@ class FrontConnection(asyncio.Protocol):
 
     def _next(self) -> None:
         """Answer the next queued request."""
-        head, body = self.queue.popleft()
-        if len(self.queue) < MAX_PIPELINED:
+        queue = self.queue
+        assert queue is not None  # called only when it holds a request
+        head, body = queue.popleft()
+        if len(queue) < MAX_PIPELINED:
             self._release(_HOLD_QUEUE)
         self.handle(head, body)
 

@@ -191,6 +191,12 @@ class Handler:
         (as nginx registers a module's handler only where it is configured)."""
         return True
 
+    def for_route(self, server: VirtualServer, location: Location | None) -> Handler:
+        """The handler a route's chain runs for requests routed to ``location`` of
+        ``server`` (where it applies): this one, or one made for that route that holds
+        what it needs worked out in advance (asked once per route, as ``applies``)."""
+        return self
+
     def handle(self, exchange: Exchange, body: BodyBuffer | BodyStream | None) -> bool:
         """Answer the request (True), or leave it to the next handler (False). ``body`` is
         the request body: buffered, still arriving, or none."""

@@ -152,8 +152,12 @@ class FrontWorker:
         self.blocklist = (
             WatchedBlocklist(blocklist, counters) if blocklist.files or blocklist.state else None
         )
+        #: the blocklist's 403 (status line and fields, CRLF-ended; body), made once
+        self.blocked_response = (b"", b"")
         if self.blocklist is not None:
-            first.append(BlocklistHandler(self.blocklist, self.error_pages.page(403)))
+            refusal = BlocklistHandler(self.blocklist, self.error_pages.page(403))
+            self.blocked_response = (refusal.head, refusal.body)
+            first.append(refusal)
         self._blocklist_poll: asyncio.TimerHandle | None = None
         # Slow and greedy clients.
         self.header_min_rate = config.client_header_min_rate
@@ -232,7 +236,9 @@ class FrontWorker:
         key = (id(server), id(location))
         chain = self._chains.get(key)
         if chain is None:
-            chain = tuple(h for h in self.handlers if h.applies(server, location))
+            chain = tuple(
+                h.for_route(server, location) for h in self.handlers if h.applies(server, location)
+            )
             self._chains[key] = chain  # bounded: one per location of the configuration
         return chain
 
@@ -282,6 +288,7 @@ class FrontWorker:
             blocklist.poll()
         except Exception:  # a bad file must not stop the watching
             log.exception("blocklist: reloading failed")
+        blocklist.share_counts()
         self._blocklist_poll = self.loop.call_later(POLL_EVERY, self._poll_blocklist)
 
     def start_health_checks(self) -> None:
@@ -326,6 +333,8 @@ class FrontWorker:
             self._sweep.cancel()
         if self._blocklist_poll is not None:
             self._blocklist_poll.cancel()
+        if self.blocklist is not None:
+            self.blocklist.share_counts()
         for task in list(self.tasks):
             task.cancel()
         if self.redis is not None:

@@ -208,13 +208,16 @@ class RequestParser:
         "_cut_received",
         "_simple_limit",
     )
-    # close() deletes the llhttp parser; mypyc needs to be told an attribute may go
+    # the llhttp parser is made at the first request the plain path cannot take, and
+    # close() deletes it; mypyc needs to be told an attribute may be missing
     __deletable__ = ("_parser",)
+    _parser: httptools.HttpRequestParser
 
     def __init__(self, sink: RequestSink, limits: HTTPLimits | None = None) -> None:
         self._sink = sink
         self._limits = limits or HTTPLimits()
-        self._parser = self._new_llhttp()
+        # no llhttp parser yet (see _llhttp): half a kilobyte per connection, which a
+        # keep-alive client sending plain requests (_simple) never needs
         self._head = RequestHead()
         self._url = b""
         self._in_head = True
@@ -262,6 +265,16 @@ class RequestParser:
             limits.max_field_size,
             limits.max_head_size - limits.max_fields,
         )
+
+    def _llhttp(self) -> httptools.HttpRequestParser:
+        """The llhttp parser, made at its first use (always at a message boundary: the
+        plain path takes only whole requests, so a new parser starts where an older one
+        would stand)."""
+        try:
+            return self._parser
+        except AttributeError:
+            self._parser = self._new_llhttp()
+            return self._parser
 
     def _new_llhttp(self) -> httptools.HttpRequestParser:
         parser = httptools.HttpRequestParser(self)
@@ -321,7 +334,7 @@ class RequestParser:
             self._start_chunk = data if at_message_start else None
             completed = self._completed
             try:
-                self._parser.feed_data(data)
+                self._llhttp().feed_data(data)
             except httptools.HttpParserInvalidMethodError:
                 self._dead = True
                 if start is None or self._completed != completed:

@@ -101,13 +101,13 @@ class BanTable:
         finally:
             table.unlock()
 
-    def count(self, counter: int) -> None:
-        """Add one to ``counter``: BANNED (by this table), FILE_HIT or BAN_HIT (the
+    def count(self, counter: int, amount: int = 1) -> None:
+        """Add ``amount`` to ``counter``: BANNED (by this table), FILE_HIT or BAN_HIT (the
         blocklist refused a line of its files, or a ban of the bans file)."""
         table = self.table
         table.lock()
         try:
-            table.bump(counter)
+            table.bump(counter, amount)
         finally:
             table.unlock()
 

@@ -21,7 +21,7 @@ from gantry.front.limits.zones import (
 )
 from gantry.http.body import BodyBuffer
 
-__all__ = ["LimitEvents", "LimitHandler"]
+__all__ = ["LimitEvents", "LimitHandler", "RouteLimits"]
 
 log: Final = logging.getLogger("gantry.front")
 
@@ -68,7 +68,8 @@ def limits_of(
 
 
 class LimitHandler(Handler):
-    """Refuses (503, or the limit's status), delays, or lets a request through."""
+    """Refuses (503, or the limit's status), delays, or lets a request through. Each route
+    with limits runs a :class:`RouteLimits` of its own (see ``for_route``)."""
 
     def __init__(
         self,
@@ -79,7 +80,7 @@ class LimitHandler(Handler):
     ) -> None:
         self.zones = zones
         self.loop = loop
-        #: the handlers after this one on the exchange's route (run after a delay)
+        #: the handlers after a route's limits on the exchange's route (run after a delay)
         self.rest_of_chain = rest_of_chain
         self.events = events
         #: counters shared with other fronts (Redis), when configured
@@ -91,56 +92,64 @@ class LimitHandler(Handler):
         reqs, conns = limits_of(server, location)
         return bool(reqs or conns)
 
+    def for_route(self, server: VirtualServer, location: Location | None) -> Handler:
+        reqs, conns = limits_of(server, location)
+        names = server.server_names
+        return RouteLimits(self, reqs, conns, names[0] if names else "")
+
     def handle(self, exchange: Exchange, body: BodyBuffer | BodyStream | None) -> bool:
-        reqs, conns = limits_of(exchange.server, exchange.location)
+        # a chain runs the route's own handler (for_route); this serves any other caller
+        return self.for_route(exchange.server, exchange.location).handle(exchange, body)
+
+    def run(
+        self, route: RouteLimits, exchange: Exchange, body: BodyBuffer | BodyStream | None
+    ) -> bool:
+        """The limits of ``route`` in general: several limit_req, shared counters, a
+        request to refuse or delay; then limit_conn."""
+        reqs = route.reqs
         if reqs:
             shared = self.shared
             if shared is not None:
                 if shared.up:
-                    return self._ask_shared(shared, exchange, body, reqs, conns)
+                    return self._ask_shared(shared, route, exchange, body)
                 if shared.fail_closed:
                     exchange.error(503)
                     return True
-            delay = self._limit_req(exchange, reqs)
+            delay = self._limit_req(exchange, route)
             if delay < 0:
                 return True  # refused
             if delay > 0:
-                self.loop.call_later(delay / 1000, self._go_on, exchange, body)
+                self.loop.call_later(delay / 1000, self._go_on, route, exchange, body)
                 return True
-        if conns and self._limit_conn(exchange, conns):
-            return True
-        return False
+        conns = route.conns
+        return bool(conns) and self.limit_conn(exchange, route)
 
     def _ask_shared(
         self,
         shared: SharedCounters,
+        route: RouteLimits,
         exchange: Exchange,
         body: BodyBuffer | BodyStream | None,
-        reqs: tuple[LimitReq, ...],
-        conns: tuple[LimitConn, ...],
     ) -> bool:
         """The limit_req check of a request through the shared counters (one round trip,
         then the request goes on from _shared_answer)."""
-        names = exchange.server.server_names
-        server_name = names[0] if names else ""
         keyed: list[tuple[LimitReq, LimitReqState]] = []
         keys: list[bytes] = []
         limits: list[tuple[int, int]] = []
-        for limit in reqs:
-            state = self.zones.req[limit.zone]
-            key = state.key.digest_of(exchange.head, exchange.remote_addr, server_name)
+        for limit, state in route.limited:
+            key = state.key.digest_of(exchange.head, exchange.remote_addr, route.server_name)
             if key:
                 keyed.append((limit, state))
                 # the zone's name too: two zones with the same key count apart
                 keys.append(limit.zone.encode() + b":" + key)
                 limits.append((1_000_000_000 // state.rate, limit.burst))
         if not keyed:
-            return bool(conns) and self._limit_conn(exchange, conns)
+            return bool(route.conns) and self.limit_conn(exchange, route)
         task = self.loop.create_task(shared.check(keys, limits))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         task.add_done_callback(
-            lambda done: self._shared_answer(done, shared, exchange, body, reqs, keyed)
+            lambda done: self._shared_answer(done, shared, route, exchange, body, keyed)
         )
         return True
 
@@ -148,9 +157,9 @@ class LimitHandler(Handler):
         self,
         done: asyncio.Task[list[int]],
         shared: SharedCounters,
+        route: RouteLimits,
         exchange: Exchange,
         body: BodyBuffer | BodyStream | None,
-        reqs: tuple[LimitReq, ...],
         keyed: list[tuple[LimitReq, LimitReqState]],
     ) -> None:
         if done.cancelled() or exchange.closed:
@@ -161,7 +170,7 @@ class LimitHandler(Handler):
             if shared.fail_closed:
                 exchange.error(503)
                 return
-            delay = self._limit_req(exchange, reqs)  # this host's own count meanwhile
+            delay = self._limit_req(exchange, route)  # this host's own count meanwhile
         else:
             answer = done.result()
             if answer[0] == 0:
@@ -182,49 +191,33 @@ class LimitHandler(Handler):
         if delay < 0:
             return
         if delay > 0:
-            self.loop.call_later(delay / 1000, self._go_on, exchange, body)
+            self.loop.call_later(delay / 1000, self._go_on, route, exchange, body)
             return
-        self._go_on(exchange, body)
+        self._go_on(route, exchange, body)
 
-    def _go_on(self, exchange: Exchange, body: BodyBuffer | BodyStream | None) -> None:
+    def _go_on(
+        self, route: RouteLimits, exchange: Exchange, body: BodyBuffer | BodyStream | None
+    ) -> None:
         """A delayed request's turn: limit_conn, then the rest of the chain."""
         if exchange.closed:
             return
-        reqs, conns = limits_of(exchange.server, exchange.location)
-        if conns and self._limit_conn(exchange, conns):
+        if route.conns and self.limit_conn(exchange, route):
             return
-        for handler in self.rest_of_chain(self, exchange):
+        for handler in self.rest_of_chain(route, exchange):
             if handler.handle(exchange, body):
                 return
         exchange.error(404)
 
-    def _limit_req(self, exchange: Exchange, limits: tuple[LimitReq, ...]) -> int:
+    def _limit_req(self, exchange: Exchange, route: RouteLimits) -> int:
         """nginx's limit_req handler: -1 refused (answered), else the delay in ms."""
-        zones = self.zones.req
-        names = exchange.server.server_names
-        server_name = names[0] if names else ""
         now = now_ms()
-        if len(limits) == 1:  # the usual case, without the bookkeeping of several
-            limit = limits[0]
-            state = zones[limit.zone]
-            key = state.key.digest_of(exchange.head, exchange.remote_addr, server_name)
-            if not key:
-                return 0
-            rc, excess = state.lookup(key, limit.burst * 1000, now, True)
-            if rc == BUSY:
-                return self._refuse(exchange, limit, state, excess)
-            delay = _delay_of(limit, excess, state.rate)
-            if delay <= 0:
-                exchange.limit_status = "PASSED"
-                return 0
-            return self._delay(exchange, limit, state, delay)
+        head, remote_addr, server_name = exchange.head, exchange.remote_addr, route.server_name
         rc = -1  # nginx's NGX_DECLINED: no limit had a key
         excess = 0
         checked: list[tuple[LimitReq, LimitReqState, bytes]] = []
-        last = len(limits) - 1
-        for n, limit in enumerate(limits):
-            state = zones[limit.zone]
-            key = state.key.digest_of(exchange.head, exchange.remote_addr, server_name)
+        last = len(route.limited) - 1
+        for n, (limit, state) in enumerate(route.limited):
+            key = state.key.digest_of(head, remote_addr, server_name)
             if not key:
                 continue
             rc, excess = state.lookup(key, limit.burst * 1000, now, n == last)
@@ -251,6 +244,28 @@ class LimitHandler(Handler):
             return 0
         return self._delay(exchange, chosen, chosen_state, delay)
 
+    def refuse_or_delay(
+        self,
+        route: RouteLimits,
+        exchange: Exchange,
+        body: BodyBuffer | BodyStream | None,
+        excess: int,
+    ) -> bool:
+        """A route's only limit_req counted ``excess`` (thousandths) past what it lets
+        through at once: the request is refused, or delayed, or (a dry run) goes on."""
+        limit, state = route.limited[0]
+        if excess > route.burst:
+            delay = self._refuse(exchange, limit, state, excess)
+        else:
+            wait = (excess - _allowed(limit)) * 1000 // state.rate
+            delay = self._delay(exchange, limit, state, wait)
+        if delay < 0:
+            return True
+        if delay > 0:
+            self.loop.call_later(delay / 1000, self._go_on, route, exchange, body)
+            return True
+        return bool(route.conns) and self.limit_conn(exchange, route)
+
     def _refuse(
         self, exchange: Exchange, limit: LimitReq, state: LimitReqState, excess: int
     ) -> int:
@@ -274,14 +289,13 @@ class LimitHandler(Handler):
         state.delayed()
         return delay
 
-    def _limit_conn(self, exchange: Exchange, limits: tuple[LimitConn, ...]) -> bool:
-        """nginx's limit_conn handler: True when refused (answered)."""
+    def limit_conn(self, exchange: Exchange, route: RouteLimits) -> bool:
+        """nginx's limit_conn handler for ``route``'s limits: True when refused (answered)."""
         zones = self.zones.conn
-        server_name = exchange.server.server_names[0] if exchange.server.server_names else ""
         held: list[tuple[LimitConnState, bytes]] = []
-        for limit in limits:
+        for limit in route.conns:
             state = zones[limit.zone]
-            key = state.key.digest_of(exchange.head, exchange.remote_addr, server_name)
+            key = state.key.digest_of(exchange.head, exchange.remote_addr, route.server_name)
             if not key:
                 continue
             if state.acquire(key, limit.limit):
@@ -301,9 +315,55 @@ class LimitHandler(Handler):
         return False
 
 
+class RouteLimits(Handler):
+    """The limits of one route (a location, or a server where no location matched), with
+    what they need worked out once: each limit_req with its zone, the server name keys
+    may use, and for the usual route (one limit_req, counted on this host) its burst
+    and the excess it lets through at once, in nginx's thousandths. That route's
+    passing requests take the short path of ``handle``: the key (remembered per
+    address), one locked read and write of the zone's entry, no allocation."""
+
+    def __init__(
+        self,
+        limits: LimitHandler,
+        reqs: tuple[LimitReq, ...],
+        conns: tuple[LimitConn, ...],
+        server_name: str,
+    ) -> None:
+        self.limits = limits
+        self.reqs = reqs
+        self.conns = conns
+        self.server_name = server_name
+        #: (limit, its zone) for each limit_req, in order
+        self.limited = tuple((limit, limits.zones.req[limit.zone]) for limit in reqs)
+        #: the zone of the route's only limit_req (None: none, or several)
+        self.one: LimitReqState | None = self.limited[0][1] if len(reqs) == 1 else None
+        self.burst = reqs[0].burst * 1000 if reqs else 0
+        #: the excess up to which a request passes at once, neither refused nor delayed
+        self.passing = min(self.burst, _allowed(reqs[0])) if reqs else 0
+
+    def handle(self, exchange: Exchange, body: BodyBuffer | BodyStream | None) -> bool:
+        state = self.one
+        if state is None or self.limits.shared is not None:
+            return self.limits.run(self, exchange, body)
+        keyed = state.key.keyed(exchange.head, exchange.remote_addr, self.server_name)
+        if keyed.digest:  # (an empty key is not limited)
+            excess = state.check(keyed, self.burst, now_ms())
+            if excess > self.passing:
+                return self.limits.refuse_or_delay(self, exchange, body, excess)
+            exchange.limit_status = "PASSED"
+        conns = self.conns
+        return bool(conns) and self.limits.limit_conn(exchange, self)
+
+
+def _allowed(limit: LimitReq) -> int:
+    """The excess (thousandths) up to which ``limit`` lets a request through at once."""
+    return _NO_DELAY if limit.nodelay else limit.delay * 1000
+
+
 def _delay_of(limit: LimitReq, excess: int, rate: int) -> int:
     """Milliseconds a request with ``excess`` waits under ``limit`` (0: none)."""
-    allowed = _NO_DELAY if limit.nodelay else limit.delay * 1000
+    allowed = _allowed(limit)
     if excess <= allowed:
         return 0
     return (excess - allowed) * 1000 // rate

@@ -27,7 +27,7 @@ from typing import Final
 
 from gantry.process.runtime import process_alive
 
-__all__ = ["SLOT_BYTES", "VALUES", "SharedTable", "digest"]
+__all__ = ["ENTRY", "NO_SLOT", "SLOT_BYTES", "VALUES", "SharedTable", "digest"]
 
 #: bytes of one entry: key digest, three values, LRU links, chain link
 SLOT_BYTES: Final = 64
@@ -35,6 +35,9 @@ _SLOT: Final = struct.Struct("=16sqqqiii4x")
 _VALUES: Final = struct.Struct("=qqq")
 #: the three values of an entry, at ``SharedTable.offset(slot)``
 VALUES: Final = _VALUES
+#: an entry's key, its three values and its LRU link to the more recent entry (NO_SLOT:
+#: it is the most recent), at ``slot_base + slot * SLOT_BYTES``: all a check of a known slot reads
+ENTRY: Final = struct.Struct("=16sqqqi")
 _LINKS: Final = struct.Struct("=ii")
 _INT: Final = struct.Struct("=i")
 # an entry's key and its chain link, read together (one call per entry of a chain)
@@ -49,6 +52,8 @@ COUNTERS: Final = 4
 _COUNTER: Final = struct.Struct("=q")
 _HEADER_BYTES: Final = _COUNTERS_AT + 8 * COUNTERS
 _NONE: Final = -1
+#: no slot (an empty chain or link; a key not found)
+NO_SLOT: Final = _NONE
 #: seconds a worker waits for the lock before it checks that the holder is alive
 LOCK_PATIENCE: Final = 0.5
 #: seconds after which the lock is taken over from a holder still alive
@@ -70,8 +75,9 @@ class SharedTable:
         self.slots = max(1, slots)
         # buckets: as many as slots (short chains); each the first slot of its chain
         self.buckets = self.slots
-        self._slot_base = _HEADER_BYTES + 4 * self.buckets
-        size = self._slot_base + SLOT_BYTES * self.slots
+        #: where slot 0 is in ``map`` (slot n: ``slot_base + n * SLOT_BYTES``)
+        self.slot_base = _HEADER_BYTES + 4 * self.buckets
+        size = self.slot_base + SLOT_BYTES * self.slots
         self.map = mmap.mmap(-1, size)  # MAP_SHARED | MAP_ANONYMOUS: kept across fork
         self._sem = multiprocessing.get_context("fork").Lock()
         self._acquire = self._sem.acquire
@@ -90,7 +96,7 @@ class SharedTable:
         # every slot on the free list (chained through its chain link)
         for slot in range(self.slots):
             nxt = slot + 1 if slot + 1 < self.slots else _NONE
-            _SLOT.pack_into(m, self._slot_base + slot * SLOT_BYTES, b"", 0, 0, 0, _NONE, _NONE, nxt)
+            _SLOT.pack_into(m, self.slot_base + slot * SLOT_BYTES, b"", 0, 0, 0, _NONE, _NONE, nxt)
         _HEADER.pack_into(m, 0, _NONE, _NONE, 0, 0)
 
     def close(self) -> None:
@@ -101,6 +107,23 @@ class SharedTable:
 
     def lock(self) -> None:
         """Take the zone's lock (waits for another worker holding it)."""
+        # without a timeout first: a free lock is then taken without computing a deadline
+        # (a third of the cost of a lock and unlock)
+        if not self._acquire(False):
+            self.wait_for_lock()
+            return
+        _INT.pack_into(self.map, _HOLDER_AT, _pid[0])
+
+    def try_lock(self) -> bool:
+        """Take the zone's lock if it is free, at once (False: call ``wait_for_lock``)."""
+        if self._acquire(False):
+            _INT.pack_into(self.map, _HOLDER_AT, _pid[0])
+            return True
+        return False
+
+    def wait_for_lock(self) -> None:
+        """Take the zone's lock, which another worker holds: wait, or take it over from
+        a holder that died or stopped."""
         if not self._acquire(True, LOCK_PATIENCE):
             self._wait_for_lock()
         _INT.pack_into(self.map, _HOLDER_AT, _pid[0])
@@ -131,7 +154,7 @@ class SharedTable:
     def find(self, key: bytes) -> int:
         """The slot of ``key`` (a digest), or -1; a found entry becomes the most recent."""
         m = self.map
-        base = self._slot_base
+        base = self.slot_base
         bucket = int.from_bytes(key[:8], "little") % self.buckets  # hash_of, inline
         slot: int = _INT.unpack_from(m, _HEADER_BYTES + 4 * bucket)[0]
         steps = self.slots  # a chain is never longer (bounds a walk of a damaged one)
@@ -153,7 +176,7 @@ class SharedTable:
             self.remove(tail)
             head, tail, free, used = _HEADER.unpack_from(m, 0)
         slot: int = free
-        at = self._slot_base + slot * SLOT_BYTES
+        at = self.slot_base + slot * SLOT_BYTES
         free = _INT.unpack_from(m, at + 48)[0]
         bucket_at = _HEADER_BYTES + 4 * (hash_of(key) % self.buckets)
         first = _INT.unpack_from(m, bucket_at)[0]
@@ -161,7 +184,7 @@ class SharedTable:
         _SLOT.pack_into(m, at, key, a, b, c, _NONE, head, first)
         _INT.pack_into(m, bucket_at, slot)
         if head != _NONE:
-            _INT.pack_into(m, self._slot_base + head * SLOT_BYTES + 40, slot)
+            _INT.pack_into(m, self.slot_base + head * SLOT_BYTES + 40, slot)
         else:
             tail = slot
         _HEADER.pack_into(m, 0, slot, tail, free, used + 1)
@@ -170,7 +193,7 @@ class SharedTable:
     def remove(self, slot: int) -> None:
         """Drop the entry in ``slot``."""
         m = self.map
-        base = self._slot_base
+        base = self.slot_base
         at = base + slot * SLOT_BYTES
         key = m[at : at + 16]
         # out of its chain
@@ -192,25 +215,29 @@ class SharedTable:
         _SLOT.pack_into(m, at, b"", 0, 0, 0, _NONE, _NONE, free)
         _HEADER.pack_into(m, 0, head, tail, slot, used - 1)
 
+    def touch(self, slot: int) -> None:
+        """Make the entry in ``slot`` the most recent (as ``find`` does)."""
+        self._touch(slot)
+
     def offset(self, slot: int) -> int:
         """Where the values of the entry in ``slot`` are in ``map`` (three int64)."""
-        return self._slot_base + slot * SLOT_BYTES + 16
+        return self.slot_base + slot * SLOT_BYTES + 16
 
     def values(self, slot: int) -> tuple[int, int, int]:
         """The three values of the entry in ``slot``."""
         result: tuple[int, int, int] = _VALUES.unpack_from(
-            self.map, self._slot_base + slot * SLOT_BYTES + 16
+            self.map, self.slot_base + slot * SLOT_BYTES + 16
         )
         return result
 
     def store(self, slot: int, a: int, b: int, c: int) -> None:
         """Set the three values of the entry in ``slot``."""
-        _VALUES.pack_into(self.map, self._slot_base + slot * SLOT_BYTES + 16, a, b, c)
+        _VALUES.pack_into(self.map, self.slot_base + slot * SLOT_BYTES + 16, a, b, c)
 
-    def bump(self, counter: int) -> None:
-        """Add one to the zone's counter number ``counter`` (the lock held)."""
+    def bump(self, counter: int, amount: int = 1) -> None:
+        """Add ``amount`` to the zone's counter number ``counter`` (the lock held)."""
         at = _COUNTERS_AT + 8 * counter
-        _COUNTER.pack_into(self.map, at, _COUNTER.unpack_from(self.map, at)[0] + 1)
+        _COUNTER.pack_into(self.map, at, _COUNTER.unpack_from(self.map, at)[0] + amount)
 
     def counter(self, counter: int) -> int:
         """The zone's counter number ``counter`` (read without the lock: a stats value)."""
@@ -228,7 +255,7 @@ class SharedTable:
         out = []
         slot = _HEADER.unpack_from(m, 0)[0]
         while slot != _NONE:
-            at = self._slot_base + slot * SLOT_BYTES
+            at = self.slot_base + slot * SLOT_BYTES
             out.append(bytes(m[at : at + 16]))
             slot = _LINKS.unpack_from(m, at + 40)[1]
         return out
@@ -242,17 +269,17 @@ class SharedTable:
             return  # already the most recent: the common case of a busy key
         self._unlink(slot)
         head, tail, free, used = _HEADER.unpack_from(m, 0)
-        at = self._slot_base + slot * SLOT_BYTES
+        at = self.slot_base + slot * SLOT_BYTES
         _LINKS.pack_into(m, at + 40, _NONE, head)
         if head != _NONE:
-            _INT.pack_into(m, self._slot_base + head * SLOT_BYTES + 40, slot)
+            _INT.pack_into(m, self.slot_base + head * SLOT_BYTES + 40, slot)
         else:
             tail = slot
         _HEADER.pack_into(m, 0, slot, tail, free, used)
 
     def _unlink(self, slot: int) -> None:
         m = self.map
-        base = self._slot_base
+        base = self.slot_base
         prev, nxt = _LINKS.unpack_from(m, base + slot * SLOT_BYTES + 40)
         head, tail, free, used = _HEADER.unpack_from(m, 0)
         if prev != _NONE:

@@ -15,10 +15,18 @@ from typing import Final
 
 from gantry.config.front_model import LimitConnZone, LimitReqZone
 from gantry.front.balancing import hash_key
-from gantry.front.limits.table import VALUES, SharedTable, digest
+from gantry.front.limits.table import ENTRY, NO_SLOT, SLOT_BYTES, VALUES, SharedTable, digest
 from gantry.protocol.http1 import RequestHead
 
-__all__ = ["LimitConnState", "LimitReqState", "LimitZones", "ZoneKey", "limit_key", "now_ms"]
+__all__ = [
+    "Keyed",
+    "LimitConnState",
+    "LimitReqState",
+    "LimitZones",
+    "ZoneKey",
+    "limit_key",
+    "now_ms",
+]
 
 _VARIABLE: Final = re.compile(r"\$(\{[a-z0-9_]+\}|[a-z0-9_]+)")
 # lookup outcomes, as nginx's
@@ -47,48 +55,93 @@ def binary_address(remote_addr: str) -> str:
 
 def limit_key(template: str, head: RequestHead, remote_addr: str, server_name: str) -> bytes:
     """The key of a request in a zone: ``template``'s nginx variables replaced."""
-    if template == "$binary_remote_addr":  # the usual key: no substitution
-        return binary_address(remote_addr).encode("latin-1")
-    if template == "$remote_addr":
-        return remote_addr.encode("latin-1")
+    return _evaluate(_recipe(template), head, remote_addr, server_name)
 
-    def value(match: re.Match[str]) -> str:
-        name = match.group(1).strip("{}")
-        if name == "binary_remote_addr":
-            return binary_address(remote_addr)
-        if name == "server_name":
-            return server_name
-        return hash_key("$" + name, head, remote_addr)
 
-    return _VARIABLE.sub(value, template).encode("latin-1", "replace")
+#: a key template split once: each part literal text (False, text) or a variable
+#: (True, its name without "$")
+_Recipe = tuple[tuple[bool, str], ...]
+
+
+def _recipe(template: str) -> _Recipe:
+    """``template`` as its literal parts and its variables, in order."""
+    parts: list[tuple[bool, str]] = []
+    at = 0
+    for match in _VARIABLE.finditer(template):
+        if match.start() > at:
+            parts.append((False, template[at : match.start()]))
+        parts.append((True, match.group(1).strip("{}")))
+        at = match.end()
+    if at < len(template):
+        parts.append((False, template[at:]))
+    return tuple(parts)
+
+
+def _evaluate(recipe: _Recipe, head: RequestHead, remote_addr: str, server_name: str) -> bytes:
+    """A request's key by ``recipe`` (see _recipe)."""
+    out: list[str] = []
+    for variable, text in recipe:
+        if not variable:
+            out.append(text)
+        elif text == "binary_remote_addr":
+            out.append(binary_address(remote_addr))
+        elif text == "remote_addr":
+            out.append(remote_addr)
+        elif text == "server_name":
+            out.append(server_name)
+        else:
+            out.append(hash_key("$" + text, head, remote_addr))
+    return "".join(out).encode("latin-1", "replace")
 
 
 #: addresses whose key digest a zone remembers (cleared when full)
 ADDRESS_CACHE: Final = 4096
 
 
+class Keyed:
+    """A request's key in a zone: its digest (b"": an empty key, not limited), and the
+    slot its entry was in last time (a hint, checked against the digest before use: the
+    entry may have gone since)."""
+
+    __slots__ = ("digest", "slot")
+
+    def __init__(self, digest: bytes) -> None:
+        self.digest = digest
+        self.slot = NO_SLOT
+
+
 class ZoneKey:
-    """A zone's key template, evaluated and digested per request; a key that is the
-    client's address alone is digested once per address (a per-worker memo)."""
+    """A zone's key template, split once into its parts and evaluated per request; a key
+    that is the client's address alone is evaluated and digested once per address (a
+    per-worker memo, which also keeps the slot hint of the address's entry)."""
 
     def __init__(self, template: str) -> None:
         self.template = template
+        self.recipe = _recipe(template)
         self.by_address = template in ("$binary_remote_addr", "$remote_addr")
-        self._memo: dict[str, bytes] = {}
+        self._memo: dict[str, Keyed] = {}
+
+    def keyed(self, head: RequestHead, remote_addr: str, server_name: str) -> Keyed:
+        """A request's key (its digest empty for an empty key)."""
+        if self.by_address:
+            memo = self._memo
+            keyed = memo.get(remote_addr)
+            if keyed is not None:
+                return keyed
+            keyed = self._evaluate(head, remote_addr, server_name)
+            if len(memo) >= ADDRESS_CACHE:
+                memo.clear()
+            memo[remote_addr] = keyed
+            return keyed
+        return self._evaluate(head, remote_addr, server_name)
+
+    def _evaluate(self, head: RequestHead, remote_addr: str, server_name: str) -> Keyed:
+        key = _evaluate(self.recipe, head, remote_addr, server_name)
+        return Keyed(digest(key) if key else b"")
 
     def digest_of(self, head: RequestHead, remote_addr: str, server_name: str) -> bytes:
         """The digest of a request's key; b"" for an empty key (not limited)."""
-        if self.by_address:
-            hashed = self._memo.get(remote_addr)
-            if hashed is not None:
-                return hashed
-        key = limit_key(self.template, head, remote_addr, server_name)
-        hashed = digest(key) if key else b""
-        if self.by_address:
-            if len(self._memo) >= ADDRESS_CACHE:
-                self._memo.clear()
-            self._memo[remote_addr] = hashed
-        return hashed
+        return self.keyed(head, remote_addr, server_name).digest
 
 
 class LimitReqState:
@@ -101,6 +154,49 @@ class LimitReqState:
         #: thousandths of a request per second, as nginx keeps it
         self.rate = max(1, int(zone.rate * 1000))
         self.table = table
+
+    def check(self, keyed: Keyed, burst: int, now: int) -> int:
+        """A request's only limit_req (nginx's lookup and account at once): the excess
+        with it counted, or, over ``burst`` (thousandths), the excess it would have made,
+        refused and not counted. This is every limited request's path: the entry is read
+        in one call from the slot it was in last time when it is still there."""
+        table = self.table
+        excess: int
+        last: int
+        if not table.try_lock():
+            table.wait_for_lock()
+        try:
+            m = table.map
+            slot = keyed.slot
+            if slot != NO_SLOT:
+                at = table.slot_base + slot * SLOT_BYTES
+                found, excess, last, _, newer = ENTRY.unpack_from(m, at)
+                if found != keyed.digest:
+                    slot = NO_SLOT  # the entry went (a full zone): look it up
+                elif newer != NO_SLOT:
+                    table.touch(slot)  # not the most recent yet
+            if slot == NO_SLOT:
+                slot = table.find(keyed.digest)
+                if slot == NO_SLOT:
+                    keyed.slot = table.insert(keyed.digest, 0, now, 0)
+                    return 0
+                keyed.slot = slot
+                at = table.slot_base + slot * SLOT_BYTES
+                excess, last, _ = VALUES.unpack_from(m, at + 16)
+            ms = now - last
+            if ms < 0:
+                ms = 1 if ms < -60000 else 0  # the clock went back (a lot: as 1 ms)
+            # nginx adds this request before clamping: a key idle for 1/rate is at zero
+            excess = excess - self.rate * ms // 1000 + 1000
+            if excess < 0:
+                excess = 0
+            if excess > burst:
+                table.bump(REJECTED)
+                return excess
+            VALUES.pack_into(m, at + 16, excess, now if ms else last, 0)
+            return excess
+        finally:
+            table.unlock()
 
     def lookup(self, hashed: bytes, burst: int, now: int, account: bool) -> tuple[int, int]:
         """nginx's ngx_http_limit_req_lookup for the key digest ``hashed``: (OK, AGAIN or

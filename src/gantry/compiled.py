@@ -37,6 +37,7 @@ MODULES = (
     "gantry.protocol.fastcgi",
     "gantry.front.connection",
     "gantry.front.exchange",
+    "gantry.front.answering",
     "gantry.front.handlers",
     "gantry.front.files",
     "gantry.front.responses",

@@ -1,129 +1,113 @@
-"""What an idle keep-alive connection of the front holds (issue 16's bench: 100,000 idle
-connections under 1 GiB): no request queue until a client pipelines (an empty deque is
-600 bytes), and no llhttp parser until a request the plain path cannot take (half a
-kilobyte); the queue still answers pipelined requests in order, and a request that
-needs llhttp after plain ones is parsed as ever."""
+"""What an idle keep-alive connection costs a front worker (issue 16's 100,000 idle
+connections): a real worker in this process, on the production loop, serves real client
+sockets one request each; between requests the connection keeps no llhttp parser, no
+request head and no pipelining queue, and tracemalloc bounds its bytes."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
-import tomllib
-from collections.abc import Iterator
+import tracemalloc
 from pathlib import Path
 
-import pytest
-
+import gantry.front.connection as connection_module
 from gantry.config.front import front_config_from_dict
 from gantry.front.connection import FrontConnection
 from gantry.front.worker import FrontWorker
-from tests.process import responses
+from gantry.process.runtime import new_event_loop
 
-CONFIG = """
-listen = ["127.0.0.1:1"]
-workers = 1
+REQUEST = b"GET /static/one.bin HTTP/1.1\r\nHost: b\r\n\r\n"
+BODY = b"x" * 100
+CONNECTIONS = 300
 
-[[server]]
-[[server.location]]
-path = "/"
-root = "{root}"
-"""
-
-
-class Served:
-    """A front worker in this process behind a real listening socket."""
-
-    def __init__(self, root: Path) -> None:
-        config = front_config_from_dict(tomllib.loads(CONFIG.format(root=root)))
-        self.loop = asyncio.new_event_loop()
-        self.worker = FrontWorker(config, self.loop, None)
-        self.server = self.loop.run_until_complete(
-            self.loop.create_server(lambda: FrontConnection(self.worker), "127.0.0.1", 0)
-        )
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    def exchange(self, client: socket.socket, data: bytes, answers: int) -> bytes:
-        """Send ``data`` and read until ``answers`` responses came back."""
-
-        async def run() -> bytes:
-            got = b""
-            await self.loop.sock_sendall(client, data)
-            while got.count(b"HTTP/1.1 ") < answers or not got.endswith(b"one\n"):
-                chunk = await self.loop.sock_recv(client, 65536)
-                assert chunk, "closed"
-                got += chunk
-            return got
-
-        return self.loop.run_until_complete(asyncio.wait_for(run(), 10))
-
-    def close(self) -> None:
-        self.server.close()
-        self.worker.close()
-        self.loop.run_until_complete(asyncio.sleep(0))
-        self.loop.close()
+#: traced bytes per idle connection (Python's allocations: the connection, its parser,
+#: the transport's Python side), as this test measures them: before the idle cuts 6,100
+#: pure / 3,120 compiled, after them 4,160 / 2,890. The pure bound fails the old code;
+#: in compiled mode the checks of what an idle connection keeps are what fail it, and
+#: the bound only guards against a large regression.
+BOUND = {"pure": 4_600, "compiled": 3_500}
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
-    (tmp_path / "one.txt").write_text("one\n")
-    site = Served(tmp_path)
-    try:
-        yield site
-    finally:
-        site.close()
+def _compiled() -> bool:
+    return not (connection_module.__file__ or "").endswith(".py")
 
 
-def _client(port: int) -> socket.socket:
-    client = socket.create_connection(("127.0.0.1", port), timeout=10)
-    client.setblocking(False)
-    return client
+async def _answer(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    """Read one whole response (the static file's body ends it)."""
+    data = b""
+    while not (b"\r\n\r\n" in data and data.endswith(BODY)):
+        piece = await asyncio.wait_for(loop.sock_recv(sock, 65536), 10)
+        assert piece, "closed by the front"
+        data += piece
+    return data
 
 
-REQUEST = b"GET /one.txt HTTP/1.1\r\nHost: t\r\n\r\n"
+def test_idle_connection_keeps_little(tmp_path: Path) -> None:
+    (tmp_path / "static").mkdir()
+    (tmp_path / "static" / "one.bin").write_bytes(BODY)
+    config = front_config_from_dict(
+        {
+            "listen": ["127.0.0.1:0"],
+            "keepalive_timeout": "600s",
+            "access_log": "off",
+            "server": [{"location": [{"path": "/static/", "root": str(tmp_path)}]}],
+        }
+    )
+    loop = new_event_loop()
+    worker = FrontWorker(config, loop)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1024)
+    port = listener.getsockname()[1]
+    clients = [socket.socket() for _ in range(CONNECTIONS)]
+    for sock in clients:
+        sock.setblocking(False)
 
-
-def test_an_idle_connection_holds_no_request_queue(served: Served) -> None:
-    clients = [_client(served.port) for _ in range(20)]
-    try:
-        for client in clients:
-            assert responses(served.exchange(client, REQUEST, 1)) == [(200, b"one\n")]
-        connections = list(served.worker.connections)
-        assert len(connections) == 20
-        for conn in connections:
-            assert isinstance(conn, FrontConnection)
+    async def run() -> float:
+        worker.start_clock()
+        server = await loop.create_server(lambda: FrontConnection(worker, 0), sock=listener)
+        # a first connection pays the worker's one-time costs (routes, open files)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(REQUEST)
+        await reader.readuntil(BODY)
+        writer.close()
+        await writer.wait_closed()
+        for _ in range(200):
+            if not worker.connections:
+                break
+            await asyncio.sleep(0.01)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.take_snapshot()
+            for sock in clients:
+                await loop.sock_connect(sock, ("127.0.0.1", port))
+                await loop.sock_sendall(sock, REQUEST)
+                assert (await _answer(loop, sock)).startswith(b"HTTP/1.1 200")
+            gc.collect()
+            after = tracemalloc.take_snapshot()
+        finally:
+            tracemalloc.stop()
+        held = [conn for conn in worker.connections if isinstance(conn, FrontConnection)]
+        assert len(held) == CONNECTIONS
+        for conn in held:
             assert not conn.busy and conn.queue is None
-            assert not hasattr(conn.parser, "_parser")  # llhttp's: made when first needed
-    finally:
-        for client in clients:
-            client.close()
+            assert conn.head.method == "" and not conn.head.headers  # no request kept
+        # still a keep-alive connection: a second request on each of a few is answered
+        for sock in clients[:20]:
+            await loop.sock_sendall(sock, REQUEST)
+            assert (await _answer(loop, sock)).startswith(b"HTTP/1.1 200")
+        server.close()
+        grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+        return grown / CONNECTIONS
 
-
-def test_pipelined_requests_are_queued_and_answered_in_order(served: Served) -> None:
-    client = _client(served.port)
     try:
-        paths = [b"/one.txt", b"/missing", b"/one.txt", b"/missing2", b"/one.txt"]
-        data = b"".join(b"GET " + path + b" HTTP/1.1\r\nHost: t\r\n\r\n" for path in paths)
-        got = served.exchange(client, data, len(paths))
-        assert [status for status, _ in responses(got)] == [200, 404, 200, 404, 200]
-        (conn,) = served.worker.connections
-        assert isinstance(conn, FrontConnection) and not conn.queue  # emptied in turn
+        per_connection = loop.run_until_complete(run())
     finally:
-        client.close()
-
-
-def test_a_request_needing_llhttp_after_plain_ones(served: Served) -> None:
-    client = _client(served.port)
-    try:
-        assert responses(served.exchange(client, REQUEST, 1)) == [(200, b"one\n")]
-        (conn,) = served.worker.connections
-        assert isinstance(conn, FrontConnection)
-        assert not hasattr(conn.parser, "_parser")
-        chunked = (
-            b"GET /one.txt HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-            b"3\r\nabc\r\n0\r\n\r\n"
-        )
-        got = served.exchange(client, chunked + REQUEST, 2)
-        assert responses(got) == [(200, b"one\n"), (200, b"one\n")]
-        assert hasattr(conn.parser, "_parser")
-    finally:
-        client.close()
+        for sock in clients:
+            sock.close()
+        worker.close()
+        loop.close()
+    mode = "compiled" if _compiled() else "pure"
+    assert per_connection < BOUND[mode], f"{per_connection:.0f} bytes per idle connection"

@@ -134,6 +134,9 @@ class FrontConnection(asyncio.Protocol):
     #: a blocklisted client's connection (refused at accept): the head received so far,
     #: answered 403 once whole, unparsed (None: not refused so)
     blocked_head: bytes | None = None
+    #: requests parsed while an earlier one is answered (a deque while any wait: an
+    #: empty one costs ~700 bytes, and an idle connection has none)
+    queue: deque[tuple[RequestHead, BodyBuffer | None]] | None = None
 
     def __init__(
         self,
@@ -162,9 +165,6 @@ class FrontConnection(asyncio.Protocol):
         #: the head being received, and its body
         self.incoming: RequestHead | None = None
         self.body: BodyBuffer | None = None
-        #: requests parsed ahead of the one being answered (made at the first: a deque
-        #: holds 600 bytes even empty, and most connections never pipeline)
-        self.queue: deque[tuple[RequestHead, BodyBuffer | None]] | None = None
         self.busy = False
         self.closed = False
         self.keep_alive = True
@@ -252,7 +252,8 @@ class FrontConnection(asyncio.Protocol):
         counted = admit_address(self.worker, self.remote_addr)
         if counted is None:
             return False
-        self.counted = counted
+        if counted:
+            self.counted = counted
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -457,7 +458,8 @@ class FrontConnection(asyncio.Protocol):
         if head.target[0] != 0x2F and head.target != b"*":  # not "/...": absolute form
             _origin_form(head)
         self.incoming = head
-        self.rate_start = 0.0  # the head is in: its minimum rate no longer applies
+        if self.rate_start:
+            self.rate_start = 0.0  # the head is in: its minimum rate no longer applies
         if head.has_body:
             self.body = BodyBuffer()
             self.deadline = self.worker.now + self.worker.body_timeout
@@ -495,7 +497,8 @@ class FrontConnection(asyncio.Protocol):
         if self.deadline_kind == _BODY or self.deadline_kind == _HEAD:
             self.deadline = 0.0
             self.deadline_kind = 0
-        self.rate_start = 0.0
+        if self.rate_start:
+            self.rate_start = 0.0
         if head is None:
             return
         if not head.keep_alive:
@@ -560,8 +563,10 @@ class FrontConnection(asyncio.Protocol):
     def _next(self) -> None:
         """Answer the next queued request."""
         queue = self.queue
-        assert queue is not None  # called only when it holds a request
+        assert queue is not None  # called only while requests wait
         head, body = queue.popleft()
+        if not queue:
+            self.queue = None
         if len(queue) < MAX_PIPELINED:
             self._release(_HOLD_QUEUE)
         self.handle(head, body)
@@ -1043,6 +1048,10 @@ class FrontConnection(asyncio.Protocol):
         if self.deadline_kind == 0:  # _idle, inline (a next head begun: data_received's)
             self.deadline = self.worker.now + self.worker.keepalive_timeout
             self.deadline_kind = _IDLE
+        # answered and logged: an idle connection keeps no request (its fields, target)
+        self.head = _NO_REQUEST
+        if self.original is not None:
+            self.original = None
 
     def _next_if_idle(self) -> None:
         if not self.busy and self.queue and not self.closed:

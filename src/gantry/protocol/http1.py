@@ -89,6 +89,11 @@ class RequestHead:
         return f"<RequestHead {self.method} {self.target!r} HTTP/{self.version}>"
 
 
+#: the parser's head between requests (never changed: llhttp's callbacks and the fast
+#: path each begin a head of their own)
+_NO_HEAD: Final = RequestHead()
+
+
 class RequestSink(Protocol):
     """What the parser calls as a request goes by."""
 
@@ -208,17 +213,15 @@ class RequestParser:
         "_cut_received",
         "_simple_limit",
     )
-    # the llhttp parser is made at the first request the plain path cannot take, and
-    # close() deletes it; mypyc needs to be told an attribute may be missing
-    __deletable__ = ("_parser",)
-    _parser: httptools.HttpRequestParser
 
     def __init__(self, sink: RequestSink, limits: HTTPLimits | None = None) -> None:
         self._sink = sink
         self._limits = limits or HTTPLimits()
-        # no llhttp parser yet (see _llhttp): half a kilobyte per connection, which a
-        # keep-alive client sending plain requests (_simple) never needs
-        self._head = RequestHead()
+        # llhttp only once a request needs it (a body, an odd field, a cut head): the fast
+        # path takes the plain GETs of most keep-alive clients, and an idle connection
+        # then holds no llhttp state (about 900 bytes with its bound callbacks)
+        self._parser: httptools.HttpRequestParser | None = None
+        self._head = _NO_HEAD
         self._url = b""
         self._in_head = True
         self._head_bytes = 0
@@ -266,16 +269,6 @@ class RequestParser:
             limits.max_head_size - limits.max_fields,
         )
 
-    def _llhttp(self) -> httptools.HttpRequestParser:
-        """The llhttp parser, made at its first use (always at a message boundary: the
-        plain path takes only whole requests, so a new parser starts where an older one
-        would stand)."""
-        try:
-            return self._parser
-        except AttributeError:
-            self._parser = self._new_llhttp()
-            return self._parser
-
     def _new_llhttp(self) -> httptools.HttpRequestParser:
         parser = httptools.HttpRequestParser(self)
         # Accept any one-digit version so HTTP/1.2 is served as 1.1 and HTTP/2.0
@@ -290,10 +283,7 @@ class RequestParser:
         self._dead = True
         self._pending_method = None
         self._sink = DISCARD
-        try:
-            del self._parser
-        except AttributeError:
-            pass  # closed before
+        self._parser = None
 
     @property
     def at_boundary(self) -> bool:
@@ -333,8 +323,11 @@ class RequestParser:
             # request line again; llhttp has validated it by the time we look.
             self._start_chunk = data if at_message_start else None
             completed = self._completed
+            parser = self._parser
+            if parser is None:
+                parser = self._parser = self._new_llhttp()
             try:
-                self._llhttp().feed_data(data)
+                parser.feed_data(data)
             except httptools.HttpParserInvalidMethodError:
                 self._dead = True
                 if start is None or self._completed != completed:
@@ -417,6 +410,8 @@ class RequestParser:
         except Exception as exc:  # as llhttp reports a failed callback
             self._dead = True
             raise ProtocolError(500, f"parser callback failed: {exc}") from exc
+        # the sink has it: an idle connection does not keep the last request's head here
+        self._head = _NO_HEAD
         return True
 
     def _read_block(self, block: bytes) -> int:
@@ -497,9 +492,9 @@ class RequestParser:
         head, sink = self._head, self._sink
         self._sink = DISCARD
         self._start_chunk = None
-        self._parser = self._new_llhttp()
+        parser = self._parser = self._new_llhttp()
         try:
-            self._parser.feed_data(CHUNKED_HEAD)
+            parser.feed_data(CHUNKED_HEAD)
         finally:
             self._head, self._sink = head, sink
         return self._feed_chunked(data[offset:])
@@ -533,8 +528,10 @@ class RequestParser:
             return
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         pieces.clear()
+        parser = self._parser
+        assert parser is not None  # a chunked body is read by the parser that began it
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserError as exc:
             raise self._refusal(exc) from None
 
@@ -633,6 +630,7 @@ class RequestParser:
 
     def on_headers_complete(self) -> None:
         parser = self._parser
+        assert parser is not None  # llhttp is calling
         head = self._head
         version = method = None
         chunk = self._start_chunk
@@ -700,7 +698,8 @@ class RequestParser:
                 self._fail(413, "request body too large")
             head.content_length = content_length
             self._body_bytes = 0
-        if head.has_body and self._parser.should_upgrade():
+        parser = self._parser
+        if head.has_body and parser is not None and parser.should_upgrade():
             # llhttp stops at the head of an Upgrade request, so its body would be
             # lost; WSGI cannot switch protocols anyway.
             self._fail(400, "Upgrade request with a body is not supported")

@@ -885,7 +885,10 @@ class CacheFill:
                 # the whole body: in place before the client has its last byte, so that
                 # its next request (on another connection, maybe another worker) finds it
                 self.writer = None
-                writer.commit()
+                if writer.packable():
+                    writer.commit_packed()
+                else:
+                    writer.commit()
                 self.release()
         if self.silent or self.serve_stale or self.serve_updated is not None or self.swallow:
             return
@@ -896,12 +899,15 @@ class CacheFill:
         writer = self.writer
         self.writer = None
         if writer is not None:
-            # The file is written after the answer went out (creating it is the dear part
+            # A file is written after the answer went out (creating it is the dear part
             # of a miss); the fill lock goes only once it is in place: its waiters find it.
-            lock, self.lock = self.lock, None
-            if not writer.commit_later(lock, self.handler.keepalive.loop):
-                self.lock = lock
-                writer.commit()
+            if writer.packable():
+                writer.commit_packed()  # one write to the worker's pack: done at once
+            else:
+                lock, self.lock = self.lock, None
+                if not writer.commit_later(lock, self.handler.keepalive.loop):
+                    self.lock = lock
+                    writer.commit()
         self.release()
         if self.silent:
             return

@@ -47,6 +47,14 @@ from typing import Any, Final
 
 from gantry.config.front_model import CacheZone
 from gantry.front.cache.counters import ADDED_BYTES, ADDED_ENTRIES
+from gantry.front.cache.packs import (
+    PackIndex,
+    PackReaders,
+    PackWriter,
+    pack_id,
+    pack_path,
+    slot_tag,
+)
 from gantry.front.cache.policy import Fields, Freshness, vary_values
 
 __all__ = ["CacheStore", "Entry", "EntryWriter", "KeyLock"]
@@ -103,6 +111,8 @@ class Entry:
     body: bytes | None = None
     #: (inode, mtime_ns) of the file it was read from
     identity: tuple[int, int] = (0, 0)
+    #: (pack, offset, length) of its record when it is in a pack (0, 0, 0: a file of its own)
+    pack: tuple[int, int, int] = (0, 0, 0)
     #: (the fields it was made from, the status line and fields as sent from the cache)
     served: tuple[Fields, bytes] | None = field(default=None, repr=False, compare=False)
 
@@ -199,6 +209,30 @@ def _entry_from_head(head: bytes) -> Entry:
         )
     except (ValueError, KeyError, TypeError, UnicodeError) as exc:
         raise _Broken(f"bad head: {exc}") from None
+
+
+def _entry_from_record(data: bytes) -> Entry:
+    """The entry a pack's record holds, every check done; _Broken when it is not whole."""
+    if len(data) < _PREFIX.size + _TRAILER.size:
+        raise _Broken("truncated")
+    magic, version, head_length = _PREFIX.unpack_from(data)
+    if magic != MAGIC or version != VERSION or head_length > HEAD_MAX:
+        raise _Broken(f"not an entry of version {VERSION}")
+    body_length, body_crc, head_crc = _TRAILER.unpack_from(data, len(data) - _TRAILER.size)
+    body_offset = _PREFIX.size + head_length
+    if body_offset + body_length + _TRAILER.size != len(data):
+        raise _Broken("sizes do not add up")
+    head = data[_PREFIX.size : body_offset]
+    if zlib.crc32(head) != head_crc:
+        raise _Broken("head checksum")
+    body = data[body_offset : body_offset + body_length]
+    if zlib.crc32(body) != body_crc:
+        raise _Broken("body checksum")
+    entry = _entry_from_head(head)
+    entry.body = body
+    entry.body_offset = body_offset
+    entry.body_length = body_length
+    return entry
 
 
 def _read_entry(path: str, want_body: bool) -> Entry:
@@ -303,6 +337,10 @@ class CacheStore:
         #: this worker's fields of the zone's counters (see counters.py): the entries
         #: and bytes its writes and removals add
         self.usage: memoryview | None = None
+        #: the small entries kept in packs (see packs.py)
+        self.index = PackIndex(self.root, zone.max_size)
+        self.readers = PackReaders(self.root)
+        self.packer = PackWriter(self.root, zone.max_size)
 
     def account(self, entries: int, size: int) -> None:
         """Entries and bytes this worker added to the zone (negative: removed)."""
@@ -346,7 +384,10 @@ class CacheStore:
             return kept
         digest = self.digest(key)
         path = self.path_of(digest)
-        entry = self._load(path, now)
+        pending = self.pending.get(path)
+        entry = pending[1] if pending is not None else self._load_packed(key, digest, path, now)
+        if entry is None:
+            entry = self._load(path, now)
         if entry is None:
             return None
         if entry.status == 0:  # a vary marker: the variant's own file
@@ -356,6 +397,44 @@ class CacheStore:
                 return None
         if entry.key != key or vary_values(entry.vary, request) != entry.vary_values:
             return None
+        return entry
+
+    def _load_packed(self, key: str, digest: str, path: str, now: float) -> Entry | None:
+        """``key``'s entry from its pack, if the index names one (None: look for a file)."""
+        tag = slot_tag(digest)
+        found = self.index.find(tag)
+        if found is None:
+            return None
+        slot, pack, offset, length = found
+        generation = self.generation.value()
+        hot = self.hot.get(path)
+        if hot is not None and hot.entry.pack == (pack, offset, length):
+            # the same record as in memory: still there unless a sweep took its pack
+            # (a sweep moves the generation)
+            if hot.generation == generation or os.path.exists(pack_path(self.root, pack)):
+                self.hot.move_to_end(path)
+                hot.generation, hot.checked = generation, now
+                if now - hot.touched >= TOUCH_EVERY:
+                    hot.touched = now
+                    self.index.touch(tag, now)
+                return hot.entry
+        data = self.readers.read(pack, offset, length)
+        try:
+            if data is None:
+                raise _Broken("its pack is gone")
+            entry = _entry_from_record(data)
+        except _Broken:
+            if self.index.clear(slot, tag, pack, offset):  # a miss for the next reader too
+                self.account(-1, -length)
+                self.generation.bump()
+            return None
+        if entry.key != key:
+            return None  # another key with the same tag (or a slot being rewritten)
+        entry.path = path
+        entry.pack = (pack, offset, length)
+        entry.identity = (pack, offset)
+        self.index.touch(tag, now)
+        self._remember(path, entry, now, generation)
         return entry
 
     def _load(self, path: str, now: float) -> Entry | None:
@@ -404,6 +483,9 @@ class CacheStore:
         return entry
 
     def _touch(self, entry: Entry) -> None:
+        if entry.pack[0]:  # a packed entry's recency is in its slot
+            self.index.touch(slot_tag(self.digest(entry.key)), time.time())
+            return
         # The mtime is the entry's recency; the identity follows it, so the memory
         # tier does not take its own touch for a new version.
         with contextlib.suppress(OSError):
@@ -494,6 +576,8 @@ class CacheStore:
             # keep the whole zone's queued writes from ever landing.
             self.generation.bump_purges()
         count = self._cancel_queued(lambda entry: entry.key == key)
+        self._forget(self.path_of(digest))
+        count += self.unpack(digest)
         try:
             names = [n for n in os.listdir(directory) if n.startswith(digest)]
         except OSError:
@@ -504,6 +588,37 @@ class CacheStore:
             if self.remove_file(path, marker=is_marker) and not is_marker:
                 count += 1
         return count
+
+    def unpack(self, digest: str) -> int:
+        """Take the key of SHA-256 ``digest`` out of the index; 1 if it was in, else 0."""
+        tag = slot_tag(digest)
+        found = self.index.find(tag)
+        if found is None:
+            return 0
+        slot, pack, offset, length = found
+        if not self.index.clear(slot, tag, pack, offset):
+            return 0
+        self.account(-1, -length)
+        self.generation.bump()
+        return 1
+
+    def _packed(
+        self, key: str, slot: int, tag: int, pack: int, offset: int, length: int
+    ) -> Entry | None:
+        """The entry in a pack's record (``key``: only if it is that key's; "": any)."""
+        data = self.readers.read(pack, offset, length)
+        if data is None:
+            return None
+        try:
+            entry = _entry_from_record(data)
+        except _Broken:
+            return None
+        if key and entry.key != key:
+            return None
+        entry.path = self.path_of(self.digest(entry.key))
+        entry.pack = (pack, offset, length)
+        entry.identity = (pack, offset)
+        return entry
 
     def _cancel_queued(self, matches: Callable[[Entry], bool], soft: bool = False) -> int:
         """Drop the queued entries ``matches`` picks (a purge must not see them written
@@ -526,7 +641,17 @@ class CacheStore:
         try:
             names = [n for n in os.listdir(directory) if n.startswith(digest)]
         except OSError:
-            return count
+            names = []
+        # listed first: the packed entry marked stale becomes a file, not to count twice
+        tag = slot_tag(digest)
+        found = self.index.find(tag)
+        if found is not None:
+            slot, pack, offset, length = found
+            packed = self._packed(key, slot, tag, pack, offset, length)
+            if packed is not None:
+                if not packed.purged:
+                    self.update_head(packed, packed.fields, {"purged": True})
+                count += 1
         for name in names:
             try:
                 entry = _read_entry(os.path.join(directory, name), want_body=False)
@@ -577,6 +702,24 @@ class CacheStore:
                     count += 1
                 elif self.remove_file(item.path):
                     count += 1
+        # after the files: a packed entry marked stale becomes one, not to count twice
+        for slot, marker, pack, offset, length, _ in list(self.index.scan()):
+            packed = self._packed("", slot, marker, pack, offset, length)
+            if packed is None:
+                continue
+            if key_prefix is not None and not packed.key.startswith(key_prefix):
+                continue
+            if tag is not None and tag not in packed.tags:
+                continue
+            if soft:
+                if not packed.purged:
+                    self.update_head(packed, packed.fields, {"purged": True})
+                count += 1
+            elif self.index.clear(slot, marker, pack, offset):
+                self._forget(packed.path)
+                self.account(-1, -length)
+                self.generation.bump()
+                count += 1
         return count
 
     def _is_marker(self, path: str) -> bool:
@@ -590,6 +733,9 @@ class CacheStore:
         vary marker, not counted as an entry); whether it was there."""
         self._forget(path)
         cancelled = self.cancel_pending(path)
+        name = os.path.basename(path)
+        if not marker and len(name) == 64 and self.unpack(name):
+            cancelled = True  # the key's packed entry (see packs.py)
         try:
             size = os.stat(path).st_size
             os.unlink(path)
@@ -620,6 +766,8 @@ class CacheStore:
         self.writer_thread = None
         if thread is not None:
             thread.stop(WRITER_STOP_WAIT)
+        self.packer.close()
+        self.readers.close()
 
     # fill locks ---------------------------------------------------------------
 
@@ -672,18 +820,83 @@ class CacheStore:
                 with contextlib.suppress(OSError):
                     if now - item.stat().st_mtime > 3600:
                         os.unlink(item.path)
-            total = sum(size for _, size, _ in files)
-            files.sort()
-            while files and total > self.zone.max_size:
-                _, size, path = files.pop(0)
-                _unlink(path)
+            packs = self._sweep_packs(now)
+            total = sum(size for _, size, _ in files) + sum(p[1] for p in packs.values())
+            # files and packs in one order of recency: the least recently used go first
+            order: list[tuple[float, int, str, int]] = [(m, z, path, 0) for m, z, path in files]
+            order += [(used, size, "", pack) for pack, (used, size, _, _) in packs.items()]
+            order.sort()
+            dropped: set[int] = set()
+            while order and total > self.zone.max_size:
+                _, size, path, pack = order.pop(0)
+                if pack:
+                    dropped.add(pack)
+                else:
+                    _unlink(path)
                 total -= size
                 removed = True
-            if removed:
+            files = [(m, z, path) for m, z, path, pack in order if not pack]
+            entries, size = _entries_only(files)
+            if dropped:
+                self._drop_packs(dropped)
+            for pack, (_, _, count, length) in packs.items():
+                if pack not in dropped:
+                    entries += count
+                    size += length
+            if removed or dropped:
                 self.generation.bump()
-            return _entries_only(files)
+            return entries, size
         finally:
             os.close(lock)
+
+    def _sweep_packs(self, now: float) -> dict[int, tuple[float, int, int, int]]:
+        """The packs kept, by id: (last use, file size, entries, their bytes); those
+        unused for ``inactive``, and old ones no entry points into any more, removed."""
+        folder = os.path.join(self.root, "packs")
+        found: dict[int, tuple[float, int]] = {}
+        try:
+            with os.scandir(folder) as items:
+                for item in items:
+                    pack = pack_id(item.name)
+                    if pack:
+                        with contextlib.suppress(OSError):
+                            st = item.stat()
+                            found[pack] = (st.st_mtime, st.st_size)
+        except FileNotFoundError:
+            pass
+        live: dict[int, tuple[float, int, int]] = {}
+        gone = False
+        for slot, tag, pack, offset, length, used in list(self.index.scan()):
+            if pack not in found:  # its pack was removed: a miss
+                if self.index.clear(slot, tag, pack, offset):
+                    gone = True
+                continue
+            last, count, size = live.get(pack, (0.0, 0, 0))
+            live[pack] = (max(last, float(used)), count + 1, size + length)
+        kept: dict[int, tuple[float, int, int, int]] = {}
+        dropped: set[int] = set()
+        for pack, (mtime, file_size) in found.items():
+            last, count, size = live.get(pack, (0.0, 0, 0))
+            last = max(last, mtime)
+            if now - last > self.zone.inactive or (not count and now - mtime > TOUCH_EVERY):
+                dropped.add(pack)
+            else:
+                kept[pack] = (last, file_size, count, size)
+        if dropped:
+            self._drop_packs(dropped)
+        elif gone:
+            self.generation.bump()
+        return kept
+
+    def _drop_packs(self, packs: set[int]) -> None:
+        """Remove packs, and the index's slots that point into them."""
+        for pack in packs:
+            self.readers.removed.append(pack)
+            _unlink(pack_path(self.root, pack))
+        for slot, tag, pack, offset, _, _ in list(self.index.scan()):
+            if pack in packs:
+                self.index.clear(slot, tag, pack, offset)
+        self.generation.bump()
 
 
 def _entries_only(files: list[tuple[float, int, str]]) -> tuple[int, int]:
@@ -808,6 +1021,8 @@ class EntryWriter:
             with _RENAMING:
                 if self.cancelled or (mark is not None and generation.purges() != mark):
                     raise OSError("cancelled")  # purged or replaced while queued
+                # the key's packed version, if any, would hide the file: it goes
+                self.store.unpack(self.digest)
                 # Another worker's memory tier may hold what these renames replace: it is
                 # told through the generation (a new entry replaces nothing, tells nobody).
                 try:
@@ -863,6 +1078,58 @@ class EntryWriter:
         )
         if body is not None:
             store._remember(self.final, stored, time.time())
+        return stored
+
+    def packable(self) -> bool:
+        """Whether the entry may go to the worker's pack: small (whole in memory) and not
+        varying (a vary marker and its variants are files)."""
+        return self.pieces is not None and not self.marker and not self.entry.vary
+
+    def commit_packed(self) -> Entry | None:
+        """Append the entry to the worker's pack and name it in the zone's index, now (one
+        write, no file made); the entry as stored, None if it failed. Only when
+        ``packable()``."""
+        store = self.store
+        pieces = self.pieces
+        if pieces is None:
+            return None
+        store.cancel_pending(self.final)  # an older answer queued must not follow it
+        record = _file_bytes(self.head, pieces, self.length, self.crc)
+        now = time.time()
+        try:
+            pack, offset = store.packer.append(record)
+            # an older version in a file of its own would come back once the pack is
+            # swept: it goes (a stat that fails is all a new key costs)
+            try:
+                old_size = os.stat(self.final).st_size
+            except FileNotFoundError:
+                old_size = -1
+            if old_size >= 0:
+                store.remove_file(self.final, marker=store._is_marker(self.final))
+        except OSError:
+            self.pieces = None
+            return None
+        kind, old_length = store.index.put(slot_tag(self.digest), pack, offset, len(record), now)
+        if kind == 0:
+            store.account(1, len(record))
+        elif kind == 1:  # a new version: other workers' memory tiers must look again
+            store.account(0, len(record) - old_length)
+            store.generation.bump()
+        else:  # another key's entry was evicted from the bucket
+            store.account(0, len(record) - old_length)
+            store.generation.bump()
+        store._forget(self.final)
+        body = b"".join(pieces)
+        stored = replace(
+            self.entry,
+            path=self.final,
+            body_offset=_PREFIX.size + len(self.head),
+            body_length=self.length,
+            body=body,
+            identity=(pack, offset),
+            pack=(pack, offset, len(record)),
+        )
+        store._remember(self.final, stored, now, store.generation.value())
         return stored
 
     def commit(self) -> Entry | None:

@@ -159,6 +159,16 @@ class CacheHandler(Handler):
         self.counters = CacheCounters(list(zones.values()), 1)
         self.tallies: dict[str, memoryview] = {}
         self.share_counters(self.counters, 0)
+        self._date_second = -1
+        self._date = b""
+
+    def http_date(self, when: float) -> bytes:
+        """The Date field for ``when`` (made once a second, not per response)."""
+        second = int(when)
+        if second != self._date_second:
+            self._date = _http_date(second)
+            self._date_second = second
+        return self._date
 
     def share_counters(self, counters: CacheCounters, slot: int) -> None:
         """Count into worker ``slot`` of ``counters`` (the master's, read for stats)."""
@@ -742,7 +752,7 @@ class CacheFill:
         stored_fields = fields + (
             _lines_to_fields(date_lines[:1])
             if date_lines
-            else [(b"Date", _http_date(response_time))]
+            else [(b"Date", self.handler.http_date(response_time))]
         )
         method = self.head.method
         if self.invalidating:

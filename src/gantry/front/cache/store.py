@@ -326,6 +326,7 @@ class CacheStore:
         #: the same entries, by key, for those with no Vary (their file is the key's own)
         self.hot_keys: dict[str, _Hot] = {}
         self.hot_bytes = 0
+        self._last_digest: tuple[str, str] | None = None
         self.generation = Generation(self.root)
         #: path -> the writer of an entry queued for the writer thread, and the entry
         self.pending: dict[str, tuple[EntryWriter, Entry]] = {}
@@ -351,10 +352,16 @@ class CacheStore:
 
     # names ------------------------------------------------------------------
 
-    @staticmethod
-    def digest(key: str) -> str:
+    def digest(self, key: str) -> str:
         """The file name of a primary key."""
-        return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+        # a miss asks it for the same key three times (lookup, fill lock, writer)
+        # (one tuple, swapped whole: a purge's thread may ask too)
+        last = self._last_digest
+        if last is not None and last[0] == key:
+            return last[1]
+        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+        self._last_digest = (key, digest)
+        return digest
 
     def path_of(self, digest: str, variant: tuple[bytes | None, ...] | None = None) -> str:
         """The file of a key's entry (or of one of its variants)."""
@@ -529,7 +536,8 @@ class CacheStore:
         digest = self.digest(entry.key)
         variant = entry.vary_values if entry.vary else None
         final = self.path_of(digest, variant)
-        return EntryWriter(self, entry, self._temp_for(final), final, digest)
+        # its temporary file is named when it needs one (a packed entry has none)
+        return EntryWriter(self, entry, "", final, digest)
 
     def _temp_for(self, final: str) -> str:
         """A temporary name next to ``final`` (the sweep knows them by their dot)."""
@@ -927,7 +935,7 @@ class EntryWriter:
     def __init__(self, store: CacheStore, entry: Entry, temp: str, final: str, digest: str) -> None:
         self.store = store
         self.entry = entry
-        self.temp = temp
+        self._temp = temp
         self.final = final
         self.digest = digest
         self.head = entry.head_json()
@@ -950,7 +958,14 @@ class EntryWriter:
                 response_time=0.0, initial_age=0.0, freshness=Freshness(0.0), vary=entry.vary,
             )  # fmt: skip
             self.marker = _file_bytes(marker.head_json(), [], 0, 0)
-            self.marker_temp = temp + ".m"
+            self.marker_temp = self.temp + ".m"
+
+    @property
+    def temp(self) -> str:
+        """The temporary name its file is written under (named at first use)."""
+        if not self._temp:
+            self._temp = self.store._temp_for(self.final)
+        return self._temp
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
@@ -1049,7 +1064,7 @@ class EntryWriter:
                 generation.bump()
         except OSError:
             self.abort()
-            for path in (self.temp, self.marker_temp):
+            for path in (self._temp, self.marker_temp):
                 if path:
                     _unlink(path)
             return None
@@ -1119,16 +1134,14 @@ class EntryWriter:
             store.account(0, len(record) - old_length)
             store.generation.bump()
         store._forget(self.final)
-        body = b"".join(pieces)
-        stored = replace(
-            self.entry,
-            path=self.final,
-            body_offset=_PREFIX.size + len(self.head),
-            body_length=self.length,
-            body=body,
-            identity=(pack, offset),
-            pack=(pack, offset, len(record)),
-        )
+        # the writer's own entry (made for it, used by nothing else): no copy
+        stored = self.entry
+        stored.path = self.final
+        stored.body_offset = _PREFIX.size + len(self.head)
+        stored.body_length = self.length
+        stored.body = b"".join(pieces)
+        stored.identity = (pack, offset)
+        stored.pack = (pack, offset, len(record))
         store._remember(self.final, stored, now, store.generation.value())
         return stored
 

@@ -557,18 +557,43 @@ class CacheHandler(Handler):
         tag = field_value(request, b"surrogate-key") or field_value(request, b"cache-tag")
         head = _head_copy(exchange.head)
         head.method = "GET"
+        if tag is None and not head.target.endswith(b"*"):
+            key = cache_key(zone.key, head, exchange.remote_addr, exchange.https)
+            _purged(exchange, store.remove(key) if not soft else store.mark_stale(key))
+            return
+        prefix_key: str | None = None
+        tag_name: str | None = None
         if tag is not None:
-            count = store.purge(tag=tag.decode("latin-1").strip(), soft=soft)
-        elif head.target.endswith(b"*"):
+            tag_name = tag.decode("latin-1").strip()
+        else:
             prefix = _head_copy(head, head.target[:-1])
             prefix_key = cache_key(zone.key, prefix, exchange.remote_addr, exchange.https)
-            count = store.purge(prefix_key, soft=soft)
-        else:
-            key = cache_key(zone.key, head, exchange.remote_addr, exchange.https)
-            count = store.remove(key) if not soft else store.mark_stale(key)
-        text = f"purged {count}\n".encode()
-        fields = [(b"Content-Type", b"text/plain"), (b"Content-Length", str(len(text)).encode())]
-        exchange.respond(200 if count else 404, fields, text)
+        # The whole zone is walked for a prefix or a tag: on a thread, so that the other
+        # requests are answered meanwhile; the answer goes when the walk is over.
+        queued = store.purge_queued(prefix_key, tag_name, soft)
+        loop = self.keepalive.loop
+        walk = loop.run_in_executor(None, store.purge_walk, prefix_key, tag_name, soft)
+        walk.add_done_callback(lambda done: _walked(exchange, queued, done))
+
+
+def _walked(exchange: Exchange, queued: int, done: asyncio.Future[int]) -> None:
+    """A purge's walk is over: its answer, unless the client left meanwhile."""
+    if exchange.closed:
+        return
+    if done.cancelled() or done.exception() is not None:
+        exchange.log_error(
+            f"cache purge failed: {done.exception() if not done.cancelled() else 'cancelled'}"
+        )
+        exchange.error(500)
+        return
+    _purged(exchange, queued + done.result())
+
+
+def _purged(exchange: Exchange, count: int) -> None:
+    """PURGE's answer: 200 with the count of entries purged, 404 when none."""
+    text = f"purged {count}\n".encode()
+    fields = [(b"Content-Type", b"text/plain"), (b"Content-Length", str(len(text)).encode())]
+    exchange.respond(200 if count else 404, fields, text)
 
 
 def _unshaped(request: Fields) -> bool:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import mmap
 import os
@@ -83,6 +84,8 @@ _GENERATION: Final = struct.Struct("=Q")
 #: a disk slower than the misses slows the misses instead of filling the memory)
 PENDING_ENTRIES: Final = 1024
 PENDING_BYTES: Final = 32 * 1024 * 1024
+#: entries a purge's walk looks at between two turns given to the loop
+WALK_PIECE: Final = 256
 #: how long a worker that stops waits for its writer thread to write what is pending
 WRITER_STOP_WAIT: Final = 5.0
 
@@ -332,7 +335,7 @@ class CacheStore:
         self.pending: dict[str, tuple[EntryWriter, Entry]] = {}
         self.pending_bytes = 0
         self.writer_thread: _WriterThread | None = None
-        self.serial = 0
+        self.serial = itertools.count(1)
         #: path -> (inode, size) of large entries whose body checksum held
         self.verified: dict[str, tuple[int, int]] = {}
         #: this worker's fields of the zone's counters (see counters.py): the entries
@@ -541,12 +544,17 @@ class CacheStore:
 
     def _temp_for(self, final: str) -> str:
         """A temporary name next to ``final`` (the sweep knows them by their dot)."""
-        self.serial += 1
-        return os.path.join(os.path.dirname(final), f"{TEMP_PREFIX}{os.getpid()}.{self.serial}")
+        # next() of a count is one step, safe when a purge's thread names one too
+        serial = next(self.serial)
+        return os.path.join(os.path.dirname(final), f"{TEMP_PREFIX}{os.getpid()}.{serial}")
 
-    def update_head(self, entry: Entry, fields: Fields, changes: dict[str, Any]) -> Entry:
+    def update_head(
+        self, entry: Entry, fields: Fields, changes: dict[str, Any], quiet: bool = False
+    ) -> Entry:
         """``entry`` with new fields and times (a 304 revalidated it), rewritten in place
-        (a new file renamed over the old one; the body is copied in the kernel)."""
+        (a new file renamed over the old one; the body is copied in the kernel).
+        ``quiet``: from a thread other than the loop's, leaving the memory tier and the
+        writer's queue alone (the generation tells the memory tier)."""
         updated = replace(entry, fields=fields, **changes)
         temp = self._temp_for(entry.path)
         writer = EntryWriter(self, updated, temp, entry.path, self.digest(entry.key))
@@ -568,6 +576,9 @@ class CacheStore:
                     offset += len(piece)
             finally:
                 os.close(fd)
+        if quiet:
+            writer._files()
+            return updated
         stored = writer.commit()
         return stored if stored is not None else updated
 
@@ -611,10 +622,18 @@ class CacheStore:
         return 1
 
     def _packed(
-        self, key: str, slot: int, tag: int, pack: int, offset: int, length: int
+        self,
+        key: str,
+        slot: int,
+        tag: int,
+        pack: int,
+        offset: int,
+        length: int,
+        readers: PackReaders | None = None,
     ) -> Entry | None:
-        """The entry in a pack's record (``key``: only if it is that key's; "": any)."""
-        data = self.readers.read(pack, offset, length)
+        """The entry in a pack's record (``key``: only if it is that key's; "": any), read
+        through ``readers`` (default: the loop's own)."""
+        data = (readers or self.readers).read(pack, offset, length)
         if data is None:
             return None
         try:
@@ -676,7 +695,15 @@ class CacheStore:
     ) -> int:
         """Purge every entry whose key starts with ``key_prefix``, or that carries ``tag``
         (the upstream's Surrogate-Key or Cache-Tag); ``soft`` marks them stale instead
-        of removing them (``use_stale`` may still serve them). How many there were."""
+        of removing them (``use_stale`` may still serve them). How many there were.
+        (``purge_queued`` then ``purge_walk``, the latter perhaps on a thread.)"""
+        return self.purge_queued(key_prefix, tag, soft) + self.purge_walk(key_prefix, tag, soft)
+
+    def purge_queued(self, key_prefix: str | None, tag: str | None, soft: bool) -> int:
+        """A purge's first step, on the worker's loop: the entries queued for the writer
+        thread that it matches are dropped (soft: written now marked stale, and counted
+        by the walk); how many were dropped. Any write queued later sees the purge mark
+        moved and is dropped too."""
         self.generation.bump_purges()
         queued = self._cancel_queued(
             lambda entry: (
@@ -685,50 +712,80 @@ class CacheStore:
             ),
             soft,
         )
-        count = 0 if soft else queued  # soft: written now, and counted below
-        for directory in os.scandir(self.root):
-            if not directory.is_dir() or len(directory.name) != 2:
-                continue
-            for item in os.scandir(directory.path):
-                if item.name.startswith(TEMP_PREFIX):
-                    continue  # not in place yet
-                try:
-                    entry = _read_entry(item.path, want_body=False)
-                except (OSError, _Broken):
+        return 0 if soft else queued
+
+    def purge_walk(self, key_prefix: str | None, tag: str | None, soft: bool) -> int:
+        """A purge's walk of the zone's files and index: the entries it matches removed
+        (soft: rewritten marked stale); how many. Safe on a thread while the loop goes on:
+        it touches neither the memory tier nor the writer's queue (every removal moves
+        the generation, so a memory tier looks again), reads packs through descriptors of
+        its own, and lets the loop run every ``WALK_PIECE`` entries."""
+        readers = PackReaders(self.root)
+        count = seen = 0
+        try:
+            for directory in os.scandir(self.root):
+                if not directory.is_dir() or len(directory.name) != 2:
                     continue
-                if key_prefix is not None and not entry.key.startswith(key_prefix):
+                for item in os.scandir(directory.path):
+                    seen += 1
+                    if seen % WALK_PIECE == 0:
+                        time.sleep(0)  # the loop's turn
+                    if item.name.startswith(TEMP_PREFIX):
+                        continue  # not in place yet
+                    try:
+                        entry = _read_entry(item.path, want_body=False)
+                    except (OSError, _Broken):
+                        continue
+                    if key_prefix is not None and not entry.key.startswith(key_prefix):
+                        continue
+                    if tag is not None and tag not in entry.tags:
+                        continue
+                    if entry.status == 0:  # a vary marker
+                        if not soft:
+                            self._unlink_entry(item.path, marker=True)
+                        continue
+                    if soft:
+                        if not entry.purged:
+                            self.update_head(entry, entry.fields, {"purged": True}, quiet=True)
+                        count += 1
+                    elif self._unlink_entry(item.path):
+                        count += 1
+            # after the files: a packed entry marked stale becomes one, not to count twice
+            for slot, marker, pack, offset, length, _ in list(self.index.scan()):
+                seen += 1
+                if seen % WALK_PIECE == 0:
+                    time.sleep(0)
+                packed = self._packed("", slot, marker, pack, offset, length, readers)
+                if packed is None:
                     continue
-                if tag is not None and tag not in entry.tags:
+                if key_prefix is not None and not packed.key.startswith(key_prefix):
                     continue
-                if entry.status == 0:  # a vary marker
-                    if not soft:
-                        self.remove_file(item.path, marker=True)
+                if tag is not None and tag not in packed.tags:
                     continue
                 if soft:
-                    if not entry.purged:
-                        self.update_head(entry, entry.fields, {"purged": True})
+                    if not packed.purged:
+                        self.update_head(packed, packed.fields, {"purged": True}, quiet=True)
                     count += 1
-                elif self.remove_file(item.path):
+                elif self.index.clear(slot, marker, pack, offset):
+                    self.account(-1, -length)
+                    self.generation.bump()
                     count += 1
-        # after the files: a packed entry marked stale becomes one, not to count twice
-        for slot, marker, pack, offset, length, _ in list(self.index.scan()):
-            packed = self._packed("", slot, marker, pack, offset, length)
-            if packed is None:
-                continue
-            if key_prefix is not None and not packed.key.startswith(key_prefix):
-                continue
-            if tag is not None and tag not in packed.tags:
-                continue
-            if soft:
-                if not packed.purged:
-                    self.update_head(packed, packed.fields, {"purged": True})
-                count += 1
-            elif self.index.clear(slot, marker, pack, offset):
-                self._forget(packed.path)
-                self.account(-1, -length)
-                self.generation.bump()
-                count += 1
+        finally:
+            readers.close()
         return count
+
+    def _unlink_entry(self, path: str, marker: bool = False) -> bool:
+        """Remove an entry's file, from any thread (the memory tier is told through the
+        generation); whether it was there."""
+        try:
+            size = os.stat(path).st_size
+            os.unlink(path)
+        except OSError:
+            return False
+        if not marker:
+            self.account(-1, -size)
+        self.generation.bump()
+        return True
 
     def _is_marker(self, path: str) -> bool:
         try:

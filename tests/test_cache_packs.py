@@ -175,3 +175,16 @@ def test_misses_of_a_front_make_no_file_each_and_hit_after_a_restart(
             status, cache_status = get(second.port, f"/m{i}")
             assert status == 200 and cache_status.startswith("gantry; hit"), cache_status
         assert all(origin.count(f"/m{i}") == 1 for i in range(30))
+
+
+def test_a_pack_removed_under_its_writer_is_not_written_on(tmp_path: Path) -> None:
+    store = CacheStore(zone(tmp_path))
+    pack(store, entry("a"), b"a")
+    (first,) = packs(tmp_path)
+    first.unlink()  # another worker's sweep: no entry of it was used for a while
+    store.packer.written -= 60.0  # and this worker wrote none for as long
+    pack(store, entry("b"), b"b")
+    (second,) = packs(tmp_path)
+    assert second != first
+    found = CacheStore(zone(tmp_path)).lookup("b", [], NOW)
+    assert found is not None and found.body == b"b"

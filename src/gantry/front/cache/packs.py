@@ -18,6 +18,7 @@ import contextlib
 import mmap
 import os
 import struct
+import time
 from collections import OrderedDict, deque
 from collections.abc import Iterator
 from typing import Final
@@ -39,6 +40,9 @@ OPEN_PACKS: Final = 64
 PACK_BYTES: Final = 64 * 1024 * 1024
 #: writes between two checks that another worker's sweep did not remove the pack
 LINK_CHECK_EVERY: Final = 64
+#: a pack not written for this long (seconds) is checked before the next write: the
+#: sweep removes a pack no entry points into once it is a minute old
+IDLE_CHECK: Final = 20.0
 
 
 def slot_tag(digest: str) -> int:
@@ -205,6 +209,7 @@ class PackWriter:
         self.pack = 0
         self.end = 0
         self.writes = 0
+        self.written = 0.0
 
     def _start(self) -> None:
         self.close()
@@ -227,10 +232,12 @@ class PackWriter:
         """Write ``record`` at the end of the pack (a new pack when this one is full, or
         was swept by another worker); (pack, offset). OSError if it cannot."""
         self.writes += 1
+        now = time.monotonic()
+        idle, self.written = now - self.written > IDLE_CHECK, now
         if (
             self.fd < 0
             or self.end + len(record) > self.limit
-            or (self.writes % LINK_CHECK_EVERY == 0 and os.fstat(self.fd).st_nlink == 0)
+            or ((idle or self.writes % LINK_CHECK_EVERY == 0) and os.fstat(self.fd).st_nlink == 0)
         ):
             self._start()
         fd, offset = self.fd, self.end

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import http.client
 import os
+import sys
 import time
 from pathlib import Path
+from types import FrameType
+
+import pytest
 
 from gantry.config.front_model import CacheZone
 from gantry.front.cache.packs import PackIndex, pack_path
@@ -188,3 +192,30 @@ def test_a_pack_removed_under_its_writer_is_not_written_on(tmp_path: Path) -> No
     assert second != first
     found = CacheStore(zone(tmp_path)).lookup("b", [], NOW)
     assert found is not None and found.body == b"b"
+
+
+def test_a_miss_raises_nothing_inside_the_store(tmp_path: Path) -> None:
+    """A miss asks for a file that is not there: without an exception (making one costs
+    its message, strerror, which took most of a miss's time in a worker)."""
+    import gantry.front.cache.store as store_module
+
+    if not store_module.__file__ or not store_module.__file__.endswith(".py"):
+        pytest.skip("compiled: exceptions inside are not traced")
+    store = CacheStore(zone(tmp_path))
+    pack(store, entry("there"), b"x")
+    raised: list[str] = []
+
+    def tracer(frame: FrameType, event: str, arg: object) -> object:
+        if event == "exception" and frame.f_code.co_filename == store_module.__file__:
+            raised.append(f"{frame.f_code.co_name}: {arg!r}")
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        for n in range(20):
+            assert store.lookup(f"missing{n}", [], NOW) is None
+            writer = store.writer(entry(f"missing{n}"))
+            assert writer.write(b"v") and writer.commit_packed() is not None
+    finally:
+        sys.settrace(None)
+    assert raised == []

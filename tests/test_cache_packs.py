@@ -121,6 +121,23 @@ def test_the_sweep_drops_the_oldest_packs_past_max_size_and_counts_the_rest(
     for n in range(60):
         pack(store, entry(f"k{n}"), b"z" * 1000)
     assert len(packs(tmp_path)) > 2
+    # the order they were written in, one second apart (an mtime's clock is coarse: packs
+    # written within a few milliseconds may have the same)
+    first_key = {}
+    for n in range(60):
+        found = store.index.find(int(store.digest(f"k{n}")[:16], 16) | 1)
+        assert found is not None
+        first_key.setdefault(found[1], n)
+    now = time.time()
+    when: dict[int, float] = {}
+    for rank, written in enumerate(sorted(first_key, key=first_key.__getitem__)):
+        when[written] = now - 100 + rank
+        os.utime(pack_path(str(tmp_path), written), (when[written], when[written]))
+    for n in range(60):  # and each entry last used then
+        tag = int(store.digest(f"k{n}")[:16], 16) | 1
+        found = store.index.find(tag)
+        assert found is not None
+        store.index.touch(tag, when[found[1]])
     entries, size = store.sweep()
     assert entries == 60 and size > 60_000
     store.zone = zone(tmp_path, max_size=30_000)

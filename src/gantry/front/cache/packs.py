@@ -15,6 +15,7 @@ or once unused for ``inactive``); the slots that pointed into it are cleared.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import mmap
 import os
 import struct
@@ -76,6 +77,8 @@ class PackIndex:
         path = os.path.join(root, "index")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
+            # workers starting together: one makes the table, the others find it made
+            fcntl.flock(fd, fcntl.LOCK_EX)
             size = os.fstat(fd).st_size
             slots = 0
             if size >= _HEAD.size:
@@ -91,6 +94,9 @@ class PackIndex:
             self.buckets = slots // WAYS
             self.map = mmap.mmap(fd, _HEAD.size + slots * _SLOT.size)
         finally:
+            # let go by hand: the map holds a duplicate of the descriptor, and with it
+            # the lock, as long as it lives
+            fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
     def _at(self, slot: int) -> int:

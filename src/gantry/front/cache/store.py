@@ -982,10 +982,15 @@ class CacheStore:
         except FileNotFoundError:
             pass
         live: dict[int, tuple[float, int, int]] = {}
+        missing: dict[int, bool] = {}
         gone = False
         for slot, tag, pack, offset, length, used in list(self.index.scan()):
-            if pack not in found:  # its pack was removed: a miss
-                if self.index.clear(slot, tag, pack, offset):
+            if pack not in found:
+                # its pack was removed (a miss), or made since the folder was listed (a
+                # worker's first write): looked at again before its slots are cleared
+                if pack not in missing:
+                    missing[pack] = not os.path.exists(pack_path(self.root, pack))
+                if missing[pack] and self.index.clear(slot, tag, pack, offset):
                     gone = True
                 continue
             last, count, size = live.get(pack, (0.0, 0, 0))

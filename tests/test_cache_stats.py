@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from gantry.front.cache.packs import PackIndex, pack_path
 from tests.process import Launcher, free_port, try_get, wait_for
 from tests.support_cache import Origin, cache_config
 
@@ -60,11 +61,20 @@ def metrics(port: int) -> str:
 
 
 def zone_files(root: Path) -> tuple[int, int]:
-    """(entries, bytes) of a zone as its folder holds them (no vary marker here)."""
+    """(entries, bytes) of a zone as its folder holds them (no vary marker here): files,
+    and the records its index names in packs that are there."""
     sizes = [
         f.stat().st_size for d in root.iterdir() if d.is_dir() and len(d.name) == 2
         for f in d.iterdir()
     ]  # fmt: skip
+    index = PackIndex(str(root), 0)
+    try:
+        sizes += [
+            length for _, _, pack, _, length, _ in index.scan()
+            if os.path.exists(pack_path(str(root), pack))
+        ]  # fmt: skip
+    finally:
+        index.close()
     return len(sizes), sum(sizes)
 
 

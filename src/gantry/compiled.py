@@ -57,6 +57,7 @@ MODULES = (
     "gantry.front.limits.zones",
     "gantry.front.limits.handler",
     "gantry.front.cache.policy",
+    "gantry.front.cache.packs",
     "gantry.front.cache.store",
     "gantry.front.cache.handler",
     "gantry.appserver.context",

@@ -27,6 +27,7 @@ from gantry.control.protocol import (
     text_argument,
 )
 from gantry.front.blocklist import BanStore, normalise_target
+from gantry.front.cache.packs import packed_usage
 from gantry.front.cache.policy import cache_key
 from gantry.front.cache.store import CacheStore
 from gantry.process.master import Master
@@ -270,10 +271,11 @@ def status(config: FrontConfig, master: Master, master_pid: int) -> dict[str, An
 
 
 def zone_usage(root: str) -> tuple[int, int]:
-    """(files, bytes) of a zone's entries on disk (a Vary marker counts as one)."""
-    entries = size = 0
+    """(entries, bytes) of a zone's entries on disk: files (a Vary marker counts as one)
+    and the records its index names in packs."""
     try:
         folders = [d for d in os.scandir(root) if len(d.name) == 2 and d.is_dir()]
+        entries, size = packed_usage(root)
     except OSError:
         return 0, 0
     for folder in folders:

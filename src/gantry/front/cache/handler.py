@@ -159,6 +159,16 @@ class CacheHandler(Handler):
         self.counters = CacheCounters(list(zones.values()), 1)
         self.tallies: dict[str, memoryview] = {}
         self.share_counters(self.counters, 0)
+        self._date_second = -1
+        self._date = b""
+
+    def http_date(self, when: float) -> bytes:
+        """The Date field for ``when`` (made once a second, not per response)."""
+        second = int(when)
+        if second != self._date_second:
+            self._date = _http_date(second)
+            self._date_second = second
+        return self._date
 
     def share_counters(self, counters: CacheCounters, slot: int) -> None:
         """Count into worker ``slot`` of ``counters`` (the master's, read for stats)."""
@@ -547,18 +557,43 @@ class CacheHandler(Handler):
         tag = field_value(request, b"surrogate-key") or field_value(request, b"cache-tag")
         head = _head_copy(exchange.head)
         head.method = "GET"
+        if tag is None and not head.target.endswith(b"*"):
+            key = cache_key(zone.key, head, exchange.remote_addr, exchange.https)
+            _purged(exchange, store.remove(key) if not soft else store.mark_stale(key))
+            return
+        prefix_key: str | None = None
+        tag_name: str | None = None
         if tag is not None:
-            count = store.purge(tag=tag.decode("latin-1").strip(), soft=soft)
-        elif head.target.endswith(b"*"):
+            tag_name = tag.decode("latin-1").strip()
+        else:
             prefix = _head_copy(head, head.target[:-1])
             prefix_key = cache_key(zone.key, prefix, exchange.remote_addr, exchange.https)
-            count = store.purge(prefix_key, soft=soft)
-        else:
-            key = cache_key(zone.key, head, exchange.remote_addr, exchange.https)
-            count = store.remove(key) if not soft else store.mark_stale(key)
-        text = f"purged {count}\n".encode()
-        fields = [(b"Content-Type", b"text/plain"), (b"Content-Length", str(len(text)).encode())]
-        exchange.respond(200 if count else 404, fields, text)
+        # The whole zone is walked for a prefix or a tag: on a thread, so that the other
+        # requests are answered meanwhile; the answer goes when the walk is over.
+        queued = store.purge_queued(prefix_key, tag_name, soft)
+        loop = self.keepalive.loop
+        walk = loop.run_in_executor(None, store.purge_walk, prefix_key, tag_name, soft)
+        walk.add_done_callback(lambda done: _walked(exchange, queued, done))
+
+
+def _walked(exchange: Exchange, queued: int, done: asyncio.Future[int]) -> None:
+    """A purge's walk is over: its answer, unless the client left meanwhile."""
+    if exchange.closed:
+        return
+    if done.cancelled() or done.exception() is not None:
+        exchange.log_error(
+            f"cache purge failed: {done.exception() if not done.cancelled() else 'cancelled'}"
+        )
+        exchange.error(500)
+        return
+    _purged(exchange, queued + done.result())
+
+
+def _purged(exchange: Exchange, count: int) -> None:
+    """PURGE's answer: 200 with the count of entries purged, 404 when none."""
+    text = f"purged {count}\n".encode()
+    fields = [(b"Content-Type", b"text/plain"), (b"Content-Length", str(len(text)).encode())]
+    exchange.respond(200 if count else 404, fields, text)
 
 
 def _unshaped(request: Fields) -> bool:
@@ -742,7 +777,7 @@ class CacheFill:
         stored_fields = fields + (
             _lines_to_fields(date_lines[:1])
             if date_lines
-            else [(b"Date", _http_date(response_time))]
+            else [(b"Date", self.handler.http_date(response_time))]
         )
         method = self.head.method
         if self.invalidating:
@@ -885,7 +920,10 @@ class CacheFill:
                 # the whole body: in place before the client has its last byte, so that
                 # its next request (on another connection, maybe another worker) finds it
                 self.writer = None
-                writer.commit()
+                if writer.packable():
+                    writer.commit_packed()
+                else:
+                    writer.commit()
                 self.release()
         if self.silent or self.serve_stale or self.serve_updated is not None or self.swallow:
             return
@@ -896,12 +934,15 @@ class CacheFill:
         writer = self.writer
         self.writer = None
         if writer is not None:
-            # The file is written after the answer went out (creating it is the dear part
+            # A file is written after the answer went out (creating it is the dear part
             # of a miss); the fill lock goes only once it is in place: its waiters find it.
-            lock, self.lock = self.lock, None
-            if not writer.commit_later(lock, self.handler.keepalive.loop):
-                self.lock = lock
-                writer.commit()
+            if writer.packable():
+                writer.commit_packed()  # one write to the worker's pack: done at once
+            else:
+                lock, self.lock = self.lock, None
+                if not writer.commit_later(lock, self.handler.keepalive.loop):
+                    self.lock = lock
+                    writer.commit()
         self.release()
         if self.silent:
             return

@@ -32,7 +32,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
+import math
 import mmap
 import os
 import struct
@@ -43,10 +45,19 @@ from asyncio import AbstractEventLoop
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from json.encoder import encode_basestring_ascii
 from typing import Any, Final
 
 from gantry.config.front_model import CacheZone
 from gantry.front.cache.counters import ADDED_BYTES, ADDED_ENTRIES
+from gantry.front.cache.packs import (
+    PackIndex,
+    PackReaders,
+    PackWriter,
+    pack_id,
+    pack_path,
+    slot_tag,
+)
 from gantry.front.cache.policy import Fields, Freshness, vary_values
 
 __all__ = ["CacheStore", "Entry", "EntryWriter", "KeyLock"]
@@ -75,6 +86,8 @@ _GENERATION: Final = struct.Struct("=Q")
 #: a disk slower than the misses slows the misses instead of filling the memory)
 PENDING_ENTRIES: Final = 1024
 PENDING_BYTES: Final = 32 * 1024 * 1024
+#: entries a purge's walk looks at between two turns given to the loop
+WALK_PIECE: Final = 256
 #: how long a worker that stops waits for its writer thread to write what is pending
 WRITER_STOP_WAIT: Final = 5.0
 
@@ -103,12 +116,38 @@ class Entry:
     body: bytes | None = None
     #: (inode, mtime_ns) of the file it was read from
     identity: tuple[int, int] = (0, 0)
+    #: (pack, offset, length) of its record when it is in a pack (0, 0, 0: a file of its own)
+    pack: tuple[int, int, int] = (0, 0, 0)
     #: (the fields it was made from, the status line and fields as sent from the cache)
     served: tuple[Fields, bytes] | None = field(default=None, repr=False, compare=False)
 
     def head_json(self) -> bytes:
-        """The head of the entry's file."""
-        document: dict[str, Any] = {
+        """The head of the entry's file: a JSON object (see ``head_document``), written
+        out directly: json.dumps of the document took most of a miss's own time."""
+        fields = ",".join(
+            [f"[{_json_text(n)},{_json_text(v)}]" for n, v in self.fields]
+        )  # fmt: skip
+        fresh = self.freshness
+        vary = ",".join([_json_text(n) for n in self.vary])
+        values = ",".join(["null" if v is None else _json_text(v) for v in self.vary_values])
+        tags = ",".join([_json_str(t) for t in self.tags])
+        return (
+            f'{{"key":{_json_str(self.key)},"status":{int(self.status)},'
+            f'"reason":{_json_text(self.reason)},"fields":[{fields}],'
+            f'"request_time":{_json_float(self.request_time)},'
+            f'"response_time":{_json_float(self.response_time)},'
+            f'"initial_age":{_json_float(self.initial_age)},'
+            f'"freshness":[{_json_float(fresh.lifetime)},'
+            f"{_json_float(fresh.stale_while_revalidate)},"
+            f"{_json_float(fresh.stale_if_error)},"
+            f"{_json_bool(fresh.must_revalidate)},{_json_bool(fresh.no_cache)}],"
+            f'"vary":[{vary}],"vary_values":[{values}],"tags":[{tags}],'
+            f'"purged":{_json_bool(self.purged)}}}'
+        ).encode()
+
+    def head_document(self) -> dict[str, Any]:
+        """The head of the entry's file as a document (what ``head_json`` writes)."""
+        return {
             "key": self.key,
             "status": self.status,
             "reason": self.reason.decode("latin-1"),
@@ -128,7 +167,31 @@ class Entry:
             "tags": list(self.tags),
             "purged": self.purged,
         }
-        return json.dumps(document, separators=(",", ":")).encode()
+
+
+def _json_str(text: str) -> str:
+    """A JSON string (ASCII, escaped as json.dumps escapes)."""
+    encoded: str = encode_basestring_ascii(text)
+    return encoded
+
+
+def _json_text(data: bytes) -> str:
+    """Bytes of a field as a JSON string (each byte one character, latin-1)."""
+    return _json_str(data.decode("latin-1"))
+
+
+def _json_float(value: float) -> str:
+    """A float as json.dumps writes it (repr; its names for the infinities and NaN)."""
+    number = float(value)
+    if number != number:
+        return "NaN"
+    if number in (math.inf, -math.inf):
+        return "Infinity" if number > 0 else "-Infinity"
+    return repr(number)
+
+
+def _json_bool(value: bool) -> str:
+    return "true" if value else "false"
 
 
 class Generation:
@@ -199,6 +262,30 @@ def _entry_from_head(head: bytes) -> Entry:
         )
     except (ValueError, KeyError, TypeError, UnicodeError) as exc:
         raise _Broken(f"bad head: {exc}") from None
+
+
+def _entry_from_record(data: bytes) -> Entry:
+    """The entry a pack's record holds, every check done; _Broken when it is not whole."""
+    if len(data) < _PREFIX.size + _TRAILER.size:
+        raise _Broken("truncated")
+    magic, version, head_length = _PREFIX.unpack_from(data)
+    if magic != MAGIC or version != VERSION or head_length > HEAD_MAX:
+        raise _Broken(f"not an entry of version {VERSION}")
+    body_length, body_crc, head_crc = _TRAILER.unpack_from(data, len(data) - _TRAILER.size)
+    body_offset = _PREFIX.size + head_length
+    if body_offset + body_length + _TRAILER.size != len(data):
+        raise _Broken("sizes do not add up")
+    head = data[_PREFIX.size : body_offset]
+    if zlib.crc32(head) != head_crc:
+        raise _Broken("head checksum")
+    body = data[body_offset : body_offset + body_length]
+    if zlib.crc32(body) != body_crc:
+        raise _Broken("body checksum")
+    entry = _entry_from_head(head)
+    entry.body = body
+    entry.body_offset = body_offset
+    entry.body_length = body_length
+    return entry
 
 
 def _read_entry(path: str, want_body: bool) -> Entry:
@@ -292,17 +379,22 @@ class CacheStore:
         #: the same entries, by key, for those with no Vary (their file is the key's own)
         self.hot_keys: dict[str, _Hot] = {}
         self.hot_bytes = 0
+        self._last_digest: tuple[str, str] | None = None
         self.generation = Generation(self.root)
         #: path -> the writer of an entry queued for the writer thread, and the entry
         self.pending: dict[str, tuple[EntryWriter, Entry]] = {}
         self.pending_bytes = 0
         self.writer_thread: _WriterThread | None = None
-        self.serial = 0
+        self.serial = itertools.count(1)
         #: path -> (inode, size) of large entries whose body checksum held
         self.verified: dict[str, tuple[int, int]] = {}
         #: this worker's fields of the zone's counters (see counters.py): the entries
         #: and bytes its writes and removals add
         self.usage: memoryview | None = None
+        #: the small entries kept in packs (see packs.py)
+        self.index = PackIndex(self.root, zone.max_size)
+        self.readers = PackReaders(self.root)
+        self.packer = PackWriter(self.root, zone.max_size)
 
     def account(self, entries: int, size: int) -> None:
         """Entries and bytes this worker added to the zone (negative: removed)."""
@@ -313,10 +405,16 @@ class CacheStore:
 
     # names ------------------------------------------------------------------
 
-    @staticmethod
-    def digest(key: str) -> str:
+    def digest(self, key: str) -> str:
         """The file name of a primary key."""
-        return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+        # a miss asks it for the same key three times (lookup, fill lock, writer)
+        # (one tuple, swapped whole: a purge's thread may ask too)
+        last = self._last_digest
+        if last is not None and last[0] == key:
+            return last[1]
+        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+        self._last_digest = (key, digest)
+        return digest
 
     def path_of(self, digest: str, variant: tuple[bytes | None, ...] | None = None) -> str:
         """The file of a key's entry (or of one of its variants)."""
@@ -346,7 +444,10 @@ class CacheStore:
             return kept
         digest = self.digest(key)
         path = self.path_of(digest)
-        entry = self._load(path, now)
+        pending = self.pending.get(path)
+        entry = pending[1] if pending is not None else self._load_packed(key, digest, path, now)
+        if entry is None:
+            entry = self._load(path, now)
         if entry is None:
             return None
         if entry.status == 0:  # a vary marker: the variant's own file
@@ -358,6 +459,44 @@ class CacheStore:
             return None
         return entry
 
+    def _load_packed(self, key: str, digest: str, path: str, now: float) -> Entry | None:
+        """``key``'s entry from its pack, if the index names one (None: look for a file)."""
+        tag = slot_tag(digest)
+        found = self.index.find(tag)
+        if found is None:
+            return None
+        slot, pack, offset, length = found
+        generation = self.generation.value()
+        hot = self.hot.get(path)
+        if hot is not None and hot.entry.pack == (pack, offset, length):
+            # the same record as in memory: still there unless a sweep took its pack
+            # (a sweep moves the generation)
+            if hot.generation == generation or os.path.exists(pack_path(self.root, pack)):
+                self.hot.move_to_end(path)
+                hot.generation, hot.checked = generation, now
+                if now - hot.touched >= TOUCH_EVERY:
+                    hot.touched = now
+                    self.index.touch(tag, now)
+                return hot.entry
+        data = self.readers.read(pack, offset, length)
+        try:
+            if data is None:
+                raise _Broken("its pack is gone")
+            entry = _entry_from_record(data)
+        except _Broken:
+            if self.index.clear(slot, tag, pack, offset):  # a miss for the next reader too
+                self.account(-1, -length)
+                self.generation.bump()
+            return None
+        if entry.key != key:
+            return None  # another key with the same tag (or a slot being rewritten)
+        entry.path = path
+        entry.pack = (pack, offset, length)
+        entry.identity = (pack, offset)
+        self.index.touch(tag, now)
+        self._remember(path, entry, now, generation)
+        return entry
+
     def _load(self, path: str, now: float) -> Entry | None:
         pending = self.pending.get(path)
         if pending is not None:
@@ -366,8 +505,10 @@ class CacheStore:
         # read before the stat: a change made after it moves the generation again
         generation = self.generation.value()
         try:
-            st = os.stat(path)
+            st = _stat(path)
         except OSError:
+            st = None
+        if st is None:
             if hot is not None:
                 self._forget(path)
             return None
@@ -404,6 +545,9 @@ class CacheStore:
         return entry
 
     def _touch(self, entry: Entry) -> None:
+        if entry.pack[0]:  # a packed entry's recency is in its slot
+            self.index.touch(slot_tag(self.digest(entry.key)), time.time())
+            return
         # The mtime is the entry's recency; the identity follows it, so the memory
         # tier does not take its own touch for a new version.
         with contextlib.suppress(OSError):
@@ -447,16 +591,22 @@ class CacheStore:
         digest = self.digest(entry.key)
         variant = entry.vary_values if entry.vary else None
         final = self.path_of(digest, variant)
-        return EntryWriter(self, entry, self._temp_for(final), final, digest)
+        # its temporary file is named when it needs one (a packed entry has none)
+        return EntryWriter(self, entry, "", final, digest)
 
     def _temp_for(self, final: str) -> str:
         """A temporary name next to ``final`` (the sweep knows them by their dot)."""
-        self.serial += 1
-        return os.path.join(os.path.dirname(final), f"{TEMP_PREFIX}{os.getpid()}.{self.serial}")
+        # next() of a count is one step, safe when a purge's thread names one too
+        serial = next(self.serial)
+        return os.path.join(os.path.dirname(final), f"{TEMP_PREFIX}{os.getpid()}.{serial}")
 
-    def update_head(self, entry: Entry, fields: Fields, changes: dict[str, Any]) -> Entry:
+    def update_head(
+        self, entry: Entry, fields: Fields, changes: dict[str, Any], quiet: bool = False
+    ) -> Entry:
         """``entry`` with new fields and times (a 304 revalidated it), rewritten in place
-        (a new file renamed over the old one; the body is copied in the kernel)."""
+        (a new file renamed over the old one; the body is copied in the kernel).
+        ``quiet``: from a thread other than the loop's, leaving the memory tier and the
+        writer's queue alone (the generation tells the memory tier)."""
         updated = replace(entry, fields=fields, **changes)
         temp = self._temp_for(entry.path)
         writer = EntryWriter(self, updated, temp, entry.path, self.digest(entry.key))
@@ -478,6 +628,9 @@ class CacheStore:
                     offset += len(piece)
             finally:
                 os.close(fd)
+        if quiet:
+            writer._files()
+            return updated
         stored = writer.commit()
         return stored if stored is not None else updated
 
@@ -494,6 +647,8 @@ class CacheStore:
             # keep the whole zone's queued writes from ever landing.
             self.generation.bump_purges()
         count = self._cancel_queued(lambda entry: entry.key == key)
+        self._forget(self.path_of(digest))
+        count += self.unpack(digest)
         try:
             names = [n for n in os.listdir(directory) if n.startswith(digest)]
         except OSError:
@@ -504,6 +659,45 @@ class CacheStore:
             if self.remove_file(path, marker=is_marker) and not is_marker:
                 count += 1
         return count
+
+    def unpack(self, digest: str) -> int:
+        """Take the key of SHA-256 ``digest`` out of the index; 1 if it was in, else 0."""
+        tag = slot_tag(digest)
+        found = self.index.find(tag)
+        if found is None:
+            return 0
+        slot, pack, offset, length = found
+        if not self.index.clear(slot, tag, pack, offset):
+            return 0
+        self.account(-1, -length)
+        self.generation.bump()
+        return 1
+
+    def _packed(
+        self,
+        key: str,
+        slot: int,
+        tag: int,
+        pack: int,
+        offset: int,
+        length: int,
+        readers: PackReaders | None = None,
+    ) -> Entry | None:
+        """The entry in a pack's record (``key``: only if it is that key's; "": any), read
+        through ``readers`` (default: the loop's own)."""
+        data = (readers or self.readers).read(pack, offset, length)
+        if data is None:
+            return None
+        try:
+            entry = _entry_from_record(data)
+        except _Broken:
+            return None
+        if key and entry.key != key:
+            return None
+        entry.path = self.path_of(self.digest(entry.key))
+        entry.pack = (pack, offset, length)
+        entry.identity = (pack, offset)
+        return entry
 
     def _cancel_queued(self, matches: Callable[[Entry], bool], soft: bool = False) -> int:
         """Drop the queued entries ``matches`` picks (a purge must not see them written
@@ -526,7 +720,17 @@ class CacheStore:
         try:
             names = [n for n in os.listdir(directory) if n.startswith(digest)]
         except OSError:
-            return count
+            names = []
+        # listed first: the packed entry marked stale becomes a file, not to count twice
+        tag = slot_tag(digest)
+        found = self.index.find(tag)
+        if found is not None:
+            slot, pack, offset, length = found
+            packed = self._packed(key, slot, tag, pack, offset, length)
+            if packed is not None:
+                if not packed.purged:
+                    self.update_head(packed, packed.fields, {"purged": True})
+                count += 1
         for name in names:
             try:
                 entry = _read_entry(os.path.join(directory, name), want_body=False)
@@ -543,7 +747,15 @@ class CacheStore:
     ) -> int:
         """Purge every entry whose key starts with ``key_prefix``, or that carries ``tag``
         (the upstream's Surrogate-Key or Cache-Tag); ``soft`` marks them stale instead
-        of removing them (``use_stale`` may still serve them). How many there were."""
+        of removing them (``use_stale`` may still serve them). How many there were.
+        (``purge_queued`` then ``purge_walk``, the latter perhaps on a thread.)"""
+        return self.purge_queued(key_prefix, tag, soft) + self.purge_walk(key_prefix, tag, soft)
+
+    def purge_queued(self, key_prefix: str | None, tag: str | None, soft: bool) -> int:
+        """A purge's first step, on the worker's loop: the entries queued for the writer
+        thread that it matches are dropped (soft: written now marked stale, and counted
+        by the walk); how many were dropped. Any write queued later sees the purge mark
+        moved and is dropped too."""
         self.generation.bump_purges()
         queued = self._cancel_queued(
             lambda entry: (
@@ -552,32 +764,80 @@ class CacheStore:
             ),
             soft,
         )
-        count = 0 if soft else queued  # soft: written now, and counted below
-        for directory in os.scandir(self.root):
-            if not directory.is_dir() or len(directory.name) != 2:
-                continue
-            for item in os.scandir(directory.path):
-                if item.name.startswith(TEMP_PREFIX):
-                    continue  # not in place yet
-                try:
-                    entry = _read_entry(item.path, want_body=False)
-                except (OSError, _Broken):
+        return 0 if soft else queued
+
+    def purge_walk(self, key_prefix: str | None, tag: str | None, soft: bool) -> int:
+        """A purge's walk of the zone's files and index: the entries it matches removed
+        (soft: rewritten marked stale); how many. Safe on a thread while the loop goes on:
+        it touches neither the memory tier nor the writer's queue (every removal moves
+        the generation, so a memory tier looks again), reads packs through descriptors of
+        its own, and lets the loop run every ``WALK_PIECE`` entries."""
+        readers = PackReaders(self.root)
+        count = seen = 0
+        try:
+            for directory in os.scandir(self.root):
+                if not directory.is_dir() or len(directory.name) != 2:
                     continue
-                if key_prefix is not None and not entry.key.startswith(key_prefix):
+                for item in os.scandir(directory.path):
+                    seen += 1
+                    if seen % WALK_PIECE == 0:
+                        time.sleep(0)  # the loop's turn
+                    if item.name.startswith(TEMP_PREFIX):
+                        continue  # not in place yet
+                    try:
+                        entry = _read_entry(item.path, want_body=False)
+                    except (OSError, _Broken):
+                        continue
+                    if key_prefix is not None and not entry.key.startswith(key_prefix):
+                        continue
+                    if tag is not None and tag not in entry.tags:
+                        continue
+                    if entry.status == 0:  # a vary marker
+                        if not soft:
+                            self._unlink_entry(item.path, marker=True)
+                        continue
+                    if soft:
+                        if not entry.purged:
+                            self.update_head(entry, entry.fields, {"purged": True}, quiet=True)
+                        count += 1
+                    elif self._unlink_entry(item.path):
+                        count += 1
+            # after the files: a packed entry marked stale becomes one, not to count twice
+            for slot, marker, pack, offset, length, _ in list(self.index.scan()):
+                seen += 1
+                if seen % WALK_PIECE == 0:
+                    time.sleep(0)
+                packed = self._packed("", slot, marker, pack, offset, length, readers)
+                if packed is None:
                     continue
-                if tag is not None and tag not in entry.tags:
+                if key_prefix is not None and not packed.key.startswith(key_prefix):
                     continue
-                if entry.status == 0:  # a vary marker
-                    if not soft:
-                        self.remove_file(item.path, marker=True)
+                if tag is not None and tag not in packed.tags:
                     continue
                 if soft:
-                    if not entry.purged:
-                        self.update_head(entry, entry.fields, {"purged": True})
+                    if not packed.purged:
+                        self.update_head(packed, packed.fields, {"purged": True}, quiet=True)
                     count += 1
-                elif self.remove_file(item.path):
+                elif self.index.clear(slot, marker, pack, offset):
+                    self.account(-1, -length)
+                    self.generation.bump()
                     count += 1
+        finally:
+            readers.close()
         return count
+
+    def _unlink_entry(self, path: str, marker: bool = False) -> bool:
+        """Remove an entry's file, from any thread (the memory tier is told through the
+        generation); whether it was there."""
+        try:
+            size = os.stat(path).st_size
+            os.unlink(path)
+        except OSError:
+            return False
+        if not marker:
+            self.account(-1, -size)
+        self.generation.bump()
+        return True
 
     def _is_marker(self, path: str) -> bool:
         try:
@@ -590,6 +850,9 @@ class CacheStore:
         vary marker, not counted as an entry); whether it was there."""
         self._forget(path)
         cancelled = self.cancel_pending(path)
+        name = os.path.basename(path)
+        if not marker and len(name) == 64 and self.unpack(name):
+            cancelled = True  # the key's packed entry (see packs.py)
         try:
             size = os.stat(path).st_size
             os.unlink(path)
@@ -620,6 +883,8 @@ class CacheStore:
         self.writer_thread = None
         if thread is not None:
             thread.stop(WRITER_STOP_WAIT)
+        self.packer.close()
+        self.readers.close()
 
     # fill locks ---------------------------------------------------------------
 
@@ -672,18 +937,88 @@ class CacheStore:
                 with contextlib.suppress(OSError):
                     if now - item.stat().st_mtime > 3600:
                         os.unlink(item.path)
-            total = sum(size for _, size, _ in files)
-            files.sort()
-            while files and total > self.zone.max_size:
-                _, size, path = files.pop(0)
-                _unlink(path)
+            packs = self._sweep_packs(now)
+            total = sum(size for _, size, _ in files) + sum(p[1] for p in packs.values())
+            # files and packs in one order of recency: the least recently used go first
+            order: list[tuple[float, int, str, int]] = [(m, z, path, 0) for m, z, path in files]
+            order += [(used, size, "", pack) for pack, (used, size, _, _) in packs.items()]
+            order.sort()
+            dropped: set[int] = set()
+            while order and total > self.zone.max_size:
+                _, size, path, pack = order.pop(0)
+                if pack:
+                    dropped.add(pack)
+                else:
+                    _unlink(path)
                 total -= size
                 removed = True
-            if removed:
+            files = [(m, z, path) for m, z, path, pack in order if not pack]
+            entries, size = _entries_only(files)
+            if dropped:
+                self._drop_packs(dropped)
+            for pack, (_, _, count, length) in packs.items():
+                if pack not in dropped:
+                    entries += count
+                    size += length
+            if removed or dropped:
                 self.generation.bump()
-            return _entries_only(files)
+            return entries, size
         finally:
             os.close(lock)
+
+    def _sweep_packs(self, now: float) -> dict[int, tuple[float, int, int, int]]:
+        """The packs kept, by id: (last use, file size, entries, their bytes); those
+        unused for ``inactive``, and old ones no entry points into any more, removed."""
+        folder = os.path.join(self.root, "packs")
+        found: dict[int, tuple[float, int]] = {}
+        try:
+            with os.scandir(folder) as items:
+                for item in items:
+                    pack = pack_id(item.name)
+                    if pack:
+                        with contextlib.suppress(OSError):
+                            st = item.stat()
+                            found[pack] = (st.st_mtime, st.st_size)
+        except FileNotFoundError:
+            pass
+        live: dict[int, tuple[float, int, int]] = {}
+        missing: dict[int, bool] = {}
+        gone = False
+        for slot, tag, pack, offset, length, used in list(self.index.scan()):
+            if pack not in found:
+                # its pack was removed (a miss), or made since the folder was listed (a
+                # worker's first write): looked at again before its slots are cleared
+                if pack not in missing:
+                    missing[pack] = not os.path.exists(pack_path(self.root, pack))
+                if missing[pack] and self.index.clear(slot, tag, pack, offset):
+                    gone = True
+                continue
+            last, count, size = live.get(pack, (0.0, 0, 0))
+            live[pack] = (max(last, float(used)), count + 1, size + length)
+        kept: dict[int, tuple[float, int, int, int]] = {}
+        dropped: set[int] = set()
+        for pack, (mtime, file_size) in found.items():
+            last, count, size = live.get(pack, (0.0, 0, 0))
+            last = max(last, mtime)
+            if now - last > self.zone.inactive or (not count and now - mtime > TOUCH_EVERY):
+                dropped.add(pack)
+            else:
+                kept[pack] = (last, file_size, count, size)
+        if dropped:
+            self._drop_packs(dropped)
+        elif gone:
+            self.generation.bump()
+        return kept
+
+    def _drop_packs(self, packs: set[int]) -> None:
+        """Remove packs, and the index's slots that point into them."""
+        for pack in packs:
+            self.readers.removed.append(pack)
+            _unlink(pack_path(self.root, pack))
+        for slot, tag, pack, offset, _, _ in list(self.index.scan()):
+            if pack in packs:
+                self.index.clear(slot, tag, pack, offset)
+        self.generation.bump()
 
 
 def _entries_only(files: list[tuple[float, int, str]]) -> tuple[int, int]:
@@ -700,6 +1035,15 @@ def _entries_only(files: list[tuple[float, int, str]]) -> tuple[int, int]:
     return entries, size
 
 
+def _stat(path: str) -> os.stat_result | None:
+    """The file's status; None when it is not there, without raising: an OSError is made
+    with its message (strerror), and a miss asks for a file that is not there on every
+    request (measured: most of a miss's wall time in a worker went to that message)."""
+    if not os.access(path, os.F_OK):
+        return None
+    return os.stat(path)
+
+
 def _unlink(path: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
@@ -714,7 +1058,7 @@ class EntryWriter:
     def __init__(self, store: CacheStore, entry: Entry, temp: str, final: str, digest: str) -> None:
         self.store = store
         self.entry = entry
-        self.temp = temp
+        self._temp = temp
         self.final = final
         self.digest = digest
         self.head = entry.head_json()
@@ -737,7 +1081,14 @@ class EntryWriter:
                 response_time=0.0, initial_age=0.0, freshness=Freshness(0.0), vary=entry.vary,
             )  # fmt: skip
             self.marker = _file_bytes(marker.head_json(), [], 0, 0)
-            self.marker_temp = temp + ".m"
+            self.marker_temp = self.temp + ".m"
+
+    @property
+    def temp(self) -> str:
+        """The temporary name its file is written under (named at first use)."""
+        if not self._temp:
+            self._temp = self.store._temp_for(self.final)
+        return self._temp
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
@@ -808,6 +1159,8 @@ class EntryWriter:
             with _RENAMING:
                 if self.cancelled or (mark is not None and generation.purges() != mark):
                     raise OSError("cancelled")  # purged or replaced while queued
+                # the key's packed version, if any, would hide the file: it goes
+                self.store.unpack(self.digest)
                 # Another worker's memory tier may hold what these renames replace: it is
                 # told through the generation (a new entry replaces nothing, tells nobody).
                 try:
@@ -834,7 +1187,7 @@ class EntryWriter:
                 generation.bump()
         except OSError:
             self.abort()
-            for path in (self.temp, self.marker_temp):
+            for path in (self._temp, self.marker_temp):
                 if path:
                     _unlink(path)
             return None
@@ -863,6 +1216,52 @@ class EntryWriter:
         )
         if body is not None:
             store._remember(self.final, stored, time.time())
+        return stored
+
+    def packable(self) -> bool:
+        """Whether the entry may go to the worker's pack: small (whole in memory) and not
+        varying (a vary marker and its variants are files)."""
+        return self.pieces is not None and not self.marker and not self.entry.vary
+
+    def commit_packed(self) -> Entry | None:
+        """Append the entry to the worker's pack and name it in the zone's index, now (one
+        write, no file made); the entry as stored, None if it failed. Only when
+        ``packable()``."""
+        store = self.store
+        pieces = self.pieces
+        if pieces is None:
+            return None
+        store.cancel_pending(self.final)  # an older answer queued must not follow it
+        record = _file_bytes(self.head, pieces, self.length, self.crc)
+        now = time.time()
+        try:
+            pack, offset = store.packer.append(record)
+            # an older version in a file of its own would come back once the pack is
+            # swept: it goes (a stat that fails is all a new key costs)
+            if _stat(self.final) is not None:
+                store.remove_file(self.final, marker=store._is_marker(self.final))
+        except OSError:
+            self.pieces = None
+            return None
+        kind, old_length = store.index.put(slot_tag(self.digest), pack, offset, len(record), now)
+        if kind == 0:
+            store.account(1, len(record))
+        elif kind == 1:  # a new version: other workers' memory tiers must look again
+            store.account(0, len(record) - old_length)
+            store.generation.bump()
+        else:  # another key's entry was evicted from the bucket
+            store.account(0, len(record) - old_length)
+            store.generation.bump()
+        store._forget(self.final)
+        # the writer's own entry (made for it, used by nothing else): no copy
+        stored = self.entry
+        stored.path = self.final
+        stored.body_offset = _PREFIX.size + len(self.head)
+        stored.body_length = self.length
+        stored.body = b"".join(pieces)
+        stored.identity = (pack, offset)
+        stored.pack = (pack, offset, len(record))
+        store._remember(self.final, stored, now, store.generation.value())
         return stored
 
     def commit(self) -> Entry | None:

@@ -119,11 +119,29 @@ def test_php_and_flask_on_one_port(stack: tuple[GantryUp, Path]) -> None:
 def test_killed_php_fpm_is_restarted(stack: tuple[GantryUp, Path]) -> None:
     up, tmp = stack
     first = _php_part(tmp)["pid"]
+    children = _children(first)
+    assert children, "php-fpm's master has no children"
     os.kill(first, signal.SIGKILL)
     assert wait_for(lambda: _php_part(tmp)["pid"] not in (first, None), 15), up.log_text()[-3000:]
     assert wait_for(lambda: try_get(up.port, "/blog/info.php")[0] == 200, 15)
     assert _php_part(tmp)["restarts"] == 1
     assert "blog was killed by SIGKILL" in up.log_text()
+    # the killed master's children do not stay behind (they would serve on, untracked)
+    assert wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), 10)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
 
 
 def test_sighup_reloads_php_fpm_without_a_failed_request(stack: tuple[GantryUp, Path]) -> None:

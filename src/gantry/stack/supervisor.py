@@ -313,6 +313,9 @@ class Supervisor:
                     # php-fpm's children accept() blocking: a non-blocking socket makes
                     # each one exit at once (only php-fpm ever accepts on this one)
                     os.set_blocking(SD_LISTEN_FDS_START, True)
+                    # a group of its own: its children outlive a master that is killed
+                    # (they know no parent-death signal), and _reap kills the group
+                    os.setpgid(0, 0)
                 env = env_of(dict(os.environ))
                 # systemd hears from the supervisor only; the part's READY=1 comes here
                 env.pop("NOTIFY_SOCKET", None)
@@ -348,6 +351,8 @@ class Supervisor:
             part.pid = None
             part.last_exit = _describe_status(status)
             code = os.waitstatus_to_exitcode(status)
+            if part.kind == "php":
+                _kill_orphans(pid)
             if part in self.outgoing:
                 log.info("%s generation %d stopped (%s)", part.label, part.generation,
                          part.last_exit)  # fmt: skip
@@ -687,6 +692,15 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def _kill_orphans(group: int) -> None:
+    """php-fpm's children left behind by their master (``group``, its process group):
+    a master that was killed leaves them serving on the shared socket, untracked."""
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # none left: the usual case, a master that stopped its children
 
 
 def _describe_status(status: int) -> str:

@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 # program:Debian package (ss reads a unix socket's accept queue for tests/process.py; node
 # runs the cache-tests suite, tests/test_cache_suite.py; testssl checks the front's TLS,
-# tests/test_front_testssl.py; chromium renders a page through gantry up, tests/test_browser.py)
-SYSTEM_PROGRAMS := nginx:nginx wrk:wrk ss:iproute2 logrotate:logrotate node:nodejs redis-server:redis-server haproxy:haproxy testssl:testssl.sh chromium:chromium php-fpm8.2:php8.2-fpm
+# tests/test_front_testssl.py; chromium renders a page through gantry up, tests/test_browser.py;
+# curl and h2load are real HTTP/2 clients, tests/test_front_http2.py)
+SYSTEM_PROGRAMS := nginx:nginx wrk:wrk ss:iproute2 logrotate:logrotate node:nodejs redis-server:redis-server haproxy:haproxy testssl:testssl.sh chromium:chromium php-fpm8.2:php8.2-fpm curl:curl h2load:nghttp2-client
 
 .PHONY: run test lint bench system-deps clean clean-compiled compile
 

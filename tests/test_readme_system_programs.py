@@ -24,3 +24,13 @@ def test_readme_lists_every_package_make_test_installs() -> None:
     assert len(pairs) >= 2
     missing = [package for _, package in pairs if package not in paragraph]
     assert missing == [], f"README.md does not say make test installs {missing}"
+
+
+def test_every_program_a_test_requires_is_installed_by_make_test() -> None:
+    """A program the tests ask for with require_program (which fails under CI=true when
+    it is missing) is one make test installs: else a fresh machine fails the suite."""
+    asked: set[str] = set()
+    for path in (REPO / "tests").glob("*.py"):
+        asked |= set(re.findall(r'require_program\("([^"]+)"', path.read_text()))
+    installed = {program for program, _ in _system_programs()}
+    assert asked and sorted(asked - installed) == []

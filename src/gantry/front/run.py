@@ -23,7 +23,13 @@ from gantry.front.tls_accept import TLSListener
 from gantry.front.worker import FrontWorker
 from gantry.process.master import Master, MasterSettings, WorkerExit
 from gantry.process.privileges import Identity, drop_privileges, resolve_identity
-from gantry.process.reexec import LoneReload, Reexec, adopted_workers, owned_sockets
+from gantry.process.reexec import (
+    LoneReload,
+    Reexec,
+    adopted_workers,
+    owned_sockets,
+    release_held_signals,
+)
 from gantry.process.runtime import (
     freeze_startup_heap,
     new_event_loop,
@@ -120,6 +126,7 @@ def _serve_worker(
             if lone_reload is not None:
                 lone_reload.request_stop = stop.set
                 loop.add_signal_handler(signal.SIGHUP, lone_reload.on_sighup)
+                release_held_signals()  # a SIGHUP sent during the re-exec: taken now
             notify("READY=1", "STATUS=gantry front serving")
         freeze_startup_heap(YOUNG_THRESHOLD)
         await stop.wait()
@@ -130,6 +137,10 @@ def _serve_worker(
             notify("STOPPING=1")
         for server in servers:
             server.close()
+        # A client accepted in the turn that delivered the stop has its connection_made
+        # still queued behind this task: one turn lets it join worker.connections, or
+        # the wait below could see none, end, and close it unanswered.
+        await asyncio.sleep(0)
         deadline = loop.time() + config.graceful_timeout
         # a TLS connection becomes one of worker.connections once its handshake is done:
         # those accepted just before the close get a second to finish it

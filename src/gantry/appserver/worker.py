@@ -16,7 +16,7 @@ from gantry.appserver.context import WorkerContext, WSGIApp, error_log
 from gantry.appserver.http import IDLE_STATE, HTTPConnection
 from gantry.appserver.uwsgi import UwsgiConnection
 from gantry.config import ListenAddress, ServeConfig
-from gantry.process.reexec import LoneReload
+from gantry.process.reexec import LoneReload, release_held_signals
 from gantry.process.runtime import freeze_startup_heap, new_event_loop
 from gantry.process.shared import STATUS_CODES, SlotView
 from gantry.process.systemd import notify
@@ -165,6 +165,7 @@ class Worker:
         else:  # alone: this process tells systemd what a master would
             if self.lone_reload is not None:
                 loop.add_signal_handler(signal.SIGHUP, self.lone_reload.on_sighup)
+                release_held_signals()  # a SIGHUP sent during the re-exec: taken now
             notify("READY=1", f"STATUS=serving {config.app}")
         freeze_startup_heap()  # the app's garbage needs the default young threshold
         await self.stop_event.wait()

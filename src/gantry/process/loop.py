@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gantry.process.reexec import release_held_signals
 from gantry.process.runtime import signal_process
 
 __all__ = ["Backoff", "ProcessLoop", "describe_exit"]
@@ -86,6 +87,7 @@ class ProcessLoop:
         self.selector.register(self._wakeup_r, selectors.EVENT_READ, self._drain_wakeup)
         for signum in (*self.handled, signal.SIGCHLD):
             signal.signal(signum, self._queue_signal)
+        release_held_signals()  # a SIGHUP sent during a re-exec is taken now
 
     def _queue_signal(self, signum: int, frame: object) -> None:
         # Only queue: a handler may run between any two bytecodes of the loop.

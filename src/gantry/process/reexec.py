@@ -17,6 +17,7 @@ import dataclasses
 import fcntl
 import logging
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -35,6 +36,7 @@ __all__ = [
     "adopted_workers",
     "owned_sockets",
     "read_probe",
+    "release_held_signals",
     "start_probe",
 ]
 
@@ -44,6 +46,17 @@ log = logging.getLogger("gantry.master")
 ADOPT_ENV = "GANTRY_ADOPT"
 GENERATION_ENV = "GANTRY_GENERATION"
 OWNED_ENV = "GANTRY_OWNED_FDS"
+
+#: Blocked across the re-exec (a blocked signal stays pending through execve): a
+#: SIGHUP sent while the new image imports would otherwise meet the default action
+#: and kill it; held, it is delivered once the new image has its handler.
+HELD_ACROSS_EXEC = frozenset({signal.SIGHUP})
+
+
+def release_held_signals() -> None:
+    """Unblock what a re-exec held (call once the handlers are installed): a signal sent
+    during the re-exec is delivered now. A no-op in a process that was not re-executed."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_ACROSS_EXEC)
 
 
 @dataclass
@@ -81,7 +94,12 @@ class Reexec:
         sys.stdout.flush()
         sys.stderr.flush()
         os.chdir(self.start_dir)
-        os.execve(self.argv[0], self.argv, env)
+        signal.pthread_sigmask(signal.SIG_BLOCK, HELD_ACROSS_EXEC)
+        try:
+            os.execve(self.argv[0], self.argv, env)
+        except BaseException:
+            release_held_signals()
+            raise
 
 
 def probe_failure(text: str) -> str:

@@ -47,3 +47,33 @@ def start_php_fpm(
     return launch.program(
         [binary, "-F", "-n", "-y", str(conf), "-p", str(folder)], str(socket), name, cwd=folder
     )
+
+
+def php_pool(
+    launch: Launcher, base: Path, children: int = 2, name: str = "php-fpm"
+) -> tuple[Path, Path]:
+    """php-fpm with its files in ``base``/fpm (made, or reused by a restart): that folder
+    and the pool's socket."""
+    fpm = base / "fpm"
+    fpm.mkdir(exist_ok=True)
+    os.chmod(fpm, 0o755)  # the pool's children may be nobody
+    sock = fpm / "php.sock"
+    start_php_fpm(launch, fpm, sock, name, children)
+    return fpm, sock
+
+
+def fastcgi_front(sock: Path, locations: str, **upstream: int) -> str:
+    """A front config: one listener (FRONT_PORT), the FastCGI upstream "php" on ``sock``
+    with the keys given (read_timeout = 10, ...), then one server with ``locations``
+    (TOML [[front.server.location]] tables)."""
+    keys = "".join(f"{key} = {value}\n" for key, value in upstream.items())
+    return f"""
+[front]
+listen = ["127.0.0.1:FRONT_PORT"]
+
+[front.upstream.php]
+protocol = "fastcgi"
+servers = [ {{ address = "unix:{sock}" }} ]
+{keys}
+[[front.server]]
+{locations}"""

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.process import Front, Launcher, recv_until, wait_for
-from tests.support_php import start_php_fpm
+from tests.support_php import fastcgi_front, php_pool
 
 INDEX = b"<?php echo 'index of ', $_SERVER['SCRIPT_NAME'];\n"
 INFO = b"""<?php
@@ -68,23 +68,11 @@ def site(module_launch: Launcher) -> Iterator[tuple[Front, Path, Path]]:
         (root / name).write_bytes(data)
     for folder in (root, root / "blog", root / "uploads", root / "streamed"):
         os.chmod(folder, 0o777)  # stream.php writes its marker beside the site
-    fpm = base / "fpm"
-    fpm.mkdir()
-    os.chmod(fpm, 0o755)
-    sock = fpm / "php.sock"
-    start_php_fpm(module_launch, fpm, sock)
+    fpm, sock = php_pool(module_launch, base)
     front = module_launch.front(
-        f"""
-[front]
-listen = ["127.0.0.1:FRONT_PORT"]
-
-[front.upstream.php]
-protocol = "fastcgi"
-servers = [ {{ address = "unix:{sock}" }} ]
-read_timeout = 20
-max_tries = 1
-
-[[front.server]]
+        fastcgi_front(
+            sock,
+            f"""
 [[front.server.location]]
 path = "/"
 root = "{root}"
@@ -109,7 +97,10 @@ root = "{root}"
 try_files = ["$uri", "=404"]
 proxy = "php"
 fastcgi_param = {{ APP_ENV = "prod" }}
-"""
+""",
+            read_timeout=20,
+            max_tries=1,
+        )
     )
     yield front, root, fpm
 
@@ -253,7 +244,7 @@ def test_php_fpm_stopped_is_a_502_and_back(
     assert wait_for(lambda: not (fpm / "php.sock").exists())
     response, _ = front.request("GET", "/index.php")
     assert response.status == 502
-    start_php_fpm(module_launch, fpm, fpm / "php.sock", name="php-fpm-again")
+    php_pool(module_launch, fpm.parent, name="php-fpm-again")
     response, body = front.request("GET", "/index.php")
     assert response.status == 200 and body == b"index of /index.php"
 
@@ -267,25 +258,10 @@ def test_one_child_serves_more_clients_than_it_has_children(launch: Launcher) ->
     root.mkdir()
     os.chmod(root, 0o755)
     (root / "slow.php").write_bytes(b"<?php usleep(100000); echo 'slow';\n")
-    fpm = base / "fpm"
-    fpm.mkdir()
-    os.chmod(fpm, 0o755)
-    start_php_fpm(launch, fpm, fpm / "php.sock", children=1)
+    _, sock = php_pool(launch, base, children=1)
+    location = f'modifier = "~"\npath = "\\\\.php$"\nroot = "{root}"\nproxy = "php"\n'
     front = launch.front(
-        f"""
-[front]
-listen = ["127.0.0.1:FRONT_PORT"]
-[front.upstream.php]
-protocol = "fastcgi"
-servers = [ {{ address = "unix:{fpm / "php.sock"}" }} ]
-read_timeout = 10
-[[front.server]]
-[[front.server.location]]
-modifier = "~"
-path = "\\\\.php$"
-root = "{root}"
-proxy = "php"
-"""
+        fastcgi_front(sock, "[[front.server.location]]\n" + location, read_timeout=10)
     )
     results: list[tuple[int, float]] = []
 

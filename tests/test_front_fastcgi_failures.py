@@ -15,6 +15,7 @@ import pytest
 
 from gantry.protocol.fastcgi import STDERR, STDOUT, end_request, stream_records
 from tests.process import Front, Launcher, read_all
+from tests.support_php import fastcgi_front
 
 #: script name -> what the peer answers (None: nothing, it keeps the connection silent)
 ANSWERS: dict[str, bytes | None] = {
@@ -90,22 +91,19 @@ def front(module_launch: Launcher) -> Iterator[Front]:
     peer = Peer(base / "fcgi.sock")
     try:
         yield module_launch.front(
-            f"""
-[front]
-listen = ["127.0.0.1:FRONT_PORT"]
-[front.upstream.php]
-protocol = "fastcgi"
-servers = [ {{ address = "unix:{base / "fcgi.sock"}" }} ]
-read_timeout = 1
-max_tries = 1
-[[front.server]]
+            fastcgi_front(
+                base / "fcgi.sock",
+                f"""
 [[front.server.location]]
 modifier = "~"
 path = "\\\\.php$"
 root = "{root}"
 try_files = ["$uri", "=404"]
 proxy = "php"
-"""
+""",
+                read_timeout=1,
+                max_tries=1,
+            )
         )
     finally:
         peer.close()

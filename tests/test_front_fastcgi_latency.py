@@ -18,6 +18,7 @@ import pytest
 
 from gantry.protocol.fastcgi import STDIN, STDOUT, end_request, stream_records
 from tests.process import Front, Launcher
+from tests.support_php import fastcgi_front
 
 EMPTY_STDIN = stream_records(STDIN, 1, b"")
 ANSWERS = {
@@ -103,16 +104,9 @@ def front(module_launch: Launcher) -> Iterator[tuple[Front, Peer]]:
     peer = Peer(base / "fcgi.sock")
     try:
         front = module_launch.front(
-            f"""
-[front]
-listen = ["127.0.0.1:FRONT_PORT"]
-
-[front.upstream.php]
-protocol = "fastcgi"
-servers = [ {{ address = "unix:{base / "fcgi.sock"}" }} ]
-max_tries = 1
-
-[[front.server]]
+            fastcgi_front(
+                base / "fcgi.sock",
+                f"""
 [[front.server.location]]
 modifier = "="
 path = "/upload.php"
@@ -133,7 +127,9 @@ path = "\\\\.php$"
 root = "{root}"
 try_files = ["$uri", "=404"]
 proxy = "php"
-"""
+""",
+                max_tries=1,
+            )
         )
         yield front, peer
     finally:

@@ -14,7 +14,7 @@ import pytest
 from gantry.config import ConfigError
 from gantry.config.front import front_config_from_dict
 from tests.process import Front, Launcher
-from tests.support_php import start_php_fpm
+from tests.support_php import fastcgi_front, php_pool
 
 SERVER = b"""<?php
 header('Content-Type: text/plain');
@@ -40,22 +40,11 @@ def site(module_launch: Launcher) -> Iterator[tuple[Front, Path]]:
     (root / "loose" / "server.php").write_bytes(SERVER)
     for folder in (root, root / "uploads", root / "loose"):
         os.chmod(folder, 0o755)
-    fpm = base / "fpm"
-    fpm.mkdir()
-    os.chmod(fpm, 0o755)
-    sock = fpm / "php.sock"
-    start_php_fpm(module_launch, fpm, sock)
+    _, sock = php_pool(module_launch, base)
     front = module_launch.front(
-        f"""
-[front]
-listen = ["127.0.0.1:FRONT_PORT"]
-
-[front.upstream.php]
-protocol = "fastcgi"
-servers = [ {{ address = "unix:{sock}" }} ]
-max_tries = 1
-
-[[front.server]]
+        fastcgi_front(
+            sock,
+            f"""
 # a split that would take any first segment as the script: the location's own
 # regex and the file check still hold
 [[front.server.location]]
@@ -73,7 +62,9 @@ fastcgi_split_path_info = "^(.+?\\\\.php)(/.*)$"
 try_files = ["$fastcgi_script_name", "=404"]
 proxy = "php"
 fastcgi_param = {{ SPLIT = "$fastcgi_script_name|$fastcgi_path_info" }}
-"""
+""",
+            max_tries=1,
+        )
     )
     yield front, root
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import threading
 from pathlib import Path
 
 from tests.process import Launcher, require_program
@@ -77,3 +79,37 @@ servers = [ {{ address = "unix:{sock}" }} ]
 {keys}
 [[front.server]]
 {locations}"""
+
+
+class ScriptedPeer:
+    """A FastCGI server of the test's own on a unix socket (a thread): each connection
+    goes to ``serve``, which a subclass writes to answer as the case needs. A subclass
+    sets its own attributes before calling this ``__init__``, which starts the thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.bind(str(path))
+        os.chmod(path, 0o666)
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.serve(conn)
+
+    def serve(self, conn: socket.socket) -> None:
+        """Answer one connection (and close it, or keep it)."""
+        conn.close()
+
+    def close(self) -> None:
+        """Stop accepting; the thread ends within a turn of its accept timeout."""
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()

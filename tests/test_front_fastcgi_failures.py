@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 
 from gantry.protocol.fastcgi import STDERR, STDOUT, end_request, stream_records
 from tests.process import Front, Launcher, read_all
-from tests.support_php import fastcgi_front
+from tests.support_php import ScriptedPeer, fastcgi_front
 
 #: script name -> what the peer answers (None: nothing, it keeps the connection silent)
 ANSWERS: dict[str, bytes | None] = {
@@ -34,49 +33,35 @@ ANSWERS: dict[str, bytes | None] = {
 }
 
 
-class Peer:
-    """Accepts FastCGI connections, reads the request to its params' end and answers
-    with the bytes the script's name picks, then closes (but for "silent")."""
+class Peer(ScriptedPeer):
+    """Reads a FastCGI request to its params' end and answers with the bytes the
+    script's name picks, then closes (but for "silent")."""
 
     def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.bind(str(path))
-        os.chmod(path, 0o666)
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.stop = threading.Event()
         self.held: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+        super().__init__(path)
 
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            conn.settimeout(5)
-            data = b""
-            # the empty STDIN record ends a GET's request
-            while b"\x01\x05\x00\x01\x00\x00\x00\x00" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-            name = next((n for n in ANSWERS if f"/{n}.php".encode() in data), "ok")
-            answer = ANSWERS[name]
-            if answer is None:
-                self.held.append(conn)
-                continue
-            conn.sendall(answer)
-            conn.close()
+    def serve(self, conn: socket.socket) -> None:
+        conn.settimeout(5)
+        data = b""
+        # the empty STDIN record ends a GET's request
+        while b"\x01\x05\x00\x01\x00\x00\x00\x00" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        name = next((n for n in ANSWERS if f"/{n}.php".encode() in data), "ok")
+        answer = ANSWERS[name]
+        if answer is None:
+            self.held.append(conn)
+            return
+        conn.sendall(answer)
+        conn.close()
 
     def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
+        super().close()
         for conn in self.held:
             conn.close()
-        self.sock.close()
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 
 from gantry.protocol.fastcgi import STDIN, STDOUT, end_request, stream_records
 from tests.process import Front, Launcher
-from tests.support_php import fastcgi_front
+from tests.support_php import ScriptedPeer, fastcgi_front
 
 EMPTY_STDIN = stream_records(STDIN, 1, b"")
 ANSWERS = {
@@ -32,34 +32,22 @@ ANSWERS = {
 }
 
 
-class Peer:
-    """Accepts a connection at a time, reads the request to its empty STDIN record,
+class Peer(ScriptedPeer):
+    """Takes a connection at a time, reads the request to its empty STDIN record,
     notes whether the front's close follows within ``wait`` seconds, answers, then
     shuts its side and reads until the close, as php-fpm does."""
 
     def __init__(self, path: Path, wait: float = 0.5) -> None:
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.bind(str(path))
-        os.chmod(path, 0o666)
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
         self.wait = wait
         #: script -> whether the request's write side was closed before the answer
         self.closed_first: dict[str, bool] = {}
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+        super().__init__(path)
 
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                self._serve(conn)
+    def serve(self, conn: socket.socket) -> None:
+        with conn:
+            self._answer(conn)
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _answer(self, conn: socket.socket) -> None:
         conn.settimeout(5)
         data = b""
         while not data.endswith(EMPTY_STDIN):
@@ -84,11 +72,6 @@ class Peer:
                 pass
         except OSError:
             pass
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        self.sock.close()
 
 
 @pytest.fixture(scope="module")

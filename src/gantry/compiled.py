@@ -35,6 +35,8 @@ MODULES = (
     "gantry.protocol.chunked",
     "gantry.protocol.uwsgi",
     "gantry.protocol.fastcgi",
+    "gantry.protocol.hpack",
+    "gantry.protocol.http2",
     "gantry.front.connection",
     "gantry.front.exchange",
     "gantry.front.answering",

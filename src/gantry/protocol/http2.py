@@ -30,7 +30,6 @@ __all__ = [
     "SettingsChanged",
     "WindowOpened",
     "error_name",
-    "HeaderBlockWatch",
 ]
 
 #: what an HTTP/2 client sends first (RFC 9113 3.4)
@@ -794,51 +793,3 @@ def _request(stream_id: int, fields: list[tuple[bytes, bytes]], end: bool) -> Re
     if end and content_length > 0:
         return "a body announced on a request without one"
     return Request(stream_id, method, scheme, path, authority, regular, content_length, end)
-
-
-# The watch the h2-based front checks frames with until it uses ServerConnection.
-_FRAME_HEAD: Final = 9
-
-
-class HeaderBlockWatch:
-    """Follows the frames of a client's byte stream (after its preface) and the size of
-    the header block being sent (HEADERS or PUSH_PROMISE, then its CONTINUATIONs)."""
-
-    __slots__ = ("limit", "_skip", "_head", "_block")
-
-    def __init__(self, limit: int, preface: bool = True) -> None:
-        self.limit = limit
-        #: bytes still to pass over: the preface, then each frame's payload
-        self._skip = len(PREFACE) if preface else 0
-        #: a frame header split between two reads
-        self._head = b""
-        #: bytes of the header block so far (0: none is open)
-        self._block = 0
-
-    def feed(self, data: bytes) -> bool:
-        """Follow ``data``; False once a header block has passed the limit."""
-        pos = 0
-        size = len(data)
-        while pos < size:
-            if self._skip:
-                take = min(self._skip, size - pos)
-                pos += take
-                self._skip -= take
-                continue
-            want = _FRAME_HEAD - len(self._head)
-            head = self._head + data[pos : pos + want]
-            pos += min(want, size - pos)
-            if len(head) < _FRAME_HEAD:
-                self._head = head
-                break
-            self._head = b""
-            length = int.from_bytes(head[:3], "big")
-            kind = head[3]
-            if kind == HEADERS or kind == PUSH_PROMISE or kind == CONTINUATION:
-                self._block += length
-                if self._block > self.limit:
-                    return False
-                if head[4] & END_HEADERS:
-                    self._block = 0
-            self._skip = length
-        return True

@@ -40,6 +40,7 @@ MODULES = (
     "gantry.front.connection",
     "gantry.front.exchange",
     "gantry.front.answering",
+    "gantry.front.http2",
     "gantry.front.handlers",
     "gantry.front.files",
     "gantry.front.responses",

@@ -88,6 +88,11 @@ _RESETS: Final = 0
 _SETTINGS: Final = 1
 _PINGS: Final = 2
 
+#: the common statuses, encoded once
+_STATUS: Final = {
+    status: str(status).encode()
+    for status in (200, 204, 206, 301, 302, 304, 400, 403, 404, 500, 502)
+}
 #: the request methods, decoded once
 _METHODS: Final = {
     method.encode(): method
@@ -141,35 +146,36 @@ class Http2Stream:
     """One request of an HTTP/2 connection, and the way its answer goes back: the
     exchange the handler chain talks to."""
 
-    relay: Relay | None = None
-    coder: ResponseCoder | None = None
-    original: RequestHead | None = None
-    limit_status = ""
-    cache_status = "-"
-    releases: list[Callable[[], None]] | None = None
-    #: the response's file body still to read
-    file: _FileSource | None = None
-    #: the handler chain has the request; it has answered (the accounting is done)
-    dispatched = False
-    answered = False
-    #: the response's head went out; its last byte went out (END_STREAM)
-    head_sent = False
-    finished = False
-    #: the client's side ended (END_STREAM, or a reset)
-    remote_ended = False
-    #: the response ends once ``out`` is sent
-    ending = False
-    #: the client reset the stream, or the connection is gone
-    closed = False
-    #: the client is behind: the relay is paused
-    paused = False
-    #: request body bytes taken from the client but not yet acknowledged (the upstream
-    #: is behind: the window stays shut)
-    unacked = 0
-    reading_paused = False
-    keep_alive = True
-
     def __init__(self, conn: Http2Connection, stream_id: int, head: RequestHead) -> None:
+        # all set here: compiled, the class default this had for ``relay`` was not seen
+        # (AttributeError in gone())
+        self.relay: Relay | None = None
+        self.coder: ResponseCoder | None = None
+        self.original: RequestHead | None = None
+        self.limit_status = ""
+        self.cache_status = "-"
+        self.releases: list[Callable[[], None]] | None = None
+        #: the response's file body still to read
+        self.file: _FileSource | None = None
+        #: the handler chain has the request; it has answered (the accounting is done)
+        self.dispatched = False
+        self.answered = False
+        #: the response's head went out; its last byte went out (END_STREAM)
+        self.head_sent = False
+        self.finished = False
+        #: the client's side ended (END_STREAM, or a reset)
+        self.remote_ended = False
+        #: the response ends once ``out`` is sent
+        self.ending = False
+        #: the client reset the stream, or the connection is gone
+        self.closed = False
+        #: the client is behind: the relay is paused
+        self.paused = False
+        #: request body bytes taken from the client but not yet acknowledged (the upstream
+        #: is behind: the window stays shut)
+        self.unacked = 0
+        self.reading_paused = False
+        self.keep_alive = True
         self.conn = conn
         self.stream_id = stream_id
         self.head = head
@@ -321,7 +327,7 @@ class Http2Stream:
         if coder is None and not head_only:
             body = small_file(fd, pieces)
             if body is not None:
-                if self._send_head(status, b"".join(lines), not body):
+                if self._send_head(status, b"", not body, fields):
                     self._queue(body)
                     self.ending = True
                     self.conn.pump(self)
@@ -395,9 +401,16 @@ class Http2Stream:
         status = self.status
         return self.head.method == "HEAD" or status in (204, 304) or status < 200
 
-    def _send_head(self, status: int, block: bytes, end: bool) -> bool:
-        """The response head (``block``: its fields, each ending in CRLF) with add_header's,
-        HSTS, Server and Date; False when the stream can take nothing more."""
+    def _send_head(
+        self,
+        status: int,
+        block: bytes,
+        end: bool,
+        fields: list[tuple[bytes, bytes]] | None = None,
+    ) -> bool:
+        """The response head (``block``: its fields, each ending in CRLF; or ``fields``)
+        with add_header's, HSTS, Server and Date; False when the stream can take nothing
+        more."""
         if self.closed or self.head_sent:
             return False
         location = self.location
@@ -406,8 +419,15 @@ class Http2Stream:
             block += added_fields(rules, status, self)
         if self.hsts:
             block += self.hsts
-        headers = [(b":status", str(status).encode())]
-        _add_fields(headers, block)
+        code = _STATUS.get(status)
+        headers = [(b":status", code if code is not None else str(status).encode())]
+        if fields is not None:
+            for name, value in fields:
+                name = name.lower()
+                if name not in CONNECTION_FIELDS:
+                    headers.append((name, value))
+        if block:
+            _add_fields(headers, block)
         headers += self.conn.default_fields()
         self.head_sent = True
         if end:
@@ -472,18 +492,17 @@ class Http2Stream:
 class Http2Connection(asyncio.Protocol):
     """One HTTP/2 client connection: its streams, flow control, timeouts and defences."""
 
-    _fixed_vars = b""
-    _gantry_vars = b""
-    _vars_addr = ""
-    counted = ""
-    peer_trusted = False
-
     def __init__(
         self, worker: FrontWorker, listener: int = 0, https: bool = False, preface: bool = True
     ) -> None:
         self.worker = worker
         self.listener = listener
         self.https = https
+        self._fixed_vars = b""
+        self._gantry_vars = b""
+        self._vars_addr = ""
+        self.counted = ""
+        self.peer_trusted = False
         config = worker.config
         self.max_streams = config.http2_max_concurrent_streams
         self.idle_timeout = config.http2_idle_timeout
@@ -697,7 +716,7 @@ class Http2Connection(asyncio.Protocol):
 
     def _request(self, event: Request, now: float) -> None:
         stream_id = event.stream_id
-        head, problem = _request_head(event)
+        head, problem, host = _request_head(event)
         stream = Http2Stream(self, stream_id, head)
         stream.last_read = now
         self.streams[stream_id] = stream
@@ -712,7 +731,6 @@ class Http2Connection(asyncio.Protocol):
             stream.log_error(problem)
             stream.error(400)
             return
-        host = request_host(head)
         route = worker.route(host, head.path, self.listener)
         if route is None:
             stream.error(400)
@@ -1040,10 +1058,10 @@ def _add_fields(headers: list[tuple[bytes, bytes]], block: bytes) -> None:
         headers.append((name, value.strip()))
 
 
-def _request_head(request: Request) -> tuple[RequestHead, str]:
-    """The request head of an HTTP/2 request (the codec has checked its fields), and what
-    is wrong with it ("" when nothing is): :authority becomes Host, cookies are joined
-    into one field (RFC 9113 8.2.3)."""
+def _request_head(request: Request) -> tuple[RequestHead, str, str | None]:
+    """The request head of an HTTP/2 request (the codec has checked its fields), what is
+    wrong with it ("" when nothing is) and its host: :authority becomes Host, cookies
+    are joined into one field (RFC 9113 8.2.3)."""
     head = RequestHead()
     head.version = "2.0"
     method = _METHODS.get(request.method)
@@ -1070,8 +1088,10 @@ def _request_head(request: Request) -> tuple[RequestHead, str]:
             continue
         else:
             fields.append(field)
+    host: str | None = None
     if authority:
         fields.insert(0, (b"host", authority))
+        host = authority.decode("latin-1")
     if cookies is not None:
         fields.append((b"cookie", b"; ".join(cookies)))
     head.headers = fields
@@ -1083,4 +1103,4 @@ def _request_head(request: Request) -> tuple[RequestHead, str]:
     path, _, query = target.partition(b"?")
     head.path = path
     head.query = query
-    return head, problem
+    return head, problem, host

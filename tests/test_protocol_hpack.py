@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gantry.protocol import hpack as hpack_module
 from gantry.protocol.hpack import (
     COMPRESSION_ERROR,
     ENHANCE_YOUR_CALM,
@@ -223,3 +224,19 @@ def test_an_hpack_bomb_stops_at_the_list_limit() -> None:
     fields: Fields = []
     assert decoder.decode(block, fields) == ENHANCE_YOUR_CALM
     assert len(fields) < 5
+
+
+def test_short_huffman_strings_are_remembered_but_never_a_bad_one() -> None:
+    # the shared memo of short strings gives what the decoder gives, and a bad coding
+    # is refused every time (it is not remembered)
+    good = hpack_module.huffman_encode(b"/static/one.bin")
+    assert hpack_module.huffman_decode_short(good) == b"/static/one.bin"
+    assert hpack_module.huffman_decode_short(good) == b"/static/one.bin"
+    assert good in hpack_module._DECODED
+    bad = b"\xff\xff\xff\xff"  # EOS inside
+    assert hpack_module.huffman_decode_short(bad) is None
+    assert hpack_module.huffman_decode_short(bad) is None
+    assert bad not in hpack_module._DECODED
+    long = hpack_module.huffman_encode(b"x" * 200)
+    assert hpack_module.huffman_decode_short(long) == b"x" * 200
+    assert long not in hpack_module._DECODED

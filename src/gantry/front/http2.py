@@ -93,6 +93,12 @@ _STATUS: Final = {
     status: str(status).encode()
     for status in (200, 204, 206, 301, 302, 304, 400, 403, 404, 500, 502)
 }
+#: prepared response heads (a hot static file's, a cached response's: the same bytes
+#: object request after request) as HTTP/2 fields, parsed once; emptied when full (at
+#: most PREPARED_HEADS heads of PREPARED_HEAD_SIZE bytes are kept)
+_PREPARED: Final[dict[bytes, list[tuple[bytes, bytes]]]] = {}
+PREPARED_HEADS: Final = 256
+PREPARED_HEAD_SIZE: Final = 4096
 #: the request methods, decoded once
 _METHODS: Final = {
     method.encode(): method
@@ -269,7 +275,17 @@ class Http2Stream:
         if coder is not None:
             self.coder = None
             head, body = coder.whole_head(status, head, body)
-        self._whole(status, head.partition(b"\r\n")[2], body)
+            self._whole(status, head.partition(b"\r\n")[2], body)
+            return
+        fields = _PREPARED.get(head)
+        if fields is None:
+            fields = []
+            _add_fields(fields, head.partition(b"\r\n")[2])
+            if len(head) <= PREPARED_HEAD_SIZE:
+                if len(_PREPARED) >= PREPARED_HEADS:
+                    _PREPARED.clear()
+                _PREPARED[head] = fields
+        self._whole(status, b"", body, fields)
 
     def respond_whole(self, status: int, head: bytes, body: bytes) -> None:
         """A whole relayed response (status line and fields in ``head``); ``end`` follows."""
@@ -281,11 +297,17 @@ class Http2Stream:
         if self._send_head(status, head.partition(b"\r\n")[2], not body and self._bodyless()):
             self._queue(body)
 
-    def _whole(self, status: int, block: bytes, body: bytes) -> None:
+    def _whole(
+        self,
+        status: int,
+        block: bytes,
+        body: bytes,
+        fields: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         self.status = status
         if self.head.method == "HEAD":
             body = b""
-        if self._send_head(status, block, not body):
+        if self._send_head(status, block, not body, fields):
             self._queue(body)
             self.ending = True
             self.conn.pump(self)
@@ -327,7 +349,7 @@ class Http2Stream:
         if coder is None and not head_only:
             body = small_file(fd, pieces)
             if body is not None:
-                if self._send_head(status, b"", not body, fields):
+                if self._send_head(status, b"", not body, _fields(fields)):
                     self._queue(body)
                     self.ending = True
                     self.conn.pump(self)
@@ -408,9 +430,9 @@ class Http2Stream:
         end: bool,
         fields: list[tuple[bytes, bytes]] | None = None,
     ) -> bool:
-        """The response head (``block``: its fields, each ending in CRLF; or ``fields``)
-        with add_header's, HSTS, Server and Date; False when the stream can take nothing
-        more."""
+        """The response head (``fields``, as HTTP/2 has them, then ``block``'s: each
+        ending in CRLF) with add_header's, HSTS, Server and Date; False when the stream
+        can take nothing more."""
         if self.closed or self.head_sent:
             return False
         location = self.location
@@ -422,10 +444,7 @@ class Http2Stream:
         code = _STATUS.get(status)
         headers = [(b":status", code if code is not None else str(status).encode())]
         if fields is not None:
-            for name, value in fields:
-                name = name.lower()
-                if name not in CONNECTION_FIELDS:
-                    headers.append((name, value))
+            headers += fields
         if block:
             _add_fields(headers, block)
         headers += self.conn.default_fields()
@@ -1056,6 +1075,13 @@ def _add_fields(headers: list[tuple[bytes, bytes]], block: bytes) -> None:
         if name in CONNECTION_FIELDS:
             continue
         headers.append((name, value.strip()))
+
+
+def _fields(fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """A handler's response fields as HTTP/2 wants them (see _add_fields)."""
+    return [
+        (name.lower(), value) for name, value in fields if name.lower() not in CONNECTION_FIELDS
+    ]
 
 
 def _request_head(request: Request) -> tuple[RequestHead, str, str | None]:

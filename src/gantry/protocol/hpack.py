@@ -261,6 +261,28 @@ def huffman_decode(data: bytes) -> bytes | None:
     return bytes(out)
 
 
+#: short Huffman-coded strings decoded before (a client's paths, its user agent: the
+#: literals a client sends request after request without indexing them), shared by
+#: every connection; emptied when full
+_DECODED: Final[dict[bytes, bytes]] = {}
+DECODED_STRINGS: Final = 1024
+DECODED_LENGTH: Final = 64
+
+
+def huffman_decode_short(data: bytes) -> bytes | None:
+    """:func:`huffman_decode`, remembered for strings of up to DECODED_LENGTH bytes."""
+    if len(data) > DECODED_LENGTH:
+        return huffman_decode(data)
+    decoded = _DECODED.get(data)
+    if decoded is None:
+        decoded = huffman_decode(data)
+        if decoded is not None:
+            if len(_DECODED) >= DECODED_STRINGS:
+                _DECODED.clear()
+            _DECODED[data] = decoded
+    return decoded
+
+
 def huffman_encode(data: bytes) -> bytes:
     """``data`` Huffman-coded, padded with 1s to a whole byte."""
     codes = _HUFFMAN
@@ -433,7 +455,7 @@ class Decoder:
             return None, pos
         raw = block[pos:end]
         if byte & 0x80:
-            decoded = huffman_decode(raw)
+            decoded = huffman_decode_short(raw)
             if decoded is None:
                 self.message = "a bad Huffman coding"
             return decoded, end

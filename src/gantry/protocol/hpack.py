@@ -541,13 +541,15 @@ class Encoder:
     def encode_field(self, name: bytes, value: bytes, out: bytearray) -> None:
         """Append one field's representation to ``out``."""
         key = (name, value)
-        index = _STATIC_FIELDS.get(key, 0)
-        if index:
-            encode_integer(out, 0x80, index, 7)
-            return
+        # the dynamic table first: most of a response's fields are found there, and a
+        # field of the static table is never added to it (so the order changes nothing)
         number = self.fields.get(key, -1)
         if number >= 0:
             encode_integer(out, 0x80, _STATIC_SIZE + self.inserted - number, 7)
+            return
+        index = _STATIC_FIELDS.get(key, 0)
+        if index:
+            encode_integer(out, 0x80, index, 7)
             return
         index = _STATIC_NAMES.get(name, 0)
         if not index:

@@ -13,6 +13,7 @@ read (CVE-2024-27316 and its siblings).
 
 from __future__ import annotations
 
+import struct
 from typing import Final
 
 from gantry.protocol.hpack import Decoder, Encoder
@@ -111,6 +112,10 @@ def error_name(code: int) -> str:
     if 0 <= code < len(_ERROR_NAMES):
         return _ERROR_NAMES[code]
     return f"0x{code:x}"
+
+
+#: a frame's header (4.1): the 24-bit length as a byte and 16 bits, type, flags, stream
+_FRAME_HEAD: Final = struct.Struct(">BHBBI")
 
 
 class Event:
@@ -237,10 +242,7 @@ class _Stream:
 
 
 def _frame_head(out: bytearray, length: int, kind: int, flags: int, stream_id: int) -> None:
-    out += length.to_bytes(3, "big")
-    out.append(kind)
-    out.append(flags)
-    out += stream_id.to_bytes(4, "big")
+    out += _FRAME_HEAD.pack(length >> 16, length & 0xFFFF, kind, flags, stream_id)
 
 
 class ServerConnection:

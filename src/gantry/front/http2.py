@@ -1,4 +1,4 @@
-"""One HTTP/2 client connection of the front (RFC 9113), on the ``h2`` state machine.
+"""One HTTP/2 client connection of the front (RFC 9113), on gantry.protocol.http2's codec.
 
 Each stream is an :class:`~gantry.front.exchange.Exchange` and drives the same handler
 chain as an HTTP/1 request, so access rules, limits, rewrites, the cache, static files,
@@ -19,22 +19,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from typing import Final
-
-from h2.config import H2Configuration
-from h2.connection import ConnectionState, H2Connection
-from h2.errors import ErrorCodes
-from h2.events import (
-    ConnectionTerminated,
-    DataReceived,
-    PingReceived,
-    RemoteSettingsChanged,
-    RequestReceived,
-    StreamEnded,
-    StreamReset,
-    WindowUpdated,
-)
-from h2.exceptions import H2Error, ProtocolError, StreamClosedError
-from h2.settings import SettingCodes, Settings
 
 from gantry.config.front_model import Location, VirtualServer
 from gantry.front.answering import (
@@ -57,7 +41,24 @@ from gantry.front.upstream_request import connection_vars, gantry_connection_var
 from gantry.front.worker import FrontWorker
 from gantry.http.body import BodyBuffer
 from gantry.protocol.http1 import RequestHead
-from gantry.protocol.http2 import HeaderBlockWatch
+from gantry.protocol.http2 import (
+    CANCEL,
+    CONNECTION_FIELDS,
+    ENHANCE_YOUR_CALM,
+    INTERNAL_ERROR,
+    NO_ERROR,
+    REFUSED_STREAM,
+    ConnectionFailed,
+    Data,
+    GoawayReceived,
+    PingReceived,
+    Request,
+    Reset,
+    ServerConnection,
+    SettingsChanged,
+    WindowOpened,
+    error_name,
+)
 
 __all__ = ["Http2Connection", "Http2Stream"]
 
@@ -87,10 +88,22 @@ _RESETS: Final = 0
 _SETTINGS: Final = 1
 _PINGS: Final = 2
 
-#: fields that are the HTTP/1 connection's, not the message's (RFC 9113 8.2.2)
-CONNECTION_FIELDS: Final = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
-)
+#: the common statuses, encoded once
+_STATUS: Final = {
+    status: str(status).encode()
+    for status in (200, 204, 206, 301, 302, 304, 400, 403, 404, 500, 502)
+}
+#: prepared response heads (a hot static file's, a cached response's: the same bytes
+#: object request after request) as HTTP/2 fields, parsed once; emptied when full (at
+#: most PREPARED_HEADS heads of PREPARED_HEAD_SIZE bytes are kept)
+_PREPARED: Final[dict[bytes, list[tuple[bytes, bytes]]]] = {}
+PREPARED_HEADS: Final = 256
+PREPARED_HEAD_SIZE: Final = 4096
+#: the request methods, decoded once
+_METHODS: Final = {
+    method.encode(): method
+    for method in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT")
+}
 
 
 class _FileSource:
@@ -139,35 +152,36 @@ class Http2Stream:
     """One request of an HTTP/2 connection, and the way its answer goes back: the
     exchange the handler chain talks to."""
 
-    relay: Relay | None = None
-    coder: ResponseCoder | None = None
-    original: RequestHead | None = None
-    limit_status = ""
-    cache_status = "-"
-    releases: list[Callable[[], None]] | None = None
-    #: the response's file body still to read
-    file: _FileSource | None = None
-    #: the handler chain has the request; it has answered (the accounting is done)
-    dispatched = False
-    answered = False
-    #: the response's head went out; its last byte went out (END_STREAM)
-    head_sent = False
-    finished = False
-    #: the client's side ended (END_STREAM, or a reset)
-    remote_ended = False
-    #: the response ends once ``out`` is sent
-    ending = False
-    #: the client reset the stream, or the connection is gone
-    closed = False
-    #: the client is behind: the relay is paused
-    paused = False
-    #: request body bytes taken from the client but not yet acknowledged (the upstream
-    #: is behind: the window stays shut)
-    unacked = 0
-    reading_paused = False
-    keep_alive = True
-
     def __init__(self, conn: Http2Connection, stream_id: int, head: RequestHead) -> None:
+        # all set here: compiled, the class default this had for ``relay`` was not seen
+        # (AttributeError in gone())
+        self.relay: Relay | None = None
+        self.coder: ResponseCoder | None = None
+        self.original: RequestHead | None = None
+        self.limit_status = ""
+        self.cache_status = "-"
+        self.releases: list[Callable[[], None]] | None = None
+        #: the response's file body still to read
+        self.file: _FileSource | None = None
+        #: the handler chain has the request; it has answered (the accounting is done)
+        self.dispatched = False
+        self.answered = False
+        #: the response's head went out; its last byte went out (END_STREAM)
+        self.head_sent = False
+        self.finished = False
+        #: the client's side ended (END_STREAM, or a reset)
+        self.remote_ended = False
+        #: the response ends once ``out`` is sent
+        self.ending = False
+        #: the client reset the stream, or the connection is gone
+        self.closed = False
+        #: the client is behind: the relay is paused
+        self.paused = False
+        #: request body bytes taken from the client but not yet acknowledged (the upstream
+        #: is behind: the window stays shut)
+        self.unacked = 0
+        self.reading_paused = False
+        self.keep_alive = True
         self.conn = conn
         self.stream_id = stream_id
         self.head = head
@@ -261,7 +275,17 @@ class Http2Stream:
         if coder is not None:
             self.coder = None
             head, body = coder.whole_head(status, head, body)
-        self._whole(status, head.partition(b"\r\n")[2], body)
+            self._whole(status, head.partition(b"\r\n")[2], body)
+            return
+        fields = _PREPARED.get(head)
+        if fields is None:
+            fields = []
+            _add_fields(fields, head.partition(b"\r\n")[2])
+            if len(head) <= PREPARED_HEAD_SIZE:
+                if len(_PREPARED) >= PREPARED_HEADS:
+                    _PREPARED.clear()
+                _PREPARED[head] = fields
+        self._whole(status, b"", body, fields)
 
     def respond_whole(self, status: int, head: bytes, body: bytes) -> None:
         """A whole relayed response (status line and fields in ``head``); ``end`` follows."""
@@ -273,11 +297,17 @@ class Http2Stream:
         if self._send_head(status, head.partition(b"\r\n")[2], not body and self._bodyless()):
             self._queue(body)
 
-    def _whole(self, status: int, block: bytes, body: bytes) -> None:
+    def _whole(
+        self,
+        status: int,
+        block: bytes,
+        body: bytes,
+        fields: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         self.status = status
         if self.head.method == "HEAD":
             body = b""
-        if self._send_head(status, block, not body):
+        if self._send_head(status, block, not body, fields):
             self._queue(body)
             self.ending = True
             self.conn.pump(self)
@@ -302,7 +332,7 @@ class Http2Stream:
     def drop(self) -> None:
         """No answer (nginx's 444): the stream is reset."""
         self.status = 444
-        self.conn.reset(self, ErrorCodes.REFUSED_STREAM)
+        self.conn.reset(self, REFUSED_STREAM)
         self._done()
 
     def send_file(
@@ -319,7 +349,7 @@ class Http2Stream:
         if coder is None and not head_only:
             body = small_file(fd, pieces)
             if body is not None:
-                if self._send_head(status, b"".join(lines), not body):
+                if self._send_head(status, b"", not body, _fields(fields)):
                     self._queue(body)
                     self.ending = True
                     self.conn.pump(self)
@@ -384,7 +414,7 @@ class Http2Stream:
         self.log_error(f"upstream broke mid-response: {message}")
         self.relay = None
         self.coder = None
-        self.conn.reset(self, ErrorCodes.INTERNAL_ERROR)
+        self.conn.reset(self, INTERNAL_ERROR)
         self._done()
 
     # the wire ----------
@@ -393,9 +423,16 @@ class Http2Stream:
         status = self.status
         return self.head.method == "HEAD" or status in (204, 304) or status < 200
 
-    def _send_head(self, status: int, block: bytes, end: bool) -> bool:
-        """The response head (``block``: its fields, each ending in CRLF) with add_header's,
-        HSTS, Server and Date; False when the stream can take nothing more."""
+    def _send_head(
+        self,
+        status: int,
+        block: bytes,
+        end: bool,
+        fields: list[tuple[bytes, bytes]] | None = None,
+    ) -> bool:
+        """The response head (``fields``, as HTTP/2 has them, then ``block``'s: each
+        ending in CRLF) with add_header's, HSTS, Server and Date; False when the stream
+        can take nothing more."""
         if self.closed or self.head_sent:
             return False
         location = self.location
@@ -404,8 +441,12 @@ class Http2Stream:
             block += added_fields(rules, status, self)
         if self.hsts:
             block += self.hsts
-        headers = [(b":status", str(status).encode())]
-        _add_fields(headers, block)
+        code = _STATUS.get(status)
+        headers = [(b":status", code if code is not None else str(status).encode())]
+        if fields is not None:
+            headers += fields
+        if block:
+            _add_fields(headers, block)
         headers += self.conn.default_fields()
         self.head_sent = True
         if end:
@@ -470,44 +511,29 @@ class Http2Stream:
 class Http2Connection(asyncio.Protocol):
     """One HTTP/2 client connection: its streams, flow control, timeouts and defences."""
 
-    _fixed_vars = b""
-    _gantry_vars = b""
-    _vars_addr = ""
-    counted = ""
-    peer_trusted = False
-
     def __init__(
         self, worker: FrontWorker, listener: int = 0, https: bool = False, preface: bool = True
     ) -> None:
         self.worker = worker
         self.listener = listener
         self.https = https
+        self._fixed_vars = b""
+        self._gantry_vars = b""
+        self._vars_addr = ""
+        self.counted = ""
+        self.peer_trusted = False
         config = worker.config
         self.max_streams = config.http2_max_concurrent_streams
         self.idle_timeout = config.http2_idle_timeout
-        h2_config = H2Configuration(
-            client_side=False,
-            header_encoding=None,
-            validate_inbound_headers=True,
-            normalize_inbound_headers=True,
-            # the front writes its own fields lower-cased and without connection fields:
-            # not checked again on each response
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
+        # the header limit bounds both a block's frames (a CONTINUATION flood) and
+        # what it decodes to (an HPACK bomb)
+        self.h2 = ServerConnection(
+            self.max_streams,
+            config.http2_max_header_size,
+            STREAM_WINDOW,
+            CONNECTION_WINDOW,
+            preface,
         )
-        self.h2 = H2Connection(h2_config)
-        header_size = config.http2_max_header_size
-        self.h2.local_settings = Settings(
-            client=False,
-            initial_values={
-                SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams,
-                SettingCodes.MAX_HEADER_LIST_SIZE: header_size,
-                SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-            },
-        )
-        # the HPACK decoder's own limit (an HPACK bomb: a small block that expands)
-        self.h2.decoder.max_header_list_size = header_size
-        self.watch = HeaderBlockWatch(header_size, preface)
         self.transport: asyncio.Transport | None = None
         self.remote_addr = ""
         self.peer_addr = ""
@@ -558,8 +584,7 @@ class Http2Connection(asyncio.Protocol):
             self.counted = counted
         worker.connections.add(self)
         worker.counters.http2_connections += 1
-        self.h2.initiate_connection()
-        self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self.h2.initiate()
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -582,43 +607,37 @@ class Http2Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed or self.goaway_sent:
             return
-        if not self.watch.feed(data):
-            self.goaway(ErrorCodes.ENHANCE_YOUR_CALM, "a header block past http2_max_header_size")
-            return
         now = self.worker.now
         self.in_receive = True
         try:
-            events = self.h2.receive_data(data)
-        except ProtocolError as exc:
-            # h2 has queued its GOAWAY (PROTOCOL_ERROR, ENHANCE_YOUR_CALM for an HPACK
-            # bomb, FRAME_SIZE_ERROR ...)
-            self.in_receive = False
-            if self.h2.state_machine.state != ConnectionState.CLOSED:
-                # not said yet (a bad preface is refused before h2 frames anything)
-                self.h2.close_connection(getattr(exc, "error_code", ErrorCodes.PROTOCOL_ERROR))
-            self.log_error(f"HTTP/2 connection error: {exc}: closed")
-            self._close_after_goaway()
-            return
-        try:
-            for event in events:
-                if isinstance(event, DataReceived):
+            # one pass over the frames read, the chain run for each request, and what
+            # they answered written once below
+            for event in self.h2.receive(data):
+                if isinstance(event, Data):
                     self._data(event, now)
-                elif isinstance(event, RequestReceived):
+                    if event.end:
+                        self._stream_ended(event.stream_id)
+                elif isinstance(event, Request):
                     self._request(event, now)
-                elif isinstance(event, WindowUpdated):
+                elif isinstance(event, WindowOpened):
                     self._window_updated(event.stream_id)
-                elif isinstance(event, StreamEnded):
-                    self._stream_ended(event.stream_id)
-                elif isinstance(event, StreamReset):
-                    self._stream_reset(event.stream_id, event.remote_reset)
-                elif isinstance(event, RemoteSettingsChanged):
+                elif isinstance(event, Reset):
+                    if event.message:
+                        self.log_error(f"HTTP/2 stream {event.stream_id}: {event.message}: reset")
+                    self._stream_reset(event.stream_id, event.remote)
+                elif isinstance(event, SettingsChanged):
                     self._flood(_SETTINGS, "SETTINGS")
-                    if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+                    if event.window:
                         self._window_updated(0)
                 elif isinstance(event, PingReceived):
                     self._flood(_PINGS, "PING")
-                elif isinstance(event, ConnectionTerminated):
-                    self.goaway_sent = True
+                elif isinstance(event, GoawayReceived):
+                    self._close_after_goaway()
+                elif isinstance(event, ConnectionFailed):
+                    # the codec has queued its GOAWAY
+                    self.log_error(
+                        f"HTTP/2 connection error: {event.message}: GOAWAY {error_name(event.code)}"
+                    )
                     self._close_after_goaway()
                 if self.closed or self.goaway_sent:
                     break
@@ -670,13 +689,13 @@ class Http2Connection(asyncio.Protocol):
                 # a client that never opens its window (or never reads) holds the
                 # response and its upstream: closed, as nginx's send_timeout does
                 paused = self.paused
-                self.goaway(ErrorCodes.ENHANCE_YOUR_CALM, "client timed out reading")
+                self.goaway(ENHANCE_YOUR_CALM, "client timed out reading")
                 if paused and self.transport is not None:
                     self.transport.abort()  # not even reading: the GOAWAY cannot go out
             return
         if not self.streams:
             if now - self.idle_since >= self.idle_timeout:
-                self.goaway(ErrorCodes.NO_ERROR, "")
+                self.goaway(NO_ERROR, "")
             else:
                 self.deadline = self.idle_since + self.idle_timeout
             return
@@ -689,7 +708,7 @@ class Http2Connection(asyncio.Protocol):
                 stream.log_error("client timed out sending the request body")
                 if not stream.answered:
                     stream.error(408)
-                self.reset(stream, ErrorCodes.CANCEL)
+                self.reset(stream, CANCEL)
         self.flush()
 
     def _arm(self, at: float) -> None:
@@ -703,7 +722,7 @@ class Http2Connection(asyncio.Protocol):
         if self.transport is None or self.closed:
             return
         if not self.streams:
-            self.goaway(ErrorCodes.NO_ERROR, "")
+            self.goaway(NO_ERROR, "")
         # else the open streams finish (h2 sends nothing after a GOAWAY) and new ones
         # are refused (see _request)
 
@@ -714,26 +733,23 @@ class Http2Connection(asyncio.Protocol):
 
     # streams ----------
 
-    def _request(self, event: RequestReceived, now: float) -> None:
+    def _request(self, event: Request, now: float) -> None:
         stream_id = event.stream_id
-        if stream_id is None:
-            return
-        head, problem = _request_head(event.headers or [])
+        head, problem, host = _request_head(event)
         stream = Http2Stream(self, stream_id, head)
         stream.last_read = now
         self.streams[stream_id] = stream
         worker = self.worker
-        if event.stream_ended is not None:
+        if event.end:
             stream.remote_ended = True
         if worker.stopping:
             # a graceful stop: the client may ask again on another connection
-            self.reset(stream, ErrorCodes.REFUSED_STREAM)
+            self.reset(stream, REFUSED_STREAM)
             return
         if problem:
             stream.log_error(problem)
             stream.error(400)
             return
-        host = request_host(head)
         route = worker.route(host, head.path, self.listener)
         if route is None:
             stream.error(400)
@@ -772,16 +788,16 @@ class Http2Connection(asyncio.Protocol):
             if not stream.answered and not stream.closed:
                 stream.relay = None
                 if stream.head_sent:
-                    self.reset(stream, ErrorCodes.INTERNAL_ERROR)
+                    self.reset(stream, INTERNAL_ERROR)
                     stream._done()
                 else:
                     stream.error(500)
 
-    def _data(self, event: DataReceived, now: float) -> None:
+    def _data(self, event: Data, now: float) -> None:
         stream_id = event.stream_id
-        data = event.data or b""
-        flow = event.flow_controlled_length or 0
-        stream = self.streams.get(stream_id) if stream_id is not None else None
+        data = event.data
+        flow = event.flow
+        stream = self.streams.get(stream_id)
         if stream is None or stream.answered and stream.stream is None:
             # a body no one reads any more: its window opens at once
             self.acknowledge(stream_id, flow)
@@ -796,7 +812,7 @@ class Http2Connection(asyncio.Protocol):
                     stream.body.discard()
                     stream.body = None
                 stream.error(413)
-            self.reset(stream, ErrorCodes.NO_ERROR if stream.finished else ErrorCodes.CANCEL)
+            self.reset(stream, NO_ERROR if stream.finished else CANCEL)
             return
         if stream.stream is not None:
             stream.stream.feed(data)
@@ -807,8 +823,8 @@ class Http2Connection(asyncio.Protocol):
             stream.body.append(data)
         self.acknowledge(stream_id, flow)
 
-    def _stream_ended(self, stream_id: int | None) -> None:
-        stream = self.streams.get(stream_id) if stream_id is not None else None
+    def _stream_ended(self, stream_id: int) -> None:
+        stream = self.streams.get(stream_id)
         if stream is None:
             return
         stream.remote_ended = True
@@ -827,8 +843,8 @@ class Http2Connection(asyncio.Protocol):
             stream.head.content_length = body.size  # no Content-Length: now it is known
         self._run(stream, chain, body)
 
-    def _stream_reset(self, stream_id: int | None, by_client: bool) -> None:
-        stream = self.streams.get(stream_id) if stream_id is not None else None
+    def _stream_reset(self, stream_id: int, by_client: bool) -> None:
+        stream = self.streams.get(stream_id)
         if by_client:
             # Rapid Reset (CVE-2023-44487): streams opened and reset at once cost the
             # server work the client never waits for
@@ -852,7 +868,7 @@ class Http2Connection(asyncio.Protocol):
             counts[0] = counts[1] = counts[2] = 0
         counts[kind] += 1
         if counts[kind] > limit and not self.goaway_sent:
-            self.goaway(ErrorCodes.ENHANCE_YOUR_CALM, f"{frame} flood: {counts[kind]} in a second")
+            self.goaway(ENHANCE_YOUR_CALM, f"{frame} flood: {counts[kind]} in a second")
 
     def _forget(self, stream: Http2Stream) -> None:
         if self.streams.pop(stream.stream_id, None) is not None:
@@ -864,7 +880,7 @@ class Http2Connection(asyncio.Protocol):
                 self.idle_since = self.worker.loop.time()
                 self._arm(self.idle_since + self.idle_timeout)
 
-    def _window_updated(self, stream_id: int | None) -> None:
+    def _window_updated(self, stream_id: int) -> None:
         if stream_id:
             stream = self.streams.get(stream_id)
             if stream is not None and stream in self.waiting:
@@ -877,9 +893,7 @@ class Http2Connection(asyncio.Protocol):
 
     def send_head(self, stream: Http2Stream, headers: list[tuple[bytes, bytes]], end: bool) -> bool:
         """A stream's response head; False when the stream is gone."""
-        try:
-            self.h2.send_headers(stream.stream_id, headers, end_stream=end)
-        except (StreamClosedError, ProtocolError):
+        if not self.h2.send_headers(stream.stream_id, headers, end):
             stream.gone()
             return False
         if end:
@@ -894,60 +908,67 @@ class Http2Connection(asyncio.Protocol):
         h2 = self.h2
         stream_id = stream.stream_id
         out = stream.out
-        try:
-            while not self.paused:
-                if not out and stream.file is not None:
+        while not self.paused:
+            if not out:
+                file = stream.file
+                if file is not None:
                     try:
-                        data, last = stream.file.read()
+                        data, last = file.read()
                     except EOFError:
                         stream.log_error("file shrank while being sent")
-                        self.reset(stream, ErrorCodes.INTERNAL_ERROR)
+                        self.reset(stream, INTERNAL_ERROR)
                         return
                     stream.sent += len(data)
                     if data:
                         out.append(data)
                         stream.out_size += len(data)
                     if last:
-                        stream.file.close()
+                        file.close()
                         stream.file = None
                         stream._done()
-                if not out:
-                    if stream.ending and stream.file is None:
-                        h2.end_stream(stream_id)
-                        self._finished(stream)
-                    else:
-                        self.waiting.discard(stream)
-                    break
-                window = h2.local_flow_control_window(stream_id)
-                if window <= 0:
-                    if not self.waiting:
-                        self.last_sent = self.worker.now  # send_timeout runs from here
-                        self._arm(self.last_sent + self.worker.send_timeout)
-                    self.waiting.add(stream)  # on again when the client opens its window
-                    break
-                data = out[0]
-                size = min(len(data), window, h2.max_outbound_frame_size)
-                if size < len(data):
-                    out[0] = data[size:]
-                    data = data[:size]
-                else:
-                    out.popleft()
-                stream.out_size -= size
-                last = not out and stream.ending and stream.file is None
-                h2.send_data(stream_id, data, end_stream=last)
-                self.last_sent = self.worker.now
-                if last:
+            if not out:
+                if stream.ending and stream.file is None:
+                    if not h2.end_stream(stream_id):
+                        self._lost(stream)
+                        return
                     self._finished(stream)
-                    break
-        except (StreamClosedError, ProtocolError):
-            stream.gone()
-            self._forget(stream)
-            return
+                else:
+                    self.waiting.discard(stream)
+                break
+            window = h2.window(stream_id)
+            if window < 0:
+                self._lost(stream)
+                return
+            if window == 0:
+                if not self.waiting:
+                    self.last_sent = self.worker.now  # send_timeout runs from here
+                    self._arm(self.last_sent + self.worker.send_timeout)
+                self.waiting.add(stream)  # on again when the client opens its window
+                break
+            data = out[0]
+            size = min(len(data), window, h2.max_frame_size)
+            if size < len(data):
+                out[0] = data[size:]
+                data = data[:size]
+            else:
+                out.popleft()
+            stream.out_size -= size
+            last = not out and stream.ending and stream.file is None
+            h2.send_data(stream_id, data, last)
+            self.last_sent = self.worker.now
+            if last:
+                self._finished(stream)
+                break
         if self.paused and (out or stream.file is not None):
             self.waiting.add(stream)
         self._maybe_resume(stream)
         if flush:
             self.flush_soon()
+
+    def _lost(self, stream: Http2Stream) -> None:
+        """The codec has closed ``stream`` (the client reset it): nothing more is sent."""
+        stream.gone()
+        self._forget(stream)
 
     def _maybe_resume(self, stream: Http2Stream) -> None:
         if stream.paused and not self.paused and stream.out_size < STREAM_LOW_WATER:
@@ -963,27 +984,19 @@ class Http2Connection(asyncio.Protocol):
             self._forget(stream)
         elif stream.answered and stream.stream is None:
             # the answer is complete and the rest of the body is not wanted (RFC 9113 8.1)
-            self.reset(stream, ErrorCodes.NO_ERROR)
+            self.reset(stream, NO_ERROR)
 
-    def reset(self, stream: Http2Stream, code: ErrorCodes) -> None:
+    def reset(self, stream: Http2Stream, code: int) -> None:
         """Reset ``stream`` (RST_STREAM ``code``)."""
         if not stream.closed or stream.stream_id in self.streams:
-            try:
-                self.h2.reset_stream(stream.stream_id, code)
-            except (StreamClosedError, ProtocolError):
-                pass
+            self.h2.reset_stream(stream.stream_id, code)
         stream.gone()
         self._forget(stream)
         self.flush_soon()
 
-    def acknowledge(self, stream_id: int | None, size: int) -> None:
+    def acknowledge(self, stream_id: int, size: int) -> None:
         """``size`` bytes of a stream's body were taken: the windows open again."""
-        if not size or stream_id is None:
-            return
-        try:
-            self.h2.acknowledge_received_data(size, stream_id)
-        except (StreamClosedError, H2Error):
-            pass
+        self.h2.acknowledge(stream_id, size)
 
     def flush_soon(self) -> None:
         """Write what h2 has for the client once this turn of the loop is over (at the end
@@ -999,16 +1012,13 @@ class Http2Connection(asyncio.Protocol):
         if data and self.transport is not None and not self.closed:
             self.transport.write(data)
 
-    def goaway(self, code: ErrorCodes, message: str) -> None:
+    def goaway(self, code: int, message: str) -> None:
         """GOAWAY with ``code`` and close (after what is written goes out)."""
         if message:
-            self.log_error(f"{message}: GOAWAY {code.name}")
+            self.log_error(f"{message}: GOAWAY {error_name(code)}")
         if not self.goaway_sent:
             self.goaway_sent = True
-            try:
-                self.h2.close_connection(code)
-            except H2Error:
-                pass
+            self.h2.goaway(code)
         self._close_after_goaway()
 
     def _close_after_goaway(self) -> None:
@@ -1067,49 +1077,56 @@ def _add_fields(headers: list[tuple[bytes, bytes]], block: bytes) -> None:
         headers.append((name, value.strip()))
 
 
-def _request_head(headers: list[tuple[bytes, bytes]]) -> tuple[RequestHead, str]:
-    """The request head of an HTTP/2 request's fields (h2 has checked the pseudo-fields),
-    and what is wrong with it ("" when nothing is): :authority becomes Host, cookies
+def _fields(fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """A handler's response fields as HTTP/2 wants them (see _add_fields)."""
+    return [
+        (name.lower(), value) for name, value in fields if name.lower() not in CONNECTION_FIELDS
+    ]
+
+
+def _request_head(request: Request) -> tuple[RequestHead, str, str | None]:
+    """The request head of an HTTP/2 request (the codec has checked its fields), what is
+    wrong with it ("" when nothing is) and its host: :authority becomes Host, cookies
     are joined into one field (RFC 9113 8.2.3)."""
     head = RequestHead()
     head.version = "2.0"
+    method = _METHODS.get(request.method)
+    head.method = method if method is not None else request.method.decode("latin-1")
+    target = request.path
+    head.target = target
+    if request.content_length >= 0:
+        head.content_length = request.content_length
     fields: list[tuple[bytes, bytes]] = []
-    authority = b""
-    cookies: list[bytes] = []
-    problem = ""
-    for name, value in headers:
-        if name[:1] == b":":
-            if name == b":method":
-                head.method = value.decode("latin-1")
-            elif name == b":path":
-                head.target = value
-            elif name == b":authority":
-                authority = value
-        elif name == b"cookie":
-            cookies.append(value)
+    authority = request.authority
+    cookies: list[bytes] | None = None
+    for field in request.fields:
+        name = field[0]
+        if name == b"cookie":
+            if cookies is None:
+                cookies = []
+            cookies.append(field[1])
         elif name == b"host":
             if not authority:
-                authority = value
-        elif name == b"content-length":
-            if not value.isdigit() or len(value) > 18:
-                problem = f"bad content-length {value!r}"
-            else:
-                head.content_length = int(value)
-        elif name == b"expect":
-            continue  # HTTP/2 needs no 100 (Continue): the window says how much to send
+                authority = field[1]
+        elif name == b"content-length" or name == b"expect":
+            # the length is the head's; HTTP/2 needs no 100 (Continue): the window says
+            # how much to send
+            continue
         else:
-            fields.append((name, value))
+            fields.append(field)
+    host: str | None = None
     if authority:
         fields.insert(0, (b"host", authority))
-    if cookies:
+        host = authority.decode("latin-1")
+    if cookies is not None:
         fields.append((b"cookie", b"; ".join(cookies)))
     head.headers = fields
-    target = head.target
+    problem = ""
     if head.method == "CONNECT":
-        problem = problem or "CONNECT is not served"
+        problem = "CONNECT is not served"
     elif not target.startswith(b"/") and not (target == b"*" and head.method == "OPTIONS"):
-        problem = problem or f"bad :path {target[:100]!r}"
+        problem = f"bad :path {target[:100]!r}"
     path, _, query = target.partition(b"?")
     head.path = path
     head.query = query
-    return head, problem
+    return head, problem, host

@@ -149,8 +149,8 @@ def main() -> int:
             try:
                 wait_port(port)
                 for load, close in (("keep-alive", False), ("handshakes", True)):
-                    wrk(port, "/", 1, 1, True, close)
-                    result = wrk(port, "/", args.duration, 1, True, close)
+                    wrk(port, "/", 1, 1, tls=True, close=close)
+                    result = wrk(port, "/", args.duration, 1, tls=True, close=close)
                     results[kind, load] = result.rps
                     print(f"{kind:10} {load:10} {result.rps:9.0f} req/s", flush=True)
             finally:

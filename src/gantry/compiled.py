@@ -46,6 +46,7 @@ MODULES = (
     "gantry.front.responses",
     "gantry.front.proxy",
     "gantry.front.websocket",
+    "gantry.front.tls_accept",
     "gantry.front.keepalive",
     "gantry.front.worker",
     "gantry.front.upstream",

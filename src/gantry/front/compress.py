@@ -36,7 +36,7 @@ try:
 except ImportError:
     zstandard = None  # type: ignore[assignment]
 
-__all__ = ["Encoder", "ResponseCoder", "choose_coding", "encoder_for"]
+__all__ = ["Encoder", "ResponseCoder", "choose_coding", "encoder_for", "zlib_sizes"]
 
 #: the statuses compressed (nginx's: 200, 403, 404)
 COMPRESSED_STATUSES: Final = frozenset({200, 403, 404})
@@ -67,8 +67,22 @@ class Encoder:
         return self._finish()
 
 
-def encoder_for(coding: str, level: int) -> Encoder:
-    """A new encoder of ``coding`` ("gzip", "br", "zstd") at ``level`` (1-9)."""
+def zlib_sizes(length: int | None) -> tuple[int, int]:
+    """deflate's window bits and memLevel for a body of ``length`` bytes (None: not
+    known), as nginx's gzip filter chooses them: 15 and 8, both one less while the body
+    would fit in half the window, so a small response does not allocate and clear the
+    256 KiB of state a whole window takes (16 KiB for a 2 KiB body)."""
+    wbits, memlevel = 15, 8
+    if length is not None and length > 0:
+        while length < (1 << (wbits - 1)) - 262:
+            wbits -= 1
+            memlevel -= 1
+    return wbits, max(memlevel, 1)
+
+
+def encoder_for(coding: str, level: int, length: int | None = None) -> Encoder:
+    """A new encoder of ``coding`` ("gzip", "br", "zstd") at ``level`` (1-9) for a body
+    of ``length`` bytes (None: not known)."""
     if coding == "br":
         # quality 1-9 is brotli's fast range; a small window keeps a stream's memory low
         br = brotli.Compressor(quality=level, lgwin=20)
@@ -76,8 +90,9 @@ def encoder_for(coding: str, level: int) -> Encoder:
     if coding == "zstd":
         zs = zstandard.ZstdCompressor(level=level).compressobj()
         return Encoder(zs.compress, lambda: zs.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK), zs.flush)
-    # wbits 16 + 15: the gzip wrapper; memLevel 8 as nginx's default
-    gz = zlib.compressobj(level, zlib.DEFLATED, 31, 8)
+    # 16 + wbits: the gzip wrapper
+    wbits, memlevel = zlib_sizes(length)
+    gz = zlib.compressobj(level, zlib.DEFLATED, 16 + wbits, memlevel)
     return Encoder(gz.compress, lambda: gz.flush(zlib.Z_SYNC_FLUSH), gz.flush)
 
 
@@ -188,7 +203,7 @@ class ResponseCoder:
             kept.append(line)
         kept.append(b"Content-Encoding: " + coding.encode("ascii") + b"\r\n")
         lines[:] = kept
-        self.encoder = encoder_for(coding, compression.level)
+        self.encoder = encoder_for(coding, compression.level, length)
         return True
 
     def whole(self, status: int, lines: list[bytes], body: bytes) -> bytes:

@@ -28,8 +28,12 @@ SMALL_FILE: Final = 256 * 1024
 # Hot small files keep their whole response (but Date) in memory for this long
 # before the file is looked at again: nginx stats and sendfiles on each request.
 HOT_FILE_SECONDS: Final = 1.0
-HOT_FILE_MAX: Final = 64 * 1024
+# Any file read into memory whole (SMALL_FILE) may be hot: a page compressed on the fly
+# is then read from here, not stat'ed, looked up and read again for each request; the
+# bodies held stay within HOT_BYTES (the bound 512 files of 64 KiB had before).
+HOT_FILE_MAX: Final = SMALL_FILE
 HOT_FILES: Final = 512
+HOT_BYTES: Final = 32 * 1024 * 1024
 # Requests with these fields take the full path (validators, ranges, encodings).
 _CONDITIONAL: Final = frozenset(
     {b"range", b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since",
@@ -53,6 +57,8 @@ class StaticHandler(Handler):
         #: (location id, path) -> (built at, status line and fields, body, whether it is
         #: the answer whatever Accept-Encoding says: no compressed sibling, no Vary)
         self.hot: dict[tuple[int, str], tuple[float, bytes, bytes, bool]] = {}
+        #: the bytes of the bodies in ``hot``
+        self.hot_bytes = 0
         #: the worker's clock (loop time), set once a second
         self.now = 0.0
         #: the epoch second of the Date field answers carry (Expires counts from it)
@@ -85,8 +91,9 @@ class StaticHandler(Handler):
         head = exchange.head
         path = exchange.path
         hot = self.hot
-        # Accept-Encoding matters only where a compressed sibling exists or the response
-        # is compressed on the fly: a browser's request for any other file is plain too.
+        # Accept-Encoding matters only where a compressed sibling exists: a browser's
+        # request for any other file is plain too, and compression on the fly (the
+        # exchange's coder) works on the hot body as on one read from the file.
         encoded = conditional = False
         for name, _ in head.headers:
             lower = name.lower()
@@ -95,11 +102,7 @@ class StaticHandler(Handler):
                     encoded = True
                 else:
                     conditional = True
-        plain = (
-            head.method == "GET"
-            and not conditional
-            and not (encoded and exchange.coder is not None)
-        )
+        plain = head.method == "GET" and not conditional
         if plain:
             entry = hot.get((id(location), path))
             if (
@@ -151,6 +154,19 @@ class StaticHandler(Handler):
             return
         self._send(exchange, location, path, plain, encoded, result, lines, fd, stat.st_size)
 
+    def _keep_hot(self, key: tuple[int, str], entry: tuple[float, bytes, bytes, bool]) -> None:
+        """Hold ``entry``, the oldest going first while HOT_FILES or HOT_BYTES would be
+        passed."""
+        hot = self.hot
+        old = hot.pop(key, None)
+        if old is not None:
+            self.hot_bytes -= len(old[2])
+        size = len(entry[2])
+        while hot and (len(hot) >= HOT_FILES or self.hot_bytes + size > HOT_BYTES):
+            self.hot_bytes -= len(hot.pop(next(iter(hot)))[2])
+        hot[key] = entry
+        self.hot_bytes += size
+
     def _send(
         self,
         exchange: Exchange,
@@ -186,9 +202,7 @@ class StaticHandler(Handler):
                 and not (encoded and varies)
             ):
                 block = _OK + b"".join([name + b": " + value + b"\r\n" for name, value in lines])
-                if len(self.hot) >= HOT_FILES:
-                    self.hot.pop(next(iter(self.hot)))
-                self.hot[(id(location), path)] = (self.now, block, data, not varies)
+                self._keep_hot((id(location), path), (self.now, block, data, not varies))
             exchange.respond(result.status, lines, data)
             return
         exchange.send_file(result.status, lines, fd, [(start, end)])

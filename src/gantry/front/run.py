@@ -108,14 +108,14 @@ def _serve_worker(
                     "front listening on http://%s%s", address, " (h2c)" if listener.h2c else ""
                 )
                 continue
-            # accepted here, to see the first byte before the handshake (plain HTTP gets
-            # nginx's 400); then the loop's own TLS transport (uvloop's is in C around a
-            # memory BIO). The handshake has client_header_timeout, as a head would.
+            # our own TLS termination over the loop's plain TCP transport: it sees the
+            # first byte before the handshake (plain HTTP gets nginx's 400), and the
+            # handshake has client_header_timeout, as a head would (see front.tls_accept)
             tls_listener = TLSListener(
                 loop, sock, context, _connections(worker, index, listener),
-                config.client_header_timeout, worker.tasks,
+                config.client_header_timeout,
             )  # fmt: skip
-            tls_listener.start()
+            await tls_listener.start()
             servers.append(tls_listener)
             log.info("front listening on https://%s%s", address, " (h2)" if listener.http2 else "")
         if slot is not None:

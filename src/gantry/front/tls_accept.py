@@ -1,37 +1,39 @@
-"""The front's TLS listeners, accepted by the worker itself so that each connection's
-first byte is seen before any handshake, as nginx does.
+"""The front's TLS termination: the loop's plain TCP transport carries the ciphertext, an
+``ssl.SSLObject`` over two memory BIOs turns it into the plaintext the HTTP/1 and HTTP/2
+connections read, and their writes back into records, as nginx drives OpenSSL itself.
 
-A TLS client opens with a handshake record (first byte 0x16): its socket goes to the
-loop's TLS transport (``connect_accepted_socket``), then to the listener's protocol, as
-``create_server(ssl=...)`` would. Anything else is plain HTTP sent to the HTTPS port: it
-gets nginx's answer, 400 "The plain HTTP request was sent to HTTPS port", and the close,
-where the loop's transport would have failed the handshake and closed without a word.
+Measured against uvloop's own TLS transport (``create_server(ssl=...)``, bench/front.py
+and bench/tls_transport.py), this costs less a request and a handshake: no second
+transport object and its handshake future, no task per connection, one SSL write and
+one socket write for what a response writes at once (with the session tickets and
+close_notify when they go at the same time), and a close that does not wait for the
+peer's close_notify.
+
+Each connection's first byte is seen before any handshake, as nginx does: a TLS client
+opens with a handshake record (first byte 0x16); anything else is plain HTTP sent to the
+HTTPS port and gets nginx's answer, 400 "The plain HTTP request was sent to HTTPS port",
+and the close, where a TLS server would fail the handshake and close without a word.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Final, cast
+from typing import Any, Final, cast
 
-__all__ = ["PLAIN_HTTP_ANSWER", "TLSListener"]
+__all__ = ["PLAIN_HTTP_ANSWER", "TLSListener", "TLSStream"]
 
 log: Final = logging.getLogger("gantry.front")
 
 #: the first byte of a TLS record that carries a handshake: every ClientHello opens with it
 TLS_HANDSHAKE: Final = 0x16
-#: the connections one readiness of the listening socket accepts at most (the loop's
-#: other work goes on between batches)
-ACCEPT_BATCH: Final = 64
 #: bytes of a plain-HTTP head read before the answer (the rest is not waited for)
 PLAIN_HEAD_LIMIT: Final = 16 * 1024
-#: accept errors that say the process or host is out of something: accepting pauses a
-#: second instead of spinning on a socket that stays readable
-_EXHAUSTED: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: the most plaintext one record carries: SSLObject.read is asked for no more
+RECORD_PLAINTEXT: Final = 16 * 1024
 
 _MESSAGE: Final = b"400 The plain HTTP request was sent to HTTPS port\n"
 #: nginx's status and words; the connection closes after it
@@ -41,6 +43,13 @@ PLAIN_HTTP_ANSWER: Final = (
     b"Content-Length: " + str(len(_MESSAGE)).encode() + b"\r\n"
     b"Connection: close\r\n\r\n" + _MESSAGE
 )
+
+# Where a TLSStream is.
+_NEW: Final = 0  # no byte yet
+_HANDSHAKE: Final = 1  # a ClientHello came: the handshake is under way
+_OPEN: Final = 2  # handshake done: the connection's protocol has it
+_CLOSING: Final = 3  # closed on our side (close_notify sent): the socket closes
+_CLOSED: Final = 4  # the socket is closed
 
 
 class PlainHTTPAnswer(asyncio.Protocol):
@@ -88,10 +97,321 @@ class PlainHTTPAnswer(asyncio.Protocol):
             self.timer = None
 
 
+class TLSStream(asyncio.Protocol):
+    """One TLS connection: the protocol of the plain TCP transport and the transport of
+    the connection's own protocol (made by ``factory`` once the handshake is done), with
+    the transport calls FrontConnection and Http2Connection make.
+
+    The handshake has ``timeout`` (client_header_timeout) from the accept, as the first
+    request head would have; the SNI callback and the session tickets are the context's.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        context: ssl.SSLContext,
+        factory: Callable[[], asyncio.Protocol],
+        timeout: float,
+    ) -> None:
+        self.loop = loop
+        self.context = context
+        self.factory = factory
+        self.timeout = timeout
+        self.state = _NEW
+        self.raw: asyncio.Transport | None = None
+        self.app: asyncio.Protocol | None = None
+        #: made with the first byte (a silent or plain-HTTP client costs none of them)
+        self.incoming: ssl.MemoryBIO | None = None
+        self.outgoing: ssl.MemoryBIO | None = None
+        self.tls: ssl.SSLObject | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        #: the protocol is reading what we gave it: its writes wait in the outgoing BIO
+        #: and go to the socket together when it returns
+        self.delivering = False
+
+    # the plain TCP transport's protocol ----------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # a stream transport (uvloop's is not an asyncio.Transport subclass: no isinstance)
+        self.raw = cast(asyncio.Transport, transport)
+        self.timer = self.loop.call_later(self.timeout, self._timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        state = self.state
+        if state == _OPEN:
+            self._receive(data)
+        elif state == _HANDSHAKE:
+            self._handshake(data)
+        elif state == _NEW:
+            if data[0] != TLS_HANDSHAKE:
+                self._plain(data)
+                return
+            self.state = _HANDSHAKE
+            self.incoming = ssl.MemoryBIO()
+            self.outgoing = ssl.MemoryBIO()
+            self.tls = self.context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+            self._handshake(data)
+
+    def eof_received(self) -> bool | None:
+        app = self.app
+        if app is not None and self.state == _OPEN:
+            app.eof_received()  # a TLS connection cannot stay half-open: it closes anyway
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = _CLOSED
+        timer = self.timer
+        if timer is not None:
+            self.timer = None
+            timer.cancel()
+        app = self.app
+        if app is not None:
+            self.app = None
+            app.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        app = self.app
+        if app is not None:
+            app.pause_writing()
+
+    def resume_writing(self) -> None:
+        app = self.app
+        if app is not None:
+            app.resume_writing()
+
+    # the handshake and the records -----------------------------------------------------
+
+    def _handshake(self, data: bytes) -> None:
+        tls = self.tls
+        incoming = self.incoming
+        assert tls is not None and incoming is not None
+        incoming.write(data)
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:  # the client's next flight is needed: ours goes now
+            self._flush()
+            return
+        except (ssl.SSLError, ValueError) as exc:
+            # a client we do not speak with (an old version, no common cipher): our alert
+            # goes, then the close, as a failed handshake ends in nginx
+            log.debug("TLS handshake failed: %s", exc)
+            self.state = _CLOSING
+            self._flush()
+            if self.raw is not None:
+                self.raw.close()
+            return
+        timer = self.timer
+        if timer is not None:
+            self.timer = None
+            timer.cancel()
+        self.state = _OPEN
+        app = self.factory()
+        self.app = app
+        app.connection_made(cast(asyncio.BaseTransport, self))
+        # a request sent with the client's Finished is in the BIO already; the session
+        # tickets wait in ours to go with its response
+        if incoming.pending and self.state == _OPEN:
+            self._receive(b"")
+        else:
+            self._flush()
+
+    def _receive(self, data: bytes) -> None:
+        """Records in: their plaintext to the protocol in one call, then out what it
+        wrote meanwhile in one socket write."""
+        tls = self.tls
+        incoming = self.incoming
+        assert tls is not None and incoming is not None
+        if data:
+            incoming.write(data)
+        plain = b""
+        pieces: list[bytes] | None = None
+        ended = False
+        while True:
+            try:
+                piece = tls.read(RECORD_PLAINTEXT)
+            except ssl.SSLWantReadError:  # the rest of a record is on its way
+                break
+            except ssl.SSLZeroReturnError:
+                ended = True
+                break
+            except ssl.SSLError as exc:
+                log.debug("TLS record refused: %s", exc)
+                self.abort()
+                return
+            if not piece:  # the client's close_notify
+                ended = True
+                break
+            if not plain:
+                plain = piece
+            elif pieces is None:
+                pieces = [plain, piece]
+            else:
+                pieces.append(piece)
+            # one read takes one whole record: with no ciphertext left, another read
+            # would only raise SSLWantReadError
+            if not incoming.pending:
+                break
+        app = self.app
+        if app is None:
+            return
+        if plain:
+            self.delivering = True
+            try:
+                app.data_received(plain if pieces is None else b"".join(pieces))
+            finally:
+                self.delivering = False
+        if ended and self.state == _OPEN:
+            app.eof_received()
+            self.close()
+        self._flush()
+
+    def _flush(self) -> None:
+        """The ciphertext made so far to the socket, in one write."""
+        outgoing = self.outgoing
+        raw = self.raw
+        if outgoing is not None and outgoing.pending and raw is not None:
+            raw.write(outgoing.read())
+
+    def _timed_out(self) -> None:
+        """No ClientHello, or no finished handshake, within client_header_timeout."""
+        self.timer = None
+        raw = self.raw
+        if self.state < _OPEN and raw is not None:
+            self.state = _CLOSING
+            raw.abort()
+
+    def _plain(self, data: bytes) -> None:
+        """Plain HTTP on the HTTPS port: PlainHTTPAnswer takes the socket over."""
+        raw = self.raw
+        assert raw is not None
+        timer = self.timer
+        if timer is not None:
+            self.timer = None
+            timer.cancel()
+        self.state = _CLOSING
+        peer = raw.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) else "unix:"
+        answer = PlainHTTPAnswer(self.loop, self.timeout, address)
+        raw.set_protocol(answer)
+        answer.connection_made(raw)
+        answer.data_received(data)
+
+    # the protocol's transport ----------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Plaintext out: encrypted now, sent now or when the protocol returns."""
+        tls = self.tls
+        if self.state != _OPEN or tls is None or not data:
+            return
+        tls.write(data)
+        if not self.delivering:
+            self._flush()
+
+    def writelines(self, pieces: Any) -> None:
+        """Several pieces, in one SSL write and one socket write."""
+        self.write(b"".join(pieces))
+
+    def close(self) -> None:
+        """close_notify and what was written go, then the socket closes; the client's
+        close_notify is not waited for (nginx does not wait either)."""
+        if self.state >= _CLOSING:
+            return
+        self.state = _CLOSING
+        tls = self.tls
+        if tls is not None:
+            try:
+                tls.unwrap()  # sends close_notify, then says the peer's has not come
+            except ssl.SSLError:
+                pass
+        self._flush()
+        raw = self.raw
+        if raw is not None:
+            raw.close()
+
+    def abort(self) -> None:
+        """Close at once, nothing more sent."""
+        if self.state == _CLOSED:
+            return
+        self.state = _CLOSING
+        self.outgoing = None  # nothing more goes to the socket
+        raw = self.raw
+        if raw is not None:
+            raw.abort()
+
+    def is_closing(self) -> bool:
+        """Closed or closing on either side."""
+        raw = self.raw
+        return self.state >= _CLOSING or raw is None or raw.is_closing()
+
+    def pause_reading(self) -> None:
+        """No more bytes from the client until resume_reading."""
+        raw = self.raw
+        if raw is not None and self.state == _OPEN:
+            raw.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read the client again."""
+        raw = self.raw
+        if raw is not None and self.state == _OPEN:
+            raw.resume_reading()
+
+    def is_reading(self) -> bool:
+        """Whether bytes from the client are read."""
+        raw = self.raw
+        return raw is not None and raw.is_reading()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """The socket's buffer limits (ciphertext is plaintext and ~30 bytes a record)."""
+        raw = self.raw
+        if raw is not None:
+            raw.set_write_buffer_limits(high=high, low=low)
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes written and not yet taken by the client."""
+        raw = self.raw
+        outgoing = self.outgoing
+        size = raw.get_write_buffer_size() if raw is not None else 0
+        return size + outgoing.pending if outgoing is not None else size
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        """The socket's (low, high)."""
+        raw = self.raw
+        return raw.get_write_buffer_limits() if raw is not None else (0, 0)
+
+    def can_write_eof(self) -> bool:
+        """TLS has no half-close."""
+        return False
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        """Another protocol reads and writes from now on (HTTP/2 chosen by ALPN)."""
+        self.app = cast(asyncio.Protocol, protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol | None:
+        """The protocol reading and writing."""
+        return self.app
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """asyncio's TLS names (ssl_object, sslcontext, cipher, peercert, compression),
+        then the socket's."""
+        tls = self.tls
+        if tls is not None:
+            if name == "ssl_object":
+                return tls
+            if name == "sslcontext":
+                return tls.context
+            if name == "cipher":
+                return tls.cipher()
+            if name == "peercert":
+                return tls.getpeercert()
+            if name == "compression":
+                return tls.compression()
+        raw = self.raw
+        return raw.get_extra_info(name, default) if raw is not None else default
+
+
 class TLSListener:
-    """One listening socket of an ssl listener: accepts, peeks at each connection's first
-    byte (waiting ``timeout`` for it, client_header_timeout), and hands the connection to
-    the TLS handshake and ``factory``'s protocol, or to PlainHTTPAnswer."""
+    """One listening socket of an ssl listener: the loop's plain TCP server, each
+    connection a TLSStream (or PlainHTTPAnswer's after its first byte)."""
 
     def __init__(
         self,
@@ -100,129 +420,28 @@ class TLSListener:
         context: ssl.SSLContext,
         factory: Callable[[], asyncio.Protocol],
         timeout: float,
-        tasks: set[asyncio.Task[None]],
     ) -> None:
         self.loop = loop
         self.sock = sock
         self.context = context
         self.factory = factory
         self.timeout = timeout
-        #: the worker's task set: a handshake's task is kept referenced until done
-        self.tasks = tasks
-        #: accepted sockets whose first byte has not come yet, with their deadline timer
-        self.waiting: dict[int, tuple[socket.socket, asyncio.TimerHandle]] = {}
+        self.server: asyncio.Server | None = None
         self.closed = False
-        self._resume: asyncio.TimerHandle | None = None
 
-    def start(self) -> None:
+    def stream(self) -> TLSStream:
+        """A new connection's protocol."""
+        return TLSStream(self.loop, self.context, self.factory, self.timeout)
+
+    async def start(self) -> None:
         """Accept from now on."""
-        self.sock.setblocking(False)
-        self.loop.add_reader(self.sock.fileno(), self._accept)
+        self.server = await self.loop.create_server(self.stream, sock=self.sock)
 
     def close(self) -> None:
-        """Stop accepting; connections still silent are closed (handshakes under way and
-        connections made go on, as with the loop's own server)."""
+        """Stop accepting (handshakes under way and connections made go on, as with the
+        loop's own server)."""
         if self.closed:
             return
         self.closed = True
-        if self._resume is not None:
-            self._resume.cancel()
-        else:
-            self.loop.remove_reader(self.sock.fileno())
-        for fd, (conn, timer) in list(self.waiting.items()):
-            self.loop.remove_reader(fd)
-            timer.cancel()
-            conn.close()
-        self.waiting.clear()
-
-    def _accept(self) -> None:
-        for _ in range(ACCEPT_BATCH):
-            try:
-                conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in _EXHAUSTED:
-                    log.warning("accepting paused for a second: %s", exc)
-                    self.loop.remove_reader(self.sock.fileno())
-                    self._resume = self.loop.call_later(1.0, self._resume_accepting)
-                    return
-                continue  # the client gave up meanwhile (ECONNABORTED): the next one
-            conn.setblocking(False)
-            # a client's first bytes are most often in by the time it is accepted: the
-            # peek is tried at once, and only a silent client costs a reader and a timer
-            try:
-                first = conn.recv(1, socket.MSG_PEEK)
-            except (BlockingIOError, InterruptedError):
-                fd = conn.fileno()
-                timer = self.loop.call_later(self.timeout, self._drop, fd)
-                self.waiting[fd] = (conn, timer)
-                self.loop.add_reader(fd, self._first_byte, fd)
-                continue
-            except OSError:
-                first = b""
-            self._start(conn, first)
-
-    def _resume_accepting(self) -> None:
-        self._resume = None
-        if not self.closed:
-            self.loop.add_reader(self.sock.fileno(), self._accept)
-
-    def _drop(self, fd: int) -> None:
-        """Nothing came within the timeout: closed, as a handshake that did not finish."""
-        entry = self.waiting.pop(fd, None)
-        if entry is not None:
-            self.loop.remove_reader(fd)
-            entry[0].close()
-
-    def _first_byte(self, fd: int) -> None:
-        entry = self.waiting.get(fd)
-        if entry is None:
-            return
-        conn, timer = entry
-        try:
-            first = conn.recv(1, socket.MSG_PEEK)
-        except (BlockingIOError, InterruptedError):
-            return  # a spurious wake-up: the reader stays
-        except OSError:
-            first = b""
-        del self.waiting[fd]
-        self.loop.remove_reader(fd)
-        timer.cancel()
-        self._start(conn, first)
-
-    def _start(self, conn: socket.socket, first: bytes) -> None:
-        """The connection's first byte has come (``first``, empty if the client left
-        first): a TLS handshake, or the answer to plain HTTP."""
-        if not first:  # closed or reset before a byte: nothing to answer
-            conn.close()
-            return
-        if first[0] == TLS_HANDSHAKE:
-            task = self.loop.create_task(self._handshake(conn))
-        else:
-            task = self.loop.create_task(self._plain(conn))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def _handshake(self, conn: socket.socket) -> None:
-        try:
-            await self.loop.connect_accepted_socket(
-                self.factory, conn, ssl=self.context, ssl_handshake_timeout=self.timeout
-            )
-        except OSError:
-            # a failed or timed-out handshake (ssl.SSLError is an OSError): as the loop's
-            # own server does, the connection just ends
-            conn.close()
-
-    async def _plain(self, conn: socket.socket) -> None:
-        try:
-            peer = conn.getpeername()
-        except OSError:
-            peer = None
-        address = str(peer[0]) if isinstance(peer, tuple) else "unix:"
-        try:
-            await self.loop.connect_accepted_socket(
-                lambda: PlainHTTPAnswer(self.loop, self.timeout, address), conn
-            )
-        except OSError:
-            conn.close()
+        if self.server is not None:
+            self.server.close()

@@ -2,7 +2,9 @@
 of a request, refusals at least as cheap as nginx's deny), and what it must not change.
 
 - A passing limit_req reads and writes its zone's entry an integer at a time (no struct
-  call, no tuple or bytes made), and the zone's lock records its holder the same way.
+  call, no tuple or bytes made), and the zone's lock records its holder the same way;
+  only a key kept across requests (the address alone) has its slot hint and digest
+  halves, a key made per request costs what it did.
 - The ban step runs only where a ban can exist (autoban, a bans file, Redis): a front
   with a blocklist alone has nothing to ask on each request.
 - The request counters are a compiled class: each request's update is a native write
@@ -283,3 +285,46 @@ def test_the_counters_are_a_compiled_class(site: Path) -> None:
         assert not hasattr(served.worker.counters, "__dict__")
     finally:
         served.close()
+
+
+def test_a_key_made_per_request_takes_no_slot_hint_and_no_extra_work() -> None:
+    """A key template other than the address alone is evaluated for each request: its
+    digest's halves are not worked out (no slot hint to check them against), so a key
+    never reused costs what it did, and its slot is never read on trust."""
+    from gantry.config.front_model import LimitReqZone
+    from gantry.front.limits.table import NO_SLOT, SharedTable
+    from gantry.front.limits.zones import LimitReqState, ZoneKey
+    from gantry.protocol.http1 import RequestHead
+
+    zone = LimitReqZone(name="z", key="$binary_remote_addr$http_x_id", rate=1.0, size=1 << 20)
+    state = LimitReqState(zone, SharedTable(64))
+    head = RequestHead()
+    head.headers = [(b"X-Id", b"7")]
+    assert isinstance(state.key, ZoneKey) and not state.key.by_address
+    c_calls: list[str] = []
+
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        # what a key's making calls (pure run: compiled, it is not seen)
+        code = frame.f_code
+        if event == "c_call" and code.co_filename.endswith("zones.py"):
+            c_calls.append(f"{code.co_name}:{getattr(arg, '__name__', '')}")
+
+    excesses = []
+    sys.setprofile(profile)
+    try:
+        for _ in range(3):
+            keyed = state.key.keyed(head, "192.0.2.1", "")
+            excesses.append(state.check(keyed, 10_000, 1000))
+    finally:
+        sys.setprofile(None)
+    assert excesses == [0, 1000, 2000]  # counted as ever, in one entry
+    assert keyed.slot == NO_SLOT and (keyed.first, keyed.second) == (0, 0)
+    assert "__init__:from_bytes" not in c_calls, c_calls
+    # the address's own key is remembered: its halves are there, its slot hinted
+    by_address = LimitReqState(
+        LimitReqZone(name="a", key="$binary_remote_addr", rate=1.0, size=1 << 20),
+        SharedTable(64),
+    )
+    remembered = by_address.key.keyed(head, "192.0.2.1", "")
+    assert by_address.check(remembered, 10_000, 1000) == 0
+    assert remembered.slot != NO_SLOT and (remembered.first, remembered.second) != (0, 0)

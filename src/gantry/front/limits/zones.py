@@ -121,11 +121,17 @@ class Keyed:
 
     def __init__(self, digest: bytes) -> None:
         self.digest = digest
-        #: the digest's two halves as the table's int64 view reads them (compared with
-        #: the entry in ``slot`` without making a bytes object)
-        self.first = int.from_bytes(digest[:8], sys.byteorder, signed=True)
-        self.second = int.from_bytes(digest[8:16], sys.byteorder, signed=True)
+        #: the digest's two halves as the table's int64 view reads them, compared with
+        #: the entry in ``slot`` without making a bytes object; set by ``remember`` for a
+        #: key kept across requests (0 and 0 else: the hint is then never taken)
+        self.first = 0
+        self.second = 0
         self.slot = NO_SLOT
+
+    def remember(self) -> None:
+        """Ready the key for the slot hint (a key kept across requests)."""
+        self.first = int.from_bytes(self.digest[:8], sys.byteorder, signed=True)
+        self.second = int.from_bytes(self.digest[8:16], sys.byteorder, signed=True)
 
 
 class ZoneKey:
@@ -147,6 +153,7 @@ class ZoneKey:
             if keyed is not None:
                 return keyed
             keyed = self._evaluate(head, remote_addr, server_name)
+            keyed.remember()
             if len(memo) >= ADDRESS_CACHE:
                 memo.clear()
             memo[remote_addr] = keyed
@@ -194,11 +201,17 @@ class LimitReqState:
                 elif table.slot_ints[slot * SLOT_INTS + NEWER_INT] != NO_SLOT:
                     table.touch(slot)  # not the most recent yet
             if slot == NO_SLOT:
+                # a hint only for a remembered key: an other's halves are 0, as a free
+                # slot's digest is
+                hinted = keyed.first != 0 or keyed.second != 0
                 slot = table.find(keyed.digest)
                 if slot == NO_SLOT:
-                    keyed.slot = table.insert(keyed.digest, 0, now, 0)
+                    slot = table.insert(keyed.digest, 0, now, 0)
+                    if hinted:
+                        keyed.slot = slot
                     return 0
-                keyed.slot = slot
+                if hinted:
+                    keyed.slot = slot
                 at = slot * SLOT_QS
             excess = qs[at + 2]
             last = qs[at + 3]

@@ -465,6 +465,8 @@ def blocklist_bench(args: argparse.Namespace) -> dict[str, Any]:
         "static 1 KiB": (("gantry-empty", "gantry-100k", "nginx"), PASSING_CLIENT),
     }
     paired: dict[tuple[str, int, str], float] = {}
+    #: (load, round, front) -> the front's CPU time (master and worker) per request, us
+    cpu_us: dict[tuple[str, int, str], float] = {}
     with tempfile.TemporaryDirectory(prefix="gblock-") as tmp:
         work = Path(tmp)
         site = work / "site"
@@ -483,11 +485,17 @@ def blocklist_bench(args: argparse.Namespace) -> dict[str, Any]:
                     order = names if round_no % 2 else tuple(reversed(names))
                     for name in order:
                         wrk(ports[name], "/static/one.bin", 2, 1, client=client)
+                        proc = servers[name].proc
+                        assert proc is not None
+                        cpu = tree_cpu(proc.pid)
                         result = wrk(
                             ports[name], "/static/one.bin", args.duration, 1, client=client
                         )
+                        cpu = tree_cpu(proc.pid) - cpu
+                        per = cpu_us[load, round_no, name] = cpu * 1e6 / max(result.requests, 1)
                         print(f"  round {round_no} {name:12} {load:13} {result.rps:9.0f} req/s"
-                              f" (non-2xx {result.non_2xx})", flush=True)  # fmt: skip
+                              f" {per:5.1f} us CPU/request (non-2xx {result.non_2xx})",
+                              flush=True)  # fmt: skip
                         paired[load, round_no, name] = result.rps
             finally:
                 for server in servers.values():
@@ -504,7 +512,17 @@ def blocklist_bench(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{load}: {a} / {b}: paired rounds {listed}; median "
               f"{statistics.median(ratios):.2f}x")  # fmt: skip
         figures[f"{load}: {a} / {b}"] = statistics.median(ratios)
-    return {"ratios": figures, "rps": {" ".join(map(str, k)): v for k, v in paired.items()}}
+        # CPU time per request: the figure a machine others load moves least
+        cpu_ratios = [cpu_us[load, r, b] / cpu_us[load, r, a] for r in rounds if cpu_us[load, r, a]]
+        listed = ", ".join(f"{value:.2f}" for value in cpu_ratios)
+        print(f"{load}: CPU per request, {b} / {a} (above 1: {a} spends less): paired rounds "
+              f"{listed}; median {statistics.median(cpu_ratios):.2f}x")  # fmt: skip
+        figures[f"{load}: CPU {b} / {a}"] = statistics.median(cpu_ratios)
+    return {
+        "ratios": figures,
+        "rps": {" ".join(map(str, k)): v for k, v in paired.items()},
+        "cpu_us": {" ".join(map(str, k)): v for k, v in cpu_us.items()},
+    }
 
 
 SLOW_CLIENTS = 1000

@@ -40,6 +40,8 @@ from gantry.protocol.proxy_protocol import ProxyProtocolError, parse_proxy_heade
 __all__ = ["FrontConnection"]
 
 log: Final = logging.getLogger("gantry.front")
+# bound once: compiled, ``time.monotonic()`` looks ``monotonic`` up by name at each call
+_monotonic: Final = time.monotonic
 
 WRITE_HIGH_WATER: Final = 256 * 1024
 WRITE_LOW_WATER: Final = 64 * 1024
@@ -526,7 +528,7 @@ class FrontConnection(asyncio.Protocol):
     ) -> None:
         """Route one request and run it through the worker's handler chain."""
         self.busy = True
-        self.started = time.monotonic()
+        self.started = _monotonic()
         self.head = head
         self.keep_alive = head.keep_alive and not head.upgrade and not self.worker.stopping
         self.requests += 1

@@ -23,6 +23,9 @@ __all__ = ["RealAddressHandler", "TrustedPeers", "forwarded_address"]
 FOUND_CACHE: Final = 4096
 #: longer values are read each time: the cache holds 1 MiB of the clients' bytes at most
 FOUND_VALUE: Final = 256
+#: field names remembered as the field or not, and the longest one remembered
+NAME_CACHE: Final = 256
+NAME_CACHED: Final = 64
 
 
 class TrustedPeers:
@@ -67,15 +70,23 @@ def forwarded_address(values: list[bytes], peer: str, trusted: AddressSet, recur
 
 class RealAddressHandler(Handler):
     """First in the chain: a trusted peer's request gets its client's address from
-    X-Forwarded-For or X-Real-IP (as nginx's real_ip_header)."""
+    X-Forwarded-For or X-Real-IP (as nginx's real_ip_header).
+
+    A proxy's connection sends the same few field names and values again and again (a
+    refused flood too: each request pays for this walk before the blocklist answers),
+    so both are remembered: a name seen before is known to be the field or not with no
+    lowering, and a value read before gives its address with no parsing; a request from
+    a known client allocates nothing here."""
 
     def __init__(self, config: RealIp, peers: TrustedPeers) -> None:
         self.field = config.header.lower().encode()
         self.trusted = peers.networks
         self.recursive = config.recursive
-        #: (peer, the field's one value) -> address: a proxy's connection carries the same
-        #: few values again and again (bounded: cleared when full)
-        self.found: dict[tuple[str, bytes], str] = {}
+        #: a field name as sent -> whether it is the field (bounded: cleared when full)
+        self.names: dict[bytes, bool] = {}
+        #: the field's one value -> the address it gives ("": none, the peer's stands);
+        #: whatever the peer, which only stands in where the value names nobody (bounded)
+        self.found: dict[bytes, str] = {}
 
     def applies(self, server: VirtualServer, location: Location | None) -> bool:
         return True
@@ -83,21 +94,36 @@ class RealAddressHandler(Handler):
     def handle(self, exchange: Exchange, body: BodyBuffer | BodyStream | None) -> bool:
         if not exchange.peer_trusted:
             return False
-        field = self.field
-        values = [value for name, value in exchange.head.headers if name.lower() == field]
+        names = self.names
+        value = b""
+        seen = 0
+        for name, item in exchange.head.headers:
+            is_field = names.get(name)
+            if is_field is None:
+                is_field = name.lower() == self.field
+                if len(name) <= NAME_CACHED:  # the names a client sends: bounded bytes
+                    if len(names) >= NAME_CACHE:
+                        names.clear()
+                    names[name] = is_field
+            if is_field:
+                seen += 1
+                if seen > 1:
+                    break
+                value = item
         peer = exchange.peer_addr
-        if not values:
+        if not seen:
             address = peer
-        elif len(values) == 1 and len(values[0]) <= FOUND_VALUE:
-            key = (peer, values[0])
-            found = self.found.get(key)
+        elif seen == 1 and len(value) <= FOUND_VALUE:
+            found = self.found.get(value)
             if found is None:
-                found = forwarded_address(values, peer, self.trusted, self.recursive)
+                found = forwarded_address([value], "", self.trusted, self.recursive)
                 if len(self.found) >= FOUND_CACHE:
                     self.found.clear()
-                self.found[key] = found
-            address = found
-        else:
+                self.found[value] = found
+            address = found if found else peer
+        else:  # several fields (read in order), or a long value: read each time
+            field = self.field
+            values = [item for name, item in exchange.head.headers if name.lower() == field]
             address = forwarded_address(values, peer, self.trusted, self.recursive)
         if address != exchange.remote_addr:
             exchange.remote_addr = address

@@ -67,6 +67,12 @@ except ConfigError as exc:
 #: requests in flight its net count of new objects stays far below it
 YOUNG_THRESHOLD = 7000
 
+#: the listen queue of the front's sockets; given again to the loop's create_server, which
+#: otherwise calls listen() once more with its own default of 100: a burst of clients past
+#: that (thousands of keep-alive clients connecting at once) lost their SYNs and waited
+#: 1, 3, 7 s to retry
+LISTEN_BACKLOG = 2048
+
 
 def _serve_worker(
     config: FrontConfig,
@@ -102,7 +108,9 @@ def _serve_worker(
             context = tls.listeners.get(index) if tls is not None else None
             if context is None:
                 servers.append(
-                    await loop.create_server(_connections(worker, index, listener), sock=sock)
+                    await loop.create_server(
+                        _connections(worker, index, listener), sock=sock, backlog=LISTEN_BACKLOG
+                    )
                 )
                 log.info(
                     "front listening on http://%s%s", address, " (h2c)" if listener.h2c else ""
@@ -300,7 +308,7 @@ def run_front(
     identity = resolve_identity(config.user, config.group, "front")
     addresses = [parse_address(spec, "http", "front.listen") for spec in config.listen]
     passed = inherited_by_key()
-    sockets = bind_or_inherit(addresses, None, 2048, passed)
+    sockets = bind_or_inherit(addresses, None, LISTEN_BACKLOG, passed)
     control = None
     if config.control:
         from gantry.control.server import bind_control

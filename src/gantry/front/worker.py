@@ -24,15 +24,15 @@ from gantry.front.files import StaticHandler
 from gantry.front.handlers import AccessHandler, CompressHandler, ProxyHandler
 from gantry.front.health import run_health_checks
 from gantry.front.keepalive import KeepAlivePool
-from gantry.front.limits.autoban import Autoban, BanHandler
-from gantry.front.limits.handler import LimitHandler
+from gantry.front.limits.autoban import Autoban
+from gantry.front.limits.handler import BanHandler, LimitHandler
 from gantry.front.limits.state import FrontLimits
 from gantry.front.real_ip import RealAddressHandler, TrustedPeers
 from gantry.front.responses import ErrorPages
 from gantry.front.rewrite import RewriteHandler
 from gantry.front.routing import Router, normalize_path
 from gantry.http.head import HeadDefaults
-from gantry.process.shared import SlotView, WorkerCounters, store_memory
+from gantry.process.shared import SlotView, store_memory
 from gantry.protocol.http1 import HTTPLimits
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     # alone (front.run imports it, before a worker switches to its user)
     from gantry.front.limits.shared_redis import RedisShare
 
-__all__ = ["ClientConnection", "FrontWorker", "Route"]
+__all__ = ["ClientConnection", "FrontCounters", "FrontWorker", "Route"]
 
 log: Final = logging.getLogger("gantry.front")
 
@@ -65,6 +65,38 @@ class ClientConnection(Protocol):
 
     def close(self) -> None:
         """Close the connection now."""
+
+
+class FrontCounters:
+    """A front worker's running totals (process.shared.WorkerCounters' fields), copied into
+    its slot once a second. A class of its own so that, compiled, each request's update is
+    a native attribute write, where the plain dataclass took generic attribute lookups
+    (with the clock bound once, a refused request went from 7.4 to 7.0 us in-process)."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.exceptions = 0
+        self.tx = 0
+        #: responses by status class: index 2 for 2xx ... 5 for 5xx
+        self.status_counts = [0] * 6
+        self.rt_total = 0.0  # seconds
+        #: WebSocket tunnels and HTTP/2 connections open now; HTTP/2 streams answered
+        self.websockets = 0
+        self.http2_connections = 0
+        self.http2_streams = 0
+
+    def store(self, slot: SlotView) -> None:
+        """Copy the totals into ``slot``."""
+        slot.store_counters(
+            self.requests,
+            self.exceptions,
+            self.tx,
+            self.status_counts,
+            self.rt_total,
+            self.websockets,
+            self.http2_connections,
+            self.http2_streams,
+        )
 
 
 class FrontWorker:
@@ -99,7 +131,7 @@ class FrontWorker:
         self.keepalive = KeepAlivePool(loop)
         #: this worker's shared-memory slot under a master (gantry top, stats, metrics)
         self.slot: SlotView | None = None
-        self.counters = WorkerCounters()
+        self.counters = FrontCounters()
         #: (Host, raw path) -> route: routing is a pure function of the two and of the
         #: configuration, which never changes in a worker
         self.routes: dict[tuple[str | None, bytes], Route] = self.route_maps[0]
@@ -132,9 +164,11 @@ class FrontWorker:
             self.defences = defences = FrontLimits(config)
         if defences is not None:
             self.autoban = defences.autoban
-            if defences.bans is not None:
+            if defences.bans is not None and (config.autoban or config.ban_file or config.shared):
                 # with the blocklist, before access (nginx's order is access then limits;
-                # a ban is the blocklist's kind of refusal)
+                # a ban is the blocklist's kind of refusal). Bans come from autoban, the
+                # bans file (and `gantry ctl block`, which needs it) and Redis: without
+                # them the table holds the blocklist's counters only, and no request asks.
                 ban_handlers += (BanHandler(defences.bans),)
             self.limit_handler = LimitHandler(
                 defences.zones, loop, self._rest_of_chain, defences.autoban

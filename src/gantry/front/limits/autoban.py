@@ -15,19 +15,16 @@ import time
 from collections.abc import Callable
 from typing import Final, Protocol
 
-from gantry.config.front_model import AutobanRule, Location, VirtualServer
+from gantry.config.front_model import AutobanRule
 from gantry.front.blocklist import BAN_HIT, FILE_HIT, BanStore
-from gantry.front.exchange import BodyStream, Exchange, Handler
 from gantry.front.limits.table import SharedTable, digest
 from gantry.front.limits.zones import now_ms
-from gantry.http.body import BodyBuffer
 
 __all__ = [
     "BANNED",
     "BAN_HIT",
     "FILE_HIT",
     "Autoban",
-    "BanHandler",
     "BanTable",
     "Banner",
     "LocalBanner",
@@ -245,22 +242,3 @@ class Autoban:
         """Unmap the counting tables."""
         for table in self.tables:
             table.close()
-
-
-class BanHandler(Handler):
-    """A banned address gets 403 (after the blocklist, before access and the limits)."""
-
-    def __init__(self, bans: BanTable, remote: Callable[[str], bool] | None = None) -> None:
-        self.bans = bans
-        #: asks another store (Redis) too
-        self.remote = remote
-
-    def applies(self, server: VirtualServer, location: Location | None) -> bool:
-        return True
-
-    def handle(self, exchange: Exchange, body: BodyBuffer | BodyStream | None) -> bool:
-        addr = exchange.remote_addr
-        if self.bans.banned(addr) or (self.remote is not None and self.remote(addr)):
-            exchange.error(403)
-            return True
-        return False

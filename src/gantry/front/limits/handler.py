@@ -10,6 +10,7 @@ from typing import Any, Final, Protocol
 
 from gantry.config.front_model import LimitConn, LimitReq, Location, VirtualServer
 from gantry.front.exchange import BodyStream, Exchange, Handler
+from gantry.front.limits.table import SharedTable
 from gantry.front.limits.zones import (
     AGAIN,
     BUSY,
@@ -21,7 +22,7 @@ from gantry.front.limits.zones import (
 )
 from gantry.http.body import BodyBuffer
 
-__all__ = ["LimitEvents", "LimitHandler", "RouteLimits"]
+__all__ = ["BanHandler", "Bans", "LimitEvents", "LimitHandler", "RouteLimits"]
 
 log: Final = logging.getLogger("gantry.front")
 
@@ -53,6 +54,41 @@ class LimitEvents(Protocol):
 
     def event(self, remote_addr: str, kind: str) -> None:
         """``remote_addr`` was refused by a limit of ``kind`` ("limit_req", "limit_conn")."""
+
+
+class Bans(Protocol):
+    """The addresses banned in every worker (autoban's BanTable)."""
+
+    #: the shared table the bans are in
+    table: SharedTable
+
+    def banned(self, addr: str) -> bool:
+        """Whether ``addr`` is banned now (counted as a blocked request if so)."""
+
+
+class BanHandler(Handler):
+    """A banned address gets 403 (after the blocklist, before access and the limits)."""
+
+    def __init__(self, bans: Bans, remote: Callable[[str], bool] | None = None) -> None:
+        self.bans = bans
+        #: the bans' table, asked directly whether it holds any (compiled: a native call)
+        self.table = bans.table
+        #: asks another store (Redis) too
+        self.remote = remote
+
+    def applies(self, server: VirtualServer, location: Location | None) -> bool:
+        return True
+
+    def handle(self, exchange: Exchange, body: BodyBuffer | BodyStream | None) -> bool:
+        # no ban at all, the usual case: no lock, no digest of the address (a racy read
+        # of one int is harmless: a ban made this very moment applies from the next one)
+        if not self.table.used() and self.remote is None:
+            return False
+        addr = exchange.remote_addr
+        if self.bans.banned(addr) or (self.remote is not None and self.remote(addr)):
+            exchange.error(403)
+            return True
+        return False
 
 
 def limits_of(

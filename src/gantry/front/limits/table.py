@@ -27,7 +27,17 @@ from typing import Final
 
 from gantry.process.runtime import process_alive
 
-__all__ = ["ENTRY", "NO_SLOT", "SLOT_BYTES", "VALUES", "SharedTable", "digest"]
+__all__ = [
+    "ENTRY",
+    "NEWER_INT",
+    "NO_SLOT",
+    "SLOT_BYTES",
+    "SLOT_INTS",
+    "SLOT_QS",
+    "VALUES",
+    "SharedTable",
+    "digest",
+]
 
 #: bytes of one entry: key digest, three values, LRU links, chain link
 SLOT_BYTES: Final = 64
@@ -40,13 +50,20 @@ VALUES: Final = _VALUES
 ENTRY: Final = struct.Struct("=16sqqqi")
 _LINKS: Final = struct.Struct("=ii")
 _INT: Final = struct.Struct("=i")
+#: int64s and int32s an entry spans in ``slot_qs`` and ``slot_ints``, and where its link to
+#: the more recent entry is in the latter (NO_SLOT: it is the most recent)
+SLOT_QS: Final = SLOT_BYTES // 8
+SLOT_INTS: Final = SLOT_BYTES // 4
+NEWER_INT: Final = 10
+#: the lock holder's PID in ``header_ints``
+_HOLDER_INT: Final = 4
 # an entry's key and its chain link, read together (one call per entry of a chain)
 _KEY_CHAIN: Final = struct.Struct("=16s32xi")
 _KEY: Final = struct.Struct("=16s")
 # header: LRU head, LRU tail, first free slot, entries in use (-1: none); then the PID
 # of the lock's holder; then the zone's counters (stats: refusals, delays, bans...)
 _HEADER: Final = struct.Struct("=iiii")
-_HOLDER_AT: Final = 16
+_HOLDER_AT: Final = 4 * _HOLDER_INT
 _COUNTERS_AT: Final = 24
 COUNTERS: Final = 4
 _COUNTER: Final = struct.Struct("=q")
@@ -79,6 +96,16 @@ class SharedTable:
         self.slot_base = _HEADER_BYTES + 4 * self.buckets
         size = self.slot_base + SLOT_BYTES * self.slots
         self.map = mmap.mmap(-1, size)  # MAP_SHARED | MAP_ANONYMOUS: kept across fork
+        # The map as integers: reading or writing one item costs a third of a struct call
+        # (the lock's PID, a passing limit's read and write of its entry are that).
+        view = memoryview(self.map)
+        #: the header as int32: LRU head, tail, first free slot, entries used, lock holder
+        self.header_ints = view[:_COUNTERS_AT].cast("i")
+        #: the entries as int64 (SLOT_QS an entry: the digest's two halves, the values
+        #: a, b and c at 2, 3 and 4, then the links) and as int32 (SLOT_INTS an entry:
+        #: the link to the more recent entry at NEWER_INT)
+        self.slot_qs = view[self.slot_base :].cast("q")
+        self.slot_ints = view[self.slot_base :].cast("i")
         self._sem = multiprocessing.get_context("fork").Lock()
         self._acquire = self._sem.acquire
         self._release = self._sem.release
@@ -101,6 +128,10 @@ class SharedTable:
 
     def close(self) -> None:
         """Unmap the table."""
+        # the views first: a map with views on it cannot close
+        self.header_ints.release()
+        self.slot_qs.release()
+        self.slot_ints.release()
         self.map.close()
 
     # the lock ---------------------------------------------------------------
@@ -112,12 +143,12 @@ class SharedTable:
         if not self._acquire(False):
             self.wait_for_lock()
             return
-        _INT.pack_into(self.map, _HOLDER_AT, _pid[0])
+        self.header_ints[_HOLDER_INT] = _pid[0]
 
     def try_lock(self) -> bool:
         """Take the zone's lock if it is free, at once (False: call ``wait_for_lock``)."""
         if self._acquire(False):
-            _INT.pack_into(self.map, _HOLDER_AT, _pid[0])
+            self.header_ints[_HOLDER_INT] = _pid[0]
             return True
         return False
 
@@ -126,7 +157,7 @@ class SharedTable:
         a holder that died or stopped."""
         if not self._acquire(True, LOCK_PATIENCE):
             self._wait_for_lock()
-        _INT.pack_into(self.map, _HOLDER_AT, _pid[0])
+        self.header_ints[_HOLDER_INT] = _pid[0]
 
     def _wait_for_lock(self) -> None:
         waited = LOCK_PATIENCE
@@ -246,7 +277,7 @@ class SharedTable:
 
     def used(self) -> int:
         """Entries in the table."""
-        count: int = _HEADER.unpack_from(self.map, 0)[3]
+        count: int = self.header_ints[3]
         return count
 
     def keys(self) -> list[bytes]:
@@ -299,8 +330,9 @@ def hash_of(key: bytes) -> int:
 
 
 #: this process's PID, kept current across fork (read at every lock; a list, as a
-#: module-level value compiled code reads and the fork hook replaces)
-_pid: list[int] = [os.getpid()]
+#: module-level value compiled code reads and the fork hook replaces; Final, the list
+#: itself never is: compiled code reads it without a lookup in the module's dict)
+_pid: Final[list[int]] = [os.getpid()]
 
 
 def _forked() -> None:

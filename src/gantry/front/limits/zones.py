@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import sys
 import time
 from collections.abc import Mapping
 from typing import Final
 
 from gantry.config.front_model import LimitConnZone, LimitReqZone
 from gantry.front.balancing import hash_key
-from gantry.front.limits.table import ENTRY, NO_SLOT, SLOT_BYTES, VALUES, SharedTable, digest
+from gantry.front.limits.table import (
+    NEWER_INT,
+    NO_SLOT,
+    SLOT_INTS,
+    SLOT_QS,
+    VALUES,
+    SharedTable,
+    digest,
+)
 from gantry.protocol.http1 import RequestHead
 
 __all__ = [
@@ -38,9 +47,14 @@ AGAIN: Final = 1  # within the limit, to be counted once every limit passed
 BUSY: Final = 2  # over the limit
 
 
+# Bound once: compiled, a call through a Final name is a direct call, where
+# ``time.monotonic_ns()`` looks its function up by name on each call.
+_monotonic_ns: Final = time.monotonic_ns
+
+
 def now_ms() -> int:
     """The monotonic clock in milliseconds (the same in every process of the host)."""
-    return time.monotonic_ns() // 1_000_000
+    return _monotonic_ns() // 1_000_000
 
 
 def binary_address(remote_addr: str) -> str:
@@ -103,11 +117,21 @@ class Keyed:
     slot its entry was in last time (a hint, checked against the digest before use: the
     entry may have gone since)."""
 
-    __slots__ = ("digest", "slot")
+    __slots__ = ("digest", "first", "second", "slot")
 
     def __init__(self, digest: bytes) -> None:
         self.digest = digest
+        #: the digest's two halves as the table's int64 view reads them, compared with
+        #: the entry in ``slot`` without making a bytes object; set by ``remember`` for a
+        #: key kept across requests (0 and 0 else: the hint is then never taken)
+        self.first = 0
+        self.second = 0
         self.slot = NO_SLOT
+
+    def remember(self) -> None:
+        """Ready the key for the slot hint (a key kept across requests)."""
+        self.first = int.from_bytes(self.digest[:8], sys.byteorder, signed=True)
+        self.second = int.from_bytes(self.digest[8:16], sys.byteorder, signed=True)
 
 
 class ZoneKey:
@@ -129,6 +153,7 @@ class ZoneKey:
             if keyed is not None:
                 return keyed
             keyed = self._evaluate(head, remote_addr, server_name)
+            keyed.remember()
             if len(memo) >= ADDRESS_CACHE:
                 memo.clear()
             memo[remote_addr] = keyed
@@ -166,34 +191,46 @@ class LimitReqState:
         if not table.try_lock():
             table.wait_for_lock()
         try:
-            m = table.map
+            qs = table.slot_qs
             slot = keyed.slot
+            at = slot * SLOT_QS
             if slot != NO_SLOT:
-                at = table.slot_base + slot * SLOT_BYTES
-                found, excess, last, _, newer = ENTRY.unpack_from(m, at)
-                if found != keyed.digest:
+                # the entry read an integer at a time: no tuple, no bytes made
+                if qs[at] != keyed.first or qs[at + 1] != keyed.second:
                     slot = NO_SLOT  # the entry went (a full zone): look it up
-                elif newer != NO_SLOT:
+                elif table.slot_ints[slot * SLOT_INTS + NEWER_INT] != NO_SLOT:
                     table.touch(slot)  # not the most recent yet
             if slot == NO_SLOT:
+                # a hint only for a remembered key: an other's halves are 0, as a free
+                # slot's digest is
+                hinted = keyed.first != 0 or keyed.second != 0
                 slot = table.find(keyed.digest)
                 if slot == NO_SLOT:
-                    keyed.slot = table.insert(keyed.digest, 0, now, 0)
+                    slot = table.insert(keyed.digest, 0, now, 0)
+                    if hinted:
+                        keyed.slot = slot
                     return 0
-                keyed.slot = slot
-                at = table.slot_base + slot * SLOT_BYTES
-                excess, last, _ = VALUES.unpack_from(m, at + 16)
+                if hinted:
+                    keyed.slot = slot
+                at = slot * SLOT_QS
+            excess = qs[at + 2]
+            last = qs[at + 3]
             ms = now - last
             if ms < 0:
                 ms = 1 if ms < -60000 else 0  # the clock went back (a lot: as 1 ms)
             # nginx adds this request before clamping: a key idle for 1/rate is at zero
-            excess = excess - self.rate * ms // 1000 + 1000
+            if ms:  # (a busy key's requests mostly come within its last millisecond)
+                excess -= self.rate * ms // 1000
+            excess += 1000
             if excess < 0:
                 excess = 0
             if excess > burst:
                 table.bump(REJECTED)
                 return excess
-            VALUES.pack_into(m, at + 16, excess, now if ms else last, 0)
+            # (the third value stays 0: a limit_req entry never sets it)
+            qs[at + 2] = excess
+            if ms:
+                qs[at + 3] = now
             return excess
         finally:
             table.unlock()

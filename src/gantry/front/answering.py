@@ -103,6 +103,8 @@ class _HostMemo:
 
 
 _HOST_MEMO: Final = _HostMemo()
+# read at the end of every request: a static, not an attribute of the time module
+_monotonic: Final = time.monotonic
 
 
 def request_host(head: RequestHead) -> str | None:
@@ -162,12 +164,12 @@ def record_request(
     the time.monotonic() it ended at."""
     if worker.autoban is not None:
         worker.autoban.response(remote_addr, status)
-    counters = worker.counters
-    counters.requests += 1
-    counters.tx += sent
-    counters.status_counts[status // 100 if 100 <= status < 600 else 5] += 1
-    now = time.monotonic()
-    counters.rt_total += now - started
+    totals = worker.totals
+    totals.requests += 1
+    totals.tx += sent
+    totals.status_counts[status // 100 if 100 <= status < 600 else 5] += 1
+    now = _monotonic()
+    totals.rt_total += now - started
     access_log = worker.access_log
     if access_log is not None:
         access_log.write(

@@ -45,6 +45,8 @@ WRITE_HIGH_WATER: Final = 256 * 1024
 WRITE_LOW_WATER: Final = 64 * 1024
 #: requests parsed ahead of the one being answered before the client is read no more
 MAX_PIPELINED: Final = 16
+# the clock read once or twice a request: a static, not an attribute of the time module
+_monotonic: Final = time.monotonic
 #: a big file is sent in sendfile calls of at most this many bytes
 SENDFILE_CHUNK: Final = 1 << 20
 
@@ -546,7 +548,7 @@ class FrontConnection(asyncio.Protocol):
     ) -> None:
         """Route one request and run it through the worker's handler chain."""
         self.busy = True
-        self.started = time.monotonic()
+        self.started = _monotonic()
         self.head = head
         self.keep_alive = head.keep_alive and not head.upgrade and not self.worker.stopping
         self.requests += 1

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     # alone (front.run imports it, before a worker switches to its user)
     from gantry.front.limits.shared_redis import RedisShare
 
-__all__ = ["ClientConnection", "FrontWorker", "Route"]
+__all__ = ["ClientConnection", "FrontWorker", "RequestTotals", "Route"]
 
 log: Final = logging.getLogger("gantry.front")
 
@@ -65,6 +65,31 @@ class ClientConnection(Protocol):
 
     def close(self) -> None:
         """Close the connection now."""
+
+
+class RequestTotals:
+    """What record_request counts, in a compiled object: WorkerCounters is a plain
+    dataclass, where each ``+=`` of the request path was a generic attribute read and
+    write. Added into the counters just before they are stored (see start_clock)."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.tx = 0
+        #: responses by status class: index 2 for 2xx ... 5 for 5xx
+        self.status_counts = [0] * 6
+        self.rt_total = 0.0  # seconds
+
+    def flush(self, counters: WorkerCounters) -> None:
+        """Add the totals into ``counters`` and start again from zero."""
+        counters.requests += self.requests
+        counters.tx += self.tx
+        ours, theirs = self.status_counts, counters.status_counts
+        for index in range(6):
+            theirs[index] += ours[index]
+            ours[index] = 0
+        counters.rt_total += self.rt_total
+        self.requests = self.tx = 0
+        self.rt_total = 0.0
 
 
 class FrontWorker:
@@ -100,6 +125,8 @@ class FrontWorker:
         #: this worker's shared-memory slot under a master (gantry top, stats, metrics)
         self.slot: SlotView | None = None
         self.counters = WorkerCounters()
+        #: the request path's part of the counters (see RequestTotals)
+        self.totals = RequestTotals()
         #: (Host, raw path) -> route: routing is a pure function of the two and of the
         #: configuration, which never changes in a worker
         self.routes: dict[tuple[str | None, bytes], Route] = self.route_maps[0]
@@ -309,6 +336,7 @@ class FrontWorker:
         self.static.date_second = self.defaults.second
         self._tick = self.loop.call_later(1.0, self.start_clock)
         if self.slot is not None:
+            self.totals.flush(self.counters)
             self.counters.store(self.slot)
             store_memory(self.slot)
         if self._sweep is None:

@@ -325,10 +325,42 @@ def test_a_repeated_request_is_read_once() -> None:
     assert sink.events == parsed(BASE)[0] * 3
 
 
+class HeadKeeper(Sink):
+    """A sink that keeps the heads themselves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads: list[RequestHead] = []
+
+    def request_head(self, head: RequestHead) -> None:
+        super().request_head(head)
+        self.heads.append(head)
+
+
+def test_a_repeated_request_reuses_its_split_target() -> None:
+    sink = HeadKeeper()
+    parser = RequestParser(sink)
+    asked = b"GET /page?a=1 HTTP/1.1\r\nHost: example.com\r\n\r\n"
+    for data in (asked, asked, asked.replace(b"a=1", b"a=2"), asked):
+        parser.feed(data)
+    first, second, other, last = sink.heads
+    assert (second.target, second.path, second.query) == (b"/page?a=1", b"/page", b"a=1")
+    # the same objects (their hashes kept), not new slices of the new bytes
+    assert second.path is first.path and second.query is first.query
+    assert (other.target, other.path, other.query) == (b"/page?a=2", b"/page", b"a=2")
+    assert other.query is not first.query
+    assert (last.target, last.query) == (b"/page?a=1", b"a=1")
+    # each head is its own: a handler changing one changes no other
+    second.path = b"/changed"
+    parser.feed(asked)
+    assert sink.heads[-1].path == b"/page"
+
+
 @pytest.mark.parametrize(
     "data",
     [
         BASE.replace(b"/hello", b"/hellp"),  # another target, the same length
+        BASE.replace(b"GET /hello", b"GET /hel?o"),  # a query, the same length
         BASE.replace(b"GET", b"HEAD"),
         BASE.replace(b"1.1", b"1.0"),
         BASE.replace(b"1.1", b"1.2"),

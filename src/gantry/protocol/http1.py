@@ -208,6 +208,9 @@ class RequestParser:
         "_last_option",
         "_last_line",
         "_last_kind",
+        "_last_target",
+        "_last_path",
+        "_last_query",
         "_boundary",
         "_completed",
         "_method_start",
@@ -255,6 +258,11 @@ class RequestParser:
         # a client asking the same again sends the same bytes, taken without the regex
         self._last_line = b""
         self._last_kind = 0
+        # that line's target, path and query: the same objects again for the same line
+        # (no slices; a bytes object keeps its hash for the route lookup)
+        self._last_target = b""
+        self._last_path = b""
+        self._last_query = b""
         # True between messages: the next byte fed starts a new request line
         self._boundary = True
         self._completed = 0
@@ -317,7 +325,7 @@ class RequestParser:
                 and data.endswith(b"\r\n")
             ):
                 # the last request taken on this path again, byte for byte
-                self._hand(self._last_kind, line)
+                self._hand(self._last_kind, line, True)
                 return
             match = _SIMPLE.fullmatch(data)
             if match is not None and self._simple(match):
@@ -412,29 +420,33 @@ class RequestParser:
         line = match.string[: match.start(4)]
         self._last_line = line
         self._last_kind = kind
-        self._hand(kind, line)
+        self._hand(kind, line, False)
         return True
 
-    def _hand(self, kind: int, line: bytes) -> None:
+    def _hand(self, kind: int, line: bytes, repeat: bool) -> None:
         """Hand the sink a plain request: ``line`` its request line (CRLF-ended), ``kind``
-        what it asks (_KIND_* bits), its fields the memo's (see _read_block)."""
+        what it asks (_KIND_* bits), its fields the memo's (see _read_block); ``repeat``:
+        the line is the last one handed, whose target the memo holds split."""
         keep_alive = not kind & _KIND_1_0
         option = self._last_option
         if option:
             keep_alive = option == 1
         head = self._head = RequestHead()
         head.headers = list(self._last_fields)  # a copy: the head is the handlers' to change
-        if kind & _KIND_HEAD:
-            head.method = "HEAD"
-            target = line[5:-11]  # between "HEAD " and " HTTP/1.x\r\n"
-        else:
-            head.method = "GET"
-            target = line[4:-11]
+        head.method = "HEAD" if kind & _KIND_HEAD else "GET"
         if kind & _KIND_1_0:
             head.version = "1.0"
         if not keep_alive:
             head.keep_alive = False
-        _split_origin_form(head, target)
+        if repeat:
+            head.target = self._last_target
+            head.path = self._last_path
+            head.query = self._last_query
+        else:
+            # between "GET " or "HEAD " and " HTTP/1.x\r\n"
+            _split_origin_form(head, line[5:-11] if kind & _KIND_HEAD else line[4:-11])
+            self._last_target, self._last_path = head.target, head.path
+            self._last_query = head.query
         self._completed += 1
         try:
             self._sink.request_head(head)

@@ -150,7 +150,9 @@ class ProxyHandler(Handler):
                 return True  # answered: no such script
             script, path_info = found
         data: RequestBody = b""
-        if isinstance(body, BodyBuffer):
+        if body is None:
+            pass  # the usual (a GET): no isinstance of a plain class to pay for
+        elif isinstance(body, BodyBuffer):
             if body.size <= SMALL_BODY:
                 data = body.to_input().read()  # with the head in one write
                 body.discard()

@@ -227,10 +227,11 @@ class ProxyRequest(UpstreamResponse):
         # Not to php-fpm: a kept connection holds one of its children (which waits for
         # the next request on it), so a pool smaller than the front's concurrency would
         # leave new connections unaccepted until a read timeout.
+        protocol = upstream.protocol  # read once: a plain object's attribute
         self.reusable = (
-            upstream.protocol == "http"
-            or upstream.protocol == "https"
-            or (upstream.protocol == "uwsgi" and upstream.gantry_keepalive)
+            protocol == "http"
+            or protocol == "https"
+            or (protocol == "uwsgi" and upstream.gantry_keepalive)
         )
         self.pool = pool
         self.location = location
@@ -333,8 +334,7 @@ class ProxyRequest(UpstreamResponse):
         if self.abandoned or self.client.closed:
             conn.abort()
             return
-        self._send_on(peer, conn)
-        self.attempt_start = connect_started  # upstream time counts the connect too
+        self._send_on(peer, conn, connect_started)  # upstream time counts the connect too
 
     def _key(self) -> str:
         if self.upstream.balance != "hash":
@@ -342,11 +342,13 @@ class ProxyRequest(UpstreamResponse):
         client = self.client
         return hash_key(self.upstream.hash_key, self.head_in, client.remote_addr, client.https)
 
-    def _send_on(self, peer: Peer, conn: UpstreamConnection) -> None:
-        """One attempt: the request goes out on ``conn``; how it ends comes to ``_settle``."""
+    def _send_on(self, peer: Peer, conn: UpstreamConnection, started: float = -1.0) -> None:
+        """One attempt: the request goes out on ``conn``; how it ends comes to ``_settle``.
+        ``started``: when the attempt began (its connect), if not now."""
         self.peer = peer
         self.pool.started(peer)
-        self.attempt_start = self.keepalive.loop.time()
+        # the clock read once per attempt: a fresh connection's began with its connect
+        self.attempt_start = started if started >= 0.0 else self.keepalive.loop.time()
         self.attempt_open = True
         self.settled = False
         self.conn = conn
@@ -595,9 +597,10 @@ class ProxyRequest(UpstreamResponse):
         client, head, location = self.client, self.head_in, self.location
         script_name = (location.script_name if location is not None else "") or ""
         fields = self.set_fields
-        if self.upstream.protocol == "fastcgi":
+        protocol = self.upstream.protocol
+        if protocol == "fastcgi":
             return [self._fastcgi_payload(body)]
-        if self.upstream.protocol == "uwsgi":
+        if protocol == "uwsgi":
             if fields is not None:
                 head = with_fields(head, fields)
             path = client.request_path(head)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import _socket
 import asyncio
 import errno
+import os
 import re
 import socket
 import ssl
@@ -906,6 +907,19 @@ def connect_error(address: str, exc: Exception) -> UpstreamError:
     return UpstreamError(502, f"cannot connect to {address}: {reason}", Failure.REFUSED)
 
 
+#: "unix:/path" -> the path as connect() takes it (the addresses are the config's: few)
+_unix_paths: Final[dict[str, bytes]] = {}
+
+
+def _unix_path(address: str) -> bytes:
+    """The socket path of ``address`` ("unix:/path") encoded once, as connect() would
+    encode a str each time (every request to uWSGI connects)."""
+    if len(_unix_paths) >= 1024:
+        _unix_paths.clear()
+    path = _unix_paths[address] = os.fsencode(address[5:])
+    return path
+
+
 def connect_unix(
     loop: asyncio.AbstractEventLoop,
     address: str,
@@ -916,9 +930,12 @@ def connect_unix(
     at once (a full listen queue is EAGAIN), so it needs no wait, no timer and no task.
     UpstreamError (502, nothing sent) if it fails. ``watch``, ``poller``: see
     open_upstream."""
+    path = _unix_paths.get(address)
+    if path is None:
+        path = _unix_path(address)
     sock = RawSocket(_AF_UNIX, _UNIX_STREAM)
     try:
-        sock.connect(address[5:])
+        sock.connect(path)
     except OSError as exc:
         sock.close()
         raise connect_error(address, exc) from None

@@ -294,7 +294,12 @@ def uwsgi_packet(
             memo.body_length, memo.keepalive = body_length, keepalive
             memo.before, memo.after = before, after
         size = len(before) + len(fixed) + len(after)
-        return b"".join([pack_header(0, size, 0), before, fixed, after])
+        if size == memo.size:  # the usual: the connection's vars differ, not their length
+            header = memo.header
+        else:
+            header = pack_header(0, size, 0)  # struct.error past 65535
+            memo.size, memo.header = size, header
+        return b"".join([header, before, fixed, after])
     except struct.error:
         raise ValueError("uwsgi var longer than 65535 bytes") from None
 
@@ -306,7 +311,7 @@ class _PacketMemo:
 
     __slots__ = ("fields", "host", "content_type", "target", "query", "path", "method",
                  "version", "script_name", "body_length", "keepalive", "before",
-                 "after")  # fmt: skip
+                 "after", "size", "header")  # fmt: skip
 
     def __init__(self) -> None:
         #: _encoded_fields' answer (compared by value: compiled code keeps a tuple unboxed,
@@ -325,6 +330,9 @@ class _PacketMemo:
         #: the vars before the connection's own, and after them
         self.before = b""
         self.after = b""
+        #: the last packet's vars size (-1: none yet) and its 4-byte header
+        self.size = -1
+        self.header = b""
 
 
 _PACKET_MEMO: Final = _PacketMemo()

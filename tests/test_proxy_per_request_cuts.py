@@ -1,6 +1,8 @@
 """Work the proxy did per request and now does once: a unix socket path encoded once per
 address (front.upstream.connect_unix), the uwsgi packet's header kept while its size
-repeats (front.upstream_request.uwsgi_packet). Each keeps the answer it had."""
+repeats (front.upstream_request.uwsgi_packet), the upstream's settings a request reads
+copied into compiled fields of its pool and peers (front.balancing). Each keeps the
+answer it had."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from gantry.config.front_model import Upstream, UpstreamServer
 from gantry.front import upstream, upstream_request
+from gantry.front.balancing import UpstreamPool
 from gantry.front.upstream import Failure, UpstreamError, connect_unix
 from gantry.front.upstream_request import connection_vars, uwsgi_packet
 from gantry.protocol.http1 import RequestHead
@@ -93,3 +97,20 @@ def test_a_packet_too_large_is_refused_after_a_memo() -> None:
     big = b"/" + b"x" * 40000
     with pytest.raises(ValueError):
         uwsgi_packet(fixed, _head(big + b"?" + b"y" * 30000), big.decode(), "", 0, False)
+
+
+def test_the_pool_holds_what_a_request_reads_of_its_upstream() -> None:
+    servers = (UpstreamServer("unix:/run/a.sock"), UpstreamServer("127.0.0.1:9", backup=True))
+    plain = UpstreamPool(Upstream("u", protocol="uwsgi", servers=servers, read_timeout=7.5))
+    assert (plain.protocol, plain.gantry_keepalive, plain.read_timeout, plain.hashed) == (
+        "uwsgi",
+        False,
+        7.5,
+        False,
+    )
+    assert [peer.address for peer in plain.peers()] == ["unix:/run/a.sock", "127.0.0.1:9"]
+    hashed = UpstreamPool(
+        Upstream("h", servers=servers[:1], balance="hash", hash_key="$request_uri")
+    )
+    assert (hashed.protocol, hashed.hashed) == ("http", True)
+    assert hashed.pick("", "/x") is hashed.primary[0]

@@ -227,11 +227,11 @@ class ProxyRequest(UpstreamResponse):
         # Not to php-fpm: a kept connection holds one of its children (which waits for
         # the next request on it), so a pool smaller than the front's concurrency would
         # leave new connections unaccepted until a read timeout.
-        protocol = upstream.protocol  # read once: a plain object's attribute
+        protocol = pool.protocol  # the upstream's, as a compiled field
         self.reusable = (
             protocol == "http"
             or protocol == "https"
-            or (protocol == "uwsgi" and upstream.gantry_keepalive)
+            or (protocol == "uwsgi" and pool.gantry_keepalive)
         )
         self.pool = pool
         self.location = location
@@ -258,13 +258,13 @@ class ProxyRequest(UpstreamResponse):
             return
         if self.reusable:
             tls = self._tls(peer)
-            key = tls[2] if tls is not None else peer.server.address
+            key = tls[2] if tls is not None else peer.address
             conn = self.keepalive.take(key, self.upstream.keepalive_timeout)
             if conn is not None:
                 self._send_on(peer, conn)
                 self.reused = True
                 return
-        if peer.server.address.startswith("unix:") and self.pool.tls is None:
+        if peer.address.startswith("unix:") and self.pool.tls is None:
             self._connect_unix(peer)
             return
         spawn(self.tasks, self._first(peer))
@@ -280,9 +280,7 @@ class ProxyRequest(UpstreamResponse):
         keepalive = self.keepalive
         started = keepalive.loop.time()
         try:
-            conn = connect_unix(
-                keepalive.loop, peer.server.address, keepalive.active, keepalive.poller
-            )
+            conn = connect_unix(keepalive.loop, peer.address, keepalive.active, keepalive.poller)
         except UpstreamError as exc:
             self._connected(peer, started, None, exc)
             return
@@ -337,7 +335,7 @@ class ProxyRequest(UpstreamResponse):
         self._send_on(peer, conn, connect_started)  # upstream time counts the connect too
 
     def _key(self) -> str:
-        if self.upstream.balance != "hash":
+        if not self.pool.hashed:
             return ""
         client = self.client
         return hash_key(self.upstream.hash_key, self.head_in, client.remote_addr, client.https)
@@ -352,7 +350,7 @@ class ProxyRequest(UpstreamResponse):
         self.attempt_open = True
         self.settled = False
         self.conn = conn
-        if self.upstream.protocol == "fastcgi":
+        if self.pool.protocol == "fastcgi":
             # the body framed by write_body (spooled or streamed) is what is not in memory
             body = self.body_in
             whole = isinstance(body, bytes)
@@ -366,7 +364,7 @@ class ProxyRequest(UpstreamResponse):
         conn.send(
             self,
             self._payload(),
-            self.upstream.read_timeout,
+            self.pool.read_timeout,
             self.head_in.method == "HEAD",
             short_path=True,
         )
@@ -588,7 +586,7 @@ class ProxyRequest(UpstreamResponse):
             if attempts is None:
                 return  # the times are for the access log only
             elapsed = self.keepalive.loop.time() - self.attempt_start
-            attempts.append((self.peer.server.address, elapsed))
+            attempts.append((self.peer.address, elapsed))
 
     def _payload(self) -> list[bytes]:
         """The bytes of the request: its head (a uwsgi packet, gantry's own when the
@@ -597,14 +595,14 @@ class ProxyRequest(UpstreamResponse):
         client, head, location = self.client, self.head_in, self.location
         script_name = (location.script_name if location is not None else "") or ""
         fields = self.set_fields
-        protocol = self.upstream.protocol
+        protocol = self.pool.protocol
         if protocol == "fastcgi":
             return [self._fastcgi_payload(body)]
         if protocol == "uwsgi":
             if fields is not None:
                 head = with_fields(head, fields)
             path = client.request_path(head)
-            gantry = self.upstream.gantry_keepalive
+            gantry = self.pool.gantry_keepalive
             request = None
             if gantry:
                 request = gantry_packet(

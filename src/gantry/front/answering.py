@@ -94,11 +94,30 @@ def error_page(
     return fields, body
 
 
+class _HostMemo:
+    """The last Host value request_host decoded, and its text: most requests to a worker
+    name the same host (the same str then also keeps its hash for the route lookup)."""
+
+    __slots__ = ("value", "host")
+
+    def __init__(self) -> None:
+        self.value = b""
+        self.host = ""
+
+
+_HOST_MEMO: Final = _HostMemo()
+
+
 def request_host(head: RequestHead) -> str | None:
     """The request's Host field (an HTTP/2 request's :authority is put there)."""
     for key, value in head.headers:
-        if key.lower() == b"host":
-            return value.decode("latin-1")
+        if len(key) == 4 and key.lower() == b"host":
+            memo = _HOST_MEMO
+            if value == memo.value:
+                return memo.host
+            host = value.decode("latin-1")
+            memo.value, memo.host = value, host
+            return host
     return None
 
 

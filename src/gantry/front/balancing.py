@@ -32,6 +32,12 @@ class Peer:
     healthy: bool = True
     passes: int = 0
     misses: int = 0
+    #: the server's address, read on every request: a compiled field (UpstreamServer is
+    #: a plain frozen dataclass, each of its attributes a generic lookup)
+    address: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.address = self.server.address
 
     def usable(self, now: float) -> bool:
         """Not down, not failed by the active check, not within a passive failure window."""
@@ -54,8 +60,20 @@ class UpstreamPool:
     _ring: list[tuple[int, int]] = field(init=False)  # (hash point, index into primary)
     #: https upstreams: (client context, name checked) by server address; None otherwise
     tls: dict[str, UpstreamTLS] | None = field(init=False)
+    #: what a proxied request reads of the upstream each time, as compiled fields
+    #: (Upstream is a plain frozen dataclass, each of its attributes a generic lookup)
+    protocol: str = field(init=False)
+    gantry_keepalive: bool = field(init=False)
+    read_timeout: float = field(init=False)
+    #: balance = "hash": the request's key picks the server
+    hashed: bool = field(init=False)
 
     def __post_init__(self) -> None:
+        upstream = self.upstream
+        self.protocol = upstream.protocol
+        self.gantry_keepalive = upstream.gantry_keepalive
+        self.read_timeout = upstream.read_timeout
+        self.hashed = upstream.balance == "hash"
         context = client_context(self.upstream)
         self.tls = None
         if context is not None:

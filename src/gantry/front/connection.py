@@ -69,6 +69,26 @@ _NO_REQUEST: Final = RequestHead()
 _NO_SERVER: Final = VirtualServer()
 
 
+class _WholeHead:
+    """The last relayed whole response's head as this worker sent it, with the parts it
+    was made of: the upstream's head (the very object: the upstream side hands the same
+    one while an app answers alike), the connection's own fields, Server and Date (a new
+    object each second). Identity says the parts are unchanged."""
+
+    __slots__ = ("head", "lines", "field", "hsts", "whole")
+
+    def __init__(self) -> None:
+        self.head = b""
+        self.lines = b""
+        self.field = b""
+        self.hsts = b""
+        #: head + hsts + field + lines
+        self.whole = b""
+
+
+_WHOLE_HEAD: Final = _WholeHead()
+
+
 class _FileSend:
     """A file body on its way: our own copies of the socket's and the file's descriptors,
     the pieces still to send, the span or bytes being sent."""
@@ -835,13 +855,21 @@ class FrontConnection(asyncio.Protocol):
         rules = location.add_header if location is not None else self.server.add_header
         if rules:
             head += added_fields(rules, status, self)
-        self.transport.write(
-            head
-            + self.hsts_line
-            + connection_field(self.keep_alive, self.head.version)
-            + self.worker.defaults.lines
-            + body
-        )
+        field = connection_field(self.keep_alive, self.head.version)
+        lines = self.worker.defaults.lines
+        memo = _WHOLE_HEAD
+        if (
+            memo.head is head
+            and memo.lines is lines
+            and memo.field == field
+            and memo.hsts == self.hsts_line
+        ):
+            whole = memo.whole
+        else:
+            whole = head + self.hsts_line + field + lines
+            memo.head, memo.lines, memo.field, memo.hsts = head, lines, field, self.hsts_line
+            memo.whole = whole
+        self.transport.write(whole + body)
 
     def write(self, data: bytes) -> None:
         """A piece of a relayed body (chunked when the upstream did not frame it)."""

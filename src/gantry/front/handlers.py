@@ -139,18 +139,21 @@ class ProxyHandler(Handler):
             exchange.error(502)
             return True
         upstream, pool = target
-        if is_websocket(exchange.head):
+        head = exchange.head
+        if head.upgrade and is_websocket(head):
             self._websocket(exchange, location, upstream, pool)
             return True
         script = ""
         path_info = ""
-        if upstream.protocol == "fastcgi":
+        if pool.protocol == "fastcgi":  # the upstream's, as a compiled field
             found = fastcgi_script(exchange, location)
             if found is None:
                 return True  # answered: no such script
             script, path_info = found
         data: RequestBody = b""
-        if isinstance(body, BodyBuffer):
+        if body is None:
+            pass  # the usual (a GET): no isinstance of a plain class to pay for
+        elif isinstance(body, BodyBuffer):
             if body.size <= SMALL_BODY:
                 data = body.to_input().read()  # with the head in one write
                 body.discard()
@@ -159,7 +162,7 @@ class ProxyHandler(Handler):
         elif isinstance(body, StreamedBody):  # the connection makes no other kind
             data = body
         proxy = ProxyRequest(
-            exchange, exchange.head, data, upstream, pool, location, self.keepalive, self.tasks
+            exchange, head, data, upstream, pool, location, self.keepalive, self.tasks
         )
         if location.proxy_set_header:
             proxy.set_fields = proxy_fields(exchange)

@@ -227,10 +227,11 @@ class ProxyRequest(UpstreamResponse):
         # Not to php-fpm: a kept connection holds one of its children (which waits for
         # the next request on it), so a pool smaller than the front's concurrency would
         # leave new connections unaccepted until a read timeout.
+        protocol = pool.protocol  # the upstream's, as a compiled field
         self.reusable = (
-            upstream.protocol == "http"
-            or upstream.protocol == "https"
-            or (upstream.protocol == "uwsgi" and upstream.gantry_keepalive)
+            protocol == "http"
+            or protocol == "https"
+            or (protocol == "uwsgi" and pool.gantry_keepalive)
         )
         self.pool = pool
         self.location = location
@@ -257,13 +258,13 @@ class ProxyRequest(UpstreamResponse):
             return
         if self.reusable:
             tls = self._tls(peer)
-            key = tls[2] if tls is not None else peer.server.address
+            key = tls[2] if tls is not None else peer.address
             conn = self.keepalive.take(key, self.upstream.keepalive_timeout)
             if conn is not None:
                 self._send_on(peer, conn)
                 self.reused = True
                 return
-        if peer.server.address.startswith("unix:") and self.pool.tls is None:
+        if peer.address.startswith("unix:") and self.pool.tls is None:
             self._connect_unix(peer)
             return
         spawn(self.tasks, self._first(peer))
@@ -279,9 +280,7 @@ class ProxyRequest(UpstreamResponse):
         keepalive = self.keepalive
         started = keepalive.loop.time()
         try:
-            conn = connect_unix(
-                keepalive.loop, peer.server.address, keepalive.active, keepalive.poller
-            )
+            conn = connect_unix(keepalive.loop, peer.address, keepalive.active, keepalive.poller)
         except UpstreamError as exc:
             self._connected(peer, started, None, exc)
             return
@@ -333,24 +332,25 @@ class ProxyRequest(UpstreamResponse):
         if self.abandoned or self.client.closed:
             conn.abort()
             return
-        self._send_on(peer, conn)
-        self.attempt_start = connect_started  # upstream time counts the connect too
+        self._send_on(peer, conn, connect_started)  # upstream time counts the connect too
 
     def _key(self) -> str:
-        if self.upstream.balance != "hash":
+        if not self.pool.hashed:
             return ""
         client = self.client
         return hash_key(self.upstream.hash_key, self.head_in, client.remote_addr, client.https)
 
-    def _send_on(self, peer: Peer, conn: UpstreamConnection) -> None:
-        """One attempt: the request goes out on ``conn``; how it ends comes to ``_settle``."""
+    def _send_on(self, peer: Peer, conn: UpstreamConnection, started: float = -1.0) -> None:
+        """One attempt: the request goes out on ``conn``; how it ends comes to ``_settle``.
+        ``started``: when the attempt began (its connect), if not now."""
         self.peer = peer
         self.pool.started(peer)
-        self.attempt_start = self.keepalive.loop.time()
+        # the clock read once per attempt: a fresh connection's began with its connect
+        self.attempt_start = started if started >= 0.0 else self.keepalive.loop.time()
         self.attempt_open = True
         self.settled = False
         self.conn = conn
-        if self.upstream.protocol == "fastcgi":
+        if self.pool.protocol == "fastcgi":
             # the body framed by write_body (spooled or streamed) is what is not in memory
             body = self.body_in
             whole = isinstance(body, bytes)
@@ -364,7 +364,7 @@ class ProxyRequest(UpstreamResponse):
         conn.send(
             self,
             self._payload(),
-            self.upstream.read_timeout,
+            self.pool.read_timeout,
             self.head_in.method == "HEAD",
             short_path=True,
         )
@@ -586,7 +586,7 @@ class ProxyRequest(UpstreamResponse):
             if attempts is None:
                 return  # the times are for the access log only
             elapsed = self.keepalive.loop.time() - self.attempt_start
-            attempts.append((self.peer.server.address, elapsed))
+            attempts.append((self.peer.address, elapsed))
 
     def _payload(self) -> list[bytes]:
         """The bytes of the request: its head (a uwsgi packet, gantry's own when the
@@ -595,13 +595,14 @@ class ProxyRequest(UpstreamResponse):
         client, head, location = self.client, self.head_in, self.location
         script_name = (location.script_name if location is not None else "") or ""
         fields = self.set_fields
-        if self.upstream.protocol == "fastcgi":
+        protocol = self.pool.protocol
+        if protocol == "fastcgi":
             return [self._fastcgi_payload(body)]
-        if self.upstream.protocol == "uwsgi":
+        if protocol == "uwsgi":
             if fields is not None:
                 head = with_fields(head, fields)
             path = client.request_path(head)
-            gantry = self.upstream.gantry_keepalive
+            gantry = self.pool.gantry_keepalive
             request = None
             if gantry:
                 request = gantry_packet(

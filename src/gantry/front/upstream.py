@@ -16,6 +16,7 @@ from __future__ import annotations
 import _socket
 import asyncio
 import errno
+import os
 import re
 import socket
 import ssl
@@ -105,6 +106,30 @@ _WHOLE: Final = re.compile(
     rb"(?:" + _OTHER_FIELD + rb")*+"
     rb"\r\n"
 )  # fmt: skip
+
+
+class _HeadMemo:
+    """The head of the last whole response _WHOLE accepted, and what it found in it.
+
+    An upstream app answers one URL with the same head again and again (uWSGI closes
+    after each response, so the memo is the worker's, not a connection's): a response
+    that starts with these very bytes and has the same length needs no regex. The
+    bytes decide alone (the match ends at the head's blank line), so the memo is never
+    stale, only missed."""
+
+    __slots__ = ("head", "passed", "status", "size")
+
+    def __init__(self) -> None:
+        #: status line, fields and the blank line, as received (b"": none yet)
+        self.head = b""
+        #: what the receiver gets as the head (without the blank line)
+        self.passed = b""
+        self.status = 0
+        #: the whole response's length: head and Content-Length's body (-1: none yet)
+        self.size = -1
+
+
+_HEAD_MEMO: Final = _HeadMemo()
 
 
 class Failure(Enum):
@@ -568,9 +593,21 @@ class UpstreamConnection(PolledSocket):
         (see _WHOLE) with status 200-499 (the slow path decides retries), the body all
         here and nothing after it. It goes to the receiver as is; False: the parser
         takes ``data``."""
-        match = _WHOLE.match(data)
-        if match is None or len(data) != match.end() + int(match[2]):
-            return False
+        memo = _HEAD_MEMO
+        if len(data) == memo.size and data.startswith(memo.head):
+            # the same head as the last whole response (an app answers alike): what
+            # _WHOLE would find in it is known
+            status, head, end = memo.status, memo.passed, len(memo.head)
+        else:
+            match = _WHOLE.match(data)
+            if match is None:
+                return False
+            end = match.end()
+            size = end + int(match[2])
+            if len(data) != size:
+                return False
+            status, head = int(match[1]), data[: end - 2]
+            memo.head, memo.passed, memo.status, memo.size = data[:end], head, status, size
         receiver = self.receiver
         assert receiver is not None
         watch = self.watch
@@ -580,8 +617,7 @@ class UpstreamConnection(PolledSocket):
         else:
             self._cancel_timer()
         self.receiver = None
-        end = match.end()
-        receiver.whole(int(match[1]), data[: end - 2], data[end:])
+        receiver.whole(status, head, data[end:])
         return True
 
     # sending ------------------------------------------------------------------------
@@ -871,6 +907,19 @@ def connect_error(address: str, exc: Exception) -> UpstreamError:
     return UpstreamError(502, f"cannot connect to {address}: {reason}", Failure.REFUSED)
 
 
+#: "unix:/path" -> the path as connect() takes it (the addresses are the config's: few)
+_unix_paths: Final[dict[str, bytes]] = {}
+
+
+def _unix_path(address: str) -> bytes:
+    """The socket path of ``address`` ("unix:/path") encoded once, as connect() would
+    encode a str each time (every request to uWSGI connects)."""
+    if len(_unix_paths) >= 1024:
+        _unix_paths.clear()
+    path = _unix_paths[address] = os.fsencode(address[5:])
+    return path
+
+
 def connect_unix(
     loop: asyncio.AbstractEventLoop,
     address: str,
@@ -881,9 +930,12 @@ def connect_unix(
     at once (a full listen queue is EAGAIN), so it needs no wait, no timer and no task.
     UpstreamError (502, nothing sent) if it fails. ``watch``, ``poller``: see
     open_upstream."""
+    path = _unix_paths.get(address)
+    if path is None:
+        path = _unix_path(address)
     sock = RawSocket(_AF_UNIX, _UNIX_STREAM)
     try:
-        sock.connect(address[5:])
+        sock.connect(path)
     except OSError as exc:
         sock.close()
         raise connect_error(address, exc) from None

@@ -269,38 +269,115 @@ def uwsgi_packet(
             encoded = _encoded_fields(lean.headers) if lean is not head else None
             if encoded is None:
                 raise ValueError("Connection field names fields that cannot be left out")
+        memo = _PACKET_MEMO
+        query, target, method, version = head.query, head.target, head.method, head.version
         fields, host, content_type = encoded
-        if script_name:
-            if path == script_name or path.startswith(script_name + "/"):
-                path = path[len(script_name) :]
-            script = script_name.encode("utf-8", "surrogateescape")
-            script = _SCRIPT_NAME + _u16(len(script)) + script
+        if (
+            memo.fields == fields
+            and memo.host == host
+            and memo.content_type == content_type
+            and memo.target == target
+            and memo.query == query
+            and memo.path == path
+            and memo.method == method
+            and memo.version == version
+            and memo.script_name == script_name
+            and memo.body_length == body_length
+            and memo.keepalive == keepalive
+        ):
+            before, after = memo.before, memo.after
         else:
-            script = _NO_SCRIPT_NAME
-        path_info = path.encode("utf-8", "surrogateescape")
-        query, target = head.query, head.target
-        length = _var(b"CONTENT_LENGTH", str(body_length).encode()) if body_length else b""
-        protocol = _PROTOCOLS.get(head.version) or _var(
-            b"SERVER_PROTOCOL", b"HTTP/" + head.version.encode()
-        )
-        vars_ = b"".join([
-            _QUERY_STRING + _u16(len(query)) + query if query else _NO_QUERY_STRING,
-            _METHODS.get(head.method) or _var(b"REQUEST_METHOD", head.method.encode()),
-            content_type,
-            length or _NO_CONTENT_LENGTH,
-            _REQUEST_URI, _u16(len(target)), target,
-            _PATH_INFO, _u16(len(path_info)), path_info,
-            script,
-            protocol,
-            fixed,
-            _server_vars.get(host) or _server_var(host),
-            fields,
-            KEEPALIVE if keepalive else b"",
-        ])  # fmt: skip
-        # one join, then the header in front: cheaper than summing the parts' lengths
-        return pack_header(0, len(vars_), 0) + vars_
+            before, after = _packet_parts(encoded, head, path, script_name, body_length, keepalive)
+            memo.fields, memo.host, memo.content_type = fields, host, content_type
+            memo.target, memo.query, memo.path = target, query, path
+            memo.method, memo.version, memo.script_name = method, version, script_name
+            memo.body_length, memo.keepalive = body_length, keepalive
+            memo.before, memo.after = before, after
+        size = len(before) + len(fixed) + len(after)
+        if size == memo.size:  # the usual: the connection's vars differ, not their length
+            header = memo.header
+        else:
+            header = pack_header(0, size, 0)  # struct.error past 65535
+            memo.size, memo.header = size, header
+        return b"".join([header, before, fixed, after])
     except struct.error:
         raise ValueError("uwsgi var longer than 65535 bytes") from None
+
+
+class _PacketMemo:
+    """The last uwsgi packet's vars but the connection's own, and what they were made
+    from (see uwsgi_packet): a keep-alive client, or many clients of one page, ask the
+    same again, whatever connection they come on."""
+
+    __slots__ = ("fields", "host", "content_type", "target", "query", "path", "method",
+                 "version", "script_name", "body_length", "keepalive", "before",
+                 "after", "size", "header")  # fmt: skip
+
+    def __init__(self) -> None:
+        #: _encoded_fields' answer (compared by value: compiled code keeps a tuple unboxed,
+        #: so the same answer is not the same tuple object twice)
+        self.fields = b""
+        self.host = b""
+        self.content_type = b""
+        self.target = b""
+        self.query = b""
+        self.path = ""
+        self.method = ""
+        self.version = ""
+        self.script_name = ""
+        self.body_length = -1
+        self.keepalive = False
+        #: the vars before the connection's own, and after them
+        self.before = b""
+        self.after = b""
+        #: the last packet's vars size (-1: none yet) and its 4-byte header
+        self.size = -1
+        self.header = b""
+
+
+_PACKET_MEMO: Final = _PacketMemo()
+
+
+def _packet_parts(
+    encoded: tuple[bytes, bytes, bytes],
+    head: RequestHead,
+    path: str,
+    script_name: str,
+    body_length: int,
+    keepalive: bool,
+) -> tuple[bytes, bytes]:
+    """The vars of uwsgi_packet before the connection's own (connection_vars), and after
+    them. struct.error for a var past 65535 bytes."""
+    fields, host, content_type = encoded
+    if script_name:
+        if path == script_name or path.startswith(script_name + "/"):
+            path = path[len(script_name) :]
+        script = script_name.encode("utf-8", "surrogateescape")
+        script = _SCRIPT_NAME + _u16(len(script)) + script
+    else:
+        script = _NO_SCRIPT_NAME
+    path_info = path.encode("utf-8", "surrogateescape")
+    query, target = head.query, head.target
+    length = _var(b"CONTENT_LENGTH", str(body_length).encode()) if body_length else b""
+    protocol = _PROTOCOLS.get(head.version) or _var(
+        b"SERVER_PROTOCOL", b"HTTP/" + head.version.encode()
+    )
+    before = b"".join([
+        _QUERY_STRING + _u16(len(query)) + query if query else _NO_QUERY_STRING,
+        _METHODS.get(head.method) or _var(b"REQUEST_METHOD", head.method.encode()),
+        content_type,
+        length or _NO_CONTENT_LENGTH,
+        _REQUEST_URI, _u16(len(target)), target,
+        _PATH_INFO, _u16(len(path_info)), path_info,
+        script,
+        protocol,
+    ])  # fmt: skip
+    after = b"".join([
+        _server_vars.get(host) or _server_var(host),
+        fields,
+        KEEPALIVE if keepalive else b"",
+    ])  # fmt: skip
+    return before, after
 
 
 # Gantry's own packet (modifier2 GANTRY_MODIFIER2, to gantry serve only): the vars as

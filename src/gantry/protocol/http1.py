@@ -129,6 +129,9 @@ _SIMPLE: Final = re.compile(
     rb"(GET|HEAD) (/[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*) HTTP/1\.([01])\r\n"
     rb"((?:[!#$%&'*+.^_`|~0-9A-Za-z-]++: [!-~]++(?:[ \t]++[!-~]++)*+\r\n)++)\r\n"
 )
+#: what a plain request asks, besides a GET over HTTP/1.1 (RequestParser._last_kind)
+_KIND_HEAD: Final = 1
+_KIND_1_0: Final = 2
 #: the fields a plain request is read for: a Host, one Connection (keep-alive or close),
 #: and none that asks llhttp for a body's framing, an upgrade or an expectation
 _WATCHED: Final = re.compile(
@@ -203,6 +206,11 @@ class RequestParser:
         "_last_block",
         "_last_fields",
         "_last_option",
+        "_last_line",
+        "_last_kind",
+        "_last_target",
+        "_last_path",
+        "_last_query",
         "_boundary",
         "_completed",
         "_method_start",
@@ -246,6 +254,15 @@ class RequestParser:
         self._last_block = b""
         self._last_fields: list[tuple[bytes, bytes]] = []
         self._last_option = 0
+        # The request line that came with that block, and what it asks (_KIND_* bits):
+        # a client asking the same again sends the same bytes, taken without the regex
+        self._last_line = b""
+        self._last_kind = 0
+        # that line's target, path and query: the same objects again for the same line
+        # (no slices; a bytes object keeps its hash for the route lookup)
+        self._last_target = b""
+        self._last_path = b""
+        self._last_query = b""
         # True between messages: the next byte fed starts a new request line
         self._boundary = True
         self._completed = 0
@@ -299,6 +316,17 @@ class RequestParser:
         """Parse ``data``; raise ``ProtocolError`` on anything the server must refuse."""
         if self._boundary and len(data) <= self._simple_limit and not self._dead:
             # One whole plain request, as most keep-alive clients send: no llhttp.
+            line, block = self._last_line, self._last_block
+            if (
+                len(data) == len(line) + len(block) + 2
+                and line
+                and data.startswith(line)
+                and data.startswith(block, len(line))
+                and data.endswith(b"\r\n")
+            ):
+                # the last request taken on this path again, byte for byte
+                self._hand(self._last_kind, line, True)
+                return
             match = _SIMPLE.fullmatch(data)
             if match is not None and self._simple(match):
                 return
@@ -386,23 +414,39 @@ class RequestParser:
         body's framing, Expect, Upgrade, a Connection other than one keep-alive or close,
         too many fields."""
         block = match[4]
-        keep_alive = match[3] == b"1"
-        if block == self._last_block:
-            option = self._last_option
-        else:
-            option = self._read_block(block)
-            if option < 0:
-                return False
+        if block != self._last_block and self._read_block(block) < 0:
+            return False
+        kind = (_KIND_HEAD if match[1] == b"HEAD" else 0) | (_KIND_1_0 if match[3] == b"0" else 0)
+        line = match.string[: match.start(4)]
+        self._last_line = line
+        self._last_kind = kind
+        self._hand(kind, line, False)
+        return True
+
+    def _hand(self, kind: int, line: bytes, repeat: bool) -> None:
+        """Hand the sink a plain request: ``line`` its request line (CRLF-ended), ``kind``
+        what it asks (_KIND_* bits), its fields the memo's (see _read_block); ``repeat``:
+        the line is the last one handed, whose target the memo holds split."""
+        keep_alive = not kind & _KIND_1_0
+        option = self._last_option
         if option:
             keep_alive = option == 1
         head = self._head = RequestHead()
         head.headers = list(self._last_fields)  # a copy: the head is the handlers' to change
-        head.method = "GET" if match[1] == b"GET" else "HEAD"
-        if match[3] == b"0":
+        head.method = "HEAD" if kind & _KIND_HEAD else "GET"
+        if kind & _KIND_1_0:
             head.version = "1.0"
         if not keep_alive:
             head.keep_alive = False
-        _split_origin_form(head, match[2])
+        if repeat:
+            head.target = self._last_target
+            head.path = self._last_path
+            head.query = self._last_query
+        else:
+            # between "GET " or "HEAD " and " HTTP/1.x\r\n"
+            _split_origin_form(head, line[5:-11] if kind & _KIND_HEAD else line[4:-11])
+            self._last_target, self._last_path = head.target, head.path
+            self._last_query = head.query
         self._completed += 1
         try:
             self._sink.request_head(head)
@@ -412,7 +456,6 @@ class RequestParser:
             raise ProtocolError(500, f"parser callback failed: {exc}") from exc
         # the sink has it: an idle connection does not keep the last request's head here
         self._head = _NO_HEAD
-        return True
 
     def _read_block(self, block: bytes) -> int:
         """Read a fast-path field block into the memo (_last_*): its Connection option

@@ -50,6 +50,7 @@ from typing import Any, Final
 
 from gantry.config.front_model import CacheZone
 from gantry.front.cache.counters import ADDED_BYTES, ADDED_ENTRIES
+from gantry.front.cache.locks import FillLocks, KeyLock
 from gantry.front.cache.packs import (
     PackIndex,
     PackReaders,
@@ -339,22 +340,6 @@ def _read_entry(path: str, want_body: bool) -> Entry:
 _VARY_MARK: Final = "vary"
 
 
-class KeyLock:
-    """The fill lock of one key (an fcntl lock on its lock file: held across workers,
-    and let go by the kernel if the holder dies)."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def release(self) -> None:
-        """Let the next request fill the key."""
-        if self.fd >= 0:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = -1
-
-
 @dataclass
 class _Hot:
     entry: Entry
@@ -395,6 +380,7 @@ class CacheStore:
         self.index = PackIndex(self.root, zone.max_size)
         self.readers = PackReaders(self.root)
         self.packer = PackWriter(self.root, zone.max_size)
+        self.fill_locks = FillLocks(self.locks)
 
     def account(self, entries: int, size: int) -> None:
         """Entries and bytes this worker added to the zone (negative: removed)."""
@@ -885,19 +871,13 @@ class CacheStore:
             thread.stop(WRITER_STOP_WAIT)
         self.packer.close()
         self.readers.close()
+        self.fill_locks.close()
 
     # fill locks ---------------------------------------------------------------
 
     def try_lock(self, key: str) -> KeyLock | None:
         """The fill lock of ``key`` if no other request (of any worker) holds it."""
-        path = os.path.join(self.locks, self.digest(key)[:16])
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return None
-        return KeyLock(fd)
+        return self.fill_locks.try_lock(self.digest(key))
 
     # sweeping -----------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from gantry.front.cache.counters import (
     CacheCounters,
 )
 from gantry.front.cache.policy import (
+    Controls,
     Fields,
     Usable,
     bypassed,
@@ -46,6 +47,7 @@ from gantry.front.cache.policy import (
     merge_not_modified,
     not_modified,
     parse_http_date,
+    response_controls,
     stale_on_error,
     storable,
     usable,
@@ -774,11 +776,14 @@ class CacheFill:
         if date_lines:
             lines = [line for line in lines if line[:5].lower() != b"date:"]
         fields = _lines_to_fields(lines)
-        stored_fields = fields + (
-            _lines_to_fields(date_lines[:1])
-            if date_lines
-            else [(b"Date", self.handler.http_date(response_time))]
-        )
+        if date_lines:
+            date_fields = _lines_to_fields(date_lines[:1])
+            date = parse_http_date(date_fields[0][1])
+        else:
+            # the front's own Date, as the clock's second: what parsing it would give
+            date_fields = [(b"Date", self.handler.http_date(response_time))]
+            date = float(int(response_time))
+        stored_fields = fields + date_fields
         method = self.head.method
         if self.invalidating:
             if invalidates(method, status):
@@ -793,13 +798,15 @@ class CacheFill:
                 self.serve_stale = True
                 self.release()
                 return
+        parsed: Controls | None = None
+        if not self.invalidating and not self.status_value:
+            parsed = response_controls(stored_fields)
         if (
-            not self.invalidating
-            and not self.status_value
-            and storable(method, status, self.head.headers, stored_fields, self.zone.valid)
+            parsed is not None
+            and storable(method, status, self.head.headers, stored_fields, self.zone.valid, parsed)
             and not any(line[:18].lower() == b"transfer-encoding:" for line in lines)
         ):
-            self._open_writer(status, reason, stored_fields, response_time)
+            self._open_writer(status, reason, stored_fields, response_time, parsed, date)
         elif method == "GET" and not self.invalidating and not self.status_value:
             self.passed = True
             self.handler.pass_key(self.key)
@@ -826,7 +833,13 @@ class CacheFill:
     swallow = False
 
     def _open_writer(
-        self, status: int, reason: bytes, fields: Fields, response_time: float
+        self,
+        status: int,
+        reason: bytes,
+        fields: Fields,
+        response_time: float,
+        parsed: Controls,
+        date: float | None,
     ) -> None:
         names = vary_names(fields)
         if names is None:
@@ -843,8 +856,8 @@ class CacheFill:
             fields=fields,
             request_time=self.request_time,
             response_time=response_time,
-            initial_age=initial_age(fields, self.request_time, response_time),
-            freshness=freshness(status, fields, self.zone.valid),
+            initial_age=initial_age(fields, self.request_time, response_time, date),
+            freshness=freshness(status, fields, self.zone.valid, parsed, date),
             vary=names,
             vary_values=vary_values(names, self.head.headers),
             tags=tuple(tags),

@@ -89,6 +89,8 @@ PENDING_ENTRIES: Final = 1024
 PENDING_BYTES: Final = 32 * 1024 * 1024
 #: entries a purge's walk looks at between two turns given to the loop
 WALK_PIECE: Final = 256
+#: paths remembered as having no file (forgotten all at once past it)
+ABSENT_PATHS: Final = 4096
 #: how long a worker that stops waits for its writer thread to write what is pending
 WRITER_STOP_WAIT: Final = 5.0
 
@@ -356,6 +358,8 @@ class CacheStore:
     def __init__(self, zone: CacheZone) -> None:
         self.zone = zone
         self.root = zone.path
+        #: the zone's folder with its separator: entries' paths as os.path.join makes them
+        self.prefix = os.path.join(self.root, "")
         self.tmp = os.path.join(self.root, "tmp")
         self.locks = os.path.join(self.root, "locks")
         for directory in (self.root, self.tmp, self.locks):
@@ -365,6 +369,9 @@ class CacheStore:
         self.hot_keys: dict[str, _Hot] = {}
         self.hot_bytes = 0
         self._last_digest: tuple[str, str] | None = None
+        #: paths a lookup found no file at (since then, only this worker's writes made one
+        #: there, and they take it out): a packed miss need not look again
+        self.absent: set[str] = set()
         self.generation = Generation(self.root)
         #: path -> the writer of an entry queued for the writer thread, and the entry
         self.pending: dict[str, tuple[EntryWriter, Entry]] = {}
@@ -408,7 +415,8 @@ class CacheStore:
         if variant is not None:
             blob = b"\0".join([b"\1" if v is None else b"\2" + v for v in variant])
             name += "-" + hashlib.sha256(blob).hexdigest()[:32]
-        return os.path.join(self.root, digest[:2], name)
+        # os.path.join's own: posixpath's join is Python code, a few microseconds a miss
+        return f"{self.prefix}{digest[:2]}/{name}"
 
     # lookup -----------------------------------------------------------------
 
@@ -497,6 +505,9 @@ class CacheStore:
         if st is None:
             if hot is not None:
                 self._forget(path)
+            if len(self.absent) >= ABSENT_PATHS:
+                self.absent.clear()
+            self.absent.add(path)
             return None
         if hot is not None and hot.entry.identity == (st.st_ino, st.st_mtime_ns):
             self.hot.move_to_end(path)
@@ -1151,7 +1162,9 @@ class EntryWriter:
                 if self.marker:
                     primary = self.store.path_of(self.digest)
                     replaced = replaced or os.path.exists(primary)
+                    self.store.absent.discard(primary)
                     os.rename(self.marker_temp, primary)
+                self.store.absent.discard(self.final)
                 os.rename(self.temp, self.final)
             st = os.stat(self.final)
             if mark is not None and generation.purges() != mark:
@@ -1217,8 +1230,12 @@ class EntryWriter:
         try:
             pack, offset = store.packer.append(record)
             # an older version in a file of its own would come back once the pack is
-            # swept: it goes (a stat that fails is all a new key costs)
-            if _stat(self.final) is not None:
+            # swept: it goes. Not looked for again when this miss's lookup found none (a
+            # file another worker made meanwhile, without the fill lock, would come back
+            # then: a response of the origin's all the same, as old as this one).
+            if self.final in store.absent:
+                store.absent.discard(self.final)
+            elif _stat(self.final) is not None:
                 store.remove_file(self.final, marker=store._is_marker(self.final))
         except OSError:
             self.pieces = None

@@ -247,14 +247,16 @@ class PackWriter:
         ):
             self._start()
         fd, offset = self.fd, self.end
-        view = memoryview(record)
-        at = offset
-        while view:
-            written = os.pwrite(fd, view, at)
-            if written <= 0:
-                raise OSError("short write to a pack")
-            view = view[written:]
-            at += written
+        written = os.pwrite(fd, record, offset)
+        at = offset + written
+        if written < len(record):  # rare (a full disk, a signal): the rest piece by piece
+            view = memoryview(record)[written:]
+            while view:
+                written = os.pwrite(fd, view, at)
+                if written <= 0:
+                    raise OSError("short write to a pack")
+                view = view[written:]
+                at += written
         self.end = at
         return self.pack, offset
 

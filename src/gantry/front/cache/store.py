@@ -7,7 +7,7 @@ under a temporary name (``.t...``) in its own folder and renamed into place (ato
 so no reader ever sees half of one; a rename within one folder is also far cheaper than
 one across folders, which Linux serializes file-system-wide. Its layout::
 
-    b"GCE" version(1) | head length (4, big endian) | head (JSON)
+    b"GCE" version(1) | head length (4, big endian) | head (see ``_HEAD``)
     | body | body length (8) | body CRC-32 (4) | head CRC-32 (4)
 
 A file whose magic, version, sizes or checksums do not hold is a miss (and removed).
@@ -33,8 +33,6 @@ import contextlib
 import fcntl
 import hashlib
 import itertools
-import json
-import math
 import mmap
 import os
 import struct
@@ -45,7 +43,6 @@ from asyncio import AbstractEventLoop
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from json.encoder import encode_basestring_ascii
 from typing import Any, Final
 
 from gantry.config.front_model import CacheZone
@@ -64,7 +61,7 @@ from gantry.front.cache.policy import Fields, Freshness, vary_values
 __all__ = ["CacheStore", "Entry", "EntryWriter", "KeyLock"]
 
 MAGIC: Final = b"GCE"
-VERSION: Final = 1
+VERSION: Final = 2  # 1: the head was JSON
 _PREFIX: Final = struct.Struct(">3sBI")
 _TRAILER: Final = struct.Struct(">QII")
 #: a head larger than this is not an entry of ours
@@ -89,6 +86,9 @@ PENDING_ENTRIES: Final = 1024
 PENDING_BYTES: Final = 32 * 1024 * 1024
 #: entries a purge's walk looks at between two turns given to the loop
 WALK_PIECE: Final = 256
+#: digests of keys remembered (forgotten all at once past it): more than the requests a
+#: worker has waiting on their upstreams at once, as a rule
+RECENT_DIGESTS: Final = 1024
 #: paths remembered as having no file (forgotten all at once past it)
 ABSENT_PATHS: Final = 4096
 #: how long a worker that stops waits for its writer thread to write what is pending
@@ -124,77 +124,63 @@ class Entry:
     #: (the fields it was made from, the status line and fields as sent from the cache)
     served: tuple[Fields, bytes] | None = field(default=None, repr=False, compare=False)
 
-    def head_json(self) -> bytes:
-        """The head of the entry's file: a JSON object (see ``head_document``), written
-        out directly: json.dumps of the document took most of a miss's own time."""
-        fields = ",".join(
-            [f"[{_json_text(n)},{_json_text(v)}]" for n, v in self.fields]
-        )  # fmt: skip
+    def head_bytes(self) -> bytes:
+        """The head of the entry's file (see ``_HEAD``): its numbers in one struct, then
+        the lengths of its strings, then the strings. JSON took a quarter of a miss's
+        own time (a float's repr alone over a microsecond); this is one join."""
         fresh = self.freshness
-        vary = ",".join([_json_text(n) for n in self.vary])
-        values = ",".join(["null" if v is None else _json_text(v) for v in self.vary_values])
-        tags = ",".join([_json_str(t) for t in self.tags])
-        return (
-            f'{{"key":{_json_str(self.key)},"status":{int(self.status)},'
-            f'"reason":{_json_text(self.reason)},"fields":[{fields}],'
-            f'"request_time":{_json_float(self.request_time)},'
-            f'"response_time":{_json_float(self.response_time)},'
-            f'"initial_age":{_json_float(self.initial_age)},'
-            f'"freshness":[{_json_float(fresh.lifetime)},'
-            f"{_json_float(fresh.stale_while_revalidate)},"
-            f"{_json_float(fresh.stale_if_error)},"
-            f"{_json_bool(fresh.must_revalidate)},{_json_bool(fresh.no_cache)}],"
-            f'"vary":[{vary}],"vary_values":[{values}],"tags":[{tags}],'
-            f'"purged":{_json_bool(self.purged)}}}'
-        ).encode()
-
-    def head_document(self) -> dict[str, Any]:
-        """The head of the entry's file as a document (what ``head_json`` writes)."""
-        return {
-            "key": self.key,
-            "status": self.status,
-            "reason": self.reason.decode("latin-1"),
-            "fields": [[n.decode("latin-1"), v.decode("latin-1")] for n, v in self.fields],
-            "request_time": self.request_time,
-            "response_time": self.response_time,
-            "initial_age": self.initial_age,
-            "freshness": [
-                self.freshness.lifetime,
-                self.freshness.stale_while_revalidate,
-                self.freshness.stale_if_error,
-                self.freshness.must_revalidate,
-                self.freshness.no_cache,
-            ],
-            "vary": [n.decode("latin-1") for n in self.vary],
-            "vary_values": [None if v is None else v.decode("latin-1") for v in self.vary_values],
-            "tags": list(self.tags),
-            "purged": self.purged,
-        }
+        flags = (
+            (_MUST_REVALIDATE if fresh.must_revalidate else 0)
+            | (_NO_CACHE if fresh.no_cache else 0)
+            | (_PURGED if self.purged else 0)
+        )
+        parts: list[bytes] = [self.key.encode("utf-8", "surrogatepass"), self.reason]
+        for name, value in self.fields:
+            parts.append(name)
+            parts.append(value)
+        parts += self.vary
+        lengths = [len(part) for part in parts]
+        for given in self.vary_values:
+            if given is None:
+                lengths.append(_NONE)
+            else:
+                lengths.append(len(given))
+                parts.append(given)
+        for tag in self.tags:
+            data = tag.encode("utf-8", "surrogatepass")
+            lengths.append(len(data))
+            parts.append(data)
+        numbers = _HEAD.pack(
+            self.status, self.request_time, self.response_time, self.initial_age,
+            fresh.lifetime, fresh.stale_while_revalidate, fresh.stale_if_error, flags,
+            len(self.fields), len(self.vary), len(self.vary_values), len(self.tags),
+        )  # fmt: skip
+        return b"".join([numbers, _lengths(len(lengths)).pack(*lengths), *parts])
 
 
-def _json_str(text: str) -> str:
-    """A JSON string (ASCII, escaped as json.dumps escapes)."""
-    encoded: str = encode_basestring_ascii(text)
-    return encoded
+#: an entry's head: status, request time, response time, initial age, lifetime,
+#: stale-while-revalidate, stale-if-error, flags, and how many fields, Vary names, Vary
+#: values (a vary marker has names and no values) and tags follow; then the lengths (4
+#: bytes each) of the key (UTF-8), the reason, each field's name and value, each Vary
+#: name, each Vary value (``_NONE``: the request had none) and each tag (UTF-8); then
+#: those strings, one after the other
+_HEAD: Final = struct.Struct(">HddddddBIIII")
+_MUST_REVALIDATE: Final = 1
+_NO_CACHE: Final = 2
+_PURGED: Final = 4
+_NONE: Final = 0xFFFFFFFF
+#: the lengths' structs, by count (an entry has a handful of fields: few of them)
+_LENGTHS: dict[int, struct.Struct] = {}
 
 
-def _json_text(data: bytes) -> str:
-    """Bytes of a field as a JSON string (each byte one character, latin-1)."""
-    return _json_str(data.decode("latin-1"))
-
-
-def _json_float(value: float) -> str:
-    """A float as json.dumps writes it (repr; its names for the infinities and NaN)."""
-    number = float(value)
-    if number != number:
-        return "NaN"
-    if number in (math.inf, -math.inf):
-        return "Infinity" if number > 0 else "-Infinity"
-    return repr(number)
-
-
-def _json_bool(value: bool) -> str:
-    return "true" if value else "false"
+def _lengths(count: int) -> struct.Struct:
+    """The struct of ``count`` lengths."""
+    made = _LENGTHS.get(count)
+    if made is None:
+        made = struct.Struct(f">{count}I")
+        if len(_LENGTHS) < 256:
+            _LENGTHS[count] = made
+    return made
 
 
 class Generation:
@@ -242,29 +228,58 @@ class _Broken(Exception):
 
 
 def _entry_from_head(head: bytes) -> Entry:
+    """The entry a head (``Entry.head_bytes``) describes; _Broken if it is not one."""
+    if len(head) < _HEAD.size:
+        raise _Broken("short head")
+    numbers = _HEAD.unpack_from(head)
+    status, request_time, response_time, age, lifetime, swr, sie, flags = numbers[:8]
+    fields, vary, values, tags = numbers[8:]
+    count = 2 + 2 * fields + vary + values + tags
+    at = _HEAD.size + 4 * count
+    if at > len(head):
+        raise _Broken("short head")
+    lengths = _lengths(count).unpack_from(head, _HEAD.size)
+    strings: list[bytes | None] = []
+    for length in lengths:
+        if length == _NONE:
+            strings.append(None)
+            continue
+        end = at + length
+        if end > len(head):
+            raise _Broken("short head")
+        strings.append(head[at:end])
+        at = end
+    if at != len(head):
+        raise _Broken("sizes of the head do not add up")
     try:
-        doc = json.loads(head)
-        lifetime, swr, sie, must, no_cache = doc["freshness"]
-        return Entry(
-            key=str(doc["key"]),
-            status=int(doc["status"]),
-            reason=str(doc["reason"]).encode("latin-1"),
-            fields=[(str(n).encode("latin-1"), str(v).encode("latin-1")) for n, v in doc["fields"]],
-            request_time=float(doc["request_time"]),
-            response_time=float(doc["response_time"]),
-            initial_age=float(doc["initial_age"]),
-            freshness=Freshness(
-                float(lifetime), float(swr), float(sie), bool(must), bool(no_cache)
-            ),
-            vary=tuple(str(n).encode("latin-1") for n in doc["vary"]),
-            vary_values=tuple(
-                None if v is None else str(v).encode("latin-1") for v in doc["vary_values"]
-            ),
-            tags=tuple(str(t) for t in doc["tags"]),
-            purged=bool(doc["purged"]),
-        )
-    except (ValueError, KeyError, TypeError, UnicodeError) as exc:
+        key, reason = _text(strings[0]), _given(strings[1])
+        pairs = [(_given(strings[i]), _given(strings[i + 1])) for i in range(2, 2 + 2 * fields, 2)]
+        first = 2 + 2 * fields
+        names = tuple([_given(name) for name in strings[first : first + vary]])
+        given = tuple(strings[first + vary : first + vary + values])
+        labels = tuple([_text(tag) for tag in strings[first + vary + values :]])
+    except (TypeError, UnicodeError) as exc:
         raise _Broken(f"bad head: {exc}") from None
+    return Entry(
+        key=key, status=status, reason=reason, fields=pairs, request_time=request_time,
+        response_time=response_time, initial_age=age,
+        freshness=Freshness(
+            lifetime, swr, sie, bool(flags & _MUST_REVALIDATE), bool(flags & _NO_CACHE)
+        ),
+        vary=names, vary_values=given, tags=labels, purged=bool(flags & _PURGED),
+    )  # fmt: skip
+
+
+def _given(data: bytes | None) -> bytes:
+    """A string of a head that may not be absent."""
+    if data is None:
+        raise TypeError("a missing string")
+    return data
+
+
+def _text(data: bytes | None) -> str:
+    """A text string of a head (UTF-8, surrogates kept)."""
+    return _given(data).decode("utf-8", "surrogatepass")
 
 
 def _entry_from_record(data: bytes) -> Entry:
@@ -368,7 +383,8 @@ class CacheStore:
         #: the same entries, by key, for those with no Vary (their file is the key's own)
         self.hot_keys: dict[str, _Hot] = {}
         self.hot_bytes = 0
-        self._last_digest: tuple[str, str] | None = None
+        #: key -> digest of the keys asked for lately
+        self._digests: dict[str, str] = {}
         #: paths a lookup found no file at (since then, only this worker's writes made one
         #: there, and they take it out): a packed miss need not look again
         self.absent: set[str] = set()
@@ -400,13 +416,17 @@ class CacheStore:
 
     def digest(self, key: str) -> str:
         """The file name of a primary key."""
-        # a miss asks it for the same key three times (lookup, fill lock, writer)
-        # (one tuple, swapped whole: a purge's thread may ask too)
-        last = self._last_digest
-        if last is not None and last[0] == key:
-            return last[1]
+        # A miss asks it for the same key three times (lookup, fill lock, writer), with
+        # other requests' lookups in between while its upstream answers: the recent ones
+        # are remembered (a dict's get and set are each one step: a purge's thread may ask
+        # too).
+        known = self._digests.get(key)
+        if known is not None:
+            return known
         digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
-        self._last_digest = (key, digest)
+        if len(self._digests) >= RECENT_DIGESTS:
+            self._digests.clear()
+        self._digests[key] = digest
         return digest
 
     def path_of(self, digest: str, variant: tuple[bytes | None, ...] | None = None) -> str:
@@ -1052,7 +1072,7 @@ class EntryWriter:
         self._temp = temp
         self.final = final
         self.digest = digest
-        self.head = entry.head_json()
+        self.head = entry.head_bytes()
         self.length = 0
         self.crc = 0
         self.fd: int | None = None
@@ -1071,7 +1091,7 @@ class EntryWriter:
                 key=entry.key, status=0, reason=b"", fields=[], request_time=0.0,
                 response_time=0.0, initial_age=0.0, freshness=Freshness(0.0), vary=entry.vary,
             )  # fmt: skip
-            self.marker = _file_bytes(marker.head_json(), [], 0, 0)
+            self.marker = _file_bytes(marker.head_bytes(), [], 0, 0)
             self.marker_temp = self.temp + ".m"
 
     @property

@@ -703,6 +703,7 @@ class CacheFill:
         self.remote_addr = exchange.remote_addr
         self.https = exchange.https
         self.upstream_log = None if self.silent else exchange.upstream_log
+        self.held: list[bytes] = []
 
     # ProxyClient: what the proxy reads of the client ----------------------------
 
@@ -831,6 +832,10 @@ class CacheFill:
         self.exchange.start_response(status, reason, lines, has_length)
 
     swallow = False
+    #: the entry waits for its batch: the client's last bytes (``held``) and the end of
+    #: its answer (``ended``) with it
+    holding = False
+    ended = False
 
     def _open_writer(
         self,
@@ -933,12 +938,12 @@ class CacheFill:
                 # the whole body: in place before the client has its last byte, so that
                 # its next request (on another connection, maybe another worker) finds it
                 self.writer = None
-                if writer.packable():
-                    writer.commit_packed()
-                else:
-                    writer.commit()
-                self.release()
+                if self._commit(writer) and not self.silent:
+                    self._hold()
         if self.silent or self.serve_stale or self.serve_updated is not None or self.swallow:
+            return
+        if self.holding:
+            self.held.append(data)
             return
         self.exchange.write(data)
 
@@ -946,17 +951,36 @@ class CacheFill:
         """The answer is complete: store it, and give the client what it is owed."""
         writer = self.writer
         self.writer = None
-        if writer is not None:
-            # A file is written after the answer went out (creating it is the dear part
-            # of a miss); the fill lock goes only once it is in place: its waiters find it.
-            if writer.packable():
-                writer.commit_packed()  # one write to the worker's pack: done at once
-            else:
-                lock, self.lock = self.lock, None
-                if not writer.commit_later(lock, self.handler.keepalive.loop):
-                    self.lock = lock
-                    writer.commit()
+        if writer is not None and self._commit(writer) and not self.silent:
+            self._hold()
         self.release()
+        if self.holding:
+            self.ended = True  # finished once the entry is in place (see _batched)
+            return
+        self._finish()
+
+    def _hold(self) -> None:
+        """The entry waits for the end of the loop's turn (its batch): so do the client's
+        last bytes and the end of its answer, so that its next request, maybe on another
+        worker, finds the entry."""
+        if not self.holding:
+            self.holding = True
+            self.store.after_batch.append(self._batched)
+
+    def _batched(self) -> None:
+        """The batch is written (or failed): what was held goes to the client."""
+        if not self.holding:
+            return
+        self.holding = False
+        held, self.held = self.held, []
+        for data in held:
+            self.exchange.write(data)
+        if self.ended:
+            self.ended = False
+            self._finish()
+
+    def _finish(self) -> None:
+        """The rest of ``end``: what the client is owed."""
         if self.silent:
             return
         if self.serve_stale and self.stale is not None:
@@ -975,8 +999,29 @@ class CacheFill:
             return
         self.exchange.end()
 
+    def _commit(self, writer: EntryWriter) -> bool:
+        """Store a whole answer; the fill lock goes once it is in place. True when it is
+        batched: written at the end of the loop's turn."""
+        loop = self.handler.keepalive.loop
+        lock, self.lock = self.lock, None
+        if writer.packable():
+            # to the worker's pack with the others of this turn of the loop: one write
+            if writer.commit_batched(lock, loop):
+                return True
+            writer.commit_packed()
+        elif writer.commit_later(lock, loop):
+            # A file is written after the answer went out (creating it is the dear part
+            # of a miss); the fill lock goes only once it is in place: its waiters find it.
+            return False
+        else:
+            writer.commit()
+        if lock is not None:
+            lock.release()
+        return False
+
     def broken(self, message: str) -> None:
         """The upstream broke mid-answer: nothing is stored."""
+        self._batched()  # a whole body held for its batch goes first
         self._drop()
         if not self.silent and not self.serve_stale and self.serve_updated is None:
             self._count(self.log_status)

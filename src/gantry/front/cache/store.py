@@ -25,6 +25,13 @@ systems), so a small entry's file is written by the worker's writer thread once 
 response went out (``EntryWriter.commit_later``): meanwhile the worker answers the key
 from the entry in memory, a purge or replacement cancels the write, and the fill lock is
 let go only once the file is in place, so other workers waiting on it find it.
+
+A small entry that does not vary goes to the worker's pack instead (see packs.py), with
+the other misses that end in the same turn of the loop: one write for them all, at the
+end of the turn (``EntryWriter.commit_batched``). Until then the worker answers them
+from memory, holds their fill locks, and holds their clients' last bytes (so a client's
+next request, on any worker, finds its entry); a purge drops them; a crash loses that
+turn's entries only (the index names a record only once it is written whole).
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ import struct
 import threading
 import time
 import zlib
-from asyncio import AbstractEventLoop
+from asyncio import AbstractEventLoop, Handle
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -393,6 +400,11 @@ class CacheStore:
         self.pending: dict[str, tuple[EntryWriter, Entry]] = {}
         self.pending_bytes = 0
         self.writer_thread: _WriterThread | None = None
+        #: packable entries queued in this turn of the loop (see EntryWriter.commit_batched)
+        self.batch: list[EntryWriter] = []
+        self.batch_handle: Handle | None = None
+        #: called once the batch is written (the answers that wait for it)
+        self.after_batch: list[Callable[[], None]] = []
         self.serial = itertools.count(1)
         #: path -> (inode, size) of large entries whose body checksum held
         self.verified: dict[str, tuple[int, int]] = {}
@@ -894,8 +906,68 @@ class CacheStore:
             del self.pending[writer.final]
             self.pending_bytes -= writer.length
 
+    def flush_batch(self) -> None:
+        """Write the entries batched in this turn of the loop: their records in one
+        append to the worker's pack, then each named in the index and kept in memory, and
+        its fill lock let go. One whose key was purged or answered anew meanwhile is left
+        out (a purge by any worker moves the zone's purge mark)."""
+        handle, self.batch_handle = self.batch_handle, None
+        if handle is not None:
+            handle.cancel()  # when called before its turn (close, a full queue)
+        batch, self.batch = self.batch, []
+        purges = self.generation.purges()
+        kept: list[EntryWriter] = []
+        records: list[bytes] = []
+        for writer in batch:
+            pending = self.pending.get(writer.final)
+            if pending is not None and pending[0] is writer:
+                del self.pending[writer.final]
+                self.pending_bytes -= writer.length
+                if not writer.cancelled and writer.purge_mark == purges:
+                    pieces = writer.pieces
+                    if pieces is not None:
+                        records.append(_file_bytes(writer.head, pieces, writer.length, writer.crc))
+                        kept.append(writer)
+                        continue
+            writer.pieces = None
+        try:
+            if records:
+                # one record is a whole entry: a crash that cuts the write leaves a tail
+                # the index never names; the records before it are whole
+                pack, offset = self.packer.append(b"".join(records))
+                now = time.time()
+                for writer, record in zip(kept, records, strict=True):
+                    writer._packed_at(pack, offset, len(record), now)
+                    offset += len(record)
+                if self.generation.purges() != purges:
+                    # a purge began while they were put in place, perhaps after its walk
+                    # passed the index: they go (one that began after this finds them)
+                    for writer in kept:
+                        self.unpack(writer.digest)
+                        self._forget(writer.final)
+        except OSError:
+            for writer in kept:
+                writer.pieces = None
+        finally:
+            for writer in batch:
+                lock, writer.lock = writer.lock, None
+                if lock is not None:
+                    lock.release()  # in place (or not to be): the waiters may look again
+            callbacks, self.after_batch = self.after_batch, []
+            failed: Exception | None = None
+            for callback in callbacks:
+                try:
+                    callback()
+                except Exception as exc:  # the others' answers go on all the same
+                    failed = failed or exc
+            if failed is not None:
+                raise failed
+
     def close(self) -> None:
-        """Let the writer thread write what is queued (a while at most), and stop it."""
+        """Write the batch, let the writer thread write what is queued (a while at most),
+        and stop it."""
+        if self.batch:
+            self.flush_batch()
         thread = self.writer_thread
         self.writer_thread = None
         if thread is not None:
@@ -1246,9 +1318,21 @@ class EntryWriter:
             return None
         store.cancel_pending(self.final)  # an older answer queued must not follow it
         record = _file_bytes(self.head, pieces, self.length, self.crc)
-        now = time.time()
         try:
             pack, offset = store.packer.append(record)
+        except OSError:
+            self.pieces = None
+            return None
+        return self._packed_at(pack, offset, len(record), time.time())
+
+    def _packed_at(self, pack: int, offset: int, length: int, now: float) -> Entry | None:
+        """After its record went to ``pack`` at ``offset``: the entry named in the index
+        (an older file of its key removed) and kept in memory; None if that failed."""
+        store = self.store
+        pieces = self.pieces
+        if pieces is None:
+            return None
+        try:
             # an older version in a file of its own would come back once the pack is
             # swept: it goes. Not looked for again when this miss's lookup found none (a
             # file another worker made meanwhile, without the fill lock, would come back
@@ -1260,14 +1344,14 @@ class EntryWriter:
         except OSError:
             self.pieces = None
             return None
-        kind, old_length = store.index.put(slot_tag(self.digest), pack, offset, len(record), now)
+        kind, old_length = store.index.put(slot_tag(self.digest), pack, offset, length, now)
         if kind == 0:
-            store.account(1, len(record))
+            store.account(1, length)
         elif kind == 1:  # a new version: other workers' memory tiers must look again
-            store.account(0, len(record) - old_length)
+            store.account(0, length - old_length)
             store.generation.bump()
         else:  # another key's entry was evicted from the bucket
-            store.account(0, len(record) - old_length)
+            store.account(0, length - old_length)
             store.generation.bump()
         store._forget(self.final)
         # the writer's own entry (made for it, used by nothing else): no copy
@@ -1275,11 +1359,44 @@ class EntryWriter:
         stored.path = self.final
         stored.body_offset = _PREFIX.size + len(self.head)
         stored.body_length = self.length
-        stored.body = b"".join(pieces)
+        stored.body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         stored.identity = (pack, offset)
-        stored.pack = (pack, offset, len(record))
+        stored.pack = (pack, offset, length)
         store._remember(self.final, stored, now, store.generation.value())
         return stored
+
+    def commit_batched(self, lock: KeyLock | None, loop: AbstractEventLoop) -> bool:
+        """Append the entry to the worker's pack with the others that end in this turn of
+        the loop (one write for them all, at the end of the turn), and then let ``lock``
+        go; until then the store answers its key from memory, and a purge or a newer
+        answer drops it. False (nothing done) when it cannot wait: not ``packable()``, or
+        the queue full."""
+        store = self.store
+        pieces = self.pieces
+        if (
+            pieces is None
+            or not self.packable()
+            or len(store.pending) >= PENDING_ENTRIES
+            or store.pending_bytes + self.length > PENDING_BYTES
+        ):
+            return False
+        body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        self.pieces = [body]
+        queued = self.entry  # made for this writer: the one kept once it is written
+        queued.path = self.final
+        queued.body_offset = _PREFIX.size + len(self.head)
+        queued.body_length = self.length
+        queued.body = body
+        store.cancel_pending(self.final)  # an older answer queued for it goes
+        store._forget(self.final)
+        store.pending[self.final] = (self, queued)
+        store.pending_bytes += self.length
+        self.lock = lock
+        self.purge_mark = store.generation.purges()
+        store.batch.append(self)
+        if store.batch_handle is None:
+            store.batch_handle = loop.call_soon(store.flush_batch)
+        return True
 
     def commit(self) -> Entry | None:
         """Put the entry in place (atomically), now; the entry as stored, None if it failed."""

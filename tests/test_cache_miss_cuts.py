@@ -1,7 +1,7 @@
 """What the cuts in a miss's cost changed that a client could see: entries written with
 the JSON head of version 1 are misses now (in a file of their own or in a pack), never
 read as entries of the new layout, and what a worker of the new layout writes is read
-back by another worker."""
+back by another worker; Cache-Control values parsed once give what parsing gives."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import zlib
 from pathlib import Path
 
 from gantry.config.front_model import CacheZone
+from gantry.front.cache import policy
 from gantry.front.cache.packs import slot_tag
 from gantry.front.cache.policy import Freshness
 from gantry.front.cache.store import CacheStore, Entry
@@ -84,3 +85,15 @@ def test_the_new_layout_is_read_back_by_another_worker(tmp_path: Path) -> None:
         assert found is not None and found.body == b"body of " + key.encode()
         assert found.fields == [(b"Content-Type", b"text/plain")]
         assert found.freshness.lifetime == 600.0 and found.request_time == NOW
+
+
+def test_cache_control_values_parsed_once_give_what_parsing_gives() -> None:
+    values = [b"max-age=%d, public" % n for n in range(policy.PARSED_VALUES + 10)]
+    values += [b'no-cache="Set-Cookie", max-age=5', b"MAX-AGE=7, max-age=8", b"max-age=3600"]
+    for _ in range(2):  # the second time from memory (for most), past the bound for some
+        for value in values:
+            assert policy.directives(value) == policy._parse_directives(value)
+    assert policy.directives(b"max-age=3600") == {"max-age": b"3600"}
+    assert policy.directives(b'no-cache="Set-Cookie"') == {"no-cache": b"Set-Cookie"}
+    assert policy.directives(None) == {} and policy.directives(b"") == {}
+    assert len(policy._PARSED) <= policy.PARSED_VALUES

@@ -87,12 +87,30 @@ def field_value(fields: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | N
     return found
 
 
+#: values of Cache-Control parsed lately (an origin sends a few values over and over):
+#: the parsed directives, shared by every caller, which only reads them
+_PARSED: Final[dict[bytes, dict[str, bytes | None]]] = {}
+PARSED_VALUES: Final = 256
+
+
 def directives(value: bytes | None) -> dict[str, bytes | None]:
     """Cache-Control directives by lower-case name (the first of a repeated one wins, RFC
-    9111 4.2.1); a quoted argument is unquoted, a bare directive maps to None."""
-    result: dict[str, bytes | None] = {}
+    9111 4.2.1); a quoted argument is unquoted, a bare directive maps to None. The dict
+    may be shared with other callers: read it, never change it."""
     if not value:
-        return result
+        return {}
+    known = _PARSED.get(value)
+    if known is not None:
+        return known
+    result = _parse_directives(value)
+    if len(_PARSED) >= PARSED_VALUES:
+        _PARSED.clear()
+    _PARSED[value] = result
+    return result
+
+
+def _parse_directives(value: bytes) -> dict[str, bytes | None]:
+    result: dict[str, bytes | None] = {}
     pos = 0
     while pos < len(value):
         match = _DIRECTIVE.match(value, pos)

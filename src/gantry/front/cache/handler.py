@@ -1002,18 +1002,16 @@ class CacheFill:
     def _commit(self, writer: EntryWriter) -> bool:
         """Store a whole answer; the fill lock goes once it is in place. True when it is
         batched: written at the end of the loop's turn."""
-        loop = self.handler.keepalive.loop
         lock, self.lock = self.lock, None
         if writer.packable():
             # to the worker's pack with the others of this turn of the loop: one write
-            if writer.commit_batched(lock, loop):
+            if writer.commit_batched(lock, self.handler.keepalive.loop):
                 return True
-            writer.commit_packed()
-        elif writer.commit_later(lock, loop):
-            # A file is written after the answer went out (creating it is the dear part
-            # of a miss); the fill lock goes only once it is in place: its waiters find it.
-            return False
+            writer.commit_packed()  # the batch is full: at once
         else:
+            # A large body (in its temporary file already) or a Vary entry (a marker and
+            # a variant): files, renamed into place now. (The writer thread's
+            # commit_later takes neither: it went unused once small entries were packed.)
             writer.commit()
         if lock is not None:
             lock.release()

@@ -862,6 +862,11 @@ def wrk_loads(
     if not Path(VENV_BIN / "uwsgi").exists():
         print("run `python bench/run.py` first: it builds .venv-bench with uWSGI", file=sys.stderr)
         return None
+    # this tree's gantry, not the one .venv-bench's editable install points at (these
+    # loads measured that one, whatever its build, until this line)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH")])
+    )
     with tempfile.TemporaryDirectory(prefix="gfront-") as tmp:
         work = Path(tmp)
         site = work / "site"

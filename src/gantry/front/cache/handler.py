@@ -32,6 +32,7 @@ from gantry.front.cache.counters import (
     CacheCounters,
 )
 from gantry.front.cache.policy import (
+    Controls,
     Fields,
     Usable,
     bypassed,
@@ -46,6 +47,7 @@ from gantry.front.cache.policy import (
     merge_not_modified,
     not_modified,
     parse_http_date,
+    response_controls,
     stale_on_error,
     storable,
     usable,
@@ -701,6 +703,7 @@ class CacheFill:
         self.remote_addr = exchange.remote_addr
         self.https = exchange.https
         self.upstream_log = None if self.silent else exchange.upstream_log
+        self.held: list[bytes] = []
 
     # ProxyClient: what the proxy reads of the client ----------------------------
 
@@ -774,11 +777,14 @@ class CacheFill:
         if date_lines:
             lines = [line for line in lines if line[:5].lower() != b"date:"]
         fields = _lines_to_fields(lines)
-        stored_fields = fields + (
-            _lines_to_fields(date_lines[:1])
-            if date_lines
-            else [(b"Date", self.handler.http_date(response_time))]
-        )
+        if date_lines:
+            date_fields = _lines_to_fields(date_lines[:1])
+            date = parse_http_date(date_fields[0][1])
+        else:
+            # the front's own Date, as the clock's second: what parsing it would give
+            date_fields = [(b"Date", self.handler.http_date(response_time))]
+            date = float(int(response_time))
+        stored_fields = fields + date_fields
         method = self.head.method
         if self.invalidating:
             if invalidates(method, status):
@@ -793,13 +799,15 @@ class CacheFill:
                 self.serve_stale = True
                 self.release()
                 return
+        parsed: Controls | None = None
+        if not self.invalidating and not self.status_value:
+            parsed = response_controls(stored_fields)
         if (
-            not self.invalidating
-            and not self.status_value
-            and storable(method, status, self.head.headers, stored_fields, self.zone.valid)
+            parsed is not None
+            and storable(method, status, self.head.headers, stored_fields, self.zone.valid, parsed)
             and not any(line[:18].lower() == b"transfer-encoding:" for line in lines)
         ):
-            self._open_writer(status, reason, stored_fields, response_time)
+            self._open_writer(status, reason, stored_fields, response_time, parsed, date)
         elif method == "GET" and not self.invalidating and not self.status_value:
             self.passed = True
             self.handler.pass_key(self.key)
@@ -824,9 +832,19 @@ class CacheFill:
         self.exchange.start_response(status, reason, lines, has_length)
 
     swallow = False
+    #: the entry waits for its batch: the client's last bytes (``held``) and the end of
+    #: its answer (``ended``) with it
+    holding = False
+    ended = False
 
     def _open_writer(
-        self, status: int, reason: bytes, fields: Fields, response_time: float
+        self,
+        status: int,
+        reason: bytes,
+        fields: Fields,
+        response_time: float,
+        parsed: Controls,
+        date: float | None,
     ) -> None:
         names = vary_names(fields)
         if names is None:
@@ -843,8 +861,8 @@ class CacheFill:
             fields=fields,
             request_time=self.request_time,
             response_time=response_time,
-            initial_age=initial_age(fields, self.request_time, response_time),
-            freshness=freshness(status, fields, self.zone.valid),
+            initial_age=initial_age(fields, self.request_time, response_time, date),
+            freshness=freshness(status, fields, self.zone.valid, parsed, date),
             vary=names,
             vary_values=vary_values(names, self.head.headers),
             tags=tuple(tags),
@@ -920,12 +938,12 @@ class CacheFill:
                 # the whole body: in place before the client has its last byte, so that
                 # its next request (on another connection, maybe another worker) finds it
                 self.writer = None
-                if writer.packable():
-                    writer.commit_packed()
-                else:
-                    writer.commit()
-                self.release()
+                if self._commit(writer) and not self.silent:
+                    self._hold()
         if self.silent or self.serve_stale or self.serve_updated is not None or self.swallow:
+            return
+        if self.holding:
+            self.held.append(data)
             return
         self.exchange.write(data)
 
@@ -933,17 +951,36 @@ class CacheFill:
         """The answer is complete: store it, and give the client what it is owed."""
         writer = self.writer
         self.writer = None
-        if writer is not None:
-            # A file is written after the answer went out (creating it is the dear part
-            # of a miss); the fill lock goes only once it is in place: its waiters find it.
-            if writer.packable():
-                writer.commit_packed()  # one write to the worker's pack: done at once
-            else:
-                lock, self.lock = self.lock, None
-                if not writer.commit_later(lock, self.handler.keepalive.loop):
-                    self.lock = lock
-                    writer.commit()
+        if writer is not None and self._commit(writer) and not self.silent:
+            self._hold()
         self.release()
+        if self.holding:
+            self.ended = True  # finished once the entry is in place (see _batched)
+            return
+        self._finish()
+
+    def _hold(self) -> None:
+        """The entry waits for the end of the loop's turn (its batch): so do the client's
+        last bytes and the end of its answer, so that its next request, maybe on another
+        worker, finds the entry."""
+        if not self.holding:
+            self.holding = True
+            self.store.after_batch.append(self._batched)
+
+    def _batched(self) -> None:
+        """The batch is written (or failed): what was held goes to the client."""
+        if not self.holding:
+            return
+        self.holding = False
+        held, self.held = self.held, []
+        for data in held:
+            self.exchange.write(data)
+        if self.ended:
+            self.ended = False
+            self._finish()
+
+    def _finish(self) -> None:
+        """The rest of ``end``: what the client is owed."""
         if self.silent:
             return
         if self.serve_stale and self.stale is not None:
@@ -962,8 +999,27 @@ class CacheFill:
             return
         self.exchange.end()
 
+    def _commit(self, writer: EntryWriter) -> bool:
+        """Store a whole answer; the fill lock goes once it is in place. True when it is
+        batched: written at the end of the loop's turn."""
+        lock, self.lock = self.lock, None
+        if writer.packable():
+            # to the worker's pack with the others of this turn of the loop: one write
+            if writer.commit_batched(lock, self.handler.keepalive.loop):
+                return True
+            writer.commit_packed()  # the batch is full: at once
+        else:
+            # A large body (in its temporary file already) or a Vary entry (a marker and
+            # a variant): files, renamed into place now. (The writer thread's
+            # commit_later takes neither: it went unused once small entries were packed.)
+            writer.commit()
+        if lock is not None:
+            lock.release()
+        return False
+
     def broken(self, message: str) -> None:
         """The upstream broke mid-answer: nothing is stored."""
+        self._batched()  # a whole body held for its batch goes first
         self._drop()
         if not self.silent and not self.serve_stale and self.serve_updated is None:
             self._count(self.log_status)

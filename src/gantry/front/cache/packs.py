@@ -32,6 +32,7 @@ _MAGIC: Final = b"GCI1"
 _SLOT: Final = struct.Struct("=QQQII")
 #: slots of a bucket: a key goes to one bucket and takes any of its slots
 WAYS: Final = 4
+_BUCKET: Final = struct.Struct("=" + "QQQII" * WAYS)
 #: bounds of a zone's slots (one per 8 KiB of ``max_size``)
 MIN_SLOTS: Final = 4096
 MAX_SLOTS: Final = 1 << 20
@@ -105,10 +106,12 @@ class PackIndex:
     def find(self, tag: int) -> tuple[int, int, int, int] | None:
         """(slot, pack, offset, length) of the entry tagged ``tag``; None if none."""
         base = (tag % self.buckets) * WAYS
-        for slot in range(base, base + WAYS):
-            found, pack, offset, length, _ = _SLOT.unpack_from(self.map, self._at(slot))
-            if found == tag:
-                return slot, pack, offset, length
+        # the bucket's slots in one read of the map (each read takes the map's buffer)
+        bucket = _BUCKET.unpack_from(self.map, self._at(base))
+        for way in range(WAYS):
+            if bucket[5 * way] == tag:
+                at = 5 * way
+                return base + way, bucket[at + 1], bucket[at + 2], bucket[at + 3]
         return None
 
     def put(self, tag: int, pack: int, offset: int, length: int, now: float) -> tuple[int, int]:
@@ -116,8 +119,10 @@ class PackIndex:
         older version of the same key, (2, length) another key's entry (evicted)."""
         base = (tag % self.buckets) * WAYS
         chosen, kind, old_length, oldest = -1, 0, 0, -1
-        for slot in range(base, base + WAYS):
-            found, _, _, size, used = _SLOT.unpack_from(self.map, self._at(slot))
+        bucket = _BUCKET.unpack_from(self.map, self._at(base))
+        for way in range(WAYS):
+            slot = base + way
+            found, size, used = bucket[5 * way], bucket[5 * way + 3], bucket[5 * way + 4]
             if found == tag:
                 chosen, kind, old_length = slot, 1, size
                 break
@@ -247,14 +252,16 @@ class PackWriter:
         ):
             self._start()
         fd, offset = self.fd, self.end
-        view = memoryview(record)
-        at = offset
-        while view:
-            written = os.pwrite(fd, view, at)
-            if written <= 0:
-                raise OSError("short write to a pack")
-            view = view[written:]
-            at += written
+        written = os.pwrite(fd, record, offset)
+        at = offset + written
+        if written < len(record):  # rare (a full disk, a signal): the rest piece by piece
+            view = memoryview(record)[written:]
+            while view:
+                written = os.pwrite(fd, view, at)
+                if written <= 0:
+                    raise OSError("short write to a pack")
+                view = view[written:]
+                at += written
         self.end = at
         return self.pack, offset
 

@@ -8,7 +8,6 @@ every rule is a few-line unit test (tests/test_cache_policy.py).
 
 from __future__ import annotations
 
-import calendar
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -26,6 +25,7 @@ __all__ = [
     "bypassed",
     "cache_key",
     "cache_status",
+    "Controls",
     "current_age",
     "directives",
     "field_value",
@@ -35,6 +35,7 @@ __all__ = [
     "merge_not_modified",
     "not_modified",
     "parse_http_date",
+    "response_controls",
     "stale_on_error",
     "storable",
     "usable",
@@ -68,18 +69,48 @@ DEFAULT_KEY: Final = "$scheme$host$request_uri"
 
 def field_value(fields: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
     """The value of field ``name`` (lower case), its lines joined with ", "; None when absent."""
-    values = [value.strip() for key, value in fields if key.lower() == name]
-    if not values:
-        return None
-    return b", ".join(values)
+    # a miss asks a response for a dozen fields: names of another length are passed over
+    # without lower-casing them
+    size = len(name)
+    found: bytes | None = None
+    more: list[bytes] | None = None
+    for key, value in fields:
+        if len(key) == size and key.lower() == name:
+            if found is None:
+                found = value.strip()
+            elif more is None:
+                more = [found, value.strip()]
+            else:
+                more.append(value.strip())
+    if more is not None:
+        return b", ".join(more)
+    return found
+
+
+#: values of Cache-Control parsed lately (an origin sends a few values over and over):
+#: the parsed directives, shared by every caller, which only reads them
+_PARSED: Final[dict[bytes, dict[str, bytes | None]]] = {}
+PARSED_VALUES: Final = 256
 
 
 def directives(value: bytes | None) -> dict[str, bytes | None]:
     """Cache-Control directives by lower-case name (the first of a repeated one wins, RFC
-    9111 4.2.1); a quoted argument is unquoted, a bare directive maps to None."""
-    result: dict[str, bytes | None] = {}
+    9111 4.2.1); a quoted argument is unquoted, a bare directive maps to None. The dict
+    may be shared with other callers: read it, never change it."""
     if not value:
-        return result
+        return {}
+    known = _PARSED.get(value)
+    if known is not None:
+        return known
+    result = _parse_directives(value)
+    if len(_PARSED) >= PARSED_VALUES:
+        _PARSED.clear()
+    _PARSED[value] = result
+    return result
+
+
+def _parse_directives(value: bytes) -> dict[str, bytes | None]:
+    result: dict[str, bytes | None] = {}
     pos = 0
     while pos < len(value):
         match = _DIRECTIVE.match(value, pos)
@@ -159,9 +190,24 @@ def parse_http_date(value: bytes | None) -> float | None:
         fields = (int(year), _MONTHS[month], int(day), int(hour), int(minute), int(second))
         if not (1 <= fields[2] <= 31 and fields[3] < 24 and fields[4] < 60 and fields[5] < 61):
             return None
-        return float(calendar.timegm((*fields, 0, 0, 0)))
+        return float(_timegm(*fields))
     except (KeyError, ValueError, OverflowError):
         return None
+
+
+def _timegm(year: int, month: int, day: int, hour: int, minute: int, second: int) -> int:
+    """calendar.timegm of a date and time (UTC), in integer arithmetic: days from the civil
+    date (H. Hinnant's algorithm), a day past the month's end counted on as timegm does."""
+    if year < 1:
+        raise ValueError("year 0")  # as timegm: before the proleptic calendar's first year
+    if month <= 2:
+        year -= 1
+    era = year // 400
+    of_era = year - era * 400
+    day_of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    of_era_days = of_era * 365 + of_era // 4 - of_era // 100 + day_of_year
+    days = era * 146097 + of_era_days - 719468
+    return ((days * 24 + hour) * 60 + minute) * 60 + second
 
 
 def _this_year() -> int:
@@ -220,10 +266,13 @@ def targeted_directives(value: bytes) -> dict[str, bytes | None] | None:
     return result
 
 
-def _controls(fields: Fields) -> tuple[dict[str, bytes | None], bool]:
+Controls = tuple[dict[str, bytes | None], bool]
+
+
+def response_controls(fields: Fields) -> Controls:
     """The response's cache directives, and whether they came from CDN-Cache-Control
     (RFC 9213: a cache that honours it ignores Cache-Control and Expires when it is
-    present and valid)."""
+    present and valid). Parsed once at a miss, for ``storable`` and ``freshness``."""
     targeted = field_value(fields, b"cdn-cache-control")
     if targeted is not None:
         parsed = targeted_directives(targeted)
@@ -238,14 +287,16 @@ def storable(
     request: Fields,
     response: Fields,
     valid: Mapping[int, float],
+    parsed: Controls | None = None,
 ) -> bool:
     """Whether a shared cache may store this response (RFC 9111 3 and 3.5); a response
-    with Set-Cookie never is (nginx's default: a session must not go to another user)."""
+    with Set-Cookie never is (nginx's default: a session must not go to another user).
+    ``parsed``: ``response_controls(response)``, if already made."""
     if method != "GET" or status < 200 or status in (206, 304):
         return False
     if "no-store" in directives(field_value(request, b"cache-control")):
         return False
-    controls, targeted = _controls(response)
+    controls, targeted = parsed if parsed is not None else response_controls(response)
     if "no-store" in controls or "private" in controls:
         return False
     if field_value(response, b"set-cookie") is not None:
@@ -268,11 +319,18 @@ def storable(
     )
 
 
-def freshness(status: int, response: Fields, valid: Mapping[int, float]) -> Freshness:
+def freshness(
+    status: int,
+    response: Fields,
+    valid: Mapping[int, float],
+    parsed: Controls | None = None,
+    date: float | None = None,
+) -> Freshness:
     """The freshness of a stored response (RFC 9111 4.2.1): s-maxage, max-age, Expires
     less Date; else the zone's ``valid`` time for its status (0 stands for any status);
-    else a heuristic from Last-Modified where 4.2.2 allows one."""
-    controls, targeted = _controls(response)
+    else a heuristic from Last-Modified where 4.2.2 allows one. ``parsed`` and ``date``:
+    ``response_controls(response)`` and its Date, if already made."""
+    controls, targeted = parsed if parsed is not None else response_controls(response)
     must_revalidate = (
         "must-revalidate" in controls or "proxy-revalidate" in controls or "s-maxage" in controls
     )
@@ -283,7 +341,8 @@ def freshness(status: int, response: Fields, valid: Mapping[int, float]) -> Fres
             if lifetime is None:
                 lifetime = 0.0  # an invalid value: stale (4.2.1)
             break
-    date = parse_http_date(field_value(response, b"date"))
+    if date is None:
+        date = parse_http_date(field_value(response, b"date"))
     if lifetime is None and not targeted:
         expires_field = field_value(response, b"expires")
         if expires_field is not None:
@@ -314,10 +373,13 @@ def freshness(status: int, response: Fields, valid: Mapping[int, float]) -> Fres
     )
 
 
-def initial_age(response: Fields, request_time: float, response_time: float) -> float:
+def initial_age(
+    response: Fields, request_time: float, response_time: float, date: float | None = None
+) -> float:
     """The corrected initial age of a response (RFC 9111 4.2.3), from its Date and Age and
-    the times its request went out and it came back."""
-    date = parse_http_date(field_value(response, b"date"))
+    the times its request went out and it came back (``date``: its Date, if parsed)."""
+    if date is None:
+        date = parse_http_date(field_value(response, b"date"))
     apparent_age = max(0.0, response_time - date) if date is not None else 0.0
     age_value = 0.0
     age_field = field_value(response, b"age")

@@ -7,7 +7,7 @@ under a temporary name (``.t...``) in its own folder and renamed into place (ato
 so no reader ever sees half of one; a rename within one folder is also far cheaper than
 one across folders, which Linux serializes file-system-wide. Its layout::
 
-    b"GCE" version(1) | head length (4, big endian) | head (JSON)
+    b"GCE" version(1) | head length (4, big endian) | head (see ``_HEAD``)
     | body | body length (8) | body CRC-32 (4) | head CRC-32 (4)
 
 A file whose magic, version, sizes or checksums do not hold is a miss (and removed).
@@ -25,6 +25,13 @@ systems), so a small entry's file is written by the worker's writer thread once 
 response went out (``EntryWriter.commit_later``): meanwhile the worker answers the key
 from the entry in memory, a purge or replacement cancels the write, and the fill lock is
 let go only once the file is in place, so other workers waiting on it find it.
+
+A small entry that does not vary goes to the worker's pack instead (see packs.py), with
+the other misses that end in the same turn of the loop: one write for them all, at the
+end of the turn (``EntryWriter.commit_batched``). Until then the worker answers them
+from memory, holds their fill locks, and holds their clients' last bytes (so a client's
+next request, on any worker, finds its entry); a purge drops them; a crash loses that
+turn's entries only (the index names a record only once it is written whole).
 """
 
 from __future__ import annotations
@@ -33,23 +40,21 @@ import contextlib
 import fcntl
 import hashlib
 import itertools
-import json
-import math
 import mmap
 import os
 import struct
 import threading
 import time
 import zlib
-from asyncio import AbstractEventLoop
+from asyncio import AbstractEventLoop, Handle
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from json.encoder import encode_basestring_ascii
 from typing import Any, Final
 
 from gantry.config.front_model import CacheZone
 from gantry.front.cache.counters import ADDED_BYTES, ADDED_ENTRIES
+from gantry.front.cache.locks import FillLocks, KeyLock
 from gantry.front.cache.packs import (
     PackIndex,
     PackReaders,
@@ -63,7 +68,7 @@ from gantry.front.cache.policy import Fields, Freshness, vary_values
 __all__ = ["CacheStore", "Entry", "EntryWriter", "KeyLock"]
 
 MAGIC: Final = b"GCE"
-VERSION: Final = 1
+VERSION: Final = 2  # 1: the head was JSON
 _PREFIX: Final = struct.Struct(">3sBI")
 _TRAILER: Final = struct.Struct(">QII")
 #: a head larger than this is not an entry of ours
@@ -88,6 +93,11 @@ PENDING_ENTRIES: Final = 1024
 PENDING_BYTES: Final = 32 * 1024 * 1024
 #: entries a purge's walk looks at between two turns given to the loop
 WALK_PIECE: Final = 256
+#: digests of keys remembered (forgotten all at once past it): more than the requests a
+#: worker has waiting on their upstreams at once, as a rule
+RECENT_DIGESTS: Final = 1024
+#: paths remembered as having no file (forgotten all at once past it)
+ABSENT_PATHS: Final = 4096
 #: how long a worker that stops waits for its writer thread to write what is pending
 WRITER_STOP_WAIT: Final = 5.0
 
@@ -121,77 +131,63 @@ class Entry:
     #: (the fields it was made from, the status line and fields as sent from the cache)
     served: tuple[Fields, bytes] | None = field(default=None, repr=False, compare=False)
 
-    def head_json(self) -> bytes:
-        """The head of the entry's file: a JSON object (see ``head_document``), written
-        out directly: json.dumps of the document took most of a miss's own time."""
-        fields = ",".join(
-            [f"[{_json_text(n)},{_json_text(v)}]" for n, v in self.fields]
-        )  # fmt: skip
+    def head_bytes(self) -> bytes:
+        """The head of the entry's file (see ``_HEAD``): its numbers in one struct, then
+        the lengths of its strings, then the strings. JSON took a quarter of a miss's
+        own time (a float's repr alone over a microsecond); this is one join."""
         fresh = self.freshness
-        vary = ",".join([_json_text(n) for n in self.vary])
-        values = ",".join(["null" if v is None else _json_text(v) for v in self.vary_values])
-        tags = ",".join([_json_str(t) for t in self.tags])
-        return (
-            f'{{"key":{_json_str(self.key)},"status":{int(self.status)},'
-            f'"reason":{_json_text(self.reason)},"fields":[{fields}],'
-            f'"request_time":{_json_float(self.request_time)},'
-            f'"response_time":{_json_float(self.response_time)},'
-            f'"initial_age":{_json_float(self.initial_age)},'
-            f'"freshness":[{_json_float(fresh.lifetime)},'
-            f"{_json_float(fresh.stale_while_revalidate)},"
-            f"{_json_float(fresh.stale_if_error)},"
-            f"{_json_bool(fresh.must_revalidate)},{_json_bool(fresh.no_cache)}],"
-            f'"vary":[{vary}],"vary_values":[{values}],"tags":[{tags}],'
-            f'"purged":{_json_bool(self.purged)}}}'
-        ).encode()
-
-    def head_document(self) -> dict[str, Any]:
-        """The head of the entry's file as a document (what ``head_json`` writes)."""
-        return {
-            "key": self.key,
-            "status": self.status,
-            "reason": self.reason.decode("latin-1"),
-            "fields": [[n.decode("latin-1"), v.decode("latin-1")] for n, v in self.fields],
-            "request_time": self.request_time,
-            "response_time": self.response_time,
-            "initial_age": self.initial_age,
-            "freshness": [
-                self.freshness.lifetime,
-                self.freshness.stale_while_revalidate,
-                self.freshness.stale_if_error,
-                self.freshness.must_revalidate,
-                self.freshness.no_cache,
-            ],
-            "vary": [n.decode("latin-1") for n in self.vary],
-            "vary_values": [None if v is None else v.decode("latin-1") for v in self.vary_values],
-            "tags": list(self.tags),
-            "purged": self.purged,
-        }
+        flags = (
+            (_MUST_REVALIDATE if fresh.must_revalidate else 0)
+            | (_NO_CACHE if fresh.no_cache else 0)
+            | (_PURGED if self.purged else 0)
+        )
+        parts: list[bytes] = [self.key.encode("utf-8", "surrogatepass"), self.reason]
+        for name, value in self.fields:
+            parts.append(name)
+            parts.append(value)
+        parts += self.vary
+        lengths = [len(part) for part in parts]
+        for given in self.vary_values:
+            if given is None:
+                lengths.append(_NONE)
+            else:
+                lengths.append(len(given))
+                parts.append(given)
+        for tag in self.tags:
+            data = tag.encode("utf-8", "surrogatepass")
+            lengths.append(len(data))
+            parts.append(data)
+        numbers = _HEAD.pack(
+            self.status, self.request_time, self.response_time, self.initial_age,
+            fresh.lifetime, fresh.stale_while_revalidate, fresh.stale_if_error, flags,
+            len(self.fields), len(self.vary), len(self.vary_values), len(self.tags),
+        )  # fmt: skip
+        return b"".join([numbers, _lengths(len(lengths)).pack(*lengths), *parts])
 
 
-def _json_str(text: str) -> str:
-    """A JSON string (ASCII, escaped as json.dumps escapes)."""
-    encoded: str = encode_basestring_ascii(text)
-    return encoded
+#: an entry's head: status, request time, response time, initial age, lifetime,
+#: stale-while-revalidate, stale-if-error, flags, and how many fields, Vary names, Vary
+#: values (a vary marker has names and no values) and tags follow; then the lengths (4
+#: bytes each) of the key (UTF-8), the reason, each field's name and value, each Vary
+#: name, each Vary value (``_NONE``: the request had none) and each tag (UTF-8); then
+#: those strings, one after the other
+_HEAD: Final = struct.Struct(">HddddddBIIII")
+_MUST_REVALIDATE: Final = 1
+_NO_CACHE: Final = 2
+_PURGED: Final = 4
+_NONE: Final = 0xFFFFFFFF
+#: the lengths' structs, by count (an entry has a handful of fields: few of them)
+_LENGTHS: dict[int, struct.Struct] = {}
 
 
-def _json_text(data: bytes) -> str:
-    """Bytes of a field as a JSON string (each byte one character, latin-1)."""
-    return _json_str(data.decode("latin-1"))
-
-
-def _json_float(value: float) -> str:
-    """A float as json.dumps writes it (repr; its names for the infinities and NaN)."""
-    number = float(value)
-    if number != number:
-        return "NaN"
-    if number in (math.inf, -math.inf):
-        return "Infinity" if number > 0 else "-Infinity"
-    return repr(number)
-
-
-def _json_bool(value: bool) -> str:
-    return "true" if value else "false"
+def _lengths(count: int) -> struct.Struct:
+    """The struct of ``count`` lengths."""
+    made = _LENGTHS.get(count)
+    if made is None:
+        made = struct.Struct(f">{count}I")
+        if len(_LENGTHS) < 256:
+            _LENGTHS[count] = made
+    return made
 
 
 class Generation:
@@ -239,29 +235,58 @@ class _Broken(Exception):
 
 
 def _entry_from_head(head: bytes) -> Entry:
+    """The entry a head (``Entry.head_bytes``) describes; _Broken if it is not one."""
+    if len(head) < _HEAD.size:
+        raise _Broken("short head")
+    numbers = _HEAD.unpack_from(head)
+    status, request_time, response_time, age, lifetime, swr, sie, flags = numbers[:8]
+    fields, vary, values, tags = numbers[8:]
+    count = 2 + 2 * fields + vary + values + tags
+    at = _HEAD.size + 4 * count
+    if at > len(head):
+        raise _Broken("short head")
+    lengths = _lengths(count).unpack_from(head, _HEAD.size)
+    strings: list[bytes | None] = []
+    for length in lengths:
+        if length == _NONE:
+            strings.append(None)
+            continue
+        end = at + length
+        if end > len(head):
+            raise _Broken("short head")
+        strings.append(head[at:end])
+        at = end
+    if at != len(head):
+        raise _Broken("sizes of the head do not add up")
     try:
-        doc = json.loads(head)
-        lifetime, swr, sie, must, no_cache = doc["freshness"]
-        return Entry(
-            key=str(doc["key"]),
-            status=int(doc["status"]),
-            reason=str(doc["reason"]).encode("latin-1"),
-            fields=[(str(n).encode("latin-1"), str(v).encode("latin-1")) for n, v in doc["fields"]],
-            request_time=float(doc["request_time"]),
-            response_time=float(doc["response_time"]),
-            initial_age=float(doc["initial_age"]),
-            freshness=Freshness(
-                float(lifetime), float(swr), float(sie), bool(must), bool(no_cache)
-            ),
-            vary=tuple(str(n).encode("latin-1") for n in doc["vary"]),
-            vary_values=tuple(
-                None if v is None else str(v).encode("latin-1") for v in doc["vary_values"]
-            ),
-            tags=tuple(str(t) for t in doc["tags"]),
-            purged=bool(doc["purged"]),
-        )
-    except (ValueError, KeyError, TypeError, UnicodeError) as exc:
+        key, reason = _text(strings[0]), _given(strings[1])
+        pairs = [(_given(strings[i]), _given(strings[i + 1])) for i in range(2, 2 + 2 * fields, 2)]
+        first = 2 + 2 * fields
+        names = tuple([_given(name) for name in strings[first : first + vary]])
+        given = tuple(strings[first + vary : first + vary + values])
+        labels = tuple([_text(tag) for tag in strings[first + vary + values :]])
+    except (TypeError, UnicodeError) as exc:
         raise _Broken(f"bad head: {exc}") from None
+    return Entry(
+        key=key, status=status, reason=reason, fields=pairs, request_time=request_time,
+        response_time=response_time, initial_age=age,
+        freshness=Freshness(
+            lifetime, swr, sie, bool(flags & _MUST_REVALIDATE), bool(flags & _NO_CACHE)
+        ),
+        vary=names, vary_values=given, tags=labels, purged=bool(flags & _PURGED),
+    )  # fmt: skip
+
+
+def _given(data: bytes | None) -> bytes:
+    """A string of a head that may not be absent."""
+    if data is None:
+        raise TypeError("a missing string")
+    return data
+
+
+def _text(data: bytes | None) -> str:
+    """A text string of a head (UTF-8, surrogates kept)."""
+    return _given(data).decode("utf-8", "surrogatepass")
 
 
 def _entry_from_record(data: bytes) -> Entry:
@@ -339,22 +364,6 @@ def _read_entry(path: str, want_body: bool) -> Entry:
 _VARY_MARK: Final = "vary"
 
 
-class KeyLock:
-    """The fill lock of one key (an fcntl lock on its lock file: held across workers,
-    and let go by the kernel if the holder dies)."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def release(self) -> None:
-        """Let the next request fill the key."""
-        if self.fd >= 0:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = -1
-
-
 @dataclass
 class _Hot:
     entry: Entry
@@ -371,6 +380,8 @@ class CacheStore:
     def __init__(self, zone: CacheZone) -> None:
         self.zone = zone
         self.root = zone.path
+        #: the zone's folder with its separator: entries' paths as os.path.join makes them
+        self.prefix = os.path.join(self.root, "")
         self.tmp = os.path.join(self.root, "tmp")
         self.locks = os.path.join(self.root, "locks")
         for directory in (self.root, self.tmp, self.locks):
@@ -379,12 +390,21 @@ class CacheStore:
         #: the same entries, by key, for those with no Vary (their file is the key's own)
         self.hot_keys: dict[str, _Hot] = {}
         self.hot_bytes = 0
-        self._last_digest: tuple[str, str] | None = None
+        #: key -> digest of the keys asked for lately
+        self._digests: dict[str, str] = {}
+        #: paths a lookup found no file at (since then, only this worker's writes made one
+        #: there, and they take it out): a packed miss need not look again
+        self.absent: set[str] = set()
         self.generation = Generation(self.root)
         #: path -> the writer of an entry queued for the writer thread, and the entry
         self.pending: dict[str, tuple[EntryWriter, Entry]] = {}
         self.pending_bytes = 0
         self.writer_thread: _WriterThread | None = None
+        #: packable entries queued in this turn of the loop (see EntryWriter.commit_batched)
+        self.batch: list[EntryWriter] = []
+        self.batch_handle: Handle | None = None
+        #: called once the batch is written (the answers that wait for it)
+        self.after_batch: list[Callable[[], None]] = []
         self.serial = itertools.count(1)
         #: path -> (inode, size) of large entries whose body checksum held
         self.verified: dict[str, tuple[int, int]] = {}
@@ -395,6 +415,7 @@ class CacheStore:
         self.index = PackIndex(self.root, zone.max_size)
         self.readers = PackReaders(self.root)
         self.packer = PackWriter(self.root, zone.max_size)
+        self.fill_locks = FillLocks(self.locks)
 
     def account(self, entries: int, size: int) -> None:
         """Entries and bytes this worker added to the zone (negative: removed)."""
@@ -407,13 +428,17 @@ class CacheStore:
 
     def digest(self, key: str) -> str:
         """The file name of a primary key."""
-        # a miss asks it for the same key three times (lookup, fill lock, writer)
-        # (one tuple, swapped whole: a purge's thread may ask too)
-        last = self._last_digest
-        if last is not None and last[0] == key:
-            return last[1]
+        # A miss asks it for the same key three times (lookup, fill lock, writer), with
+        # other requests' lookups in between while its upstream answers: the recent ones
+        # are remembered (a dict's get and set are each one step: a purge's thread may ask
+        # too).
+        known = self._digests.get(key)
+        if known is not None:
+            return known
         digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
-        self._last_digest = (key, digest)
+        if len(self._digests) >= RECENT_DIGESTS:
+            self._digests.clear()
+        self._digests[key] = digest
         return digest
 
     def path_of(self, digest: str, variant: tuple[bytes | None, ...] | None = None) -> str:
@@ -422,7 +447,8 @@ class CacheStore:
         if variant is not None:
             blob = b"\0".join([b"\1" if v is None else b"\2" + v for v in variant])
             name += "-" + hashlib.sha256(blob).hexdigest()[:32]
-        return os.path.join(self.root, digest[:2], name)
+        # os.path.join's own: posixpath's join is Python code, a few microseconds a miss
+        return f"{self.prefix}{digest[:2]}/{name}"
 
     # lookup -----------------------------------------------------------------
 
@@ -511,6 +537,9 @@ class CacheStore:
         if st is None:
             if hot is not None:
                 self._forget(path)
+            if len(self.absent) >= ABSENT_PATHS:
+                self.absent.clear()
+            self.absent.add(path)
             return None
         if hot is not None and hot.entry.identity == (st.st_ino, st.st_mtime_ns):
             self.hot.move_to_end(path)
@@ -877,27 +906,81 @@ class CacheStore:
             del self.pending[writer.final]
             self.pending_bytes -= writer.length
 
+    def flush_batch(self) -> None:
+        """Write the entries batched in this turn of the loop: their records in one
+        append to the worker's pack, then each named in the index and kept in memory, and
+        its fill lock let go. One whose key was purged or answered anew meanwhile is left
+        out (a purge by any worker moves the zone's purge mark)."""
+        handle, self.batch_handle = self.batch_handle, None
+        if handle is not None:
+            handle.cancel()  # when called before its turn (close, a full queue)
+        batch, self.batch = self.batch, []
+        purges = self.generation.purges()
+        kept: list[EntryWriter] = []
+        records: list[bytes] = []
+        for writer in batch:
+            pending = self.pending.get(writer.final)
+            if pending is not None and pending[0] is writer:
+                del self.pending[writer.final]
+                self.pending_bytes -= writer.length
+                if not writer.cancelled and writer.purge_mark == purges:
+                    pieces = writer.pieces
+                    if pieces is not None:
+                        records.append(_file_bytes(writer.head, pieces, writer.length, writer.crc))
+                        kept.append(writer)
+                        continue
+            writer.pieces = None
+        try:
+            if records:
+                # one record is a whole entry: a crash that cuts the write leaves a tail
+                # the index never names; the records before it are whole
+                pack, offset = self.packer.append(b"".join(records))
+                now = time.time()
+                for writer, record in zip(kept, records, strict=True):
+                    writer._packed_at(pack, offset, len(record), now)
+                    offset += len(record)
+                if self.generation.purges() != purges:
+                    # a purge began while they were put in place, perhaps after its walk
+                    # passed the index: they go (one that began after this finds them)
+                    for writer in kept:
+                        self.unpack(writer.digest)
+                        self._forget(writer.final)
+        except OSError:
+            for writer in kept:
+                writer.pieces = None
+        finally:
+            for writer in batch:
+                lock, writer.lock = writer.lock, None
+                if lock is not None:
+                    lock.release()  # in place (or not to be): the waiters may look again
+            callbacks, self.after_batch = self.after_batch, []
+            failed: Exception | None = None
+            for callback in callbacks:
+                try:
+                    callback()
+                except Exception as exc:  # the others' answers go on all the same
+                    failed = failed or exc
+            if failed is not None:
+                raise failed
+
     def close(self) -> None:
-        """Let the writer thread write what is queued (a while at most), and stop it."""
+        """Write the batch, let the writer thread write what is queued (a while at most),
+        and stop it."""
+        if self.batch:
+            self.flush_batch()
         thread = self.writer_thread
         self.writer_thread = None
         if thread is not None:
             thread.stop(WRITER_STOP_WAIT)
         self.packer.close()
         self.readers.close()
+        self.fill_locks.close()
 
     # fill locks ---------------------------------------------------------------
 
     def try_lock(self, key: str) -> KeyLock | None:
         """The fill lock of ``key`` if no other request (of any worker) holds it."""
-        path = os.path.join(self.locks, self.digest(key)[:16])
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return None
-        return KeyLock(fd)
+        return self.fill_locks.try_lock(self.digest(key))
 
     # sweeping -----------------------------------------------------------------
 
@@ -1061,7 +1144,7 @@ class EntryWriter:
         self._temp = temp
         self.final = final
         self.digest = digest
-        self.head = entry.head_json()
+        self.head = entry.head_bytes()
         self.length = 0
         self.crc = 0
         self.fd: int | None = None
@@ -1080,7 +1163,7 @@ class EntryWriter:
                 key=entry.key, status=0, reason=b"", fields=[], request_time=0.0,
                 response_time=0.0, initial_age=0.0, freshness=Freshness(0.0), vary=entry.vary,
             )  # fmt: skip
-            self.marker = _file_bytes(marker.head_json(), [], 0, 0)
+            self.marker = _file_bytes(marker.head_bytes(), [], 0, 0)
             self.marker_temp = self.temp + ".m"
 
     @property
@@ -1171,7 +1254,9 @@ class EntryWriter:
                 if self.marker:
                     primary = self.store.path_of(self.digest)
                     replaced = replaced or os.path.exists(primary)
+                    self.store.absent.discard(primary)
                     os.rename(self.marker_temp, primary)
+                self.store.absent.discard(self.final)
                 os.rename(self.temp, self.final)
             st = os.stat(self.final)
             if mark is not None and generation.purges() != mark:
@@ -1233,24 +1318,40 @@ class EntryWriter:
             return None
         store.cancel_pending(self.final)  # an older answer queued must not follow it
         record = _file_bytes(self.head, pieces, self.length, self.crc)
-        now = time.time()
         try:
             pack, offset = store.packer.append(record)
+        except OSError:
+            self.pieces = None
+            return None
+        return self._packed_at(pack, offset, len(record), time.time())
+
+    def _packed_at(self, pack: int, offset: int, length: int, now: float) -> Entry | None:
+        """After its record went to ``pack`` at ``offset``: the entry named in the index
+        (an older file of its key removed) and kept in memory; None if that failed."""
+        store = self.store
+        pieces = self.pieces
+        if pieces is None:
+            return None
+        try:
             # an older version in a file of its own would come back once the pack is
-            # swept: it goes (a stat that fails is all a new key costs)
-            if _stat(self.final) is not None:
+            # swept: it goes. Not looked for again when this miss's lookup found none (a
+            # file another worker made meanwhile, without the fill lock, would come back
+            # then: a response of the origin's all the same, as old as this one).
+            if self.final in store.absent:
+                store.absent.discard(self.final)
+            elif _stat(self.final) is not None:
                 store.remove_file(self.final, marker=store._is_marker(self.final))
         except OSError:
             self.pieces = None
             return None
-        kind, old_length = store.index.put(slot_tag(self.digest), pack, offset, len(record), now)
+        kind, old_length = store.index.put(slot_tag(self.digest), pack, offset, length, now)
         if kind == 0:
-            store.account(1, len(record))
+            store.account(1, length)
         elif kind == 1:  # a new version: other workers' memory tiers must look again
-            store.account(0, len(record) - old_length)
+            store.account(0, length - old_length)
             store.generation.bump()
         else:  # another key's entry was evicted from the bucket
-            store.account(0, len(record) - old_length)
+            store.account(0, length - old_length)
             store.generation.bump()
         store._forget(self.final)
         # the writer's own entry (made for it, used by nothing else): no copy
@@ -1258,11 +1359,44 @@ class EntryWriter:
         stored.path = self.final
         stored.body_offset = _PREFIX.size + len(self.head)
         stored.body_length = self.length
-        stored.body = b"".join(pieces)
+        stored.body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         stored.identity = (pack, offset)
-        stored.pack = (pack, offset, len(record))
+        stored.pack = (pack, offset, length)
         store._remember(self.final, stored, now, store.generation.value())
         return stored
+
+    def commit_batched(self, lock: KeyLock | None, loop: AbstractEventLoop) -> bool:
+        """Append the entry to the worker's pack with the others that end in this turn of
+        the loop (one write for them all, at the end of the turn), and then let ``lock``
+        go; until then the store answers its key from memory, and a purge or a newer
+        answer drops it. False (nothing done) when it cannot wait: not ``packable()``, or
+        the queue full."""
+        store = self.store
+        pieces = self.pieces
+        if (
+            pieces is None
+            or not self.packable()
+            or len(store.pending) >= PENDING_ENTRIES
+            or store.pending_bytes + self.length > PENDING_BYTES
+        ):
+            return False
+        body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        self.pieces = [body]
+        queued = self.entry  # made for this writer: the one kept once it is written
+        queued.path = self.final
+        queued.body_offset = _PREFIX.size + len(self.head)
+        queued.body_length = self.length
+        queued.body = body
+        store.cancel_pending(self.final)  # an older answer queued for it goes
+        store._forget(self.final)
+        store.pending[self.final] = (self, queued)
+        store.pending_bytes += self.length
+        self.lock = lock
+        self.purge_mark = store.generation.purges()
+        store.batch.append(self)
+        if store.batch_handle is None:
+            store.batch_handle = loop.call_soon(store.flush_batch)
+        return True
 
     def commit(self) -> Entry | None:
         """Put the entry in place (atomically), now; the entry as stored, None if it failed."""

@@ -25,6 +25,7 @@ from gantry.protocol.chunked import (
 )
 
 __all__ = [
+    "FieldBlockMemo",
     "HTTPLimits",
     "ProtocolError",
     "RequestHead",
@@ -174,6 +175,21 @@ def _split_origin_form(head: RequestHead, target: bytes) -> None:
         head.query = target[question + 1 :]
 
 
+class FieldBlockMemo:
+    """What the fast path read last: a field block, its fields and its Connection option
+    (0 none, 1 keep-alive, 2 close), and the last Host found valid. A keep-alive client
+    sends the same block again and again, and so does each new connection of clients of
+    one kind: parsers with the same limits may share one (a worker's connections do)."""
+
+    __slots__ = ("block", "fields", "option", "host")
+
+    def __init__(self) -> None:
+        self.block = b""
+        self.fields: list[tuple[bytes, bytes]] = []  # never changed: heads get copies
+        self.option = 0
+        self.host = b"\0"
+
+
 @mypyc_attr(allow_interpreted_subclasses=True)  # tests watch it through a subclass
 class RequestParser:
     """Feeds bytes to llhttp and hands whole heads, body pieces and ends to a sink."""
@@ -199,10 +215,7 @@ class RequestParser:
         "_start_chunk",
         "_connection_seen",
         "_content_type_seen",
-        "_host_ok",
-        "_last_block",
-        "_last_fields",
-        "_last_option",
+        "_memo",
         "_boundary",
         "_completed",
         "_method_start",
@@ -214,7 +227,12 @@ class RequestParser:
         "_simple_limit",
     )
 
-    def __init__(self, sink: RequestSink, limits: HTTPLimits | None = None) -> None:
+    def __init__(
+        self,
+        sink: RequestSink,
+        limits: HTTPLimits | None = None,
+        memo: FieldBlockMemo | None = None,
+    ) -> None:
         self._sink = sink
         self._limits = limits or HTTPLimits()
         # llhttp only once a request needs it (a body, an odd field, a cut head): the fast
@@ -238,14 +256,9 @@ class RequestParser:
         self._start_chunk: bytes | None = None
         self._connection_seen = False
         self._content_type_seen = False
-        #: the last Host value found valid on the fast path
-        self._host_ok = b"\0"
-        # The field block of the last request taken on the fast path, its fields and its
-        # Connection option (0 none, 1 keep-alive, 2 close): a keep-alive client sends
-        # the same block again and again, read once
-        self._last_block = b""
-        self._last_fields: list[tuple[bytes, bytes]] = []
-        self._last_option = 0
+        # what the fast path read last (shared by the connections of a worker: clients of
+        # one kind send the same fields on each new connection too)
+        self._memo = memo if memo is not None else FieldBlockMemo()
         # True between messages: the next byte fed starts a new request line
         self._boundary = True
         self._completed = 0
@@ -387,8 +400,9 @@ class RequestParser:
         too many fields."""
         block = match[4]
         keep_alive = match[3] == b"1"
-        if block == self._last_block:
-            option = self._last_option
+        memo = self._memo
+        if block == memo.block:
+            option = memo.option
         else:
             option = self._read_block(block)
             if option < 0:
@@ -396,7 +410,7 @@ class RequestParser:
         if option:
             keep_alive = option == 1
         head = self._head = RequestHead()
-        head.headers = list(self._last_fields)  # a copy: the head is the handlers' to change
+        head.headers = list(memo.fields)  # a copy: the head is the handlers' to change
         head.method = "GET" if match[1] == b"GET" else "HEAD"
         if match[3] == b"0":
             head.version = "1.0"
@@ -415,7 +429,7 @@ class RequestParser:
         return True
 
     def _read_block(self, block: bytes) -> int:
-        """Read a fast-path field block into the memo (_last_*): its Connection option
+        """Read a fast-path field block into the memo: its Connection option
         (0 none, 1 keep-alive, 2 close), or -1 if llhttp must read it (see _simple)."""
         lowered = b"\n" + block.lower()
         watched = _WATCHED.findall(lowered)
@@ -433,11 +447,12 @@ class RequestParser:
                 return -1
         host_at = lowered.index(b"\nhost: ") + 6  # in block (lowered has one byte more)
         host = block[host_at : block.index(b"\r", host_at)]
-        if host != self._host_ok:
-            # a keep-alive client sends the same Host each time: checked once
+        memo = self._memo
+        if host != memo.host:
+            # clients send the same Host request after request: checked once
             if not valid_host(host):
                 return -1  # llhttp's path refuses it
-            self._host_ok = host
+            memo.host = host
         lines = block.split(b"\r\n")
         lines.pop()
         if len(lines) > self._limits.max_fields:
@@ -446,9 +461,9 @@ class RequestParser:
         for line in lines:
             name, _, value = line.partition(b": ")
             fields.append((name, value))
-        self._last_block = block
-        self._last_fields = fields
-        self._last_option = option
+        memo.block = block
+        memo.fields = fields
+        memo.option = option
         return option
 
     def _refusal(self, exc: httptools.HttpParserError) -> ProtocolError:

@@ -16,7 +16,9 @@ The measurements, each printed as req/s (or MB) and a ratio to nginx:
    Accept-Encoding: gzip (gzip only on both sides);
 7. the 1 KiB file over HTTPS, keep-alive (TLS 1.3, the same ECDSA P-256 certificate);
 8. the 1 KiB file over HTTPS with a new TLS connection per request (wrk sends
-   Connection: close): handshakes per second, X25519 key exchange on both sides.
+   Connection: close): handshakes per second, X25519 key exchange on both sides;
+9. the 1 KiB file over plain HTTP with a new connection per request (static_close): the
+   cost of a connection's set-up and tear-down without TLS's, beside (8).
 
 Run: `python bench/front.py [--duration 10] [--rounds 2] [--loads cache_hit,...]
 [--no-idle]` (after `python bench/run.py` has created .venv-bench with uWSGI): one entry
@@ -80,6 +82,8 @@ STATIC = bytes(range(256)) * 4  # 1 KiB
 #: over TLS, a connection per request)
 LOADS = {
     "static 1 KiB": ("static", "/static/one.bin", False, False, False),
+    # the plain-HTTP part of a new connection per request, without TLS's
+    "static, close": ("static_close", "/static/one.bin", False, False, True),
     "proxy to uWSGI": ("proxy", "/hello", False, False, False),
     "cache hit 1 KiB": ("cache_hit", "/cached/hit", False, False, False),
     "cache miss 1 KiB": ("cache_miss", "/cached/", True, False, False),

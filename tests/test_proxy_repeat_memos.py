@@ -19,7 +19,7 @@ import pytest
 from gantry.front import upstream, upstream_request
 from gantry.front.upstream import UpstreamConnection, UpstreamError, UpstreamResponse
 from gantry.front.upstream_request import connection_vars, uwsgi_packet
-from gantry.protocol.http1 import ProtocolError, RequestHead, RequestParser
+from gantry.protocol.http1 import FieldBlockMemo, ProtocolError, RequestHead, RequestParser
 from gantry.protocol.uwsgi import parse_packet
 from tests.process import REPO, Launcher, poll, read_all, recv_until, responses
 
@@ -315,14 +315,36 @@ def parsed(*feeds: bytes) -> tuple[list[tuple[object, ...]], int | None]:
 
 def test_a_repeated_request_is_read_once() -> None:
     sink = Sink()
-    parser = RequestParser(sink)
+    memo = FieldBlockMemo()
+    parser = RequestParser(sink, None, memo)
     parser.feed(BASE)
-    line = parser._last_line
+    line = memo.line
     assert line == b"GET /hello HTTP/1.1\r\n"
     parser.feed(BASE)
     parser.feed(BASE)
-    assert parser._last_line is line  # taken by the memo, not matched again
+    assert memo.line is line  # taken by the memo, not matched again
     assert sink.events == parsed(BASE)[0] * 3
+
+
+def test_parsers_sharing_a_memo_each_get_their_own_target() -> None:
+    """A worker's connections share one memo: a line remembered from one is taken by
+    another only when it is the same line, and its split target goes with it."""
+    memo = FieldBlockMemo()
+    sinks = [HeadKeeper(), HeadKeeper()]
+    parsers = [RequestParser(sink, None, memo) for sink in sinks]
+    other = BASE.replace(b"/hello", b"/other?x=1")
+    for _ in range(3):
+        parsers[0].feed(BASE)
+        parsers[1].feed(other)
+    assert [(h.target, h.path, h.query) for h in sinks[0].heads] == [
+        (b"/hello", b"/hello", b"")
+    ] * 3
+    assert [(h.target, h.path, h.query) for h in sinks[1].heads] == [
+        (b"/other?x=1", b"/other", b"x=1")
+    ] * 3
+    parsers[1].feed(other)
+    parsers[0].feed(other)  # the other line, now the memo's: taken from it
+    assert sinks[0].heads[-1].target == b"/other?x=1" and sinks[0].heads[-1].query == b"x=1"
 
 
 class HeadKeeper(Sink):

@@ -35,18 +35,23 @@ SMALL_FILE = 64 * 1024
 _monotonic: Final = time.monotonic
 
 
-def peer_addresses(transport: asyncio.BaseTransport) -> tuple[str, tuple[str, str]]:
+def peer_addresses(
+    transport: asyncio.BaseTransport, server_port: str | None = None
+) -> tuple[str, tuple[str, str]]:
     """A new connection's client address ("" for a unix socket) and (client's port,
-    listener's port)."""
-    address = client_port = server_port = ""
+    listener's port); ``server_port`` when the listener's is known already (every
+    connection of a listening socket has its port: one getsockname fewer)."""
+    address = client_port = ""
     peer = transport.get_extra_info("peername")
     if isinstance(peer, tuple):
         # a dual-stack socket names IPv4 clients "::ffff:a.b.c.d": one client, one name
         address = canonical_address(str(peer[0]))
         client_port = str(peer[1])
-    sockname = transport.get_extra_info("sockname")
-    if isinstance(sockname, tuple):
-        server_port = str(sockname[1])
+    if server_port is None:
+        server_port = ""
+        sockname = transport.get_extra_info("sockname")
+        if isinstance(sockname, tuple):
+            server_port = str(sockname[1])
     return address, (client_port, server_port)
 
 

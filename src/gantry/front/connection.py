@@ -172,7 +172,7 @@ class FrontConnection(asyncio.Protocol):
             self.listener = listener
         if https:
             self.https = True
-        self.parser = RequestParser(self, worker.limits)
+        self.parser = RequestParser(self, worker.limits, worker.field_memo)
         self.transport: asyncio.Transport | None = None
         #: the client's address as everything sees it (the real one behind a trusted
         #: proxy), and the peer's own (the TCP or PROXY protocol address)
@@ -229,7 +229,10 @@ class FrontConnection(asyncio.Protocol):
             high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER
         )
         worker = self.worker
-        address, self.ports = peer_addresses(transport)
+        known = worker.listener_ports.get(self.listener)
+        address, self.ports = peer_addresses(transport, known)
+        if known is None:
+            worker.listener_ports[self.listener] = self.ports[1]
         if address:
             self.peer_addr = self.remote_addr = address
         if at_ceiling(worker):

@@ -102,21 +102,15 @@ class TLSStream(asyncio.Protocol):
     the connection's own protocol (made by ``factory`` once the handshake is done), with
     the transport calls FrontConnection and Http2Connection make.
 
-    The handshake has ``timeout`` (client_header_timeout) from the accept, as the first
-    request head would have; the SNI callback and the session tickets are the context's.
+    The handshake has the listener's timeout (client_header_timeout) from the accept, as
+    the first request head would have, kept by the listener's sweep (see TLSListener);
+    the SNI callback and the session tickets are the context's.
     """
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        context: ssl.SSLContext,
-        factory: Callable[[], asyncio.Protocol],
-        timeout: float,
-    ) -> None:
-        self.loop = loop
-        self.context = context
-        self.factory = factory
-        self.timeout = timeout
+    def __init__(self, listener: TLSListener) -> None:
+        # the listener's loop, context, factory and timeout are the same for each of its
+        # connections: found through it, not copied into each
+        self.listener = listener
         self.state = _NEW
         self.raw: asyncio.Transport | None = None
         self.app: asyncio.Protocol | None = None
@@ -124,7 +118,8 @@ class TLSStream(asyncio.Protocol):
         self.incoming: ssl.MemoryBIO | None = None
         self.outgoing: ssl.MemoryBIO | None = None
         self.tls: ssl.SSLObject | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        #: loop time past which the handshake is given up (the listener's sweep)
+        self.deadline = 0.0
         #: the protocol is reading what we gave it: its writes wait in the outgoing BIO
         #: and go to the socket together when it returns
         self.delivering = False
@@ -134,7 +129,7 @@ class TLSStream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # a stream transport (uvloop's is not an asyncio.Transport subclass: no isinstance)
         self.raw = cast(asyncio.Transport, transport)
-        self.timer = self.loop.call_later(self.timeout, self._timed_out)
+        self.listener.watch(self)
 
     def data_received(self, data: bytes) -> None:
         state = self.state
@@ -149,7 +144,9 @@ class TLSStream(asyncio.Protocol):
             self.state = _HANDSHAKE
             self.incoming = ssl.MemoryBIO()
             self.outgoing = ssl.MemoryBIO()
-            self.tls = self.context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+            self.tls = self.listener.context.wrap_bio(
+                self.incoming, self.outgoing, server_side=True
+            )
             self._handshake(data)
 
     def eof_received(self) -> bool | None:
@@ -159,11 +156,9 @@ class TLSStream(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.state < _OPEN:
+            self.listener.handshaking.discard(self)
         self.state = _CLOSED
-        timer = self.timer
-        if timer is not None:
-            self.timer = None
-            timer.cancel()
         app = self.app
         if app is not None:
             self.app = None
@@ -200,12 +195,10 @@ class TLSStream(asyncio.Protocol):
             if self.raw is not None:
                 self.raw.close()
             return
-        timer = self.timer
-        if timer is not None:
-            self.timer = None
-            timer.cancel()
+        listener = self.listener
+        listener.handshaking.discard(self)
         self.state = _OPEN
-        app = self.factory()
+        app = listener.factory()
         self.app = app
         app.connection_made(cast(asyncio.BaseTransport, self))
         # a request sent with the client's Finished is in the BIO already; the session
@@ -272,9 +265,8 @@ class TLSStream(asyncio.Protocol):
         if outgoing is not None and outgoing.pending and raw is not None:
             raw.write(outgoing.read())
 
-    def _timed_out(self) -> None:
+    def timed_out(self) -> None:
         """No ClientHello, or no finished handshake, within client_header_timeout."""
-        self.timer = None
         raw = self.raw
         if self.state < _OPEN and raw is not None:
             self.state = _CLOSING
@@ -284,14 +276,12 @@ class TLSStream(asyncio.Protocol):
         """Plain HTTP on the HTTPS port: PlainHTTPAnswer takes the socket over."""
         raw = self.raw
         assert raw is not None
-        timer = self.timer
-        if timer is not None:
-            self.timer = None
-            timer.cancel()
+        listener = self.listener
+        listener.handshaking.discard(self)
         self.state = _CLOSING
         peer = raw.get_extra_info("peername")
         address = str(peer[0]) if isinstance(peer, tuple) else "unix:"
-        answer = PlainHTTPAnswer(self.loop, self.timeout, address)
+        answer = PlainHTTPAnswer(listener.loop, listener.timeout, address)
         raw.set_protocol(answer)
         answer.connection_made(raw)
         answer.data_received(data)
@@ -411,7 +401,12 @@ class TLSStream(asyncio.Protocol):
 
 class TLSListener:
     """One listening socket of an ssl listener: the loop's plain TCP server, each
-    connection a TLSStream (or PlainHTTPAnswer's after its first byte)."""
+    connection a TLSStream (or PlainHTTPAnswer's after its first byte).
+
+    The handshakes under way are the listener's to time out: one sweep a fraction of the
+    timeout apart while any is under way, not a timer made and cancelled for each
+    connection (a handshake is given up between ``timeout`` and a quarter more after the
+    accept, at most a second more)."""
 
     def __init__(
         self,
@@ -428,10 +423,33 @@ class TLSListener:
         self.timeout = timeout
         self.server: asyncio.Server | None = None
         self.closed = False
+        #: the connections whose handshake is under way
+        self.handshaking: set[TLSStream] = set()
+        self.sweeper: asyncio.TimerHandle | None = None
+        self.sweep_every = min(1.0, max(0.05, timeout / 4))
 
     def stream(self) -> TLSStream:
         """A new connection's protocol."""
-        return TLSStream(self.loop, self.context, self.factory, self.timeout)
+        return TLSStream(self)
+
+    def watch(self, stream: TLSStream) -> None:
+        """A new connection: its handshake has ``timeout`` from now."""
+        stream.deadline = self.loop.time() + self.timeout
+        self.handshaking.add(stream)
+        if self.sweeper is None:
+            self.sweeper = self.loop.call_later(self.sweep_every, self._sweep)
+
+    def _sweep(self) -> None:
+        """Give up the handshakes past their deadline; again later while any is left."""
+        self.sweeper = None
+        now = self.loop.time()
+        handshaking = self.handshaking
+        late = [stream for stream in handshaking if stream.deadline <= now]
+        for stream in late:
+            handshaking.discard(stream)
+            stream.timed_out()
+        if handshaking:
+            self.sweeper = self.loop.call_later(self.sweep_every, self._sweep)
 
     async def start(self) -> None:
         """Accept from now on."""

@@ -33,7 +33,7 @@ from gantry.front.rewrite import RewriteHandler
 from gantry.front.routing import Router, normalize_path
 from gantry.http.head import HeadDefaults
 from gantry.process.shared import SlotView, store_memory
-from gantry.protocol.http1 import HTTPLimits
+from gantry.protocol.http1 import FieldBlockMemo, HTTPLimits
 
 if TYPE_CHECKING:
     # Redis's client costs a process 12 MB: imported by the fronts that share through it
@@ -138,6 +138,12 @@ class FrontWorker:
         self.static = StaticHandler()
         self.defaults = HeadDefaults()
         self.limits = HTTPLimits(max_body_size=config.client_max_body_size)
+        #: the fast path's last field block and request line, shared by the connections'
+        #: parsers
+        self.field_memo = FieldBlockMemo()
+        #: listener index -> its port (SERVER_PORT, $server_port), as its first
+        #: connection found it: the same for all the others
+        self.listener_ports: dict[int, str] = {}
         self.error_pages = ErrorPages(config.error_pages)
         self.connections: set[ClientConnection] = set()
         self.access_log = (

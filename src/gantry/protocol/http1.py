@@ -25,6 +25,7 @@ from gantry.protocol.chunked import (
 )
 
 __all__ = [
+    "FieldBlockMemo",
     "HTTPLimits",
     "ProtocolError",
     "RequestHead",
@@ -129,7 +130,7 @@ _SIMPLE: Final = re.compile(
     rb"(GET|HEAD) (/[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*) HTTP/1\.([01])\r\n"
     rb"((?:[!#$%&'*+.^_`|~0-9A-Za-z-]++: [!-~]++(?:[ \t]++[!-~]++)*+\r\n)++)\r\n"
 )
-#: what a plain request asks, besides a GET over HTTP/1.1 (RequestParser._last_kind)
+#: what a plain request asks, besides a GET over HTTP/1.1 (FieldBlockMemo.kind)
 _KIND_HEAD: Final = 1
 _KIND_1_0: Final = 2
 #: the fields a plain request is read for: a Host, one Connection (keep-alive or close),
@@ -177,6 +178,30 @@ def _split_origin_form(head: RequestHead, target: bytes) -> None:
         head.query = target[question + 1 :]
 
 
+class FieldBlockMemo:
+    """What the fast path read last: a field block, its fields and its Connection option
+    (0 none, 1 keep-alive, 2 close), the last Host found valid, and the request line that
+    came with the block, what it asks (_KIND_* bits) and its target, path and query split.
+    A keep-alive client sends the same block and line again and again, and so does each
+    new connection of clients of one kind: parsers with the same limits may share one (a
+    worker's connections do). Every part is compared before it is used, never trusted."""
+
+    __slots__ = ("block", "fields", "option", "host", "line", "kind", "target", "path", "query")
+
+    def __init__(self) -> None:
+        self.block = b""
+        self.fields: list[tuple[bytes, bytes]] = []  # never changed: heads get copies
+        self.option = 0
+        self.host = b"\0"
+        self.line = b""
+        self.kind = 0
+        # the line's target, path and query: the same objects again for the same line (no
+        # slices; a bytes object keeps its hash for the route lookup)
+        self.target = b""
+        self.path = b""
+        self.query = b""
+
+
 @mypyc_attr(allow_interpreted_subclasses=True)  # tests watch it through a subclass
 class RequestParser:
     """Feeds bytes to llhttp and hands whole heads, body pieces and ends to a sink."""
@@ -202,15 +227,7 @@ class RequestParser:
         "_start_chunk",
         "_connection_seen",
         "_content_type_seen",
-        "_host_ok",
-        "_last_block",
-        "_last_fields",
-        "_last_option",
-        "_last_line",
-        "_last_kind",
-        "_last_target",
-        "_last_path",
-        "_last_query",
+        "_memo",
         "_boundary",
         "_completed",
         "_method_start",
@@ -222,7 +239,12 @@ class RequestParser:
         "_simple_limit",
     )
 
-    def __init__(self, sink: RequestSink, limits: HTTPLimits | None = None) -> None:
+    def __init__(
+        self,
+        sink: RequestSink,
+        limits: HTTPLimits | None = None,
+        memo: FieldBlockMemo | None = None,
+    ) -> None:
         self._sink = sink
         self._limits = limits or HTTPLimits()
         # llhttp only once a request needs it (a body, an odd field, a cut head): the fast
@@ -246,23 +268,9 @@ class RequestParser:
         self._start_chunk: bytes | None = None
         self._connection_seen = False
         self._content_type_seen = False
-        #: the last Host value found valid on the fast path
-        self._host_ok = b"\0"
-        # The field block of the last request taken on the fast path, its fields and its
-        # Connection option (0 none, 1 keep-alive, 2 close): a keep-alive client sends
-        # the same block again and again, read once
-        self._last_block = b""
-        self._last_fields: list[tuple[bytes, bytes]] = []
-        self._last_option = 0
-        # The request line that came with that block, and what it asks (_KIND_* bits):
-        # a client asking the same again sends the same bytes, taken without the regex
-        self._last_line = b""
-        self._last_kind = 0
-        # that line's target, path and query: the same objects again for the same line
-        # (no slices; a bytes object keeps its hash for the route lookup)
-        self._last_target = b""
-        self._last_path = b""
-        self._last_query = b""
+        # what the fast path read last (shared by the connections of a worker: clients of
+        # one kind send the same fields and line on each new connection too)
+        self._memo = memo if memo is not None else FieldBlockMemo()
         # True between messages: the next byte fed starts a new request line
         self._boundary = True
         self._completed = 0
@@ -316,7 +324,8 @@ class RequestParser:
         """Parse ``data``; raise ``ProtocolError`` on anything the server must refuse."""
         if self._boundary and len(data) <= self._simple_limit and not self._dead:
             # One whole plain request, as most keep-alive clients send: no llhttp.
-            line, block = self._last_line, self._last_block
+            memo = self._memo
+            line, block = memo.line, memo.block
             if (
                 len(data) == len(line) + len(block) + 2
                 and line
@@ -325,7 +334,7 @@ class RequestParser:
                 and data.endswith(b"\r\n")
             ):
                 # the last request taken on this path again, byte for byte
-                self._hand(self._last_kind, line, True)
+                self._hand(memo.kind, line, True)
                 return
             match = _SIMPLE.fullmatch(data)
             if match is not None and self._simple(match):
@@ -414,39 +423,38 @@ class RequestParser:
         body's framing, Expect, Upgrade, a Connection other than one keep-alive or close,
         too many fields."""
         block = match[4]
-        if block != self._last_block and self._read_block(block) < 0:
+        if block != self._memo.block and self._read_block(block) < 0:
             return False
         kind = (_KIND_HEAD if match[1] == b"HEAD" else 0) | (_KIND_1_0 if match[3] == b"0" else 0)
-        line = match.string[: match.start(4)]
-        self._last_line = line
-        self._last_kind = kind
-        self._hand(kind, line, False)
+        self._hand(kind, match.string[: match.start(4)], False)
         return True
 
     def _hand(self, kind: int, line: bytes, repeat: bool) -> None:
         """Hand the sink a plain request: ``line`` its request line (CRLF-ended), ``kind``
         what it asks (_KIND_* bits), its fields the memo's (see _read_block); ``repeat``:
         the line is the last one handed, whose target the memo holds split."""
+        memo = self._memo
         keep_alive = not kind & _KIND_1_0
-        option = self._last_option
+        option = memo.option
         if option:
             keep_alive = option == 1
         head = self._head = RequestHead()
-        head.headers = list(self._last_fields)  # a copy: the head is the handlers' to change
+        head.headers = list(memo.fields)  # a copy: the head is the handlers' to change
         head.method = "HEAD" if kind & _KIND_HEAD else "GET"
         if kind & _KIND_1_0:
             head.version = "1.0"
         if not keep_alive:
             head.keep_alive = False
         if repeat:
-            head.target = self._last_target
-            head.path = self._last_path
-            head.query = self._last_query
+            head.target = memo.target
+            head.path = memo.path
+            head.query = memo.query
         else:
             # between "GET " or "HEAD " and " HTTP/1.x\r\n"
             _split_origin_form(head, line[5:-11] if kind & _KIND_HEAD else line[4:-11])
-            self._last_target, self._last_path = head.target, head.path
-            self._last_query = head.query
+            # the line and its split go in together (another parser may share the memo)
+            memo.line, memo.kind = line, kind
+            memo.target, memo.path, memo.query = head.target, head.path, head.query
         self._completed += 1
         try:
             self._sink.request_head(head)
@@ -458,7 +466,7 @@ class RequestParser:
         self._head = _NO_HEAD
 
     def _read_block(self, block: bytes) -> int:
-        """Read a fast-path field block into the memo (_last_*): its Connection option
+        """Read a fast-path field block into the memo: its Connection option
         (0 none, 1 keep-alive, 2 close), or -1 if llhttp must read it (see _simple)."""
         lowered = b"\n" + block.lower()
         watched = _WATCHED.findall(lowered)
@@ -476,11 +484,12 @@ class RequestParser:
                 return -1
         host_at = lowered.index(b"\nhost: ") + 6  # in block (lowered has one byte more)
         host = block[host_at : block.index(b"\r", host_at)]
-        if host != self._host_ok:
-            # a keep-alive client sends the same Host each time: checked once
+        memo = self._memo
+        if host != memo.host:
+            # clients send the same Host request after request: checked once
             if not valid_host(host):
                 return -1  # llhttp's path refuses it
-            self._host_ok = host
+            memo.host = host
         lines = block.split(b"\r\n")
         lines.pop()
         if len(lines) > self._limits.max_fields:
@@ -489,9 +498,9 @@ class RequestParser:
         for line in lines:
             name, _, value = line.partition(b": ")
             fields.append((name, value))
-        self._last_block = block
-        self._last_fields = fields
-        self._last_option = option
+        memo.block = block
+        memo.fields = fields
+        memo.option = option
         return option
 
     def _refusal(self, exc: httptools.HttpParserError) -> ProtocolError:

@@ -13,6 +13,8 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.process import Front, GantryServer, wait_for
 
 LONE_FRONT = """
@@ -101,3 +103,37 @@ def _get(port: int) -> bytes:
         return b""
     finally:
         conn.close()
+
+
+SLOW_APP = """
+import time
+
+time.sleep(2.0)  # the port accepts all this while: the app is imported after the bind
+
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"slow start"]
+"""
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2", "--preload"]], ids=["alone", "preload"])
+def test_a_sighup_once_the_port_accepts_is_a_reload(tmp_path: Path, workers: list[str]) -> None:
+    """The sockets are bound before the app is imported (and a master installs its
+    handlers after preloading it): a SIGHUP sent as soon as the port accepts, as a deploy
+    script waiting for the port would, met SIGHUP's default action and killed the server.
+    It is held from the bind and taken as a reload once the handlers are in."""
+    (tmp_path / "slow_app.py").write_text(SLOW_APP)
+    server = GantryServer(
+        "slow_app:app", "--chdir", str(tmp_path), *workers, log_path=tmp_path / "serve.log"
+    )
+    server.start()  # returns once the port accepts: the app is still importing
+    try:
+        assert server.process is not None
+        assert "serving slow_app:app" not in server.log_text()  # still in the import
+        os.kill(server.process.pid, signal.SIGHUP)
+        assert wait_for(lambda: _get(server.port) == b"slow start", 30), server.log_text()
+        assert server.process.poll() is None, server.log_text()
+        assert wait_for(lambda: "SIGHUP" in server.log_text(), 30), server.log_text()
+    finally:
+        server.stop()

@@ -13,7 +13,7 @@ from gantry.appserver.supervise import PROBE, run_master
 from gantry.appserver.worker import AppLoadError, Worker, load_app
 from gantry.config import ListenAddress, ServeConfig
 from gantry.process.privileges import drop_privileges, resolve_identity
-from gantry.process.reexec import LoneReload, Reexec, adopted_workers, owned_sockets
+from gantry.process.reexec import LoneReload, Reexec, adopted_workers, hold_signals, owned_sockets
 from gantry.process.runtime import setup_error_log
 from gantry.process.sockets import bind_or_inherit
 
@@ -65,6 +65,7 @@ def bind_all(config: ServeConfig) -> list[tuple[ListenAddress, socket.socket]]:
     here. After a re-exec, the sockets this process had bound itself count as its own
     again (it removes their unix socket files when it stops)."""
     owned = owned_sockets()
+    hold_signals()  # until the handlers are in: a SIGHUP once the port accepts is a reload
     sockets = bind_or_inherit(config.listen, config.uwsgi_socket_mode, config.backlog)
     if owned is None:
         return sockets

@@ -165,7 +165,7 @@ class Worker:
         else:  # alone: this process tells systemd what a master would
             if self.lone_reload is not None:
                 loop.add_signal_handler(signal.SIGHUP, self.lone_reload.on_sighup)
-                release_held_signals()  # a SIGHUP sent during the re-exec: taken now
+            release_held_signals()  # a SIGHUP sent while starting: taken now
             notify("READY=1", f"STATUS=serving {config.app}")
         freeze_startup_heap()  # the app's garbage needs the default young threshold
         await self.stop_event.wait()

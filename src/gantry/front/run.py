@@ -27,6 +27,7 @@ from gantry.process.reexec import (
     LoneReload,
     Reexec,
     adopted_workers,
+    hold_signals,
     owned_sockets,
     release_held_signals,
 )
@@ -134,7 +135,7 @@ def _serve_worker(
             if lone_reload is not None:
                 lone_reload.request_stop = stop.set
                 loop.add_signal_handler(signal.SIGHUP, lone_reload.on_sighup)
-                release_held_signals()  # a SIGHUP sent during the re-exec: taken now
+            release_held_signals()  # a SIGHUP sent while starting: taken now
             notify("READY=1", "STATUS=gantry front serving")
         freeze_startup_heap(YOUNG_THRESHOLD)
         await stop.wait()
@@ -308,6 +309,7 @@ def run_front(
     identity = resolve_identity(config.user, config.group, "front")
     addresses = [parse_address(spec, "http", "front.listen") for spec in config.listen]
     passed = inherited_by_key()
+    hold_signals()  # until the handlers are in: a SIGHUP once the port accepts is a reload
     sockets = bind_or_inherit(addresses, None, LISTEN_BACKLOG, passed)
     control = None
     if config.control:

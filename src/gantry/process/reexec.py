@@ -34,6 +34,7 @@ __all__ = [
     "OWNED_ENV",
     "Reexec",
     "adopted_workers",
+    "hold_signals",
     "owned_sockets",
     "read_probe",
     "release_held_signals",
@@ -53,9 +54,17 @@ OWNED_ENV = "GANTRY_OWNED_FDS"
 HELD_ACROSS_EXEC = frozenset({signal.SIGHUP})
 
 
+def hold_signals() -> None:
+    """Block what a re-exec holds, from before the listening sockets are bound until
+    release_held_signals: once a port accepts, a reload may be sent (a deploy script that
+    waits for the port), and before the handlers are installed SIGHUP's default action
+    killed the server (a preloading master imports the app in between)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, HELD_ACROSS_EXEC)
+
+
 def release_held_signals() -> None:
-    """Unblock what a re-exec held (call once the handlers are installed): a signal sent
-    during the re-exec is delivered now. A no-op in a process that was not re-executed."""
+    """Unblock what a re-exec or hold_signals held (call once the handlers are installed):
+    a signal sent meanwhile is delivered now."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_ACROSS_EXEC)
 
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 import mmap
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import overload
 
 __all__ = [
     "FIELDS",
     "STATUS_NAMES",
     "SlotView",
-    "WorkerCounters",
     "WorkerStats",
     "WorkerTable",
     "slot_line",
@@ -253,37 +252,6 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 def slot_line(line: str) -> bytes:
     """A request line as a slot holds it: latin-1, cut to fit, NUL-terminated."""
     return line.encode("latin-1", "replace")[: LINE_BYTES - 1] + b"\0"
-
-
-@dataclass
-class WorkerCounters:
-    """A worker's running totals in plain ints, copied into its slot once a second (so the
-    request path never touches shared memory)."""
-
-    requests: int = 0
-    exceptions: int = 0
-    tx: int = 0
-    #: responses by status class: index 2 for 2xx ... 5 for 5xx
-    status_counts: list[int] = field(default_factory=lambda: [0] * 6)
-    rt_total: float = 0.0  # seconds
-    #: WebSocket tunnels open now (the front)
-    websockets: int = 0
-    #: HTTP/2 connections open now, and HTTP/2 streams answered (the front)
-    http2_connections: int = 0
-    http2_streams: int = 0
-
-    def store(self, slot: SlotView) -> None:
-        """Copy the totals into ``slot``."""
-        slot.store_counters(
-            self.requests,
-            self.exceptions,
-            self.tx,
-            self.status_counts,
-            self.rt_total,
-            self.websockets,
-            self.http2_connections,
-            self.http2_streams,
-        )
 
 
 def store_memory(slot: SlotView) -> int:

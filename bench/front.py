@@ -281,6 +281,9 @@ def gantry_conf(work: Path, port: int, site: Path, sock: Path, kib_sock: Path, z
 [front]
 listen = ["127.0.0.1:{port}", "127.0.0.1:{port + 1} ssl"]
 workers = 1
+# as nginx's worker_connections above: the idle step holds 10,000 and then asks once more
+# (at the default of 10,000 the probe was refused, as configured: connection reset)
+worker_connections = 16384
 [[front.server]]
 default = true
 ssl_certificate = "{work}/bench.crt"

@@ -1,8 +1,9 @@
 """HTTP/2 defences at the front, each attack written frame by frame (the ``h2`` and
 ``hpack`` packages as the attacker, since h2spec is not installable here): Rapid Reset,
 a CONTINUATION flood, an HPACK bomb, SETTINGS and PING floods, a client that never
-opens its window, more streams than http2_max_concurrent_streams. Each is answered
-with a GOAWAY naming the cause, and the worker goes on serving another client."""
+opens its window, streams past http2_max_concurrent_streams opened in a loop. Each is
+answered with a GOAWAY naming the cause, and the worker goes on serving another client;
+a single stream past the limit is refused alone."""
 
 from __future__ import annotations
 
@@ -195,17 +196,70 @@ def test_a_client_that_never_opens_its_window_is_closed(front: Front) -> None:
     _served(front)
 
 
-def test_more_streams_than_allowed_are_refused(front: Front) -> None:
+def _frames_until(attacker: Attacker, wanted: int, stream_id: int, limit: float = 10.0) -> bool:
+    """Read until a frame of type ``wanted`` on ``stream_id`` has come (False: the server
+    closed or ``limit`` passed first)."""
+    deadline = time.monotonic() + limit
+    attacker.sock.settimeout(0.5)
+    while time.monotonic() < deadline:
+        pos, data = 0, bytes(attacker.received)
+        while pos + 9 <= len(data):
+            length = int.from_bytes(data[pos : pos + 3], "big")
+            if (
+                data[pos + 3] == wanted
+                and int.from_bytes(data[pos + 5 : pos + 9], "big") == stream_id
+            ):
+                return True
+            pos += 9 + length
+        try:
+            chunk = attacker.sock.recv(65536)
+        except TimeoutError:
+            continue
+        if not chunk:
+            return False
+        attacker.received += chunk
+    return False
+
+
+def test_more_streams_than_allowed_are_refused_alone(front: Front) -> None:
+    """RFC 9113 5.1.2: the stream past http2_max_concurrent_streams is reset
+    REFUSED_STREAM; the streams open and the connection go on."""
     attacker = Attacker(front.port)
     try:
         frames = b""
-        for i in range(9):  # 8 allowed; each stays open (a body is announced, never sent)
+        for i in range(9):  # 8 allowed; each stays open (a body is announced, not yet sent)
             frames += frame(HEADERS, END_HEADERS, 1 + 2 * i, attacker.request_block())
         attacker.send(frames)
-        code = attacker.goaway_code()
-        assert code in (ErrorCodes.PROTOCOL_ERROR, ErrorCodes.REFUSED_STREAM), code
+        assert _frames_until(attacker, RST_STREAM, 17)
+        assert _goaway(bytes(attacker.received)) is None
+        code_at = bytes(attacker.received).index(b"\x00\x00\x04\x03\x00\x00\x00\x00\x11") + 9
+        assert struct.unpack(">I", attacker.received[code_at : code_at + 4])[0] == (
+            ErrorCodes.REFUSED_STREAM
+        )
+        # the open streams end their (empty) bodies and are answered on this connection
+        attacker.send(b"".join(frame(0x0, END_STREAM, 1 + 2 * i, b"") for i in range(8)))
+        assert _frames_until(attacker, 0x0, 15)
+        attacker.send(frame(HEADERS, END_STREAM | END_HEADERS, 19, attacker.request_block()))
+        assert _frames_until(attacker, 0x0, 19)
+        assert _goaway(bytes(attacker.received)) is None
     finally:
         attacker.close()
+    _served(front)
+
+
+def test_streams_refused_in_a_loop_are_a_flood(front: Front) -> None:
+    """A client that keeps opening streams past the limit is told to calm down, as one
+    resetting its own streams is (each refusal costs the server a header block)."""
+    attacker = Attacker(front.port)
+    try:
+        frames = b""
+        for i in range(60):  # 8 held open, 52 refused in well under a second
+            frames += frame(HEADERS, END_HEADERS, 1 + 2 * i, attacker.request_block())
+        attacker.send(frames)
+        assert attacker.goaway_code() == ErrorCodes.ENHANCE_YOUR_CALM
+    finally:
+        attacker.close()
+    assert "RST_STREAM flood" in front.log.read_text()
     # a client that keeps to the limit is served all its streams
     client = RawH2(front.port)
     try:

@@ -321,7 +321,16 @@ def test_too_many_streams_and_a_header_block_past_the_limit() -> None:
     events = conn.receive(b"".join(frame(codec.HEADERS, 0x4, 1 + 2 * i, block(REQUEST))
                                    for i in range(9)))  # fmt: skip
     assert len([e for e in events if isinstance(e, Request)]) == 8
-    assert isinstance(events[-1], ConnectionFailed) and events[-1].code == codec.PROTOCOL_ERROR
+    # the ninth is refused alone (RFC 9113 5.1.2), told to the server, and the
+    # connection goes on: once a stream ends, the next is taken
+    assert isinstance(events[-1], Reset) and events[-1].code == codec.REFUSED_STREAM
+    assert not events[-1].remote
+    out = conn.data_to_send()
+    assert rst_codes(out) == {17: codec.REFUSED_STREAM} and goaway_code(out) is None
+    conn.send_headers(1, [(b":status", b"200")], True)
+    conn.receive(frame(codec.DATA, 0x1, 1, b""))
+    events = conn.receive(frame(codec.HEADERS, 0x5, 19, block(REQUEST)))
+    assert isinstance(events[0], Request) and events[0].stream_id == 19
     # CONTINUATIONs past the limit are refused on their frame headers, before their bytes
     conn = opened()
     events = conn.receive(frame(codec.HEADERS, 0x1, 1, block(REQUEST)))
@@ -331,6 +340,22 @@ def test_too_many_streams_and_a_header_block_past_the_limit() -> None:
     failed = conn.receive(filler[:9])
     assert isinstance(failed[0], ConnectionFailed) and failed[0].code == codec.ENHANCE_YOUR_CALM
     assert "http2_max_header_size" in failed[0].message
+
+
+def test_headers_below_the_last_stream_are_told_apart() -> None:
+    """RFC 9113 5.1.1: a stream id the client skipped may never be opened (connection
+    error PROTOCOL_ERROR); a HEADERS on a stream it did open and that closed is a
+    stream error STREAM_CLOSED, and the connection goes on."""
+    conn = opened()
+    conn.receive(frame(codec.HEADERS, 0x5, 1, block(REQUEST)) +
+                 frame(codec.HEADERS, 0x5, 5, block(REQUEST)))  # fmt: skip
+    conn.send_headers(1, [(b":status", b"204")], True)
+    conn.data_to_send()
+    assert conn.receive(frame(codec.HEADERS, 0x5, 1, block(REQUEST))) == []
+    assert rst_codes(conn.data_to_send()) == {1: codec.STREAM_CLOSED} and not conn.closed
+    events = conn.receive(frame(codec.HEADERS, 0x5, 3, block(REQUEST)))
+    assert isinstance(events[-1], ConnectionFailed) and events[-1].code == codec.PROTOCOL_ERROR
+    assert goaway_code(conn.data_to_send()) == codec.PROTOCOL_ERROR
 
 
 def test_a_bad_preface_is_goaway_protocol_error() -> None:

@@ -6,8 +6,9 @@ the proxy and compression work alike on both. This module carries streams to and
 the wire: flow control both ways (a request body's window is opened as the body is
 taken; a response goes out as the client's windows allow, and a relay whose client
 stream is behind is paused), timeouts, and the defences an HTTP/2 server needs
-(Rapid Reset, CONTINUATION and HPACK floods, SETTINGS and PING floods, stalled windows,
-too many streams): each closes the connection with a GOAWAY naming the cause.
+(Rapid Reset, CONTINUATION and HPACK floods, SETTINGS and PING floods, stalled windows):
+each closes the connection with a GOAWAY naming the cause. A stream past the concurrent
+streams allowed is refused alone (REFUSED_STREAM) and counted as a reset.
 """
 
 from __future__ import annotations
@@ -624,7 +625,13 @@ class Http2Connection(asyncio.Protocol):
                 elif isinstance(event, Reset):
                     if event.message:
                         self.log_error(f"HTTP/2 stream {event.stream_id}: {event.message}: reset")
-                    self._stream_reset(event.stream_id, event.remote)
+                    if event.code == REFUSED_STREAM and not event.remote:
+                        # past the concurrent streams: refused before it reached us, and
+                        # counted as a reset would be (a client opening streams in a
+                        # loop costs as much as one resetting them)
+                        self._flood(_RESETS, "RST_STREAM", 2 * self.max_streams)
+                    else:
+                        self._stream_reset(event.stream_id, event.remote)
                 elif isinstance(event, SettingsChanged):
                     self._flood(_SETTINGS, "SETTINGS")
                     if event.window:

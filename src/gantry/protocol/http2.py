@@ -18,6 +18,9 @@ from typing import Final
 
 from gantry.protocol.hpack import Decoder, Encoder
 
+#: how many of the last opened stream ids are remembered (RFC 9113 5.1.1's check)
+_RECENT: Final = 64
+
 __all__ = [
     "PREFACE",
     "ConnectionFailed",
@@ -269,6 +272,9 @@ class ServerConnection:
         self.streams: dict[int, _Stream] = {}
         #: the highest stream the client opened (any below it not in ``streams`` is closed)
         self.highest = 0
+        #: the last streams the client opened, to tell a closed stream from an id the
+        #: client skipped (RFC 9113 5.1.1: a HEADERS on that is a connection error)
+        self._recent: list[int] = []
         #: a GOAWAY went out (or came): nothing more is read
         self.closed = False
         #: the client's SETTINGS as they stand
@@ -606,11 +612,22 @@ class ServerConnection:
             self._trailers(stream_id, stream, fields, end)
             return
         if stream_id <= self.highest:
-            self._stream_error(stream_id, STREAM_CLOSED, "", False)
+            if stream_id in self._recent:
+                self._stream_error(stream_id, STREAM_CLOSED, "", False)
+            else:
+                # an id below the last one opened, never used: stream ids only grow
+                self._fail(PROTOCOL_ERROR, f"HEADERS on stream {stream_id}, below {self.highest}")
             return
         self.highest = stream_id
+        recent = self._recent
+        if len(recent) >= _RECENT:
+            del recent[: _RECENT // 2]
+        recent.append(stream_id)
         if len(self.streams) >= self.max_streams:
-            self._fail(PROTOCOL_ERROR, f"more than {self.max_streams} concurrent streams")
+            # RFC 9113 5.1.2: the stream is refused, the connection goes on (the client
+            # may ask again once a stream ends); the server counts these as resets
+            self._stream_error(stream_id, REFUSED_STREAM, "", False)
+            self._events.append(Reset(stream_id, REFUSED_STREAM, False))
             return
         request = _request(stream_id, fields, end)
         if isinstance(request, str):

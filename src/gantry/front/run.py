@@ -35,6 +35,7 @@ from gantry.process.runtime import (
     freeze_startup_heap,
     new_event_loop,
     reopen_error_log,
+    set_open_files,
     setup_error_log,
 )
 from gantry.process.shared import STATUS_CODES, SlotView, WorkerTable
@@ -285,6 +286,33 @@ def _warn_missing_directories(config: FrontConfig) -> None:
                     )  # fmt: skip
 
 
+#: files a worker keeps open besides its clients' and upstreams' sockets (listeners, the
+#: event loop's, logs, cache and shared-memory files)
+SPARE_FILES = 100
+
+
+def _set_open_files(config: FrontConfig) -> None:
+    """worker_rlimit_nofile: the open-file limit the workers inherit. A limit that cannot
+    hold worker_connections is said at start: past it a worker refuses new connections
+    without a word (the event loop closes what it cannot accept)."""
+    connections = config.worker_connections
+    if config.worker_rlimit_nofile:
+        files = set_open_files(config.worker_rlimit_nofile)
+        if files.shortfall:
+            log.warning("worker_rlimit_nofile %d: %s; it is %d",
+                        config.worker_rlimit_nofile, files.shortfall, files.limit)  # fmt: skip
+    else:
+        # the soft limit is often 1024 while the hard one allows far more (systemd's)
+        files = set_open_files(2 * connections + SPARE_FILES, only_raise=True)
+    if files.limit < connections + SPARE_FILES:
+        log.warning(
+            "worker_connections %d: the open-file limit is %d%s, so a worker holds about %d "
+            "connections and refuses new ones past that",
+            connections, files.limit, f" ({files.shortfall})" if files.shortfall else "",
+            max(files.limit - SPARE_FILES, 1),
+        )  # fmt: skip
+
+
 def run_front(
     config: FrontConfig,
     *,
@@ -306,6 +334,7 @@ def run_front(
         config = dataclasses.replace(config, graceful_timeout=graceful_timeout)
     setup_error_log()
     _warn_missing_directories(config)
+    _set_open_files(config)
     identity = resolve_identity(config.user, config.group, "front")
     addresses = [parse_address(spec, "http", "front.listen") for spec in config.listen]
     passed = inherited_by_key()

@@ -10,7 +10,15 @@ import signal
 import socket
 from pathlib import Path
 
-from tests.process import Front, Launcher, ready_workers, recv_until, wait_for
+from tests.process import (
+    Front,
+    Launcher,
+    ready_workers,
+    recv_until,
+    socket_inodes,
+    tcp_sockets,
+    wait_for,
+)
 
 BODY = b"hello\n"
 REQUEST = b"GET /index.html HTTP/1.1\r\nHost: t\r\n\r\n"
@@ -80,6 +88,39 @@ def test_a_full_worker_leaves_new_clients_to_the_others(launch: Launcher, short_
         for sock in held:
             sock.close()
     assert "worker_connections reached" not in front.log_text()
+
+
+def _clients_of(pid: int, port: int) -> int:
+    """The client connections worker ``pid`` holds on ``port``."""
+    mine = socket_inodes(pid)
+    return sum(
+        1
+        for found in tcp_sockets()
+        if found.inode in mine and found.local_port == port and found.state == "01"
+    )
+
+
+def test_a_worker_near_its_ceiling_leaves_new_clients_to_the_others(
+    launch: Launcher, short_tmp: Path
+) -> None:
+    # the loop accepts every client waiting at once: a worker that stopped only when full
+    # took a burst past its ceiling and closed the rest, so it stops 1/64 short of it
+    front, (first, second) = _front(launch, short_tmp, ceiling=128)
+    held: list[socket.socket] = []
+    os.kill(second, signal.SIGSTOP)
+    try:
+        got, refused = _connect_and_ask(front.port, 126)
+        held += got
+        assert (len(got), refused) == (126, 0)
+        os.kill(second, signal.SIGCONT)
+        got, refused = _connect_and_ask(front.port, 10)
+        held += got
+        assert (len(got), refused) == (10, 0)
+        assert _clients_of(first, front.port) == 126
+    finally:
+        os.kill(second, signal.SIGCONT)
+        for sock in held:
+            sock.close()
 
 
 def test_every_worker_full_a_new_client_is_refused(launch: Launcher, short_tmp: Path) -> None:

@@ -220,6 +220,10 @@ class FrontWorker:
         self.min_rate_grace = config.client_min_rate_grace
         self.keepalive_requests = config.keepalive_requests
         self.worker_connections = config.worker_connections
+        #: this near its ceiling, a worker leaves new clients to the others (when they share
+        #: its listeners): the loop accepts every client waiting at once, so one that
+        #: stopped only when full took a burst past it and closed the rest
+        self.accept_limit = config.worker_connections - config.worker_connections // 64
         self.max_per_address = config.max_connections_per_address
         #: open connections by client address (max_connections_per_address)
         self.per_address: dict[str, int] = {}
@@ -340,23 +344,24 @@ class FrontWorker:
             log.warning("connection refused: %s reached%s; %d so far", why, who, self._refusals)
 
     def ceiling_reached(self) -> None:
-        """This worker holds worker_connections now. With other workers on its listeners
-        it stops accepting for a while, so that the kernel hands new clients to them: it
-        took them and closed them while the others had room (nginx's workers share
-        clients out by EPOLLEXCLUSIVE, which the event loop does not use)."""
+        """This worker holds accept_limit connections or more now. With other workers on
+        its listeners it stops accepting for a while, so that the kernel hands new
+        clients to them: it took them and closed them while the others had room (nginx's
+        workers share clients out by EPOLLEXCLUSIVE, which the event loop does not use)."""
         switch = self.accept_switch
         if switch is not None and not self.accept_paused_at:
             self.accept_paused_at = self.loop.time()
             switch.pause()
 
     def _resume_accepting(self) -> None:
-        """Accept again once there is room, or, still full, when clients wait in the
-        listen queue: a worker with room would have taken them, so every worker is full,
-        and they are refused (within the second) instead of waiting on."""
+        """Accept again once below accept_limit, or, still above it, when clients wait in
+        the listen queue: a worker with room would have taken them, so every worker is
+        (nearly) full, and they are taken or refused (within the second) instead of
+        waiting on."""
         switch = self.accept_switch
         if switch is None:
             return
-        if len(self.connections) < self.worker_connections or switch.clients_waiting():
+        if len(self.connections) < self.accept_limit or switch.clients_waiting():
             self.accept_paused_at = 0.0
             switch.resume()
 

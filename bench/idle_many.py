@@ -27,6 +27,7 @@ import math
 import multiprocessing
 import os
 import resource
+import select
 import selectors
 import shutil
 import socket
@@ -169,8 +170,9 @@ def timed_request(sock: socket.socket) -> float | str:
 
 
 def _holder(port: int, first: int, count: int, deadline: float, pipe: Any) -> None:
-    """A child: open its connections, say how it went, then answer "probe" (a request on
-    a few of its held connections) until told "close"."""
+    """A child: open its connections, say how it went, then answer "open" (how many the
+    server has not closed since) and "probe" (a request on a few of them) until told
+    "close"."""
     try:
         held, failures = open_connections(port, first, count, deadline)
     except Exception as exc:  # told to the parent, which reports it
@@ -181,12 +183,24 @@ def _holder(port: int, first: int, count: int, deadline: float, pipe: Any) -> No
         if not pipe.poll(OPEN_TIMEOUT):
             break  # the parent is gone
         word = pipe.recv()
+        if word == "open":
+            pipe.send(still_open(held))
+            continue
         if word != "probe":
             break
         step = max(1, len(held) // PROBES)
         pipe.send([timed_request(held[n]) for n in range(0, len(held), step)][:PROBES])
     for sock in held:
         sock.close()
+
+
+def still_open(held: list[socket.socket]) -> int:
+    """How many of ``held`` the server has not closed: an idle one has nothing to read,
+    so a readable one was closed (or reset) by the server."""
+    poller = select.poll()
+    for sock in held:
+        poller.register(sock, select.POLLIN)
+    return len(held) - len(poller.poll(0))
 
 
 def _fresh_probe(port: int) -> float | str:
@@ -349,6 +363,12 @@ def hold_and_measure(
         time.sleep(1.0)  # let the workers' memory settle after the last answers
         rss, pss = memory_mb(pid)
         spread = sockets_per_worker(pid)
+        # the clients' view: a front may close idle connections to keep places free
+        still = 0
+        for pipe in pipes:
+            pipe.send("open")
+            if pipe.poll(30):
+                still += pipe.recv()
         fresh = [_fresh_probe(port) for _ in range(PROBES)]
         on_held: list[float | str] = []
         if held:
@@ -356,9 +376,11 @@ def hold_and_measure(
             if pipes[0].poll(PROBES * PROBE_TIMEOUT + 5):
                 on_held = pipes[0].recv()
         rss_after, pss_after = memory_mb(pid)
-        per_connection = (rss - rss_before) * 1024 * 1024 / max(held, 1)
+        # per connection the front still holds (it may have closed some of those opened)
+        per_connection = (rss - rss_before) * 1024 * 1024 / max(still, 1)
         figures = {
             "asked": count, "held": held, "failures": failures,
+            "still_open": still,
             "open_seconds": round(took, 1),
             "cpu_seconds_open": round(cpu_open, 2),
             "cpu_us_per_connection": round(cpu_open * 1e6 / max(held, 1)),
@@ -370,7 +392,7 @@ def hold_and_measure(
             "projected_mb_at_goal": round(
                 rss_before + per_connection * GOAL_CONNECTIONS / (1024 * 1024), 1
             ),
-            "pss_bytes_per_connection": round((pss - pss_before) * 1024 * 1024 / max(held, 1)),
+            "pss_bytes_per_connection": round((pss - pss_before) * 1024 * 1024 / max(still, 1)),
             "sockets_per_worker": spread,
             # each probe's milliseconds, or why it got no answer
             "fresh_probe_ms": [v if isinstance(v, str) else round(v, 2) for v in fresh],
@@ -485,7 +507,8 @@ def idle_bench(args: argparse.Namespace) -> dict[str, Any]:
                     continue
                 results[name] = figures
                 print(
-                    f"{name:6}: held {figures['held']:,} of {connections:,}"
+                    f"{name:6}: held {figures['held']:,} of {connections:,} "
+                    f"({figures['still_open']:,} still open when measured)"
                     + (f" (not held: {figures['failures']})" if figures["failures"] else "")
                     + f", opened in {figures['open_seconds']:.1f} s "
                     f"({figures['cpu_us_per_connection']} us of the front's CPU each); "

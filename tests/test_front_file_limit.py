@@ -110,9 +110,12 @@ def test_at_the_file_limit_new_connections_are_refused_and_open_ones_served(
         for sock in held[:5]:
             sock.close()
         del held[:5]
-        fresh = socket.create_connection(("127.0.0.1", port), timeout=5)
-        held.append(fresh)
-        assert _answered(fresh)
+
+        def fresh_answered() -> bool:  # once the worker has seen the closes
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as fresh:
+                return _answered(fresh)
+
+        assert wait_for(fresh_answered, 5)
     finally:
         for sock in held:
             sock.close()

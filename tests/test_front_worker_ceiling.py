@@ -140,10 +140,12 @@ def test_every_worker_full_a_new_client_is_refused(launch: Launcher, short_tmp: 
         assert all(_answered(sock) for sock in held)
         assert wait_for(lambda: "worker_connections reached" in front.log_text(), 5)
         held.pop().close()
-        # a place free again: a new client is answered
-        fresh = socket.create_connection(("127.0.0.1", front.port), timeout=5)
-        held.append(fresh)
-        assert _answered(fresh)
+
+        def fresh_answered() -> bool:  # a place free again, once the worker saw the close
+            with socket.create_connection(("127.0.0.1", front.port), timeout=5) as fresh:
+                return _answered(fresh)
+
+        assert wait_for(fresh_answered, 10)
     finally:
         for sock in held:
             sock.close()

@@ -47,7 +47,6 @@ those three under its own key.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import resource
 import shutil
@@ -63,6 +62,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from idle_many import idle_bench  # noqa: E402 - a sibling module, imported as a script
 from run import (  # noqa: E402 - the sibling module, imported as a script
     REPO_ROOT,
     VENV_BIN,
@@ -618,214 +618,12 @@ def slow_clients_bench(args: argparse.Namespace) -> dict[str, Any]:
     return {"clients": SLOW_CLIENTS, "ratios": figures}
 
 
-#: IP_BIND_ADDRESS_NO_PORT (Linux): the source port is chosen at connect, per 4-tuple
-_BIND_NO_PORT = 24
-#: connections per 127.0.0.x source address (ephemeral ports: about 28,000 an address)
-PER_SOURCE = 20_000
-
-
-def hold_idle(port: int, count: int, batch: int = 500, first: int = 0) -> list[socket.socket]:
-    """``count`` keep-alive connections to ``port``, one request answered on each, from
-    127.0.0.2, 127.0.0.3, ... (PER_SOURCE each): opened a batch at a time, each batch's
-    answers read before the next, so neither side's queues grow without bound."""
-    request = b"GET /static/one.bin HTTP/1.1\r\nHost: b\r\n\r\n"
-    held: list[socket.socket] = []
-    while len(held) < count:
-        opened = []
-        for _ in range(min(batch, count - len(held) - len(opened))):
-            n = first + len(held) + len(opened)
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.IPPROTO_IP, _BIND_NO_PORT, 1)
-            sock.bind((f"127.0.0.{2 + n // PER_SOURCE}", 0))
-            sock.settimeout(30)
-            sock.connect(("127.0.0.1", port))
-            sock.sendall(request)
-            opened.append(sock)
-        for sock in opened:
-            answer = b""
-            while len(answer) < len(STATIC) or b"\r\n\r\n" not in answer:
-                piece = sock.recv(65536)
-                if not piece:
-                    raise RuntimeError(f"connection {len(held)} closed by the server")
-                answer += piece
-            held.append(sock)
-    return held
-
-
-def _holder(port: int, count: int, first: int, conn: Any) -> None:
-    """A child holding ``count`` connections until told to let them go."""
-    try:
-        held = hold_idle(port, count, first=first)
-    except Exception as exc:  # told to the parent, which reports it
-        conn.send(f"failed: {exc}")
-        return
-    conn.send("held")
-    conn.recv()  # the parent has measured
-    for sock in held:
-        sock.close()
-
-
-def hold_in_children(port: int, count: int, per_child: int) -> tuple[list[Any], list[str]]:
-    """``count`` connections held by children of at most ``per_child`` each (a process's
-    file limit may be below ``count``): their pipes, and what each said."""
-    import multiprocessing
-
-    context = multiprocessing.get_context("fork")
-    pipes, said = [], []
-    for first in range(0, count, per_child):
-        parent, child = context.Pipe()
-        context.Process(
-            target=_holder, args=(port, min(per_child, count - first), first, child), daemon=True
-        ).start()
-        pipes.append(parent)
-        said.append(parent.recv())  # one child at a time: the server accepts at its pace
-    return pipes, said
-
-
-#: issue 16's goal: this many idle connections on one 2-worker front under 1 GiB
-PROJECTED_CONNECTIONS = 100_000
-
-
-def tree_rss_mb(pid: int) -> float:
-    """The RSS of ``pid`` and its children (a master and its workers), in MB."""
-    return sum(rss_mb(p) for p in [pid, *children(pid)])
-
-
-def idle_bench(args: argparse.Namespace) -> dict[str, Any]:
-    """``args.idle_connections`` idle keep-alive connections held by a 2-worker gantry
-    front and by a 2-worker nginx: each one's total RSS, and whether it still answers a
-    new client."""
-    count = args.idle_connections
-    files = min(int(Path("/proc/sys/fs/nr_open").read_text()), 2 * count + 20_000)
-    try:  # inherited by the servers started below
-        resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
-    except (ValueError, OSError) as exc:
-        # no CAP_SYS_RESOURCE (a container): the hard limit is what there is
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        files = hard
-        print(f"cannot raise the file limit past {hard} ({exc}): the clients are spread "
-              f"over processes; each server worker holds {hard} files at most",
-              flush=True)  # fmt: skip
-    per_child = max(1000, files - 1000)
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    gantry = (
-        [str(VENV_BIN / "gantry")]
-        if (VENV_BIN / "gantry").exists()
-        else [sys.executable, "-m", "gantry"]
-    )
-    # this tree's gantry, whichever interpreter runs it
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH")])
-    )
-    results: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="gidle-") as tmp:
-        work = Path(tmp)
-        (work / "site" / "static").mkdir(parents=True)
-        (work / "site" / "static" / "one.bin").write_bytes(STATIC)
-        for name in ("nginx", "gantry"):
-            port = free_port()
-            if name == "nginx":
-                conf = work / "idle-nginx.conf"
-                conf.write_text(
-                    f"""
-daemon off; master_process on; worker_processes 2; user root;
-worker_rlimit_nofile {files}; error_log {work}/nginx-error.log;
-pid {work}/nginx.pid;
-events {{ worker_connections {count + 1000}; }}
-http {{
-  access_log off; keepalive_requests 100000; keepalive_timeout 600s;
-  client_body_temp_path {work}/body; proxy_temp_path {work}/proxy;
-  fastcgi_temp_path {work}/fastcgi; uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
-  server {{ listen 127.0.0.1:{port} backlog=4096; location /static/ {{ root {work}/site; }} }}
-}}
-"""
-                )
-                command = [nginx, "-p", str(work), "-c", str(conf)]
-            else:
-                conf = work / "idle-front.toml"
-                conf.write_text(
-                    f"""
-[front]
-listen = ["127.0.0.1:{port}"]
-workers = 2
-worker_connections = {count + 1000}
-keepalive_timeout = "600s"
-keepalive_requests = 100000
-access_log = "off"
-[[front.server]]
-[[front.server.location]]
-path = "/static/"
-root = "{work}/site"
-"""
-                )
-                command = [*gantry, "front", "-c", str(conf)]
-            server = ServerProcess(command, "0,1", work / f"idle-{name}.log")
-            server.start()
-            pipes: list[Any] = []
-            try:
-                wait_port(port)
-                assert server.proc is not None
-                before = tree_rss_mb(server.proc.pid)
-                started = time.monotonic()
-                pipes, said = hold_in_children(port, count, per_child)
-                took = time.monotonic() - started
-                if any(word != "held" for word in said):
-                    print(f"{name}: the clients said {said}", flush=True)
-                time.sleep(1.0)  # let the workers' memory settle after the last answers
-                rss = tree_rss_mb(server.proc.pid)
-                with socket.create_connection(("127.0.0.1", port), timeout=10) as probe:
-                    probe.sendall(b"GET /static/one.bin HTTP/1.1\r\nHost: b\r\n\r\n")
-                    answered = probe.recv(100).startswith(b"HTTP/1.1 200")
-                # what one more idle connection costs, and the total at issue 16's goal
-                per_connection = (rss - before) * 1024 * 1024 / count
-                projected = before + per_connection * PROJECTED_CONNECTIONS / (1024 * 1024)
-                results[name] = {
-                    "rss_mb": round(rss, 1), "rss_mb_before": round(before, 1),
-                    "answering": answered, "open_seconds": round(took, 1),
-                    "held": said.count("held") == len(said),
-                    "bytes_per_connection": round(per_connection),
-                    "projected_mb": round(projected, 1),
-                }  # fmt: skip
-                print(f"{name}: {count} idle connections, total RSS {rss:.0f} MB (was "
-                      f"{before:.0f} MB idle), opened in {took:.0f} s, still answering: "
-                      f"{answered}; {per_connection:.0f} bytes per connection, so "
-                      f"{PROJECTED_CONNECTIONS:,} would take {before:.0f} + "
-                      f"{per_connection:.0f} x {PROJECTED_CONNECTIONS:,} = {projected:.0f} MB",
-                      flush=True)  # fmt: skip
-            finally:
-                for pipe in pipes:
-                    with contextlib.suppress(OSError):
-                        pipe.send("close")
-                server.stop()
-    if len(results) == 2:
-        gantry_run, nginx_run = results["gantry"], results["nginx"]
-        ratio = gantry_run["rss_mb"] / max(nginx_run["rss_mb"], 0.1)
-        per_ratio = gantry_run["bytes_per_connection"] / max(nginx_run["bytes_per_connection"], 1)
-        print(f"gantry / nginx total RSS: {ratio:.2f}x, per connection {per_ratio:.2f}x; "
-              f"under 1 GiB: {gantry_run['rss_mb'] < 1024}")  # fmt: skip
-        print(f"projected to {PROJECTED_CONNECTIONS:,} idle connections: gantry "
-              f"{gantry_run['projected_mb']:.0f} MB (under 1 GiB: "
-              f"{gantry_run['projected_mb'] < 1024}), "
-              f"nginx {nginx_run['projected_mb']:.0f} MB")  # fmt: skip
-    held_here = count >= PROJECTED_CONNECTIONS
-    if not held_here:
-        print(f"{PROJECTED_CONNECTIONS:,} connections were NOT held here: {count:,} were "
-              f"(the open-file limit is {files:,} per process and could not be raised, so "
-              f"2 workers hold at most about {2 * (files - 100):,}); the {PROJECTED_CONNECTIONS:,} "
-              f"figures above are projections from this run", flush=True)  # fmt: skip
-    return {
-        "connections": count, "workers": 2, "results": results, "file_limit": files,
-        "projected_to": PROJECTED_CONNECTIONS, "goal_held": held_here,
-    }  # fmt: skip
-
-
 #: loads that bring their own servers and rounds (not run unless named in --loads):
 #: JSON key -> (the function, what it measures)
 SUITES: dict[str, tuple[Callable[[argparse.Namespace], dict[str, Any]], str]] = {
     "blocklist": (blocklist_bench, "refused requests and a 100,000-entry blocklist"),
     "slow_clients": (slow_clients_bench, f"a static file with {SLOW_CLIENTS} slow clients"),
-    "idle_many": (idle_bench, "--idle-connections idle connections on 2 workers: RSS"),
+    "idle_many": (idle_bench, "--idle-connections idle connections, 2 workers and enough: RSS"),
 }
 
 
@@ -856,6 +654,13 @@ def main(argv: list[str] | None = None) -> int:
         default=100_000,
         metavar="N",
         help="the idle keep-alive connections of the idle_many load",
+    )
+    parser.add_argument(
+        "--idle-workers",
+        default="",
+        metavar="LIST",
+        help="the idle_many load's worker counts, e.g. 2,6 (default: 2 workers holding what "
+        "the file limit allows, then enough workers to hold --idle-connections)",
     )
     args = parser.parse_args(argv)
     wanted = args.loads.split(",")

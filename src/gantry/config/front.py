@@ -1105,7 +1105,17 @@ class FrontSettings(_Strict):
         10000,
         ge=1,
         description="Client connections one worker holds at most; past it new ones are "
-        "closed at once (one log line a second says so) while the open ones are served.",
+        "closed at once (one log line a second says so) while the open ones are served. A "
+        "worker within 1/64 of it leaves new clients to the other workers on plain "
+        "listeners; when every one is full, a new client is closed within a second.",
+    )
+    worker_rlimit_nofile: int = Field(
+        0,
+        ge=0,
+        description="The open-file limit of the front's processes (nginx's "
+        "worker_rlimit_nofile), set at start; past it a worker refuses new connections. "
+        "0: raised, within the hard limit, to what worker_connections needs (twice it, "
+        "for proxied requests' upstream connections, and 100 more).",
     )
     max_connections_per_address: int = Field(
         0,
@@ -1364,6 +1374,7 @@ def front_config_from_dict(data: dict[str, Any], source: str = "<config>") -> Fr
         client_min_rate_grace=settings.client_min_rate_grace,
         keepalive_requests=settings.keepalive_requests,
         worker_connections=settings.worker_connections,
+        worker_rlimit_nofile=settings.worker_rlimit_nofile,
         max_connections_per_address=settings.max_connections_per_address,
         stats=settings.stats, metrics=settings.metrics,
     )  # fmt: skip

@@ -428,6 +428,8 @@ class FrontConfig:
     client_min_rate_grace: float = 2.0
     keepalive_requests: int = 1000
     worker_connections: int = 10000
+    #: the open-file limit set at start (0: what worker_connections needs, if allowed)
+    worker_rlimit_nofile: int = 0
     max_connections_per_address: int = 0
     #: the stats and metrics sockets of `gantry front` (its master serves them)
     stats: str | None = None

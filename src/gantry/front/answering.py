@@ -57,10 +57,15 @@ def peer_addresses(
 
 def at_ceiling(worker: FrontWorker) -> bool:
     """worker_connections: past the ceiling, the open connections are served and a new
-    one is closed at once (True: refuse it; the refusal is counted and logged)."""
-    if len(worker.connections) >= worker.worker_connections:
+    one is closed at once (True: refuse it; the refusal is counted and logged). Near the
+    ceiling, a worker leaves new clients to the others a while (ceiling_reached)."""
+    count = len(worker.connections)
+    if count >= worker.worker_connections:
         worker.refuse_connection("worker_connections")
+        worker.ceiling_reached()
         return True
+    if count + 1 >= worker.accept_limit:  # near the ceiling with this one
+        worker.ceiling_reached()
     return False
 
 

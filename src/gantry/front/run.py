@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from gantry.process.runtime import (
     freeze_startup_heap,
     new_event_loop,
     reopen_error_log,
+    set_open_files,
     setup_error_log,
 )
 from gantry.process.shared import STATUS_CODES, SlotView, WorkerTable
@@ -103,16 +105,20 @@ def _serve_worker(
         loop.add_signal_handler(signal.SIGUSR1, _reopen_logs, config, worker)
         # each socket in the order of [front] listen, with its flags
         listeners = config.listeners
-        servers: list[asyncio.Server | TLSListener] = []
+        servers: list[asyncio.Server | TLSListener | _SharedListeners] = []
+        # other workers on the same sockets: a full one leaves new clients to them
+        shared = _SharedListeners(loop) if slot is not None and config.workers > 1 else None
         for index, (address, sock) in enumerate(sockets):
             listener = listeners[index] if index < len(listeners) else Listener(str(address))
             context = tls.listeners.get(index) if tls is not None else None
             if context is None:
-                servers.append(
-                    await loop.create_server(
-                        _connections(worker, index, listener), sock=sock, backlog=LISTEN_BACKLOG
+                factory = _connections(worker, index, listener)
+                if shared is not None:
+                    await shared.serve(factory, sock)
+                else:
+                    servers.append(
+                        await loop.create_server(factory, sock=sock, backlog=LISTEN_BACKLOG)
                     )
-                )
                 log.info(
                     "front listening on http://%s%s", address, " (h2c)" if listener.h2c else ""
                 )
@@ -127,6 +133,9 @@ def _serve_worker(
             await tls_listener.start()
             servers.append(tls_listener)
             log.info("front listening on https://%s%s", address, " (h2)" if listener.http2 else "")
+        if shared is not None and shared.listeners:
+            servers.append(shared)
+            worker.accept_switch = shared
         if slot is not None:
             slot.pid = os.getpid()
             slot.status = STATUS_CODES["idle"]
@@ -170,6 +179,76 @@ def _serve_worker(
     finally:
         loop.close()
     return 0
+
+
+class _SharedListeners:
+    """A worker's plain listeners when other workers share their sockets: each is served
+    from a duplicate of the inherited socket, so that a pause (closing the loop's
+    server, which closes the socket it was given) leaves the listen queue open to the
+    other workers and to a later resume. A worker at its worker_connections ceiling
+    pauses them (FrontWorker.ceiling_reached); TLS listeners are not paused."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.listeners: list[tuple[Callable[[], asyncio.Protocol], socket.socket]] = []
+        self.servers: list[asyncio.Server] = []
+        self.accepting = True
+        self.closed = False
+        self.resuming = False
+
+    async def serve(self, factory: Callable[[], asyncio.Protocol], sock: socket.socket) -> None:
+        """Start accepting on ``sock`` (the worker's inherited copy, kept open)."""
+        self.listeners.append((factory, sock))
+        server = await self.loop.create_server(factory, sock=sock.dup(), backlog=LISTEN_BACKLOG)
+        self.servers.append(server)
+
+    def pause(self) -> None:
+        """Stop accepting."""
+        self.accepting = False
+        for server in self.servers:
+            server.close()
+        self.servers = []
+
+    def resume(self) -> None:
+        """Accept again (the servers are made anew in a task)."""
+        self.accepting = True
+        if not self.closed and not self.servers and not self.resuming:
+            self.resuming = True
+            self.loop.create_task(self._resume())
+
+    async def _resume(self) -> None:
+        servers = []
+        try:
+            for factory, sock in self.listeners:
+                servers.append(
+                    await self.loop.create_server(factory, sock=sock.dup(), backlog=LISTEN_BACKLOG)
+                )
+        except OSError:
+            log.exception("cannot accept again on a listener")
+        finally:
+            self.resuming = False
+        self.servers = servers
+        if self.closed or not self.accepting:  # paused or stopped meanwhile
+            self.pause()
+
+    def clients_waiting(self) -> bool:
+        """Whether a TCP listener's accept queue holds clients (its TCP_INFO's unacked
+        field, for a listening socket; True for a unix socket: it cannot be known)."""
+        for _, sock in self.listeners:
+            if sock.family == socket.AF_UNIX:
+                return True
+            try:
+                info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
+            except OSError:
+                return True
+            if len(info) >= 28 and struct.unpack_from("I", info, 24)[0]:
+                return True
+        return False
+
+    def close(self) -> None:
+        """Stop accepting for good (the worker stops)."""
+        self.closed = True
+        self.pause()
 
 
 def _connections(
@@ -285,6 +364,33 @@ def _warn_missing_directories(config: FrontConfig) -> None:
                     )  # fmt: skip
 
 
+#: files a worker keeps open besides its clients' and upstreams' sockets (listeners, the
+#: event loop's, logs, cache and shared-memory files)
+SPARE_FILES = 100
+
+
+def _set_open_files(config: FrontConfig) -> None:
+    """worker_rlimit_nofile: the open-file limit the workers inherit. A limit that cannot
+    hold worker_connections is said at start: past it a worker refuses new connections
+    without a word (the event loop closes what it cannot accept)."""
+    connections = config.worker_connections
+    if config.worker_rlimit_nofile:
+        files = set_open_files(config.worker_rlimit_nofile)
+        if files.shortfall:
+            log.warning("worker_rlimit_nofile %d: %s; it is %d",
+                        config.worker_rlimit_nofile, files.shortfall, files.limit)  # fmt: skip
+    else:
+        # the soft limit is often 1024 while the hard one allows far more (systemd's)
+        files = set_open_files(2 * connections + SPARE_FILES, only_raise=True)
+    if files.limit < connections + SPARE_FILES:
+        log.warning(
+            "worker_connections %d: the open-file limit is %d%s, so a worker holds about %d "
+            "connections and refuses new ones past that",
+            connections, files.limit, f" ({files.shortfall})" if files.shortfall else "",
+            max(files.limit - SPARE_FILES, 1),
+        )  # fmt: skip
+
+
 def run_front(
     config: FrontConfig,
     *,
@@ -306,6 +412,7 @@ def run_front(
         config = dataclasses.replace(config, graceful_timeout=graceful_timeout)
     setup_error_log()
     _warn_missing_directories(config)
+    _set_open_files(config)
     identity = resolve_identity(config.user, config.group, "front")
     addresses = [parse_address(spec, "http", "front.listen") for spec in config.listen]
     passed = inherited_by_key()

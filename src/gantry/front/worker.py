@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     # alone (front.run imports it, before a worker switches to its user)
     from gantry.front.limits.shared_redis import RedisShare
 
-__all__ = ["ClientConnection", "FrontCounters", "FrontWorker", "Route"]
+__all__ = ["AcceptSwitch", "ClientConnection", "FrontCounters", "FrontWorker", "Route"]
 
 log: Final = logging.getLogger("gantry.front")
 
@@ -65,6 +65,20 @@ class ClientConnection(Protocol):
 
     def close(self) -> None:
         """Close the connection now."""
+
+
+class AcceptSwitch(Protocol):
+    """A worker's listeners, as a worker at its worker_connections ceiling stops and
+    restarts accepting on them (front.run's, when other workers share them)."""
+
+    def pause(self) -> None:
+        """Stop accepting (the listen queue stays open to the other workers)."""
+
+    def resume(self) -> None:
+        """Accept again."""
+
+    def clients_waiting(self) -> bool:
+        """Whether clients wait in a listen queue (True when it cannot be known)."""
 
 
 class FrontCounters:
@@ -206,11 +220,19 @@ class FrontWorker:
         self.min_rate_grace = config.client_min_rate_grace
         self.keepalive_requests = config.keepalive_requests
         self.worker_connections = config.worker_connections
+        #: this near its ceiling, a worker leaves new clients to the others (when they share
+        #: its listeners): the loop accepts every client waiting at once, so one that
+        #: stopped only when full took a burst past it and closed the rest
+        self.accept_limit = config.worker_connections - config.worker_connections // 64
         self.max_per_address = config.max_connections_per_address
         #: open connections by client address (max_connections_per_address)
         self.per_address: dict[str, int] = {}
         self._refusals_logged = 0.0
         self._refusals = 0
+        #: set when other workers share this one's listeners (see ceiling_reached)
+        self.accept_switch: AcceptSwitch | None = None
+        #: loop time the listeners were paused at (0: accepting)
+        self.accept_paused_at = 0.0
         rewrite = RewriteHandler(self.router, self.chain_for)
         #: every handler, in the phase order of DESIGN.md (real address, blocklist, bans,
         #: access, limits, rewrites and return, cache, then content); a route runs those
@@ -321,6 +343,28 @@ class FrontWorker:
             who = f" ({address})" if address else ""
             log.warning("connection refused: %s reached%s; %d so far", why, who, self._refusals)
 
+    def ceiling_reached(self) -> None:
+        """This worker holds accept_limit connections or more now. With other workers on
+        its listeners it stops accepting for a while, so that the kernel hands new
+        clients to them: it took them and closed them while the others had room (nginx's
+        workers share clients out by EPOLLEXCLUSIVE, which the event loop does not use)."""
+        switch = self.accept_switch
+        if switch is not None and not self.accept_paused_at:
+            self.accept_paused_at = self.loop.time()
+            switch.pause()
+
+    def _resume_accepting(self) -> None:
+        """Accept again once below accept_limit, or, still above it, when clients wait in
+        the listen queue: a worker with room would have taken them, so every worker is
+        (nearly) full, and they are taken or refused (within the second) instead of
+        waiting on."""
+        switch = self.accept_switch
+        if switch is None:
+            return
+        if len(self.connections) < self.accept_limit or switch.clients_waiting():
+            self.accept_paused_at = 0.0
+            switch.resume()
+
     def _poll_blocklist(self) -> None:
         blocklist = self.blocklist
         if blocklist is None:
@@ -354,6 +398,8 @@ class FrontWorker:
             store_memory(self.slot)
         if self._sweep is None:
             self._sweep_deadlines()
+        if self.accept_paused_at:
+            self._resume_accepting()
         if self.blocklist is not None:
             if self._blocklist_poll is None:
                 self._blocklist_poll = self.loop.call_later(POLL_EVERY, self._poll_blocklist)

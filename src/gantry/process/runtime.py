@@ -8,10 +8,13 @@ import errno
 import gc
 import logging
 import os
+import resource
 import sys
 
 __all__ = [
+    "OpenFiles",
     "freeze_startup_heap",
+    "set_open_files",
     "process_alive",
     "new_event_loop",
     "reopen_error_log",
@@ -75,6 +78,39 @@ def new_event_loop(use_uvloop: bool = True) -> asyncio.AbstractEventLoop:
         except ImportError:
             pass
     return asyncio.new_event_loop()
+
+
+class OpenFiles:
+    """What set_open_files did: the soft limit on open files now, and why it is below the
+    one asked for ("" when it is not)."""
+
+    __slots__ = ("limit", "shortfall")
+
+    def __init__(self, limit: int, shortfall: str = "") -> None:
+        self.limit = limit
+        self.shortfall = shortfall
+
+
+def set_open_files(wanted: int, *, only_raise: bool = False) -> OpenFiles:
+    """Make this process's soft RLIMIT_NOFILE ``wanted`` (the processes it forks inherit
+    it), raising the hard limit too where this process may (root with CAP_SYS_RESOURCE);
+    where it may not, the hard limit is as far as it goes. ``only_raise``: a soft limit
+    above ``wanted`` stays as it is."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    unlimited = resource.RLIM_INFINITY
+    if only_raise and (soft == unlimited or soft >= wanted):
+        return OpenFiles(soft)
+    if hard == unlimited or wanted <= hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        return OpenFiles(wanted)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+        return OpenFiles(wanted)
+    except (ValueError, OSError) as exc:  # no privilege, or past fs.nr_open
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return OpenFiles(max(soft, hard), f"the hard limit is {hard} and cannot be raised ({why})")
 
 
 def signal_process(pid: int, signum: int) -> None:

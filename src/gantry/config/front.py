@@ -1107,7 +1107,7 @@ class FrontSettings(_Strict):
         description="Client connections one worker holds at most; past it new ones are "
         "closed at once (one log line a second says so) while the open ones are served. A "
         "worker within 1/64 of it leaves new clients to the other workers on plain "
-        "listeners; when every one is full, a new client is closed within a second.",
+        "listeners; when every one is full, a new client is closed within two seconds.",
     )
     worker_rlimit_nofile: int = Field(
         0,

@@ -233,6 +233,8 @@ class FrontWorker:
         self.accept_switch: AcceptSwitch | None = None
         #: loop time the listeners were paused at (0: accepting)
         self.accept_paused_at = 0.0
+        #: clients were waiting in the listen queue at the last tick (see _resume_accepting)
+        self._queue_seen_waiting = False
         rewrite = RewriteHandler(self.router, self.chain_for)
         #: every handler, in the phase order of DESIGN.md (real address, blocklist, bans,
         #: access, limits, rewrites and return, cache, then content); a route runs those
@@ -354,14 +356,24 @@ class FrontWorker:
             switch.pause()
 
     def _resume_accepting(self) -> None:
-        """Accept again once below accept_limit, or, still above it, when clients wait in
-        the listen queue: a worker with room would have taken them, so every worker is
-        (nearly) full, and they are taken or refused (within the second) instead of
-        waiting on."""
+        """Accept again once below accept_limit, or, still above it, when clients have
+        waited in the listen queue at two ticks in a row: a worker with room would have
+        taken them, so every worker is (nearly) full, and they are taken or refused
+        (within two seconds) instead of waiting on. One look is not enough: a busy worker
+        with room may not have reached its accept yet (seen under load: this one took
+        clients past its margin while the other had room)."""
         switch = self.accept_switch
         if switch is None:
             return
-        if len(self.connections) < self.accept_limit or switch.clients_waiting():
+        if len(self.connections) < self.accept_limit:
+            resume = True
+        elif switch.clients_waiting():
+            resume = self._queue_seen_waiting
+            self._queue_seen_waiting = True
+        else:
+            resume = self._queue_seen_waiting = False
+        if resume:
+            self._queue_seen_waiting = False
             self.accept_paused_at = 0.0
             switch.resume()
 

@@ -35,7 +35,9 @@ def _server_context(tmp_path: Path) -> tuple[TestCA, ssl.SSLContext]:
 
 def _pair(
     server: ssl.SSLContext, client: ssl.SSLContext
-) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO, ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
+) -> tuple[
+    ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO, ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO
+]:
     s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
     return (
         server.wrap_bio(s_in, s_out, server_side=True),

@@ -24,6 +24,8 @@ import ssl
 from collections.abc import Callable
 from typing import Any, Final, cast
 
+from gantry.front.tls_steps import handshake_step, send_close_notify
+
 __all__ = ["PLAIN_HTTP_ANSWER", "TLSListener", "TLSStream"]
 
 log: Final = logging.getLogger("gantry.front")
@@ -182,10 +184,8 @@ class TLSStream(asyncio.Protocol):
         assert tls is not None and incoming is not None
         incoming.write(data)
         try:
-            tls.do_handshake()
-        except ssl.SSLWantReadError:  # the client's next flight is needed: ours goes now
-            self._flush()
-            return
+            # the usual "wants more" comes back as a value (see front.tls_steps)
+            done = handshake_step(tls)
         except (ssl.SSLError, ValueError) as exc:
             # a client we do not speak with (an old version, no common cipher): our alert
             # goes, then the close, as a failed handshake ends in nginx
@@ -194,6 +194,9 @@ class TLSStream(asyncio.Protocol):
             self._flush()
             if self.raw is not None:
                 self.raw.close()
+            return
+        if not done:  # the client's next flight is needed: ours goes now
+            self._flush()
             return
         listener = self.listener
         listener.handshaking.discard(self)
@@ -309,10 +312,7 @@ class TLSStream(asyncio.Protocol):
         self.state = _CLOSING
         tls = self.tls
         if tls is not None:
-            try:
-                tls.unwrap()  # sends close_notify, then says the peer's has not come
-            except ssl.SSLError:
-                pass
+            send_close_notify(tls)
         self._flush()
         raw = self.raw
         if raw is not None:

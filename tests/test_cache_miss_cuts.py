@@ -60,6 +60,8 @@ def test_a_version_1_file_is_a_miss_and_goes(tmp_path: Path) -> None:
     path = Path(store.path_of(store.digest("k")))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(_version_1("k", b"old body"))
+    assert store.lookup("k", [], NOW) is None  # not named in the index: not looked at
+    store.hint_file(store.digest("k"))  # as a file written in place has
     assert store.lookup("k", [], NOW) is None
     assert not path.exists()  # removed: the next reader misses at once
 

@@ -14,6 +14,7 @@ import asyncio
 import ipaddress
 import os
 import time
+from collections.abc import Generator
 from dataclasses import replace
 from email.utils import formatdate
 from typing import Final
@@ -92,6 +93,8 @@ _ASKING: Final = _SHAPING | {b"cache-control", b"pragma", b"authorization", b"if
 LOCK_POLL: Final = 0.01
 #: how often a worker sweeps its zones (one worker at a time does it)
 SWEEP_EVERY: Final = 10.0
+#: between two pieces of a sweep (each a folder of entries or a slice of the index)
+SWEEP_TICK: Final = 0.005
 #: keys whose last response was not storable, remembered per worker so their requests
 #: do not queue on the fill lock (Varnish's hit-for-pass)
 PASS_SECONDS: Final = 10.0
@@ -100,12 +103,15 @@ PASS_KEYS: Final = 4096
 USES_KEYS: Final = 65536
 
 
-def _lines_to_fields(lines: list[bytes]) -> Fields:
-    fields: Fields = []
-    for line in lines:
-        name, _, value = line.rstrip(b"\r\n").partition(b":")
-        fields.append((name, value.strip()))
-    return fields
+#: the Cache-Status line of a forwarded answer, by (a stale entry was there, it is stored)
+_FORWARDED: Final = {
+    (stale, stored): b"Cache-Status: "
+    + cache_status(False, detail="stale" if stale else "uri-miss")
+    + (b"; stored" if stored else b"")
+    + b"\r\n"
+    for stale in (False, True)
+    for stored in (False, True)
+}
 
 
 def _field_lines(fields: Fields) -> list[bytes]:
@@ -157,6 +163,10 @@ class CacheHandler(Handler):
         #: key -> requests seen for it while missing (min_uses)
         self.uses: dict[str, int] = {}
         self._sweep: asyncio.Handle | None = None
+        #: the zones' sweeps under way: (zone, its counters' base, its pieces)
+        self._sweeps: list[
+            tuple[str, tuple[int, int], Generator[tuple[int, int] | None, None, None]]
+        ] = []
         #: the zones' figures: this worker's own until share_counters gives the master's
         self.counters = CacheCounters(list(zones.values()), 1)
         self.tallies: dict[str, memoryview] = {}
@@ -196,35 +206,51 @@ class CacheHandler(Handler):
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
+        sweeps, self._sweeps = self._sweeps, []
+        for _, _, steps in sweeps:
+            steps.close()  # its zone's sweep lock goes
         for store in self.stores.values():
             store.close()
 
     def _sweep_zones(self) -> None:
-        # On a thread: a zone of many entries takes a while to walk, and the loop must
-        # go on answering meanwhile; the next sweep is armed when this one is over.
-        loop = self.keepalive.loop
-        loop.run_in_executor(None, self._sweep_all).add_done_callback(self._swept)
+        """Begin a sweep of every zone (one worker at a time sweeps a zone): a piece of
+        each per turn of the loop, ``SWEEP_TICK`` apart (see CacheStore.sweep_steps), so
+        that no turn walks a whole zone."""
+        self._sweeps = [
+            (name, self.counters.sweep_begins(name), store.sweep_steps())
+            for name, store in self.stores.items()
+        ]
+        self._sweep_piece()
 
-    def _sweep_all(self) -> None:
-        for name, store in self.stores.items():
-            base = self.counters.sweep_begins(name)
+    def _sweep_piece(self) -> None:
+        """One piece of each zone's sweep under way; the next piece, or the next sweep,
+        armed."""
+        self._sweep = None
+        if self._closed:
+            return
+        going: list[tuple[str, tuple[int, int], Generator[tuple[int, int] | None, None, None]]]
+        going = []
+        for name, base, steps in self._sweeps:
             try:
-                entries, size = store.sweep()
+                step = next(steps, (-1, -1))
             except OSError:
                 continue  # a zone's folder gone: each lookup is a miss meanwhile
-            if entries >= 0:
-                self.counters.swept(name, entries, size, base)
+            if step is None:
+                going.append((name, base, steps))
+            elif step[0] >= 0:
+                self.counters.swept(name, step[0], step[1], base)
+        self._sweeps = going
+        loop = self.keepalive.loop
+        if going:
+            self._sweep = loop.call_later(SWEEP_TICK, self._sweep_piece)
+        else:
+            self._sweep = loop.call_later(SWEEP_EVERY, self._sweep_zones)
 
     def start(self) -> None:
         """Sweep the zones soon after the worker starts (one worker does), so their
         entries and bytes are known before the first request."""
         if self._sweep is None:
             self._sweep = self.keepalive.loop.call_soon(self._sweep_zones)
-
-    def _swept(self, done: asyncio.Future[None]) -> None:
-        if done.cancelled() or self._closed:
-            return
-        self._sweep = self.keepalive.loop.call_later(SWEEP_EVERY, self._sweep_zones)
 
     # the request ------------------------------------------------------------
 
@@ -773,13 +799,32 @@ class CacheFill:
     ) -> None:
         """The upstream's head: decide what it is for, and pass it on."""
         response_time = time.time()
-        date_lines = [line for line in lines if line[:5].lower() == b"date:"]
-        if date_lines:
-            lines = [line for line in lines if line[:5].lower() != b"date:"]
-        fields = _lines_to_fields(lines)
-        if date_lines:
-            date_fields = _lines_to_fields(date_lines[:1])
-            date = parse_http_date(date_fields[0][1])
+        # the fields in one pass: the upstream's Date taken out (the client gets the
+        # front's), and whether a transfer coding is on (then it is not stored)
+        fields: Fields = []
+        date_name = b"Date"
+        date_value: bytes | None = None
+        coded = False
+        kept: list[bytes] | None = None  # the lines without Date, once one is seen
+        for at, line in enumerate(lines):
+            name, _, value = line.rstrip(b"\r\n").partition(b":")
+            size = len(name)
+            if size == 4 and name.lower() == b"date":
+                if date_value is None:
+                    date_name, date_value = name, value.strip()
+                if kept is None:
+                    kept = lines[:at]
+                continue
+            if size == 17 and name.lower() == b"transfer-encoding":
+                coded = True
+            if kept is not None:
+                kept.append(line)
+            fields.append((name, value.strip()))
+        if kept is not None:
+            lines = kept
+        if date_value is not None:
+            date_fields = [(date_name, date_value)]
+            date = parse_http_date(date_value)
         else:
             # the front's own Date, as the clock's second: what parsing it would give
             date_fields = [(b"Date", self.handler.http_date(response_time))]
@@ -805,7 +850,7 @@ class CacheFill:
         if (
             parsed is not None
             and storable(method, status, self.head.headers, stored_fields, self.zone.valid, parsed)
-            and not any(line[:18].lower() == b"transfer-encoding:" for line in lines)
+            and not coded
         ):
             self._open_writer(status, reason, stored_fields, response_time, parsed, date)
         elif method == "GET" and not self.invalidating and not self.status_value:
@@ -819,12 +864,10 @@ class CacheFill:
         if self.silent:
             return
         self._count(self.log_status)
-        detail = self.status_value
-        if not detail:
-            detail = cache_status(False, detail="stale" if stale is not None else "uri-miss")
-            if self.writer is not None:
-                detail += b"; stored"
-        lines.append(b"Cache-Status: " + detail + b"\r\n")
+        if self.status_value:
+            lines.append(b"Cache-Status: " + self.status_value + b"\r\n")
+        else:
+            lines.append(_FORWARDED[stale is not None, self.writer is not None])
         if self.client_head is not None and self.client_head.method == "HEAD":
             self.swallow = True
             self.exchange.start_response(status, reason, lines, has_length)
@@ -1012,7 +1055,7 @@ class CacheFill:
             # A large body (in its temporary file already) or a Vary entry (a marker and
             # a variant): files, renamed into place now. (The writer thread's
             # commit_later takes neither: it went unused once small entries were packed.)
-            writer.commit()
+            writer.commit(remember=False)  # in memory from its second use on, as packed ones
         if lock is not None:
             lock.release()
         return False

@@ -10,6 +10,12 @@ used. A slot is written in place with no lock: its entry carries its key and
 checksums, so a torn or stale slot leads to a record that does not match (a miss),
 never to another response. A pack is removed whole by the sweep (the oldest first,
 or once unused for ``inactive``); the slots that pointed into it are cleared.
+
+An entry in a file of its own has a slot too, a hint with pack ``FILE_HINT``: a
+lookup that finds no slot for its key is a miss without looking on disk (a stat per
+miss). A hint left by a removed file costs a lookup that stat; a file whose hint
+another key's slot took (a full bucket), or that a version before the hints wrote, is
+not found: a miss, and the sweep removes it in time.
 """
 
 from __future__ import annotations
@@ -24,7 +30,15 @@ from collections import OrderedDict, deque
 from collections.abc import Iterator
 from typing import Final
 
-__all__ = ["PackIndex", "PackReaders", "PackWriter", "pack_path", "packed_usage", "slot_tag"]
+__all__ = [
+    "FILE_HINT",
+    "PackIndex",
+    "PackReaders",
+    "PackWriter",
+    "pack_path",
+    "packed_usage",
+    "slot_tag",
+]
 
 _HEAD: Final = struct.Struct("=4sI")
 _MAGIC: Final = b"GCI1"
@@ -32,7 +46,11 @@ _MAGIC: Final = b"GCI1"
 _SLOT: Final = struct.Struct("=QQQII")
 #: slots of a bucket: a key goes to one bucket and takes any of its slots
 WAYS: Final = 4
-_BUCKET: Final = struct.Struct("=" + "QQQII" * WAYS)
+#: the tags of a bucket's slots
+_TAGS: Final = struct.Struct("=" + "Q24x" * WAYS)
+#: a slot's length; the lengths and last uses of a bucket's slots
+_LENGTH: Final = struct.Struct("=24xI")
+_SIZES: Final = struct.Struct("=" + "24xII" * WAYS)
 #: bounds of a zone's slots (one per 8 KiB of ``max_size``)
 MIN_SLOTS: Final = 4096
 MAX_SLOTS: Final = 1 << 20
@@ -45,6 +63,12 @@ LINK_CHECK_EVERY: Final = 64
 #: a pack not written for this long (seconds) is checked before the next write: the
 #: sweep removes a pack no entry points into once it is a minute old
 IDLE_CHECK: Final = 20.0
+
+
+#: the pack id of a slot that names no record but says the key has a file of its own
+#: (a large or varying entry, one a 304 rewrote): no pack has it (``PackWriter`` makes
+#: odd ids)
+FILE_HINT: Final = 0
 
 
 def slot_tag(digest: str) -> int:
@@ -106,33 +130,35 @@ class PackIndex:
     def find(self, tag: int) -> tuple[int, int, int, int] | None:
         """(slot, pack, offset, length) of the entry tagged ``tag``; None if none."""
         base = (tag % self.buckets) * WAYS
-        # the bucket's slots in one read of the map (each read takes the map's buffer)
-        bucket = _BUCKET.unpack_from(self.map, self._at(base))
+        # the bucket's tags in one read of the map (each read takes the map's buffer), the
+        # rest of a slot only when it is the one: a miss reads 4 numbers, not 20
+        tags = _TAGS.unpack_from(self.map, self._at(base))
         for way in range(WAYS):
-            if bucket[5 * way] == tag:
-                at = 5 * way
-                return base + way, bucket[at + 1], bucket[at + 2], bucket[at + 3]
+            if tags[way] == tag:
+                _, pack, offset, length, _ = _SLOT.unpack_from(self.map, self._at(base + way))
+                return base + way, pack, offset, length
         return None
 
     def put(self, tag: int, pack: int, offset: int, length: int, now: float) -> tuple[int, int]:
         """Point ``tag`` at a record; what it displaced: (0, 0) nothing, (1, length) an
         older version of the same key, (2, length) another key's entry (evicted)."""
         base = (tag % self.buckets) * WAYS
-        chosen, kind, old_length, oldest = -1, 0, 0, -1
-        bucket = _BUCKET.unpack_from(self.map, self._at(base))
-        for way in range(WAYS):
-            slot = base + way
-            found, size, used = bucket[5 * way], bucket[5 * way + 3], bucket[5 * way + 4]
-            if found == tag:
-                chosen, kind, old_length = slot, 1, size
-                break
-            if found == 0:
-                if kind != 3:
-                    chosen, kind, old_length = slot, 3, 0
-            elif kind != 3 and (oldest < 0 or used < oldest):
-                chosen, kind, old_length, oldest = slot, 2, size, used
-        _SLOT.pack_into(self.map, self._at(chosen), tag, pack, offset, length, int(now))
-        return (0, 0) if kind == 3 else (kind, old_length)
+        # the tags first: the lengths and last uses only when they decide
+        tags = _TAGS.unpack_from(self.map, self._at(base))
+        if tag in tags:  # the same key's older version
+            way = tags.index(tag)
+            kind, old_length = 1, _LENGTH.unpack_from(self.map, self._at(base + way))[0]
+        elif 0 in tags:  # the first free slot
+            way, kind, old_length = tags.index(0), 0, 0
+        else:  # the least recently used (the first of equals)
+            sizes = _SIZES.unpack_from(self.map, self._at(base))
+            way, oldest = 0, sizes[1]
+            for other in range(1, WAYS):
+                if sizes[2 * other + 1] < oldest:
+                    way, oldest = other, sizes[2 * other + 1]
+            kind, old_length = 2, sizes[2 * way]
+        _SLOT.pack_into(self.map, self._at(base + way), tag, pack, offset, length, int(now))
+        return kind, old_length
 
     def clear(self, slot: int, tag: int, pack: int, offset: int) -> bool:
         """Free ``slot`` if it still points where it did; whether it did."""
@@ -150,11 +176,14 @@ class PackIndex:
             at = self._at(found[0])
             self.map[at + 28 : at + 32] = struct.pack("=I", int(now))
 
-    def scan(self) -> Iterator[tuple[int, int, int, int, int, int]]:
-        """Every used slot: (slot, tag, pack, offset, length, last use)."""
+    def scan(self, first: int = 0, end: int = -1) -> Iterator[tuple[int, int, int, int, int, int]]:
+        """Every used slot from ``first`` to ``end`` (-1: the last): (slot, tag, pack,
+        offset, length, last use)."""
+        if end < 0 or end > self.slots:
+            end = self.slots
         view = self.map
         for slot, (tag, pack, offset, length, used) in enumerate(
-            _SLOT.iter_unpack(view[_HEAD.size : _HEAD.size + self.slots * _SLOT.size])
+            _SLOT.iter_unpack(view[self._at(first) : self._at(end)]), first
         ):
             if tag:
                 yield slot, tag, pack, offset, length, used
@@ -281,6 +310,8 @@ def packed_usage(root: str) -> tuple[int, int]:
         there: dict[int, bool] = {}
         entries = size = 0
         for _, _, pack, _, length, _ in index.scan():
+            if pack == FILE_HINT:
+                continue  # a file's hint: the file is counted as one
             if pack not in there:
                 there[pack] = os.path.exists(pack_path(root, pack))
             if there[pack]:

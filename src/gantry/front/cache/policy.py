@@ -62,7 +62,6 @@ _KEPT_ON_UPDATE: Final = frozenset({b"content-length", b"content-encoding", b"tr
 _DIRECTIVE: Final = re.compile(
     rb'\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^,]*?))?\s*(?:,|$)'
 )
-_DELTA: Final = re.compile(rb"^\d+$")
 #: the key of a zone that names none (nginx's proxy_cache_key default, with $host)
 DEFAULT_KEY: Final = "$scheme$host$request_uri"
 
@@ -132,7 +131,8 @@ def _parse_directives(value: bytes) -> dict[str, bytes | None]:
 
 def _delta(argument: bytes | None) -> float | None:
     """A delta-seconds argument; None when missing or not a number (RFC 9111 1.2.2)."""
-    if argument is None or not _DELTA.match(argument):
+    # bytes.isdigit: ASCII digits only, as 1*DIGIT wants (and no regex call per miss)
+    if argument is None or not argument.isdigit():
         return None
     return float(min(int(argument), DELTA_MAX))
 
@@ -331,6 +331,10 @@ def freshness(
     else a heuristic from Last-Modified where 4.2.2 allows one. ``parsed`` and ``date``:
     ``response_controls(response)`` and its Date, if already made."""
     controls, targeted = parsed if parsed is not None else response_controls(response)
+    if not targeted:
+        known = _FRESHNESS_OF.get(id(controls))
+        if known is not None and known[0] is controls:
+            return known[1]
     must_revalidate = (
         "must-revalidate" in controls or "proxy-revalidate" in controls or "s-maxage" in controls
     )
@@ -341,6 +345,7 @@ def freshness(
             if lifetime is None:
                 lifetime = 0.0  # an invalid value: stale (4.2.1)
             break
+    own = lifetime is not None  # the directives alone decide: the same for each response
     if date is None:
         date = parse_http_date(field_value(response, b"date"))
     if lifetime is None and not targeted:
@@ -364,13 +369,25 @@ def freshness(
             and (status in HEURISTIC_STATUSES or "public" in controls)
         ):
             lifetime = min(HEURISTIC_MAX, max(0.0, (date - modified) * HEURISTIC_FRACTION))
-    return Freshness(
+    made = Freshness(
         lifetime=lifetime,
         stale_while_revalidate=_delta(controls.get("stale-while-revalidate")) or 0.0,
         stale_if_error=_delta(controls.get("stale-if-error")) or 0.0,
         must_revalidate=must_revalidate,
         no_cache="no-cache" in controls,
     )
+    if own and not targeted:
+        if len(_FRESHNESS_OF) >= PARSED_VALUES:
+            _FRESHNESS_OF.clear()
+        _FRESHNESS_OF[id(controls)] = (controls, made)
+    return made
+
+
+#: the freshness of the Cache-Control values parsed lately (``directives`` shares one
+#: dict per value) whose max-age or s-maxage decides it alone: by the dict's id, with
+#: the dict itself, so that the id is not another's while it is remembered. A miss
+#: made its Freshness anew each time (a frozen dataclass: slow to build).
+_FRESHNESS_OF: Final[dict[int, tuple[dict[str, bytes | None], Freshness]]] = {}
 
 
 def initial_age(

@@ -14,11 +14,12 @@ A file whose magic, version, sizes or checksums do not hold is a miss (and remov
 Recency is the file's mtime (touched at most once a minute per entry and worker): the
 sweep drops what was unused for ``inactive`` and the least recently used past
 ``max_size``. Each worker also keeps the hot small entries in memory (``memory``
-bytes). A hit from memory costs no system call: every worker that removes or replaces
-an entry's file writes a new value into the zone's generation (``PATH/generation``, a
-small file each worker maps), and a worker checks its entry against the file (a stat)
-only when that value moved, or at least once a second; so a purge by another worker or
-a newer version of the entry is seen on the next request.
+bytes; an entry goes in on its second use, not when a miss stores it). A hit from
+memory costs no system call: every worker that removes or replaces an entry's file
+writes a new value into the zone's generation (``PATH/generation``, a small file each
+worker maps), and a worker checks its entry against the file (a stat) only when that
+value moved, or at least once a second; so a purge by another worker or a newer
+version of the entry is seen on the next request.
 
 Creating a file is the dear part of a miss (hundreds of microseconds on some file
 systems), so a small entry's file is written by the worker's writer thread once its
@@ -48,7 +49,7 @@ import time
 import zlib
 from asyncio import AbstractEventLoop, Handle
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -56,6 +57,7 @@ from gantry.config.front_model import CacheZone
 from gantry.front.cache.counters import ADDED_BYTES, ADDED_ENTRIES
 from gantry.front.cache.locks import FillLocks, KeyLock
 from gantry.front.cache.packs import (
+    FILE_HINT,
     PackIndex,
     PackReaders,
     PackWriter,
@@ -98,6 +100,10 @@ WALK_PIECE: Final = 256
 RECENT_DIGESTS: Final = 1024
 #: paths remembered as having no file (forgotten all at once past it)
 ABSENT_PATHS: Final = 4096
+#: slots of the index a piece of the sweep looks at (see CacheStore.sweep_steps)
+SWEEP_SLICE: Final = 16384
+#: SHA-256, looked up once (not in hashlib's namespace per miss)
+_sha256: Final = hashlib.sha256
 #: how long a worker that stops waits for its writer thread to write what is pending
 WRITER_STOP_WAIT: Final = 5.0
 
@@ -435,7 +441,7 @@ class CacheStore:
         known = self._digests.get(key)
         if known is not None:
             return known
-        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+        digest = _sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
         if len(self._digests) >= RECENT_DIGESTS:
             self._digests.clear()
         self._digests[key] = digest
@@ -471,9 +477,26 @@ class CacheStore:
         digest = self.digest(key)
         path = self.path_of(digest)
         pending = self.pending.get(path)
-        entry = pending[1] if pending is not None else self._load_packed(key, digest, path, now)
-        if entry is None:
-            entry = self._load(path, now)
+        entry: Entry | None = None
+        if pending is not None:
+            entry = pending[1]
+        else:
+            tag = slot_tag(digest)
+            found = self.index.find(tag)
+            if found is None:
+                # The index names every entry of the zone, a file's too (by a hint, see
+                # packs.py): no slot, nothing to look for on disk. A stat per miss cost
+                # it about 3 us.
+                if hot is not None:
+                    self._forget(path)
+                if len(self.absent) >= ABSENT_PATHS:
+                    self.absent.clear()
+                self.absent.add(path)
+                return None
+            if found[1] != FILE_HINT:
+                entry = self._load_packed(key, tag, found, path, now)
+            if entry is None:
+                entry = self._load(path, now)
         if entry is None:
             return None
         if entry.status == 0:  # a vary marker: the variant's own file
@@ -485,12 +508,11 @@ class CacheStore:
             return None
         return entry
 
-    def _load_packed(self, key: str, digest: str, path: str, now: float) -> Entry | None:
-        """``key``'s entry from its pack, if the index names one (None: look for a file)."""
-        tag = slot_tag(digest)
-        found = self.index.find(tag)
-        if found is None:
-            return None
+    def _load_packed(
+        self, key: str, tag: int, found: tuple[int, int, int, int], path: str, now: float
+    ) -> Entry | None:
+        """``key``'s entry from the pack record the index ``found`` for its ``tag`` (None:
+        not there, or another key's: look for a file)."""
         slot, pack, offset, length = found
         generation = self.generation.value()
         hot = self.hot.get(path)
@@ -586,7 +608,13 @@ class CacheStore:
 
     def _remember(self, path: str, entry: Entry, now: float, generation: int = -1) -> None:
         """Keep ``entry`` (read from ``path`` when the zone's generation was
-        ``generation``; -1: not known, checked on its next use) in the memory tier."""
+        ``generation``; -1: not known, checked on its next use) in the memory tier.
+
+        A miss's new entry is not kept (nginx keeps none): it goes in on its second use,
+        when a lookup reads it back. Most misses are never asked for again, and keeping
+        each one cost a miss about a seventh of its time: the tier's slot, the eviction
+        of an older entry once the tier is full, its pages, and the cycle collector's
+        walks over the entries that pile up."""
         if entry.body is None or self.zone.memory <= 0:
             return
         self._forget(path)
@@ -690,17 +718,29 @@ class CacheStore:
         return count
 
     def unpack(self, digest: str) -> int:
-        """Take the key of SHA-256 ``digest`` out of the index; 1 if it was in, else 0."""
+        """Take the key of SHA-256 ``digest`` out of the index; 1 if a packed entry of it
+        was in, else 0 (its file's hint goes too, not counted: the file is where it is
+        removed)."""
         tag = slot_tag(digest)
         found = self.index.find(tag)
         if found is None:
             return 0
         slot, pack, offset, length = found
-        if not self.index.clear(slot, tag, pack, offset):
+        if not self.index.clear(slot, tag, pack, offset) or pack == FILE_HINT:
             return 0
         self.account(-1, -length)
         self.generation.bump()
         return 1
+
+    def hint_file(self, digest: str) -> None:
+        """Name the file of the key of SHA-256 ``digest`` in the index (a slot with pack
+        ``FILE_HINT``): a lookup looks for a file only where a slot says so. Should the
+        bucket be full, the least recently used slot goes: a packed entry (counted out), or
+        another file's hint (that file is found no more: a miss, swept in time)."""
+        kind, old_length = self.index.put(slot_tag(digest), FILE_HINT, 0, 0, time.time())
+        if kind == 2 and old_length:
+            self.account(-1, -old_length)
+            self.generation.bump()
 
     def _packed(
         self,
@@ -836,6 +876,8 @@ class CacheStore:
                 seen += 1
                 if seen % WALK_PIECE == 0:
                     time.sleep(0)
+                if pack == FILE_HINT:
+                    continue  # a file's: walked above
                 packed = self._packed("", slot, marker, pack, offset, length, readers)
                 if packed is None:
                     continue
@@ -908,7 +950,7 @@ class CacheStore:
 
     def flush_batch(self) -> None:
         """Write the entries batched in this turn of the loop: their records in one
-        append to the worker's pack, then each named in the index and kept in memory, and
+        append to the worker's pack, then each named in the index, and
         its fill lock let go. One whose key was purged or answered anew meanwhile is left
         out (a purge by any worker moves the zone's purge mark)."""
         handle, self.batch_handle = self.batch_handle, None
@@ -917,7 +959,9 @@ class CacheStore:
         batch, self.batch = self.batch, []
         purges = self.generation.purges()
         kept: list[EntryWriter] = []
-        records: list[bytes] = []
+        #: the records' parts, joined once (see _record_parts), and each record's length
+        parts: list[bytes] = []
+        lengths: list[int] = []
         for writer in batch:
             pending = self.pending.get(writer.final)
             if pending is not None and pending[0] is writer:
@@ -926,19 +970,19 @@ class CacheStore:
                 if not writer.cancelled and writer.purge_mark == purges:
                     pieces = writer.pieces
                     if pieces is not None:
-                        records.append(_file_bytes(writer.head, pieces, writer.length, writer.crc))
+                        lengths.append(_record_parts(parts, writer.head, pieces, writer))
                         kept.append(writer)
                         continue
             writer.pieces = None
         try:
-            if records:
+            if kept:
                 # one record is a whole entry: a crash that cuts the write leaves a tail
                 # the index never names; the records before it are whole
-                pack, offset = self.packer.append(b"".join(records))
+                pack, offset = self.packer.append(b"".join(parts))
                 now = time.time()
-                for writer, record in zip(kept, records, strict=True):
-                    writer._packed_at(pack, offset, len(record), now)
-                    offset += len(record)
+                for writer, length in zip(kept, lengths, strict=True):
+                    writer._packed_at(pack, offset, length, now, queued=True)
+                    offset += length
                 if self.generation.purges() != purges:
                     # a purge began while they were put in place, perhaps after its walk
                     # passed the index: they go (one that began after this finds them)
@@ -988,21 +1032,39 @@ class CacheStore:
         """Drop entries unused for ``inactive``, then the least recently used past
         ``max_size``, and temporary files left by a dead writer; one worker at a time
         sweeps a zone. (entries, bytes) left, vary markers not counted; (-1, -1) when
-        another worker sweeps. Safe on a thread: it only removes files (the memory tier
-        sees a removal on its next use)."""
+        another worker sweeps. All at once: the worker's own sweep goes piece by piece
+        (``sweep_steps``)."""
+        result = (-1, -1)
+        for step in self.sweep_steps():
+            if step is not None:
+                result = step
+        return result
+
+    def sweep_steps(self) -> Generator[tuple[int, int] | None, None, None]:
+        """The sweep (see ``sweep``) in pieces, for the worker's loop to run one piece a
+        turn: None after each piece (an entries' folder, a slice of ``SWEEP_SLICE`` slots
+        of the index), then (entries, bytes) at the end. Walking a zone whole took one
+        turn 70-90 ms at 100,000 entries (the index's every slot, each folder), on a
+        thread that held the interpreter meanwhile. What changes between two pieces
+        (an entry stored or removed) is as a change during the walk was before: counted
+        by the next sweep. Closing the generator lets the zone's sweep lock go."""
         lock = os.open(os.path.join(self.root, "sweep.lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                return (-1, -1)
+                yield (-1, -1)
+                return
             now = time.time()
             removed = False
             files: list[tuple[float, int, str]] = []
-            for directory in os.scandir(self.root):
-                if not directory.is_dir() or len(directory.name) != 2:
-                    continue
-                for item in os.scandir(directory.path):
+            folders = [d.path for d in os.scandir(self.root) if d.is_dir() and len(d.name) == 2]
+            for folder in folders:
+                try:
+                    items = list(os.scandir(folder))
+                except OSError:
+                    continue  # removed meanwhile
+                for item in items:
                     try:
                         st = item.stat()
                     except OSError:
@@ -1016,42 +1078,85 @@ class CacheStore:
                         removed = True
                     else:
                         files.append((st.st_mtime, st.st_size, item.path))
+                yield None
             for item in os.scandir(self.tmp):  # where earlier versions wrote
                 with contextlib.suppress(OSError):
                     if now - item.stat().st_mtime > 3600:
                         os.unlink(item.path)
-            packs = self._sweep_packs(now)
+            # the packs: their entries, bytes and last use, from the index a slice at a time
+            found = self._pack_files()
+            live: dict[int, tuple[float, int, int]] = {}
+            missing: dict[int, bool] = {}
+            gone = False
+            for first in range(0, self.index.slots, SWEEP_SLICE):
+                for slot, tag, pack, offset, length, used in self.index.scan(
+                    first, first + SWEEP_SLICE
+                ):
+                    if pack == FILE_HINT:
+                        continue  # a file's hint (a stale one costs a lookup a stat)
+                    if pack not in found:
+                        # its pack was removed (a miss), or made since the folder was
+                        # listed (a worker's first write): looked at again before its
+                        # slots are cleared
+                        if pack not in missing:
+                            missing[pack] = not os.path.exists(pack_path(self.root, pack))
+                        if missing[pack] and self.index.clear(slot, tag, pack, offset):
+                            gone = True
+                        continue
+                    last, count, size = live.get(pack, (0.0, 0, 0))
+                    live[pack] = (max(last, float(used)), count + 1, size + length)
+                yield None
+            packs: dict[int, tuple[float, int, int, int]] = {}
+            dropped: set[int] = set()
+            for pack, (mtime, file_size) in found.items():
+                last, count, size = live.get(pack, (0.0, 0, 0))
+                last = max(last, mtime)
+                if now - last > self.zone.inactive or (not count and now - mtime > TOUCH_EVERY):
+                    dropped.add(pack)  # unused for inactive; or old, and no entry in it
+                else:
+                    packs[pack] = (last, file_size, count, size)
             total = sum(size for _, size, _ in files) + sum(p[1] for p in packs.values())
             # files and packs in one order of recency: the least recently used go first
             order: list[tuple[float, int, str, int]] = [(m, z, path, 0) for m, z, path in files]
             order += [(used, size, "", pack) for pack, (used, size, _, _) in packs.items()]
             order.sort()
-            dropped: set[int] = set()
-            while order and total > self.zone.max_size:
-                _, size, path, pack = order.pop(0)
+            at = 0
+            while at < len(order) and total > self.zone.max_size:
+                _, size, path, pack = order[at]
+                at += 1
                 if pack:
                     dropped.add(pack)
                 else:
                     _unlink(path)
                 total -= size
                 removed = True
-            files = [(m, z, path) for m, z, path, pack in order if not pack]
+            files = [(m, z, path) for m, z, path, pack in order[at:] if not pack]
             entries, size = _entries_only(files)
-            if dropped:
-                self._drop_packs(dropped)
             for pack, (_, _, count, length) in packs.items():
                 if pack not in dropped:
                     entries += count
                     size += length
-            if removed or dropped:
+            if dropped:
+                for pack in dropped:
+                    self.readers.removed.append(pack)
+                    _unlink(pack_path(self.root, pack))
+                # their slots cleared, a slice at a time (until then a lookup that reads
+                # one finds its pack gone: a miss, and clears it)
+                for first in range(0, self.index.slots, SWEEP_SLICE):
+                    for slot, tag, pack, offset, _, _ in self.index.scan(
+                        first, first + SWEEP_SLICE
+                    ):
+                        if pack in dropped:
+                            self.index.clear(slot, tag, pack, offset)
+                    yield None
+            if removed or dropped or gone:
                 self.generation.bump()
-            return entries, size
+            yield (entries, size)
         finally:
             os.close(lock)
 
-    def _sweep_packs(self, now: float) -> dict[int, tuple[float, int, int, int]]:
-        """The packs kept, by id: (last use, file size, entries, their bytes); those
-        unused for ``inactive``, and old ones no entry points into any more, removed."""
+    def _pack_files(self) -> dict[int, tuple[float, int]]:
+        """The zone's pack files by id: (mtime, size)."""
         folder = os.path.join(self.root, "packs")
         found: dict[int, tuple[float, int]] = {}
         try:
@@ -1064,44 +1169,7 @@ class CacheStore:
                             found[pack] = (st.st_mtime, st.st_size)
         except FileNotFoundError:
             pass
-        live: dict[int, tuple[float, int, int]] = {}
-        missing: dict[int, bool] = {}
-        gone = False
-        for slot, tag, pack, offset, length, used in list(self.index.scan()):
-            if pack not in found:
-                # its pack was removed (a miss), or made since the folder was listed (a
-                # worker's first write): looked at again before its slots are cleared
-                if pack not in missing:
-                    missing[pack] = not os.path.exists(pack_path(self.root, pack))
-                if missing[pack] and self.index.clear(slot, tag, pack, offset):
-                    gone = True
-                continue
-            last, count, size = live.get(pack, (0.0, 0, 0))
-            live[pack] = (max(last, float(used)), count + 1, size + length)
-        kept: dict[int, tuple[float, int, int, int]] = {}
-        dropped: set[int] = set()
-        for pack, (mtime, file_size) in found.items():
-            last, count, size = live.get(pack, (0.0, 0, 0))
-            last = max(last, mtime)
-            if now - last > self.zone.inactive or (not count and now - mtime > TOUCH_EVERY):
-                dropped.add(pack)
-            else:
-                kept[pack] = (last, file_size, count, size)
-        if dropped:
-            self._drop_packs(dropped)
-        elif gone:
-            self.generation.bump()
-        return kept
-
-    def _drop_packs(self, packs: set[int]) -> None:
-        """Remove packs, and the index's slots that point into them."""
-        for pack in packs:
-            self.readers.removed.append(pack)
-            _unlink(pack_path(self.root, pack))
-        for slot, tag, pack, offset, _, _ in list(self.index.scan()):
-            if pack in packs:
-                self.index.clear(slot, tag, pack, offset)
-        self.generation.bump()
+        return found
 
 
 def _entries_only(files: list[tuple[float, int, str]]) -> tuple[int, int]:
@@ -1134,7 +1202,7 @@ def _unlink(path: str) -> None:
 
 class EntryWriter:
     """One entry being written: a small body is held in memory and its file written
-    whole at the end (one open, one write; the entry then stays in the memory tier); a
+    whole at the end (one open, one write); a
     larger one goes to its temporary file as it comes. Either way the file is renamed
     into place only once whole."""
 
@@ -1258,6 +1326,8 @@ class EntryWriter:
                     os.rename(self.marker_temp, primary)
                 self.store.absent.discard(self.final)
                 os.rename(self.temp, self.final)
+                # named in the index, so that a lookup knows to look for a file
+                self.store.hint_file(self.digest)
             st = os.stat(self.final)
             if mark is not None and generation.purges() != mark:
                 # A purge began while it was being put in place, perhaps after its walk
@@ -1282,8 +1352,9 @@ class EntryWriter:
             self.store.account(0, st.st_size - old_size)
         return (st.st_ino, st.st_mtime_ns)
 
-    def _stored(self, identity: tuple[int, int] | None) -> Entry | None:
-        """After ``_files``: the entry as stored (kept in memory when small)."""
+    def _stored(self, identity: tuple[int, int] | None, remember: bool = True) -> Entry | None:
+        """After ``_files``: the entry as stored (kept in memory when small and
+        ``remember``)."""
         if identity is None:
             return None
         store = self.store
@@ -1299,7 +1370,7 @@ class EntryWriter:
             body=body,
             identity=identity,
         )
-        if body is not None:
+        if body is not None and remember:
             store._remember(self.final, stored, time.time())
         return stored
 
@@ -1325,9 +1396,12 @@ class EntryWriter:
             return None
         return self._packed_at(pack, offset, len(record), time.time())
 
-    def _packed_at(self, pack: int, offset: int, length: int, now: float) -> Entry | None:
+    def _packed_at(
+        self, pack: int, offset: int, length: int, now: float, queued: bool = False
+    ) -> Entry | None:
         """After its record went to ``pack`` at ``offset``: the entry named in the index
-        (an older file of its key removed) and kept in memory; None if that failed."""
+        (an older file of its key removed); None if that failed. ``queued``: it was
+        batched (its key left the memory tier then, and a pending entry keeps it out)."""
         store = self.store
         pieces = self.pieces
         if pieces is None:
@@ -1347,14 +1421,20 @@ class EntryWriter:
         kind, old_length = store.index.put(slot_tag(self.digest), pack, offset, length, now)
         if kind == 0:
             store.account(1, length)
-        elif kind == 1:  # a new version: other workers' memory tiers must look again
+        elif not old_length:
+            # a file's hint replaced (the file, counted where it is, is no longer found):
+            # one entry more; other workers' memory tiers must look again
+            store.account(1, length)
+            store.generation.bump()
+        else:
+            # kind 1, a new version (other workers' memory tiers must look again), or 2,
+            # another key's entry evicted from the bucket
             store.account(0, length - old_length)
             store.generation.bump()
-        else:  # another key's entry was evicted from the bucket
-            store.account(0, length - old_length)
-            store.generation.bump()
-        store._forget(self.final)
-        # the writer's own entry (made for it, used by nothing else): no copy
+        if not queued:
+            store._forget(self.final)
+        # the writer's own entry (made for it, used by nothing else): no copy. Not kept in
+        # the memory tier: a miss's entry is there from its second use on (see _remember)
         stored = self.entry
         stored.path = self.final
         stored.body_offset = _PREFIX.size + len(self.head)
@@ -1362,7 +1442,6 @@ class EntryWriter:
         stored.body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         stored.identity = (pack, offset)
         stored.pack = (pack, offset, length)
-        store._remember(self.final, stored, now, store.generation.value())
         return stored
 
     def commit_batched(self, lock: KeyLock | None, loop: AbstractEventLoop) -> bool:
@@ -1388,7 +1467,10 @@ class EntryWriter:
         queued.body_length = self.length
         queued.body = body
         store.cancel_pending(self.final)  # an older answer queued for it goes
-        store._forget(self.final)
+        if self.entry.key in store.hot_keys:
+            # (a key that does not vary is in the memory tier by its path iff by its key:
+            # the odict's pop of a path it lacks cost a miss near a microsecond)
+            store._forget(self.final)
         store.pending[self.final] = (self, queued)
         store.pending_bytes += self.length
         self.lock = lock
@@ -1398,10 +1480,11 @@ class EntryWriter:
             store.batch_handle = loop.call_soon(store.flush_batch)
         return True
 
-    def commit(self) -> Entry | None:
-        """Put the entry in place (atomically), now; the entry as stored, None if it failed."""
+    def commit(self, remember: bool = True) -> Entry | None:
+        """Put the entry in place (atomically), now; the entry as stored, None if it failed.
+        ``remember``: kept in the memory tier (a miss's entry is not: see _remember)."""
         self.store.cancel_pending(self.final)  # an older answer queued must not follow it
-        return self._stored(self._files())
+        return self._stored(self._files(), remember)
 
     def commit_later(self, lock: KeyLock | None, loop: AbstractEventLoop) -> bool:
         """Have the store's writer thread put the entry in place, and then let ``lock``
@@ -1501,6 +1584,16 @@ class _WriterThread:
                 self.loop.call_soon_threadsafe(writer.written, identity)
             except RuntimeError:
                 pass  # the loop is closed: the worker is stopping
+
+
+def _record_parts(parts: list[bytes], head: bytes, pieces: list[bytes], writer: EntryWriter) -> int:
+    """Add the parts of ``writer``'s record (its file's bytes, see _file_bytes) to
+    ``parts``; the record's length."""
+    parts.append(_PREFIX.pack(MAGIC, VERSION, len(head)))
+    parts.append(head)
+    parts += pieces
+    parts.append(_TRAILER.pack(writer.length, writer.crc, zlib.crc32(head)))
+    return _PREFIX.size + len(head) + writer.length + _TRAILER.size
 
 
 def _file_bytes(head: bytes, pieces: list[bytes], length: int, crc: int) -> bytes:

@@ -587,7 +587,9 @@ class FrontConnection(asyncio.Protocol):
             self.handle(head, None, self.stream)
 
     def _streams_body(self, head: RequestHead) -> bool:
-        route = self.worker.route(request_host(head), head.path, self.listener)
+        route = self.worker.route(
+            request_host(head, self.worker.field_memo), head.path, self.listener
+        )
         location = route[2] if route is not None else None
         return location is not None and bool(location.proxy) and not location.request_buffering
 
@@ -646,7 +648,7 @@ class FrontConnection(asyncio.Protocol):
         if self.original is not None:
             self.original = None
         worker = self.worker
-        host = request_host(head)
+        host = request_host(head, worker.field_memo)
         route = worker.route_maps[self.listener].get((host, head.path))  # worker.route, inline
         if route is None:
             route = worker.route(host, head.path, self.listener)
@@ -1049,7 +1051,9 @@ class FrontConnection(asyncio.Protocol):
         """The normalized path of ``head`` (the one being handled has it already)."""
         if self.head is head:
             return self.path
-        route = self.worker.route(request_host(head), head.path, self.listener)
+        route = self.worker.route(
+            request_host(head, self.worker.field_memo), head.path, self.listener
+        )
         return route[0] if route is not None else "/"
 
     def reroute(self, head: RequestHead, path: str, location: Location | None) -> None:

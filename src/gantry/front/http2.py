@@ -215,7 +215,9 @@ class Http2Stream:
         """The normalized path of ``head`` (the one being handled has it already)."""
         if self.head is head:
             return self.path
-        route = self.conn.worker.route(request_host(head), head.path, self.conn.listener)
+        route = self.conn.worker.route(
+            request_host(head, self.conn.worker.field_memo), head.path, self.conn.listener
+        )
         return route[0] if route is not None else "/"
 
     def reroute(self, head: RequestHead, path: str, location: Location | None) -> None:
@@ -841,7 +843,9 @@ class Http2Connection(asyncio.Protocol):
             return
         body = stream.body
         stream.body = None
-        route = self.worker.route(request_host(stream.head), stream.head.path, self.listener)
+        route = self.worker.route(
+            request_host(stream.head, self.worker.field_memo), stream.head.path, self.listener
+        )
         chain = route[3] if route is not None else ()
         if body is not None and stream.head.content_length is None:
             stream.head.content_length = body.size  # no Content-Length: now it is known

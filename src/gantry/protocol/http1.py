@@ -218,7 +218,8 @@ _READ_FIELDS: Final = frozenset((b"host", b"connection"))
 
 class FieldBlockMemo:
     """What the fast path read last: a field block, its fields and its Connection option
-    (0 none, 1 keep-alive, 2 close), the last Host found valid, and the request line that
+    (0 none, 1 keep-alive, 2 close), the last Host found valid (and its text: the front
+    routes by it, as one str object that keeps its hash), and the request line that
     came with the block, what it asks (_KIND_* bits) and its target, path and query split;
     and, once one field's value changed between two requests of the same line, the rest
     of them (``varying``: a proxy's requests differ by X-Forwarded-For alone). A keep-alive
@@ -227,8 +228,8 @@ class FieldBlockMemo:
     connections do). Every part is compared before it is used, never trusted."""
 
     __slots__ = (
-        "block", "fields", "option", "host", "line", "kind", "target", "path", "query",
-        "varying",
+        "block", "fields", "option", "host", "host_text", "line", "kind", "target", "path",
+        "query", "varying",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -236,6 +237,7 @@ class FieldBlockMemo:
         self.fields: list[tuple[bytes, bytes]] = []  # never changed: heads get copies
         self.option = 0
         self.host = b"\0"
+        self.host_text = "\0"  # always host decoded as latin-1
         self.line = b""
         self.kind = 0
         # the line's target, path and query: the same objects again for the same line (no
@@ -600,6 +602,7 @@ class RequestParser:
             if not valid_host(host):
                 return -1  # llhttp's path refuses it
             memo.host = host
+            memo.host_text = host.decode("latin-1")
         lines = block.split(b"\r\n")
         lines.pop()
         if len(lines) > self._limits.max_fields:

@@ -288,9 +288,9 @@ def test_the_counters_are_a_compiled_class(site: Path) -> None:
 
 
 def test_a_key_made_per_request_takes_no_slot_hint_and_no_extra_work() -> None:
-    """A key template other than the address alone is evaluated for each request: its
-    digest's halves are not worked out (no slot hint to check them against), so a key
-    never reused costs what it did, and its slot is never read on trust."""
+    """A key template other than the address alone is evaluated for each request: it
+    keeps no slot hint (nor its generation), so a key never reused costs what it did,
+    and its slot is never read on trust."""
     from gantry.config.front_model import LimitReqZone
     from gantry.front.limits.table import NO_SLOT, SharedTable
     from gantry.front.limits.zones import LimitReqState, ZoneKey
@@ -318,13 +318,13 @@ def test_a_key_made_per_request_takes_no_slot_hint_and_no_extra_work() -> None:
     finally:
         sys.setprofile(None)
     assert excesses == [0, 1000, 2000]  # counted as ever, in one entry
-    assert keyed.slot == NO_SLOT and (keyed.first, keyed.second) == (0, 0)
+    assert keyed.slot == NO_SLOT and keyed.generation == 0 and not keyed.remembered
     assert "__init__:from_bytes" not in c_calls, c_calls
-    # the address's own key is remembered: its halves are there, its slot hinted
+    # the address's own key is remembered: its slot hinted, with the slot's generation
     by_address = LimitReqState(
         LimitReqZone(name="a", key="$binary_remote_addr", rate=1.0, size=1 << 20),
         SharedTable(64),
     )
     remembered = by_address.key.keyed(head, "192.0.2.1", "")
     assert by_address.check(remembered, 10_000, 1000) == 0
-    assert remembered.slot != NO_SLOT and (remembered.first, remembered.second) != (0, 0)
+    assert remembered.slot != NO_SLOT and remembered.generation != 0

@@ -12,7 +12,7 @@ from typing import Final
 from gantry.front.addresses import canonical_address
 from gantry.front.exchange import FilePiece
 from gantry.front.worker import FrontWorker
-from gantry.protocol.http1 import RequestHead
+from gantry.protocol.http1 import FieldBlockMemo, RequestHead
 
 __all__ = [
     "SMALL_FILE",
@@ -104,30 +104,16 @@ def error_page(
     return fields, body
 
 
-class _HostMemo:
-    """The last Host value request_host decoded, and its text: most requests to a worker
-    name the same host (the same str then also keeps its hash for the route lookup)."""
-
-    __slots__ = ("value", "host")
-
-    def __init__(self) -> None:
-        self.value = b""
-        self.host = ""
-
-
-_HOST_MEMO: Final = _HostMemo()
-
-
-def request_host(head: RequestHead) -> str | None:
-    """The request's Host field (an HTTP/2 request's :authority is put there)."""
+def request_host(head: RequestHead, memo: FieldBlockMemo) -> str | None:
+    """The request's Host field (an HTTP/2 request's :authority is put there); ``memo``,
+    the worker's parser memo, gives the text of the Host its parser read last: most
+    requests to a worker name the same host, and the same str keeps its hash for the
+    route lookup."""
     for key, value in head.headers:
         if len(key) == 4 and key.lower() == b"host":
-            memo = _HOST_MEMO
-            if value == memo.value:
-                return memo.host
-            host = value.decode("latin-1")
-            memo.value, memo.host = value, host
-            return host
+            if value == memo.host:
+                return memo.host_text
+            return value.decode("latin-1")
     return None
 
 

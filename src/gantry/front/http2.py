@@ -216,7 +216,9 @@ class Http2Stream:
         """The normalized path of ``head`` (the one being handled has it already)."""
         if self.head is head:
             return self.path
-        route = self.conn.worker.route(request_host(head), head.path, self.conn.listener)
+        route = self.conn.worker.route(
+            request_host(head, self.conn.worker.field_memo), head.path, self.conn.listener
+        )
         return route[0] if route is not None else "/"
 
     def reroute(self, head: RequestHead, path: str, location: Location | None) -> None:
@@ -269,6 +271,10 @@ class Http2Stream:
             self.coder = None
             body = coder.whole(status, lines, body)
         self._whole(status, b"".join(lines), body)
+
+    def respond_refused(self, head: bytes, body: bytes) -> None:
+        """The blocklist's 403 (a stream's request bytes are never seen again whole)."""
+        self.respond_prepared(403, head, body)
 
     def respond_prepared(self, status: int, head: bytes, body: bytes) -> None:
         """A whole response whose status line and fields a handler prepared."""
@@ -844,7 +850,9 @@ class Http2Connection(asyncio.Protocol):
             return
         body = stream.body
         stream.body = None
-        route = self.worker.route(request_host(stream.head), stream.head.path, self.listener)
+        route = self.worker.route(
+            request_host(stream.head, self.worker.field_memo), stream.head.path, self.listener
+        )
         chain = route[3] if route is not None else ()
         if body is not None and stream.head.content_length is None:
             stream.head.content_length = body.size  # no Content-Length: now it is known

@@ -31,6 +31,7 @@ __all__ = [
     "RequestHead",
     "RequestParser",
     "RequestSink",
+    "VaryingField",
     "valid_host",
 ]
 
@@ -178,21 +179,65 @@ def _split_origin_form(head: RequestHead, target: bytes) -> None:
         head.query = target[question + 1 :]
 
 
+class VaryingField:
+    """A request the fast path saw twice with one field's value changed (a proxy's
+    X-Forwarded-For, a request id): everything around that value, as bytes to compare
+    a next request with, and the fields with the value's place to fill. Made whole and
+    never changed (a memo shares it)."""
+
+    __slots__ = ("line", "before", "after", "index", "name", "fields", "option")
+
+    def __init__(
+        self,
+        line: bytes,
+        fields: list[tuple[bytes, bytes]],
+        index: int,
+        option: int,
+    ) -> None:
+        #: the request line it came with (the memo's line, kind and split target serve
+        #: it while the memo's line is this one)
+        self.line = line
+        name = fields[index][0]
+        #: the request up to the value (line, the fields before, "Name: "), and after it
+        #: (CRLF, the fields after, the blank line)
+        self.before = line + b"".join([n + b": " + v + b"\r\n" for n, v in fields[:index]])
+        self.before += name + b": "
+        self.after = b"\r\n" + b"".join([n + b": " + v + b"\r\n" for n, v in fields[index + 1 :]])
+        self.after += b"\r\n"
+        self.index = index
+        self.name = name
+        self.fields = fields  # never changed: heads get copies
+        self.option = option
+
+
+#: a field value the fast path takes (as _SIMPLE's): visible ASCII, spaces or tabs inside
+_FIELD_VALUE: Final = re.compile(rb"[!-~]++(?:[ \t]++[!-~]++)*+")
+#: fields whose value _read_block reads (a change of theirs is never a varying value)
+_READ_FIELDS: Final = frozenset((b"host", b"connection"))
+
+
 class FieldBlockMemo:
     """What the fast path read last: a field block, its fields and its Connection option
-    (0 none, 1 keep-alive, 2 close), the last Host found valid, and the request line that
-    came with the block, what it asks (_KIND_* bits) and its target, path and query split.
-    A keep-alive client sends the same block and line again and again, and so does each
-    new connection of clients of one kind: parsers with the same limits may share one (a
-    worker's connections do). Every part is compared before it is used, never trusted."""
+    (0 none, 1 keep-alive, 2 close), the last Host found valid (and its text: the front
+    routes by it, as one str object that keeps its hash), and the request line that
+    came with the block, what it asks (_KIND_* bits) and its target, path and query split;
+    and, once one field's value changed between two requests of the same line, the rest
+    of them (``varying``: a proxy's requests differ by X-Forwarded-For alone). A keep-alive
+    client sends the same block and line again and again, and so does each new connection
+    of clients of one kind: parsers with the same limits may share one (a worker's
+    connections do). Every part is compared before it is used, never trusted."""
 
-    __slots__ = ("block", "fields", "option", "host", "line", "kind", "target", "path", "query")
+    __slots__ = (
+        "block", "fields", "option", "host", "host_text", "line", "kind", "target", "path",
+        "query", "varying",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.block = b""
         self.fields: list[tuple[bytes, bytes]] = []  # never changed: heads get copies
         self.option = 0
         self.host = b"\0"
+        self.host_text = "\0"  # always host decoded as latin-1
         self.line = b""
         self.kind = 0
         # the line's target, path and query: the same objects again for the same line (no
@@ -200,6 +245,7 @@ class FieldBlockMemo:
         self.target = b""
         self.path = b""
         self.query = b""
+        self.varying: VaryingField | None = None
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # tests watch it through a subclass
@@ -237,6 +283,7 @@ class RequestParser:
         "_cut_tail",
         "_cut_received",
         "_simple_limit",
+        "_whole",
     )
 
     def __init__(
@@ -293,6 +340,9 @@ class RequestParser:
             limits.max_field_size,
             limits.max_head_size - limits.max_fields,
         )
+        # the bytes of the request being handed when one feed held it whole (the fast
+        # path), while the sink has it: b"" otherwise
+        self._whole = b""
 
     def _new_llhttp(self) -> httptools.HttpRequestParser:
         parser = httptools.HttpRequestParser(self)
@@ -316,6 +366,13 @@ class RequestParser:
         return self._boundary
 
     @property
+    def whole_request(self) -> bytes:
+        """While the sink is handed a request that came whole in one feed, and alone:
+        that feed's bytes (a connection may answer the same bytes again as it did this
+        time); b"" for any other."""
+        return self._whole
+
+    @property
     def in_head(self) -> bool:
         """True while a request head is being received (or none has started)."""
         return self._in_head
@@ -334,8 +391,24 @@ class RequestParser:
                 and data.endswith(b"\r\n")
             ):
                 # the last request taken on this path again, byte for byte
-                self._hand(memo.kind, line, True)
+                self._hand(memo.kind, line, True, list(memo.fields), memo.option, data)
                 return
+            varying = memo.varying
+            if varying is not None and varying.line == line:
+                before, after = varying.before, varying.after
+                if (
+                    len(data) > len(before) + len(after)
+                    and data.startswith(before)
+                    and data.endswith(after)
+                ):
+                    value = data[len(before) : len(data) - len(after)]
+                    if _FIELD_VALUE.fullmatch(value) is not None:
+                        # the same request but for that one value (checked as _SIMPLE
+                        # would: no CR or LF in it, so no field hides in it)
+                        fields = list(varying.fields)
+                        fields[varying.index] = (varying.name, value)
+                        self._hand(memo.kind, line, True, fields, varying.option, data)
+                        return
             match = _SIMPLE.fullmatch(data)
             if match is not None and self._simple(match):
                 return
@@ -423,23 +496,59 @@ class RequestParser:
         body's framing, Expect, Upgrade, a Connection other than one keep-alive or close,
         too many fields."""
         block = match[4]
-        if block != self._memo.block and self._read_block(block) < 0:
-            return False
+        memo = self._memo
+        line = match.string[: match.start(4)]
+        if block != memo.block:
+            before = memo.fields
+            if self._read_block(block) < 0:
+                return False
+            if line == memo.line and before:
+                self._learn_varying(line, before)
         kind = (_KIND_HEAD if match[1] == b"HEAD" else 0) | (_KIND_1_0 if match[3] == b"0" else 0)
-        self._hand(kind, match.string[: match.start(4)], False)
+        self._hand(kind, line, False, list(memo.fields), memo.option, match.string)
         return True
 
-    def _hand(self, kind: int, line: bytes, repeat: bool) -> None:
+    def _learn_varying(self, line: bytes, before: list[tuple[bytes, bytes]]) -> None:
+        """The memo's block changed under the same request ``line``: when one field's
+        value alone changed (the same names in the same order, not a field _read_block
+        reads), the memo keeps the request around it (FieldBlockMemo.varying)."""
+        memo = self._memo
+        fields = memo.fields
+        if len(fields) != len(before):
+            return
+        index = -1
+        for n, (name, value) in enumerate(fields):
+            old_name, old_value = before[n]
+            if name != old_name:
+                return
+            if value != old_value:
+                if index >= 0:
+                    return  # two fields changed: not one varying value
+                index = n
+        if index < 0 or fields[index][0].lower() in _READ_FIELDS:
+            return
+        memo.varying = VaryingField(line, fields, index, memo.option)
+
+    def _hand(
+        self,
+        kind: int,
+        line: bytes,
+        repeat: bool,
+        fields: list[tuple[bytes, bytes]],
+        option: int,
+        whole: bytes,
+    ) -> None:
         """Hand the sink a plain request: ``line`` its request line (CRLF-ended), ``kind``
-        what it asks (_KIND_* bits), its fields the memo's (see _read_block); ``repeat``:
-        the line is the last one handed, whose target the memo holds split."""
+        what it asks (_KIND_* bits), ``fields`` its fields (a list of its own: the head
+        is the handlers' to change) and ``option`` its Connection's (see _read_block);
+        ``repeat``: the line is the last one handed, whose target the memo holds split;
+        ``whole``: the feed that held it (whole_request)."""
         memo = self._memo
         keep_alive = not kind & _KIND_1_0
-        option = memo.option
         if option:
             keep_alive = option == 1
         head = self._head = RequestHead()
-        head.headers = list(memo.fields)  # a copy: the head is the handlers' to change
+        head.headers = fields
         head.method = "HEAD" if kind & _KIND_HEAD else "GET"
         if kind & _KIND_1_0:
             head.version = "1.0"
@@ -456,12 +565,15 @@ class RequestParser:
             memo.line, memo.kind = line, kind
             memo.target, memo.path, memo.query = head.target, head.path, head.query
         self._completed += 1
+        self._whole = whole
         try:
             self._sink.request_head(head)
             self._sink.request_end(None)
         except Exception as exc:  # as llhttp reports a failed callback
             self._dead = True
+            self._whole = b""
             raise ProtocolError(500, f"parser callback failed: {exc}") from exc
+        self._whole = b""
         # the sink has it: an idle connection does not keep the last request's head here
         self._head = _NO_HEAD
 
@@ -490,6 +602,7 @@ class RequestParser:
             if not valid_host(host):
                 return -1  # llhttp's path refuses it
             memo.host = host
+            memo.host_text = host.decode("latin-1")
         lines = block.split(b"\r\n")
         lines.pop()
         if len(lines) > self._limits.max_fields:

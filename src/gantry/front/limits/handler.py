@@ -382,7 +382,11 @@ class RouteLimits(Handler):
         state = self.one
         if state is None or self.limits.shared is not None:
             return self.limits.run(self, exchange, body)
-        keyed = state.key.keyed(exchange.head, exchange.remote_addr, self.server_name)
+        key = state.key
+        if key.by_address:  # the usual key: its request need not be read
+            keyed = key.of_address(exchange.remote_addr)
+        else:
+            keyed = key.keyed(exchange.head, exchange.remote_addr, self.server_name)
         if keyed.digest:  # (an empty key is not limited)
             excess = state.check(keyed, self.burst, now_ms())
             if excess > self.passing:

@@ -29,6 +29,7 @@ from gantry.process.runtime import process_alive
 
 __all__ = [
     "ENTRY",
+    "GENERATION_INT",
     "NEWER_INT",
     "NO_SLOT",
     "SLOT_BYTES",
@@ -55,6 +56,13 @@ _INT: Final = struct.Struct("=i")
 SLOT_QS: Final = SLOT_BYTES // 8
 SLOT_INTS: Final = SLOT_BYTES // 4
 NEWER_INT: Final = 10
+#: where in ``slot_ints`` an entry's generation is: a number the slot takes anew each
+#: time an entry goes into it or out of it (past the bytes _SLOT writes, which never
+#: clear it), so that a slot remembered with its generation still holds the very entry
+#: it held when the generation is unchanged: one small integer read, no digest compared
+GENERATION_INT: Final = 14
+#: generations wrap below this (a small integer, as compiled code keeps it unboxed)
+_GENERATIONS: Final = 1 << 30
 #: the lock holder's PID in ``header_ints``
 _HOLDER_INT: Final = 4
 # an entry's key and its chain link, read together (one call per entry of a chain)
@@ -213,6 +221,7 @@ class SharedTable:
         first = _INT.unpack_from(m, bucket_at)[0]
         # at the front of its chain and of the LRU list
         _SLOT.pack_into(m, at, key, a, b, c, _NONE, head, first)
+        self._next_generation(slot)
         _INT.pack_into(m, bucket_at, slot)
         if head != _NONE:
             _INT.pack_into(m, self.slot_base + head * SLOT_BYTES + 40, slot)
@@ -244,7 +253,19 @@ class SharedTable:
         self._unlink(slot)
         head, tail, free, used = _HEADER.unpack_from(m, 0)
         _SLOT.pack_into(m, at, b"", 0, 0, 0, _NONE, _NONE, free)
+        self._next_generation(slot)
         _HEADER.pack_into(m, 0, head, tail, slot, used - 1)
+
+    def _next_generation(self, slot: int) -> None:
+        at = slot * SLOT_INTS + GENERATION_INT
+        ints = self.slot_ints
+        generation: int = ints[at]
+        ints[at] = generation % (_GENERATIONS - 1) + 1  # never 0: 0 is no entry known
+
+    def generation(self, slot: int) -> int:
+        """The generation of ``slot`` (see GENERATION_INT)."""
+        generation: int = self.slot_ints[slot * SLOT_INTS + GENERATION_INT]
+        return generation
 
     def touch(self, slot: int) -> None:
         """Make the entry in ``slot`` the most recent (as ``find`` does)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import sys
 import time
 from collections.abc import Mapping
 from typing import Final
@@ -17,6 +16,7 @@ from typing import Final
 from gantry.config.front_model import LimitConnZone, LimitReqZone
 from gantry.front.balancing import hash_key
 from gantry.front.limits.table import (
+    GENERATION_INT,
     NEWER_INT,
     NO_SLOT,
     SLOT_INTS,
@@ -110,28 +110,29 @@ def _evaluate(recipe: _Recipe, head: RequestHead, remote_addr: str, server_name:
 
 #: addresses whose key digest a zone remembers (cleared when full)
 ADDRESS_CACHE: Final = 4096
+#: the head an address's key is made with (never read: the address is the whole key)
+_NO_HEAD: Final = RequestHead()
 
 
 class Keyed:
-    """A request's key in a zone: its digest (b"": an empty key, not limited), and the
-    slot its entry was in last time (a hint, checked against the digest before use: the
-    entry may have gone since)."""
+    """A request's key in a zone: its digest (b"": an empty key, not limited), and for a
+    key kept across requests the slot its entry was in last time with that slot's
+    generation then (a hint, used only while the generation is unchanged: the entry
+    may have gone since, and another taken the slot)."""
 
-    __slots__ = ("digest", "first", "second", "slot")
+    __slots__ = ("digest", "remembered", "slot", "generation")
 
     def __init__(self, digest: bytes) -> None:
         self.digest = digest
-        #: the digest's two halves as the table's int64 view reads them, compared with
-        #: the entry in ``slot`` without making a bytes object; set by ``remember`` for a
-        #: key kept across requests (0 and 0 else: the hint is then never taken)
-        self.first = 0
-        self.second = 0
+        #: kept across requests: the slot hint is worth keeping (``remember``)
+        self.remembered = False
         self.slot = NO_SLOT
+        #: the slot's generation when the entry was found in it (0: none)
+        self.generation = 0
 
     def remember(self) -> None:
         """Ready the key for the slot hint (a key kept across requests)."""
-        self.first = int.from_bytes(self.digest[:8], sys.byteorder, signed=True)
-        self.second = int.from_bytes(self.digest[8:16], sys.byteorder, signed=True)
+        self.remembered = True
 
 
 class ZoneKey:
@@ -148,17 +149,22 @@ class ZoneKey:
     def keyed(self, head: RequestHead, remote_addr: str, server_name: str) -> Keyed:
         """A request's key (its digest empty for an empty key)."""
         if self.by_address:
-            memo = self._memo
-            keyed = memo.get(remote_addr)
-            if keyed is not None:
-                return keyed
-            keyed = self._evaluate(head, remote_addr, server_name)
-            keyed.remember()
-            if len(memo) >= ADDRESS_CACHE:
-                memo.clear()
-            memo[remote_addr] = keyed
-            return keyed
+            return self.of_address(remote_addr)
         return self._evaluate(head, remote_addr, server_name)
+
+    def of_address(self, remote_addr: str) -> Keyed:
+        """The key of a request from ``remote_addr`` where the key is the address alone
+        (``by_address``): the request itself is not read."""
+        memo = self._memo
+        keyed = memo.get(remote_addr)
+        if keyed is not None:
+            return keyed
+        keyed = self._evaluate(_NO_HEAD, remote_addr, "")
+        keyed.remember()
+        if len(memo) >= ADDRESS_CACHE:
+            memo.clear()
+        memo[remote_addr] = keyed
+        return keyed
 
     def _evaluate(self, head: RequestHead, remote_addr: str, server_name: str) -> Keyed:
         key = _evaluate(self.recipe, head, remote_addr, server_name)
@@ -193,26 +199,26 @@ class LimitReqState:
         try:
             qs = table.slot_qs
             slot = keyed.slot
-            at = slot * SLOT_QS
             if slot != NO_SLOT:
                 # the entry read an integer at a time: no tuple, no bytes made
-                if qs[at] != keyed.first or qs[at + 1] != keyed.second:
+                ints = table.slot_ints
+                at = slot * SLOT_INTS
+                if ints[at + GENERATION_INT] != keyed.generation:
                     slot = NO_SLOT  # the entry went (a full zone): look it up
-                elif table.slot_ints[slot * SLOT_INTS + NEWER_INT] != NO_SLOT:
+                elif ints[at + NEWER_INT] != NO_SLOT:
                     table.touch(slot)  # not the most recent yet
             if slot == NO_SLOT:
-                # a hint only for a remembered key: an other's halves are 0, as a free
-                # slot's digest is
-                hinted = keyed.first != 0 or keyed.second != 0
                 slot = table.find(keyed.digest)
                 if slot == NO_SLOT:
                     slot = table.insert(keyed.digest, 0, now, 0)
-                    if hinted:
+                    if keyed.remembered:
                         keyed.slot = slot
+                        keyed.generation = table.generation(slot)
                     return 0
-                if hinted:
+                if keyed.remembered:  # a key made per request is never seen again
                     keyed.slot = slot
-                at = slot * SLOT_QS
+                    keyed.generation = table.generation(slot)
+            at = slot * SLOT_QS
             excess = qs[at + 2]
             last = qs[at + 3]
             ms = now - last

@@ -46,7 +46,8 @@ def _static_front(tmp_path: Path, extra: str = "") -> Front:
 def _read_until_closed(sock: socket.socket, limit: float) -> tuple[bytes, float]:
     """Everything until the front closes; and when it closed (monotonic)."""
     sock.settimeout(limit)
-    data = b""
+    # a bytearray: tens of MB added to bytes piece by piece is copied over and over
+    data = bytearray()
     while True:
         try:
             piece = sock.recv(65536)
@@ -55,7 +56,7 @@ def _read_until_closed(sock: socket.socket, limit: float) -> tuple[bytes, float]
         if not piece:
             break
         data += piece
-    return data, time.monotonic()
+    return bytes(data), time.monotonic()
 
 
 def test_head_dripped_byte_by_byte_gets_408_after_client_header_timeout(tmp_path: Path) -> None:

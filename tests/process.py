@@ -194,6 +194,18 @@ def server_has_read(sock: socket.socket) -> bool:
     return ours is not None and theirs is not None and ours[0] == 0 and theirs[1] == 0
 
 
+def servers_have_read(socks: Sequence[socket.socket]) -> bool:
+    """``server_has_read`` for each of these clients' connections, from one reading of the
+    host's TCP table (one reading per socket took seconds on a host with many sockets)."""
+    queues = {(found.local_port, found.remote_port): found for found in tcp_sockets()}
+    for sock in socks:
+        client, server = sock.getsockname()[1], sock.getpeername()[1]
+        ours, theirs = queues.get((client, server)), queues.get((server, client))
+        if ours is None or theirs is None or ours.send_queue or theirs.receive_queue:
+            return False
+    return True
+
+
 def wait_until_read(sock: socket.socket, limit: float = 5.0) -> None:
     """Wait until the server has read what this client sent (instead of a guessed sleep)."""
     assert wait_for(lambda: server_has_read(sock), limit, interval=0.01), "request not read"

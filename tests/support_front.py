@@ -1,15 +1,19 @@
 """Helpers for the front's own tests (a helper module, not a test module): a real
-`gantry front` process, a raw upstream that records what it receives, and /proc readers."""
+`gantry front` process, real uWSGI behind it, a raw upstream that records what it
+receives, and /proc readers."""
 
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.process import Front
+import pytest
+
+from tests.process import REPO, Front, Launcher
 
 
 def start_front(tmp_path: Path, body: str, env: dict[str, str] | None = None) -> Front:
@@ -17,6 +21,40 @@ def start_front(tmp_path: Path, body: str, env: dict[str, str] | None = None) ->
     front = Front('[front]\nlisten = ["127.0.0.1:FRONT_PORT"]\n' + body, tmp_path, env)
     front.start()
     return front
+
+
+def start_uwsgi(launch: Launcher, app: str) -> Path:
+    """Real uWSGI (one process under its master) serving the WSGI app ``app`` (module:name,
+    from the repository) on a unix socket; the socket's path."""
+    uwsgi = Path(sys.executable).parent / "uwsgi"
+    if not uwsgi.exists():
+        pytest.fail("uWSGI is not installed in the test environment (pip install uwsgi)")
+    sock = launch.workdir / "u.sock"
+    launch.program(
+        [str(uwsgi), "--socket", str(sock), "--chmod-socket=666", "--wsgi", app,
+         "--chdir", str(REPO), "--master", "--processes", "1", "--die-on-term",
+         "--disable-logging", "--need-app"],
+        sock, "uwsgi",
+    )  # fmt: skip
+    return sock
+
+
+def uwsgi_front_config(address: str, extra: str = "", workers: int | None = None) -> str:
+    """A front on FRONT_PORT proxying every path to the uwsgi upstream at ``address``
+    (``unix:/path`` or host:port), then ``extra``."""
+    count = "" if workers is None else f"workers = {workers}\n"
+    return f"""
+[front]
+listen = ["127.0.0.1:FRONT_PORT"]
+{count}[[front.server]]
+[[front.server.location]]
+path = "/"
+proxy = "app"
+[front.upstream.app]
+protocol = "uwsgi"
+servers = [{{ address = "{address}" }}]
+{extra}
+"""
 
 
 class RawUpstream:

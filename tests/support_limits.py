@@ -1,13 +1,22 @@
 """Helpers for the tests of the front's limits and bans (a helper module, not a test
 module): a burst of requests sent at once (an upstream that holds its answers is
-support_front's RawUpstream with ``hold``)."""
+support_front's RawUpstream with ``hold``), and a front worker in the test process
+behind a real socket, for the tests that look at what one request costs."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from gantry.config.front import front_config_from_dict
+from gantry.front.connection import FrontConnection
+from gantry.front.limits.handler import RouteLimits
+from gantry.front.worker import FrontWorker
 from tests.process import (
     read_until_closed,
     ready_workers,
@@ -123,3 +132,89 @@ def log_lines(path: Path, needle: str) -> list[str]:
         return [line for line in path.read_text().splitlines() if needle in line]
     except FileNotFoundError:
         return []
+
+
+#: one worker whose /limited/ location passes some 100 requests at once (burst 100 at
+#: 1000r/s, nodelay) before it refuses one; ``{root}`` is the site's folder
+LIMITED = """
+[front]
+listen = ["127.0.0.1:1"]
+workers = 1
+
+[front.limit_req_zone.perip]
+key = "$binary_remote_addr"
+rate = "1000r/s"
+size = "1m"
+
+[[front.server]]
+[[front.server.location]]
+path = "/limited/"
+root = "{root}"
+limit_req = [{{ zone = "perip", burst = 100, nodelay = true }}]
+"""
+
+
+class InProcessFront:
+    """A front worker in this process (its loop run by the test) behind a real listening
+    socket on 127.0.0.1."""
+
+    def __init__(self, text: str) -> None:
+        self.config = front_config_from_dict(tomllib.loads(text)["front"])
+        self.loop = asyncio.new_event_loop()
+        self.worker = FrontWorker(self.config, self.loop, None)
+        self.server = self.loop.run_until_complete(
+            self.loop.create_server(lambda: FrontConnection(self.worker), "127.0.0.1", 0)
+        )
+        self.port: int = self.server.sockets[0].getsockname()[1]
+
+    def ask(self, request: bytes, sock: socket.socket) -> bytes:
+        """One request on ``sock`` (non-blocking), its whole answer (Content-Length),
+        the worker's loop run meanwhile."""
+        sock.sendall(request)
+        answer = b""
+
+        async def read() -> None:
+            nonlocal answer
+            while True:
+                answer += await self.loop.sock_recv(sock, 65536)
+                head, blank, body = answer.partition(b"\r\n\r\n")
+                if blank and len(body) >= int(
+                    head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]
+                ):
+                    return
+
+        self.loop.run_until_complete(asyncio.wait_for(read(), 10))
+        return answer
+
+    def close(self) -> None:
+        """Stop listening, close the worker and its loop."""
+        self.server.close()
+        self.worker.close()
+        self.loop.run_until_complete(asyncio.sleep(0))
+        self.loop.close()
+
+
+@contextmanager
+def limited_front(root: Path) -> Iterator[tuple[InProcessFront, FrontConnection]]:
+    """``LIMITED`` serving ``root`` (which has limited/one.txt), and the worker's side of
+    a client connection that had one request answered through the limit."""
+    front = InProcessFront(LIMITED.format(root=root))
+    client = socket.create_connection(("127.0.0.1", front.port), timeout=10)
+    client.setblocking(False)
+    try:
+        answer = front.ask(b"GET /limited/one.txt HTTP/1.1\r\nHost: t\r\n\r\n", client)
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        (conn,) = front.worker.connections
+        assert isinstance(conn, FrontConnection) and conn.limit_status == "PASSED"
+        yield front, conn
+    finally:
+        client.close()
+        front.close()
+
+
+def route_limits(front: InProcessFront) -> RouteLimits:
+    """The limits of the route /limited/one.txt takes (worked out once per route)."""
+    route = front.worker.route("t", b"/limited/one.txt")
+    assert route is not None
+    (limits,) = [handler for handler in route[3] if isinstance(handler, RouteLimits)]
+    return limits

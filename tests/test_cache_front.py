@@ -9,7 +9,7 @@ import socket
 import threading
 from pathlib import Path
 
-from tests.process import Launcher, free_port, server_has_read, wait_for
+from tests.process import Launcher, free_port, servers_have_read, wait_for
 from tests.support_cache import Origin, cache_config
 
 
@@ -75,7 +75,7 @@ def test_concurrent_misses_over_two_workers_reach_the_upstream_once(
             # generous limits: the machine may be busy with other work (the lock outlasts
             # the wait for every socket, or waiters would give up and go to the origin)
             assert wait_for(lambda: origin.count("/herd") >= 1, limit=60)
-            assert wait_for(lambda: all(server_has_read(s) for s in sockets), limit=60)
+            assert wait_for(lambda: servers_have_read(sockets), limit=60)
             origin.gate.set()
             bodies = []
             for sock in sockets:

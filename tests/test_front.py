@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.process import REPO, Front, GantryServer, Launcher, free_port, read_all
+from tests.process import Front, GantryServer, Launcher, free_port, read_all
+from tests.support_front import start_uwsgi, uwsgi_front_config
 
 STATIC_BYTES = bytes(range(256)) * 4  # 1 KiB
 
@@ -238,30 +239,8 @@ servers = [{{ address = "127.0.0.1:{port}" }}]
 
 
 def test_in_front_of_real_uwsgi_over_uwsgi(tmp_path: Path, launch: Launcher) -> None:
-    uwsgi = Path(sys.executable).parent / "uwsgi"
-    if not uwsgi.exists():
-        pytest.fail("uWSGI is not installed in the test environment (pip install uwsgi)")
-    sock = launch.workdir / "u.sock"
-    launch.program(
-        [str(uwsgi), "--socket", str(sock), "--chmod-socket=666", "--wsgi",
-         "tests.apps_contract:app", "--chdir", str(REPO), "--master", "--processes", "1",
-         "--die-on-term", "--disable-logging", "--need-app"],
-        sock, "uwsgi",
-    )  # fmt: skip
-    front = Front(
-        f"""
-[front]
-listen = ["127.0.0.1:FRONT_PORT"]
-[[front.server]]
-[[front.server.location]]
-path = "/"
-proxy = "u"
-[front.upstream.u]
-protocol = "uwsgi"
-servers = [{{ address = "unix:{sock}" }}]
-""",
-        tmp_path,
-    )
+    sock = start_uwsgi(launch, "tests.apps_contract:app")
+    front = Front(uwsgi_front_config(f"unix:{sock}"), tmp_path)
     try:
         front.start()
         response, body = front.request("GET", "/hello")

@@ -14,12 +14,10 @@ of a request, refusals at least as cheap as nginx's deny), and what it must not 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import socket
 import sys
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -27,66 +25,11 @@ from typing import Any
 
 import pytest
 
-from gantry.config.front import front_config_from_dict
 from gantry.front import worker as worker_module
 from gantry.front.connection import FrontConnection
-from gantry.front.limits.handler import BanHandler, RouteLimits
-from gantry.front.worker import FrontWorker
+from gantry.front.limits.handler import BanHandler
 from tests.process import Launcher, read_until_closed, wait_for
-
-LIMITED = """
-[front]
-listen = ["127.0.0.1:1"]
-workers = 1
-
-[front.limit_req_zone.perip]
-key = "$binary_remote_addr"
-rate = "1000r/s"
-size = "1m"
-
-[[front.server]]
-[[front.server.location]]
-path = "/limited/"
-root = "{root}"
-limit_req = [{{ zone = "perip", burst = 100, nodelay = true }}]
-"""
-
-
-class Served:
-    """A front worker in this process behind a real listening socket, and one client."""
-
-    def __init__(self, text: str) -> None:
-        self.config = front_config_from_dict(tomllib.loads(text)["front"])
-        self.loop = asyncio.new_event_loop()
-        self.worker = FrontWorker(self.config, self.loop, None)
-        self.server = self.loop.run_until_complete(
-            self.loop.create_server(lambda: FrontConnection(self.worker), "127.0.0.1", 0)
-        )
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    def ask(self, request: bytes, sock: socket.socket) -> bytes:
-        """One request on ``sock`` (non-blocking), its whole answer (Content-Length)."""
-        sock.sendall(request)
-        answer = b""
-
-        async def read() -> None:
-            nonlocal answer
-            while True:
-                answer += await self.loop.sock_recv(sock, 65536)
-                head, _, body = answer.partition(b"\r\n\r\n")
-                if _ and len(body) >= int(
-                    head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]
-                ):
-                    return
-
-        self.loop.run_until_complete(asyncio.wait_for(read(), 10))
-        return answer
-
-    def close(self) -> None:
-        self.server.close()
-        self.worker.close()
-        self.loop.run_until_complete(asyncio.sleep(0))
-        self.loop.close()
+from tests.support_limits import LIMITED, InProcessFront, limited_front, route_limits
 
 
 @pytest.fixture
@@ -99,28 +42,16 @@ def site(short_tmp: Path) -> Path:
 
 
 @pytest.fixture
-def limited(site: Path) -> Iterator[tuple[Served, FrontConnection]]:
-    served = Served(LIMITED.format(root=site))
-    client = socket.create_connection(("127.0.0.1", served.port), timeout=10)
-    client.setblocking(False)
-    try:
-        answer = served.ask(b"GET /limited/one.txt HTTP/1.1\r\nHost: t\r\n\r\n", client)
-        assert answer.startswith(b"HTTP/1.1 200"), answer
-        (conn,) = served.worker.connections
-        assert isinstance(conn, FrontConnection)
-        yield served, conn
-    finally:
-        client.close()
-        served.close()
+def limited(site: Path) -> Iterator[tuple[InProcessFront, FrontConnection]]:
+    with limited_front(site) as pair:
+        yield pair
 
 
 def test_a_passing_limit_makes_no_struct_call(
-    limited: tuple[Served, FrontConnection],
+    limited: tuple[InProcessFront, FrontConnection],
 ) -> None:
-    served, conn = limited
-    route = served.worker.route("t", b"/limited/one.txt")
-    assert route is not None
-    (limits,) = [h for h in route[3] if isinstance(h, RouteLimits)]
+    front, conn = limited
+    limits = route_limits(front)
     c_calls: list[str] = []
 
     def profile(frame: FrameType, event: str, arg: Any) -> None:
@@ -154,13 +85,13 @@ def test_a_passing_limit_makes_no_struct_call(
 
 
 def _chain_of(text: str) -> tuple[Any, ...]:
-    served = Served(text)
+    front = InProcessFront(text)
     try:
-        route = served.worker.route("t", b"/static/one.txt")
+        route = front.worker.route("t", b"/static/one.txt")
         assert route is not None
         return route[3]
     finally:
-        served.close()
+        front.close()
 
 
 BLOCKLIST_ONLY = """
@@ -205,19 +136,19 @@ def test_an_autoban_still_refuses_on_the_next_request(site: Path, short_tmp: Pat
         '\n[[front.autoban]]\nwhen = "404"\ncount = 2\nwithin = "1m"\nban_for = "1h"\n'
         "\n[front.blocklist]",
     )
-    served = Served(text)
-    client = socket.create_connection(("127.0.0.1", served.port), timeout=10)
+    front = InProcessFront(text)
+    client = socket.create_connection(("127.0.0.1", front.port), timeout=10)
     client.setblocking(False)
     try:
         for _ in range(2):
-            assert served.ask(b"GET /static/none HTTP/1.1\r\nHost: t\r\n\r\n", client).startswith(
+            assert front.ask(b"GET /static/none HTTP/1.1\r\nHost: t\r\n\r\n", client).startswith(
                 b"HTTP/1.1 404"
             )
-        answer = served.ask(b"GET /static/one.txt HTTP/1.1\r\nHost: t\r\n\r\n", client)
+        answer = front.ask(b"GET /static/one.txt HTTP/1.1\r\nHost: t\r\n\r\n", client)
         assert answer.startswith(b"HTTP/1.1 403"), answer
     finally:
         client.close()
-        served.close()
+        front.close()
 
 
 STATS = """
@@ -279,12 +210,12 @@ def test_the_stats_count_refused_and_served_requests_as_before(
     reason="compiled build only: a pure run's classes are all plain Python ones",
 )
 def test_the_counters_are_a_compiled_class(site: Path) -> None:
-    served = Served(LIMITED.format(root=site))
+    front = InProcessFront(LIMITED.format(root=site))
     try:
         # a native class's instance has no __dict__: its attributes are C fields
-        assert not hasattr(served.worker.counters, "__dict__")
+        assert not hasattr(front.worker.counters, "__dict__")
     finally:
-        served.close()
+        front.close()
 
 
 def test_a_key_made_per_request_takes_no_slot_hint_and_no_extra_work() -> None:

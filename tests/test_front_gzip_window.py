@@ -13,6 +13,7 @@ import pytest
 
 from gantry.front.compress import zlib_sizes
 from tests.process import Launcher
+from tests.support_static import static_config
 
 # (body length, window bits, memLevel): nginx's loop
 #   while (len < (1 << (wbits - 1)) - 262) { wbits--; memlevel--; }
@@ -37,14 +38,7 @@ def test_the_window_and_memlevel_are_nginx_s(length: int | None, wbits: int, mem
     assert zlib_sizes(length) == (wbits, memlevel)
 
 
-CONFIG = """
-[front]
-listen = ["127.0.0.1:FRONT_PORT"]
-workers = 1
-
-[[front.server]]
-default = true
-
+LOCATIONS = """
 [[front.server.location]]
 path = "/squeezed/"
 alias = "SITE/"
@@ -60,7 +54,7 @@ def test_each_size_decodes_to_the_file(launch: Launcher) -> None:
     sizes = [length for length, _, _ in NGINX if length is not None]
     for size in sizes:
         (site / f"{size}.html").write_bytes(text[:size])
-    port = launch.front(CONFIG.replace("SITE", str(site))).port
+    port = launch.front(static_config(site, LOCATIONS)).port
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
         for size in sizes:

@@ -6,11 +6,8 @@ up again, never read from a slot another key now holds."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import socket
 import sys
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -18,31 +15,12 @@ from typing import Any
 
 import pytest
 
-from gantry.config.front import front_config_from_dict
 from gantry.config.front_model import LimitReqZone
 from gantry.front.connection import FrontConnection
-from gantry.front.limits.handler import RouteLimits
 from gantry.front.limits.table import SharedTable
 from gantry.front.limits.zones import LimitReqState, limit_key
-from gantry.front.worker import FrontWorker
 from gantry.protocol.http1 import RequestHead
-
-CONFIG = """
-[front]
-listen = ["127.0.0.1:1"]
-workers = 1
-
-[front.limit_req_zone.perip]
-key = "$binary_remote_addr"
-rate = "1000r/s"
-size = "1m"
-
-[[front.server]]
-[[front.server.location]]
-path = "/limited/"
-root = "{root}"
-limit_req = [{{ zone = "perip", burst = 100, nodelay = true }}]
-"""
+from tests.support_limits import InProcessFront, limited_front, route_limits
 
 #: what a passing request may call, C functions included: the zone's lock, one read and
 #: one write of its entry, the clock, the per-address memo
@@ -50,57 +28,21 @@ ALLOWED_C_CALLS = {"acquire", "release", "pack_into", "unpack_from", "monotonic_
 
 
 @pytest.fixture
-def served(
-    tmp_path: Path,
-) -> Iterator[tuple[FrontWorker, FrontConnection, asyncio.AbstractEventLoop]]:
+def served(tmp_path: Path) -> Iterator[tuple[InProcessFront, FrontConnection]]:
     """A front worker in this process behind a real listening socket, and the
     connection of a client that had one request answered through the limit."""
     root = tmp_path / "site"
     (root / "limited").mkdir(parents=True)
     (root / "limited" / "one.txt").write_text("one\n")
-    config = front_config_from_dict(tomllib.loads(CONFIG.format(root=root))["front"])
-    loop = asyncio.new_event_loop()
-    worker = FrontWorker(config, loop, None)
-    server = loop.run_until_complete(
-        loop.create_server(lambda: FrontConnection(worker), "127.0.0.1", 0)
-    )
-    port = server.sockets[0].getsockname()[1]
-    client = socket.create_connection(("127.0.0.1", port), timeout=10)
-    try:
-        client.sendall(b"GET /limited/one.txt HTTP/1.1\r\nHost: t\r\n\r\n")
-        answer = b""
-
-        async def read() -> None:
-            nonlocal answer
-            while not answer.endswith(b"one\n"):
-                answer += await loop.sock_recv(client, 4096)
-
-        client.setblocking(False)
-        loop.run_until_complete(asyncio.wait_for(read(), 10))
-        assert answer.startswith(b"HTTP/1.1 200"), answer
-        (conn,) = worker.connections
-        assert isinstance(conn, FrontConnection) and conn.limit_status == "PASSED"
-        yield worker, conn, loop
-    finally:
-        client.close()
-        server.close()
-        worker.close()
-        loop.run_until_complete(asyncio.sleep(0))
-        loop.close()
-
-
-def _route_limits(worker: FrontWorker, conn: FrontConnection) -> RouteLimits:
-    route = worker.route("t", b"/limited/one.txt")
-    assert route is not None
-    (limits,) = [handler for handler in route[3] if isinstance(handler, RouteLimits)]
-    return limits
+    with limited_front(root) as pair:
+        yield pair
 
 
 def test_a_passing_request_is_a_few_shared_memory_operations(
-    served: tuple[FrontWorker, FrontConnection, asyncio.AbstractEventLoop],
+    served: tuple[InProcessFront, FrontConnection],
 ) -> None:
-    worker, conn, _ = served
-    limits = _route_limits(worker, conn)
+    front, conn = served
+    limits = route_limits(front)
     calls: list[str] = []
     c_calls: list[str] = []
 
@@ -131,10 +73,10 @@ def test_a_passing_request_is_a_few_shared_memory_operations(
 
 
 def test_the_limit_still_counts_on_the_short_path(
-    served: tuple[FrontWorker, FrontConnection, asyncio.AbstractEventLoop],
+    served: tuple[InProcessFront, FrontConnection],
 ) -> None:
-    worker, conn, _ = served
-    limits = _route_limits(worker, conn)
+    front, conn = served
+    limits = route_limits(front)
     # 1000r/s, burst 100, nodelay: some 100 more pass at once, then one is refused
     passed = 0
     while limits.handle(conn, None) is False:

@@ -9,7 +9,6 @@ import hashlib
 import os
 import select
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from gantry.protocol.uwsgi import parse_packet
-from tests.process import REPO, Launcher, descendant_pids
-from tests.support_front import proc_status_kib
+from tests.process import Launcher, descendant_pids
+from tests.support_front import proc_status_kib, start_uwsgi, uwsgi_front_config
 
 Handler = Callable[[socket.socket], None]
 
@@ -82,19 +81,7 @@ def read_packet(conn: socket.socket) -> dict[bytes, bytes]:
 
 
 def front_config(address: str, extra: str = "") -> str:
-    return f"""
-[front]
-listen = ["127.0.0.1:FRONT_PORT"]
-workers = 1
-[[front.server]]
-[[front.server.location]]
-path = "/"
-proxy = "app"
-[front.upstream.app]
-protocol = "uwsgi"
-servers = [{{ address = "{address}" }}]
-{extra}
-"""
+    return uwsgi_front_config(address, extra, workers=1)
 
 
 @pytest.fixture(params=["unix", "tcp"])
@@ -259,16 +246,7 @@ def test_an_upstream_gone_while_the_client_is_behind_costs_no_cpu(
 def test_a_slow_client_of_real_uwsgi_keeps_the_worker_small(launch: Launcher) -> None:
     """Real uWSGI streams 200 MiB (/big-stream) to a client that reads nothing for a
     second, then reads it all: the worker's peak memory grows by less than 16 MiB."""
-    uwsgi = Path(sys.executable).parent / "uwsgi"
-    if not uwsgi.exists():
-        pytest.fail("uWSGI is not installed in the test environment (pip install uwsgi)")
-    sock = launch.workdir / "u.sock"
-    launch.program(
-        [str(uwsgi), "--socket", str(sock), "--chmod-socket=666", "--wsgi",
-         "tests.apps_contract:app", "--chdir", str(REPO), "--master", "--processes", "1",
-         "--die-on-term", "--disable-logging", "--need-app"],
-        sock, "uwsgi",
-    )  # fmt: skip
+    sock = start_uwsgi(launch, "tests.apps_contract:app")
     front = launch.front(front_config(f"unix:{sock}"))
     response, body = front.request("GET", "/hello")
     assert (response.status, body) == (200, b"Hello World!")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import http.client
 import time
 from email.utils import parsedate_to_datetime
@@ -10,15 +9,9 @@ from email.utils import parsedate_to_datetime
 import pytest
 
 from tests.process import Launcher
+from tests.support_static import static_config, write_site
 
-CONFIG = """
-[front]
-listen = ["127.0.0.1:FRONT_PORT"]
-workers = 1
-
-[[front.server]]
-default = true
-
+LOCATIONS = """
 [[front.server.location]]
 path = "/static/"
 alias = "SITE/"
@@ -29,13 +22,7 @@ expires = 3600
 
 @pytest.fixture()
 def front(launch: Launcher) -> int:
-    site = launch.workdir / "site"
-    site.mkdir()
-    page = b"<p>hello</p>" * 100
-    (site / "page.html").write_bytes(page)
-    (site / "page.html.gz").write_bytes(gzip.compress(page))
-    (site / "plain.html").write_bytes(page)
-    return launch.front(CONFIG.replace("SITE", str(site))).port
+    return launch.front(static_config(write_site(launch.workdir / "site"), LOCATIONS)).port
 
 
 def _get(port: int, path: str, **headers: str) -> http.client.HTTPResponse:

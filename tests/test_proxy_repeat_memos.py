@@ -9,10 +9,8 @@ import asyncio
 import email.utils
 import re
 import socket
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -21,7 +19,8 @@ from gantry.front.upstream import UpstreamConnection, UpstreamError, UpstreamRes
 from gantry.front.upstream_request import connection_vars, uwsgi_packet
 from gantry.protocol.http1 import FieldBlockMemo, ProtocolError, RequestHead, RequestParser
 from gantry.protocol.uwsgi import parse_packet
-from tests.process import REPO, Launcher, poll, read_all, recv_until, responses
+from tests.process import Launcher, poll, read_all, recv_until, responses
+from tests.support_front import start_uwsgi, uwsgi_front_config
 
 # --- the upstream's head ---------------------------------------------------------------
 
@@ -185,30 +184,8 @@ def test_the_packet_memo_follows_every_input(variant: str) -> None:
 @pytest.fixture
 def front_port(launch: Launcher) -> int:
     """A front proxying everything to uWSGI (tests.apps_repeat) over a unix socket."""
-    uwsgi = Path(sys.executable).parent / "uwsgi"
-    if not uwsgi.exists():
-        pytest.fail("uWSGI is not installed in the test environment (pip install uwsgi)")
-    sock = launch.workdir / "u.sock"
-    launch.program(
-        [str(uwsgi), "--socket", str(sock), "--chmod-socket=666", "--wsgi",
-         "tests.apps_repeat:app", "--chdir", str(REPO), "--master", "--processes", "1",
-         "--die-on-term", "--disable-logging", "--need-app"],
-        sock, "uwsgi",
-    )  # fmt: skip
-    front = launch.front(
-        f"""
-[front]
-listen = ["127.0.0.1:FRONT_PORT"]
-[[front.server]]
-[[front.server.location]]
-path = "/"
-proxy = "u"
-[front.upstream.u]
-protocol = "uwsgi"
-servers = [{{ address = "unix:{sock}" }}]
-"""
-    )
-    return front.port
+    sock = start_uwsgi(launch, "tests.apps_repeat:app")
+    return launch.front(uwsgi_front_config(f"unix:{sock}")).port
 
 
 def ask(sock: socket.socket, target: str, fields: str = "", version: str = "1.1") -> bytes:

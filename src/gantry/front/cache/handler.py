@@ -1053,8 +1053,7 @@ class CacheFill:
             writer.commit_packed()  # the batch is full: at once
         else:
             # A large body (in its temporary file already) or a Vary entry (a marker and
-            # a variant): files, renamed into place now. (The writer thread's
-            # commit_later takes neither: it went unused once small entries were packed.)
+            # a variant): files, renamed into place now.
             writer.commit(remember=False)  # in memory from its second use on, as packed ones
         if lock is not None:
             lock.release()

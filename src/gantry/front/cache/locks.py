@@ -65,7 +65,8 @@ class FillLocks:
         self.pid = 0
         #: offsets this worker holds (its requests are one holder to the kernel)
         self.held: set[int] = set()
-        #: the writer thread releases locks too: a take and a release are each one step
+        #: a take and a release are each one step (the writer thread that also released
+        #: locks is gone; the purge walk on an executor thread takes none)
         self.mutex = threading.Lock()
 
     def try_lock(self, digest: str) -> KeyLock | None:

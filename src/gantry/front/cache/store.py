@@ -22,17 +22,13 @@ value moved, or at least once a second; so a purge by another worker or a newer
 version of the entry is seen on the next request.
 
 Creating a file is the dear part of a miss (hundreds of microseconds on some file
-systems), so a small entry's file is written by the worker's writer thread once its
-response went out (``EntryWriter.commit_later``): meanwhile the worker answers the key
-from the entry in memory, a purge or replacement cancels the write, and the fill lock is
-let go only once the file is in place, so other workers waiting on it find it.
-
-A small entry that does not vary goes to the worker's pack instead (see packs.py), with
-the other misses that end in the same turn of the loop: one write for them all, at the
-end of the turn (``EntryWriter.commit_batched``). Until then the worker answers them
-from memory, holds their fill locks, and holds their clients' last bytes (so a client's
-next request, on any worker, finds its entry); a purge drops them; a crash loses that
-turn's entries only (the index names a record only once it is written whole).
+systems), so a small entry that does not vary goes to the worker's pack instead (see
+packs.py), with the other misses that end in the same turn of the loop: one write for
+them all, at the end of the turn (``EntryWriter.commit_batched``). Until then the worker
+answers them from memory, holds their fill locks, and holds their clients' last bytes
+(so a client's next request, on any worker, finds its entry); a purge drops them; a
+crash loses that turn's entries only (the index names a record only once it is written
+whole). A large or varying entry's files are renamed into place at once.
 """
 
 from __future__ import annotations
@@ -44,11 +40,10 @@ import itertools
 import mmap
 import os
 import struct
-import threading
 import time
 import zlib
 from asyncio import AbstractEventLoop, Handle
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
@@ -89,7 +84,7 @@ TEMP_PREFIX: Final = ".t"
 #: when the zone's generation did not move (a file changed by hand, a zone folder made anew)
 RECHECK_EVERY: Final = 1.0
 _GENERATION: Final = struct.Struct("=Q")
-#: entries waiting for the writer thread, at most (past either, a commit is done at once:
+#: entries waiting for their batch's write, at most (past either, a commit is done at once:
 #: a disk slower than the misses slows the misses instead of filling the memory)
 PENDING_ENTRIES: Final = 1024
 PENDING_BYTES: Final = 32 * 1024 * 1024
@@ -104,8 +99,6 @@ ABSENT_PATHS: Final = 4096
 SWEEP_SLICE: Final = 16384
 #: SHA-256, looked up once (not in hashlib's namespace per miss)
 _sha256: Final = hashlib.sha256
-#: how long a worker that stops waits for its writer thread to write what is pending
-WRITER_STOP_WAIT: Final = 5.0
 
 
 @dataclass
@@ -402,10 +395,9 @@ class CacheStore:
         #: there, and they take it out): a packed miss need not look again
         self.absent: set[str] = set()
         self.generation = Generation(self.root)
-        #: path -> the writer of an entry queued for the writer thread, and the entry
+        #: path -> the writer of an entry queued for its batch's write, and the entry
         self.pending: dict[str, tuple[EntryWriter, Entry]] = {}
         self.pending_bytes = 0
-        self.writer_thread: _WriterThread | None = None
         #: packable entries queued in this turn of the loop (see EntryWriter.commit_batched)
         self.batch: list[EntryWriter] = []
         self.batch_handle: Handle | None = None
@@ -821,8 +813,8 @@ class CacheStore:
         return self.purge_queued(key_prefix, tag, soft) + self.purge_walk(key_prefix, tag, soft)
 
     def purge_queued(self, key_prefix: str | None, tag: str | None, soft: bool) -> int:
-        """A purge's first step, on the worker's loop: the entries queued for the writer
-        thread that it matches are dropped (soft: written now marked stale, and counted
+        """A purge's first step, on the worker's loop: the entries queued for their batch's
+        write that it matches are dropped (soft: written now marked stale, and counted
         by the walk); how many were dropped. Any write queued later sees the purge mark
         moved and is dropped too."""
         self.generation.bump_purges()
@@ -1008,14 +1000,9 @@ class CacheStore:
                 raise failed
 
     def close(self) -> None:
-        """Write the batch, let the writer thread write what is queued (a while at most),
-        and stop it."""
+        """Write the batch and let go of the zone's files."""
         if self.batch:
             self.flush_batch()
-        thread = self.writer_thread
-        self.writer_thread = None
-        if thread is not None:
-            thread.stop(WRITER_STOP_WAIT)
         self.packer.close()
         self.readers.close()
         self.fill_locks.close()
@@ -1220,9 +1207,9 @@ class EntryWriter:
         self.pieces: list[bytes] | None = []
         self.marker = b""
         self.marker_temp = ""
-        #: a queued write that a purge or a newer entry made moot (set under ``renaming``)
+        #: a queued write that a purge or a newer entry made moot
         self.cancelled = False
-        #: the fill lock the writer thread lets go once the file is in place
+        #: the fill lock let go once the batch holding the entry is written
         self.lock: KeyLock | None = None
         #: the zone's purge mark when the entry was queued (None: not queued)
         self.purge_mark: int | None = None
@@ -1307,27 +1294,26 @@ class EntryWriter:
                 _write_file(self.marker_temp, self.marker)
             mark = self.purge_mark
             generation = self.store.generation
-            with _RENAMING:
-                if self.cancelled or (mark is not None and generation.purges() != mark):
-                    raise OSError("cancelled")  # purged or replaced while queued
-                # the key's packed version, if any, would hide the file: it goes
-                self.store.unpack(self.digest)
-                # Another worker's memory tier may hold what these renames replace: it is
-                # told through the generation (a new entry replaces nothing, tells nobody).
-                try:
-                    old_size = os.stat(self.final).st_size  # a new version of the entry
-                except FileNotFoundError:
-                    old_size = -1
-                replaced = old_size >= 0
-                if self.marker:
-                    primary = self.store.path_of(self.digest)
-                    replaced = replaced or os.path.exists(primary)
-                    self.store.absent.discard(primary)
-                    os.rename(self.marker_temp, primary)
-                self.store.absent.discard(self.final)
-                os.rename(self.temp, self.final)
-                # named in the index, so that a lookup knows to look for a file
-                self.store.hint_file(self.digest)
+            if self.cancelled or (mark is not None and generation.purges() != mark):
+                raise OSError("cancelled")  # purged or replaced while queued
+            # the key's packed version, if any, would hide the file: it goes
+            self.store.unpack(self.digest)
+            # Another worker's memory tier may hold what these renames replace: it is
+            # told through the generation (a new entry replaces nothing, tells nobody).
+            try:
+                old_size = os.stat(self.final).st_size  # a new version of the entry
+            except FileNotFoundError:
+                old_size = -1
+            replaced = old_size >= 0
+            if self.marker:
+                primary = self.store.path_of(self.digest)
+                replaced = replaced or os.path.exists(primary)
+                self.store.absent.discard(primary)
+                os.rename(self.marker_temp, primary)
+            self.store.absent.discard(self.final)
+            os.rename(self.temp, self.final)
+            # named in the index, so that a lookup knows to look for a file
+            self.store.hint_file(self.digest)
             st = os.stat(self.final)
             if mark is not None and generation.purges() != mark:
                 # A purge began while it was being put in place, perhaps after its walk
@@ -1486,104 +1472,9 @@ class EntryWriter:
         self.store.cancel_pending(self.final)  # an older answer queued must not follow it
         return self._stored(self._files(), remember)
 
-    def commit_later(self, lock: KeyLock | None, loop: AbstractEventLoop) -> bool:
-        """Have the store's writer thread put the entry in place, and then let ``lock``
-        go; until then the store answers its key from memory. False (nothing done) when
-        it must be committed now: a body already going to its file, a Vary marker to
-        write with it, or the queue full."""
-        store = self.store
-        if (
-            self.pieces is None
-            or self.marker
-            or len(store.pending) >= PENDING_ENTRIES
-            or store.pending_bytes + self.length > PENDING_BYTES
-        ):
-            return False
-        body = b"".join(self.pieces)
-        self.pieces = [body]
-        queued = replace(
-            self.entry,
-            path=self.final,
-            body_offset=_PREFIX.size + len(self.head),
-            body_length=self.length,
-            body=body,
-        )
-        store.cancel_pending(self.final)  # an older answer queued for it goes
-        store._forget(self.final)
-        store.pending[self.final] = (self, queued)
-        store.pending_bytes += self.length
-        self.lock = lock
-        self.purge_mark = store.generation.purges()
-        if store.writer_thread is None:
-            store.writer_thread = _WriterThread(loop)
-        store.writer_thread.put(self)
-        return True
-
     def cancel(self) -> None:
-        """A queued write is moot: the writer thread drops it (if not already done)."""
-        with _RENAMING:
-            self.cancelled = True
-
-    def written(self, identity: tuple[int, int] | None) -> None:
-        """On the loop, after the writer thread: the entry leaves the queue for the memory
-        tier (unless it was cancelled meanwhile)."""
-        store = self.store
-        pending = store.pending.get(self.final)
-        store._unqueue(self)
-        if identity is None or self.cancelled or pending is None or pending[0] is not self:
-            return
-        entry = pending[1]
-        entry.identity = identity
-        if entry.body is not None:
-            store._remember(self.final, entry, time.time())
-
-
-#: held around the check of ``EntryWriter.cancelled`` and the rename that follows it
-_RENAMING: Final = threading.RLock()
-
-
-class _WriterThread:
-    """A worker's thread that writes queued entries' files, in order, and tells the loop
-    of each (``EntryWriter.written``)."""
-
-    def __init__(self, loop: AbstractEventLoop) -> None:
-        self.loop = loop
-        self.jobs: deque[EntryWriter | None] = deque()
-        self.ready = threading.Condition()
-        self.thread = threading.Thread(target=self._run, name="cache-writer", daemon=True)
-        self.thread.start()
-
-    def put(self, writer: EntryWriter | None) -> None:
-        """Queue ``writer`` (None: stop once the queue is empty)."""
-        with self.ready:
-            self.jobs.append(writer)
-            if len(self.jobs) == 1:
-                # Woken only when it may be waiting: it takes every queued job before it
-                # waits again, and each wake-up is a thread switch (and a GIL handoff) on
-                # the loop's own core.
-                self.ready.notify()
-
-    def stop(self, wait: float) -> None:
-        """Write what is queued, at most ``wait`` seconds, and end the thread."""
-        self.put(None)
-        self.thread.join(wait)
-
-    def _run(self) -> None:
-        while True:
-            with self.ready:
-                while not self.jobs:
-                    self.ready.wait()
-                writer = self.jobs.popleft()
-            if writer is None:
-                return
-            identity = None if writer.cancelled else writer._files()
-            lock, writer.lock = writer.lock, None
-            if lock is not None:
-                lock.release()  # in place (or not to be): the waiters may look again
-            try:
-                self.loop.call_soon_threadsafe(writer.written, identity)
-            except RuntimeError:
-                pass  # the loop is closed: the worker is stopping
+        """A queued write is moot: its batch leaves it out."""
+        self.cancelled = True
 
 
 def _record_parts(parts: list[bytes], head: bytes, pieces: list[bytes], writer: EntryWriter) -> int:

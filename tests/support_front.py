@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.process import REPO, Front, Launcher
+from tests.process import REPO, Front, Launcher, recv_until
 
 
 def start_front(tmp_path: Path, body: str, env: dict[str, str] | None = None) -> Front:
@@ -174,3 +174,32 @@ def wait_until(condition: Callable[[], bool], limit: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+#: the one-file site's request and body of the connection-ceiling tests
+CEILING_REQUEST = b"GET /index.html HTTP/1.1\r\nHost: t\r\n\r\n"
+CEILING_BODY = b"hello\n"
+
+
+def answered_once(sock: socket.socket, limit: float = 5.0) -> bool:
+    """CEILING_REQUEST on ``sock`` gets its 200 (False: closed, reset or no answer)."""
+    try:
+        sock.sendall(CEILING_REQUEST)
+        data = recv_until(sock, lambda d: d.endswith(CEILING_BODY), limit)
+    except OSError:
+        return False
+    return data.startswith(b"HTTP/1.1 200")
+
+
+def hold_connections(port: int, count: int) -> tuple[list[socket.socket], int]:
+    """``count`` new connections, each asked once: those answered (held open), and how
+    many were refused (closed or reset at their first request)."""
+    held, refused = [], 0
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        if answered_once(sock):
+            held.append(sock)
+        else:
+            refused += 1
+            sock.close()
+    return held, refused

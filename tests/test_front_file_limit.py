@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.process import Launcher, free_port, gantry_env, recv_until, wait_for
+from tests.process import Launcher, free_port, gantry_env, wait_for
+from tests.support_front import CEILING_BODY, answered_once, hold_connections
 
-REQUEST = b"GET /index.html HTTP/1.1\r\nHost: t\r\n\r\n"
-BODY = b"hello\n"
+BODY = CEILING_BODY
 
 
 def _start(launch: Launcher, tmp: Path, settings: str, soft: int) -> tuple[int, Path]:
@@ -43,30 +43,6 @@ def _start(launch: Launcher, tmp: Path, settings: str, soft: int) -> tuple[int, 
     return port, launch.workdir / "front.log"
 
 
-def _answered(sock: socket.socket) -> bool:
-    """A request on ``sock`` gets its 200 (False: closed or reset instead)."""
-    try:
-        sock.sendall(REQUEST)
-        data = recv_until(sock, lambda d: d.endswith(BODY), 5.0)
-    except OSError:
-        return False
-    return data.startswith(b"HTTP/1.1 200")
-
-
-def _hold(port: int, count: int) -> tuple[list[socket.socket], int]:
-    """Up to ``count`` connections, each answered once: those held, and how many were
-    refused (closed or reset at their first request)."""
-    held, refused = [], 0
-    for _ in range(count):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        if _answered(sock):
-            held.append(sock)
-        else:
-            refused += 1
-            sock.close()
-    return held, refused
-
-
 def _needs_hard_limit(files: int) -> None:
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if hard != resource.RLIM_INFINITY and hard < files:
@@ -80,10 +56,10 @@ def test_a_low_soft_limit_is_raised_for_worker_connections(
     # held about 50 connections and refused the rest without a word
     _needs_hard_limit(500)
     port, _ = _start(launch, short_tmp, "worker_connections = 200\n", soft=64)
-    held, refused = _hold(port, 150)
+    held, refused = hold_connections(port, 150)
     try:
         assert (len(held), refused) == (150, 0)
-        assert all(_answered(sock) for sock in held[::10])
+        assert all(answered_once(sock) for sock in held[::10])
     finally:
         for sock in held:
             sock.close()
@@ -98,22 +74,22 @@ def test_at_the_file_limit_new_connections_are_refused_and_open_ones_served(
     assert wait_for(
         lambda: "worker_connections 1000: the open-file limit is 80" in log.read_text(), 5
     )
-    held, refused = _hold(port, 100)
+    held, refused = hold_connections(port, 100)
     try:
         # the worker's own files (listener, loop, logs) take some of the 80
         assert 30 <= len(held) < 80
         assert refused == 100 - len(held)
         # a new one is closed at once, not left waiting in the listen queue
         with socket.create_connection(("127.0.0.1", port), timeout=5) as extra:
-            assert not _answered(extra)
-        assert all(_answered(sock) for sock in held)
+            assert not answered_once(extra)
+        assert all(answered_once(sock) for sock in held)
         for sock in held[:5]:
             sock.close()
         del held[:5]
 
         def fresh_answered() -> bool:  # once the worker has seen the closes
             with socket.create_connection(("127.0.0.1", port), timeout=5) as fresh:
-                return _answered(fresh)
+                return answered_once(fresh)
 
         assert wait_for(fresh_answered, 5)
     finally:

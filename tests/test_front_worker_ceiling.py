@@ -14,14 +14,13 @@ from tests.process import (
     Front,
     Launcher,
     ready_workers,
-    recv_until,
     socket_inodes,
     tcp_sockets,
     wait_for,
 )
+from tests.support_front import CEILING_BODY, answered_once, hold_connections
 
-BODY = b"hello\n"
-REQUEST = b"GET /index.html HTTP/1.1\r\nHost: t\r\n\r\n"
+BODY = CEILING_BODY
 
 
 def _front(launch: Launcher, tmp: Path, ceiling: int) -> tuple[Front, list[int]]:
@@ -38,49 +37,26 @@ def _front(launch: Launcher, tmp: Path, ceiling: int) -> tuple[Front, list[int]]
     return front, workers
 
 
-def _answered(sock: socket.socket, limit: float = 5.0) -> bool:
-    """A request on ``sock`` gets its 200 (False: closed, reset or no answer)."""
-    try:
-        sock.sendall(REQUEST)
-        data = recv_until(sock, lambda d: d.endswith(BODY), limit)
-    except OSError:
-        return False
-    return data.startswith(b"HTTP/1.1 200")
-
-
-def _connect_and_ask(port: int, count: int) -> tuple[list[socket.socket], int]:
-    """``count`` new connections, one request each: those answered, and how many not."""
-    held, refused = [], 0
-    for _ in range(count):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        if _answered(sock):
-            held.append(sock)
-        else:
-            refused += 1
-            sock.close()
-    return held, refused
-
-
 def test_a_full_worker_leaves_new_clients_to_the_others(launch: Launcher, short_tmp: Path) -> None:
     front, (first, second) = _front(launch, short_tmp, ceiling=10)
     held: list[socket.socket] = []
     os.kill(second, signal.SIGSTOP)  # the first worker takes every client, up to full
     try:
-        got, refused = _connect_and_ask(front.port, 10)
+        got, refused = hold_connections(front.port, 10)
         held += got
         assert (len(got), refused) == (10, 0)
         os.kill(second, signal.SIGCONT)
         # the full worker raced the other for each of these and closed those it won
-        got, refused = _connect_and_ask(front.port, 8)
+        got, refused = hold_connections(front.port, 8)
         held += got
         assert (len(got), refused) == (8, 0)
-        assert all(_answered(sock) for sock in held)
+        assert all(answered_once(sock) for sock in held)
         # with room again, the first accepts again: alone, it answers a new client
         for sock in held[:3]:
             sock.close()
         del held[:3]
         os.kill(second, signal.SIGSTOP)
-        got, refused = _connect_and_ask(front.port, 2)
+        got, refused = hold_connections(front.port, 2)
         held += got
         assert (len(got), refused) == (2, 0)
     finally:
@@ -109,11 +85,11 @@ def test_a_worker_near_its_ceiling_leaves_new_clients_to_the_others(
     held: list[socket.socket] = []
     os.kill(second, signal.SIGSTOP)
     try:
-        got, refused = _connect_and_ask(front.port, 126)
+        got, refused = hold_connections(front.port, 126)
         held += got
         assert (len(got), refused) == (126, 0)
         os.kill(second, signal.SIGCONT)
-        got, refused = _connect_and_ask(front.port, 10)
+        got, refused = hold_connections(front.port, 10)
         held += got
         assert (len(got), refused) == (10, 0)
         assert _clients_of(first, front.port) == 126
@@ -125,25 +101,25 @@ def test_a_worker_near_its_ceiling_leaves_new_clients_to_the_others(
 
 def test_every_worker_full_a_new_client_is_refused(launch: Launcher, short_tmp: Path) -> None:
     front, _ = _front(launch, short_tmp, ceiling=5)
-    held, refused = _connect_and_ask(front.port, 10)
+    held, refused = hold_connections(front.port, 10)
     try:
         assert (len(held), refused) == (10, 0)
         # both workers stopped accepting when full, and take the queue again within
         # about a second: the new client is closed then, not kept waiting
         with socket.create_connection(("127.0.0.1", front.port), timeout=5) as extra:
-            assert not _answered(extra, limit=4.0)
+            assert not answered_once(extra, limit=4.0)
             extra.settimeout(4.0)
             try:
                 assert extra.recv(10) == b""
             except ConnectionResetError:
                 pass
-        assert all(_answered(sock) for sock in held)
+        assert all(answered_once(sock) for sock in held)
         assert wait_for(lambda: "worker_connections reached" in front.log_text(), 5)
         held.pop().close()
 
         def fresh_answered() -> bool:  # a place free again, once the worker saw the close
             with socket.create_connection(("127.0.0.1", front.port), timeout=5) as fresh:
-                return _answered(fresh)
+                return answered_once(fresh)
 
         assert wait_for(fresh_answered, 10)
     finally:

@@ -404,22 +404,9 @@ class FrontConnection(asyncio.Protocol):
             return False
         # what handle() and the parser's callbacks do for it: the request is counted,
         # timed and logged as any, and its deadlines go as after a whole head
-        self.busy = True
-        self.started = _monotonic()
-        self.head = refused.head
-        self.keep_alive = True
-        self.requests += 1
-        self.sent = 0
-        if self.upstream_log:
-            self.upstream_log = []
-        if self.limit_status:
-            self.limit_status = ""
+        self._begin(refused.head)
         self.remote_addr = refused.address
-        self.path, self.server, self.location = refused.path, refused.server, refused.location
-        if self.https:
-            hsts = refused.server.hsts
-            if hsts or self.hsts_line:  # as handle() sets it
-                self.hsts_line = hsts_field(hsts)
+        self._routed(refused.path, refused.server, refused.location)
         if self.deadline_kind:
             self.deadline = 0.0
             self.deadline_kind = 0
@@ -633,6 +620,27 @@ class FrontConnection(asyncio.Protocol):
         self, head: RequestHead, body: BodyBuffer | None, stream: StreamedBody | None = None
     ) -> None:
         """Route one request and run it through the worker's handler chain."""
+        self._begin(head)
+        worker = self.worker
+        host = request_host(head, worker.field_memo)
+        route = worker.route_maps[self.listener].get((host, head.path))  # worker.route, inline
+        if route is None:
+            route = worker.route(host, head.path, self.listener)
+            if route is None:
+                self.error(400, close=True)
+                return
+        path, server, location, chain = route
+        self._routed(path, server, location)
+        try:
+            run_chain(chain, self, stream if stream is not None else body)
+        except Exception:  # a bug must cost one request, not the connection's silence
+            log.exception("%s: %s failed", self.remote_addr, self._request_line())
+            if self.busy and not self.closed:
+                self.relay = None
+                self.error(500, close=True)
+
+    def _begin(self, head: RequestHead) -> None:
+        """A request's start: counted and timed, the last one's per-request state reset."""
         self.busy = True
         self.started = _monotonic()
         self.head = head
@@ -647,26 +655,14 @@ class FrontConnection(asyncio.Protocol):
             self.limit_status = ""
         if self.original is not None:
             self.original = None
-        worker = self.worker
-        host = request_host(head, worker.field_memo)
-        route = worker.route_maps[self.listener].get((host, head.path))  # worker.route, inline
-        if route is None:
-            route = worker.route(host, head.path, self.listener)
-            if route is None:
-                self.error(400, close=True)
-                return
-        self.path, self.server, self.location, chain = route
+
+    def _routed(self, path: str, server: VirtualServer, location: Location | None) -> None:
+        """The route a request took, and the HSTS line its server asks for."""
+        self.path, self.server, self.location = path, server, location
         if self.https:
-            hsts = self.server.hsts
+            hsts = server.hsts
             if hsts or self.hsts_line:  # set only where used: see the class's attributes
                 self.hsts_line = hsts_field(hsts)
-        try:
-            run_chain(chain, self, stream if stream is not None else body)
-        except Exception:  # a bug must cost one request, not the connection's silence
-            log.exception("%s: %s failed", self.remote_addr, self._request_line())
-            if self.busy and not self.closed:
-                self.relay = None
-                self.error(500, close=True)
 
     def _next(self) -> None:
         """Answer the next queued request."""

@@ -97,3 +97,20 @@ def https_connection(port: int, host: str, context: ssl.SSLContext) -> http.clie
             self.sock = context.wrap_socket(raw, server_hostname=host)
 
     return _Connection(host, port, timeout=15, context=context)
+
+
+def site_tls_config(ca: TestCA, root: Path, settings: str = "") -> str:
+    """A front config with one TLS listener (FRONT_PORT) and one server, site.test, with
+    a certificate from ``ca``, serving ``root``; ``settings``: more [front] lines."""
+    pair = ca.issue("site.test")
+    return f"""[front]
+listen = ["127.0.0.1:FRONT_PORT ssl"]
+{settings}
+[[front.server]]
+server_name = ["site.test"]
+ssl_certificate = "{pair.certificate}"
+ssl_certificate_key = "{pair.key}"
+[[front.server.location]]
+path = "/"
+root = "{root}"
+"""

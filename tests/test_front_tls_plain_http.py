@@ -13,27 +13,15 @@ import pytest
 
 from tests.process import Front, Launcher, wait_for
 from tests.support_rewrite import start_nginx
-from tests.support_tls import TestCA, https_connection
+from tests.support_tls import TestCA, https_connection, site_tls_config
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: site.test\r\nUser-Agent: raw\r\n\r\n"
 WORDS = b"The plain HTTP request was sent to HTTPS port"
 
 
 def _front(launch: Launcher, ca: TestCA, root: Path, workers: int = 1) -> Front:
-    pair = ca.issue("site.test")
     return launch.front(
-        f"""[front]
-listen = ["127.0.0.1:FRONT_PORT ssl"]
-workers = {workers}
-client_header_timeout = "2s"
-[[front.server]]
-server_name = ["site.test"]
-ssl_certificate = "{pair.certificate}"
-ssl_certificate_key = "{pair.key}"
-[[front.server.location]]
-path = "/"
-root = "{root}"
-"""
+        site_tls_config(ca, root, f'workers = {workers}\nclient_header_timeout = "2s"')
     )
 
 

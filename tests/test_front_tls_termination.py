@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.process import Front, Launcher
-from tests.support_tls import TestCA
+from tests.support_tls import TestCA, site_tls_config
 
 BIG = 3 * 1024 * 1024 + 17
 
@@ -106,21 +106,7 @@ class HandClient:
 
 
 def _front(launch: Launcher, ca: TestCA, root: Path, extra: str = "") -> Front:
-    pair = ca.issue("site.test")
-    return launch.front(
-        f"""[front]
-listen = ["127.0.0.1:FRONT_PORT ssl"]
-workers = 1
-{extra}
-[[front.server]]
-server_name = ["site.test"]
-ssl_certificate = "{pair.certificate}"
-ssl_certificate_key = "{pair.key}"
-[[front.server.location]]
-path = "/"
-root = "{root}"
-"""
-    )
+    return launch.front(site_tls_config(ca, root, f"workers = 1\n{extra}"))
 
 
 @pytest.fixture

@@ -150,9 +150,11 @@ def test_an_upstream_that_does_not_read_holds_the_client(launch: Launcher) -> No
 
 
 def _refused(port: int) -> bool:
+    """The listener is closed: a connect is refused, or reset when it reached the backlog
+    the moment the listener closed (the kernel resets what no one will accept)."""
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
         return True
     return False
 

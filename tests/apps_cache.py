@@ -22,3 +22,19 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
         ],
     )
     return [body]
+
+
+def shaped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """``PATH_INFO`` and a unique token as the body; Cache-Control is the query string
+    (none when it is empty), so every path with one query gets the same head; a path
+    ending in "/found" is a 302 (which no cache stores by heuristic freshness)."""
+    path = environ["PATH_INFO"]
+    body = f"{path} {uuid.uuid4()}".encode("latin-1")
+    fields = [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+    query = environ.get("QUERY_STRING", "")
+    if query:
+        fields.append(("Cache-Control", query.replace("%20", " ")))
+    if path.endswith("/found"):
+        fields.append(("Location", "/elsewhere"))
+    start_response("302 Found" if path.endswith("/found") else "200 OK", fields)
+    return [body]

@@ -60,3 +60,33 @@ def test_the_head_reads_back_whole_and_a_cut_of_it_is_refused(
                 _entry_from_head(head[:cut])
     with pytest.raises(_Broken):
         _entry_from_head(head + b"x")
+
+
+@given(
+    keys=st.tuples(text, text),
+    reason=latin,
+    fields=st.lists(st.tuples(latin, latin), max_size=8),
+    tags=st.lists(text, max_size=3),
+)
+def test_a_head_made_with_another_entrys_tail_is_its_own(
+    keys: tuple[str, str], reason: bytes, fields: list[tuple[bytes, bytes]], tags: list[str]
+) -> None:
+    """A miss's head reuses the part after the key made for another entry of the same
+    fields (see _Shape in the cache handler): the bytes are those made from scratch."""
+    first, second = (
+        Entry(
+            key=key,
+            status=200,
+            reason=reason,
+            fields=fields,
+            request_time=n,
+            response_time=n + 0.5,
+            initial_age=0.0,
+            freshness=Freshness(60.0),
+            tags=tuple(tags),
+        )
+        for n, key in enumerate(keys)
+    )
+    head = second.head_bytes(first.head_tail())
+    assert head == second.head_bytes()
+    assert _entry_from_head(head).key == keys[1]

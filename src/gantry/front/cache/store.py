@@ -101,7 +101,9 @@ SWEEP_SLICE: Final = 16384
 _sha256: Final = hashlib.sha256
 
 
-@dataclass
+# init=False: the __init__ below is compiled; the one dataclass() writes runs as
+# interpreted Python (each miss makes an Entry: ~2 us of it)
+@dataclass(init=False)
 class Entry:
     """One stored response, as read from its file."""
 
@@ -130,17 +132,53 @@ class Entry:
     #: (the fields it was made from, the status line and fields as sent from the cache)
     served: tuple[Fields, bytes] | None = field(default=None, repr=False, compare=False)
 
-    def head_bytes(self) -> bytes:
-        """The head of the entry's file (see ``_HEAD``): its numbers in one struct, then
-        the lengths of its strings, then the strings. JSON took a quarter of a miss's
-        own time (a float's repr alone over a microsecond); this is one join."""
-        fresh = self.freshness
-        flags = (
-            (_MUST_REVALIDATE if fresh.must_revalidate else 0)
-            | (_NO_CACHE if fresh.no_cache else 0)
-            | (_PURGED if self.purged else 0)
-        )
-        parts: list[bytes] = [self.key.encode("utf-8", "surrogatepass"), self.reason]
+    def __init__(
+        self,
+        key: str,
+        status: int,
+        reason: bytes,
+        fields: Fields,
+        request_time: float,
+        response_time: float,
+        initial_age: float,
+        freshness: Freshness,
+        vary: tuple[bytes, ...] = (),
+        vary_values: tuple[bytes | None, ...] = (),
+        tags: tuple[str, ...] = (),
+        purged: bool = False,
+        path: str = "",
+        body_offset: int = 0,
+        body_length: int = 0,
+        body: bytes | None = None,
+        identity: tuple[int, int] = (0, 0),
+        pack: tuple[int, int, int] = (0, 0, 0),
+        served: tuple[Fields, bytes] | None = None,
+    ) -> None:
+        self.key = key
+        self.status = status
+        self.reason = reason
+        self.fields = fields
+        self.request_time = request_time
+        self.response_time = response_time
+        self.initial_age = initial_age
+        self.freshness = freshness
+        self.vary = vary
+        self.vary_values = vary_values
+        self.tags = tags
+        self.purged = purged
+        self.path = path
+        self.body_offset = body_offset
+        self.body_length = body_length
+        self.body = body
+        self.identity = identity
+        self.pack = pack
+        self.served = served
+
+    def head_tail(self) -> HeadTail:
+        """The part of the entry's head after its numbers and its key's length and string
+        (see ``head_bytes``): the same for every entry with these reason, fields, Vary
+        and tags, so a miss may reuse one made for another of them."""
+        parts: list[bytes] = [self.reason]
         for name, value in self.fields:
             parts.append(name)
             parts.append(value)
@@ -156,12 +194,35 @@ class Entry:
             data = tag.encode("utf-8", "surrogatepass")
             lengths.append(len(data))
             parts.append(data)
+        return _lengths(len(lengths)).pack(*lengths), b"".join(parts)
+
+    def head_bytes(self, tail: HeadTail | None = None) -> bytes:
+        """The head of the entry's file (see ``_HEAD``): its numbers in one struct, then
+        the lengths of its strings, then the strings. JSON took a quarter of a miss's
+        own time (a float's repr alone over a microsecond); this is one join. ``tail``:
+        ``head_tail()``, if made (for an entry of the same fields)."""
+        fresh = self.freshness
+        flags = (
+            (_MUST_REVALIDATE if fresh.must_revalidate else 0)
+            | (_NO_CACHE if fresh.no_cache else 0)
+            | (_PURGED if self.purged else 0)
+        )
+        if tail is None:
+            tail = self.head_tail()
+        key = self.key.encode("utf-8", "surrogatepass")
         numbers = _HEAD.pack(
             self.status, self.request_time, self.response_time, self.initial_age,
             fresh.lifetime, fresh.stale_while_revalidate, fresh.stale_if_error, flags,
             len(self.fields), len(self.vary), len(self.vary_values), len(self.tags),
         )  # fmt: skip
-        return b"".join([numbers, _lengths(len(lengths)).pack(*lengths), *parts])
+        # the key's length first of the lengths, its string first of the strings
+        return b"".join([numbers, _KEY_LENGTH.pack(len(key)), tail[0], key, tail[1]])
+
+
+#: an entry's head after its key (see Entry.head_tail): the lengths of its other
+#: strings (packed), and those strings
+HeadTail = tuple[bytes, bytes]
+_KEY_LENGTH: Final = struct.Struct(">I")
 
 
 #: an entry's head: status, request time, response time, initial age, lifetime,
@@ -634,14 +695,14 @@ class CacheStore:
 
     # writing ----------------------------------------------------------------
 
-    def writer(self, entry: Entry) -> EntryWriter:
+    def writer(self, entry: Entry, head: bytes = b"") -> EntryWriter:
         """A writer of ``entry``'s file: its body goes in with ``write``, and ``commit``
-        puts it in place."""
+        puts it in place. ``head``: ``entry.head_bytes()``, if made."""
         digest = self.digest(entry.key)
         variant = entry.vary_values if entry.vary else None
         final = self.path_of(digest, variant)
         # its temporary file is named when it needs one (a packed entry has none)
-        return EntryWriter(self, entry, "", final, digest)
+        return EntryWriter(self, entry, "", final, digest, head)
 
     def _temp_for(self, final: str) -> str:
         """A temporary name next to ``final`` (the sweep knows them by their dot)."""
@@ -1193,13 +1254,15 @@ class EntryWriter:
     larger one goes to its temporary file as it comes. Either way the file is renamed
     into place only once whole."""
 
-    def __init__(self, store: CacheStore, entry: Entry, temp: str, final: str, digest: str) -> None:
+    def __init__(
+        self, store: CacheStore, entry: Entry, temp: str, final: str, digest: str, head: bytes = b""
+    ) -> None:
         self.store = store
         self.entry = entry
         self._temp = temp
         self.final = final
         self.digest = digest
-        self.head = entry.head_bytes()
+        self.head = head or entry.head_bytes()
         self.length = 0
         self.crc = 0
         self.fd: int | None = None

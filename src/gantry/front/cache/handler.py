@@ -562,7 +562,9 @@ class CacheHandler(Handler):
             return
         upstream, pool = target
         data: RequestBody = b""
-        if isinstance(body, BodyBuffer):
+        if body is None:
+            pass  # the usual (a GET): no isinstance of a plain class to pay for
+        elif isinstance(body, BodyBuffer):
             if body.size <= SMALL_BODY:
                 data = body.to_input().read()
                 body.discard()
@@ -573,7 +575,9 @@ class CacheHandler(Handler):
         fill.request_time = time.time()
         proxy = ProxyRequest(fill, head, data, upstream, pool, location, self.keepalive, self.tasks)
         proxy.keep_date = True  # the upstream's Date is how old its answer is (RFC 9111 4.2.3)
-        proxy.set_fields = proxy_fields(exchange)
+        if location is not None and location.proxy_set_header:
+            # (headers.py is not compiled: a call of it per miss ran as Python)
+            proxy.set_fields = proxy_fields(exchange)
         if not fill.silent:
             exchange.relay = proxy
         proxy.start()

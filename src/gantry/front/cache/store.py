@@ -452,6 +452,8 @@ class CacheStore:
         self.hot_bytes = 0
         #: key -> digest of the keys asked for lately
         self._digests: dict[str, str] = {}
+        #: digest -> its slot tag in the index, for the same keys
+        self._tags: dict[str, int] = {}
         #: paths a lookup found no file at (since then, only this worker's writes made one
         #: there, and they take it out): a packed miss need not look again
         self.absent: set[str] = set()
@@ -497,8 +499,20 @@ class CacheStore:
         digest = _sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
         if len(self._digests) >= RECENT_DIGESTS:
             self._digests.clear()
+            self._tags.clear()
         self._digests[key] = digest
         return digest
+
+    def tag_of(self, digest: str) -> int:
+        """The index's tag of a digest (a miss asks it twice: its lookup, its entry's
+        slot; parsing the hex took about half a microsecond each time)."""
+        tag = self._tags.get(digest)
+        if tag is None:
+            tag = slot_tag(digest)
+            if len(self._tags) >= RECENT_DIGESTS:
+                self._tags.clear()
+            self._tags[digest] = tag
+        return tag
 
     def path_of(self, digest: str, variant: tuple[bytes | None, ...] | None = None) -> str:
         """The file of a key's entry (or of one of its variants)."""
@@ -534,7 +548,7 @@ class CacheStore:
         if pending is not None:
             entry = pending[1]
         else:
-            tag = slot_tag(digest)
+            tag = self.tag_of(digest)
             found = self.index.find(tag)
             if found is None:
                 # The index names every entry of the zone, a file's too (by a hint, see
@@ -1467,7 +1481,7 @@ class EntryWriter:
         except OSError:
             self.pieces = None
             return None
-        kind, old_length = store.index.put(slot_tag(self.digest), pack, offset, length, now)
+        kind, old_length = store.index.put(store.tag_of(self.digest), pack, offset, length, now)
         if kind == 0:
             store.account(1, length)
         elif not old_length:

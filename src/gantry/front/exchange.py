@@ -123,6 +123,8 @@ class Exchange(ProxyClient, Protocol):
     #: the relay answering this request, if one does (told of back-pressure and of a
     #: client that went away)
     relay: Relay | None
+    #: when the request began (time.monotonic(); the time its limits count it at)
+    started: float
     #: nginx's $limit_req_status of this request: PASSED, DELAYED, REJECTED,
     #: DELAYED_DRY_RUN, REJECTED_DRY_RUN ("" when no limit_req applied)
     limit_status: str

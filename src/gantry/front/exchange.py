@@ -123,6 +123,8 @@ class Exchange(ProxyClient, Protocol):
     #: the relay answering this request, if one does (told of back-pressure and of a
     #: client that went away)
     relay: Relay | None
+    #: when the request began (time.monotonic(); the time its limits count it at)
+    started: float
     #: nginx's $limit_req_status of this request: PASSED, DELAYED, REJECTED,
     #: DELAYED_DRY_RUN, REJECTED_DRY_RUN ("" when no limit_req applied)
     limit_status: str
@@ -150,11 +152,6 @@ class Exchange(ProxyClient, Protocol):
     def respond_prepared(self, status: int, head: bytes, body: bytes) -> None:
         """A whole response whose status line and fields (each ending in CRLF) the handler
         prepared; Connection, Server and Date are added."""
-
-    def respond_refused(self, head: bytes, body: bytes) -> None:
-        """The blocklist's refusal: respond_prepared(403, head, body), which the exchange
-        may give again to the same request bytes without asking the chain (while the
-        blocklist refuses the address it named)."""
 
     def error(self, status: int, close: bool = False) -> None:
         """An error response of the front's own (its error page), then close if ``close``."""

@@ -18,7 +18,6 @@ from gantry.front.limits.zones import (
     LimitConnState,
     LimitReqState,
     LimitZones,
-    now_ms,
 )
 from gantry.http.body import BodyBuffer
 
@@ -246,7 +245,7 @@ class LimitHandler(Handler):
 
     def _limit_req(self, exchange: Exchange, route: RouteLimits) -> int:
         """nginx's limit_req handler: -1 refused (answered), else the delay in ms."""
-        now = now_ms()
+        now = request_ms(exchange)
         head, remote_addr, server_name = exchange.head, exchange.remote_addr, route.server_name
         rc = -1  # nginx's NGX_DECLINED: no limit had a key
         excess = 0
@@ -388,12 +387,20 @@ class RouteLimits(Handler):
         else:
             keyed = key.keyed(exchange.head, exchange.remote_addr, self.server_name)
         if keyed.digest:  # (an empty key is not limited)
-            excess = state.check(keyed, self.burst, now_ms())
+            excess = state.check(keyed, self.burst, request_ms(exchange))
             if excess > self.passing:
                 return self.limits.refuse_or_delay(self, exchange, body, excess)
             exchange.limit_status = "PASSED"
         conns = self.conns
         return bool(conns) and self.limits.limit_conn(exchange, self)
+
+
+def request_ms(exchange: Exchange) -> int:
+    """When ``exchange`` began, on the monotonic clock in ms (as ``now_ms``, the same in
+    every worker): the time its limits count it at. nginx counts a request at the time
+    its loop last read the clock, not at a clock read of its own; the request's start
+    (taken anyway, for the log) is that, and costs no clock call."""
+    return int(exchange.started * 1000.0)
 
 
 def _allowed(limit: LimitReq) -> int:

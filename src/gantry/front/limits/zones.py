@@ -13,6 +13,8 @@ import time
 from collections.abc import Mapping
 from typing import Final
 
+from mypy_extensions import i64
+
 from gantry.config.front_model import LimitConnZone, LimitReqZone
 from gantry.front.balancing import hash_key
 from gantry.front.limits.table import (
@@ -126,9 +128,9 @@ class Keyed:
         self.digest = digest
         #: kept across requests: the slot hint is worth keeping (``remember``)
         self.remembered = False
-        self.slot = NO_SLOT
+        self.slot: i64 = NO_SLOT
         #: the slot's generation when the entry was found in it (0: none)
-        self.generation = 0
+        self.generation: i64 = 0
 
     def remember(self) -> None:
         """Ready the key for the slot hint (a key kept across requests)."""
@@ -145,6 +147,10 @@ class ZoneKey:
         self.recipe = _recipe(template)
         self.by_address = template in ("$binary_remote_addr", "$remote_addr")
         self._memo: dict[str, Keyed] = {}
+        # the last address asked for and its key: a keep-alive client's next request
+        # (the usual case) is one string comparison, not a dict lookup
+        self._last_address = ""
+        self._last_keyed = Keyed(b"")
 
     def keyed(self, head: RequestHead, remote_addr: str, server_name: str) -> Keyed:
         """A request's key (its digest empty for an empty key)."""
@@ -155,15 +161,18 @@ class ZoneKey:
     def of_address(self, remote_addr: str) -> Keyed:
         """The key of a request from ``remote_addr`` where the key is the address alone
         (``by_address``): the request itself is not read."""
+        if remote_addr == self._last_address:
+            return self._last_keyed
         memo = self._memo
         keyed = memo.get(remote_addr)
-        if keyed is not None:
-            return keyed
-        keyed = self._evaluate(_NO_HEAD, remote_addr, "")
-        keyed.remember()
-        if len(memo) >= ADDRESS_CACHE:
-            memo.clear()
-        memo[remote_addr] = keyed
+        if keyed is None:
+            keyed = self._evaluate(_NO_HEAD, remote_addr, "")
+            keyed.remember()
+            if len(memo) >= ADDRESS_CACHE:
+                memo.clear()
+            memo[remote_addr] = keyed
+        self._last_address = remote_addr
+        self._last_keyed = keyed
         return keyed
 
     def _evaluate(self, head: RequestHead, remote_addr: str, server_name: str) -> Keyed:
@@ -183,7 +192,7 @@ class LimitReqState:
         self.name = zone.name
         self.key = ZoneKey(zone.key)
         #: thousandths of a request per second, as nginx keeps it
-        self.rate = max(1, int(zone.rate * 1000))
+        self.rate: i64 = max(1, int(zone.rate * 1000))
         self.table = table
 
     def check(self, keyed: Keyed, burst: int, now: int) -> int:
@@ -192,17 +201,14 @@ class LimitReqState:
         refused and not counted. This is every limited request's path: the entry is read
         in one call from the slot it was in last time when it is still there."""
         table = self.table
-        excess: int
-        last: int
         if not table.try_lock():
             table.wait_for_lock()
         try:
-            qs = table.slot_qs
-            slot = keyed.slot
+            slot: i64 = keyed.slot
             if slot != NO_SLOT:
                 # the entry read an integer at a time: no tuple, no bytes made
                 ints = table.slot_ints
-                at = slot * SLOT_INTS
+                at: i64 = slot * SLOT_INTS
                 if ints[at + GENERATION_INT] != keyed.generation:
                     slot = NO_SLOT  # the entry went (a full zone): look it up
                 elif ints[at + NEWER_INT] != NO_SLOT:
@@ -218,10 +224,12 @@ class LimitReqState:
                 if keyed.remembered:  # a key made per request is never seen again
                     keyed.slot = slot
                     keyed.generation = table.generation(slot)
+            # native integers (i64): no int object made for the arithmetic
+            qs = table.slot_qs
             at = slot * SLOT_QS
-            excess = qs[at + 2]
-            last = qs[at + 3]
-            ms = now - last
+            excess: i64 = qs[at + 2]
+            last: i64 = qs[at + 3]
+            ms: i64 = now - last
             if ms < 0:
                 ms = 1 if ms < -60000 else 0  # the clock went back (a lot: as 1 ms)
             # nginx adds this request before clamping: a key idle for 1/rate is at zero

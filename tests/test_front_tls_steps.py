@@ -1,7 +1,8 @@
-"""front.tls_steps: the handshake's "wants more" and close_notify's "the peer's has not
-come" answered as values by interpreted code (a caught exception costs more inside the
-compiled front.tls_accept), with the behaviour of the ssl calls they wrap: a real client
-SSLObject over memory BIOs, and a real client over a socket through a TLSListener."""
+"""front.tls_steps: the handshake's "wants more" answered as a value by interpreted code
+(a caught exception costs more inside the compiled front.tls_accept), close_notify sent
+without the exception of "the peer's has not come", with the behaviour of the ssl calls
+they wrap: a real client SSLObject over memory BIOs, and a real client over a socket
+through a TLSListener."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ from gantry.front.tls_accept import TLSListener
 from gantry.front.tls_steps import (
     HANDSHAKE_DONE,
     HANDSHAKE_WANTS_MORE,
+    TLSConnection,
     handshake_step,
     send_close_notify,
+    ssl_object,
 )
 from tests.support_tls import TestCA
 
@@ -36,11 +39,16 @@ def _server_context(tmp_path: Path) -> tuple[TestCA, ssl.SSLContext]:
 def _pair(
     server: ssl.SSLContext, client: ssl.SSLContext
 ) -> tuple[
-    ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO, ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO
+    TLSConnection, ssl.MemoryBIO, ssl.MemoryBIO, ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO
 ]:
+    """The server's end as a TLSListener makes it (and with its context's options)."""
+    listening = socket.socket()
+    listener = TLSListener(uvloop.new_event_loop(), listening, server, asyncio.Protocol, 5.0)
+    listening.close()
+    listener.loop.close()
     s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
     return (
-        server.wrap_bio(s_in, s_out, server_side=True),
+        listener.wrap_bio(s_in, s_out, True, None),
         s_in,
         s_out,
         client.wrap_bio(c_in, c_out, server_hostname="localhost"),
@@ -68,12 +76,46 @@ def test_a_handshake_step_by_step_then_close_notify(tmp_path: Path) -> None:
     assert handshake_step(server) is HANDSHAKE_DONE
     assert server.read(1024) == b"GET / HTTP/1.1\r\n\r\n"
     server.write(b"answer")
-    send_close_notify(server)  # the client's close_notify is not waited for
+    shutdown = _Recording(server)
+    send_close_notify(shutdown, s_in)  # the client's close_notify is not waited for
+    assert shutdown.raised is None  # ... nor asked for by an exception
     c_in.write(s_out.read())
     assert client.read(1024) == b"answer"
     # a clean close (without our close_notify this read would want more: SSLWantReadError)
     assert client.read(1024) == b""
-    send_close_notify(server)  # again, on a connection already closing: no error
+    send_close_notify(server, s_in)  # again, on a connection already closing: no error
+
+
+class _Recording:
+    """A TLSConnection's shutdown, with the exception it raised, if any."""
+
+    def __init__(self, tls: TLSConnection) -> None:
+        self.tls = tls
+        self.raised: BaseException | None = None
+
+    def shutdown(self) -> object:
+        try:
+            return self.tls.shutdown()
+        except BaseException as exc:
+            self.raised = exc
+            raise
+
+
+def test_the_ssl_object_view_is_the_same_connection(tmp_path: Path) -> None:
+    ca, context = _server_context(tmp_path)
+    server, s_in, s_out, client, c_in, c_out = _pair(context, ca.client_context())
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    s_in.write(c_out.read())
+    handshake_step(server)
+    c_in.write(s_out.read())
+    client.do_handshake()
+    s_in.write(c_out.read())
+    assert handshake_step(server) is HANDSHAKE_DONE
+    view = ssl_object(server)
+    assert isinstance(view, ssl.SSLObject)
+    assert view.server_side and view.context is context
+    assert view.version() == client.version() and view.cipher() == client.cipher()
 
 
 def test_a_client_we_do_not_speak_with_still_raises(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any, Final, cast
 
-from gantry.front.tls_steps import TLSConnection, handshake_step, send_close_notify, ssl_object
+from gantry.front.tls_steps import TLSConnection, handshake_step, ssl_object
 
 __all__ = ["PLAIN_HTTP_ANSWER", "TLSListener", "TLSStream"]
 
@@ -314,7 +314,18 @@ class TLSStream(asyncio.Protocol):
         tls = self.tls
         incoming = self.incoming
         if tls is not None and incoming is not None:
-            send_close_notify(tls, incoming)
+            # our close_notify into the outgoing BIO. shutdown() calls SSL_shutdown a
+            # second time, to read the client's close_notify, and raised
+            # SSLWantReadError when it had not come (the usual case; ~9 us with the
+            # exception, caught here). With the end of the incoming BIO marked and the
+            # context's OP_IGNORE_UNEXPECTED_EOF (TLSListener sets it), that read ends
+            # the connection as the client's close_notify would, without an error.
+            # Any ssl error left is of a connection that is closing anyway.
+            incoming.write_eof()
+            try:
+                tls.shutdown()
+            except ssl.SSLError:
+                pass
         self._flush()
         raw = self.raw
         if raw is not None:
@@ -423,8 +434,8 @@ class TLSListener:
     ) -> None:
         self.loop = loop
         self.sock = sock
-        # send_close_notify's end of the incoming BIO ends a connection without an
-        # exception (see front.tls_steps); the connections copy the option when made
+        # close()'s end of the incoming BIO ends a connection without an exception
+        # (see TLSStream.close); the connections copy the option when made
         context.options |= ssl.OP_IGNORE_UNEXPECTED_EOF
         self.context = context
         #: the connection maker under SSLContext.wrap_bio (see front.tls_steps):

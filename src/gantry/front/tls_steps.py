@@ -1,4 +1,4 @@
-"""The ssl calls of every TLS connection that end in an exception on the normal path,
+"""The ssl call of every TLS connection that ends in an exception on the normal path,
 caught here, in interpreted code, and answered as a value; and the connection object
 the front drives (the ssl module's own, under ``ssl.SSLObject``).
 
@@ -13,9 +13,11 @@ front.tls_accept, compiled, calls it.
 The connection object is ``ssl.SSLContext._wrap_bio``'s (``_ssl._SSLSocket``, CPython
 3.7 on), which ``SSLContext.wrap_bio`` wraps in an ``ssl.SSLObject`` whose every method
 is an interpreted call on to it: made and called directly, a connection costs ~2.4 us
-less to make and a frame less a call (do_handshake, read, write, shutdown). Where a
-caller asks for the ``ssl.SSLObject`` (``get_extra_info("ssl_object")``), it gets one
-around the same connection (``ssl_object``).
+less to make and a frame less a call (do_handshake, read, write, shutdown). Its
+shutdown does not raise on the normal path (see TLSStream.close): the compiled
+front.tls_accept calls it. Where a caller asks for the ``ssl.SSLObject``
+(``get_extra_info("ssl_object")``), it gets one around the same connection
+(``ssl_object``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ __all__ = [
     "HANDSHAKE_WANTS_MORE",
     "TLSConnection",
     "handshake_step",
-    "send_close_notify",
     "ssl_object",
 ]
 
@@ -38,7 +39,6 @@ HANDSHAKE_DONE: Final = True
 HANDSHAKE_WANTS_MORE: Final = False
 
 _WantRead: Final = ssl.SSLWantReadError
-_SSLError: Final = ssl.SSLError
 
 
 class TLSConnection(Protocol):
@@ -67,23 +67,6 @@ def handshake_step(tls: TLSConnection) -> bool:
     except _WantRead:
         return HANDSHAKE_WANTS_MORE
     return HANDSHAKE_DONE
-
-
-def send_close_notify(tls: TLSConnection, incoming: ssl.MemoryBIO) -> None:
-    """Our close_notify into the outgoing BIO; the client's is not waited for.
-
-    The ssl module's shutdown calls SSL_shutdown a second time, to read the peer's
-    close_notify, and raises SSLWantReadError when it has not come (the normal case):
-    ~9 us a connection with the exception. With the end of the incoming BIO marked and
-    the context's OP_IGNORE_UNEXPECTED_EOF (TLSListener sets it), that read ends the
-    connection as the peer's close_notify would, and no exception is made. Any ssl error
-    left (a context without the option, a connection already failed) is of a connection
-    that is closing anyway."""
-    incoming.write_eof()  # again on a connection already closing: no error
-    try:
-        tls.shutdown()
-    except _SSLError:
-        pass
 
 
 def ssl_object(tls: TLSConnection) -> ssl.SSLObject:

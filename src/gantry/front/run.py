@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -254,16 +255,17 @@ class _SharedListeners:
 def _connections(
     worker: FrontWorker, index: int, listener: Listener
 ) -> Callable[[], asyncio.Protocol]:
-    """The protocol factory of listener ``index``."""
+    """The protocol factory of listener ``index`` (a partial: called per connection, a
+    lambda would add an interpreted frame to each)."""
     if listener.h2c:
-        return lambda: Http2Connection(worker, index)
+        return functools.partial(Http2Connection, worker, index)
     if listener.ssl:
         if listener.http2:
-            return lambda: _AlpnChoice(worker, index)
-        return lambda: FrontConnection(worker, index, True)
+            return functools.partial(_AlpnChoice, worker, index)
+        return functools.partial(FrontConnection, worker, index, True)
     if listener.proxy_protocol:
-        return lambda: FrontConnection(worker, index, False, True)
-    return lambda: FrontConnection(worker, index)
+        return functools.partial(FrontConnection, worker, index, False, True)
+    return functools.partial(FrontConnection, worker, index)
 
 
 class _AlpnChoice(asyncio.Protocol):

@@ -105,6 +105,8 @@ class FrontTLS:
             return listener  # one certificate on this listener: nothing for SNI to choose
         names: dict[str, ssl.SSLContext] = {}
 
+        # ``sock`` is what the handshake runs on: front.tls_accept's TLSConnection (the
+        # ssl module's connection object, whose context may be set as SSLObject's)
         def choose(sock: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
             if name is None:
                 return

@@ -1,6 +1,7 @@
-"""The front's TLS termination: the loop's plain TCP transport carries the ciphertext, an
-``ssl.SSLObject`` over two memory BIOs turns it into the plaintext the HTTP/1 and HTTP/2
-connections read, and their writes back into records, as nginx drives OpenSSL itself.
+"""The front's TLS termination: the loop's plain TCP transport carries the ciphertext, the
+ssl module's connection object over two memory BIOs (front.tls_steps) turns it into the
+plaintext the HTTP/1 and HTTP/2 connections read, and their writes back into records, as
+nginx drives OpenSSL itself.
 
 Measured against uvloop's own TLS transport (``create_server(ssl=...)``, bench/front.py
 and bench/tls_transport.py), this costs less a request and a handshake: no second
@@ -24,7 +25,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any, Final, cast
 
-from gantry.front.tls_steps import handshake_step, send_close_notify
+from gantry.front.tls_steps import TLSConnection, handshake_step, ssl_object
 
 __all__ = ["PLAIN_HTTP_ANSWER", "TLSListener", "TLSStream"]
 
@@ -34,7 +35,7 @@ log: Final = logging.getLogger("gantry.front")
 TLS_HANDSHAKE: Final = 0x16
 #: bytes of a plain-HTTP head read before the answer (the rest is not waited for)
 PLAIN_HEAD_LIMIT: Final = 16 * 1024
-#: the most plaintext one record carries: SSLObject.read is asked for no more
+#: the most plaintext one record carries: a read is asked for no more
 RECORD_PLAINTEXT: Final = 16 * 1024
 
 _MESSAGE: Final = b"400 The plain HTTP request was sent to HTTPS port\n"
@@ -119,7 +120,9 @@ class TLSStream(asyncio.Protocol):
         #: made with the first byte (a silent or plain-HTTP client costs none of them)
         self.incoming: ssl.MemoryBIO | None = None
         self.outgoing: ssl.MemoryBIO | None = None
-        self.tls: ssl.SSLObject | None = None
+        self.tls: TLSConnection | None = None
+        #: the ssl.SSLObject around ``tls``, made when asked for (get_extra_info)
+        self.view: ssl.SSLObject | None = None
         #: loop time past which the handshake is given up (the listener's sweep)
         self.deadline = 0.0
         #: the protocol is reading what we gave it: its writes wait in the outgoing BIO
@@ -146,9 +149,7 @@ class TLSStream(asyncio.Protocol):
             self.state = _HANDSHAKE
             self.incoming = ssl.MemoryBIO()
             self.outgoing = ssl.MemoryBIO()
-            self.tls = self.listener.context.wrap_bio(
-                self.incoming, self.outgoing, server_side=True
-            )
+            self.tls = self.listener.wrap_bio(self.incoming, self.outgoing, True, None)
             self._handshake(data)
 
     def eof_received(self) -> bool | None:
@@ -311,8 +312,20 @@ class TLSStream(asyncio.Protocol):
             return
         self.state = _CLOSING
         tls = self.tls
-        if tls is not None:
-            send_close_notify(tls)
+        incoming = self.incoming
+        if tls is not None and incoming is not None:
+            # our close_notify into the outgoing BIO. shutdown() calls SSL_shutdown a
+            # second time, to read the client's close_notify, and raised
+            # SSLWantReadError when it had not come (the usual case; ~9 us with the
+            # exception, caught here). With the end of the incoming BIO marked and the
+            # context's OP_IGNORE_UNEXPECTED_EOF (TLSListener sets it), that read ends
+            # the connection as the client's close_notify would, without an error.
+            # Any ssl error left is of a connection that is closing anyway.
+            incoming.write_eof()
+            try:
+                tls.shutdown()
+            except ssl.SSLError:
+                pass
         self._flush()
         raw = self.raw
         if raw is not None:
@@ -386,7 +399,10 @@ class TLSStream(asyncio.Protocol):
         tls = self.tls
         if tls is not None:
             if name == "ssl_object":
-                return tls
+                view = self.view
+                if view is None:
+                    view = self.view = ssl_object(tls)
+                return view
             if name == "sslcontext":
                 return tls.context
             if name == "cipher":
@@ -418,7 +434,15 @@ class TLSListener:
     ) -> None:
         self.loop = loop
         self.sock = sock
+        # close()'s end of the incoming BIO ends a connection without an exception
+        # (see TLSStream.close); the connections copy the option when made
+        context.options |= ssl.OP_IGNORE_UNEXPECTED_EOF
         self.context = context
+        #: the connection maker under SSLContext.wrap_bio (see front.tls_steps):
+        #: (incoming, outgoing, server_side, server_hostname) -> TLSConnection
+        self.wrap_bio: Callable[[ssl.MemoryBIO, ssl.MemoryBIO, bool, str | None], TLSConnection] = (
+            cast(Any, context)._wrap_bio
+        )
         self.factory = factory
         self.timeout = timeout
         self.server: asyncio.Server | None = None

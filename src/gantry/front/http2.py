@@ -394,9 +394,20 @@ class Http2Stream:
             return
         coder = self.coder
         if coder is not None:
-            data = coder.piece(data)
+            data, first = coder.stream(data)
+            if first:  # flushed once this turn's pieces are in (see ResponseCoder.stream)
+                self.conn.worker.loop.call_soon(self._flush_coder, coder)
             if not data:
                 return
+        self._send_piece(data)
+
+    def _flush_coder(self, coder: ResponseCoder) -> None:
+        if coder is self.coder and not self.closed:
+            data = coder.flush()
+            if data:
+                self._send_piece(data)
+
+    def _send_piece(self, data: bytes) -> None:
         self._queue(data)
         self.conn.pump(self)
         if self.out_size >= STREAM_HIGH_WATER and not self.paused:

@@ -244,7 +244,9 @@ def test_many_pieces_that_arrive_together_are_flushed_together(site: Site) -> No
     assert answer.field("content-encoding") == "gzip"
     assert gzip.decompress(answer.body) == text(size)
     flushes = answer.body.count(b"\x00\x00\xff\xff")
-    assert flushes < 100, f"{flushes} flushes for {size // 40} pieces"
+    # a flush per piece gives one each (3002); a read per turn, far fewer, however the
+    # app server's writes happen to be split on a busy machine
+    assert flushes < size // 40 // 2, f"{flushes} flushes for {size // 40} pieces"
 
 
 def zlib_stream() -> object:

@@ -334,7 +334,8 @@ gzip_types = ["text/plain"]
         raw = b"".join(got.iter_raw())
     assert gzip.decompress(raw) == TINY
     flushes = raw.count(b"\x00\x00\xff\xff")
-    assert flushes < 100, f"{flushes} flushes for {len(TINY) // 40} pieces"
+    # one a piece (3002) with a flush per piece; one a read however the reads fall
+    assert flushes < len(TINY) // 40 // 2, f"{flushes} flushes for {len(TINY) // 40} pieces"
 
 
 def test_connection_fields_are_stripped_and_request_trailers_ignored(

@@ -47,7 +47,6 @@ those three under its own key.
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import shutil
 import socket
@@ -62,7 +61,20 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from idle_many import idle_bench  # noqa: E402 - a sibling module, imported as a script
+from fronts import (  # noqa: E402 - sibling modules, imported as scripts
+    BLOCKED_CLIENT,
+    PASSING_CLIENT,
+    children,
+    free_pair,
+    gantry_front_command,
+    make_site,
+    nginx_command,
+    rss_mb,
+    start_server,
+    this_tree_first,
+    tree_cpu,
+)
+from idle_many import idle_bench  # noqa: E402
 from run import (  # noqa: E402 - the sibling module, imported as a script
     REPO_ROOT,
     VENV_BIN,
@@ -77,7 +89,6 @@ from run import (  # noqa: E402 - the sibling module, imported as a script
     write_report,
 )
 
-STATIC = bytes(range(256)) * 4  # 1 KiB
 #: load name -> (short key in the JSON report, path, every request a new URL under it,
 #: over TLS, a connection per request)
 LOADS = {
@@ -193,30 +204,6 @@ def check_caching(port: int, name: str) -> None:
     hit = "HIT" in second or ("hit" in second and "fwd=" not in second)
     if not (miss and hit):
         raise RuntimeError(f"{name}: a new URL gave {first!r}, then {second!r}")
-
-
-def free_pair() -> int:
-    """A free port whose next one is free too (HTTP, then HTTPS)."""
-    for _ in range(100):
-        port = free_port()
-        try:
-            socket.create_server(("127.0.0.1", port + 1)).close()
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no two free ports in a row")
-
-
-def wait_port(port: int, limit: float = 20.0) -> None:
-    """Until something accepts on 127.0.0.1:``port``."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 def make_certificate(work: Path) -> tuple[Path, Path]:
@@ -356,39 +343,6 @@ def idle_connections(port: int, pid: int, count: int) -> tuple[float, bool]:
             sock.close()
 
 
-def children(pid: int) -> list[int]:
-    """Child PIDs (a master's workers)."""
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
-
-
-def tree_cpu(pid: int) -> float:
-    """CPU seconds (user + system, every thread) used so far by ``pid`` and its children
-    (a front's master and workers)."""
-    total = 0.0
-    for member in [pid, *children(pid)]:
-        try:
-            fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
-def rss_mb(pid: int) -> float:
-    """Resident set size in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-#: the client the blocklist refuses, and one it lets through
-BLOCKED_CLIENT = "192.0.2.1"
-PASSING_CLIENT = "198.51.100.1"
 BLOCKLIST_SIZE = 100_000
 
 
@@ -434,8 +388,7 @@ http {{
     )
     (work / "blocked-full.txt").write_text(blocklist_entries(BLOCKLIST_SIZE))
     (work / "blocked-empty.txt").write_text("# nothing\n")
-    commands = {"nginx": [shutil.which("nginx") or "/usr/sbin/nginx", "-p", str(work), "-c",
-                          str(nginx)]}  # fmt: skip
+    commands = {"nginx": nginx_command(work, nginx)}
     for name, listed in (
         ("gantry-100k", "blocked-full.txt"),
         ("gantry-empty", "blocked-empty.txt"),
@@ -457,16 +410,14 @@ path = "/static/"
 root = "{site}"
 """
         )
-        commands[name] = [sys.executable, "-m", "gantry", "front", "-c", str(conf)]
+        commands[name] = gantry_front_command(conf)
     return commands
 
 
 def blocklist_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Refused requests (403) against nginx's deny; a 100,000-entry blocklist against an
     empty one; paired rounds, the first front alternating."""
-    # this tree's gantry, whatever .venv-bench holds
-    src = str(REPO_ROOT / "src")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
+    this_tree_first()
     loads = {
         "refused 403": (("nginx", "gantry-100k"), BLOCKED_CLIENT),
         "static 1 KiB": (("gantry-empty", "gantry-100k", "nginx"), PASSING_CLIENT),
@@ -476,18 +427,14 @@ def blocklist_bench(args: argparse.Namespace) -> dict[str, Any]:
     cpu_us: dict[tuple[str, int, str], float] = {}
     with tempfile.TemporaryDirectory(prefix="gblock-") as tmp:
         work = Path(tmp)
-        site = work / "site"
-        (site / "static").mkdir(parents=True)
-        (site / "static" / "one.bin").write_bytes(STATIC)
+        site = make_site(work, "static")
         ports = {name: free_port() for name in ("nginx", "gantry-100k", "gantry-empty")}
         commands = blocklist_confs(work, site, ports)
         for round_no in range(1, args.rounds + 1):
             servers = {}
             try:
                 for name, command in commands.items():
-                    servers[name] = ServerProcess(command, 0, work / f"{name}.log")
-                    servers[name].start()
-                    wait_port(ports[name])
+                    servers[name] = start_server(command, 0, work / f"{name}.log", ports[name])
                 for load, (names, client) in loads.items():
                     order = names if round_no % 2 else tuple(reversed(names))
                     for name in order:
@@ -562,16 +509,13 @@ while True:
 def slow_clients_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Throughput of a static file with SLOW_CLIENTS dripping connections open against
     without them, gantry and nginx each; paired rounds."""
-    src = str(REPO_ROOT / "src")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
+    this_tree_first()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     results: dict[tuple[str, int, str], float] = {}
     with tempfile.TemporaryDirectory(prefix="gslow-") as tmp:
         work = Path(tmp)
-        site = work / "site"
-        (site / "static").mkdir(parents=True)
-        (site / "static" / "one.bin").write_bytes(STATIC)
+        site = make_site(work, "static")
         ports = {name: free_port() for name in ("nginx", "gantry")}
         # the blocklist bench's nginx and its gantry with an empty list (real_ip on both)
         every = {"nginx": ports["nginx"], "gantry-empty": ports["gantry"]}
@@ -580,11 +524,9 @@ def slow_clients_bench(args: argparse.Namespace) -> dict[str, Any]:
         commands = {"nginx": made["nginx"], "gantry": made["gantry-empty"]}
         for round_no in range(1, args.rounds + 1):
             for name in ("nginx", "gantry") if round_no % 2 else ("gantry", "nginx"):
-                server = ServerProcess(commands[name], 0, work / f"{name}.log")
-                server.start()
+                server = start_server(commands[name], 0, work / f"{name}.log", ports[name])
                 driver = None
                 try:
-                    wait_port(ports[name])
                     wrk(ports[name], "/static/one.bin", 1, 1)
                     alone = wrk(ports[name], "/static/one.bin", args.duration, 1).rps
                     driver = subprocess.Popen(
@@ -688,21 +630,13 @@ def wrk_loads(
 ) -> dict[str, Any] | None:
     """Both fronts on every load of LOADS chosen, interleaved: the figures and ratios
     printed and returned for the report (None: uWSGI is missing)."""
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(VENV_BIN / "uwsgi").exists():
         print("run `python bench/run.py` first: it builds .venv-bench with uWSGI", file=sys.stderr)
         return None
-    # this tree's gantry, not the one .venv-bench has installed (editable, another tree)
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH")])
-    )
+    this_tree_first()
     with tempfile.TemporaryDirectory(prefix="gfront-") as tmp:
         work = Path(tmp)
-        site = work / "site"
-        (site / "static").mkdir(parents=True)
-        (site / "static" / "one.bin").write_bytes(STATIC)
-        (site / "limited").mkdir()
-        (site / "limited" / "one.bin").write_bytes(STATIC)
+        site = make_site(work, "static", "limited")
         (site / "gzip").mkdir()
         (site / "gzip" / "page.html").write_bytes(html_page(100 * 1024))
         zones = Path(tempfile.mkdtemp(prefix="gfront-zones-", dir=args.cache_dir or work))
@@ -741,14 +675,12 @@ def wrk_loads(
                         port = free_pair()  # port: HTTP, port + 1: HTTPS
                         if name == "nginx":
                             conf = nginx_conf(work, port, site, sock, kib_sock, zones)
-                            command = [nginx, "-p", str(work), "-c", str(conf)]
+                            command = nginx_command(work, conf)
                         else:
                             conf = gantry_conf(work, port, site, sock, kib_sock, zones)
-                            command = [str(VENV_BIN / "gantry"), "front", "-c", str(conf)]
-                        server = ServerProcess(command, 0, work / f"{name}.log")
+                            command = gantry_front_command(conf)
+                        server = start_server(command, 0, work / f"{name}.log", port)
                         servers[name] = (server, port)
-                        server.start()
-                        wait_port(port)
                         if any(key.startswith("cache") for key, *_ in loads.values()):
                             check_caching(port, name)
                     order = ("nginx", "gantry") if round_no % 2 else ("gantry", "nginx")

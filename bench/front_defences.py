@@ -33,6 +33,10 @@ from typing import Any
 
 import uvloop
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fronts import BLOCKED_CLIENT, PASSING_CLIENT, make_site  # noqa: E402 - a sibling module
+
 from gantry.config.front import front_config_from_dict
 from gantry.front import connection as connection_module
 from gantry.front.connection import FrontConnection
@@ -61,9 +65,6 @@ root = "{tmp}/site"
 limit_req = [{{ zone = "perip", burst = 1000000, nodelay = true }}]
 """
 
-BLOCKED = "192.0.2.1"
-PASSING = "198.51.100.1"
-
 
 def request(path: str, client: str) -> bytes:
     """The request wrk sends in bench/front.py's blocklist load."""
@@ -73,9 +74,9 @@ def request(path: str, client: str) -> bytes:
 
 
 LOADS = {
-    "refused": (request("/static/one.bin", BLOCKED), 403),
-    "static": (request("/static/one.bin", PASSING), 200),
-    "limited": (request("/limited/one.bin", PASSING), 200),
+    "refused": (request("/static/one.bin", BLOCKED_CLIENT), 403),
+    "static": (request("/static/one.bin", PASSING_CLIENT), 200),
+    "limited": (request("/limited/one.bin", PASSING_CLIENT), 200),
 }
 
 
@@ -87,10 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="gdef-") as name:
         tmp = Path(name)
-        for location in ("static", "limited"):
-            (tmp / "site" / location).mkdir(parents=True)
-            (tmp / "site" / location / "one.bin").write_bytes(bytes(range(256)) * 4)
-        (tmp / "listed.txt").write_text(f"{BLOCKED}\n")
+        make_site(tmp, "static", "limited")
+        (tmp / "listed.txt").write_text(f"{BLOCKED_CLIENT}\n")
         results = measure(CONFIG.format(tmp=tmp), args.rounds, args.requests)
     build = "compiled" if not str(connection_module.__file__).endswith(".py") else "pure Python"
     print(f"{build} build, median of {args.rounds} rounds of {args.requests} requests")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -26,15 +25,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from front import (  # noqa: E402 - the sibling module, imported as a script
-    STATIC,
+from front import make_certificate, wrk  # noqa: E402 - sibling modules, imported as scripts
+from fronts import (  # noqa: E402
     free_pair,
-    make_certificate,
+    gantry_front_command,
+    make_site,
+    nginx_command,
+    start_server,
+    this_tree_first,
     tree_cpu,
-    wait_port,
-    wrk,
 )
-from run import REPO_ROOT, ServerProcess, machine_info  # noqa: E402
+from run import ServerProcess, machine_info  # noqa: E402
 
 #: what is measured: (label, front, protocol)
 LOADS = [
@@ -112,11 +113,7 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    # gantry from this tree, as the tests run it
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH")])
-    )
+    this_tree_first()
     print(f"machine: {machine_info()}; load average {os.getloadavg()}", flush=True)
     rps: dict[tuple[str, int], float] = {}
     cpu_us: dict[tuple[str, int], float] = {}
@@ -124,9 +121,7 @@ def main() -> int:
         work = Path(tmp)
         for name in ("body", "proxy"):
             (work / name).mkdir()
-        site = work / "site"
-        (site / "static").mkdir(parents=True)
-        (site / "static" / "one.bin").write_bytes(STATIC)
+        site = make_site(work, "static")
         make_certificate(work)
         for round_no in range(1, args.rounds + 1):
             servers: dict[str, tuple[ServerProcess, int]] = {}
@@ -134,14 +129,10 @@ def main() -> int:
                 for name in ("nginx", "gantry"):
                     port = free_pair()
                     if name == "nginx":
-                        command = [nginx, "-p", str(work), "-c", str(nginx_conf(work, port, site))]
+                        command = nginx_command(work, nginx_conf(work, port, site))
                     else:
-                        conf = gantry_conf(work, port, site)
-                        command = [sys.executable, "-m", "gantry", "front", "-c", str(conf)]
-                    server = ServerProcess(command, 0, work / f"{name}.log")
-                    server.start()
-                    servers[name] = (server, port)
-                    wait_port(port)
+                        command = gantry_front_command(gantry_conf(work, port, site))
+                    servers[name] = (start_server(command, 0, work / f"{name}.log", port), port)
                 loads = LOADS if round_no % 2 else [LOADS[1], LOADS[0], LOADS[3], LOADS[2]]
                 for label, name, protocol in loads:
                     server, port = servers[name]

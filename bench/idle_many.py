@@ -29,7 +29,6 @@ import os
 import resource
 import select
 import selectors
-import shutil
 import socket
 import statistics
 import sys
@@ -40,12 +39,20 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import REPO_ROOT, VENV_BIN, ServerProcess, free_port  # noqa: E402
+from fronts import (  # noqa: E402 - sibling modules, imported as scripts
+    STATIC,
+    children,
+    gantry_front_command,
+    nginx_command,
+    start_server,
+    status_kb,
+    this_tree_first,
+    tree_cpu,
+)
+from run import free_port  # noqa: E402
 
 #: issue 16's goal: this many idle connections on one 2-worker front under 1 GiB
 GOAL_CONNECTIONS = 100_000
-#: the static file every connection asks for once
-BODY = bytes(range(256)) * 4
 REQUEST = b"GET /static/one.bin HTTP/1.1\r\nHost: b\r\n\r\n"
 #: IP_BIND_ADDRESS_NO_PORT (Linux): the source port is chosen at connect, per 4-tuple
 _BIND_NO_PORT = 24
@@ -70,14 +77,14 @@ PROBES = 20
 
 
 def _answered(data: bytes) -> bool | None:
-    """True once ``data`` holds a whole 200 answer with BODY, False for another status,
+    """True once ``data`` holds a whole 200 answer with STATIC, False for another status,
     None while it is incomplete."""
     end = data.find(b"\r\n\r\n")
     if end < 0:
         return None
     if not data.startswith(b"HTTP/1.1 200"):
         return False
-    return True if len(data) >= end + 4 + len(BODY) else None
+    return True if len(data) >= end + 4 + len(STATIC) else None
 
 
 def open_connections(port: int, first: int, count: int, deadline: float) -> tuple[
@@ -214,49 +221,19 @@ def _fresh_probe(port: int) -> float | str:
     return answer if isinstance(answer, str) else (time.monotonic() - started) * 1000
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def _status_kb(pid: int, field: str) -> int:
-    try:
-        text = Path(f"/proc/{pid}/{'status' if field == 'VmRSS' else 'smaps_rollup'}").read_text()
-    except OSError:
-        return 0
-    for line in text.splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
 def memory_mb(pid: int) -> tuple[float, float]:
     """(RSS, PSS) of ``pid`` and its children (a master and its workers), in MB."""
-    tree = [pid, *_children(pid)]
+    tree = [pid, *children(pid)]
     return (
-        sum(_status_kb(p, "VmRSS") for p in tree) / 1024,
-        sum(_status_kb(p, "Pss") for p in tree) / 1024,
+        sum(status_kb(p, "VmRSS") for p in tree) / 1024,
+        sum(status_kb(p, "Pss") for p in tree) / 1024,
     )
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and its children so far."""
-    total = 0.0
-    for member in [pid, *_children(pid)]:
-        try:
-            fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
 
 
 def sockets_per_worker(pid: int) -> list[int]:
     """How many sockets each worker of master ``pid`` has open (its clients, mostly)."""
     counts = []
-    for worker in _children(pid):
+    for worker in children(pid):
         n = 0
         with contextlib.suppress(OSError):
             for fd in os.listdir(f"/proc/{worker}/fd"):
@@ -266,7 +243,9 @@ def sockets_per_worker(pid: int) -> list[int]:
     return sorted(counts, reverse=True)
 
 
-def nginx_command(work: Path, port: int, workers: int, per_worker: int, files: int) -> list[str]:
+def nginx_idle_command(
+    work: Path, port: int, workers: int, per_worker: int, files: int
+) -> list[str]:
     """nginx with ``workers`` workers of ``per_worker`` connections each."""
     for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (work / name).mkdir(exist_ok=True)
@@ -285,10 +264,12 @@ http {{
 }}
 """
     )
-    return [shutil.which("nginx") or "/usr/sbin/nginx", "-p", str(work), "-c", str(conf)]
+    return nginx_command(work, conf)
 
 
-def gantry_command(work: Path, port: int, workers: int, per_worker: int, files: int) -> list[str]:
+def gantry_idle_command(
+    work: Path, port: int, workers: int, per_worker: int, files: int
+) -> list[str]:
     """gantry front with ``workers`` workers of ``per_worker`` connections each."""
     conf = work / f"idle-front-{workers}.toml"
     conf.write_text(
@@ -307,9 +288,7 @@ path = "/static/"
 root = "{work}/site"
 """
     )
-    gantry = VENV_BIN / "gantry"
-    program = [str(gantry)] if gantry.exists() else [sys.executable, "-m", "gantry"]
-    return [*program, "front", "-c", str(conf)]
+    return gantry_front_command(conf)
 
 
 def hold_and_measure(
@@ -324,18 +303,16 @@ def hold_and_measure(
     """Start one front, open ``count`` connections from children of at most
     ``per_child`` each, measure it while they are held, stop everything."""
     # the log of each front and run kept (under the bench's temporary folder)
-    server = ServerProcess(command, "0,1", work / f"idle-{name}-{workers}w.log")
+    server = start_server(command, "0,1", work / f"idle-{name}-{workers}w.log", port, 30.0)
     context = multiprocessing.get_context("fork")
     pipes: list[Any] = []
-    children: list[Any] = []
-    server.start()
+    holders: list[Any] = []
     try:
         assert server.proc is not None
         pid = server.proc.pid
-        _wait_port(port, pid)
         time.sleep(0.5)  # the workers' start-up allocations done before "before"
         rss_before, pss_before = memory_mb(pid)
-        cpu_before = cpu_seconds(pid)
+        cpu_before = tree_cpu(pid)
         started = time.monotonic()
         deadline = started + OPEN_TIMEOUT
         for first in range(0, count, per_child):
@@ -347,14 +324,14 @@ def hold_and_measure(
             )
             process.start()
             pipes.append(parent)
-            children.append(process)
+            holders.append(process)
         said = []
         for pipe in pipes:  # every child has the same deadline, and a little more
             if not pipe.poll(max(1.0, deadline + 30 - time.monotonic())):
                 raise RuntimeError(f"{name}: a client child did not report in time")
             said.append(pipe.recv())
         took = time.monotonic() - started
-        cpu_open = cpu_seconds(pid) - cpu_before
+        cpu_open = tree_cpu(pid) - cpu_before
         held = sum(s["held"] for s in said)
         failures: dict[str, int] = {}
         for s in said:
@@ -405,25 +382,12 @@ def hold_and_measure(
         for pipe in pipes:
             with contextlib.suppress(OSError):
                 pipe.send("close")
-        for process in children:
+        for process in holders:
             process.join(10)
             if process.is_alive():
                 process.kill()  # by its PID
                 process.join(5)
         server.stop()
-
-
-def _wait_port(port: int, pid: int, limit: float = 30.0) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            if not Path(f"/proc/{pid}").exists():
-                break
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 def _ms(values: list[float | str]) -> str:
@@ -474,15 +438,12 @@ def idle_bench(args: argparse.Namespace) -> dict[str, Any]:
               flush=True)  # fmt: skip
     workers_asked = [int(w) for w in args.idle_workers.split(",") if w]
     per_child = files - WORKER_SPARE_FILES
-    # this tree's gantry, whichever interpreter runs it
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH")])
-    )
+    this_tree_first()
     runs = []
     with tempfile.TemporaryDirectory(prefix="gidle-") as tmp:
         work = Path(tmp)
         (work / "site" / "static").mkdir(parents=True)
-        (work / "site" / "static" / "one.bin").write_bytes(BODY)
+        (work / "site" / "static" / "one.bin").write_bytes(STATIC)
         for workers, connections in plan(count, files, workers_asked):
             # a worker may take more than its share (the kernel picks who accepts): each
             # may hold what its file limit allows
@@ -494,9 +455,9 @@ def idle_bench(args: argparse.Namespace) -> dict[str, Any]:
             for name in ("nginx", "gantry"):
                 port = free_port()
                 if name == "nginx":
-                    command = nginx_command(work, port, workers, per_worker, files)
+                    command = nginx_idle_command(work, port, workers, per_worker, files)
                 else:
-                    command = gantry_command(work, port, workers, per_worker, files)
+                    command = gantry_idle_command(work, port, workers, per_worker, files)
                 try:
                     figures = hold_and_measure(
                         name, command, port, connections, per_child, work, workers

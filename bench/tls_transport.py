@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from front import free_pair, make_certificate, wait_port, wrk  # noqa: E402
+from front import make_certificate, wrk  # noqa: E402
+from fronts import free_pair, wait_port  # noqa: E402
 
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nContent-Length: 1024\r\nContent-Type: application/octet-stream\r\n\r\n"

@@ -1,6 +1,7 @@
 """An upstream for the compression tests (validated): ``/stream`` sends a large body in
 pieces without a length (chunked over HTTP), ``/fields`` a body with the fields its
-query names, ``/hold`` a first piece, then the rest once a file exists."""
+query names, ``/tiny`` a body in 40-byte pieces, ``/hold`` a first piece, then the rest
+once a file exists."""
 
 from __future__ import annotations
 
@@ -47,6 +48,9 @@ def _app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterabl
     if path == "/stream":
         start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
         return _pieces(body)
+    if path == "/tiny":  # many small pieces, which arrive together
+        start_response("200 OK", [("Content-Type", "text/html")])
+        return [body[start : start + 40] for start in range(0, len(body), 40)]
     if path == "/hold":
         start_response("200 OK", [("Content-Type", "text/html")])
         return _hold(body[:1000], body[1000:], query["flag"])

@@ -1,6 +1,6 @@
 """A Flask app for the HTTP/2 tests: it echoes a request body's hash and size, says
-which protocol and host it was told, streams large bodies (saying how far it got), and
-waits for a sign before answering."""
+which protocol and host it was told, streams large bodies (saying how far it got) and
+small pieces, and waits for a sign before answering."""
 
 from __future__ import annotations
 
@@ -57,6 +57,18 @@ def big(size: int) -> Response:
             yield piece
 
     return Response(pieces(), mimetype="application/octet-stream")
+
+
+#: the text /app/tiny streams, in 40-byte pieces
+TINY = b"".join(b"line %05d of a streamed text\n" % n for n in range(4000))
+
+
+@app.route("/app/tiny")
+def tiny() -> Response:
+    """TINY in 40-byte pieces (no Content-Length): many pieces per read at the front."""
+    return Response(
+        (TINY[start : start + 40] for start in range(0, len(TINY), 40)), mimetype="text/plain"
+    )
 
 
 @app.route("/app/wait")

@@ -22,6 +22,7 @@ from gantry.protocol.fastcgi import (
     encode_pairs,
     encode_record,
     end_request,
+    parse_cgi_head,
     parse_end_request,
     stream_records,
 )
@@ -99,6 +100,19 @@ def test_a_response_fed_one_byte_at_a_time() -> None:
 def test_malformed_records(wire: bytes) -> None:
     with pytest.raises(FastCGIProtocolError):
         RecordDecoder().feed(wire)
+
+
+@pytest.mark.parametrize("value", [b"a\rb", b"a\x00b", b"\x00", b"a\r\x00"])
+def test_a_cgi_header_value_with_a_cr_or_nul_is_refused(value: bytes) -> None:
+    with pytest.raises(FastCGIProtocolError, match="CR or NUL"):
+        parse_cgi_head(b"Content-Type: text/plain\r\nX-A: " + value + b"\r\n\r\nbody")
+
+
+def test_a_cgi_head_with_plain_values_is_read() -> None:
+    head = parse_cgi_head(b"Status: 201 Made\r\nX-A: a b\r\n\r\nbody")
+    assert head is not None
+    assert (head.status, head.reason, head.headers, head.rest) == (
+        201, b"Made", [(b"X-A", b"a b")], b"body")  # fmt: skip
 
 
 def test_encode_refuses_what_does_not_fit() -> None:

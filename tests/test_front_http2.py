@@ -5,6 +5,7 @@ streams on one connection, flow control both ways and back-pressure to the upstr
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.apps_http2 import BLOCK
+from tests.apps_http2 import BLOCK, TINY
 from tests.process import Front, Launcher, free_port, require_program, wait_for
 from tests.support_http2 import RawH2
 from tests.support_tls import TestCA
@@ -310,6 +311,31 @@ add_header = {{ "X-Via" = "h2 $scheme" }}
         assert bad.status_code == 502 and b"502" in bad.content
         # and the connection still serves
         assert client.get(site.url("/")).text == "hello over h2\n"
+
+
+def test_a_stream_of_small_pieces_is_compressed_with_a_flush_a_turn(
+    launch: Launcher, short_tmp: Path
+) -> None:
+    """A proxied stream of 3000 pieces, gzipped over HTTP/2: it decodes to the original,
+    and the pieces that arrive together share a flush (00 00 ff ff), not one each."""
+    site = Site(launch, short_tmp, tail="""
+[[front.server.location]]
+path = "/app/tiny"
+proxy = "flask"
+gzip = true
+gzip_types = ["text/plain"]
+""")  # fmt: skip
+    with (
+        httpx.Client(http2=True, verify=site.ca.client_context(), timeout=30) as client,
+        client.stream("GET", site.url("/app/tiny"), headers={"accept-encoding": "gzip"}) as got,
+    ):
+        assert got.http_version == "HTTP/2"
+        assert got.headers["content-encoding"] == "gzip"
+        raw = b"".join(got.iter_raw())
+    assert gzip.decompress(raw) == TINY
+    flushes = raw.count(b"\x00\x00\xff\xff")
+    # one a piece (3002) with a flush per piece; one a read however the reads fall
+    assert flushes < len(TINY) // 40 // 2, f"{flushes} flushes for {len(TINY) // 40} pieces"
 
 
 def test_connection_fields_are_stripped_and_request_trailers_ignored(

@@ -120,7 +120,9 @@ def test_a_get_and_its_response_through_the_h2_client() -> None:
     assert isinstance(request, Request)
     assert (request.method, request.scheme, request.path, request.authority) == (
         b"GET", b"https", b"/a?b=1", b"x.test")  # fmt: skip
-    assert request.fields == [(b"user-agent", b"t"), (b"cookie", b"a=1"), (b"cookie", b"b=2")]
+    # as an HTTP/1.1 head: Host first, the cookies in one field (RFC 9113 8.2.3)
+    assert request.fields == [(b"host", b"x.test"), (b"user-agent", b"t"), (b"cookie", b"a=1; b=2")]
+    assert request.host == b"x.test"
     assert request.end and request.content_length == -1
     head = [(b":status", b"200"), (b"content-type", b"text/plain"), (b"server", b"gantry")]
     assert ours.send_headers(1, head, False)
@@ -197,7 +199,7 @@ def test_trailers_end_the_body_and_a_large_block_comes_in_continuations() -> Non
         events += ours.receive(raw[i : i + 1])
     requests = [e for e in events if isinstance(e, Request)]
     data = [e for e in events if isinstance(e, Data)]
-    assert len(requests) == 1 and len(requests[0].fields) == 30
+    assert len(requests) == 1 and len(requests[0].fields) == 31  # and Host
     assert [(d.data, d.end) for d in data] == [(b"abc", False), (b"", True)]
 
 
@@ -224,6 +226,10 @@ def test_ping_settings_and_priority() -> None:
         ([*REQUEST, (b":method", b"POST")], "repeated"),
         ([*REQUEST, (b":protocol", b"websocket")], "unknown"),
         ([*REQUEST, (b"x-a", b"a\r\nb")], "bad value"),
+        ([*REQUEST, (b"x-a", b"a\rb")], "bad value"),
+        ([*REQUEST, (b"x-a", b"a\x00b")], "bad value"),
+        ([*REQUEST, (b"cookie", b"a=1\n")], "bad value"),
+        ([*REQUEST, (b"host", b" h")], "bad value"),
         ([*REQUEST, (b"content-length", b"1x")], "content-length"),
         ([(b":method", b"CONNECT"), (b":authority", b"x:1"), (b":path", b"/")], "CONNECT"),
     ],
@@ -239,6 +245,48 @@ def test_malformed_requests_are_reset_protocol_error(
     # the connection goes on
     events = conn.receive(frame(codec.HEADERS, 0x5, 3, block(REQUEST)))
     assert isinstance(events[0], Request)
+
+
+@pytest.mark.parametrize(
+    "sent, host, fields",
+    [
+        # :authority is the Host; a Host field beside it is dropped
+        ([(b"host", b"other"), (b"accept", b"*/*")], b"x.test",
+         [(b"host", b"x.test"), (b"accept", b"*/*")]),
+        # the framing's fields are the codec's: the length is content_length, no Expect
+        ([(b"content-length", b"3"), (b"expect", b"100-continue"), (b"x-a", b"1")], b"x.test",
+         [(b"host", b"x.test"), (b"x-a", b"1")]),
+        ([(b"cookie", b"a=1"), (b"x-a", b"1"), (b"cookie", b"b=2"), (b"cookie", b"c=3")], b"x.test",
+         [(b"host", b"x.test"), (b"x-a", b"1"), (b"cookie", b"a=1; b=2; c=3")]),
+    ],
+)  # fmt: skip
+def test_a_requests_fields_come_as_an_http1_head_carries_them(
+    sent: list[tuple[bytes, bytes]], host: bytes, fields: list[tuple[bytes, bytes]]
+) -> None:
+    conn = opened()
+    events = conn.receive(frame(codec.HEADERS, 0x4, 1, block([*REQUEST, *sent])))
+    request = events[0]
+    assert isinstance(request, Request)
+    assert (request.host, request.fields) == (host, fields)
+
+
+@pytest.mark.parametrize(
+    "sent, host, fields",
+    [
+        ([(b"host", b"h.test"), (b"host", b"second")], b"h.test", [(b"host", b"h.test")]),
+        ([(b"host", b""), (b"host", b"second")], b"second", [(b"host", b"second")]),
+        ([(b"accept", b"*/*")], b"", [(b"accept", b"*/*")]),
+    ],
+)
+def test_without_authority_the_first_host_field_is_the_host(
+    sent: list[tuple[bytes, bytes]], host: bytes, fields: list[tuple[bytes, bytes]]
+) -> None:
+    conn = opened()
+    head = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/"), *sent]
+    request = conn.receive(frame(codec.HEADERS, 0x5, 1, block(head)))[0]
+    assert isinstance(request, Request)
+    assert (request.host, request.fields) == (host, fields)
+    assert request.content_length == -1
 
 
 def test_a_body_not_of_its_content_length_is_reset() -> None:

@@ -41,6 +41,7 @@ MODULES = (
     "gantry.front.exchange",
     "gantry.front.answering",
     "gantry.front.http2",
+    "gantry.front.compress",
     "gantry.front.handlers",
     "gantry.front.files",
     "gantry.front.responses",

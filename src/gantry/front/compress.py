@@ -5,8 +5,10 @@ A response filter, installed per request by the compression handler of the chain
 (front.handlers) only where a location has ``gzip = true`` and the client sent
 Accept-Encoding: a location without it never reaches this module. The connection asks
 the request's :class:`ResponseCoder` about each response head and passes the body
-through it: whole bodies at once, a proxied stream piece by piece (each piece flushed,
-so what the upstream sent reaches the client as it comes), a file in bounded reads.
+through it: whole bodies at once, a proxied stream piece by piece (flushed once per
+turn of the loop after its pieces, so what the upstream sent reaches the client as it
+comes, without a flush per piece: see :meth:`ResponseCoder.stream`), a file in bounded
+reads.
 Compression comes after the cache: the cache keeps the identity body.
 
 Nothing here holds compressed output: each piece goes to the client's connection at
@@ -61,6 +63,10 @@ class Encoder:
         """Compress ``data``; with ``flush`` everything so far comes out."""
         out = self._piece(data)
         return out + self._flush() if flush else out
+
+    def flush(self) -> bytes:
+        """Everything compressed so far that has not come out yet."""
+        return self._flush()
 
     def finish(self) -> bytes:
         """The end of the stream."""
@@ -140,12 +146,14 @@ class ResponseCoder:
     """The compression of one request's response: ``coding`` is what the client takes of
     what the location offers (None: none, the response only gets its Vary)."""
 
-    __slots__ = ("compression", "coding", "encoder")
+    __slots__ = ("compression", "coding", "encoder", "owed")
 
     def __init__(self, compression: Compression, coding: str | None) -> None:
         self.compression = compression
         self.coding = coding
         self.encoder: Encoder | None = None
+        #: pieces went in since the last flush (see stream)
+        self.owed = False
 
     def start(self, status: int, lines: list[bytes], length: int | None = None) -> bool:
         """Decide for a response of ``status`` with the fields ``lines`` (each ending in
@@ -229,8 +237,30 @@ class ResponseCoder:
         encoder = self.encoder
         return encoder.piece(data, flush) if encoder is not None else data
 
+    def stream(self, data: bytes) -> tuple[bytes, bool]:
+        """A piece of a streamed body, compressed but not flushed: what came out, and True
+        when this piece is the first since the last flush, i.e. the caller is to call
+        :meth:`flush` once its turn of the loop is over. Flushing per piece cost a sync
+        marker (and a chunk, and a write) per piece, and compressed worse."""
+        encoder = self.encoder
+        if encoder is None:
+            return data, False
+        first = not self.owed
+        self.owed = True
+        return encoder.piece(data, False), first
+
+    def flush(self) -> bytes:
+        """What the pieces since the last flush compressed to, all of it (b"" when none
+        came, or the body has ended)."""
+        encoder = self.encoder
+        if encoder is None or not self.owed:
+            return b""
+        self.owed = False
+        return encoder.flush()
+
     def finish(self) -> bytes:
         """The end of the compressed body."""
         encoder = self.encoder
         self.encoder = None
+        self.owed = False
         return encoder.finish() if encoder is not None else b""

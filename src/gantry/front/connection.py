@@ -891,16 +891,31 @@ class FrontConnection(asyncio.Protocol):
             return
         coder = self.coder
         if coder is not None:
-            data = coder.piece(data)  # flushed: the client gets what the upstream sent
+            data, first = coder.stream(data)
+            if first:
+                # flushed once this turn's pieces are in: the client gets what the
+                # upstream sent without a flush per piece
+                self.worker.loop.call_soon(self._flush_coder, coder)
             if not data:
                 return
+        self._send_piece(data)
+
+    def _flush_coder(self, coder: ResponseCoder) -> None:
+        if coder is self.coder and self.transport is not None and not self.closed:
+            data = coder.flush()
+            if data:
+                self._send_piece(data)
+
+    def _send_piece(self, data: bytes) -> None:
+        transport = self.transport
+        assert transport is not None
         self.sent += len(data)
         if self.chunked_out:
             data = b"%x\r\n%b\r\n" % (len(data), data)
         if self.pending_head:
             data = self.pending_head + data
             self.pending_head = b""
-        self.transport.write(data)
+        transport.write(data)
 
     def end(self) -> None:
         """The relayed response is complete."""

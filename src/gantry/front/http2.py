@@ -390,9 +390,20 @@ class Http2Stream:
             return
         coder = self.coder
         if coder is not None:
-            data = coder.piece(data)
+            data, first = coder.stream(data)
+            if first:  # flushed once this turn's pieces are in (see ResponseCoder.stream)
+                self.conn.worker.loop.call_soon(self._flush_coder, coder)
             if not data:
                 return
+        self._send_piece(data)
+
+    def _flush_coder(self, coder: ResponseCoder) -> None:
+        if coder is self.coder and not self.closed:
+            data = coder.flush()
+            if data:
+                self._send_piece(data)
+
+    def _send_piece(self, data: bytes) -> None:
         self._queue(data)
         self.conn.pump(self)
         if self.out_size >= STREAM_HIGH_WATER and not self.paused:
@@ -1096,9 +1107,9 @@ def _fields(fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
 
 
 def _request_head(request: Request) -> tuple[RequestHead, str, str | None]:
-    """The request head of an HTTP/2 request (the codec has checked its fields), what is
-    wrong with it ("" when nothing is) and its host: :authority becomes Host, cookies
-    are joined into one field (RFC 9113 8.2.3)."""
+    """The request head of an HTTP/2 request (the codec has checked its fields and put
+    them as an HTTP/1.1 head carries them), what is wrong with it ("" when nothing is)
+    and its host."""
     head = RequestHead()
     head.version = "2.0"
     method = _METHODS.get(request.method)
@@ -1107,31 +1118,7 @@ def _request_head(request: Request) -> tuple[RequestHead, str, str | None]:
     head.target = target
     if request.content_length >= 0:
         head.content_length = request.content_length
-    fields: list[tuple[bytes, bytes]] = []
-    authority = request.authority
-    cookies: list[bytes] | None = None
-    for field in request.fields:
-        name = field[0]
-        if name == b"cookie":
-            if cookies is None:
-                cookies = []
-            cookies.append(field[1])
-        elif name == b"host":
-            if not authority:
-                authority = field[1]
-        elif name == b"content-length" or name == b"expect":
-            # the length is the head's; HTTP/2 needs no 100 (Continue): the window says
-            # how much to send
-            continue
-        else:
-            fields.append(field)
-    host: str | None = None
-    if authority:
-        fields.insert(0, (b"host", authority))
-        host = authority.decode("latin-1")
-    if cookies is not None:
-        fields.append((b"cookie", b"; ".join(cookies)))
-    head.headers = fields
+    head.headers = request.fields
     problem = ""
     if head.method == "CONNECT":
         problem = "CONNECT is not served"
@@ -1140,4 +1127,4 @@ def _request_head(request: Request) -> tuple[RequestHead, str, str | None]:
     path, _, query = target.partition(b"?")
     head.path = path
     head.query = query
-    return head, problem, host
+    return head, problem, request.host.decode("latin-1") if request.host else None

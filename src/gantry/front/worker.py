@@ -265,7 +265,7 @@ class FrontWorker:
             config.http2_idle_timeout,
         )
         reads = [u.read_timeout for u in config.upstreams.values()]
-        self.sweep_every = min([1.0, *(t / 4 for t in (*reads, *client))])
+        self.sweep_every = min([1.0, *[t / 4 for t in (*reads, *client)]])
         # the client timeouts, read per request (here, not on each connection)
         self.header_timeout = config.client_header_timeout
         self.body_timeout = config.client_body_timeout

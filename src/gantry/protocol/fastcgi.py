@@ -274,7 +274,9 @@ def parse_cgi_head(buffer: bytes) -> CGIHead | None:
         if not colon or not name or any(c <= 32 or c >= 127 for c in name):
             raise FastCGIProtocolError(f"malformed CGI header line {line[:80]!r}")
         value = value.strip()
-        if b"\r" in value or b"\0" in value:
+        # ints: `bytes in bytes` first tries its operand as an int (a TypeError raised
+        # and dropped each time, ~150 ns)
+        if 13 in value or 0 in value:
             raise FastCGIProtocolError("a CR or NUL in a CGI header value")
         lname = name.lower()
         if lname == b"status":

@@ -805,7 +805,9 @@ class RequestParser:
         else:
             head.keep_alive = parser.should_keep_alive()
         target = self._url
-        if target[:1] == b"/" and b"#" not in target:
+        # 35 is "#": an int, as `bytes in bytes` first tries its operand as an int (and
+        # raises and clears a TypeError each time)
+        if target[:1] == b"/" and 35 not in target:
             _split_origin_form(head, target)  # by far the most common form
         else:
             head.target = target

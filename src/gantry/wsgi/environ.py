@@ -40,7 +40,9 @@ def header_environ_key(name: bytes) -> str | None:
 
 def decode_path(path: bytes) -> str:
     """PATH_INFO per PEP 3333: percent-decoded bytes as a latin-1 string."""
-    if b"%" in path:
+    # 37 is "%": `bytes in bytes` first tries its operand as an int, and raises and
+    # clears a TypeError each time (~150 ns); an int is looked for directly (~20 ns)
+    if 37 in path:
         path = unquote_to_bytes(path)
     return path.decode("latin-1")
 
@@ -109,10 +111,10 @@ class EnvironTemplate:
         path = head.path
         uri = head.target.decode("latin-1")
         environ["REQUEST_URI"] = uri
-        if path is head.target and b"%" not in path:
+        if path is head.target and 37 not in path:  # "%" (see decode_path)
             path_info = uri  # the common case: no query, nothing encoded
         else:
-            path_info = (unquote_to_bytes(path) if b"%" in path else path).decode("latin-1")
+            path_info = (unquote_to_bytes(path) if 37 in path else path).decode("latin-1")
         if self.mount_prefix:
             environ["SCRIPT_NAME"], path_info = self.split_mount(path_info)
         environ["PATH_INFO"] = path_info

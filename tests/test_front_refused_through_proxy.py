@@ -1,10 +1,11 @@
 """A flood of refused requests through a trusted proxy (issue 16's blocklist bench: the
-client named by X-Forwarded-For, nginx's deny beside it): each request on the proxy's
-keep-alive connection takes the whole path (parse, real address, the blocklist's verdict),
-so each refusal is counted (the blocklist's hits, the requests), logged and timed as any,
-another client on the same connection is served, a client taken off the list is served
-at once, and a request logs its own URI whatever the connection's last request was
-rewritten from."""
+client named by X-Forwarded-For, nginx's deny beside it): a keep-alive connection that
+sends again, byte for byte, the request the blocklist refused last gets the same 403
+without the request being parsed again (the replay in front/connection.py); anything
+else takes the whole path. Either way each refusal is counted (the blocklist's hits, the
+requests), logged and timed as any, another client on the same connection is served, a
+client taken off the list is served at once, and a request logs its own URI whatever
+the connection's last request was rewritten from."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 from gantry.config.front import front_config_from_dict
 from gantry.front.connection import FrontConnection
 from gantry.front.worker import FrontWorker
+from gantry.protocol.http1 import RequestParser
 from tests.support_front import RawUpstream
 
 CONFIG = """
@@ -57,6 +59,16 @@ def request(client: str, path: str = "/index.html", method: str = "GET") -> byte
     ).encode()
 
 
+class CountingParser(RequestParser):
+    """The connection's parser, counting the feeds it is given."""
+
+    feeds = 0
+
+    def feed(self, data: bytes) -> None:
+        self.feeds += 1
+        super().feed(data)
+
+
 class Proxied:
     """A front worker in this process behind a real listening socket, and one keep-alive
     connection to it from a trusted proxy (127.0.0.1)."""
@@ -82,6 +94,7 @@ class Proxied:
         (conn,) = worker.connections
         assert isinstance(conn, FrontConnection)
         self.conn = conn
+        self.parser = conn.parser = CountingParser(conn, worker.limits, worker.field_memo)
 
     async def _until(self, done: object) -> None:
         for _ in range(500):
@@ -130,6 +143,46 @@ def proxied(tmp_path: Path) -> Proxied:
     served = Proxied(tmp_path)
     yield served  # type: ignore[misc]
     served.close()
+
+
+def test_the_same_refused_request_again_is_refused_without_parsing(proxied: Proxied) -> None:
+    refused = request(BLOCKED)
+    first = proxied.ask(refused)
+    assert first[0] == 403
+    assert proxied.parser.feeds == 1
+    for _ in range(5):
+        assert proxied.ask(refused) == first  # the same answer, byte for byte
+    assert proxied.parser.feeds == 1  # never parsed again
+    assert proxied.conn.requests == 6 and not proxied.conn.closed
+    # the flood is counted as the chain counts it: each hit, each request
+    blocklist = proxied.worker.blocklist
+    assert blocklist is not None and blocklist.hits == {BLOCKED: 6}
+    assert proxied.worker.counters.requests == 6
+    # and logged with the address the proxy named, the request as sent
+    lines = (proxied.tmp / "access.log").read_text().splitlines()
+    assert lines == [f'{BLOCKED} "GET /index.html HTTP/1.1" 403 {len(first[2])}'] * 6
+
+
+def test_any_other_request_takes_the_whole_path(proxied: Proxied) -> None:
+    refused = request(BLOCKED)
+    assert proxied.ask(refused)[0] == 403
+    # another client through the same proxy connection is served, and the address it
+    # named is the connection's for its request
+    status, _, body = proxied.ask(request(PASSING))
+    assert (status, body) == (200, b"hello\n")
+    assert proxied.conn.remote_addr == PASSING
+    assert proxied.parser.feeds == 2
+    # the refused request again: refused at once, with the refused client's address
+    assert proxied.ask(refused)[0] == 403
+    assert proxied.parser.feeds == 2
+    assert proxied.conn.remote_addr == BLOCKED
+    # the same client with another request line, or a HEAD: parsed, refused
+    assert proxied.ask(request(BLOCKED, path="/other"))[0] == 403
+    assert proxied.ask(request(BLOCKED, method="HEAD"), head_only=True)[::2] == (403, b"")
+    assert proxied.parser.feeds == 4
+    # a HEAD refused again: again without its body
+    assert proxied.ask(request(BLOCKED, method="HEAD"), head_only=True)[::2] == (403, b"")
+    assert proxied.parser.feeds == 4
 
 
 def test_each_refused_request_is_counted_and_logged(proxied: Proxied) -> None:

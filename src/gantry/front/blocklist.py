@@ -471,5 +471,5 @@ class BlocklistHandler(Handler):
             exchange.drop()
         else:
             page = b"" if exchange.head.method == "HEAD" else self.body
-            exchange.respond_prepared(403, self.head, page)
+            exchange.respond_refused(self.head, page)
         return True

@@ -89,6 +89,36 @@ class _WholeHead:
 _WHOLE_HEAD: Final = _WholeHead()
 
 
+class _Refusal:
+    """A blocklist refusal a connection may give again: the request's bytes (one whole
+    plain request, as its feed held it), the address the real_ip step found in them,
+    the head and route they gave, and the answer's prepared head and body. The same
+    bytes on the same connection give the same head, route and address: only the
+    blocklist's verdict, asked again, can differ."""
+
+    __slots__ = ("data", "address", "head", "path", "server", "location", "answer", "body")
+
+    def __init__(
+        self,
+        data: bytes,
+        address: str,
+        head: RequestHead,
+        path: str,
+        server: VirtualServer,
+        location: Location | None,
+        answer: bytes,
+        body: bytes,
+    ) -> None:
+        self.data = data
+        self.address = address
+        self.head = head
+        self.path = path
+        self.server = server
+        self.location = location
+        self.answer = answer
+        self.body = body
+
+
 class _FileSend:
     """A file body on its way: our own copies of the socket's and the file's descriptors,
     the pieces still to send, the span or bytes being sent."""
@@ -156,6 +186,9 @@ class FrontConnection(asyncio.Protocol):
     #: a blocklisted client's connection (refused at accept): the head received so far,
     #: answered 403 once whole, unparsed (None: not refused so)
     blocked_head: bytes | None = None
+    #: the last request the blocklist refused on this connection (a trusted proxy's, by
+    #: the address it names), given the same refusal if the same bytes come again
+    refused: _Refusal | None = None
     #: requests parsed while an earlier one is answered (a deque while any wait: an
     #: empty one costs ~700 bytes, and an idle connection has none)
     queue: deque[tuple[RequestHead, BodyBuffer | None]] | None = None
@@ -314,6 +347,9 @@ class FrontConnection(asyncio.Protocol):
         if self.blocked_head is not None:
             self._answer_blocked(data)
             return
+        refused = self.refused
+        if refused is not None and data == refused.data and self._refuse_again(refused):
+            return
         kind = self.deadline_kind
         worker = self.worker
         if kind == _IDLE:
@@ -346,6 +382,38 @@ class FrontConnection(asyncio.Protocol):
         self.keep_alive = False
         head, body = self.worker.blocked_response
         self.respond_prepared(403, head, b"" if received.startswith(b"HEAD ") else body)
+
+    def _refuse_again(self, refused: _Refusal) -> bool:
+        """The request the blocklist refused last on this connection, byte for byte (a
+        flood through a trusted proxy): refused again as the chain would, unparsed, while
+        the blocklist still refuses its address and nothing else about the connection
+        asks for the whole path (False: take it)."""
+        worker = self.worker
+        blocklist = worker.blocklist
+        if (
+            self.busy
+            or self.queue is not None
+            or self.paused
+            or self.holds
+            or not self.parser.at_boundary
+            or worker.stopping
+            or self.requests + 1 >= worker.keepalive_requests
+            or blocklist is None
+            or not blocklist.refused(refused.address)  # counted as a hit when it is
+        ):
+            return False
+        # what handle() and the parser's callbacks do for it: the request is counted,
+        # timed and logged as any, and its deadlines go as after a whole head
+        self._begin(refused.head)
+        self.remote_addr = refused.address
+        self._routed(refused.path, refused.server, refused.location)
+        if self.deadline_kind:
+            self.deadline = 0.0
+            self.deadline_kind = 0
+        if self.rate_start:
+            self.rate_start = 0.0
+        self.respond_prepared(403, refused.answer, refused.body)
+        return True
 
     def _min_rate(self, size: int, rate: int, timeout: float, between_reads: bool) -> None:
         """A head or body under a minimum rate: after the grace, it must have come at
@@ -851,6 +919,25 @@ class FrontConnection(asyncio.Protocol):
                 field = connection_field(self.keep_alive, self.head.version)
                 transport.write(head + field + self.worker.defaults.lines + body)
         self._done()
+
+    def respond_refused(self, head: bytes, body: bytes) -> None:
+        """The blocklist's 403 (see respond_prepared); a request that came whole is kept
+        with it, to be refused again at once if its bytes come again (_refuse_again)."""
+        data = self.parser.whole_request
+        request = self.head
+        if (
+            data
+            and self.keep_alive
+            and request.keep_alive
+            and not request.upgrade
+            and self.original is None
+            and self.coder is None
+        ):
+            self.refused = _Refusal(
+                data, self.remote_addr, request, self.path, self.server, self.location,
+                head, body,
+            )  # fmt: skip
+        self.respond_prepared(403, head, body)
 
     def respond_whole(self, status: int, head: bytes, body: bytes) -> None:
         """A whole response whose ``head`` (status line and fields, each ending in CRLF)

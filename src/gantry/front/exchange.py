@@ -153,6 +153,11 @@ class Exchange(ProxyClient, Protocol):
         """A whole response whose status line and fields (each ending in CRLF) the handler
         prepared; Connection, Server and Date are added."""
 
+    def respond_refused(self, head: bytes, body: bytes) -> None:
+        """The blocklist's refusal: respond_prepared(403, head, body), which the exchange
+        may give again to the same request bytes without asking the chain (while the
+        blocklist refuses the address it named)."""
+
     def error(self, status: int, close: bool = False) -> None:
         """An error response of the front's own (its error page), then close if ``close``."""
 

@@ -272,6 +272,10 @@ class Http2Stream:
             body = coder.whole(status, lines, body)
         self._whole(status, b"".join(lines), body)
 
+    def respond_refused(self, head: bytes, body: bytes) -> None:
+        """The blocklist's 403 (a stream's request bytes are never seen again whole)."""
+        self.respond_prepared(403, head, body)
+
     def respond_prepared(self, status: int, head: bytes, body: bytes) -> None:
         """A whole response whose status line and fields a handler prepared."""
         coder = self.coder

@@ -283,6 +283,7 @@ class RequestParser:
         "_cut_tail",
         "_cut_received",
         "_simple_limit",
+        "_whole",
     )
 
     def __init__(
@@ -339,6 +340,9 @@ class RequestParser:
             limits.max_field_size,
             limits.max_head_size - limits.max_fields,
         )
+        # the bytes of the request being handed when one feed held it whole (the fast
+        # path), while the sink has it: b"" otherwise
+        self._whole = b""
 
     def _new_llhttp(self) -> httptools.HttpRequestParser:
         parser = httptools.HttpRequestParser(self)
@@ -362,6 +366,13 @@ class RequestParser:
         return self._boundary
 
     @property
+    def whole_request(self) -> bytes:
+        """While the sink is handed a request that came whole in one feed, and alone:
+        that feed's bytes (a connection may answer the same bytes again as it did this
+        time); b"" for any other."""
+        return self._whole
+
+    @property
     def in_head(self) -> bool:
         """True while a request head is being received (or none has started)."""
         return self._in_head
@@ -380,7 +391,7 @@ class RequestParser:
                 and data.endswith(b"\r\n")
             ):
                 # the last request taken on this path again, byte for byte
-                self._hand(memo.kind, line, True, list(memo.fields), memo.option)
+                self._hand(memo.kind, line, True, list(memo.fields), memo.option, data)
                 return
             varying = memo.varying
             if varying is not None and varying.line == line:
@@ -396,7 +407,7 @@ class RequestParser:
                         # would: no CR or LF in it, so no field hides in it)
                         fields = list(varying.fields)
                         fields[varying.index] = (varying.name, value)
-                        self._hand(memo.kind, line, True, fields, varying.option)
+                        self._hand(memo.kind, line, True, fields, varying.option, data)
                         return
             match = _SIMPLE.fullmatch(data)
             if match is not None and self._simple(match):
@@ -494,7 +505,7 @@ class RequestParser:
             if line == memo.line and before:
                 self._learn_varying(line, before)
         kind = (_KIND_HEAD if match[1] == b"HEAD" else 0) | (_KIND_1_0 if match[3] == b"0" else 0)
-        self._hand(kind, line, False, list(memo.fields), memo.option)
+        self._hand(kind, line, False, list(memo.fields), memo.option, match.string)
         return True
 
     def _learn_varying(self, line: bytes, before: list[tuple[bytes, bytes]]) -> None:
@@ -525,11 +536,13 @@ class RequestParser:
         repeat: bool,
         fields: list[tuple[bytes, bytes]],
         option: int,
+        whole: bytes,
     ) -> None:
         """Hand the sink a plain request: ``line`` its request line (CRLF-ended), ``kind``
         what it asks (_KIND_* bits), ``fields`` its fields (a list of its own: the head
         is the handlers' to change) and ``option`` its Connection's (see _read_block);
-        ``repeat``: the line is the last one handed, whose target the memo holds split."""
+        ``repeat``: the line is the last one handed, whose target the memo holds split;
+        ``whole``: the feed that held it (whole_request)."""
         memo = self._memo
         keep_alive = not kind & _KIND_1_0
         if option:
@@ -552,12 +565,15 @@ class RequestParser:
             memo.line, memo.kind = line, kind
             memo.target, memo.path, memo.query = head.target, head.path, head.query
         self._completed += 1
+        self._whole = whole
         try:
             self._sink.request_head(head)
             self._sink.request_end(None)
         except Exception as exc:  # as llhttp reports a failed callback
             self._dead = True
+            self._whole = b""
             raise ProtocolError(500, f"parser callback failed: {exc}") from exc
+        self._whole = b""
         # the sink has it: an idle connection does not keep the last request's head here
         self._head = _NO_HEAD
 

@@ -185,39 +185,6 @@ def test_any_other_request_takes_the_whole_path(proxied: Proxied) -> None:
     assert proxied.parser.feeds == 4
 
 
-def test_each_refused_request_is_counted_and_logged(proxied: Proxied) -> None:
-    refused = request(BLOCKED)
-    first = proxied.ask(refused)
-    assert first[0] == 403
-    for _ in range(5):
-        assert proxied.ask(refused) == first  # the same answer, byte for byte
-    assert proxied.conn.requests == 6 and not proxied.conn.closed
-    # each refusal is counted: each hit, each request
-    blocklist = proxied.worker.blocklist
-    assert blocklist is not None and blocklist.hits == {BLOCKED: 6}
-    assert proxied.worker.counters.requests == 6
-    # and logged with the address the proxy named, the request as sent
-    lines = (proxied.tmp / "access.log").read_text().splitlines()
-    assert lines == [f'{BLOCKED} "GET /index.html HTTP/1.1" 403 {len(first[2])}'] * 6
-
-
-def test_another_client_on_the_same_connection_is_served(proxied: Proxied) -> None:
-    refused = request(BLOCKED)
-    assert proxied.ask(refused)[0] == 403
-    # another client through the same proxy connection is served, and the address it
-    # named is the connection's for its request
-    status, _, body = proxied.ask(request(PASSING))
-    assert (status, body) == (200, b"hello\n")
-    assert proxied.conn.remote_addr == PASSING
-    # the refused client again, with its address
-    assert proxied.ask(refused)[0] == 403
-    assert proxied.conn.remote_addr == BLOCKED
-    # another request line, or a HEAD (answered without the page)
-    assert proxied.ask(request(BLOCKED, path="/other"))[0] == 403
-    assert proxied.ask(request(BLOCKED, method="HEAD"), head_only=True)[::2] == (403, b"")
-    assert proxied.ask(request(BLOCKED, method="HEAD"), head_only=True)[::2] == (403, b"")
-
-
 def test_a_client_no_longer_listed_is_served(proxied: Proxied) -> None:
     refused = request(BLOCKED)
     assert proxied.ask(refused)[0] == 403

@@ -36,7 +36,7 @@ except ImportError:
 try:
     import zstandard
 except ImportError:
-    zstandard = None  # type: ignore[assignment]
+    zstandard = None  # type: ignore[assignment, unused-ignore]
 
 __all__ = ["Encoder", "ResponseCoder", "choose_coding", "encoder_for", "zlib_sizes"]
 

@@ -1,7 +1,7 @@
-"""What the front benches share (front.py, idle_many.py, front_defences.py, http2.py):
-this tree's gantry ahead of the bench venv's, the commands that start nginx and a gantry
-front, starting one and waiting for its port, the 1 KiB static file and the clients the
-blocklist loads name, and a server's CPU time and memory read from /proc.
+"""What the front benches share (front.py, idle_many.py, front_defences.py, http2.py,
+websocket.py): this tree's gantry ahead of the bench venv's, the commands that start nginx
+and a gantry front, starting one and waiting for its port, the 1 KiB static file and the
+clients the blocklist loads name, and a server's CPU time and memory read from /proc.
 """
 
 from __future__ import annotations

@@ -18,14 +18,21 @@ import base64
 import hashlib
 import json
 import os
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fronts import (  # noqa: E402 - sibling modules, imported as scripts
+    gantry_front_command,
+    nginx_command,
+    start_server,
+    this_tree_first,
+    tree_cpu,
+)
+from run import free_port  # noqa: E402
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MASK = b"\x11\x22\x33\x44"
@@ -42,23 +49,6 @@ UPGRADE = (
     b"GET /ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Key: " + KEY + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, limit: float = 20.0) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 # the upstream: 101, then an echo of the bytes ----------
@@ -142,22 +132,6 @@ class _Client(asyncio.Protocol):
                 self.transport.write(FRAME)
 
 
-def tree_cpu(pid: int) -> float:
-    """CPU seconds used so far by ``pid`` and its children (a master and its workers)."""
-    try:
-        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        kids = []
-    total = 0.0
-    for member in [pid, *map(int, kids)]:
-        try:
-            fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
 def run_client(port: int, connections: int, duration: float, pid: int) -> tuple[float, float]:
     """Messages echoed per second over ``duration`` (after every connection is open), and
     the share of a CPU the proxy ``pid`` used meanwhile (near 1.0: the proxy is the limit;
@@ -218,7 +192,7 @@ http {{
 }}
 """)
     (work / "tmp").mkdir(exist_ok=True)
-    return [shutil.which("nginx") or "/usr/sbin/nginx", "-p", str(work), "-c", str(conf)]
+    return nginx_command(work, conf)
 
 
 def gantry_conf(work: Path, port: int, upstream: int) -> list[str]:
@@ -234,28 +208,22 @@ proxy = "ws"
 [front.upstream.ws]
 servers = [{{ address = "127.0.0.1:{upstream}" }}]
 """)
-    return [sys.executable, "-m", "gantry", "front", "-c", str(conf)]
+    return gantry_front_command(conf)
 
 
-def measure(command: list[str], port: int, args: argparse.Namespace) -> tuple[float, float]:
-    # the front's workers may run as root here, as nginx's master does
-    env = {**os.environ, "GANTRY_ALLOW_ROOT": "1"}
-    process = subprocess.Popen(
-        ["taskset", "-c", "0", *command],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def measure(
+    command: list[str], port: int, log: Path, args: argparse.Namespace
+) -> tuple[float, float]:
+    """``run_client``'s figures for the proxy ``command`` (pinned to CPU 0, its output in
+    ``log``), started for them and stopped after."""
+    # the front's workers may run as root here, as nginx's master does (run.py, imported
+    # through fronts, sets GANTRY_ALLOW_ROOT for every server started)
+    server = start_server(command, 0, log, port)
+    assert server.proc is not None
     try:
-        wait_port(port)
-        return run_client(port, args.connections, args.duration, process.pid)
+        return run_client(port, args.connections, args.duration, server.proc.pid)
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        server.stop()
 
 
 def main() -> int:
@@ -265,31 +233,30 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    this_tree_first()
     os.sched_setaffinity(0, {1})  # the client and the upstream: CPU 1
-    upstream = free_port()
-    upstream_process = subprocess.Popen(
-        [sys.executable, "-c", f"from bench.websocket import serve_upstream; "
-         f"serve_upstream({upstream})"],
-        cwd=Path(__file__).resolve().parent.parent,
-    )  # fmt: skip
     figures: dict[str, list[float]] = {"gantry": [], "nginx": []}
     #: the proxy's CPU microseconds per echoed message: its cost whoever is the limit
     costs: dict[str, list[float]] = {"gantry": [], "nginx": []}
-    try:
-        wait_port(upstream)
-        with tempfile.TemporaryDirectory(prefix="wsbench") as folder:
-            work = Path(folder)
+    with tempfile.TemporaryDirectory(prefix="wsbench") as folder:
+        work = Path(folder)
+        upstream = free_port()
+        echo = f"from bench.websocket import serve_upstream; serve_upstream({upstream})"
+        upstream_server = start_server(
+            [sys.executable, "-c", echo], 1, work / "upstream.log", upstream
+        )
+        try:
             for _ in range(args.rounds):
                 for name in ("gantry", "nginx"):
                     port = free_port()
                     build = gantry_conf if name == "gantry" else nginx_conf
-                    rate, share = measure(build(work, port, upstream), port, args)
+                    command = build(work, port, upstream)
+                    rate, share = measure(command, port, work / f"{name}.log", args)
                     figures[name].append(rate)
                     costs[name].append(share / rate * 1e6 if rate else 0.0)
                     print(f"{name:>7}: {rate:10.0f} messages/s, proxy CPU {share:.2f}", flush=True)
-    finally:
-        upstream_process.terminate()
-        upstream_process.wait(10)
+        finally:
+            upstream_server.stop()
     gantry, nginx = (statistics.median(figures[n]) for n in ("gantry", "nginx"))
     print(f"median  gantry {gantry:.0f}/s  nginx {nginx:.0f}/s  ratio {gantry / nginx:.2f}x")
     cost_g, cost_n = (statistics.median(costs[n]) for n in ("gantry", "nginx"))

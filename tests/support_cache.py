@@ -79,16 +79,23 @@ class Origin:
 
 
 def cache_config(
-    origin_port: int, cache_path: str, zone: str = "", workers: int = 1, front: str = ""
+    origin_port: int,
+    cache_path: str,
+    zone: str = "",
+    workers: int = 1,
+    front: str = "",
+    upstream: str = "",
 ) -> str:
     """A front (FRONT_PORT) whose "/" proxies to the origin through the cache zone "pages";
-    ``zone`` adds keys to the zone's table, ``front`` to [front]."""
+    ``zone`` adds keys to the zone's table, ``front`` to [front], ``upstream`` to the
+    origin's upstream table (its protocol)."""
     return f"""[front]
 listen = ["127.0.0.1:FRONT_PORT"]
 workers = {workers}
 {front}
 
 [front.upstream.app]
+{upstream}
 servers = [{{ address = "127.0.0.1:{origin_port}" }}]
 
 [front.cache.pages]

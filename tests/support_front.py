@@ -39,6 +39,21 @@ def start_uwsgi(launch: Launcher, app: str) -> Path:
     return sock
 
 
+def proxied_site(address: str, upstream: str = "", location: str = "", name: str = "app") -> str:
+    """The tables after [front] of a front proxying every path to the one upstream
+    ``name`` at ``address`` (``unix:/path`` or host:port); ``upstream`` and ``location``:
+    keys added to its upstream's table and to its location's."""
+    return f"""[[front.server]]
+[[front.server.location]]
+path = "/"
+proxy = "{name}"
+{location}
+[front.upstream.{name}]
+{upstream}
+servers = [{{ address = "{address}" }}]
+"""
+
+
 def uwsgi_front_config(address: str, extra: str = "", workers: int | None = None) -> str:
     """A front on FRONT_PORT proxying every path to the uwsgi upstream at ``address``
     (``unix:/path`` or host:port), then ``extra``."""
@@ -46,15 +61,64 @@ def uwsgi_front_config(address: str, extra: str = "", workers: int | None = None
     return f"""
 [front]
 listen = ["127.0.0.1:FRONT_PORT"]
-{count}[[front.server]]
-[[front.server.location]]
-path = "/"
-proxy = "app"
-[front.upstream.app]
-protocol = "uwsgi"
-servers = [{{ address = "{address}" }}]
+{count}{proxied_site(address, upstream='protocol = "uwsgi"')}
 {extra}
 """
+
+
+def limit_req_zone(
+    key: str = "$binary_remote_addr", rate: str = "10r/s", size: str = "", name: str = "perip"
+) -> str:
+    """A ``[front.limit_req_zone.NAME]`` table (``size``: the default where empty)."""
+    size_line = f'size = "{size}"\n' if size else ""
+    return f'[front.limit_req_zone.{name}]\nkey = "{key}"\nrate = "{rate}"\n{size_line}'
+
+
+def autoban_rule(when: str, count: int, within: str = "1m", ban_for: str = "1h") -> str:
+    """A ``[[front.autoban]]`` rule: ``count`` requests answered ``when`` within ``within``
+    ban their client for ``ban_for``."""
+    return (
+        f'[[front.autoban]]\nwhen = "{when}"\ncount = {count}\nwithin = "{within}"\n'
+        f'ban_for = "{ban_for}"\n'
+    )
+
+
+def shared_redis(sock: Path | str) -> str:
+    """A ``[front.shared]`` table: limits and bans kept in the Redis at unix ``sock``."""
+    return f'[front.shared]\nredis = "unix://{sock}?db=0"\n'
+
+
+def limited_site(
+    root: Path | str,
+    limit_req: str = '{ zone = "perip" }',
+    *,
+    zones: str | None = None,
+    path: str = "/",
+    unlimited: str = "",
+    workers: int | None = None,
+    listen: str = "127.0.0.1:FRONT_PORT",
+    front: str = "",
+    tables: str = "",
+) -> str:
+    """A front with one server whose location ``path`` serves ``root`` under
+    ``limit_req`` (the list's entries), and ``unlimited`` (a path) the same folder without
+    a limit. ``zones``: the limit_req_zone tables (``limit_req_zone()`` by default);
+    ``front``: keys added to [front]; ``tables``: more tables (shared, autoban)."""
+    count = "" if workers is None else f"workers = {workers}\n"
+    free = (
+        f'[[front.server.location]]\npath = "{unlimited}"\nroot = "{root}"\n' if unlimited else ""
+    )
+    return f"""[front]
+listen = ["{listen}"]
+{count}{front}
+{limit_req_zone() if zones is None else zones}
+{tables}
+[[front.server]]
+[[front.server.location]]
+path = "{path}"
+root = "{root}"
+limit_req = [{limit_req}]
+{free}"""
 
 
 class RawUpstream:

@@ -24,6 +24,7 @@ from tests.process import (
     socket_inodes,
     tcp_sockets,
 )
+from tests.support_front import limit_req_zone, limited_site
 
 
 class Burst:
@@ -134,24 +135,17 @@ def log_lines(path: Path, needle: str) -> list[str]:
         return []
 
 
-#: one worker whose /limited/ location passes some 100 requests at once (burst 100 at
-#: 1000r/s, nodelay) before it refuses one; ``{root}`` is the site's folder
-LIMITED = """
-[front]
-listen = ["127.0.0.1:1"]
-workers = 1
-
-[front.limit_req_zone.perip]
-key = "$binary_remote_addr"
-rate = "1000r/s"
-size = "1m"
-
-[[front.server]]
-[[front.server.location]]
-path = "/limited/"
-root = "{root}"
-limit_req = [{{ zone = "perip", burst = 100, nodelay = true }}]
-"""
+def limited_config(root: Path) -> str:
+    """One worker whose /limited/ location (``root``/limited) passes some 100 requests at
+    once (burst 100 at 1000r/s, nodelay) before it refuses one."""
+    return limited_site(
+        root,
+        '{ zone = "perip", burst = 100, nodelay = true }',
+        zones=limit_req_zone(rate="1000r/s", size="1m"),
+        path="/limited/",
+        workers=1,
+        listen="127.0.0.1:1",
+    )
 
 
 class InProcessFront:
@@ -196,9 +190,9 @@ class InProcessFront:
 
 @contextmanager
 def limited_front(root: Path) -> Iterator[tuple[InProcessFront, FrontConnection]]:
-    """``LIMITED`` serving ``root`` (which has limited/one.txt), and the worker's side of
-    a client connection that had one request answered through the limit."""
-    front = InProcessFront(LIMITED.format(root=root))
+    """``limited_config`` serving ``root`` (which has limited/one.txt), and the worker's
+    side of a client connection that had one request answered through the limit."""
+    front = InProcessFront(limited_config(root))
     client = socket.create_connection(("127.0.0.1", front.port), timeout=10)
     client.setblocking(False)
     try:

@@ -320,23 +320,7 @@ def test_a_background_refresh_asks_for_its_own_path(launch: Launcher, short_tmp:
     launch.serve(
         "tests.apps_cache:app", "--uwsgi-socket", f"127.0.0.1:{port}", wait_for=("127.0.0.1", port)
     )
-    config = f"""[front]
-listen = ["127.0.0.1:FRONT_PORT"]
-
-[front.upstream.app]
-protocol = "uwsgi"
-servers = [{{ address = "127.0.0.1:{port}" }}]
-
-[front.cache.pages]
-path = "{short_tmp / "c"}"
-
-[[front.server]]
-[[front.server.location]]
-path = "/"
-proxy = "app"
-cache = "pages"
-"""
-    front = launch.front(config)
+    front = launch.front(cache_config(port, str(short_tmp / "c"), upstream='protocol = "uwsgi"'))
     assert get(front.port, "/swr")[2].startswith(b"/swr ")
     # max-stale: answered from the entry as it is, without a refresh of its own
     stored = {"Cache-Control": "max-stale=600"}

@@ -8,26 +8,15 @@ import sys
 from pathlib import Path
 
 from tests.process import gantry_env
+from tests.support_cache import cache_config
 
 
 def test_a_cache_folder_that_cannot_be_made_is_a_config_error(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder\n")
     config = tmp_path / "front.toml"
-    config.write_text(f"""
-[front]
-listen = ["127.0.0.1:0"]
-workers = 2
-[front.upstream.app]
-servers = [{{ address = "127.0.0.1:9" }}]
-[front.cache.pages]
-path = "{blocker}/pages"
-[[front.server]]
-[[front.server.location]]
-path = "/"
-proxy = "app"
-cache = "pages"
-""")  # fmt: skip
+    # nothing listens on port 9: the front stops before it would ask
+    config.write_text(cache_config(9, f"{blocker}/pages", workers=2).replace("FRONT_PORT", "0"))
     done = subprocess.run(
         [sys.executable, "-m", "gantry", "front", "-c", str(config)],
         capture_output=True, text=True, timeout=30, env=gantry_env(),

@@ -9,34 +9,8 @@ import time
 from pathlib import Path
 
 from tests.process import Front, Launcher, try_get, wait_for
+from tests.support_front import autoban_rule, limit_req_zone, limited_site
 from tests.support_limits import burst, spread_connections
-
-CONFIG = """
-[front]
-listen = ["127.0.0.1:FRONT_PORT"]
-workers = 2
-ban_file = "{bans}"
-
-[front.limit_req_zone.perip]
-key = "$binary_remote_addr"
-rate = "1r/m"
-
-[[front.autoban]]
-when = "{when}"
-count = {count}
-within = "1m"
-ban_for = "{ban_for}"
-
-[[front.server]]
-[[front.server.location]]
-path = "/"
-root = "{root}"
-limit_req = [{{ zone = "perip" }}]
-
-[[front.server.location]]
-path = "/free/"
-root = "{root}"
-"""
 
 
 def _front(
@@ -48,7 +22,15 @@ def _front(
         (root / "a").write_text("a")
         (root / "free" / "w").write_text("warm")
     bans = launch.workdir / "bans.jsonl"
-    config = CONFIG.format(bans=bans, root=root, when=when, count=count, ban_for=ban_for)
+    # one request a minute at /, none limited at /free/
+    config = limited_site(
+        root,
+        zones=limit_req_zone(rate="1r/m"),
+        unlimited="/free/",
+        workers=2,
+        front=f'ban_file = "{bans}"',
+        tables=autoban_rule(when, count, ban_for=ban_for),
+    )
     return launch.front(config, name=name), bans
 
 

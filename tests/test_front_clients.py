@@ -14,6 +14,7 @@ from tests.support_front import (
     RawUpstream,
     fields_of,
     proc_status_kib,
+    proxied_site,
     read_response,
     start_front,
 )
@@ -94,15 +95,7 @@ def test_stalled_body_gets_408_after_client_body_timeout(tmp_path: Path) -> None
     app.start()
     front = start_front(
         tmp_path,
-        TIMEOUTS
-        + f"""
-[[front.server]]
-[[front.server.location]]
-path = "/"
-proxy = "app"
-[front.upstream.app]
-servers = [{{ address = "127.0.0.1:{app.port}" }}]
-""",
+        TIMEOUTS + proxied_site(f"127.0.0.1:{app.port}"),
     )
     try:
         with front.connect() as sock:
@@ -249,17 +242,7 @@ servers = [{{ address = "127.0.0.1:{upstream.port}" }}]
 def _proxy_front(tmp_path: Path) -> tuple[Front, GantryServer]:
     app = GantryServer("tests.apps_contract:app", log_path=tmp_path / "app.log")
     app.start()
-    front = start_front(
-        tmp_path,
-        f"""
-[[front.server]]
-[[front.server.location]]
-path = "/"
-proxy = "app"
-[front.upstream.app]
-servers = [{{ address = "127.0.0.1:{app.port}" }}]
-""",
-    )
+    front = start_front(tmp_path, proxied_site(f"127.0.0.1:{app.port}"))
     return front, app
 
 

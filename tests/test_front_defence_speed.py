@@ -29,7 +29,7 @@ from gantry.front import worker as worker_module
 from gantry.front.connection import FrontConnection
 from gantry.front.limits.handler import BanHandler
 from tests.process import Launcher, read_until_closed, wait_for
-from tests.support_limits import LIMITED, InProcessFront, limited_front, route_limits
+from tests.support_limits import InProcessFront, limited_config, limited_front, route_limits
 
 
 @pytest.fixture
@@ -210,7 +210,7 @@ def test_the_stats_count_refused_and_served_requests_as_before(
     reason="compiled build only: a pure run's classes are all plain Python ones",
 )
 def test_the_counters_are_a_compiled_class(site: Path) -> None:
-    front = InProcessFront(LIMITED.format(root=site))
+    front = InProcessFront(limited_config(site))
     try:
         # a native class's instance has no __dict__: its attributes are C fields
         assert not hasattr(front.worker.counters, "__dict__")

@@ -27,30 +27,12 @@ from tests.process import (
     try_get,
     wait_for,
 )
-from tests.support_front import RawUpstream
+from tests.support_front import RawUpstream, limit_req_zone, limited_site
 from tests.support_limits import Burst, burst, log_lines, spread_connections
 
-LIMITED = """
-[front]
-listen = ["127.0.0.1:FRONT_PORT"]
-workers = 2
-access_log = "{log}"
-
-[front.limit_req_zone.perip]
-key = "$binary_remote_addr$http_x_round"
-rate = "10r/s"
-size = "10m"
-
-[[front.server]]
-[[front.server.location]]
-path = "/"
-root = "{root}"
-limit_req = [{limit}]
-
-[[front.server.location]]
-path = "/warm/"
-root = "{root}"
-"""
+#: the zone of the burst tests: a key per client and round (a test's attempts each start
+#: a full bucket)
+PER_ROUND = limit_req_zone("$binary_remote_addr$http_x_round", "10r/s", "10m")
 
 
 def _front(launch: Launcher, limit: str, name: str = "front") -> tuple[Front, Path]:
@@ -60,9 +42,10 @@ def _front(launch: Launcher, limit: str, name: str = "front") -> tuple[Front, Pa
     (root / "warm").mkdir()
     (root / "warm" / "w").write_text("warm")
     log = launch.workdir / f"{name}-access.log"
-    front = launch.front(
-        LIMITED.format(log=log, root=root, limit=limit), name=name
-    )  # fmt: skip
+    config = limited_site(
+        root, limit, zones=PER_ROUND, unlimited="/warm/", workers=2, front=f'access_log = "{log}"'
+    )
+    front = launch.front(config, name=name)
     return front, log
 
 
@@ -131,9 +114,7 @@ def test_empty_key_is_not_limited(launch: Launcher) -> None:
         f"""
 [front]
 listen = ["127.0.0.1:FRONT_PORT"]
-[front.limit_req_zone.bytoken]
-key = "$http_x_token"
-rate = "1r/m"
+{limit_req_zone("$http_x_token", "1r/m", name="bytoken")}
 [[front.server]]
 limit_req = [{{ zone = "bytoken" }}]
 [[front.server.location]]
@@ -154,12 +135,8 @@ def test_several_limits_the_strictest_decides(launch: Launcher) -> None:
 [front]
 listen = ["127.0.0.1:FRONT_PORT"]
 workers = 2
-[front.limit_req_zone.loose]
-key = "$binary_remote_addr"
-rate = "100r/s"
-[front.limit_req_zone.strict]
-key = "$server_name"
-rate = "1r/m"
+{limit_req_zone(rate="100r/s", name="loose")}
+{limit_req_zone("$server_name", "1r/m", name="strict")}
 [[front.server]]
 server_name = ["t"]
 [[front.server.location]]
@@ -250,20 +227,11 @@ def test_limit_conn_dry_run(launch: Launcher, held: RawUpstream) -> None:
     assert "limiting connections" in front.log_text()
 
 
-LRU = """
-[front]
-listen = ["127.0.0.1:FRONT_PORT"]
-workers = 2
-[front.limit_req_zone.tiny]
-key = "$http_x_key"
-rate = "1r/m"
-size = "4k"
-[[front.server]]
-[[front.server.location]]
-path = "/"
-root = "{root}"
-limit_req = [{{ zone = "tiny" }}]
-"""
+def _lru(root: Path) -> str:
+    """Two workers serving ``root``, each key allowed one request a minute in a zone of
+    4 KiB (59 keys)."""
+    zone = limit_req_zone("$http_x_key", "1r/m", "4k", name="tiny")
+    return limited_site(root, '{ zone = "tiny" }', zones=zone, workers=2)
 
 
 def _get(front: Front, key: str) -> int:
@@ -274,7 +242,7 @@ def test_full_zone_drops_the_least_recently_used(launch: Launcher) -> None:
     root = launch.workdir / "root"
     root.mkdir()
     (root / "a").write_text("a")
-    front = launch.front(LRU.format(root=root))
+    front = launch.front(_lru(root))
     slots = 4096 // 68  # 64 bytes an entry, 4 a bucket
     assert _get(front, "k0") == 200
     assert _get(front, "k0") == 503  # one a minute
@@ -290,7 +258,7 @@ def test_zone_survives_a_reload(launch: Launcher) -> None:
     root = launch.workdir / "root"
     root.mkdir()
     (root / "a").write_text("a")
-    front = launch.front(LRU.format(root=root))
+    front = launch.front(_lru(root))
     assert _get(front, "kept") == 200
     assert _get(front, "kept") == 503
     before = ready_workers(front.pid, 2)
@@ -304,20 +272,7 @@ def test_without_burst_a_key_passes_again_after_one_interval(launch: Launcher) -
     root = launch.workdir / "root"
     root.mkdir()
     (root / "a").write_text("a")
-    front = launch.front(
-        f"""
-[front]
-listen = ["127.0.0.1:FRONT_PORT"]
-[front.limit_req_zone.perip]
-key = "$binary_remote_addr"
-rate = "10r/s"
-[[front.server]]
-[[front.server.location]]
-path = "/"
-root = "{root}"
-limit_req = [{{ zone = "perip" }}]
-"""
-    )
+    front = launch.front(limited_site(root))
     assert sorted(burst(front.port, 2, "/a").statuses) == [200, 503]
     # nginx adds the request before clamping the leaked excess at zero: 0.1 s later the
     # key passes again (and a key refused meanwhile still does, once 0.1 s passed)
@@ -332,10 +287,11 @@ def test_refusals_in_the_stats_and_metrics(launch: Launcher) -> None:
     config = launch.workdir / "stats.toml"
     port, metrics_port = free_port(), free_port()
     stats_path = launch.workdir / "stats.sock"
+    limit = '{ zone = "perip", burst = 5, nodelay = true }'
     config.write_text(
-        LIMITED.format(log="off", root=root, limit='{ zone = "perip", burst = 5, nodelay = true }')
-        .replace("FRONT_PORT", str(port))
-        .replace('access_log = "off"', "")
+        limited_site(
+            root, limit, zones=PER_ROUND, unlimited="/warm/", workers=2, listen=f"127.0.0.1:{port}"
+        )
     )
     code = (
         "import sys; from gantry.config.front import load_front_config; "

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.process import Front, GantryServer, free_port
-from tests.support_front import RawUpstream, start_front
+from tests.support_front import RawUpstream, proxied_site, start_front
 
 # --- script_name ---------------------------------------------------------------------------
 
@@ -106,15 +106,11 @@ def test_unbuffered_body_reaches_the_upstream_before_the_client_finishes(
     upstream = RawUpstream(OK_RESPONSE, wait_for=1000)
     front = start_front(
         tmp_path,
-        f"""
-[[front.server]]
-[[front.server.location]]
-path = "/"
-proxy = "raw"
-request_buffering = {str(buffering).lower()}
-[front.upstream.raw]
-servers = [{{ address = "127.0.0.1:{upstream.port}" }}]
-""",
+        proxied_site(
+            f"127.0.0.1:{upstream.port}",
+            location=f"request_buffering = {str(buffering).lower()}",
+            name="raw",
+        ),
     )
     try:
         with socket.create_connection(("127.0.0.1", front.port), timeout=5) as sock:
@@ -268,14 +264,7 @@ def test_forwarded_headers_added_and_hop_by_hop_removed(tmp_path: Path) -> None:
     upstream = RawUpstream(HOP_RESPONSE)
     front = start_front(
         tmp_path,
-        f"""
-[[front.server]]
-[[front.server.location]]
-path = "/"
-proxy = "raw"
-[front.upstream.raw]
-servers = [{{ address = "127.0.0.1:{upstream.port}" }}]
-""",
+        proxied_site(f"127.0.0.1:{upstream.port}", name="raw"),
     )
     try:
         response, body = front.request(

@@ -11,36 +11,22 @@ from pathlib import Path
 import pytest
 
 from tests.process import Front, Launcher, require_program, short_tempdir, try_get, wait_for
+from tests.support_front import autoban_rule, limit_req_zone, limited_site, shared_redis
 from tests.support_limits import burst
 
-CONFIG = """
-[front]
-listen = ["127.0.0.1:FRONT_PORT"]
-workers = 2
 
-[front.shared]
-redis = "unix://{sock}?db=0"
-
-[front.limit_req_zone.perip]
-key = "$binary_remote_addr$http_x_round"
-rate = "10r/s"
-
-[[front.autoban]]
-when = "404"
-count = 3
-within = "1m"
-ban_for = "1h"
-
-[[front.server]]
-[[front.server.location]]
-path = "/"
-root = "{root}"
-limit_req = [{{ zone = "perip", burst = 5, nodelay = true }}]
-
-[[front.server.location]]
-path = "/free/"
-root = "{root}"
-"""
+def _config(sock: Path, root: Path, fail: str = "") -> str:
+    """Two workers sharing the Redis at ``sock``: ``root`` at / limited to 1 request and
+    a burst of 5 (at 10r/s) a client and round, /free/ not limited, three 404s a ban;
+    ``fail``: the [front.shared] table's fail key."""
+    return limited_site(
+        root,
+        '{ zone = "perip", burst = 5, nodelay = true }',
+        zones=limit_req_zone("$binary_remote_addr$http_x_round"),
+        unlimited="/free/",
+        workers=2,
+        tables=shared_redis(sock) + (f'fail = "{fail}"\n' if fail else "") + autoban_rule("404", 3),
+    )
 
 
 class Redis:
@@ -78,7 +64,7 @@ def _fronts(launch: Launcher, redis: Redis) -> tuple[Front, Front]:
     (root / "free").mkdir(parents=True)
     (root / "a").write_text("a")
     (root / "free" / "w").write_text("warm")
-    config = CONFIG.format(sock=redis.sock, root=root)
+    config = _config(redis.sock, root)
     return launch.front(config, name="one"), launch.front(config, name="two")
 
 
@@ -132,9 +118,7 @@ def test_fail_closed_refuses_limited_requests_while_redis_is_down(
     (root / "free").mkdir(parents=True)
     (root / "a").write_text("a")
     (root / "free" / "w").write_text("warm")
-    config = CONFIG.format(sock=redis.sock, root=root).replace(
-        'db=0"\n', 'db=0"\nfail = "closed"\n'
-    )
+    config = _config(redis.sock, root, fail="closed")
     front = launch.front(config)
     assert try_get(front.port, "/a")[0] == 200
     redis.stop()

@@ -9,23 +9,13 @@ import socket
 import time
 from pathlib import Path
 
-from tests.support_front import Front, RawUpstream, fields_of, start_front
+from tests.support_front import Front, RawUpstream, fields_of, proxied_site, start_front
 
 PAYLOAD = b"relayed through a gzip transfer coding\n" * 500
 
 
 def _front_to(tmp_path: Path, upstream: RawUpstream) -> Front:
-    return start_front(
-        tmp_path,
-        f"""
-[[front.server]]
-[[front.server.location]]
-path = "/"
-proxy = "raw"
-[front.upstream.raw]
-servers = [{{ address = "127.0.0.1:{upstream.port}" }}]
-""",
-    )
+    return start_front(tmp_path, proxied_site(f"127.0.0.1:{upstream.port}", name="raw"))
 
 
 def _read_until_closed(sock: socket.socket) -> bytes:

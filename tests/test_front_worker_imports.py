@@ -27,6 +27,7 @@ from tests.process import (
     wait_for,
 )
 from tests.support_cache import Origin
+from tests.support_front import autoban_rule, limit_req_zone, limited_site, shared_redis
 
 #: what a worker may need later: the cache and its sweep on the loop's thread executor,
 #: limits and bans, the shared Redis, health checks, and the optional codings
@@ -133,30 +134,17 @@ def test_workers_as_nobody_compress_cache_and_limit(launch: Launcher, short_tmp:
     assert "Traceback" not in log and "Error" not in log, log
 
 
-SHARED = """[front]
-listen = ["127.0.0.1:FRONT_PORT"]
-workers = 2
-user = "nobody"
-
-[front.shared]
-redis = "unix://{sock}?db=0"
-
-[front.limit_req_zone.perip]
-key = "$binary_remote_addr"
-rate = "1000r/s"
-
-[[front.autoban]]
-when = "404"
-count = 100
-within = "1m"
-ban_for = "1h"
-
-[[front.server]]
-[[front.server.location]]
-path = "/"
-root = "{root}"
-limit_req = [{{ zone = "perip", burst = 100, nodelay = true }}]
-"""
+def _shared(sock: Path, root: Path) -> str:
+    """Two workers as nobody serving ``root`` under a limit and autoban kept in the Redis
+    at ``sock``."""
+    return limited_site(
+        root,
+        '{ zone = "perip", burst = 100, nodelay = true }',
+        zones=limit_req_zone(rate="1000r/s"),
+        workers=2,
+        front='user = "nobody"',
+        tables=shared_redis(sock) + autoban_rule("404", 100),
+    )
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
@@ -173,7 +161,7 @@ def test_workers_as_nobody_limit_through_redis(launch: Launcher, short_tmp: Path
             "--unixsocket", str(sock), "--unixsocketperm", "777", "--save", "",
             "--appendonly", "no", "--dir", str(short_tmp)]  # fmt: skip
     launch.program(argv, sock, "redis")
-    front = launch.front(SHARED.format(sock=sock, root=short_tmp / "root"))
+    front = launch.front(_shared(sock, short_tmp / "root"))
     client = redis.Redis(unix_socket_path=str(sock))
     try:
         for _ in range(3):

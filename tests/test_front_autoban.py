@@ -1,6 +1,7 @@
 """``[[front.autoban]]`` (issue 16) on real 2-worker `gantry front` processes: events
 counted across workers, a ban refused with 403 in every worker, logged with its rule,
-kept in the ban file across a restart, and lifted when ban_for has passed."""
+kept in the ban file across a restart, and lifted when ban_for has passed; and a
+response counted at the time its caller read (the window runs on that clock)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import json
 import time
 from pathlib import Path
 
+from gantry.config.front_model import AutobanRule
+from gantry.front.limits.autoban import Autoban, BanTable, LocalBanner
+from gantry.front.limits.zones import now_ms
 from tests.process import Front, Launcher, try_get, wait_for
 from tests.support_front import autoban_rule, limit_req_zone, limited_site
 from tests.support_limits import burst, spread_connections
@@ -79,3 +83,28 @@ def test_status_rule(launch: Launcher) -> None:
     assert try_get(front.port, "/free/missing")[0] == 404  # the fifth 4xx
     assert wait_for(lambda: try_get(front.port, "/free/w")[0] == 403, 2)
     assert "autoban rule 1 (when '4xx': 5 within 60s)" in front.log_text()
+
+
+def test_a_response_is_counted_at_the_time_its_caller_read() -> None:
+    # record_request passes the clock read it takes for the request's time: the rule's
+    # window runs on those values, not on a read of autoban's own (with one, the three
+    # calls below would fall within a second and ban at the third)
+    bans = BanTable(64)
+    autoban = Autoban(
+        (AutobanRule(when="404", count=3, within=1.0, ban_for=60.0),), LocalBanner(bans, None)
+    )
+    client = "192.0.2.7"
+    try:
+        start = now_ms()
+        autoban.response(client, 404, start)
+        autoban.response(client, 404, start + 500)
+        autoban.response(client, 404, start + 1600)  # past the first's second: counted anew
+        assert not bans.banned(client)
+        autoban.response(client, 404, start + 1700)
+        autoban.response(client, 200, start + 1800)  # not a 404: not counted
+        assert not bans.banned(client)
+        autoban.response(client, 404, start + 2500)  # the third within 1 s of start + 1600
+        assert bans.banned(client)
+    finally:
+        autoban.close()
+        bans.close()

@@ -159,13 +159,15 @@ def record_request(
     """A request ended: autoban sees its status, the worker's counters and the access log
     count it (``logged``: the head to log, None for an answer to no request). Returns
     the time.monotonic() it ended at."""
+    now = _monotonic()
     if worker.autoban is not None:
-        worker.autoban.response(remote_addr, status)
+        # counted at the response's end, as before, by the clock read the request's time
+        # is taken from (no read of its own)
+        worker.autoban.response(remote_addr, status, int(now * 1000))
     counters = worker.counters
     counters.requests += 1
     counters.tx += sent
     counters.status_counts[status // 100 if 100 <= status < 600 else 5] += 1
-    now = _monotonic()
     counters.rt_total += now - started
     access_log = worker.access_log
     if access_log is not None:

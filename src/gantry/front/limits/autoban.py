@@ -190,15 +190,17 @@ class Autoban:
         self.by_status = any(r.when not in ("limit_req", "limit_conn") for r in rules)
 
     def event(self, remote_addr: str, kind: str) -> None:
-        """``remote_addr`` was refused by a limit (``kind``: limit_req, limit_conn)."""
-        self._count(remote_addr, kind, 0)
+        """``remote_addr`` was refused by a limit (``kind``: limit_req, limit_conn), now."""
+        self._count(remote_addr, kind, 0, now_ms())
 
-    def response(self, remote_addr: str, status: int) -> None:
-        """A response went to ``remote_addr`` (rules on statuses count it)."""
+    def response(self, remote_addr: str, status: int, now: int) -> None:
+        """A response went to ``remote_addr`` at ``now`` (the monotonic clock in ms, as
+        ``now_ms``: the caller's own read, taken for the request's time anyway); rules on
+        statuses count it."""
         if self.by_status:
-            self._count(remote_addr, "", status)
+            self._count(remote_addr, "", status, now)
 
-    def _count(self, remote_addr: str, kind: str, status: int) -> None:
+    def _count(self, remote_addr: str, kind: str, status: int, now: int) -> None:
         if not remote_addr:
             return
         for index, rule in enumerate(self.rules):
@@ -206,7 +208,6 @@ class Autoban:
                 continue
             table = self.tables[index]
             key = digest(remote_addr.encode("latin-1", "replace"))
-            now = now_ms()
             window = int(rule.within * 1000)
             reached = False
             table.lock()

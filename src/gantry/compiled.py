@@ -63,6 +63,7 @@ MODULES = (
     "gantry.front.limits.handler",
     "gantry.front.cache.policy",
     "gantry.front.cache.packs",
+    "gantry.front.cache.invalidations",
     "gantry.front.cache.store",
     "gantry.front.cache.handler",
     "gantry.appserver.context",

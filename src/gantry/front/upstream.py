@@ -247,6 +247,8 @@ class UpstreamConnection(PolledSocket):
     reason = b""
     keep_alive = False
     head_request = False
+    #: the head being read is an interim one (1xx but 101): the final one follows it
+    interim = False
     timer: asyncio.TimerHandle | None = None
     read_timeout = 60.0
     on_lost: Callable[[UpstreamConnection], None] | None = None
@@ -772,7 +774,17 @@ class UpstreamConnection(PolledSocket):
 
     def on_headers_complete(self) -> bool | None:
         parser = self.parser
-        self.status = parser.get_status_code()
+        status = parser.get_status_code()
+        if status < 200 and status != 101:
+            # An interim response (100 Continue, 103 Early Hints: RFC 9110 15.2) is not
+            # the answer: taken as one, it ended the request and left the connection to
+            # the pool with the final answer still to come, which the next request sent
+            # on it then got as its own. It is dropped; the final one follows.
+            self.interim = True
+            self.headers = []
+            self.reason = b""
+            return None
+        self.status = status
         self.keep_alive = parser.should_keep_alive()
         framed = self.head_request or self.status in (204, 304) or self.status < 200
         if not framed:
@@ -806,6 +818,9 @@ class UpstreamConnection(PolledSocket):
             self.receiver.body(body)
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False  # the final answer is still to come
+            return
         self._cancel_timer()
         receiver = self.receiver
         self.receiver = None

@@ -50,6 +50,7 @@ from typing import Any, Final
 
 from gantry.config.front_model import CacheZone
 from gantry.front.cache.counters import ADDED_BYTES, ADDED_ENTRIES
+from gantry.front.cache.invalidations import Invalidations
 from gantry.front.cache.locks import FillLocks, KeyLock
 from gantry.front.cache.packs import (
     FILE_HINT,
@@ -254,9 +255,10 @@ class Generation:
     """A zone's change marks, shared by its workers through a small mapped file: whoever
     removes or replaces an entry's file writes a new value after doing so, and a worker
     trusts what its memory tier holds while the value it saw stays. A second mark moves
-    with each purge or invalidation (before it looks for entries): a worker's queued
-    write that sees it move is dropped, so no purge is undone by a write that lands after
-    it, whichever worker queued it."""
+    with each purge (before it looks for entries): a worker's queued write that sees it
+    move is dropped, so no purge is undone by a write that lands after it, whichever
+    worker queued it. (An unsafe request's invalidation does the same key by key: see
+    invalidations.py.)"""
 
     def __init__(self, root: str) -> None:
         path = os.path.join(root, "generation")
@@ -274,7 +276,7 @@ class Generation:
         return value
 
     def bump_purges(self) -> None:
-        """Say that a purge (or an invalidation) is about to look for entries."""
+        """Say that a purge is about to look for entries."""
         size = _GENERATION.size
         self.map[size : 2 * size] = os.urandom(size)
 
@@ -458,6 +460,7 @@ class CacheStore:
         #: there, and they take it out): a packed miss need not look again
         self.absent: set[str] = set()
         self.generation = Generation(self.root)
+        self.invalidations = Invalidations(self.root)
         #: path -> the writer of an entry queued for its batch's write, and the entry
         self.pending: dict[str, tuple[EntryWriter, Entry]] = {}
         self.pending_bytes = 0
@@ -545,7 +548,7 @@ class CacheStore:
         path = self.path_of(digest)
         pending = self.pending.get(path)
         entry: Entry | None = None
-        if pending is not None:
+        if pending is not None and not pending[0].outdated(self.invalidations.horizon()):
             entry = pending[1]
         else:
             tag = self.tag_of(digest)
@@ -614,7 +617,7 @@ class CacheStore:
 
     def _load(self, path: str, now: float) -> Entry | None:
         pending = self.pending.get(path)
-        if pending is not None:
+        if pending is not None and not pending[0].outdated(self.invalidations.horizon()):
             return pending[1]  # whole in memory; its file is being written
         hot = self.hot.get(path)
         # read before the stat: a change made after it moves the generation again
@@ -765,7 +768,10 @@ class CacheStore:
         method, not a purge); how many there were."""
         digest = self.digest(key)
         directory = os.path.join(self.root, digest[:2])
-        if not invalidation:
+        if invalidation:
+            # before looking: a fill of the key under way is not stored after this
+            self.invalidations.mark(self.tag_of(digest), time.time())
+        else:
             # A purge: other workers' queued writes go too. Not for the invalidation an
             # unsafe method makes (RFC 9111 4.4): those come with every POST, and would
             # keep the whole zone's queued writes from ever landing.
@@ -1025,6 +1031,7 @@ class CacheStore:
             handle.cancel()  # when called before its turn (close, a full queue)
         batch, self.batch = self.batch, []
         purges = self.generation.purges()
+        horizon = self.invalidations.horizon()
         kept: list[EntryWriter] = []
         #: the records' parts, joined once (see _record_parts), and each record's length
         parts: list[bytes] = []
@@ -1034,7 +1041,11 @@ class CacheStore:
             if pending is not None and pending[0] is writer:
                 del self.pending[writer.final]
                 self.pending_bytes -= writer.length
-                if not writer.cancelled and writer.purge_mark == purges:
+                if (
+                    not writer.cancelled
+                    and writer.purge_mark == purges
+                    and not writer.outdated(horizon)
+                ):
                     pieces = writer.pieces
                     if pieces is not None:
                         lengths.append(_record_parts(parts, writer.head, pieces, writer))
@@ -1056,6 +1067,13 @@ class CacheStore:
                     for writer in kept:
                         self.unpack(writer.digest)
                         self._forget(writer.final)
+                elif self.invalidations.horizon() != horizon:
+                    # so did an invalidation, perhaps of one of their keys
+                    horizon = self.invalidations.horizon()
+                    for writer in kept:
+                        if writer.outdated(horizon):
+                            self.unpack(writer.digest)
+                            self._forget(writer.final)
         except OSError:
             for writer in kept:
                 writer.pieces = None
@@ -1373,6 +1391,9 @@ class EntryWriter:
             generation = self.store.generation
             if self.cancelled or (mark is not None and generation.purges() != mark):
                 raise OSError("cancelled")  # purged or replaced while queued
+            invalidations = self.store.invalidations
+            if self.outdated(invalidations.horizon()):
+                raise OSError("cancelled")  # its key was invalidated since its fill began
             # the key's packed version, if any, would hide the file: it goes
             self.store.unpack(self.digest)
             # Another worker's memory tier may hold what these renames replace: it is
@@ -1392,10 +1413,12 @@ class EntryWriter:
             # named in the index, so that a lookup knows to look for a file
             self.store.hint_file(self.digest)
             st = os.stat(self.final)
-            if mark is not None and generation.purges() != mark:
-                # A purge began while it was being put in place, perhaps after its walk
-                # passed this folder: the entry goes (a purge that began after this check
-                # finds the file in its walk).
+            if (mark is not None and generation.purges() != mark) or self.outdated(
+                invalidations.horizon()
+            ):
+                # A purge (or its key's invalidation) began while it was being put in
+                # place, perhaps after its walk passed this folder: the entry goes (a
+                # purge that began after this check finds the file in its walk).
                 _unlink(self.final)
                 generation.bump()
                 if old_size >= 0:
@@ -1451,13 +1474,21 @@ class EntryWriter:
         if pieces is None:
             return None
         store.cancel_pending(self.final)  # an older answer queued must not follow it
+        if self.outdated(store.invalidations.horizon()):
+            self.pieces = None
+            return None
         record = _file_bytes(self.head, pieces, self.length, self.crc)
         try:
             pack, offset = store.packer.append(record)
         except OSError:
             self.pieces = None
             return None
-        return self._packed_at(pack, offset, len(record), time.time())
+        stored = self._packed_at(pack, offset, len(record), time.time())
+        if stored is not None and self.outdated(store.invalidations.horizon()):
+            # invalidated while it was put in place: it goes (see flush_batch)
+            store.unpack(self.digest)
+            return None
+        return stored
 
     def _packed_at(
         self, pack: int, offset: int, length: int, now: float, queued: bool = False
@@ -1552,6 +1583,14 @@ class EntryWriter:
     def cancel(self) -> None:
         """A queued write is moot: its batch leaves it out."""
         self.cancelled = True
+
+    def outdated(self, horizon: float) -> bool:
+        """Whether the entry's key was invalidated (RFC 9111 4.4) since its fill began
+        (``horizon``: the zone's ``Invalidations.horizon()``, read lately): the origin may
+        have answered before the unsafe request, so the entry must not be put in place."""
+        start = self.entry.request_time
+        store = self.store
+        return start <= horizon and store.invalidations.since(store.tag_of(self.digest), start)
 
 
 def _record_parts(parts: list[bytes], head: bytes, pieces: list[bytes], writer: EntryWriter) -> int:

@@ -401,9 +401,11 @@ class RouteLimits(Handler):
 
 def request_ms(exchange: Exchange) -> int:
     """When ``exchange`` began, on the monotonic clock in ms (as ``now_ms``, the same in
-    every worker): the time its limits count it at. nginx counts a request at the time
-    its loop last read the clock, not at a clock read of its own; the request's start
-    (taken anyway, for the log) is that, and costs no clock call."""
+    every worker): the time its limits count it at in Python. nginx counts a request at
+    the time its loop last read the clock, not at a clock read of its own; the request's
+    start (taken anyway, for the log) is that, and costs no clock call. (The C helper
+    of a remembered key reads the clock itself: a vDSO call there costs less than this
+    read through the exchange.)"""
     return int(exchange.started * 1000.0)
 
 

@@ -80,6 +80,28 @@ def test_gantry_pure_runs_every_module_from_source() -> None:
     assert all(path.endswith(".py") for path in files.values()), files
 
 
+def test_the_c_helper_runs_with_the_build_and_never_without_it() -> None:
+    """front/limits/_bucket.c (a limit_req's check) is built and kept out with the
+    compiled modules: its caller then does the same work in Python."""
+    require_build()
+    script = (
+        "from gantry.front.limits.table import SharedTable\n"
+        "print(SharedTable(4).bucket_check(1000) is not None)\n"
+    )
+    for env, used in (({}, "True"), ({"GANTRY_PURE": "1"}, "False")):
+        environ = {k: v for k, v in os.environ.items() if k != "GANTRY_PURE"}
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            env={**environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == used, (env, done.stdout, done.stderr)
+
+
 def test_a_stale_build_is_set_aside_for_all_the_modules(tmp_path: Path) -> None:
     """One edited source makes all of them load from source (compiled modules call each
     other's compiled code directly), with a warning naming the edited one."""

@@ -32,6 +32,7 @@ assert _spec and _spec.loader
 _listed = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_listed)
 MODULES: tuple[str, ...] = _listed.MODULES
+HELPERS: tuple[str, ...] = _listed.HELPERS
 built_path = _listed.built_path
 source_path = _listed.source_path
 
@@ -39,7 +40,7 @@ GROUP = "gantry"
 
 
 def clean() -> None:
-    for module in MODULES:
+    for module in (*MODULES, *HELPERS):
         path = built_path(module)
         if path:
             os.remove(path)
@@ -79,7 +80,8 @@ OPT_LEVEL = "GANTRY_COMPILE_OPT_LEVEL"
 
 
 def extensions(target_dir: str) -> list[Any]:
-    """The mypyc extensions of the hot modules (C sources in ``target_dir``), run from ROOT.
+    """The mypyc extensions of the hot modules (C sources in ``target_dir``) and the C
+    helpers, run from ROOT.
 
     mypyc type-checks the modules against the installed dependencies first; its
     errors end the build (SystemExit), its known harmless warnings are not shown.
@@ -95,7 +97,16 @@ def extensions(target_dir: str) -> list[Any]:
     if level not in ("0", "1", "2", "3"):
         raise SystemExit(f"{OPT_LEVEL}={level!r}: expected 0, 1, 2 or 3")
     built = mypycify([*options, *paths], opt_level=level, group_name=GROUP, target_dir=target_dir)
-    return list(built)
+    from setuptools import Extension  # type: ignore[import-untyped]
+
+    # the hand-written C helpers, at the same optimisation level
+    helpers = [
+        Extension(
+            module, [os.path.relpath(source_path(module), ROOT)], extra_compile_args=[f"-O{level}"]
+        )
+        for module in HELPERS
+    ]
+    return [*built, *helpers]
 
 
 def build() -> None:
@@ -128,7 +139,8 @@ def give_up(reason: str) -> int:
 
 def main() -> int:
     if "--sources" in sys.argv[1:]:
-        print(" ".join(os.path.relpath(source_path(module), ROOT) for module in MODULES))
+        sources = (source_path(module) for module in (*MODULES, *HELPERS))
+        print(" ".join(os.path.relpath(path, ROOT) for path in sources))
         return 0
     clean()
     if "--clean" in sys.argv[1:]:
@@ -140,10 +152,10 @@ def main() -> int:
         build()
     except (Exception, SystemExit) as exc:  # setuptools reports a failed compile as SystemExit
         return give_up(f"the build failed ({exc})")
-    missing = [module for module in MODULES if built_path(module) is None]
+    missing = [module for module in (*MODULES, *HELPERS) if built_path(module) is None]
     if missing:
         return give_up(f"the build did not produce {', '.join(missing)}")
-    print(f"compiled {len(MODULES)} modules with mypyc")
+    print(f"compiled {len(MODULES)} modules with mypyc and {len(HELPERS)} C helpers")
     return 0
 
 

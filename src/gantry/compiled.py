@@ -75,6 +75,10 @@ MODULES = (
     "gantry.wsgi.response",
 )
 
+#: hand-written C helpers (``<module>.c`` beside where they are built), built and kept
+#: out with the compiled modules; their callers do the same work in Python without them
+HELPERS = ("gantry.front.limits._bucket",)
+
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 SOURCE_ROOT = os.path.dirname(PACKAGE_DIR)
 #: present in a compiled wheel (setup.py writes it): sources and build were made together,
@@ -83,7 +87,8 @@ WHEEL_MARKER = os.path.join(PACKAGE_DIR, "compiled-wheel")
 
 
 def source_path(module: str) -> str:
-    return os.path.join(SOURCE_ROOT, *module.split(".")) + ".py"
+    suffix = ".c" if module in HELPERS else ".py"
+    return os.path.join(SOURCE_ROOT, *module.split(".")) + suffix
 
 
 def built_path(module: str) -> str | None:
@@ -104,6 +109,8 @@ class _SourceFinder:
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> ModuleSpec | None:
+        if fullname in HELPERS:
+            raise ModuleNotFoundError(f"{fullname} is kept out with the compiled modules")
         if fullname not in self.modules:
             return None
         return importlib.util.spec_from_file_location(fullname, source_path(fullname))
@@ -115,7 +122,7 @@ def guard() -> None:
     All or none: compiled modules call each other's compiled code directly, so one
     module loaded from source beside compiled ones would still run its old code.
     """
-    built = {module: built_path(module) for module in MODULES}
+    built = {module: built_path(module) for module in (*MODULES, *HELPERS)}
     if not any(built.values()):
         return
     from_wheel = os.path.exists(WHEEL_MARKER)

@@ -30,6 +30,7 @@ from gantry.front.limits.table import (
 from gantry.protocol.http1 import RequestHead
 
 __all__ = [
+    "NOW",
     "Keyed",
     "LimitConnState",
     "LimitReqState",
@@ -44,6 +45,8 @@ _VARIABLE: Final = re.compile(r"\$(\{[a-z0-9_]+\}|[a-z0-9_]+)")
 # the counters of a zone's table (stats)
 REJECTED: Final = 0
 DELAYED: Final = 1
+#: a check's time that is the clock's when it counts (see LimitReqState.check)
+NOW: Final = -1
 OK: Final = 0  # within the limit, counted
 AGAIN: Final = 1  # within the limit, to be counted once every limit passed
 BUSY: Final = 2  # over the limit
@@ -194,17 +197,30 @@ class LimitReqState:
         #: thousandths of a request per second, as nginx keeps it
         self.rate: i64 = max(1, int(zone.rate * 1000))
         self.table = table
+        #: the C helper's check of a remembered entry (None: without it, Python's below)
+        self.bucket_check = table.bucket_check(self.rate)
 
     def check(self, keyed: Keyed, burst: int, now: int) -> int:
         """A request's only limit_req (nginx's lookup and account at once): the excess
-        with it counted, or, over ``burst`` (thousandths), the excess it would have made,
-        refused and not counted. This is every limited request's path: the entry is read
-        in one call from the slot it was in last time when it is still there."""
+        with it counted at ``now`` (ms; NOW: the clock's), or, over ``burst``
+        (thousandths), the excess it would have made, refused and not counted. This is
+        every limited request's path: the entry is read in one call from the slot it
+        was in last time when it is still there."""
+        slot: i64 = keyed.slot
+        if slot != NO_SLOT:
+            bucket_check = self.bucket_check
+            if bucket_check is not None:
+                # all of it in one C call (clock, lock, generation, LRU, bucket); a busy
+                # lock or an entry gone from its slot: the same work below, in Python
+                excess: i64 = bucket_check(slot, keyed.generation, now, burst)
+                if excess >= 0:
+                    return excess
+        if now == NOW:
+            now = now_ms()
         table = self.table
         if not table.try_lock():
             table.wait_for_lock()
         try:
-            slot: i64 = keyed.slot
             if slot != NO_SLOT:
                 # the entry read an integer at a time: no tuple, no bytes made
                 ints = table.slot_ints
@@ -227,7 +243,7 @@ class LimitReqState:
             # native integers (i64): no int object made for the arithmetic
             qs = table.slot_qs
             at = slot * SLOT_QS
-            excess: i64 = qs[at + 2]
+            excess = qs[at + 2]
             last: i64 = qs[at + 3]
             ms: i64 = now - last
             if ms < 0:

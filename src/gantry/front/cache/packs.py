@@ -44,6 +44,9 @@ _HEAD: Final = struct.Struct("=4sI")
 _MAGIC: Final = b"GCI1"
 #: tag (nonzero: the slot is used), pack id, offset, length, last use (seconds)
 _SLOT: Final = struct.Struct("=QQQII")
+#: their sizes as constants (a struct's size is an attribute lookup)
+_HEAD_SIZE: Final = 8
+_SLOT_SIZE: Final = 32
 #: slots of a bucket: a key goes to one bucket and takes any of its slots
 WAYS: Final = 4
 #: the tags of a bucket's slots
@@ -130,34 +133,37 @@ class PackIndex:
     def find(self, tag: int) -> tuple[int, int, int, int] | None:
         """(slot, pack, offset, length) of the entry tagged ``tag``; None if none."""
         base = (tag % self.buckets) * WAYS
+        at = _HEAD_SIZE + base * _SLOT_SIZE
         # the bucket's tags in one read of the map (each read takes the map's buffer), the
-        # rest of a slot only when it is the one: a miss reads 4 numbers, not 20
-        tags = _TAGS.unpack_from(self.map, self._at(base))
-        for way in range(WAYS):
-            if tags[way] == tag:
-                _, pack, offset, length, _ = _SLOT.unpack_from(self.map, self._at(base + way))
-                return base + way, pack, offset, length
-        return None
+        # rest of a slot only when it is the one: a miss reads 4 numbers, not 20, and
+        # looks for its tag among them in one step
+        tags = _TAGS.unpack_from(self.map, at)
+        if tag not in tags:
+            return None
+        way = tags.index(tag)
+        _, pack, offset, length, _ = _SLOT.unpack_from(self.map, at + way * _SLOT_SIZE)
+        return base + way, pack, offset, length
 
     def put(self, tag: int, pack: int, offset: int, length: int, now: float) -> tuple[int, int]:
         """Point ``tag`` at a record; what it displaced: (0, 0) nothing, (1, length) an
         older version of the same key, (2, length) another key's entry (evicted)."""
         base = (tag % self.buckets) * WAYS
+        at = _HEAD_SIZE + base * _SLOT_SIZE
         # the tags first: the lengths and last uses only when they decide
-        tags = _TAGS.unpack_from(self.map, self._at(base))
+        tags = _TAGS.unpack_from(self.map, at)
         if tag in tags:  # the same key's older version
             way = tags.index(tag)
-            kind, old_length = 1, _LENGTH.unpack_from(self.map, self._at(base + way))[0]
+            kind, old_length = 1, _LENGTH.unpack_from(self.map, at + way * _SLOT_SIZE)[0]
         elif 0 in tags:  # the first free slot
             way, kind, old_length = tags.index(0), 0, 0
         else:  # the least recently used (the first of equals)
-            sizes = _SIZES.unpack_from(self.map, self._at(base))
+            sizes = _SIZES.unpack_from(self.map, at)
             way, oldest = 0, sizes[1]
             for other in range(1, WAYS):
                 if sizes[2 * other + 1] < oldest:
                     way, oldest = other, sizes[2 * other + 1]
             kind, old_length = 2, sizes[2 * way]
-        _SLOT.pack_into(self.map, self._at(base + way), tag, pack, offset, length, int(now))
+        _SLOT.pack_into(self.map, at + way * _SLOT_SIZE, tag, pack, offset, length, int(now))
         return kind, old_length
 
     def clear(self, slot: int, tag: int, pack: int, offset: int) -> bool:

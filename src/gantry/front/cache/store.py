@@ -100,6 +100,8 @@ ABSENT_PATHS: Final = 4096
 SWEEP_SLICE: Final = 16384
 #: SHA-256, looked up once (not in hashlib's namespace per miss)
 _sha256: Final = hashlib.sha256
+#: the length of a primary key's file name (its SHA-256 in hex)
+DIGEST_HEX: Final = 64
 
 
 # init=False: the __init__ below is compiled; the one dataclass() writes runs as
@@ -495,15 +497,17 @@ class CacheStore:
         # A miss asks it for the same key three times (lookup, fill lock, writer), with
         # other requests' lookups in between while its upstream answers: the recent ones
         # are remembered (a dict's get and set are each one step: a purge's thread may ask
-        # too).
+        # too), and the index's tag with them, from the same bytes (see tag_of).
         known = self._digests.get(key)
         if known is not None:
             return known
-        digest = _sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+        raw = _sha256(key.encode("utf-8", "surrogateescape")).digest()
+        digest = raw.hex()
         if len(self._digests) >= RECENT_DIGESTS:
             self._digests.clear()
             self._tags.clear()
         self._digests[key] = digest
+        self._tags[digest] = int.from_bytes(raw[:8], "big") | 1  # slot_tag(digest)
         return digest
 
     def tag_of(self, digest: str) -> int:
@@ -995,7 +999,7 @@ class CacheStore:
         self._forget(path)
         cancelled = self.cancel_pending(path)
         name = os.path.basename(path)
-        if not marker and len(name) == 64 and self.unpack(name):
+        if not marker and len(name) == DIGEST_HEX and self.unpack(name):
             cancelled = True  # the key's packed entry (see packs.py)
         try:
             size = os.stat(path).st_size

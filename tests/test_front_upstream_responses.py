@@ -95,3 +95,22 @@ def test_transfer_coded_answer_to_an_http10_client_is_502(tmp_path: Path) -> Non
     finally:
         front.stop()
         upstream.close()
+
+
+def test_fields_a_response_connection_names_are_not_passed_on(tmp_path: Path) -> None:
+    # RFC 9110 7.6.1: fields named by Connection are hop-by-hop, as Connection itself is
+    answer = (
+        b"HTTP/1.1 200 OK\r\nX-Hop: 1\r\nConnection: x-hop, keep-alive\r\n"
+        b"Connection: X-Other\r\nX-Other: 2\r\nX-Kept: 3\r\nContent-Length: 2\r\n\r\nok"
+    )
+    upstream = RawUpstream(lambda head: answer)
+    front = _front_to(tmp_path, upstream)
+    try:
+        response, body = front.request("GET", "/")
+        assert response.status == 200 and body == b"ok"
+        assert response.getheader("X-Kept") == "3"
+        assert response.getheader("X-Hop") is None
+        assert response.getheader("X-Other") is None
+    finally:
+        front.stop()
+        upstream.close()

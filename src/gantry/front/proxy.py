@@ -24,6 +24,7 @@ from gantry.front.upstream import (
 )
 from gantry.front.upstream_request import (
     FASTCGI_REQUEST_ID,
+    connection_named_fields,
     fastcgi_request,
     gantry_packet,
     http_request_head,
@@ -663,6 +664,7 @@ class ProxyRequest(UpstreamResponse):
         lines = []
         has_length = False
         codings = b""
+        connection = b""
         location = self.location
         hidden = location.proxy_hide_header if location is not None else None
         for name, value in headers:
@@ -674,10 +676,18 @@ class ProxyRequest(UpstreamResponse):
                     codings = _codings(value)
                 elif lname == b"date" and self.keep_date:
                     lines.append(name + b": " + value + b"\r\n")
+                elif lname == b"connection":
+                    connection += b"," + value
                 continue
             if lname == b"content-length":
                 has_length = True
             lines.append(name + b": " + value + b"\r\n")
+        if connection:
+            # rare: the fields a Connection names are hop-by-hop as Connection is (RFC
+            # 9110 7.6.1): not passed on, nor stored by a cache (the framing stays)
+            named = connection_named_fields(connection) - {b"content-length"}
+            if named:
+                lines = [line for line in lines if line.split(b":", 1)[0].lower() not in named]
         if codings:
             if self.head_in.version == "1.0":
                 # no transfer coding may go to an HTTP/1.0 client (RFC 9112 6.1)

@@ -18,6 +18,7 @@ from gantry.protocol.uwsgi import GANTRY_MODIFIER2, pack_header, packet_header
 
 __all__ = [
     "FASTCGI_REQUEST_ID",
+    "connection_named_fields",
     "connection_vars",
     "fastcgi_request",
     "gantry_connection_vars",
@@ -112,7 +113,7 @@ _MARKERS: Final = {
 _CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive", b""})
 
 
-def _named_fields(connection: bytes) -> frozenset[bytes]:
+def connection_named_fields(connection: bytes) -> frozenset[bytes]:
     """The fields a Connection value names (RFC 9110 7.6.1: hop-by-hop, like Connection
     itself), in lower case; never Host."""
     named = {token.strip().lower() for token in connection.split(b",")}
@@ -125,7 +126,7 @@ def without_connection_fields(head: RequestHead) -> RequestHead:
     named: frozenset[bytes] = frozenset()
     for name, value in head.headers:
         if len(name) == 10 and name.lower() == b"connection":
-            named |= _named_fields(value)
+            named |= connection_named_fields(value)
     if not named:
         return head
     copy = RequestHead()  # field by field: a compiled RequestHead has no __dict__
@@ -237,7 +238,7 @@ def _encoded_fields(fields: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes, by
                 host = value
         elif key is _CONNECTION:
             key = _HTTP_CONNECTION
-            if _named_fields(value):  # rare: fields to leave out, on the long way
+            if connection_named_fields(value):  # rare: fields to leave out, on the long way
                 return None
         append(key)
         append(_u16(len(value)))
@@ -448,7 +449,7 @@ def gantry_packet(
                 continue  # the first Host counts (the parser refuses a second one anyway)
             host = value
         elif key is _G_CONNECTION:
-            if _named_fields(value):  # rare: fields to leave out, on the long way
+            if connection_named_fields(value):  # rare: fields to leave out, on the long way
                 lean = without_connection_fields(head)
                 if lean is not head:
                     return gantry_packet(fixed, lean, path, script_name, body_length)

@@ -897,6 +897,15 @@ class FrontConnection(asyncio.Protocol):
         # Held until the first body piece or the end: one write for small responses.
         self.pending_head = self._head_bytes(status, lines, reason)
 
+    def interim(self, status: int, reason: bytes, lines: list[bytes]) -> None:
+        """An upstream's 102 or 103 (RFC 9110 15.2), written at once to an HTTP/1.1
+        client (an HTTP/1.0 one may not get a 1xx), before the final head."""
+        if self.head.version != "1.1" or self.closed or self.pending_head:
+            return
+        transport = self.transport
+        if transport is not None:
+            transport.write(status_line(status, reason) + b"".join(lines) + b"\r\n")
+
     def respond_prepared(self, status: int, head: bytes, body: bytes) -> None:
         """A whole response a handler prepared (see respond_whole); the request is done."""
         self.status = status

@@ -87,6 +87,10 @@ class ProxyClient(Protocol):
         """A whole response: ``head`` is its status line and fields (each ending in CRLF);
         the client side adds its own Connection, Server and Date. ``end`` follows."""
 
+    def interim(self, status: int, reason: bytes, lines: list[bytes]) -> None:
+        """An interim response (102, 103: RFC 9110 15.2) before the final one, passed on
+        to a client that can take it; ``lines`` as start_response's."""
+
     def write(self, data: bytes) -> None:
         """A piece of the response body."""
 

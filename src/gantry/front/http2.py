@@ -375,6 +375,10 @@ class Http2Stream:
 
     # relayed responses ----------
 
+    def interim(self, status: int, reason: bytes, lines: list[bytes]) -> None:
+        """An upstream's 102 or 103: not passed on over HTTP/2 (nginx passes none on
+        either); the final head follows."""
+
     def start_response(
         self, status: int, reason: bytes, lines: list[bytes], has_length: bool
     ) -> None:

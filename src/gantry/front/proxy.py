@@ -699,6 +699,20 @@ class ProxyRequest(UpstreamResponse):
         self.started_response = True
         self.client.start_response(status, reason, lines, has_length)
 
+    def interim(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        # A 102 or 103 goes on to the client (RFC 9110 15.2: a proxy forwards 1xx), with
+        # no hop-by-hop field; a 100 does not: the front answers Expect itself.
+        if status == 100 or self.started_response:
+            return
+        named: frozenset[bytes] = RESPONSE_DROP
+        for name, value in headers:
+            if name.lower() == b"connection":
+                named = named | connection_named_fields(value)
+        lines = [
+            name + b": " + value + b"\r\n" for name, value in headers if name.lower() not in named
+        ]
+        self.client.interim(status, reason, lines)
+
     def whole(self, status: int, head: bytes, body: bytes) -> None:
         location = self.location
         if location is not None and location.proxy_hide_header:

@@ -213,6 +213,9 @@ class UpstreamResponse:
         """A whole response: ``head`` is its status line and fields (each ending in CRLF,
         none a proxy hides), ``body`` all of its body; the connection may be reused."""
 
+    def interim(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """An interim response (1xx but 101) before the final one (none by default)."""
+
     def failed(self, error: UpstreamError) -> None:
         """The upstream broke before or during the response."""
 
@@ -779,8 +782,11 @@ class UpstreamConnection(PolledSocket):
             # An interim response (100 Continue, 103 Early Hints: RFC 9110 15.2) is not
             # the answer: taken as one, it ended the request and left the connection to
             # the pool with the final answer still to come, which the next request sent
-            # on it then got as its own. It is dropped; the final one follows.
+            # on it then got as its own. It is passed on as interim; the final one follows.
             self.interim = True
+            receiver = self.receiver
+            if receiver is not None:
+                receiver.interim(status, self.reason, self.headers)
             self.headers = []
             self.reason = b""
             return None

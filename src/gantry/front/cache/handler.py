@@ -878,6 +878,12 @@ class CacheFill:
         if lock is not None:
             lock.release()
 
+    def interim(self, status: int, reason: bytes, lines: list[bytes]) -> None:
+        """An interim response goes to the client as it is (none to a background
+        refresh's); it is never stored."""
+        if not self.silent:
+            self.exchange.interim(status, reason, lines)
+
     def start_response(
         self, status: int, reason: bytes, lines: list[bytes], has_length: bool
     ) -> None:

@@ -41,6 +41,16 @@ __all__ = ["Outcome", "ProxyRequest", "RequestBody", "StreamedBody", "spawn"]
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
+def _without_named(lines: list[bytes], connection: bytes) -> list[bytes]:
+    """``lines`` (response fields, "name: value" and CRLF) without those ``connection``
+    (a Connection value) names: hop-by-hop as Connection is (RFC 9110 7.6.1), they are
+    not passed on, nor stored by a cache; the framing stays."""
+    named = connection_named_fields(connection) - {b"content-length"}
+    if not named:
+        return lines
+    return [line for line in lines if line.split(b":", 1)[0].lower() not in named]
+
+
 def _codings(transfer_encoding: bytes) -> bytes:
     """The transfer codings of a response other than chunked (which the connection to the
     upstream took off, and the client side adds again), as "gzip, deflate"; b"" for none."""
@@ -683,11 +693,7 @@ class ProxyRequest(UpstreamResponse):
                 has_length = True
             lines.append(name + b": " + value + b"\r\n")
         if connection:
-            # rare: the fields a Connection names are hop-by-hop as Connection is (RFC
-            # 9110 7.6.1): not passed on, nor stored by a cache (the framing stays)
-            named = connection_named_fields(connection) - {b"content-length"}
-            if named:
-                lines = [line for line in lines if line.split(b":", 1)[0].lower() not in named]
+            lines = _without_named(lines, connection)  # rare
         if codings:
             if self.head_in.version == "1.0":
                 # no transfer coding may go to an HTTP/1.0 client (RFC 9112 6.1)
@@ -704,13 +710,10 @@ class ProxyRequest(UpstreamResponse):
         # no hop-by-hop field; a 100 does not: the front answers Expect itself.
         if status == 100 or self.started_response:
             return
-        named: frozenset[bytes] = RESPONSE_DROP
-        for name, value in headers:
-            if name.lower() == b"connection":
-                named = named | connection_named_fields(value)
-        lines = [
-            name + b": " + value + b"\r\n" for name, value in headers if name.lower() not in named
-        ]
+        lines = [n + b": " + v + b"\r\n" for n, v in headers if n.lower() not in RESPONSE_DROP]
+        connection = b",".join([v for n, v in headers if n.lower() == b"connection"])
+        if connection:
+            lines = _without_named(lines, connection)
         self.client.interim(status, reason, lines)
 
     def whole(self, status: int, head: bytes, body: bytes) -> None:

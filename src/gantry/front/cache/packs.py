@@ -38,6 +38,7 @@ __all__ = [
     "pack_path",
     "packed_usage",
     "slot_tag",
+    "slot_tag_of",
 ]
 
 _HEAD: Final = struct.Struct("=4sI")
@@ -77,6 +78,11 @@ FILE_HINT: Final = 0
 def slot_tag(digest: str) -> int:
     """A key's tag in the index, from its SHA-256 (hex): never 0, which marks a free slot."""
     return int(digest[:16], 16) | 1
+
+
+def slot_tag_of(raw: bytes) -> int:
+    """``slot_tag`` of the hex of ``raw``, the SHA-256 itself (no hex to parse back)."""
+    return int.from_bytes(raw[:8], "big") | 1
 
 
 def pack_path(root: str, pack: int) -> str:

@@ -60,6 +60,7 @@ from gantry.front.cache.packs import (
     pack_id,
     pack_path,
     slot_tag,
+    slot_tag_of,
 )
 from gantry.front.cache.policy import Fields, Freshness, vary_values
 
@@ -507,7 +508,7 @@ class CacheStore:
             self._digests.clear()
             self._tags.clear()
         self._digests[key] = digest
-        self._tags[digest] = int.from_bytes(raw[:8], "big") | 1  # slot_tag(digest)
+        self._tags[digest] = slot_tag_of(raw)
         return digest
 
     def tag_of(self, digest: str) -> int:

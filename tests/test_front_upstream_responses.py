@@ -114,3 +114,26 @@ def test_fields_a_response_connection_names_are_not_passed_on(tmp_path: Path) ->
     finally:
         front.stop()
         upstream.close()
+
+
+def test_interim_heads_without_end_count_toward_the_head_bound(tmp_path: Path) -> None:
+    # 103s passed on to the client, one after another: together they are one response
+    # head, bounded as one (a 502), not a stream the client's buffer takes without end
+    hint = b"HTTP/1.1 103 Early Hints\r\nLink: </" + b"a" * 1000 + b".css>; rel=preload\r\n\r\n"
+    upstream = RawUpstream(lambda head: hint * 200)  # ~200 KiB of 103s, no final answer
+    front = _front_to(tmp_path, upstream)
+    try:
+        with socket.create_connection(("127.0.0.1", front.port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            data = b""
+            while b"HTTP/1.1 502 " not in data:
+                piece = sock.recv(65536)
+                assert piece, f"closed without a 502 after {data.count(b' 103 ')} 103s"
+                data += piece
+        # some went on, not all 200: at most the bound (64 KiB) and the read past it
+        assert 0 < data.count(b"HTTP/1.1 103 ") < 200
+        assert len(data) < 2 * 64 * 1024 + 8192
+        assert "response head over" in front.log.read_text()
+    finally:
+        front.stop()
+        upstream.close()

@@ -80,15 +80,17 @@ def test_gantry_pure_runs_every_module_from_source() -> None:
     assert all(path.endswith(".py") for path in files.values()), files
 
 
-def test_the_c_helper_runs_with_the_build_and_never_without_it() -> None:
-    """front/limits/_bucket.c (a limit_req's check) is built and kept out with the
-    compiled modules: its caller then does the same work in Python."""
+def test_the_c_helpers_run_with_the_build_and_never_without_them() -> None:
+    """front/limits/_bucket.c (a limit_req's check) and front/cache/_index.c (a cache
+    zone's tables) are built and kept out with the compiled modules: their callers then
+    do the same work in Python."""
     require_build()
     script = (
         "from gantry.front.limits.table import SharedTable\n"
-        "print(SharedTable(4).bucket_check(1000) is not None)\n"
+        "from gantry.front.cache.packs import INDEX_HELPER\n"
+        "print(SharedTable(4).bucket_check(1000) is not None, INDEX_HELPER is not None)\n"
     )
-    for env, used in (({}, "True"), ({"GANTRY_PURE": "1"}, "False")):
+    for env, used in (({}, "True True"), ({"GANTRY_PURE": "1"}, "False False")):
         environ = {k: v for k, v in os.environ.items() if k != "GANTRY_PURE"}
         done = subprocess.run(
             [sys.executable, "-c", script],

@@ -77,7 +77,7 @@ MODULES = (
 
 #: hand-written C helpers (``<module>.c`` beside where they are built), built and kept
 #: out with the compiled modules; their callers do the same work in Python without them
-HELPERS = ("gantry.front.limits._bucket",)
+HELPERS = ("gantry.front.limits._bucket", "gantry.front.cache._index")
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 SOURCE_ROOT = os.path.dirname(PACKAGE_DIR)

@@ -22,16 +22,18 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib
 import mmap
 import os
 import struct
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterator
-from typing import Final
+from typing import Any, Final
 
 __all__ = [
     "FILE_HINT",
+    "INDEX_HELPER",
     "PackIndex",
     "PackReaders",
     "PackWriter",
@@ -67,6 +69,20 @@ LINK_CHECK_EVERY: Final = 64
 #: a pack not written for this long (seconds) is checked before the next write: the
 #: sweep removes a pack no entry points into once it is a minute old
 IDLE_CHECK: Final = 20.0
+
+
+def _index_helper() -> Any:
+    """The C helper of a zone's tables (src/gantry/front/cache/_index.c), or None: not
+    built, or kept out with the compiled modules (GANTRY_PURE=1, a stale build). It does
+    what PackIndex.find and put, Generation's and Invalidations' reads and store.py's
+    record do here, without a Python object per number."""
+    try:
+        return importlib.import_module("gantry.front.cache._index")
+    except ImportError:
+        return None
+
+
+INDEX_HELPER: Final[Any] = _index_helper()
 
 
 #: the pack id of a slot that names no record but says the key has a file of its own
@@ -127,6 +143,10 @@ class PackIndex:
             self.slots = slots
             self.buckets = slots // WAYS
             self.map = mmap.mmap(fd, _HEAD.size + slots * _SLOT.size)
+            #: the C helper's view of the map (None without it): find and put in one call
+            self.view: Any = None
+            if INDEX_HELPER is not None:
+                self.view = INDEX_HELPER.IndexView(self.map, slots)
         finally:
             # let go by hand: the map holds a duplicate of the descriptor, and with it
             # the lock, as long as it lives
@@ -138,6 +158,10 @@ class PackIndex:
 
     def find(self, tag: int) -> tuple[int, int, int, int] | None:
         """(slot, pack, offset, length) of the entry tagged ``tag``; None if none."""
+        view = self.view
+        if view is not None:
+            found: tuple[int, int, int, int] | None = view.find(tag)
+            return found
         base = (tag % self.buckets) * WAYS
         at = _HEAD_SIZE + base * _SLOT_SIZE
         # the bucket's tags in one read of the map (each read takes the map's buffer), the
@@ -153,6 +177,10 @@ class PackIndex:
     def put(self, tag: int, pack: int, offset: int, length: int, now: float) -> tuple[int, int]:
         """Point ``tag`` at a record; what it displaced: (0, 0) nothing, (1, length) an
         older version of the same key, (2, length) another key's entry (evicted)."""
+        view = self.view
+        if view is not None:
+            displaced: tuple[int, int] = view.put(tag, pack, offset, length, now)
+            return displaced
         base = (tag % self.buckets) * WAYS
         at = _HEAD_SIZE + base * _SLOT_SIZE
         # the tags first: the lengths and last uses only when they decide
@@ -202,6 +230,8 @@ class PackIndex:
 
     def close(self) -> None:
         """Unmap the table."""
+        if self.view is not None:
+            self.view.close()
         with contextlib.suppress(BufferError, ValueError):
             self.map.close()
 

@@ -54,6 +54,7 @@ from gantry.front.cache.invalidations import Invalidations
 from gantry.front.cache.locks import FillLocks, KeyLock
 from gantry.front.cache.packs import (
     FILE_HINT,
+    INDEX_HELPER,
     PackIndex,
     PackReaders,
     PackWriter,
@@ -272,9 +273,15 @@ class Generation:
             self.map = mmap.mmap(fd, 2 * _GENERATION.size)
         finally:
             os.close(fd)
+        #: the C helper's reader of the map (None without it): a read without a struct
+        self.words: Any = None if INDEX_HELPER is None else INDEX_HELPER.Words(self.map)
 
     def purges(self) -> int:
         """The purge mark now."""
+        words = self.words
+        if words is not None:
+            mark: int = words.u64(_GENERATION.size)
+            return mark
         value: int = _GENERATION.unpack_from(self.map, _GENERATION.size)[0]
         return value
 
@@ -285,6 +292,10 @@ class Generation:
 
     def value(self) -> int:
         """The mark now (a memory read, no system call)."""
+        words = self.words
+        if words is not None:
+            mark: int = words.u64(0)
+            return mark
         value: int = _GENERATION.unpack_from(self.map)[0]
         return value
 
@@ -1061,9 +1072,10 @@ class CacheStore:
             if kept:
                 # one record is a whole entry: a crash that cuts the write leaves a tail
                 # the index never names; the records before it are whole
-                pack, offset = self.packer.append(b"".join(parts))
+                pack, offset = self.packer.append(parts[0] if len(parts) == 1 else b"".join(parts))
                 now = time.time()
-                for writer, length in zip(kept, lengths, strict=True):
+                for at, writer in enumerate(kept):
+                    length = lengths[at]
                     writer._packed_at(pack, offset, length, now, queued=True)
                     offset += length
                 if self.generation.purges() != purges:
@@ -1601,6 +1613,11 @@ class EntryWriter:
 def _record_parts(parts: list[bytes], head: bytes, pieces: list[bytes], writer: EntryWriter) -> int:
     """Add the parts of ``writer``'s record (its file's bytes, see _file_bytes) to
     ``parts``; the record's length."""
+    if INDEX_HELPER is not None and len(pieces) == 1:
+        # made whole in one allocation, its head's checksum with it
+        record: bytes = INDEX_HELPER.record(head, pieces[0], writer.length, writer.crc)
+        parts.append(record)
+        return len(record)
     parts.append(_PREFIX.pack(MAGIC, VERSION, len(head)))
     parts.append(head)
     parts += pieces

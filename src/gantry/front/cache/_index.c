@@ -446,22 +446,13 @@ PyMODINIT_FUNC
 PyInit__index(void)
 {
     make_crc_tables();
-    if (PyType_Ready(&IndexViewType) < 0 || PyType_Ready(&WordsType) < 0) {
-        return NULL;
-    }
     PyObject *module = PyModule_Create(&index_module);
     if (module == NULL) {
         return NULL;
     }
-    Py_INCREF(&IndexViewType);
-    if (PyModule_AddObject(module, "IndexView", (PyObject *)&IndexViewType) < 0) {
-        Py_DECREF(&IndexViewType);
-        Py_DECREF(module);
-        return NULL;
-    }
-    Py_INCREF(&WordsType);
-    if (PyModule_AddObject(module, "Words", (PyObject *)&WordsType) < 0) {
-        Py_DECREF(&WordsType);
+    /* (each made ready, and named in the module by its type's name) */
+    if (PyModule_AddType(module, &IndexViewType) < 0 ||
+        PyModule_AddType(module, &WordsType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

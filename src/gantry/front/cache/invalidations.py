@@ -19,7 +19,7 @@ import os
 import struct
 from typing import Any, Final
 
-from gantry.front.cache.packs import INDEX_HELPER
+from gantry.front.cache.packs import words_of
 
 __all__ = ["Invalidations"]
 
@@ -45,8 +45,8 @@ class Invalidations:
             self.map = mmap.mmap(fd, size)
         finally:
             os.close(fd)
-        #: the C helper's reader of the map (None without it): a read without a struct
-        self.words: Any = None if INDEX_HELPER is None else INDEX_HELPER.Words(self.map)
+        #: the map's reader (the C helper's when built)
+        self.words: Any = words_of(self.map)
 
     def mark(self, tag: int, now: float) -> None:
         """Say that the key of index tag ``tag`` is invalidated at ``now`` (before its
@@ -56,17 +56,11 @@ class Invalidations:
 
     def horizon(self) -> float:
         """A time after which no key was invalidated: a fill begun later stores freely."""
-        words = self.words
-        if words is not None:
-            last: float = words.f64(0)
-            return last + MARGIN
-        latest: float = _WHEN.unpack_from(self.map, 0)[0]
+        latest: float = self.words.f64(0)
         return latest + MARGIN
 
     def since(self, tag: int, start: float) -> bool:
         """Whether the key of ``tag`` (or one sharing its slot) was invalidated at or
         after ``start``."""
-        at = _WHEN.size * (1 + tag % SLOTS)
-        words = self.words
-        when: float = words.f64(at) if words is not None else _WHEN.unpack_from(self.map, at)[0]
+        when: float = self.words.f64(_WHEN.size * (1 + tag % SLOTS))
         return when >= start and when > 0.0  # 0.0: never (an entry may say it began then)

@@ -34,6 +34,7 @@ from typing import Any, Final
 __all__ = [
     "FILE_HINT",
     "INDEX_HELPER",
+    "MapWords",
     "PackIndex",
     "PackReaders",
     "PackWriter",
@@ -41,6 +42,7 @@ __all__ = [
     "packed_usage",
     "slot_tag",
     "slot_tag_of",
+    "words_of",
 ]
 
 _HEAD: Final = struct.Struct("=4sI")
@@ -83,6 +85,33 @@ def _index_helper() -> Any:
 
 
 INDEX_HELPER: Final[Any] = _index_helper()
+
+_U64: Final = struct.Struct("=Q")
+_F64: Final = struct.Struct("=d")
+
+
+class MapWords:
+    """The 64-bit numbers of a small shared map (change marks, times), read through
+    struct: what the C helper's ``Words`` does without it."""
+
+    def __init__(self, view: mmap.mmap) -> None:
+        self.map = view
+
+    def u64(self, at: int) -> int:
+        """The unsigned 64-bit number at byte ``at``."""
+        value: int = _U64.unpack_from(self.map, at)[0]
+        return value
+
+    def f64(self, at: int) -> float:
+        """The double at byte ``at``."""
+        value: float = _F64.unpack_from(self.map, at)[0]
+        return value
+
+
+def words_of(view: mmap.mmap) -> Any:
+    """A reader of ``view``'s 64-bit numbers: the C helper's (no struct call, no tuple)
+    when it is built, else a MapWords; both have ``u64(at)`` and ``f64(at)``."""
+    return MapWords(view) if INDEX_HELPER is None else INDEX_HELPER.Words(view)
 
 
 #: the pack id of a slot that names no record but says the key has a file of its own

@@ -62,6 +62,7 @@ from gantry.front.cache.packs import (
     pack_path,
     slot_tag,
     slot_tag_of,
+    words_of,
 )
 from gantry.front.cache.policy import Fields, Freshness, vary_values
 
@@ -273,17 +274,13 @@ class Generation:
             self.map = mmap.mmap(fd, 2 * _GENERATION.size)
         finally:
             os.close(fd)
-        #: the C helper's reader of the map (None without it): a read without a struct
-        self.words: Any = None if INDEX_HELPER is None else INDEX_HELPER.Words(self.map)
+        #: the map's reader (the C helper's when built)
+        self.words: Any = words_of(self.map)
 
     def purges(self) -> int:
         """The purge mark now."""
-        words = self.words
-        if words is not None:
-            mark: int = words.u64(_GENERATION.size)
-            return mark
-        value: int = _GENERATION.unpack_from(self.map, _GENERATION.size)[0]
-        return value
+        mark: int = self.words.u64(_GENERATION.size)
+        return mark
 
     def bump_purges(self) -> None:
         """Say that a purge is about to look for entries."""
@@ -292,12 +289,8 @@ class Generation:
 
     def value(self) -> int:
         """The mark now (a memory read, no system call)."""
-        words = self.words
-        if words is not None:
-            mark: int = words.u64(0)
-            return mark
-        value: int = _GENERATION.unpack_from(self.map)[0]
-        return value
+        mark: int = self.words.u64(0)
+        return mark
 
     def bump(self) -> None:
         """Say that an entry's file was removed or replaced. A random value, not a count:
@@ -1614,8 +1607,7 @@ def _record_parts(parts: list[bytes], head: bytes, pieces: list[bytes], writer: 
     """Add the parts of ``writer``'s record (its file's bytes, see _file_bytes) to
     ``parts``; the record's length."""
     if INDEX_HELPER is not None and len(pieces) == 1:
-        # made whole in one allocation, its head's checksum with it
-        record: bytes = INDEX_HELPER.record(head, pieces[0], writer.length, writer.crc)
+        record = _file_bytes(head, pieces, writer.length, writer.crc)  # made whole in C
         parts.append(record)
         return len(record)
     parts.append(_PREFIX.pack(MAGIC, VERSION, len(head)))
@@ -1627,6 +1619,10 @@ def _record_parts(parts: list[bytes], head: bytes, pieces: list[bytes], writer: 
 
 def _file_bytes(head: bytes, pieces: list[bytes], length: int, crc: int) -> bytes:
     """The whole file of an entry whose body is ``pieces``."""
+    if INDEX_HELPER is not None and len(pieces) == 1:
+        # in one allocation, the head's checksum with it (see _index.c)
+        record: bytes = INDEX_HELPER.record(head, pieces[0], length, crc)
+        return record
     prefix = _PREFIX.pack(MAGIC, VERSION, len(head))
     return b"".join([prefix, head, *pieces, _TRAILER.pack(length, crc, zlib.crc32(head))])
 
